@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each creates .venv if missing and installs PyTorch first (a CPU wheel by default; set TORCH
+# for another platform, e.g. make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124"),
+# so that no dependency pulls a multi-GB CUDA build of torch on its own.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# Two shared cores: passive OpenMP waiting avoids 2-100x slowdowns when another process runs.
+export OMP_WAIT_POLICY ?= PASSIVE
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test setup setup-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install $(TORCH)
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[data]"
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[dev]"
+	@touch $@ $(VENV)/.installed
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+# The built-in recipe on bundled MNIST; --overwrite replaces the previous demo run (the teacher
+# trained by an earlier run of the same recipe is reused from runs/.teachers).
+demo: setup
+	$(BIN)/kdistill run --overwrite
+
+test: setup-dev
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
