@@ -1,0 +1,17 @@
+"""Distillation losses: plain functions of tensors, student first, teacher second.
+
+``LOSSES`` is the one place a loss is looked up by name (recipes, ``Term``, ``kdistill list``).
+Each family module keeps an explicit dict of its losses; nothing registers itself on import.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kdistill.losses.logit import LOGIT_LOSSES, cross_entropy, kd, kl_batchmean
+
+LOSSES: dict[str, Callable] = {
+    **LOGIT_LOSSES,
+}
+
+__all__ = ["LOSSES", "cross_entropy", "kd", "kl_batchmean"]
