@@ -1,0 +1,166 @@
+"""The frozen ``Teacher`` and the one trainable module, ``Distiller`` (student + connectors +
+stateful losses), which turns a batch and the teacher's outputs into the loss dict.
+
+DDP wraps the ``Distiller`` only; the teacher sits beside it, on the same device, outside the
+optimizer and outside autograd (timm's distillation task does the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.connectors import build_connector
+from kdistill.methods import LOGITS, Term
+from kdistill.taps import FeatureTap, probe_shapes
+
+
+@dataclass
+class ModelOutput:
+    """Logits and tapped features of one forward pass, the same type live or cached."""
+
+    logits: Tensor
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+    def get(self, name: str) -> Tensor:
+        return self.logits if name == LOGITS else self.features[name]
+
+
+def call_model(model: nn.Module, inputs) -> Tensor:
+    """Run a model on a batch's ``input`` and return its logits.
+
+    Takes a tensor, or a mapping of keyword tensors (Hugging Face ``input_ids`` /
+    ``attention_mask``); reads logits from a tensor, a ``.logits`` attribute (Hugging Face
+    ``ModelOutput``), a ``"logits"`` key, or the first element of a tuple.
+    """
+    output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    if isinstance(output, Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, Mapping):
+        return output["logits"]
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    raise TypeError(f"cannot read logits from a {type(output).__name__} model output")
+
+
+class Teacher:
+    """A frozen model: eval mode, no gradients, never trained, never in an optimizer.
+
+    Deliberately not an ``nn.Module``, so it can never be registered inside the ``Distiller``
+    and picked up by ``parameters()``, ``.train()`` or DDP.
+    """
+
+    def __init__(self, module: nn.Module, taps: Iterable[str] = ()):
+        self.module = module.eval().requires_grad_(False)
+        self.tap = FeatureTap(module, taps) if taps else None
+
+    @property
+    def taps(self) -> list[str]:
+        return self.tap.names if self.tap else []
+
+    def to(self, device) -> "Teacher":
+        self.module.to(device)
+        return self
+
+    def __call__(self, batch: Mapping) -> ModelOutput:
+        # Re-assert eval mode each call: a user's `model.train()` elsewhere must not turn on
+        # dropout or update BatchNorm statistics of the teacher.
+        self.module.eval()
+        with torch.inference_mode():
+            logits = call_model(self.module, batch["input"])
+            features = dict(self.tap.features) if self.tap else {}
+        # Inference-mode tensors cannot be saved for backward (mse_loss, products with the
+        # student do save them), so hand out ordinary copies; nothing gets a graph either way.
+        return ModelOutput(logits.clone(), {k: v.clone() for k, v in features.items()})
+
+
+class Distiller(nn.Module):
+    """Student, connectors and stateful losses: the one module that trains.
+
+    ``forward(batch, teacher_out)`` returns ``{"loss", "logits", "loss/<term>", ...}`` where each
+    ``loss/<term>`` is that term's weighted contribution, so they sum to ``loss``.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        terms: Iterable[Term],
+        connectors: Mapping[str, nn.Module] | None = None,
+    ):
+        super().__init__()
+        self.student = student
+        self.terms = list(terms)
+        names = [term.name for term in self.terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"term names must be unique, got {names}")
+        self.connectors = nn.ModuleDict(dict(connectors or {}))
+        self.loss_modules = nn.ModuleDict(
+            {term.name: term.loss for term in self.terms if isinstance(term.loss, nn.Module)}
+        )
+        student_taps = [t.student for t in self.terms if t.student != LOGITS]
+        self.tap = FeatureTap(student, student_taps) if student_taps else None
+        self.epoch = 1  # 1-based; the trainer sets it, warm-up schedules read it
+
+    @classmethod
+    def build(
+        cls,
+        student: nn.Module,
+        terms: Iterable[Term],
+        *,
+        teacher: Teacher | None = None,
+        example_batch: Mapping | None = None,
+    ) -> "Distiller":
+        """Size each term's connector by running one example batch through both models."""
+        terms = list(terms)
+        connectors = {}
+        with_connector = [t for t in terms if t.connector]
+        if with_connector:
+            if teacher is None or example_batch is None:
+                raise ValueError("connectors are sized by probing: pass teacher= and example_batch=")
+            inputs = example_batch["input"]
+            s_shapes = probe_shapes(student, inputs, [t.student for t in with_connector if t.student != LOGITS])
+            t_shapes = probe_shapes(teacher.module, inputs, [t.teacher for t in with_connector if t.teacher != LOGITS])
+            with torch.no_grad():
+                logits_shape = (tuple(call_model(student.eval(), inputs).shape), tuple(teacher(example_batch).logits.shape))
+            student.train()
+            for term in with_connector:
+                s_shape = logits_shape[0] if term.student == LOGITS else s_shapes[term.student]
+                t_shape = logits_shape[1] if term.teacher == LOGITS else t_shapes[term.teacher]
+                connectors[term.name] = build_connector(term.connector, s_shape, t_shape)
+        return cls(student, terms, connectors)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(term.takes_teacher for term in self.terms)
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        """Teacher module names the terms read: the teacher must be tapped at these."""
+        return list(dict.fromkeys(t.teacher for t in self.terms if t.teacher not in (None, LOGITS)))
+
+    def forward(self, batch: Mapping, teacher_out: ModelOutput | None = None) -> dict[str, Tensor]:
+        if self.tap:
+            self.tap.clear()
+        logits = call_model(self.student, batch["input"])
+        student_out = ModelOutput(logits, self.tap.features if self.tap else {})
+        if self.needs_teacher and teacher_out is None:
+            raise ValueError("these terms compare with a teacher: pass teacher_out")
+        result: dict[str, Tensor] = {"logits": logits}
+        total = logits.new_zeros((), dtype=torch.float32)
+        for term in self.terms:
+            student_value = student_out.get(term.student)
+            if term.name in self.connectors:
+                student_value = self.connectors[term.name](student_value)
+            teacher_value = teacher_out.get(term.teacher) if term.takes_teacher else None
+            value = term(student_value, teacher_value, batch["target"], batch.get("index"))
+            contribution = term.weight_at(self.epoch) * value.sum()  # SP/CRD return shape [1]
+            result[f"loss/{term.name}"] = contribution
+            total = total + contribution
+        result["loss"] = total
+        return result
