@@ -1,0 +1,242 @@
+"""The recipe: one pydantic schema, read with ``yaml.safe_load``, overridden with ``key=value``.
+
+Every section forbids unknown keys, so a typo fails before any data is loaded, with the key,
+the file and the nearest valid name. Defaults are the built-in recipe (``kdistill run`` with no
+file): Hinton KD of a small MLP from a CNN teacher on the bundled 5k MNIST.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kdistill.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Section):
+    dataset: str = "mnist"
+    path: Optional[str] = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    subset: Optional[int] = Field(None, gt=0, description="use this many samples (quick runs)")
+    # The split seed is separate from train.seed: every training seed sees the same test set.
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self):
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave data to train on (< 1)")
+        return self
+
+
+Augment = Literal["none", "shift"]
+
+
+class StudentConfig(Section):
+    model: str = "mlp"
+    kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 128})
+
+
+class TeacherConfig(Section):
+    model: str = "lenet"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = Field(None, description=".safetensors weights to load instead of training")
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    augment: Augment = Field("shift", description="augmentation while training the teacher")
+
+
+class TermConfig(Section):
+    name: str
+    loss: str
+    weight: float = 1.0
+    student: str = "logits"
+    teacher: Optional[str] = "logits"
+    connector: Optional[Literal["auto", "identity", "linear", "conv"]] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class DistillConfig(Section):
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0.0, description="weight of the distillation term")
+    ce_weight: Optional[float] = Field(None, ge=0.0, description="default 1 - alpha")
+    params: dict[str, Any] = Field(default_factory=dict, description="method-specific settings")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    augment: Augment = Field("none", description="augmentation while training the students")
+
+
+class OutputConfig(Section):
+    dir: str = "runs"
+    latency: bool = True
+    plots: bool = True
+    progress: bool = True
+
+
+class Recipe(Section):
+    name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    method: Optional[str] = "kd"
+    terms: Optional[list[TermConfig]] = None
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _method_or_terms(self):
+        if self.terms is not None:
+            self.method = None
+        elif self.method is None:
+            raise ValueError("set either method (a preset such as kd) or terms (a list)")
+        return self
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``train.epochs=3`` → (["train", "epochs"], 3); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: write key=value, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    path = [int(part) if part.isdigit() else part for part in key.split(".")]
+    return path, value
+
+
+def apply_override(tree: dict, path: list[str | int], value: Any, text: str) -> None:
+    node: Any = tree
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise ConfigError(f"override {text!r}: {'.'.join(map(str, path[:i + 1]))} is not an item of the list")
+            node = node[part]
+            continue
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"override {text!r}: {'.'.join(map(str, path[:i + 1]))} is a value, not a section")
+        node = nxt
+    last = path[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise ConfigError(f"override {text!r}: no list item {last}")
+    node[last] = value
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The schema class that holds the key at ``loc`` (for 'did you mean')."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+def describe_validation_error(error: ValidationError, source: str, overrides: dict[str, str]) -> str:
+    """One line for the first problem: the key, where it came from, and the fix."""
+    problems = error.errors()
+    first = problems[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    origin = f"override {overrides[key]!r}" if key in overrides else source
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        section = _section_at(loc)
+        valid = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        prefix = ".".join(str(p) for p in loc[:-1])
+        if close:
+            hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+        else:
+            hint = f"valid keys here: {', '.join(valid)}"
+        return f"{origin}: unknown key '{key}' ({hint}){more}"
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+    return f"{origin}: {key}: {message}{shown}{more}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe file (or the built-in default when ``path`` is None) and apply overrides.
+
+    Raises ``ConfigError`` with one line naming the key, the file and the fix.
+    """
+    source = "built-in recipe"
+    tree: Any = {}
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        if not file.is_file():
+            raise ConfigError(f"{file}: recipe file not found (see configs/ for examples)")
+        try:
+            tree = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{file}:{where}: {problem}; fix the YAML syntax") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{file}: cannot read the recipe ({error})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{file}: a recipe is a mapping of sections (name:, data:, train: ...)")
+    by_key = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(tree, keys, value, text)
+        by_key[".".join(map(str, keys))] = text
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, source, by_key)) from None
+
+
+def dump_config(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,142 @@
+"""What a run leaves behind for people: the metrics log, the results table, report.md, plots."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+ROLES = ("teacher", "scratch", "student")
+ROLE_TITLES = {"teacher": "teacher", "scratch": "student from scratch", "student": "distilled student"}
+
+
+class MetricsLog:
+    """Append-only JSON lines, one record per epoch and phase (``metrics.jsonl``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def results_table(summary: dict) -> str:
+    """A markdown table of the three models: accuracy, parameters, bytes, latency."""
+    rows = [
+        "| model | test accuracy | parameters | size on disk | latency b=1 (ms) | latency b=256 (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for role in ROLES:
+        entry = summary.get(role)
+        if not entry:
+            continue
+        latency = entry.get("latency_ms") or {}
+        b1, b256 = latency.get("batch_1"), latency.get("batch_256")
+        rows.append(
+            f"| {ROLE_TITLES[role]} ({entry['model']}) | {100 * entry['accuracy']:.2f}% | "
+            f"{entry['params']:,} | {_bytes(entry['bytes'])} | "
+            f"{'' if b1 is None else f'{b1:.3f}'} | {'' if b256 is None else f'{b256:.2f}'} |"
+        )
+    return "\n".join(rows)
+
+
+def verdict(summary: dict) -> str:
+    """One sentence on whether distillation paid off, from the run's own numbers."""
+    teacher, scratch, student = (summary[r]["accuracy"] for r in ROLES)
+    gain = 100 * (student - scratch)
+    compression = summary["teacher"]["params"] / max(summary["student"]["params"], 1)
+    if student > scratch:
+        gap = teacher - scratch
+        recovered = f", recovering {100 * (student - scratch) / gap:.0f}% of the teacher–scratch gap" if gap > 0 else ""
+        return (
+            f"Distillation helped: the distilled student scores {gain:+.2f} points over the same "
+            f"student trained from scratch{recovered}, with {compression:.1f}× fewer parameters "
+            "than the teacher."
+        )
+    return (
+        f"Distillation did not beat the scratch student ({gain:+.2f} points). Check the teacher's "
+        "accuracy, the temperature and term weights, and whether the student trained long enough."
+    )
+
+
+def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
+    """Training curves: each loss term per phase, and validation accuracy per phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    by_phase: dict[str, list[dict]] = defaultdict(list)
+    for record in history:
+        by_phase[record["phase"]].append(record)
+    written = []
+
+    fig, axes = plt.subplots(1, len(by_phase), figsize=(4.5 * len(by_phase), 3.5), squeeze=False)
+    for ax, (phase, records) in zip(axes[0], by_phase.items()):
+        epochs = [r["epoch"] for r in records]
+        keys = [k for k in records[0] if k == "loss" or k.startswith("loss/")]
+        for key in keys:
+            ax.plot(epochs, [r[key] for r in records], marker=".", label=key)
+        ax.set_title(ROLE_TITLES.get(phase, phase))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss (weighted)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = plots_dir / "loss_terms.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for phase, records in by_phase.items():
+        if "val/accuracy" in records[0]:
+            ax.plot([r["epoch"] for r in records], [100 * r["val/accuracy"] for r in records], marker=".", label=ROLE_TITLES.get(phase, phase))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    path = plots_dir / "val_accuracy.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
+    run_dir = Path(run_dir)
+    lines = [
+        f"# {summary['name']}: {summary['method']} distillation",
+        "",
+        f"Data: {summary['data']['dataset']} "
+        f"({', '.join(f'{k} {v}' for k, v in summary['data']['sizes'].items())}); "
+        f"accuracy on the held-out test split, as a percentage.",
+        "",
+        results_table(summary),
+        "",
+        verdict(summary),
+        "",
+        f"Latency: median of repeated CPU forward passes on {summary['latency_threads']} thread(s). "
+        f"Total run time {summary['seconds']:.0f} s.",
+        "",
+    ]
+    for path in plots:
+        lines += [f"![{path.stem}](plots/{path.name})", ""]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report

@@ -1,0 +1,120 @@
+"""`kdistill run` end to end on a small slice of real MNIST, and the command line's contract:
+exit 0 on success, 2 with one line for a user error, never a traceback for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import subprocess_env
+from kdistill.cli import main
+from kdistill.config import Recipe
+
+QUICK = ["data.subset=600", "teacher.epochs=2", "train.epochs=2", "train.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One quick run shared by the tests that read its outputs."""
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["run", *QUICK, f"output.dir={root}", "name=quick"]) == 0
+    return root, root / "quick"
+
+
+def test_run_writes_the_run_directory(finished_run):
+    _, run_dir = finished_run
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.md",
+                 "checkpoints/teacher.safetensors", "checkpoints/scratch.safetensors",
+                 "checkpoints/student.safetensors", "plots/loss_terms.png", "plots/val_accuracy.png"):
+        assert (run_dir / name).is_file(), name
+        assert (run_dir / name).stat().st_size > 0, name
+
+
+def test_summary_has_accuracy_size_and_latency_for_all_three(finished_run):
+    _, run_dir = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "fraction" in summary["accuracy_unit"]
+    for role in ("teacher", "scratch", "student"):
+        entry = summary[role]
+        assert 0.0 <= entry["accuracy"] <= 1.0
+        assert entry["params"] > 0 and entry["bytes"] > 0
+        assert entry["latency_ms"]["batch_1"] > 0 and entry["latency_ms"]["batch_256"] > 0
+    assert summary["teacher"]["accuracy"] > 0.5  # a real teacher, even after 2 epochs on 600 digits
+    assert summary["teacher"]["params"] > 4 * summary["student"]["params"]
+    assert summary["data"]["sizes"]["test"] == 120
+
+
+def test_metrics_log_and_report(finished_run):
+    _, run_dir = finished_run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["epoch"]) for r in records] == [
+        ("teacher", 1), ("teacher", 2), ("scratch", 1), ("scratch", 2), ("student", 1), ("student", 2)
+    ]
+    student = [r for r in records if r["phase"] == "student"][0]
+    assert {"loss", "loss/ce", "loss/kd", "val/accuracy", "train/accuracy"} <= set(student)
+    assert student["loss"] == pytest.approx(student["loss/ce"] + student["loss/kd"], rel=1e-5)
+    report = (run_dir / "report.md").read_text()
+    assert "| distilled student (mlp) |" in report and "plots/loss_terms.png" in report
+
+
+def test_resolved_config_reproduces_the_run(finished_run):
+    root, run_dir = finished_run
+    written = Recipe.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert written.train.epochs == 2 and written.data.subset == 600
+    assert written.output.dir == str(root)
+
+
+def test_existing_run_is_refused_then_replaced_with_overwrite_reusing_the_teacher(finished_run, capsys):
+    root, run_dir = finished_run
+    before = (run_dir / "summary.json").read_text()
+    assert main(["run", *QUICK, f"output.dir={root}", "name=quick"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run_dir / "summary.json").read_text() == before  # nothing was touched
+    assert main(["run", *QUICK, f"output.dir={root}", "name=quick", "--overwrite", "output.latency=false"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["teacher"]["source"].startswith("reused")
+    assert not any(json.loads(l)["phase"] == "teacher" for l in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+def test_recipe_file_with_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "fromfile", "data": {"dataset": "digits"}, "student": {"model": "mlp", "kwargs": {"width": 8}}}))
+    code = main(["run", str(recipe), "teacher.epochs=1", "train.epochs=1", f"output.dir={tmp_path}", "output.latency=false", "output.plots=false"])
+    assert code == 0
+    summary = json.loads((tmp_path / "fromfile" / "summary.json").read_text())
+    assert summary["data"]["dataset"] == "digits"
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "train.epoch=3"], "did you mean 'train.epochs'"),
+        (["run", "missing.yaml"], "missing.yaml"),
+        (["run", "student.model=resnet9000"], "student.model"),
+        (["run", "data.dataset=npz"], "data.path"),
+        (["run", "teacher.checkpoint=nowhere.safetensors", "data.subset=100"], "teacher.checkpoint"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(args, fragment, capsys, tmp_path):
+    assert main([*args, f"output.dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_python_m_and_console_script_in_a_subprocess(tmp_path):
+    env = subprocess_env()
+    listing = subprocess.run([sys.executable, "-m", "kdistill", "list", "models"], capture_output=True, text=True, env=env)
+    assert listing.returncode == 0 and "mlp_tiny" in listing.stdout
+    bad = subprocess.run([sys.executable, "-m", "kdistill", "run", "trian.epochs=1"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "did you mean 'train'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written for a bad recipe
+
+
+@pytest.mark.parametrize("what", ["methods", "models", "datasets", "losses"])
+def test_list(what, capsys):
+    assert main(["list", what]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and all(len(line.split()) >= 2 for line in lines)  # a name and a description

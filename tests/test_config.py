@@ -1,0 +1,101 @@
+"""Recipes: defaults, shipped files, overrides, and one-line errors for bad keys and values."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdistill.config import Recipe, dump_config, load_config, parse_override
+from kdistill.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_builtin_recipe_is_the_shipped_mnist_recipe():
+    assert load_config(CONFIGS / "mnist.yaml") == load_config(None) == Recipe()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    load_config(path)
+
+
+def test_overrides_set_nested_values_with_yaml_types(tmp_path):
+    recipe = load_config(None, ["train.epochs=3", "train.lr=0.01", "teacher.kwargs={width: 8}", "data.subset=null"])
+    assert recipe.train.epochs == 3 and recipe.train.lr == 0.01
+    assert recipe.teacher.kwargs == {"width": 8}
+    assert recipe.data.subset is None
+    assert parse_override("terms.0.weight=0.5") == (["terms", 0, "weight"], 0.5)
+
+
+def test_terms_replace_the_method_and_list_items_can_be_overridden(tmp_path):
+    path = write(tmp_path, """
+terms:
+  - {name: ce, loss: ce, weight: 1.0, teacher: null}
+  - {name: kd, loss: kd, weight: 0.5, params: {temperature: 2.0}}
+""")
+    recipe = load_config(path, ["terms.1.weight=0.7"])
+    assert recipe.method is None
+    assert [t.weight for t in recipe.terms] == [1.0, 0.7]
+
+
+def test_unknown_key_names_key_file_and_nearest_valid_key(tmp_path):
+    path = write(tmp_path, "train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "'train.epoch'" in message and "'train.epochs'" in message
+    assert "\n" not in message
+
+
+def test_unknown_top_level_section_and_override_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"'trian'.*did you mean 'train'"):
+        load_config(write(tmp_path, "trian: {epochs: 3}\n"))
+    with pytest.raises(ConfigError, match=r"override 'train.bach_size=3'.*'train.batch_size'"):
+        load_config(None, ["train.bach_size=3"])
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epochs=zero", "train.epochs"),
+        ("train.lr=-1", "train.lr"),
+        ("train.optimizer=adagrad", "train.optimizer"),
+        ("data.val_fraction=0.85", "data"),  # with test 0.2 nothing is left to train on
+        ("name=has space", "name"),
+    ],
+)
+def test_bad_values_name_the_field(override, fragment):
+    with pytest.raises(ConfigError, match=fragment) as error:
+        load_config(None, [override])
+    assert "\n" not in str(error.value)
+
+
+def test_yaml_errors_and_missing_files_are_user_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"recipe.yaml: line \d"):
+        load_config(write(tmp_path, "train:\n  epochs: [1\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- just\n- a list\n"))
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_yaml_tags_cannot_run_code(tmp_path):
+    path = write(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_config(None, ["train.epochs=2", "distill.temperature=2.5"])
+    again = load_config(write(tmp_path, dump_config(recipe)))
+    assert again == recipe
+    assert yaml.safe_load(dump_config(recipe))["train"]["epochs"] == 2
