@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from typing import Callable
 
+from kdistill.losses.feature import FEATURE_LOSSES
 from kdistill.losses.logit import LOGIT_LOSSES, cross_entropy, kd, kl_batchmean
+from kdistill.losses.relation import RELATION_LOSSES
+from kdistill.losses.token import TOKEN_LOSSES
 
 LOSSES: dict[str, Callable] = {
     **LOGIT_LOSSES,
+    **FEATURE_LOSSES,
+    **RELATION_LOSSES,
+    **TOKEN_LOSSES,
 }
 
 __all__ = ["LOSSES", "cross_entropy", "kd", "kl_batchmean"]
