@@ -35,6 +35,16 @@ def test_every_module_of_every_model_can_be_tapped(name):
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_hint_layers_name_feature_maps_shallow_to_deep(name):
+    model = create_model(name, num_classes=10, input_shape=(1, 28, 28)).eval()
+    assert model.hint_layers
+    with FeatureTap(model, [*model.hint_layers, "head:input"]) as tap:
+        model(torch.randn(2, 1, 28, 28))
+    assert tap.features["head:input"].shape == (2, model.num_features)
+    assert all(tap.features[name].shape[0] == 2 for name in model.hint_layers)
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_model_has_parameters_and_description(name):
     model = create_model(name, num_classes=10, input_shape=(1, 28, 28))
     assert sum(p.numel() for p in model.parameters()) > 100

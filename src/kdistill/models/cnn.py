@@ -60,6 +60,8 @@ class CNN(nn.Module):
         self.head = nn.Linear(features, num_classes)
         self.num_classes = num_classes
         self.num_features = features
+        # Module names of intermediate feature maps, shallow to deep, for hint/attention terms.
+        self.hint_layers = tuple(f"stages.{k}" for k in range(depth))
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.stages(x)))

@@ -32,6 +32,8 @@ class MLP(nn.Module):
         self.head = nn.Linear(in_features, num_classes)
         self.num_classes = num_classes
         self.num_features = in_features
+        # Module names of intermediate features, shallow to deep, for hint/attention terms.
+        self.hint_layers = tuple(f"features.{3 * i + 1}" for i in range(depth))
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
