@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -32,25 +33,35 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+def repeat_sample(example, batch_size: int):
+    """A batch of ``batch_size`` copies of one sample (a tensor or a dict of tensors)."""
+    if isinstance(example, Mapping):
+        return {k: repeat_sample(v, batch_size) for k, v in example.items()}
+    return example.unsqueeze(0).expand(batch_size, *example.shape).contiguous().cpu()
+
+
 @torch.inference_mode()
 def measure_latency(
-    model: nn.Module, example: Tensor, *, batch_size: int = 1, repeats: int = 30, warmup: int = 5,
+    model: nn.Module, example, *, batch_size: int = 1, repeats: int = 30, warmup: int = 5,
     budget_s: float = 2.0,
 ) -> float:
     """Median wall time in milliseconds of one forward pass on a batch built from ``example``
-    (one sample, without the batch axis), on the CPU in eval mode.
+    (one sample without the batch axis: a tensor, or a dict of tensors for text models), on the
+    CPU in eval mode.
 
     Stops early after ``budget_s`` seconds of timed passes so a large teacher cannot stall a run.
     """
+    from kdistill.distiller import call_model
+
     model = model.eval().cpu()
-    batch = example.unsqueeze(0).expand(batch_size, *example.shape).contiguous().cpu()
+    batch = repeat_sample(example, batch_size)
     for _ in range(warmup):
-        model(batch)
+        call_model(model, batch)
     times = []
     deadline = time.perf_counter() + budget_s
     for _ in range(repeats):
         start = time.perf_counter()
-        model(batch)
+        call_model(model, batch)
         times.append(time.perf_counter() - start)
         if time.perf_counter() > deadline and len(times) >= 3:
             break

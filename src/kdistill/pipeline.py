@@ -24,10 +24,11 @@ from kdistill.data.augment import augmented
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
 from kdistill.export import count_parameters, load_weights, measure_latency, save_weights
-from kdistill.methods import Term, preset_terms, scratch
+from kdistill.methods import Term, preset_terms
 from kdistill.models import UnknownModelError, create_model
 from kdistill.report import MetricsLog, plot_history, results_table, verdict, write_report
-from kdistill.trainer import evaluate, fit, make_accelerator
+from kdistill.tasks import TASKS, Task
+from kdistill.trainer import fit, make_accelerator
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json")
 
@@ -107,7 +108,7 @@ def teacher_fingerprint(recipe: Recipe, splits: DataSplits) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def obtain_teacher(recipe, splits, val_loader, accelerator, log, run_dir) -> tuple[nn.Module, dict]:
+def obtain_teacher(recipe, splits, task, val_loader, accelerator, log, run_dir) -> tuple[nn.Module, dict]:
     """Load the teacher from ``teacher.checkpoint``, from an earlier run's store, or train it."""
     cfg = recipe.teacher
     model = build_model("teacher", cfg.model, cfg.kwargs, splits)
@@ -126,11 +127,11 @@ def obtain_teacher(recipe, splits, val_loader, accelerator, log, run_dir) -> tup
             set_seed(recipe.train.seed)
             started = time.perf_counter()
             fit(
-                Distiller(model, scratch()), train_loader(splits, recipe, cfg.augment), val_loader=val_loader,
+                Distiller(model, task.scratch_terms()), train_loader(splits, recipe, cfg.augment), val_loader=val_loader,
                 epochs=cfg.epochs, optimizer=cfg.optimizer, lr=cfg.lr,
                 weight_decay=recipe.train.weight_decay, momentum=recipe.train.momentum,
                 schedule=recipe.train.schedule, accelerator=accelerator, log=log, phase="teacher",
-                progress=recipe.output.progress,
+                progress=recipe.output.progress, evaluate_fn=task.evaluate,
             )
             info = {"source": "trained", "trained_seconds": time.perf_counter() - started}
             model = model.cpu()
@@ -148,7 +149,7 @@ def _load_checkpoint(model: nn.Module, path: Path, field: str) -> None:
         raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
 
 
-def train_student(recipe, splits, terms, teacher, val_loader, accelerator, log, phase):
+def train_student(recipe, splits, task, terms, teacher, val_loader, accelerator, log, phase):
     set_seed(recipe.train.seed)  # same initial weights for the scratch and the distilled student
     student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
     example = next(iter(DataLoader(splits.train, batch_size=2)))
@@ -160,14 +161,15 @@ def train_student(recipe, splits, terms, teacher, val_loader, accelerator, log, 
         val_loader=val_loader, epochs=t.epochs, optimizer=t.optimizer, lr=t.lr,
         weight_decay=t.weight_decay, momentum=t.momentum, schedule=t.schedule,
         accelerator=accelerator, log=log, phase=phase, progress=recipe.output.progress,
+        evaluate_fn=task.evaluate,
     )
     return student.cpu(), time.perf_counter() - started
 
 
-def measure(model, name, role, path, test_loader, example, latency: bool, seconds: float) -> dict:
-    result = evaluate(model.cpu(), test_loader)
+def measure(model, name, task: Task, path, test_loader, example, latency: bool, seconds: float) -> dict:
+    result = task.evaluate(model.cpu(), test_loader)
     entry = {
-        "model": name, "accuracy": result["accuracy"], "loss": result["loss"],
+        "model": name, **{k: v for k, v in result.items() if k != "n"},
         "params": count_parameters(model), "bytes": path.stat().st_size,
         "checkpoint": str(path.name), "train_seconds": round(seconds, 2),
     }
@@ -182,6 +184,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, echo=print) -> dict:
     """Run a recipe end to end; returns the summary also written to ``summary.json``."""
     started = time.perf_counter()
     splits = load_data(recipe)  # bad data fails before anything is written or replaced
+    task = TASKS[splits.task]
     terms = recipe_terms(recipe)
     run_dir = prepare_run_dir(recipe, overwrite=overwrite)
     (run_dir / "config.yaml").write_text(dump_config(recipe))
@@ -189,16 +192,16 @@ def run(recipe: Recipe, *, overwrite: bool = False, echo=print) -> dict:
     accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision)
     val_loader, test_loader = eval_loader(splits.val, recipe), eval_loader(splits.test, recipe)
 
-    teacher_model, teacher_info = obtain_teacher(recipe, splits, val_loader, accelerator, metrics.write, run_dir)
+    teacher_model, teacher_info = obtain_teacher(recipe, splits, task, val_loader, accelerator, metrics.write, run_dir)
     teacher_taps = Distiller(nn.Identity(), terms).teacher_taps
     teacher = Teacher(teacher_model, taps=teacher_taps)
 
     scratch_model, scratch_seconds = train_student(
-        recipe, splits, scratch(), None, val_loader, accelerator, metrics.write, "scratch"
+        recipe, splits, task, task.scratch_terms(), None, val_loader, accelerator, metrics.write, "scratch"
     )
     save_weights(scratch_model, run_dir / "checkpoints" / "scratch.safetensors")
     student_model, student_seconds = train_student(
-        recipe, splits, terms, teacher, val_loader, accelerator, metrics.write, "student"
+        recipe, splits, task, terms, teacher, val_loader, accelerator, metrics.write, "student"
     )
     save_weights(student_model, run_dir / "checkpoints" / "student.safetensors")
 
@@ -208,11 +211,12 @@ def run(recipe: Recipe, *, overwrite: bool = False, echo=print) -> dict:
     summary = {
         "name": recipe.name,
         "method": recipe.method or "custom terms",
-        "accuracy_unit": "fraction of the test split classified correctly (0..1)",
+        **({"accuracy_unit": "fraction of the test split classified correctly (0..1)"} if "accuracy" in task.metrics else {}),
+        "task": {"name": task.name, "metrics": list(task.metrics), "higher_is_better": task.higher_is_better, "percent": sorted(task.percent)},
         "data": splits.identity,
-        "teacher": {**measure(teacher_model, recipe.teacher.model, "teacher", ckpt / "teacher.safetensors", test_loader, example, latency, teacher_info["trained_seconds"]), "source": teacher_info["source"]},
-        "scratch": measure(scratch_model, recipe.student.model, "scratch", ckpt / "scratch.safetensors", test_loader, example, latency, scratch_seconds),
-        "student": measure(student_model, recipe.student.model, "student", ckpt / "student.safetensors", test_loader, example, latency, student_seconds),
+        "teacher": {**measure(teacher_model, recipe.teacher.model, task, ckpt / "teacher.safetensors", test_loader, example, latency, teacher_info["trained_seconds"]), "source": teacher_info["source"]},
+        "scratch": measure(scratch_model, recipe.student.model, task, ckpt / "scratch.safetensors", test_loader, example, latency, scratch_seconds),
+        "student": measure(student_model, recipe.student.model, task, ckpt / "student.safetensors", test_loader, example, latency, student_seconds),
         "latency_threads": torch.get_num_threads(),
         "device": str(accelerator.device),
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},

@@ -34,11 +34,22 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+def _task(summary: dict) -> dict:
+    return summary.get("task") or {"metrics": ["accuracy"], "higher_is_better": {"accuracy": True}, "percent": ["accuracy"]}
+
+
+def _metric(value: float, name: str, task: dict) -> str:
+    return f"{100 * value:.2f}%" if name in task["percent"] else f"{value:.4f}"
+
+
 def results_table(summary: dict) -> str:
-    """A markdown table of the three models: accuracy, parameters, bytes, latency."""
+    """A markdown table of the three models: the task's metrics, parameters, bytes, latency."""
+    task = _task(summary)
+    metrics = task["metrics"]
     rows = [
-        "| model | test accuracy | parameters | size on disk | latency b=1 (ms) | latency b=256 (ms) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | " + " | ".join(f"test {m}" for m in metrics)
+        + " | parameters | size on disk | latency b=1 (ms) | latency b=256 (ms) |",
+        "|---|" + "---:|" * (len(metrics) + 4),
     ]
     for role in ROLES:
         entry = summary.get(role)
@@ -46,8 +57,9 @@ def results_table(summary: dict) -> str:
             continue
         latency = entry.get("latency_ms") or {}
         b1, b256 = latency.get("batch_1"), latency.get("batch_256")
+        scores = " | ".join(_metric(entry[m], m, task) for m in metrics)
         rows.append(
-            f"| {ROLE_TITLES[role]} ({entry['model']}) | {100 * entry['accuracy']:.2f}% | "
+            f"| {ROLE_TITLES[role]} ({entry['model']}) | {scores} | "
             f"{entry['params']:,} | {_bytes(entry['bytes'])} | "
             f"{'' if b1 is None else f'{b1:.3f}'} | {'' if b256 is None else f'{b256:.2f}'} |"
         )
@@ -56,20 +68,29 @@ def results_table(summary: dict) -> str:
 
 def verdict(summary: dict) -> str:
     """One sentence on whether distillation paid off, from the run's own numbers."""
-    teacher, scratch, student = (summary[r]["accuracy"] for r in ROLES)
-    gain = 100 * (student - scratch)
+    task = _task(summary)
+    headline = task["metrics"][0]
+    higher = task["higher_is_better"][headline]
+    teacher, scratch, student = (summary[r][headline] for r in ROLES)
+    scale = 100 if headline in task["percent"] else 1
+    unit = " points" if scale == 100 else ""
+    gain = scale * (student - scratch)
     compression = summary["teacher"]["params"] / max(summary["student"]["params"], 1)
-    if student > scratch:
+    if (student > scratch) if higher else (student < scratch):
         gap = teacher - scratch
-        recovered = f", recovering {100 * (student - scratch) / gap:.0f}% of the teacher–scratch gap" if gap > 0 else ""
+        recovered = (
+            f", recovering {100 * (student - scratch) / gap:.0f}% of the teacher–scratch gap"
+            if gap and (gap > 0) == higher else ""
+        )
         return (
-            f"Distillation helped: the distilled student scores {gain:+.2f} points over the same "
-            f"student trained from scratch{recovered}, with {compression:.1f}× fewer parameters "
-            "than the teacher."
+            f"Distillation helped: the distilled student's test {headline} is {gain:+.4g}{unit} "
+            f"against the same student trained from scratch{recovered}, with {compression:.1f}× "
+            "fewer parameters than the teacher."
         )
     return (
-        f"Distillation did not beat the scratch student ({gain:+.2f} points). Check the teacher's "
-        "accuracy, the temperature and term weights, and whether the student trained long enough."
+        f"Distillation did not beat the scratch student (test {headline} {gain:+.4g}{unit}). Check "
+        "the teacher's score, the temperature and term weights, and whether the student trained "
+        "long enough."
     )
 
 
@@ -103,15 +124,17 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
+    # The headline validation metric: the first val/ key the trainer logged.
+    metric = next((k for r in history for k in r if k.startswith("val/") and k != "val/loss"), "val/loss")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for phase, records in by_phase.items():
-        if "val/accuracy" in records[0]:
-            ax.plot([r["epoch"] for r in records], [100 * r["val/accuracy"] for r in records], marker=".", label=ROLE_TITLES.get(phase, phase))
+        if metric in records[0]:
+            ax.plot([r["epoch"] for r in records], [r[metric] for r in records], marker=".", label=ROLE_TITLES.get(phase, phase))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(metric.replace("/", " "))
     ax.legend()
     fig.tight_layout()
-    path = plots_dir / "val_accuracy.png"
+    path = plots_dir / f"val_{metric.removeprefix('val/').replace('@', '_at_')}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)
@@ -125,7 +148,7 @@ def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
         "",
         f"Data: {summary['data']['dataset']} "
         f"({', '.join(f'{k} {v}' for k, v in summary['data']['sizes'].items())}); "
-        f"accuracy on the held-out test split, as a percentage.",
+        "scores on the held-out test split.",
         "",
         results_table(summary),
         "",

@@ -139,11 +139,13 @@ def fit(
     log: Callable[[dict], None] | None = None,
     phase: str = "student",
     progress: bool = True,
+    evaluate_fn: Callable[..., dict] = evaluate,
 ) -> list[dict]:
     """Train ``distiller`` for ``epochs``; returns one record per epoch (also passed to ``log``).
 
     Each record holds the epoch means of ``loss`` and every ``loss/<term>``, the training
-    accuracy, the validation accuracy (when ``val_loader`` is given), learning rate and time.
+    accuracy (classification), ``val/<metric>`` from ``evaluate_fn`` on ``val_loader`` when
+    given, the learning rate and the epoch's seconds.
     """
     accelerator = accelerator or make_accelerator()
     if distiller.needs_teacher and teacher is None:
@@ -166,6 +168,7 @@ def fit(
         model.train()
         sums: dict[str, Tensor] = defaultdict(float)
         seen, correct = 0, 0
+        classifying = False
         started = time.perf_counter()
         bar = tqdm(
             train_loader, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
@@ -183,18 +186,21 @@ def fit(
             # Running sums stay tensors: .item() every step would sync a GPU each time.
             n = len(batch["target"])
             seen += n
-            correct = correct + (out["logits"].detach().argmax(-1) == batch["target"]).sum()
+            classifying = out["logits"].dim() == 2 and batch["target"].dim() == 1
+            if classifying:
+                correct = correct + (out["logits"].detach().argmax(-1) == batch["target"]).sum()
             for key, value in out.items():
                 if key == "loss" or key.startswith("loss/"):
                     sums[key] = sums[key] + value.detach().float() * n
             if step % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+                bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}")
         record = {"phase": phase, "epoch": epoch, "step": step}
         record.update({key: float(total) / seen for key, total in sums.items()})
-        record["train/accuracy"] = float(correct) / seen
+        if classifying:
+            record["train/accuracy"] = float(correct) / seen
         if val_loader is not None:
-            val = evaluate(inner.student, val_loader, accelerator)
-            record["val/accuracy"], record["val/loss"] = val["accuracy"], val["loss"]
+            val = evaluate_fn(inner.student, val_loader, accelerator)
+            record.update({f"val/{k}": v for k, v in val.items() if k != "n"})
         record["lr"] = sched.get_last_lr()[0]
         record["seconds"] = time.perf_counter() - started
         history.append(record)
@@ -202,9 +208,7 @@ def fit(
             if log:
                 log(record)
             if progress:
-                val_text = f" val_acc {record['val/accuracy']:.4f}" if val_loader is not None else ""
-                tqdm.write(
-                    f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} "
-                    f"train_acc {record['train/accuracy']:.4f}{val_text} ({record['seconds']:.1f}s)"
-                )
+                shown = [k for k in record if k == "train/accuracy" or k.startswith("val/")]
+                text = " ".join(f"{k} {record[k]:.4f}" for k in shown)
+                tqdm.write(f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)")
     return history

@@ -1,0 +1,46 @@
+"""What a model learns and how it is scored. A task names its metrics (the first is the
+headline the report and the verdict use), which direction is better, how a split is evaluated,
+and the terms a student trains with when there is no teacher (the scratch baseline).
+
+Datasets say which task they are (``DataSplits.task``); the composition root looks it up here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from kdistill.methods import Term, scratch
+from kdistill.trainer import evaluate
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    metrics: tuple[str, ...]
+    higher_is_better: dict[str, bool]
+    evaluate: Callable[..., dict]  # (model, loader, accelerator=None) -> {metric: value, ...}
+    scratch_terms: Callable[[], list[Term]]
+    percent: frozenset[str] = frozenset()  # metrics shown as percentages
+
+    @property
+    def headline(self) -> str:
+        return self.metrics[0]
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether headline value ``a`` is better than ``b``."""
+        return a > b if self.higher_is_better[self.headline] else a < b
+
+
+CLASSIFICATION = Task(
+    name="classification",
+    metrics=("accuracy",),
+    higher_is_better={"accuracy": True, "loss": False},
+    evaluate=evaluate,
+    scratch_terms=scratch,
+    percent=frozenset({"accuracy"}),
+)
+
+TASKS: dict[str, Task] = {
+    "classification": CLASSIFICATION,
+}
