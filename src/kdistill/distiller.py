@@ -158,7 +158,7 @@ class Distiller(nn.Module):
             if term.name in self.connectors:
                 student_value = self.connectors[term.name](student_value)
             teacher_value = teacher_out.get(term.teacher) if term.takes_teacher else None
-            value = term(student_value, teacher_value, batch["target"], batch.get("index"))
+            value = term(student_value, teacher_value, batch["target"], batch.get("index"), batch.get("mask"))
             contribution = term.weight_at(self.epoch) * value.sum()  # SP/CRD return shape [1]
             result[f"loss/{term.name}"] = contribution
             total = total + contribution

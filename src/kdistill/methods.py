@@ -66,7 +66,8 @@ class Term:
         # positional argument is `target` compares with the labels only.
         self.takes_target = "target" in positional
         self.takes_teacher = len(positional) >= 2 and positional[1] != "target"
-        self.takes_index = "index" in parameters
+        self.takes_index = "index" in parameters  # memory-bank methods (CRD) find samples by it
+        self.takes_mask = "mask" in parameters  # token losses skip padding positions
         if not self.takes_teacher:
             self.teacher = None
         elif self.teacher is None:
@@ -77,13 +78,18 @@ class Term:
             return self.weight
         return self.weight * min(epoch / self.warmup_epochs, 1.0)
 
-    def __call__(self, student: Tensor, teacher: Tensor | None, target: Tensor, index: Tensor):
+    def __call__(
+        self, student: Tensor, teacher: Tensor | None, target: Tensor, index: Tensor | None = None,
+        mask: Tensor | None = None,
+    ):
         args = [student]
         if self.takes_teacher:
             args.append(teacher)
         if self.takes_target:
             args.append(target)
         extra = {"index": index} if self.takes_index else {}
+        if self.takes_mask and mask is not None:
+            extra["mask"] = mask
         return self.loss(*args, **self.params, **extra)
 
 
