@@ -31,6 +31,7 @@ def run(
     recipe: Optional[str] = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoints"),
 ):
     """Train (or reuse) the teacher, train the student from scratch and with distillation,
     evaluate all three, and write runs/<name>/."""
@@ -39,7 +40,9 @@ def run(
 
     path, overrides = _split_recipe(recipe, overrides)
     config = load_config(path, overrides)
-    run_recipe(config, overwrite=overwrite, echo=typer.echo)
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume contradict each other; choose one")
+    run_recipe(config, overwrite=overwrite, resume=resume, echo=typer.echo)
 
 
 class Listing(str, Enum):

@@ -89,6 +89,8 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     augment: Augment = Field("none", description="augmentation while training the students")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
+    deterministic: bool = Field(False, description="deterministic kernels: bit-identical reruns and resumes")
 
 
 class OutputConfig(Section):

@@ -10,26 +10,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdistill.checkpoint import load_tensors, save_tensors
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def save_weights(model: nn.Module, path: str | Path) -> int:
-    """Write ``model``'s state dict as safetensors; returns the file size in bytes."""
-    from safetensors.torch import save_model
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(path))
-    return path.stat().st_size
+    """Write ``model``'s state dict as safetensors, atomically and with a checksum; returns the
+    file size in bytes."""
+    return save_tensors(path, model.state_dict())
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load safetensors weights into ``model`` (strict: every tensor must match)."""
-    from safetensors.torch import load_model
-
-    load_model(model, str(path), strict=True, device="cpu")
+    """Load safetensors weights into ``model`` (strict: every tensor must match). Never unpickles;
+    a truncated or corrupted file raises ``CheckpointError`` naming it."""
+    tensors, _ = load_tensors(path, what="weights file")
+    model.load_state_dict(tensors, strict=True)
     return model
 
 

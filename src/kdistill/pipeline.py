@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,10 +18,14 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+import yaml
+from accelerate import Accelerator
+
+from kdistill.checkpoint import read_meta
 from kdistill.config import Recipe, dump_config
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented
-from kdistill.distiller import Distiller, Teacher
+from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.errors import ConfigError, UserError
 from kdistill.export import count_parameters, load_weights, measure_latency, save_weights
 from kdistill.methods import Term, preset_terms
@@ -33,21 +37,45 @@ from kdistill.trainer import fit, make_accelerator
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json")
 
 
-def prepare_run_dir(recipe: Recipe, *, overwrite: bool = False) -> Path:
-    """``<output.dir>/<name>``, new. An existing run is replaced only when asked, and only if it
-    is a kdistill run directory (never an arbitrary folder)."""
+def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, create: bool = True) -> Path:
+    """``<output.dir>/<name>``: new, replaced (``overwrite``, only if it is a kdistill run), or
+    continued (``resume``, only with the recipe it was started with). Never silently reused."""
     run_dir = Path(recipe.output.dir) / recipe.name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        config = run_dir / "config.yaml"
+        if not config.is_file():
+            raise UserError(f"--resume: {run_dir} holds no run to continue; run without --resume")
+        started_with = Recipe.model_validate(yaml.safe_load(config.read_text()))
+        if started_with != recipe:
+            changed = _first_difference(started_with.model_dump(), recipe.model_dump())
+            raise UserError(
+                f"--resume: the recipe differs from {config} at {changed}; resume with the same "
+                "recipe, or start a new run with name=<new name>"
+            )
+        return run_dir
+    if exists:
         if not overwrite:
             raise UserError(
-                f"{run_dir} already exists: pass --overwrite to replace it, "
-                f"or name=<new name> for a separate run"
+                f"{run_dir} already exists: pass --resume to continue it, --overwrite to replace "
+                "it, or name=<new name> for a separate run"
             )
         if not any((run_dir / marker).exists() for marker in RUN_MARKERS):
             raise UserError(f"{run_dir} exists and is not a kdistill run; choose another name= or output.dir=")
-        shutil.rmtree(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if create:  # the main process only; the others check the same things and wait
+        if exists:
+            shutil.rmtree(run_dir)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(recipe))
     return run_dir
+
+
+def _first_difference(a, b, path="") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return path or "(top level)"
 
 
 def load_data(recipe: Recipe) -> DataSplits:
@@ -108,62 +136,136 @@ def teacher_fingerprint(recipe: Recipe, splits: DataSplits) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def obtain_teacher(recipe, splits, task, val_loader, accelerator, log, run_dir) -> tuple[nn.Module, dict]:
-    """Load the teacher from ``teacher.checkpoint``, from an earlier run's store, or train it."""
-    cfg = recipe.teacher
-    model = build_model("teacher", cfg.model, cfg.kwargs, splits)
+@dataclass
+class RunContext:
+    """What every phase of a run shares."""
+
+    recipe: Recipe
+    splits: DataSplits
+    task: Task
+    accelerator: Accelerator
+    run_dir: Path
+    metrics: MetricsLog
+    resume: bool
+    val_loader: DataLoader
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def log(self, record: dict) -> None:
+        self.metrics.write(record)
+
+
+def train_phase(ctx: RunContext, phase: str, distiller: Distiller, *, teacher: Teacher | None,
+                augment: str, epochs: int, lr: float, optimizer: str) -> float:
+    """Train one phase into ``checkpoints/<phase>.safetensors``; returns its training seconds.
+
+    The full training state is kept in ``checkpoints/<phase>.state.safetensors`` while the phase
+    runs (each epoch and every ``train.checkpoint_every`` steps), so ``--resume`` continues a
+    killed run exactly; a phase already finished is loaded, not retrained.
+    """
+    final = ctx.checkpoints / f"{phase}.safetensors"
+    state = ctx.checkpoints / f"{phase}.state.safetensors"
+    if ctx.resume and final.is_file():
+        load_weights(distiller.student, final)
+        return ctx.metrics.seconds(phase)
+    if ctx.is_main:
+        # Records the checkpoint does not cover are written again by the resumed training.
+        resume_epoch = read_meta(state)["progress"]["epoch"] if ctx.resume and state.is_file() else 1
+        ctx.metrics.drop_from(phase, resume_epoch)
+    t = ctx.recipe.train
+    fit(
+        distiller, train_loader(ctx.splits, ctx.recipe, augment), teacher=teacher,
+        val_loader=ctx.val_loader, epochs=epochs, optimizer=optimizer, lr=lr,
+        weight_decay=t.weight_decay, momentum=t.momentum, schedule=t.schedule,
+        accelerator=ctx.accelerator, log=ctx.log, phase=phase, progress=ctx.recipe.output.progress,
+        evaluate_fn=ctx.task.evaluate, checkpoint=state, checkpoint_every=t.checkpoint_every,
+        resume=ctx.resume,
+    )
+    if ctx.is_main:
+        save_weights(distiller.student, final)
+        state.unlink(missing_ok=True)
+    ctx.accelerator.wait_for_everyone()
+    return ctx.metrics.seconds(phase)
+
+
+def obtain_teacher(ctx: RunContext) -> tuple[nn.Module, dict]:
+    """Load the teacher from ``teacher.checkpoint``, from this run (resumed), from an earlier
+    run's store, or train it here."""
+    recipe, cfg = ctx.recipe, ctx.recipe.teacher
+    model = build_model("teacher", cfg.model, cfg.kwargs, ctx.splits)
+    final = ctx.checkpoints / "teacher.safetensors"
+    store = Path(recipe.output.dir) / ".teachers" / f"{cfg.model}-{teacher_fingerprint(recipe, ctx.splits)}.safetensors"
+    trained_here = any(r["phase"] == "teacher" for r in ctx.metrics.read())
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
         if not path.is_file():
             raise UserError(f"teacher.checkpoint: {path} does not exist")
         _load_checkpoint(model, path, "teacher.checkpoint")
         info = {"source": str(path), "trained_seconds": 0.0}
+    elif ctx.resume and final.is_file():
+        _load_checkpoint(model, final, "teacher")
+        info = {"source": "trained" if trained_here else f"reused {store}", "trained_seconds": ctx.metrics.seconds("teacher")}
+    elif store.is_file() and not (ctx.resume and trained_here):
+        _load_checkpoint(model, store, "teacher store")
+        info = {"source": f"reused {store}", "trained_seconds": 0.0}
     else:
-        store = Path(recipe.output.dir) / ".teachers" / f"{cfg.model}-{teacher_fingerprint(recipe, splits)}.safetensors"
-        if store.is_file():
-            _load_checkpoint(model, store, "teacher store")
-            info = {"source": f"reused {store}", "trained_seconds": 0.0}
-        else:
-            set_seed(recipe.train.seed)
-            started = time.perf_counter()
-            fit(
-                Distiller(model, task.scratch_terms()), train_loader(splits, recipe, cfg.augment), val_loader=val_loader,
-                epochs=cfg.epochs, optimizer=cfg.optimizer, lr=cfg.lr,
-                weight_decay=recipe.train.weight_decay, momentum=recipe.train.momentum,
-                schedule=recipe.train.schedule, accelerator=accelerator, log=log, phase="teacher",
-                progress=recipe.output.progress, evaluate_fn=task.evaluate,
-            )
-            info = {"source": "trained", "trained_seconds": time.perf_counter() - started}
-            model = model.cpu()
-            tmp = store.with_suffix(".tmp")
-            save_weights(model, tmp)
-            os.replace(tmp, store)  # atomic: a crash never leaves a half-written teacher
-    save_weights(model.cpu(), run_dir / "checkpoints" / "teacher.safetensors")
-    return model, info
+        set_seed(recipe.train.seed)
+        seconds = train_phase(
+            ctx, "teacher", Distiller(model, ctx.task.scratch_terms()), teacher=None,
+            augment=cfg.augment, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
+        )
+        if ctx.is_main:
+            save_weights(model, store)  # atomic: a crash never leaves a half-written teacher
+        info = {"source": "trained", "trained_seconds": seconds}
+    if ctx.is_main and not final.is_file():
+        save_weights(model, final)
+    ctx.accelerator.wait_for_everyone()
+    return model.cpu(), info
 
 
 def _load_checkpoint(model: nn.Module, path: Path, field: str) -> None:
     try:
         load_weights(model, path)
-    except Exception as error:  # safetensors raises several types for bad files
+    except UserError:
+        raise
+    except Exception as error:  # shapes or names that do not fit the model
         raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
 
 
-def train_student(recipe, splits, task, terms, teacher, val_loader, accelerator, log, phase):
+def check_compatible(teacher: nn.Module, student: nn.Module, example: dict) -> None:
+    """Teacher and student must score the same classes (or vocabulary) for logit terms."""
+    with torch.no_grad():
+        was = student.training
+        t_out = call_model(teacher.eval(), example["input"])
+        s_out = call_model(student.eval(), example["input"])
+        student.train(was)
+    if t_out.shape[-1] != s_out.shape[-1]:
+        raise UserError(
+            f"the teacher has {t_out.shape[-1]} outputs but the student has {s_out.shape[-1]}: "
+            "build both for the same classes (or vocabulary), or map one onto the other"
+        )
+
+
+def train_student(ctx: RunContext, phase: str, terms: list[Term], teacher: Teacher | None):
+    recipe = ctx.recipe
     set_seed(recipe.train.seed)  # same initial weights for the scratch and the distilled student
-    student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
-    example = next(iter(DataLoader(splits.train, batch_size=2)))
+    student = build_model("student", recipe.student.model, recipe.student.kwargs, ctx.splits)
+    example = next(iter(DataLoader(ctx.splits.train, batch_size=2)))
+    if teacher is not None:
+        check_compatible(teacher.module, student, example)
     distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example)
     t = recipe.train
-    started = time.perf_counter()
-    fit(
-        distiller, train_loader(splits, recipe, t.augment), teacher=teacher if distiller.needs_teacher else None,
-        val_loader=val_loader, epochs=t.epochs, optimizer=t.optimizer, lr=t.lr,
-        weight_decay=t.weight_decay, momentum=t.momentum, schedule=t.schedule,
-        accelerator=accelerator, log=log, phase=phase, progress=recipe.output.progress,
-        evaluate_fn=task.evaluate,
+    seconds = train_phase(
+        ctx, phase, distiller, teacher=teacher if distiller.needs_teacher else None,
+        augment=t.augment, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
     )
-    return student.cpu(), time.perf_counter() - started
+    return student.cpu(), seconds
 
 
 def measure(model, name, task: Task, path, test_loader, example, latency: bool, seconds: float) -> dict:
@@ -180,34 +282,43 @@ def measure(model, name, task: Task, path, test_loader, example, latency: bool, 
     return entry
 
 
-def run(recipe: Recipe, *, overwrite: bool = False, echo=print) -> dict:
-    """Run a recipe end to end; returns the summary also written to ``summary.json``."""
+def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=print) -> dict:
+    """Run a recipe end to end; returns the summary also written to ``summary.json``.
+
+    Under ``torchrun`` or ``accelerate launch`` every process runs this; training is
+    data-parallel and only the main process writes files and prints.
+    """
     started = time.perf_counter()
+    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision)
+    if recipe.train.deterministic:
+        torch.use_deterministic_algorithms(True)
     splits = load_data(recipe)  # bad data fails before anything is written or replaced
     task = TASKS[splits.task]
     terms = recipe_terms(recipe)
-    run_dir = prepare_run_dir(recipe, overwrite=overwrite)
-    (run_dir / "config.yaml").write_text(dump_config(recipe))
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision)
-    val_loader, test_loader = eval_loader(splits.val, recipe), eval_loader(splits.test, recipe)
-
-    teacher_model, teacher_info = obtain_teacher(recipe, splits, task, val_loader, accelerator, metrics.write, run_dir)
-    teacher_taps = Distiller(nn.Identity(), terms).teacher_taps
-    teacher = Teacher(teacher_model, taps=teacher_taps)
-
-    scratch_model, scratch_seconds = train_student(
-        recipe, splits, task, task.scratch_terms(), None, val_loader, accelerator, metrics.write, "scratch"
+    run_dir = open_run_dir(recipe, overwrite=overwrite, resume=resume, create=accelerator.is_main_process and not resume)
+    accelerator.wait_for_everyone()
+    if resume and (run_dir / "summary.json").is_file():
+        echo(f"{run_dir} is already complete; nothing to resume")
+        return json.loads((run_dir / "summary.json").read_text())
+    echo_main = echo if accelerator.is_main_process else (lambda *_: None)
+    echo_main(f"run {recipe.name}: {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
+    ctx = RunContext(
+        recipe=recipe, splits=splits, task=task, accelerator=accelerator, run_dir=run_dir,
+        metrics=MetricsLog(run_dir / "metrics.jsonl"), resume=resume,
+        val_loader=eval_loader(splits.val, recipe),
     )
-    save_weights(scratch_model, run_dir / "checkpoints" / "scratch.safetensors")
-    student_model, student_seconds = train_student(
-        recipe, splits, task, terms, teacher, val_loader, accelerator, metrics.write, "student"
-    )
-    save_weights(student_model, run_dir / "checkpoints" / "student.safetensors")
+    test_loader = eval_loader(splits.test, recipe)
+
+    teacher_model, teacher_info = obtain_teacher(ctx)
+    teacher = Teacher(teacher_model, taps=Distiller(nn.Identity(), terms).teacher_taps)
+    scratch_model, scratch_seconds = train_student(ctx, "scratch", task.scratch_terms(), None)
+    student_model, student_seconds = train_student(ctx, "student", terms, teacher)
+    if not accelerator.is_main_process:
+        return {}
 
     example = splits.test[0]["input"]
     latency = recipe.output.latency
-    ckpt = run_dir / "checkpoints"
+    ckpt = ctx.checkpoints
     summary = {
         "name": recipe.name,
         "method": recipe.method or "custom terms",
@@ -219,10 +330,11 @@ def run(recipe: Recipe, *, overwrite: bool = False, echo=print) -> dict:
         "student": measure(student_model, recipe.student.model, task, ckpt / "student.safetensors", test_loader, example, latency, student_seconds),
         "latency_threads": torch.get_num_threads(),
         "device": str(accelerator.device),
+        "world_size": accelerator.num_processes,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},
     }
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    plots = plot_history(metrics.read(), run_dir / "plots") if recipe.output.plots else []
+    plots = plot_history(ctx.metrics.read(), run_dir / "plots") if recipe.output.plots else []
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(run_dir, summary, plots)
     echo("")

@@ -25,6 +25,19 @@ class MetricsLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def seconds(self, phase: str) -> float:
+        """Training seconds of a phase, summed over its logged epochs."""
+        return round(sum(r.get("seconds", 0.0) for r in self.read() if r["phase"] == phase), 2)
+
+    def drop_from(self, phase: str, epoch: int) -> None:
+        """Forget ``phase``'s records from ``epoch`` on: a resumed run writes them again."""
+        if not self.path.exists():
+            return
+        kept = [r for r in self.read() if not (r["phase"] == phase and r["epoch"] >= epoch)]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(self.path)
+
 
 def _bytes(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):

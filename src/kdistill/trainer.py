@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from kdistill.checkpoint import load_training_state, restore_training_state, save_training_state, set_rng_state
 from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.errors import UserError
 
@@ -62,7 +63,11 @@ def make_schedule(
             list(range(step_every, total_steps, step_every)) if step_every
             else [total_steps // 2, total_steps * 3 // 4]
         )
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=gamma)
+        # A LambdaLR (absolute factor per step) rather than MultiStepLR: its state is plain
+        # numbers, so checkpoints stay JSON + tensors.
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: gamma ** sum(step >= m for m in milestones)
+        )
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     raise ValueError(f"schedule {name!r}: choose from {', '.join(SCHEDULES)}")
@@ -106,7 +111,12 @@ def _to_device(batch, device):
 
 
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Selects the epoch's augmentation draws (``Augmented``) wherever the dataset sits."""
+    """Selects the epoch's augmentation draws (``Augmented``). Accelerate's loader re-sets its
+    dataset's epoch to its own iteration counter at every ``__iter__``, so set it there: a
+    resumed run then draws the same views as an uninterrupted one."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+        return
     dataset = getattr(loader, "dataset", None)
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -140,16 +150,28 @@ def fit(
     phase: str = "student",
     progress: bool = True,
     evaluate_fn: Callable[..., dict] = evaluate,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> list[dict]:
     """Train ``distiller`` for ``epochs``; returns one record per epoch (also passed to ``log``).
 
     Each record holds the epoch means of ``loss`` and every ``loss/<term>``, the training
     accuracy (classification), ``val/<metric>`` from ``evaluate_fn`` on ``val_loader`` when
     given, the learning rate and the epoch's seconds.
+
+    With ``checkpoint`` set, the complete training state (weights, optimizer, scheduler, every
+    random generator, the data order and the position in it) is written atomically there at the
+    end of every epoch and every ``checkpoint_every`` steps; ``resume=True`` continues from it,
+    giving the same result as an uninterrupted run (bit for bit in deterministic mode). Records
+    of epochs finished before the checkpoint are not returned again.
     """
     accelerator = accelerator or make_accelerator()
     if distiller.needs_teacher and teacher is None:
         raise ValueError("the distiller's terms compare with a teacher: pass teacher=")
+    # The sampler's generator fixes the data order; saving its state at the start of each epoch
+    # lets a resumed run replay the same order. Accelerate keeps this very object in use.
+    order = getattr(train_loader, "generator", None)
     trainable = [p for p in distiller.parameters() if p.requires_grad]
     opt = make_optimizer(trainable, optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
     sched = make_schedule(opt, schedule, epochs * len(train_loader))
@@ -160,55 +182,145 @@ def fit(
         teacher.to(accelerator.device)  # placed on the device, never wrapped for DDP
     inner = accelerator.unwrap_model(model)
 
+    state = _TrainingProgress()
+    restored_rng = None
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        tensors, meta = load_training_state(checkpoint)
+        restored = restore_training_state(tensors, meta, model=inner, optimizer=opt, scheduler=sched)
+        state = _TrainingProgress.from_saved(meta["progress"], restored)
+        restored_rng = (tensors, meta["rng"])
+
+    def save() -> None:
+        if checkpoint is None:
+            return
+        if accelerator.is_main_process:
+            progress_meta, progress_tensors = state.to_saved()
+            save_training_state(
+                checkpoint, model=inner, optimizer=opt, scheduler=sched,
+                progress=progress_meta, progress_tensors=progress_tensors,
+            )
+        accelerator.wait_for_everyone()
+
     history = []
-    step = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(state.epoch, epochs + 1):
+        if state.order_state is None:
+            state.start_epoch(epoch, order.get_state() if order is not None else None)
+        elif order is not None:
+            order.set_state(state.order_state)  # a resumed run replays this epoch's shuffle
         inner.epoch = epoch
         _set_epoch(train_loader, epoch)
         model.train()
-        sums: dict[str, Tensor] = defaultdict(float)
-        seen, correct = 0, 0
-        classifying = False
         started = time.perf_counter()
         bar = tqdm(
             train_loader, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
             disable=not (progress and accelerator.is_local_main_process) or None,
         )
-        for batch in bar:
+        for position, batch in enumerate(bar):
+            if position < state.step_in_epoch:
+                continue  # already trained on before the checkpoint: same batches, skipped
+            if restored_rng is not None:
+                # Dropout and friends continue from where the interrupted run stood.
+                set_rng_state(*restored_rng)
+                restored_rng = None
             teacher_out = teacher(batch) if inner.needs_teacher else None
             out = model(batch, teacher_out)
-            _check_finite(out, step, epoch)
+            _check_finite(out, state.global_step, epoch)
             accelerator.backward(out["loss"])
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            step += 1
-            # Running sums stay tensors: .item() every step would sync a GPU each time.
-            n = len(batch["target"])
-            seen += n
-            classifying = out["logits"].dim() == 2 and batch["target"].dim() == 1
-            if classifying:
-                correct = correct + (out["logits"].detach().argmax(-1) == batch["target"]).sum()
-            for key, value in out.items():
-                if key == "loss" or key.startswith("loss/"):
-                    sums[key] = sums[key] + value.detach().float() * n
-            if step % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}")
-        record = {"phase": phase, "epoch": epoch, "step": step}
-        record.update({key: float(total) / seen for key, total in sums.items()})
-        if classifying:
-            record["train/accuracy"] = float(correct) / seen
+            state.add(out, batch)
+            if checkpoint_every and state.global_step % checkpoint_every == 0:
+                save()
+            if state.global_step % 20 == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{state.mean('loss'):.4f}")
+        record = {"phase": phase, "epoch": epoch, "step": state.global_step}
+        record.update(state.epoch_means())
         if val_loader is not None:
             val = evaluate_fn(inner.student, val_loader, accelerator)
             record.update({f"val/{k}": v for k, v in val.items() if k != "n"})
         record["lr"] = sched.get_last_lr()[0]
-        record["seconds"] = time.perf_counter() - started
+        record["seconds"] = time.perf_counter() - started + state.carried_seconds
         history.append(record)
         if accelerator.is_main_process:
+            # Logged before the checkpoint moves on: a crash in between replays this epoch's
+            # record (the resumed run drops records its checkpoint does not cover).
             if log:
                 log(record)
             if progress:
                 shown = [k for k in record if k == "train/accuracy" or k.startswith("val/")]
                 text = " ".join(f"{k} {record[k]:.4f}" for k in shown)
                 tqdm.write(f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)")
+        state.start_epoch(epoch + 1, order.get_state() if order is not None else None)
+        save()  # the epoch is complete: a crash from here on resumes at the next one
     return history
+
+
+class _TrainingProgress:
+    """Where training stands: epoch, step, data order, and the epoch's running sums."""
+
+    def __init__(self):
+        self.epoch = 1
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.order_state: Tensor | None = None
+        self.sums: dict[str, Tensor] = {}
+        self.seen = 0
+        self.correct = torch.zeros((), dtype=torch.int64)
+        self.classifying = False
+        self.carried_seconds = 0.0
+        self._started = time.perf_counter()
+
+    def start_epoch(self, epoch: int, order_state: Tensor | None) -> None:
+        self.epoch, self.step_in_epoch, self.order_state = epoch, 0, order_state
+        self.sums, self.seen, self.classifying = {}, 0, False
+        self.correct = torch.zeros((), dtype=torch.int64)
+        self.carried_seconds = 0.0
+        self._started = time.perf_counter()
+
+    def add(self, out: dict[str, Tensor], batch) -> None:
+        # Running sums stay tensors: .item() every step would sync a GPU each time.
+        n = len(batch["target"])
+        self.seen += n
+        self.step_in_epoch += 1
+        self.global_step += 1
+        self.classifying = out["logits"].dim() == 2 and batch["target"].dim() == 1
+        if self.classifying:
+            hits = (out["logits"].detach().argmax(-1) == batch["target"]).sum()
+            self.correct = self.correct.to(hits.device) + hits
+        for key, value in out.items():
+            if key == "loss" or key.startswith("loss/"):
+                value = value.detach().float() * n
+                self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def mean(self, key: str) -> float:
+        return self.sums[key].item() / max(self.seen, 1)
+
+    def epoch_means(self) -> dict[str, float]:
+        means = {key: float(total) / self.seen for key, total in self.sums.items()}
+        if self.classifying:
+            means["train/accuracy"] = float(self.correct) / self.seen
+        return means
+
+    def to_saved(self) -> tuple[dict, dict[str, Tensor]]:
+        tensors = {f"sum.{k}": v.cpu() for k, v in self.sums.items()}
+        tensors["correct"] = self.correct.cpu()
+        if self.order_state is not None:
+            tensors["order"] = self.order_state
+        meta = {
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "seen": self.seen, "classifying": self.classifying,
+            "seconds": time.perf_counter() - self._started + self.carried_seconds,
+        }
+        return meta, tensors
+
+    @classmethod
+    def from_saved(cls, meta: dict, tensors: dict[str, Tensor]) -> "_TrainingProgress":
+        state = cls()
+        state.epoch, state.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
+        state.global_step, state.seen, state.classifying = meta["global_step"], meta["seen"], meta["classifying"]
+        state.carried_seconds = meta["seconds"]
+        state.sums = {k.removeprefix("sum."): v for k, v in tensors.items() if k.startswith("sum.")}
+        state.correct = tensors["correct"]
+        state.order_state = tensors.get("order")
+        return state

@@ -1,0 +1,179 @@
+"""Files a run writes and reads back: safetensors only (no pickle, ever), written atomically
+(temporary file, then rename), with a SHA-256 digest of every tensor in the file's metadata so a
+truncated or corrupted file is refused with its name instead of being silently used.
+
+A training state (weights, optimizer, scheduler, every random generator, position in the data)
+is flattened into one such file: tensors as tensors, everything else as JSON metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdistill.errors import UserError
+
+FORMAT_KEY = "kdistill"
+DIGEST_KEY = "kdistill.sha256"
+
+
+class CheckpointError(UserError):
+    """A checkpoint or cache file that is missing, truncated, corrupted or of the wrong kind."""
+
+
+def tensor_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and raw bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None = None) -> int:
+    """Write ``tensors`` (+ JSON-able ``meta``) atomically; returns the file size in bytes."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Cloning breaks storage sharing (tied weights), which safetensors refuses to write.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    metadata = {DIGEST_KEY: tensor_digest(tensors)}
+    if meta is not None:
+        metadata[FORMAT_KEY] = json.dumps(meta)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    return path.stat().st_size
+
+
+def load_tensors(path: str | Path, *, what: str = "checkpoint") -> tuple[dict[str, Tensor], dict]:
+    """Read a safetensors file, verifying the digest when it carries one (files from other
+    tools do not; they are still read without unpickling anything)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: unreadable {what} (truncated or not a safetensors file: {str(error)[:120]}); "
+            "delete it and run again"
+        ) from None
+    expected = metadata.get(DIGEST_KEY)
+    if expected is not None and tensor_digest(tensors) != expected:
+        raise CheckpointError(f"{path}: {what} is corrupted (checksum mismatch); delete it and run again")
+    meta = json.loads(metadata[FORMAT_KEY]) if FORMAT_KEY in metadata else {}
+    return tensors, meta
+
+
+def read_meta(path: str | Path) -> dict:
+    """The JSON metadata of a file written by ``save_tensors``, without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({str(error)[:120]}); delete it and run again") from None
+    return json.loads(metadata.get(FORMAT_KEY, "{}"))
+
+
+# --- training state --------------------------------------------------------------------------
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        plain["state"][str(index)] = {}
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                plain["state"][str(index)][name] = value
+    return tensors, plain
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], plain: dict) -> dict:
+    state: dict[int, dict] = {int(i): dict(values) for i, values in plain["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, Tensor], dict]:
+    """Every global random generator a training step may draw from."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss_next = random.getstate()
+    plain = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [version, list(internal), gauss_next]}
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict[str, Tensor], plain: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, gauss = plain["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = plain["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_training_state(
+    path: str | Path, *, model: torch.nn.Module, optimizer, scheduler, progress: dict,
+    progress_tensors: dict[str, Tensor],
+) -> None:
+    """One atomic file with everything needed to continue exactly where training stopped."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
+    rng_tensors, rng_plain = rng_state()
+    tensors.update(opt_tensors)
+    tensors.update(rng_tensors)
+    tensors.update({f"progress.{k}": v for k, v in progress_tensors.items()})
+    meta = {
+        "format": "kdistill-training-state/1",
+        "progress": progress,
+        "optimizer": opt_plain,
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_plain,
+    }
+    save_tensors(path, tensors, meta)
+
+
+def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    tensors, meta = load_tensors(path, what="training checkpoint")
+    if meta.get("format") != "kdistill-training-state/1":
+        raise CheckpointError(f"{path}: not a kdistill training checkpoint")
+    return tensors, meta
+
+
+def restore_training_state(tensors: dict[str, Tensor], meta: dict, *, model, optimizer, scheduler) -> dict[str, Tensor]:
+    """Load weights, optimizer and scheduler; returns the ``progress.*`` tensors. The global
+    generators are restored separately, by the caller, at the right moment."""
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    scheduler.load_state_dict(meta["scheduler"])
+    return {k.removeprefix("progress."): v for k, v in tensors.items() if k.startswith("progress.")}

@@ -1,0 +1,127 @@
+"""Crash-safe runs: a run killed with SIGKILL mid-epoch resumes to bit-identical weights;
+checkpoints are atomic, checksummed, and never unpickled."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import subprocess_env
+from kdistill.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
+from kdistill.cli import main
+from kdistill.export import load_weights, save_weights
+from kdistill.models import create_model
+
+RECIPE = [
+    "data.subset=1000", "teacher.epochs=1", "train.epochs=3", "train.batch_size=16",
+    "train.checkpoint_every=4", "train.deterministic=true", "output.latency=false",
+    "output.plots=false", "output.progress=false",
+]
+
+
+def kdistill(*args, cwd):
+    return [sys.executable, "-m", "kdistill", "run", *RECIPE, *args]
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    env = subprocess_env()
+    full = subprocess.run(kdistill("name=full", f"output.dir={tmp_path}", cwd=tmp_path), env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+
+    run_dir = tmp_path / "killed"
+    state = run_dir / "checkpoints" / "student.state.safetensors"
+    proc = subprocess.Popen(kdistill("name=killed", f"output.dir={tmp_path}", cwd=tmp_path), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file():
+            try:
+                progress = read_meta(state)["progress"]
+            except CheckpointError:
+                progress = {}  # replaced between our stat and read: look again
+            if progress.get("epoch", 0) >= 2 and progress.get("step_in_epoch", 0) > 0:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at = progress
+                break
+        time.sleep(0.01)
+    assert killed_at is not None, "the run finished or stalled before it could be killed mid-epoch"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "checkpoints" / "student.safetensors").exists()  # the phase was cut short
+
+    resumed = subprocess.run(kdistill("name=killed", f"output.dir={tmp_path}", "--resume", cwd=tmp_path), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    for phase in ("teacher", "scratch", "student"):
+        a, _ = load_tensors(tmp_path / "full" / "checkpoints" / f"{phase}.safetensors")
+        b, _ = load_tensors(run_dir / "checkpoints" / f"{phase}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{phase} weights differ after resume"
+    assert not state.exists()  # the training state is removed once the phase is done
+
+    def records(name):
+        rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["phase"] != "teacher"]
+
+    assert records("killed") == records("full")  # every epoch logged once, same numbers
+    summaries = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "killed")]
+    assert summaries[0]["student"]["accuracy"] == summaries[1]["student"]["accuracy"]
+
+
+def test_resume_rules(tmp_path, capsys):
+    quick = ["data.subset=200", "teacher.epochs=1", "train.epochs=1", "output.latency=false", "output.plots=false", f"output.dir={tmp_path}"]
+    assert main(["run", *quick, "name=r", "--resume"]) == 2
+    assert "holds no run to continue" in capsys.readouterr().err
+    assert main(["run", *quick, "name=r"]) == 0
+    assert main(["run", *quick, "name=r"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
+    assert main(["run", *quick, "name=r", "train.lr=0.1", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "differs" in err and "train.lr" in err
+    assert main(["run", *quick, "name=r", "--resume"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert main(["run", *quick, "name=r", "--resume", "--overwrite"]) == 2
+
+
+def test_weights_are_atomic_checksummed_safetensors(tmp_path):
+    model = create_model("mlp_tiny")
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path)
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed into place
+    assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+    other = create_model("mlp_tiny")
+    load_weights(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # flip bits inside a tensor
+    corrupted = tmp_path / "corrupted.safetensors"
+    corrupted.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted.safetensors.*checksum"):
+        load_weights(other, corrupted)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated.safetensors"):
+        load_weights(other, truncated)
+
+
+def test_corrupted_teacher_checkpoint_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "teacher.safetensors"
+    save_tensors(path, create_model("lenet").state_dict())
+    path.write_bytes(path.read_bytes()[:-100])
+    assert main(["run", f"teacher.checkpoint={path}", "data.subset=100", f"output.dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "teacher.safetensors" in err and len(err.splitlines()) == 1
+
+
+def test_teacher_with_other_classes_is_refused(tmp_path, capsys):
+    path = tmp_path / "teacher5.safetensors"
+    save_tensors(path, create_model("lenet", num_classes=5).state_dict())
+    assert main(["run", f"teacher.checkpoint={path}", "data.subset=100", f"output.dir={tmp_path}"]) == 2
+    assert "teacher.checkpoint" in capsys.readouterr().err
