@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.connectors import build_connector
-from kdistill.methods import LOGITS, Term
+from kdistill.methods import LOGITS, Term, teacher_taps
 from kdistill.taps import FeatureTap, probe_shapes
 
 
@@ -99,6 +99,13 @@ class Distiller(nn.Module):
         names = [term.name for term in self.terms]
         if len(set(names)) != len(names):
             raise ValueError(f"term names must be unique, got {names}")
+        unbuilt = [term.name for term in self.terms if term.needs_build]
+        if unbuilt:
+            raise ValueError(
+                f"term(s) {', '.join(unbuilt)}: a stateful loss is sized from the features; "
+                "create the distiller with Distiller.build(student, terms, teacher=..., "
+                "example_batch=..., num_samples=...)"
+            )
         self.connectors = nn.ModuleDict(dict(connectors or {}))
         self.loss_modules = nn.ModuleDict(
             {term.name: term.loss for term in self.terms if isinstance(term.loss, nn.Module)}
@@ -115,24 +122,40 @@ class Distiller(nn.Module):
         *,
         teacher: Teacher | None = None,
         example_batch: Mapping | None = None,
+        num_samples: int | None = None,
     ) -> "Distiller":
-        """Size each term's connector by running one example batch through both models."""
+        """Size each term's connector and stateful loss by running one example batch through
+        both models.
+
+        Args:
+            num_samples: size of the training set, for losses with a memory bank over its
+                samples (CRD); their batches must carry each sample's ``"index"``.
+        """
         terms = list(terms)
         connectors = {}
-        with_connector = [t for t in terms if t.connector]
-        if with_connector:
+        probed = [t for t in terms if t.connector or t.needs_build]
+        if probed:
             if teacher is None or example_batch is None:
-                raise ValueError("connectors are sized by probing: pass teacher= and example_batch=")
+                raise ValueError(
+                    "connectors and stateful losses are sized by probing: pass teacher= and example_batch="
+                )
             inputs = example_batch["input"]
-            s_shapes = probe_shapes(student, inputs, [t.student for t in with_connector if t.student != LOGITS])
-            t_shapes = probe_shapes(teacher.module, inputs, [t.teacher for t in with_connector if t.teacher != LOGITS])
+            s_shapes = probe_shapes(student, inputs, [t.student for t in probed if t.student != LOGITS])
+            t_shapes = probe_shapes(teacher.module, inputs, [t.teacher for t in probed if t.teacher not in (None, LOGITS)])
             with torch.no_grad():
                 logits_shape = (tuple(call_model(student.eval(), inputs).shape), tuple(teacher(example_batch).logits.shape))
             student.train()
-            for term in with_connector:
+            built = {}
+            for term in probed:
                 s_shape = logits_shape[0] if term.student == LOGITS else s_shapes[term.student]
-                t_shape = logits_shape[1] if term.teacher == LOGITS else t_shapes[term.teacher]
-                connectors[term.name] = build_connector(term.connector, s_shape, t_shape)
+                t_shape = logits_shape[1] if term.teacher == LOGITS else t_shapes.get(term.teacher)
+                if term.connector:
+                    connectors[term.name] = build_connector(term.connector, s_shape, t_shape)
+                    if not isinstance(connectors[term.name], nn.Identity):
+                        s_shape = t_shape  # a connector maps the student feature to the teacher's shape
+                if term.needs_build:
+                    built[term.name] = term.built(s_shape, t_shape, num_samples=num_samples)
+            terms = [built.get(term.name, term) for term in terms]
         return cls(student, terms, connectors)
 
     @property
@@ -142,7 +165,7 @@ class Distiller(nn.Module):
     @property
     def teacher_taps(self) -> list[str]:
         """Teacher module names the terms read: the teacher must be tapped at these."""
-        return list(dict.fromkeys(t.teacher for t in self.terms if t.teacher not in (None, LOGITS)))
+        return teacher_taps(self.terms)
 
     def forward(self, batch: Mapping, teacher_out: ModelOutput | None = None) -> dict[str, Tensor]:
         if self.tap:

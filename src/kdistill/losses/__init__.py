@@ -2,15 +2,20 @@
 
 ``LOSSES`` is the one place a loss is looked up by name (recipes, ``Term``, ``kdistill list``).
 Each family module keeps an explicit dict of its losses; nothing registers itself on import.
+Stateful losses (VID, CRD) are ``nn.Module`` classes: ``Distiller.build`` sizes them from the
+probed feature shapes (``from_shapes``).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from kdistill.losses.feature import FEATURE_LOSSES
-from kdistill.losses.logit import LOGIT_LOSSES, cross_entropy, kd, kl_batchmean
-from kdistill.losses.relation import RELATION_LOSSES
+from kdistill.losses.feature import FEATURE_LOSSES, at, hint, nst
+from kdistill.losses.logit import (
+    LOGIT_LOSSES, cross_entropy, dist, dkd, kd, kl_batchmean, nkd, standardize_logits,
+)
+from kdistill.losses.relation import RELATION_LOSSES, cc, pkt, rkd, sp
+from kdistill.losses.stateful import STATEFUL_LOSSES, CRDLoss, VIDLoss
 from kdistill.losses.token import (
     TOKEN_LOSSES,
     SparseTeacher,
@@ -28,11 +33,12 @@ LOSSES: dict[str, Callable] = {
     **LOGIT_LOSSES,
     **FEATURE_LOSSES,
     **RELATION_LOSSES,
+    **STATEFUL_LOSSES,
     **TOKEN_LOSSES,
 }
 
-__all__ = [
-    "LOSSES", "cross_entropy", "kd", "kl_batchmean",
+__all__ = ["LOSSES", "cross_entropy", "kd", "kl_batchmean",
+    "dkd", "dist", "nkd", "standardize_logits", "hint", "at", "nst", "sp", "rkd", "pkt", "cc",
+    "STATEFUL_LOSSES", "VIDLoss", "CRDLoss",
     "SparseTeacher", "forward_kl", "forward_kl_topk", "jsd", "reverse_kl", "skew_kl",
-    "skew_reverse_kl", "topk_teacher", "tvd",
-]
+    "skew_reverse_kl", "topk_teacher", "tvd"]
