@@ -6,6 +6,8 @@ import pytest
 import yaml
 
 from kdistill.config import Recipe, dump_config, load_config, parse_override
+from kdistill.data import load_dataset
+from kdistill.pipeline import recipe_terms
 from kdistill.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,7 +20,14 @@ def write(tmp_path, text, name="recipe.yaml"):
 
 
 def test_builtin_recipe_is_the_shipped_mnist_recipe():
-    assert load_config(CONFIGS / "mnist.yaml") == load_config(None) == Recipe()
+    shipped, builtin = load_config(CONFIGS / "mnist.yaml"), load_config(None)
+    assert builtin == Recipe()
+    # The file spells out KD's temperature and alpha; the built-in leaves the preset's defaults.
+    assert shipped.model_dump(exclude={"distill"}) == builtin.model_dump(exclude={"distill"})
+    assert (shipped.distill.temperature, shipped.distill.alpha) == (4.0, 0.9)
+    splits = load_dataset("digits")  # any data: the kd preset reads no layers
+    as_terms = [[(t.name, t.weight, t.params) for t in recipe_terms(r, splits)] for r in (shipped, builtin)]
+    assert as_terms[0] == as_terms[1] == [("ce", pytest.approx(0.1), {}), ("kd", 0.9, {"temperature": 4.0})]
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

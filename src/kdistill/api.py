@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdistill.data import ArrayDataset
 from kdistill.distiller import Distiller, Teacher
-from kdistill.methods import Term, hinton_kd
+from kdistill.methods import Term, hinton_kd, teacher_taps
 from kdistill.trainer import evaluate, fit, make_accelerator
 
 
@@ -88,10 +88,13 @@ def distill(
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
     val_loader = DataLoader(as_dataset(val_data), batch_size=512) if val_data is not None else None
     terms = terms if terms is not None else hinton_kd(temperature=temperature, alpha=alpha)
-    distiller = Distiller(student, terms)
-    frozen = Teacher(teacher, taps=distiller.teacher_taps)
-    if any(term.connector for term in terms):
-        distiller = Distiller.build(student, terms, teacher=frozen, example_batch=next(iter(train_loader)))
+    frozen = Teacher(teacher, taps=teacher_taps(terms))
+    if any(term.connector or term.needs_build for term in terms):
+        distiller = Distiller.build(
+            student, terms, teacher=frozen, example_batch=next(iter(train_loader)), num_samples=len(train_set)
+        )
+    else:
+        distiller = Distiller(student, terms)
     accelerator = make_accelerator(device)
     history = fit(
         distiller, train_loader, teacher=frozen, val_loader=val_loader, epochs=epochs,

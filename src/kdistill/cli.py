@@ -45,6 +45,61 @@ def run(
     run_recipe(config, overwrite=overwrite, resume=resume, echo=typer.echo)
 
 
+class Exporter(str, Enum):
+    auto = "auto"
+    dynamo = "dynamo"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="a finished run directory, e.g. runs/mnist_kd"),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="also write a dynamically quantised int8 student"),
+    tolerance: float = typer.Option(1e-4, help="largest acceptable |ONNX Runtime − PyTorch| over the student's logits"),
+    int8_tolerance: float = typer.Option(0.01, help="largest acceptable loss of the test score for int8 (0.01 = 1 point of accuracy)"),
+    exporter: Exporter = typer.Option(Exporter.auto, help="auto: the TorchScript exporter, falling back to the torch.export-based one (dynamo)"),
+    repeats: int = typer.Option(30, min=1, help="timed forward passes per latency measurement"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export of this run"),
+):
+    """Write the student (and teacher) as ONNX under RUN_DIR/export/, check them against PyTorch
+    with ONNX Runtime, optionally quantise the student to int8, time both models in PyTorch and
+    ONNX Runtime, and add it all to summary.json and the report. Exit 2 if a check fails."""
+    from kdistill.deploy import export_run
+
+    export_run(
+        run_dir, int8=int8, exporter=exporter.value, tolerance=tolerance, int8_tolerance=int8_tolerance,
+        overwrite=overwrite, repeats=repeats, echo=typer.echo,
+    )
+
+
+@app.command()
+def tune(
+    recipe: Optional[str] = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
+    trials: int = typer.Option(20, "--trials", "-n", help="trials to add to the study"),
+    teachers: Optional[str] = typer.Option(None, help="candidate teachers, comma-separated: zoo model names or YAML teacher sections"),
+    methods: Optional[str] = typer.Option(None, help="methods to search, comma-separated (default: every logit-only preset)"),
+    seed: int = typer.Option(0, help="seed of the sampler"),
+):
+    """Search temperature, alpha, method and teacher with Optuna; each trial is a run in
+    <output.dir>/<name>-tune/. Resumable: calling again adds trials to the same study.
+    Writes best.yaml, trials.md and trials.csv there."""
+    from kdistill.tune import tune as tune_recipe
+
+    path, overrides = _split_recipe(recipe, overrides)
+    split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
+    tune_recipe(path, trials=trials, teachers=split(teachers), methods=split(methods), overrides=overrides, seed=seed, echo=typer.echo)
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="a finished run directory, e.g. runs/mnist_kd")):
+    """Re-render RUN_DIR/report.md and report.html (and the plots) from summary.json."""
+    from kdistill.report import render_run
+
+    path = render_run(run_dir)
+    typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
+
+
 class Listing(str, Enum):
     methods = "methods"
     models = "models"

@@ -56,6 +56,9 @@ class TeacherConfig(Section):
     lr: float = Field(2e-3, gt=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     augment: Augment = Field("shift", description="augmentation while training the teacher")
+    cache: bool = Field(False, description="run the teacher once over the training split and read its outputs from disk")
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_dir: Optional[str] = Field(None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)")
 
 
 class TermConfig(Section):
@@ -70,8 +73,9 @@ class TermConfig(Section):
 
 
 class DistillConfig(Section):
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0.0, description="weight of the distillation term")
+    # None leaves each method's published default (KD: T=4, α=0.9; DIST: τ=1; LSKD: T=2; ...).
+    temperature: Optional[float] = Field(None, gt=0, description="default: the method's own")
+    alpha: Optional[float] = Field(None, ge=0.0, description="weight of the distillation term; default: the method's own")
     ce_weight: Optional[float] = Field(None, ge=0.0, description="default 1 - alpha")
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific settings")
 

@@ -141,9 +141,14 @@ class Distiller(nn.Module):
                 )
             inputs = example_batch["input"]
             s_shapes = probe_shapes(student, inputs, [t.student for t in probed if t.student != LOGITS])
-            t_shapes = probe_shapes(teacher.module, inputs, [t.teacher for t in probed if t.teacher not in (None, LOGITS)])
+            # The teacher's own output gives its shapes, live or cached (a cache has no module).
+            teacher_out = teacher(example_batch)
+            missing = [t.teacher for t in probed if t.teacher not in (None, LOGITS) and t.teacher not in teacher_out.features]
+            if missing:
+                raise ValueError(f"the teacher is not tapped at {missing}: create it as Teacher(model, taps=teacher_taps(terms))")
+            t_shapes = {name: tuple(value.shape) for name, value in teacher_out.features.items()}
             with torch.no_grad():
-                logits_shape = (tuple(call_model(student.eval(), inputs).shape), tuple(teacher(example_batch).logits.shape))
+                logits_shape = (tuple(call_model(student.eval(), inputs).shape), tuple(teacher_out.logits.shape))
             student.train()
             built = {}
             for term in probed:

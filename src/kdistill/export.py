@@ -1,16 +1,31 @@
-"""Measuring what a student won: parameters, bytes on disk, CPU latency. (ONNX export joins here.)"""
+"""Measuring what a student won, and shipping it: parameters, bytes on disk, CPU latency, and
+ONNX export with a parity check against PyTorch, dynamic int8 quantisation, ONNX Runtime timing.
+
+onnx, onnxruntime and onnxscript are the optional ``export`` extra: imported inside functions,
+and a missing one is a ``UserError`` that names the pip command.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import statistics
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from kdistill.checkpoint import load_tensors, save_tensors
+from kdistill.errors import UserError
+
+EXPORT_EXTRA = 'pip install "kdistill[export]" (onnx, onnxruntime, onnxscript)'
+EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -53,14 +68,205 @@ def measure_latency(
 
     model = model.eval().cpu()
     batch = repeat_sample(example, batch_size)
+    return median_ms(lambda: call_model(model, batch), repeats=repeats, warmup=warmup, budget_s=budget_s)
+
+
+def median_ms(call: Callable[[], object], *, repeats: int = 30, warmup: int = 5, budget_s: float = 2.0) -> float:
+    """Median wall time of ``call()`` in milliseconds, after ``warmup`` untimed calls; stops
+    after ``budget_s`` seconds of timed calls (but never before 3)."""
     for _ in range(warmup):
-        call_model(model, batch)
+        call()
     times = []
     deadline = time.perf_counter() + budget_s
     for _ in range(repeats):
         start = time.perf_counter()
-        call_model(model, batch)
+        call()
         times.append(time.perf_counter() - start)
         if time.perf_counter() > deadline and len(times) >= 3:
             break
     return 1000 * statistics.median(times)
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+
+def require_onnx():
+    """``(onnx, onnxruntime)``, or a ``UserError`` naming the pip command when missing."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as error:
+        raise UserError(f"ONNX export needs the export extra ({error.name} is missing): {EXPORT_EXTRA}") from None
+    return onnx, onnxruntime
+
+
+def input_names(example) -> list[str]:
+    """ONNX input names: ``input`` for a tensor model, the keys for a keyword-input model."""
+    return list(example) if isinstance(example, Mapping) else ["input"]
+
+
+class _LogitsOnly(nn.Module):
+    """Positional tensors in, logits out, whatever the wrapped model takes or returns (keyword
+    inputs, a Hugging Face output object): the graph gets one input per tensor and one output."""
+
+    def __init__(self, model: nn.Module, names: list[str], keyword: bool):
+        super().__init__()
+        self.model, self.names, self.keyword = model, names, keyword
+
+    def forward(self, *inputs):
+        from kdistill.distiller import call_model
+
+        return call_model(self.model, dict(zip(self.names, inputs)) if self.keyword else inputs[0])
+
+
+def export_onnx(model: nn.Module, example_batch, path: str | Path, *, exporter: str = "auto", opset: int = 18) -> str:
+    """Write ``model`` as ONNX with a dynamic batch axis (one file serves batch 1 and 256) and
+    return the exporter that succeeded. ``example_batch`` is a batch (a tensor or a dict of
+    tensors) with at least 2 samples, so no exporter can mistake the batch size for a constant.
+
+    Exporter choice, measured on the zoo's MLP, LeNet and ResNet-20 with torch 2.13 and ONNX
+    Runtime 1.32: both exporters give logits within 3e-6 of PyTorch at batch 1 and 256, and
+    int8 files that quantise alike. The TorchScript exporter took 0.05-0.5 s per model and
+    writes one self-contained file; the torch.export-based one (``dynamo``, needs onnxscript,
+    PyTorch's default since 2.9) took 3-12 s per model on the same 2 shared cores and puts
+    weights in a side file unless told not to. So ``auto`` tries ``torchscript`` first and
+    falls back to ``dynamo`` when the TorchScript exporter fails on a model or is gone (it is
+    deprecated and slated for removal); the summary records which one wrote each file.
+    The file is written under a temporary name and renamed: never half a model.
+    """
+    if exporter not in EXPORTERS:
+        raise UserError(f"exporter {exporter!r}: choose from {', '.join(EXPORTERS)}")
+    require_onnx()
+    path = Path(path)
+    names = input_names(example_batch)
+    keyword = isinstance(example_batch, Mapping)
+    args = tuple(example_batch[k].cpu() for k in names) if keyword else (example_batch.cpu(),)
+    wrapper = _LogitsOnly(model.eval().cpu(), names, keyword).eval()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+    tried = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+    errors = []
+    for kind in tried:
+        try:
+            _export_with(kind, wrapper, args, names, tmp, opset)
+        except Exception as error:  # each exporter raises its own zoo of types
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch.export colours its messages
+            errors.append(f"{kind}: {text.splitlines()[0][:200] if text else type(error).__name__}")
+            tmp.unlink(missing_ok=True)
+            continue
+        os.replace(tmp, path)
+        return kind
+    raise UserError(f"cannot export {type(model).__name__} to ONNX ({'; '.join(errors)})")
+
+
+def _export_with(kind: str, wrapper: nn.Module, args: tuple, names: list[str], path: Path, opset: int) -> None:
+    # The exporters log and warn a great deal about things that do not matter here (missing
+    # torchvision ops, the TorchScript exporter's deprecation); a failure still raises.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if kind == "dynamo":
+                try:
+                    import onnxscript  # noqa: F401
+                except ImportError:
+                    raise UserError(f"the dynamo ONNX exporter needs onnxscript: {EXPORT_EXTRA}") from None
+                batch = torch.export.Dim("batch", min=1)
+                torch.onnx.export(
+                    wrapper, args, str(path), dynamo=True, input_names=names, output_names=["logits"],
+                    dynamic_shapes=(tuple({0: batch} for _ in names),), opset_version=opset,
+                    external_data=False, optimize=True, verbose=False,
+                )
+            else:
+                torch.onnx.export(
+                    wrapper, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
+                    dynamic_axes={**{n: {0: "batch"} for n in names}, "logits": {0: "batch"}},
+                    opset_version=min(opset, 17),  # the TorchScript exporter's newest opset
+                )
+    finally:
+        quiet.setLevel(level)
+
+
+def quantize_int8(source: str | Path, target: str | Path) -> None:
+    """Dynamic int8 quantisation with ONNX Runtime: weights of MatMul/Gemm/Conv/Gather stored as
+    int8, activations quantised on the fly per batch (no calibration data needed)."""
+    require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = Path(target)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.onnx")
+    # ONNX Runtime logs advice to run its pre-processing (shape inference + graph optimisation)
+    # first; on the zoo's MLP and CNNs that changed neither the quantised graph nor its outputs
+    # and cost over a second, so it is skipped and the advice silenced.
+    advice = _DropMessages("pre-processing before quantization")
+    logging.getLogger().addFilter(advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+        os.replace(tmp, target)
+    finally:
+        logging.getLogger().removeFilter(advice)
+        tmp.unlink(missing_ok=True)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def ort_session(path: str | Path, *, threads: int | None = None):
+    """A CPU ONNX Runtime session on ``threads`` intra-op threads (default: PyTorch's count,
+    so ONNX Runtime and PyTorch timings are comparable)."""
+    _, ort = require_onnx()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_feed(session, batch) -> dict[str, np.ndarray]:
+    """The session's input dict for a batch (a tensor, or a dict of tensors by input name)."""
+    names = [i.name for i in session.get_inputs()]
+    if isinstance(batch, Mapping):
+        return {name: batch[name].cpu().numpy() for name in names}
+    return {names[0]: batch.cpu().numpy()}
+
+
+def ort_logits(session, batch) -> torch.Tensor:
+    return torch.from_numpy(session.run(None, ort_feed(session, batch))[0])
+
+
+def max_abs_diff(model: nn.Module, session, batch) -> float:
+    """Largest |ONNX Runtime − PyTorch| over the logits of ``batch``."""
+    from kdistill.distiller import call_model
+
+    with torch.no_grad():
+        expected = call_model(model.eval().cpu(), batch).float()
+    return (ort_logits(session, batch) - expected).abs().max().item()
+
+
+def measure_ort_latency(session, example, *, batch_size: int = 1, **timing) -> float:
+    """Median milliseconds of one ONNX Runtime run on ``batch_size`` copies of ``example``."""
+    feed = ort_feed(session, repeat_sample(example, batch_size))
+    return median_ms(lambda: session.run(None, feed), **timing)
+
+
+class OrtModel(nn.Module):
+    """An ONNX Runtime session behind the ``nn.Module`` call convention, so the task's own
+    ``evaluate`` scores the exported file exactly as it scores the PyTorch model."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+        # trainer.predict finds the device from the first parameter; this one only says "cpu".
+        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, *args, **kwargs):
+        return ort_logits(self.session, kwargs if kwargs else args[0])

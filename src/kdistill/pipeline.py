@@ -21,16 +21,19 @@ from torch.utils.data import DataLoader
 import yaml
 from accelerate import Accelerator
 
-from kdistill.checkpoint import read_meta
+from kdistill.cache import CachedTeacher, TeacherCache, build_cache
+from kdistill.checkpoint import read_meta, tensor_digest
 from kdistill.config import Recipe, dump_config
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented
+from kdistill.diagnostics import diagnose
 from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.errors import ConfigError, UserError
 from kdistill.export import count_parameters, load_weights, measure_latency, save_weights
-from kdistill.methods import Term, preset_terms
+from kdistill.method_setup import prepare_student, prepare_teacher, preset_params
+from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms, teacher_taps
 from kdistill.models import UnknownModelError, create_model
-from kdistill.report import MetricsLog, plot_history, results_table, verdict, write_report
+from kdistill.report import MetricsLog, plot_diagnostics, plot_history, results_table, verdict, write_report
 from kdistill.tasks import TASKS, Task
 from kdistill.trainer import fit, make_accelerator
 
@@ -112,14 +115,21 @@ def build_model(section: str, name: str, kwargs: dict, splits: DataSplits) -> nn
         raise ConfigError(f"{section}.kwargs: {error}") from None
 
 
-def recipe_terms(recipe: Recipe) -> list[Term]:
+def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
+    """The recipe's terms, or its method's preset. Feature presets whose layers the recipe does
+    not name read the models' stages (``hint_layers``): their architectures are built here,
+    untrained, only to read those names."""
     try:
         if recipe.terms is not None:
             return [Term(**term.model_dump()) for term in recipe.terms]
         d = recipe.distill
-        return preset_terms(
-            recipe.method, temperature=d.temperature, alpha=d.alpha, ce_weight=d.ce_weight, **d.params
-        )
+        hyper = {k: v for k, v in (("temperature", d.temperature), ("alpha", d.alpha), ("ce_weight", d.ce_weight)) if v is not None}
+        params = preset_params(d.params)
+        if recipe.method in LAYER_DEFAULTS and not {"student_layers", "teacher_layers"} & set(params):
+            student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
+            teacher = build_model("teacher", recipe.teacher.model, recipe.teacher.kwargs, splits)
+            params.update(default_layers(recipe.method, student, teacher))
+        return preset_terms(recipe.method, **hyper, **params)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{'terms' if recipe.terms is not None else 'method'}: {error}") from None
 
@@ -128,7 +138,8 @@ def teacher_fingerprint(recipe: Recipe, splits: DataSplits) -> str:
     """Identity of a teacher trained here: its model, training settings and data. A later run
     of the same recipe (any student, any method) reuses the weights."""
     identity = {
-        "teacher": recipe.teacher.model_dump(exclude={"checkpoint"}),
+        # How the teacher is trained, not where its outputs are kept: caching does not retrain it.
+        "teacher": recipe.teacher.model_dump(exclude={"checkpoint", "cache", "cache_dtype", "cache_dir"}),
         "data": splits.identity,
         "train": recipe.train.model_dump(include={"batch_size", "seed", "schedule", "weight_decay", "momentum", "mixed_precision"}),
         "torch": torch.__version__.split("+")[0],
@@ -162,7 +173,7 @@ class RunContext:
 
 
 def train_phase(ctx: RunContext, phase: str, distiller: Distiller, *, teacher: Teacher | None,
-                augment: str, epochs: int, lr: float, optimizer: str) -> float:
+                augment: str, epochs: int, lr: float, optimizer: str, batch_transform=None) -> float:
     """Train one phase into ``checkpoints/<phase>.safetensors``; returns its training seconds.
 
     The full training state is kept in ``checkpoints/<phase>.state.safetensors`` while the phase
@@ -185,7 +196,7 @@ def train_phase(ctx: RunContext, phase: str, distiller: Distiller, *, teacher: T
         weight_decay=t.weight_decay, momentum=t.momentum, schedule=t.schedule,
         accelerator=ctx.accelerator, log=ctx.log, phase=phase, progress=ctx.recipe.output.progress,
         evaluate_fn=ctx.task.evaluate, checkpoint=state, checkpoint_every=t.checkpoint_every,
-        resume=ctx.resume,
+        resume=ctx.resume, batch_transform=batch_transform,
     )
     if ctx.is_main:
         save_weights(distiller.student, final)
@@ -238,11 +249,45 @@ def _load_checkpoint(model: nn.Module, path: Path, field: str) -> None:
         raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
 
 
-def check_compatible(teacher: nn.Module, student: nn.Module, example: dict) -> None:
-    """Teacher and student must score the same classes (or vocabulary) for logit terms."""
+def cached_teacher(ctx: RunContext, teacher: Teacher) -> CachedTeacher:
+    """The teacher's outputs over the training split, from a cache built once (``teacher.cache``).
+
+    The cache lives under ``<output.dir>/.cache/<fingerprint>/`` (or ``teacher.cache_dir``) and
+    is shared by every run with the same teacher weights, data, augmentation, taps and dtype.
+    With augmentation it holds one view per epoch, replayed in step with the student's inputs.
+    """
+    recipe, train = ctx.recipe, ctx.recipe.train
+    views = train.epochs if train.augment != "none" else 1
+    fingerprint = {
+        "teacher": tensor_digest(teacher.module.state_dict()),
+        "data": ctx.splits.identity,
+        "split": "train",
+        "augment": {"name": train.augment, "seed": train.seed, "views": views},
+        "taps": sorted(teacher.taps),
+        "dtype": recipe.teacher.cache_dtype,
+    }
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
+    if (root / "meta.json").is_file():
+        cache = TeacherCache(root)
+        cache.check(fingerprint)
+    else:
+        started = time.perf_counter()
+        cache = build_cache(
+            root, teacher, augmented(ctx.splits.train, train.augment, seed=train.seed),
+            fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
+            batch_size=train.eval_batch_size, accelerator=ctx.accelerator,
+        )
+        if ctx.is_main and recipe.output.progress:
+            print(f"teacher cache: {views} view(s) of {len(ctx.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}")
+    return CachedTeacher(cache)
+
+
+def check_compatible(teacher, student: nn.Module, example: dict) -> None:
+    """Teacher (live or cached) and student must score the same classes (or vocabulary)."""
     with torch.no_grad():
         was = student.training
-        t_out = call_model(teacher.eval(), example["input"])
+        t_out = teacher(example).logits
         s_out = call_model(student.eval(), example["input"])
         student.train(was)
     if t_out.shape[-1] != s_out.shape[-1]:
@@ -252,19 +297,42 @@ def check_compatible(teacher: nn.Module, student: nn.Module, example: dict) -> N
         )
 
 
+def dry_run(distiller: Distiller, teacher: Teacher | None, example: dict, recipe: Recipe) -> None:
+    """One forward pass on two samples, so a term that cannot compare these models (a feature
+    map loss on vectors, mismatched shapes) fails now, naming itself, not after the teacher
+    trained. Leaves no trace: random generators and every buffer are restored."""
+    state = {k: v.clone() for k, v in distiller.state_dict().items()}
+    was_training = distiller.training
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            distiller.eval()
+            distiller(example, teacher(example) if distiller.needs_teacher else None)
+    except (ValueError, RuntimeError, KeyError) as error:
+        where = "terms" if recipe.terms is not None else f"method {recipe.method}"
+        raise ConfigError(f"{where}: {str(error).splitlines()[0]}") from None
+    finally:
+        distiller.load_state_dict(state)
+        distiller.train(was_training)
+
+
 def train_student(ctx: RunContext, phase: str, terms: list[Term], teacher: Teacher | None):
     recipe = ctx.recipe
     set_seed(recipe.train.seed)  # same initial weights for the scratch and the distilled student
     student = build_model("student", recipe.student.model, recipe.student.kwargs, ctx.splits)
     example = next(iter(DataLoader(ctx.splits.train, batch_size=2)))
+    transform = None
     if teacher is not None:
-        check_compatible(teacher.module, student, example)
-    distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example)
+        check_compatible(teacher, student, example)
+        transform = prepare_student(recipe.distill.params, student, teacher.module)
+    distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example, num_samples=len(ctx.splits.train))
+    dry_run(distiller, teacher, example, recipe)
     t = recipe.train
     seconds = train_phase(
         ctx, phase, distiller, teacher=teacher if distiller.needs_teacher else None,
-        augment=t.augment, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
+        augment=t.augment, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer, batch_transform=transform,
     )
+    if distiller.tap:  # the trained student is measured without the training-time hooks
+        distiller.tap.remove()
     return student.cpu(), seconds
 
 
@@ -294,8 +362,12 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
         torch.use_deterministic_algorithms(True)
     splits = load_data(recipe)  # bad data fails before anything is written or replaced
     task = TASKS[splits.task]
-    terms = recipe_terms(recipe)
-    run_dir = open_run_dir(recipe, overwrite=overwrite, resume=resume, create=accelerator.is_main_process and not resume)
+    terms = recipe_terms(recipe, splits)
+    # Every process checks the directory before any creates it (or one would see the other's).
+    run_dir = open_run_dir(recipe, overwrite=overwrite, resume=resume, create=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not resume:
+        open_run_dir(recipe, overwrite=overwrite, create=True)
     accelerator.wait_for_everyone()
     if resume and (run_dir / "summary.json").is_file():
         echo(f"{run_dir} is already complete; nothing to resume")
@@ -310,7 +382,10 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     test_loader = eval_loader(splits.test, recipe)
 
     teacher_model, teacher_info = obtain_teacher(ctx)
-    teacher = Teacher(teacher_model, taps=Distiller(nn.Identity(), terms).teacher_taps)
+    prepare_teacher(recipe.distill.params, teacher_model)
+    teacher = Teacher(teacher_model, taps=teacher_taps(terms))
+    if recipe.teacher.cache:
+        teacher = cached_teacher(ctx, teacher)
     scratch_model, scratch_seconds = train_student(ctx, "scratch", task.scratch_terms(), None)
     student_model, student_seconds = train_student(ctx, "student", terms, teacher)
     if not accelerator.is_main_process:
@@ -333,8 +408,18 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
         "world_size": accelerator.num_processes,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},
     }
+    if task.samples is not None:  # e.g. generated text of each language model
+        summary["samples"] = task.samples({"teacher": teacher_model, "scratch": scratch_model, "student": student_model}, splits)
+    if task.name == "classification":  # agreement, KL, per-class accuracy, calibration, confusion
+        summary["diagnostics"] = diagnose(
+            {"teacher": teacher_model, "scratch": scratch_model, "student": student_model}, test_loader,
+            num_classes=splits.num_classes, class_names=splits.class_names, history=ctx.metrics.read(), terms=terms,
+        )
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    plots = plot_history(ctx.metrics.read(), run_dir / "plots") if recipe.output.plots else []
+    plots = (
+        plot_history(ctx.metrics.read(), run_dir / "plots") + plot_diagnostics(summary.get("diagnostics"), run_dir / "plots")
+        if recipe.output.plots else []
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(run_dir, summary, plots)
     echo("")

@@ -1,8 +1,11 @@
-"""What a run leaves behind for people: the metrics log, the results table, report.md, plots."""
+"""What a run leaves behind for people: the metrics log, the results table, the verdict, plots,
+and the report, written twice from one list of blocks: ``report.md`` and a self-contained
+``report.html`` (``report_html``)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -55,32 +58,45 @@ def _metric(value: float, name: str, task: dict) -> str:
     return f"{100 * value:.2f}%" if name in task["percent"] else f"{value:.4f}"
 
 
-def results_table(summary: dict) -> str:
-    """A markdown table of the three models: the task's metrics, parameters, bytes, latency."""
+def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table: the task's metrics, parameters, bytes, latency."""
     task = _task(summary)
     metrics = task["metrics"]
-    rows = [
-        "| model | " + " | ".join(f"test {m}" for m in metrics)
-        + " | parameters | size on disk | latency b=1 (ms) | latency b=256 (ms) |",
-        "|---|" + "---:|" * (len(metrics) + 4),
-    ]
+    header = ["model", *(f"test {m}" for m in metrics), "parameters", "size on disk",
+              "latency b=1 (ms)", "latency b=256 (ms)"]
+    rows = []
     for role in ROLES:
         entry = summary.get(role)
         if not entry:
             continue
         latency = entry.get("latency_ms") or {}
         b1, b256 = latency.get("batch_1"), latency.get("batch_256")
-        scores = " | ".join(_metric(entry[m], m, task) for m in metrics)
-        rows.append(
-            f"| {ROLE_TITLES[role]} ({entry['model']}) | {scores} | "
-            f"{entry['params']:,} | {_bytes(entry['bytes'])} | "
-            f"{'' if b1 is None else f'{b1:.3f}'} | {'' if b256 is None else f'{b256:.2f}'} |"
-        )
-    return "\n".join(rows)
+        rows.append([
+            f"{ROLE_TITLES[role]} ({entry['model']})", *(_metric(entry[m], m, task) for m in metrics),
+            f"{entry['params']:,}", _bytes(entry["bytes"]),
+            "" if b1 is None else f"{b1:.3f}", "" if b256 is None else f"{b256:.2f}",
+        ])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table, the first column left-aligned and the others right-aligned."""
+    def cells(values):
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    return "\n".join([cells(header), "|---|" + "---:|" * (len(header) - 1), *map(cells, rows)])
+
+
+def results_table(summary: dict) -> str:
+    """A markdown table of the three models: the task's metrics, parameters, bytes, latency."""
+    return markdown_table(*results_rows(summary))
 
 
 def verdict(summary: dict) -> str:
-    """One sentence on whether distillation paid off, from the run's own numbers."""
+    """Whether distillation paid off, from the run's own numbers: one sentence when it did; when
+    it did not, that plainly, then one ``- `` line per likely cause (``diagnostics.likely_causes``)."""
+    from kdistill.diagnostics import likely_causes
+
     task = _task(summary)
     headline = task["metrics"][0]
     higher = task["higher_is_better"][headline]
@@ -100,10 +116,10 @@ def verdict(summary: dict) -> str:
             f"against the same student trained from scratch{recovered}, with {compression:.1f}× "
             "fewer parameters than the teacher."
         )
+    causes = "\n".join(f"- {cause}" for cause in likely_causes(summary))
     return (
-        f"Distillation did not beat the scratch student (test {headline} {gain:+.4g}{unit}). Check "
-        "the teacher's score, the temperature and term weights, and whether the student trained "
-        "long enough."
+        f"Distillation did not beat the scratch student (test {headline} {gain:+.4g}{unit}). "
+        f"Likely causes, from this run's own numbers:\n{causes}"
     )
 
 
@@ -154,25 +170,244 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
     return written
 
 
-def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
-    run_dir = Path(run_dir)
-    lines = [
-        f"# {summary['name']}: {summary['method']} distillation",
-        "",
-        f"Data: {summary['data']['dataset']} "
-        f"({', '.join(f'{k} {v}' for k, v in summary['data']['sizes'].items())}); "
-        "scores on the held-out test split.",
-        "",
-        results_table(summary),
-        "",
-        verdict(summary),
-        "",
+def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Path]:
+    """Reliability diagrams and confusion matrices of each model (``diagnostics`` of a summary)."""
+    if not diagnostics:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    roles = [r for r in ROLES if r in diagnostics["reliability"]]
+    written = []
+
+    fig, axes = plt.subplots(1, len(roles), figsize=(4 * len(roles), 4), squeeze=False)
+    for ax, role in zip(axes[0], roles):
+        table = diagnostics["reliability"][role]
+        edges = table["edges"]
+        width = edges[1] - edges[0]
+        filled = [i for i, n in enumerate(table["count"]) if n]
+        ax.bar([edges[i] for i in filled], [table["accuracy"][i] for i in filled], width=width,
+               align="edge", edgecolor="black", color="#4c72b0", label="accuracy")
+        # Guo et al.'s layout: the gap bar spans accuracy → mean confidence of the bin.
+        ax.bar([edges[i] for i in filled], [table["confidence"][i] - table["accuracy"][i] for i in filled],
+               bottom=[table["accuracy"][i] for i in filled], width=width, align="edge",
+               color="#c44e52", alpha=0.3, hatch="//", edgecolor="#c44e52", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
+               title=f"{ROLE_TITLES[role]}\nECE {diagnostics['ece'][role]:.3f}")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = plots_dir / "reliability.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    names = diagnostics["class_names"]
+    fig, axes = plt.subplots(1, len(roles), figsize=(4.2 * len(roles), 4), squeeze=False)
+    for ax, role in zip(axes[0], roles):
+        counts = diagnostics["confusion"][role]
+        totals = [max(sum(row), 1) for row in counts]
+        ax.imshow([[c / t for c in row] for row, t in zip(counts, totals)], cmap="Blues", vmin=0, vmax=1)
+        if len(names) <= 12:  # counts stay readable up to about a dozen classes
+            for i, row in enumerate(counts):
+                for j, count in enumerate(row):
+                    if count:
+                        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                                color="white" if count / totals[i] > 0.5 else "black")
+        if len(names) <= 20:
+            ax.set_xticks(range(len(names)), names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set(xlabel="predicted class", ylabel="true class", title=ROLE_TITLES[role])
+    fig.tight_layout()
+    path = plots_dir / "confusion.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+# --- the report ----------------------------------------------------------------------------
+# A report is a list of blocks, rendered to markdown here and to HTML in ``report_html``:
+# ("heading", level, text), ("paragraph", text), ("list", [text]), ("table", header, rows),
+# ("image", path relative to the run directory, alt text).
+
+DIAGNOSTIC_PLOTS = ("reliability", "confusion")
+
+
+def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
+    sizes = ", ".join(f"{k} {v}" for k, v in summary["data"]["sizes"].items())
+    lines = verdict(summary).split("\n")
+    blocks = [
+        ("heading", 1, f"{summary['name']}: {summary['method']} distillation"),
+        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test split."),
+        ("table", *results_rows(summary)),
+        ("paragraph", lines[0]),
+    ]
+    if len(lines) > 1:
+        blocks.append(("list", [line.removeprefix("- ") for line in lines[1:]]))
+    blocks.append((
+        "paragraph",
         f"Latency: median of repeated CPU forward passes on {summary['latency_threads']} thread(s). "
         f"Total run time {summary['seconds']:.0f} s.",
-        "",
+    ))
+    diagnostic_plots = sorted((p for p in plots if p.stem in DIAGNOSTIC_PLOTS), key=lambda p: DIAGNOSTIC_PLOTS.index(p.stem))
+    blocks += diagnostics_blocks(summary.get("diagnostics"), diagnostic_plots)
+    blocks += export_blocks(summary.get("export"), _task(summary))
+    blocks += samples_blocks(summary.get("samples"))
+    training_plots = [p for p in plots if p.stem not in DIAGNOSTIC_PLOTS]
+    if training_plots:
+        blocks.append(("heading", 2, "Training"))
+        blocks += [("image", f"plots/{p.name}", p.stem) for p in training_plots]
+    return blocks
+
+
+def diagnostics_blocks(diagnostics: dict | None, plots: list[Path]) -> list[tuple]:
+    if not diagnostics:
+        return []
+    roles = [r for r in ROLES if r in diagnostics["ece"]]
+    agree, kl = diagnostics.get("agreement", {}), diagnostics.get("kl_to_teacher", {})
+    rows = [
+        [ROLE_TITLES[r], f"{100 * agree[r]:.2f}%" if r in agree else "",
+         f"{kl[r]:.4f}" if r in kl else "", f"{diagnostics['ece'][r]:.4f}",
+         f"{diagnostics['mean_confidence'][r]:.4f}"]
+        for r in roles
     ]
-    for path in plots:
-        lines += [f"![{path.stem}](plots/{path.name})", ""]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+    blocks = [
+        ("heading", 2, f"Diagnostics ({diagnostics['split']} split, {diagnostics['n']} samples)"),
+        ("table", ["model", "top-1 agreement with teacher", "mean KL(teacher ‖ model), nats",
+                   "ECE", "mean confidence"], rows),
+        ("paragraph", f"Calibration: {diagnostics['binning']}."),
+    ]
+    names = diagnostics["class_names"]
+    if len(names) <= 20:  # beyond that a per-class table is a wall of numbers; see summary.json
+        per_class = diagnostics["per_class_accuracy"]
+        blocks += [
+            ("heading", 3, "Per-class accuracy"),
+            ("table", ["class", *(ROLE_TITLES[r] for r in roles)], [
+                [name, *("" if per_class[r][i] is None else f"{100 * per_class[r][i]:.1f}%" for r in roles)]
+                for i, name in enumerate(names)
+            ]),
+        ]
+    blocks += [("image", f"plots/{p.name}", p.stem) for p in plots]
+    return blocks
+
+
+def samples_blocks(samples: list[dict] | None) -> list[tuple]:
+    """Generated text: each prompt, then every model's continuation (same prompt, same seed)."""
+    if not samples:
+        return []
+
+    def shown(text: str) -> str:  # one table cell: line breaks as ⏎, markdown code spans kept
+        return "`" + text.replace("`", "'").replace("\n", "⏎") + "`"
+
+    blocks = [("heading", 2, "Generated samples"), (
+        "paragraph", "Each model continues the same test prompts with the same random seed."
+    )]
+    for number, row in enumerate(samples, 1):
+        models = [k for k in row if k != "prompt"]
+        blocks.append(("table", [f"prompt {number}", shown(row["prompt"])],
+                       [[ROLE_TITLES.get(m, m), shown(row[m])] for m in models]))
+    return blocks
+
+
+def export_blocks(export: dict | None, task: dict) -> list[tuple]:
+    """The ``kdistill export`` results: files, parity, latency, throughput, ratios."""
+    if not export:
+        return []
+    blocks = [
+        ("heading", 2, "Deployment: ONNX"),
+        ("paragraph", f"Exported with the {export['exporter']} exporter (opset {export['opset']}); checked and "
+                      f"timed with ONNX Runtime {export['versions']['onnxruntime']} on {export['threads']} "
+                      f"CPU thread(s). Parity: largest |ONNX − PyTorch| over the logits of "
+                      f"{export['parity_samples']} test samples."),
+    ]
+    rows = []
+    for key, check in export["checks"].items():
+        detail = f"≤ {check['tolerance']:g}" if check["kind"] == "logits" else (
+            f"test {check['metric']} {_metric(check['reference'], check['metric'], task)} → "
+            f"{_metric(check['value'], check['metric'], task)}, drop ≤ "
+            + (f"{100 * check['tolerance']:g} points" if check["metric"] in task["percent"] else f"{check['tolerance']:g}")
+        )
+        rows.append([key, export["files"][check["file"]]["path"], _bytes(export["files"][check["file"]]["bytes"]),
+                     f"{check['max_abs_diff']:.2e}", detail, "passed" if check["passed"] else "FAILED"])
+    blocks.append(("table", ["check", "file", "size on disk", "max abs diff", "criterion", "result"], rows))
+    rows = []
+    for model, runtimes in export["latency_ms"].items():
+        for runtime, latency in runtimes.items():
+            rows.append([model, runtime, f"{latency['batch_1']:.3f}", f"{latency['batch_256']:.2f}",
+                         f"{export['throughput'][model][runtime]:,.0f}"])
+    blocks.append(("table", ["model", "runtime", "latency b=1 (ms)", "latency b=256 (ms)",
+                             "throughput b=256 (samples/s)"], rows))
+    ratios = "; ".join(
+        f"{runtime}: {r['batch_1']:.1f}× at batch 1, {r['batch_256']:.1f}× at batch 256"
+        for runtime, r in export["latency_ratio"].items()
+    )
+    blocks.append(("paragraph", f"Teacher / student latency: {ratios}."))
+    return blocks
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *rest in blocks:
+        if kind == "heading":
+            out.append("#" * rest[0] + " " + rest[1])
+        elif kind == "paragraph":
+            out.append(rest[0])
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in rest[0]))
+        elif kind == "table":
+            out.append(markdown_table(*rest))
+        elif kind == "image":
+            out.append(f"![{rest[1]}]({rest[0]})")
+    return "\n\n".join(out) + "\n"
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
+    """Write ``report.md`` and its self-contained twin ``report.html``; returns the markdown path."""
+    from kdistill.report_html import render_html
+
+    run_dir = Path(run_dir)
+    blocks = report_blocks(summary, plots)
+    atomic_write(run_dir / "report.html", render_html(blocks, run_dir, title=f"{summary['name']} — kdistill report"))
+    return atomic_write(run_dir / "report.md", to_markdown(blocks))
+
+
+def existing_plots(run_dir: str | Path) -> list[Path]:
+    """The plots a run already drew, training curves first (to re-render a report without
+    redrawing them)."""
+    plots = sorted(Path(run_dir, "plots").glob("*.png"))
+    return sorted(plots, key=lambda p: (p.stem in DIAGNOSTIC_PLOTS, p.stem != "loss_terms", p.name))
+
+
+def render_run(run_dir: str | Path) -> Path:
+    """Re-render a finished run's report from its ``summary.json`` and ``metrics.jsonl``
+    (``kdistill report``); plots are redrawn when the run has a ``plots/`` folder."""
+    from kdistill.errors import UserError
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(f"{run_dir}: no summary.json here; pass the directory of a finished `kdistill run`")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{summary_path}: not valid JSON ({error}); rerun the run") from None
+    plots = []
+    if (run_dir / "plots").is_dir():
+        history = MetricsLog(run_dir / "metrics.jsonl").read()
+        plots = (plot_history(history, run_dir / "plots") if history else []) + plot_diagnostics(
+            summary.get("diagnostics"), run_dir / "plots")
+    return write_report(run_dir, summary, plots)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kdistill.methods import Term, scratch
+from kdistill.perplexity import evaluate_lm, lm_samples
 from kdistill.trainer import evaluate
 
 
@@ -22,6 +23,8 @@ class Task:
     evaluate: Callable[..., dict]  # (model, loader, accelerator=None) -> {metric: value, ...}
     scratch_terms: Callable[[], list[Term]]
     percent: frozenset[str] = frozenset()  # metrics shown as percentages
+    # ({role: model}, splits) -> rows of example outputs for the report (generated text)
+    samples: Callable[..., list[dict]] | None = None
 
     @property
     def headline(self) -> str:
@@ -41,6 +44,21 @@ CLASSIFICATION = Task(
     percent=frozenset({"accuracy"}),
 )
 
+def _token_scratch_terms() -> list[Term]:
+    return [Term("ce", "token_ce", weight=1.0, teacher=None)]
+
+
+LANGUAGE_MODELLING = Task(
+    name="language_modelling",
+    metrics=("perplexity", "token_accuracy"),
+    higher_is_better={"perplexity": False, "token_accuracy": True, "loss": False},
+    evaluate=evaluate_lm,
+    scratch_terms=_token_scratch_terms,
+    percent=frozenset({"token_accuracy"}),
+    samples=lm_samples,
+)
+
 TASKS: dict[str, Task] = {
     "classification": CLASSIFICATION,
+    "language_modelling": LANGUAGE_MODELLING,
 }

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -32,6 +33,17 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accel
     """An Accelerator on the requested device. ``Accelerator()`` alone would silently pick the
     GPU when present; ``cpu=True`` is required to stay on the CPU (and to run without CUDA)."""
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda: no CUDA GPU is visible here; use train.device=auto or cpu")
+    if mixed_precision == "fp16" and use_cpu:
+        # fp16 needs a gradient scaler and GPU kernels; bf16 has float32's range and runs on CPUs.
+        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 on the CPU")
+    # Accelerate keeps its state per process and refuses a second Accelerator with another
+    # precision; one process may run several recipes (tuning, notebooks, tests), so start over.
+    # The process group (PartialState) is kept.
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
 
 
@@ -153,6 +165,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    batch_transform: Callable[[dict], dict] | None = None,
 ) -> list[dict]:
     """Train ``distiller`` for ``epochs``; returns one record per epoch (also passed to ``log``).
 
@@ -165,6 +178,9 @@ def fit(
     end of every epoch and every ``checkpoint_every`` steps; ``resume=True`` continues from it,
     giving the same result as an uninterrupted run (bit for bit in deterministic mode). Records
     of epochs finished before the checkpoint are not returned again.
+
+    ``batch_transform`` (e.g. ``kdistill.sampling.OnPolicy``) rewrites each training batch, on
+    the device, before the teacher and the student see it.
     """
     accelerator = accelerator or make_accelerator()
     if distiller.needs_teacher and teacher is None:
@@ -209,6 +225,8 @@ def fit(
             order.set_state(state.order_state)  # a resumed run replays this epoch's shuffle
         inner.epoch = epoch
         _set_epoch(train_loader, epoch)
+        if hasattr(teacher, "set_epoch"):
+            teacher.set_epoch(epoch)  # a cached teacher serves this epoch's augmented view
         model.train()
         started = time.perf_counter()
         bar = tqdm(
@@ -222,6 +240,8 @@ def fit(
                 # Dropout and friends continue from where the interrupted run stood.
                 set_rng_state(*restored_rng)
                 restored_rng = None
+            if batch_transform is not None:
+                batch = batch_transform(batch)
             teacher_out = teacher(batch) if inner.needs_teacher else None
             out = model(batch, teacher_out)
             _check_finite(out, state.global_step, epoch)

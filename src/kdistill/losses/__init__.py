@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from kdistill.losses.feature import FEATURE_LOSSES, at, hint, nst
+from kdistill.losses.lm import LM_LOSSES, attention_kl, hidden_cosine, hidden_mse, token_ce
 from kdistill.losses.logit import (
     LOGIT_LOSSES, cross_entropy, dist, dkd, kd, kl_batchmean, nkd, standardize_logits,
 )
@@ -35,10 +36,12 @@ LOSSES: dict[str, Callable] = {
     **RELATION_LOSSES,
     **STATEFUL_LOSSES,
     **TOKEN_LOSSES,
+    **LM_LOSSES,
 }
 
 __all__ = ["LOSSES", "cross_entropy", "kd", "kl_batchmean",
     "dkd", "dist", "nkd", "standardize_logits", "hint", "at", "nst", "sp", "rkd", "pkt", "cc",
     "STATEFUL_LOSSES", "VIDLoss", "CRDLoss",
     "SparseTeacher", "forward_kl", "forward_kl_topk", "jsd", "reverse_kl", "skew_kl",
-    "skew_reverse_kl", "topk_teacher", "tvd"]
+    "skew_reverse_kl", "topk_teacher", "tvd",
+    "token_ce", "hidden_mse", "hidden_cosine", "attention_kl"]

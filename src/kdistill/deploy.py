@@ -1,0 +1,179 @@
+"""``kdistill export RUN_DIR``: from a finished run to deployable, checked files.
+
+Rebuilds the teacher and the distilled student from the run's ``config.yaml`` and checkpoints,
+writes them as ONNX under ``RUN_DIR/export/``, checks the student against PyTorch with ONNX
+Runtime (logits within ``tolerance`` on a batch of test samples and on a single sample, which
+also proves the dynamic batch axis), optionally quantises it to int8 (dynamic quantisation,
+judged by the test score it loses against ``int8_tolerance``), times teacher and student in
+PyTorch and in ONNX Runtime at batch 1 and 256, and records everything under ``"export"`` in
+``summary.json`` and in the report. Part of the composition root, like ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from kdistill.distiller import call_model
+from kdistill.errors import UserError
+from kdistill.export import (
+    OrtModel, export_onnx, load_weights, max_abs_diff, measure_latency, measure_ort_latency,
+    ort_logits, ort_session, quantize_int8, require_onnx,
+)
+
+PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
+INT8_TOLERANCE = 0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
+PARITY_SAMPLES = 256
+BATCHES = (1, 256)
+FILES = {"student": "student.onnx", "student_int8": "student.int8.onnx", "teacher": "teacher.onnx"}
+
+
+class ExportCheckError(UserError):
+    """An exported model failed its parity or accuracy check (the results are still written)."""
+
+
+def check_run_dir(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory; pass the folder a `kdistill run` wrote (runs/<name>)")
+    for needed in ("config.yaml", "summary.json", "checkpoints/teacher.safetensors", "checkpoints/student.safetensors"):
+        if not (run_dir / needed).is_file():
+            raise UserError(f"{run_dir}: {needed} is missing; export needs a finished `kdistill run` directory")
+
+
+def export_run(
+    run_dir: str | Path, *, int8: bool = True, exporter: str = "auto", tolerance: float = PARITY_TOLERANCE,
+    int8_tolerance: float = INT8_TOLERANCE, overwrite: bool = False, repeats: int = 30, echo=print,
+) -> dict:
+    """Export, check and time a run's models; returns the ``"export"`` entry of its summary.
+
+    Raises ``ExportCheckError`` (after writing every file and number) when the student's fp32
+    parity or its int8 score is outside tolerance; the teacher's own parity is recorded only.
+    """
+    from kdistill.config import load_config
+    from kdistill.pipeline import build_model, eval_loader, load_data
+    from kdistill.report import atomic_write, existing_plots, write_report
+    from kdistill.tasks import TASKS
+
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    onnx, ort = require_onnx()
+    out = run_dir / "export"
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already holds an export: pass --overwrite to replace it")
+    out.mkdir(exist_ok=True)
+    for name in FILES.values():
+        (out / name).unlink(missing_ok=True)  # no stale file from an earlier export survives
+
+    recipe = load_config(run_dir / "config.yaml")
+    splits = load_data(recipe)
+    task = TASKS[splits.task]
+    models = {}
+    for role, section in (("student", recipe.student), ("teacher", recipe.teacher)):
+        model = build_model(role, section.model, section.kwargs, splits)
+        try:
+            load_weights(model, run_dir / "checkpoints" / f"{role}.safetensors")
+        except UserError:
+            raise
+        except Exception as error:
+            raise UserError(f"{run_dir}/checkpoints/{role}.safetensors does not fit the {section.model} in config.yaml ({str(error).splitlines()[0][:200]})") from None
+        models[role] = model.eval()
+
+    test_loader = eval_loader(splits.test, recipe)
+    sample = next(iter(DataLoader(splits.test, batch_size=PARITY_SAMPLES)))["input"]
+    single = next(iter(DataLoader(splits.test, batch_size=1)))["input"]
+    n_sample = len(next(iter(sample.values()))) if isinstance(sample, dict) else len(sample)
+    example = splits.test[0]["input"]
+    threads = torch.get_num_threads()
+
+    files, checks, sessions, exporters = {}, {}, {}, {}
+    for role, model in models.items():
+        path = out / FILES[role]
+        exporters[role] = export_onnx(model, sample, path, exporter=exporter)
+        sessions[role] = ort_session(path, threads=threads)
+        files[role] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
+        diff = max(max_abs_diff(model, sessions[role], sample), max_abs_diff(model, sessions[role], single))
+        checks[f"{role} fp32"] = {
+            "kind": "logits", "file": role, "max_abs_diff": diff, "tolerance": tolerance,
+            "passed": diff <= tolerance, "samples": n_sample,
+        }
+        echo(f"{path.relative_to(run_dir)} ({exporters[role]} exporter, {files[role]['bytes']:,} bytes): "
+             f"max |ONNX Runtime − PyTorch| = {diff:.2e} on {n_sample} test samples and batch 1 "
+             f"(tolerance {tolerance:g}): {'passed' if diff <= tolerance else 'FAILED'}")
+
+    headline = task.headline
+    higher = task.higher_is_better[headline]
+    reference = task.evaluate(models["student"], test_loader)[headline]
+    onnx_score = task.evaluate(OrtModel(sessions["student"]), test_loader)[headline]
+    checks["student fp32"].update(metric=headline, reference=reference, value=onnx_score)
+    if int8:
+        path = out / FILES["student_int8"]
+        try:
+            quantize_int8(out / FILES["student"], path)
+        except Exception as error:
+            raise UserError(f"int8 quantisation of the student failed ({str(error).splitlines()[0][:200]}); rerun with --no-int8") from None
+        sessions["student_int8"] = ort_session(path, threads=threads)
+        files["student_int8"] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
+        value = task.evaluate(OrtModel(sessions["student_int8"]), test_loader)[headline]
+        drop = (reference - value) if higher else (value - reference)
+        diff = max_abs_diff(models["student"], sessions["student_int8"], sample)
+        with torch.no_grad():
+            fp32_top1 = call_model(models["student"], sample).argmax(-1)
+        agree = (ort_logits(sessions["student_int8"], sample).argmax(-1) == fp32_top1).double().mean().item()
+        checks["student int8"] = {
+            "kind": "score", "file": "student_int8", "metric": headline, "reference": reference, "value": value,
+            "drop": drop, "tolerance": int8_tolerance, "passed": drop <= int8_tolerance,
+            "max_abs_diff": diff, "top1_agreement_with_fp32": agree, "samples": n_sample,
+        }
+        percent = headline in task.percent
+        shown = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
+        unit, scale = (" points", 100) if percent else ("", 1)
+        echo(f"{path.relative_to(run_dir)} ({files['student_int8']['bytes']:,} bytes): max |int8 − PyTorch fp32| = {diff:.2e}, "
+             f"top-1 agreement {100 * agree:.1f}%; test {headline} {shown(reference)} → {shown(value)} (drop "
+             f"{scale * drop:.2f}{unit}, tolerance {scale * int8_tolerance:g}{unit}): {'passed' if drop <= int8_tolerance else 'FAILED'}")
+
+    latency, throughput = {}, {}
+    timing = {"repeats": repeats, "warmup": min(5, repeats)}
+    for role, model in models.items():
+        latency[role] = {
+            "pytorch": {f"batch_{b}": measure_latency(model, example, batch_size=b, **timing) for b in BATCHES},
+            "onnxruntime": {f"batch_{b}": measure_ort_latency(sessions[role], example, batch_size=b, **timing) for b in BATCHES},
+        }
+    if int8:
+        latency["student_int8"] = {"onnxruntime": {
+            f"batch_{b}": measure_ort_latency(sessions["student_int8"], example, batch_size=b, **timing) for b in BATCHES}}
+    for role, runtimes in latency.items():
+        throughput[role] = {runtime: 1000 * BATCHES[-1] / ms[f"batch_{BATCHES[-1]}"] for runtime, ms in runtimes.items()}
+    ratio = {
+        runtime: {f"batch_{b}": latency["teacher"][runtime][f"batch_{b}"] / latency["student"][runtime][f"batch_{b}"] for b in BATCHES}
+        for runtime in ("pytorch", "onnxruntime")
+    }
+    opset = next((o.version for o in onnx.load(str(out / FILES["student"]), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)
+    checks = dict(sorted(checks.items(), key=lambda item: item[0].startswith("teacher")))  # student first
+    result = {
+        "exporter": exporters["student"], "exporters": exporters, "opset": opset, "files": files,
+        "checks": checks, "parity_samples": n_sample, "latency_ms": latency, "throughput": throughput,
+        "throughput_unit": f"samples/s at batch {BATCHES[-1]}", "latency_ratio": ratio, "threads": threads,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+    }
+    for runtime, r in ratio.items():
+        echo(f"teacher/student latency in {runtime}: {r['batch_1']:.1f}× at batch 1, {r['batch_256']:.1f}× at batch 256")
+
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["export"] = result
+    atomic_write(summary_path, json.dumps(summary, indent=2))
+    write_report(run_dir, summary, existing_plots(run_dir))
+    echo(f"Export written to {out}/; summary.json and the report updated")
+
+    failed = [name for name, check in checks.items() if name.startswith("student") and not check["passed"]]
+    if failed:
+        raise ExportCheckError(
+            f"{', '.join(failed)} failed (see {run_dir}/report.md, Deployment): "
+            + "; ".join(f"{n}: {'max abs diff' if checks[n]['kind'] == 'logits' else 'score drop'} "
+                        f"{checks[n]['max_abs_diff'] if checks[n]['kind'] == 'logits' else checks[n]['drop']:.3g} > {checks[n]['tolerance']:g}"
+                        for n in failed)
+        )
+    return result

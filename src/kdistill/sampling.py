@@ -1,0 +1,138 @@
+"""Sampling from causal language models: continuations for reports, and the on-policy batches
+of generalised knowledge distillation (GKD).
+
+Works with any model ``call_model`` can run on ids (kdistill's GPT, a Hugging Face causal LM):
+each step re-runs the model on the sequence so far (no key/value cache), which keeps it
+model-agnostic; continuations are therefore kept short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.distiller import call_model
+from kdistill.losses.lm import IGNORE_INDEX
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module, prefix: Tensor, steps: int, *, temperature: float = 1.0,
+    top_k: int | None = None, generator: torch.Generator | None = None, context: int | None = None,
+) -> Tensor:
+    """Extend ``prefix`` (B, P) by ``steps`` sampled tokens; returns (B, P + steps) ids.
+
+    ``temperature`` 0 is greedy decoding; ``top_k`` keeps the k most likely tokens; ``context``
+    crops the input to the last ``context`` tokens (a model's block size). The model runs in
+    eval mode (no dropout) and its mode is restored; nothing here is differentiable.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        ids = prefix
+        for _ in range(steps):
+            window = ids if context is None else ids[:, -context:]
+            logits = call_model(model, window)[:, -1, :].float()
+            if temperature == 0:
+                next_ids = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.shape[-1]:
+                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_ids = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            ids = torch.cat([ids, next_ids.to(ids.dtype)], dim=1)
+        return ids
+    finally:
+        model.train(was_training)
+
+
+class OnPolicy:
+    """Batch transform for on-policy distillation (GKD): a fraction of each batch's sequences is
+    replaced by continuations the student samples itself, which the teacher then scores.
+
+    Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated
+    Mistakes", ICLR 2024, arXiv:2306.13649: training only on fixed data teaches the student
+    prefixes it would never produce; on its own samples it learns to recover from its mistakes.
+    Here λ = ``fraction`` of the sequences (exactly ``round(λ·B)`` per batch, chosen at random)
+    keep their first ``L + 1 − continuation`` real tokens as the prompt and get the rest sampled
+    from the current student at ``temperature``. ``fit(batch_transform=...)`` applies it to each
+    batch *before* the teacher runs, so the teacher's logits are those of the sampled sequence.
+    The sampled tokens' targets become ``IGNORE_INDEX``: the divergence terms (which take the
+    batch's mask) compare the two models there, while ``token_ce`` never learns from the
+    student's own samples. Sampling runs without autograd: no gradient flows through it.
+
+    Args:
+        student: the model being trained (the object ``fit`` trains, not a copy).
+        fraction: λ in [0, 1].
+        continuation: tokens sampled per chosen sequence, 1 ≤ K ≤ L.
+        temperature: sampling temperature (GKD samples at 1).
+        seed: seeds the choice of sequences and the sampling.
+    """
+
+    def __init__(self, student: nn.Module, *, fraction: float = 0.5, continuation: int = 16,
+                 temperature: float = 1.0, seed: int = 0):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"on_policy.fraction must be in [0, 1], got {fraction}")
+        if continuation < 1:
+            raise ValueError(f"on_policy.continuation must be at least 1, got {continuation}")
+        self.student, self.fraction, self.continuation = student, fraction, continuation
+        self.temperature, self.seed = temperature, seed
+        self._generator: torch.Generator | None = None
+        self.replaced = 0  # sequences replaced so far (for logs and tests)
+
+    def _rng(self, device) -> torch.Generator:
+        if self._generator is None or self._generator.device != torch.device(device):
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def __call__(self, batch: Mapping) -> dict:
+        inputs, target = batch["input"], batch["target"]
+        if isinstance(inputs, Mapping) or inputs.dim() != 2:
+            raise ValueError("on-policy distillation needs (B, L) token ids as the batch input (a causal LM)")
+        count, length = inputs.shape
+        steps = min(self.continuation, length)
+        chosen_count = round(self.fraction * count)
+        if chosen_count == 0:
+            return dict(batch)
+        mask = batch.get("mask")
+        eligible = torch.arange(count, device=inputs.device)
+        if mask is not None:  # a window with padding has no real text to continue
+            eligible = eligible[mask.bool().all(1)]
+        rng = self._rng(inputs.device)
+        chosen = eligible[torch.randperm(len(eligible), generator=rng, device=inputs.device)[:chosen_count]]
+        if len(chosen) == 0:
+            return dict(batch)
+        # tokens s_0..s_L of each window: input = s_0..s_{L-1}, target = s_1..s_L
+        tokens = torch.cat([inputs[chosen, :1], target[chosen]], dim=1)
+        prompt = tokens[:, : length + 1 - steps]
+        sampled = sample(self.student, prompt, steps, temperature=self.temperature, generator=rng, context=length)
+        new_inputs, new_target = inputs.clone(), target.clone()
+        new_inputs[chosen] = sampled[:, :length]
+        sampled_target = sampled[:, 1:].clone()
+        sampled_target[:, length - steps:] = IGNORE_INDEX
+        new_target[chosen] = sampled_target
+        self.replaced += len(chosen)
+        return {**batch, "input": new_inputs, "target": new_target}
+
+
+def sample_texts(
+    models: Mapping[str, nn.Module], codec, prompts: list[str], *, steps: int = 120,
+    temperature: float = 0.8, top_k: int | None = None, context: int | None = None, seed: int = 0,
+) -> list[dict[str, str]]:
+    """The same prompts continued by each model, with the same seed: one dict per prompt,
+    ``{"prompt": ..., <model name>: continuation, ...}``."""
+    rows = [{"prompt": prompt} for prompt in prompts]
+    for name, model in models.items():
+        device = next(model.parameters()).device
+        for row in rows:
+            generator = torch.Generator(device=device).manual_seed(seed)
+            prefix = torch.tensor([codec.encode(row["prompt"])], device=device)
+            ids = sample(model, prefix, steps, temperature=temperature, top_k=top_k, generator=generator, context=context)
+            row[name] = codec.decode(ids[0, prefix.shape[1]:].tolist())
+    return rows
+
+
+__all__ = ["OnPolicy", "sample", "sample_texts"]

@@ -1,0 +1,99 @@
+"""Teacher cache: built once, read by sample index, the same losses as the live teacher,
+refused when it does not match, never used when truncated or corrupted."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kdistill import Distiller, Teacher, create_model
+from kdistill.cache import CachedTeacher, CacheMismatchError, TeacherCache, build_cache
+from kdistill.checkpoint import CheckpointError
+from kdistill.data import load_dataset
+from kdistill.data.augment import augmented
+from kdistill.methods import Term, hinton_kd
+
+FINGERPRINT = {"teacher": "abc", "data": {"dataset": "digits"}, "taps": ["stages.1"], "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    splits = load_dataset("digits", subset=300)
+    teacher = Teacher(create_model("cnn", width=8, depth=2, input_shape=(1, 8, 8)), taps=["stages.1"])
+    root = tmp_path_factory.mktemp("cache") / "c"
+    cache = build_cache(root, teacher, splits.train, fingerprint=FINGERPRINT, dtype="float32", batch_size=64)
+    return splits, teacher, cache, root
+
+
+def test_cached_and_live_distillation_give_the_same_losses(setup):
+    splits, teacher, cache, _ = setup
+    torch.manual_seed(1)
+    student = create_model("cnn_tiny", input_shape=(1, 8, 8))
+    terms = hinton_kd() + [Term("hint", "hint", student="stages.1", teacher="stages.1", connector="auto", weight=10.0)]
+    example = next(iter(DataLoader(splits.train, batch_size=2)))
+    distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example)
+    cached = CachedTeacher(cache)
+    for batch in DataLoader(splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        live, read = distiller(batch, teacher(batch)), distiller(batch, cached(batch))
+        for key in ("loss", "loss/ce", "loss/kd", "loss/hint"):
+            torch.testing.assert_close(live[key], read[key], rtol=1e-5, atol=1e-6)
+
+
+def test_lookup_is_by_sample_index_not_batch_position(setup):
+    splits, teacher, cache, _ = setup
+    index = torch.tensor([5, 0, 17])
+    batch = {"input": splits.train.inputs[index], "index": index}
+    torch.testing.assert_close(cache.lookup(index).logits, teacher(batch).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_float16_cache_is_close_and_half_the_size(setup, tmp_path):
+    splits, teacher, cache32, _ = setup
+    cache16 = build_cache(tmp_path / "c16", teacher, splits.train, fingerprint=FINGERPRINT, dtype="float16")
+    index = torch.arange(50)
+    torch.testing.assert_close(cache16.lookup(index).logits, cache32.lookup(index).logits, rtol=2e-3, atol=2e-3)
+    assert cache16.meta["arrays"]["logits"]["bytes"] < 0.6 * cache32.meta["arrays"]["logits"]["bytes"]
+
+
+def test_a_mismatched_cache_is_refused_naming_the_field(setup):
+    _, _, cache, _ = setup
+    cache.check(FINGERPRINT)
+    with pytest.raises(CacheMismatchError, match="teacher"):
+        cache.check({**FINGERPRINT, "teacher": "other weights"})
+    with pytest.raises(CacheMismatchError, match="taps"):
+        cache.check({**FINGERPRINT, "taps": []})
+
+
+def test_truncated_or_corrupted_cache_is_detected(setup, tmp_path):
+    splits, teacher, _, _ = setup
+    root = tmp_path / "bad"
+    build_cache(root, teacher, splits.train, fingerprint=FINGERPRINT, dtype="float32")
+    data = bytearray((root / "logits.npy").read_bytes())
+    data[-3] ^= 0x55
+    (root / "logits.npy").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="logits.npy.*checksum"):
+        TeacherCache(root)
+    (root / "logits.npy").write_bytes(bytes(data[:-100]))
+    with pytest.raises(CheckpointError, match="truncated"):
+        TeacherCache(root)
+    (root / "meta.json").unlink()  # an interrupted build never wrote its metadata
+    with pytest.raises(CheckpointError, match="kdistill cache"):
+        TeacherCache(root)
+
+
+def test_augmented_views_replay_what_training_sees(tmp_path):
+    splits = load_dataset("digits", subset=200)
+    teacher = Teacher(create_model("mlp", width=16, input_shape=(1, 8, 8)))
+    train = augmented(splits.train, "shift", seed=3)
+    cache = build_cache(tmp_path / "aug", teacher, train, fingerprint=FINGERPRINT, views=3, dtype="float32")
+    cached = CachedTeacher(cache)
+    for epoch in (1, 2, 3):
+        train.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        batch = next(iter(DataLoader(train, batch_size=16)))
+        torch.testing.assert_close(cached(batch).logits, teacher(batch).logits, rtol=1e-5, atol=1e-6)
+    # the views differ from each other: one cached output per augmented input
+    assert not np.allclose(cache.arrays["logits"][0], cache.arrays["logits"][1])
+    assert json.loads((tmp_path / "aug" / "meta.json").read_text())["views"] == 3

@@ -1,0 +1,160 @@
+"""Diagnostics: calibration, agreement, KL, per-class accuracy and confusion on constructed logits
+whose answers are known, and the verdict's wording, helped or not, from constructed summaries."""
+
+import math
+
+import pytest
+import torch
+
+from kdistill.diagnostics import (
+    ECE_BINS, agreement, confusion_matrix, expected_calibration_error, likely_causes, mean_kl,
+    per_class_accuracy, reliability, training_facts,
+)
+from kdistill.losses import kd
+from kdistill.report import verdict
+
+
+def logits_with(confidence: float, n: int, correct: int, num_classes: int = 2):
+    """``n`` samples predicting class 0 with top-1 probability ``confidence``; the first
+    ``correct`` of them are labelled 0 (right), the rest 1 (wrong)."""
+    rest = (1 - confidence) / (num_classes - 1)
+    probs = torch.tensor([[confidence] + [rest] * (num_classes - 1)] * n, dtype=torch.float64)
+    targets = torch.tensor([0] * correct + [1] * (n - correct))
+    return probs.log(), targets  # softmax(log p) = p
+
+
+def test_ece_of_a_perfectly_calibrated_model_is_zero():
+    # Two confidence levels in different bins, each right exactly as often as it claims.
+    a_logits, a_targets = logits_with(0.8, 50, 40)
+    b_logits, b_targets = logits_with(0.6, 50, 30)
+    logits, targets = torch.cat([a_logits, b_logits]), torch.cat([a_targets, b_targets])
+    assert expected_calibration_error(logits, targets) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ece_known_value_and_reliability_bins():
+    # 50 samples at confidence 0.9 but only half right (gap 0.4); 50 at 0.7, 70% right (gap 0).
+    a_logits, a_targets = logits_with(0.9, 50, 25)
+    b_logits, b_targets = logits_with(0.7, 50, 35)
+    logits, targets = torch.cat([a_logits, b_logits]), torch.cat([a_targets, b_targets])
+    assert expected_calibration_error(logits, targets) == pytest.approx(0.5 * 0.4, abs=1e-12)
+    table = reliability(logits, targets)
+    assert len(table["edges"]) == ECE_BINS + 1 and sum(table["count"]) == 100
+    high, low = math.ceil(0.9 * ECE_BINS) - 1, math.ceil(0.7 * ECE_BINS) - 1  # (lower, upper] bins
+    assert table["count"][high] == 50 and table["count"][low] == 50
+    assert table["accuracy"][high] == pytest.approx(0.5) and table["confidence"][high] == pytest.approx(0.9)
+    assert table["accuracy"][0] is None  # empty bins carry no made-up values
+
+
+def test_confidence_one_falls_in_the_last_bin():
+    logits = torch.tensor([[100.0, -100.0], [-100.0, 100.0]])
+    table = reliability(logits, torch.tensor([0, 0]))
+    assert table["count"][-1] == 2 and table["accuracy"][-1] == pytest.approx(0.5)
+    assert expected_calibration_error(logits, torch.tensor([0, 0])) == pytest.approx(0.5)
+
+
+def test_agreement_and_kl_properties():
+    torch.manual_seed(0)
+    teacher = torch.randn(64, 10)
+    assert agreement(teacher, teacher) == 1.0
+    assert agreement(3 * teacher + 1, teacher) == 1.0  # same argmax, different confidence
+    assert mean_kl(teacher, teacher) == pytest.approx(0.0, abs=1e-12)
+    student = torch.randn(64, 10)
+    assert 0.0 <= agreement(student, teacher) <= 1.0
+    forward = mean_kl(student, teacher)
+    assert forward > 0 and forward != pytest.approx(mean_kl(teacher, student))  # KL is directed
+    # KL(p_T ‖ p_S) at T=1 is exactly Hinton's kd loss at T=1 (T² = 1).
+    assert forward == pytest.approx(kd(student.double(), teacher.double(), temperature=1.0).item(), rel=1e-9)
+
+
+def test_per_class_accuracy_and_confusion():
+    targets = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 1, 0, 2])
+    logits = torch.nn.functional.one_hot(predicted, 4).float()
+    assert per_class_accuracy(logits, targets, 4) == [pytest.approx(2 / 3), 0.5, 1.0, None]
+    matrix = confusion_matrix(logits, targets, 4)
+    assert matrix == [[2, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert [sum(row) for row in matrix] == [3, 2, 1, 0]
+    assert sum(matrix[i][i] for i in range(4)) == int((predicted == targets).sum())
+
+
+def test_training_facts_read_the_last_epochs():
+    history = [
+        {"phase": "student", "epoch": e, "loss": 1.0 / e, "loss/ce": 0.2 / e, "loss/kd": 0.8 / e,
+         "train/accuracy": 0.5 + 0.1 * e, "val/accuracy": 0.4 + 0.1 * e}
+        for e in range(1, 5)
+    ]
+    facts = training_facts(history)["student"]
+    assert facts["epochs"] == 4 and facts["change_epochs"] == 3
+    assert facts["loss_change"]["loss/kd"] == pytest.approx((0.8 / 4 - 0.8) / 0.8)
+    assert facts["train_accuracy_change"] == pytest.approx(0.3)
+    assert facts["val"]["accuracy"] == pytest.approx(0.8)
+
+
+# --- the verdict -------------------------------------------------------------------------------
+
+
+def summary(*, teacher=0.95, scratch=0.90, student=0.93, teacher_params=1_000_000, student_params=100_000,
+            temperature=4.0, kd_weight=0.9, ce_weight=0.1, agree_student=0.95, agree_scratch=0.90,
+            kd_change=-0.01, n=10_000):
+    training = {"student": {
+        "epochs": 30, "train_accuracy": 0.999, "val": {"accuracy": student}, "loss": 0.5,
+        "losses": {"loss/ce": 0.05, "loss/kd": 0.45}, "loss_change": {"loss/ce": -0.01, "loss/kd": kd_change},
+        "change_epochs": 3, "train_accuracy_change": 0.001,
+    }}
+    return {
+        "name": "toy", "method": "kd",
+        "task": {"name": "classification", "metrics": ["accuracy"], "higher_is_better": {"accuracy": True}, "percent": ["accuracy"]},
+        "teacher": {"accuracy": teacher, "params": teacher_params},
+        "scratch": {"accuracy": scratch, "params": student_params},
+        "student": {"accuracy": student, "params": student_params},
+        "diagnostics": {
+            "split": "test", "n": n, "agreement": {"scratch": agree_scratch, "student": agree_student},
+            "kl_to_teacher": {"scratch": 0.4, "student": 0.2}, "mean_confidence": {"teacher": 0.99},
+            "training": training,
+            "distill": {"temperature": temperature, "terms": [
+                {"name": "ce", "loss": "cross_entropy", "weight": ce_weight, "uses_teacher": False, "params": {}},
+                {"name": "kd", "loss": "kd", "weight": kd_weight, "uses_teacher": True, "params": {"temperature": temperature}},
+            ]},
+        },
+    }
+
+
+def test_verdict_when_distillation_helped():
+    text = verdict(summary())
+    assert text.startswith("Distillation helped") and "+3 points" in text
+    assert "recovering 60% of the teacher–scratch gap" in text and "10.0× fewer parameters" in text
+    assert "Likely causes" not in text
+
+
+def test_verdict_names_each_cause_from_the_numbers():
+    bad = summary(teacher=0.88, scratch=0.90, student=0.85, teacher_params=5_000_000, temperature=1.0,
+                  kd_weight=0.2, ce_weight=0.8, agree_student=0.80, agree_scratch=0.81, kd_change=-0.3)
+    bad["diagnostics"]["training"]["student"]["losses"] = {"loss/ce": 0.48, "loss/kd": 0.02}
+    text = verdict(bad)
+    lines = text.splitlines()
+    assert lines[0].startswith("Distillation did not beat the scratch student (test accuracy -5 points)")
+    causes = [line for line in lines[1:] if line.startswith("- ")]
+    assert len(causes) == len(lines) - 1
+    found = {c[2:].split(":")[0] for c in causes}
+    assert {"Teacher accuracy", "Capacity gap", "Weak transfer", "Temperature", "Term weights", "Under-training"} <= found
+    assert "88.00%" in text and "90.00%" in text  # the teacher's and the scratch student's scores
+    assert "50×" in text  # the parameter ratio
+    assert "T=1" in text and "0.990" in text  # the temperature and the teacher's confidence
+    assert "4% of the final training loss" in text
+    assert "fell 30%" in text
+    assert "Sampling noise" not in text  # 5 points on 10,000 samples is far outside the noise
+
+
+def test_verdict_blames_noise_and_nothing_else_when_the_numbers_are_fine():
+    close = summary(scratch=0.90, student=0.899, teacher_params=400_000, n=500)
+    causes = likely_causes(close)
+    assert len(causes) == 1 and causes[0].startswith("Sampling noise") and "500 test samples" in causes[0]
+    clean = summary(scratch=0.90, student=0.80, teacher_params=400_000)
+    assert likely_causes(clean)[0].startswith("None of the usual causes")
+
+
+def test_causes_work_without_diagnostics():
+    plain = summary(teacher=0.5, scratch=0.9, student=0.8)
+    del plain["diagnostics"]
+    causes = likely_causes(plain)
+    assert causes[0].startswith("Teacher accuracy")
