@@ -97,3 +97,38 @@ def test_augmented_views_replay_what_training_sees(tmp_path):
     # the views differ from each other: one cached output per augmented input
     assert not np.allclose(cache.arrays["logits"][0], cache.arrays["logits"][1])
     assert json.loads((tmp_path / "aug" / "meta.json").read_text())["views"] == 3
+
+
+QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
+         "teacher.epochs=2", "student.kwargs={width: 16}", "train.epochs=2", "output.latency=false",
+         "output.plots=false", "output.progress=false"]
+
+
+def test_kdistill_cache_then_runs_read_it(tmp_path, capsys):
+    from kdistill.cli import main
+
+    assert main(["cache", *QUICK, f"output.dir={tmp_path}"]) == 0
+    built = capsys.readouterr().out
+    root = next((tmp_path / ".cache").iterdir())
+    stamp = (root / "logits.npy").stat().st_mtime_ns
+    assert str(root) in built
+    assert main(["run", *QUICK, "teacher.cache=true", f"output.dir={tmp_path}", "name=cached"]) == 0
+    assert (root / "logits.npy").stat().st_mtime_ns == stamp  # read, not rebuilt
+    assert "teacher cache:" not in capsys.readouterr().out  # no teacher pass in the run
+    assert main(["run", *QUICK, f"output.dir={tmp_path}", "name=live"]) == 0
+    cached = json.loads((tmp_path / "cached" / "summary.json").read_text())
+    live = json.loads((tmp_path / "live" / "summary.json").read_text())
+    # float16 logits change the soft targets by ~1e-3: the two students end up very close
+    assert abs(cached["student"]["accuracy"] - live["student"]["accuracy"]) <= 0.03
+
+
+def test_cache_dir_of_another_teacher_is_refused(tmp_path, capsys):
+    from kdistill.cli import main
+
+    shared = tmp_path / "shared_cache"
+    assert main(["cache", *QUICK, f"output.dir={tmp_path}", f"teacher.cache_dir={shared}"]) == 0
+    capsys.readouterr()
+    assert main(["run", *QUICK, "teacher.cache=true", f"teacher.cache_dir={shared}", "teacher.kwargs={width: 32}",
+                 f"output.dir={tmp_path}", "name=other"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "shared_cache" in err and "teacher" in err and len(err.splitlines()) == 1

@@ -7,7 +7,7 @@ import yaml
 
 from kdistill.config import Recipe, dump_config, load_config, parse_override
 from kdistill.data import load_dataset
-from kdistill.pipeline import recipe_terms
+from kdistill.phases import recipe_terms
 from kdistill.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -45,6 +45,20 @@ def run(
     run_recipe(config, overwrite=overwrite, resume=resume, echo=typer.echo)
 
 
+@app.command()
+def cache(
+    recipe: Optional[str] = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. teacher.cache_dtype=float32"),
+):
+    """Run the recipe's teacher once over the training split and store its outputs, so runs
+    with teacher.cache=true read them instead of running the teacher."""
+    from kdistill.config import load_config
+    from kdistill.pipeline import cache as build
+
+    path, overrides = _split_recipe(recipe, overrides)
+    build(load_config(path, overrides), echo=typer.echo)
+
+
 class Exporter(str, Enum):
     auto = "auto"
     dynamo = "dynamo"

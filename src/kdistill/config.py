@@ -78,6 +78,13 @@ class DistillConfig(Section):
     alpha: Optional[float] = Field(None, ge=0.0, description="weight of the distillation term; default: the method's own")
     ce_weight: Optional[float] = Field(None, ge=0.0, description="default 1 - alpha")
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific settings")
+    # Who teaches: the teacher (or the `teachers` ensemble, or a teacher → assistant → student
+    # chain), the previous generation of the student itself (born-again networks), or a peer
+    # trained alongside, described by the teacher section (deep mutual learning).
+    mode: Literal["teacher", "born_again", "mutual"] = "teacher"
+    generations: int = Field(2, ge=1, description="born_again: distilled generations after the scratch one")
+    ensemble: Literal["mean", "weights", "confidence"] = Field("mean", description="how `teachers` combine")
+    ensemble_weights: Optional[list[float]] = Field(None, description="ensemble=weights: one per teacher")
 
 
 class TrainConfig(Section):
@@ -108,6 +115,8 @@ class Recipe(Section):
     name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    teachers: Optional[list[TeacherConfig]] = Field(None, description="an ensemble of teachers, instead of `teacher`")
+    assistant: Optional[StudentConfig] = Field(None, description="teacher assistant: teacher → assistant → student (TAKD)")
     student: StudentConfig = Field(default_factory=StudentConfig)
     method: Optional[str] = "kd"
     terms: Optional[list[TermConfig]] = None
@@ -121,6 +130,19 @@ class Recipe(Section):
             self.method = None
         elif self.method is None:
             raise ValueError("set either method (a preset such as kd) or terms (a list)")
+        return self
+
+    @model_validator(mode="after")
+    def _who_teaches(self):
+        if self.teachers is not None:
+            if "teacher" in self.model_fields_set:
+                raise ValueError("set teacher (one) or teachers (an ensemble), not both")
+            if not self.teachers:
+                raise ValueError("teachers: list at least one teacher")
+            if self.distill.ensemble == "weights" and len(self.distill.ensemble_weights or []) != len(self.teachers):
+                raise ValueError(f"distill.ensemble_weights: give {len(self.teachers)} weights, one per teacher")
+        if self.distill.mode != "teacher" and (self.teachers is not None or self.assistant is not None):
+            raise ValueError(f"distill.mode={self.distill.mode} trains its own teachers: remove teachers/assistant")
         return self
 
 
@@ -186,19 +208,25 @@ def _model_in(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _shown(part) -> str:
+    """A key as printable text: a newline or tab in a key must not break the one-line error."""
+    text = str(part)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def describe_validation_error(error: ValidationError, source: str, overrides: dict[str, str]) -> str:
     """One line for the first problem: the key, where it came from, and the fix."""
     problems = error.errors()
     first = problems[0]
     loc = tuple(first["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = ".".join(_shown(p) for p in loc) or "(top level)"
     origin = f"override {overrides[key]!r}" if key in overrides else source
     more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
     if first["type"] == "extra_forbidden":
         section = _section_at(loc)
         valid = list(section.model_fields) if section else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        prefix = ".".join(str(p) for p in loc[:-1])
+        prefix = ".".join(_shown(p) for p in loc[:-1])
         if close:
             hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
         else:

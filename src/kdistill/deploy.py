@@ -53,7 +53,7 @@ def export_run(
     parity or its int8 score is outside tolerance; the teacher's own parity is recorded only.
     """
     from kdistill.config import load_config
-    from kdistill.pipeline import build_model, eval_loader, load_data
+    from kdistill.phases import build_model, eval_loader, load_data
     from kdistill.report import atomic_write, existing_plots, write_report
     from kdistill.tasks import TASKS
 

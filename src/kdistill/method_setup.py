@@ -34,16 +34,23 @@ def prepare_teacher(params: dict[str, Any], teacher: nn.Module) -> None:
         map_teacher_vocabulary(teacher, params["vocab_map"])
 
 
-def prepare_student(params: dict[str, Any], student: nn.Module, teacher: nn.Module):
+def prepare_student(params: dict[str, Any], student: nn.Module, teacher: nn.Module | None):
     """Initialise the distilled student from the teacher (``init_from_teacher``) and return its
-    batch transform (``on_policy``), or ``None``."""
+    batch transform (``on_policy``), or ``None``. ``teacher`` is ``None`` when only cached
+    teacher outputs exist (``teacher.cache``), which neither option can use."""
     layers = params.get("init_from_teacher")
+    on_policy = params.get("on_policy")
+    if (layers or on_policy) and teacher is None:
+        option = "init_from_teacher" if layers else "on_policy"
+        raise ConfigError(
+            f"distill.params.{option} needs the live teacher (its weights, or its scores of newly "
+            "sampled sequences), not cached outputs: set teacher.cache=false"
+        )
     if layers:
         try:
             init_from_teacher(student, teacher, None if layers is True else list(layers))
         except (ValueError, TypeError) as error:
             raise ConfigError(f"distill.params.init_from_teacher: {error}") from None
-    on_policy = params.get("on_policy")
     if not on_policy:
         return None
     try:

@@ -10,7 +10,23 @@ from collections import defaultdict
 from pathlib import Path
 
 ROLES = ("teacher", "scratch", "student")
-ROLE_TITLES = {"teacher": "teacher", "scratch": "student from scratch", "student": "distilled student"}
+ROLE_TITLES = {
+    "teacher": "teacher", "assistant": "teacher assistant", "scratch": "student from scratch",
+    "student": "distilled student",
+}
+
+
+def table_roles(summary: dict) -> list[str]:
+    """Every model a run measured, teacher first, distilled student last: the three roles plus
+    a teacher assistant and born-again generations when the run had them."""
+    generations = sorted((k for k in summary if k.startswith("generation_")), key=lambda k: int(k.split("_")[1]))
+    return [r for r in ("teacher", "assistant", "scratch", *generations, "student") if r in summary]
+
+
+def role_title(role: str) -> str:
+    if role.startswith("generation_"):
+        return f"born-again generation {role.split('_')[1]}"
+    return ROLE_TITLES.get(role, role)
 
 
 class MetricsLog:
@@ -65,14 +81,14 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     header = ["model", *(f"test {m}" for m in metrics), "parameters", "size on disk",
               "latency b=1 (ms)", "latency b=256 (ms)"]
     rows = []
-    for role in ROLES:
+    for role in table_roles(summary):
         entry = summary.get(role)
         if not entry:
             continue
         latency = entry.get("latency_ms") or {}
         b1, b256 = latency.get("batch_1"), latency.get("batch_256")
         rows.append([
-            f"{ROLE_TITLES[role]} ({entry['model']})", *(_metric(entry[m], m, task) for m in metrics),
+            f"{role_title(role)} ({entry['model']})", *(_metric(entry[m], m, task) for m in metrics),
             f"{entry['params']:,}", _bytes(entry["bytes"]),
             "" if b1 is None else f"{b1:.3f}", "" if b256 is None else f"{b256:.2f}",
         ])
@@ -143,7 +159,7 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
         keys = [k for k in records[0] if k == "loss" or k.startswith("loss/")]
         for key in keys:
             ax.plot(epochs, [r[key] for r in records], marker=".", label=key)
-        ax.set_title(ROLE_TITLES.get(phase, phase))
+        ax.set_title(role_title(phase))
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss (weighted)")
         ax.legend(fontsize=8)
@@ -158,7 +174,7 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for phase, records in by_phase.items():
         if metric in records[0]:
-            ax.plot([r["epoch"] for r in records], [r[metric] for r in records], marker=".", label=ROLE_TITLES.get(phase, phase))
+            ax.plot([r["epoch"] for r in records], [r[metric] for r in records], marker=".", label=role_title(phase))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric.replace("/", " "))
     ax.legend()

@@ -130,7 +130,7 @@ def tune(
 ) -> dict:
     """Run ``trials`` more trials of the study for this recipe; write ``best.yaml``,
     ``trials.csv`` and ``trials.md`` in ``<output.dir>/<name>-tune/``; return the best trial."""
-    from kdistill.pipeline import load_data
+    from kdistill.phases import load_data
     from kdistill.pipeline import run as run_recipe
     from kdistill.report import atomic_write
     from kdistill.tasks import TASKS

@@ -1,0 +1,164 @@
+"""Where the time of a distillation step goes: samples per second of
+
+  (a) a plain PyTorch loop training the student alone (cross-entropy),
+  (b) kdistill with the live teacher (teacher forward every step),
+  (c) kdistill reading the teacher's outputs from the cache (kdistill.cache),
+  (d) the teacher's forward pass alone,
+
+on the method benchmark's pair (resnet56 → resnet20) on Fashion-MNIST, and the ratios: the
+targets are (c) ≥ 0.9 × (a), and (b) within 10 % of 1 / (1/a + 1/d), what (a) and (d) predict.
+The ways are measured in interleaved rounds in one process (the machine is shared and noisy)
+and each takes its best round. Throughput does not depend on the weights' values, so the
+teacher is not trained here.
+
+    python bench/throughput.py            # ~10 minutes on 2 cores
+    python bench/throughput.py --quick    # ~2 minutes; last line is one JSON object
+
+Writes bench/results/throughput.md and .json (throughput_quick.* for --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from kdistill.cache import CachedTeacher, build_cache
+from kdistill.data import load_dataset
+from kdistill.distiller import Distiller, Teacher, call_model
+from kdistill.methods import hinton_kd
+from kdistill.models import create_model
+from kdistill.trainer import fit, make_accelerator
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def loader(dataset, batch_size, seed=0):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=True)
+
+
+def plain_loop(student, dataset, batch_size) -> float:
+    """The baseline a user would write: no teacher, no library."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    student.train()
+    seen, started = 0, time.perf_counter()
+    for batch in loader(dataset, batch_size):
+        loss = F.cross_entropy(student(batch["input"]), batch["target"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(batch["target"])
+    return seen / (time.perf_counter() - started)
+
+
+def kdistill_fit(student, teacher, dataset, batch_size, accelerator) -> float:
+    distiller = Distiller(student, hinton_kd())
+    seen = (len(dataset) // batch_size) * batch_size
+    started = time.perf_counter()
+    fit(distiller, loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3, schedule="constant",
+        accelerator=accelerator, progress=False)
+    return seen / (time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def teacher_alone(model, dataset, batch_size) -> float:
+    model.eval()
+    seen, started = 0, time.perf_counter()
+    for batch in loader(dataset, batch_size):
+        call_model(model, batch["input"])
+        seen += len(batch["target"])
+    return seen / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small slice, ~2 minutes")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--teacher", default="resnet56")
+    parser.add_argument("--student", default="resnet20")
+    parser.add_argument("--subset", type=int, default=None, help="samples used (default 4000, quick 900)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 2)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    subset = args.subset or (900 if args.quick else 4000)
+    rounds = args.rounds or (2 if args.quick else 3)
+    torch.set_num_threads(args.threads)
+
+    splits = load_dataset(args.dataset, subset=subset, val_fraction=0.0, test_fraction=0.1)
+    train = splits.train
+    shape = dict(num_classes=splits.num_classes, input_shape=splits.input_shape)
+    accelerator = make_accelerator("cpu")
+    set_seed(0)
+    teacher_model = create_model(args.teacher, **shape)
+    teacher = Teacher(teacher_model)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        cache = build_cache(Path(tmp) / "cache", teacher, train, fingerprint={"bench": True}, dtype="float16", batch_size=256)
+        cache_seconds = time.perf_counter() - started
+        cached = CachedTeacher(cache)
+
+        def student():
+            set_seed(1)
+            return create_model(args.student, **shape)
+
+        ways = {
+            "plain_sps": lambda: plain_loop(student(), train, args.batch_size),
+            "live_kd_sps": lambda: kdistill_fit(student(), teacher, train, args.batch_size, accelerator),
+            "cached_kd_sps": lambda: kdistill_fit(student(), cached, train, args.batch_size, accelerator),
+            "teacher_sps": lambda: teacher_alone(teacher_model, train, args.batch_size),
+        }
+        ways["plain_sps"]()  # warm-up: allocator, kernels, first-touch of the cache's pages
+        best = {name: 0.0 for name in ways}
+        for round_ in range(rounds):
+            for name, way in ways.items():
+                best[name] = max(best[name], way())
+            print(f"round {round_ + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f}" for k, v in best.items()), flush=True)
+
+    plain, live, cached_sps, alone = (best[k] for k in ("plain_sps", "live_kd_sps", "cached_kd_sps", "teacher_sps"))
+    predicted_live = 1 / (1 / plain + 1 / alone)
+    ratios = {
+        "cached_over_plain": cached_sps / plain,
+        "live_over_plain": live / plain,
+        "live_over_predicted": live / predicted_live,
+    }
+    command = "python bench/throughput.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"# Throughput: {args.teacher} → {args.student} on {args.dataset}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {args.threads} torch thread(s), CPU, torch {torch.__version__}; "
+        f"{len(train)} training samples, batch {args.batch_size}, best of {rounds} interleaved rounds.",
+        "",
+        "| way | samples/s | vs plain loop |",
+        "|---|---:|---:|",
+        f"| (a) plain PyTorch loop, student alone | {plain:.1f} | 1.00 |",
+        f"| (b) kdistill, live teacher | {live:.1f} | {live / plain:.2f} |",
+        f"| (c) kdistill, cached teacher | {cached_sps:.1f} | {cached_sps / plain:.2f} |",
+        f"| (d) teacher forward alone | {alone:.1f} | {alone / plain:.2f} |",
+        "",
+        f"(b) against the prediction 1/(1/a + 1/d) = {predicted_live:.1f} samples/s: {ratios['live_over_predicted']:.2f} "
+        f"(target 0.90–1.10). (c)/(a) = {ratios['cached_over_plain']:.2f} (target ≥ 0.90). "
+        f"Building the cache (one teacher pass, float16) took {cache_seconds:.1f} s.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    stem = "throughput_quick" if args.quick else "throughput"
+    (RESULTS / f"{stem}.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, **best, **ratios, "cache_seconds": cache_seconds}, indent=2))
+    print(json.dumps({k: round(v, 2) for k, v in best.items()}))
+
+
+if __name__ == "__main__":
+    main()
