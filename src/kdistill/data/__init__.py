@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Callable
 
 from kdistill.data.base import ArrayDataset, DataSplits, make_splits, stratified_split
+from kdistill.data.fashion import load_fashion_mnist
 from kdistill.data.images import load_digits, load_image_folder, load_mnist, load_npz
 from kdistill.errors import DataError
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {
     "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
     "digits": load_digits,
     "npz": load_npz,
     "folder": load_image_folder,

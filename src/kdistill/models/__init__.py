@@ -12,6 +12,11 @@ from torch import nn
 
 from kdistill.models.cnn import cnn, cnn_large, cnn_small, cnn_tiny, lenet
 from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
+from kdistill.models.mobilenetv2 import mobilenetv2
+from kdistill.models.resnet import resnet8x4, resnet20, resnet32x4, resnet56
+from kdistill.models.shufflenetv2 import shufflenetv2
+from kdistill.models.vgg import vgg8, vgg13
+from kdistill.models.wrn import wrn_16_2, wrn_40_2
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -22,8 +27,19 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn_small": cnn_small,
     "cnn_large": cnn_large,
     "lenet": lenet,
+    # The CIFAR-100 zoo of the CRD / RepDistiller / mdistiller benchmarks (same depths and
+    # widths), with adaptive pooling so 28×28 single-channel images work too.
+    "resnet20": resnet20,
+    "resnet56": resnet56,
+    "resnet8x4": resnet8x4,
+    "resnet32x4": resnet32x4,
+    "wrn_16_2": wrn_16_2,
+    "wrn_40_2": wrn_40_2,
+    "vgg8": vgg8,
+    "vgg13": vgg13,
+    "mobilenetv2": mobilenetv2,
+    "shufflenetv2": shufflenetv2,
 }
-
 
 class UnknownModelError(ValueError):
     """A model name that is not in the zoo."""
