@@ -275,10 +275,13 @@ def cached_teacher(ctx: RunContext, teacher: Teacher) -> CachedTeacher:
 
     The cache lives under ``<output.dir>/.cache/<fingerprint>/`` (or ``teacher.cache_dir``) and
     is shared by every run with the same teacher weights, data, augmentation, taps and dtype.
-    With augmentation it holds one view per epoch, replayed in step with the student's inputs.
+    With augmentation it holds one view per epoch, replayed in step with the student's inputs;
+    so does a training set that redraws its samples every epoch (``set_epoch``, e.g. the sampled
+    negatives of MovieLens): one view would pair epoch 2's inputs with epoch 1's outputs.
     """
     recipe, train = ctx.recipe, ctx.recipe.train
-    views = train.epochs if train.augment != "none" else 1
+    varies = train.augment != "none" or hasattr(ctx.splits.train, "set_epoch")
+    views = train.epochs if varies else 1
     fingerprint = {
         "teacher": tensor_digest(teacher.module.state_dict()),
         "data": ctx.splits.identity,

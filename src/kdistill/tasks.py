@@ -12,6 +12,7 @@ from typing import Callable
 
 from kdistill.methods import Term, scratch
 from kdistill.perplexity import evaluate_lm, lm_samples
+from kdistill.ranking import evaluate_ranking
 from kdistill.trainer import evaluate
 
 
@@ -58,7 +59,27 @@ LANGUAGE_MODELLING = Task(
     samples=lm_samples,
 )
 
+def _rating_scratch_terms() -> list[Term]:
+    """A recommender's own objective: rating regression on the rated items plus NCF's
+    preference cross-entropy against sampled unrated items (kdistill.losses.ranking)."""
+    return [
+        Term("rating", "rating_mse", weight=1.0, teacher=None),
+        Term("preference", "preference_bce", weight=1.0, teacher=None),
+    ]
+
+
+# Recommendation: a user and candidate items in, (rating, preference logit) per candidate out.
+# Evaluated leave-one-out by timestamp against 99 sampled unrated items (kdistill.ranking).
+RATING = Task(
+    name="rating",
+    metrics=("hr@10", "ndcg@10", "rmse"),
+    higher_is_better={"hr@10": True, "ndcg@10": True, "rmse": False, "loss": False},
+    evaluate=evaluate_ranking,
+    scratch_terms=_rating_scratch_terms,
+)
+
 TASKS: dict[str, Task] = {
     "classification": CLASSIFICATION,
     "language_modelling": LANGUAGE_MODELLING,
+    "rating": RATING,
 }

@@ -8,7 +8,10 @@ from kdistill.data.base import ArrayDataset, DataSplits, make_splits, stratified
 from kdistill.data.fashion import load_fashion_mnist
 from kdistill.data.images import load_digits, load_image_folder, load_mnist, load_npz
 from kdistill.data.lm import load_text_corpus
+from kdistill.data.movielens import load_movielens
+from kdistill.data.speech import load_spoken_digits
 from kdistill.data.text import load_rotten_tomatoes
+from kdistill.data.vowels import load_japanese_vowels
 from kdistill.errors import DataError
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {
@@ -17,6 +20,9 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "digits": load_digits,
     "npz": load_npz,
     "folder": load_image_folder,
+    "spoken_digits": load_spoken_digits,
+    "japanese_vowels": load_japanese_vowels,
+    "movielens": load_movielens,
     "rotten_tomatoes": load_rotten_tomatoes,
     "text": load_text_corpus,
 }

@@ -15,6 +15,7 @@ from kdistill.losses.lm import LM_LOSSES, attention_kl, hidden_cosine, hidden_ms
 from kdistill.losses.logit import (
     LOGIT_LOSSES, cross_entropy, dist, dkd, kd, kl_batchmean, nkd, standardize_logits,
 )
+from kdistill.losses.ranking import RANKING_LOSSES
 from kdistill.losses.relation import RELATION_LOSSES, cc, pkt, rkd, sp
 from kdistill.losses.stateful import STATEFUL_LOSSES, CRDLoss, VIDLoss
 from kdistill.losses.token import (
@@ -37,6 +38,7 @@ LOSSES: dict[str, Callable] = {
     **STATEFUL_LOSSES,
     **TOKEN_LOSSES,
     **LM_LOSSES,
+    **RANKING_LOSSES,
 }
 
 __all__ = ["LOSSES", "cross_entropy", "kd", "kl_batchmean",

@@ -14,7 +14,9 @@ from kdistill.models.cnn import cnn, cnn_large, cnn_small, cnn_tiny, lenet
 from kdistill.models.hf import hf, minilm_l6
 from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
 from kdistill.models.mobilenetv2 import mobilenetv2
+from kdistill.models.recsys import neumf, neumf_large, neumf_small
 from kdistill.models.resnet import resnet8x4, resnet20, resnet32x4, resnet56
+from kdistill.models.rnn import bilstm, conv1d, gru, gru_tiny
 from kdistill.models.shufflenetv2 import shufflenetv2
 from kdistill.models.text import bilstm as text_bilstm
 from kdistill.models.text import text_cnn
@@ -43,6 +45,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg13": vgg13,
     "mobilenetv2": mobilenetv2,
     "shufflenetv2": shufflenetv2,
+    # Sequence models over (T, F) features (speech): images are read row by row.
+    "bilstm": bilstm,
+    "gru": gru,
+    "gru_tiny": gru_tiny,
+    "conv1d": conv1d,
 }
 
 # Models over token ids (word pieces, characters), not float arrays: apart from MODELS, whose
@@ -54,6 +61,14 @@ TEXT_MODELS: dict[str, Callable[..., nn.Module]] = {
     "text_cnn": text_cnn,
     "hf": hf,
     "minilm_l6": minilm_l6,
+}
+
+# Recommenders: user and candidate-item ids in (keyword tensors), (rating, preference) per
+# candidate out; apart from MODELS for the same reason as TEXT_MODELS.
+RECSYS_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "neumf": neumf,
+    "neumf_large": neumf_large,
+    "neumf_small": neumf_small,
 }
 
 
@@ -69,20 +84,24 @@ def list_text_models() -> list[str]:
     return sorted(TEXT_MODELS)
 
 
+def list_recsys_models() -> list[str]:
+    return sorted(RECSYS_MODELS)
+
+
 def describe_model(name: str) -> str:
     """First line of the builder's docstring, for ``kdistill list models``."""
-    doc = {**MODELS, **TEXT_MODELS}[name].__doc__ or ""
+    doc = {**MODELS, **TEXT_MODELS, **RECSYS_MODELS}[name].__doc__ or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a zoo model by name, e.g. ``create_model("cnn", width=16, num_classes=10)``."""
     try:
-        builder = MODELS[name] if name in MODELS else TEXT_MODELS[name]
+        builder = MODELS[name] if name in MODELS else {**TEXT_MODELS, **RECSYS_MODELS}[name]
     except KeyError:
         import difflib
 
-        close = difflib.get_close_matches(name, [*MODELS, *TEXT_MODELS], n=3)
+        close = difflib.get_close_matches(name, [*MODELS, *TEXT_MODELS, *RECSYS_MODELS], n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}{hint}; `kdistill list models` shows all"
@@ -92,5 +111,5 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
     "MODELS", "TEXT_MODELS", "UnknownModelError", "create_model", "describe_model", "list_models",
-    "list_text_models",
+    "list_text_models", "RECSYS_MODELS", "list_recsys_models",
 ]
