@@ -8,12 +8,21 @@ other inputs would silently train on the wrong targets. With random augmentation
 holds one *view* per epoch, made by the same replayable augmentation the student sees (the
 "fast knowledge distillation" idea, Shen & Xing, ECCV 2022, arXiv:2112.01528), so training
 replays exactly what was cached. Under torchrun each rank computes its own shard of the samples.
+
+For large vocabularies the logits can be stored sparsely (``topk``): per position the log-
+probabilities of the teacher's k most probable classes, their indices, and the log of the
+probability mass left over (the tail). Read back, the tail is spread evenly over the other
+classes, so the distribution sums to one, its top-k part is exact, and softmax(·/T) keeps the
+ratios between the top-k classes at any temperature: the "sparse logits" of cached LM
+distillation (e.g. Raman et al., "For Distillation, Tokens Are Not All You Need", 2023, and
+the top-k caches of MiniPLM / Gemma-style pre-training distillation).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -28,6 +37,9 @@ from kdistill.errors import UserError
 
 FORMAT = "kdistill-teacher-cache/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
+# log-probability given to tail classes when the teacher leaves no mass outside its top k:
+# e^-60 ≈ 1e-26, nothing to any loss, but finite, so 0·log 0 never turns into a NaN.
+TAIL_FLOOR = -60.0
 
 
 class CacheMismatchError(UserError):
@@ -49,8 +61,29 @@ def _first_difference(stored: dict, wanted: dict) -> str:
     return "?"
 
 
-def _arrays(output: ModelOutput) -> dict[str, Tensor]:
-    return {"logits": output.logits, **{f"feature.{k}": v for k, v in output.features.items()}}
+def _arrays(output: ModelOutput, topk: int | None = None) -> dict[str, Tensor]:
+    features = {f"feature.{k}": v for k, v in output.features.items()}
+    if topk is None:
+        return {"logits": output.logits, **features}
+    log_probs = torch.log_softmax(output.logits.float(), dim=-1)
+    top = log_probs.topk(min(topk, log_probs.shape[-1]), dim=-1)
+    # log(1 − Σ top-k p), computed as logsumexp of the rest: exact even when the tail is tiny.
+    rest = log_probs.scatter(-1, top.indices, -torch.inf)
+    tail = torch.logsumexp(rest, dim=-1, keepdim=True)
+    return {
+        "topk.log_probs": top.values, "topk.index": top.indices, "topk.tail": tail, **features,
+    }
+
+
+def _dense_log_probs(top_log_probs: Tensor, index: Tensor, tail: Tensor, classes: int) -> Tensor:
+    """The full (…, classes) log-distribution of a top-k entry: exact on the k stored classes,
+    the tail mass shared evenly by the others (a floor keeps log 0 out of the losses)."""
+    others = classes - index.shape[-1]
+    if others == 0:
+        return torch.zeros(*index.shape[:-1], classes).scatter(-1, index, top_log_probs)
+    fill = (tail - math.log(others)).clamp_min(TAIL_FLOOR)
+    dense = fill.expand(*index.shape[:-1], classes).clone()
+    return dense.scatter(-1, index, top_log_probs)
 
 
 class TeacherCache:
@@ -99,10 +132,17 @@ class TeacherCache:
         """Outputs of the samples at ``index`` (positions in the training split) in ``view``."""
         rows = index.cpu().numpy()
         values = {
-            name: torch.from_numpy(np.ascontiguousarray(array[view % len(array)][rows])).float()
+            name: torch.from_numpy(np.ascontiguousarray(array[view % len(array)][rows]))
             for name, array in self.arrays.items()
         }
-        logits = values.pop("logits")
+        values = {k: v if k == "topk.index" else v.float() for k, v in values.items()}
+        if "logits" in values:
+            logits = values.pop("logits")
+        else:  # sparse: log-probabilities are logits (softmax of log p is p)
+            logits = _dense_log_probs(
+                values.pop("topk.log_probs"), values.pop("topk.index").long(),
+                values.pop("topk.tail"), self.meta["topk"]["classes"],
+            )
         return ModelOutput(logits, {k.removeprefix("feature."): v for k, v in values.items()})
 
 
@@ -116,9 +156,11 @@ def build_cache(
     dtype: str = "float16",
     batch_size: int = 256,
     accelerator=None,
+    topk: int | None = None,
 ) -> TeacherCache:
     """Run ``teacher`` over every sample of ``dataset`` (``views`` times, each with the
-    dataset's ``set_epoch(view + 1)`` augmentation) and store the outputs under ``root``.
+    dataset's ``set_epoch(view + 1)`` augmentation) and store the outputs under ``root``;
+    with ``topk``, the logits as the k most probable classes plus the tail mass.
 
     Written as ``.npy`` files that every rank fills with its own shard; the metadata with the
     checksums is written last, so an interrupted build is never mistaken for a cache.
@@ -141,11 +183,13 @@ def build_cache(
 
     # Shapes from one sample, then every rank opens the same preallocated files.
     probe = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in next(iter(DataLoader(dataset, batch_size=1))).items()})
-    shapes = {name: tuple(value.shape[1:]) for name, value in _arrays(probe).items()}
+    shapes = {name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk).items()}
     files = {name: root / f"{name}.npy" for name in shapes}
+    # Class indices as integers (float16 is exact only up to 2,048); values in ``dtype``.
+    dtypes = {name: np.int32 if name == "topk.index" else DTYPES[dtype] for name in shapes}
     if main:
         for name, shape in shapes.items():
-            np.lib.format.open_memmap(files[name], mode="w+", dtype=DTYPES[dtype], shape=(views, count, *shape)).flush()
+            np.lib.format.open_memmap(files[name], mode="w+", dtype=dtypes[name], shape=(views, count, *shape)).flush()
     if accelerator:
         accelerator.wait_for_everyone()
     arrays = {name: np.load(files[name], mmap_mode="r+") for name in shapes}
@@ -154,10 +198,10 @@ def build_cache(
             dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
         for batch in batches():
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            output = _arrays(teacher(batch))
+            output = _arrays(teacher(batch), topk)
             rows = batch["index"].cpu().numpy()
             for name, value in output.items():
-                arrays[name][view, rows] = value.float().cpu().numpy().astype(DTYPES[dtype])
+                arrays[name][view, rows] = value.cpu().numpy().astype(dtypes[name])
     for array in arrays.values():
         array.flush()
     del arrays
@@ -169,8 +213,9 @@ def build_cache(
             "fingerprint": fingerprint,
             "views": views,
             "samples": count,
+            "topk": None if topk is None else {"k": topk, "classes": probe.logits.shape[-1]},
             "arrays": {
-                name: {"file": path.name, "shape": [views, count, *shapes[name]], "dtype": dtype,
+                name: {"file": path.name, "shape": [views, count, *shapes[name]], "dtype": np.dtype(dtypes[name]).name,
                        "bytes": path.stat().st_size, "sha256": _array_digest(path)}
                 for name, path in files.items()
             },

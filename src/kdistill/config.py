@@ -58,6 +58,10 @@ class TeacherConfig(Section):
     augment: Augment = Field("shift", description="augmentation while training the teacher")
     cache: bool = Field(False, description="run the teacher once over the training split and read its outputs from disk")
     cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_topk: Optional[int] = Field(
+        None, gt=0,
+        description="store only the teacher's k most probable classes (tokens) per position plus the tail mass (large vocabularies)",
+    )
     cache_dir: Optional[str] = Field(None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)")
 
 

@@ -138,7 +138,7 @@ def teacher_fingerprint(recipe: Recipe, splits: DataSplits, cfg: TeacherConfig |
     of the same recipe (any student, any method) reuses the weights."""
     identity = {
         # How the teacher is trained, not where its outputs are kept: caching does not retrain it.
-        "teacher": (cfg or recipe.teacher).model_dump(exclude={"checkpoint", "cache", "cache_dtype", "cache_dir"}),
+        "teacher": (cfg or recipe.teacher).model_dump(exclude={"checkpoint", "cache", "cache_dtype", "cache_dir", "cache_topk"}),
         "data": splits.identity,
         "train": recipe.train.model_dump(include={"batch_size", "seed", "schedule", "weight_decay", "momentum", "mixed_precision"}),
         "torch": torch.__version__.split("+")[0],
@@ -289,6 +289,7 @@ def cached_teacher(ctx: RunContext, teacher: Teacher) -> CachedTeacher:
         "augment": {"name": train.augment, "seed": train.seed, "views": views},
         "taps": sorted(teacher.taps),
         "dtype": recipe.teacher.cache_dtype,
+        "topk": recipe.teacher.cache_topk,
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
@@ -299,7 +300,7 @@ def cached_teacher(ctx: RunContext, teacher: Teacher) -> CachedTeacher:
         started = time.perf_counter()
         cache = build_cache(
             root, teacher, augmented(ctx.splits.train, train.augment, seed=train.seed),
-            fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
+            fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype, topk=recipe.teacher.cache_topk,
             batch_size=train.eval_batch_size, accelerator=ctx.accelerator,
         )
         if ctx.is_main and recipe.output.progress:
