@@ -5,33 +5,44 @@ method recovers, and the wall time of a run.
     python bench/methods.py                                  # default CPU budget (~1 h, 2 cores)
     python bench/methods.py --quick --methods scratch,kd     # smoke run, a couple of minutes
     python bench/methods.py --subset 0 --epochs 240 --teacher-epochs 240 --batch-size 64 \\
-        --teacher-lr 0.05 --schedule step --augment shift --device cuda   # the CIFAR recipes
+        --lr 0.05 --teacher-lr 0.05 --schedule step --augment shift --device cuda  # CIFAR recipes
 
-The pair is resnet56 → resnet20 (0.86M → 0.27M parameters), the cheapest of the CRD /
-mdistiller CIFAR-100 pairs: on a CPU every distillation step adds the teacher's forward pass,
-about half the cost of the student's training step. The data split (seed 0) and the teacher
-(trained once, seed 0) are shared by every run; the seeds vary the student's initialisation and
-batch order, and a method and scratch see the same ones, so their difference is paired.
-Accuracy is the last epoch's, on the official test images of the subset.
+The pair is resnet56 → resnet8 (0.86M → 0.08M parameters, 11× fewer): a student far enough
+below its teacher that there is a gap to recover in a CPU budget. The data split (seed 0) and
+the teacher (trained once, seed 0) are shared by every run; the seeds vary the student's
+initialisation and batch order, and a method and scratch see the same ones, so their
+difference is paired. Accuracy is the last epoch's, on all 10,000 official test images.
+
+Without augmentation the teacher's outputs (logits and every tapped feature) are computed once
+into a teacher cache (kdistill.cache) and read back by index, so a distillation step costs what
+a student step costs; with augmentation the teacher runs live. The trained teacher is kept in
+bench/.teachers/ and reused by a later run with the same teacher, data and budget.
 Writes bench/results/methods.md and .json (methods_quick.* for --quick) with the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from kdistill.cache import CachedTeacher, build_cache
 from kdistill.data import load_dataset
+from kdistill.data.base import ArrayDataset
 from kdistill.data.augment import AUGMENTATIONS, augmented
 from kdistill.distiller import Distiller, Teacher
 from kdistill.methods import PRESETS, preset_terms, teacher_taps
@@ -39,6 +50,7 @@ from kdistill.models import create_model
 from kdistill.trainer import SCHEDULES, evaluate, fit, make_accelerator
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TEACHERS = Path(__file__).resolve().parent / ".teachers"
 METHODS = (
     "scratch", "kd", "dkd", "dist", "lskd", "nkd",                     # logits
     "fitnet", "at", "nst", "vid", "sp",                                # intermediate features
@@ -57,17 +69,18 @@ FEATURE_LAYERS = {
 # (configs/cifar100/dkd/*.yaml); other pairs keep the preset's default.
 DKD_BETA = {
     ("resnet56", "resnet20"): 2.0, ("wrn_40_2", "wrn_16_2"): 6.0, ("vgg13", "vgg8"): 6.0,
-    ("resnet32x4", "resnet8x4"): 8.0,
+    ("resnet32x4", "resnet8x4"): 8.0, ("resnet56", "resnet8"): 2.0,
 }
 REFERENCE_EPOCHS, DKD_REFERENCE_WARMUP = 240, 20
-# The CPU budget: about 80 CPU-minutes for all 15 methods × 3 seeds (estimated from
-# single-threaded timings of a teacher epoch, a scratch run and a KD run), an hour on two
-# cores. In a few hundred steps the number of updates limits accuracy, so batch 32 (the CIFAR
-# recipes use 64): at lr 0.05, resnet56 reaches 83% in 6 epochs of 2,700 images at batch 32
-# but 76% in 8 at batch 64. The teacher is trained once and gets more epochs: it must be
-# clearly better than a student trained alone for "gap recovered" to mean anything.
-DEFAULTS = {"subset": 3500, "epochs": 4, "teacher_epochs": 20, "seeds": 3, "batch_size": 32}
-QUICK = {"subset": 1400, "epochs": 2, "teacher_epochs": 6, "seeds": 1, "batch_size": 32}
+# The CPU budget: about an hour on two cores for all 15 methods × 3 seeds. Single-threaded, a
+# resnet8 step at batch 32 takes ~65 ms, a resnet56 step ~250 ms; with the teacher cached a
+# run of 12 epochs of 3,000 images is about a minute. In a few thousand steps the number of
+# updates limits accuracy, so batch 32 (the CIFAR recipes use 64). The teacher is trained once
+# and gets more epochs: it must be clearly better than a student trained alone for "gap
+# recovered" to mean anything. The test set is always the whole official one: on 500 images
+# one standard error of an accuracy near 85% is 1.6 points, more than most methods' effects.
+DEFAULTS = {"subset": 3000, "epochs": 12, "teacher_epochs": 20, "seeds": 3, "batch_size": 32}
+QUICK = {"subset": 1000, "epochs": 2, "teacher_epochs": 4, "seeds": 1, "batch_size": 32}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,8 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add = parser.add_argument
     add("--methods", default=",".join(METHODS), help="comma-separated preset names")
     add("--teacher", default="resnet56", help="a zoo model")
-    add("--student", default="resnet20", help="a zoo model")
-    add("--subset", type=int, help="images in all (train, validation, test), 0 = all 70,000")
+    add("--student", default="resnet8", help="a zoo model")
+    add("--subset", type=int, help="images of the official training file to train and "
+        "validate on (90/10, class-balanced), 0 = all 60,000; the test set is always all 10,000")
     add("--epochs", type=int, help="student epochs")
     add("--teacher-epochs", type=int)
     add("--seeds", type=int, help="student seeds 0 .. n-1")
@@ -91,6 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--weight-decay", type=float, default=5e-4)
     add("--schedule", default="cosine", choices=SCHEDULES)
     add("--augment", default="none", choices=("none", *AUGMENTATIONS))
+    add("--no-cache", action="store_true", help="run the teacher live even without augmentation")
     add("--quick", action="store_true", help="a smoke run of a few minutes")
     add("--output", help="results file stem in bench/results (default methods, methods_quick)")
     add("--progress", action="store_true", help="print every epoch")
@@ -150,8 +165,8 @@ def train(
     started = time.perf_counter()
     set_seed(seed)  # the same initial student for every method at a given seed
     model = create_model(model_name, num_classes=splits.num_classes, input_shape=splits.input_shape)
-    teacher = None
-    if teacher_model is not None:
+    teacher = teacher_model
+    if isinstance(teacher_model, torch.nn.Module):
         # On the CPU, like the student and the example batch, while Distiller.build probes
         # shapes; fit() then puts both on the accelerator's device.
         teacher = Teacher(teacher_model.cpu(), taps=teacher_taps(terms))
@@ -168,7 +183,7 @@ def train(
             accelerator=accelerator, phase=phase, progress=args.progress,
         )
     finally:
-        if teacher is not None and teacher.tap is not None:
+        if isinstance(teacher, Teacher) and teacher.tap is not None:
             teacher.tap.remove()  # the next method taps the same teacher at other layers
     accuracy = evaluate(model, DataLoader(splits.test, batch_size=256))["accuracy"]
     return model, accuracy, time.perf_counter() - started, history
@@ -196,9 +211,10 @@ def render(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}  ",
-        f"Data: Fashion-MNIST, subset {setup['subset'] or 'none (all 70,000)'}: {sizes['train']:,} "
-        f"train / {sizes['val']:,} validation / {sizes['test']:,} test images (official test file; "
-        f"split seed 0), augmentation {setup['augment']}.  ",
+        f"Data: Fashion-MNIST, {sizes['train']:,} train / {sizes['val']:,} validation images "
+        f"(class-balanced from the official training file, seed 0) and all {sizes['test']:,} "
+        f"official test images; augmentation {setup['augment']}; teacher outputs "
+        f"{'cached once' if setup.get('teacher_cache') else 'computed live'}.  ",
         f"Budget: students {setup['epochs']} epochs, teacher {setup['teacher_epochs']} epochs; "
         f"SGD lr {setup['lr']} (teacher {setup['teacher_lr']}), momentum 0.9, weight decay "
         f"{setup['weight_decay']}, {setup['schedule']} schedule, batch {setup['batch_size']}; "
@@ -236,15 +252,98 @@ def render(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_method(method, splits, teacher_model, student_probe, args, accelerator) -> dict:
-    """All seeds of one method; the runs, or an error that ends the method but not the table."""
+def load_splits(subset: int | None):
+    """Fashion-MNIST with ``subset`` training images (class-balanced, split 90/10 into train and
+    validation) and the whole official test file."""
+    splits = load_dataset("fashion_mnist", seed=0)
+    if not subset:
+        return splits
+    val_count = round(subset * 0.1)
+
+    def take(dataset: ArrayDataset, count: int) -> ArrayDataset:
+        targets = dataset.targets.numpy()
+        picked = stratified_positions(targets, count, seed=0)
+        return ArrayDataset(dataset.inputs[picked], dataset.targets[picked])
+
+    train, val = take(splits.train, subset - val_count), take(splits.val, val_count)
+    sizes = {"train": len(train), "val": len(val), "test": len(splits.test)}
+    identity = {**splits.identity, "subset": subset, "sizes": sizes}
+    return dataclasses.replace(splits, train=train, val=val, identity=identity)
+
+
+def stratified_positions(targets: np.ndarray, count: int, seed: int) -> torch.Tensor:
+    """``count`` positions with the class mix of ``targets``, in their original order."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(targets))
+    rank = np.empty(len(targets), dtype=np.int64)
+    for cls in np.unique(targets):  # rank within each class, then take ranks 0, 1, ... in turn
+        members = order[targets[order] == cls]
+        rank[members] = np.arange(len(members))
+    return torch.from_numpy(np.sort(order[np.argsort(rank[order], kind="stable")][:count]))
+
+
+def trained_teacher(splits, args, accelerator):
+    """The teacher trained once (seed 0), or reused from bench/.teachers/ when a run with the
+    same teacher, data and teacher budget made it: it is most of a quick run's time."""
+    recipe = {
+        "teacher": args.teacher, "data": splits.identity, "epochs": args.teacher_epochs,
+        "lr": args.teacher_lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
+        "schedule": args.schedule, "augment": args.augment, "device": accelerator.device.type,
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+    weights = TEACHERS / f"{args.teacher}-{key[:12]}.safetensors"
+    record_file = weights.with_suffix(".json")
+    model = create_model(args.teacher, num_classes=splits.num_classes,
+                         input_shape=splits.input_shape)
+    if weights.exists() and record_file.exists():
+        model.load_state_dict(load_file(weights))
+        return model, {**json.loads(record_file.read_text()), "reused": str(weights.name)}
+    model, accuracy, seconds, history = train(
+        args.teacher, preset_terms("scratch"), splits, args, accelerator, seed=0,
+        epochs=args.teacher_epochs, lr=args.teacher_lr, phase="teacher",
+    )
+    record = {"accuracy": accuracy, "seconds": seconds, "history": history, "recipe": recipe}
+    TEACHERS.mkdir(exist_ok=True)
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, weights)
+    record_file.write_text(json.dumps(record, default=str))
+    return model, record
+
+
+def cached_teacher(teacher_model, splits, student_probe, args, accelerator, root) -> CachedTeacher:
+    """The teacher's logits and every feature any of the methods reads, computed once over the
+    training images (float32: the cached values are the live ones)."""
+    taps = sorted({
+        tap
+        for method in args.methods if method != "scratch"
+        for tap in teacher_taps(preset_terms(
+            method, **method_hyper(method, student_probe, teacher_model, args)
+        ))
+    })
+    teacher = Teacher(teacher_model.cpu(), taps=taps)
+    started = time.perf_counter()
+    try:
+        cache = build_cache(
+            root, teacher, splits.train, fingerprint={"bench": "methods", "taps": taps},
+            dtype="float32", accelerator=accelerator,
+        )
+    finally:
+        if teacher.tap is not None:
+            teacher.tap.remove()
+    print(f"teacher cache: logits and {taps} of {len(splits.train)} images in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    return CachedTeacher(cache)
+
+
+def run_method(method, splits, teacher_model, teacher_source, student_probe, args, accelerator):
+    """All seeds of one method; the runs, or an error that ends the method but not the table.
+    ``teacher_source`` is the teacher model itself or its cached outputs."""
     runs = []
     try:
         for seed in range(args.seeds):
             hyper = method_hyper(method, student_probe, teacher_model, args)
             _, accuracy, seconds, history = train(
                 args.student, preset_terms(method, **hyper), splits, args, accelerator,
-                seed=seed, epochs=args.epochs, lr=args.lr, teacher_model=teacher_model,
+                seed=seed, epochs=args.epochs, lr=args.lr, teacher_model=teacher_source,
                 phase=f"{method} seed {seed}",
             )
             runs.append(
@@ -262,18 +361,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     command = "python bench/methods.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    splits = load_dataset("fashion_mnist", subset=args.subset or None, seed=0)
+    splits = load_splits(args.subset)
     accelerator = make_accelerator(args.device)
     print(f"{command}\ndata: {splits.identity['sizes']}, device {accelerator.device}", flush=True)
 
-    teacher_model, teacher_accuracy, teacher_seconds, teacher_history = train(
-        args.teacher, preset_terms("scratch"), splits, args, accelerator, seed=0,
-        epochs=args.teacher_epochs, lr=args.teacher_lr, phase="teacher",
-    )
-    print(f"teacher {args.teacher}: {100 * teacher_accuracy:.2f}% ({teacher_seconds:.0f} s)")
+    teacher_model, teacher_record = trained_teacher(splits, args, accelerator)
+    teacher_accuracy, teacher_seconds = teacher_record["accuracy"], teacher_record["seconds"]
+    print(f"teacher {args.teacher}: {100 * teacher_accuracy:.2f}% ({teacher_seconds:.0f} s"
+          f"{', reused from ' + teacher_record['reused'] if 'reused' in teacher_record else ''})")
     student_probe = create_model(
         args.student, num_classes=splits.num_classes, input_shape=splits.input_shape
     )
+    cache_dir = tempfile.TemporaryDirectory(prefix="kdistill-bench-cache-")
+    teacher_source = teacher_model
+    if args.augment == "none" and not args.no_cache:
+        teacher_source = cached_teacher(
+            teacher_model, splits, student_probe, args, accelerator, cache_dir.name
+        )
     device = str(accelerator.device)
     if accelerator.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name()})"
@@ -283,6 +387,7 @@ def main(argv=None) -> int:
                    f"device {device}, torch {torch.__version__}",
         "setup": {
             "teacher": args.teacher, "student": args.student, "subset": args.subset,
+            "teacher_cache": isinstance(teacher_source, CachedTeacher),
             "data": splits.identity, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
             "seeds": args.seeds, "lr": args.lr, "teacher_lr": args.teacher_lr,
             "weight_decay": args.weight_decay, "schedule": args.schedule,
@@ -290,16 +395,15 @@ def main(argv=None) -> int:
             "student_params": sum(p.numel() for p in student_probe.parameters()),
             "dkd_warmup_epochs": dkd_warmup(args.epochs) if "dkd" in args.methods else None,
         },
-        "teacher": {
-            "accuracy": teacher_accuracy, "seconds": teacher_seconds, "history": teacher_history,
-            "params": sum(p.numel() for p in teacher_model.parameters()),
-        },
+        "teacher": {**teacher_record, "params": sum(p.numel() for p in teacher_model.parameters())},
         "methods": {},
     }
     scratch_mean = None
     # scratch first: every other row's gap recovered is measured from it.
     for method in sorted(args.methods, key=lambda m: m != "scratch"):
-        result = run_method(method, splits, teacher_model, student_probe, args, accelerator)
+        result = run_method(
+            method, splits, teacher_model, teacher_source, student_probe, args, accelerator
+        )
         if "error" not in result:
             result["summary"] = summarise(result["runs"], teacher_accuracy, scratch_mean)
             if method == "scratch":

@@ -1,5 +1,6 @@
-"""The default recipe (or any recipe) over several seeds: mean ± std test accuracy of the
-teacher, the scratch student and the distilled student, and the run time of each run.
+"""The default recipe (or any recipe) over several seeds: mean ± std of the task's test metrics
+(accuracy; HR@10, NDCG@10 and RMSE for recommendation) for the teacher, the scratch student and
+the distilled student, and the run time of each run.
 
     python bench/seeds.py                      # built-in MNIST recipe, seeds 0-4
     python bench/seeds.py configs/x.yaml --seeds 3 -- train.epochs=10
@@ -41,16 +42,23 @@ def main() -> None:
             summary = run(recipe, echo=lambda *_: None)
             summary["wall_seconds"] = time.perf_counter() - started
             runs.append(summary)
+            task = summary["task"]  # metrics (headline first), their directions, which are in %
+            headline = task["metrics"][0]
             print(
-                f"seed {seed}: teacher {summary['teacher']['accuracy']:.4f} scratch {summary['scratch']['accuracy']:.4f} "
-                f"student {summary['student']['accuracy']:.4f} ({summary['wall_seconds']:.0f} s)", flush=True,
+                f"seed {seed}: {headline} teacher {summary['teacher'][headline]:.4f} scratch {summary['scratch'][headline]:.4f} "
+                f"student {summary['student'][headline]:.4f} ({summary['wall_seconds']:.0f} s)", flush=True,
             )
 
-    def stat(role):
-        values = [100 * r[role]["accuracy"] for r in runs]
+    scale = {metric: 100.0 for metric in task["percent"]}
+
+    def stat(role, metric):
+        values = [scale.get(metric, 1.0) * r[role][metric] for r in runs]
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    wins = sum(r["student"]["accuracy"] > r["scratch"]["accuracy"] for r in runs)
+    def better(a, b, metric):
+        return a > b if task["higher_is_better"].get(metric, True) else a < b
+
+    wins = sum(better(r["student"][headline], r["scratch"][headline], headline) for r in runs)
     recipe_name = load_config(args.recipe).name
     command = "python bench/seeds.py " + " ".join(sys.argv[1:])
     first = runs[0]
@@ -60,17 +68,23 @@ def main() -> None:
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "",
-        "| model | parameters | test accuracy (mean ± std, %) |",
-        "|---|---:|---:|",
+        "| model | parameters | "
+        + " | ".join(f"test {m} (mean ± std{', %' if m in scale else ''})" for m in task["metrics"]) + " |",
+        "|---|---:|" + "---:|" * len(task["metrics"]),
     ]
     for role, title in (("teacher", "teacher"), ("scratch", "student from scratch"), ("student", "distilled student")):
-        mean, std = stat(role)
-        lines.append(f"| {title} ({first[role]['model']}) | {first[role]['params']:,} | {mean:.2f} ± {std:.2f} |")
-    gains = [100 * (r["student"]["accuracy"] - r["scratch"]["accuracy"]) for r in runs]
+        cells = []
+        for metric in task["metrics"]:
+            mean, std = stat(role, metric)
+            digits = 2 if metric in scale else 4
+            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+        lines.append(f"| {title} ({first[role]['model']}) | {first[role]['params']:,} | " + " | ".join(cells) + " |")
+    gains = [scale.get(headline, 1.0) * (r["student"][headline] - r["scratch"][headline]) for r in runs]
+    per_seed = ", ".join(f"{g:+.4g}" for g in gains)
     lines += [
         "",
-        f"Distilled beats scratch in {wins} of {len(runs)} seeds; gain {statistics.mean(gains):+.2f} points on average "
-        f"(min {min(gains):+.2f}). Run time per run: {statistics.mean(r['wall_seconds'] for r in runs):.0f} s "
+        f"Distilled beats scratch on {headline} in {wins} of {len(runs)} seeds; difference {statistics.mean(gains):+.4g} "
+        f"on average (per seed: {per_seed}). Run time per run: {statistics.mean(r['wall_seconds'] for r in runs):.0f} s "
         f"(max {max(r['wall_seconds'] for r in runs):.0f} s), teacher trained in every run.",
     ]
     text = "\n".join(lines) + "\n"

@@ -118,3 +118,9 @@ def test_list(what, capsys):
     assert main(["list", what]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines and all(len(line.split()) >= 2 for line in lines)  # a name and a description
+
+
+def test_list_models_shows_every_family(capsys):
+    assert main(["list", "models"]) == 0
+    names = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"resnet8", "gru", "text_cnn", "minilm_l6", "neumf_small"} <= names

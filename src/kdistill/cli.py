@@ -125,9 +125,13 @@ class Listing(str, Enum):
 def list_(what: Listing = typer.Argument(..., help="methods, models, datasets or losses")):
     """Show what exists, one name a line with a short description."""
     if what is Listing.models:
-        from kdistill.models import describe_model, list_models
+        from kdistill.models import (
+            describe_model, list_models, list_recsys_models, list_text_models,
+        )
 
-        rows = [(name, describe_model(name)) for name in list_models()]
+        # Image and sequence models, then those over token ids, then recommenders.
+        names = [*list_models(), *list_text_models(), *list_recsys_models()]
+        rows = [(name, describe_model(name)) for name in names]
     elif what is Listing.datasets:
         from kdistill.data import DATASETS, describe_dataset
 

@@ -15,7 +15,7 @@ from kdistill.models.hf import hf, minilm_l6
 from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
 from kdistill.models.mobilenetv2 import mobilenetv2
 from kdistill.models.recsys import neumf, neumf_large, neumf_small
-from kdistill.models.resnet import resnet8x4, resnet20, resnet32x4, resnet56
+from kdistill.models.resnet import resnet8, resnet8x4, resnet20, resnet32x4, resnet56
 from kdistill.models.rnn import bilstm, conv1d, gru, gru_tiny
 from kdistill.models.shufflenetv2 import shufflenetv2
 from kdistill.models.text import bilstm as text_bilstm
@@ -35,6 +35,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     # The CIFAR-100 zoo of the CRD / RepDistiller / mdistiller benchmarks (same depths and
     # widths), with adaptive pooling so 28×28 single-channel images work too.
+    "resnet8": resnet8,
     "resnet20": resnet20,
     "resnet56": resnet56,
     "resnet8x4": resnet8x4,

@@ -93,6 +93,11 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def resnet8(**kwargs) -> CifarResNet:
+    """ResNet-8 (He et al. 2016 family): 1 block per stage of 16-32-64 channels; 0.08M params."""
+    return CifarResNet(**{"blocks_per_stage": 1, "widths": (16, 16, 32, 64), **kwargs})
+
+
 def resnet20(**kwargs) -> CifarResNet:
     """ResNet-20 (He et al. 2016): 3 blocks per stage of 16-32-64 channels; 0.27M params."""
     return CifarResNet(**{"blocks_per_stage": 3, "widths": (16, 16, 32, 64), **kwargs})
@@ -113,4 +118,4 @@ def resnet32x4(**kwargs) -> CifarResNet:
     return CifarResNet(**{"blocks_per_stage": 5, "widths": (32, 64, 128, 256), **kwargs})
 
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32x4", "resnet56", "resnet8x4"]
+__all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet20", "resnet32x4", "resnet56", "resnet8x4"]
