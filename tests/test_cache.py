@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
@@ -186,3 +187,14 @@ def test_cache_topk_recipe_key_builds_a_sparse_cache(tmp_path):
     meta = json.loads((root / "meta.json").read_text())
     assert meta["topk"] == {"k": 4, "classes": 10} and meta["fingerprint"]["topk"] == 4
     assert {"topk.log_probs", "topk.index", "topk.tail"} <= set(meta["arrays"])
+
+
+@pytest.mark.parametrize("option", ["on_policy: {fraction: 0.5}", "init_from_teacher: true"])
+def test_options_needing_the_live_teacher_are_refused_before_any_training(option, tmp_path, capsys):
+    from kdistill.cli import main
+
+    code = main(["run", str(ROOT / "configs" / "lm_kd.yaml"), "teacher.cache=true", f"distill.params={{{option}}}", f"output.dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "needs the live teacher" in err and "teacher.cache=false" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before the teacher or the scratch student trained

@@ -149,6 +149,18 @@ class Recipe(Section):
             raise ValueError(f"distill.mode={self.distill.mode} trains its own teachers: remove teachers/assistant")
         return self
 
+    @model_validator(mode="after")
+    def _cache_serves_fixed_inputs(self):
+        # Checked here, not when the distilled student starts: by then the teacher and the
+        # scratch student have trained for nothing.
+        live_only = [k for k in ("init_from_teacher", "on_policy") if self.distill.params.get(k)]
+        if self.teacher.cache and live_only:
+            raise ValueError(
+                f"distill.params.{live_only[0]} needs the live teacher (its weights, or its scores of "
+                "newly sampled sequences), not cached outputs: set teacher.cache=false"
+            )
+        return self
+
 
 # --- reading ---------------------------------------------------------------------------------
 
