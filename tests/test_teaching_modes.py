@@ -129,3 +129,24 @@ def test_deep_mutual_learning_run(tmp_path):
     record = [json.loads(l) for l in (tmp_path / "dml" / "metrics.jsonl").read_text().splitlines()][-1]
     assert {"loss/ce", "loss/kd", "loss/peer_ce", "loss/peer_kd"} <= set(record)
     assert "mutual" in summary["teacher"]["source"]
+
+
+def test_a_recipe_trains_the_same_teacher_every_time_and_members_differ(tmp_path):
+    from safetensors.torch import load_file
+
+    # Two runs in separate directories (no teacher store to share): the teacher is drawn from
+    # train.seed, not from whatever the random state was when the run got to it.
+    torch.manual_seed(123)  # a different global state before each run must not matter
+    first, _ = run(tmp_path / "a", "t", *TEACHER, "teacher.model=mlp", "teacher.kwargs={width: 32}")
+    torch.manual_seed(456)
+    second, _ = run(tmp_path / "b", "t", *TEACHER, "teacher.model=mlp", "teacher.kwargs={width: 32}")
+    a = load_file(tmp_path / "a" / "t" / "checkpoints" / "teacher.safetensors")
+    b = load_file(tmp_path / "b" / "t" / "checkpoints" / "teacher.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first["teacher"]["accuracy"] == second["teacher"]["accuracy"]
+
+    twins = "teachers=[{model: mlp, kwargs: {width: 32}, augment: none, epochs: 2}, {model: mlp, kwargs: {width: 32}, augment: none, epochs: 2}]"
+    run(tmp_path / "c", "twins", twins)
+    checkpoints = tmp_path / "c" / "twins" / "checkpoints"
+    m0, m1 = load_file(checkpoints / "teacher_0.safetensors"), load_file(checkpoints / "teacher_1.safetensors")
+    assert not all(torch.equal(m0[k], m1[k]) for k in m0)  # one architecture, two different teachers

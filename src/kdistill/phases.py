@@ -133,7 +133,7 @@ def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
         raise ConfigError(f"{'terms' if recipe.terms is not None else 'method'}: {error}") from None
 
 
-def teacher_fingerprint(recipe: Recipe, splits: DataSplits, cfg: TeacherConfig | None = None) -> str:
+def teacher_fingerprint(recipe: Recipe, splits: DataSplits, cfg: TeacherConfig | None = None, member: int = 0) -> str:
     """Identity of a teacher trained here: its model, training settings and data. A later run
     of the same recipe (any student, any method) reuses the weights."""
     identity = {
@@ -143,6 +143,8 @@ def teacher_fingerprint(recipe: Recipe, splits: DataSplits, cfg: TeacherConfig |
         "train": recipe.train.model_dump(include={"batch_size", "seed", "schedule", "weight_decay", "momentum", "mixed_precision"}),
         "torch": torch.__version__.split("+")[0],
     }
+    if member:  # ensemble members of one architecture are drawn from different seeds
+        identity["member"] = member
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -209,9 +211,13 @@ def obtain_teacher(ctx: RunContext, cfg: TeacherConfig | None = None, phase: str
     store, or train it here (as phase ``phase``)."""
     recipe = ctx.recipe
     cfg = cfg or recipe.teacher
+    # Seeded before the weights are drawn, so a recipe trains the same teacher every time; each
+    # member of an ensemble gets its own seed, or two of one architecture would be identical.
+    member = int(phase.rpartition("_")[2]) if phase.startswith("teacher_") else 0
+    set_seed(recipe.train.seed + 1000 * member)
     model = build_model(phase.replace("_", "s."), cfg.model, cfg.kwargs, ctx.splits)
     final = ctx.checkpoints / f"{phase}.safetensors"
-    store = Path(recipe.output.dir) / ".teachers" / f"{cfg.model}-{teacher_fingerprint(recipe, ctx.splits, cfg)}.safetensors"
+    store = Path(recipe.output.dir) / ".teachers" / f"{cfg.model}-{teacher_fingerprint(recipe, ctx.splits, cfg, member)}.safetensors"
     trained_here = any(r["phase"] == phase for r in ctx.metrics.read())
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
@@ -226,7 +232,6 @@ def obtain_teacher(ctx: RunContext, cfg: TeacherConfig | None = None, phase: str
         _load_checkpoint(model, store, "teacher store")
         info = {"source": f"reused {store}", "trained_seconds": 0.0}
     else:
-        set_seed(recipe.train.seed)
         seconds = train_phase(
             ctx, phase, Distiller(model, ctx.task.scratch_terms()), teacher=None,
             augment=cfg.augment, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
