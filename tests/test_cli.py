@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import subprocess_env
+
 from kdistill.cli import main
 from kdistill.config import Recipe
 

@@ -7,8 +7,8 @@ import yaml
 
 from kdistill.config import Recipe, dump_config, load_config, parse_override
 from kdistill.data import load_dataset
-from kdistill.phases import recipe_terms
 from kdistill.errors import ConfigError
+from kdistill.phases import recipe_terms
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

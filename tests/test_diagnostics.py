@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from kdistill.diagnostics import (
-    ECE_BINS, agreement, confusion_matrix, expected_calibration_error, likely_causes, mean_kl,
-    per_class_accuracy, reliability, training_facts,
+    ECE_BINS,
+    agreement,
+    confusion_matrix,
+    expected_calibration_error,
+    likely_causes,
+    mean_kl,
+    per_class_accuracy,
+    reliability,
+    training_facts,
 )
 from kdistill.losses import kd
 from kdistill.report import verdict

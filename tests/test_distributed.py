@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import subprocess_env
 
 WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"

@@ -11,11 +11,11 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'kdistill[export]'")
 
-from kdistill.cli import main  # noqa: E402
-from kdistill.deploy import INT8_TOLERANCE, PARITY_TOLERANCE  # noqa: E402
-from kdistill.export import export_onnx, max_abs_diff, ort_session  # noqa: E402
+from kdistill.cli import main
+from kdistill.deploy import INT8_TOLERANCE, PARITY_TOLERANCE
+from kdistill.export import export_onnx, max_abs_diff, ort_session
 
-TINY = ["data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.batch_size=32",
+TINY = ["data.subset=600", "teacher.epochs=1", "train.epochs=3", "train.batch_size=32",
         "output.latency=false", "output.plots=false", "output.progress=false"]
 
 

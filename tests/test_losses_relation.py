@@ -72,7 +72,7 @@ def test_cc_gaussian_taylor_approaches_the_rbf_kernel():
     x = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
     y = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
     gamma = 0.4
-    rbf = lambda v: torch.exp(-gamma * torch.cdist(v, v).pow(2))  # noqa: E731
+    rbf = lambda v: torch.exp(-gamma * torch.cdist(v, v).pow(2))
     exact = (rbf(x) - rbf(y)).pow(2).sum() / 36
     assert cc(x, y, order=12).item() == pytest.approx(exact.item(), rel=1e-9)
 

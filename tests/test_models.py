@@ -124,7 +124,7 @@ def test_width_and_depth_knobs_change_size():
     small = create_model("cnn", width=8, depth=2)
     wide = create_model("cnn", width=16, depth=2)
     deep = create_model("cnn", width=8, depth=3)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(small) < count(wide) and count(small) < count(deep)
     assert count(create_model("mlp", width=10, depth=1)) < count(create_model("mlp", width=10, depth=2))
 

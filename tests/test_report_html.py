@@ -9,8 +9,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import subprocess_env
+
 from kdistill.cli import main
 
 TINY = ["data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.batch_size=32", "output.latency=false", "output.progress=false"]

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import subprocess_env
+
 from kdistill.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
 from kdistill.cli import main
 from kdistill.export import load_weights, save_weights

@@ -11,11 +11,11 @@ from kdistill.trainer import evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "DistillResult",
     "Distiller",
     "FeatureTap",
     "ModelOutput",
-    "PRESETS",
     "Recipe",
     "Teacher",
     "Term",

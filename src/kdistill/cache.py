@@ -245,7 +245,7 @@ class CachedTeacher:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def to(self, device) -> "CachedTeacher":
+    def to(self, device) -> CachedTeacher:
         self.device = torch.device(device)
         return self
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from typing import List, Optional
 
 import click
 import typer
@@ -18,7 +17,7 @@ app = typer.Typer(
 )
 
 
-def _split_recipe(recipe: Optional[str], overrides: Optional[List[str]]):
+def _split_recipe(recipe: str | None, overrides: list[str] | None):
     """``kdistill run train.epochs=3`` has no recipe: the first argument is an override."""
     overrides = list(overrides or [])
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
@@ -28,8 +27,8 @@ def _split_recipe(recipe: Optional[str], overrides: Optional[List[str]]):
 
 @app.command()
 def run(
-    recipe: Optional[str] = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
+    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoints"),
 ):
@@ -47,8 +46,8 @@ def run(
 
 @app.command()
 def cache(
-    recipe: Optional[str] = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. teacher.cache_dtype=float32"),
+    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. teacher.cache_dtype=float32"),
 ):
     """Run the recipe's teacher once over the training split and store its outputs, so runs
     with teacher.cache=true read them instead of running the teacher."""
@@ -88,11 +87,11 @@ def export(
 
 @app.command()
 def tune(
-    recipe: Optional[str] = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
+    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
     trials: int = typer.Option(20, "--trials", "-n", help="trials to add to the study"),
-    teachers: Optional[str] = typer.Option(None, help="candidate teachers, comma-separated: zoo model names or YAML teacher sections"),
-    methods: Optional[str] = typer.Option(None, help="methods to search, comma-separated (default: every logit-only preset)"),
+    teachers: str | None = typer.Option(None, help="candidate teachers, comma-separated: zoo model names or YAML teacher sections"),
+    methods: str | None = typer.Option(None, help="methods to search, comma-separated (default: every logit-only preset)"),
     seed: int = typer.Option(0, help="seed of the sampler"),
 ):
     """Search temperature, alpha, method and teacher with Optuna; each trial is a run in
@@ -101,7 +100,7 @@ def tune(
     from kdistill.tune import tune as tune_recipe
 
     path, overrides = _split_recipe(recipe, overrides)
-    split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
+    split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None
     tune_recipe(path, trials=trials, teachers=split(teachers), methods=split(methods), overrides=overrides, seed=seed, echo=typer.echo)
 
 
@@ -126,7 +125,10 @@ def list_(what: Listing = typer.Argument(..., help="methods, models, datasets or
     """Show what exists, one name a line with a short description."""
     if what is Listing.models:
         from kdistill.models import (
-            describe_model, list_models, list_recsys_models, list_text_models,
+            describe_model,
+            list_models,
+            list_recsys_models,
+            list_text_models,
         )
 
         # Image and sequence models, then those over token ids, then recommenders.

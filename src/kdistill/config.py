@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,10 +24,10 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dataset: str = "mnist"
-    path: Optional[str] = None
+    path: str | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    subset: Optional[int] = Field(None, gt=0, description="use this many samples (quick runs)")
+    subset: int | None = Field(None, gt=0, description="use this many samples (quick runs)")
     # The split seed is separate from train.seed: every training seed sees the same test set.
     seed: int = 0
     num_workers: int = Field(0, ge=0)
@@ -51,18 +51,18 @@ class StudentConfig(Section):
 class TeacherConfig(Section):
     model: str = "lenet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Optional[str] = Field(None, description=".safetensors weights to load instead of training")
+    checkpoint: str | None = Field(None, description=".safetensors weights to load instead of training")
     epochs: int = Field(15, ge=1)
     lr: float = Field(2e-3, gt=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     augment: Augment = Field("shift", description="augmentation while training the teacher")
     cache: bool = Field(False, description="run the teacher once over the training split and read its outputs from disk")
     cache_dtype: Literal["float16", "float32"] = "float16"
-    cache_topk: Optional[int] = Field(
+    cache_topk: int | None = Field(
         None, gt=0,
         description="store only the teacher's k most probable classes (tokens) per position plus the tail mass (large vocabularies)",
     )
-    cache_dir: Optional[str] = Field(None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)")
+    cache_dir: str | None = Field(None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)")
 
 
 class TermConfig(Section):
@@ -70,17 +70,17 @@ class TermConfig(Section):
     loss: str
     weight: float = 1.0
     student: str = "logits"
-    teacher: Optional[str] = "logits"
-    connector: Optional[Literal["auto", "identity", "linear", "conv"]] = None
+    teacher: str | None = "logits"
+    connector: Literal["auto", "identity", "linear", "conv"] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     warmup_epochs: int = Field(0, ge=0)
 
 
 class DistillConfig(Section):
     # None leaves each method's published default (KD: T=4, α=0.9; DIST: τ=1; LSKD: T=2; ...).
-    temperature: Optional[float] = Field(None, gt=0, description="default: the method's own")
-    alpha: Optional[float] = Field(None, ge=0.0, description="weight of the distillation term; default: the method's own")
-    ce_weight: Optional[float] = Field(None, ge=0.0, description="default 1 - alpha")
+    temperature: float | None = Field(None, gt=0, description="default: the method's own")
+    alpha: float | None = Field(None, ge=0.0, description="weight of the distillation term; default: the method's own")
+    ce_weight: float | None = Field(None, ge=0.0, description="default 1 - alpha")
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific settings")
     # Who teaches: the teacher (or the `teachers` ensemble, or a teacher → assistant → student
     # chain), the previous generation of the student itself (born-again networks), or a peer
@@ -88,7 +88,7 @@ class DistillConfig(Section):
     mode: Literal["teacher", "born_again", "mutual"] = "teacher"
     generations: int = Field(2, ge=1, description="born_again: distilled generations after the scratch one")
     ensemble: Literal["mean", "weights", "confidence"] = Field("mean", description="how `teachers` combine")
-    ensemble_weights: Optional[list[float]] = Field(None, description="ensemble=weights: one per teacher")
+    ensemble_weights: list[float] | None = Field(None, description="ensemble=weights: one per teacher")
 
 
 class TrainConfig(Section):
@@ -119,11 +119,11 @@ class Recipe(Section):
     name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    teachers: Optional[list[TeacherConfig]] = Field(None, description="an ensemble of teachers, instead of `teacher`")
-    assistant: Optional[StudentConfig] = Field(None, description="teacher assistant: teacher → assistant → student (TAKD)")
+    teachers: list[TeacherConfig] | None = Field(None, description="an ensemble of teachers, instead of `teacher`")
+    assistant: StudentConfig | None = Field(None, description="teacher assistant: teacher → assistant → student (TAKD)")
     student: StudentConfig = Field(default_factory=StudentConfig)
-    method: Optional[str] = "kd"
-    terms: Optional[list[TermConfig]] = None
+    method: str | None = "kd"
+    terms: list[TermConfig] | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

@@ -20,8 +20,16 @@ from torch.utils.data import DataLoader
 from kdistill.distiller import call_model
 from kdistill.errors import UserError
 from kdistill.export import (
-    OrtModel, export_onnx, load_weights, max_abs_diff, measure_latency, measure_ort_latency,
-    ort_logits, ort_session, quantize_int8, require_onnx,
+    OrtModel,
+    export_onnx,
+    load_weights,
+    max_abs_diff,
+    measure_latency,
+    measure_ort_latency,
+    ort_logits,
+    ort_session,
+    quantize_int8,
+    require_onnx,
 )
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits

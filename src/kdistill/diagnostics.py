@@ -11,7 +11,7 @@ re-rendered, and tested, from a summary alone.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F

@@ -7,9 +7,8 @@ optimizer and outside autograd (timm's distillation task does the same).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +63,7 @@ class Teacher:
     def taps(self) -> list[str]:
         return self.tap.names if self.tap else []
 
-    def to(self, device) -> "Teacher":
+    def to(self, device) -> Teacher:
         self.module.to(device)
         return self
 
@@ -123,7 +122,7 @@ class Distiller(nn.Module):
         teacher: Teacher | None = None,
         example_batch: Mapping | None = None,
         num_samples: int | None = None,
-    ) -> "Distiller":
+    ) -> Distiller:
         """Size each term's connector and stateful loss by running one example batch through
         both models.
 

@@ -14,7 +14,7 @@ mixture itself, ``softmax(log p̄ / T) ∝ p̄^(1/T)``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

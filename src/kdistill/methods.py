@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -95,7 +96,7 @@ class Term:
     def built(
         self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *,
         num_samples: int | None = None,
-    ) -> "Term":
+    ) -> Term:
         """A copy of this term holding its stateful loss built for these feature shapes. The
         ``params`` went into the constructor, so the copy passes none to the forward."""
         module = self.loss.from_shapes(

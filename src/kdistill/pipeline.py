@@ -21,10 +21,24 @@ from kdistill.export import count_parameters, measure_latency
 from kdistill.method_setup import prepare_teacher
 from kdistill.methods import teacher_taps
 from kdistill.phases import (
-    RunContext, cached_teacher, eval_loader, load_data, obtain_teachers, open_run_dir,
-    recipe_terms, train_mutual, train_student,
+    RunContext,
+    cached_teacher,
+    eval_loader,
+    load_data,
+    obtain_teachers,
+    open_run_dir,
+    recipe_terms,
+    train_mutual,
+    train_student,
 )
-from kdistill.report import MetricsLog, plot_diagnostics, plot_history, results_table, verdict, write_report
+from kdistill.report import (
+    MetricsLog,
+    plot_diagnostics,
+    plot_history,
+    results_table,
+    verdict,
+    write_report,
+)
 from kdistill.tasks import TASKS, Task
 from kdistill.trainer import make_accelerator
 

@@ -10,7 +10,7 @@ for the pooled features in front of a classifier.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,7 @@ class FeatureTap:
             handle.remove()
         self._handles = []
 
-    def __enter__(self) -> "FeatureTap":
+    def __enter__(self) -> FeatureTap:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,8 +7,8 @@ Datasets say which task they are (``DataSplits.task``); the composition root loo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kdistill.methods import Term, scratch
 from kdistill.perplexity import evaluate_lm, lm_samples

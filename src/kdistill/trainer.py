@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kdistill.checkpoint import load_training_state, restore_training_state, save_training_state, set_rng_state
+from kdistill.checkpoint import (
+    load_training_state,
+    restore_training_state,
+    save_training_state,
+    set_rng_state,
+)
 from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.errors import UserError
 
@@ -335,7 +340,7 @@ class _TrainingProgress:
         return meta, tensors
 
     @classmethod
-    def from_saved(cls, meta: dict, tensors: dict[str, Tensor]) -> "_TrainingProgress":
+    def from_saved(cls, meta: dict, tensors: dict[str, Tensor]) -> _TrainingProgress:
         state = cls()
         state.epoch, state.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
         state.global_step, state.seen, state.classifying = meta["global_step"], meta["seen"], meta["classifying"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kdistill.data.base import ArrayDataset, DataSplits, make_splits, stratified_split
 from kdistill.data.fashion import load_fashion_mnist
@@ -45,6 +45,11 @@ def load_dataset(name: str, **kwargs) -> DataSplits:
 
 
 __all__ = [
-    "ArrayDataset", "DATASETS", "DataSplits", "describe_dataset", "load_dataset", "make_splits",
+    "DATASETS",
+    "ArrayDataset",
+    "DataSplits",
+    "describe_dataset",
+    "load_dataset",
+    "make_splits",
     "stratified_split",
 ]

@@ -4,7 +4,7 @@ the teacher's outputs per augmented view instead of reusing stale ones."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -8,12 +8,19 @@ probed feature shapes (``from_shapes``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kdistill.losses.feature import FEATURE_LOSSES, at, hint, nst
 from kdistill.losses.lm import LM_LOSSES, attention_kl, hidden_cosine, hidden_mse, token_ce
 from kdistill.losses.logit import (
-    LOGIT_LOSSES, cross_entropy, dist, dkd, kd, kl_batchmean, nkd, standardize_logits,
+    LOGIT_LOSSES,
+    cross_entropy,
+    dist,
+    dkd,
+    kd,
+    kl_batchmean,
+    nkd,
+    standardize_logits,
 )
 from kdistill.losses.ranking import RANKING_LOSSES
 from kdistill.losses.relation import RELATION_LOSSES, cc, pkt, rkd, sp
@@ -41,9 +48,36 @@ LOSSES: dict[str, Callable] = {
     **RANKING_LOSSES,
 }
 
-__all__ = ["LOSSES", "cross_entropy", "kd", "kl_batchmean",
-    "dkd", "dist", "nkd", "standardize_logits", "hint", "at", "nst", "sp", "rkd", "pkt", "cc",
-    "STATEFUL_LOSSES", "VIDLoss", "CRDLoss",
-    "SparseTeacher", "forward_kl", "forward_kl_topk", "jsd", "reverse_kl", "skew_kl",
-    "skew_reverse_kl", "topk_teacher", "tvd",
-    "token_ce", "hidden_mse", "hidden_cosine", "attention_kl"]
+__all__ = [
+    "LOSSES",
+    "STATEFUL_LOSSES",
+    "CRDLoss",
+    "SparseTeacher",
+    "VIDLoss",
+    "at",
+    "attention_kl",
+    "cc",
+    "cross_entropy",
+    "dist",
+    "dkd",
+    "forward_kl",
+    "forward_kl_topk",
+    "hidden_cosine",
+    "hidden_mse",
+    "hint",
+    "jsd",
+    "kd",
+    "kl_batchmean",
+    "nkd",
+    "nst",
+    "pkt",
+    "reverse_kl",
+    "rkd",
+    "skew_kl",
+    "skew_reverse_kl",
+    "sp",
+    "standardize_logits",
+    "token_ce",
+    "topk_teacher",
+    "tvd",
+]

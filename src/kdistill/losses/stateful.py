@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from kdistill.losses.feature import pool_to_common_size
 from kdistill.losses.logit import upcast
 
-__all__ = ["CRDLoss", "STATEFUL_LOSSES", "VIDLoss"]
+__all__ = ["STATEFUL_LOSSES", "CRDLoss", "VIDLoss"]
 
 
 def _channels(shape: tuple[int, ...], name: str) -> int:
@@ -81,7 +81,7 @@ class VIDLoss(nn.Module):
     def from_shapes(
         cls, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *,
         num_samples: int | None = None, **params,
-    ) -> "VIDLoss":
+    ) -> VIDLoss:
         """Sized from probed feature shapes (batch axis first); ``num_samples`` is not used."""
         return cls(_channels(student_shape, "vid"), _channels(teacher_shape, "vid"), **params)
 
@@ -175,7 +175,7 @@ class CRDLoss(nn.Module):
     def from_shapes(
         cls, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *,
         num_samples: int | None = None, **params,
-    ) -> "CRDLoss":
+    ) -> CRDLoss:
         """Sized from probed feature shapes (batch axis first) and the training-set size."""
         if num_samples is None:
             raise ValueError(

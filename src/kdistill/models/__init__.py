@@ -6,7 +6,7 @@ with ``forward_features`` / ``forward_head``. The tests run over every entry of 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -111,6 +111,13 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "MODELS", "TEXT_MODELS", "UnknownModelError", "create_model", "describe_model", "list_models",
-    "list_text_models", "RECSYS_MODELS", "list_recsys_models",
+    "MODELS",
+    "RECSYS_MODELS",
+    "TEXT_MODELS",
+    "UnknownModelError",
+    "create_model",
+    "describe_model",
+    "list_models",
+    "list_recsys_models",
+    "list_text_models",
 ]

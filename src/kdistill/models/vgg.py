@@ -76,4 +76,4 @@ def vgg13(**kwargs) -> VGG:
     return VGG(**{"convs_per_block": 2, **kwargs})
 
 
-__all__ = ["VGG", "vgg13", "vgg8"]
+__all__ = ["VGG", "vgg8", "vgg13"]
