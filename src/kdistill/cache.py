@@ -15,7 +15,10 @@ probability mass left over (the tail). Read back, the tail is spread evenly over
 classes, so the distribution sums to one, its top-k part is exact, and softmax(·/T) keeps the
 ratios between the top-k classes at any temperature: the "sparse logits" of cached LM
 distillation (e.g. Raman et al., "For Distillation, Tokens Are Not All You Need", 2023, and
-the top-k caches of MiniPLM / Gemma-style pre-training distillation).
+the top-k caches of MiniPLM / Gemma-style pre-training distillation). The three arrays are the
+fields of ``kdistill.losses.token.SparseTeacher``; the token losses can instead compare the k
+top tokens and one tail bucket exactly (``topk_teacher``), while the dense read-back here serves
+every loss, logit-level ones included.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from kdistill.checkpoint import CheckpointError
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError
+from kdistill.losses.token import topk_teacher
 
 FORMAT = "kdistill-teacher-cache/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -65,13 +69,10 @@ def _arrays(output: ModelOutput, topk: int | None = None) -> dict[str, Tensor]:
     features = {f"feature.{k}": v for k, v in output.features.items()}
     if topk is None:
         return {"logits": output.logits, **features}
-    log_probs = torch.log_softmax(output.logits.float(), dim=-1)
-    top = log_probs.topk(min(topk, log_probs.shape[-1]), dim=-1)
-    # log(1 − Σ top-k p), computed as logsumexp of the rest: exact even when the tail is tiny.
-    rest = log_probs.scatter(-1, top.indices, -torch.inf)
-    tail = torch.logsumexp(rest, dim=-1, keepdim=True)
+    sparse = topk_teacher(output.logits.float(), min(topk, output.logits.shape[-1]))
     return {
-        "topk.log_probs": top.values, "topk.index": top.indices, "topk.tail": tail, **features,
+        "topk.log_probs": sparse.log_probs, "topk.index": sparse.indices,
+        "topk.tail": sparse.tail_log_prob.unsqueeze(-1), **features,
     }
 
 
