@@ -44,6 +44,7 @@ from kdistill.cache import CachedTeacher, build_cache
 from kdistill.data import load_dataset
 from kdistill.data.augment import AUGMENTATIONS, augmented
 from kdistill.data.base import ArrayDataset
+from kdistill.data.images import stratified_subset
 from kdistill.distiller import Distiller, Teacher
 from kdistill.methods import PRESETS, preset_terms, teacher_taps
 from kdistill.models import create_model
@@ -267,25 +268,15 @@ def load_splits(subset: int | None):
     val_count = round(subset * 0.1)
 
     def take(dataset: ArrayDataset, count: int) -> ArrayDataset:
-        targets = dataset.targets.numpy()
-        picked = stratified_positions(targets, count, seed=0)
+        positions = np.arange(len(dataset))
+        picked, _ = stratified_subset(positions, dataset.targets.numpy(), count, seed=0)
+        picked = torch.from_numpy(picked)
         return ArrayDataset(dataset.inputs[picked], dataset.targets[picked])
 
     train, val = take(splits.train, subset - val_count), take(splits.val, val_count)
     sizes = {"train": len(train), "val": len(val), "test": len(splits.test)}
     identity = {**splits.identity, "subset": subset, "sizes": sizes}
     return dataclasses.replace(splits, train=train, val=val, identity=identity)
-
-
-def stratified_positions(targets: np.ndarray, count: int, seed: int) -> torch.Tensor:
-    """``count`` positions with the class mix of ``targets``, in their original order."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(targets))
-    rank = np.empty(len(targets), dtype=np.int64)
-    for cls in np.unique(targets):  # rank within each class, then take ranks 0, 1, ... in turn
-        members = order[targets[order] == cls]
-        rank[members] = np.arange(len(members))
-    return torch.from_numpy(np.sort(order[np.argsort(rank[order], kind="stable")][:count]))
 
 
 def trained_teacher(splits, args, accelerator):

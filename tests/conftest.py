@@ -36,3 +36,14 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     return env
+
+
+def check_low_precision(loss_fn, s, t):
+    """``loss_fn`` on large low-precision inputs (``s`` requires grad): computed in float32, finite
+    with a finite gradient, and within 1e-3 of the same loss in float64."""
+    value = loss_fn(s, t)
+    value.backward()
+    assert value.dtype == torch.float32
+    assert torch.isfinite(value) and torch.isfinite(s.grad).all()
+    reference = loss_fn(s.detach().double(), t.double())
+    assert value.item() == pytest.approx(reference.item(), rel=1e-3)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kdistill.data.base import ArrayDataset, DataSplits, stratified_split
-from kdistill.data.images import _stratified_subset
+from kdistill.data.images import stratified_subset
 from kdistill.errors import DataError
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -140,10 +140,10 @@ def load_fashion_mnist(
         # The official proportions, 6 train : 1 test (rounded), each part class-balanced.
         total = len(train_labels) + len(test_labels)
         test_count = max(len(CLASS_NAMES), round(subset * len(test_labels) / total))
-        train_images, train_labels = _stratified_subset(
+        train_images, train_labels = stratified_subset(
             train_images, train_labels, subset - test_count, seed
         )
-        test_images, test_labels = _stratified_subset(test_images, test_labels, test_count, seed)
+        test_images, test_labels = stratified_subset(test_images, test_labels, test_count, seed)
 
     train_idx, val_idx = stratified_split(train_labels, (1.0 - val_fraction, val_fraction), seed)
     # Statistics of the train split only (not validation, not test): nothing leaks into training.

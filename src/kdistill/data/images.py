@@ -22,7 +22,7 @@ def _package_dir(package: str, install_hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _stratified_subset(x: np.ndarray, y: np.ndarray, subset: int | None, seed: int):
+def stratified_subset(x: np.ndarray, y: np.ndarray, subset: int | None, seed: int):
     """The first ``subset`` samples of a class-balanced shuffle (for quick runs and tests)."""
     if subset is None or subset >= len(y):
         return x, y
@@ -59,7 +59,7 @@ def load_mnist(
     except (OSError, ValueError) as error:
         raise DataError(f"{file}: not a readable MNIST csv.gz ({error})") from None
     x, y = table[:, :-1].reshape(-1, 1, 28, 28) / 255.0, table[:, -1].astype(np.int64)
-    x, y = _stratified_subset(x, y, subset, seed)
+    x, y = stratified_subset(x, y, subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         num_classes=10, identity={"dataset": "mnist", "file": file.name, "subset": subset},
@@ -78,7 +78,7 @@ def load_digits(
         raise DataError("digits needs scikit-learn: pip install 'kdistill[data]'") from None
     bunch = sklearn_digits()
     x = bunch.data.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0
-    x, y = _stratified_subset(x, bunch.target.astype(np.int64), subset, seed)
+    x, y = stratified_subset(x, bunch.target.astype(np.int64), subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         num_classes=10, identity={"dataset": "digits", "subset": subset}, source="digits",
@@ -113,7 +113,7 @@ def load_npz(
         x = x[:, None]
     x = x.astype(np.float32)
     check_arrays(x, y, str(file))
-    x, y = _stratified_subset(x, y.astype(np.int64), subset, seed)
+    x, y = stratified_subset(x, y.astype(np.int64), subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         identity={"dataset": "npz", "file": str(file.resolve()), "subset": subset},
@@ -153,7 +153,7 @@ def load_image_folder(
         raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     x = np.stack(images)
     x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
-    x, y = _stratified_subset(x, np.asarray(labels, dtype=np.int64), subset, seed)
+    x, y = stratified_subset(x, np.asarray(labels, dtype=np.int64), subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         num_classes=len(classes), class_names=classes,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kdistill.data.base import ArrayDataset, DataSplits, stratified_split
-from kdistill.data.images import _package_dir, _stratified_subset
+from kdistill.data.images import _package_dir, stratified_subset
 from kdistill.errors import DataError
 
 INSTALL_HINT = "install it with: pip install --no-deps sktime==1.2.0"
@@ -119,5 +119,5 @@ def load_japanese_vowels(
 
 
 def _subset(seqs: list[np.ndarray], y: np.ndarray, n: int, seed: int):
-    index, picked_y = _stratified_subset(np.arange(len(y)), y, n, seed)
+    index, picked_y = stratified_subset(np.arange(len(y)), y, n, seed)
     return [seqs[i] for i in index], picked_y

@@ -60,6 +60,17 @@ def token_ce(
     return _masked_mean(per_position, counted)
 
 
+def _hidden_pair(name: str, s_hidden: Tensor, t_hidden: Tensor, mask: Tensor | None):
+    """Upcast student and (detached) teacher hidden states, check they match, build the mask."""
+    s_hidden, t_hidden = upcast(s_hidden, t_hidden.detach())
+    if s_hidden.shape != t_hidden.shape:
+        raise ValueError(
+            f"{name}: student {tuple(s_hidden.shape)} and teacher {tuple(t_hidden.shape)} "
+            "hidden states differ; add connector: auto for different widths"
+        )
+    return s_hidden, t_hidden, _position_mask(mask, s_hidden.shape[:-1], s_hidden.device)
+
+
 def hidden_mse(s_hidden: Tensor, t_hidden: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """Hidden-state distillation: squared error between (projected) student and teacher hidden
     states, mean over the hidden units and the counted tokens.
@@ -76,13 +87,7 @@ def hidden_mse(s_hidden: Tensor, t_hidden: Tensor, *, mask: Tensor | None = None
     Returns:
         0-d tensor.
     """
-    s_hidden, t_hidden = upcast(s_hidden, t_hidden.detach())
-    if s_hidden.shape != t_hidden.shape:
-        raise ValueError(
-            f"hidden_mse: student {tuple(s_hidden.shape)} and teacher {tuple(t_hidden.shape)} "
-            "hidden states differ; add connector: auto for different widths"
-        )
-    mask = _position_mask(mask, s_hidden.shape[:-1], s_hidden.device)
+    s_hidden, t_hidden, mask = _hidden_pair("hidden_mse", s_hidden, t_hidden, mask)
     return _masked_mean((s_hidden - t_hidden).pow(2).mean(-1), mask)
 
 
@@ -98,13 +103,7 @@ def hidden_cosine(s_hidden: Tensor, t_hidden: Tensor, *, mask: Tensor | None = N
         t_hidden: teacher hidden states, (B, L, D); detached.
         mask: (B, L), true at real tokens.
     """
-    s_hidden, t_hidden = upcast(s_hidden, t_hidden.detach())
-    if s_hidden.shape != t_hidden.shape:
-        raise ValueError(
-            f"hidden_cosine: student {tuple(s_hidden.shape)} and teacher {tuple(t_hidden.shape)} "
-            "hidden states differ; add connector: auto for different widths"
-        )
-    mask = _position_mask(mask, s_hidden.shape[:-1], s_hidden.device)
+    s_hidden, t_hidden, mask = _hidden_pair("hidden_cosine", s_hidden, t_hidden, mask)
     return _masked_mean(1.0 - F.cosine_similarity(s_hidden, t_hidden, dim=-1, eps=1e-8), mask)
 
 
