@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from kdistill.config import load_config
-from kdistill.deploy import export_run
-from kdistill.pipeline import run
+from kdistill.run.config import load_config
+from kdistill.deploy.run_export import export_run
+from kdistill.run.pipeline import run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

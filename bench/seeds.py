@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from kdistill.config import load_config
-from kdistill.pipeline import run
+from kdistill.run.config import load_config
+from kdistill.run.pipeline import run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

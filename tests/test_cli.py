@@ -10,7 +10,7 @@ import yaml
 from conftest import subprocess_env
 
 from kdistill.cli import main
-from kdistill.config import Recipe
+from kdistill.run.config import Recipe
 
 QUICK = ["data.subset=600", "teacher.epochs=2", "train.epochs=2", "train.batch_size=32"]
 

@@ -7,7 +7,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdistill.config import Recipe, load_config
+from kdistill.run.config import Recipe, load_config
 from kdistill.errors import ConfigError
 
 SECTIONS = {name: field for name, field in Recipe.model_fields.items()}

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kdistill.diagnostics import (
+from kdistill.evaluation.diagnostics import (
     ECE_BINS,
     agreement,
     confusion_matrix,

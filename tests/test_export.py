@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'kdistill[export]'")
 
 from kdistill.cli import main
-from kdistill.deploy import INT8_TOLERANCE, PARITY_TOLERANCE
-from kdistill.export import export_onnx, max_abs_diff, ort_session
+from kdistill.deploy.run_export import INT8_TOLERANCE, PARITY_TOLERANCE
+from kdistill.deploy.onnx import export_onnx, max_abs_diff, ort_session
 
 TINY = ["data.subset=600", "teacher.epochs=1", "train.epochs=3", "train.batch_size=32",
         "output.latency=false", "output.plots=false", "output.progress=false"]
@@ -120,7 +120,7 @@ def test_failed_parity_is_recorded_and_exits_2(exported, monkeypatch, tmp_path, 
 
     run_dir = tmp_path / "copy"
     shutil.copytree(exported[0], run_dir)
-    monkeypatch.setattr("kdistill.deploy.max_abs_diff", lambda *args: 0.5)
+    monkeypatch.setattr("kdistill.deploy.run_export.max_abs_diff", lambda *args: 0.5)
     assert main(["export", str(run_dir), "--overwrite", "--no-int8", "--repeats", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "student fp32 failed" in err and len(err.splitlines()) == 1

@@ -98,7 +98,7 @@ def test_loads_a_local_directory_from_safetensors_only(tmp_path):
 
 
 def test_different_vocabularies_fail_in_one_line_naming_both_sizes():
-    from kdistill.phases import check_compatible
+    from kdistill.run.school import check_compatible
 
     teacher = create_model("hf", num_classes=80, input_shape=(16,), task="causal-lm", config=GPT2)
     student = create_model("gpt", num_classes=50, input_shape=(16,), n_layer=1, n_head=2, n_embd=16)

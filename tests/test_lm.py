@@ -15,7 +15,7 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.losses import token_ce
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import preset_terms
-from kdistill.perplexity import evaluate_lm
+from kdistill.evaluation.language_model import evaluate_lm
 from kdistill.sampling import OnPolicy, sample
 from kdistill.trainer import fit
 

@@ -27,8 +27,8 @@ from kdistill.losses.ranking import (
 )
 from kdistill.methods import Term
 from kdistill.models import create_model
-from kdistill.ranking import held_out_rank, hit_rate, ndcg, rmse
-from kdistill.tasks import TASKS
+from kdistill.evaluation.ranking import held_out_rank, hit_rate, ndcg, rmse
+from kdistill.evaluation import TASKS
 
 
 @pytest.fixture(scope="module")

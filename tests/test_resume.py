@@ -13,7 +13,7 @@ from conftest import subprocess_env
 
 from kdistill.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
 from kdistill.cli import main
-from kdistill.export import load_weights, save_weights
+from kdistill.deploy.onnx import load_weights, save_weights
 from kdistill.models import create_model
 
 RECIPE = [

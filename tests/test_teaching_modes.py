@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdistill.cli import main
-from kdistill.config import load_config
-from kdistill.ensemble import Ensemble
+from kdistill.run.config import load_config
+from kdistill.teaching.ensemble import Ensemble
 from kdistill.errors import ConfigError
 from kdistill.models import create_model
-from kdistill.mutual import MutualDistiller
+from kdistill.teaching.mutual import MutualDistiller
 from kdistill.taps import FeatureTap
 
 

@@ -192,7 +192,7 @@ def test_text_recipe_end_to_end_with_a_tiny_teacher(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["text_kd", "text_cnn", "text_distilbert", "lm_kd"])
 def test_recipes_validate_and_share_one_teacher(recipe):
-    from kdistill.config import load_config
+    from kdistill.run.config import load_config
 
     config = load_config(f"configs/{recipe}.yaml")
     if recipe.startswith("text"):  # same teacher settings: fine-tuned once, reused by the others

@@ -1,10 +1,10 @@
 """kdistill: knowledge distillation from a teacher to a checked, deployable student."""
 
 from kdistill.api import DistillResult, distill
-from kdistill.config import Recipe, load_config
 from kdistill.distiller import Distiller, ModelOutput, Teacher
 from kdistill.methods import PRESETS, Term
 from kdistill.models import create_model, list_models
+from kdistill.run.config import Recipe, load_config
 from kdistill.taps import FeatureTap
 from kdistill.trainer import evaluate, fit
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +146,42 @@ class TeacherCache:
         return ModelOutput(logits, {k.removeprefix("feature."): v for k, v in values.items()})
 
 
+MARKER = ".kdistill-cache"  # written first into a directory this code made for a cache
+
+
+def check_cache_root(root: Path) -> None:
+    """Refuse a ``teacher.cache_dir`` that kdistill may not write into: one that holds files a
+    cache build did not write (a user's directory is never emptied), or a file."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"teacher.cache_dir: {root} is a file, not a directory")
+    if not root.is_dir() or not any(root.iterdir()) or (root / "meta.json").is_file():
+        return
+    if not (root / MARKER).is_file():
+        raise UserError(
+            f"teacher.cache_dir: {root} already holds files that are not a kdistill teacher cache; "
+            "point it at a new or empty directory"
+        )
+    strangers = [p.name for p in root.iterdir() if p.name not in (MARKER, "meta.json.tmp") and not p.name.endswith(".npy")]
+    if strangers:
+        raise UserError(
+            f"teacher.cache_dir: {root} holds {strangers[0]!r}, which a cache build did not write; "
+            "point teacher.cache_dir at a new or empty directory"
+        )
+
+
+def _claim(root: Path) -> None:
+    """Make ``root`` ready for a new cache without ever deleting what kdistill did not write: a
+    missing or empty directory is taken (and marked); an unfinished cache of ours (marked, no
+    ``meta.json``) is emptied of its own files; anything else is refused."""
+    check_cache_root(root)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name != MARKER:
+                path.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("teacher cache written by kdistill\n")
+
+
 def build_cache(
     root: str | Path,
     teacher: Teacher,
@@ -174,9 +209,7 @@ def build_cache(
     teacher.to(device)
     count = len(dataset)
     if main:
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
+        _claim(root)
     shard = Subset(dataset, list(range(rank, count, world)))  # strided: balanced across ranks
 
     def batches():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from enum import Enum
 
-import click
 import typer
 
 from kdistill.errors import UserError
@@ -15,6 +14,21 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Knowledge distillation: teacher → checked, deployable student.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kdistill import __version__
+
+        typer.echo(f"kdistill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+):
+    """Knowledge distillation: teacher → checked, deployable student."""
 
 
 def _split_recipe(recipe: str | None, overrides: list[str] | None):
@@ -34,8 +48,8 @@ def run(
 ):
     """Train (or reuse) the teacher, train the student from scratch and with distillation,
     evaluate all three, and write runs/<name>/."""
-    from kdistill.config import load_config
-    from kdistill.pipeline import run as run_recipe
+    from kdistill.run.config import load_config
+    from kdistill.run.pipeline import run as run_recipe
 
     path, overrides = _split_recipe(recipe, overrides)
     config = load_config(path, overrides)
@@ -45,14 +59,28 @@ def run(
 
 
 @app.command()
+def check(
+    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. student.model=cnn_tiny"),
+):
+    """Check a recipe without running it: the schema, the data, every model, term, tap and
+    connector, and one training step of every phase on one batch. Writes nothing."""
+    from kdistill.run.config import load_config
+    from kdistill.run.preflight import check as check_recipe
+
+    path, overrides = _split_recipe(recipe, overrides)
+    check_recipe(load_config(path, overrides), echo=typer.echo)
+
+
+@app.command()
 def cache(
     recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
     overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. teacher.cache_dtype=float32"),
 ):
     """Run the recipe's teacher once over the training split and store its outputs, so runs
     with teacher.cache=true read them instead of running the teacher."""
-    from kdistill.config import load_config
-    from kdistill.pipeline import cache as build
+    from kdistill.run.config import load_config
+    from kdistill.run.pipeline import cache as build
 
     path, overrides = _split_recipe(recipe, overrides)
     build(load_config(path, overrides), echo=typer.echo)
@@ -77,7 +105,7 @@ def export(
     """Write the student (and teacher) as ONNX under RUN_DIR/export/, check them against PyTorch
     with ONNX Runtime, optionally quantise the student to int8, time both models in PyTorch and
     ONNX Runtime, and add it all to summary.json and the report. Exit 2 if a check fails."""
-    from kdistill.deploy import export_run
+    from kdistill.deploy.run_export import export_run
 
     export_run(
         run_dir, int8=int8, exporter=exporter.value, tolerance=tolerance, int8_tolerance=int8_tolerance,
@@ -97,7 +125,7 @@ def tune(
     """Search temperature, alpha, method and teacher with Optuna; each trial is a run in
     <output.dir>/<name>-tune/. Resumable: calling again adds trials to the same study.
     Writes best.yaml, trials.md and trials.csv there."""
-    from kdistill.tune import tune as tune_recipe
+    from kdistill.run.tune import tune as tune_recipe
 
     path, overrides = _split_recipe(recipe, overrides)
     split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None
@@ -113,27 +141,41 @@ def report(run_dir: str = typer.Argument(..., help="a finished run directory, e.
     typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
 
+INPUT_ORDER = ("image", "tokens", "recsys")
+
+
 class Listing(str, Enum):
     methods = "methods"
     models = "models"
     datasets = "datasets"
     losses = "losses"
+    taps = "taps"
 
 
 @app.command("list")
-def list_(what: Listing = typer.Argument(..., help="methods, models, datasets or losses")):
-    """Show what exists, one name a line with a short description."""
-    if what is Listing.models:
-        from kdistill.models import (
-            describe_model,
-            list_models,
-            list_recsys_models,
-            list_text_models,
-        )
+def list_(
+    what: Listing = typer.Argument(..., help="methods, models, datasets, losses, or taps MODEL"),
+    model: str | None = typer.Argument(None, help="for taps: a zoo model name"),
+):
+    """Show what exists, one name a line with a short description; `list taps MODEL` shows
+    the module names a term can read from MODEL (its stages marked)."""
+    if what is Listing.taps:
+        from kdistill.models import UnknownModelError, model_taps
+
+        if model is None:
+            raise UserError("kdistill list taps MODEL: name a model (`kdistill list models` shows them)")
+        try:
+            rows = model_taps(model)
+        except UnknownModelError as error:
+            raise UserError(str(error)) from None
+    elif model is not None:
+        raise UserError(f"kdistill list {what.value} takes no further argument (got {model!r})")
+    elif what is Listing.models:
+        from kdistill.models import MODELS
 
         # Image and sequence models, then those over token ids, then recommenders.
-        names = [*list_models(), *list_text_models(), *list_recsys_models()]
-        rows = [(name, describe_model(name)) for name in names]
+        names = sorted(MODELS, key=lambda name: (INPUT_ORDER.index(MODELS[name].inputs), name))
+        rows = [(name, f"[{MODELS[name].inputs}] {MODELS[name].description}") for name in names]
     elif what is Listing.datasets:
         from kdistill.data import DATASETS, describe_dataset
 
@@ -151,23 +193,35 @@ def list_(what: Listing = typer.Argument(..., help="methods, models, datasets or
         typer.echo(f"{name:<{width}}  {description}")
 
 
+# Typer 0.29 raises its own copies of click's exceptions, older ones click's: take the class
+# from Typer's own BadParameter, whichever it is.
+UsageProblem = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script and ``python -m kdistill``."""
+    """Entry point of the console script and ``python -m kdistill``.
+
+    Exit 0 on success, 2 on a usage or user error (one line on stderr naming what is wrong and
+    where to look), 1 on a bug (its traceback kept). ``kdistill`` alone prints the help.
+    """
     try:
-        app(args=argv, prog_name="kdistill", standalone_mode=False)
+        code = app(args=argv, prog_name="kdistill", standalone_mode=False)
+    except UsageProblem as error:
+        ctx = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return 0
+        where = ctx.command_path if ctx is not None else "kdistill"
+        message = " ".join(error.format_message().split())  # one line, whatever the message holds
+        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        return 2
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         return 2
-    except click.ClickException as error:
-        error.show()
-        return 2
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -8,44 +8,14 @@ optimizer and outside autograd (timm's distillation task does the same).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from kdistill.connectors import build_connector
-from kdistill.methods import LOGITS, Term, teacher_taps
+from kdistill.methods import Term, teacher_taps
+from kdistill.modeling import LOGITS, ModelOutput, call_model
 from kdistill.taps import FeatureTap, probe_shapes
-
-
-@dataclass
-class ModelOutput:
-    """Logits and tapped features of one forward pass, the same type live or cached."""
-
-    logits: Tensor
-    features: dict[str, Tensor] = field(default_factory=dict)
-
-    def get(self, name: str) -> Tensor:
-        return self.logits if name == LOGITS else self.features[name]
-
-
-def call_model(model: nn.Module, inputs) -> Tensor:
-    """Run a model on a batch's ``input`` and return its logits.
-
-    Takes a tensor, or a mapping of keyword tensors (Hugging Face ``input_ids`` /
-    ``attention_mask``); reads logits from a tensor, a ``.logits`` attribute (Hugging Face
-    ``ModelOutput``), a ``"logits"`` key, or the first element of a tuple.
-    """
-    output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    if isinstance(output, Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, Mapping):
-        return output["logits"]
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    raise TypeError(f"cannot read logits from a {type(output).__name__} model output")
 
 
 class Teacher:

@@ -16,25 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.errors import UserError
+from kdistill.modeling import call_model, unwrap
 
 INPUT_SUFFIX = ":input"
 
 
 class TapError(UserError):
     """A tap names a module the model does not have."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DDP/FSDP (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel) or (
-            type(model).__name__ == "FullyShardedDataParallel"
-        ):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _first_tensor(value) -> Tensor:
@@ -110,7 +98,6 @@ class FeatureTap:
 @torch.no_grad()
 def probe_shapes(model: nn.Module, inputs, names: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """Shapes of the named features for one example batch; the model's mode is restored."""
-    from kdistill.distiller import call_model  # avoid a cycle: distiller imports taps
 
     was_training = model.training
     model.eval()

@@ -42,7 +42,7 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     class_names: list[str] = field(default_factory=list)
-    task: str = "classification"  # a key of kdistill.tasks.TASKS: how models are scored
+    task: str = "classification"  # a key of kdistill.evaluation.TASKS: how models are scored
     # How inputs were made from the raw data (normalisation, split): part of the identity of
     # the data, recorded in summaries and in a teacher's fingerprint.
     identity: dict = field(default_factory=dict)

@@ -7,6 +7,7 @@ with ``forward_features`` / ``forward_head``. The tests run over every entry of 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -24,100 +25,129 @@ from kdistill.models.transformer import gpt, transformer_classifier
 from kdistill.models.vgg import vgg8, vgg13
 from kdistill.models.wrn import wrn_16_2, wrn_40_2
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
-    "mlp_tiny": mlp_tiny,
-    "mlp_large": mlp_large,
-    "cnn": cnn,
-    "cnn_tiny": cnn_tiny,
-    "cnn_small": cnn_small,
-    "cnn_large": cnn_large,
-    "lenet": lenet,
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A zoo entry: its builder and the inputs it reads.
+
+    ``inputs`` is ``"image"`` (float arrays (C, H, W); the sequence models read an image row by
+    row, a (T, F) sequence as (1, T, F)), ``"tokens"`` (token ids, a tensor or a dict of
+    ``input_ids`` / ``attention_mask``) or ``"recsys"`` (user and candidate item ids).
+    """
+
+    builder: Callable[..., nn.Module]
+    inputs: str
+
+    def __call__(self, **kwargs) -> nn.Module:
+        return self.builder(**kwargs)
+
+    @property
+    def description(self) -> str:
+        doc = (self.builder.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+INPUT_KINDS = ("image", "tokens", "recsys")
+
+_BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "mlp": (mlp, "image"),
+    "mlp_tiny": (mlp_tiny, "image"),
+    "mlp_large": (mlp_large, "image"),
+    "cnn": (cnn, "image"),
+    "cnn_tiny": (cnn_tiny, "image"),
+    "cnn_small": (cnn_small, "image"),
+    "cnn_large": (cnn_large, "image"),
+    "lenet": (lenet, "image"),
     # The CIFAR-100 zoo of the CRD / RepDistiller / mdistiller benchmarks (same depths and
     # widths), with adaptive pooling so 28×28 single-channel images work too.
-    "resnet8": resnet8,
-    "resnet20": resnet20,
-    "resnet56": resnet56,
-    "resnet8x4": resnet8x4,
-    "resnet32x4": resnet32x4,
-    "wrn_16_2": wrn_16_2,
-    "wrn_40_2": wrn_40_2,
-    "vgg8": vgg8,
-    "vgg13": vgg13,
-    "mobilenetv2": mobilenetv2,
-    "shufflenetv2": shufflenetv2,
+    "resnet8": (resnet8, "image"),
+    "resnet20": (resnet20, "image"),
+    "resnet56": (resnet56, "image"),
+    "resnet8x4": (resnet8x4, "image"),
+    "resnet32x4": (resnet32x4, "image"),
+    "wrn_16_2": (wrn_16_2, "image"),
+    "wrn_40_2": (wrn_40_2, "image"),
+    "vgg8": (vgg8, "image"),
+    "vgg13": (vgg13, "image"),
+    "mobilenetv2": (mobilenetv2, "image"),
+    "shufflenetv2": (shufflenetv2, "image"),
     # Sequence models over (T, F) features (speech): images are read row by row.
-    "bilstm": bilstm,
-    "gru": gru,
-    "gru_tiny": gru_tiny,
-    "conv1d": conv1d,
+    "bilstm": (bilstm, "image"),
+    "gru": (gru, "image"),
+    "gru_tiny": (gru_tiny, "image"),
+    "conv1d": (conv1d, "image"),
+    # Models over token ids (word pieces, characters).
+    "gpt": (gpt, "tokens"),
+    "text_transformer": (transformer_classifier, "tokens"),
+    "text_bilstm": (text_bilstm, "tokens"),
+    "text_cnn": (text_cnn, "tokens"),
+    "hf": (hf, "tokens"),
+    "minilm_l6": (minilm_l6, "tokens"),
+    # Recommenders: user and candidate-item ids in (keyword tensors), (rating, preference) per
+    # candidate out.
+    "neumf": (neumf, "recsys"),
+    "neumf_large": (neumf_large, "recsys"),
+    "neumf_small": (neumf_small, "recsys"),
 }
 
-# Models over token ids (word pieces, characters), not float arrays: apart from MODELS, whose
-# tests feed every entry images; create_model and describe_model see both dicts.
-TEXT_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "gpt": gpt,
-    "text_transformer": transformer_classifier,
-    "text_bilstm": text_bilstm,
-    "text_cnn": text_cnn,
-    "hf": hf,
-    "minilm_l6": minilm_l6,
-}
-
-# Recommenders: user and candidate-item ids in (keyword tensors), (rating, preference) per
-# candidate out; apart from MODELS for the same reason as TEXT_MODELS.
-RECSYS_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "neumf": neumf,
-    "neumf_large": neumf_large,
-    "neumf_small": neumf_small,
-}
+MODELS: dict[str, ModelEntry] = {name: ModelEntry(builder, inputs) for name, (builder, inputs) in _BUILDERS.items()}
 
 
 class UnknownModelError(ValueError):
     """A model name that is not in the zoo."""
 
 
-def list_models() -> list[str]:
-    return sorted(MODELS)
-
-
-def list_text_models() -> list[str]:
-    return sorted(TEXT_MODELS)
-
-
-def list_recsys_models() -> list[str]:
-    return sorted(RECSYS_MODELS)
+def list_models(inputs: str | None = None) -> list[str]:
+    """Every zoo model's name, or those reading ``inputs`` (``"image"``, ``"tokens"``, ``"recsys"``)."""
+    return sorted(name for name, entry in MODELS.items() if inputs is None or entry.inputs == inputs)
 
 
 def describe_model(name: str) -> str:
     """First line of the builder's docstring, for ``kdistill list models``."""
-    doc = {**MODELS, **TEXT_MODELS, **RECSYS_MODELS}[name].__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    return MODELS[name].description
+
+
+def model_taps(name: str) -> list[tuple[str, str]]:
+    """``(tap name, description)`` of every module of zoo model ``name`` built with its defaults,
+    its stages (``hint_layers``) and the pooled penultimate vector (``head:input``) marked."""
+    entry = _entry(name)
+    if entry.inputs != "image":
+        model = entry()
+    else:
+        model = entry(num_classes=10, input_shape=(1, 28, 28))
+    stages = set(getattr(model, "hint_layers", ()))
+    rows = []
+    for module_name, module in model.named_modules():
+        if module_name:
+            note = " (stage: a hint layer)" if module_name in stages else ""
+            rows.append((module_name, f"{type(module).__name__}{note}"))
+    if hasattr(model, "forward_head"):
+        rows.append(("head:input", "the pooled vector in front of the classifier (rkd, pkt, cc, crd)"))
+    return rows
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        import difflib
+
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint}; `kdistill list models` shows all")
+    return MODELS[name]
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a zoo model by name, e.g. ``create_model("cnn", width=16, num_classes=10)``."""
-    try:
-        builder = MODELS[name] if name in MODELS else {**TEXT_MODELS, **RECSYS_MODELS}[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, [*MODELS, *TEXT_MODELS, *RECSYS_MODELS], n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UnknownModelError(
-            f"unknown model {name!r}{hint}; `kdistill list models` shows all"
-        ) from None
-    return builder(**kwargs)
+    return _entry(name)(**kwargs)
 
 
 __all__ = [
+    "INPUT_KINDS",
     "MODELS",
-    "RECSYS_MODELS",
-    "TEXT_MODELS",
+    "ModelEntry",
     "UnknownModelError",
     "create_model",
     "describe_model",
     "list_models",
-    "list_recsys_models",
-    "list_text_models",
+    "model_taps",
 ]

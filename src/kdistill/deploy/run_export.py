@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from kdistill.distiller import call_model
-from kdistill.errors import UserError
-from kdistill.export import (
+from kdistill.deploy.onnx import (
     OrtModel,
     export_onnx,
     load_weights,
@@ -31,6 +29,8 @@ from kdistill.export import (
     quantize_int8,
     require_onnx,
 )
+from kdistill.errors import UserError
+from kdistill.modeling import call_model
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
 INT8_TOLERANCE = 0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
@@ -43,12 +43,25 @@ class ExportCheckError(UserError):
     """An exported model failed its parity or accuracy check (the results are still written)."""
 
 
-def check_run_dir(run_dir: Path) -> None:
+def run_roles(run_dir: Path) -> tuple[dict, dict]:
+    """The finished run's summary and the roles it recorded (``roles``: architecture and
+    checkpoint of each model), checked to hold a student and a teacher with their files."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; pass the folder a `kdistill run` wrote (runs/<name>)")
-    for needed in ("config.yaml", "summary.json", "checkpoints/teacher.safetensors", "checkpoints/student.safetensors"):
+    for needed in ("config.yaml", "summary.json"):
         if not (run_dir / needed).is_file():
             raise UserError(f"{run_dir}: {needed} is missing; export needs a finished `kdistill run` directory")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        roles = summary["roles"]
+        for role in ("student", "teacher"):
+            roles[role]["architecture"], roles[role]["file"]  # noqa: B018 (presence check)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{run_dir}/summary.json is not the summary of a finished run (no roles of student and teacher); rerun the run") from None
+    for role in ("student", "teacher"):
+        if not (run_dir / roles[role]["file"]).is_file():
+            raise UserError(f"{run_dir}: {roles[role]['file']} is missing; export needs the {role}'s weights")
+    return summary, roles
 
 
 def export_run(
@@ -60,34 +73,35 @@ def export_run(
     Raises ``ExportCheckError`` (after writing every file and number) when the student's fp32
     parity or its int8 score is outside tolerance; the teacher's own parity is recorded only.
     """
-    from kdistill.config import load_config
-    from kdistill.phases import build_model, eval_loader, load_data
+    from kdistill.evaluation import TASKS
     from kdistill.report import atomic_write, existing_plots, write_report
-    from kdistill.tasks import TASKS
+    from kdistill.run.config import load_config
+    from kdistill.run.steps import build_architecture, eval_loader, load_data
 
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
+    summary, roles = run_roles(run_dir)
     onnx, ort = require_onnx()
     out = run_dir / "export"
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already holds an export: pass --overwrite to replace it")
-    out.mkdir(exist_ok=True)
-    for name in FILES.values():
-        (out / name).unlink(missing_ok=True)  # no stale file from an earlier export survives
 
     recipe = load_config(run_dir / "config.yaml")
     splits = load_data(recipe)
     task = TASKS[splits.task]
     models = {}
-    for role, section in (("student", recipe.student), ("teacher", recipe.teacher)):
-        model = build_model(role, section.model, section.kwargs, splits)
+    for role in ("student", "teacher"):
+        model = build_architecture(roles[role]["architecture"], splits, field=f"roles.{role}")
+        path = run_dir / roles[role]["file"]
         try:
-            load_weights(model, run_dir / "checkpoints" / f"{role}.safetensors")
+            load_weights(model, path)
         except UserError:
             raise
         except Exception as error:
-            raise UserError(f"{run_dir}/checkpoints/{role}.safetensors does not fit the {section.model} in config.yaml ({str(error).splitlines()[0][:200]})") from None
+            raise UserError(f"{path} does not fit the {role}'s architecture recorded in summary.json ({str(error).splitlines()[0][:200]})") from None
         models[role] = model.eval()
+    out.mkdir(exist_ok=True)
+    for name in FILES.values():
+        (out / name).unlink(missing_ok=True)  # no stale file from an earlier export survives
 
     test_loader = eval_loader(splits.test, recipe)
     sample = next(iter(DataLoader(splits.test, batch_size=PARITY_SAMPLES)))["input"]
@@ -170,7 +184,6 @@ def export_run(
         echo(f"teacher/student latency in {runtime}: {r['batch_1']:.1f}× at batch 1, {r['batch_256']:.1f}× at batch 256")
 
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text())
     summary["export"] = result
     atomic_write(summary_path, json.dumps(summary, indent=2))
     write_report(run_dir, summary, existing_plots(run_dir))

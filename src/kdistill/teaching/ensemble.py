@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdistill.modeling import call_model
+from kdistill.teaching.roles import Role, Roles, School, train_student
+
 COMBINE = ("mean", "weights", "confidence")
 
 
@@ -48,10 +51,26 @@ class Ensemble(nn.Module):
         return weights[:, None].expand(probs.shape[:2])
 
     def forward(self, x) -> Tensor:
-        from kdistill.distiller import call_model
 
         logits = torch.stack([call_model(member, x).float() for member in self.members])  # (K, N, C)
         log_probs = F.log_softmax(logits, dim=-1)
         weights = self.member_weights(log_probs.exp())
         # log Σ_k w_k p_k, computed in log space so tiny probabilities stay finite.
         return torch.logsumexp(log_probs + weights.clamp_min(1e-30).log()[..., None], dim=0)
+
+
+def teach(school: School, *, members: int, combine: str = "mean", weights: Sequence[float] | None = None,
+          cached: bool = False) -> Roles:
+    """Each member teacher obtained (trained, loaded or reused) on its own seed, combined into one
+    ``Ensemble`` that teaches the student as a single teacher would."""
+    roles = [school.obtain_teacher(member=i) for i in range(members)]
+    model = Ensemble([r.model for r in roles], combine, weights)
+    school.keep(model, "teacher.safetensors")
+    sources = "; ".join(f"{r.architecture['model']}: {r.source}" for r in roles)
+    teacher = Role(
+        model, {"ensemble": [r.architecture for r in roles], "combine": combine, "weights": weights},
+        "teacher.safetensors", sum(r.seconds for r in roles), source=f"ensemble ({combine}) of {sources}",
+    )
+    scratch = train_student(school, "scratch", school.scratch_terms, None)
+    student = train_student(school, "student", school.distill_terms, school.frozen(model, cached=cached))
+    return {"teacher": teacher, "scratch": scratch, "student": student}

@@ -6,56 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 
-ROLES = ("teacher", "scratch", "student")
-ROLE_TITLES = {
-    "teacher": "teacher", "assistant": "teacher assistant", "scratch": "student from scratch",
-    "student": "distilled student",
-}
-
-
-def table_roles(summary: dict) -> list[str]:
-    """Every model a run measured, teacher first, distilled student last: the three roles plus
-    a teacher assistant and born-again generations when the run had them."""
-    generations = sorted((k for k in summary if k.startswith("generation_")), key=lambda k: int(k.split("_")[1]))
-    return [r for r in ("teacher", "assistant", "scratch", *generations, "student") if r in summary]
-
-
-def role_title(role: str) -> str:
-    if role.startswith("generation_"):
-        return f"born-again generation {role.split('_')[1]}"
-    return ROLE_TITLES.get(role, role)
-
-
-class MetricsLog:
-    """Append-only JSON lines, one record per epoch and phase (``metrics.jsonl``)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def seconds(self, phase: str) -> float:
-        """Training seconds of a phase, summed over its logged epochs."""
-        return round(sum(r.get("seconds", 0.0) for r in self.read() if r["phase"] == phase), 2)
-
-    def drop_from(self, phase: str, epoch: int) -> None:
-        """Forget ``phase``'s records from ``epoch`` on: a resumed run writes them again."""
-        if not self.path.exists():
-            return
-        kept = [r for r in self.read() if not (r["phase"] == phase and r["epoch"] >= epoch)]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
+from kdistill.report.history import MetricsLog
+from kdistill.report.plots import DIAGNOSTIC_PLOTS, plot_diagnostics, plot_history
+from kdistill.report.roles import ROLE_TITLES, ROLES, role_title, table_roles
 
 
 def _bytes(n: int) -> str:
@@ -111,7 +66,7 @@ def results_table(summary: dict) -> str:
 def verdict(summary: dict) -> str:
     """Whether distillation paid off, from the run's own numbers: one sentence when it did; when
     it did not, that plainly, then one ``- `` line per likely cause (``diagnostics.likely_causes``)."""
-    from kdistill.diagnostics import likely_causes
+    from kdistill.evaluation.diagnostics import likely_causes
 
     task = _task(summary)
     headline = task["metrics"][0]
@@ -137,121 +92,6 @@ def verdict(summary: dict) -> str:
         f"Distillation did not beat the scratch student (test {headline} {gain:+.4g}{unit}). "
         f"Likely causes, from this run's own numbers:\n{causes}"
     )
-
-
-def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
-    """Training curves: each loss term per phase, and validation accuracy per phase."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    by_phase: dict[str, list[dict]] = defaultdict(list)
-    for record in history:
-        by_phase[record["phase"]].append(record)
-    written = []
-
-    fig, axes = plt.subplots(1, len(by_phase), figsize=(4.5 * len(by_phase), 3.5), squeeze=False)
-    for ax, (phase, records) in zip(axes[0], by_phase.items()):
-        epochs = [r["epoch"] for r in records]
-        keys = [k for k in records[0] if k == "loss" or k.startswith("loss/")]
-        for key in keys:
-            ax.plot(epochs, [r[key] for r in records], marker=".", label=key)
-        ax.set_title(role_title(phase))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss (weighted)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = plots_dir / "loss_terms.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-
-    # The headline validation metric: the first val/ key the trainer logged.
-    metric = next((k for r in history for k in r if k.startswith("val/") and k != "val/loss"), "val/loss")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for phase, records in by_phase.items():
-        if metric in records[0]:
-            ax.plot([r["epoch"] for r in records], [r[metric] for r in records], marker=".", label=role_title(phase))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric.replace("/", " "))
-    ax.legend()
-    fig.tight_layout()
-    path = plots_dir / f"val_{metric.removeprefix('val/').replace('@', '_at_')}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-    return written
-
-
-def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Path]:
-    """Reliability diagrams and confusion matrices of each model (``diagnostics`` of a summary)."""
-    if not diagnostics:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    roles = [r for r in ROLES if r in diagnostics["reliability"]]
-    written = []
-
-    fig, axes = plt.subplots(1, len(roles), figsize=(4 * len(roles), 4), squeeze=False)
-    for ax, role in zip(axes[0], roles):
-        table = diagnostics["reliability"][role]
-        edges = table["edges"]
-        width = edges[1] - edges[0]
-        filled = [i for i, n in enumerate(table["count"]) if n]
-        ax.bar([edges[i] for i in filled], [table["accuracy"][i] for i in filled], width=width,
-               align="edge", edgecolor="black", color="#4c72b0", label="accuracy")
-        # Guo et al.'s layout: the gap bar spans accuracy → mean confidence of the bin.
-        ax.bar([edges[i] for i in filled], [table["confidence"][i] - table["accuracy"][i] for i in filled],
-               bottom=[table["accuracy"][i] for i in filled], width=width, align="edge",
-               color="#c44e52", alpha=0.3, hatch="//", edgecolor="#c44e52", label="gap to confidence")
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
-               title=f"{ROLE_TITLES[role]}\nECE {diagnostics['ece'][role]:.3f}")
-        ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = plots_dir / "reliability.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-
-    names = diagnostics["class_names"]
-    fig, axes = plt.subplots(1, len(roles), figsize=(4.2 * len(roles), 4), squeeze=False)
-    for ax, role in zip(axes[0], roles):
-        counts = diagnostics["confusion"][role]
-        totals = [max(sum(row), 1) for row in counts]
-        ax.imshow([[c / t for c in row] for row, t in zip(counts, totals)], cmap="Blues", vmin=0, vmax=1)
-        if len(names) <= 12:  # counts stay readable up to about a dozen classes
-            for i, row in enumerate(counts):
-                for j, count in enumerate(row):
-                    if count:
-                        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                                color="white" if count / totals[i] > 0.5 else "black")
-        if len(names) <= 20:
-            ax.set_xticks(range(len(names)), names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=7)
-            ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set(xlabel="predicted class", ylabel="true class", title=ROLE_TITLES[role])
-    fig.tight_layout()
-    path = plots_dir / "confusion.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-    return written
-
-
-# --- the report ----------------------------------------------------------------------------
-# A report is a list of blocks, rendered to markdown here and to HTML in ``report_html``:
-# ("heading", level, text), ("paragraph", text), ("list", [text]), ("table", header, rows),
-# ("image", path relative to the run directory, alt text).
-
-DIAGNOSTIC_PLOTS = ("reliability", "confusion")
 
 
 def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
@@ -393,7 +233,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
 
 def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
     """Write ``report.md`` and its self-contained twin ``report.html``; returns the markdown path."""
-    from kdistill.report_html import render_html
+    from kdistill.report.html import render_html
 
     run_dir = Path(run_dir)
     blocks = report_blocks(summary, plots)

@@ -29,7 +29,7 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     subset: int | None = Field(None, gt=0, description="use this many samples (quick runs)")
     # The split seed is separate from train.seed: every training seed sees the same test set.
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     num_workers: int = Field(0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
 
@@ -45,7 +45,9 @@ Augment = Literal["none", "shift"]
 
 class StudentConfig(Section):
     model: str = "mlp"
-    kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 128})
+    # Exactly the model's own defaults unless given: `student.model=mlp_tiny` must build the
+    # mlp_tiny of the zoo, not carry another model's width along.
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TeacherConfig(Section):
@@ -100,7 +102,7 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1 - 1000 * 64, description="seeds of ensemble members add 1000 each")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     augment: Augment = Field("none", description="augmentation while training the students")
@@ -121,7 +123,7 @@ class Recipe(Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     teachers: list[TeacherConfig] | None = Field(None, description="an ensemble of teachers, instead of `teacher`")
     assistant: StudentConfig | None = Field(None, description="teacher assistant: teacher → assistant → student (TAKD)")
-    student: StudentConfig = Field(default_factory=StudentConfig)
+    student: StudentConfig = Field(default_factory=lambda: StudentConfig(model="mlp", kwargs={"width": 128}))
     method: str | None = "kd"
     terms: list[TermConfig] | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
@@ -131,6 +133,14 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _method_or_terms(self):
         if self.terms is not None:
+            if "method" in self.model_fields_set and self.method is not None:
+                raise ValueError("set method (a preset) or terms (a list), not both")
+            if not self.terms:
+                raise ValueError("terms: list at least one term (or use method: for a preset)")
+            names = [term.name for term in self.terms]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"terms: each term needs its own name; {repeated[0]!r} is used twice")
             self.method = None
         elif self.method is None:
             raise ValueError("set either method (a preset such as kd) or terms (a list)")
@@ -145,6 +155,8 @@ class Recipe(Section):
                 raise ValueError("teachers: list at least one teacher")
             if self.distill.ensemble == "weights" and len(self.distill.ensemble_weights or []) != len(self.teachers):
                 raise ValueError(f"distill.ensemble_weights: give {len(self.teachers)} weights, one per teacher")
+        if self.teachers is not None and self.distill.params.get("vocab_map") is not None:
+            raise ValueError("distill.params.vocab_map maps one teacher's vocabulary: not available with teachers (an ensemble)")
         if self.distill.mode != "teacher" and (self.teachers is not None or self.assistant is not None):
             raise ValueError(f"distill.mode={self.distill.mode} trains its own teachers: remove teachers/assistant")
         return self
@@ -289,4 +301,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Re
 
 
 def dump_config(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The resolved recipe as YAML that ``load_config`` reads back to the same ``Recipe``."""
+    tree = recipe.model_dump(mode="json")
+    if recipe.teachers is not None:
+        del tree["teacher"]  # an ensemble has no single teacher; both would be refused
+    if recipe.terms is not None:
+        del tree["method"]
+    return yaml.safe_dump(tree, sort_keys=False)

@@ -10,80 +10,20 @@ from __future__ import annotations
 import logging
 import os
 import re
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from kdistill.checkpoint import load_tensors, save_tensors
+from kdistill.deploy.latency import measure_latency, median_ms, repeat_sample  # noqa: F401
 from kdistill.errors import UserError
+from kdistill.weights import count_parameters, load_weights, save_weights  # noqa: F401  (re-exported)
 
 EXPORT_EXTRA = 'pip install "kdistill[export]" (onnx, onnxruntime, onnxscript)'
 EXPORTERS = ("auto", "dynamo", "torchscript")
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def save_weights(model: nn.Module, path: str | Path) -> int:
-    """Write ``model``'s state dict as safetensors, atomically and with a checksum; returns the
-    file size in bytes."""
-    return save_tensors(path, model.state_dict())
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load safetensors weights into ``model`` (strict: every tensor must match). Never unpickles;
-    a truncated or corrupted file raises ``CheckpointError`` naming it."""
-    tensors, _ = load_tensors(path, what="weights file")
-    model.load_state_dict(tensors, strict=True)
-    return model
-
-
-def repeat_sample(example, batch_size: int):
-    """A batch of ``batch_size`` copies of one sample (a tensor or a dict of tensors)."""
-    if isinstance(example, Mapping):
-        return {k: repeat_sample(v, batch_size) for k, v in example.items()}
-    return example.unsqueeze(0).expand(batch_size, *example.shape).contiguous().cpu()
-
-
-@torch.inference_mode()
-def measure_latency(
-    model: nn.Module, example, *, batch_size: int = 1, repeats: int = 30, warmup: int = 5,
-    budget_s: float = 2.0,
-) -> float:
-    """Median wall time in milliseconds of one forward pass on a batch built from ``example``
-    (one sample without the batch axis: a tensor, or a dict of tensors for text models), on the
-    CPU in eval mode.
-
-    Stops early after ``budget_s`` seconds of timed passes so a large teacher cannot stall a run.
-    """
-    from kdistill.distiller import call_model
-
-    model = model.eval().cpu()
-    batch = repeat_sample(example, batch_size)
-    return median_ms(lambda: call_model(model, batch), repeats=repeats, warmup=warmup, budget_s=budget_s)
-
-
-def median_ms(call: Callable[[], object], *, repeats: int = 30, warmup: int = 5, budget_s: float = 2.0) -> float:
-    """Median wall time of ``call()`` in milliseconds, after ``warmup`` untimed calls; stops
-    after ``budget_s`` seconds of timed calls (but never before 3)."""
-    for _ in range(warmup):
-        call()
-    times = []
-    deadline = time.perf_counter() + budget_s
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-        if time.perf_counter() > deadline and len(times) >= 3:
-            break
-    return 1000 * statistics.median(times)
 
 
 # --- ONNX ------------------------------------------------------------------------------------

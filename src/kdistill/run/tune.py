@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from kdistill.config import Recipe, TeacherConfig, dump_config, load_config
 from kdistill.errors import ConfigError, UserError
+from kdistill.run.config import Recipe, TeacherConfig, dump_config, load_config
 
 TUNE_EXTRA = 'pip install "kdistill[tune]" (optuna)'
 TEMPERATURE_RANGE = (1.0, 10.0)  # searched on a log scale: 1-2 and 8-10 matter as much as 4-5
@@ -130,10 +130,9 @@ def tune(
 ) -> dict:
     """Run ``trials`` more trials of the study for this recipe; write ``best.yaml``,
     ``trials.csv`` and ``trials.md`` in ``<output.dir>/<name>-tune/``; return the best trial."""
-    from kdistill.phases import load_data
-    from kdistill.pipeline import run as run_recipe
     from kdistill.report import atomic_write
-    from kdistill.tasks import TASKS
+    from kdistill.run.pipeline import run as run_recipe
+    from kdistill.run.preflight import preflight
     from kdistill.trainer import NonFiniteLossError
 
     if trials < 1:
@@ -149,7 +148,7 @@ def tune(
         unknown = [m for m in methods if m not in PRESETS]
         if unknown:
             raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)} (`kdistill list methods`)")
-    task = TASKS[load_data(base).task]
+    task = preflight(base).task  # the whole recipe checked before any study exists
     metric = task.headline
     tune_dir = Path(base.output.dir) / f"{base.name}-tune"
     tune_dir.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kdistill.evaluation.language_model import evaluate_lm, lm_samples
+from kdistill.evaluation.ranking import evaluate_ranking
 from kdistill.methods import Term, scratch
-from kdistill.perplexity import evaluate_lm, lm_samples
-from kdistill.ranking import evaluate_ranking
 from kdistill.trainer import evaluate
 
 
@@ -69,7 +69,7 @@ def _rating_scratch_terms() -> list[Term]:
 
 
 # Recommendation: a user and candidate items in, (rating, preference logit) per candidate out.
-# Evaluated leave-one-out by timestamp against 99 sampled unrated items (kdistill.ranking).
+# Evaluated leave-one-out by timestamp against 99 sampled unrated items (kdistill.evaluation.ranking).
 RATING = Task(
     name="rating",
     metrics=("hr@10", "ndcg@10", "rmse"),

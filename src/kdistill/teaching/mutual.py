@@ -14,9 +14,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from kdistill.distiller import Distiller, ModelOutput, call_model
+from kdistill.distiller import Distiller
 from kdistill.losses import cross_entropy, kd
 from kdistill.methods import Term
+from kdistill.modeling import ModelOutput, call_model
+from kdistill.teaching.roles import Role, Roles, School, train_student
 
 
 class MutualDistiller(Distiller):
@@ -46,3 +48,19 @@ class MutualDistiller(Distiller):
         }
         result["loss"] = torch.stack([v for k, v in result.items() if k.startswith("loss/")]).sum()
         return result
+
+
+def teach(school: School, *, weight: float = 1.0, temperature: float = 1.0) -> Roles:
+    """The scratch baseline, then the student and a peer (the teacher section's architecture,
+    untrained) learning together; the peer is reported as the teacher."""
+    scratch = train_student(school, "scratch", school.scratch_terms, None)
+    student = school.build("student")
+    peer = school.build("teacher", reseed=False)  # drawn after the student, from the same seed
+    seconds = school.fit("student", MutualDistiller(student, peer, weight=weight, temperature=temperature), None)
+    school.keep(peer, "peer.safetensors")
+    return {
+        "teacher": Role(peer, school.architecture("teacher"), "peer.safetensors", seconds,
+                        source="deep mutual learning peer, trained alongside the student"),
+        "scratch": scratch,
+        "student": Role(student, school.architecture("student"), "student.safetensors", seconds),
+    }

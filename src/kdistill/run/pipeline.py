@@ -1,0 +1,95 @@
+"""The main job, as a short script of named steps: preflight (every model, term, tap and phase
+checked on one batch, nothing written), the run directory (made, replaced or continued, and
+locked), the teaching mode (which returns the roles it trained), the summary, the report.
+``cache`` is the teacher half of it, for ``kdistill cache``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from kdistill.errors import UserError
+from kdistill.report import results_table, verdict, write_report
+from kdistill.report.plots import plot_diagnostics, plot_history
+from kdistill.run.config import Recipe
+from kdistill.run.preflight import preflight
+from kdistill.run.rundir import check_run_dir, open_run_dir
+from kdistill.run.school import RunSchool
+from kdistill.run.steps import eval_loader
+from kdistill.run.summary import summarize
+from kdistill.teaching import MODES
+from kdistill.trainer import make_accelerator
+
+
+def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=print) -> dict:
+    """Run a recipe end to end; returns the summary also written to ``summary.json``.
+
+    Under ``torchrun`` or ``accelerate launch`` every process runs this; training is
+    data-parallel and only the main process writes files and prints.
+    """
+    started = time.perf_counter()
+    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision)
+    if recipe.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    plan = preflight(recipe)  # bad models, terms, taps or data fail before anything is written
+    # Every process checks the directory before the main one creates it (or one would see the other's).
+    check_run_dir(recipe, overwrite=overwrite, resume=resume)
+    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+    with open_run_dir(recipe, overwrite=overwrite, resume=resume, main=main) as run_dir:
+        accelerator.wait_for_everyone()
+        if resume and (run_dir / "summary.json").is_file():
+            echo(f"{run_dir} is already complete; nothing to resume")
+            return json.loads((run_dir / "summary.json").read_text())
+        if main:
+            echo(f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
+        school = RunSchool(plan, accelerator, run_dir, resume=resume)
+        roles = MODES[plan.mode](school, **plan.options)
+        if not main:
+            return {}
+        history = school.metrics.read()
+        summary = summarize(plan, roles, run_dir=run_dir, test_loader=eval_loader(plan.splits.test, recipe),
+                            history=history, accelerator=accelerator)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        plots = (
+            plot_history(history, run_dir / "plots") + plot_diagnostics(summary.get("diagnostics"), run_dir / "plots")
+            if recipe.output.plots else []
+        )
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_report(run_dir, summary, plots)
+    echo("")
+    echo(results_table(summary))
+    echo("")
+    echo(verdict(summary))
+    echo(f"Run written to {run_dir}/ in {summary['seconds']:.0f} s")
+    return summary
+
+
+def cache(recipe: Recipe, *, echo=print) -> dict:
+    """``kdistill cache``: obtain the recipe's teacher (trained here if no store or checkpoint
+    has it) and build its output cache, so that later runs with ``teacher.cache: true`` never
+    run the teacher. Returns the cache's metadata."""
+    if recipe.distill.mode != "teacher":
+        raise UserError(f"distill.mode={recipe.distill.mode} has no fixed teacher to cache")
+    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision)
+    plan = preflight(recipe)
+    # A teacher trained for the cache keeps its training files beside the teacher store.
+    work = Path(recipe.output.dir) / ".teachers" / f"work-{recipe.name}"
+    if accelerator.is_main_process:
+        (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    school = RunSchool(plan, accelerator, work, resume=True)
+    if recipe.teachers is not None:
+        raise UserError("kdistill cache builds the cache of one teacher; run the ensemble with teacher.cache=true instead")
+    teacher = school.obtain_teacher()
+    cached = school.frozen(teacher.model, cached=True)
+    meta = cached.cache.meta
+    size = sum(a["bytes"] for a in meta["arrays"].values())
+    echo(
+        f"teacher cache for {recipe.name} at {cached.cache.root}: {meta['views']} view(s) of "
+        f"{meta['samples']} samples, {size / 1e6:.1f} MB ({', '.join(meta['arrays'])}); teacher {teacher.source}"
+    )
+    return meta

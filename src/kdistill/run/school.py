@@ -1,0 +1,300 @@
+"""The run's side of a teaching mode: ``RunSchool`` implements the ``School`` a mode is given,
+from the recipe, the data and the run directory (models built and seeded, teachers loaded,
+reused or trained, students trained as resumable, checkpointed phases). ``DryRunSchool`` is
+the same school on one batch: preflight runs every mode through it, so every model, term, tap
+and connector of every phase is built and takes one forward and backward step before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+
+from kdistill.cache import CachedTeacher, TeacherCache, build_cache
+from kdistill.checkpoint import read_meta, tensor_digest
+from kdistill.data.augment import augmented
+from kdistill.distiller import Distiller, Teacher
+from kdistill.errors import ConfigError, UserError
+from kdistill.methods import teacher_taps
+from kdistill.modeling import call_model
+from kdistill.report.history import MetricsLog
+from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
+from kdistill.run.steps import Plan, build_model, eval_loader, train_loader
+from kdistill.teaching.preparation import prepare_student, prepare_teacher
+from kdistill.teaching.roles import Role
+from kdistill.trainer import fit
+from kdistill.weights import load_weights, save_weights
+
+
+class RunSchool:
+    """Trains, loads and keeps a run's models in ``run_dir`` (see ``teaching.roles.School``)."""
+
+    def __init__(self, plan: Plan, accelerator: Accelerator, run_dir: Path, *, resume: bool = False):
+        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
+        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
+        self.accelerator, self.run_dir, self.resume = accelerator, run_dir, resume
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.val_loader = eval_loader(plan.splits.val, plan.recipe)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # --- models ---------------------------------------------------------------------------
+
+    def _section(self, architecture: str, member: int | None = None) -> tuple[str, StudentConfig | TeacherConfig]:
+        if architecture == "teacher" and member is not None:
+            return f"teachers.{member}", self.recipe.teachers[member]
+        section = getattr(self.recipe, architecture)
+        return architecture, section
+
+    def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
+        # The scratch and the distilled student start from the same weights; each ensemble
+        # member gets its own seed, or two of one architecture would be identical.
+        if reseed:
+            set_seed(self.recipe.train.seed + 1000 * (member or 0))
+        field, section = self._section(architecture, member)
+        return build_model(field, section.model, section.kwargs, self.splits)
+
+    def architecture(self, architecture: str, *, member: int | None = None) -> dict:
+        _, section = self._section(architecture, member)
+        return {"model": section.model, "kwargs": dict(section.kwargs)}
+
+    # --- teachers -------------------------------------------------------------------------
+
+    def obtain_teacher(self, member: int | None = None) -> Role:
+        """Load the teacher from its ``checkpoint``, from this run (resumed), from an earlier
+        run's store (``<output.dir>/.teachers``), or train it here."""
+        field, cfg = self._section("teacher", member)
+        phase = "teacher" if member is None else f"teacher_{member}"
+        model = self.build("teacher", member=member)
+        final = self.checkpoints / f"{phase}.safetensors"
+        store = Path(self.recipe.output.dir) / ".teachers" / f"{cfg.model}-{teacher_fingerprint(self.recipe, self.splits, cfg, member or 0)}.safetensors"
+        trained_here = any(r["phase"] == phase for r in self.metrics.read())
+        if cfg.checkpoint:
+            load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
+            source, seconds = str(cfg.checkpoint), 0.0
+        elif self.resume and final.is_file():
+            load_checkpoint(model, final, phase)
+            source = "trained" if trained_here else f"reused {store}"
+            seconds = self.metrics.seconds(phase)
+        elif store.is_file() and not (self.resume and trained_here):
+            load_checkpoint(model, store, "teacher store")
+            source, seconds = f"reused {store}", 0.0
+        else:
+            seconds = self._train(
+                phase, Distiller(model, self.scratch_terms), None,
+                augment=cfg.augment, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
+            )
+            if self.is_main:
+                save_weights(model, store)  # atomic: a crash never leaves a half-written teacher
+            source = "trained"
+        if self.is_main and not final.is_file():
+            save_weights(model, final)
+        self.accelerator.wait_for_everyone()
+        if member is None:
+            prepare_teacher(self.recipe.distill.params, model)
+        return Role(model.cpu(), self.architecture("teacher", member=member), final.name, seconds, source=source)
+
+    def frozen(self, model: nn.Module, *, cached: bool = False):
+        teacher = Teacher(model, taps=teacher_taps(self.distill_terms))
+        return self._cached(teacher) if cached else teacher
+
+    def _cached(self, teacher: Teacher) -> CachedTeacher:
+        """The teacher's outputs over the training split, from a cache built once.
+
+        The cache lives under ``<output.dir>/.cache/<fingerprint>/`` (or ``teacher.cache_dir``)
+        and is shared by every run with the same teacher weights, data, augmentation, taps and
+        dtype. With augmentation it holds one view per epoch, replayed in step with the
+        student's inputs; so does a training set that redraws its samples every epoch
+        (``set_epoch``, e.g. the sampled negatives of MovieLens).
+        """
+        recipe, train = self.recipe, self.recipe.train
+        varies = train.augment != "none" or hasattr(self.splits.train, "set_epoch")
+        views = train.epochs if varies else 1
+        fingerprint = {
+            "teacher": tensor_digest(teacher.module.state_dict()),
+            "data": self.splits.identity,
+            "split": "train",
+            "augment": {"name": train.augment, "seed": train.seed, "views": views},
+            "taps": sorted(teacher.taps),
+            "dtype": recipe.teacher.cache_dtype,
+            "topk": recipe.teacher.cache_topk,
+        }
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
+        if (root / "meta.json").is_file():
+            cache = TeacherCache(root)
+            cache.check(fingerprint)
+        else:
+            started = time.perf_counter()
+            cache = build_cache(
+                root, teacher, augmented(self.splits.train, train.augment, seed=train.seed),
+                fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype, topk=recipe.teacher.cache_topk,
+                batch_size=train.eval_batch_size, accelerator=self.accelerator,
+            )
+            if self.is_main and recipe.output.progress:
+                print(f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}")
+        return CachedTeacher(cache)
+
+    # --- students -------------------------------------------------------------------------
+
+    def distiller(self, student: nn.Module, terms: list, teacher) -> Distiller:
+        example = self.plan.example
+        transform = None
+        if teacher is not None:
+            check_compatible(teacher, student, example)
+            transform = prepare_student(self.recipe.distill.params, student, getattr(teacher, "module", None))
+        distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example, num_samples=len(self.splits.train))
+        distiller.batch_transform = transform
+        return distiller
+
+    def fit(self, phase: str, distiller: Distiller, teacher) -> float:
+        t = self.recipe.train
+        try:
+            return self._train(
+                phase, distiller, teacher if distiller.needs_teacher else None,
+                augment=t.augment, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
+            )
+        finally:
+            if distiller.tap:  # the trained student is measured without the training-time hooks
+                distiller.tap.remove()
+
+    def _train(self, phase: str, distiller: Distiller, teacher, *, augment: str, epochs: int, lr: float, optimizer: str) -> float:
+        """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
+
+        The full training state is kept in ``checkpoints/<phase>.state.safetensors`` while the
+        phase runs (each epoch and every ``train.checkpoint_every`` steps), so ``--resume``
+        continues a killed run exactly; a phase already finished is loaded, not retrained.
+        """
+        final = self.checkpoints / f"{phase}.safetensors"
+        state = self.checkpoints / f"{phase}.state.safetensors"
+        if self.resume and final.is_file():
+            load_weights(distiller.student, final)
+            return self.metrics.seconds(phase)
+        if self.is_main:
+            # Records the checkpoint does not cover are written again by the resumed training.
+            resume_epoch = read_meta(state)["progress"]["epoch"] if self.resume and state.is_file() else 1
+            self.metrics.drop_from(phase, resume_epoch)
+        t = self.recipe.train
+        fit(
+            distiller, train_loader(self.splits, self.recipe, augment), teacher=teacher,
+            val_loader=self.val_loader, epochs=epochs, optimizer=optimizer, lr=lr,
+            weight_decay=t.weight_decay, momentum=t.momentum, schedule=t.schedule,
+            accelerator=self.accelerator, log=self.metrics.write if self.is_main else (lambda _: None),
+            phase=phase, progress=self.recipe.output.progress,
+            evaluate_fn=self.task.evaluate, checkpoint=state, checkpoint_every=t.checkpoint_every,
+            resume=self.resume, batch_transform=getattr(distiller, "batch_transform", None),
+        )
+        if self.is_main:
+            save_weights(distiller.student, final)
+            state.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        return self.metrics.seconds(phase)
+
+    def keep(self, model: nn.Module, file: str) -> None:
+        path = self.checkpoints / file
+        if self.resume and path.is_file():
+            load_weights(model, path)
+        elif self.is_main:
+            save_weights(model, path)
+        self.accelerator.wait_for_everyone()
+
+
+class DryRunSchool(RunSchool):
+    """The same school on one batch, writing nothing: teachers are built (and a named
+    ``checkpoint`` loaded, so a file that does not fit fails now) but not trained or cached,
+    and every phase takes one forward and backward step instead of training."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
+        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
+        self.resume = False
+
+    def obtain_teacher(self, member: int | None = None) -> Role:
+        field, cfg = self._section("teacher", member)
+        model = self.build("teacher", member=member)
+        if cfg.checkpoint:
+            load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
+        if member is None:
+            prepare_teacher(self.recipe.distill.params, model)
+        return Role(model, self.architecture("teacher", member=member), "teacher.safetensors", source="preflight")
+
+    def frozen(self, model: nn.Module, *, cached: bool = False):
+        return Teacher(model, taps=teacher_taps(self.distill_terms))
+
+    def fit(self, phase: str, distiller: Distiller, teacher) -> float:
+        """One training step's forward and backward on one batch; fails naming the phase."""
+        batch = next(iter(train_loader(self.splits, self.recipe, self.recipe.train.augment)))
+        try:
+            with torch.random.fork_rng():
+                distiller.train()
+                transform = getattr(distiller, "batch_transform", None)
+                if transform is not None:
+                    batch = transform(batch)
+                teacher_out = teacher(batch) if teacher is not None and distiller.needs_teacher else None
+                out = distiller(batch, teacher_out)
+                out["loss"].backward()
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as error:
+            where = "terms" if self.recipe.terms is not None else f"method {self.recipe.method}"
+            raise ConfigError(f"{where} ({phase}): {str(error).splitlines()[0][:300]}") from None
+        finally:
+            distiller.zero_grad(set_to_none=True)
+            if distiller.tap:
+                distiller.tap.remove()
+        return 0.0
+
+    def keep(self, model: nn.Module, file: str) -> None:
+        pass
+
+
+def teacher_fingerprint(recipe: Recipe, splits, cfg: TeacherConfig | None = None, member: int = 0) -> str:
+    """Identity of a teacher trained here: its model, training settings and data. A later run
+    of the same recipe (any student, any method) reuses the weights."""
+    identity = {
+        # How the teacher is trained, not where its outputs are kept: caching does not retrain it.
+        "teacher": (cfg or recipe.teacher).model_dump(exclude={"checkpoint", "cache", "cache_dtype", "cache_dir", "cache_topk"}),
+        "data": splits.identity,
+        "train": recipe.train.model_dump(include={"batch_size", "seed", "schedule", "weight_decay", "momentum", "mixed_precision"}),
+        "torch": torch.__version__.split("+")[0],
+    }
+    if member:  # ensemble members of one architecture are drawn from different seeds
+        identity["member"] = member
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(model: nn.Module, path: Path, field: str) -> None:
+    if not path.is_file():
+        raise UserError(f"{field}: {path} does not exist")
+    try:
+        load_weights(model, path)
+    except UserError:
+        raise
+    except Exception as error:  # shapes or names that do not fit the model
+        raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
+
+
+def check_compatible(teacher, student: nn.Module, example: dict) -> None:
+    """Teacher (live or cached) and student must score the same classes (or vocabulary)."""
+    with torch.no_grad():
+        was = student.training
+        t_out = teacher(example).logits
+        s_out = call_model(student.eval(), example["input"])
+        student.train(was)
+    if t_out.shape[-1] != s_out.shape[-1]:
+        raise UserError(
+            f"the teacher has {t_out.shape[-1]} outputs but the student has {s_out.shape[-1]}: "
+            "build both for the same classes (or vocabulary), or map one onto the other"
+        )

@@ -1,0 +1,133 @@
+"""What a recipe resolves to before anything trains: its data, its task, its terms, its
+teaching mode and that mode's options (a ``Plan``), and the loaders and models every phase
+builds the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdistill.data import DataSplits, load_dataset
+from kdistill.data.augment import augmented
+from kdistill.errors import ConfigError
+from kdistill.evaluation import TASKS, Task
+from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
+from kdistill.models import UnknownModelError, create_model
+from kdistill.run.config import Recipe
+from kdistill.teaching.preparation import preset_params
+
+
+@dataclass
+class Plan:
+    """A recipe resolved: what every step of the run reads instead of re-deriving it."""
+
+    recipe: Recipe
+    splits: DataSplits
+    task: Task
+    terms: list[Term]
+    mode: str  # a key of kdistill.teaching.MODES
+    options: dict[str, Any] = field(default_factory=dict)  # the mode's keyword arguments
+
+    @property
+    def example(self) -> dict:
+        """Two training samples: what connectors are sized by and models are checked on."""
+        return next(iter(DataLoader(self.splits.train, batch_size=2)))
+
+
+def teaching_mode(recipe: Recipe) -> tuple[str, dict[str, Any]]:
+    """Which ``teaching.MODES`` entry the recipe asks for, with its options."""
+    d = recipe.distill
+    cached = recipe.teacher.cache
+    if d.mode == "born_again":
+        return "born_again", {"generations": d.generations}
+    if d.mode == "mutual":
+        return "mutual", {
+            "weight": 1.0 if d.alpha is None else d.alpha,
+            "temperature": 1.0 if d.temperature is None else d.temperature,
+        }
+    if recipe.teachers is not None:
+        return "ensemble", {
+            "members": len(recipe.teachers), "combine": d.ensemble, "weights": d.ensemble_weights, "cached": cached,
+        }
+    if recipe.assistant is not None:
+        return "assistant", {"cached": cached}
+    return "teacher", {"cached": cached}
+
+
+def load_data(recipe: Recipe) -> DataSplits:
+    data = recipe.data
+    try:
+        return load_dataset(
+            data.dataset, path=data.path, val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction, seed=data.seed, subset=data.subset, **data.options,
+        )
+    except TypeError as error:
+        raise ConfigError(f"data.options: {error}") from None
+
+
+def plan(recipe: Recipe) -> Plan:
+    """Load the data and resolve the task, the terms and the teaching mode (no model trains)."""
+    splits = load_data(recipe)
+    mode, options = teaching_mode(recipe)
+    return Plan(recipe, splits, TASKS[splits.task], recipe_terms(recipe, splits), mode, options)
+
+
+def train_loader(splits: DataSplits, recipe: Recipe, augment: str) -> DataLoader:
+    # A seeded generator gives the scratch and the distilled student the same batch order
+    # (and, through Augmented, the same augmented views).
+    generator = torch.Generator().manual_seed(recipe.train.seed)
+    return DataLoader(
+        augmented(splits.train, augment, seed=recipe.train.seed), batch_size=recipe.train.batch_size,
+        shuffle=True, generator=generator, num_workers=recipe.data.num_workers,
+    )
+
+
+def eval_loader(dataset, recipe: Recipe) -> DataLoader:
+    return DataLoader(dataset, batch_size=recipe.train.eval_batch_size, num_workers=recipe.data.num_workers)
+
+
+def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.Module:
+    """A zoo model for the data's classes and input shape; errors name the recipe field."""
+    try:
+        return create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs)
+    except UnknownModelError as error:
+        raise ConfigError(f"{field}.model: {error}") from None
+    except TypeError as error:
+        raise ConfigError(f"{field}.kwargs: {error}") from None
+    except (ValueError, RuntimeError) as error:  # e.g. a depth or width the data cannot carry
+        raise ConfigError(f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({str(error).splitlines()[0][:200]})") from None
+
+
+def build_architecture(architecture: dict, splits: DataSplits, *, field: str) -> nn.Module:
+    """Rebuild a model a run recorded (``Role.architecture``): one zoo model, or an ensemble."""
+    if "ensemble" in architecture:
+        from kdistill.teaching.ensemble import Ensemble
+
+        members = [build_architecture(m, splits, field=f"{field}.ensemble.{i}") for i, m in enumerate(architecture["ensemble"])]
+        return Ensemble(members, architecture.get("combine", "mean"), architecture.get("weights"))
+    return build_model(field, architecture["model"], architecture.get("kwargs", {}), splits)
+
+
+def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
+    """The recipe's terms, or its method's preset built with the ``distill`` settings (strictly:
+    a setting the preset does not take fails naming the valid ones). Feature presets whose
+    layers the recipe does not name read the models' stages (``hint_layers``): their
+    architectures are built here, untrained, only to read those names."""
+    try:
+        if recipe.terms is not None:
+            return [Term(**term.model_dump()) for term in recipe.terms]
+        d = recipe.distill
+        settings = {"temperature": d.temperature, "alpha": d.alpha, "ce_weight": d.ce_weight, **preset_params(d.params)}
+        if recipe.method in LAYER_DEFAULTS and not {"student_layers", "teacher_layers"} & set(settings):
+            student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
+            teacher = build_model("teacher", recipe.teacher.model, recipe.teacher.kwargs, splits)
+            settings.update(default_layers(recipe.method, student, teacher))
+        return preset_terms(recipe.method, **settings)
+    except (ValueError, TypeError) as error:
+        field = "terms" if recipe.terms is not None else f"method {recipe.method} (distill)"
+        raise ConfigError(f"{field}: {error}") from None

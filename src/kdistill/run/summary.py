@@ -1,0 +1,65 @@
+"""What a finished run says about itself: ``summary.json``, built from the roles the teaching
+mode returned (each model measured on the test split, its size, latency and checkpoint), the
+task's samples and diagnostics. ``export``, ``report`` and ``--resume`` read its ``roles``."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from kdistill.deploy.latency import measure_latency
+from kdistill.evaluation import Task
+from kdistill.evaluation.diagnostics import diagnose
+from kdistill.run.steps import Plan
+from kdistill.teaching import Role, Roles
+from kdistill.weights import count_parameters
+
+
+def architecture_name(architecture: dict) -> str:
+    if "ensemble" in architecture:
+        return "ensemble of " + " + ".join(member["model"] for member in architecture["ensemble"])
+    return architecture["model"]
+
+
+def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool) -> dict:
+    result = task.evaluate(role.model.cpu(), test_loader)
+    path = run_dir / "checkpoints" / role.file
+    entry = {
+        "model": architecture_name(role.architecture), **{k: v for k, v in result.items() if k != "n"},
+        "params": count_parameters(role.model), "bytes": path.stat().st_size,
+        "checkpoint": role.file, "train_seconds": round(role.seconds, 2),
+    }
+    if latency:
+        entry["latency_ms"] = {f"batch_{b}": measure_latency(role.model, example, batch_size=b) for b in (1, 256)}
+    if role.source:
+        entry["source"] = role.source
+    return entry
+
+
+def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[dict], accelerator) -> dict:
+    recipe, task, splits = plan.recipe, plan.task, plan.splits
+    example = splits.test[0]["input"]
+    summary = {
+        "name": recipe.name,
+        "method": recipe.method or "custom terms",
+        **({"accuracy_unit": "fraction of the test split classified correctly (0..1)"} if "accuracy" in task.metrics else {}),
+        "task": {"name": task.name, "metrics": list(task.metrics), "higher_is_better": task.higher_is_better, "percent": sorted(task.percent)},
+        "data": splits.identity,
+        "mode": plan.mode,
+        "roles": {name: role.record() for name, role in roles.items()},
+        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency) for name, role in roles.items()},
+        "latency_threads": torch.get_num_threads(),
+        "device": str(accelerator.device),
+        "world_size": accelerator.num_processes,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},
+    }
+    models = {name: roles[name].model for name in ("teacher", "scratch", "student")}
+    if task.samples is not None:  # e.g. generated text of each language model
+        summary["samples"] = task.samples(models, splits)
+    if task.name == "classification":  # agreement, KL, per-class accuracy, calibration, confusion
+        summary["diagnostics"] = diagnose(
+            models, test_loader, num_classes=splits.num_classes, class_names=splits.class_names,
+            history=history, terms=plan.terms,
+        )
+    return summary

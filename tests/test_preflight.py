@@ -1,0 +1,153 @@
+"""Preflight: the whole recipe is checked before any directory is created or replaced.
+
+The command-line cases run the installed console script in a subprocess, the way a user meets
+it: exit 2, one line on stderr, no traceback, nothing written.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import subprocess_env
+
+from kdistill.errors import UserError
+from kdistill.run.config import dump_config, load_config
+from kdistill.run.preflight import preflight
+
+KDISTILL = Path(sys.executable).with_name("kdistill")
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}", "student.kwargs={width: 16}",
+         "teacher.epochs=1", "train.epochs=1", "teacher.augment=none", "output.latency=false",
+         "output.plots=false", "output.progress=false"]
+
+
+def kdistill(*args, cwd=None, timeout=120):
+    return subprocess.run([str(KDISTILL), *map(str, args)], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=cwd, timeout=timeout)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def needs(recipe: Path):
+    """Recipes whose data needs a Debian package: skipped (with the reason) where it is absent."""
+    import shutil
+
+    if recipe.stem == "spoken_digits" and not shutil.which("espeak-ng"):
+        pytest.skip("spoken digits are synthesised by espeak-ng: apt-get install espeak-ng")
+
+
+@pytest.mark.parametrize("recipe", CONFIGS, ids=lambda p: p.stem)
+def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recipe, tmp_path):
+    needs(recipe)
+    original = load_config(recipe)
+    written = tmp_path / "config.yaml"
+    written.write_text(dump_config(original))
+    reloaded = load_config(written)
+    assert reloaded == original
+    plan = preflight(reloaded)  # the config.yaml a run writes passes check
+    assert plan.terms
+    assert not any(tmp_path.iterdir()) or [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize(("overrides", "fragments"), [
+    (["student.model=resnet9000"], ["student.model", "resnet9000"]),
+    (["distill.params={temprature: 1.0}"], ["temprature", "did you mean 'temperature'"]),
+    (["method=dkd", "distill.params={bogus: 1}"], ["bogus", "tckd_weight"]),
+    (["distill.alpha=1.5"], ["alpha=1.5", "[0, 1]"]),
+    (["method=kd", "terms=[{name: ce, loss: ce, teacher: null}]"], ["method", "terms", "not both"]),
+    (["method=fitnet", "distill.params={student_layers: [nope], teacher_layers: [features.1]}"], ["nope", "kdistill list taps"]),
+    (["student.kwargs.bogus=1"], ["student.kwargs", "bogus"]),
+    (["train.seed=-1"], ["train.seed"]),
+    (["terms=[]"], ["terms"]),
+    (["terms=[{name: a, loss: ce, teacher: null}, {name: a, loss: kd}]"], ["'a' is used twice"]),
+])
+def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragments):
+    before = sorted(tmp_path.rglob("*"))
+    result = kdistill("check", *QUICK, f"output.dir={tmp_path / 'runs'}", *overrides, cwd=tmp_path)
+    assert_user_error(result, *fragments)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_check_says_what_it_checked_and_writes_nothing(tmp_path):
+    result = kdistill("check", *QUICK, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout and "nothing written" in result.stdout
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_run(tmp_path):
+    started = time.perf_counter()
+    result = kdistill("run", "student.model=resnet9000", f"output.dir={tmp_path}", cwd=tmp_path)
+    assert_user_error(result, "resnet9000")
+    assert time.perf_counter() - started < 60  # the default teacher alone trains for a minute
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_phase_of_every_mode_takes_a_dry_step():
+    """Preflight runs the mode itself through the dry school: a term that fails only in a later
+    phase (here the assistant's) fails preflight, naming that phase."""
+    recipe = load_config(None, [*QUICK, "assistant.model=mlp", "assistant.kwargs={width: 24}"])
+    assert preflight(recipe).mode == "assistant"
+    bad = load_config(None, [*QUICK, "method=fitnet", "distill.params={student_layers: [features.1], teacher_layers: [features.1]}",
+                             "assistant.model=cnn_tiny"])
+    with pytest.raises(UserError, match="features.1.*CNN"):  # the assistant is a CNN, without that module
+        preflight(bad)
+
+
+@pytest.mark.parametrize("argv", [[], ["foo"], ["run", "--bogus"], ["export"], ["list", "foo"], ["list", "taps"],
+                                  ["list", "taps", "resnet9000"]])
+def test_usage_errors_are_one_line_and_exit_2(argv):
+    result = kdistill(*argv)
+    if not argv:  # the help, not an error
+        assert result.returncode == 0 and "Usage" in result.stdout and "Traceback" not in result.stderr
+        return
+    assert_user_error(result)
+
+
+def test_version_and_list_taps():
+    result = kdistill("--version")
+    assert result.returncode == 0 and result.stdout.startswith("kdistill ")
+    taps = kdistill("list", "taps", "resnet8")
+    assert taps.returncode == 0
+    names = [line.split()[0] for line in taps.stdout.splitlines()]
+    assert "layer1" in names and "head:input" in names
+    assert "stage" in taps.stdout  # the hint layers are marked
+
+
+def test_list_methods_shows_each_presets_settings():
+    result = kdistill("list", "methods")
+    assert result.returncode == 0
+    dkd = next(line for line in result.stdout.splitlines() if line.startswith("dkd "))
+    assert "alpha=" in dkd and "tckd_weight=" in dkd and "ce_weight=" in dkd
+
+
+def test_every_preset_names_its_distillation_weight_alpha():
+    from kdistill.methods import PRESETS, method_settings
+
+    for name in PRESETS:
+        if name != "scratch":
+            assert "alpha" in method_settings(name), name
+            assert "weight" not in method_settings(name), name
+
+
+def test_an_ensemble_runs_config_loads_again(tmp_path):
+    recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "mnist_ensemble.yaml")
+    text = dump_config(recipe)
+    assert "teacher" not in yaml.safe_load(text)
+    assert load_config(_write(tmp_path, text)) == recipe
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
