@@ -185,9 +185,23 @@ class Distiller(nn.Module):
             if term.name in self.connectors:
                 student_value = self.connectors[term.name](student_value)
             teacher_value = teacher_out.get(term.teacher) if term.takes_teacher else None
-            value = term(student_value, teacher_value, batch["target"], batch.get("index"), batch.get("mask"))
+            # The models run under the accelerator's autocast; the loss math does not (a Gram
+            # matrix or a softmax at temperature in bf16 is far off): every term, a user's own
+            # included, sees float32 inputs and computes in float32.
+            with torch.autocast(logits.device.type, enabled=False):
+                value = term(
+                    _float32(student_value), _float32(teacher_value), batch["target"],
+                    batch.get("index"), batch.get("mask"),
+                )
             contribution = term.weight_at(self.epoch) * value.sum()  # SP/CRD return shape [1]
             result[f"loss/{term.name}"] = contribution
             total = total + contribution
         result["loss"] = total
         return result
+
+
+def _float32(value: Tensor | None) -> Tensor | None:
+    """Half-precision floating tensors in float32; anything else (ids, None) unchanged."""
+    if value is not None and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
