@@ -1,15 +1,20 @@
 """What a GPU run depends on, checked on the CPU: loss math in float32 under mixed precision, no
 host-device synchronisation per training step, and compile-friendly losses (issue 19)."""
 
-from collections import OrderedDict
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from kdistill import Distiller, Term
+import kdistill
+from kdistill import Distiller, Teacher, Term, create_model, fit
+from kdistill.data import ArrayDataset
 from kdistill.distiller import ModelOutput
 from kdistill.losses import cc, dkd, nkd, nst, pkt, rkd, sp
+from kdistill.trainer import NonFiniteLossError, make_accelerator
 
 # Every feature and relation loss that multiplies matrices, with the feature shape it compares.
 MATMUL_LOSSES = [
@@ -62,3 +67,92 @@ def test_nst_called_directly_under_autocast_computes_in_float32():
     expected = nst(s, t)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(nst(s, t), expected, rtol=1e-5, atol=1e-7)
+
+
+# --- no host-device synchronisation per step -----------------------------------------------
+
+SYNCING = ("item", "tolist", "cpu", "__bool__", "__int__", "__float__", "numpy")
+
+
+@pytest.fixture
+def kdistill_syncs(monkeypatch):
+    """Counts the Tensor methods that wait for the device, called from kdistill's own code."""
+    calls = []
+    source = str(Path(kdistill.__file__).parent)
+
+    def counted(name, original):
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(source):
+                calls.append(f"{name} from {Path(caller).name}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in SYNCING:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    return calls
+
+
+def _fit_one_epoch(steps: int, method: list[Term]) -> None:
+    torch.manual_seed(0)
+    data = ArrayDataset(torch.randn(steps * 4, 1, 8, 8), torch.randint(0, 5, (steps * 4,)))
+    student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
+    teacher = Teacher(create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=5))
+    fit(Distiller(student, method), DataLoader(data, batch_size=4), teacher=teacher, epochs=1,
+        accelerator=make_accelerator("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "nkd", "rkd"])
+def test_an_epoch_of_60_steps_syncs_as_often_as_one_of_20(kdistill_syncs, method):
+    terms = [Term("ce", "ce", teacher=None), Term(method, method)]
+    _fit_one_epoch(20, terms)
+    short = list(kdistill_syncs)
+    kdistill_syncs.clear()
+    _fit_one_epoch(60, terms)
+    assert short  # the counter works: the epoch's end reads its means back
+    assert len(kdistill_syncs) == len(short), (len(short), len(kdistill_syncs), sorted(set(kdistill_syncs)))
+
+
+def test_a_nan_is_caught_within_the_check_interval_naming_its_step():
+    calls = []
+
+    def exploding_at_step_3(s_logits, t_logits):
+        calls.append(None)
+        return s_logits.sum() * 0 + (float("nan") if len(calls) == 4 else 0.0)
+
+    data = ArrayDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 5, (64,)))
+    student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
+    distiller = Distiller(student, [Term("ce", "ce", teacher=None), Term("bad", exploding_at_step_3)])
+    teacher = Teacher(create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3 in term\(s\) bad:"):
+        fit(distiller, DataLoader(data, batch_size=4), teacher=teacher, epochs=1, progress=False,
+            accelerator=make_accelerator("cpu"), finite_check_every=5)
+    assert len(calls) == 5  # stopped at the check after step 5, not at the epoch's end (16)
+
+
+@pytest.mark.parametrize("loss", [dkd, nkd, rkd])
+def test_loss_uses_no_boolean_mask_indexing(monkeypatch, loss):
+    """A boolean mask's output size is data-dependent: each such index (or ``nonzero``) waits
+    for the GPU. The counter above cannot see it (it happens inside the indexing), so catch it
+    where it is written, in kdistill's source."""
+    masked = []
+    original_getitem, original_nonzero = torch.Tensor.__getitem__, torch.Tensor.nonzero
+
+    def getitem(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+            masked.append(sys._getframe(1).f_code.co_filename)
+        return original_getitem(self, index)
+
+    def nonzero(self, *args, **kwargs):
+        masked.append(sys._getframe(1).f_code.co_filename)
+        return original_nonzero(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    monkeypatch.setattr(torch.Tensor, "nonzero", nonzero)
+    generator = torch.Generator().manual_seed(3)
+    s, t = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
+    args = (s, t) if loss is rkd else (s, t, torch.tensor([0, 4, 2, 2, 1, 3]))
+    assert torch.isfinite(loss(*args))
+    assert masked == []

@@ -28,6 +28,7 @@ from kdistill.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+POSTFIX_SECONDS = 2.0  # how often the progress bar shows the running loss
 
 
 class NonFiniteLossError(UserError):
@@ -139,15 +140,48 @@ def _set_epoch(loader: DataLoader, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-def _check_finite(out: dict[str, Tensor], step: int, epoch: int) -> None:
-    if torch.isfinite(out["loss"]):
-        return
-    bad = [k.removeprefix("loss/") for k, v in out.items() if k.startswith("loss/") and not torch.isfinite(v)]
-    raise NonFiniteLossError(
-        f"loss became {out['loss'].item()} at epoch {epoch}, step {step} in term(s) "
-        f"{', '.join(bad) or '?'}: lower train.lr, check the inputs for extreme values, "
-        "or lower that term's weight or temperature"
-    )
+class _FiniteWatch:
+    """Watches the loss for NaN and inf on the device, without a host sync per step.
+
+    Each step folds "is this loss finite" into device tensors that remember the first bad step,
+    its value and its terms; ``check`` reads them back (one sync) and raises. The trainer checks
+    every ``every`` steps, before every checkpoint and at the end of every epoch, so a bad run
+    stops within ``every`` steps and never saves a non-finite state.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.first_step: Tensor | None = None
+        self.value: Tensor | None = None
+        self.bad_terms: Tensor | None = None
+        self.terms: list[str] = []
+
+    def observe(self, out: dict[str, Tensor], step: int) -> None:
+        loss = out["loss"].detach().float()
+        terms = [k for k in out if k.startswith("loss/")]
+        term_values = torch.stack([out[k].detach().float() for k in terms]) if terms else loss.new_zeros(0)
+        if self.first_step is None or terms != self.terms:
+            self.terms = terms
+            self.first_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.value = loss.new_zeros(())
+            self.bad_terms = torch.zeros(len(terms), dtype=torch.bool, device=loss.device)
+        newly_bad = ~torch.isfinite(loss) & (self.first_step < 0)
+        self.first_step = torch.where(newly_bad, step, self.first_step)
+        self.value = torch.where(newly_bad, loss, self.value)
+        self.bad_terms = torch.where(newly_bad, ~torch.isfinite(term_values), self.bad_terms)
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def check(self, epoch: int) -> None:
+        if self.first_step is None or int(self.first_step) < 0:
+            return
+        bad = [name.removeprefix("loss/") for name, flag in zip(self.terms, self.bad_terms.tolist()) if flag]
+        raise NonFiniteLossError(
+            f"loss became {float(self.value)} at epoch {epoch}, step {int(self.first_step)} in "
+            f"term(s) {', '.join(bad) or '?'}: lower train.lr, check the inputs for extreme "
+            "values, or lower that term's weight or temperature"
+        )
 
 
 def fit(
@@ -171,6 +205,7 @@ def fit(
     checkpoint_every: int = 0,
     resume: bool = False,
     batch_transform: Callable[[dict], dict] | None = None,
+    finite_check_every: int = 200,
 ) -> list[dict]:
     """Train ``distiller`` for ``epochs``; returns one record per epoch (also passed to ``log``).
 
@@ -186,6 +221,11 @@ def fit(
 
     ``batch_transform`` (e.g. ``kdistill.sampling.OnPolicy``) rewrites each training batch, on
     the device, before the teacher and the student see it.
+
+    A NaN or inf loss raises ``NonFiniteLossError`` naming the first bad step and its terms. It
+    is watched on the device and read back every ``finite_check_every`` steps, before every
+    checkpoint and at the end of every epoch: a read costs a host-device synchronisation, so
+    the loop makes none of its own per step.
     """
     accelerator = accelerator or make_accelerator()
     if distiller.needs_teacher and teacher is None:
@@ -211,9 +251,12 @@ def fit(
         state = _TrainingProgress.from_saved(meta["progress"], restored)
         restored_rng = (tensors, meta["rng"])
 
+    watch = _FiniteWatch(finite_check_every)
+
     def save() -> None:
         if checkpoint is None:
             return
+        watch.check(epoch)  # never save a state that went non-finite
         if accelerator.is_main_process:
             progress_meta, progress_tensors = state.to_saved()
             save_training_state(
@@ -238,6 +281,7 @@ def fit(
             train_loader, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
             disable=not (progress and accelerator.is_local_main_process) or None,
         )
+        shown_at = started
         for position, batch in enumerate(bar):
             if position < state.step_in_epoch:
                 continue  # already trained on before the checkpoint: same batches, skipped
@@ -249,16 +293,21 @@ def fit(
                 batch = batch_transform(batch)
             teacher_out = teacher(batch) if inner.needs_teacher else None
             out = model(batch, teacher_out)
-            _check_finite(out, state.global_step, epoch)
+            watch.observe(out, state.global_step)
             accelerator.backward(out["loss"])
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             state.add(out, batch)
+            if watch.due(state.global_step):
+                watch.check(epoch)
             if checkpoint_every and state.global_step % checkpoint_every == 0:
                 save()
-            if state.global_step % 20 == 0 and not bar.disable:
+            if not bar.disable and time.perf_counter() - shown_at > POSTFIX_SECONDS:
+                # Reading the running loss syncs the device: by the clock, not every n steps.
                 bar.set_postfix(loss=f"{state.mean('loss'):.4f}")
+                shown_at = time.perf_counter()
+        watch.check(epoch)
         record = {"phase": phase, "epoch": epoch, "step": state.global_step}
         record.update(state.epoch_means())
         if val_loader is not None:
