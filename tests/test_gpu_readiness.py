@@ -1,12 +1,15 @@
 """What a GPU run depends on, checked on the CPU: loss math in float32 under mixed precision, no
 host-device synchronisation per training step, and compile-friendly losses (issue 19)."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from conftest import subprocess_env
 from torch.utils.data import DataLoader
 
 import kdistill
@@ -156,3 +159,24 @@ def test_loss_uses_no_boolean_mask_indexing(monkeypatch, loss):
     args = (s, t) if loss is rkd else (s, t, torch.tensor([0, 4, 2, 2, 1, 3]))
     assert torch.isfinite(loss(*args))
     assert masked == []
+
+
+# --- CRD's memory bank under data parallelism --------------------------------------------------
+
+def test_crd_memory_bank_holds_every_rank_samples_and_is_equal_across_ranks(tmp_path):
+    worker = Path(__file__).parent / "helpers" / "crd_ddp_worker.py"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", str(worker), str(tmp_path)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rank0, rank1 = (json.loads((tmp_path / f"crd_rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["world_size"] == 2
+    # The ranks trained on disjoint halves of the 64 samples...
+    assert not set(rank0["seen"]) & set(rank1["seen"]) and len(set(rank0["seen"]) | set(rank1["seen"])) == 64
+    for name in ("memory_student", "memory_teacher"):
+        assert rank0[name] == rank1[name]  # ...yet hold the same banks, bit for bit,
+    initial, final = torch.tensor(rank0["initial_student"]), torch.tensor(rank0["memory_student"])
+    moved = (final != initial).any(dim=1)
+    assert moved.all(), f"rows never updated on rank 0: {(~moved).nonzero().flatten().tolist()}"

@@ -109,6 +109,13 @@ class Distiller(nn.Module):
         self.loss_modules = nn.ModuleDict(
             {term.name: term.loss for term in self.terms if isinstance(term.loss, nn.Module)}
         )
+        # DDP's hook for buffers it must neither broadcast from rank 0 nor check: a loss that
+        # keeps them equal across processes itself (CRD's memory banks) lists them.
+        self._ddp_params_and_buffers_to_ignore = [
+            f"loss_modules.{name}.{buffer}"
+            for name, module in self.loss_modules.items()
+            for buffer in getattr(module, "replicated_buffers", ())
+        ]
         student_taps = [t.student for t in self.terms if t.student != LOGITS]
         self.tap = FeatureTap(student, student_taps) if student_taps else None
         self.epoch = 1  # 1-based; the trainer sets it, warm-up schedules read it
