@@ -2,8 +2,10 @@
 host-device synchronisation per training step, and compile-friendly losses (issue 19)."""
 
 import json
+import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,84 @@ def test_crd_memory_bank_holds_every_rank_samples_and_is_equal_across_ranks(tmp_
     initial, final = torch.tensor(rank0["initial_student"]), torch.tensor(rank0["memory_student"])
     moved = (final != initial).any(dim=1)
     assert moved.all(), f"rows never updated on rank 0: {(~moved).nonzero().flatten().tolist()}"
+
+
+# --- the teacher's precision, memory of a finished phase, evaluation, launch modes -----------
+
+def _tiny_fit(accelerator, **kwargs):
+    torch.manual_seed(0)
+    data = ArrayDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 5, (32,)))
+    student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
+    teacher_model = create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=5)
+    fit(Distiller(student, [Term("ce", "ce", teacher=None), Term("kd", "kd")]), DataLoader(data, batch_size=8),
+        teacher=Teacher(teacher_model), epochs=1, accelerator=accelerator, progress=False, **kwargs)
+    return teacher_model
+
+
+def test_teacher_runs_in_the_runs_precision():
+    dtypes = []
+    accelerator = make_accelerator("cpu", "bf16")
+    try:
+        torch.manual_seed(0)
+        teacher_model = create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=5)
+        linear = next(m for m in teacher_model.modules() if isinstance(m, nn.Linear))
+        linear.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+        data = ArrayDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 5, (16,)))
+        student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
+        fit(Distiller(student, [Term("kd", "kd")]), DataLoader(data, batch_size=8), teacher=Teacher(teacher_model),
+            epochs=1, accelerator=accelerator, progress=False)
+    finally:
+        make_accelerator("cpu")  # back to full precision for the other tests
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+
+
+def test_a_finished_phase_releases_its_optimizer_state(monkeypatch):
+    import gc
+    import weakref
+
+    import kdistill.trainer as trainer
+
+    optimizers = []
+    make = trainer.make_optimizer
+    monkeypatch.setattr(trainer, "make_optimizer", lambda *a, **k: optimizers.append(make(*a, **k)) or optimizers[-1])
+    accelerator = make_accelerator("cpu")  # shared by phases, as the pipeline does
+    _tiny_fit(accelerator)
+    released = weakref.ref(optimizers.pop())
+    gc.collect()
+    assert released() is None
+    assert accelerator._models == [] and accelerator._optimizers == []
+
+
+def test_evaluation_copies_to_the_host_once_per_split_not_per_batch(kdistill_syncs):
+    from kdistill import evaluate
+
+    data = ArrayDataset(torch.randn(40, 1, 8, 8), torch.randint(0, 5, (40,)))
+    model = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
+    evaluate(model, DataLoader(data, batch_size=4), make_accelerator("cpu"))
+    few = len(kdistill_syncs)
+    kdistill_syncs.clear()
+    evaluate(model, DataLoader(data, batch_size=2), make_accelerator("cpu"))
+    assert len(kdistill_syncs) == few
+
+
+def test_deterministic_mode_fixes_cublas_workspace_before_cuda_starts(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        make_accelerator("cpu", deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_launch_is_refused_with_one_clear_line(kind):
+    from accelerate.utils import DistributedType
+
+    from kdistill.errors import UserError
+    from kdistill.trainer import refuse_sharded
+
+    with pytest.raises(UserError, match=f"{kind} shards the model") as error:
+        refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType[kind]))
+    assert "\n" not in str(error.value)
+    refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP is fine

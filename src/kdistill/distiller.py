@@ -71,12 +71,14 @@ class Teacher:
         # Re-assert eval mode each call: a user's `model.train()` elsewhere must not turn on
         # dropout or update BatchNorm statistics of the teacher.
         self.module.eval()
-        with torch.inference_mode():
+        # no_grad, not inference_mode: inference tensors cannot be saved for backward (mse_loss
+        # and products with the student do save them), and copying every output out of
+        # inference mode costs a full read and write of the teacher's logits and features.
+        # The caller chooses the precision (fit runs this under the accelerator's autocast).
+        with torch.no_grad():
             logits = call_model(self.module, batch["input"])
             features = dict(self.tap.features) if self.tap else {}
-        # Inference-mode tensors cannot be saved for backward (mse_loss, products with the
-        # student do save them), so hand out ordinary copies; nothing gets a graph either way.
-        return ModelOutput(logits.clone(), {k: v.clone() for k, v in features.items()})
+        return ModelOutput(logits, features)
 
 
 class Distiller(nn.Module):

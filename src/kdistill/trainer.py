@@ -4,7 +4,9 @@ Hugging Face Accelerate (``prepare``, ``backward``, ``gather_for_metrics``, main
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +37,17 @@ class NonFiniteLossError(UserError):
     """The loss became NaN or inf; the message names the step and the term."""
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accelerator:
+def make_accelerator(
+    device: str = "auto", mixed_precision: str = "no", *, deterministic: bool = False,
+) -> Accelerator:
     """An Accelerator on the requested device. ``Accelerator()`` alone would silently pick the
-    GPU when present; ``cpu=True`` is required to stay on the CPU (and to run without CUDA)."""
+    GPU when present; ``cpu=True`` is required to stay on the CPU (and to run without CUDA).
+
+    ``deterministic`` selects deterministic kernels (``use_deterministic_algorithms``), before
+    CUDA starts: see ``use_deterministic_kernels``.
+    """
+    if deterministic:
+        use_deterministic_kernels()
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device=cuda: no CUDA GPU is visible here; use train.device=auto or cpu")
@@ -50,7 +60,39 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accel
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    refuse_sharded(accelerator)
+    return accelerator
+
+
+def use_deterministic_kernels() -> None:
+    """Deterministic kernels everywhere; call it before the first CUDA matmul.
+
+    cuBLAS needs a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, read when its handle is
+    created) or it refuses. A few CUDA backward kernels have no deterministic version at all,
+    among them ``adaptive_avg_pool2d`` (the zoo's global-average-pool heads, AT's pooling) and
+    bilinear ``interpolate``; refusing them would refuse every CNN, so on CUDA they run and
+    PyTorch warns once per op, naming it (``warn_only``). The rest of the run is bit-identical
+    across reruns. On the CPU every kernel has a deterministic version: strict.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+    torch.backends.cudnn.benchmark = False
+
+
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+
+
+def refuse_sharded(accelerator: Accelerator) -> None:
+    """FSDP, DeepSpeed and Megatron shard the model: kdistill's checkpoints, evaluation and
+    teacher are not ready for it yet (they read the unwrapped, whole model on one rank)."""
+    kind = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
+    if kind in SHARDED:
+        raise UserError(
+            f"distributed type {kind} shards the model, which kdistill does not support yet; "
+            "launch plain data parallelism (torchrun, or accelerate launch without --use_fsdp / "
+            "--use_deepspeed)"
+        )
 
 
 def make_optimizer(
@@ -97,17 +139,21 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator | Non
     was_training = model.training
     model.eval()
     device = accelerator.device if accelerator else next(model.parameters()).device
+    # The run's precision (autocast), and results kept on the device until the split is done:
+    # one copy to the host, not one synchronisation per batch.
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     all_logits, all_targets = [], []
-    for batch in loader:
-        batch = _to_device(batch, device)
-        logits = call_model(model, batch["input"]).float()
-        targets = batch["target"]
-        if accelerator is not None:
-            logits, targets = accelerator.gather_for_metrics((logits, targets))
-        all_logits.append(logits.cpu())
-        all_targets.append(targets.cpu())
+    with autocast:
+        for batch in loader:
+            batch = _to_device(batch, device)
+            logits = call_model(model, batch["input"]).float()
+            targets = batch["target"]
+            if accelerator is not None:
+                logits, targets = accelerator.gather_for_metrics((logits, targets))
+            all_logits.append(logits)
+            all_targets.append(targets)
     model.train(was_training)
-    return torch.cat(all_logits), torch.cat(all_targets)
+    return torch.cat(all_logits).cpu(), torch.cat(all_targets).cpu()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None) -> dict:
@@ -291,7 +337,10 @@ def fit(
                 restored_rng = None
             if batch_transform is not None:
                 batch = batch_transform(batch)
-            teacher_out = teacher(batch) if inner.needs_teacher else None
+            teacher_out = None
+            if inner.needs_teacher:
+                with accelerator.autocast():  # the teacher in the run's precision, like the student
+                    teacher_out = teacher(batch)
             out = model(batch, teacher_out)
             watch.observe(out, state.global_step)
             accelerator.backward(out["loss"])
@@ -327,6 +376,9 @@ def fit(
                 tqdm.write(f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)")
         state.start_epoch(epoch + 1, order.get_state() if order is not None else None)
         save()  # the epoch is complete: a crash from here on resumes at the next one
+    # The accelerator outlives this phase (the pipeline trains several with one): drop its
+    # references to the wrapped model, optimizer state and loaders so their memory is freed.
+    accelerator.free_memory()
     return history
 
 
