@@ -263,3 +263,15 @@ def test_sharded_launch_is_refused_with_one_clear_line(kind):
         refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType[kind]))
     assert "\n" not in str(error.value)
     refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP is fine
+
+
+def test_gpu_check_without_cuda_records_that_and_exits_0(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("KDISTILL_GPU_CHECK_DEVICE", None)
+    result = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = (tmp_path / "gpu.md").read_text()
+    assert "CUDA available: False" in report and "no CUDA GPU here" in report
+    assert json.loads((tmp_path / "gpu.json").read_text())["checks"] == []

@@ -1,6 +1,7 @@
 """Trains a student with CRD through kdistill.fit under torchrun and writes, per rank, its
 memory banks before and after one epoch and the sample indices it trained on. Used by
-tests/test_gpu_readiness.py (CRD under data parallelism)."""
+tests/test_gpu_readiness.py (CRD under data parallelism, on CPUs) and bench/gpu_check.py (on
+GPUs: ``crd_ddp_worker.py OUT_DIR cuda``)."""
 
 import json
 import sys
@@ -15,8 +16,9 @@ from kdistill.data import ArrayDataset
 from kdistill.trainer import make_accelerator
 
 out_dir = Path(sys.argv[1])
+device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
 torch.set_num_threads(1)
-accelerator = make_accelerator("cpu")
+accelerator = make_accelerator(device)
 # Each rank draws its own initial bank (different seeds), as independent processes may.
 set_seed(accelerator.process_index)
 data = ArrayDataset(torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
@@ -34,9 +36,9 @@ fit(distiller, DataLoader(data, batch_size=8, shuffle=True, generator=torch.Gene
     batch_transform=lambda batch: seen.extend(batch["index"].tolist()) or batch)
 result = {
     "world_size": accelerator.num_processes,
-    "initial_student": initial.tolist(),
-    "memory_student": crd.memory_student.tolist(),
-    "memory_teacher": crd.memory_teacher.tolist(),
+    "initial_student": initial.cpu().tolist(),
+    "memory_student": crd.memory_student.cpu().tolist(),
+    "memory_teacher": crd.memory_teacher.cpu().tolist(),
     "seen": seen,
 }
 (out_dir / f"crd_rank{accelerator.process_index}.json").write_text(json.dumps(result))
