@@ -13,8 +13,9 @@ teacher is not trained here.
 
     python bench/throughput.py            # ~10 minutes on 2 cores
     python bench/throughput.py --quick    # ~2 minutes; last line is one JSON object
+    python bench/throughput.py --device cuda --dataset digits --quick   # on a GPU
 
-Writes bench/results/throughput.md and .json (throughput_quick.* for --quick).
+Writes bench/results/throughput.md and .json (throughput_quick.* for --quick, *_cuda.* on a GPU).
 """
 
 from __future__ import annotations
@@ -46,17 +47,26 @@ def loader(dataset, batch_size, seed=0):
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=True)
 
 
-def plain_loop(student, dataset, batch_size) -> float:
+def synchronize(device: torch.device) -> None:
+    """A GPU runs ahead of the host: wait for it before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(student, dataset, batch_size, device) -> float:
     """The baseline a user would write: no teacher, no library."""
+    student.to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     student.train()
     seen, started = 0, time.perf_counter()
     for batch in loader(dataset, batch_size):
-        loss = F.cross_entropy(student(batch["input"]), batch["target"])
+        inputs = batch["input"].to(device, non_blocking=True)
+        loss = F.cross_entropy(student(inputs), batch["target"].to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         seen += len(batch["target"])
+    synchronize(device)
     return seen / (time.perf_counter() - started)
 
 
@@ -66,17 +76,23 @@ def kdistill_fit(student, teacher, dataset, batch_size, accelerator) -> float:
     started = time.perf_counter()
     fit(distiller, loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3, schedule="constant",
         accelerator=accelerator, progress=False)
+    synchronize(accelerator.device)
     return seen / (time.perf_counter() - started)
 
 
 @torch.inference_mode()
-def teacher_alone(model, dataset, batch_size) -> float:
-    model.eval()
+def teacher_alone(model, dataset, batch_size, device) -> float:
+    model.eval().to(device)
     seen, started = 0, time.perf_counter()
     for batch in loader(dataset, batch_size):
-        call_model(model, batch["input"])
+        call_model(model, batch["input"].to(device, non_blocking=True))
         seen += len(batch["target"])
+    synchronize(device)
     return seen / (time.perf_counter() - started)
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
 def main() -> None:
@@ -89,6 +105,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 2)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     subset = args.subset or (900 if args.quick else 4000)
     rounds = args.rounds or (2 if args.quick else 3)
@@ -97,14 +114,15 @@ def main() -> None:
     splits = load_dataset(args.dataset, subset=subset, val_fraction=0.0, test_fraction=0.1)
     train = splits.train
     shape = dict(num_classes=splits.num_classes, input_shape=splits.input_shape)
-    accelerator = make_accelerator("cpu")
+    accelerator = make_accelerator(args.device)
+    device = accelerator.device
     set_seed(0)
     teacher_model = create_model(args.teacher, **shape)
-    teacher = Teacher(teacher_model)
+    teacher = Teacher(teacher_model).to(device)
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        cache = build_cache(Path(tmp) / "cache", teacher, train, fingerprint={"bench": True}, dtype="float16", batch_size=256)
+        cache = build_cache(Path(tmp) / "cache", teacher, train, fingerprint={"bench": True}, dtype="float16", batch_size=256, accelerator=accelerator)
         cache_seconds = time.perf_counter() - started
         cached = CachedTeacher(cache)
 
@@ -113,10 +131,10 @@ def main() -> None:
             return create_model(args.student, **shape)
 
         ways = {
-            "plain_sps": lambda: plain_loop(student(), train, args.batch_size),
+            "plain_sps": lambda: plain_loop(student(), train, args.batch_size, device),
             "live_kd_sps": lambda: kdistill_fit(student(), teacher, train, args.batch_size, accelerator),
             "cached_kd_sps": lambda: kdistill_fit(student(), cached, train, args.batch_size, accelerator),
-            "teacher_sps": lambda: teacher_alone(teacher_model, train, args.batch_size),
+            "teacher_sps": lambda: teacher_alone(teacher_model, train, args.batch_size, device),
         }
         ways["plain_sps"]()  # warm-up: allocator, kernels, first-touch of the cache's pages
         best = {name: 0.0 for name in ways}
@@ -137,7 +155,7 @@ def main() -> None:
         f"# Throughput: {args.teacher} → {args.student} on {args.dataset}",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {args.threads} torch thread(s), CPU, torch {torch.__version__}; "
+        f"Machine: {platform.machine()}, {args.threads} torch thread(s), {_device_name(device)}, torch {torch.__version__}; "
         f"{len(train)} training samples, batch {args.batch_size}, best of {rounds} interleaved rounds.",
         "",
         "| way | samples/s | vs plain loop |",
@@ -154,7 +172,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = "throughput_quick" if args.quick else "throughput"
+    stem = ("throughput_quick" if args.quick else "throughput") + ("_cuda" if device.type == "cuda" else "")
     (RESULTS / f"{stem}.md").write_text(text)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, **best, **ratios, "cache_seconds": cache_seconds}, indent=2))
     print(json.dumps({k: round(v, 2) for k, v in best.items()}))

@@ -41,12 +41,14 @@ class Teacher:
         # Re-assert eval mode each call: a user's `model.train()` elsewhere must not turn on
         # dropout or update BatchNorm statistics of the teacher.
         self.module.eval()
-        with torch.inference_mode():
+        # no_grad, not inference_mode: inference tensors cannot be saved for backward (mse_loss
+        # and products with the student do save them), and copying every output out of
+        # inference mode costs a full read and write of the teacher's logits and features.
+        # The caller chooses the precision (fit runs this under the accelerator's autocast).
+        with torch.no_grad():
             logits = call_model(self.module, batch["input"])
             features = dict(self.tap.features) if self.tap else {}
-        # Inference-mode tensors cannot be saved for backward (mse_loss, products with the
-        # student do save them), so hand out ordinary copies; nothing gets a graph either way.
-        return ModelOutput(logits.clone(), {k: v.clone() for k, v in features.items()})
+        return ModelOutput(logits, features)
 
 
 class Distiller(nn.Module):
@@ -79,6 +81,13 @@ class Distiller(nn.Module):
         self.loss_modules = nn.ModuleDict(
             {term.name: term.loss for term in self.terms if isinstance(term.loss, nn.Module)}
         )
+        # DDP's hook for buffers it must neither broadcast from rank 0 nor check: a loss that
+        # keeps them equal across processes itself (CRD's memory banks) lists them.
+        self._ddp_params_and_buffers_to_ignore = [
+            f"loss_modules.{name}.{buffer}"
+            for name, module in self.loss_modules.items()
+            for buffer in getattr(module, "replicated_buffers", ())
+        ]
         student_taps = [t.student for t in self.terms if t.student != LOGITS]
         self.tap = FeatureTap(student, student_taps) if student_taps else None
         self.epoch = 1  # 1-based; the trainer sets it, warm-up schedules read it
@@ -155,9 +164,23 @@ class Distiller(nn.Module):
             if term.name in self.connectors:
                 student_value = self.connectors[term.name](student_value)
             teacher_value = teacher_out.get(term.teacher) if term.takes_teacher else None
-            value = term(student_value, teacher_value, batch["target"], batch.get("index"), batch.get("mask"))
+            # The models run under the accelerator's autocast; the loss math does not (a Gram
+            # matrix or a softmax at temperature in bf16 is far off): every term, a user's own
+            # included, sees float32 inputs and computes in float32.
+            with torch.autocast(logits.device.type, enabled=False):
+                value = term(
+                    _float32(student_value), _float32(teacher_value), batch["target"],
+                    batch.get("index"), batch.get("mask"),
+                )
             contribution = term.weight_at(self.epoch) * value.sum()  # SP/CRD return shape [1]
             result[f"loss/{term.name}"] = contribution
             total = total + contribution
         result["loss"] = total
         return result
+
+
+def _float32(value: Tensor | None) -> Tensor | None:
+    """Half-precision floating tensors in float32; anything else (ids, None) unchanged."""
+    if value is not None and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value

@@ -4,7 +4,9 @@ Hugging Face Accelerate (``prepare``, ``backward``, ``gather_for_metrics``, main
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,15 +30,24 @@ from kdistill.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+POSTFIX_SECONDS = 2.0  # how often the progress bar shows the running loss
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or inf; the message names the step and the term."""
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accelerator:
+def make_accelerator(
+    device: str = "auto", mixed_precision: str = "no", *, deterministic: bool = False,
+) -> Accelerator:
     """An Accelerator on the requested device. ``Accelerator()`` alone would silently pick the
-    GPU when present; ``cpu=True`` is required to stay on the CPU (and to run without CUDA)."""
+    GPU when present; ``cpu=True`` is required to stay on the CPU (and to run without CUDA).
+
+    ``deterministic`` selects deterministic kernels (``use_deterministic_algorithms``), before
+    CUDA starts: see ``use_deterministic_kernels``.
+    """
+    if deterministic:
+        use_deterministic_kernels()
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device=cuda: no CUDA GPU is visible here; use train.device=auto or cpu")
@@ -49,7 +60,39 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accel
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    refuse_sharded(accelerator)
+    return accelerator
+
+
+def use_deterministic_kernels() -> None:
+    """Deterministic kernels everywhere; call it before the first CUDA matmul.
+
+    cuBLAS needs a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, read when its handle is
+    created) or it refuses. A few CUDA backward kernels have no deterministic version at all,
+    among them ``adaptive_avg_pool2d`` (the zoo's global-average-pool heads, AT's pooling) and
+    bilinear ``interpolate``; refusing them would refuse every CNN, so on CUDA they run and
+    PyTorch warns once per op, naming it (``warn_only``). The rest of the run is bit-identical
+    across reruns. On the CPU every kernel has a deterministic version: strict.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+    torch.backends.cudnn.benchmark = False
+
+
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+
+
+def refuse_sharded(accelerator: Accelerator) -> None:
+    """FSDP, DeepSpeed and Megatron shard the model: kdistill's checkpoints, evaluation and
+    teacher are not ready for it yet (they read the unwrapped, whole model on one rank)."""
+    kind = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
+    if kind in SHARDED:
+        raise UserError(
+            f"distributed type {kind} shards the model, which kdistill does not support yet; "
+            "launch plain data parallelism (torchrun, or accelerate launch without --use_fsdp / "
+            "--use_deepspeed)"
+        )
 
 
 def make_optimizer(
@@ -96,17 +139,21 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator | Non
     was_training = model.training
     model.eval()
     device = accelerator.device if accelerator else next(model.parameters()).device
+    # The run's precision (autocast), and results kept on the device until the split is done:
+    # one copy to the host, not one synchronisation per batch.
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     all_logits, all_targets = [], []
-    for batch in loader:
-        batch = _to_device(batch, device)
-        logits = call_model(model, batch["input"]).float()
-        targets = batch["target"]
-        if accelerator is not None:
-            logits, targets = accelerator.gather_for_metrics((logits, targets))
-        all_logits.append(logits.cpu())
-        all_targets.append(targets.cpu())
+    with autocast:
+        for batch in loader:
+            batch = _to_device(batch, device)
+            logits = call_model(model, batch["input"]).float()
+            targets = batch["target"]
+            if accelerator is not None:
+                logits, targets = accelerator.gather_for_metrics((logits, targets))
+            all_logits.append(logits)
+            all_targets.append(targets)
     model.train(was_training)
-    return torch.cat(all_logits), torch.cat(all_targets)
+    return torch.cat(all_logits).cpu(), torch.cat(all_targets).cpu()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None) -> dict:
@@ -139,15 +186,48 @@ def _set_epoch(loader: DataLoader, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-def _check_finite(out: dict[str, Tensor], step: int, epoch: int) -> None:
-    if torch.isfinite(out["loss"]):
-        return
-    bad = [k.removeprefix("loss/") for k, v in out.items() if k.startswith("loss/") and not torch.isfinite(v)]
-    raise NonFiniteLossError(
-        f"loss became {out['loss'].item()} at epoch {epoch}, step {step} in term(s) "
-        f"{', '.join(bad) or '?'}: lower train.lr, check the inputs for extreme values, "
-        "or lower that term's weight or temperature"
-    )
+class _FiniteWatch:
+    """Watches the loss for NaN and inf on the device, without a host sync per step.
+
+    Each step folds "is this loss finite" into device tensors that remember the first bad step,
+    its value and its terms; ``check`` reads them back (one sync) and raises. The trainer checks
+    every ``every`` steps, before every checkpoint and at the end of every epoch, so a bad run
+    stops within ``every`` steps and never saves a non-finite state.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.first_step: Tensor | None = None
+        self.value: Tensor | None = None
+        self.bad_terms: Tensor | None = None
+        self.terms: list[str] = []
+
+    def observe(self, out: dict[str, Tensor], step: int) -> None:
+        loss = out["loss"].detach().float()
+        terms = [k for k in out if k.startswith("loss/")]
+        term_values = torch.stack([out[k].detach().float() for k in terms]) if terms else loss.new_zeros(0)
+        if self.first_step is None or terms != self.terms:
+            self.terms = terms
+            self.first_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.value = loss.new_zeros(())
+            self.bad_terms = torch.zeros(len(terms), dtype=torch.bool, device=loss.device)
+        newly_bad = ~torch.isfinite(loss) & (self.first_step < 0)
+        self.first_step = torch.where(newly_bad, step, self.first_step)
+        self.value = torch.where(newly_bad, loss, self.value)
+        self.bad_terms = torch.where(newly_bad, ~torch.isfinite(term_values), self.bad_terms)
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def check(self, epoch: int) -> None:
+        if self.first_step is None or int(self.first_step) < 0:
+            return
+        bad = [name.removeprefix("loss/") for name, flag in zip(self.terms, self.bad_terms.tolist()) if flag]
+        raise NonFiniteLossError(
+            f"loss became {float(self.value)} at epoch {epoch}, step {int(self.first_step)} in "
+            f"term(s) {', '.join(bad) or '?'}: lower train.lr, check the inputs for extreme "
+            "values, or lower that term's weight or temperature"
+        )
 
 
 def fit(
@@ -171,6 +251,7 @@ def fit(
     checkpoint_every: int = 0,
     resume: bool = False,
     batch_transform: Callable[[dict], dict] | None = None,
+    finite_check_every: int = 200,
 ) -> list[dict]:
     """Train ``distiller`` for ``epochs``; returns one record per epoch (also passed to ``log``).
 
@@ -186,6 +267,11 @@ def fit(
 
     ``batch_transform`` (e.g. ``kdistill.sampling.OnPolicy``) rewrites each training batch, on
     the device, before the teacher and the student see it.
+
+    A NaN or inf loss raises ``NonFiniteLossError`` naming the first bad step and its terms. It
+    is watched on the device and read back every ``finite_check_every`` steps, before every
+    checkpoint and at the end of every epoch: a read costs a host-device synchronisation, so
+    the loop makes none of its own per step.
     """
     accelerator = accelerator or make_accelerator()
     if distiller.needs_teacher and teacher is None:
@@ -211,9 +297,12 @@ def fit(
         state = _TrainingProgress.from_saved(meta["progress"], restored)
         restored_rng = (tensors, meta["rng"])
 
+    watch = _FiniteWatch(finite_check_every)
+
     def save() -> None:
         if checkpoint is None:
             return
+        watch.check(epoch)  # never save a state that went non-finite
         if accelerator.is_main_process:
             progress_meta, progress_tensors = state.to_saved()
             save_training_state(
@@ -238,6 +327,7 @@ def fit(
             train_loader, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
             disable=not (progress and accelerator.is_local_main_process) or None,
         )
+        shown_at = started
         for position, batch in enumerate(bar):
             if position < state.step_in_epoch:
                 continue  # already trained on before the checkpoint: same batches, skipped
@@ -247,18 +337,26 @@ def fit(
                 restored_rng = None
             if batch_transform is not None:
                 batch = batch_transform(batch)
-            teacher_out = teacher(batch) if inner.needs_teacher else None
+            teacher_out = None
+            if inner.needs_teacher:
+                with accelerator.autocast():  # the teacher in the run's precision, like the student
+                    teacher_out = teacher(batch)
             out = model(batch, teacher_out)
-            _check_finite(out, state.global_step, epoch)
+            watch.observe(out, state.global_step)
             accelerator.backward(out["loss"])
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             state.add(out, batch)
+            if watch.due(state.global_step):
+                watch.check(epoch)
             if checkpoint_every and state.global_step % checkpoint_every == 0:
                 save()
-            if state.global_step % 20 == 0 and not bar.disable:
+            if not bar.disable and time.perf_counter() - shown_at > POSTFIX_SECONDS:
+                # Reading the running loss syncs the device: by the clock, not every n steps.
                 bar.set_postfix(loss=f"{state.mean('loss'):.4f}")
+                shown_at = time.perf_counter()
+        watch.check(epoch)
         record = {"phase": phase, "epoch": epoch, "step": state.global_step}
         record.update(state.epoch_means())
         if val_loader is not None:
@@ -278,6 +376,9 @@ def fit(
                 tqdm.write(f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)")
         state.start_epoch(epoch + 1, order.get_state() if order is not None else None)
         save()  # the epoch is complete: a crash from here on resumes at the next one
+    # The accelerator outlives this phase (the pipeline trains several with one): drop its
+    # references to the wrapped model, optimizer state and loaders so their memory is freed.
+    accelerator.free_memory()
     return history
 
 

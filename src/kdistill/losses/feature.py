@@ -4,7 +4,7 @@ transfer, neuron selectivity transfer).
 Student first, teacher second. Feature maps are (N, C, H, W); channel counts may differ where the
 method allows it, and where spatial sizes differ the larger map is average-pooled to the smaller
 one, as the reference implementations do. Teacher features are detached inside every loss;
-half-precision inputs are computed in float32.
+half-precision inputs are computed in float32, with autocast off (``float32_math``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.losses.logit import upcast
+from kdistill.losses.logit import float32_math, upcast
 
 __all__ = ["FEATURE_LOSSES", "at", "hint", "nst", "pool_to_common_size"]
 
@@ -40,6 +40,7 @@ def pool_to_common_size(s_feat: Tensor, t_feat: Tensor) -> tuple[Tensor, Tensor]
     return s_feat, t_feat
 
 
+@float32_math
 def hint(s_feat: Tensor, t_feat: Tensor) -> Tensor:
     """FitNet hint: mean squared error between the (regressed) student and teacher features.
 
@@ -76,6 +77,7 @@ def _attention_map(feature: Tensor, p: float, mode: str) -> Tensor:
     return F.normalize(energy.flatten(1), dim=1)
 
 
+@float32_math
 def at(s_feat: Tensor, t_feat: Tensor, *, p: float = 2, mode: str = "code") -> Tensor:
     """Attention transfer: distance between the normalised spatial attention maps.
 
@@ -118,6 +120,7 @@ def _polynomial_kernel_mean(a: Tensor, b: Tensor) -> Tensor:
     return (a @ b.transpose(1, 2)).pow(2).mean()
 
 
+@float32_math
 def nst(s_feat: Tensor, t_feat: Tensor) -> Tensor:
     """Neuron selectivity transfer: squared MMD between channel activation patterns.
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.losses.logit import upcast
+from kdistill.losses.logit import float32_math, upcast
 
 __all__ = ["IGNORE_INDEX", "LM_LOSSES", "attention_kl", "hidden_cosine", "hidden_mse", "token_ce"]
 
@@ -71,6 +71,7 @@ def _hidden_pair(name: str, s_hidden: Tensor, t_hidden: Tensor, mask: Tensor | N
     return s_hidden, t_hidden, _position_mask(mask, s_hidden.shape[:-1], s_hidden.device)
 
 
+@float32_math
 def hidden_mse(s_hidden: Tensor, t_hidden: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """Hidden-state distillation: squared error between (projected) student and teacher hidden
     states, mean over the hidden units and the counted tokens.
@@ -91,6 +92,7 @@ def hidden_mse(s_hidden: Tensor, t_hidden: Tensor, *, mask: Tensor | None = None
     return _masked_mean((s_hidden - t_hidden).pow(2).mean(-1), mask)
 
 
+@float32_math
 def hidden_cosine(s_hidden: Tensor, t_hidden: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """Cosine embedding loss, 1 − cos(h_S, h_T) per token, mean over counted tokens: aligns the
     directions of student and teacher hidden states.
@@ -107,6 +109,7 @@ def hidden_cosine(s_hidden: Tensor, t_hidden: Tensor, *, mask: Tensor | None = N
     return _masked_mean(1.0 - F.cosine_similarity(s_hidden, t_hidden, dim=-1, eps=1e-8), mask)
 
 
+@float32_math
 def attention_kl(s_attn: Tensor, t_attn: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """Self-attention distribution transfer: KL(A_T ‖ A_S) of each query's attention row,
     mean over heads and counted query positions.

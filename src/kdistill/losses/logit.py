@@ -8,12 +8,15 @@ are computed in float32 (``upcast``).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "LOGIT_LOSSES", "cross_entropy", "dist", "dkd", "kd", "kl_batchmean", "nkd",
+    "LOGIT_LOSSES", "cross_entropy", "dist", "dkd", "float32_math", "kd", "kl_batchmean", "nkd",
     "standardize_logits", "upcast",
 ]
 
@@ -22,6 +25,26 @@ def upcast(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Half-precision inputs computed in float32: softmax of large logits overflows in fp16 and
     loses the small probabilities that carry dark knowledge in bf16."""
     return tuple(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x for x in tensors)
+
+
+def float32_math(loss: Callable) -> Callable:
+    """Run ``loss`` with autocast off on its inputs' device.
+
+    ``upcast`` alone is not enough under mixed precision: autocast turns every matmul back to
+    bf16/fp16 even on float32 operands, and a Gram matrix or a distance computed that way is
+    far off (RKD's distances, CC's kernel) or overflows (SP's Gram matrix in fp16). Elementwise
+    math follows its (upcast) inputs, so only the matmuls change, back to float32.
+    """
+
+    @functools.wraps(loss)
+    def in_float32(*args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, Tensor)), None)
+        if device is None or not torch.is_autocast_enabled(device):
+            return loss(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return loss(*args, **kwargs)
+
+    return in_float32
 
 
 def kl_batchmean(student_log_probs: Tensor, teacher_probs: Tensor) -> Tensor:
@@ -94,6 +117,19 @@ def kd(
     return kl_batchmean(student_log_probs, teacher_probs) * temperature**2
 
 
+def _other_classes(scores: Tensor, target: Tensor) -> Tensor:
+    """Each row's scores without its target class, in class order: (N, C) -> (N, C − 1).
+
+    A gather with computed indices rather than boolean-mask indexing: a mask's output size is
+    data-dependent, which costs a host-device synchronisation per call on a GPU and breaks a
+    ``torch.compile`` graph.
+    """
+    n, num_classes = scores.shape
+    index = torch.arange(num_classes - 1, device=scores.device).expand(n, -1)
+    index = index + (index >= target.unsqueeze(1)).long()  # skip past the target class
+    return scores.gather(1, index)
+
+
 def _split_target(log_probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Split class log-probabilities (N, C) into the binary target / non-target log-probabilities
     (N, 2) and the non-target classes' own log-distribution (N, C − 1).
@@ -102,10 +138,8 @@ def _split_target(log_probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     probabilities and taking ``torch.log``: a confident sample's non-target mass underflows to 0
     in float32, and its log to −inf.
     """
-    n, num_classes = log_probs.shape
-    is_target = F.one_hot(target, num_classes).bool()
     target_log_prob = log_probs.gather(1, target.unsqueeze(1))
-    others = log_probs[~is_target].view(n, num_classes - 1)  # row-major: each row's C − 1 classes
+    others = _other_classes(log_probs, target)
     binary = torch.cat([target_log_prob, torch.logsumexp(others, dim=1, keepdim=True)], dim=1)
     return binary, F.log_softmax(others, dim=1)
 
@@ -230,14 +264,12 @@ def nkd(
         0-d tensor, batch mean.
     """
     s_logits, t_logits = upcast(s_logits, t_logits.detach())
-    n, num_classes = s_logits.shape
     index = target.unsqueeze(1)
     s_target_log_prob = F.log_softmax(s_logits, dim=1).gather(1, index)
     t_target_prob = F.softmax(t_logits, dim=1).gather(1, index)
     target_part = -(t_target_prob * s_target_log_prob).mean()
-    is_other = ~F.one_hot(target, num_classes).bool()
-    s_others = s_logits[is_other].view(n, num_classes - 1) / temperature
-    t_others = t_logits[is_other].view(n, num_classes - 1) / temperature
+    s_others = _other_classes(s_logits, target) / temperature
+    t_others = _other_classes(t_logits, target) / temperature
     others_part = -(F.softmax(t_others, dim=1) * F.log_softmax(s_others, dim=1)).sum(1).mean()
     return target_part + gamma * temperature**2 * others_part
 

@@ -5,7 +5,8 @@ congruence).
 Student first, teacher second. Each sample's feature is flattened to a vector, so the student's
 and the teacher's widths may differ (except where a method compares the vectors themselves).
 The value depends on which samples share the batch: these losses need N ≥ 2. Teacher features
-are detached inside every loss; half-precision inputs are computed in float32 (``upcast``).
+are detached inside every loss; half-precision inputs are computed in float32 (``upcast``), with
+autocast off (``float32_math``), since every one of them multiplies matrices.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.losses.logit import upcast
+from kdistill.losses.logit import float32_math, upcast
 
 __all__ = ["RELATION_LOSSES", "cc", "pkt", "rkd", "sp"]
 
@@ -31,6 +32,7 @@ def _vectors(s_feat: Tensor, t_feat: Tensor) -> tuple[Tensor, Tensor]:
     return s_feat.flatten(1), t_feat.flatten(1)
 
 
+@float32_math
 def sp(s_feat: Tensor, t_feat: Tensor, *, row_norm_p: float = 2) -> Tensor:
     """Similarity-preserving KD: match the batch's row-normalised Gram matrices.
 
@@ -71,7 +73,9 @@ def _normalized_distances(x: Tensor) -> Tensor:
     """Pairwise distances divided by their mean over the (positive) off-diagonal entries, so
     the student is compared on the *shape* of the teacher's distance structure, not its scale."""
     distances = _pairwise_distances(x)
-    return distances / distances[distances > 0].mean()
+    # The mean over the positive entries without boolean-mask indexing (a host sync per call
+    # on a GPU): the other entries are zeros, so the plain sum is the sum of the positive ones.
+    return distances / (distances.sum() / (distances > 0).sum())
 
 
 def _angles(x: Tensor) -> Tensor:
@@ -80,6 +84,7 @@ def _angles(x: Tensor) -> Tensor:
     return torch.bmm(directions, directions.transpose(1, 2)).flatten()
 
 
+@float32_math
 def rkd(
     s_emb: Tensor, t_emb: Tensor, *, distance_weight: float = 25.0, angle_weight: float = 50.0
 ) -> Tensor:
@@ -117,6 +122,7 @@ def _cosine_affinity_distribution(x: Tensor, eps: float) -> Tensor:
     return affinity / affinity.sum(dim=1, keepdim=True)
 
 
+@float32_math
 def pkt(s_emb: Tensor, t_emb: Tensor, *, eps: float = 1e-7) -> Tensor:
     """Probabilistic knowledge transfer: KL between the batch's cosine-affinity distributions.
 
@@ -157,6 +163,7 @@ def _correlation_matrix(x: Tensor, kernel: str, gamma: float, order: int) -> Ten
 CC_VARIANTS = ("paper", "torchdistill", "repdistiller")
 
 
+@float32_math
 def cc(
     s_emb: Tensor,
     t_emb: Tensor,

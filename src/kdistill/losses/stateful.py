@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,6 +21,20 @@ from kdistill.losses.feature import pool_to_common_size
 from kdistill.losses.logit import upcast
 
 __all__ = ["STATEFUL_LOSSES", "CRDLoss", "VIDLoss"]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_across_processes(tensor: Tensor) -> Tensor:
+    """Every process's ``tensor`` concatenated along the first axis, in rank order (all ranks
+    must call it with the same shape, as Accelerate's evenly batched loaders give)."""
+    if not _distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 def _channels(shape: tuple[int, ...], name: str) -> int:
@@ -122,6 +137,13 @@ class CRDLoss(nn.Module):
       mode, the memory rows of the batch move to momentum · old + (1 − momentum) · new,
       renormalised.
 
+    Data-parallel (DDP): every process gathers the batch's indices and embeddings from all the
+    others before the memory update, so each holds the same, complete bank; the banks are
+    broadcast from rank 0 once, at the first training step, and are listed in
+    ``replicated_buffers`` so that ``Distiller`` keeps them out of DDP's per-step buffer
+    broadcast (which would copy rank 0's partial bank over the others, 2 × N × 128 floats a
+    step).
+
     Deviations, each deliberate: negatives are drawn uniformly among the *other* samples
     (RepDistiller's CIFAR loader draws them from the other classes; a generic dataset here has
     no class table); the number of negatives defaults to min(16384, num_samples − 1) rather than
@@ -170,6 +192,10 @@ class CRDLoss(nn.Module):
         # [Z_student, Z_teacher]; 0 means "not set yet" (Z is a mean of exponentials, always > 0).
         self.register_buffer("normalizer", torch.zeros(2))
         self._index_checked = False
+        self._banks_synchronised = False
+
+    # Buffers this module keeps equal across processes itself: DDP must not broadcast them.
+    replicated_buffers = ("memory_student", "memory_teacher")
 
     @classmethod
     def from_shapes(
@@ -219,6 +245,15 @@ class CRDLoss(nn.Module):
         return -(positive.sum() + negatives.sum()) / len(scores)
 
     @torch.no_grad()
+    def _update_memories(self, index: Tensor, v_student: Tensor, v_teacher: Tensor) -> None:
+        if _distributed():
+            index = _gather_across_processes(index)
+            v_student = _gather_across_processes(v_student.detach())
+            v_teacher = _gather_across_processes(v_teacher.detach())
+        self._update_memory(self.memory_student, index, v_student)
+        self._update_memory(self.memory_teacher, index, v_teacher)
+
+    @torch.no_grad()
     def _update_memory(self, memory: Tensor, index: Tensor, embedding: Tensor) -> None:
         rows = memory[index] * self.momentum + embedding.to(memory.dtype) * (1 - self.momentum)
         memory.index_copy_(0, index, F.normalize(rows, dim=1))
@@ -254,14 +289,19 @@ class CRDLoss(nn.Module):
         s_emb, t_emb = upcast(s_emb, t_emb.detach())
         v_student = self._embed(self.embed_student, s_emb)
         v_teacher = self._embed(self.embed_teacher, t_emb)
+        if self.training and not self._banks_synchronised:
+            # Ranks may have drawn different initial banks: start from rank 0's, once.
+            if _distributed():
+                dist.broadcast(self.memory_student, src=0)
+                dist.broadcast(self.memory_teacher, src=0)
+            self._banks_synchronised = True
         if contrast_idx is None:
             contrast_idx = self._draw_contrast_indices(index)
         student_scores = self._scores(self.memory_teacher, v_student, contrast_idx, side=0)
         teacher_scores = self._scores(self.memory_student, v_teacher, contrast_idx, side=1)
         loss = self._nce_loss(student_scores) + self._nce_loss(teacher_scores)
         if self.training:
-            self._update_memory(self.memory_student, index, v_student)
-            self._update_memory(self.memory_teacher, index, v_teacher)
+            self._update_memories(index, v_student, v_teacher)
         return loss
 
 
