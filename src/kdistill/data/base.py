@@ -97,7 +97,7 @@ def _empty_split(split: str, samples: int, val_fraction: float, test_fraction: f
             "diagnosed on them: set data.val_fraction above 0 (e.g. 0.1)"
         )
     fraction = {"validation": f"data.val_fraction={val_fraction}", "test": f"data.test_fraction={test_fraction}"}.get(split, "what is left")
-    return f"{source}: {samples} samples leave the {split} split empty ({fraction}); use more samples (data.subset) or a larger fraction"
+    return f"{source}: {samples} sample(s) leave the {split} split empty ({fraction}); use more samples or a larger fraction"
 
 
 def make_splits(

@@ -100,7 +100,7 @@ def class_count(y: np.ndarray, file: Path, num_classes: int | None) -> int:
             raise DataError(f"data.options.num_classes: give a whole number from 2 to {MAX_CLASSES:,}, got {num_classes!r}")
     if len(y) and (y.min() < 0 or y.max() >= (num_classes or MAX_CLASSES)):
         bound = num_classes or MAX_CLASSES
-        raise DataError(f"{file}: labels must be class indices 0..{bound - 1}, found {y.min():g}..{y.max():g}")
+        raise DataError(f"{file}: labels must be class indices 0..{bound - 1}, found {y.min()}..{y.max()}")
     if num_classes is not None:
         return num_classes
     present = np.unique(y.astype(np.int64))

@@ -77,6 +77,11 @@ class UnknownModelError(ValueError):
     """A model name that is not in the zoo."""
 
 
+class ModelSettingError(TypeError):
+    """A setting the builder cannot use (a negative width): a bad argument to the call, so
+    callers that name the recipe's ``kwargs`` for an unknown keyword name it for this too."""
+
+
 def list_models() -> list[str]:
     return sorted(MODELS)
 
@@ -107,13 +112,20 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise UnknownModelError(
             f"unknown model {name!r}{hint}; `kdistill list models` shows all"
         ) from None
-    return builder(**kwargs)
+    negative = [f"{key}={value}" for key, value in kwargs.items() if type(value) is int and value < 0]
+    if negative:
+        raise ModelSettingError(f"{name}: {negative[0]} is negative; sizes and counts are whole numbers >= 0")
+    try:
+        return builder(**kwargs)
+    except (RuntimeError, ValueError) as error:  # e.g. a zero width torch cannot allocate
+        raise ModelSettingError(f"{name} cannot be built with {kwargs}: {str(error).splitlines()[0][:200]}") from None
 
 
 __all__ = [
     "MODELS",
     "RECSYS_MODELS",
     "TEXT_MODELS",
+    "ModelSettingError",
     "UnknownModelError",
     "create_model",
     "describe_model",
