@@ -77,9 +77,10 @@ class UnknownModelError(ValueError):
     """A model name that is not in the zoo."""
 
 
-class ModelSettingError(TypeError):
-    """A setting the builder cannot use (a negative width): a bad argument to the call, so
-    callers that name the recipe's ``kwargs`` for an unknown keyword name it for this too."""
+class ModelSettingError(TypeError, ValueError):
+    """A setting the builder cannot use (a negative width, a WRN depth that is not 6n + 4): a
+    bad argument to the call, so callers that name the recipe's ``kwargs`` for an unknown
+    keyword (TypeError) name it for this too; still the ValueError the builders raise."""
 
 
 def list_models() -> list[str]:
@@ -118,7 +119,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     try:
         return builder(**kwargs)
     except (RuntimeError, ValueError) as error:  # e.g. a zero width torch cannot allocate
-        raise ModelSettingError(f"{name} cannot be built with {kwargs}: {str(error).splitlines()[0][:200]}") from None
+        raise ModelSettingError(f"{name}: {str(error).splitlines()[0][:200]}") from None
 
 
 __all__ = [
