@@ -60,7 +60,7 @@ def kdistill_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
     return subprocess.run(
-        [str(KDISTILL), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [str(KDISTILL), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
         preexec_fn=cap_memory, timeout=300,
     )
 

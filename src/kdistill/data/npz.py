@@ -95,13 +95,13 @@ def check_shapes(x: np.ndarray, y: np.ndarray, file: Path) -> None:
 
 def class_count(y: np.ndarray, file: Path, num_classes: int | None) -> int:
     """K for labels ``y``: ``num_classes`` when given, else the labels must be exactly 0..K-1."""
-    if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
-            raise DataError(f"data.options.num_classes: give a whole number from 2 to {MAX_CLASSES:,}, got {num_classes!r}")
-    if len(y) and (y.min() < 0 or y.max() >= (num_classes or MAX_CLASSES)):
-        bound = num_classes or MAX_CLASSES
+    named = num_classes is not None
+    if named and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES):
+        raise DataError(f"data.options.num_classes: give a whole number from 2 to {MAX_CLASSES:,}, got {num_classes!r}")
+    bound = num_classes if named else MAX_CLASSES
+    if len(y) and (y.min() < 0 or y.max() >= bound):
         raise DataError(f"{file}: labels must be class indices 0..{bound - 1}, found {y.min()}..{y.max()}")
-    if num_classes is not None:
+    if named:
         return num_classes
     present = np.unique(y.astype(np.int64))
     if len(present) != int(present[-1]) + 1:
