@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdistill.run.config import Recipe, dump_config, load_config, parse_override
 from kdistill.data import load_dataset
 from kdistill.errors import ConfigError
+from kdistill.run.config import Recipe, dump_config, load_config, parse_override
 from kdistill.run.steps import recipe_terms
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

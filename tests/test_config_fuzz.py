@@ -7,8 +7,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdistill.run.config import Recipe, load_config
 from kdistill.errors import ConfigError
+from kdistill.run.config import Recipe, load_config
 
 SECTIONS = {name: field for name, field in Recipe.model_fields.items()}
 KEYS = {

@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'kdistill[export]'")
 
 from kdistill.cli import main
-from kdistill.deploy.run_export import INT8_TOLERANCE, PARITY_TOLERANCE
 from kdistill.deploy.onnx import export_onnx, max_abs_diff, ort_session
+from kdistill.deploy.run_export import INT8_TOLERANCE, PARITY_TOLERANCE
 
 TINY = ["data.subset=600", "teacher.epochs=1", "train.epochs=3", "train.batch_size=32",
         "output.latency=false", "output.plots=false", "output.progress=false"]

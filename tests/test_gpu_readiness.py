@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from conftest import subprocess_env
+from torch import nn
 from torch.utils.data import DataLoader
 
 import kdistill

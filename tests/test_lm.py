@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader
 from kdistill import create_model
 from kdistill.data import load_dataset
 from kdistill.distiller import Distiller, Teacher
+from kdistill.evaluation.language_model import evaluate_lm
 from kdistill.losses import token_ce
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import preset_terms
-from kdistill.evaluation.language_model import evaluate_lm
 from kdistill.sampling import OnPolicy, sample
 from kdistill.trainer import fit
 

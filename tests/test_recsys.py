@@ -17,6 +17,8 @@ from kdistill.cli import main
 from kdistill.data import load_dataset
 from kdistill.data.movielens import read_interactions, sample_unrated
 from kdistill.errors import DataError
+from kdistill.evaluation import TASKS
+from kdistill.evaluation.ranking import held_out_rank, hit_rate, ndcg, rmse
 from kdistill.losses import LOSSES
 from kdistill.losses.ranking import (
     listwise_kd,
@@ -27,8 +29,6 @@ from kdistill.losses.ranking import (
 )
 from kdistill.methods import Term
 from kdistill.models import create_model
-from kdistill.evaluation.ranking import held_out_rank, hit_rate, ndcg, rmse
-from kdistill.evaluation import TASKS
 
 
 @pytest.fixture(scope="module")

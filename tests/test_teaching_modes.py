@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdistill.cli import main
-from kdistill.run.config import load_config
-from kdistill.teaching.ensemble import Ensemble
 from kdistill.errors import ConfigError
 from kdistill.models import create_model
-from kdistill.teaching.mutual import MutualDistiller
+from kdistill.run.config import load_config
 from kdistill.taps import FeatureTap
+from kdistill.teaching.ensemble import Ensemble
+from kdistill.teaching.mutual import MutualDistiller
 
 
 class Fixed(nn.Module):

@@ -11,8 +11,8 @@ import yaml
 pytest.importorskip("optuna", reason="the tune extra is not installed: pip install 'kdistill[tune]'")
 
 from kdistill.cli import main
-from kdistill.run.config import load_config
 from kdistill.methods import PRESETS
+from kdistill.run.config import load_config
 from kdistill.run.tune import logit_methods, validation_score
 
 TINY = ["data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.batch_size=32", "student.kwargs.width=32"]

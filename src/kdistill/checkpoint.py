@@ -1,6 +1,9 @@
 """Files a run writes and reads back: safetensors only (no pickle, ever), written atomically
-(temporary file, then rename), with a SHA-256 digest of every tensor in the file's metadata so a
-truncated or corrupted file is refused with its name instead of being silently used.
+(temporary file, then rename), with a SHA-256 digest of every tensor and another of the JSON
+metadata (epoch, learning rate, optimizer and generator state) in the file's header, so a
+truncated, corrupted or edited file is refused with its name instead of being silently used.
+A file without a digest was not written by kdistill: it is read, and the user is told that
+damage to it cannot be detected.
 
 A training state (weights, optimizer, scheduler, every random generator, position in the data)
 is flattened into one such file: tensors as tensors, everything else as JSON metadata.
@@ -12,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,8 @@ from torch import Tensor
 from kdistill.errors import UserError
 
 FORMAT_KEY = "kdistill"
-DIGEST_KEY = "kdistill.sha256"
+DIGEST_KEY = "kdistill.sha256"  # over the tensors (names, dtypes, shapes, bytes)
+META_DIGEST_KEY = "kdistill.meta.sha256"  # over the FORMAT_KEY text, exactly as stored
 
 
 class CheckpointError(UserError):
@@ -49,26 +54,70 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
     metadata = {DIGEST_KEY: tensor_digest(tensors)}
     if meta is not None:
         metadata[FORMAT_KEY] = json.dumps(meta)
+        metadata[META_DIGEST_KEY] = _text_digest(metadata[FORMAT_KEY])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
     return path.stat().st_size
 
 
-def load_tensors(path: str | Path, *, what: str = "checkpoint") -> tuple[dict[str, Tensor], dict]:
-    """Read a safetensors file, verifying the digest when it carries one (files from other
-    tools do not; they are still read without unpickling anything)."""
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _notice(message: str) -> None:
+    # A leaf module has no echo of its own; stderr keeps stdout (tables, reports) clean.
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _read_header(path: Path, what: str) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: unreadable {what} (truncated or not a safetensors file: {str(error)[:120]}); "
+            "delete it and run again"
+        ) from None
+
+
+def _checked_meta(path: Path, metadata: dict[str, str], what: str) -> dict:
+    """The JSON metadata, refused unless its digest matches: kdistill writes both or neither."""
+    if FORMAT_KEY not in metadata:
+        return {}
+    text = metadata[FORMAT_KEY]
+    expected = metadata.get(META_DIGEST_KEY)
+    if expected is None:
+        raise CheckpointError(
+            f"{path}: {what} has kdistill metadata without its checksum (edited, or written by an "
+            "older kdistill); delete it and run again"
+        )
+    if _text_digest(text) != expected:
+        raise CheckpointError(f"{path}: {what} metadata is corrupted or edited (checksum mismatch); delete it and run again")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise CheckpointError(f"{path}: {what} metadata is not valid JSON; delete it and run again") from None
+
+
+def load_tensors(path: str | Path, *, what: str = "checkpoint", expect_digest: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """Read a safetensors file, verifying its digests.
+
+    A file without a digest (from another tool, e.g. a user's teacher weights) is read without
+    unpickling anything, with a note that damage to it cannot be detected; with
+    ``expect_digest`` (a file kdistill wrote itself and reads back) it is refused.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
+    metadata = _read_header(path, what)
+    meta = _checked_meta(path, metadata, what)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(
@@ -76,22 +125,23 @@ def load_tensors(path: str | Path, *, what: str = "checkpoint") -> tuple[dict[st
             "delete it and run again"
         ) from None
     expected = metadata.get(DIGEST_KEY)
-    if expected is not None and tensor_digest(tensors) != expected:
+    if expected is None:
+        if expect_digest:
+            raise CheckpointError(
+                f"{path}: {what} carries no checksum, but kdistill writes one into every file it makes: "
+                "it was replaced or edited; delete it and run again"
+            )
+        _notice(f"{path}: {what} carries no kdistill checksum; it is used as is, and damage to it cannot be detected")
+    elif tensor_digest(tensors) != expected:
         raise CheckpointError(f"{path}: {what} is corrupted (checksum mismatch); delete it and run again")
-    meta = json.loads(metadata[FORMAT_KEY]) if FORMAT_KEY in metadata else {}
     return tensors, meta
 
 
 def read_meta(path: str | Path) -> dict:
-    """The JSON metadata of a file written by ``save_tensors``, without reading its tensors."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({str(error)[:120]}); delete it and run again") from None
-    return json.loads(metadata.get(FORMAT_KEY, "{}"))
+    """The JSON metadata of a file written by ``save_tensors``, checked against its digest,
+    without reading its tensors."""
+    path = Path(path)
+    return _checked_meta(path, _read_header(path, "checkpoint"), "checkpoint")
 
 
 # --- training state --------------------------------------------------------------------------
@@ -164,7 +214,7 @@ def save_training_state(
 
 
 def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    tensors, meta = load_tensors(path, what="training checkpoint")
+    tensors, meta = load_tensors(path, what="training checkpoint", expect_digest=True)
     if meta.get("format") != "kdistill-training-state/1":
         raise CheckpointError(f"{path}: not a kdistill training checkpoint")
     return tensors, meta

@@ -20,9 +20,10 @@ def save_weights(model: nn.Module, path: str | Path) -> int:
     return save_tensors(path, model.state_dict())
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+def load_weights(model: nn.Module, path: str | Path, *, expect_digest: bool = False) -> nn.Module:
     """Load safetensors weights into ``model`` (strict: every tensor must match). Never unpickles;
-    a truncated or corrupted file raises ``CheckpointError`` naming it."""
-    tensors, _ = load_tensors(path, what="weights file")
+    a truncated or corrupted file raises ``CheckpointError`` naming it, and so does a file
+    without a checksum where one is expected (``expect_digest``: kdistill wrote it)."""
+    tensors, _ = load_tensors(path, what="weights file", expect_digest=expect_digest)
     model.load_state_dict(tensors, strict=True)
     return model

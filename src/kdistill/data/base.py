@@ -15,6 +15,10 @@ from torch.utils.data import Dataset
 
 from kdistill.errors import DataError
 
+# Classes a dataset may have: the run reports a K×K confusion matrix for every model, and a
+# stray label must not size it (one label of 1e5 asked for 80 GB).
+MAX_CLASSES = 10_000
+
 
 class ArrayDataset(Dataset):
     """Inputs and integer targets held as tensors; ``index`` is the position in this dataset."""
@@ -86,6 +90,16 @@ def check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> None:
         raise DataError(f"{source}: labels must be class indices 0..C-1, found {int(y.min())}")
 
 
+def _empty_split(split: str, samples: int, val_fraction: float, test_fraction: float, source: str) -> str:
+    if split == "validation" and val_fraction == 0:
+        return (
+            "data.val_fraction=0 leaves no validation samples, and each model is scored and "
+            "diagnosed on them: set data.val_fraction above 0 (e.g. 0.1)"
+        )
+    fraction = {"validation": f"data.val_fraction={val_fraction}", "test": f"data.test_fraction={test_fraction}"}.get(split, "what is left")
+    return f"{source}: {samples} sample(s) leave the {split} split empty ({fraction}); use more samples or a larger fraction"
+
+
 def make_splits(
     x: np.ndarray,
     y: np.ndarray,
@@ -105,6 +119,8 @@ def make_splits(
     check_arrays(x, y, source)
     y = y.astype(np.int64)
     num_classes = num_classes or int(y.max()) + 1
+    if num_classes > MAX_CLASSES:
+        raise DataError(f"{source}: {num_classes:,} classes, more than the limit of {MAX_CLASSES:,}")
     if y.max() >= num_classes:
         raise DataError(
             f"{source}: label {int(y.max())} is out of range for {num_classes} classes"
@@ -117,6 +133,10 @@ def make_splits(
     mean = float(x[train_idx].mean())
     std = float(x[train_idx].std()) or 1.0
     x = ((x - mean) / std).astype(np.float32)
+
+    for split, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
+        if len(idx) == 0:
+            raise DataError(_empty_split(split, len(y), val_fraction, test_fraction, source))
 
     def subset(idx: np.ndarray) -> ArrayDataset:
         return ArrayDataset(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import struct
 from pathlib import Path
 
 import numpy as np
 
-from kdistill.data.base import DataSplits, check_arrays, make_splits
+from kdistill.data.base import MAX_CLASSES, DataSplits, make_splits
 from kdistill.errors import DataError
 
+MAX_IMAGE_SIZE = 1024  # pixels per side after resizing: 12 MB per RGB image as float32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -85,40 +87,24 @@ def load_digits(
     )
 
 
-def load_npz(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None,
-) -> DataSplits:
-    """The user's arrays: a NumPy ``.npz`` holding ``x`` (N, ...) and integer labels ``y`` (N,)."""
-    if not path:
-        raise DataError("data.path: the npz dataset needs a file; set data.path=my_data.npz")
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"data.path: {file} does not exist")
+def read_image(file: Path, mode: str, image_size: int) -> np.ndarray:
+    """One image as floats in 0..1, (size, size) or (size, size, 3). Anything a decoder raises on
+    a user's file, including PIL's refusal of images over its pixel limit (a decompression
+    bomb), becomes one line naming the file."""
+    from PIL import Image
+
     try:
-        # allow_pickle=False: an .npz from someone else must not run code when loaded.
-        with np.load(file, allow_pickle=False) as arrays:
-            missing = {"x", "y"} - set(arrays.files)
-            if missing:
-                raise DataError(
-                    f"{file}: needs arrays 'x' and 'y', missing {sorted(missing)} "
-                    f"(found {sorted(arrays.files)}); save with np.savez(path, x=..., y=...)"
-                )
-            x, y = arrays["x"], arrays["y"]
-    except (OSError, ValueError) as error:
-        raise DataError(f"{file}: not a readable .npz file ({error})") from None
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    if x.ndim == 3:  # (N, H, W) grayscale images: add the channel axis
-        x = x[:, None]
-    x = x.astype(np.float32)
-    check_arrays(x, y, str(file))
-    x, y = stratified_subset(x, y.astype(np.int64), subset, seed)
-    return make_splits(
-        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        identity={"dataset": "npz", "file": str(file.resolve()), "subset": subset},
-        source=str(file),
-    )
+        with Image.open(file) as image:
+            image = image.convert(mode).resize((image_size, image_size))
+            return np.asarray(image, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"{file}: more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} (a decompression bomb, or "
+            "a huge image); shrink or remove it"
+        ) from None
+    # PIL's decoders raise all of these on damaged files (SyntaxError from some header parsers).
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as error:
+        raise DataError(f"{file}: not a readable image ({type(error).__name__}); remove or replace it") from None
 
 
 def load_image_folder(
@@ -134,21 +120,19 @@ def load_image_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root}: no class sub-folders; put each class's images in root/<class>/")
-    from PIL import Image, UnidentifiedImageError
-
-    mode = {1: "L", 3: "RGB"}[channels]
+    modes = {1: "L", 3: "RGB"}
+    if channels not in modes or isinstance(channels, bool):
+        raise DataError(f"data.options.channels: 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise DataError(f"data.options.image_size: a side length in pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{root}: {len(classes):,} class sub-folders, more than the limit of {MAX_CLASSES:,} classes")
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(file) as image:
-                    image = image.convert(mode).resize((image_size, image_size))
-                    images.append(np.asarray(image, dtype=np.float32) / 255.0)
-            except (OSError, UnidentifiedImageError):
-                raise DataError(f"{file}: not a readable image; remove or replace it") from None
-            labels.append(label)
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(read_image(file, modes[channels], image_size))
+                labels.append(label)
     if not images:
         raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     x = np.stack(images)

@@ -97,6 +97,12 @@ class UnknownModelError(ValueError):
     """A model name that is not in the zoo."""
 
 
+class ModelSettingError(TypeError, ValueError):
+    """A setting the builder cannot use (a negative width, a WRN depth that is not 6n + 4): a
+    bad argument to the call, so callers that name the recipe's ``kwargs`` for an unknown
+    keyword (TypeError) name it for this too; still the ValueError the builders raise."""
+
+
 def list_models(inputs: str | None = None) -> list[str]:
     """Every zoo model's name, or those reading ``inputs`` (``"image"``, ``"tokens"``, ``"recsys"``)."""
     return sorted(name for name, entry in MODELS.items() if inputs is None or entry.inputs == inputs)
@@ -138,13 +144,23 @@ def _entry(name: str) -> ModelEntry:
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a zoo model by name, e.g. ``create_model("cnn", width=16, num_classes=10)``."""
-    return _entry(name)(**kwargs)
+    builder = _entry(name)
+    negative = [f"{key}={value}" for key, value in kwargs.items() if type(value) is int and value < 0]
+    if negative:
+        raise ModelSettingError(f"{name}: {negative[0]} is negative; sizes and counts are whole numbers >= 0")
+    try:
+        return builder(**kwargs)
+    except (RuntimeError, ValueError) as error:  # e.g. a zero width torch cannot allocate
+        if isinstance(error, ModelSettingError):
+            raise
+        raise ModelSettingError(f"{name}: {str(error).splitlines()[0][:200]}") from None
 
 
 __all__ = [
     "INPUT_KINDS",
     "MODELS",
     "ModelEntry",
+    "ModelSettingError",
     "UnknownModelError",
     "create_model",
     "describe_model",

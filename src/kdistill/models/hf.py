@@ -13,6 +13,7 @@ Every module of the wrapped model stays addressable too (``model.bert.encoder.la
 from __future__ import annotations
 
 import contextlib
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,50 @@ def _auto_class(task: str):
     raise ConfigError(f"hf model task {task!r}: choose {' or '.join(HF_TASKS)}")
 
 
+# Settings a recipe could use to make transformers run or fetch code: never passed on.
+REMOTE_CODE_KEYS = ("trust_remote_code", "auto_map", "code_revision", "custom_pipelines")
+
+
+def _refuse_remote_code(overrides: dict, config: dict | None) -> None:
+    """A model directory's ``*.py`` would run with the user's rights: kdistill never asks for it."""
+    named = [k for k in REMOTE_CODE_KEYS if k in overrides or (config and k in config)]
+    if named:
+        raise ConfigError(
+            f"hf model: {named[0]} is refused: kdistill never runs code from a model directory; "
+            "use a model type transformers ships (bert, gpt2, ...)"
+        )
+
+
+def _set_named(hf_config, overrides: dict) -> None:
+    """Apply ``overrides`` to settings the config already has (``num_hidden_layers=3``); a name it
+    does not have is refused rather than passed to transformers, which takes loader options
+    through the same keywords."""
+    known = hf_config.to_dict()
+    for key, value in overrides.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"hf model: {key!r} is not a setting of the {hf_config.model_type} config{hint}")
+        setattr(hf_config, key, value)
+
+
+def _from_directory(auto, directory: Path, pretrained: bool, attn_implementation: str, labels: dict, overrides: dict) -> nn.Module:
+    import transformers
+
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"hf model path {directory}: no config.json there (a local model directory is needed; nothing is downloaded)")
+    hf_config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False, **labels)
+    _set_named(hf_config, overrides)
+    if not pretrained:
+        return auto.from_config(hf_config, attn_implementation=attn_implementation, trust_remote_code=False)
+    if not any(directory.glob("*.safetensors")):
+        raise ConfigError(f"hf model path {directory}: no .safetensors weights (pickled .bin weights are not loaded)")
+    return auto.from_pretrained(
+        directory, config=hf_config, local_files_only=True, use_safetensors=True,
+        attn_implementation=attn_implementation, trust_remote_code=False,
+    )
+
+
 def hf(
     num_classes: int = 2,
     input_shape: tuple[int, ...] = (128,),
@@ -116,31 +161,24 @@ def hf(
         raise ConfigError("hf models need transformers: pip install 'kdistill[nlp]'") from None
     auto = _auto_class(task)
     labels = {"num_labels": num_classes} if task == "sequence-classification" else {}
-    with _quiet_transformers():
-        if path is not None:
-            directory = Path(path)
-            if not (directory / "config.json").is_file():
-                raise ConfigError(f"hf model path {directory}: no config.json there (a local model directory is needed; nothing is downloaded)")
-            if pretrained:
-                if not any(directory.glob("*.safetensors")):
-                    raise ConfigError(f"hf model path {directory}: no .safetensors weights (pickled .bin weights are not loaded)")
-                model = auto.from_pretrained(
-                    directory, local_files_only=True, use_safetensors=True,
-                    attn_implementation=attn_implementation, **labels, **config_overrides,
-                )
+    _refuse_remote_code(config_overrides, config)
+    try:
+        with _quiet_transformers():
+            if path is not None:
+                model = _from_directory(auto, Path(path), pretrained, attn_implementation, labels, config_overrides)
+            elif config is not None:
+                fields = dict(config)
+                if "model_type" not in fields:
+                    raise ConfigError("hf model config: set model_type (bert, gpt2, ...)")
+                if task == "causal-lm":
+                    fields.setdefault("vocab_size", num_classes)
+                hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields, **labels)
+                _set_named(hf_config, config_overrides)
+                model = auto.from_config(hf_config, attn_implementation=attn_implementation, trust_remote_code=False)
             else:
-                hf_config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True, **labels, **config_overrides)
-                model = auto.from_config(hf_config, attn_implementation=attn_implementation)
-        elif config is not None:
-            fields = dict(config)
-            if "model_type" not in fields:
-                raise ConfigError("hf model config: set model_type (bert, gpt2, ...)")
-            if task == "causal-lm":
-                fields.setdefault("vocab_size", num_classes)
-            hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields, **labels, **config_overrides)
-            model = auto.from_config(hf_config, attn_implementation=attn_implementation)
-        else:
-            raise ConfigError("hf model: set path (a local model directory) or config (with model_type)")
+                raise ConfigError("hf model: set path (a local model directory) or config (with model_type)")
+    except (ValueError, OSError) as error:  # an unknown model_type, a damaged config.json
+        raise ConfigError(f"hf model: {str(error).splitlines()[0][:200]}") from None
     return HFModel(model, task)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kdistill import safe_yaml
 from kdistill.errors import ConfigError
 
 
@@ -183,7 +184,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r}: write key=value, e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = safe_yaml.load(raw, f"override of {key}") if raw else ""
     except yaml.YAMLError:
         value = raw
     path = [int(part) if part.isdigit() else part for part in key.split(".")]
@@ -279,7 +280,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Re
         if not file.is_file():
             raise ConfigError(f"{file}: recipe file not found (see configs/ for examples)")
         try:
-            tree = yaml.safe_load(file.read_text()) or {}
+            tree = safe_yaml.load_file(file) or {}
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
@@ -307,4 +308,4 @@ def dump_config(recipe: Recipe) -> str:
         del tree["teacher"]  # an ensemble has no single teacher; both would be refused
     if recipe.terms is not None:
         del tree["method"]
-    return yaml.safe_dump(tree, sort_keys=False)
+    return safe_yaml.dump(tree)

@@ -9,8 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from kdistill.errors import UserError
 from kdistill.report import results_table, verdict, write_report
 from kdistill.report.plots import plot_diagnostics, plot_history
@@ -31,9 +29,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     data-parallel and only the main process writes files and prints.
     """
     started = time.perf_counter()
-    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision)
-    if recipe.train.deterministic:
-        torch.use_deterministic_algorithms(True)
+    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision, deterministic=recipe.train.deterministic)
     plan = preflight(recipe)  # bad models, terms, taps or data fail before anything is written
     # Every process checks the directory before the main one creates it (or one would see the other's).
     check_run_dir(recipe, overwrite=overwrite, resume=resume)

@@ -23,8 +23,7 @@ from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
-import yaml
-
+from kdistill import safe_yaml
 from kdistill.errors import UserError
 from kdistill.run.config import Recipe, dump_config
 
@@ -100,7 +99,7 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
         if not config.is_file():
             raise UserError(f"--resume: {run_dir} holds no run to continue; run without --resume")
         try:
-            started_with = Recipe.model_validate(yaml.safe_load(config.read_text()))
+            started_with = Recipe.model_validate(safe_yaml.load_file(config))
         except Exception as error:  # a config.yaml edited by hand, truncated or not a recipe
             raise UserError(f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); start a new run with name=<new name>") from None
         if started_with != recipe:

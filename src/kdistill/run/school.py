@@ -87,11 +87,11 @@ class RunSchool:
             load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
             source, seconds = str(cfg.checkpoint), 0.0
         elif self.resume and final.is_file():
-            load_checkpoint(model, final, phase)
+            load_checkpoint(model, final, phase, ours=True)
             source = "trained" if trained_here else f"reused {store}"
             seconds = self.metrics.seconds(phase)
         elif store.is_file() and not (self.resume and trained_here):
-            load_checkpoint(model, store, "teacher store")
+            load_checkpoint(model, store, "teacher store", ours=True)
             source, seconds = f"reused {store}", 0.0
         else:
             seconds = self._train(
@@ -182,7 +182,7 @@ class RunSchool:
         final = self.checkpoints / f"{phase}.safetensors"
         state = self.checkpoints / f"{phase}.state.safetensors"
         if self.resume and final.is_file():
-            load_weights(distiller.student, final)
+            load_weights(distiller.student, final, expect_digest=True)
             return self.metrics.seconds(phase)
         if self.is_main:
             # Records the checkpoint does not cover are written again by the resumed training.
@@ -207,7 +207,7 @@ class RunSchool:
     def keep(self, model: nn.Module, file: str) -> None:
         path = self.checkpoints / file
         if self.resume and path.is_file():
-            load_weights(model, path)
+            load_weights(model, path, expect_digest=True)
         elif self.is_main:
             save_weights(model, path)
         self.accelerator.wait_for_everyone()
@@ -275,11 +275,12 @@ def teacher_fingerprint(recipe: Recipe, splits, cfg: TeacherConfig | None = None
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_checkpoint(model: nn.Module, path: Path, field: str) -> None:
+def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = False) -> None:
+    """Load weights into ``model``; ``ours``: kdistill wrote the file, so it must carry a checksum."""
     if not path.is_file():
         raise UserError(f"{field}: {path} does not exist")
     try:
-        load_weights(model, path)
+        load_weights(model, path, expect_digest=ours)
     except UserError:
         raise
     except Exception as error:  # shapes or names that do not fit the model
