@@ -19,8 +19,8 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.cache import CachedTeacher, TeacherCache, build_cache
-from kdistill.checkpoint import read_meta, tensor_digest
+from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity, topk_terms
+from kdistill.checkpoint import read_meta
 from kdistill.config import Recipe, StudentConfig, TeacherConfig, dump_config
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented
@@ -120,7 +120,7 @@ def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
     untrained, only to read those names."""
     try:
         if recipe.terms is not None:
-            return [Term(**term.model_dump()) for term in recipe.terms]
+            return _topk_forms(recipe, [Term(**term.model_dump()) for term in recipe.terms])
         d = recipe.distill
         hyper = {k: v for k, v in (("temperature", d.temperature), ("alpha", d.alpha), ("ce_weight", d.ce_weight)) if v is not None}
         params = preset_params(d.params)
@@ -128,9 +128,15 @@ def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
             student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
             teacher = build_model("teacher", recipe.teacher.model, recipe.teacher.kwargs, splits)
             params.update(default_layers(recipe.method, student, teacher))
-        return preset_terms(recipe.method, **hyper, **params)
+        return _topk_forms(recipe, preset_terms(recipe.method, **hyper, **params))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{'terms' if recipe.terms is not None else 'method'}: {error}") from None
+
+
+def _topk_forms(recipe: Recipe, terms: list[Term]) -> list[Term]:
+    """A run reading a top-k cache compares through each loss's exact top-k form (or is refused)."""
+    k = recipe.teacher.cache_topk
+    return topk_terms(terms, k)[0] if k and recipe.teacher.cache and recipe.distill.mode == "teacher" else terms
 
 
 def teacher_fingerprint(recipe: Recipe, splits: DataSplits, cfg: TeacherConfig | None = None, member: int = 0) -> str:
@@ -287,25 +293,29 @@ def cached_teacher(ctx: RunContext, teacher: Teacher) -> CachedTeacher:
     recipe, train = ctx.recipe, ctx.recipe.train
     varies = train.augment != "none" or hasattr(ctx.splits.train, "set_epoch")
     views = train.epochs if varies else 1
+    k = recipe.teacher.cache_topk
+    topk = {"k": k, "temperature": topk_terms(recipe_terms(recipe, ctx.splits), k)[1]} if k else None
+    dataset = augmented(ctx.splits.train, train.augment, seed=train.seed)
     fingerprint = {
-        "teacher": tensor_digest(teacher.module.state_dict()),
+        "teacher": teacher_identity(teacher.module),  # weights, settings and hooks (vocab_map)
         "data": ctx.splits.identity,
         "split": "train",
         "augment": {"name": train.augment, "seed": train.seed, "views": views},
         "taps": sorted(teacher.taps),
         "dtype": recipe.teacher.cache_dtype,
-        "topk": recipe.teacher.cache_topk,
+        "topk": topk,
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
     if (root / "meta.json").is_file():
         cache = TeacherCache(root)
         cache.check(fingerprint)
+        cache.verify(teacher, dataset)  # what a fingerprint cannot see: the outputs themselves
     else:
         started = time.perf_counter()
         cache = build_cache(
-            root, teacher, augmented(ctx.splits.train, train.augment, seed=train.seed),
-            fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype, topk=recipe.teacher.cache_topk,
+            root, teacher, dataset, fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
+            topk=k, temperature=topk["temperature"] if topk else 1.0,
             batch_size=train.eval_batch_size, accelerator=ctx.accelerator,
         )
         if ctx.is_main and recipe.output.progress:

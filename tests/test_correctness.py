@@ -1,0 +1,172 @@
+"""Correctness the reference vectors do not cover (issue 17): a teacher cache keyed on everything
+that changes the teacher's outputs, exact top-k teachers at T != 1, connectors trained as the
+papers train them, and on-policy GKD that counts only the generated tokens."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from kdistill import Distiller, Teacher, create_model
+from kdistill.cache import CachedTeacher, CacheMismatchError, build_cache, teacher_identity, topk_terms
+from kdistill.data import load_dataset
+from kdistill.ensemble import Ensemble
+from kdistill.errors import UserError
+from kdistill.losses import SparseTeacher, forward_kl, topk_teacher
+from kdistill.losses.token import kd_topk
+from kdistill.methods import decoupled_kd, hinton_kd
+from kdistill.vocab import map_teacher_vocabulary
+
+QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
+         "teacher.epochs=1", "student.kwargs={width: 16}", "train.epochs=1", "output.latency=false",
+         "output.plots=false", "output.progress=false", "data.subset=300"]
+SWAP = "[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]"  # the same length as the identity map: only the order differs
+IDENTITY = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.manual_seed(0)
+    splits = load_dataset("digits", subset=300)
+    return splits, create_model("mlp", width=32, input_shape=(1, 8, 8))
+
+
+# --- 1. the cache key sees everything that changes the teacher's outputs ------------------------
+
+
+def test_teacher_identity_sees_the_vocabulary_map_and_ensemble_settings(digits):
+    _, model = digits
+    plain = teacher_identity(model)
+    handle = map_teacher_vocabulary(model, list(range(10)))
+    identity = teacher_identity(model)
+    handle.remove()
+    handle = map_teacher_vocabulary(model, [1, 0, *range(2, 10)])
+    swapped = teacher_identity(model)
+    handle.remove()
+    assert plain["weights"] == identity["weights"] == swapped["weights"]  # same state_dict
+    assert len({json.dumps(x, sort_keys=True) for x in (plain, identity, swapped)}) == 3
+    assert teacher_identity(model) == plain  # removing the hook restores the identity
+    # An ensemble's combination rule and member weights are not in its state_dict.
+    members = [create_model("mlp", width=8, input_shape=(1, 8, 8)) for _ in range(2)]
+    mean, confident = Ensemble(members, "mean"), Ensemble(members, "confidence")
+    weighted = Ensemble(members, "weights", [0.3, 0.7])
+    assert mean.state_dict().keys() == weighted.state_dict().keys()
+    assert len({json.dumps(teacher_identity(m), sort_keys=True) for m in (mean, confident, weighted)}) == 3
+
+
+def test_the_probe_refuses_a_cache_of_another_teacher_setup(digits, tmp_path):
+    splits, model = digits
+    teacher = Teacher(model)
+    cache = build_cache(tmp_path / "c", teacher, splits.train, fingerprint={"teacher": "x"}, dtype="float16")
+    cache.verify(teacher, splits.train)  # the teacher it was built with: accepted (float16 storage)
+    handle = map_teacher_vocabulary(model, [1, 0, *range(2, 10)])
+    try:
+        with pytest.raises(CacheMismatchError, match="differ from the live teacher") as error:
+            cache.verify(teacher, splits.train)
+    finally:
+        handle.remove()
+    assert "\n" not in str(error.value)
+    sparse = build_cache(tmp_path / "s", teacher, splits.train, fingerprint={}, topk=3, temperature=4.0)
+    sparse.verify(teacher, splits.train)
+    other = Teacher(create_model("mlp", width=32, input_shape=(1, 8, 8)))
+    with pytest.raises(CacheMismatchError, match="top-k log-probabilities"):
+        sparse.verify(other, splits.train)
+
+
+def test_recipes_differing_only_in_vocab_map_get_their_own_caches(tmp_path, capsys):
+    from kdistill.cli import main
+
+    for vocab_map in (IDENTITY, SWAP):
+        assert main(["cache", *QUICK, f"output.dir={tmp_path}", f"distill.params={{vocab_map: {vocab_map}}}"]) == 0
+    assert len(list((tmp_path / ".cache").iterdir())) == 2
+    # One cache directory named for both: the second recipe is refused in one line, not served.
+    shared = tmp_path / "shared"
+    assert main(["cache", *QUICK, f"output.dir={tmp_path}", f"teacher.cache_dir={shared}"]) == 0
+    capsys.readouterr()
+    code = main(["run", *QUICK, f"output.dir={tmp_path}", f"teacher.cache_dir={shared}", "teacher.cache=true",
+                 f"distill.params={{vocab_map: {SWAP}}}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "teacher" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+# --- 2. a top-k teacher is exact at T != 1 --------------------------------------------------------
+
+
+def bucket_kd(s_logits, t_logits, k, temperature):
+    """T² · KL over the teacher's top-k classes and one tail bucket, batch mean, written out."""
+    p = F.softmax(t_logits.double() / temperature, -1)
+    q = F.softmax(s_logits.double() / temperature, -1)
+    top = p.topk(k, -1).indices
+    p_top, q_top = p.gather(-1, top), q.gather(-1, top)
+    p_buckets = torch.cat([p_top, 1 - p_top.sum(-1, keepdim=True)], -1)
+    q_buckets = torch.cat([q_top, 1 - q_top.sum(-1, keepdim=True)], -1)
+    return temperature**2 * (p_buckets * (p_buckets / q_buckets).log()).sum() / len(s_logits)
+
+
+def test_topk_bucket_kd_is_exact_where_an_even_tail_spread_is_not():
+    # The issue's case: C = 100, k = 10, T = 4.
+    g = torch.Generator().manual_seed(0)
+    t, s = 3 * torch.randn(64, 100, generator=g), torch.randn(64, 100, generator=g)
+    sparse = topk_teacher(t, 10, temperature=4.0)
+    torch.testing.assert_close(kd_topk(s, sparse, temperature=4.0).double(), bucket_kd(s, t, 10, 4.0), rtol=1e-5, atol=1e-6)
+    # The top-k mass of the softened target is the teacher's, not the one of an even tail spread.
+    torch.testing.assert_close(sparse.log_probs.exp().sum(-1), F.softmax(t / 4, -1).topk(10, -1).values.sum(-1))
+    # k = C is the dense kd
+    from kdistill.losses import kd
+
+    torch.testing.assert_close(kd_topk(s, topk_teacher(t, 100, temperature=4.0), temperature=4.0), kd(s, t), rtol=1e-5, atol=1e-6)
+
+
+def test_a_sparse_teacher_at_another_temperature_or_vocabulary_is_one_clear_error():
+    t, s = torch.randn(4, 50), torch.randn(4, 50)
+    sparse = topk_teacher(t, 5, temperature=4.0)
+    with pytest.raises(ValueError, match="temperature 4, .* temperature 1:"):
+        forward_kl(s, sparse)
+    with pytest.raises(ValueError, match="temperature"):
+        kd_topk(s, sparse, temperature=2.0)
+    with pytest.raises(ValueError, match="vocabulary of 50 entries .* 30"):
+        kd_topk(s[:, :30], sparse, temperature=4.0)
+
+
+def test_a_recipe_with_cache_topk_at_t4_gives_the_exact_topk_loss_in_its_first_step(digits, tmp_path):
+    from kdistill.config import load_config
+    from kdistill.phases import recipe_terms
+
+    splits, model = digits
+    recipe = load_config(None, [*QUICK, "method=kd", "distill.temperature=4", "teacher.cache=true", "teacher.cache_topk=3"])
+    terms = recipe_terms(recipe, splits)
+    assert [t.loss for t in terms if t.name == "kd"] == [kd_topk]
+    teacher = Teacher(model)
+    cache = build_cache(tmp_path / "c", teacher, splits.train, fingerprint={}, dtype="float32", topk=3,
+                        temperature=topk_terms(terms, 3)[1])
+    assert cache.meta["topk"] == {"k": 3, "classes": 10, "temperature": 4.0}
+    student = create_model("mlp", width=16, input_shape=(1, 8, 8))
+    example = next(iter(DataLoader(splits.train, batch_size=2)))
+    distiller = Distiller.build(student, terms, teacher=CachedTeacher(cache), example_batch=example)
+    batch = next(iter(DataLoader(splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    cached_out = CachedTeacher(cache)(batch)
+    assert cached_out.logits.indices.shape == (32, 3)  # the sparse arrays travel, not (32, 10)
+    out = distiller(batch, cached_out)
+    expected = bucket_kd(out["logits"].detach(), teacher(batch).logits, 3, 4.0)
+    kd_weight = next(t.weight for t in terms if t.name == "kd")
+    assert out["loss/kd"].item() == pytest.approx(kd_weight * expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("override", ["method=dkd", "method=dist", "terms=[{name: a, loss: forward_kl, params: {temperature: 1}}, {name: b, loss: kd}]"])
+def test_cache_topk_with_a_loss_that_has_no_exact_form_exits_2_before_training(override, tmp_path, capsys):
+    from kdistill.cli import main
+
+    code = main(["run", *QUICK, override, "teacher.cache=true", "teacher.cache_topk=3", f"output.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "teacher.cache_topk" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "default").exists() and not any(tmp_path.glob("*/checkpoints/*"))
+
+
+def test_topk_terms_refuses_dkd_and_keeps_feature_terms():
+    with pytest.raises(UserError, match="dkd"):
+        topk_terms(decoupled_kd(), 5)
+    terms, temperature = topk_terms(hinton_kd(temperature=2.0), 5)
+    assert temperature == 2.0 and math.isclose(terms[1].params["temperature"], 2.0)
