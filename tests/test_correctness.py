@@ -11,11 +11,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
-from kdistill.cache import CachedTeacher, CacheMismatchError, build_cache, teacher_identity, topk_terms
+from kdistill.cache import (
+    CachedTeacher,
+    CacheMismatchError,
+    build_cache,
+    teacher_identity,
+    topk_terms,
+)
 from kdistill.data import load_dataset
 from kdistill.ensemble import Ensemble
 from kdistill.errors import UserError
-from kdistill.losses import SparseTeacher, forward_kl, topk_teacher
+from kdistill.losses import forward_kl, topk_teacher
 from kdistill.losses.token import kd_topk
 from kdistill.methods import decoupled_kd, hinton_kd
 from kdistill.vocab import map_teacher_vocabulary
@@ -170,3 +176,63 @@ def test_topk_terms_refuses_dkd_and_keeps_feature_terms():
         topk_terms(decoupled_kd(), 5)
     terms, temperature = topk_terms(hinton_kd(temperature=2.0), 5)
     assert temperature == 2.0 and math.isclose(terms[1].params["temperature"], 2.0)
+
+
+# --- 3. FitNet and CC train their regressor and embeddings, as RepDistiller -----------------------
+
+ZOO_PAIRS = [("resnet56", "resnet8"), ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
+
+
+@pytest.fixture(scope="module")
+def cifar_batch():
+    g = torch.Generator().manual_seed(0)
+    return {"input": torch.randn(4, 3, 32, 32, generator=g), "target": torch.tensor([0, 1, 2, 3]), "index": torch.arange(4)}
+
+
+def trained_parameters(module: torch.nn.Module) -> list:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize(("teacher_name", "student_name"), ZOO_PAIRS)
+def test_fitnet_and_cc_presets_build_trained_regressors_and_embeddings(teacher_name, student_name, cifar_batch):
+    from kdistill.connectors import ConvConnector, EmbeddedPair
+    from kdistill.methods import default_layers, preset_terms
+
+    torch.manual_seed(0)
+    shape = {"num_classes": 100, "input_shape": (3, 32, 32)}
+    teacher_model, student = create_model(teacher_name, **shape), create_model(student_name, **shape)
+    teacher = Teacher(teacher_model, taps=["head:input", *default_layers("fitnet", student, teacher_model)["teacher_layers"]])
+    fitnet = preset_terms("fitnet", **default_layers("fitnet", student, teacher_model))
+    cc = preset_terms("cc")
+    distiller = Distiller.build(student, fitnet + [t for t in cc if t.name == "cc"], teacher=teacher, example_batch=cifar_batch)
+    (hint,) = [t.name for t in fitnet if t.name.startswith("hint")]
+    regressor = distiller.connectors[hint]
+    # A 1x1 conv + BN + ReLU even where the pair's hint shapes already match (all four pairs here).
+    assert isinstance(regressor, ConvConnector) and trained_parameters(regressor)
+    embed = distiller.loss_modules["cc"]
+    assert isinstance(embed, EmbeddedPair)
+    assert embed.student.linear.out_features == embed.teacher.linear.out_features == 128
+    distiller.train()
+    out = distiller(cifar_batch, teacher(cifar_batch))
+    out["loss"].backward()
+    for module in (regressor, embed.student, embed.teacher):  # all three train with the student
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained_parameters(module))
+    assert all(p.grad is None for p in teacher_model.parameters())
+
+
+def test_embedded_cc_trains_both_embeddings_with_repdistillers_gradient():
+    from kdistill.connectors import EmbeddedPair
+
+    torch.manual_seed(0)
+    pair = EmbeddedPair.from_shapes((6, 12), (6, 20), loss="cc", dim=8, variant="repdistiller")
+    s_feat, t_feat = torch.randn(6, 12), torch.randn(6, 20)
+    pair(s_feat, t_feat).backward()
+    ours = [p.grad.clone() for p in pair.parameters()]
+    pair.zero_grad()
+    # RepDistiller's Correlation on embed_s(f_s), embed_t(f_t), neither side detached.
+    delta = (pair.student(s_feat) - pair.teacher(t_feat)).abs()
+    reference = (delta[:-1] * delta[1:]).sum(1).mean()
+    reference.backward()
+    assert pair(s_feat, t_feat).item() == pytest.approx(reference.item(), rel=1e-6)
+    for mine, theirs in zip(ours, (p.grad for p in pair.parameters())):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
