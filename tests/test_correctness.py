@@ -236,3 +236,74 @@ def test_embedded_cc_trains_both_embeddings_with_repdistillers_gradient():
     assert pair(s_feat, t_feat).item() == pytest.approx(reference.item(), rel=1e-6)
     for mine, theirs in zip(ours, (p.grad for p in pair.parameters())):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+# --- 4. on-policy GKD counts the generated tokens of a sampled sequence -------------------------
+
+
+def trl_generalized_jsd(student_logits, teacher_logits, labels, beta=0.5, temperature=1.0):
+    """TRL ``GKDTrainer.generalized_jsd_loss`` (GKD, Agarwal et al. 2024, eq. of the generalized
+    JSD), written out: M = β·p_T + (1 − β)·p_S, β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M) per token,
+    summed over the vocabulary, kept where labels != -100, summed and divided by their count."""
+    log_s = F.log_softmax(student_logits / temperature, -1)
+    log_t = F.log_softmax(teacher_logits / temperature, -1)
+    log_m = torch.logsumexp(torch.stack([log_s + math.log(1 - beta), log_t + math.log(beta)]), 0)
+    kl_teacher = (log_t.exp() * (log_t - log_m)).sum(-1)
+    kl_student = (log_s.exp() * (log_s - log_m)).sum(-1)
+    jsd = beta * kl_teacher + (1 - beta) * kl_student
+    counted = labels != -100
+    return jsd[counted].sum() / counted.sum()
+
+
+def tiny_gpt(vocab, length, seed):
+    torch.manual_seed(seed)
+    return create_model("gpt", num_classes=vocab, input_shape=(length,), n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def lm_batch():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 20, (8, 17), generator=g)
+    return {"input": tokens[:, :-1], "target": tokens[:, 1:], "mask": torch.ones(8, 16, dtype=torch.bool), "index": torch.arange(8)}
+
+
+def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
+    from kdistill.methods import preset_terms
+    from kdistill.sampling import OnPolicy
+
+    student, teacher_model = tiny_gpt(20, 16, 0), tiny_gpt(20, 16, 1)
+    transform = OnPolicy(student, fraction=0.25, continuation=4, seed=0)
+    batch = transform(lm_batch)
+    sampled = (batch["target"] == -100).any(1)
+    assert int(sampled.sum()) == 2
+    mask = batch["mask"]
+    assert not mask[sampled, :12].any() and mask[sampled, 12:].all()  # the prompt is not counted
+    assert mask[~sampled].all()  # the data's sequences count as the data gives them
+    # the student's share of counted positions: λK / (λK + (1 − λ)L) = 2·4 / (2·4 + 6·16)
+    assert batch["metric/on_policy_generated"].item() == pytest.approx(8 / 104)
+    terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=1.0)
+    distiller = Distiller(student, terms)
+    teacher = Teacher(teacher_model)
+    out = distiller(batch, teacher(batch))
+    # TRL's labels: -100 wherever a position does not count (here: the sampled sequences' prompts).
+    labels = torch.where(mask, batch["target"].clamp_min(0), -100)
+    expected = trl_generalized_jsd(out["logits"].detach(), teacher(batch).logits, labels, beta=0.5)
+    assert out["loss/kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # GKD's (prompt, completion) framing: every sequence counts its last K positions: share λ.
+    whole = OnPolicy(student, fraction=0.25, continuation=4, seed=0, completions_only=True)(lm_batch)
+    assert not whole["mask"][:, :12].any() and whole["mask"][:, 12:].all()
+    assert whole["metric/on_policy_generated"].item() == pytest.approx(0.25)
+
+
+def test_the_generated_share_is_logged_per_epoch(lm_batch):
+    from kdistill.methods import preset_terms
+    from kdistill.sampling import OnPolicy
+    from kdistill.trainer import fit
+
+    student, teacher_model = tiny_gpt(20, 16, 0), tiny_gpt(20, 16, 1)
+    data = [{k: v[i] for k, v in lm_batch.items()} for i in range(8)]
+    records = []
+    fit(Distiller(student, preset_terms("token_kd", loss="jsd", beta=0.5)), DataLoader(data, batch_size=4),
+        teacher=Teacher(teacher_model), epochs=1, lr=1e-3, log=records.append, progress=False,
+        batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True))
+    assert records[0]["metric/on_policy_generated"] == pytest.approx(0.5)
