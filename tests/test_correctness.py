@@ -307,3 +307,29 @@ def test_the_generated_share_is_logged_per_epoch(lm_batch):
         teacher=Teacher(teacher_model), epochs=1, lr=1e-3, log=records.append, progress=False,
         batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True))
     assert records[0]["metric/on_policy_generated"] == pytest.approx(0.5)
+
+
+# --- 5. DIST against its authors' eps placement: the documented differences ---------------------
+
+
+def authors_dist(s_logits, t_logits, eps=1e-8):
+    """DIST as its authors' code computes it (hunto/DIST_KD): eps added to the product of norms."""
+    def pearson(a, b):
+        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+    p_s, p_t = s_logits.softmax(1), t_logits.softmax(1)
+    return (1 - pearson(p_s, p_t).mean()) + (1 - pearson(p_s.T, p_t.T).mean())
+
+
+def test_dist_differs_from_the_authors_eps_placement_as_documented():
+    from kdistill.losses import dist
+
+    g = torch.Generator().manual_seed(0)
+    measured = []
+    for n, c, scale in [(8, 10, 1.0), (64, 1000, 1.0), (8, 1000, 10.0)]:
+        s, t = torch.randn(n, c, generator=g), scale * torch.randn(n, c, generator=g)
+        ours, theirs = dist(s, t).item(), authors_dist(s, t).item()
+        measured.append(abs(ours - theirs) / theirs)
+    assert measured[0] < 1e-7 and measured[1] < 1e-6
+    assert 1e-3 < measured[2] < 2e-3  # 1.4e-3: far from "about 1e-8"
