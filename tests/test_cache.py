@@ -139,41 +139,38 @@ def test_cache_dir_of_another_teacher_is_refused(tmp_path, capsys):
 
 
 def test_topk_cache_is_exact_on_the_top_k_and_keeps_the_tail_mass(setup, tmp_path):
+    from kdistill.losses import SparseTeacher
+
     splits, teacher, _, _ = setup
-    cache = build_cache(tmp_path / "top3", teacher, splits.train, fingerprint=FINGERPRINT, dtype="float32", topk=3)
-    assert "logits" not in cache.arrays and cache.arrays["topk.index"].dtype == np.int32
-    index = torch.arange(40)
-    live = torch.log_softmax(teacher({"input": splits.train.inputs[index], "index": index}).logits, dim=-1)
-    read = cache.lookup(index).logits  # log-probabilities of all 10 classes
-    assert read.shape == live.shape
-    torch.testing.assert_close(read.exp().sum(-1), torch.ones(40))  # a distribution: tail kept
-    top = live.topk(3, dim=-1)
-    torch.testing.assert_close(read.gather(-1, top.indices), top.values, rtol=1e-5, atol=1e-6)
-    # The rest share the tail evenly: each gets (1 − Σ top-3) / 7.
-    tail = 1 - top.values.exp().sum(-1, keepdim=True)
-    rest = read.exp().scatter(-1, top.indices, torch.nan)
-    torch.testing.assert_close(rest[~rest.isnan()].view(40, 7), (tail / 7).expand(40, 7), rtol=1e-4, atol=1e-7)
-    # At any temperature the ratios between the top-k classes are the teacher's.
-    for temperature in (1.0, 4.0):
-        p_read = torch.softmax(read / temperature, -1).gather(-1, top.indices)
-        p_live = torch.softmax(live / temperature, -1).gather(-1, top.indices)
-        torch.testing.assert_close(p_read / p_read[:, :1], p_live / p_live[:, :1], rtol=1e-4, atol=1e-6)
+    for temperature in (1.0, 4.0):  # the softened target, exact at the temperature it was made for
+        cache = build_cache(tmp_path / f"top3-{temperature}", teacher, splits.train, fingerprint=FINGERPRINT,
+                            dtype="float32", topk=3, temperature=temperature)
+        assert "logits" not in cache.arrays and cache.arrays["topk.index"].dtype == np.int32
+        index = torch.arange(40)
+        live = torch.log_softmax(teacher({"input": splits.train.inputs[index], "index": index}).logits / temperature, dim=-1)
+        read = cache.lookup(index).logits
+        assert isinstance(read, SparseTeacher) and read.temperature == temperature and read.shape == live.shape
+        top = live.topk(3, dim=-1)
+        torch.testing.assert_close(read.indices.long(), top.indices)
+        torch.testing.assert_close(read.log_probs, top.values, rtol=1e-5, atol=1e-6)
+        tail = 1 - top.values.exp().sum(-1)
+        torch.testing.assert_close(read.tail_mass, tail, rtol=1e-4, atol=1e-7)
 
 
 def test_topk_cache_with_no_tail_left_gives_finite_kd_loss(setup, tmp_path):
-    from kdistill.losses import kd
+    from kdistill.losses import SparseTeacher, kd
+    from kdistill.losses.token import kd_topk
 
     splits, teacher, _, _ = setup
     # k = all 10 classes: exact; a peaked teacher whose tail underflows must not produce NaN.
-    whole = build_cache(tmp_path / "all", teacher, splits.train, fingerprint=FINGERPRINT, dtype="float32", topk=10)
+    whole = build_cache(tmp_path / "all", teacher, splits.train, fingerprint=FINGERPRINT, dtype="float32", topk=10, temperature=4.0)
     index = torch.arange(20)
     live = teacher({"input": splits.train.inputs[index], "index": index}).logits
-    torch.testing.assert_close(torch.softmax(whole.lookup(index).logits, -1), torch.softmax(live, -1), rtol=1e-5, atol=1e-6)
-    from kdistill.cache import _dense_log_probs
-
-    peaked = _dense_log_probs(torch.tensor([[0.0]]), torch.tensor([[2]]), torch.tensor([[-torch.inf]]), 10)
+    student = torch.randn(20, 10)
+    torch.testing.assert_close(kd_topk(student, whole.lookup(index).logits), kd(student, live), rtol=1e-5, atol=1e-6)
+    peaked = SparseTeacher(torch.tensor([[2]]), torch.tensor([[0.0]]), torch.tensor([-torch.inf]), temperature=1.0, vocab_size=10)
     student = torch.zeros(1, 10, requires_grad=True)
-    loss = kd(student, peaked, temperature=1.0)
+    loss = kd_topk(student, peaked, temperature=1.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
     torch.testing.assert_close(loss, torch.tensor(np.log(10.0), dtype=loss.dtype), rtol=1e-5, atol=1e-5)
@@ -185,7 +182,9 @@ def test_cache_topk_recipe_key_builds_a_sparse_cache(tmp_path):
     assert main(["run", *QUICK, "teacher.cache=true", "teacher.cache_topk=4", f"output.dir={tmp_path}"]) == 0
     root = next((tmp_path / ".cache").iterdir())
     meta = json.loads((root / "meta.json").read_text())
-    assert meta["topk"] == {"k": 4, "classes": 10} and meta["fingerprint"]["topk"] == 4
+    # the default method is kd at T = 4: the stored target is exact at that temperature
+    assert meta["topk"] == {"k": 4, "classes": 10, "temperature": 4.0}
+    assert meta["fingerprint"]["topk"] == {"k": 4, "temperature": 4.0}
     assert {"topk.log_probs", "topk.index", "topk.tail"} <= set(meta["arrays"])
 
 

@@ -2,51 +2,105 @@
 tapped features) in memory-mapped arrays keyed by sample index, and let training read them
 instead of running the teacher.
 
-A fingerprint (teacher weights digest, data identity and split, augmentation, taps, dtype) is
+A fingerprint (the teacher's identity, data identity and split, augmentation, taps, dtype) is
 stored with the cache and any mismatch is refused: reusing outputs of another teacher or of
-other inputs would silently train on the wrong targets. With random augmentation the cache
+other inputs would silently train on the wrong targets. The teacher's identity
+(``teacher_identity``) covers everything that changes what it outputs: its parameters and every
+buffer (an ensemble's weights are not in its ``state_dict``), the settings of each module (an
+ensemble's ``combine``), and the forward hooks on it, with the tensors and values they hold (a
+``vocab_map`` restricts the logits through a hook). What a fingerprint cannot see (a hook that
+reads a global) the probe catches: a cache opened with the live teacher at hand is compared
+with it on a few samples (``TeacherCache.verify``). With random augmentation the cache
 holds one *view* per epoch, made by the same replayable augmentation the student sees (the
 "fast knowledge distillation" idea, Shen & Xing, ECCV 2022, arXiv:2112.01528), so training
 replays exactly what was cached. Under torchrun each rank computes its own shard of the samples.
 
-For large vocabularies the logits can be stored sparsely (``topk``): per position the log-
-probabilities of the teacher's k most probable classes, their indices, and the log of the
-probability mass left over (the tail). Read back, the tail is spread evenly over the other
-classes, so the distribution sums to one, its top-k part is exact, and softmax(·/T) keeps the
-ratios between the top-k classes at any temperature: the "sparse logits" of cached LM
-distillation (e.g. Raman et al., "For Distillation, Tokens Are Not All You Need", 2023, and
-the top-k caches of MiniPLM / Gemma-style pre-training distillation). The three arrays are the
-fields of ``kdistill.losses.token.SparseTeacher``; the token losses can instead compare the k
-top tokens and one tail bucket exactly (``topk_teacher``), while the dense read-back here serves
-every loss, logit-level ones included.
+For large vocabularies the logits can be stored sparsely (``topk``): per position the
+teacher's k most probable classes, their log-probabilities and the log of the mass left over
+(the tail), all of softmax(t / T) at the one temperature T the run's terms use, which meta.json
+records (``topk: {k, classes, temperature}``). That is what makes the softened target exact on
+the top k: the tail's share at T cannot be recovered from the probabilities at T = 1 (spreading
+it evenly is exact only at T = 1). Read back, they are a ``kdistill.losses.token.SparseTeacher``
+(shipped to the device as the three (…, k) arrays, never expanded to (…, V)), and each term uses
+the exact top-k + tail-bucket form of its loss (``topk_terms``); a loss that has none (dkd,
+dist, nkd: they need the full distribution) is refused. The "sparse logits" of cached LM
+distillation: Raman et al., "For Distillation, Tokens Are Not All You Need", 2023, and the
+top-k caches of MiniPLM / Gemma-style pre-training distillation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from kdistill.checkpoint import CheckpointError
+from kdistill.checkpoint import CheckpointError, tensor_digest
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError
-from kdistill.losses.token import topk_teacher
+from kdistill.losses.logit import kd
+from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
+from kdistill.methods import LOGITS, Term
 
 FORMAT = "kdistill-teacher-cache/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
-# log-probability given to tail classes when the teacher leaves no mass outside its top k:
-# e^-60 ≈ 1e-26, nothing to any loss, but finite, so 0·log 0 never turns into a NaN.
-TAIL_FLOOR = -60.0
 
 
 class CacheMismatchError(UserError):
     """A cache made for another teacher, data, augmentation, taps or dtype."""
+
+
+_PLAIN = (bool, int, float, str, type(None))
+# How far a cached value may sit from the live teacher's before the probe refuses the cache:
+# float16 storage rounds to 2^-11 relative (~0.008 at a logit of 16), and a teacher run on
+# another device or batch size differs by ~1e-5. Outputs of another teacher or another
+# vocabulary map differ by tenths.
+PROBE_TOLERANCE = 1e-2
+
+
+def _value_digest(value) -> str:
+    if isinstance(value, Tensor):
+        return tensor_digest({"": value})
+    if isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)):
+        return repr(value)
+    return type(value).__qualname__  # an object (a FeatureTap, a model): its kind, not its id
+
+
+def _hook_identity(hook) -> str:
+    """A hook's function and the values it holds (closure cells, partial arguments)."""
+    func = getattr(hook, "func", hook)  # functools.partial
+    values = []
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            values.append(None)
+    values += list(getattr(hook, "args", ())) + list(getattr(hook, "keywords", {}).values())
+    name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__qualname__)}"
+    return hashlib.sha256("|".join([name, *map(_value_digest, values)]).encode()).hexdigest()[:16]
+
+
+def teacher_identity(module: nn.Module) -> dict:
+    """Everything of ``module`` that changes its outputs: parameters and all buffers, each
+    submodule's type and plain settings, and the forward hooks registered on it."""
+    tensors = {**dict(module.named_parameters()), **{f"buffer:{k}": v for k, v in module.named_buffers()}}
+    settings, hooks = [], []
+    for name, sub in module.named_modules():
+        plain = {k: v for k, v in sorted(vars(sub).items()) if not k.startswith("_") and k != "training" and isinstance(v, _PLAIN)}
+        settings.append([name, f"{type(sub).__module__}.{type(sub).__qualname__}", plain])
+        for kind in ("_forward_pre_hooks", "_forward_hooks"):
+            hooks += [[name, kind.strip("_"), _hook_identity(hook)] for hook in getattr(sub, kind).values()]
+    return {
+        "weights": tensor_digest(tensors),
+        "settings": hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:16],
+        "hooks": hooks,
+    }
 
 
 def _array_digest(path: Path) -> str:
@@ -64,26 +118,56 @@ def _first_difference(stored: dict, wanted: dict) -> str:
     return "?"
 
 
-def _arrays(output: ModelOutput, topk: int | None = None) -> dict[str, Tensor]:
+def _arrays(output: ModelOutput, topk: int | None = None, temperature: float = 1.0) -> dict[str, Tensor]:
     features = {f"feature.{k}": v for k, v in output.features.items()}
     if topk is None:
         return {"logits": output.logits, **features}
-    sparse = topk_teacher(output.logits.float(), min(topk, output.logits.shape[-1]))
+    sparse = topk_teacher(output.logits.float(), min(topk, output.logits.shape[-1]), temperature=temperature)
     return {
         "topk.log_probs": sparse.log_probs, "topk.index": sparse.indices,
         "topk.tail": sparse.tail_log_prob.unsqueeze(-1), **features,
     }
 
 
-def _dense_log_probs(top_log_probs: Tensor, index: Tensor, tail: Tensor, classes: int) -> Tensor:
-    """The full (…, classes) log-distribution of a top-k entry: exact on the k stored classes,
-    the tail mass shared evenly by the others (a floor keeps log 0 out of the losses)."""
-    others = classes - index.shape[-1]
-    if others == 0:
-        return torch.zeros(*index.shape[:-1], classes).scatter(-1, index, top_log_probs)
-    fill = (tail - math.log(others)).clamp_min(TAIL_FLOOR)
-    dense = fill.expand(*index.shape[:-1], classes).clone()
-    return dense.scatter(-1, index, top_log_probs)
+# --- top-k teachers: the exact bucket form of each loss, or a refusal ---------------------
+
+# Losses with an exact top-k + tail-bucket form (the token losses take a SparseTeacher as they
+# are). dkd, dist, nkd, lskd need the whole distribution (the target class's probability, the
+# renormalised non-target classes, correlations over every class): no exact form.
+TOPK_FORMS = {kd: kd_topk, kd_topk: kd_topk, **{loss: loss for loss in TOKEN_LOSSES.values()}}
+
+
+def _temperature(term: Term) -> float:
+    default = inspect.signature(term.loss).parameters["temperature"].default
+    return float(term.params.get("temperature", default))
+
+
+def topk_terms(terms: list[Term], k: int) -> tuple[list[Term], float]:
+    """The terms in their exact top-k form, and the one temperature the cache must store.
+
+    Raises ``UserError`` for a term whose loss has no exact top-k form, or for logit terms at
+    different temperatures (one cache holds the teacher at one temperature)."""
+    adapted, temperatures = [], set()
+    for term in terms:
+        if term.teacher != LOGITS:
+            adapted.append(term)
+            continue
+        form = TOPK_FORMS.get(term.loss)
+        if form is None or term.params.get("standardize"):
+            name = getattr(term.loss, "__name__", type(term.loss).__name__)
+            raise UserError(
+                f"teacher.cache_topk={k}: term {term.name!r} ({name}{', standardized' if form else ''}) needs the "
+                "teacher's full distribution and has no exact top-k form (kd and the token losses "
+                f"{', '.join(TOKEN_LOSSES)} have one); set teacher.cache_topk=null"
+            )
+        temperatures.add(_temperature(term))
+        adapted.append(dataclasses.replace(term, loss=form))
+    if len(temperatures) > 1:
+        raise UserError(
+            f"teacher.cache_topk={k}: the logit terms use temperatures {sorted(temperatures)}, but a top-k "
+            "cache holds the teacher at one temperature; use one temperature or set teacher.cache_topk=null"
+        )
+    return adapted, temperatures.pop() if temperatures else 1.0
 
 
 class TeacherCache:
@@ -129,7 +213,8 @@ class TeacherCache:
             )
 
     def lookup(self, index: Tensor, view: int = 0) -> ModelOutput:
-        """Outputs of the samples at ``index`` (positions in the training split) in ``view``."""
+        """Outputs of the samples at ``index`` (positions in the training split) in ``view``:
+        logits, or a ``SparseTeacher`` (top-k cache), on the CPU."""
         rows = index.cpu().numpy()
         values = {
             name: torch.from_numpy(np.ascontiguousarray(array[view % len(array)][rows]))
@@ -138,12 +223,49 @@ class TeacherCache:
         values = {k: v if k == "topk.index" else v.float() for k, v in values.items()}
         if "logits" in values:
             logits = values.pop("logits")
-        else:  # sparse: log-probabilities are logits (softmax of log p is p)
-            logits = _dense_log_probs(
-                values.pop("topk.log_probs"), values.pop("topk.index").long(),
-                values.pop("topk.tail"), self.meta["topk"]["classes"],
+        else:
+            topk = self.meta["topk"]
+            logits = SparseTeacher(
+                values.pop("topk.index"), values.pop("topk.log_probs"), values.pop("topk.tail").squeeze(-1),
+                temperature=topk["temperature"], vocab_size=topk["classes"],
             )
         return ModelOutput(logits, {k.removeprefix("feature."): v for k, v in values.items()})
+
+    def verify(self, teacher: Teacher, dataset: Dataset, *, samples: int = 4) -> None:
+        """Compare the cached outputs of ``samples`` samples (spread over ``dataset``, the
+        training split as the cache saw it) with the live ``teacher``'s; refuse the cache with
+        one ``CacheMismatchError`` when they differ."""
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(1)  # view 0 holds epoch 1's inputs
+        count = len(dataset)
+        rows = sorted({i * (count - 1) // max(samples - 1, 1) for i in range(min(samples, count))})
+        batch = default_collate([dataset[i] for i in rows])
+        device = next(iter(teacher.module.parameters()), torch.empty(0)).device
+        live = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
+        cached = self.lookup(batch["index"])
+        pairs = {f"features {name}": (cached.features[name], value.float().cpu()) for name, value in live.features.items() if name in cached.features}
+        live_logits = live.logits.float().cpu()
+        if isinstance(cached.logits, SparseTeacher):  # the live distribution at the cached ids
+            sparse = cached.logits
+            log_p = torch.log_softmax(live_logits / sparse.temperature, dim=-1)
+            index = sparse.indices.long().clamp(0, log_p.shape[-1] - 1)
+            tail = torch.logsumexp(log_p.scatter(-1, index, float("-inf")), dim=-1)
+            pairs["top-k log-probabilities"] = (sparse.log_probs, log_p.gather(-1, index))
+            pairs["tail mass"] = (sparse.tail_log_prob.exp(), tail.exp())
+        else:
+            pairs["logits"] = (cached.logits, live_logits)
+        for what, (stored, now) in pairs.items():
+            if stored.shape != now.shape:
+                difference = f"shape {tuple(stored.shape)} cached, {tuple(now.shape)} live"
+            elif torch.allclose(stored, now, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
+                continue
+            else:
+                difference = f"up to {(stored - now).abs().nan_to_num(posinf=1e30).max().item():.3g} apart"
+            raise CacheMismatchError(
+                f"{self.root}: the cached teacher {what} of samples {rows} differ from the live teacher's "
+                f"({difference}): the cache was made by another teacher or teacher setup; delete it and "
+                "rebuild it with `kdistill cache RECIPE`, or set teacher.cache=false"
+            )
 
 
 MARKER = ".kdistill-cache"  # written first into a directory this code made for a cache
@@ -193,10 +315,12 @@ def build_cache(
     batch_size: int = 256,
     accelerator=None,
     topk: int | None = None,
+    temperature: float = 1.0,
 ) -> TeacherCache:
     """Run ``teacher`` over every sample of ``dataset`` (``views`` times, each with the
     dataset's ``set_epoch(view + 1)`` augmentation) and store the outputs under ``root``;
-    with ``topk``, the logits as the k most probable classes plus the tail mass.
+    with ``topk``, the logits as the k most probable classes plus the tail mass of
+    softmax(t / ``temperature``).
 
     Written as ``.npy`` files that every rank fills with its own shard; the metadata with the
     checksums is written last, so an interrupted build is never mistaken for a cache.
@@ -217,7 +341,7 @@ def build_cache(
 
     # Shapes from one sample, then every rank opens the same preallocated files.
     probe = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in next(iter(DataLoader(dataset, batch_size=1))).items()})
-    shapes = {name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk).items()}
+    shapes = {name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk, temperature).items()}
     files = {name: root / f"{name}.npy" for name in shapes}
     # Class indices as integers (float16 is exact only up to 2,048); values in ``dtype``.
     dtypes = {name: np.int32 if name == "topk.index" else DTYPES[dtype] for name in shapes}
@@ -232,7 +356,7 @@ def build_cache(
             dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
         for batch in batches():
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            output = _arrays(teacher(batch), topk)
+            output = _arrays(teacher(batch), topk, temperature)
             rows = batch["index"].cpu().numpy()
             for name, value in output.items():
                 arrays[name][view, rows] = value.cpu().numpy().astype(dtypes[name])
@@ -247,7 +371,7 @@ def build_cache(
             "fingerprint": fingerprint,
             "views": views,
             "samples": count,
-            "topk": None if topk is None else {"k": topk, "classes": probe.logits.shape[-1]},
+            "topk": None if topk is None else {"k": topk, "classes": probe.logits.shape[-1], "temperature": temperature},
             "arrays": {
                 name: {"file": path.name, "shape": [views, count, *shapes[name]], "dtype": np.dtype(dtypes[name]).name,
                        "bytes": path.stat().st_size, "sha256": _array_digest(path)}
@@ -285,7 +409,16 @@ class CachedTeacher:
 
     def __call__(self, batch) -> ModelOutput:
         output = self.cache.lookup(batch["index"], view=self.epoch - 1)
-        return ModelOutput(
-            output.logits.to(self.device, non_blocking=True),
-            {k: v.to(self.device, non_blocking=True) for k, v in output.features.items()},
-        )
+        # A top-k cache travels as its (…, k) arrays; the losses gather the student at the ids
+        # on the device. Pinned pages let the copy overlap the step on a GPU.
+        pin = self.device.type == "cuda"
+
+        def move(value):
+            return value.pin_memory().to(self.device, non_blocking=True) if pin else value.to(self.device)
+
+        logits = output.logits
+        if isinstance(logits, SparseTeacher):
+            logits = SparseTeacher(*map(move, logits), temperature=logits.temperature, vocab_size=logits.vocab_size)
+        else:
+            logits = move(logits)
+        return ModelOutput(logits, {k: move(v) for k, v in output.features.items()})

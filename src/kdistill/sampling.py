@@ -60,9 +60,16 @@ class OnPolicy:
     keep their first ``L + 1 − continuation`` real tokens as the prompt and get the rest sampled
     from the current student at ``temperature``. ``fit(batch_transform=...)`` applies it to each
     batch *before* the teacher runs, so the teacher's logits are those of the sampled sequence.
-    The sampled tokens' targets become ``IGNORE_INDEX``: the divergence terms (which take the
-    batch's mask) compare the two models there, while ``token_ce`` never learns from the
-    student's own samples. Sampling runs without autograd: no gradient flows through it.
+
+    What counts, as GKD and TRL's ``GKDTrainer`` count it: on a sampled sequence only the K
+    generated tokens (the batch's ``mask`` is false on its prompt), and their targets become
+    ``IGNORE_INDEX``, so the divergence terms compare the two models there while ``token_ce``
+    never learns from the student's own samples. The other sequences count as the data gives
+    them; then the student's share of the counted positions is λK / (λK + (1 − λ)L), not λ.
+    ``completions_only`` treats every sequence as GKD's (prompt, completion) pair: the data's
+    sequences too count only their last K positions, so the share is λ (and ``token_ce`` sees
+    only those positions as well). The share of each batch is the batch's
+    ``"metric/on_policy_generated"`` (logged per epoch). Sampling runs without autograd.
 
     Args:
         student: the model being trained (the object ``fit`` trains, not a copy).
@@ -70,16 +77,17 @@ class OnPolicy:
         continuation: tokens sampled per chosen sequence, 1 ≤ K ≤ L.
         temperature: sampling temperature (GKD samples at 1).
         seed: seeds the choice of sequences and the sampling.
+        completions_only: count only the last K positions of every sequence.
     """
 
     def __init__(self, student: nn.Module, *, fraction: float = 0.5, continuation: int = 16,
-                 temperature: float = 1.0, seed: int = 0):
+                 temperature: float = 1.0, seed: int = 0, completions_only: bool = False):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"on_policy.fraction must be in [0, 1], got {fraction}")
         if continuation < 1:
             raise ValueError(f"on_policy.continuation must be at least 1, got {continuation}")
         self.student, self.fraction, self.continuation = student, fraction, continuation
-        self.temperature, self.seed = temperature, seed
+        self.temperature, self.seed, self.completions_only = temperature, seed, completions_only
         self._generator: torch.Generator | None = None
         self.replaced = 0  # sequences replaced so far (for logs and tests)
 
@@ -94,28 +102,41 @@ class OnPolicy:
             raise ValueError("on-policy distillation needs (B, L) token ids as the batch input (a causal LM)")
         count, length = inputs.shape
         steps = min(self.continuation, length)
+        mask = batch.get("mask")
+        mask = torch.ones_like(target, dtype=torch.bool) if mask is None else mask.bool()
+        # Position j predicts token j + 1: the K completion tokens are predicted at L − K … L − 1.
+        prompt = torch.arange(length, device=target.device) < length - steps
+        new_inputs, new_target, new_mask = inputs, target, mask
+        if self.completions_only:
+            new_mask = mask & ~prompt
+        chosen = self._choose(count, mask)
+        if len(chosen):
+            # tokens s_0..s_L of each window: input = s_0..s_{L-1}, target = s_1..s_L
+            tokens = torch.cat([inputs[chosen, :1], target[chosen]], dim=1)
+            sampled = sample(self.student, tokens[:, : length + 1 - steps], steps,
+                             temperature=self.temperature, generator=self._rng(inputs.device), context=length)
+            new_inputs, new_target, new_mask = inputs.clone(), target.clone(), new_mask.clone()
+            new_inputs[chosen] = sampled[:, :length]
+            sampled_target = sampled[:, 1:].clone()
+            sampled_target[:, length - steps:] = IGNORE_INDEX
+            new_target[chosen] = sampled_target
+            new_mask[chosen] = ~prompt  # the prompt is the data's, not the student's: not counted
+            self.replaced += len(chosen)
+        generated = torch.zeros_like(new_mask)
+        generated[chosen] = ~prompt
+        # A 0-d tensor, not a float: reading it would sync a GPU every step.
+        share = generated.sum() / new_mask.sum().clamp_min(1)
+        return {**batch, "input": new_inputs, "target": new_target, "mask": new_mask,
+                "metric/on_policy_generated": share}
+
+    def _choose(self, count: int, mask: Tensor) -> Tensor:
+        """round(λ·B) random sequences among those without padding (nothing to continue)."""
         chosen_count = round(self.fraction * count)
         if chosen_count == 0:
-            return dict(batch)
-        mask = batch.get("mask")
-        eligible = torch.arange(count, device=inputs.device)
-        if mask is not None:  # a window with padding has no real text to continue
-            eligible = eligible[mask.bool().all(1)]
-        rng = self._rng(inputs.device)
-        chosen = eligible[torch.randperm(len(eligible), generator=rng, device=inputs.device)[:chosen_count]]
-        if len(chosen) == 0:
-            return dict(batch)
-        # tokens s_0..s_L of each window: input = s_0..s_{L-1}, target = s_1..s_L
-        tokens = torch.cat([inputs[chosen, :1], target[chosen]], dim=1)
-        prompt = tokens[:, : length + 1 - steps]
-        sampled = sample(self.student, prompt, steps, temperature=self.temperature, generator=rng, context=length)
-        new_inputs, new_target = inputs.clone(), target.clone()
-        new_inputs[chosen] = sampled[:, :length]
-        sampled_target = sampled[:, 1:].clone()
-        sampled_target[:, length - steps:] = IGNORE_INDEX
-        new_target[chosen] = sampled_target
-        self.replaced += len(chosen)
-        return {**batch, "input": new_inputs, "target": new_target}
+            return torch.zeros(0, dtype=torch.int64, device=mask.device)
+        eligible = torch.arange(count, device=mask.device)[mask.all(1)]
+        order = torch.randperm(len(eligible), generator=self._rng(mask.device), device=mask.device)
+        return eligible[order[:chosen_count]]
 
 
 def sample_texts(

@@ -414,8 +414,9 @@ class _TrainingProgress:
         if self.classifying:
             hits = (out["logits"].detach().argmax(-1) == batch["target"]).sum()
             self.correct = self.correct.to(hits.device) + hits
-        for key, value in out.items():
-            if key == "loss" or key.startswith("loss/"):
+        # A batch transform's own numbers ("metric/...", e.g. on-policy GKD's generated share) too.
+        for key, value in [*out.items(), *batch.items()]:
+            if key == "loss" or key.startswith(("loss/", "metric/")):
                 value = value.detach().float() * n
                 self.sums[key] = self.sums[key] + value if key in self.sums else value
 

@@ -26,7 +26,8 @@ Conventions shared by every loss in this module:
   ``topk_teacher``) in every loss here: the divergence is then taken between the two
   (k+1)-bucket distributions. Coarsening can only lose information, so for each of these
   divergences (all f-divergences) the bucketed value is ≤ the dense one and equals it at k = V
-  (up to summation order); ``forward_kl_topk`` states the exact gap for the forward KL.
+  (up to summation order); ``forward_kl_topk`` states the exact gap for the forward KL. The
+  ``SparseTeacher`` holds the teacher at one temperature; a loss at another one is refused.
 """
 
 from __future__ import annotations
@@ -38,36 +39,77 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.losses.logit import upcast
+from kdistill.losses.logit import kd, upcast
 
 __all__ = [
-    "TOKEN_LOSSES", "SparseTeacher", "forward_kl", "forward_kl_topk", "jsd", "reverse_kl",
-    "skew_kl", "skew_reverse_kl", "topk_teacher", "tvd",
+    "TOKEN_LOSSES", "SparseTeacher", "check_sparse_teacher", "forward_kl", "forward_kl_topk", "jsd",
+    "kd_topk", "reverse_kl", "skew_kl", "skew_reverse_kl", "topk_teacher", "tvd",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-class SparseTeacher(NamedTuple):
+class _SparseFields(NamedTuple):
+    indices: Tensor
+    log_probs: Tensor
+    tail_log_prob: Tensor
+
+
+class SparseTeacher(_SparseFields):
     """The teacher's next-token distribution kept as its k most probable tokens plus a tail.
 
     Storing (…, k) instead of (…, V) is what makes a cached or remote teacher affordable for a
     large vocabulary (V = 32k–256k). A NamedTuple of tensors, so it slices field by field and a
     DataLoader's default collate stacks it.
 
+    The distribution is the teacher's at one temperature, so it also records that temperature
+    and the vocabulary size V it was taken over (``None``: unknown, unchecked; slicing or
+    collating yields a plain three-field value). A loss at another temperature, or a student
+    with another vocabulary, is refused with a ``ValueError``: the first would soften teacher
+    and student differently, the second would gather the wrong (or no) token ids.
+
     Attributes:
         indices: (…, k) int64, vocabulary ids of the top-k tokens (most probable first).
         log_probs: (…, k), the teacher's log-probabilities at ``indices``.
         tail_log_prob: (…,), log of the teacher's mass on the other V − k tokens (−inf at k = V).
+        temperature: the T of softmax(t / T) these are the log-probabilities of.
+        vocab_size: V.
     """
 
-    indices: Tensor
-    log_probs: Tensor
-    tail_log_prob: Tensor
+    def __new__(cls, indices: Tensor, log_probs: Tensor, tail_log_prob: Tensor, *,
+                temperature: float | None = None, vocab_size: int | None = None):
+        self = super().__new__(cls, indices, log_probs, tail_log_prob)
+        self.temperature, self.vocab_size = temperature, vocab_size
+        return self
 
     @property
     def tail_mass(self) -> Tensor:
         return self.tail_log_prob.exp()
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the dense logits this stands for, (…, V) (V as -1 when unknown)."""
+        return torch.Size((*self.indices.shape[:-1], self.vocab_size or -1))
+
+    def to(self, device, *, non_blocking: bool = False) -> SparseTeacher:
+        fields = (f.to(device, non_blocking=non_blocking) for f in self)
+        return SparseTeacher(*fields, temperature=self.temperature, vocab_size=self.vocab_size)
+
+
+def check_sparse_teacher(teacher: SparseTeacher, temperature: float, vocab_size: int) -> None:
+    """Refuse a ``SparseTeacher`` taken at another temperature or over another vocabulary."""
+    made_at = teacher.temperature
+    if made_at is not None and not math.isclose(made_at, temperature, rel_tol=1e-6):
+        raise ValueError(
+            f"the top-k teacher holds the teacher's distribution at temperature {made_at:g}, "
+            f"but the loss runs at temperature {temperature:g}: build it at {temperature:g} "
+            "(topk_teacher(..., temperature=...), or a teacher cache made for this temperature)"
+        )
+    if teacher.vocab_size is not None and teacher.vocab_size != vocab_size:
+        raise ValueError(
+            f"the top-k teacher covers a vocabulary of {teacher.vocab_size} entries but the "
+            f"student's logits have {vocab_size}: build both for the same vocabulary"
+        )
 
 
 @torch.no_grad()
@@ -77,12 +119,12 @@ def topk_teacher(t_logits: Tensor, k: int, *, temperature: float = 1.0) -> Spars
     Args:
         t_logits: teacher logits, (…, V).
         k: tokens kept per position, 1 ≤ k ≤ V.
-        temperature: T > 0 of the teacher's softmax. It is fixed here: the losses' own
-            ``temperature`` then softens only the student, so pass them the same value.
+        temperature: T > 0 of the teacher's softmax. It is fixed here (and recorded): the
+            losses' own ``temperature`` then softens only the student and must be the same.
 
     Returns:
         ``SparseTeacher`` with (…, k) indices and float32 (or float64) log-probabilities and the
-        (…,) log tail mass.
+        (…,) log tail mass, recording ``temperature`` and V.
     """
     vocab = t_logits.shape[-1]
     if not 1 <= k <= vocab:
@@ -95,7 +137,7 @@ def topk_teacher(t_logits: Tensor, k: int, *, temperature: float = 1.0) -> Spars
     # cancels to 0 (or below) once the top-k hold all but ~1e-7 of the mass in float32, and a
     # zero teacher tail would hide a student that puts its mass there.
     tail_log_prob = torch.logsumexp(log_p.scatter(-1, indices, float("-inf")), dim=-1)
-    return SparseTeacher(indices, log_probs, tail_log_prob)
+    return SparseTeacher(indices, log_probs, tail_log_prob, temperature=temperature, vocab_size=vocab)
 
 
 # --- shared preparation ----------------------------------------------------------------------
@@ -151,6 +193,7 @@ def _log_probs(
         s_logits = torch.where(mask[..., None], s_logits, 0.0)
     log_q = _floored_log_softmax(s_logits, temperature)
     if isinstance(teacher, SparseTeacher):
+        check_sparse_teacher(teacher, temperature, s_logits.shape[-1])
         return *_bucket_log_probs(log_q, teacher, mask), mask
     if teacher.shape != s_logits.shape:
         raise ValueError(
@@ -168,6 +211,7 @@ def _bucket_log_probs(
 ) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities of the k+1 buckets (top-k tokens, then the tail)."""
     indices, top_log_p, tail_log_p = (field.detach() for field in teacher)
+    indices = indices.long()  # a cache stores them as int32
     leading = log_q.shape[:-1]
     shapes_fit = indices.shape[:-1] == leading == tail_log_p.shape
     if not shapes_fit or top_log_p.shape != indices.shape:
@@ -414,6 +458,30 @@ def forward_kl_topk(
     return forward_kl(
         s_logits, sparse_teacher, mask=mask, temperature=temperature, reduction=reduction
     )
+
+
+def kd_topk(
+    s_logits: Tensor, t_logits: Tensor | SparseTeacher, *, temperature: float = 4.0
+) -> Tensor:
+    """Hinton's ``kd`` against a top-k teacher: T² · KL over the k+1 buckets (the teacher's top-k
+    classes and the tail), summed over the classes and divided by N as ``kd``'s batch mean.
+
+    A top-k teacher cannot say how its tail mass spreads over the other classes; spreading it
+    evenly (what a dense read-back would do) is exact at T = 1 only for the top k and wrong
+    once the target is softened (C = 100, k = 10, T = 4: top-k mass 0.227 instead of 0.291,
+    loss 3.54 instead of 1.11). The bucket form is exact for what is known, and falls short of
+    the dense ``kd`` by exactly T² · P_tail · KL(p(·|tail) ‖ q(·|tail)) (``forward_kl_topk``).
+    Dense teacher logits give ``kd`` itself.
+
+    Args:
+        s_logits: student logits, (N, C) (or (B, L, V): divided by B, as ``kd``).
+        t_logits: a ``SparseTeacher`` made at ``temperature``, or dense teacher logits.
+        temperature: T > 0.
+    """
+    if not isinstance(t_logits, SparseTeacher):
+        return kd(s_logits, t_logits, temperature=temperature)
+    total = forward_kl(s_logits, t_logits, temperature=temperature, reduction="sum")
+    return temperature**2 * total / s_logits.shape[0]
 
 
 TOKEN_LOSSES = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kdistill.connectors import EmbeddedPair
 from kdistill.methods.terms import PENULTIMATE, Term, mixed_ce_weight
 
 # --- presets ---------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def normalized_kd(
 def fitnet(
     *, student_layers: Sequence[str] | None = None, teacher_layers: Sequence[str] | None = None,
     alpha: float = 100.0, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0,
-    connector: str = "auto",
+    connector: str = "regressor",
 ):
     """FitNet (Romero et al., ICLR 2015): CE + hint MSE through a trained connector, weight 100.
 
@@ -248,21 +249,26 @@ def probabilistic_transfer(
 def correlation_congruence(
     *, student_embedding: str = PENULTIMATE, teacher_embedding: str = PENULTIMATE,
     alpha: float = 0.02, variant: str = "repdistiller", ce_weight: float = 1.0,
-    kd_weight: float = 0.0, temperature: float = 4.0, connector: str | None = "auto",
+    kd_weight: float = 0.0, temperature: float = 4.0, connector: str | None = None,
+    feat_dim: int | None = 128,
 ):
     """Correlation congruence (Peng et al., ICCV 2019): CE + 0.02 · CC of the embeddings.
 
     RepDistiller's recipe, whose published weight 0.02 belongs to its (the CC authors')
-    consecutive-rows form, ``variant="repdistiller"``; it compares the vectors themselves, so a
-    trained linear connector maps the student embedding to the teacher's width (RepDistiller
-    trains an embedding on each side). ``variant="paper"`` selects the paper's kernel form,
-    which needs its own weight.
+    consecutive-rows form, ``variant="repdistiller"``, computed as RepDistiller trains it: on
+    ``feat_dim``-wide linear embeddings of both sides (``EmbeddedPair``). ``feat_dim=None``
+    compares the embeddings themselves, through ``connector`` on the student side.
+    ``variant="paper"`` selects the paper's kernel form, which needs its own weight.
     """
+    params = {"variant": variant}
+    loss = "cc"
+    if feat_dim is not None:
+        loss, params = EmbeddedPair, {"loss": "cc", "dim": feat_dim, **params}
     return [
         *_label_terms(ce_weight, kd_weight, temperature),
         Term(
-            "cc", "cc", weight=alpha, student=student_embedding, teacher=teacher_embedding,
-            connector=connector, params={"variant": variant},
+            "cc", loss, weight=alpha, student=student_embedding, teacher=teacher_embedding,
+            connector=connector, params=params,
         ),
     ]
 

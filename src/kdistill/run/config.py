@@ -74,7 +74,7 @@ class TermConfig(Section):
     weight: float = 1.0
     student: str = "logits"
     teacher: str | None = "logits"
-    connector: Literal["auto", "identity", "linear", "conv"] | None = None
+    connector: Literal["auto", "identity", "linear", "conv", "regressor"] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     warmup_epochs: int = Field(0, ge=0)
 
@@ -156,6 +156,8 @@ class Recipe(Section):
                 raise ValueError("teachers: list at least one teacher")
             if self.distill.ensemble == "weights" and len(self.distill.ensemble_weights or []) != len(self.teachers):
                 raise ValueError(f"distill.ensemble_weights: give {len(self.teachers)} weights, one per teacher")
+        if self.assistant is not None and self.teacher.cache_topk:
+            raise ValueError("teacher.cache_topk with an assistant: the assistant teaches live, with dense outputs; drop cache_topk")
         if self.teachers is not None and self.distill.params.get("vocab_map") is not None:
             raise ValueError("distill.params.vocab_map maps one teacher's vocabulary: not available with teachers (an ensemble)")
         if self.distill.mode != "teacher" and (self.teachers is not None or self.assistant is not None):

@@ -18,8 +18,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from kdistill.cache import CachedTeacher, TeacherCache, build_cache
-from kdistill.checkpoint import read_meta, tensor_digest
+from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
+from kdistill.checkpoint import read_meta
 from kdistill.data.augment import augmented
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
@@ -27,7 +27,7 @@ from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
-from kdistill.run.steps import Plan, build_model, eval_loader, train_loader
+from kdistill.run.steps import Plan, build_model, cache_topk, eval_loader, train_loader
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
 from kdistill.trainer import fit
@@ -124,25 +124,28 @@ class RunSchool:
         recipe, train = self.recipe, self.recipe.train
         varies = train.augment != "none" or hasattr(self.splits.train, "set_epoch")
         views = train.epochs if varies else 1
+        topk = cache_topk(recipe, self.distill_terms)
+        dataset = augmented(self.splits.train, train.augment, seed=train.seed)
         fingerprint = {
-            "teacher": tensor_digest(teacher.module.state_dict()),
+            "teacher": teacher_identity(teacher.module),  # weights, settings and hooks (vocab_map)
             "data": self.splits.identity,
             "split": "train",
             "augment": {"name": train.augment, "seed": train.seed, "views": views},
             "taps": sorted(teacher.taps),
             "dtype": recipe.teacher.cache_dtype,
-            "topk": recipe.teacher.cache_topk,
+            "topk": topk,
         }
         key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
         root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
         if (root / "meta.json").is_file():
             cache = TeacherCache(root)
             cache.check(fingerprint)
+            cache.verify(teacher, dataset)  # what a fingerprint cannot see: the outputs themselves
         else:
             started = time.perf_counter()
             cache = build_cache(
-                root, teacher, augmented(self.splits.train, train.augment, seed=train.seed),
-                fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype, topk=recipe.teacher.cache_topk,
+                root, teacher, dataset, fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
+                topk=topk["k"] if topk else None, temperature=topk["temperature"] if topk else 1.0,
                 batch_size=train.eval_batch_size, accelerator=self.accelerator,
             )
             if self.is_main and recipe.output.progress:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdistill.cache import topk_terms
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented
 from kdistill.errors import ConfigError
@@ -120,14 +121,26 @@ def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
     architectures are built here, untrained, only to read those names."""
     try:
         if recipe.terms is not None:
-            return [Term(**term.model_dump()) for term in recipe.terms]
+            return topk_forms(recipe, [Term(**term.model_dump()) for term in recipe.terms])
         d = recipe.distill
         settings = {"temperature": d.temperature, "alpha": d.alpha, "ce_weight": d.ce_weight, **preset_params(d.params)}
         if recipe.method in LAYER_DEFAULTS and not {"student_layers", "teacher_layers"} & set(settings):
             student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
             teacher = build_model("teacher", recipe.teacher.model, recipe.teacher.kwargs, splits)
             settings.update(default_layers(recipe.method, student, teacher))
-        return preset_terms(recipe.method, **settings)
+        return topk_forms(recipe, preset_terms(recipe.method, **settings))
     except (ValueError, TypeError) as error:
         field = "terms" if recipe.terms is not None else f"method {recipe.method} (distill)"
         raise ConfigError(f"{field}: {error}") from None
+
+
+def topk_forms(recipe: Recipe, terms: list[Term]) -> list[Term]:
+    """A run reading a top-k cache compares through each loss's exact top-k form (or is refused)."""
+    k = recipe.teacher.cache_topk
+    return topk_terms(terms, k)[0] if k and recipe.teacher.cache and recipe.distill.mode == "teacher" else terms
+
+
+def cache_topk(recipe: Recipe, terms: list[Term]) -> dict | None:
+    """What a top-k cache stores: ``k`` and the one temperature the run's terms read it at."""
+    k = recipe.teacher.cache_topk
+    return {"k": k, "temperature": topk_terms(terms, k)[1]} if k else None
