@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, Teacher, Term, create_model, fit
 from kdistill.data import ArrayDataset
 from kdistill.losses import CRDLoss, VIDLoss
-from kdistill.methods import PRESETS, describe_method, preset_terms, teacher_taps
+from kdistill.methods import PRESETS, UnknownSettingError, describe_method, preset_terms, teacher_taps
 from kdistill.trainer import make_accelerator
 
 NUM_SAMPLES = 32
@@ -88,11 +88,19 @@ def test_presets_use_the_published_weights():
     assert rkd.params == {"distance_weight": 25.0, "angle_weight": 50.0}
 
 
-def test_recipe_level_hyper_parameters_reach_only_the_presets_that_take_them():
-    # A recipe always passes temperature and alpha; DKD's α is not the recipe's alpha.
+def test_alpha_is_every_presets_distillation_weight_and_unknown_settings_are_refused():
+    # The recipe's alpha weighs the distillation term; DKD's own α (tckd_weight) is another setting.
     (dkd,) = [t for t in preset_terms("dkd", temperature=2.0, alpha=0.9) if t.name == "dkd"]
-    assert dkd.params["temperature"] == 2.0 and dkd.params["alpha"] == 1.0 and dkd.weight == 1.0
-    assert [t.name for t in preset_terms("at", student_layers=["x"], teacher_layers=["y"], alpha=0.5)] == ["ce", "at"]
+    assert dkd.params["temperature"] == 2.0 and dkd.params["alpha"] == 1.0 and dkd.weight == 0.9
+    at = preset_terms("at", student_layers=["x"], teacher_layers=["y"], alpha=0.5)
+    assert [(t.name, t.weight) for t in at] == [("ce", 1.0), ("at", 0.5)]
+    with pytest.raises(UnknownSettingError, match="'temprature'.*did you mean 'temperature'"):
+        preset_terms("kd", temprature=1.0)
+    with pytest.raises(UnknownSettingError, match="no setting 'temperature'"):
+        preset_terms("scratch", temperature=2.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        preset_terms("kd", alpha=1.5)
+    assert [t.weight for t in preset_terms("kd", alpha=1.5, ce_weight=1.0)] == [1.0, 1.5]  # CE + λ·KD
 
 
 @pytest.mark.parametrize("method", FEATURE_PRESETS)

@@ -127,8 +127,9 @@ def test_version_and_list_taps():
 def test_list_methods_shows_each_presets_settings():
     result = kdistill("list", "methods")
     assert result.returncode == 0
-    dkd = next(line for line in result.stdout.splitlines() if line.startswith("dkd "))
-    assert "alpha=" in dkd and "tckd_weight=" in dkd and "ce_weight=" in dkd
+    lines = result.stdout.splitlines()
+    settings = lines[next(i for i, line in enumerate(lines) if line.startswith("dkd ")) + 1]
+    assert "alpha=" in settings and "tckd_weight=" in settings and "ce_weight=" in settings
 
 
 def test_every_preset_names_its_distillation_weight_alpha():

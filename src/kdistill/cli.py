@@ -181,9 +181,11 @@ def list_(
 
         rows = [(name, describe_dataset(name)) for name in DATASETS]
     elif what is Listing.methods:
-        from kdistill.methods import PRESETS, describe_method
+        from kdistill.methods import PRESETS, describe_method, describe_settings
 
-        rows = [(name, describe_method(name)) for name in PRESETS]
+        # The settings are the preset's signature: distill.alpha is the distillation term's
+        # weight in every method, distill.ce_weight the label term's; the rest go in distill.params.
+        rows = [(name, f"{describe_method(name)}\n    settings: {describe_settings(name)}") for name in PRESETS]
     else:
         from kdistill.losses import LOSSES
 

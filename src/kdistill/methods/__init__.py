@@ -79,10 +79,15 @@ def method_settings(name: str) -> dict[str, object]:
 
 
 def describe_method(name: str) -> str:
-    """The preset's one-line description followed by its settings and their defaults."""
+    """The preset's one-line description."""
     doc = (PRESETS[name].__doc__ or "").strip()
-    settings = ", ".join(f"{k}={v!r}" for k, v in method_settings(name).items())
-    return f"{doc.splitlines()[0] if doc else ''} [{settings or 'no settings'}]"
+    return doc.splitlines()[0] if doc else ""
+
+
+def describe_settings(name: str) -> str:
+    """The preset's settings and their defaults, as a recipe's ``distill`` section sets them."""
+    shown = [f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in method_settings(name).items()]
+    return ", ".join(shown) or "no settings"
 
 
 def preset_terms(name: str, **settings) -> list[Term]:
@@ -114,6 +119,7 @@ __all__ = [
     "decoupled_kd",
     "default_layers",
     "describe_method",
+    "describe_settings",
     "dist_kd",
     "distilbert",
     "fitnet",
