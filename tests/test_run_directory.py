@@ -111,8 +111,8 @@ def test_overwrite_replaces_a_finished_kdistill_run(finished, tmp_path):
 
 def test_a_second_writer_is_refused_while_a_run_holds_the_lock(tmp_path):
     env = subprocess_env()
-    # Long enough to be caught mid-run: a teacher of 40 epochs on digits.
-    slow = [*QUICK[:4], "teacher.epochs=40", "train.epochs=1", "teacher.augment=none", "output.latency=false",
+    # Long enough to be caught mid-run: a teacher of 400 epochs on digits (killed once checked).
+    slow = [*QUICK[:4], "teacher.epochs=400", "train.epochs=1", "teacher.augment=none", "output.latency=false",
             "output.plots=false", "output.progress=false", "output.dir=runs", "name=live"]
     first = subprocess.Popen([str(KDISTILL), "run", *slow], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -179,8 +179,9 @@ class Distiller(nn.Module):
         return result
 
 
-def _float32(value: Tensor | None) -> Tensor | None:
-    """Half-precision floating tensors in float32; anything else (ids, None) unchanged."""
-    if value is not None and value.dtype in (torch.float16, torch.bfloat16):
+def _float32(value):
+    """Half-precision floating tensors in float32; anything else (ids, None, a top-k
+    ``SparseTeacher`` of float32 log-probabilities) unchanged."""
+    if isinstance(value, Tensor) and value.dtype in (torch.float16, torch.bfloat16):
         return value.float()
     return value

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kdistill import safe_yaml
+import kdistill.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
 
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
-from kdistill import safe_yaml
+import kdistill.safe_yaml as safe_yaml
 from kdistill.errors import UserError
 from kdistill.run.config import Recipe, dump_config
 
@@ -102,8 +102,9 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
             started_with = Recipe.model_validate(safe_yaml.load_file(config))
         except Exception as error:  # a config.yaml edited by hand, truncated or not a recipe
             raise UserError(f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); start a new run with name=<new name>") from None
-        if started_with != recipe:
-            changed = _first_difference(started_with.model_dump(), recipe.model_dump())
+        # Compared as written to YAML: a map with integer keys (a layer map) reads back with text keys.
+        if started_with.model_dump(mode="json") != recipe.model_dump(mode="json"):
+            changed = _first_difference(started_with.model_dump(mode="json"), recipe.model_dump(mode="json"))
             raise UserError(
                 f"--resume: the recipe differs from {config} at {changed}; resume with the same "
                 "recipe, or start a new run with name=<new name>"
