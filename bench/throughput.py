@@ -111,7 +111,7 @@ def main() -> None:
     rounds = args.rounds or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
 
-    splits = load_dataset(args.dataset, subset=subset, val_fraction=0.0, test_fraction=0.1)
+    splits = load_dataset(args.dataset, subset=subset, val_fraction=0.02, test_fraction=0.1)
     train = splits.train
     shape = dict(num_classes=splits.num_classes, input_shape=splits.input_shape)
     accelerator = make_accelerator(args.device)
