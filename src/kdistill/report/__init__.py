@@ -30,22 +30,24 @@ def _metric(value: float, name: str, task: dict) -> str:
 
 
 def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the results table: the task's metrics, parameters, bytes, latency."""
+    """Header and rows of the results table: the task's metrics, parameters, bytes, latency, and
+    (when a method trains any) the parameters its connectors and losses add during training."""
     task = _task(summary)
     metrics = task["metrics"]
+    roles = [role for role in table_roles(summary) if summary.get(role)]
+    extras = any(summary[role].get("connector_params") for role in roles)
     header = ["model", *(f"test {m}" for m in metrics), "parameters", "size on disk",
-              "latency b=1 (ms)", "latency b=256 (ms)"]
+              "latency b=1 (ms)", "latency b=256 (ms)", *(["training-only parameters"] if extras else [])]
     rows = []
-    for role in table_roles(summary):
-        entry = summary.get(role)
-        if not entry:
-            continue
+    for role in roles:
+        entry = summary[role]
         latency = entry.get("latency_ms") or {}
         b1, b256 = latency.get("batch_1"), latency.get("batch_256")
         rows.append([
             f"{role_title(role)} ({entry['model']})", *(_metric(entry[m], m, task) for m in metrics),
             f"{entry['params']:,}", _bytes(entry["bytes"]),
             "" if b1 is None else f"{b1:.3f}", "" if b256 is None else f"{b256:.2f}",
+            *([f"{entry['connector_params']:,}" if "connector_params" in entry else ""] if extras else []),
         ])
     return header, rows
 

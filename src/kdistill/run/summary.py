@@ -32,6 +32,8 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
     }
     if latency:
         entry["latency_ms"] = {f"batch_{b}": measure_latency(role.model, example, batch_size=b) for b in (1, 256)}
+    if "connector_params" in role.info:
+        entry["connector_params"] = role.info["connector_params"]
     if role.source:
         entry["source"] = role.source
     return entry

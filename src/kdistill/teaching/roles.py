@@ -70,7 +70,15 @@ def train_student(school: School, phase: str, terms: list, teacher, *, architect
     """Build a model of ``architecture`` and train it as ``phase`` with ``terms`` against
     ``teacher`` (``None``: from the labels alone)."""
     model = school.build(architecture)
-    seconds = school.fit(phase, school.distiller(model, terms, teacher), teacher)
-    return Role(model, school.architecture(architecture), f"{phase}.safetensors", seconds)
+    distiller = school.distiller(model, terms, teacher)
+    seconds = school.fit(phase, distiller, teacher)
+    return Role(model, school.architecture(architecture), f"{phase}.safetensors", seconds,
+                info={"connector_params": training_extras(distiller)})
+
+
+def training_extras(distiller: Distiller) -> int:
+    """Trainable parameters a method adds beside the student (connectors, embeddings, stateful
+    losses such as CRD's projections): what the method costs in training, not in deployment."""
+    return sum(p.numel() for name, p in distiller.named_parameters() if not name.startswith("student."))
 
 
