@@ -64,11 +64,12 @@ class OnPolicy:
     What counts, as GKD and TRL's ``GKDTrainer`` count it: on a sampled sequence only the K
     generated tokens (the batch's ``mask`` is false on its prompt), and their targets become
     ``IGNORE_INDEX``, so the divergence terms compare the two models there while ``token_ce``
-    never learns from the student's own samples. The other sequences count as the data gives
-    them; then the student's share of the counted positions is λK / (λK + (1 − λ)L), not λ.
-    ``completions_only`` treats every sequence as GKD's (prompt, completion) pair: the data's
-    sequences too count only their last K positions, so the share is λ (and ``token_ce`` sees
-    only those positions as well). The share of each batch is the batch's
+    never learns from the student's own samples. By default (``completions_only``) every
+    sequence is GKD's (prompt, completion) pair, the data's sequences too counting only their
+    last K positions, so the student's share of the counted positions is exactly the λ the
+    recipe asks for (and ``token_ce`` learns from those completions, as GKD's supervised
+    part does). ``completions_only=False`` lets the data's sequences count whole; the share is
+    then λK / (λK + (1 − λ)L). The share of each batch is the batch's
     ``"metric/on_policy_generated"`` (logged per epoch). Sampling runs without autograd.
 
     Args:
@@ -77,11 +78,11 @@ class OnPolicy:
         continuation: tokens sampled per chosen sequence, 1 ≤ K ≤ L.
         temperature: sampling temperature (GKD samples at 1).
         seed: seeds the choice of sequences and the sampling.
-        completions_only: count only the last K positions of every sequence.
+        completions_only: count only the last K positions of every sequence (GKD's completions).
     """
 
     def __init__(self, student: nn.Module, *, fraction: float = 0.5, continuation: int = 16,
-                 temperature: float = 1.0, seed: int = 0, completions_only: bool = False):
+                 temperature: float = 1.0, seed: int = 0, completions_only: bool = True):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"on_policy.fraction must be in [0, 1], got {fraction}")
         if continuation < 1:
