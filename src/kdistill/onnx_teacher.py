@@ -51,12 +51,15 @@ class OnnxModel(nn.Module):
             raise UserError(f"{field}: an ONNX teacher needs onnxruntime: pip install onnxruntime") from None
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except Exception as error:  # ORT raises its own exception types for damaged graphs
+        except Exception as error:  # noqa: BLE001 -- ORT raises its own exception types (Fail, InvalidGraph ...)
             raise UserError(f"{field}: {self.path} is not a loadable ONNX model ({str(error).splitlines()[0][:200]})") from None
         self.inputs = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output_name = self.session.get_outputs()[0].name
         digest = bytes.fromhex(file_digest(self.path))
         self.register_buffer("onnx_sha256", torch.tensor(list(digest), dtype=torch.uint8))
+        # An empty parameter: code that finds a model's device from its first parameter (the
+        # evaluators) works, and the parameter count stays 0.
+        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, *args, **kwargs) -> Tensor:
         if args:
@@ -67,12 +70,12 @@ class OnnxModel(nn.Module):
             kwargs = {next(iter(self.inputs)): args[0]}
         unknown = set(kwargs) - set(self.inputs)
         if unknown:
-            raise TypeError(f"{self.path.name} has no input {sorted(unknown)[0]!r}; its inputs: {', '.join(self.inputs)}")
+            raise TypeError(f"{self.path.name} has no input {min(unknown)!r}; its inputs: {', '.join(self.inputs)}")
         device = next(iter(kwargs.values())).device
         feed = {name: value.detach().cpu().numpy().astype(self.inputs[name], copy=False) for name, value in kwargs.items()}
         try:
             (logits,) = self.session.run([self.output_name], feed)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 -- ORT's InvalidArgument, Fail ... share no base but Exception
             shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in feed.items())
             raise ValueError(f"the ONNX teacher {self.path.name} cannot run on inputs {shapes}: {str(error).splitlines()[0][:200]}") from None
         return torch.from_numpy(np.ascontiguousarray(logits)).float().to(device)
