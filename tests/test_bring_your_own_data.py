@@ -142,7 +142,7 @@ def tiny_text_teacher(directory) -> None:
     )
     fast.save_pretrained(directory)
     config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32, num_labels=2)
+                                     intermediate_size=32, max_position_embeddings=64, num_labels=2)
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(config).save_pretrained(directory)
 
