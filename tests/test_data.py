@@ -99,9 +99,9 @@ def test_image_folder(tmp_path):
         for i in range(10):
             Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
     (tmp_path / "cat" / "notes.txt").write_text("ignored")
-    splits = load_dataset("folder", path=str(tmp_path), image_size=16)
+    splits = load_dataset("folder", path=str(tmp_path), image_size=16, channels=1)  # grayscale when asked
     assert splits.class_names == ["cat", "dog"] and splits.input_shape == (1, 16, 16)
-    rgb = load_dataset("folder", path=str(tmp_path), image_size=16, channels=3)
+    rgb = load_dataset("folder", path=str(tmp_path), image_size=16)  # colour stays colour
     assert rgb.input_shape == (3, 16, 16)
     (tmp_path / "dog" / "broken.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="broken.png"):

@@ -1,47 +1,38 @@
-"""The one-call path for people who never touch YAML: ``kdistill.distill(teacher, student, data)``."""
+"""The one-call path for people who never touch YAML: ``kdistill.distill(teacher, student, data)``.
+
+Data may be what a PyTorch user already holds (see ``kdistill.data.inputs``): NumPy arrays or
+tensors ``(x, y)``, a dataset of ``(x, y)`` tuples or dicts, a ``DataLoader``, a Hugging Face
+``datasets.Dataset``. The teacher may be an ``nn.Module`` (a Hugging Face model too) or the path
+of an ``.onnx`` file.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import DataLoader
 
+from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
 from kdistill.data import ArrayDataset
-from kdistill.distiller import Distiller, Teacher, call_model
+from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader
+from kdistill.distiller import Distiller, Teacher
+from kdistill.errors import UserError
 from kdistill.methods import Term, hinton_kd, teacher_taps
-from kdistill.trainer import evaluate, fit, make_accelerator
+from kdistill.modeling import call_model, to_device
+from kdistill.onnx_teacher import OnnxModel, check_onnx_terms, is_onnx_file
+from kdistill.trainer import evaluate, make_accelerator
+from kdistill.trainer import fit as train
 
 
-class _IndexedDataset(Dataset):
-    """Adapts a dataset of ``(input, target)`` pairs to the ``{"input", "target", "index"}``
-    samples the rest of kdistill reads."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        sample = self.dataset[i]
-        if isinstance(sample, Mapping):
-            return {**sample, "index": torch.tensor(i)}
-        inputs, target = sample[0], sample[1]
-        return {"input": inputs, "target": torch.as_tensor(target), "index": torch.tensor(i)}
-
-
-def as_dataset(data) -> Dataset:
-    """A pair of tensors ``(x, y)``, or any dataset of ``(x, y)`` pairs or dict samples."""
-    if isinstance(data, Sequence) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        return ArrayDataset(*data)
-    if isinstance(data, ArrayDataset):
-        return data
-    return _IndexedDataset(data)
+class MismatchError(UserError, ValueError):
+    """Teacher, student and data that cannot work together; the message names both sides."""
 
 
 @dataclass
@@ -49,10 +40,104 @@ class DistillResult:
     student: nn.Module
     history: list[dict]
     metrics: dict = field(default_factory=dict)
+    # Trained projections between student and teacher features (FitNet's regressor, CRD's
+    # embeddings ...), by term name: empty for logit-only terms.
+    connectors: nn.ModuleDict = field(default_factory=nn.ModuleDict)
+
+
+def as_teacher(teacher, terms: list[Term]) -> Teacher:
+    """A frozen ``Teacher`` from an ``nn.Module``, a Hugging Face model, a ``Teacher`` or the path
+    of an ``.onnx`` file, tapping what ``terms`` read."""
+    taps = teacher_taps(terms)
+    if isinstance(teacher, Teacher):
+        return teacher if set(taps) <= set(teacher.taps) else Teacher(teacher.module, taps=taps)
+    if is_onnx_file(teacher):
+        check_onnx_terms(terms, field="teacher")
+        return Teacher(OnnxModel(teacher, field="teacher"))
+    if isinstance(teacher, nn.Module):
+        return Teacher(teacher, taps=taps)
+    if isinstance(teacher, (str, Path)):
+        raise MismatchError(
+            f"teacher: {teacher} is a path but not an .onnx file; for a state_dict (.pt, .safetensors), build the "
+            "model and load it with kdistill.load_weights(model, path), then pass the model"
+        )
+    raise MismatchError(f"teacher: give an nn.Module, a Hugging Face model or an .onnx file, not a {type(teacher).__name__}")
+
+
+def _describe(model: nn.Module) -> str:
+    parameter = next(iter(model.parameters()), None)
+    if parameter is None:
+        return f"{type(model).__name__} (no parameters)"
+    return f"{type(model).__name__} ({parameter.dtype} on {parameter.device})"
+
+
+def _describe_input(inputs) -> str:
+    if isinstance(inputs, dict):
+        return ", ".join(f"{k}: {tuple(v.shape)} {v.dtype} on {v.device}" for k, v in inputs.items())
+    return f"{tuple(inputs.shape)} {inputs.dtype} on {inputs.device}"
+
+
+def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> None:
+    """Run teacher and student once on ``example``: inputs of another dtype or device than a
+    model's weights, and models that score different numbers of classes, fail here with one
+    error naming both sides, rather than deep inside a layer or a loss."""
+    was_training = student.training
+    outputs = {}
+    try:
+        for role, run, model in (
+            ("teacher", lambda: teacher(example).logits, teacher.module),
+            ("student", lambda: call_model(student.eval(), example["input"]), student),
+        ):
+            try:
+                with torch.no_grad():
+                    outputs[role] = run()
+            except (RuntimeError, ValueError, TypeError) as error:
+                raise MismatchError(
+                    f"the {role}, {_describe(model)}, cannot run on the inputs ({_describe_input(example['input'])}): "
+                    f"{str(error).splitlines()[0][:200]}"
+                ) from None
+    finally:
+        student.train(was_training)
+    teacher_outputs, student_outputs = outputs["teacher"].shape[-1], outputs["student"].shape[-1]
+    if teacher_outputs != student_outputs:
+        raise MismatchError(
+            f"the teacher has {teacher_outputs} outputs but the student has {student_outputs}: "
+            "build both for the same classes"
+        )
+    target = example.get("target")
+    if target is not None and target.dtype in (torch.int64, torch.int32) and target.numel() and int(target.max()) >= student_outputs:
+        raise MismatchError(f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}")
+
+
+def _probe_batch(loader: DataLoader) -> dict:
+    """The first two samples in the dataset's order, without drawing from the loader's sampler."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return next(iter(loader))
+    return next(iter(DataLoader(loader.dataset, batch_size=2, collate_fn=loader.collate_fn)))
+
+
+def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accelerator) -> CachedTeacher:
+    """The teacher's outputs over the training samples, computed once (``cache=True``: in a
+    temporary directory for this call; a path: kept there and reused while it matches)."""
+    dataset = loader.dataset
+    if not isinstance(dataset, (ArrayDataset, IndexedDataset)):
+        dataset = as_dataset(dataset.dataset)  # a user's DataLoader: its dataset, positioned by as_loader
+    if cache is True:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdistill-cache-"))) / "cache"
+    else:
+        root = Path(cache)
+    fingerprint = {"teacher": teacher_identity(teacher.module), "samples": len(dataset), "taps": sorted(teacher.taps), "dtype": "float32"}
+    if (root / "meta.json").is_file():
+        stored = TeacherCache(root)
+        stored.check(fingerprint)
+        stored.verify(teacher, dataset)  # the data itself: the fingerprint cannot see it
+    else:
+        stored = build_cache(root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator)
+    return CachedTeacher(stored)
 
 
 def distill(
-    teacher: nn.Module,
+    teacher,
     student: nn.Module,
     train_data,
     val_data=None,
@@ -68,56 +153,90 @@ def distill(
     weight_decay: float = 0.0,
     device: str = "auto",
     seed: int = 0,
+    cache: bool | str | Path = False,
     progress: bool = True,
 ) -> DistillResult:
     """Train ``student`` to imitate ``teacher`` with Hinton KD, ``(1−α)·CE + α·T²·KL``.
 
     Args:
-        teacher: a trained model; it is frozen (eval mode, no gradients) and never changed.
+        teacher: a trained model (an ``nn.Module`` or Hugging Face model), or the path of an
+            ``.onnx`` file (run by ONNX Runtime; logit-level terms only). It is frozen (eval
+            mode, no gradients) and never changed.
         student: the model to train, in place.
-        train_data / val_data: ``(x, y)`` tensor pairs, or datasets of ``(x, y)`` pairs.
+        train_data / val_data: ``(x, y)`` NumPy arrays or tensors, a dataset of ``(x, y)``
+            tuples or of dicts (a ``TensorDataset``, a Hugging Face ``datasets.Dataset``), or a
+            ``DataLoader`` (used as it is: its batch size, sampler and collate function).
         temperature, alpha: of the KD term; ignored when ``terms`` is given.
         terms: any list of ``Term``s instead of Hinton KD (feature terms, other losses).
+        cache: run the teacher once over the training data and read its outputs from disk
+            (``True``: a temporary directory; a path: kept there and reused while it matches).
 
     Returns:
-        ``DistillResult`` with the trained student, one record per epoch, and the final
-        validation accuracy (a fraction) when ``val_data`` is given.
+        ``DistillResult`` with the trained student, one record per epoch, the final
+        validation accuracy (a fraction) when ``val_data`` is given, and the trained
+        ``connectors`` of feature terms.
     """
     _check_hyper(temperature, alpha, terms)
     set_seed(seed)
-    train_set = as_dataset(train_data)
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
-    val_loader = DataLoader(as_dataset(val_data), batch_size=512) if val_data is not None else None
+    train_loader = as_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
+    val_loader = as_loader(val_data, batch_size=512) if val_data is not None else None
     terms = terms if terms is not None else hinton_kd(temperature=temperature, alpha=alpha)
     student_was_training = student.training
-    frozen = Teacher(teacher, taps=teacher_taps(terms))
+    frozen = as_teacher(teacher, terms)
     distiller = None
+    accelerator = make_accelerator(device)
     try:
-        # The first two samples, not a batch of train_loader: that would draw from its generator.
-        _check_output_sizes(frozen, student, next(iter(DataLoader(train_set, batch_size=2))))
-        if any(term.connector or term.needs_build for term in terms):
-            distiller = Distiller.build(
-                student, terms, teacher=frozen, example_batch=next(iter(train_loader)), num_samples=len(train_set)
+        with ExitStack() as stack:
+            # Both models and the probe on the device the run trains on: what fails there
+            # fails now, naming both sides.
+            example = to_device(_probe_batch(train_loader), accelerator.device)
+            check_pair(frozen.to(accelerator.device), student.to(accelerator.device), example)
+            if any(term.connector or term.needs_build for term in terms):
+                distiller = Distiller.build(student, terms, teacher=frozen, example_batch=example, num_samples=len(train_loader.dataset))
+            else:
+                distiller = Distiller(student, terms)
+            live = _cached(frozen, train_loader, cache, stack, accelerator) if cache else frozen
+            history = train(
+                distiller, train_loader, teacher=live, val_loader=val_loader, epochs=epochs,
+                optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                accelerator=accelerator, progress=progress,
             )
-        else:
-            distiller = Distiller(student, terms)
-        accelerator = make_accelerator(device)
-        history = fit(
-            distiller, train_loader, teacher=frozen, val_loader=val_loader, epochs=epochs,
-            optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
-            accelerator=accelerator, progress=progress,
-        )
-        metrics = {}
-        if val_loader is not None:
-            metrics["val/accuracy"] = evaluate(student, val_loader, accelerator)["accuracy"]
+            metrics = {}
+            if val_loader is not None:
+                metrics["val/accuracy"] = evaluate(student, val_loader, accelerator)["accuracy"]
     finally:
         # The models are the user's: no forward hook of ours stays on them, whatever happened.
         for tap in (frozen.tap, distiller.tap if distiller is not None else None):
             if tap is not None:
                 tap.remove()
         student.train(student_was_training)
-    return DistillResult(student=student, history=history, metrics=metrics)
+    return DistillResult(student=student, history=history, metrics=metrics, connectors=distiller.connectors)
+
+
+def fit(
+    distiller: Distiller,
+    train_data,
+    *,
+    teacher=None,
+    val_data=None,
+    batch_size: int = 64,
+    seed: int = 0,
+    **options,
+) -> list[dict]:
+    """Train a ``Distiller`` (``kdistill.trainer.fit``) on what a PyTorch user holds.
+
+    ``train_data`` / ``val_data`` (or ``val_loader``) take everything ``distill`` takes; a
+    ``DataLoader`` keeps its own batch size and order, other data is batched by ``batch_size``
+    and shuffled with ``seed``. ``teacher`` may be an ``nn.Module``, a Hugging Face model, a
+    ``Teacher``, a cached teacher or an ``.onnx`` path. Other options go to the trainer.
+    """
+    loader = as_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
+    val = options.pop("val_loader", None) if val_data is None else val_data
+    if val is not None:
+        options["val_loader"] = as_loader(val, batch_size=512)
+    if teacher is not None and not isinstance(teacher, (Teacher, CachedTeacher)) and not hasattr(teacher, "lookup"):
+        teacher = as_teacher(teacher, distiller.terms)
+    return train(distiller, loader, teacher=teacher, **options)
 
 
 def _check_hyper(temperature: float, alpha: float, terms: list[Term] | None) -> None:
@@ -130,16 +249,4 @@ def _check_hyper(temperature: float, alpha: float, terms: list[Term] | None) -> 
         raise ValueError(f"alpha weighs the KD term against cross-entropy, (1-α)·CE + α·KD: give 0 <= alpha <= 1, got {alpha!r}")
 
 
-def _check_output_sizes(teacher: Teacher, student: nn.Module, example: dict) -> None:
-    """Teacher and student must score the same classes; said now, with both sizes, rather than
-    as an index error deep inside a loss."""
-    was_training = student.training
-    with torch.no_grad():
-        teacher_outputs = teacher(example).logits.shape[-1]
-        student_outputs = call_model(student.eval(), example["input"]).shape[-1]
-    student.train(was_training)
-    if teacher_outputs != student_outputs:
-        raise ValueError(
-            f"the teacher has {teacher_outputs} outputs but the student has {student_outputs}: "
-            "build both for the same classes"
-        )
+__all__ = ["DistillResult", "MismatchError", "as_teacher", "check_pair", "distill", "fit"]

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from kdistill.data.base import ArrayDataset, DataSplits, make_splits, stratified_split
 from kdistill.data.fashion import load_fashion_mnist
 from kdistill.data.images import load_digits, load_image_folder, load_mnist
+from kdistill.data.labelled_text import load_labelled_text
 from kdistill.data.lm import load_text_corpus
 from kdistill.data.movielens import load_movielens
 from kdistill.data.npz import load_npz
 from kdistill.data.speech import load_spoken_digits
+from kdistill.data.table import load_table
 from kdistill.data.text import load_rotten_tomatoes
 from kdistill.data.vowels import load_japanese_vowels
 from kdistill.errors import DataError
@@ -26,6 +28,8 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "movielens": load_movielens,
     "rotten_tomatoes": load_rotten_tomatoes,
     "text": load_text_corpus,
+    "table": load_table,
+    "labelled_text": load_labelled_text,
 }
 
 

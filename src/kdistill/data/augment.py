@@ -54,4 +54,11 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
         return dataset
     if name not in AUGMENTATIONS:
         raise ConfigError(f"augment: unknown augmentation {name!r}; choose none or {', '.join(AUGMENTATIONS)}")
+    example = dataset[0]["input"] if len(dataset) else None
+    if not (isinstance(example, Tensor) and example.dim() >= 2 and example.is_floating_point()):
+        shape = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
+        raise ConfigError(
+            f"augment={name} translates images (C, H, W), but the inputs are {shape} (tokens or table rows): "
+            "set teacher.augment=none and train.augment=none"
+        )
     return Augmented(dataset, AUGMENTATIONS[name], seed)

@@ -111,10 +111,13 @@ def make_splits(
     class_names: list[str] | None = None,
     identity: dict | None = None,
     source: str = "data",
+    per_axis: int | None = None,
 ) -> DataSplits:
     """Stratified train/val/test split of arrays, standardised with the train split's statistics.
 
-    ``x`` is float (N, ...) in its natural range; ``y`` integer (N,).
+    ``x`` is float (N, ...) in its natural range; ``y`` integer (N,). The statistics are one
+    mean and standard deviation over everything, or one per entry of axis ``per_axis`` (1: per
+    image channel, per table column), recorded in ``identity["normalise"]``.
     """
     check_arrays(x, y, source)
     y = y.astype(np.int64)
@@ -129,10 +132,18 @@ def make_splits(
     train_idx, val_idx, test_idx = stratified_split(
         y, (train_fraction, val_fraction, test_fraction), seed
     )
-    # Scalar statistics of the train split only: nothing about val/test leaks into training.
-    mean = float(x[train_idx].mean())
-    std = float(x[train_idx].std()) or 1.0
-    x = ((x - mean) / std).astype(np.float32)
+    # Statistics of the train split only: nothing about val/test leaks into training.
+    if per_axis is None:
+        mean = float(x[train_idx].mean())
+        std = float(x[train_idx].std()) or 1.0
+        x = ((x - mean) / std).astype(np.float32)
+    else:
+        axes = tuple(a for a in range(x.ndim) if a != per_axis)
+        mean_array = x[train_idx].mean(axis=axes, keepdims=True, dtype=np.float64)
+        std_array = x[train_idx].std(axis=axes, keepdims=True, dtype=np.float64)
+        std_array[std_array == 0] = 1.0  # a constant column or channel is centred, not divided by 0
+        x = ((x - mean_array) / std_array).astype(np.float32)
+        mean, std = mean_array.ravel().tolist(), std_array.ravel().tolist()
 
     for split, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
         if len(idx) == 0:

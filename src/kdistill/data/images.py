@@ -87,31 +87,82 @@ def load_digits(
     )
 
 
-def read_image(file: Path, mode: str, image_size: int) -> np.ndarray:
-    """One image as floats in 0..1, (size, size) or (size, size, 3). Anything a decoder raises on
-    a user's file, including PIL's refusal of images over its pixel limit (a decompression
-    bomb), becomes one line naming the file."""
+def read_image(file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as floats in 0..1, (H, W) or (H, W, 3), resized to ``size`` (W, H) when given.
+    Anything a decoder raises on a user's file, including PIL's refusal of images over its pixel
+    limit (a decompression bomb), becomes one line naming the file."""
     from PIL import Image
 
-    try:
+    with _DecodingErrors(file):
         with Image.open(file) as image:
-            image = image.convert(mode).resize((image_size, image_size))
+            image = image.convert(mode)
+            if size is not None and image.size != size:
+                image = image.resize(size)
             return np.asarray(image, dtype=np.float32) / 255.0
-    except Image.DecompressionBombError:
-        raise DataError(
-            f"{file}: more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} (a decompression bomb, or "
-            "a huge image); shrink or remove it"
-        ) from None
-    # PIL's decoders raise all of these on damaged files (SyntaxError from some header parsers).
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as error:
-        raise DataError(f"{file}: not a readable image ({type(error).__name__}); remove or replace it") from None
+
+
+class _DecodingErrors:
+    """PIL's errors on a damaged or oversized file, as one ``DataError`` naming it."""
+
+    def __init__(self, file: Path):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        from PIL import Image
+
+        if kind is None:
+            return False
+        if issubclass(kind, Image.DecompressionBombError):
+            raise DataError(
+                f"{self.file}: more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} (a decompression bomb, or "
+                "a huge image); shrink or remove it"
+            ) from None
+        # PIL's decoders raise all of these on damaged files (SyntaxError from some header parsers).
+        if issubclass(kind, (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError)):
+            raise DataError(f"{self.file}: not a readable image ({kind.__name__}); remove or replace it") from None
+        return False
+
+
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}
+
+
+def _header(file: Path) -> tuple[str, tuple[int, int]]:
+    """An image's mode and (W, H), from its header only (no pixels decoded)."""
+    from PIL import Image
+
+    with _DecodingErrors(file), Image.open(file) as image:
+        # A palette image is colour unless its palette is gray: decide on the converted mode.
+        mode = image.mode if image.mode != "P" else ("L" if _gray_palette(image) else "RGB")
+        return mode, image.size
+
+
+def _gray_palette(image) -> bool:
+    palette = image.getpalette() or []
+    return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+
+
+def _check_options(channels, image_size) -> None:
+    if channels is not None and (channels not in (1, 3) or isinstance(channels, bool)):
+        raise DataError(f"data.options.channels: 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE):
+        raise DataError(f"data.options.image_size: a side length in pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}")
 
 
 def load_image_folder(
     *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, image_size: int = 28, channels: int = 1,
+    seed: int = 0, subset: int | None = None, image_size: int | None = None, channels: int | None = None,
 ) -> DataSplits:
-    """The user's images: one sub-folder per class (``root/cat/001.png``), resized to a square."""
+    """The user's images: one sub-folder per class (``root/cat/001.png``), as they are.
+
+    Colour stays colour (3 channels unless every image is grayscale; ``channels: 1`` converts
+    to grayscale only when asked) and images of one size keep it; images of mixed sizes need
+    ``image_size`` (every image resized to image_size × image_size). Each channel is
+    standardised with the training split's mean and standard deviation, recorded with the run
+    (``data.normalise`` in summary.json), as is the class of each index (``data.classes``).
+    """
     if not path:
         raise DataError("data.path: the folder dataset needs a directory; set data.path=images/")
     root = Path(path)
@@ -120,28 +171,39 @@ def load_image_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root}: no class sub-folders; put each class's images in root/<class>/")
-    modes = {1: "L", 3: "RGB"}
-    if channels not in modes or isinstance(channels, bool):
-        raise DataError(f"data.options.channels: 1 (grayscale) or 3 (RGB), got {channels!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE:
-        raise DataError(f"data.options.image_size: a side length in pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}")
+    _check_options(channels, image_size)
     if len(classes) > MAX_CLASSES:
         raise DataError(f"{root}: {len(classes):,} class sub-folders, more than the limit of {MAX_CLASSES:,} classes")
-    images, labels = [], []
+    files, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(read_image(file, modes[channels], image_size))
+                files.append(file)
                 labels.append(label)
-    if not images:
+    if not files:
         raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    x = np.stack(images)
+    headers = [_header(file) for file in files]
+    if channels is None:
+        channels = 1 if all(mode in GRAYSCALE_MODES for mode, _ in headers) else 3
+    size = (image_size, image_size) if image_size is not None else None
+    if size is None:
+        sizes = {dims for _, dims in headers}
+        if len(sizes) > 1:
+            first, other = headers[0][1], next(d for _, d in headers if d != headers[0][1])
+            odd = files[[d for _, d in headers].index(other)]
+            raise DataError(
+                f"{root}: images of different sizes ({files[0].name} {first[0]}×{first[1]}, {odd.name} {other[0]}×{other[1]}); "
+                "set data.options.image_size=N to resize every image to N×N"
+            )
+    mode = "L" if channels == 1 else "RGB"
+    x = np.stack([read_image(file, mode, size) for file in files])
     x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
     x, y = stratified_subset(x, np.asarray(labels, dtype=np.int64), subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        num_classes=len(classes), class_names=classes,
+        num_classes=len(classes), class_names=classes, per_axis=1,
         identity={"dataset": "folder", "root": str(root.resolve()), "subset": subset,
-                  "image_size": image_size, "channels": channels},
+                  "image_size": list(x.shape[2:]), "resized": image_size is not None, "channels": channels,
+                  "classes": {name: index for index, name in enumerate(classes)}},
         source=str(root),
     )

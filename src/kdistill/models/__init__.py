@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
 from kdistill.models.cnn import cnn, cnn_large, cnn_small, cnn_tiny, lenet
 from kdistill.models.hf import hf, minilm_l6
+from kdistill.models.imported import ImportedModelError, build_imported, is_import_spec
 from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
 from kdistill.models.mobilenetv2 import mobilenetv2
 from kdistill.models.recsys import neumf, neumf_large, neumf_small
@@ -143,13 +145,19 @@ def _entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a zoo model by name, e.g. ``create_model("cnn", width=16, num_classes=10)``."""
-    builder = _entry(name)
+    """Build a zoo model by name, e.g. ``create_model("cnn", width=16, num_classes=10)``, or the
+    user's own class or factory, ``create_model("mymodels:Net", hidden=64)``."""
+    if is_import_spec(name):
+        builder = partial(build_imported, name)
+    else:
+        builder = _entry(name)
     negative = [f"{key}={value}" for key, value in kwargs.items() if type(value) is int and value < 0]
     if negative:
         raise ModelSettingError(f"{name}: {negative[0]} is negative; sizes and counts are whole numbers >= 0")
     try:
         return builder(**kwargs)
+    except ImportedModelError as error:
+        raise UnknownModelError(str(error)) from None
     except (RuntimeError, ValueError) as error:  # e.g. a zero width torch cannot allocate
         if isinstance(error, ModelSettingError):
             raise

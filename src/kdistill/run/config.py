@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 import kdistill.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
+from kdistill.models.imported import remember_recipe_dir
 
 
 class Section(BaseModel):
@@ -54,7 +55,10 @@ class StudentConfig(Section):
 class TeacherConfig(Section):
     model: str = "lenet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: str | None = Field(None, description=".safetensors weights to load instead of training")
+    checkpoint: str | None = Field(
+        None, description="weights to load instead of training: .safetensors, a state_dict (.pt/.pth/.bin) or a Hugging Face directory",
+    )
+    onnx: str | None = Field(None, description="an exported .onnx teacher, run by ONNX Runtime (logit-level terms; model is then unused)")
     epochs: int = Field(15, ge=1)
     lr: float = Field(2e-3, gt=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -162,6 +166,16 @@ class Recipe(Section):
             raise ValueError("distill.params.vocab_map maps one teacher's vocabulary: not available with teachers (an ensemble)")
         if self.distill.mode != "teacher" and (self.teachers is not None or self.assistant is not None):
             raise ValueError(f"distill.mode={self.distill.mode} trains its own teachers: remove teachers/assistant")
+        return self
+
+    @model_validator(mode="after")
+    def _onnx_teacher_is_only_run(self):
+        # An exported graph is run, never trained or loaded into: the modes that train their
+        # own teacher, and a checkpoint for it, cannot apply.
+        if self.teacher.onnx and self.distill.mode != "teacher":
+            raise ValueError(f"teacher.onnx: distill.mode={self.distill.mode} trains its teacher; an ONNX teacher is only run (use distill.mode=teacher)")
+        if any(t.onnx and t.checkpoint for t in (self.teacher, *(self.teachers or []))):
+            raise ValueError("teacher.onnx and teacher.checkpoint: the .onnx file holds its weights; set one of them")
         return self
 
     @model_validator(mode="after")
@@ -281,6 +295,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Re
         source = str(file)
         if not file.is_file():
             raise ConfigError(f"{file}: recipe file not found (see configs/ for examples)")
+        remember_recipe_dir(file.parent)  # `model: mymodels:Net` is found next to the recipe
         try:
             tree = safe_yaml.load_file(file) or {}
         except yaml.YAMLError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
 from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
+from kdistill.onnx_teacher import OnnxModel, check_onnx_terms
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
 from kdistill.run.steps import Plan, build_model, cache_topk, eval_loader, train_loader
@@ -79,6 +81,13 @@ class RunSchool:
         run's store (``<output.dir>/.teachers``), or train it here."""
         field, cfg = self._section("teacher", member)
         phase = "teacher" if member is None else f"teacher_{member}"
+        if cfg.onnx:
+            role = self._onnx_teacher(field, cfg, phase)
+            if self.is_main:  # the run keeps the graph that taught it, as it keeps trained weights
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cfg.onnx, self.checkpoints / role.file)
+            self.accelerator.wait_for_everyone()
+            return role
         model = self.build("teacher", member=member)
         final = self.checkpoints / f"{phase}.safetensors"
         store = Path(self.recipe.output.dir) / ".teachers" / f"{cfg.model}-{teacher_fingerprint(self.recipe, self.splits, cfg, member or 0)}.safetensors"
@@ -107,6 +116,14 @@ class RunSchool:
         if member is None:
             prepare_teacher(self.recipe.distill.params, model)
         return Role(model.cpu(), self.architecture("teacher", member=member), final.name, seconds, source=source)
+
+    def _onnx_teacher(self, field: str, cfg: TeacherConfig, phase: str) -> Role:
+        """A teacher delivered as an exported graph: run by ONNX Runtime, never trained, and
+        read only through its outputs (feature terms are refused, naming the reason)."""
+        check_onnx_terms(self.distill_terms, f"{field}.onnx")
+        model = OnnxModel(cfg.onnx, field=f"{field}.onnx")
+        architecture = {"model": "onnx", "onnx": str(cfg.onnx), "kwargs": {}}
+        return Role(model, architecture, f"{phase}.onnx", 0.0, source=str(cfg.onnx))
 
     def frozen(self, model: nn.Module, *, cached: bool = False):
         teacher = Teacher(model, taps=teacher_taps(self.distill_terms))
@@ -228,6 +245,8 @@ class DryRunSchool(RunSchool):
 
     def obtain_teacher(self, member: int | None = None) -> Role:
         field, cfg = self._section("teacher", member)
+        if cfg.onnx:
+            return self._onnx_teacher(field, cfg, "teacher" if member is None else f"teacher_{member}")
         model = self.build("teacher", member=member)
         if cfg.checkpoint:
             load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
@@ -280,7 +299,7 @@ def teacher_fingerprint(recipe: Recipe, splits, cfg: TeacherConfig | None = None
 
 def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = False) -> None:
     """Load weights into ``model``; ``ours``: kdistill wrote the file, so it must carry a checksum."""
-    if not path.is_file():
+    if not path.exists():  # a file, or a Hugging Face directory
         raise UserError(f"{field}: {path} does not exist")
     try:
         load_weights(model, path, expect_digest=ours)

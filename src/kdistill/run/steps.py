@@ -111,6 +111,10 @@ def build_architecture(architecture: dict, splits: DataSplits, *, field: str) ->
 
         members = [build_architecture(m, splits, field=f"{field}.ensemble.{i}") for i, m in enumerate(architecture["ensemble"])]
         return Ensemble(members, architecture.get("combine", "mean"), architecture.get("weights"))
+    if "onnx" in architecture:  # a teacher delivered as an exported graph
+        from kdistill.onnx_teacher import OnnxModel
+
+        return OnnxModel(architecture["onnx"], field=field)
     return build_model(field, architecture["model"], architecture.get("kwargs", {}), splits)
 
 

@@ -1,0 +1,81 @@
+"""The user's text classification data: a CSV / JSONL / Parquet file with a text column and a
+label column (``data.dataset=labelled_text``, ``data.options.text=review``,
+``data.options.label=sentiment``), tokenised by the teacher's tokenizer (``data.options.tokenizer``:
+the teacher's local Hugging Face directory, or a ``tokenizer.json``), to ``max_length`` tokens.
+
+Labels are mapped to dense class indices in sorted order, recorded with the run
+(``data.classes``); an empty text or label names its file and row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdistill.data.base import DataSplits, stratified_split
+from kdistill.data.table import dense_labels, read_table, row_name
+from kdistill.data.text import TokenDataset, encode, load_tokenizer
+from kdistill.errors import DataError
+
+
+def _encode(texts: list[str], tokenizer_path: str, max_length: int):
+    """Token ids and attention masks (N, max_length): a Hugging Face directory through its own
+    ``AutoTokenizer`` (its special tokens, as the teacher was trained with), a ``tokenizer.json``
+    through ``tokenizers``. Local files only: nothing is downloaded."""
+    path = Path(tokenizer_path)
+    if path.is_dir() and (path / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError) as error:
+            raise DataError(f"data.options.tokenizer: {path} ({str(error).splitlines()[0][:200]})") from None
+        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        return encoded["input_ids"].long(), encoded["attention_mask"].long()
+    return encode(texts, load_tokenizer(path), max_length)
+
+
+def load_labelled_text(
+    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+    subset: int | None = None, text: str = "text", label: str = "label", tokenizer: str | None = None,
+    max_length: int = 64,
+) -> DataSplits:
+    """Text classification from a CSV / JSONL / Parquet file, tokenised by the teacher's tokenizer."""
+    frame = read_table(path)
+    file = Path(path)
+    for option, column in (("text", text), ("label", label)):
+        if column not in frame.columns:
+            raise DataError(f"data.options.{option}: {file.name} has no column {column!r} (its columns: {', '.join(map(str, frame.columns))})")
+    if not tokenizer:
+        raise DataError("data.options.tokenizer: the teacher's Hugging Face directory (or a tokenizer.json) to tokenise with")
+    if not isinstance(max_length, int) or max_length < 4:
+        raise DataError(f"data.options.max_length: at least 4 tokens, got {max_length!r}")
+    texts = [str(t) if t is not None else "" for t in frame[text].tolist()]
+    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
+    if empty is not None:
+        raise DataError(f"{row_name(file, empty)}: empty text in column {text!r}")
+    labels, classes = dense_labels(frame[label].tolist(), file, label)
+    if subset is not None and subset < len(labels):
+        keep, _ = stratified_split(labels, (subset / len(labels), 1 - subset / len(labels)), seed)
+        texts, labels = [texts[i] for i in keep], labels[keep]
+    ids, attention = _encode(texts, tokenizer, max_length)
+    targets = torch.from_numpy(labels)
+    parts = stratified_split(labels, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
+    datasets = [TokenDataset(ids[idx], attention[idx], targets[idx]) for idx in map(torch.from_numpy, parts)]
+    if min(len(d) for d in datasets) == 0:
+        raise DataError(f"{file}: {len(labels)} rows leave an empty split; use more rows or larger fractions")
+    return DataSplits(
+        train=datasets[0], val=datasets[1], test=datasets[2], num_classes=len(classes),
+        input_shape=(max_length,), class_names=classes, task="classification",
+        identity={
+            "dataset": "labelled_text", "file": str(file.resolve()), "text": text, "label": label,
+            "tokenizer": str(tokenizer), "max_length": max_length, "subset": subset,
+            "classes": {name: i for i, name in enumerate(classes)},
+            "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
+            "sizes": {"train": len(datasets[0]), "val": len(datasets[1]), "test": len(datasets[2])},
+        },
+    )
+
+
+__all__ = ["load_labelled_text"]

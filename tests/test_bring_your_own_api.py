@@ -1,0 +1,164 @@
+"""`kdistill.distill` and `kdistill.fit` on what a PyTorch user holds (issue 14, item 1): NumPy
+arrays, tensors, a TensorDataset, datasets of tuples or dicts, DataLoaders, Hugging Face
+datasets, an ONNX teacher file, a teacher cache; mismatches named on both sides."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import kdistill
+from kdistill import Distiller, Term, distill
+from kdistill.methods import hinton_kd
+
+CPU = {"progress": False, "device": "cpu"}
+
+
+def blobs(n: int = 240, seed: int = 0):
+    """Three Gaussian classes in 6-d, float64 as NumPy makes them."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centres = rng.normal(0, 3, (3, 6))
+    return centres[y] + rng.normal(0, 1, (n, 6)), y
+
+
+def trained_teacher(x, y) -> nn.Module:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    optimizer = torch.optim.Adam(teacher.parameters(), 1e-2)
+    inputs, targets = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    for _ in range(200):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(teacher(inputs), targets).backward()
+        optimizer.step()
+    return teacher
+
+
+def student() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = blobs()
+    return x, y, trained_teacher(x, y)
+
+
+def as_tensors(x, y):
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def kinds(x, y):
+    tx, ty = as_tensors(x, y)
+    pairs = TensorDataset(tx, ty)
+    dicts = [{"input": tx[i], "target": int(ty[i])} for i in range(len(ty))]
+    hf_rows = [{"features": x[i].tolist(), "label": int(y[i])} for i in range(len(y))]
+    return {
+        "numpy arrays": (x, y),
+        "tensors": (tx, ty),
+        "TensorDataset": pairs,
+        "list of dicts": dicts,
+        "DataLoader of tuples": DataLoader(pairs, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)),
+        "DataLoader of dicts": DataLoader(dicts, batch_size=32, shuffle=True),
+        "dict rows with a label column": hf_rows,
+    }
+
+
+@pytest.mark.parametrize("kind", list(kinds(*blobs(8))))
+def test_distill_takes_every_kind_of_data_and_the_student_learns(data, kind):
+    x, y, teacher = data
+    train = kinds(x[:180], y[:180])[kind]
+    val = kinds(x[180:], y[180:])[kind]
+    result = distill(teacher, student(), train, val, epochs=15, lr=1e-2, **CPU)
+    assert len(result.history) == 15
+    assert result.metrics["val/accuracy"] > 0.9, kind  # three separable classes, learned
+
+
+def test_fit_takes_a_loader_of_tensor_dataset_batches_and_a_plain_teacher(data):
+    x, y, teacher = data
+    model = student()
+    loader = DataLoader(TensorDataset(*as_tensors(x, y)), batch_size=32, shuffle=True)
+    history = kdistill.fit(Distiller(model, hinton_kd()), loader, teacher=teacher, val_data=(x, y), epochs=10, lr=1e-2, progress=False)
+    assert history[-1]["val/accuracy"] > 0.9
+
+
+def test_hf_datasets_dataset(data):
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (pip install datasets)")
+    x, y, teacher = data
+    rows = datasets.Dataset.from_dict({"features": x.tolist(), "label": y.tolist()}).with_format("torch")
+    result = distill(teacher, student(), rows, rows, epochs=15, lr=1e-2, **CPU)
+    assert result.metrics["val/accuracy"] > 0.9
+
+
+def test_connectors_are_returned_with_the_student(data):
+    x, y, teacher = data
+    terms = [Term("ce", "ce", teacher=None), Term("hint", "hint", student="1", teacher="1", connector="linear", weight=0.1)]
+    result = distill(teacher, student(), (x, y), epochs=2, terms=terms, **CPU)
+    regressor = result.connectors["hint"]
+    assert isinstance(regressor, nn.Module) and sum(p.numel() for p in regressor.parameters()) == 8 * 32 + 32
+
+
+def test_cache_path_is_built_once_and_reused(data, tmp_path):
+    x, y, teacher = data
+    first = distill(teacher, student(), (x, y), (x, y), epochs=3, cache=tmp_path / "cache", **CPU)
+    assert (tmp_path / "cache" / "meta.json").is_file()
+    stamp = (tmp_path / "cache" / "meta.json").stat().st_mtime_ns
+    second = distill(teacher, student(), (x, y), (x, y), epochs=3, cache=tmp_path / "cache", **CPU)
+    assert (tmp_path / "cache" / "meta.json").stat().st_mtime_ns == stamp
+    # Read from disk, the teacher's outputs give the very same training as the live teacher.
+    live = distill(teacher, student(), (x, y), (x, y), epochs=3, **CPU)
+    assert first.history[-1]["loss"] == pytest.approx(live.history[-1]["loss"], rel=1e-4)
+    assert second.history[-1]["loss"] == pytest.approx(live.history[-1]["loss"], rel=1e-4)
+    # Another teacher is refused, not silently served the first one's outputs.
+    with pytest.raises(kdistill.errors.UserError, match="cache"):
+        distill(trained_teacher(x, (y + 1) % 3), student(), (x, y), epochs=1, cache=tmp_path / "cache", **CPU)
+
+
+def export_onnx(model: nn.Module, path, features: int = 6) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (torch.zeros(1, features),), str(path), dynamo=False, input_names=["x"],
+            output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def test_onnx_file_teaches_like_the_module_it_was_exported_from(data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    x, y, teacher = data
+    export_onnx(teacher, tmp_path / "teacher.onnx")
+    from_file = distill(str(tmp_path / "teacher.onnx"), student(), (x, y), (x, y), epochs=20, lr=1e-2, **CPU)
+    from_module = distill(teacher, student(), (x, y), (x, y), epochs=20, lr=1e-2, **CPU)
+    assert from_file.history[-1]["loss/kd"] == pytest.approx(from_module.history[-1]["loss/kd"], rel=1e-4)
+    assert from_file.metrics["val/accuracy"] > 0.9
+    feature = [Term("hint", "hint", student="1", teacher="1", connector="linear")]
+    with pytest.raises(kdistill.errors.UserError, match="ONNX teacher gives only its output"):
+        distill(str(tmp_path / "teacher.onnx"), student(), (x, y), epochs=1, terms=feature, **CPU)
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda t, s, x, y: (t, nn.Linear(6, 5), x, y), "the teacher has 3 outputs but the student has 5"),
+    (lambda t, s, x, y: (t.double(), s, x, y), "the teacher, Sequential (torch.float64 on cpu), cannot run on the inputs ((2, 6) torch.float32 on cpu)"),
+    (lambda t, s, x, y: (t, s.half(), x, y), "the student, Sequential (torch.float16 on cpu)"),
+    (lambda t, s, x, y: (t, s, x[:, :4], y), "cannot run on the inputs ((2, 4)"),
+    (lambda t, s, x, y: (t, s, x, y + 7), "the data has label"),
+    (lambda t, s, x, y: (t, s, x, y[:10]), "x has 240 samples but y has 10"),
+    (lambda t, s, x, y: (t, s, np.array(["a"] * len(y)), y), "holds text"),
+    (lambda t, s, x, y: ("teacher.pt", s, x, y), "load_weights"),
+])
+def test_mismatches_are_one_error_naming_both_sides(data, spoil, fragment):
+    x, y, teacher = data
+    teacher_in, student_in, x_in, y_in = spoil(teacher, student(), x, y)
+    with pytest.raises(kdistill.errors.UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")) as caught:
+        distill(teacher_in, student_in, (x_in, y_in), epochs=1, **CPU)
+    assert "\n" not in str(caught.value)
+    teacher.float()
+
+
+def test_public_names_are_exported():
+    for name in ("distill", "fit", "DistillResult", "as_dataset", "as_loader", "ArrayDataset", "OnnxModel", "load_weights", "MismatchError"):
+        assert name in kdistill.__all__ and hasattr(kdistill, name), name

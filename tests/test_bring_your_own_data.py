@@ -1,0 +1,185 @@
+"""The user's own data (issue 14, item 4): image folders keep colour and size, tables and text
+files with labels of any kind mapped to dense indices, malformed rows named by file and row."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kdistill.cli import main
+from kdistill.data import load_dataset
+from kdistill.errors import DataError
+
+QUIET = ["output.latency=false", "output.plots=false", "output.progress=false"]
+
+
+def hue_folder(root, per_class: int = 40, size: int = 8):
+    """Red and green images of equal luminance (PIL's L = 0.299 R + 0.587 G + 0.114 B): the
+    classes differ only in hue, so a grayscale conversion leaves nothing to tell them apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("green", "red"):
+        (root / name).mkdir(parents=True)
+    for i in range(per_class):
+        luminance = rng.uniform(40, 70, (size, size))
+        red = np.zeros((size, size, 3))
+        red[..., 0] = luminance / 0.299
+        green = np.zeros((size, size, 3))
+        green[..., 1] = luminance / 0.587
+        Image.fromarray(red.round().astype(np.uint8)).save(root / "red" / f"{i}.png")
+        Image.fromarray(green.round().astype(np.uint8)).save(root / "green" / f"{i}.png")
+    return root
+
+
+def linear_probe_accuracy(splits) -> float:
+    """A logistic regression on the pixels: what the inputs still carry about the class."""
+    torch.manual_seed(0)
+    x, y = splits.train.inputs.flatten(1), splits.train.targets
+    probe = torch.nn.Linear(x.shape[1], splits.num_classes)
+    optimizer = torch.optim.Adam(probe.parameters(), 0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(probe(x), y).backward()
+        optimizer.step()
+    return (probe(splits.test.inputs.flatten(1)).argmax(1) == splits.test.targets).float().mean().item()
+
+
+def test_rgb_folder_stays_rgb_and_grayscale_only_when_asked(tmp_path):
+    root = hue_folder(tmp_path / "images")
+    rgb = load_dataset("folder", path=str(root))
+    assert rgb.input_shape == (3, 8, 8) and rgb.class_names == ["green", "red"]
+    assert rgb.identity["classes"] == {"green": 0, "red": 1}
+    assert len(rgb.identity["normalise"]["mean"]) == 3  # one mean per channel, from the training split
+    assert linear_probe_accuracy(rgb) == 1.0
+    gray = load_dataset("folder", path=str(root), channels=1)
+    assert gray.input_shape == (1, 8, 8)
+    assert linear_probe_accuracy(gray) < 0.75  # the hue is gone: near chance
+
+
+def test_rgb_folder_end_to_end_teacher_learns_the_hue(tmp_path):
+    hue_folder(tmp_path / "images")
+    argv = ["data.dataset=folder", f"data.path={tmp_path / 'images'}", "teacher.model=mlp", "teacher.kwargs={width: 32}",
+            "teacher.augment=none", "teacher.epochs=5", "train.epochs=3", "student.kwargs={width: 8}", *QUIET,
+            f"output.dir={tmp_path / 'runs'}"]
+    assert main(["run", *argv]) == 0
+    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] > 0.9
+    assert summary["data"]["channels"] == 3 and summary["data"]["classes"] == {"green": 0, "red": 1}
+
+
+def test_mixed_sizes_need_a_stated_image_size(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for name, size in (("a", (10, 12)), ("b", (16, 16))):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", size, (i * 40, 0, 0)).save(root / name / f"{i}.png")
+    with pytest.raises(DataError, match=r"images of different sizes .* set data.options.image_size=N"):
+        load_dataset("folder", path=str(root))
+    splits = load_dataset("folder", path=str(root), image_size=12)
+    assert splits.input_shape == (3, 12, 12) and splits.identity["resized"] is True
+
+
+def write_features_csv(path, rows: int = 150):
+    rng = np.random.default_rng(0)
+    species = np.array(["setosa", "versicolor", "virginica"])[rng.integers(0, 3, rows)]
+    centres = {"setosa": (0, 0), "versicolor": (4, 4), "virginica": (-4, 4)}
+    lines = ["length,width,species"]
+    for name in species:
+        a, b = np.array(centres[name]) + rng.normal(0, 0.7, 2)
+        lines.append(f"{a * 100:.3f},{b:.3f},{name}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_table_csv_maps_labels_and_scales_each_column(tmp_path):
+    file = write_features_csv(tmp_path / "flowers.csv")
+    splits = load_dataset("table", path=str(file), label="species")
+    assert splits.class_names == ["setosa", "versicolor", "virginica"] and splits.input_shape == (2,)
+    assert splits.identity["classes"] == {"setosa": 0, "versicolor": 1, "virginica": 2}
+    train = splits.train.inputs
+    assert torch.allclose(train.mean(0), torch.zeros(2), atol=1e-5)  # each column, not one scalar
+    assert torch.allclose(train.std(0, unbiased=False), torch.ones(2), atol=1e-4)
+    argv = ["data.dataset=table", f"data.path={file}", "data.options.label=species", "teacher.model=mlp",
+            "teacher.kwargs={width: 32}", "teacher.augment=none", "teacher.epochs=10", "train.epochs=5",
+            "student.kwargs={width: 8}", *QUIET, f"output.dir={tmp_path / 'runs'}"]
+    assert main(["run", *argv]) == 0
+    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda lines: lines.__setitem__(5, "1.0,abc,setosa"), r"flowers.csv: line 6: column 'width' holds 'abc', not a number"),
+    (lambda lines: lines.__setitem__(7, "1.0,2.0,"), r"flowers.csv: line 8: empty label in column 'species'"),
+])
+def test_malformed_rows_name_file_and_row(tmp_path, capsys, edit, fragment):
+    file = write_features_csv(tmp_path / "flowers.csv")
+    lines = file.read_text().splitlines()
+    edit(lines)
+    file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=fragment):
+        load_dataset("table", path=str(file), label="species")
+    assert main(["check", "data.dataset=table", f"data.path={file}", "data.options.label=species", "teacher.model=mlp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "flowers.csv: line" in err
+
+
+def tiny_text_teacher(directory) -> None:
+    """A word-level tokenizer and a 2-layer BERT of width 16, saved as a Hugging Face directory."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = "good great fine bad awful poor the film was plot acting".split()
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+    )
+    fast.save_pretrained(directory)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(directory)
+
+
+def write_reviews(path, rows: int = 120) -> None:
+    rng = np.random.default_rng(0)
+    lines = ["review,sentiment"]
+    for _ in range(rows):
+        positive = rng.random() < 0.5
+        word = rng.choice(["good", "great", "fine"] if positive else ["bad", "awful", "poor"])
+        lines.append(f"the {rng.choice(['film', 'plot', 'acting'])} was {word},{'pos' if positive else 'neg'}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_labelled_text_csv_tokenised_by_the_teachers_tokenizer(tmp_path):
+    tiny_text_teacher(tmp_path / "teacher")
+    write_reviews(tmp_path / "reviews.csv")
+    options = {"text": "review", "label": "sentiment", "tokenizer": str(tmp_path / "teacher"), "max_length": 8}
+    splits = load_dataset("labelled_text", path=str(tmp_path / "reviews.csv"), **options)
+    assert splits.class_names == ["neg", "pos"] and splits.input_shape == (8,)
+    sample = splits.train[0]
+    assert sample["input"]["input_ids"][0] == 2 and sample["input"]["attention_mask"].sum() == 6  # [CLS] the x was y [SEP]
+    argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
+            "data.options.label=sentiment", f"data.options.tokenizer={tmp_path / 'teacher'}", "data.options.max_length=8",
+            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "teacher.epochs=8",
+            "teacher.lr=0.005", "student.model=text_cnn", "student.kwargs={vocab_size: 16, embed_dim: 8, channels: 8}",
+            "train.epochs=3", "train.batch_size=16", *QUIET, f"output.dir={tmp_path / 'runs'}"]
+    assert main(["run", *argv]) == 0
+    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] > 0.9
+    assert summary["data"]["classes"] == {"neg": 0, "pos": 1}
+
+
+def test_labelled_text_names_an_empty_row(tmp_path):
+    write_reviews(tmp_path / "reviews.jsonl".replace("jsonl", "csv"))
+    lines = (tmp_path / "reviews.csv").read_text().splitlines()
+    lines[3] = ",pos"
+    (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"reviews.csv: line 4: empty text in column 'review'"):
+        load_dataset("labelled_text", path=str(tmp_path / "reviews.csv"), text="review", label="sentiment", tokenizer="x")
