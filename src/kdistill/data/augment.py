@@ -20,8 +20,19 @@ def random_shift(x: Tensor, generator: torch.Generator, max_shift: int = 2) -> T
     return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
 
 
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Mirror an image left-right with probability 1/2 (natural images; not digits or text)."""
+    return x.flip(-1) if torch.rand((), generator=generator).item() < 0.5 else x
+
+
+def random_shift_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    return random_flip(random_shift(x, generator), generator)
+
+
 AUGMENTATIONS: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
     "shift": random_shift,
+    "flip": random_flip,
+    "shift_flip": random_shift_flip,
 }
 
 
@@ -36,6 +47,8 @@ class Augmented(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):  # a split that redraws its samples (MovieLens)
+            self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
