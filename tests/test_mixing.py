@@ -2,6 +2,8 @@
 mixed tensor every step; an epoch's views and mixing replay exactly; the cached teacher serves
 the live teacher's targets on the same view; the scratch student learns the mixed labels."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -157,6 +159,9 @@ def test_a_run_with_mixing_reads_its_cached_mixed_views_back(tmp_path):
 
     args = [*QUICK, "train.mix=mixup", "distill.alpha=1", "teacher.cache=true", f"output.dir={tmp_path}"]
     assert main(["run", *args, "name=first"]) == 0
+    summary = json.loads((tmp_path / "first" / "summary.json").read_text())
+    assert summary["students"] == {"epochs": 2, "augment": "shift", "mix": "mixup", "mix_alpha": 1.0}
+    assert "Both students train alike: 2 epochs, augmentation shift, mixup" in (tmp_path / "first" / "report.md").read_text()
     root = next((tmp_path / ".cache").iterdir())
     assert '"mix": "mixup"' in (root / "meta.json").read_text()
     stamp = (root / "logits.npy").stat().st_mtime_ns
