@@ -4,7 +4,6 @@ the live teacher's targets on the same view; the scratch student learns the mixe
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, Teacher, create_model
 from kdistill.cache import CachedTeacher, build_cache
 from kdistill.data import load_dataset
-from kdistill.data.mixing import Mixed, check_mix_terms, cutmix_box, mix_generator, mix_pair, mixed
+from kdistill.data.mixing import Mixed, check_mix_terms, cutmix_masks, mix_batch, mix_draws, mixed
 from kdistill.errors import ConfigError
 from kdistill.methods import hinton_kd, preset_terms, scratch
 from kdistill.run.config import load_config
@@ -55,29 +54,32 @@ def test_a_replayed_epoch_reproduces_its_views_and_mixing(splits, mix):
 
 
 def test_the_mixing_is_the_documented_replay_of_seed_epoch_and_index(splits):
-    """Sample i of epoch e: partner j, lambda and box from mix_generator(seed, e, i); each image
-    in its own unmixed augmented view of that epoch (mixing does not disturb the shifts)."""
+    """Sample i of epoch e: partner, lambda and box from mix_draws(seed, e), row i; each image in
+    its own unmixed augmented view of that epoch (mixing does not disturb the shifts)."""
     plain = training_set(splits, recipe("train.seed=4"), "shift")
     mixed_set = training_set(splits, recipe("train.mix=cutmix", "train.seed=4"), "shift", "cutmix")
     plain.set_epoch(2)
     mixed_set.set_epoch(2)
+    draws = mix_draws(len(plain), 1.0, seed=4, epoch=2)
     for i in range(10):
-        rng = mix_generator(4, 2, i)
-        j, lam = int(rng.integers(len(plain))), float(rng.beta(1.0, 1.0))
-        top, bottom, left, right = cutmix_box(*splits.input_shape[-2:], lam, rng)
-        expected = plain[i]["input"].clone()
-        expected[..., top:bottom, left:right] = plain[j]["input"][..., top:bottom, left:right]
+        j = int(draws.partner[i])
+        box = cutmix_masks(tuple(splits.input_shape[-2:]), draws.lam[i:i + 1], draws.centre[i:i + 1])[0]
+        expected = torch.where(box, plain[j]["input"], plain[i]["input"])
         assert torch.equal(mixed_set[i]["input"], expected)
+    # one sample fetched alone is the same as in a batch
+    batch = mixed_set.__getitems__([5, 0, 9])
+    assert torch.equal(batch[0]["input"], mixed_set[5]["input"]) and torch.equal(batch[2]["target"], mixed_set[9]["target"])
 
 
 def test_mixup_and_cutmix_labels_follow_the_pixels():
-    rng = np.random.default_rng(0)
-    a, b = torch.zeros(1, 10, 10), torch.ones(1, 10, 10)
-    x, share = mix_pair(a, b, "mixup", 0.3, rng)
-    assert share == 0.3 and torch.allclose(x, torch.full_like(a, 0.7))
-    for lam in (0.2, 0.5, 0.9):
-        x, share = mix_pair(a, b, "cutmix", lam, rng)
-        assert share == pytest.approx(1 - x.mean().item())  # the partner's share is the pasted area
+    a, b = torch.zeros(3, 1, 10, 10), torch.ones(3, 1, 10, 10)
+    lam = torch.tensor([0.3, 0.5, 0.9])
+    x, share = mix_batch(a, b, "mixup", lam, torch.rand(3, 2))
+    assert torch.equal(share, lam) and torch.allclose(x[0], torch.full_like(a[0], 0.7))
+    centre = torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.95, 0.3]])  # centred, in a corner, at an edge
+    x, share = mix_batch(a, b, "cutmix", torch.tensor([0.2, 0.5, 0.8]), centre)
+    torch.testing.assert_close(share, 1 - x.flatten(1).mean(1))  # the partner's share is the pasted area
+    assert share[1] > 0.5  # a box clipped at the corner pastes less than 1 - lambda
 
 
 class Recorder(nn.Module):

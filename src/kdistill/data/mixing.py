@@ -7,13 +7,14 @@ also queried off the data manifold, for a long schedule. kdistill's teacher alwa
 student's own batch (live), or a cached copy of exactly that view (``teacher.cache``), so the
 views are consistent by construction; this module adds the mixing.
 
-How a mixed view is replayed: sample ``i`` of epoch ``e`` takes its partner ``j`` and its mixing
-weight ``λ ~ Beta(α, α)`` (and, for CutMix, the box) from a generator seeded by
-``(seed, e, i)`` alone, so the view is a function of (seed, epoch, index): the same in the
-scratch and the distilled student, across a resume, under any batch order or number of
-processes, and the same when the teacher cache builds view ``e``. That is why the partner is
-drawn from the whole training split rather than from the batch (the papers permute the batch):
-the distribution of pairs is the same, and the cache stays exact.
+How a mixed view is replayed: the draws of epoch ``e`` come from one generator seeded by
+``(seed, e)`` (``mix_draws``), one row per sample index: its partner ``j`` (any image of the
+training split), its mixing weight ``λ ~ Beta(α, α)`` and, for CutMix, the box centre. So the
+mixed view of sample ``i`` is a function of (seed, e, i) alone: the same in the scratch and the
+distilled student, across a resume, under any batch order or number of processes, and the same
+when the teacher cache builds view ``e``. That is why the partner is drawn from the whole split
+rather than from the batch (the papers permute the batch): the distribution of pairs is the
+same, and the cache stays exact. Each image enters in its own augmented view of that epoch.
 
 A mixed sample's ``target`` is its label distribution, ``λ·onehot(y_i) + (1 − λ)·onehot(y_j)``
 (float, (C,)): ``F.cross_entropy`` reads it as class probabilities (soft-target CE, the
@@ -23,11 +24,14 @@ scratch student's objective under mixing). Terms that need class indices are ref
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kdistill.data.augment import epoch_generator, fetch
 from kdistill.errors import ConfigError
 from kdistill.losses.logit import cross_entropy
 
@@ -38,29 +42,46 @@ SOFT_TARGET_LOSSES = (cross_entropy,)
 _SALT = 7_919  # keeps the mixing draws apart from the augmentation's stream of the same sample
 
 
-def mix_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The one generator sample ``index`` of ``epoch`` draws its partner, λ and box from."""
-    return np.random.default_rng([seed, epoch, index, _SALT])
+@dataclass(frozen=True)
+class MixDraws:
+    partner: Tensor  # (N,) index of each sample's partner
+    lam: Tensor  # (N,) share of the sample itself before CutMix's box is clipped
+    centre: Tensor  # (N, 2) CutMix box centre (row, column) as a fraction of the image
 
 
-def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """A box covering about ``1 − lam`` of the image, centred uniformly, clipped at the border
-    (Yun et al., "CutMix", ICCV 2019, arXiv:1905.04899). Returns (top, bottom, left, right)."""
-    cut = np.sqrt(1.0 - lam)
-    h, w = int(height * cut), int(width * cut)
-    cy, cx = int(rng.integers(height)), int(rng.integers(width))
-    return max(cy - h // 2, 0), min(cy + h // 2, height), max(cx - w // 2, 0), min(cx + w // 2, width)
+def mix_draws(count: int, alpha: float, seed: int, epoch: int) -> MixDraws:
+    """Every sample's partner, λ and box centre for ``epoch``, from one generator of (seed, epoch)."""
+    generator = epoch_generator(seed, epoch, salt=_SALT)
+    partner = torch.randint(count, (count,), generator=generator)
+    # torch's Beta sampler takes no generator: numpy's draws λ, seeded from this epoch's stream.
+    numpy = np.random.default_rng(int(torch.randint(2**62, (), generator=generator)))
+    lam = torch.from_numpy(numpy.beta(alpha, alpha, size=count)).float()
+    centre = torch.rand((count, 2), generator=generator)
+    return MixDraws(partner, lam, centre)
 
 
-def mix_pair(x: Tensor, partner: Tensor, mix: str, lam: float, rng: np.random.Generator) -> tuple[Tensor, float]:
-    """``x`` mixed with ``partner``; returns the input and the share of ``x`` in it."""
+def cutmix_masks(shape: tuple[int, int], lam: Tensor, centre: Tensor) -> Tensor:
+    """(B, H, W) masks, True inside each box: side sqrt(1 − λ) of the image's, centred at
+    ``centre``, clipped at the border (Yun et al., "CutMix", ICCV 2019, arXiv:1905.04899)."""
+    height, width = shape
+    cut = (1.0 - lam).clamp(min=0).sqrt()
+    half_h, half_w = (height * cut).long() // 2, (width * cut).long() // 2
+    cy, cx = (centre[:, 0] * height).long(), (centre[:, 1] * width).long()
+    rows, cols = torch.arange(height)[None, :], torch.arange(width)[None, :]
+    inside_rows = (rows >= (cy - half_h)[:, None]) & (rows < (cy + half_h)[:, None])
+    inside_cols = (cols >= (cx - half_w)[:, None]) & (cols < (cx + half_w)[:, None])
+    return inside_rows[:, :, None] & inside_cols[:, None, :]
+
+
+def mix_batch(x: Tensor, partner: Tensor, mix: str, lam: Tensor, centre: Tensor) -> tuple[Tensor, Tensor]:
+    """Inputs (B, C, H, W) mixed with their partners; returns them and each one's own share."""
     if mix == "mixup":  # Zhang et al., "mixup", ICLR 2018, arXiv:1710.09412
-        return lam * x + (1.0 - lam) * partner, lam
-    top, bottom, left, right = cutmix_box(x.shape[-2], x.shape[-1], lam, rng)
-    mixed = x.clone()
-    mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
-    # The label follows the pixels: a box clipped at the border pastes less than 1 − lam.
-    return mixed, 1.0 - (bottom - top) * (right - left) / (x.shape[-2] * x.shape[-1])
+        weight = lam.view(-1, *([1] * (x.dim() - 1)))
+        return weight * x + (1.0 - weight) * partner, lam
+    masks = cutmix_masks(x.shape[-2:], lam, centre)
+    mixed = torch.where(masks[:, None], partner, x)
+    # The label follows the pixels: a box clipped at the border pastes less than 1 − λ.
+    return mixed, 1.0 - masks.flatten(1).float().mean(1)
 
 
 class Mixed(Dataset):
@@ -70,6 +91,7 @@ class Mixed(Dataset):
     def __init__(self, dataset: Dataset, mix: str, alpha: float, num_classes: int, seed: int = 0):
         self.dataset, self.mix, self.alpha, self.num_classes, self.seed = dataset, mix, alpha, num_classes, seed
         self.epoch = 0
+        self._draws: tuple[int, MixDraws] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,17 +101,28 @@ class Mixed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def soft(self, target: Tensor) -> Tensor:
-        return torch.nn.functional.one_hot(torch.as_tensor(target).long(), self.num_classes).float()
+    def draws(self) -> MixDraws:
+        if self._draws is None or self._draws[0] != self.epoch:
+            self._draws = (self.epoch, mix_draws(len(self), self.alpha, self.seed, self.epoch))
+        return self._draws[1]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        draws, rows = self.draws(), torch.as_tensor(indices)
+        partners = draws.partner[rows]
+        samples = fetch(self.dataset, [int(i) for i in indices])
+        others = fetch(self.dataset, partners.tolist())
+        inputs, share = mix_batch(
+            torch.stack([s["input"] for s in samples]), torch.stack([s["input"] for s in others]),
+            self.mix, draws.lam[rows], draws.centre[rows],
+        )
+        eye = torch.eye(self.num_classes)
+        own = eye[torch.stack([torch.as_tensor(s["target"]) for s in samples]).long()]
+        theirs = eye[torch.stack([torch.as_tensor(s["target"]) for s in others]).long()]
+        targets = share[:, None] * own + (1.0 - share[:, None]) * theirs
+        return [{**s, "input": x, "target": y} for s, x, y in zip(samples, inputs, targets)]
 
     def __getitem__(self, i: int) -> dict:
-        rng = mix_generator(self.seed, self.epoch, int(i))
-        j = int(rng.integers(len(self.dataset)))
-        lam = float(rng.beta(self.alpha, self.alpha))
-        sample, partner = self.dataset[i], self.dataset[j]
-        mixed, share = mix_pair(sample["input"], partner["input"], self.mix, lam, rng)
-        target = share * self.soft(sample["target"]) + (1.0 - share) * self.soft(partner["target"])
-        return {**sample, "input": mixed, "target": target}
+        return self.__getitems__([int(i)])[0]
 
 
 def mixed(dataset: Dataset, mix: str, *, alpha: float, num_classes: int | None, seed: int = 0) -> Dataset:
