@@ -1,10 +1,18 @@
-"""Random augmentation that can be replayed: the draw for sample ``i`` in epoch ``e`` comes from
-a generator seeded by ``(seed, e, i)``, so a run is reproducible and a teacher cache can store
-the teacher's outputs per augmented view instead of reusing stale ones."""
+"""Random augmentation that can be replayed: the draws of epoch ``e`` come from one generator
+seeded by ``(seed, e)``, one row per sample index, so sample ``i``'s view in epoch ``e`` is a
+function of (seed, e, i) alone: the same for every batch order, process count or resume, and a
+teacher cache can store the teacher's outputs per augmented view instead of reusing stale ones.
+
+An augmentation is a pair of functions: ``draw(n, generator)`` gives each of ``n`` samples its
+parameters (one row each), ``apply(x, params)`` transforms a batch (B, C, H, W) with its rows.
+Drawing once per epoch and applying whole batches (``__getitems__``, which PyTorch's DataLoader
+calls with a batch's indices) keeps the views cheap enough for long schedules.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -12,40 +20,95 @@ from torch.utils.data import Dataset
 
 from kdistill.errors import ConfigError
 
-
-def random_shift(x: Tensor, generator: torch.Generator, max_shift: int = 2) -> Tensor:
-    """Translate an image (C, H, W) by up to ``max_shift`` pixels each way, circularly (the
-    border of a centred digit is background, so wrapping it around adds no ink)."""
-    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+MAX_SHIFT = 2  # pixels each way
 
 
-AUGMENTATIONS: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
-    "shift": random_shift,
+def draw_shift(n: int, generator: torch.Generator) -> Tensor:
+    return torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (n, 2), generator=generator)
+
+
+def apply_shift(x: Tensor, params: Tensor) -> Tensor:
+    """Translate each image by its (dy, dx), circularly (the border of a centred digit is
+    background, so wrapping it around adds no ink): ``torch.roll`` per image, as one gather."""
+    height, width = x.shape[-2:]
+    rows = (torch.arange(height) - params[:, :1]) % height  # (B, H): source row of each row
+    cols = (torch.arange(width) - params[:, 1:2]) % width  # (B, W)
+    batch = torch.arange(len(x))[:, None, None]
+    return x.movedim(1, -1)[batch, rows[:, :, None], cols[:, None, :]].movedim(-1, 1)
+
+
+def draw_flip(n: int, generator: torch.Generator) -> Tensor:
+    return (torch.rand((n, 1), generator=generator) < 0.5).long()
+
+
+def apply_flip(x: Tensor, params: Tensor) -> Tensor:
+    """Mirror left-right the images drawn to flip (natural images; not digits or text)."""
+    return torch.where(params[:, :1, None, None].bool(), x.flip(-1), x)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    draw: Callable[[int, torch.Generator], Tensor]
+    apply: Callable[[Tensor, Tensor], Tensor]
+
+
+def _shift_flip_draw(n: int, generator: torch.Generator) -> Tensor:
+    return torch.cat([draw_shift(n, generator), draw_flip(n, generator)], dim=1)
+
+
+def _shift_flip_apply(x: Tensor, params: Tensor) -> Tensor:
+    return apply_flip(apply_shift(x, params[:, :2]), params[:, 2:])
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "shift": Augmentation(draw_shift, apply_shift),
+    "flip": Augmentation(draw_flip, apply_flip),
+    "shift_flip": Augmentation(_shift_flip_draw, _shift_flip_apply),
 }
 
 
-class Augmented(Dataset):
-    """Applies ``augment`` to each sample's input; ``set_epoch`` selects the epoch's draws."""
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """The one generator of an epoch's draws (``salt`` keeps different draws apart)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + salt) % 2**63)
 
-    def __init__(self, dataset: Dataset, augment: Callable[[Tensor, torch.Generator], Tensor], seed: int = 0):
-        self.dataset = dataset
-        self.augment = augment
-        self.seed = seed
+
+def fetch(dataset: Dataset, indices: list[int]) -> list[dict]:
+    """Samples at ``indices``, through the dataset's batched fetch where it has one."""
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(indices)
+    return [dataset[i] for i in indices]
+
+
+class Augmented(Dataset):
+    """Applies ``augmentation`` to each sample's input; ``set_epoch`` selects the epoch's draws."""
+
+    def __init__(self, dataset: Dataset, augmentation: Augmentation, seed: int = 0):
+        self.dataset, self.augmentation, self.seed = dataset, augmentation, seed
         self.epoch = 0
+        self._params: tuple[int, Tensor] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):  # a split that redraws its samples (MovieLens)
+            self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def params(self) -> Tensor:
+        """This epoch's draws, one row per sample index (drawn once per epoch)."""
+        if self._params is None or self._params[0] != self.epoch:
+            self._params = (self.epoch, self.augmentation.draw(len(self), epoch_generator(self.seed, self.epoch)))
+        return self._params[1]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        samples = fetch(self.dataset, indices)
+        inputs = torch.stack([s["input"] for s in samples])
+        views = self.augmentation.apply(inputs, self.params()[torch.as_tensor(indices)])
+        return [{**s, "input": view} for s, view in zip(samples, views)]
+
     def __getitem__(self, i: int) -> dict:
-        sample = self.dataset[i]
-        # One independent stream per (seed, epoch, sample): order and workers do not matter.
-        stream = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + int(i)) % 2**63
-        generator = torch.Generator().manual_seed(stream)
-        return {**sample, "input": self.augment(sample["input"], generator)}
+        return self.__getitems__([int(i)])[0]
 
 
 def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
@@ -62,3 +125,6 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
             "set teacher.augment=none and train.augment=none"
         )
     return Augmented(dataset, AUGMENTATIONS[name], seed)
+
+
+__all__ = ["AUGMENTATIONS", "Augmentation", "Augmented", "augmented", "epoch_generator", "fetch"]

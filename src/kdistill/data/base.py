@@ -35,6 +35,14 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {"input": self.inputs[i], "target": self.targets[i], "index": torch.tensor(i)}
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Tensor]]:
+        """A batch's samples in one indexing (the DataLoader's batched fetch): the same dicts."""
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return [
+            {"input": x, "target": y, "index": i}
+            for x, y, i in zip(self.inputs[rows], self.targets[rows], rows)
+        ]
+
 
 @dataclass
 class DataSplits:

@@ -96,12 +96,25 @@ def verdict(summary: dict) -> str:
     )
 
 
+def students_sentence(summary: dict) -> str:
+    """That the scratch student is the fair baseline: the distilled student's training, unchanged."""
+    students = summary.get("students")
+    if not students:
+        return ""
+    mix = students["mix"]
+    mixing = f", {mix} (α = {students['mix_alpha']:g}; the scratch student on the mixed labels)" if mix != "none" else ", no mixing"
+    return (
+        f" Both students train alike: {students['epochs']} epochs, augmentation {students['augment']}{mixing}; "
+        "the scratch student is the same training without the teacher."
+    )
+
+
 def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     sizes = ", ".join(f"{k} {v}" for k, v in summary["data"]["sizes"].items())
     lines = verdict(summary).split("\n")
     blocks = [
         ("heading", 1, f"{summary['name']}: {summary['method']} distillation"),
-        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test split."),
+        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test split.{students_sentence(summary)}"),
         ("table", *results_rows(summary)),
         ("paragraph", lines[0]),
     ]

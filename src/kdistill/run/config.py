@@ -42,7 +42,7 @@ class DataConfig(Section):
         return self
 
 
-Augment = Literal["none", "shift"]
+Augment = Literal["none", "shift", "flip", "shift_flip"]
 
 
 class StudentConfig(Section):
@@ -111,6 +111,11 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     augment: Augment = Field("none", description="augmentation while training the students")
+    # Function matching (Beyer et al., CVPR 2022): each image mixed with another of the split,
+    # replayably (kdistill.data.mixing); the teacher scores the same mixed view, the scratch
+    # student learns the mixed labels. Teachers train unmixed.
+    mix: Literal["none", "mixup", "cutmix"] = Field("none", description="mix images of the training split (both students)")
+    mix_alpha: float = Field(1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
     deterministic: bool = Field(False, description="deterministic kernels: bit-identical reruns and resumes")
 

@@ -21,7 +21,6 @@ from torch import nn
 
 from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
 from kdistill.checkpoint import read_meta
-from kdistill.data.augment import augmented
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
 from kdistill.methods import teacher_taps
@@ -29,7 +28,14 @@ from kdistill.modeling import call_model
 from kdistill.onnx_teacher import OnnxModel, check_onnx_terms
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
-from kdistill.run.steps import Plan, build_model, cache_topk, eval_loader, train_loader
+from kdistill.run.steps import (
+    Plan,
+    build_model,
+    cache_topk,
+    eval_loader,
+    train_loader,
+    training_set,
+)
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
 from kdistill.trainer import fit
@@ -139,15 +145,16 @@ class RunSchool:
         (``set_epoch``, e.g. the sampled negatives of MovieLens).
         """
         recipe, train = self.recipe, self.recipe.train
-        varies = train.augment != "none" or hasattr(self.splits.train, "set_epoch")
+        varies = train.augment != "none" or train.mix != "none" or hasattr(self.splits.train, "set_epoch")
         views = train.epochs if varies else 1
         topk = cache_topk(recipe, self.distill_terms)
-        dataset = augmented(self.splits.train, train.augment, seed=train.seed)
+        dataset = training_set(self.splits, recipe, train.augment, train.mix)
+        mixing = {"mix": train.mix, "mix_alpha": train.mix_alpha} if train.mix != "none" else {}
         fingerprint = {
             "teacher": teacher_identity(teacher.module),  # weights, settings and hooks (vocab_map)
             "data": self.splits.identity,
             "split": "train",
-            "augment": {"name": train.augment, "seed": train.seed, "views": views},
+            "augment": {"name": train.augment, "seed": train.seed, "views": views, **mixing},
             "taps": sorted(teacher.taps),
             "dtype": recipe.teacher.cache_dtype,
             "topk": topk,
@@ -186,13 +193,16 @@ class RunSchool:
         try:
             return self._train(
                 phase, distiller, teacher if distiller.needs_teacher else None,
-                augment=t.augment, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
+                augment=t.augment, mix=t.mix, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
             )
         finally:
             if distiller.tap:  # the trained student is measured without the training-time hooks
                 distiller.tap.remove()
 
-    def _train(self, phase: str, distiller: Distiller, teacher, *, augment: str, epochs: int, lr: float, optimizer: str) -> float:
+    def _train(
+        self, phase: str, distiller: Distiller, teacher, *, augment: str, epochs: int, lr: float, optimizer: str,
+        mix: str = "none",
+    ) -> float:
         """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
 
         The full training state is kept in ``checkpoints/<phase>.state.safetensors`` while the
@@ -210,7 +220,7 @@ class RunSchool:
             self.metrics.drop_from(phase, resume_epoch)
         t = self.recipe.train
         fit(
-            distiller, train_loader(self.splits, self.recipe, augment), teacher=teacher,
+            distiller, train_loader(self.splits, self.recipe, augment, mix), teacher=teacher,
             val_loader=self.val_loader, epochs=epochs, optimizer=optimizer, lr=lr,
             weight_decay=t.weight_decay, momentum=t.momentum, schedule=t.schedule,
             accelerator=self.accelerator, log=self.metrics.write if self.is_main else (lambda _: None),
@@ -259,7 +269,8 @@ class DryRunSchool(RunSchool):
 
     def fit(self, phase: str, distiller: Distiller, teacher) -> float:
         """One training step's forward and backward on one batch; fails naming the phase."""
-        batch = next(iter(train_loader(self.splits, self.recipe, self.recipe.train.augment)))
+        t = self.recipe.train
+        batch = next(iter(train_loader(self.splits, self.recipe, t.augment, t.mix)))
         try:
             with torch.random.fork_rng():
                 distiller.train()

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from kdistill.cache import topk_terms
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented
+from kdistill.data.mixing import check_mix_terms, mixed
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
@@ -75,15 +76,25 @@ def plan(recipe: Recipe) -> Plan:
     """Load the data and resolve the task, the terms and the teaching mode (no model trains)."""
     splits = load_data(recipe)
     mode, options = teaching_mode(recipe)
-    return Plan(recipe, splits, TASKS[splits.task], recipe_terms(recipe, splits), mode, options)
+    task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
+    check_mix_terms(recipe.train.mix, [*terms, *task.scratch_terms()], splits.task)
+    return Plan(recipe, splits, task, terms, mode, options)
 
 
-def train_loader(splits: DataSplits, recipe: Recipe, augment: str) -> DataLoader:
+def training_set(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none"):
+    """The training split as a phase sees it: augmented, then mixed, each draw a function of
+    (train.seed, epoch, sample), so the teacher cache can hold exactly these views."""
+    seed = recipe.train.seed
+    views = augmented(splits.train, augment, seed=seed)
+    return mixed(views, mix, alpha=recipe.train.mix_alpha, num_classes=splits.num_classes, seed=seed)
+
+
+def train_loader(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none") -> DataLoader:
     # A seeded generator gives the scratch and the distilled student the same batch order
-    # (and, through Augmented, the same augmented views).
+    # (and, through Augmented and Mixed, the same augmented and mixed views).
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return DataLoader(
-        augmented(splits.train, augment, seed=recipe.train.seed), batch_size=recipe.train.batch_size,
+        training_set(splits, recipe, augment, mix), batch_size=recipe.train.batch_size,
         shuffle=True, generator=generator, num_workers=recipe.data.num_workers,
     )
 

@@ -49,6 +49,12 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
         "task": {"name": task.name, "metrics": list(task.metrics), "higher_is_better": task.higher_is_better, "percent": sorted(task.percent)},
         "data": splits.identity,
         "mode": plan.mode,
+        # How both students trained: the scratch baseline gets the distilled student's augmentation,
+        # mixing (on the mixed labels) and budget, so the comparison is fair.
+        "students": {
+            "epochs": recipe.train.epochs, "augment": recipe.train.augment,
+            "mix": recipe.train.mix, **({"mix_alpha": recipe.train.mix_alpha} if recipe.train.mix != "none" else {}),
+        },
         "roles": {name: role.record() for name, role in roles.items()},
         **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency) for name, role in roles.items()},
         "latency_threads": torch.get_num_threads(),
