@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from kdistill.run.config import load_config
 from kdistill.deploy.run_export import export_run
+from kdistill.run.config import load_config
 from kdistill.run.pipeline import run
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from kdistill.teaching.ensemble import Ensemble
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
@@ -24,6 +23,7 @@ from kdistill.errors import UserError
 from kdistill.losses import forward_kl, topk_teacher
 from kdistill.losses.token import kd_topk
 from kdistill.methods import decoupled_kd, hinton_kd
+from kdistill.teaching.ensemble import Ensemble
 from kdistill.vocab import map_teacher_vocabulary
 
 QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",

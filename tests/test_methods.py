@@ -9,7 +9,13 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, Teacher, Term, create_model, fit
 from kdistill.data import ArrayDataset
 from kdistill.losses import CRDLoss, VIDLoss
-from kdistill.methods import PRESETS, UnknownSettingError, describe_method, preset_terms, teacher_taps
+from kdistill.methods import (
+    PRESETS,
+    UnknownSettingError,
+    describe_method,
+    preset_terms,
+    teacher_taps,
+)
 from kdistill.trainer import make_accelerator
 
 NUM_SAMPLES = 32

@@ -8,9 +8,14 @@ import shlex
 from pathlib import Path
 
 import pytest
+from test_bring_your_own_data import (
+    hue_folder,
+    tiny_text_teacher,
+    write_features_csv,
+    write_reviews,
+)
 
 from kdistill.cli import main
-from test_bring_your_own_data import hue_folder, tiny_text_teacher, write_features_csv, write_reviews
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = ["train.epochs=1", "teacher.epochs=1", "data.subset=200", "output.latency=false", "output.plots=false",

@@ -30,6 +30,8 @@ def draw_shift(n: int, generator: torch.Generator) -> Tensor:
 def apply_shift(x: Tensor, params: Tensor) -> Tensor:
     """Translate each image by its (dy, dx), circularly (the border of a centred digit is
     background, so wrapping it around adds no ink): ``torch.roll`` per image, as one gather."""
+    if x.dim() == 3:  # (B, T, F) sequences: one channel
+        return apply_shift(x.unsqueeze(1), params).squeeze(1)
     height, width = x.shape[-2:]
     rows = (torch.arange(height) - params[:, :1]) % height  # (B, H): source row of each row
     cols = (torch.arange(width) - params[:, 1:2]) % width  # (B, W)
