@@ -314,8 +314,8 @@ def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = Fa
         raise UserError(f"{field}: {path} does not exist")
     try:
         load_weights(model, path, expect_digest=ours)
-    except UserError:
-        raise
+    except UserError as error:  # the loader names the file; the recipe field is named here
+        raise type(error)(f"{field}: {error}") from None
     except Exception as error:  # shapes or names that do not fit the model
         raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
 
