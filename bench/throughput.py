@@ -38,7 +38,7 @@ from kdistill.data import load_dataset
 from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.methods import hinton_kd
 from kdistill.models import create_model
-from kdistill.trainer import fit, make_accelerator
+from kdistill.trainer import Optimization, fit, make_accelerator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,7 +74,7 @@ def kdistill_fit(student, teacher, dataset, batch_size, accelerator) -> float:
     distiller = Distiller(student, hinton_kd())
     seen = (len(dataset) // batch_size) * batch_size
     started = time.perf_counter()
-    fit(distiller, loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3, schedule="constant",
+    fit(distiller, loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3, optim=Optimization(schedule="constant"),
         accelerator=accelerator, progress=False)
     synchronize(accelerator.device)
     return seen / (time.perf_counter() - started)

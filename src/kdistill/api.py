@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdistill.data import ArrayDataset
 from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.methods import Term, hinton_kd, teacher_taps
-from kdistill.trainer import evaluate, fit, make_accelerator
+from kdistill.trainer import Optimization, evaluate, fit, make_accelerator
 
 
 class _IndexedDataset(Dataset):
@@ -105,7 +105,7 @@ def distill(
         accelerator = make_accelerator(device)
         history = fit(
             distiller, train_loader, teacher=frozen, val_loader=val_loader, epochs=epochs,
-            optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
+            lr=lr, optim=Optimization(optimizer, weight_decay=weight_decay, schedule=schedule),
             accelerator=accelerator, progress=progress,
         )
         metrics = {}
