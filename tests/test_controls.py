@@ -183,3 +183,31 @@ def test_a_missing_tracker_is_one_line_exit_2(tmp_path, capsys):
         pytest.skip("mlflow is installed here")
     assert main(["check", *QUICK, f"output.dir={tmp_path}", "output.report_to=[mlflow]"]) == 2
     assert "pip install mlflow" in capsys.readouterr().err
+
+
+def test_latency_keeps_to_its_time_budget(monkeypatch):
+    """A model that takes one (simulated) second per pass: a 2 s budget allows one warm-up and
+    three timed passes, not 5 + 30."""
+    from types import SimpleNamespace
+
+    import kdistill.deploy.latency as latency
+
+    clock = [0.0]
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    calls = []
+
+    def slow_pass():
+        calls.append(1)
+        clock[0] += 1.0
+
+    assert latency.median_ms(slow_pass, repeats=30, warmup=5, budget_s=2.0) == pytest.approx(1000.0)
+    assert len(calls) == 1 + 3
+    calls.clear()
+    clock[0] = 0.0
+
+    def fast_pass():
+        calls.append(1)
+        clock[0] += 0.001
+
+    latency.median_ms(fast_pass, repeats=30, warmup=5, budget_s=2.0)
+    assert len(calls) == 5 + 30  # within budget: every requested pass
