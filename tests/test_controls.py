@@ -211,3 +211,51 @@ def test_latency_keeps_to_its_time_budget(monkeypatch):
 
     latency.median_ms(fast_pass, repeats=30, warmup=5, budget_s=2.0)
     assert len(calls) == 5 + 30  # within budget: every requested pass
+
+
+def test_an_export_stands_alone_and_predict_reads_files(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    from PIL import Image
+
+    assert main(["run", *QUICK, "teacher.epochs=1", "train.epochs=1", f"output.dir={tmp_path}", "name=e"]) == 0
+    assert main(["export", str(tmp_path / "e"), "--repeats", "3", "--no-int8"]) == 0
+    out = tmp_path / "e" / "export"
+    props = {p.key: p.value for p in onnx.load(str(out / "student.onnx")).metadata_props}
+    assert json.loads(props["kdistill.classes"]) == [str(c) for c in range(10)]
+    spec = json.loads(props["kdistill.preprocessing"])
+    assert spec["inputs"] == [{"name": "input", "shape": [1, 8, 8], "dtype": "float32"}] and set(spec["normalise"]) == {"mean", "std"}
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    card = (out / "README.md").read_text()
+    assert summary["method"] in card and f"{100 * summary['student']['accuracy']:.2f}%" in card
+
+    # Test digits as files a user has: one CSV of rows (pixels 0..1) and the same digits as PNGs.
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    rows = digits.data[:20] / 16.0
+    np.savetxt(tmp_path / "rows.csv", rows, delimiter=",")
+    images = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray((rows[i].reshape(8, 8) * 255).round().astype(np.uint8), mode="L").save(path)
+        images.append(str(path))
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "rows.csv"), *images]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 23
+    predicted = [int(line[1]) for line in lines[:20]]
+    assert np.mean(np.array(predicted) == digits.target[:20]) >= 0.5  # the trained student, not noise
+    assert [line[1] for line in lines[20:]] == [line[1] for line in lines[:3]]  # PNG == its CSV row
+    assert main(["predict", str(tmp_path), images[0]]) == 2
+
+
+def test_token_inputs_export_with_a_dynamic_length(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from kdistill.deploy.onnx import export_onnx, max_abs_diff, ort_session
+
+    model = create_model("text_cnn", vocab_size=100, num_classes=2)
+    batch = {"input_ids": torch.randint(1, 100, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.int64)}
+    export_onnx(model, batch, tmp_path / "m.onnx")
+    longer = {"input_ids": torch.randint(1, 100, (3, 40)), "attention_mask": torch.ones(3, 40, dtype=torch.int64)}
+    assert max_abs_diff(model, ort_session(tmp_path / "m.onnx"), longer) < 1e-4

@@ -29,6 +29,7 @@ from kdistill.deploy.onnx import (
     quantize_int8,
     require_onnx,
 )
+from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
 from kdistill.modeling import call_model
 
@@ -36,7 +37,7 @@ PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
 INT8_TOLERANCE = 0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
 PARITY_SAMPLES = 256
 BATCHES = (1, 256)
-FILES = {"student": "student.onnx", "student_int8": "student.int8.onnx", "teacher": "teacher.onnx"}
+FILES = {"student": "student.onnx", "student_int8": "student.int8.onnx", "teacher": "teacher.onnx", "tokenizer": TOKENIZER_FILE, "card": "README.md"}
 
 
 class ExportCheckError(UserError):
@@ -111,9 +112,11 @@ def export_run(
     threads = torch.get_num_threads()
 
     files, checks, sessions, exporters = {}, {}, {}, {}
+    metadata = standalone_metadata(recipe, summary, splits, example, out)
     for role, model in models.items():
         path = out / FILES[role]
         exporters[role] = export_onnx(model, sample, path, exporter=exporter)
+        write_metadata(path, {**metadata, "kdistill.test": json.dumps(_score(summary, role, task.headline))})
         sessions[role] = ort_session(path, threads=threads)
         files[role] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
         diff = max(max_abs_diff(model, sessions[role], sample), max_abs_diff(model, sessions[role], single))
@@ -136,6 +139,7 @@ def export_run(
             quantize_int8(out / FILES["student"], path)
         except Exception as error:
             raise UserError(f"int8 quantisation of the student failed ({str(error).splitlines()[0][:200]}); rerun with --no-int8") from None
+        write_metadata(path, metadata)
         sessions["student_int8"] = ort_session(path, threads=threads)
         files["student_int8"] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
         value = task.evaluate(OrtModel(sessions["student_int8"]), test_loader)[headline]
@@ -185,6 +189,7 @@ def export_run(
 
     summary_path = run_dir / "summary.json"
     summary["export"] = result
+    atomic_write(out / "README.md", model_card(summary, result, metadata))
     atomic_write(summary_path, json.dumps(summary, indent=2))
     write_report(run_dir, summary, existing_plots(run_dir))
     echo(f"Export written to {out}/; summary.json and the report updated")
@@ -198,3 +203,28 @@ def export_run(
                         for n in failed)
         )
     return result
+
+
+def _score(summary: dict, role: str, headline: str) -> dict:
+    return {"metric": headline, "value": summary.get(role, {}).get(headline), "split": "test"}
+
+
+def standalone_metadata(recipe, summary: dict, splits, example, out: Path) -> dict:
+    """The metadata every exported file carries (``deploy.standalone``); a text model's
+    tokenizer is copied beside the files so the export reads raw text on its own."""
+    import shutil
+
+    tokenizer = None
+    if isinstance(example, dict) and "input_ids" in example:
+        from kdistill.resources import minilm_dir
+
+        source = Path(recipe.data.options.get("tokenizer") or minilm_dir())
+        tokenizer = source / TOKENIZER_FILE if source.is_dir() else source
+    if tokenizer is not None and tokenizer.is_file():
+        shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    classes = splits.class_names or ([str(c) for c in range(splits.num_classes)] if splits.task == "classification" else [])
+    return {
+        "kdistill.classes": json.dumps(classes),
+        "kdistill.preprocessing": json.dumps(preprocessing(example, splits.identity, tokenizer=tokenizer is not None and tokenizer.is_file())),
+        "kdistill.recipe": recipe.name,
+    }
