@@ -14,7 +14,7 @@ teacher is not trained here.
     python bench/throughput.py            # ~10 minutes on 2 cores
     python bench/throughput.py --quick    # ~2 minutes; last line is one JSON object
     python bench/throughput.py --device cuda --dataset digits --quick   # on a GPU
-    python bench/throughput.py --tutorial --threads 1   # framework overhead, ~4 minutes
+    python bench/throughput.py --tutorial --threads 1   # framework overhead, ~5 minutes
 
 Writes bench/results/throughput.md and .json (throughput_quick.* for --quick, *_cuda.* on a GPU).
 
@@ -164,7 +164,7 @@ def tutorial(args) -> None:
     accelerator = make_accelerator(args.device)
     device = accelerator.device
     generator = torch.Generator().manual_seed(0)
-    n = args.subset or 2048
+    n = args.subset or 4096
     train = ArrayDataset(torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))
     set_seed(0)
     teacher = Teacher(DeepNN()).to(device)
@@ -181,7 +181,7 @@ def tutorial(args) -> None:
         cache = build_cache(Path(tmp) / "cache", teacher, train, fingerprint={"bench": "tutorial"}, dtype="float16", batch_size=256, accelerator=accelerator)
         cache_seconds = time.perf_counter() - started
         cached = CachedTeacher(cache)
-        plain = lambda: plain_loop(student(), train, batch, device)  # noqa: E731
+        plain = lambda: plain_loop(student(), train, batch, device)
         plain()  # warm-up
         results = {
             "fit_ce": abba(plain, lambda: tutorial_fit(student(), ce, None, train, batch, accelerator), rounds),

@@ -92,7 +92,7 @@ def test_selection_without_validation_is_refused():
 
 
 def test_accumulation_equals_the_larger_batch():
-    sgd = dict(optimizer="sgd", momentum=0.0, schedule="constant")
+    sgd = {"optimizer": "sgd", "momentum": 0.0, "schedule": "constant"}
     large, accumulated, small = student(), student(), student()
     train(large, batch_size=16, optim=Optimization(**sgd))
     train(accumulated, batch_size=8, optim=Optimization(**sgd, grad_accum=2))
@@ -132,7 +132,7 @@ def test_warmup_is_visible_in_the_logged_learning_rate():
 
 
 def test_norms_and_biases_are_not_decayed(monkeypatch):
-    import kdistill.trainer as trainer
+    from kdistill import trainer
 
     made = []
     make = trainer.make_optimizer
@@ -190,7 +190,7 @@ def test_latency_keeps_to_its_time_budget(monkeypatch):
     three timed passes, not 5 + 30."""
     from types import SimpleNamespace
 
-    import kdistill.deploy.latency as latency
+    from kdistill.deploy import latency
 
     clock = [0.0]
     monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))

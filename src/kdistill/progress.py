@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from kdistill.checkpoint import load_tensors
 from kdistill.errors import UserError
+from kdistill.weights import save_weights
 
 
 class NonFiniteLossError(UserError):
@@ -196,3 +199,30 @@ class Monitor:
     def should_stop(self) -> bool:
         patience = self.rule.patience
         return patience is not None and self.progress.best["stale"] >= patience
+
+
+def best_weights_path(state_path: str | Path) -> Path:
+    return Path(state_path).with_suffix(".best.safetensors")
+
+
+class BestWeights:
+    """The best epoch's student weights: a copy in host memory, and beside the training state
+    on disk (when checkpointing) so a resumed run still ends with them."""
+
+    def __init__(self, student, state_path, accelerator):
+        self.student, self.accelerator = student, accelerator
+        self.path = best_weights_path(state_path) if state_path is not None else None
+        self.weights: dict[str, Tensor] | None = None
+
+    def remember(self) -> None:
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+        if self.path is not None and self.accelerator.is_main_process:
+            save_weights(self.student, self.path)
+
+    def restore(self) -> None:
+        if self.path is not None and self.path.is_file():
+            self.weights, _ = load_tensors(self.path, what="best weights", expect_digest=True)
+
+    def load(self) -> None:
+        if self.weights is not None:
+            self.student.load_state_dict(self.weights)

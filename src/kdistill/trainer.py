@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdistill.checkpoint import (
-    load_tensors,
     load_training_state,
     restore_training_state,
     save_training_state,
@@ -37,8 +36,15 @@ from kdistill.optimization import (  # noqa: F401 (re-exported)
     make_schedule,
     parameter_groups,
 )
-from kdistill.progress import EarlyStopping, FiniteWatch, Monitor, NonFiniteLossError, TrainingProgress  # noqa: F401 (re-exported)
-from kdistill.weights import save_weights
+from kdistill.progress import (  # noqa: F401 (re-exported)
+    BestWeights,
+    EarlyStopping,
+    FiniteWatch,
+    Monitor,
+    NonFiniteLossError,
+    TrainingProgress,
+    best_weights_path,
+)
 
 POSTFIX_SECONDS = 2.0  # how often the progress bar shows the running loss
 
@@ -201,10 +207,6 @@ class Checkpointing:
     resume: bool = False
 
 
-def best_weights_path(state_path: str | Path) -> Path:
-    return Path(state_path).with_suffix(".best.safetensors")
-
-
 def fit(
     distiller: Distiller,
     train_loader: DataLoader,
@@ -276,7 +278,7 @@ def fit(
         state = TrainingProgress.from_saved(meta["progress"], restored)
         restored_rng = (tensors, meta["rng"])
     monitor = Monitor(rule, state) if rule is not None else None
-    best = _BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
+    best = BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
     if loop.keep == "best" and checkpointing.resume:
         best.restore()
 
@@ -402,26 +404,3 @@ def _step_record(phase: str, epoch: int, state: TrainingProgress, sched, seconds
         "phase": phase, "epoch": epoch, "step": state.global_step, **state.epoch_means(),
         "lr": sched.get_last_lr()[0], "samples_per_s": state.seen / max(seconds, 1e-9),
     }
-
-
-class _BestWeights:
-    """The best epoch's student weights: a copy in host memory, and beside the training state
-    on disk (when checkpointing) so a resumed run still ends with them."""
-
-    def __init__(self, student: nn.Module, state_path, accelerator: Accelerator):
-        self.student, self.accelerator = student, accelerator
-        self.path = best_weights_path(state_path) if state_path is not None else None
-        self.weights: dict[str, Tensor] | None = None
-
-    def remember(self) -> None:
-        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
-        if self.path is not None and self.accelerator.is_main_process:
-            save_weights(self.student, self.path)
-
-    def restore(self) -> None:
-        if self.path is not None and self.path.is_file():
-            self.weights, _ = load_tensors(self.path, what="best weights", expect_digest=True)
-
-    def load(self) -> None:
-        if self.weights is not None:
-            self.student.load_state_dict(self.weights)

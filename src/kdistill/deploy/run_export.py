@@ -12,6 +12,7 @@ PyTorch and in ONNX Runtime at batch 1 and 256, and records everything under ``"
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -103,6 +104,7 @@ def export_run(
     out.mkdir(exist_ok=True)
     for name in FILES.values():
         (out / name).unlink(missing_ok=True)  # no stale file from an earlier export survives
+    shutil.rmtree(out / "hf_student", ignore_errors=True)
 
     test_loader = eval_loader(splits.test, recipe)
     sample = next(iter(DataLoader(splits.test, batch_size=PARITY_SAMPLES)))["input"]
@@ -187,6 +189,12 @@ def export_run(
     for runtime, r in ratio.items():
         echo(f"teacher/student latency in {runtime}: {r['batch_1']:.1f}× at batch 1, {r['batch_256']:.1f}× at batch 256")
 
+    hf = getattr(models["student"], "model", None)
+    if hasattr(hf, "save_pretrained"):  # a Hugging Face student: also its own format, for transformers users
+        hf.save_pretrained(out / "hf_student", safe_serialization=True)
+        if (out / TOKENIZER_FILE).is_file():
+            shutil.copyfile(out / TOKENIZER_FILE, out / "hf_student" / TOKENIZER_FILE)
+        result["files"]["hf_student"] = {"path": str((out / "hf_student").relative_to(run_dir)), "bytes": sum(f.stat().st_size for f in (out / "hf_student").iterdir())}
     summary_path = run_dir / "summary.json"
     summary["export"] = result
     atomic_write(out / "README.md", model_card(summary, result, metadata))
@@ -212,8 +220,6 @@ def _score(summary: dict, role: str, headline: str) -> dict:
 def standalone_metadata(recipe, summary: dict, splits, example, out: Path) -> dict:
     """The metadata every exported file carries (``deploy.standalone``); a text model's
     tokenizer is copied beside the files so the export reads raw text on its own."""
-    import shutil
-
     tokenizer = None
     if isinstance(example, dict) and "input_ids" in example:
         from kdistill.resources import minilm_dir

@@ -135,7 +135,7 @@ class OutputConfig(Section):
 
     @model_validator(mode="after")
     def _trackers_installed(self):
-        from kdistill.run.trackers import check_installed  # noqa: PLC0415 (keeps the schema light)
+        from kdistill.run.trackers import check_installed  # here: keeps the schema light
 
         check_installed(self.report_to)
         return self
