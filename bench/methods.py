@@ -48,7 +48,7 @@ from kdistill.data.images import stratified_subset
 from kdistill.distiller import Distiller, Teacher
 from kdistill.methods import PRESETS, preset_terms, teacher_taps
 from kdistill.models import create_model
-from kdistill.trainer import SCHEDULES, evaluate, fit, make_accelerator
+from kdistill.trainer import SCHEDULES, Loop, Optimization, evaluate, fit, make_accelerator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEACHERS = Path(__file__).resolve().parent / ".teachers"
@@ -184,9 +184,9 @@ def train(
         history = fit(
             distiller, train_loader(splits.train, args, seed, augment or args.augment),
             teacher=teacher if distiller.needs_teacher else None,
-            val_loader=DataLoader(splits.val, batch_size=256), epochs=epochs, optimizer="sgd",
-            lr=lr, weight_decay=args.weight_decay, momentum=0.9, schedule=args.schedule,
-            accelerator=accelerator, phase=phase, progress=args.progress,
+            val_loader=DataLoader(splits.val, batch_size=256), epochs=epochs, lr=lr,
+            optim=Optimization("sgd", weight_decay=args.weight_decay, momentum=0.9, schedule=args.schedule),
+            loop=Loop(phase=phase), accelerator=accelerator, progress=args.progress,
         )
     finally:
         if isinstance(teacher, Teacher) and teacher.tap is not None:

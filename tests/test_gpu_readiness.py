@@ -19,7 +19,7 @@ from kdistill import Distiller, Teacher, Term, create_model, fit
 from kdistill.data import ArrayDataset
 from kdistill.distiller import ModelOutput
 from kdistill.losses import cc, dkd, nkd, nst, pkt, rkd, sp
-from kdistill.trainer import NonFiniteLossError, make_accelerator
+from kdistill.trainer import Loop, NonFiniteLossError, make_accelerator
 
 # Every feature and relation loss that multiplies matrices, with the feature shape it compares.
 MATMUL_LOSSES = [
@@ -132,7 +132,7 @@ def test_a_nan_is_caught_within_the_check_interval_naming_its_step():
     teacher = Teacher(create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5))
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3 in term\(s\) bad:"):
         fit(distiller, DataLoader(data, batch_size=4), teacher=teacher, epochs=1, progress=False,
-            accelerator=make_accelerator("cpu"), finite_check_every=5)
+            accelerator=make_accelerator("cpu"), loop=Loop(finite_check_every=5))
     assert len(calls) == 5  # stopped at the check after step 5, not at the epoch's end (16)
 
 

@@ -17,7 +17,7 @@ from kdistill.losses import token_ce
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import preset_terms
 from kdistill.sampling import OnPolicy, sample
-from kdistill.trainer import fit
+from kdistill.trainer import Loop, fit
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_fit_calls_the_batch_transform_before_the_teacher(corpus):
     transform = OnPolicy(student, fraction=0.5, continuation=4, seed=0)
     terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=0.5, temperature=1.0)
     loader = DataLoader(torch.utils.data.Subset(corpus.train, range(16)), batch_size=8)
-    history = fit(Distiller(student, terms), loader, teacher=teacher, epochs=1, progress=False, batch_transform=transform)
+    history = fit(Distiller(student, terms), loader, teacher=teacher, epochs=1, progress=False, loop=Loop(batch_transform=transform))
     assert transform.replaced == 8 and len(teacher.inputs) == 2
     original = torch.cat([b["input"] for b in loader])
     seen = torch.cat(teacher.inputs)

@@ -27,7 +27,7 @@ from kdistill.errors import UserError
 from kdistill.methods import Term, hinton_kd, teacher_taps
 from kdistill.modeling import call_model, to_device
 from kdistill.onnx_teacher import OnnxModel, check_onnx_terms, is_onnx_file
-from kdistill.trainer import evaluate, make_accelerator
+from kdistill.trainer import Optimization, evaluate, make_accelerator
 from kdistill.trainer import fit as train
 
 
@@ -198,7 +198,7 @@ def distill(
             live = _cached(frozen, train_loader, cache, stack, accelerator) if cache else frozen
             history = train(
                 distiller, train_loader, teacher=live, val_loader=val_loader, epochs=epochs,
-                optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                lr=lr, optim=Optimization(optimizer, weight_decay=weight_decay, schedule=schedule),
                 accelerator=accelerator, progress=progress,
             )
             metrics = {}

@@ -114,6 +114,19 @@ def export(
 
 
 @app.command()
+def predict(
+    export_dir: str = typer.Argument(..., help="an export folder, e.g. runs/mnist_kd/export"),
+    inputs: list[str] = typer.Argument(..., help="image files, CSV files of feature rows, or text files (one input per line)"),
+):
+    """Run the exported student (student.onnx, ONNX Runtime only) on files and print one line
+    per input: its class and probability. Shows that an export works on its own."""
+    from kdistill.deploy.standalone import predict_files
+
+    for result in predict_files(export_dir, inputs):
+        typer.echo(f"{result['input']}\t{result['class']}\t{result['probability']:.4f}")
+
+
+@app.command()
 def tune(
     recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
     overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. train.epochs=3"),

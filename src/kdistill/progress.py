@@ -5,11 +5,15 @@ stopped being finite (``FiniteWatch``), both without a host synchronisation per 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from kdistill.checkpoint import load_tensors
 from kdistill.errors import UserError
+from kdistill.weights import save_weights
 
 
 class NonFiniteLossError(UserError):
@@ -74,6 +78,7 @@ class TrainingProgress:
         self.classifying = False
         self.carried_seconds = 0.0
         self._started = time.perf_counter()
+        self.best: dict = {"value": None, "epoch": 0, "stale": 0}  # see Monitor
 
     def start_epoch(self, epoch: int, order_state: Tensor | None) -> None:
         self.epoch, self.step_in_epoch, self.order_state = epoch, 0, order_state
@@ -114,7 +119,7 @@ class TrainingProgress:
             tensors["order"] = self.order_state
         meta = {
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "seen": self.seen, "classifying": self.classifying,
+            "seen": self.seen, "classifying": self.classifying, "best": self.best,
             "seconds": time.perf_counter() - self._started + self.carried_seconds,
         }
         return meta, tensors
@@ -125,7 +130,99 @@ class TrainingProgress:
         state.epoch, state.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
         state.global_step, state.seen, state.classifying = meta["global_step"], meta["seen"], meta["classifying"]
         state.carried_seconds = meta["seconds"]
+        state.best = meta.get("best", state.best)
         state.sums = {k.removeprefix("sum."): v for k, v in tensors.items() if k.startswith("sum.")}
         state.correct = tensors["correct"]
         state.order_state = tensors.get("order")
         return state
+
+
+# Metrics that improve downwards, when the caller does not say (the tasks' own scores do).
+LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "error")
+
+
+@dataclass
+class EarlyStopping:
+    """Which validation metric picks the best epoch, and when training stops.
+
+    ``metric``: a key of the epoch record (``val/accuracy``; ``accuracy`` means the same);
+    None: the validation's first metric. Training stops once ``patience`` epochs in a row fail to
+    beat the best by more than ``min_delta``; ``patience=None`` never stops (best epoch only).
+    """
+
+    metric: str | None = None
+    patience: int | None = 3
+    min_delta: float = 0.0
+    higher_is_better: bool | None = None
+
+
+class Monitor:
+    """Follows ``EarlyStopping.metric`` over the epoch records; its state (best value, its
+    epoch, epochs since) lives in ``TrainingProgress.best`` so a resumed run continues it."""
+
+    def __init__(self, rule: EarlyStopping, state: TrainingProgress):
+        self.rule, self.progress = rule, state
+
+    @property
+    def best_epoch(self) -> int:
+        return self.progress.best["epoch"]
+
+    def key(self, record: dict) -> str:
+        metric = self.rule.metric
+        if metric is None:
+            found = [k for k in record if k.startswith("val/")]
+            if not found:
+                raise UserError("early stopping and keep=best need validation metrics: give a validation split")
+            return found[0]
+        key = metric if metric.startswith("val/") or metric in record else f"val/{metric}"
+        if key not in record:
+            shown = ", ".join(k for k in record if k.startswith("val/")) or "none: give a validation split"
+            raise UserError(f"early stopping metric {metric!r} is not measured; the validation metrics are {shown}")
+        return key
+
+    def update(self, record: dict) -> bool:
+        """Take an epoch's record; True when it is the best so far."""
+        key = self.key(record)
+        higher = self.rule.higher_is_better
+        if higher is None:
+            higher = not any(word in key for word in LOWER_IS_BETTER)
+        value, best = float(record[key]), self.progress.best
+        improved = best["value"] is None or (
+            (value - best["value"] if higher else best["value"] - value) > self.rule.min_delta
+        )
+        if improved:
+            best.update(value=value, epoch=record["epoch"], stale=0)
+            return True
+        best["stale"] += 1
+        return False
+
+    def should_stop(self) -> bool:
+        patience = self.rule.patience
+        return patience is not None and self.progress.best["stale"] >= patience
+
+
+def best_weights_path(state_path: str | Path) -> Path:
+    return Path(state_path).with_suffix(".best.safetensors")
+
+
+class BestWeights:
+    """The best epoch's student weights: a copy in host memory, and beside the training state
+    on disk (when checkpointing) so a resumed run still ends with them."""
+
+    def __init__(self, student, state_path, accelerator):
+        self.student, self.accelerator = student, accelerator
+        self.path = best_weights_path(state_path) if state_path is not None else None
+        self.weights: dict[str, Tensor] | None = None
+
+    def remember(self) -> None:
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+        if self.path is not None and self.accelerator.is_main_process:
+            save_weights(self.student, self.path)
+
+    def restore(self) -> None:
+        if self.path is not None and self.path.is_file():
+            self.weights, _ = load_tensors(self.path, what="best weights", expect_digest=True)
+
+    def load(self) -> None:
+        if self.weights is not None:
+            self.student.load_state_dict(self.weights)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, Term, create_model, fit
 from kdistill.data import ArrayDataset
-from kdistill.trainer import make_accelerator
+from kdistill.trainer import Loop, make_accelerator
 
 out_dir = Path(sys.argv[1])
 device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
@@ -33,7 +33,7 @@ initial = crd.memory_student.clone()
 seen = []
 fit(distiller, DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
     teacher=teacher, epochs=1, accelerator=accelerator, progress=False,
-    batch_transform=lambda batch: seen.extend(batch["index"].tolist()) or batch)
+    loop=Loop(batch_transform=lambda batch: seen.extend(batch["index"].tolist()) or batch))
 result = {
     "world_size": accelerator.num_processes,
     "initial_student": initial.cpu().tolist(),

@@ -59,8 +59,8 @@ class _LogitsOnly(nn.Module):
 
 
 def export_onnx(model: nn.Module, example_batch, path: str | Path, *, exporter: str = "auto", opset: int = 18) -> str:
-    """Write ``model`` as ONNX with a dynamic batch axis (one file serves batch 1 and 256) and
-    return the exporter that succeeded. ``example_batch`` is a batch (a tensor or a dict of
+    """Write ``model`` as ONNX with a dynamic batch axis (one file serves batch 1 and 256), and a
+    dynamic sequence axis for token inputs, and return the exporter that succeeded. ``example_batch`` is a batch (a tensor or a dict of
     tensors) with at least 2 samples, so no exporter can mistake the batch size for a constant.
 
     Exporter choice, measured on the zoo's MLP, LeNet and ResNet-20 with torch 2.13 and ONNX
@@ -97,12 +97,19 @@ def export_onnx(model: nn.Module, example_batch, path: str | Path, *, exporter: 
     raise UserError(f"cannot export {type(model).__name__} to ONNX ({'; '.join(errors)})")
 
 
+def is_sequence(tensor: torch.Tensor) -> bool:
+    """Token ids (and their masks): integers shaped (batch, sequence). Their length is a
+    dynamic axis of the ONNX graph, so text need not be padded to the training length."""
+    return tensor.dim() == 2 and not tensor.is_floating_point()
+
+
 def _export_with(kind: str, wrapper: nn.Module, args: tuple, names: list[str], path: Path, opset: int) -> None:
     # The exporters log and warn a great deal about things that do not matter here (missing
     # torchvision ops, the TorchScript exporter's deprecation); a failure still raises.
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    sequence = [is_sequence(a) for a in args]
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -112,15 +119,21 @@ def _export_with(kind: str, wrapper: nn.Module, args: tuple, names: list[str], p
                 except ImportError:
                     raise UserError(f"the dynamo ONNX exporter needs onnxscript: {EXPORT_EXTRA}") from None
                 batch = torch.export.Dim("batch", min=1)
+                # AUTO: dynamic where the model allows it (a fixed position table may not).
+                shapes = tuple({0: batch, 1: torch.export.Dim.AUTO} if seq else {0: batch} for seq in sequence)
                 torch.onnx.export(
                     wrapper, args, str(path), dynamo=True, input_names=names, output_names=["logits"],
-                    dynamic_shapes=(tuple({0: batch} for _ in names),), opset_version=opset,
+                    dynamic_shapes=(shapes,), opset_version=opset,
                     external_data=False, optimize=True, verbose=False,
                 )
             else:
+                per_token = any(sequence) and wrapper(*args).dim() == 3  # a language model's logits
                 torch.onnx.export(
                     wrapper, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
-                    dynamic_axes={**{n: {0: "batch"} for n in names}, "logits": {0: "batch"}},
+                    dynamic_axes={
+                        **{n: {0: "batch", 1: "sequence"} if seq else {0: "batch"} for n, seq in zip(names, sequence)},
+                        "logits": {0: "batch", 1: "sequence"} if per_token else {0: "batch"},
+                    },
                     opset_version=min(opset, 17),  # the TorchScript exporter's newest opset
                 )
     finally:

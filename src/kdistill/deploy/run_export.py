@@ -12,6 +12,7 @@ PyTorch and in ONNX Runtime at batch 1 and 256, and records everything under ``"
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from kdistill.deploy.onnx import (
     quantize_int8,
     require_onnx,
 )
+from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
 from kdistill.modeling import call_model
 
@@ -36,7 +38,7 @@ PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
 INT8_TOLERANCE = 0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
 PARITY_SAMPLES = 256
 BATCHES = (1, 256)
-FILES = {"student": "student.onnx", "student_int8": "student.int8.onnx", "teacher": "teacher.onnx"}
+FILES = {"student": "student.onnx", "student_int8": "student.int8.onnx", "teacher": "teacher.onnx", "tokenizer": TOKENIZER_FILE, "card": "README.md"}
 
 
 class ExportCheckError(UserError):
@@ -102,6 +104,7 @@ def export_run(
     out.mkdir(exist_ok=True)
     for name in FILES.values():
         (out / name).unlink(missing_ok=True)  # no stale file from an earlier export survives
+    shutil.rmtree(out / "hf_student", ignore_errors=True)
 
     test_loader = eval_loader(splits.test, recipe)
     sample = next(iter(DataLoader(splits.test, batch_size=PARITY_SAMPLES)))["input"]
@@ -111,9 +114,11 @@ def export_run(
     threads = torch.get_num_threads()
 
     files, checks, sessions, exporters = {}, {}, {}, {}
+    metadata = standalone_metadata(recipe, summary, splits, example, out)
     for role, model in models.items():
         path = out / FILES[role]
         exporters[role] = export_onnx(model, sample, path, exporter=exporter)
+        write_metadata(path, {**metadata, "kdistill.test": json.dumps(_score(summary, role, task.headline))})
         sessions[role] = ort_session(path, threads=threads)
         files[role] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
         diff = max(max_abs_diff(model, sessions[role], sample), max_abs_diff(model, sessions[role], single))
@@ -136,6 +141,7 @@ def export_run(
             quantize_int8(out / FILES["student"], path)
         except Exception as error:
             raise UserError(f"int8 quantisation of the student failed ({str(error).splitlines()[0][:200]}); rerun with --no-int8") from None
+        write_metadata(path, metadata)
         sessions["student_int8"] = ort_session(path, threads=threads)
         files["student_int8"] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
         value = task.evaluate(OrtModel(sessions["student_int8"]), test_loader)[headline]
@@ -183,8 +189,15 @@ def export_run(
     for runtime, r in ratio.items():
         echo(f"teacher/student latency in {runtime}: {r['batch_1']:.1f}× at batch 1, {r['batch_256']:.1f}× at batch 256")
 
+    hf = getattr(models["student"], "model", None)
+    if hasattr(hf, "save_pretrained"):  # a Hugging Face student: also its own format, for transformers users
+        hf.save_pretrained(out / "hf_student", safe_serialization=True)
+        if (out / TOKENIZER_FILE).is_file():
+            shutil.copyfile(out / TOKENIZER_FILE, out / "hf_student" / TOKENIZER_FILE)
+        result["files"]["hf_student"] = {"path": str((out / "hf_student").relative_to(run_dir)), "bytes": sum(f.stat().st_size for f in (out / "hf_student").iterdir())}
     summary_path = run_dir / "summary.json"
     summary["export"] = result
+    atomic_write(out / "README.md", model_card(summary, result, metadata))
     atomic_write(summary_path, json.dumps(summary, indent=2))
     write_report(run_dir, summary, existing_plots(run_dir))
     echo(f"Export written to {out}/; summary.json and the report updated")
@@ -198,3 +211,26 @@ def export_run(
                         for n in failed)
         )
     return result
+
+
+def _score(summary: dict, role: str, headline: str) -> dict:
+    return {"metric": headline, "value": summary.get(role, {}).get(headline), "split": "test"}
+
+
+def standalone_metadata(recipe, summary: dict, splits, example, out: Path) -> dict:
+    """The metadata every exported file carries (``deploy.standalone``); a text model's
+    tokenizer is copied beside the files so the export reads raw text on its own."""
+    tokenizer = None
+    if isinstance(example, dict) and "input_ids" in example:
+        from kdistill.resources import minilm_dir
+
+        source = Path(recipe.data.options.get("tokenizer") or minilm_dir())
+        tokenizer = source / TOKENIZER_FILE if source.is_dir() else source
+    if tokenizer is not None and tokenizer.is_file():
+        shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    classes = splits.class_names or ([str(c) for c in range(splits.num_classes)] if splits.task == "classification" else [])
+    return {
+        "kdistill.classes": json.dumps(classes),
+        "kdistill.preprocessing": json.dumps(preprocessing(example, splits.identity, tokenizer=tokenizer is not None and tokenizer.is_file())),
+        "kdistill.recipe": recipe.name,
+    }

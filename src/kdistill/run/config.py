@@ -98,6 +98,12 @@ class DistillConfig(Section):
     ensemble_weights: list[float] | None = Field(None, description="ensemble=weights: one per teacher")
 
 
+class EarlyStoppingConfig(Section):
+    metric: str | None = Field(None, description="a validation metric (accuracy, loss, perplexity...); default: the task's headline")
+    patience: int = Field(3, ge=1, description="epochs without improvement before training stops")
+    min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts as an improvement")
+
+
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -118,6 +124,12 @@ class TrainConfig(Section):
     mix_alpha: float = Field(1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
     deterministic: bool = Field(False, description="deterministic kernels: bit-identical reruns and resumes")
+    grad_accum: int = Field(1, ge=1, description="batches whose gradients are summed before each update")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this before each update")
+    warmup_steps: int = Field(0, ge=0, description="updates of linear learning-rate warm-up before the schedule")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="warm-up as a fraction of all updates (when warmup_steps is 0)")
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when the validation metric stops improving")
+    keep: Literal["last", "best"] = Field("last", description="which epoch's weights each trained model keeps: the last, or the best on the validation split")
 
 
 class OutputConfig(Section):
@@ -125,6 +137,17 @@ class OutputConfig(Section):
     latency: bool = True
     plots: bool = True
     progress: bool = True
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="trackers (local files only) that mirror metrics.jsonl",
+    )
+    log_every: int = Field(50, ge=0, description="training steps between tracker records (0: per epoch only)")
+
+    @model_validator(mode="after")
+    def _trackers_installed(self):
+        from kdistill.run.trackers import check_installed  # here: keeps the schema light
+
+        check_installed(self.report_to)
+        return self
 
 
 class Recipe(Section):
@@ -181,6 +204,12 @@ class Recipe(Section):
             raise ValueError(f"teacher.onnx: distill.mode={self.distill.mode} trains its teacher; an ONNX teacher is only run (use distill.mode=teacher)")
         if any(t.onnx and t.checkpoint for t in (self.teacher, *(self.teachers or []))):
             raise ValueError("teacher.onnx and teacher.checkpoint: the .onnx file holds its weights; set one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_needs_validation(self):
+        if (self.train.keep == "best" or self.train.early_stopping) and self.data.val_fraction == 0:
+            raise ValueError("train.keep=best and train.early_stopping choose epochs on the validation split: set data.val_fraction > 0")
         return self
 
     @model_validator(mode="after")

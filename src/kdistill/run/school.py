@@ -27,7 +27,7 @@ from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
 from kdistill.onnx_teacher import OnnxModel, check_onnx_terms
 from kdistill.report.history import MetricsLog
-from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
+from kdistill.run.config import Recipe, StudentConfig, TeacherConfig, TrainConfig
 from kdistill.run.steps import (
     Plan,
     build_model,
@@ -36,9 +36,17 @@ from kdistill.run.steps import (
     train_loader,
     training_set,
 )
+from kdistill.run.trackers import Trackers
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
-from kdistill.trainer import fit
+from kdistill.trainer import (
+    Checkpointing,
+    EarlyStopping,
+    Loop,
+    Optimization,
+    best_weights_path,
+    fit,
+)
 from kdistill.weights import load_weights, save_weights
 
 
@@ -51,6 +59,7 @@ class RunSchool:
         self.accelerator, self.run_dir, self.resume = accelerator, run_dir, resume
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.val_loader = eval_loader(plan.splits.val, plan.recipe)
+        self.trackers = Trackers(plan.recipe.output.report_to, run_dir, hyperparameters=plan.recipe.model_dump(mode="json"))
 
     @property
     def checkpoints(self) -> Path:
@@ -221,18 +230,40 @@ class RunSchool:
         t = self.recipe.train
         fit(
             distiller, train_loader(self.splits, self.recipe, augment, mix), teacher=teacher,
-            val_loader=self.val_loader, epochs=epochs, optimizer=optimizer, lr=lr,
-            weight_decay=t.weight_decay, momentum=t.momentum, schedule=t.schedule,
-            accelerator=self.accelerator, log=self.metrics.write if self.is_main else (lambda _: None),
-            phase=phase, progress=self.recipe.output.progress,
-            evaluate_fn=self.task.evaluate, checkpoint=state, checkpoint_every=t.checkpoint_every,
-            resume=self.resume, batch_transform=getattr(distiller, "batch_transform", None),
+            val_loader=self.val_loader, epochs=epochs, lr=lr, optim=optimization(t, optimizer),
+            loop=Loop(
+                phase=phase, evaluate_fn=self.task.evaluate, batch_transform=getattr(distiller, "batch_transform", None),
+                early_stopping=self._early_stopping(), keep=t.keep,
+                log_every=self.recipe.output.log_every, log_step=self.trackers.log_step if self.is_main else None,
+            ),
+            checkpointing=Checkpointing(state, every=t.checkpoint_every, resume=self.resume),
+            accelerator=self.accelerator, log=self._log if self.is_main else (lambda _: None),
+            progress=self.recipe.output.progress,
         )
         if self.is_main:
             save_weights(distiller.student, final)
             state.unlink(missing_ok=True)
+            best_weights_path(state).unlink(missing_ok=True)
+            self.trackers.finish_phase()
         self.accelerator.wait_for_everyone()
         return self.metrics.seconds(phase)
+
+    def _early_stopping(self) -> EarlyStopping | None:
+        """The same rule for every student and teacher trained here (scratch and distilled
+        alike), on the task's headline validation metric unless the recipe names another."""
+        train = self.recipe.train
+        rule = train.early_stopping
+        if rule is None and train.keep == "last":
+            return None
+        metric = (rule and rule.metric) or self.task.headline
+        higher = self.task.higher_is_better.get(metric.removeprefix("val/"))
+        if rule is None:  # keep=best alone: the best epoch, never stopping early
+            return EarlyStopping(metric=metric, patience=None, higher_is_better=higher)
+        return EarlyStopping(metric=metric, patience=rule.patience, min_delta=rule.min_delta, higher_is_better=higher)
+
+    def _log(self, record: dict) -> None:
+        self.metrics.write(record)
+        self.trackers.log_epoch(record)
 
     def keep(self, model: nn.Module, file: str) -> None:
         path = self.checkpoints / file
@@ -293,6 +324,14 @@ class DryRunSchool(RunSchool):
         pass
 
 
+def optimization(train: TrainConfig, optimizer: str) -> Optimization:
+    return Optimization(
+        optimizer, weight_decay=train.weight_decay, momentum=train.momentum, schedule=train.schedule,
+        warmup_steps=train.warmup_steps, warmup_ratio=train.warmup_ratio, grad_accum=train.grad_accum,
+        clip_grad_norm=train.clip_grad_norm,
+    )
+
+
 def teacher_fingerprint(recipe: Recipe, splits, cfg: TeacherConfig | None = None, member: int = 0) -> str:
     """Identity of a teacher trained here: its model, training settings and data. A later run
     of the same recipe (any student, any method) reuses the weights."""
@@ -300,7 +339,10 @@ def teacher_fingerprint(recipe: Recipe, splits, cfg: TeacherConfig | None = None
         # How the teacher is trained, not where its outputs are kept: caching does not retrain it.
         "teacher": (cfg or recipe.teacher).model_dump(exclude={"checkpoint", "cache", "cache_dtype", "cache_dir", "cache_topk"}),
         "data": splits.identity,
-        "train": recipe.train.model_dump(include={"batch_size", "seed", "schedule", "weight_decay", "momentum", "mixed_precision"}),
+        "train": recipe.train.model_dump(include={
+            "batch_size", "seed", "schedule", "weight_decay", "momentum", "mixed_precision", "grad_accum",
+            "clip_grad_norm", "warmup_steps", "warmup_ratio", "early_stopping", "keep",
+        }),
         "torch": torch.__version__.split("+")[0],
     }
     if member:  # ensemble members of one architecture are drawn from different seeds

@@ -22,7 +22,17 @@ def architecture_name(architecture: dict) -> str:
     return architecture["model"]
 
 
-def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool) -> dict:
+def selection(history: list[dict], phase: str) -> dict:
+    """The epoch whose weights a trained role kept (``train.keep=best``) and whether it stopped
+    early, from the metrics log: the last record of its phase says."""
+    records = [r for r in history if r.get("phase") == phase]
+    if not records or "best_epoch" not in records[-1]:
+        return {}
+    last = records[-1]
+    return {"best_epoch": last["best_epoch"], "epochs_trained": last["epoch"], "stopped_early": bool(last.get("stopped_early"))}
+
+
+def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool, history: list[dict] = ()) -> dict:
     result = task.evaluate(role.model.cpu(), test_loader)
     path = run_dir / "checkpoints" / role.file
     entry = {
@@ -36,6 +46,7 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
         entry["connector_params"] = role.info["connector_params"]
     if role.source:
         entry["source"] = role.source
+    entry.update(selection(list(history), role.file.removesuffix(".safetensors")))
     return entry
 
 
@@ -56,7 +67,7 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
             "mix": recipe.train.mix, **({"mix_alpha": recipe.train.mix_alpha} if recipe.train.mix != "none" else {}),
         },
         "roles": {name: role.record() for name, role in roles.items()},
-        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency) for name, role in roles.items()},
+        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency, history) for name, role in roles.items()},
         "latency_threads": torch.get_num_threads(),
         "device": str(accelerator.device),
         "world_size": accelerator.num_processes,

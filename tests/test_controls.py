@@ -1,0 +1,261 @@
+"""The trainer's controls each change what happens: early stopping stops, keep=best restores the
+best epoch, accumulation equals the larger batch, clipping bounds the update, warm-up shows in
+the logged learning rate, norms and biases are not decayed, trackers write readable files."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kdistill import Distiller, create_model
+from kdistill.cli import main
+from kdistill.data import ArrayDataset
+from kdistill.methods import Term
+from kdistill.optimization import parameter_groups
+from kdistill.trainer import (
+    Checkpointing,
+    EarlyStopping,
+    Loop,
+    Optimization,
+    best_weights_path,
+    fit,
+    make_accelerator,
+)
+
+
+def data(n=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return ArrayDataset(torch.randn(n, 1, 8, 8, generator=generator), torch.randint(0, 4, (n,), generator=generator))
+
+
+def student(seed=0):
+    torch.manual_seed(seed)
+    return create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=4)
+
+
+def ce():
+    return [Term("ce", "ce", teacher=None)]
+
+
+def train(model, batch_size=8, **kwargs):
+    kwargs.setdefault("epochs", 1)
+    kwargs.setdefault("lr", 0.05)
+    return fit(
+        Distiller(model, ce()), DataLoader(data(), batch_size=batch_size), accelerator=make_accelerator("cpu"),
+        progress=False, **kwargs,
+    )
+
+
+def scripted(scores):
+    """A validation whose accuracy per epoch is given: the best epoch is known in advance."""
+    calls = []
+
+    def evaluate_fn(model, loader, accelerator):
+        calls.append(1)
+        return {"accuracy": scores[len(calls) - 1], "n": 1}
+
+    return evaluate_fn
+
+
+def test_early_stopping_stops_a_plateau_before_the_last_epoch():
+    history = train(
+        student(), epochs=10, val_loader=DataLoader(data(16, 1), batch_size=16),
+        loop=Loop(evaluate_fn=scripted([0.5, 0.6] + [0.6] * 8), early_stopping=EarlyStopping(patience=2, min_delta=0.01)),
+    )
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["stopped_early"] and history[-1]["best_epoch"] == 2
+
+
+def test_keep_best_restores_the_best_epochs_weights(tmp_path):
+    model, snapshots = student(), {}
+
+    def remember(record):
+        snapshots[record["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    state = tmp_path / "student.state.safetensors"
+    history = train(
+        model, epochs=4, val_loader=DataLoader(data(16, 1), batch_size=16), log=remember,
+        loop=Loop(evaluate_fn=scripted([0.5, 0.9, 0.6, 0.4]), keep="best"),
+        checkpointing=Checkpointing(state),
+    )
+    assert [r["best_epoch"] for r in history] == [1, 2, 2, 2] and "stopped_early" not in history[-1]
+    final = model.state_dict()
+    assert all(torch.equal(final[k], snapshots[2][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[4][k]) for k in final)
+    assert best_weights_path(state).is_file()  # a resumed run still ends with the best epoch
+
+
+def test_selection_without_validation_is_refused():
+    with pytest.raises(Exception, match="validation"):
+        train(student(), loop=Loop(keep="best"))
+
+
+def test_accumulation_equals_the_larger_batch():
+    sgd = {"optimizer": "sgd", "momentum": 0.0, "schedule": "constant"}
+    large, accumulated, small = student(), student(), student()
+    train(large, batch_size=16, optim=Optimization(**sgd))
+    train(accumulated, batch_size=8, optim=Optimization(**sgd, grad_accum=2))
+    train(small, batch_size=8, optim=Optimization(**sgd))
+    for a, b, c in zip(large.parameters(), accumulated.parameters(), small.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not all(torch.allclose(a, c, atol=1e-4) for a, c in zip(large.parameters(), small.parameters()))
+
+
+def update_norm(clip):
+    model = student()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    fit(
+        Distiller(model, ce()), DataLoader(data(8), batch_size=8), epochs=1, lr=1.0,
+        optim=Optimization("sgd", momentum=0.0, schedule="constant", clip_grad_norm=clip),
+        accelerator=make_accelerator("cpu"), progress=False,
+    )
+    return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+
+
+def test_clipping_bounds_the_gradient_norm():
+    # One SGD step at lr 1 moves the weights by exactly the (clipped) gradient.
+    assert update_norm(None) > 0.05
+    assert update_norm(1e-3) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_warmup_is_visible_in_the_logged_learning_rate():
+    steps = []
+    train(student(), lr=0.1, optim=Optimization(schedule="constant", warmup_steps=4), loop=Loop(log_every=1, log_step=steps.append))
+    assert [round(r["lr"], 6) for r in steps] == [0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.1, 0.1]
+    plain = []
+    train(student(), lr=0.1, optim=Optimization(schedule="constant"), loop=Loop(log_every=1, log_step=plain.append))
+    assert {r["lr"] for r in plain} == {0.1}
+    ratio = []
+    train(student(), lr=0.1, optim=Optimization(schedule="cosine", warmup_ratio=0.5), loop=Loop(log_every=1, log_step=ratio.append))
+    assert [r["lr"] for r in ratio][:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+
+
+def test_norms_and_biases_are_not_decayed(monkeypatch):
+    from kdistill import trainer
+
+    made = []
+    make = trainer.make_optimizer
+    monkeypatch.setattr(trainer, "make_optimizer", lambda *a, **k: made.append(make(*a, **k)) or made[-1])
+    model = student()
+    train(model, optim=Optimization("adamw", weight_decay=0.1))
+    decay_of = {id(p): group["weight_decay"] for group in made[0].param_groups for p in group["params"]}
+    for name, parameter in model.named_parameters():
+        assert decay_of[id(parameter)] == (0.0 if name.endswith("bias") else 0.1), name
+    resnet = create_model("resnet8", num_classes=10)
+    groups = parameter_groups(resnet, 0.1)
+    assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
+    assert any("bn" in n or "norm" in n for n, p in resnet.named_parameters() if any(p is q for q in groups[1]["params"]))
+
+
+QUICK = [
+    "data.dataset=digits", "teacher.model=mlp", "teacher.epochs=2", "train.epochs=4", "train.batch_size=64",
+    "output.latency=false", "output.plots=false", "output.progress=false",
+]
+
+
+def test_a_run_keeps_the_best_epoch_of_each_student_and_writes_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code = main([
+        "run", *QUICK, f"output.dir={tmp_path}", "name=controls", "train.keep=best",
+        "train.early_stopping={patience: 1, min_delta: 0.5}", "output.report_to=[tensorboard]", "output.log_every=5",
+    ])
+    assert code == 0
+    run = tmp_path / "controls"
+    summary = json.loads((run / "summary.json").read_text())
+    for role in ("scratch", "student"):
+        # min_delta 0.5 of accuracy is never beaten: the first epoch is best, training stops at 2.
+        assert summary[role]["best_epoch"] == 1 and summary[role]["epochs_trained"] == 2 and summary[role]["stopped_early"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    terms = {k for r in records if r["phase"] == "student" for k in r if k.startswith("loss/")}
+    events = EventAccumulator(str(run / "tensorboard" / "student")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "samples_per_s", "val/accuracy", *terms} <= tags
+    assert {f"step/{t}" for t in terms} <= tags
+    assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in records if r["phase"] == "student"]
+
+
+def test_a_missing_tracker_is_one_line_exit_2(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    if __import__("importlib").util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed here")
+    assert main(["check", *QUICK, f"output.dir={tmp_path}", "output.report_to=[mlflow]"]) == 2
+    assert "pip install mlflow" in capsys.readouterr().err
+
+
+def test_latency_keeps_to_its_time_budget(monkeypatch):
+    """A model that takes one (simulated) second per pass: a 2 s budget allows one warm-up and
+    three timed passes, not 5 + 30."""
+    from types import SimpleNamespace
+
+    from kdistill.deploy import latency
+
+    clock = [0.0]
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    calls = []
+
+    def slow_pass():
+        calls.append(1)
+        clock[0] += 1.0
+
+    assert latency.median_ms(slow_pass, repeats=30, warmup=5, budget_s=2.0) == pytest.approx(1000.0)
+    assert len(calls) == 1 + 3
+    calls.clear()
+    clock[0] = 0.0
+
+    def fast_pass():
+        calls.append(1)
+        clock[0] += 0.001
+
+    latency.median_ms(fast_pass, repeats=30, warmup=5, budget_s=2.0)
+    assert len(calls) == 5 + 30  # within budget: every requested pass
+
+
+def test_an_export_stands_alone_and_predict_reads_files(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    from PIL import Image
+
+    assert main(["run", *QUICK, "teacher.epochs=1", "train.epochs=1", f"output.dir={tmp_path}", "name=e"]) == 0
+    assert main(["export", str(tmp_path / "e"), "--repeats", "3", "--no-int8"]) == 0
+    out = tmp_path / "e" / "export"
+    props = {p.key: p.value for p in onnx.load(str(out / "student.onnx")).metadata_props}
+    assert json.loads(props["kdistill.classes"]) == [str(c) for c in range(10)]
+    spec = json.loads(props["kdistill.preprocessing"])
+    assert spec["inputs"] == [{"name": "input", "shape": [1, 8, 8], "dtype": "float32"}] and set(spec["normalise"]) == {"mean", "std"}
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    card = (out / "README.md").read_text()
+    assert summary["method"] in card and f"{100 * summary['student']['accuracy']:.2f}%" in card
+
+    # Test digits as files a user has: one CSV of rows (pixels 0..1) and the same digits as PNGs.
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    rows = digits.data[:20] / 16.0
+    np.savetxt(tmp_path / "rows.csv", rows, delimiter=",")
+    images = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray((rows[i].reshape(8, 8) * 255).round().astype(np.uint8), mode="L").save(path)
+        images.append(str(path))
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "rows.csv"), *images]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 23
+    predicted = [int(line[1]) for line in lines[:20]]
+    assert np.mean(np.array(predicted) == digits.target[:20]) >= 0.5  # the trained student, not noise
+    assert [line[1] for line in lines[20:]] == [line[1] for line in lines[:3]]  # PNG == its CSV row
+    assert main(["predict", str(tmp_path), images[0]]) == 2
+
+
+def test_token_inputs_export_with_a_dynamic_length(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from kdistill.deploy.onnx import export_onnx, max_abs_diff, ort_session
+
+    model = create_model("text_cnn", vocab_size=100, num_classes=2)
+    batch = {"input_ids": torch.randint(1, 100, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.int64)}
+    export_onnx(model, batch, tmp_path / "m.onnx")
+    longer = {"input_ids": torch.randint(1, 100, (3, 40)), "attention_mask": torch.ones(3, 40, dtype=torch.int64)}
+    assert max_abs_diff(model, ort_session(tmp_path / "m.onnx"), longer) < 1e-4
