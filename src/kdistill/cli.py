@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -106,7 +107,10 @@ def export(
     with ONNX Runtime, optionally quantise the student to int8, time both models in PyTorch and
     ONNX Runtime, and add it all to summary.json and the report. Exit 2 if a check fails."""
     from kdistill.deploy.run_export import export_run
+    from kdistill.report import read_summary
 
+    if (Path(run_dir) / "summary.json").exists():
+        read_summary(run_dir)  # a damaged summary is refused before any file is exported
     export_run(
         run_dir, int8=int8, exporter=exporter.value, tolerance=tolerance, int8_tolerance=int8_tolerance,
         overwrite=overwrite, repeats=repeats, echo=typer.echo,

@@ -323,9 +323,9 @@ TARGETS = [
     f"{RUN}/checkpoints/student.safetensors", f"{RUN}/checkpoints/teacher.safetensors",
     f"{RUN}/checkpoints/scratch.safetensors", f"{RUN}/config.yaml", f"{RUN}/metrics.jsonl", f"{RUN}/summary.json",
     f"{RUN}/.kdistill-run", f"{RUN}/.kdistill-lock", "runs/.teachers/*.safetensors", "runs/.cache/*/meta.json",
-    "runs/.cache/*/logits.npy", "runs/.cache/*/.kdistill-cache",
+    "runs/.cache/*/logits.npy", "runs/.cache/*/.kdistill-cache", f"{RUN}/report.md",
 ]
-DAMAGES = ["truncate", "flip", "garbage", "empty", "delete", "json_edit", "directory"]
+DAMAGES = ["truncate", "flip", "garbage", "empty", "delete", "json_edit", "directory", "json_wrong", "json_drop_key"]
 
 
 @st.composite

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import resource
 import select
 import shutil
@@ -136,8 +137,18 @@ def damage(file: Path, how: str, where: int) -> None:
         data = data[:at]
     elif how == "flip" and data:
         data = data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1:]
-    elif how == "garbage":
-        data = os.urandom(where % 300)
+    elif how == "garbage":  # seeded by the case, so hypothesis replays it exactly
+        data = random.Random(where).randbytes(where % 300)
+    elif how == "json_wrong":  # valid JSON of the wrong shape
+        data = [b"[]", b"5", b"{}", b'"x"', b"null", b'{"format": 1}'][where % 6]
+    elif how == "json_drop_key":
+        try:
+            tree = json.loads(data)
+        except ValueError:
+            tree = None
+        if isinstance(tree, dict) and tree:
+            del tree[sorted(tree)[where % len(tree)]]
+            data = json.dumps(tree).encode()
     elif how == "empty":
         data = b""
     elif how == "json_edit":  # a digit of the (JSON) header or text changed, the length kept
