@@ -170,19 +170,6 @@ def topk_terms(terms: list[Term], k: int) -> tuple[list[Term], float]:
     return adapted, temperatures.pop() if temperatures else 1.0
 
 
-def _meta_is_whole(meta: dict) -> bool:
-    """Every field a reader of ``meta.json`` uses, of the type ``build_cache`` writes: an
-    edited or half-written file is refused here, not met as a KeyError mid-run."""
-    arrays = meta.get("arrays")
-    return (
-        isinstance(meta.get("fingerprint"), dict) and type(meta.get("views")) is int and type(meta.get("samples")) is int
-        and (meta.get("topk") is None or isinstance(meta["topk"], dict) and {"k", "classes", "temperature"} <= set(meta["topk"]))
-        and isinstance(arrays, dict) and bool(arrays)
-        and all(isinstance(info, dict) and isinstance(info.get("file"), str) and type(info.get("bytes")) is int
-                and isinstance(info.get("sha256"), str) for info in arrays.values())
-    )
-
-
 class TeacherCache:
     """A built cache, opened read-only; ``lookup`` returns the outputs of samples by index."""
 
@@ -197,8 +184,11 @@ class TeacherCache:
             raise CheckpointError(f"{meta_path}: corrupted cache metadata; delete {self.root} and build it again") from None
         if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise CheckpointError(f"{self.root}: not a kdistill teacher cache")
-        if not _meta_is_whole(self.meta):
-            raise CheckpointError(f"{meta_path}: cache metadata lacks fields or has the wrong types; delete {self.root} and build it again")
+        try:  # every field a reader uses, as build_cache writes it: an edited file is refused here, not mid-run
+            self.meta["fingerprint"].items(), int(self.meta["views"]) + int(self.meta["samples"]), self.meta["topk"] is None or self.meta["topk"]["k"]
+            [(str(info["file"]), int(info["bytes"]), str(info["sha256"])) for info in self.meta["arrays"].values()]
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise CheckpointError(f"{meta_path}: cache metadata lacks fields or has the wrong types; delete {self.root} and build it again") from None
         self.arrays: dict[str, np.ndarray] = {}
         for name, info in self.meta["arrays"].items():
             path = self.root / info["file"]

@@ -175,7 +175,8 @@ def recipe_texts(draw) -> str:
 def recipe_cases(draw) -> Case:
     text = draw(recipe_texts())
     command = draw(st.sampled_from(["run", "check", "cache", "run", "check"]))
-    argv = finish(command, ["fuzz.yaml", *draw(st.lists(overrides(), max_size=2))], draw(st.lists(st.sampled_from(["--overwrite", "--resume"]), max_size=1)))
+    options = draw(st.lists(st.sampled_from(["--overwrite", "--resume"]), max_size=1)) if command == "run" else []
+    argv = finish(command, ["fuzz.yaml", *draw(st.lists(overrides(), max_size=2))], options)
     # A recipe path must come first; finish() put the quick defaults in front of it, so move it.
     argv.remove("fuzz.yaml")
     argv.insert(1, "fuzz.yaml")

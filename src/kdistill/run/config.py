@@ -119,7 +119,9 @@ class OutputConfig(Section):
 
 
 class Recipe(Section):
-    name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # Bounded: the name becomes directory and file names (<name>-tune, .teachers/work-<name>), and
+    # a file name longer than the file system's 255 bytes fails only when it is first written.
+    name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     teachers: list[TeacherConfig] | None = Field(None, description="an ensemble of teachers, instead of `teacher`")
@@ -285,9 +287,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Re
             tree = safe_yaml.load_file(file) or {}
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
+            where = f": line {mark.line + 1}" if mark else ""
             problem = getattr(error, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{file}:{where}: {problem}; fix the YAML syntax") from None
+            raise ConfigError(f"{file}{where}: {problem}; fix the YAML syntax") from None
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{file}: cannot read the recipe ({error})") from None
         if not isinstance(tree, dict):
