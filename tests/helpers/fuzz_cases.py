@@ -72,7 +72,7 @@ yaml_values = st.one_of(yaml_scalars, st.sampled_from(ALIASES), st.lists(yaml_sc
 
 KEYS = [
     "name", "method", "data.dataset", "data.path", "data.val_fraction", "data.test_fraction", "data.subset",
-    "data.seed", "data.num_workers", "data.options", "data.options.num_classes", "data.options.channels",
+    "data.seed", "data.options", "data.options.num_classes", "data.options.channels",
     "data.options.image_size", "data.options.max_bytes", "teacher.model", "teacher.kwargs", "teacher.kwargs.width",
     "teacher.checkpoint", "teacher.lr", "teacher.optimizer", "teacher.augment", "teacher.cache", "teacher.cache_dtype",
     "teacher.cache_topk", "teacher.cache_dir", "teachers", "assistant", "assistant.model", "student", "student.model",
@@ -97,6 +97,32 @@ NAMED = {
     "teachers": ["[{model: mlp, epochs: 1}, {model: cnn_tiny, epochs: 1}]", "[]", "[{model: bogus}]"],
     "assistant": ["{model: mlp, kwargs: {width: 8}}", "{model: bogus}", "{}"],
 }
+
+
+# Numbers a user can give, each to be met with a bound or a clear failure, never a crash.
+NUMERIC = [
+    "student.kwargs.width", "teacher.kwargs.width", "student.kwargs.depth", "data.subset", "train.batch_size",
+    "train.eval_batch_size", "train.checkpoint_every", "teacher.cache_topk", "distill.temperature", "train.lr",
+    "teacher.lr", "distill.alpha", "distill.ce_weight", "train.weight_decay", "train.momentum", "train.seed",
+    "data.seed", "data.options.num_classes", "distill.params.feat_dim", "distill.params.num_negatives",
+    "distill.params.temperature", "distill.params.beta", "distill.params.hint_weight", "terms.0.weight",
+    "terms.0.params.temperature", "terms.0.warmup_epochs",
+]
+TINY = ["1e-320", "1e-45", "-1e-320", "0.0", "-0"]
+
+
+@st.composite
+def huge_cases(draw) -> Case:
+    """One number pushed to an extreme, on a recipe that would otherwise run."""
+    key = draw(st.sampled_from(NUMERIC))
+    # A huge depth builds layers for a minute before memory runs out: bounded in the zoo, not here.
+    value = draw(st.sampled_from(TINY if key.endswith("depth") else HUGE + TINY))
+    method = draw(st.sampled_from(["method=kd", "method=crd", "method=fitnet", "method=dkd", "method=vid"]))
+    middle = [method] if key.startswith("distill.params") else []
+    if key.startswith("terms"):
+        middle = ["terms=[{name: kd, loss: kd, params: {temperature: 4}}, {name: ce, loss: ce, teacher: null}]"]
+    command = draw(st.sampled_from(["run", "check", "run"]))
+    return Case("huge", finish(command, [*middle, f"{key}={value}", "name=huge"], []))
 
 
 @st.composite
@@ -349,4 +375,4 @@ def damaged_cases(draw) -> Case:
     return Case("damaged", argv, template=True, damage=damage)
 
 
-cases = st.one_of(command_lines(), recipe_cases(), data_cases(), damaged_cases())
+cases = st.one_of(command_lines(), recipe_cases(), data_cases(), damaged_cases(), huge_cases())

@@ -1,6 +1,6 @@
 """Running a fuzz case: a fresh directory holding the user's files (and, when the case asks, a
 finished run with its teacher store and cache, perhaps damaged), the command, and the verdict:
-exit 0 or 2, no traceback, every file that was there before unchanged unless kdistill made it
+exit 0 or 2 (2 with one line on stderr), no traceback, every file that was there before unchanged unless kdistill made it
 and the command is one that may rewrite it.
 
 Cases run in a persistent worker (``fuzz_worker.py``: kdistill imported once, address space
@@ -202,6 +202,8 @@ def verdict(case: Case, outcome: Outcome, changed: list[str]) -> str | None:
         return f"exit {outcome.code}: {outcome.stderr[-3000:]}"
     if "Traceback" in outcome.stderr:
         return f"traceback with exit {outcome.code}: {outcome.stderr[-3000:]}"
+    if outcome.code == 2 and len(outcome.stderr.strip().splitlines()) != 1:
+        return f"exit 2 with more than one line on stderr: {outcome.stderr[-1500:]}"
     if changed:
         return f"pre-existing files changed: {changed[:5]} (exit {outcome.code}, {outcome.stderr.strip()[-300:]})"
     return None
