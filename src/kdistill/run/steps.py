@@ -95,7 +95,7 @@ def eval_loader(dataset, recipe: Recipe) -> DataLoader:
 def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.Module:
     """A zoo model for the data's classes and input shape; errors name the recipe field."""
     try:
-        return create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs)
+        return fits_inputs(create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs), splits)
     except UnknownModelError as error:
         raise ConfigError(f"{field}.model: {error}") from None
     except TypeError as error:
@@ -104,6 +104,22 @@ def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.M
     # from a C constructor that ran out); an absurd depth, RecursionError.
     except (ValueError, RuntimeError, MemoryError, SystemError, RecursionError, OverflowError) as error:
         raise ConfigError(f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({(str(error) or type(error).__name__).splitlines()[0][:200]})") from None
+
+
+def fits_inputs(model: nn.Module, splits: DataSplits) -> nn.Module:
+    """The model, after one forward pass (eval mode, no gradient) on one training example: a
+    model that builds but cannot take the data (a 1-pixel image through a strided CNN) fails
+    here, naming the field, rather than mid-phase. Raises RuntimeError or ValueError."""
+    from torch.utils.data import default_collate
+
+    from kdistill.modeling import call_model
+
+    inputs = default_collate([splits.train[0]])["input"]
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        call_model(model, inputs)
+    return model.train(training)
 
 
 def build_architecture(architecture: dict, splits: DataSplits, *, field: str) -> nn.Module:
