@@ -40,7 +40,8 @@ DECOYS = {
     "recipe.yaml": b"name: given\ndata: {dataset: digits}\n",
 }
 PATHS = ["important", "important/thesis.txt", "proj", "proj/myapp", "runs", "runs/foreign", RUN, "recipe.yaml",
-         "missing.yaml", "data.npz", "images", ".", "/", "/dev/null", "", "runs/mnist_kd/checkpoints/teacher.safetensors"]
+         "missing.yaml", "data.npz", "images", ".", "/", "/dev/null", "", "runs/mnist_kd/checkpoints/teacher.safetensors",
+         "x" * 300 + ".yaml", "y" * 300 + "/z"]
 
 
 @dataclass

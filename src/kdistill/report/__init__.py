@@ -258,7 +258,11 @@ def read_summary(run_dir: str | Path) -> dict:
     damaged or edited file is refused in one line (exit 2) before anything is written, not
     halfway through a report or an export."""
     path = Path(run_dir) / "summary.json"
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as error:  # a name longer than the file system takes
+        raise UserError(f"{str(run_dir)[:80]}...: not a usable path ({error.strerror})") from None
+    if not found:
         raise UserError(f"{run_dir}: no summary.json here; pass the directory of a finished `kdistill run`")
     try:
         summary = json.loads(path.read_bytes())
