@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).with_name("helpers")))
 from fuzz_cases import Case, cases, command_lines  # noqa: E402
 from fuzz_runner import Worker, build_template, console_script, run_case  # noqa: E402
 
-SHORT, FULL = 120, 2000
-SHORT_SCRIPT, FULL_SCRIPT = 2, 40
+SHORT, FULL = 300, 2000
+SHORT_SCRIPT, FULL_SCRIPT = 3, 40
 FUZZ = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
