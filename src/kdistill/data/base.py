@@ -129,14 +129,14 @@ def make_splits(
     train_idx, val_idx, test_idx = stratified_split(
         y, (train_fraction, val_fraction, test_fraction), seed
     )
-    # Scalar statistics of the train split only: nothing about val/test leaks into training.
-    mean = float(x[train_idx].mean())
-    std = float(x[train_idx].std()) or 1.0
-    x = ((x - mean) / std).astype(np.float32)
-
     for split, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
         if len(idx) == 0:
             raise DataError(_empty_split(split, len(y), val_fraction, test_fraction, source))
+    # Scalar statistics of the train split only (checked non-empty first: an empty one's are NaN,
+    # with warnings): nothing about val/test leaks into training.
+    mean = float(x[train_idx].mean())
+    std = float(x[train_idx].std()) or 1.0
+    x = ((x - mean) / std).astype(np.float32)
 
     def subset(idx: np.ndarray) -> ArrayDataset:
         return ArrayDataset(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
