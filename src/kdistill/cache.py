@@ -179,11 +179,16 @@ class TeacherCache:
         if not meta_path.is_file():
             raise CheckpointError(f"{self.root}: no teacher cache here (meta.json missing); build it with `kdistill cache RECIPE`")
         try:
-            self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
+            self.meta = json.loads(meta_path.read_bytes())
+        except (OSError, ValueError):  # unreadable, not JSON, not UTF-8
             raise CheckpointError(f"{meta_path}: corrupted cache metadata; delete {self.root} and build it again") from None
-        if self.meta.get("format") != FORMAT:
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise CheckpointError(f"{self.root}: not a kdistill teacher cache")
+        try:  # every field a reader uses, as build_cache writes it: an edited file is refused here, not mid-run
+            self.meta["fingerprint"].items(), int(self.meta["views"]) + int(self.meta["samples"]), self.meta["topk"] is None or self.meta["topk"]["k"]
+            [(str(info["file"]), int(info["bytes"]), str(info["sha256"])) for info in self.meta["arrays"].values()]
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise CheckpointError(f"{meta_path}: cache metadata lacks fields or has the wrong types; delete {self.root} and build it again") from None
         self.arrays: dict[str, np.ndarray] = {}
         for name, info in self.meta["arrays"].items():
             path = self.root / info["file"]

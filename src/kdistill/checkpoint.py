@@ -56,8 +56,12 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
         metadata[FORMAT_KEY] = json.dumps(meta)
         metadata[META_DIGEST_KEY] = _text_digest(metadata[FORMAT_KEY])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    except OSError as error:  # a directory in the file's place, a full disk, no permission
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write the weights ({error.strerror}); free the path or the disk and run again") from None
     return path.stat().st_size
 
 

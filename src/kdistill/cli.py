@@ -3,8 +3,10 @@ field or file and the fix), 1 a bug (with its traceback)."""
 
 from __future__ import annotations
 
+import errno
 import sys
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -106,7 +108,14 @@ def export(
     with ONNX Runtime, optionally quantise the student to int8, time both models in PyTorch and
     ONNX Runtime, and add it all to summary.json and the report. Exit 2 if a check fails."""
     from kdistill.deploy.run_export import export_run
+    from kdistill.report import read_summary
 
+    try:
+        finished = (Path(run_dir) / "summary.json").exists()
+    except OSError as error:  # a name longer than the file system takes
+        raise UserError(f"{run_dir[:80]}...: not a usable path ({error.strerror})") from None
+    if finished:
+        read_summary(run_dir)  # a damaged summary is refused before any file is exported
     export_run(
         run_dir, int8=int8, exporter=exporter.value, tolerance=tolerance, int8_tolerance=int8_tolerance,
         overwrite=overwrite, repeats=repeats, echo=typer.echo,
@@ -232,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
+        return 2
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        # Only a path the user gave is that long (a recipe, data.path, output.dir, a checkpoint).
+        typer.echo(f"error: {str(error.filename or 'a path')[:80]}...: a path longer than the file system allows; shorten it", err=True)
         return 2
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)

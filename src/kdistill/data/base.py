@@ -140,7 +140,11 @@ def make_splits(
     train_idx, val_idx, test_idx = stratified_split(
         y, (train_fraction, val_fraction, test_fraction), seed
     )
-    # Statistics of the train split only: nothing about val/test leaks into training.
+    for split, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
+        if len(idx) == 0:
+            raise DataError(_empty_split(split, len(y), val_fraction, test_fraction, source))
+    # Statistics of the train split only (checked non-empty first: an empty one's are NaN, with
+    # warnings): nothing about val/test leaks into training.
     if per_axis is None:
         mean = float(x[train_idx].mean())
         std = float(x[train_idx].std()) or 1.0
@@ -152,10 +156,6 @@ def make_splits(
         std_array[std_array == 0] = 1.0  # a constant column or channel is centred, not divided by 0
         x = ((x - mean_array) / std_array).astype(np.float32)
         mean, std = mean_array.ravel().tolist(), std_array.ravel().tolist()
-
-    for split, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
-        if len(idx) == 0:
-            raise DataError(_empty_split(split, len(y), val_fraction, test_fraction, source))
 
     def subset(idx: np.ndarray) -> ArrayDataset:
         return ArrayDataset(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))

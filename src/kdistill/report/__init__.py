@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from kdistill.errors import UserError
 from kdistill.report.history import MetricsLog
 from kdistill.report.plots import DIAGNOSTIC_PLOTS, plot_diagnostics, plot_history
 from kdistill.report.roles import ROLE_TITLES, ROLES, role_title, table_roles
@@ -241,8 +242,12 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write a file so that readers see the old or the new content, never half of it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as error:  # a directory in the file's place, a full disk, no permission
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write it ({error.strerror})") from None
     return path
 
 
@@ -263,19 +268,36 @@ def existing_plots(run_dir: str | Path) -> list[Path]:
     return sorted(plots, key=lambda p: (p.stem in DIAGNOSTIC_PLOTS, p.stem != "loss_terms", p.name))
 
 
+def read_summary(run_dir: str | Path) -> dict:
+    """A finished run's ``summary.json``, checked to be one that a report can be made of: a
+    damaged or edited file is refused in one line (exit 2) before anything is written, not
+    halfway through a report or an export."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        found = path.is_file()
+    except OSError as error:  # a name longer than the file system takes
+        raise UserError(f"{str(run_dir)[:80]}...: not a usable path ({error.strerror})") from None
+    if not found:
+        raise UserError(f"{run_dir}: no summary.json here; pass the directory of a finished `kdistill run`")
+    try:
+        summary = json.loads(path.read_bytes())
+    except OSError as error:
+        raise UserError(f"{path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise UserError(f"{path}: not valid JSON ({str(error)[:120]}); rerun the run") from None
+    try:
+        report_blocks(summary, [])  # reads every field a report, a resume or an export shows
+        summary["name"]  # noqa: B018 (presence check: the report's title)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        raise UserError(f"{path}: damaged or edited ({type(error).__name__}: {str(error)[:80]}); rerun the run with --overwrite") from None
+    return summary
+
+
 def render_run(run_dir: str | Path) -> Path:
     """Re-render a finished run's report from its ``summary.json`` and ``metrics.jsonl``
     (``kdistill report``); plots are redrawn when the run has a ``plots/`` folder."""
-    from kdistill.errors import UserError
-
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise UserError(f"{run_dir}: no summary.json here; pass the directory of a finished `kdistill run`")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{summary_path}: not valid JSON ({error}); rerun the run") from None
+    summary = read_summary(run_dir)
     plots = []
     if (run_dir / "plots").is_dir():
         history = MetricsLog(run_dir / "metrics.jsonl").read()

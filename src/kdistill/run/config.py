@@ -19,6 +19,13 @@ import kdistill.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
 from kdistill.models.imported import remember_recipe_dir
 
+# Bounds far beyond any setting that trains, below those that crash rather than fail clearly:
+# optimizers hold lr and weight decay as float32 (1e308 overflows in the step), T² of a
+# temperature of 1e308 overflows a float, and a DataLoader's batch must fit a C ssize_t.
+MAX_STEP = 1e6
+MAX_TEMPERATURE = 1e3
+MAX_BATCH = 2**31 - 1
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -32,7 +39,7 @@ class DataConfig(Section):
     subset: int | None = Field(None, gt=0, description="use this many samples (quick runs)")
     # The split seed is separate from train.seed: every training seed sees the same test set.
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=64, description="loader processes; each is a process of its own")
     options: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
 
     @model_validator(mode="after")
@@ -60,7 +67,7 @@ class TeacherConfig(Section):
     )
     onnx: str | None = Field(None, description="an exported .onnx teacher, run by ONNX Runtime (logit-level terms; model is then unused)")
     epochs: int = Field(15, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(2e-3, gt=0, le=MAX_STEP)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     augment: Augment = Field("shift", description="augmentation while training the teacher")
     cache: bool = Field(False, description="run the teacher once over the training split and read its outputs from disk")
@@ -85,7 +92,7 @@ class TermConfig(Section):
 
 class DistillConfig(Section):
     # None leaves each method's published default (KD: T=4, α=0.9; DIST: τ=1; LSKD: T=2; ...).
-    temperature: float | None = Field(None, gt=0, description="default: the method's own")
+    temperature: float | None = Field(None, gt=0, le=MAX_TEMPERATURE, description="default: the method's own")
     alpha: float | None = Field(None, ge=0.0, description="weight of the distillation term; default: the method's own")
     ce_weight: float | None = Field(None, ge=0.0, description="default 1 - alpha")
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific settings")
@@ -106,12 +113,12 @@ class EarlyStoppingConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
+    lr: float = Field(3e-3, gt=0, le=MAX_STEP)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=MAX_STEP)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     seed: int = Field(0, ge=0, le=2**32 - 1 - 1000 * 64, description="seeds of ensemble members add 1000 each")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -151,7 +158,9 @@ class OutputConfig(Section):
 
 
 class Recipe(Section):
-    name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # Bounded: the name becomes directory and file names (<name>-tune, .teachers/work-<name>), and
+    # a file name longer than the file system's 255 bytes fails only when it is first written.
+    name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     teachers: list[TeacherConfig] | None = Field(None, description="an ensemble of teachers, instead of `teacher`")
@@ -334,9 +343,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Re
             tree = safe_yaml.load_file(file) or {}
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
+            where = f": line {mark.line + 1}" if mark else ""
             problem = getattr(error, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{file}:{where}: {problem}; fix the YAML syntax") from None
+            raise ConfigError(f"{file}{where}: {problem}; fix the YAML syntax") from None
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{file}: cannot read the recipe ({error})") from None
         if not isinstance(tree, dict):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from kdistill.errors import UserError
-from kdistill.report import results_table, verdict, write_report
+from kdistill.report import read_summary, results_table, verdict, write_report
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe
 from kdistill.run.preflight import preflight
@@ -37,9 +37,10 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     main = accelerator.is_main_process
     with open_run_dir(recipe, overwrite=overwrite, resume=resume, main=main) as run_dir:
         accelerator.wait_for_everyone()
-        if resume and (run_dir / "summary.json").is_file():
+        if resume and (run_dir / "summary.json").exists():
+            summary = read_summary(run_dir)  # a damaged one is refused, not resumed over
             echo(f"{run_dir} is already complete; nothing to resume")
-            return json.loads((run_dir / "summary.json").read_text())
+            return summary
         if main:
             echo(f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
         school = RunSchool(plan, accelerator, run_dir, resume=resume)

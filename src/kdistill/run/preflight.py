@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from kdistill.cache import check_cache_root
+from kdistill.errors import ConfigError
 from kdistill.run.config import Recipe
 from kdistill.run.school import DryRunSchool
 from kdistill.run.steps import Plan, plan
@@ -26,7 +27,13 @@ def preflight(recipe: Recipe) -> Plan:
     resolved = plan(recipe)
     if recipe.teacher.cache and recipe.teacher.cache_dir:
         check_cache_root(Path(recipe.teacher.cache_dir))
-    MODES[resolved.mode](DryRunSchool(resolved), **resolved.options)
+    try:
+        MODES[resolved.mode](DryRunSchool(resolved), **resolved.options)
+    except (MemoryError, RuntimeError) as error:  # a width, depth or feat_dim past this machine's memory
+        if not isinstance(error, MemoryError) and "allocate" not in str(error):
+            raise
+        detail = str(error).splitlines()[0][-160:] if str(error) else type(error).__name__
+        raise ConfigError(f"the recipe's models and terms need more memory than there is ({detail}); lower a width, depth, feat_dim or batch size") from None
     return resolved
 
 

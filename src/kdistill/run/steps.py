@@ -106,13 +106,31 @@ def eval_loader(dataset, recipe: Recipe) -> DataLoader:
 def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.Module:
     """A zoo model for the data's classes and input shape; errors name the recipe field."""
     try:
-        return create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs)
+        return fits_inputs(create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs), splits)
     except UnknownModelError as error:
         raise ConfigError(f"{field}.model: {error}") from None
     except TypeError as error:
-        raise ConfigError(f"{field}.kwargs: {error}") from None
-    except (ValueError, RuntimeError) as error:  # e.g. a depth or width the data cannot carry
-        raise ConfigError(f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({str(error).splitlines()[0][:200]})") from None
+        raise ConfigError(f"{field}.kwargs: {str(error).splitlines()[0][:300]}") from None
+    # A depth or width the data cannot carry, or the memory cannot (MemoryError, or SystemError
+    # from a C constructor that ran out); an absurd depth, RecursionError.
+    except (ValueError, RuntimeError, MemoryError, SystemError, RecursionError, OverflowError) as error:
+        raise ConfigError(f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({(str(error) or type(error).__name__).splitlines()[0][:200]})") from None
+
+
+def fits_inputs(model: nn.Module, splits: DataSplits) -> nn.Module:
+    """The model, after one forward pass (eval mode, no gradient) on one training example: a
+    model that builds but cannot take the data (a 1-pixel image through a strided CNN) fails
+    here, naming the field, rather than mid-phase. Raises RuntimeError or ValueError."""
+    from torch.utils.data import default_collate
+
+    from kdistill.modeling import call_model
+
+    inputs = default_collate([splits.train[0]])["input"]
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        call_model(model, inputs)
+    return model.train(training)
 
 
 def build_architecture(architecture: dict, splits: DataSplits, *, field: str) -> nn.Module:
@@ -136,17 +154,41 @@ def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
     architectures are built here, untrained, only to read those names."""
     try:
         if recipe.terms is not None:
-            return topk_forms(recipe, [Term(**term.model_dump()) for term in recipe.terms])
+            return topk_forms(recipe, [checked(Term(**term.model_dump())) for term in recipe.terms])
         d = recipe.distill
         settings = {"temperature": d.temperature, "alpha": d.alpha, "ce_weight": d.ce_weight, **preset_params(d.params)}
         if recipe.method in LAYER_DEFAULTS and not {"student_layers", "teacher_layers"} & set(settings):
             student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
             teacher = build_model("teacher", recipe.teacher.model, recipe.teacher.kwargs, splits)
             settings.update(default_layers(recipe.method, student, teacher))
-        return topk_forms(recipe, preset_terms(recipe.method, **settings))
+        return topk_forms(recipe, [checked(term) for term in preset_terms(recipe.method, **settings)])
     except (ValueError, TypeError) as error:
         field = "terms" if recipe.terms is not None else f"method {recipe.method} (distill)"
         raise ConfigError(f"{field}: {error}") from None
+
+
+MAX_SETTING = 1e12  # past any sensible loss setting, within what float32 and int64 hold
+
+
+def checked(term: Term) -> Term:
+    """A term whose numeric settings have the kind of their default (a whole number for a
+    size such as CRD's feat_dim, a finite number for a temperature or a weight) and a sane
+    magnitude: anything else would fail as a crash inside torch, mid-step."""
+    import inspect
+    import math
+
+    function = term.loss.__init__ if term.needs_build else getattr(term.loss, "forward", term.loss)
+    defaults = {p.name: p.default for p in inspect.signature(function).parameters.values()}
+    for name, value in term.params.items():
+        default = defaults.get(name)
+        if isinstance(default, bool) or not isinstance(default, (int, float)) or default is None:
+            continue
+        whole = isinstance(default, int)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (not whole or isinstance(value, int))
+        if not number or not math.isfinite(value) or abs(value) > MAX_SETTING:
+            kind = "a whole number" if whole else "a finite number"
+            raise ValueError(f"term {term.name!r}: {name} must be {kind} of magnitude at most {MAX_SETTING:g}, got {value!r}")
+    return term
 
 
 def topk_forms(recipe: Recipe, terms: list[Term]) -> list[Term]:

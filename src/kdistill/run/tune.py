@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+import kdistill.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError, UserError
 from kdistill.run.config import Recipe, TeacherConfig, dump_config, load_config
 
@@ -74,7 +75,7 @@ def teacher_candidates(specs: list[str], base: TeacherConfig) -> dict[str, dict]
             if not path.is_file():
                 raise ConfigError(f"--teachers: {path} not found (a YAML teacher section or a zoo model name)")
             try:
-                tree = yaml.safe_load(path.read_text()) or {}
+                tree = safe_yaml.load_file(path) or {}  # bounded: no alias bomb expands here
             except yaml.YAMLError as error:
                 raise ConfigError(f"--teachers: {path}: invalid YAML ({error})") from None
             tree = tree.get("teacher", tree) if isinstance(tree, dict) else tree
