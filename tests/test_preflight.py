@@ -67,6 +67,7 @@ def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recip
     (["method=kd", "terms=[{name: ce, loss: ce, teacher: null}]"], ["method", "terms", "not both"]),
     (["method=fitnet", "distill.params={student_layers: [nope], teacher_layers: [features.1]}"], ["nope", "kdistill list taps"]),
     (["student.kwargs.bogus=1"], ["student.kwargs", "bogus"]),
+    (["student.kwargs.depth=1000000000"], ["depth=1000000000", "layers"]),  # refused before a loop of 1e9 layers
     (["train.seed=-1"], ["train.seed"]),
     (["terms=[]"], ["terms"]),
     (["terms=[{name: a, loss: ce, teacher: null}, {name: a, loss: kd}]"], ["'a' is used twice"]),

@@ -95,6 +95,9 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
 MODELS: dict[str, ModelEntry] = {name: ModelEntry(builder, inputs) for name, (builder, inputs) in _BUILDERS.items()}
 
 
+MAX_LAYERS = 10_000
+
+
 class UnknownModelError(ValueError):
     """A model name that is not in the zoo."""
 
@@ -154,6 +157,12 @@ def create_model(name: str, **kwargs) -> nn.Module:
     negative = [f"{key}={value}" for key, value in kwargs.items() if type(value) is int and value < 0]
     if negative:
         raise ModelSettingError(f"{name}: {negative[0]} is negative; sizes and counts are whole numbers >= 0")
+    # A layer count is a Python loop before it is memory: a depth of 1e9 would build modules for
+    # minutes before running out of memory, so it is refused first (the deepest zoo model: 56).
+    deep = [f"{key}={value}" for key, value in kwargs.items()
+            if type(value) is int and value > MAX_LAYERS and ("depth" in key or "layer" in key)]
+    if deep:
+        raise ModelSettingError(f"{name}: {deep[0]} is more than {MAX_LAYERS:,} layers; use a smaller depth")
     try:
         return builder(**kwargs)
     except ImportedModelError as error:
