@@ -12,7 +12,7 @@ from kdistill.taps import FeatureTap
 from kdistill.trainer import evaluate
 from kdistill.weights import load_weights, save_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PRESETS",

@@ -122,7 +122,11 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
                 "it, or name=<new name> for a separate run"
             )
         if not (run_dir / MARKER).is_file():
-            raise UserError(f"{run_dir} exists and was not made by kdistill; --overwrite replaces only kdistill runs: choose another name= or output.dir=")
+            raise UserError(
+                f"{run_dir} exists and was not made by kdistill (it has no {MARKER}; runs of kdistill "
+                "before 0.2 have none either): --overwrite replaces only what kdistill can prove it made; "
+                "choose another name= or output.dir=, or delete that folder yourself"
+            )
         strangers = foreign_files(run_dir)
         if strangers:
             raise UserError(
