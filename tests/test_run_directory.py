@@ -85,11 +85,16 @@ def test_overwrite_never_replaces_a_directory_kdistill_did_not_make(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_overwrite_keeps_a_run_that_holds_a_file_of_the_users(finished, tmp_path):
+@pytest.fixture
+def project(finished, tmp_path):
+    """A copy of the finished project, for a test that changes it."""
     import shutil
 
-    project = tmp_path / "copy"
-    shutil.copytree(finished, project)
+    shutil.copytree(finished, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+def test_overwrite_keeps_a_run_that_holds_a_file_of_the_users(project):
     (project / "runs" / "precious" / "notes.md").write_text("what I learned\n")
     before = snapshot(project)
     result = kdistill("run", *QUICK, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
@@ -97,11 +102,7 @@ def test_overwrite_keeps_a_run_that_holds_a_file_of_the_users(finished, tmp_path
     assert snapshot(project) == before
 
 
-def test_overwrite_replaces_a_finished_kdistill_run(finished, tmp_path):
-    import shutil
-
-    project = tmp_path / "copy"
-    shutil.copytree(finished, project)
+def test_overwrite_replaces_a_finished_kdistill_run(project):
     old_marker = (project / "runs" / "precious" / ".kdistill-run").read_text()
     result = kdistill("run", *QUICK, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
     assert result.returncode == 0, result.stderr
