@@ -59,7 +59,7 @@ def main() -> None:
         return a > b if task["higher_is_better"].get(metric, True) else a < b
 
     wins = sum(better(r["student"][headline], r["scratch"][headline], headline) for r in runs)
-    recipe_name = load_config(args.recipe).name
+    recipe_name = load_config(args.recipe, args.overrides).name  # name= among the overrides names the results
     command = "python bench/seeds.py " + " ".join(sys.argv[1:])
     first = runs[0]
     lines = [

@@ -3,6 +3,7 @@ best epoch, accumulation equals the larger batch, clipping bounds the update, wa
 the logged learning rate, norms and biases are not decayed, trackers write readable files."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -259,3 +260,48 @@ def test_token_inputs_export_with_a_dynamic_length(tmp_path):
     export_onnx(model, batch, tmp_path / "m.onnx")
     longer = {"input_ids": torch.randint(1, 100, (3, 40)), "attention_mask": torch.ones(3, 40, dtype=torch.int64)}
     assert max_abs_diff(model, ort_session(tmp_path / "m.onnx"), longer) < 1e-4
+
+
+def test_mlflow_and_tensorboard_write_inside_the_run_directory_and_overwrite_replaces_them(tmp_path):
+    """The local MLflow store lives in the run directory (not a database in the user's current
+    directory), holds one run per phase with every term, and --overwrite replaces it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mlflow = pytest.importorskip("mlflow", reason="pip install mlflow-skinny (kdistill[dev] has it)")
+    kdistill = Path(sys.executable).with_name("kdistill")
+    argv = [str(kdistill), "run", "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}",
+            "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none",
+            "output.latency=false", "output.plots=false", "output.progress=false",
+            "output.report_to=[mlflow, tensorboard]", "name=tracked"]
+    for extra in ([], ["--overwrite"]):
+        result = subprocess.run([*argv, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing in the user's directory
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'tracked' / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    # The replaced run's phases only (the first run's three are gone; the teacher, trained by the
+    # first run, is reused from the teacher store and not trained again).
+    assert sorted(runs["tags.mlflow.runName"]) == ["scratch", "student"]
+    assert {"metrics.loss/ce", "metrics.loss/kd", "metrics.val/accuracy", "metrics.lr"} <= set(runs.columns)
+
+
+def test_wandb_runs_offline_inside_the_run_directory_one_run_per_phase(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("wandb", reason="pip install wandb (kdistill[dev] has it)")
+    kdistill = Path(sys.executable).with_name("kdistill")
+    result = subprocess.run(
+        [str(kdistill), "run", "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}",
+         "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none",
+         "output.latency=false", "output.plots=false", "output.progress=false", "output.report_to=[wandb]", "name=wb"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path / "home")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["runs"]
+    offline = sorted((tmp_path / "runs" / "wb" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 3  # teacher, scratch, student: one W&B run each, never sent
+    assert all(next(run.glob("*.wandb")).stat().st_size > 0 for run in offline)

@@ -30,10 +30,11 @@ from kdistill.run.config import Recipe, dump_config
 MARKER = ".kdistill-run"
 LOCK = ".kdistill-lock"
 # Every path (relative to the run directory) that a run, a report or an export writes.
+# (fnmatch's * also matches "/": "tensorboard/*" covers every file below that folder.)
 RUN_FILES = (
     MARKER, LOCK, "config.yaml", "metrics.jsonl", "metrics.tmp", "summary.json", "report.md", "report.html",
-    "checkpoints", "checkpoints/*.safetensors", "checkpoints/.*.tmp", "plots", "plots/*.png", "export",
-    "export/*.onnx", "export/*.onnx.data", "export/.*.tmp", ".*.tmp",
+    "checkpoints", "checkpoints/*", "plots", "plots/*.png", "export", "export/*", ".*.tmp",
+    "tensorboard", "tensorboard/*", "mlruns", "mlruns/*", "wandb", "wandb/*",  # output.report_to
 )
 
 

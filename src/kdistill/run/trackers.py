@@ -71,10 +71,18 @@ class Trackers:
         if name == "tensorboard":
             tracker = tracking.TensorBoardTracker(phase, folder)
         elif name == "mlflow":
+            import mlflow
+
+            # Accelerate's logging_dir is only where artifacts go; the runs themselves go to the
+            # tracking store, which would default to a database in the current directory.
+            folder.mkdir(parents=True, exist_ok=True)
+            mlflow.set_tracking_uri(f"sqlite:///{(folder / 'mlflow.db').resolve()}")
             tracker = tracking.MLflowTracker(experiment_name=self.run_dir.name, logging_dir=folder.resolve().as_uri(), run_name=phase)
         else:
             os.environ.setdefault("WANDB_MODE", "offline")  # never the network
-            tracker = tracking.WandBTracker(self.run_dir.name, name=phase, dir=str(folder), mode="offline")
+            # One W&B run per phase, as for the other trackers: phases run one after the other, so
+            # starting the next finishes the last (wandb.init would otherwise return the open one).
+            tracker = tracking.WandBTracker(self.run_dir.name, name=phase, dir=str(folder), mode="offline", reinit="finish_previous")
         folder.mkdir(parents=True, exist_ok=True)
         tracker.start()
         tracker.store_init_configuration(self.hyperparameters)
