@@ -189,6 +189,16 @@ def test_text_recipe_end_to_end_with_a_tiny_teacher(tmp_path):
     assert summary["teacher"]["source"].startswith("reused")  # fine-tuned once, reused
     assert summary["student"]["params"] < summary["teacher"]["params"]
 
+    # A Hugging Face student is also exported in its own format, loadable by transformers alone.
+    pytest.importorskip("onnxruntime", reason="export needs kdistill[export]")
+    from transformers import AutoModelForSequenceClassification
+
+    assert main(["export", str(tmp_path / "distil"), "--no-int8", "--repeats", "3"]) == 0
+    saved = tmp_path / "distil" / "export" / "hf_student"
+    assert (saved / "model.safetensors").is_file() and (saved / "config.json").is_file()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(saved, local_files_only=True)
+    assert reloaded.config.num_hidden_layers == 2
+
 
 @pytest.mark.parametrize("recipe", ["text_kd", "text_cnn", "text_distilbert", "lm_kd"])
 def test_recipes_validate_and_share_one_teacher(recipe):
