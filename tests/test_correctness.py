@@ -272,13 +272,13 @@ def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
     from kdistill.sampling import OnPolicy
 
     student, teacher_model = tiny_gpt(20, 16, 0), tiny_gpt(20, 16, 1)
-    transform = OnPolicy(student, fraction=0.25, continuation=4, seed=0, completions_only=False)
+    transform = OnPolicy(student, fraction=0.25, continuation=4, seed=0)
     batch = transform(lm_batch)
     sampled = (batch["target"] == -100).any(1)
     assert int(sampled.sum()) == 2
     mask = batch["mask"]
     assert not mask[sampled, :12].any() and mask[sampled, 12:].all()  # the prompt is not counted
-    assert mask[~sampled].all()  # completions_only=False: the data's sequences count whole
+    assert mask[~sampled].all()  # by default the data's sequences count whole
     # the student's share of counted positions: λK / (λK + (1 − λ)L) = 2·4 / (2·4 + 6·16)
     assert batch["metric/on_policy_generated"].item() == pytest.approx(8 / 104)
     terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=1.0)
@@ -289,9 +289,9 @@ def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
     labels = torch.where(mask, batch["target"].clamp_min(0), -100)
     expected = trl_generalized_jsd(out["logits"].detach(), teacher(batch).logits, labels, beta=0.5)
     assert out["loss/kd"].item() == pytest.approx(expected.item(), rel=1e-5)
-    # The default, GKD's (prompt, completion) framing: every sequence counts its last K
-    # positions, so the share is the λ the recipe asks for.
-    whole = OnPolicy(student, fraction=0.25, continuation=4, seed=0)(lm_batch)
+    # GKD's (prompt, completion) framing: every sequence counts its last K positions, so the
+    # share is exactly the λ the recipe asks for.
+    whole = OnPolicy(student, fraction=0.25, continuation=4, seed=0, completions_only=True)(lm_batch)
     assert not whole["mask"][:, :12].any() and whole["mask"][:, 12:].all()
     assert whole["metric/on_policy_generated"].item() == pytest.approx(0.25)
 
