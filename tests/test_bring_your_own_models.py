@@ -158,6 +158,26 @@ def test_recipe_onnx_teacher_teaches_and_fills_the_cache(tmp_path, capsys):
     assert code == 2 and "teacher.onnx" in err
 
 
+def test_a_run_with_an_onnx_teacher_exports_from_anywhere(tmp_path, monkeypatch, capsys):
+    """The export copies the teacher's graph (tracing its ONNX Runtime session would record
+    constants) from the run's own copy, so a relative teacher.onnx works from another directory."""
+    ort = pytest.importorskip("onnxruntime")
+    teacher = export_teacher(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *RUN, "teacher.onnx=teacher.onnx", "output.dir=runs", "name=ox"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["export", "../runs/ox"]) == 0
+    summary = json.loads((tmp_path / "runs" / "ox" / "summary.json").read_text())
+    assert summary["export"]["checks"]["teacher fp32"]["max_abs_diff"] == 0.0
+    x = torch.randn(5, 1, 8, 8)
+    session = ort.InferenceSession(str(tmp_path / "runs" / "ox" / "export" / "teacher.onnx"), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(exported), teacher(x), atol=1e-5)  # the graph, not constants
+
+
 def test_create_model_names_an_unimportable_spec():
     with pytest.raises(UnknownModelError, match="no module"):
         create_model("byo_not_a_module:Net")

@@ -33,6 +33,7 @@ from kdistill.deploy.onnx import (
 from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
 from kdistill.modeling import call_model
+from kdistill.onnx_teacher import OnnxModel
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
 INT8_TOLERANCE = 0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
@@ -92,8 +93,10 @@ def export_run(
     task = TASKS[splits.task]
     models = {}
     for role in ("student", "teacher"):
-        model = build_architecture(roles[role]["architecture"], splits, field=f"roles.{role}")
-        path = run_dir / roles[role]["file"]
+        architecture, path = roles[role]["architecture"], run_dir / roles[role]["file"]
+        if "onnx" in architecture:  # a teacher given as ONNX: the run's own copy, wherever export runs
+            architecture = {**architecture, "onnx": str(path)}
+        model = build_architecture(architecture, splits, field=f"roles.{role}")
         try:
             load_weights(model, path)
         except UserError:
@@ -117,7 +120,11 @@ def export_run(
     metadata = standalone_metadata(recipe, summary, splits, example, out)
     for role, model in models.items():
         path = out / FILES[role]
-        exporters[role] = export_onnx(model, sample, path, exporter=exporter)
+        if isinstance(model, OnnxModel):  # already a graph: tracing its session would record constants
+            shutil.copyfile(model.path, path)
+            exporters[role] = "copied"
+        else:
+            exporters[role] = export_onnx(model, sample, path, exporter=exporter)
         write_metadata(path, {**metadata, "kdistill.test": json.dumps(_score(summary, role, task.headline))})
         sessions[role] = ort_session(path, threads=threads)
         files[role] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
@@ -126,7 +133,8 @@ def export_run(
             "kind": "logits", "file": role, "max_abs_diff": diff, "tolerance": tolerance,
             "passed": diff <= tolerance, "samples": n_sample,
         }
-        echo(f"{path.relative_to(run_dir)} ({exporters[role]} exporter, {files[role]['bytes']:,} bytes): "
+        how = "the teacher's own graph, copied" if exporters[role] == "copied" else f"{exporters[role]} exporter"
+        echo(f"{path.relative_to(run_dir)} ({how}, {files[role]['bytes']:,} bytes): "
              f"max |ONNX Runtime − PyTorch| = {diff:.2e} on {n_sample} test samples and batch 1 "
              f"(tolerance {tolerance:g}): {'passed' if diff <= tolerance else 'FAILED'}")
 
