@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdistill.models.settings import records_settings
+
 
 def _conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -26,6 +28,7 @@ class CNN(nn.Module):
     ``forward_features`` returns the vector in front of the head.
     """
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

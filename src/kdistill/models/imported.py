@@ -17,6 +17,8 @@ from pathlib import Path
 
 from torch import nn
 
+from kdistill.models.settings import record_call
+
 # Directories of the recipes read in this process, searched first (``load_config`` adds them):
 # a recipe next to its model file works from any working directory.
 RECIPE_DIRS: list[Path] = []
@@ -88,6 +90,7 @@ def build_imported(spec: str, **kwargs) -> nn.Module:
     model = target(**arguments)  # a TypeError names the keyword it does not take
     if not isinstance(model, nn.Module):
         raise ImportedModelError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    record_call(model, target, arguments)
     return model
 
 

@@ -6,6 +6,8 @@ import math
 
 from torch import Tensor, nn
 
+from kdistill.models.settings import records_settings
+
 
 class MLP(nn.Module):
     """Flatten → [Linear → ReLU → Dropout] × depth → Linear.
@@ -14,6 +16,7 @@ class MLP(nn.Module):
     losses and probes need no hook.
     """
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdistill.models.init import init_cnn_weights
+from kdistill.models.settings import records_settings
 
 # (output channels at width 1, blocks, stride of the first block): Table 2 of the paper with
 # the second group's stride lowered to 1 for small images. The first group expands by 1, the
@@ -59,6 +60,7 @@ class MobileNetV2(nn.Module):
     ``blocks.4``, ``blocks.6``.
     """
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

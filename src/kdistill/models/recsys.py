@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from kdistill.models.settings import records_settings
+
 
 class NeuMF(nn.Module):
     """NeuMF with a GMF branch of ``gmf_dim`` and an MLP branch of ``mlp_dim`` embeddings
@@ -25,6 +27,7 @@ class NeuMF(nn.Module):
     for feature terms; ``forward_features`` returns their concatenation (B, L, num_features).
     """
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 2,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdistill.models.init import init_cnn_weights
+from kdistill.models.settings import records_settings
 
 
 class BasicBlock(nn.Module):
@@ -56,6 +57,7 @@ class CifarResNet(nn.Module):
     ``hint_layers`` are the three stage outputs.
     """
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

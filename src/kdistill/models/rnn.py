@@ -13,6 +13,8 @@ import math
 
 from torch import Tensor, nn
 
+from kdistill.models.settings import records_settings
+
 
 def sequence_shape(input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(steps, features) of a sample of ``input_shape``."""
@@ -41,6 +43,7 @@ class SequenceRNN(nn.Module):
     the network forget an early word the way a last-state readout can.
     """
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,
@@ -89,6 +92,7 @@ class TemporalCNN(nn.Module):
     channels, global average pooling over time, and a linear head. The features of a frame are
     the input channels, so the filters see all mel bins at once (as in keyword-spotting CNNs)."""
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.models.init import init_cnn_weights
+from kdistill.models.settings import records_settings
 
 STAGE_CHANNELS = (116, 232, 464)
 STAGE_UNITS = (4, 8, 4)  # the first unit of each stage down-samples
@@ -86,6 +87,7 @@ class DownsampleUnit(nn.Module):
 class ShuffleNetV2(nn.Module):
     """Stem → ``layer1`` … ``layer3`` → 1×1 conv → pool → head; ``hint_layers`` are the stages."""
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

@@ -11,10 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from kdistill.models.settings import records_settings
+
 
 class BiLSTMClassifier(nn.Module):
     """Embeddings → bidirectional LSTM → max over the real tokens' states → MLP head."""
 
+    @records_settings
     def __init__(
         self, num_classes: int = 2, input_shape: tuple[int, ...] = (48,), vocab_size: int = 30522,
         embed_dim: int = 128, hidden: int = 128, layers: int = 1, dropout: float = 0.2, pad_id: int = 0,
@@ -55,6 +58,7 @@ class BiLSTMClassifier(nn.Module):
 class TextCNN(nn.Module):
     """Embeddings → parallel 1-D convolutions of widths ``kernel_sizes`` → max over time → head."""
 
+    @records_settings
     def __init__(
         self, num_classes: int = 2, input_shape: tuple[int, ...] = (48,), vocab_size: int = 30522,
         embed_dim: int = 128, channels: int = 100, kernel_sizes: tuple[int, ...] = (3, 4, 5),

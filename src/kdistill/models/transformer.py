@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdistill.models.settings import records_settings
+
 
 @dataclass
 class TransformerConfig:
@@ -141,6 +143,7 @@ class GPT(TransformerBody):
     GPT-2 does: fewer parameters, and a better small model.
     """
 
+    @records_settings
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -164,6 +167,7 @@ class GPT(TransformerBody):
 class TransformerClassifier(TransformerBody):
     """Bidirectional encoder over word pieces → mean of the real tokens' states → classes."""
 
+    @records_settings
     def __init__(self, config: TransformerConfig, num_classes: int):
         super().__init__(config)
         self.dropout = nn.Dropout(config.dropout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdistill.models.init import init_cnn_weights
+from kdistill.models.settings import records_settings
 
 WIDTHS = (64, 128, 256, 512, 512)
 
@@ -33,6 +34,7 @@ class VGG(nn.Module):
     """``block0`` … ``block4`` of ``convs_per_block`` [conv → BN → ReLU], max-pooling after blocks
     0-2, then global average pooling and the head. ``hint_layers`` are the five block outputs."""
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

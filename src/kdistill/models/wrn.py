@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdistill.models.init import init_cnn_weights
+from kdistill.models.settings import records_settings
 
 
 class PreActBlock(nn.Module):
@@ -45,6 +46,7 @@ class WideResNet(nn.Module):
     ``hint_layers`` are the three stage outputs (pre-activation values, as the stages hand them on).
     """
 
+    @records_settings
     def __init__(
         self,
         num_classes: int = 10,

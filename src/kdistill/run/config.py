@@ -361,11 +361,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Re
         raise ConfigError(describe_validation_error(error, source, by_key)) from None
 
 
-def dump_config(recipe: Recipe) -> str:
-    """The resolved recipe as YAML that ``load_config`` reads back to the same ``Recipe``."""
+def dump_config(recipe: Recipe, built: dict[str, dict] | None = None) -> str:
+    """The resolved recipe as YAML that ``load_config`` reads back to the same ``Recipe``, and,
+    as comments below it, every model as preflight built it (``Plan.built``)."""
     tree = recipe.model_dump(mode="json")
     if recipe.teachers is not None:
         del tree["teacher"]  # an ensemble has no single teacher; both would be refused
     if recipe.terms is not None:
         del tree["method"]
-    return safe_yaml.dump(tree)
+    text = safe_yaml.dump(tree)
+    return text + describe_built(built) if built else text
+
+
+def describe_built(built: dict[str, dict]) -> str:
+    """YAML comments listing each model with its parameter count and every setting it was built
+    with, the builder's defaults included: comments, so the file still reads back as the recipe."""
+    lines = ["", "# The models as built: every setting, the builders' defaults included (for reading;",
+             "# a run reads only the recipe above)."]
+    for field_name, model in built.items():
+        lines.append(f"# {field_name}: {model['model']}, {model['parameters']:,} parameters")
+        settings = safe_yaml.dump(model["settings"]).rstrip("\n") if model["settings"] else "(no settings recorded)"
+        lines += [f"#   {line}" for line in settings.splitlines()]
+    return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     check_run_dir(recipe, overwrite=overwrite, resume=resume)
     accelerator.wait_for_everyone()
     main = accelerator.is_main_process
-    with open_run_dir(recipe, overwrite=overwrite, resume=resume, main=main) as run_dir:
+    with open_run_dir(recipe, overwrite=overwrite, resume=resume, main=main, built=plan.built) as run_dir:
         accelerator.wait_for_everyone()
         if resume and (run_dir / "summary.json").exists():
             summary = read_summary(run_dir)  # a damaged one is refused, not resumed over

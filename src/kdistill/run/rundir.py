@@ -140,7 +140,7 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
 
 
 @contextmanager
-def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, main: bool = True):
+def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, main: bool = True, built: dict | None = None):
     """The checked run directory, made (or replaced, or continued) and locked for the run.
 
     Call after preflight. On the main process only it is created or replaced; the others (DDP)
@@ -166,7 +166,7 @@ def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = Fals
             made = True
             lock = lock or RunLock(run_dir).acquire()
             (run_dir / "checkpoints").mkdir(exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_config(recipe))
+            (run_dir / "config.yaml").write_text(dump_config(recipe, built))
         yield run_dir
     except BaseException:
         if made and not any((run_dir / "checkpoints").glob("*.safetensors")):

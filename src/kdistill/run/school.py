@@ -25,6 +25,7 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
 from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
+from kdistill.models.settings import model_settings, parameter_count
 from kdistill.onnx_teacher import OnnxModel, check_onnx_terms
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig, TrainConfig
@@ -283,6 +284,12 @@ class DryRunSchool(RunSchool):
         self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
         self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
         self.resume = False
+
+    def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
+        model = super().build(architecture, member=member, reseed=reseed)
+        field, section = self._section(architecture, member)
+        self.plan.built[field] = {"model": section.model, "parameters": parameter_count(model), "settings": model_settings(model)}
+        return model
 
     def obtain_teacher(self, member: int | None = None) -> Role:
         field, cfg = self._section("teacher", member)

@@ -34,6 +34,9 @@ class Plan:
     terms: list[Term]
     mode: str  # a key of kdistill.teaching.MODES
     options: dict[str, Any] = field(default_factory=dict)  # the mode's keyword arguments
+    # Filled by preflight: every model as built (field -> model, parameters, settings with the
+    # builder's defaults), printed by `kdistill check` and at the end of the run's config.yaml.
+    built: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def example(self) -> dict:
