@@ -30,7 +30,7 @@ def build(name: str):
 
 
 def readme_table() -> dict[str, int]:
-    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([\d,]+) \|", README.read_text(), flags=re.M)
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([\d,]+) \|", README.read_text(), flags=re.MULTILINE)
     return {name: int(count.replace(",", "")) for name, count in rows}
 
 
