@@ -90,7 +90,17 @@ class Distiller(nn.Module):
         ]
         student_taps = [t.student for t in self.terms if t.student != LOGITS]
         self.tap = FeatureTap(student, student_taps) if student_taps else None
-        self.epoch = 1  # 1-based; the trainer sets it, warm-up schedules read it
+        # The 1-based epoch the trainer sets and warm-up schedules read, kept as a tensor: under
+        # torch.compile a Python int would be a guard, and every epoch of a warm-up a recompile.
+        self.register_buffer("_epoch", torch.ones((), dtype=torch.float32), persistent=False)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(value)
 
     @classmethod
     def build(
@@ -172,7 +182,7 @@ class Distiller(nn.Module):
                     _float32(student_value), _float32(teacher_value), batch["target"],
                     batch.get("index"), batch.get("mask"),
                 )
-            contribution = term.weight_at(self.epoch) * value.sum()  # SP/CRD return shape [1]
+            contribution = term.weight_at(self._epoch) * value.sum()  # SP/CRD return shape [1]
             result[f"loss/{term.name}"] = contribution
             total = total + contribution
         result["loss"] = total

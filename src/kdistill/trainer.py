@@ -51,12 +51,15 @@ POSTFIX_SECONDS = 2.0  # how often the progress bar shows the running loss
 
 def make_accelerator(
     device: str = "auto", mixed_precision: str = "no", *, deterministic: bool = False,
+    compile: bool | str = False,
 ) -> Accelerator:
     """An Accelerator on the requested device. ``Accelerator()`` alone would silently pick the
     GPU when present; ``cpu=True`` is required to stay on the CPU (and to run without CUDA).
 
     ``deterministic`` selects deterministic kernels (``use_deterministic_algorithms``), before
-    CUDA starts: see ``use_deterministic_kernels``.
+    CUDA starts: see ``use_deterministic_kernels``. ``compile`` (``True`` for inductor, or a
+    ``torch.compile`` backend name) has Accelerate compile each trained ``Distiller`` (student,
+    connectors and loss terms, one graph) when ``fit`` prepares it; teachers run as they are.
     """
     if deterministic:
         use_deterministic_kernels()
@@ -69,10 +72,13 @@ def make_accelerator(
     # Accelerate keeps its state per process and refuses a second Accelerator with another
     # precision; one process may run several recipes (tuning, notebooks, tests), so start over.
     # The process group (PartialState) is kept.
+    backend = "inductor" if compile is True else (compile or "no")
     shared = AcceleratorState._shared_state
-    if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
+    plugin = shared.get("dynamo_plugin") if shared else None
+    if shared and (shared.get("_mixed_precision") not in (None, mixed_precision)
+                   or (plugin is not None and str(plugin.backend.value).lower() != backend.lower())):
         AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, dynamo_backend=backend)
     refuse_sharded(accelerator)
     return accelerator
 
@@ -266,7 +272,7 @@ def fit(
         val_loader = accelerator.prepare(val_loader)
     if teacher is not None:
         teacher.to(accelerator.device)  # placed on the device, never wrapped for DDP
-    inner = accelerator.unwrap_model(model)
+    inner = accelerator.unwrap_model(model, keep_torch_compile=False)  # the Distiller itself
     accumulate = (lambda: accelerator.accumulate(model)) if optim.grad_accum > 1 else contextlib.nullcontext
 
     checkpoint = checkpointing.path

@@ -101,9 +101,11 @@ class Term:
         )
         return dataclasses.replace(self, loss=module, params={})
 
-    def weight_at(self, epoch: int) -> float:
+    def weight_at(self, epoch: int | Tensor) -> float | Tensor:
         if self.warmup_epochs <= 0:
             return self.weight
+        if isinstance(epoch, Tensor):  # the Distiller's epoch: no Python branch for torch.compile to guard
+            return self.weight * (epoch / self.warmup_epochs).clamp(max=1.0)
         return self.weight * min(epoch / self.warmup_epochs, 1.0)
 
     def __call__(

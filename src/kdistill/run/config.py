@@ -131,6 +131,8 @@ class TrainConfig(Section):
     mix_alpha: float = Field(1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
     deterministic: bool = Field(False, description="deterministic kernels: bit-identical reruns and resumes")
+    compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = Field(
+        False, description="torch.compile each trained student with its terms (true: inductor); teachers run as they are")
     grad_accum: int = Field(1, ge=1, description="batches whose gradients are summed before each update")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this before each update")
     warmup_steps: int = Field(0, ge=0, description="updates of linear learning-rate warm-up before the schedule")

@@ -29,7 +29,8 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     data-parallel and only the main process writes files and prints.
     """
     started = time.perf_counter()
-    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision, deterministic=recipe.train.deterministic)
+    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision, deterministic=recipe.train.deterministic,
+                                   compile=recipe.train.compile)
     plan = preflight(recipe)  # bad models, terms, taps or data fail before anything is written
     # Every process checks the directory before the main one creates it (or one would see the other's).
     check_run_dir(recipe, overwrite=overwrite, resume=resume)
