@@ -317,14 +317,18 @@ def fit(
             teacher.set_epoch(epoch)  # a cached teacher serves this epoch's augmented view
         model.train()
         started = time.perf_counter()
+        batches = train_loader
+        if state.step_in_epoch:
+            # Resumed mid-epoch: the sampler replays this epoch's order, and the batches trained
+            # before the checkpoint are skipped by index, never loaded or augmented again.
+            batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
         bar = tqdm(
-            train_loader, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
+            batches, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
+            initial=state.step_in_epoch, total=len(train_loader),
             disable=not (progress and accelerator.is_local_main_process) or None,
         )
         shown_at = started
-        for position, batch in enumerate(bar):
-            if position < state.step_in_epoch:
-                continue  # already trained on before the checkpoint: same batches, skipped
+        for batch in bar:
             if restored_rng is not None:
                 # Dropout and friends continue from where the interrupted run stood.
                 set_rng_state(*restored_rng)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kdistill.data.base import SharedEpoch
 from kdistill.errors import ConfigError
 
 MAX_SHIFT = 2  # pixels each way
@@ -86,11 +87,15 @@ class Augmented(Dataset):
 
     def __init__(self, dataset: Dataset, augmentation: Augmentation, seed: int = 0):
         self.dataset, self.augmentation, self.seed = dataset, augmentation, seed
-        self.epoch = 0
+        self._epoch = SharedEpoch()  # read by persistent loader workers too
         self._params: tuple[int, Tensor] | None = None
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
         if hasattr(self.dataset, "set_epoch"):  # a split that redraws its samples (MovieLens)
             self.dataset.set_epoch(epoch)
 

@@ -20,6 +20,26 @@ from kdistill.errors import DataError
 MAX_CLASSES = 10_000
 
 
+class SharedEpoch:
+    """The epoch a training set serves, in shared memory so DataLoader workers see it.
+
+    Augmented, mixed and resampled training sets draw each epoch's views from (seed, epoch).
+    The trainer sets the epoch on the dataset in the main process; a persistent worker holds a
+    copy of the dataset made once, so a plain attribute would stay at the first epoch there and
+    every later epoch would replay the first epoch's views. A shared-memory tensor is one value
+    for all of them (DataLoader's workers share torch tensors that live in shared memory).
+    """
+
+    def __init__(self, epoch: int = 0):
+        self._value = torch.full((), epoch, dtype=torch.int64).share_memory_()
+
+    def get(self) -> int:
+        return int(self._value)
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(epoch)
+
+
 class ArrayDataset(Dataset):
     """Inputs and integer targets held as tensors; ``index`` is the position in this dataset."""
 

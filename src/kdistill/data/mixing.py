@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kdistill.data.augment import epoch_generator, fetch
+from kdistill.data.base import SharedEpoch
 from kdistill.errors import ConfigError
 from kdistill.losses.logit import cross_entropy
 
@@ -90,11 +91,15 @@ class Mixed(Dataset):
 
     def __init__(self, dataset: Dataset, mix: str, alpha: float, num_classes: int, seed: int = 0):
         self.dataset, self.mix, self.alpha, self.num_classes, self.seed = dataset, mix, alpha, num_classes, seed
-        self.epoch = 0
+        self._epoch = SharedEpoch()  # read by persistent loader workers too
         self._draws: tuple[int, MixDraws] | None = None
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 

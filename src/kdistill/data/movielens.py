@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kdistill.data.base import DataSplits
+from kdistill.data.base import DataSplits, SharedEpoch
 from kdistill.data.images import _package_dir
 from kdistill.errors import DataError
 
@@ -63,13 +63,20 @@ class TrainInteractions(Dataset):
         self.num_items = num_items
         self.negatives = negatives
         self.seed = seed
-        self.set_epoch(0)
+        self._epoch = SharedEpoch()  # read by persistent loader workers too
+        self._drawn: tuple[int, torch.Tensor] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        rng = np.random.default_rng([self.seed, epoch])
-        self.sampled = torch.from_numpy(
-            sample_unrated(self.users.numpy(), self.rated, self.num_items, self.negatives, rng)
-        )
+        self._epoch.set(epoch)
+
+    @property
+    def sampled(self) -> torch.Tensor:
+        """This epoch's negatives, (samples, negatives), drawn where they are first read."""
+        epoch = self._epoch.get()
+        if self._drawn is None or self._drawn[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._drawn = (epoch, torch.from_numpy(sample_unrated(self.users.numpy(), self.rated, self.num_items, self.negatives, rng)))
+        return self._drawn[1]
 
     def __len__(self) -> int:
         return len(self.users)

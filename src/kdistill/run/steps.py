@@ -98,12 +98,20 @@ def train_loader(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "n
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return DataLoader(
         training_set(splits, recipe, augment, mix), batch_size=recipe.train.batch_size,
-        shuffle=True, generator=generator, num_workers=recipe.data.num_workers,
+        shuffle=True, generator=generator, **_loading(recipe),
     )
 
 
 def eval_loader(dataset, recipe: Recipe) -> DataLoader:
-    return DataLoader(dataset, batch_size=recipe.train.eval_batch_size, num_workers=recipe.data.num_workers)
+    return DataLoader(dataset, batch_size=recipe.train.eval_batch_size, **_loading(recipe))
+
+
+def _loading(recipe: Recipe) -> dict[str, Any]:
+    """Worker processes that live for the whole run (the epoch reaches them through
+    ``SharedEpoch``), and page-locked batches when they go to a GPU."""
+    workers = recipe.data.num_workers
+    to_gpu = recipe.train.device != "cpu" and torch.cuda.is_available()
+    return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": to_gpu}
 
 
 def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.Module:
