@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from kdistill.cache_storage import claim, everyone_sees_main_root, one_machine, padded_shard
 from kdistill.checkpoint import CheckpointError, tensor_digest
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError
@@ -273,42 +274,6 @@ class TeacherCache:
             )
 
 
-MARKER = ".kdistill-cache"  # written first into a directory this code made for a cache
-
-
-def check_cache_root(root: Path) -> None:
-    """Refuse a ``teacher.cache_dir`` that kdistill may not write into: one that holds files a
-    cache build did not write (a user's directory is never emptied), or a file."""
-    if root.exists() and not root.is_dir():
-        raise UserError(f"teacher.cache_dir: {root} is a file, not a directory")
-    if not root.is_dir() or not any(root.iterdir()) or (root / "meta.json").is_file():
-        return
-    if not (root / MARKER).is_file():
-        raise UserError(
-            f"teacher.cache_dir: {root} already holds files that are not a kdistill teacher cache; "
-            "point it at a new or empty directory"
-        )
-    strangers = [p.name for p in root.iterdir() if p.name not in (MARKER, "meta.json.tmp") and not p.name.endswith(".npy")]
-    if strangers:
-        raise UserError(
-            f"teacher.cache_dir: {root} holds {strangers[0]!r}, which a cache build did not write; "
-            "point teacher.cache_dir at a new or empty directory"
-        )
-
-
-def _claim(root: Path) -> None:
-    """Make ``root`` ready for a new cache without ever deleting what kdistill did not write: a
-    missing or empty directory is taken (and marked); an unfinished cache of ours (marked, no
-    ``meta.json``) is emptied of its own files; anything else is refused."""
-    check_cache_root(root)
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.name != MARKER:
-                path.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).write_text("teacher cache written by kdistill\n")
-
-
 def build_cache(
     root: str | Path,
     teacher: Teacher,
@@ -327,8 +292,10 @@ def build_cache(
     with ``topk``, the logits as the k most probable classes plus the tail mass of
     softmax(t / ``temperature``).
 
-    Written as ``.npy`` files that every rank fills with its own shard; the metadata with the
-    checksums is written last, so an interrupted build is never mistaken for a cache.
+    Written as ``.npy`` files that every rank fills with its own shard (or, across machines
+    without a shared filesystem, one complete copy per machine: ``kdistill.cache_nodes``); the
+    metadata with the checksums is written last, so an interrupted build is never mistaken for
+    a cache.
     """
     root = Path(root)
     rank = accelerator.process_index if accelerator else 0
@@ -338,11 +305,18 @@ def build_cache(
     teacher.to(device)
     count = len(dataset)
     if main:
-        _claim(root)
-    shard = Subset(dataset, list(range(rank, count, world)))  # strided: balanced across ranks
-
-    def batches():
-        return DataLoader(shard, batch_size=batch_size)
+        claim(root)
+    # One machine or a shared filesystem: every rank fills its rows of rank 0's files. Machines
+    # with their own disks: rows are all-gathered and each machine's local main keeps a copy.
+    gathered, writer = False, main
+    if accelerator is not None and not one_machine(accelerator):
+        everyone, sees = everyone_sees_main_root(root, accelerator)
+        gathered = not everyone
+        writer = main or (gathered and accelerator.is_local_main_process and not sees)
+        if writer and not main:
+            claim(root)
+    fills = writer or not gathered
+    shard = Subset(dataset, padded_shard(count, rank, world) if gathered else list(range(rank, count, world)))
 
     # Shapes from one sample, then every rank opens the same preallocated files.
     probe = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in next(iter(DataLoader(dataset, batch_size=1))).items()})
@@ -350,27 +324,29 @@ def build_cache(
     files = {name: root / f"{name}.npy" for name in shapes}
     # Class indices as integers (float16 is exact only up to 2,048); values in ``dtype``.
     dtypes = {name: np.int32 if name == "topk.index" else DTYPES[dtype] for name in shapes}
-    if main:
+    if writer:
         for name, shape in shapes.items():
             np.lib.format.open_memmap(files[name], mode="w+", dtype=dtypes[name], shape=(views, count, *shape)).flush()
     if accelerator:
         accelerator.wait_for_everyone()
-    arrays = {name: np.load(files[name], mmap_mode="r+") for name in shapes}
+    arrays = {name: np.load(files[name], mmap_mode="r+") for name in shapes} if fills else {}
     for view in range(views):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
-        for batch in batches():
+        for batch in DataLoader(shard, batch_size=batch_size):
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            output = _arrays(teacher(batch), topk, temperature)
-            rows = batch["index"].cpu().numpy()
-            for name, value in output.items():
+            output = {"index": batch["index"], **_arrays(teacher(batch), topk, temperature)}
+            if gathered:
+                output = accelerator.gather(output)  # every rank's batch, in rank order
+            rows = output.pop("index").cpu().numpy()
+            for name, value in output.items() if fills else ():
                 arrays[name][view, rows] = value.cpu().numpy().astype(dtypes[name])
     for array in arrays.values():
         array.flush()
     del arrays
     if accelerator:
         accelerator.wait_for_everyone()
-    if main:
+    if writer:
         meta = {
             "format": FORMAT,
             "fingerprint": fingerprint,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kdistill.cache import check_cache_root
+from kdistill.cache_storage import check_cache_root
 from kdistill.errors import ConfigError
 from kdistill.run.config import Recipe
 from kdistill.run.school import DryRunSchool

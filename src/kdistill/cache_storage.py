@@ -1,0 +1,95 @@
+"""Where a teacher cache lives: a directory kdistill claims (never a user's), and who writes it
+when a run spans several machines.
+
+On one machine, or on machines that share the cache's filesystem, every rank writes its own
+rows into the files rank 0 made. A machine with its own local disk cannot open those files, so
+when any rank cannot see rank 0's cache directory every rank's outputs are all-gathered, batch
+by batch, and one process per machine (its local main) writes a complete copy to its own disk.
+Which case holds is found out, not assumed: rank 0 leaves a random token in the directory and
+every rank looks for it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+
+import torch
+
+from kdistill.errors import UserError
+
+TOKEN = ".kdistill-cache-main"
+
+
+MARKER = ".kdistill-cache"  # written first into a directory this code made for a cache
+
+
+def check_cache_root(root: Path) -> None:
+    """Refuse a ``teacher.cache_dir`` that kdistill may not write into: one that holds files a
+    cache build did not write (a user's directory is never emptied), or a file."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"teacher.cache_dir: {root} is a file, not a directory")
+    if not root.is_dir() or not any(root.iterdir()) or (root / "meta.json").is_file():
+        return
+    if not (root / MARKER).is_file():
+        raise UserError(
+            f"teacher.cache_dir: {root} already holds files that are not a kdistill teacher cache; "
+            "point it at a new or empty directory"
+        )
+    strangers = [p.name for p in root.iterdir() if p.name not in (MARKER, TOKEN, "meta.json.tmp") and not p.name.endswith(".npy")]
+    if strangers:
+        raise UserError(
+            f"teacher.cache_dir: {root} holds {strangers[0]!r}, which a cache build did not write; "
+            "point teacher.cache_dir at a new or empty directory"
+        )
+
+
+def claim(root: Path) -> None:
+    """Make ``root`` ready for a new cache without ever deleting what kdistill did not write: a
+    missing or empty directory is taken (and marked); an unfinished cache of ours (marked, no
+    ``meta.json``) is emptied of its own files; anything else is refused."""
+    check_cache_root(root)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name != MARKER:  # check_cache_root allowed only files of a cache build
+                path.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("teacher cache written by kdistill\n")
+
+
+def one_machine(accelerator) -> bool:
+    """All processes on this machine (torchrun's ``LOCAL_WORLD_SIZE`` equals the world)."""
+    world = accelerator.num_processes
+    return world == 1 or int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
+
+
+def everyone_sees_main_root(root: Path, accelerator) -> tuple[bool, bool]:
+    """After rank 0 has claimed ``root``: (whether every rank sees rank 0's directory, whether
+    this one does). Rank 0 writes a token there; each rank reads it back from its own ``root``."""
+    from accelerate.utils import broadcast_object_list
+
+    token = [uuid.uuid4().hex if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    if accelerator.is_main_process:
+        (root / TOKEN).write_text(token[0])
+    accelerator.wait_for_everyone()
+    path = root / TOKEN
+    mine = path.is_file() and path.read_text() == token[0]
+    everyone = bool(accelerator.gather(torch.tensor([mine], device=accelerator.device)).all())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path.unlink()
+    return everyone, mine
+
+
+def padded_shard(count: int, rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s strided share of ``count`` samples, padded (with a repeat of a sample it
+    already has, or sample 0) to ceil(count / world) so every rank runs as many equal batches:
+    all-gathers need equal shapes, and a repeated row is written twice with the same value."""
+    mine = list(range(rank, count, world))
+    return mine + [mine[-1] if mine else 0] * (math.ceil(count / world) - len(mine))
+
+
+__all__ = ["MARKER", "TOKEN", "check_cache_root", "claim", "everyone_sees_main_root", "one_machine", "padded_shard"]
