@@ -41,3 +41,25 @@ def test_nan_loss_stops_with_step_term_and_hint():
     message = str(error.value)
     assert "step 0" in message and "bad" in message and "lower train.lr" in message
     assert "ce" not in message.split("term(s)")[1].split(":")[0]  # only the term that went bad
+
+
+def test_the_watch_names_the_first_bad_step_across_folds_and_the_sums_equal_step_by_step_adds():
+    from kdistill.progress import FiniteWatch, TrainingProgress
+
+    watch, state = FiniteWatch(every=0), TrainingProgress()
+    generator = torch.Generator().manual_seed(0)
+    losses = torch.rand(150, generator=generator)
+    expected = torch.zeros((), dtype=torch.float32)
+    for step, value in enumerate(losses):
+        loss = torch.tensor(float("nan")) if step in (100, 120) else value
+        out = {"loss": loss, "loss/kd": loss * 2, "loss/ce": value, "logits": torch.zeros(4, 3)}
+        watch.observe(out, step)
+        state.add(out, {"target": torch.zeros(4, dtype=torch.long)})
+        if step < 100:
+            expected = expected + value.float() * 4
+        if step == 99:  # a read mid-fold (as the progress bar does) changes nothing
+            assert state.mean("loss/ce") == pytest.approx(float(expected) / 400, rel=1e-6)
+    with pytest.raises(NonFiniteLossError, match="step 100 in term.s. kd"):
+        watch.check(epoch=1)
+    assert torch.isnan(state.sums["loss"])
+    assert state.seen == 600 and float(state.correct) == 600

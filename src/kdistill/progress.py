@@ -23,11 +23,15 @@ class NonFiniteLossError(UserError):
 class FiniteWatch:
     """Watches the loss for NaN and inf on the device, without a host sync per step.
 
-    Each step folds "is this loss finite" into device tensors that remember the first bad step,
-    its value and its terms; ``check`` reads them back (one sync) and raises. The trainer checks
-    every ``every`` steps, before every checkpoint and at the end of every epoch, so a bad run
-    stops within ``every`` steps and never saves a non-finite state.
+    A step only stacks its loss and terms into one tensor (one small op: on a GPU every op is a
+    kernel launch the host pays for); every ``FOLD`` steps, and before ``check``, the stacked
+    steps are folded into device tensors that remember the first bad step, its value and its
+    terms. ``check`` reads them back (one sync) and raises. The trainer checks every ``every``
+    steps, before every checkpoint and at the end of every epoch, so a bad run stops within
+    ``every`` steps and never saves a non-finite state.
     """
+
+    FOLD = 64  # steps held before folding: bounds the memory of the pending tensors
 
     def __init__(self, every: int):
         self.every = every
@@ -35,25 +39,40 @@ class FiniteWatch:
         self.value: Tensor | None = None
         self.bad_terms: Tensor | None = None
         self.terms: list[str] = []
+        self.pending: list[tuple[int, Tensor]] = []
 
     def observe(self, out: dict[str, Tensor], step: int) -> None:
-        loss = out["loss"].detach().float()
         terms = [k for k in out if k.startswith("loss/")]
-        term_values = torch.stack([out[k].detach().float() for k in terms]) if terms else loss.new_zeros(0)
-        if self.first_step is None or terms != self.terms:
-            self.terms = terms
-            self.first_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
-            self.value = loss.new_zeros(())
-            self.bad_terms = torch.zeros(len(terms), dtype=torch.bool, device=loss.device)
-        newly_bad = ~torch.isfinite(loss) & (self.first_step < 0)
-        self.first_step = torch.where(newly_bad, step, self.first_step)
-        self.value = torch.where(newly_bad, loss, self.value)
-        self.bad_terms = torch.where(newly_bad, ~torch.isfinite(term_values), self.bad_terms)
+        if terms != self.terms:
+            self.fold()
+            self.terms, self.first_step = terms, None
+        self.pending.append((step, torch.stack([out["loss"].detach(), *(out[k].detach() for k in terms)])))
+        if len(self.pending) >= self.FOLD:
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold the pending steps into the first-bad-step record, on the device."""
+        if not self.pending:
+            return
+        steps = torch.tensor([step for step, _ in self.pending])
+        values = torch.stack([v for _, v in self.pending]).float()  # (steps, 1 + terms)
+        self.pending = []
+        if self.first_step is None:
+            self.first_step = torch.full((), -1, dtype=torch.int64, device=values.device)
+            self.value = values.new_zeros(())
+            self.bad_terms = torch.zeros(values.shape[1] - 1, dtype=torch.bool, device=values.device)
+        bad = ~torch.isfinite(values[:, 0])
+        row = bad.int().argmax()  # the first bad step of these, or 0 when none is
+        newly_bad = bad.any() & (self.first_step < 0)
+        self.first_step = torch.where(newly_bad, steps.to(values.device)[row], self.first_step)
+        self.value = torch.where(newly_bad, values[row, 0], self.value)
+        self.bad_terms = torch.where(newly_bad, ~torch.isfinite(values[row, 1:]), self.bad_terms)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
     def check(self, epoch: int) -> None:
+        self.fold()
         if self.first_step is None or int(self.first_step) < 0:
             return
         bad = [name.removeprefix("loss/") for name, flag in zip(self.terms, self.bad_terms.tolist()) if flag]
@@ -72,39 +91,78 @@ class TrainingProgress:
         self.step_in_epoch = 0
         self.global_step = 0
         self.order_state: Tensor | None = None
-        self.sums: dict[str, Tensor] = {}
+        self._sums: dict[str, Tensor] = {}
         self.seen = 0
-        self.correct = torch.zeros((), dtype=torch.int64)
+        self._correct = torch.zeros((), dtype=torch.int64)
         self.classifying = False
         self.carried_seconds = 0.0
         self._started = time.perf_counter()
         self.best: dict = {"value": None, "epoch": 0, "stale": 0}  # see Monitor
+        # Steps not yet added to the sums: (keys, batch size, stacked values, correct or None).
+        self._pending: list[tuple[tuple[str, ...], int, Tensor, Tensor | None]] = []
 
     def start_epoch(self, epoch: int, order_state: Tensor | None) -> None:
         self.epoch, self.step_in_epoch, self.order_state = epoch, 0, order_state
-        self.sums, self.seen, self.classifying = {}, 0, False
-        self.correct = torch.zeros((), dtype=torch.int64)
+        self._sums, self.seen, self.classifying, self._pending = {}, 0, False, []
+        self._correct = torch.zeros((), dtype=torch.int64)
         self.carried_seconds = 0.0
         self._started = time.perf_counter()
 
     def add(self, out: dict[str, Tensor], batch) -> None:
-        # Running sums stay tensors: .item() every step would sync a GPU each time.
+        # Running sums stay tensors: .item() every step would sync a GPU each time. A step only
+        # stacks its numbers (one op, where adding each would launch a few per number).
         n = len(batch["target"])
         self.seen += n
         self.step_in_epoch += 1
         self.global_step += 1
         self.classifying = out["logits"].dim() == 2 and batch["target"].dim() == 1
-        if self.classifying:
-            hits = (out["logits"].detach().argmax(-1) == batch["target"]).sum()
-            self.correct = self.correct.to(hits.device) + hits
+        hits = (out["logits"].detach().argmax(-1) == batch["target"]).sum() if self.classifying else None
         # A batch transform's own numbers ("metric/...", e.g. on-policy GKD's generated share) too.
-        for key, value in [*out.items(), *batch.items()]:
-            if key == "loss" or key.startswith(("loss/", "metric/")):
-                value = value.detach().float() * n
-                self.sums[key] = self.sums[key] + value if key in self.sums else value
+        keys = tuple(k for k in [*out, *batch] if k == "loss" or k.startswith(("loss/", "metric/")))
+        values = torch.stack([(out[k] if k in out else batch[k]).detach().reshape(()) for k in keys])
+        self._pending.append((keys, n, values, hits))
+        # Folded at fixed positions of the epoch (and at checkpoints and the epoch's end, which
+        # read the sums), never by the clock: where a fold falls changes the float rounding of
+        # the sums, and a resumed run must log the same numbers as an uninterrupted one.
+        if self.step_in_epoch % FiniteWatch.FOLD == 0:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Add the pending steps to the sums (a few ops per run of steps with the same keys)."""
+        pending, self._pending = self._pending, []
+        start = 0
+        while start < len(pending):
+            keys = pending[start][0]
+            end = start
+            while end < len(pending) and pending[end][0] == keys:
+                end += 1
+            run = pending[start:end]
+            values = torch.stack([v for _, _, v, _ in run]).float()
+            weights = torch.tensor([n for _, n, _, _ in run], dtype=torch.float32, device=values.device)
+            totals = (values * weights[:, None]).sum(0)
+            for key, total in zip(keys, totals):
+                self._sums[key] = self._sums[key] + total if key in self._sums else total
+            hits = [h for _, _, _, h in run if h is not None]
+            if hits:
+                self._correct = self._correct.to(hits[0].device) + torch.stack(hits).sum()
+            start = end
+
+    @property
+    def sums(self) -> dict[str, Tensor]:
+        self._fold()
+        return self._sums
+
+    @property
+    def correct(self) -> Tensor:
+        self._fold()
+        return self._correct
 
     def mean(self, key: str) -> float:
-        return self.sums[key].item() / max(self.seen, 1)
+        """The running mean of ``key`` so far, for the progress bar: read without folding (the
+        bar reads by the clock)."""
+        pending = [v[keys.index(key)].float() * n for keys, n, v, _ in self._pending if key in keys]
+        total = float(self._sums[key]) if key in self._sums else 0.0
+        return (total + (float(torch.stack(pending).sum()) if pending else 0.0)) / max(self.seen, 1)
 
     def epoch_means(self) -> dict[str, float]:
         means = {key: float(total) / self.seen for key, total in self.sums.items()}
@@ -131,8 +189,8 @@ class TrainingProgress:
         state.global_step, state.seen, state.classifying = meta["global_step"], meta["seen"], meta["classifying"]
         state.carried_seconds = meta["seconds"]
         state.best = meta.get("best", state.best)
-        state.sums = {k.removeprefix("sum."): v for k, v in tensors.items() if k.startswith("sum.")}
-        state.correct = tensors["correct"]
+        state._sums = {k.removeprefix("sum."): v for k, v in tensors.items() if k.startswith("sum.")}
+        state._correct = tensors["correct"]
         state.order_state = tensors.get("order")
         return state
 
