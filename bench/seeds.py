@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("recipe", nargs="?", default=None)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides after --seeds N (or after --) too
 
     runs = []
     with tempfile.TemporaryDirectory() as out:
