@@ -183,3 +183,47 @@ def test_labelled_text_names_an_empty_row(tmp_path):
     (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"reviews.csv: line 4: empty text in column 'review'"):
         load_dataset("labelled_text", path=str(tmp_path / "reviews.csv"), text="review", label="sentiment", tokenizer="x")
+
+
+def student_tokenizer_file(path) -> None:
+    """A tokenizer of the student's own: other ids for the same words, and a larger vocabulary
+    (33) than the teacher's (15), so a teacher fed the student's ids would index past its table."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = "good great fine bad awful poor the film was plot acting".split()
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", *(f"filler{i}" for i in range(20)), *reversed(words)])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path))
+
+
+def test_a_student_with_its_own_tokenizer_reads_its_ids_while_the_teacher_reads_its_own(tmp_path):
+    pytest.importorskip("onnxruntime")
+    tiny_text_teacher(tmp_path / "teacher")
+    student_tokenizer_file(tmp_path / "student_tokenizer.json")
+    write_reviews(tmp_path / "reviews.csv")
+    options = {"text": "review", "label": "sentiment", "tokenizer": str(tmp_path / "teacher"), "max_length": 8,
+               "student_tokenizer": str(tmp_path / "student_tokenizer.json")}
+    splits = load_dataset("labelled_text", path=str(tmp_path / "reviews.csv"), **options)
+    inputs = splits.train[0]["input"]
+    assert sorted(inputs) == ["attention_mask", "input_ids", "teacher_attention_mask", "teacher_input_ids"]
+    assert inputs["teacher_input_ids"][0] == 2 and inputs["input_ids"].max() >= 22  # [CLS] vs the student's own ids
+    argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
+            "data.options.label=sentiment", f"data.options.tokenizer={tmp_path / 'teacher'}", "data.options.max_length=8",
+            f"data.options.student_tokenizer={tmp_path / 'student_tokenizer.json'}",
+            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "teacher.epochs=8",
+            "teacher.lr=0.005", "teacher.cache=true", "student.model=text_cnn",
+            "student.kwargs={vocab_size: 33, embed_dim: 8, channels: 8}", "train.epochs=15", "train.lr=0.01", "train.batch_size=16", *QUIET,
+            f"output.dir={tmp_path / 'runs'}", "name=two_tokenizers"]
+    assert main(["run", *argv]) == 0
+    run_dir = tmp_path / "runs" / "two_tokenizers"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] > 0.9 and summary["student"]["accuracy"] > 0.9
+    assert main(["export", str(run_dir), "--no-int8"]) == 0
+    import onnxruntime
+
+    names = {role: [i.name for i in onnxruntime.InferenceSession(str(run_dir / "export" / f"{role}.onnx")).get_inputs()]
+             for role in ("student", "teacher")}
+    assert names == {"student": ["input_ids", "attention_mask"], "teacher": ["input_ids", "attention_mask"]}
+    # The export serves the student: it ships the student's tokenizer.
+    assert (run_dir / "export" / "tokenizer.json").read_bytes() == (tmp_path / "student_tokenizer.json").read_bytes()

@@ -25,6 +25,23 @@ class ModelOutput:
         return self.logits if name == LOGITS else self.features[name]
 
 
+# A batch tokenised twice (a student with a tokenizer of its own) carries the teacher's ids
+# beside the student's, as ``teacher_input_ids`` / ``teacher_attention_mask``. A model built as
+# the teacher is marked with this attribute and reads those keys, renamed; every other model
+# reads the rest. A plain attribute: it is not in the state dict, so weights load as ever.
+TEACHER_PREFIX = "teacher_"
+READS_TEACHER_INPUTS = "kdistill_reads_teacher_inputs"
+
+
+def model_inputs(model: nn.Module, inputs):
+    """The part of a batch's ``input`` that ``model`` reads (see ``TEACHER_PREFIX``)."""
+    if not isinstance(inputs, Mapping) or not any(k.startswith(TEACHER_PREFIX) for k in inputs):
+        return inputs
+    if getattr(unwrap(model), READS_TEACHER_INPUTS, False):
+        return {k.removeprefix(TEACHER_PREFIX): v for k, v in inputs.items() if k.startswith(TEACHER_PREFIX)}
+    return {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX)}
+
+
 def call_model(model: nn.Module, inputs) -> Tensor:
     """Run a model on a batch's ``input`` and return its logits.
 
@@ -32,6 +49,7 @@ def call_model(model: nn.Module, inputs) -> Tensor:
     ``attention_mask``); reads logits from a tensor, a ``.logits`` attribute (Hugging Face
     ``ModelOutput``), a ``"logits"`` key, or the first element of a tuple.
     """
+    inputs = model_inputs(model, inputs)
     output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
     if isinstance(output, Tensor):
         return output
@@ -66,4 +84,4 @@ def to_device(batch, device, *, non_blocking: bool = True):
     return batch
 
 
-__all__ = ["LOGITS", "ModelOutput", "call_model", "to_device", "unwrap"]
+__all__ = ["LOGITS", "READS_TEACHER_INPUTS", "TEACHER_PREFIX", "ModelOutput", "call_model", "model_inputs", "to_device", "unwrap"]

@@ -78,6 +78,8 @@ class DataSplits:
     # How inputs were made from the raw data (normalisation, split): part of the identity of
     # the data, recorded in summaries and in a teacher's fingerprint.
     identity: dict = field(default_factory=dict)
+    # Inputs carry the teacher's own tokenisation too (``kdistill.modeling.TEACHER_PREFIX``).
+    teacher_inputs: bool = False
 
 
 def stratified_split(

@@ -1,7 +1,9 @@
 """The user's text classification data: a CSV / JSONL / Parquet file with a text column and a
 label column (``data.dataset=labelled_text``, ``data.options.text=review``,
 ``data.options.label=sentiment``), tokenised by the teacher's tokenizer (``data.options.tokenizer``:
-the teacher's local Hugging Face directory, or a ``tokenizer.json``), to ``max_length`` tokens.
+the teacher's local Hugging Face directory, or a ``tokenizer.json``), to ``max_length`` tokens; a
+student with a tokenizer of its own names it in ``data.options.student_tokenizer`` (the batch then
+carries both tokenisations of each text, each model reading its own).
 
 Labels are mapped to dense class indices in sorted order, recorded with the run
 (``data.classes``); an empty text or label names its file and row.
@@ -39,9 +41,11 @@ def _encode(texts: list[str], tokenizer_path: str, max_length: int):
 def load_labelled_text(
     *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
     subset: int | None = None, text: str = "text", label: str = "label", tokenizer: str | None = None,
-    max_length: int = 64,
+    max_length: int = 64, student_tokenizer: str | None = None,
 ) -> DataSplits:
-    """Text classification from a CSV / JSONL / Parquet file, tokenised by the teacher's tokenizer."""
+    """Text classification from a CSV / JSONL / Parquet file, tokenised by the teacher's tokenizer,
+    and with ``student_tokenizer`` also by the student's own: the students read those ids, the
+    teacher its own (``kdistill.modeling.TEACHER_PREFIX``)."""
     frame = read_table(path)
     file = Path(path)
     for option, column in (("text", text), ("label", label)):
@@ -60,17 +64,25 @@ def load_labelled_text(
         keep, _ = stratified_split(labels, (subset / len(labels), 1 - subset / len(labels)), seed)
         texts, labels = [texts[i] for i in keep], labels[keep]
     ids, attention = _encode(texts, tokenizer, max_length)
+    teacher = None
+    if student_tokenizer:  # the students read their own ids; the teacher keeps its own beside them
+        teacher = (ids, attention)
+        ids, attention = _encode(texts, student_tokenizer, max_length)
     targets = torch.from_numpy(labels)
     parts = stratified_split(labels, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
-    datasets = [TokenDataset(ids[idx], attention[idx], targets[idx]) for idx in map(torch.from_numpy, parts)]
+    datasets = [
+        TokenDataset(ids[idx], attention[idx], targets[idx], None if teacher is None else (teacher[0][idx], teacher[1][idx]))
+        for idx in map(torch.from_numpy, parts)
+    ]
     if min(len(d) for d in datasets) == 0:
         raise DataError(f"{file}: {len(labels)} rows leave an empty split; use more rows or larger fractions")
     return DataSplits(
         train=datasets[0], val=datasets[1], test=datasets[2], num_classes=len(classes),
-        input_shape=(max_length,), class_names=classes, task="classification",
+        input_shape=(max_length,), class_names=classes, task="classification", teacher_inputs=teacher is not None,
         identity={
             "dataset": "labelled_text", "file": str(file.resolve()), "text": text, "label": label,
             "tokenizer": str(tokenizer), "max_length": max_length, "subset": subset,
+            **({"student_tokenizer": str(student_tokenizer)} if student_tokenizer else {}),
             "classes": {name: i for i, name in enumerate(classes)},
             "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
             "sizes": {"train": len(datasets[0]), "val": len(datasets[1]), "test": len(datasets[2])},

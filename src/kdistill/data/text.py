@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from kdistill.data.base import DataSplits, stratified_split
 from kdistill.errors import DataError
+from kdistill.modeling import TEACHER_PREFIX
 from kdistill.resources import minilm_dir, package_file
 
 LABELS = ("rotten", "fresh")  # class 0 is the negative review, as in the usual sentiment sets
@@ -30,20 +31,26 @@ class TokenDataset(Dataset):
 
     A sample is ``{"input": {"input_ids", "attention_mask"}, "target", "index", "mask"}``; the
     input is a dict so that Hugging Face models take it as keyword arguments unchanged, and
-    ``mask`` (true at real tokens) lets token-level terms skip the padding.
+    ``mask`` (true at real tokens) lets token-level terms skip the padding. With ``teacher`` the
+    input also holds the teacher's own ids and mask (``teacher_input_ids``, ...), for a student
+    with a tokenizer of its own.
     """
 
-    def __init__(self, input_ids: Tensor, attention_mask: Tensor, targets: Tensor):
+    def __init__(self, input_ids: Tensor, attention_mask: Tensor, targets: Tensor, teacher: tuple[Tensor, Tensor] | None = None):
         if not len(input_ids) == len(attention_mask) == len(targets):
             raise DataError(f"{len(input_ids)} inputs, {len(attention_mask)} masks, {len(targets)} targets: they must match")
         self.input_ids, self.attention_mask, self.targets = input_ids, attention_mask, targets
+        self.teacher = teacher  # the teacher's own ids and mask, when the student tokenises otherwise
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int) -> dict:
+        inputs = {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]}
+        if self.teacher is not None:
+            inputs.update({f"{TEACHER_PREFIX}input_ids": self.teacher[0][i], f"{TEACHER_PREFIX}attention_mask": self.teacher[1][i]})
         return {
-            "input": {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]},
+            "input": inputs,
             "target": self.targets[i],
             "index": torch.tensor(i),
             "mask": self.attention_mask[i].bool(),

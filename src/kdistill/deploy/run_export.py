@@ -32,7 +32,7 @@ from kdistill.deploy.onnx import (
 )
 from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
-from kdistill.modeling import call_model
+from kdistill.modeling import call_model, model_inputs
 from kdistill.onnx_teacher import OnnxModel
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
@@ -115,20 +115,23 @@ def export_run(
     n_sample = len(next(iter(sample.values()))) if isinstance(sample, dict) else len(sample)
     example = splits.test[0]["input"]
     threads = torch.get_num_threads()
+    # What each model reads of a batch: its own tokenisation when the student has its own tokenizer.
+    inputs = {role: {name: model_inputs(model, value) for name, value in (("sample", sample), ("single", single), ("example", example))}
+              for role, model in models.items()}
 
     files, checks, sessions, exporters = {}, {}, {}, {}
-    metadata = standalone_metadata(recipe, summary, splits, example, out)
+    metadata = standalone_metadata(recipe, summary, splits, inputs["student"]["example"], out)
     for role, model in models.items():
         path = out / FILES[role]
         if isinstance(model, OnnxModel):  # already a graph: tracing its session would record constants
             shutil.copyfile(model.path, path)
             exporters[role] = "copied"
         else:
-            exporters[role] = export_onnx(model, sample, path, exporter=exporter)
+            exporters[role] = export_onnx(model, inputs[role]["sample"], path, exporter=exporter)
         write_metadata(path, {**metadata, "kdistill.test": json.dumps(_score(summary, role, task.headline))})
         sessions[role] = ort_session(path, threads=threads)
         files[role] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
-        diff = max(max_abs_diff(model, sessions[role], sample), max_abs_diff(model, sessions[role], single))
+        diff = max(max_abs_diff(model, sessions[role], inputs[role]["sample"]), max_abs_diff(model, sessions[role], inputs[role]["single"]))
         checks[f"{role} fp32"] = {
             "kind": "logits", "file": role, "max_abs_diff": diff, "tolerance": tolerance,
             "passed": diff <= tolerance, "samples": n_sample,
@@ -154,10 +157,10 @@ def export_run(
         files["student_int8"] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
         value = task.evaluate(OrtModel(sessions["student_int8"]), test_loader)[headline]
         drop = (reference - value) if higher else (value - reference)
-        diff = max_abs_diff(models["student"], sessions["student_int8"], sample)
+        diff = max_abs_diff(models["student"], sessions["student_int8"], inputs["student"]["sample"])
         with torch.no_grad():
-            fp32_top1 = call_model(models["student"], sample).argmax(-1)
-        agree = (ort_logits(sessions["student_int8"], sample).argmax(-1) == fp32_top1).double().mean().item()
+            fp32_top1 = call_model(models["student"], inputs["student"]["sample"]).argmax(-1)
+        agree = (ort_logits(sessions["student_int8"], inputs["student"]["sample"]).argmax(-1) == fp32_top1).double().mean().item()
         checks["student int8"] = {
             "kind": "score", "file": "student_int8", "metric": headline, "reference": reference, "value": value,
             "drop": drop, "tolerance": int8_tolerance, "passed": drop <= int8_tolerance,
@@ -174,12 +177,12 @@ def export_run(
     timing = {"repeats": repeats, "warmup": min(5, repeats)}
     for role, model in models.items():
         latency[role] = {
-            "pytorch": {f"batch_{b}": measure_latency(model, example, batch_size=b, **timing) for b in BATCHES},
-            "onnxruntime": {f"batch_{b}": measure_ort_latency(sessions[role], example, batch_size=b, **timing) for b in BATCHES},
+            "pytorch": {f"batch_{b}": measure_latency(model, inputs[role]["example"], batch_size=b, **timing) for b in BATCHES},
+            "onnxruntime": {f"batch_{b}": measure_ort_latency(sessions[role], inputs[role]["example"], batch_size=b, **timing) for b in BATCHES},
         }
     if int8:
         latency["student_int8"] = {"onnxruntime": {
-            f"batch_{b}": measure_ort_latency(sessions["student_int8"], example, batch_size=b, **timing) for b in BATCHES}}
+            f"batch_{b}": measure_ort_latency(sessions["student_int8"], inputs["student"]["example"], batch_size=b, **timing) for b in BATCHES}}
     for role, runtimes in latency.items():
         throughput[role] = {runtime: 1000 * BATCHES[-1] / ms[f"batch_{BATCHES[-1]}"] for runtime, ms in runtimes.items()}
     ratio = {
@@ -232,7 +235,8 @@ def standalone_metadata(recipe, summary: dict, splits, example, out: Path) -> di
     if isinstance(example, dict) and "input_ids" in example:
         from kdistill.resources import minilm_dir
 
-        source = Path(recipe.data.options.get("tokenizer") or minilm_dir())
+        # The export serves the student: its own tokenizer when it has one.
+        source = Path(recipe.data.options.get("student_tokenizer") or recipe.data.options.get("tokenizer") or minilm_dir())
         tokenizer = source / TOKENIZER_FILE if source.is_dir() else source
     if tokenizer is not None and tokenizer.is_file():
         shutil.copyfile(tokenizer, out / TOKENIZER_FILE)

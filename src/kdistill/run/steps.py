@@ -19,6 +19,7 @@ from kdistill.data.mixing import check_mix_terms, mixed
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
+from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
 from kdistill.run.config import Recipe
 from kdistill.teaching.preparation import preset_params
@@ -117,7 +118,10 @@ def _loading(recipe: Recipe) -> dict[str, Any]:
 def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.Module:
     """A zoo model for the data's classes and input shape; errors name the recipe field."""
     try:
-        return fits_inputs(create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs), splits)
+        model = create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs)
+        if splits.teacher_inputs and field.startswith(("teacher", "roles.teacher")):
+            setattr(model, READS_TEACHER_INPUTS, True)  # the teacher reads its own tokenisation
+        return fits_inputs(model, splits)
     except UnknownModelError as error:
         raise ConfigError(f"{field}.model: {error}") from None
     except TypeError as error:
