@@ -227,3 +227,38 @@ def test_a_student_with_its_own_tokenizer_reads_its_ids_while_the_teacher_reads_
     assert names == {"student": ["input_ids", "attention_mask"], "teacher": ["input_ids", "attention_mask"]}
     # The export serves the student: it ships the student's tokenizer.
     assert (run_dir / "export" / "tokenizer.json").read_bytes() == (tmp_path / "student_tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_token_ids_train_a_language_model_split_by_position(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    ids = np.tile(np.array([5, 6, 7, 8, 9, 3], dtype=np.int32), 400) + (rng.random(2400) < 0.02)  # a learnable cycle
+    file = tmp_path / f"ids{suffix}"
+    np.save(file, ids) if suffix == ".npy" else np.savez(file, ids=ids)
+    splits = load_dataset("token_ids", path=str(file), block_size=16, vocab_size=12)
+    assert splits.num_classes == 12 and splits.task == "language_modelling"
+    window = splits.train[0]
+    assert window["input"][:6].tolist() == ids[:6].tolist() and window["target"][0] == ids[1]
+    assert splits.val[0]["input"][0] == ids[round(0.8 * len(ids))]  # later text is held out
+    argv = ["data.dataset=token_ids", f"data.path={file}", "data.options.block_size=16", "data.options.vocab_size=12",
+            "teacher.model=gpt", "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}", "teacher.epochs=25", "teacher.lr=0.01", "train.batch_size=16",
+            "teacher.augment=none", "student.model=gpt", "student.kwargs={n_layer: 1, n_head: 2, n_embd: 8, dropout: 0.0}",
+            "method=token_kd", "train.epochs=1", *QUIET, f"output.dir={tmp_path / 'runs'}", "name=ids"]
+    assert main(["run", *argv]) == 0
+    summary = json.loads((tmp_path / "runs" / "ids" / "summary.json").read_text())
+    assert summary["teacher"]["perplexity"] < 6  # far below the 12 of guessing
+
+
+@pytest.mark.parametrize("ids, fragment", [
+    (np.array([[1, 2], [3, 4]]), "one sequence of integers"),
+    (np.array([0.5, 1.5] * 20), "one sequence of integers"),
+    (np.array([1, -2] * 20), "must be >= 0"),
+    (np.array([1, 40] * 20), "outside data.options.vocab_size=12"),
+])
+def test_token_ids_refuse_what_a_language_model_cannot_read(tmp_path, ids, fragment):
+    np.save(tmp_path / "ids.npy", ids)
+    with pytest.raises(DataError, match=fragment):
+        load_dataset("token_ids", path=str(tmp_path / "ids.npy"), vocab_size=12)
+    np.save(tmp_path / "objects.npy", np.array([object()] * 3), allow_pickle=True)
+    with pytest.raises(DataError, match="not an array of numbers"):
+        load_dataset("token_ids", path=str(tmp_path / "objects.npy"))

@@ -14,6 +14,7 @@ from kdistill.data.npz import load_npz
 from kdistill.data.speech import load_spoken_digits
 from kdistill.data.table import load_table
 from kdistill.data.text import load_rotten_tomatoes
+from kdistill.data.token_ids import load_token_ids
 from kdistill.data.vowels import load_japanese_vowels
 from kdistill.errors import DataError
 
@@ -30,6 +31,7 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "text": load_text_corpus,
     "table": load_table,
     "labelled_text": load_labelled_text,
+    "token_ids": load_token_ids,
 }
 
 
