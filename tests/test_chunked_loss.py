@@ -1,0 +1,170 @@
+"""Chunked token losses: the values and gradients (hidden states, head weight and bias) of the
+unchunked losses, in float64, for chunk sizes that do and do not divide B·L, with padding; and
+no tensor of the full (B, L, V) logits' size is ever made."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kdistill.losses import forward_kl, jsd, reverse_kl, skew_kl, skew_reverse_kl, token_ce, topk_teacher, tvd
+from kdistill.losses.chunked import ChunkedTerm, chunked_token_loss, chunked_token_losses
+from kdistill.modeling import LazyLogits
+
+B, L, H, V = 3, 7, 5, 13  # B·L = 21: chunk sizes 4 and 8 leave a partial last chunk
+
+LOSSES = [
+    (forward_kl, {"temperature": 2.0}),
+    (reverse_kl, {"temperature": 0.7}),
+    (jsd, {"beta": 0.5}),
+    (jsd, {"beta": 0.1, "temperature": 1.5}),
+    (jsd, {"beta": 0.0}),
+    (skew_kl, {"alpha": 0.1}),
+    (skew_reverse_kl, {"alpha": 0.3}),
+    (tvd, {}),
+]
+
+
+@pytest.fixture
+def case():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(B, L, H, generator=g, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(V, H, generator=g, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(V, generator=g, dtype=torch.float64).requires_grad_()
+    teacher = 2 * torch.randn(B, L, V, generator=g, dtype=torch.float64)
+    target = torch.randint(0, V, (B, L), generator=g)
+    target[0, 2] = -100  # a position with no label: token_ce skips it
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 4:] = False  # right padding
+    mask[2, :3] = False  # an on-policy prompt
+    teacher[~mask] = float("nan")  # garbage at padding must not matter
+    return hidden, weight, bias, teacher, target, mask
+
+
+def grads(value, *tensors):
+    return torch.autograd.grad(value, tensors)
+
+
+def assert_same(expected, got):
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 8, 64])
+@pytest.mark.parametrize("loss, params", LOSSES, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_a_divergence_in_chunks_equals_the_whole(case, loss, params, chunk_size):
+    hidden, weight, bias, teacher, _, mask = case
+    whole = loss(F.linear(hidden, weight, bias), teacher, mask=mask, **params)
+    chunked = chunked_token_loss(loss, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=chunk_size, **params)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
+    assert_same(grads(whole, hidden, weight, bias), grads(chunked, hidden, weight, bias))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 21, 100])
+def test_token_ce_in_chunks_equals_the_whole_without_bias(case, chunk_size):
+    hidden, weight, _, _, target, mask = case
+    whole = token_ce(F.linear(hidden, weight), target, mask=mask)
+    chunked = chunked_token_loss(token_ce, hidden, weight, target=target, mask=mask, chunk_size=chunk_size)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
+    assert_same(grads(whole, hidden, weight), grads(chunked, hidden, weight))
+
+
+def test_ce_and_a_divergence_share_one_pass_with_their_weights(case):
+    hidden, weight, bias, teacher, target, mask = case
+    logits = F.linear(hidden, weight, bias)
+    ce, kd = token_ce(logits, target, mask=mask), jsd(logits, teacher, mask=mask, beta=0.5)
+    terms = [ChunkedTerm(token_ce, 0.3), ChunkedTerm(jsd, 0.7, {"beta": 0.5})]
+    total, values = chunked_token_losses(LazyLogits(hidden, weight, bias), teacher, target, terms, mask=mask, chunk_size=4)
+    torch.testing.assert_close(values, torch.stack([ce, kd]).detach(), rtol=1e-12, atol=1e-14)
+    assert not values.requires_grad
+    whole = 0.3 * ce + 0.7 * kd
+    torch.testing.assert_close(total, whole, rtol=1e-12, atol=1e-14)
+    assert_same(grads(whole, hidden, weight, bias), grads(total, hidden, weight, bias))
+
+
+def test_a_top_k_cache_is_read_at_its_own_temperature(case):
+    hidden, weight, bias, teacher, _, mask = case
+    sparse = topk_teacher(torch.nan_to_num(teacher), 4, temperature=2.0)
+    whole = forward_kl(F.linear(hidden, weight, bias), sparse, mask=mask, temperature=2.0)
+    chunked = chunked_token_loss(forward_kl, hidden, weight, sparse, lm_head_bias=bias, mask=mask, chunk_size=4, temperature=2.0)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
+    assert_same(grads(whole, hidden, weight, bias), grads(chunked, hidden, weight, bias))
+    with pytest.raises(ValueError, match="at temperature 2, but the loss runs at temperature 1"):
+        chunked_token_loss(forward_kl, hidden, weight, sparse, mask=mask, chunk_size=4, temperature=1.0)
+
+
+def test_a_live_teacher_is_projected_chunk_by_chunk_and_never_differentiated(case):
+    hidden, weight, bias, _, _, mask = case
+    g = torch.Generator().manual_seed(1)
+    t_hidden = torch.randn(B, L, 6, generator=g, dtype=torch.float64).requires_grad_()
+    t_weight = torch.randn(V, 6, generator=g, dtype=torch.float64).requires_grad_()
+    whole = reverse_kl(F.linear(hidden, weight, bias), F.linear(t_hidden, t_weight).detach(), mask=mask)
+    teacher = LazyLogits(t_hidden, t_weight)
+    chunked = chunked_token_loss(reverse_kl, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=8)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
+    chunked.backward()
+    assert t_hidden.grad is None and t_weight.grad is None and hidden.grad is not None
+
+
+def test_nothing_counts_gives_zero_and_zero_gradients(case):
+    hidden, weight, bias, teacher, _, _ = case
+    nothing = torch.zeros(B, L, dtype=torch.bool)
+    value = chunked_token_loss(forward_kl, hidden, weight, teacher, lm_head_bias=bias, mask=nothing, chunk_size=4)
+    assert value.item() == 0.0
+    assert all(not g.any() for g in grads(value, hidden, weight, bias))
+
+
+def test_without_autograd_the_value_is_the_same(case):
+    hidden, weight, bias, teacher, _, mask = case
+    with torch.no_grad():
+        value = chunked_token_loss(jsd, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=4)
+        whole = jsd(F.linear(hidden, weight, bias), teacher, mask=mask)
+    torch.testing.assert_close(value, whole, rtol=1e-12, atol=1e-14)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any operation produces."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(value, torch.Tensor):
+                self.largest = max(self.largest, value.numel())
+        return out
+
+
+def test_no_tensor_of_the_full_logits_size_is_made():
+    batch, length, width, vocab, chunk = 2, 64, 8, 512, 16
+    hidden = torch.randn(batch, length, width, requires_grad=True)
+    weight = torch.randn(vocab, width, requires_grad=True)
+    t_hidden, t_weight = torch.randn(batch, length, width), torch.randn(vocab, width)
+    target = torch.randint(0, vocab, (batch, length))
+    terms = [ChunkedTerm(token_ce, 0.5), ChunkedTerm(forward_kl, 0.5)]
+    with LargestTensor() as seen:
+        total, _ = chunked_token_losses(LazyLogits(hidden, weight), LazyLogits(t_hidden, t_weight), target, terms, chunk_size=chunk)
+        total.backward()
+    assert seen.largest == chunk * vocab  # a chunk's logits; (B, L, V) would be 64 chunks of it
+    with LargestTensor() as whole:
+        logits = F.linear(hidden, weight)
+        (0.5 * token_ce(logits, target) + 0.5 * forward_kl(logits, F.linear(t_hidden, t_weight))).backward()
+    assert whole.largest == batch * length * vocab
+
+
+def test_bad_arguments_are_refused(case):
+    hidden, weight, _, teacher, target, mask = case
+    from kdistill.losses import kd
+
+    with pytest.raises(ValueError, match="no chunked form"):
+        ChunkedTerm(kd)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_token_loss(forward_kl, hidden, weight, teacher, chunk_size=0)
+    with pytest.raises(ValueError, match="pass target"):
+        chunked_token_loss(token_ce, hidden, weight, chunk_size=4)
+    with pytest.raises(ValueError, match="mask shape"):
+        chunked_token_loss(forward_kl, hidden, weight, teacher, mask=mask[:, :3], chunk_size=4)
+    with pytest.raises(ValueError, match="teacher positions"):
+        chunked_token_loss(forward_kl, hidden, weight, teacher[:, :3], chunk_size=4)
