@@ -168,3 +168,109 @@ def test_bad_arguments_are_refused(case):
         chunked_token_loss(forward_kl, hidden, weight, teacher, mask=mask[:, :3], chunk_size=4)
     with pytest.raises(ValueError, match="teacher positions"):
         chunked_token_loss(forward_kl, hidden, weight, teacher[:, :3], chunk_size=4)
+
+
+# --- wired into a run: a Hugging Face causal-LM student and teacher, token_kd with chunk_size ---
+
+
+def tiny_llama(seed: int):
+    from kdistill.models.hf import hf
+
+    torch.manual_seed(seed)
+    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+              "tie_word_embeddings": True}
+    return hf(128, (16,), config=config, task="causal-lm")
+
+
+@pytest.fixture
+def lm_batch():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 128, (4, 17), generator=g)
+    mask = torch.ones(4, 16, dtype=torch.bool)
+    mask[1, 10:] = False
+    return {"input": tokens[:, :-1], "target": tokens[:, 1:], "mask": mask}
+
+
+def step(student, teacher_model, batch, **settings):
+    from kdistill.distiller import Distiller, Teacher
+    from kdistill.methods import preset_terms
+
+    teacher = Teacher(teacher_model)
+    distiller = Distiller.build(student, preset_terms("token_kd", **settings), teacher=teacher, example_batch=batch)
+    out = distiller(batch, teacher(batch))
+    out["loss"].backward()
+    gradients = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad(set_to_none=True)
+    return out, gradients
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "jsd"])
+def test_token_kd_with_chunk_size_trains_as_without_and_never_makes_the_logits(lm_batch, loss):
+    student, teacher = tiny_llama(0), tiny_llama(1)
+    whole, whole_grads = step(student, teacher, lm_batch, loss=loss, temperature=2.0)
+    chunked, chunked_grads = step(student, teacher, lm_batch, loss=loss, temperature=2.0, chunk_size=5)
+    assert isinstance(chunked["logits"], LazyLogits) and isinstance(whole["logits"], torch.Tensor)
+    for key in ("loss", "loss/ce", "loss/kd"):
+        torch.testing.assert_close(chunked[key], whole[key], rtol=1e-5, atol=1e-7)
+    for mine, theirs in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+    full_logits = 4 * 16 * 128  # B·L·V; the largest other tensor is the (V, H) embedding, 128·32
+    with LargestTensor() as seen:
+        step(student, teacher, lm_batch, loss=loss, chunk_size=5)
+    assert seen.largest < full_logits
+    with LargestTensor() as seen:
+        step(student, teacher, lm_batch, loss=loss)
+    assert seen.largest >= full_logits
+
+
+def test_build_makes_a_live_teacher_give_its_hidden_states(lm_batch):
+    from kdistill.distiller import Distiller, Teacher
+    from kdistill.methods import preset_terms
+
+    teacher = Teacher(tiny_llama(1))
+    assert isinstance(teacher(lm_batch).logits, torch.Tensor)
+    Distiller.build(tiny_llama(0), preset_terms("token_kd", chunk_size=8), teacher=teacher, example_batch=lm_batch)
+    assert isinstance(teacher(lm_batch).logits, LazyLogits)
+
+
+def test_a_top_k_teacher_scores_the_chunked_student_as_the_whole(lm_batch):
+    from kdistill.distiller import Distiller
+    from kdistill.methods import preset_terms
+    from kdistill.modeling import ModelOutput
+
+    student, teacher = tiny_llama(0), tiny_llama(1)
+    with torch.no_grad():
+        sparse = topk_teacher(teacher(**{"input_ids": lm_batch["input"]}), 8, temperature=2.0)
+    values = []
+    for chunk_size in (0, 3):
+        terms = preset_terms("token_kd", loss="forward_kl", temperature=2.0, chunk_size=chunk_size)
+        values.append(Distiller(student, terms)(lm_batch, ModelOutput(sparse))["loss/kd"])
+    torch.testing.assert_close(values[1], values[0].detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_logits_term_without_a_chunked_form_is_refused():
+    from kdistill.distiller import Distiller
+    from kdistill.methods import Term
+
+    terms = [Term("ce", "token_ce", teacher=None, chunk_size=64), Term("kd", "kd")]
+    with pytest.raises(ValueError, match=r"term 'kd' \(kd\): chunk_size=64 computes every logits term"):
+        Distiller(tiny_llama(0), terms)
+    with pytest.raises(ValueError, match="chunk_size must be"):
+        Term("ce", "token_ce", teacher=None, chunk_size=-1)
+
+
+def test_perplexity_is_the_same_scored_in_chunks(lm_batch, monkeypatch):
+    import kdistill.evaluation.language_model as language_model
+    from kdistill.models.hf import HFModel
+
+    model = tiny_llama(0)
+    data = [{key: value[i] for key, value in lm_batch.items()} for i in range(4)]
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    monkeypatch.setattr(language_model, "EVAL_CHUNK", 7)
+    chunked = language_model.evaluate_lm(model, loader)
+    monkeypatch.setattr(HFModel, "supports_lazy_logits", property(lambda self: False))
+    whole = language_model.evaluate_lm(model, loader)
+    assert chunked["n"] == whole["n"] == 58
+    assert chunked["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-6)
+    assert chunked["token_accuracy"] == whole["token_accuracy"]
