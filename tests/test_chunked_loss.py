@@ -124,6 +124,20 @@ def test_without_autograd_the_value_is_the_same(case):
     torch.testing.assert_close(value, whole, rtol=1e-12, atol=1e-14)
 
 
+def test_half_precision_hidden_states_as_autocast_makes_them(case):
+    hidden, weight, _, teacher, _, mask = case
+    half, weight32, teacher32 = hidden.detach().bfloat16().requires_grad_(), weight.detach().float().requires_grad_(), teacher.float()
+    whole = forward_kl(F.linear(half, weight32.bfloat16()).float(), teacher32, mask=mask)  # the head in bf16, as autocast runs it
+    chunked = chunked_token_loss(forward_kl, half, weight32, teacher32, mask=mask, chunk_size=4)
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    grad_half, grad_weight = grads(chunked, half, weight32)
+    assert grad_half.dtype == torch.bfloat16 and grad_weight.dtype == torch.float32
+    expected = grads(whole, half, weight32)
+    torch.testing.assert_close(grad_half.float(), expected[0].float(), rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(grad_weight, expected[1], rtol=2e-2, atol=1e-3)
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the largest tensor any operation produces."""
 

@@ -73,8 +73,9 @@ class _Rows:
         self.teacher, self.dtype = teacher, dtype
         if isinstance(teacher, LazyLogits):
             self.hidden = teacher.hidden.detach().reshape(positions, -1)
-            self.weight = teacher.weight.detach().to(dtype)
-            self.bias = None if teacher.bias is None else teacher.bias.detach().to(dtype)
+            self.product = _product_dtype(self.hidden, dtype)
+            self.weight = teacher.weight.detach().to(self.product)
+            self.bias = None if teacher.bias is None else teacher.bias.detach().to(self.product)
         elif isinstance(teacher, SparseTeacher):
             self.fields = [teacher.indices.reshape(positions, -1), teacher.log_probs.reshape(positions, -1),
                            teacher.tail_log_prob.reshape(positions)]
@@ -85,7 +86,7 @@ class _Rows:
         teacher = self.teacher
         if isinstance(teacher, LazyLogits):
             with torch.no_grad():
-                return F.linear(self.hidden[rows].to(self.dtype), self.weight, self.bias)
+                return F.linear(self.hidden[rows].to(self.product), self.weight, self.bias).to(self.dtype)
         if isinstance(teacher, SparseTeacher):
             return SparseTeacher(*(f[rows] for f in self.fields),
                                  temperature=teacher.temperature, vocab_size=teacher.vocab_size)
@@ -121,35 +122,51 @@ class _ChunkedLosses(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, spec):
         total, values, grads = _run(hidden, weight, bias, spec, with_grad=True)
         ctx.save_for_backward(*grads)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.used = bias is not None, False
         ctx.mark_non_differentiable(values)
         return total, values
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total, _grad_values):
-        grad_hidden, grad_weight, *grad_bias = ctx.saved_tensors
-        scaled = [grad_total.to(g.dtype) * g for g in (grad_hidden, grad_weight, *grad_bias)]
+        grads = list(ctx.saved_tensors)
+        # Scaled in place: a second (V, H) buffer the size of the head would double what the
+        # chunking saves on a small batch. A second backward through the same pass is refused.
+        if ctx.used:
+            raise RuntimeError("a chunked loss's gradients are computed once: call backward once per forward")
+        ctx.used = True
+        for grad in grads:
+            grad.mul_(grad_total.to(grad.dtype))
         if not ctx.has_bias:
-            scaled.append(None)
-        return *scaled, None
+            grads.append(None)
+        return *grads, None
+
+
+def _product_dtype(hidden: Tensor, loss_dtype: torch.dtype) -> torch.dtype:
+    """The head's product runs in the precision of the hidden states when autocast (or a half
+    precision model) made them half: the unchunked head does too, and it is the fast path on a
+    GPU. The loss math itself is float32 at least, as everywhere in kdistill.losses."""
+    return hidden.dtype if hidden.dtype in (torch.float16, torch.bfloat16) else loss_dtype
 
 
 def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, with_grad: bool):
     terms, chunk_size, rows = spec["terms"], spec["chunk_size"], spec["rows"]
-    dtype = torch.promote_types(hidden.dtype, torch.float32)  # loss math in float32 at least
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    product = _product_dtype(hidden, dtype)
     flat = hidden.detach().reshape(-1, hidden.shape[-1])
-    w = weight.detach().to(dtype)
-    b = None if bias is None else bias.detach().to(dtype)
+    w = weight.detach().to(product)
+    b = None if bias is None else bias.detach().to(product)
     teacher, target = spec["teacher"], spec["target"]
     sums = torch.zeros(len(terms), dtype=dtype, device=hidden.device)
     coefficients = torch.stack([term.weight / count.to(dtype) for term, count in zip(terms, spec["counts"])])
-    grad_hidden = torch.zeros_like(flat, dtype=dtype) if with_grad else None
-    grad_weight = torch.zeros_like(w) if with_grad else None
-    grad_bias = None if b is None or not with_grad else torch.zeros_like(b)
+    # The head's gradient is summed over the chunks in float32 at least.
+    grad_hidden = torch.zeros_like(flat, dtype=product) if with_grad else None
+    grad_weight = torch.zeros_like(w, dtype=dtype) if with_grad else None
+    grad_bias = None if b is None or not with_grad else torch.zeros_like(b, dtype=dtype)
     for start in range(0, len(rows), chunk_size):
         chunk_rows = rows[start:start + chunk_size]
-        chunk_hidden = flat[chunk_rows].to(dtype)
-        logits = F.linear(chunk_hidden, w, b)
+        chunk_hidden = flat[chunk_rows].to(product)
+        logits = F.linear(chunk_hidden, w, b).to(dtype)
         teacher_rows = teacher(chunk_rows)
         target_rows = None if target is None else target[chunk_rows]
         with torch.enable_grad():
@@ -159,10 +176,14 @@ def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, wit
                 (grad_logits,) = torch.autograd.grad((chunk * coefficients).sum(), logits)
         sums += chunk.detach()
         if with_grad:
-            grad_hidden[chunk_rows] = grad_logits @ w
-            grad_weight.addmm_(grad_logits.T, chunk_hidden)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
+            grad_logits = grad_logits.to(product)
+            grad_hidden[chunk_rows] = grad_logits @ w
+            if product == dtype:
+                grad_weight.addmm_(grad_logits.T, chunk_hidden)
+            else:
+                grad_weight += (grad_logits.T @ chunk_hidden).to(dtype)
         del logits, chunk  # the chunk's (chunk, V) tensors go before the next chunk's come
     values = sums / torch.stack(spec["counts"]).to(dtype)
     total = (values * torch.tensor([term.weight for term in terms], dtype=dtype, device=values.device)).sum()

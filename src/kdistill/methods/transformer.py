@@ -111,7 +111,9 @@ def token_kd(
     ``distill.params.on_policy`` it is GKD (Agarwal et al., ICLR 2024, arXiv:2306.13649).
     ``chunk_size`` > 0 computes both terms ``chunk_size`` positions at a time from the final
     hidden states of a Hugging Face causal LM (and the live teacher's), so the (B, L, V)
-    logits never exist (``kdistill.losses.chunked``); same values and gradients.
+    logits never exist (``kdistill.losses.chunked``); same values and gradients. Keep it well
+    below B·L: a chunk holds about ten (chunk, V) float32 tensors, so 128–256 positions for a
+    49k vocabulary (peak 0.2–0.4× the whole loss's at B = 4, L = 256: bench/results/chunked_loss.md).
     """
     params: dict[str, Any] = {"temperature": temperature}
     if beta is not None:
