@@ -4,6 +4,8 @@ no tensor of the full (B, L, V) logits' size is ever made."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -288,3 +290,29 @@ def test_perplexity_is_the_same_scored_in_chunks(lm_batch, monkeypatch):
     assert chunked["n"] == whole["n"] == 58
     assert chunked["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-6)
     assert chunked["token_accuracy"] == whole["token_accuracy"]
+
+
+def test_a_recipe_setting_chunk_size_runs_chunked_end_to_end(tmp_path, monkeypatch):
+    import kdistill.distiller as distiller_module
+    from kdistill.cli import main
+
+    seen = []
+    original = distiller_module.chunked_token_losses
+
+    def spy(student, teacher, *args, **kwargs):
+        seen.append((type(student).__name__, type(teacher).__name__, kwargs["chunk_size"]))
+        return original(student, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(distiller_module, "chunked_token_losses", spy)
+    llama = ("{task: causal-lm, config: {model_type: llama, hidden_size: 32, intermediate_size: 64, "
+             "num_hidden_layers: %d, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}}")
+    overrides = [
+        "data.subset=96", "data.options.block_size=32", "teacher.model=hf", f"teacher.kwargs={llama % 2}",
+        "student.model=hf", f"student.kwargs={llama % 1}", "teacher.epochs=1", "train.epochs=1",
+        "distill.params={loss: jsd, beta: 0.5, chunk_size: 16}", "output.latency=false", "output.plots=false",
+        "output.progress=false", f"output.dir={tmp_path}",
+    ]
+    assert main(["run", "configs/lm_kd.yaml", *overrides]) == 0
+    assert seen and set(seen) == {("LazyLogits", "LazyLogits", 16)}  # student and live teacher, every step
+    summary = json.loads((tmp_path / "lm_kd" / "summary.json").read_text())
+    assert 1.0 < summary["student"]["perplexity"] < 200

@@ -19,6 +19,11 @@ Values and gradients equal those of the unchunked losses of ``kdistill.losses.to
 ``token_ce`` (tests/test_chunked_loss.py, float64): each term is a sum over positions, divided
 by its number of counted positions, which is known before the first chunk.
 
+A chunk holds about ten (chunk, V) float32 tensors (logits, log-probabilities of both models,
+their products, the gradient), so the chunk should be well below B·L: 128–256 positions for a
+49k vocabulary (bench/results/chunked_loss.md: at B = 4, L = 256, 256 positions take 0.36× the
+whole loss's peak memory for forward KL, 64 positions 0.21×).
+
 The teacher side is whatever the unchunked losses take, read chunk by chunk: dense logits, a
 top-k ``SparseTeacher`` (its temperature checked as in ``kdistill.losses.token``), or the live
 teacher's ``LazyLogits``, whose chunk of logits is computed without autograd.
@@ -202,7 +207,7 @@ def chunked_token_losses(
     terms: Sequence[ChunkedTerm],
     *,
     mask: Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> tuple[Tensor, Tensor]:
     """Several token losses of one student in one pass over chunks of positions.
 
@@ -264,7 +269,7 @@ def chunked_token_loss(
     lm_head_bias: Tensor | None = None,
     target: Tensor | None = None,
     mask: Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     **params,
 ) -> Tensor:
     """One token loss (``token_ce`` or a loss of ``kdistill.losses.token``) of the logits
