@@ -81,6 +81,7 @@ class Distiller(nn.Module):
                 "create the distiller with Distiller.build(student, terms, teacher=..., "
                 "example_batch=..., num_samples=...)"
             )
+        self.chunk_size = _chunk_size(self.terms)  # 0: the logits terms see whole logits
         self.connectors = nn.ModuleDict(dict(connectors or {}))
         self.loss_modules = nn.ModuleDict(
             {term.name: term.loss for term in self.terms if isinstance(term.loss, nn.Module)}
@@ -94,7 +95,6 @@ class Distiller(nn.Module):
         ]
         student_taps = [t.student for t in self.terms if t.student != LOGITS]
         self.tap = FeatureTap(student, student_taps) if student_taps else None
-        self.chunk_size = _chunk_size(self.terms)
         self.epoch = 1  # 1-based; the trainer sets it, warm-up schedules read it
 
     @classmethod
@@ -167,8 +167,7 @@ class Distiller(nn.Module):
         if self.needs_teacher and teacher_out is None:
             raise ValueError("these terms compare with a teacher: pass teacher_out")
         result: dict[str, Tensor] = {"logits": logits}
-        device = logits.device
-        total = torch.zeros((), dtype=torch.float32, device=device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
         if chunked:
             total = total + self._chunked_terms(logits, teacher_out, batch, result)
         for term in self.terms:
@@ -183,7 +182,7 @@ class Distiller(nn.Module):
             # The models run under the accelerator's autocast; the loss math does not (a Gram
             # matrix or a softmax at temperature in bf16 is far off): every term, a user's own
             # included, sees float32 inputs and computes in float32.
-            with torch.autocast(device.type, enabled=False):
+            with torch.autocast(logits.device.type, enabled=False):
                 value = term(
                     _float32(student_value), _float32(teacher_value), batch["target"],
                     batch.get("index"), batch.get("mask"),

@@ -56,7 +56,7 @@ class ChunkedTerm:
     """One loss of a chunked pass: ``weight`` times its mean over its counted positions."""
 
     loss: Callable
-    weight: float = 1.0
+    weight: float | Tensor = 1.0
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -163,7 +163,9 @@ def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, wit
     b = None if bias is None else bias.detach().to(product)
     teacher, target = spec["teacher"], spec["target"]
     sums = torch.zeros(len(terms), dtype=dtype, device=hidden.device)
-    coefficients = torch.stack([term.weight / count.to(dtype) for term, count in zip(terms, spec["counts"])])
+    # A weight may be a 0-d tensor (a warm-up term's weight at the Distiller's epoch tensor).
+    weights = torch.stack([torch.as_tensor(term.weight, dtype=dtype, device=hidden.device) for term in terms])
+    coefficients = weights / torch.stack(spec["counts"]).to(dtype)
     # The head's gradient is summed over the chunks in float32 at least.
     grad_hidden = torch.zeros_like(flat, dtype=product) if with_grad else None
     grad_weight = torch.zeros_like(w, dtype=dtype) if with_grad else None
@@ -191,7 +193,7 @@ def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, wit
                 grad_weight += (grad_logits.T @ chunk_hidden).to(dtype)
         del logits, chunk  # the chunk's (chunk, V) tensors go before the next chunk's come
     values = sums / torch.stack(spec["counts"]).to(dtype)
-    total = (values * torch.tensor([term.weight for term in terms], dtype=dtype, device=values.device)).sum()
+    total = (values * weights).sum()
     if not with_grad:
         return total, values, ()
     grads = [grad_hidden.reshape(hidden.shape).to(hidden.dtype), grad_weight.to(weight.dtype)]
