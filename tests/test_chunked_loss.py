@@ -73,15 +73,17 @@ def test_token_ce_in_chunks_equals_the_whole_without_bias(case, chunk_size):
     assert_same(grads(whole, hidden, weight), grads(chunked, hidden, weight))
 
 
-def test_ce_and_a_divergence_share_one_pass_with_their_weights(case):
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float weights", "tensor weights"])
+def test_ce_and_a_divergence_share_one_pass_with_their_weights(case, as_tensor):
     hidden, weight, bias, teacher, target, mask = case
     logits = F.linear(hidden, weight, bias)
     ce, kd = token_ce(logits, target, mask=mask), jsd(logits, teacher, mask=mask, beta=0.5)
-    terms = [ChunkedTerm(token_ce, 0.3), ChunkedTerm(jsd, 0.7, {"beta": 0.5})]
+    w_ce, w_kd = (torch.tensor(0.3), torch.tensor(0.7)) if as_tensor else (0.3, 0.7)  # a warm-up's epoch tensor
+    terms = [ChunkedTerm(token_ce, w_ce), ChunkedTerm(jsd, w_kd, {"beta": 0.5})]
     total, values = chunked_token_losses(LazyLogits(hidden, weight, bias), teacher, target, terms, mask=mask, chunk_size=4)
     torch.testing.assert_close(values, torch.stack([ce, kd]).detach(), rtol=1e-12, atol=1e-14)
     assert not values.requires_grad
-    whole = 0.3 * ce + 0.7 * kd
+    whole = w_ce * ce + w_kd * kd
     torch.testing.assert_close(total, whole, rtol=1e-12, atol=1e-14)
     assert_same(grads(whole, hidden, weight, bias), grads(total, hidden, weight, bias))
 
