@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.connectors import build_connector
+from kdistill.losses.chunked import CHUNKED_LOSSES, ChunkedTerm, chunked_token_losses
 from kdistill.methods import Term, teacher_taps
-from kdistill.modeling import LOGITS, ModelOutput, call_model
+from kdistill.modeling import LOGITS, LazyLogits, ModelOutput, call_model
 from kdistill.taps import FeatureTap, probe_shapes
 
 
@@ -25,9 +26,12 @@ class Teacher:
     and picked up by ``parameters()``, ``.train()`` or DDP.
     """
 
-    def __init__(self, module: nn.Module, taps: Iterable[str] = ()):
+    def __init__(self, module: nn.Module, taps: Iterable[str] = (), *, lazy_logits: bool = False):
         self.module = module.eval().requires_grad_(False)
         self.tap = FeatureTap(module, taps) if taps else None
+        # Final hidden states + head instead of (B, L, V) logits, for chunked losses (set by
+        # Distiller.build when its terms are chunked; a model that cannot gives logits).
+        self.lazy_logits = lazy_logits
 
     @property
     def taps(self) -> list[str]:
@@ -46,7 +50,7 @@ class Teacher:
         # inference mode costs a full read and write of the teacher's logits and features.
         # The caller chooses the precision (fit runs this under the accelerator's autocast).
         with torch.no_grad():
-            logits = call_model(self.module, batch["input"])
+            logits = call_model(self.module, batch["input"], lazy_logits=self.lazy_logits)
             features = dict(self.tap.features) if self.tap else {}
         return ModelOutput(logits, features)
 
@@ -77,6 +81,7 @@ class Distiller(nn.Module):
                 "create the distiller with Distiller.build(student, terms, teacher=..., "
                 "example_batch=..., num_samples=...)"
             )
+        self.chunk_size = _chunk_size(self.terms)  # 0: the logits terms see whole logits
         self.connectors = nn.ModuleDict(dict(connectors or {}))
         self.loss_modules = nn.ModuleDict(
             {term.name: term.loss for term in self.terms if isinstance(term.loss, nn.Module)}
@@ -149,7 +154,10 @@ class Distiller(nn.Module):
                 if term.needs_build:
                     built[term.name] = term.built(s_shape, t_shape, num_samples=num_samples)
             terms = [built.get(term.name, term) for term in terms]
-        return cls(student, terms, connectors)
+        distiller = cls(student, terms, connectors)
+        if distiller.chunk_size and isinstance(teacher, Teacher):
+            teacher.lazy_logits = True  # its logits too are then made a chunk at a time
+        return distiller
 
     @property
     def needs_teacher(self) -> bool:
@@ -163,17 +171,24 @@ class Distiller(nn.Module):
     def forward(self, batch: Mapping, teacher_out: ModelOutput | None = None) -> dict[str, Tensor]:
         if self.tap:
             self.tap.clear()
-        logits = call_model(self.student, batch["input"])
+        logits = call_model(self.student, batch["input"], lazy_logits=self.chunk_size > 0)
+        chunked = isinstance(logits, LazyLogits)
         student_out = ModelOutput(logits, self.tap.features if self.tap else {})
         if self.needs_teacher and teacher_out is None:
             raise ValueError("these terms compare with a teacher: pass teacher_out")
         result: dict[str, Tensor] = {"logits": logits}
-        total = logits.new_zeros((), dtype=torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        if chunked:
+            total = total + self._chunked_terms(logits, teacher_out, batch, result)
         for term in self.terms:
+            if chunked and term.student == LOGITS:
+                continue
             student_value = student_out.get(term.student)
             if term.name in self.connectors:
                 student_value = self.connectors[term.name](student_value)
             teacher_value = teacher_out.get(term.teacher) if term.takes_teacher else None
+            if isinstance(teacher_value, LazyLogits):  # a chunking teacher, a student that is not
+                teacher_value = teacher_value.materialize()
             # The models run under the accelerator's autocast; the loss math does not (a Gram
             # matrix or a softmax at temperature in bf16 is far off): every term, a user's own
             # included, sees float32 inputs and computes in float32.
@@ -187,6 +202,38 @@ class Distiller(nn.Module):
             total = total + contribution
         result["loss"] = total
         return result
+
+    def _chunked_terms(self, logits: LazyLogits, teacher_out: ModelOutput | None, batch: Mapping, result: dict) -> Tensor:
+        """The logits terms in one pass over chunks of positions (``kdistill.losses.chunked``):
+        their weighted sum, differentiable, and each term's contribution (detached) in ``result``."""
+        terms = [term for term in self.terms if term.student == LOGITS]
+        weights = [term.weight_at(self._epoch) for term in terms]
+        teacher = teacher_out.logits if any(term.takes_teacher for term in terms) else None
+        with torch.autocast(logits.device.type, enabled=False):  # float32 at least, as above
+            total, values = chunked_token_losses(
+                logits, teacher, batch["target"],
+                [ChunkedTerm(term.loss, weight, term.params) for term, weight in zip(terms, weights)],
+                mask=batch.get("mask"), chunk_size=self.chunk_size,
+            )
+        for term, weight, value in zip(terms, weights, values):
+            result[f"loss/{term.name}"] = weight * value.float()
+        return total.float()
+
+
+def _chunk_size(terms: list[Term]) -> int:
+    """Positions per chunk of the logits terms (0: the logits whole). One term asking for
+    chunks puts every logits term in the chunked pass, so each must have a chunked form."""
+    chunk_size = max((term.chunk_size for term in terms), default=0)
+    if chunk_size:
+        for term in terms:
+            if term.student == LOGITS and (term.loss not in CHUNKED_LOSSES or term.connector):
+                name = getattr(term.loss, "__name__", type(term.loss).__name__)
+                raise ValueError(
+                    f"term {term.name!r} ({name}): chunk_size={chunk_size} computes every logits term "
+                    f"in chunks, and only {', '.join(f.__name__ for f in CHUNKED_LOSSES)} (without a "
+                    "connector) have a chunked form; set chunk_size: 0"
+                )
+    return chunk_size
 
 
 def _float32(value):

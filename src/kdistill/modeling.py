@@ -9,16 +9,52 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 LOGITS = "logits"  # the name terms use for a model's output (anything else is a tap name)
 
 
 @dataclass
-class ModelOutput:
-    """Logits and tapped features of one forward pass, the same type live or cached."""
+class LazyLogits:
+    """A language model's logits before they are multiplied out: the final hidden states and
+    the output projection (``lm_head``). Over a vocabulary of 50k tokens the (B, L, V) logits
+    are the largest tensor of a step; chunked losses (``kdistill.losses.chunked``) compute
+    them a few positions at a time from this and never hold them all.
 
-    logits: Tensor
+    Attributes:
+        hidden: (B, L, H) final hidden states (after the last norm).
+        weight: (V, H) output projection; ``logits = hidden @ weight.T + bias``.
+        bias: (V,) or ``None``.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None = None
+
+    @property
+    def shape(self):
+        """The shape the logits would have, (B, L, V)."""
+        return (*self.hidden.shape[:-1], self.weight.shape[0])
+
+    @property
+    def device(self):
+        return self.hidden.device
+
+    def dim(self) -> int:
+        return self.hidden.dim()
+
+    def materialize(self) -> Tensor:
+        """The full (B, L, V) logits, for a consumer that needs them all at once."""
+        return F.linear(self.hidden, self.weight, self.bias)
+
+
+@dataclass
+class ModelOutput:
+    """Logits and tapped features of one forward pass, the same type live or cached. The
+    logits may be ``LazyLogits`` when chunked losses asked for them."""
+
+    logits: Tensor | LazyLogits
     features: dict[str, Tensor] = field(default_factory=dict)
 
     def get(self, name: str) -> Tensor:
@@ -42,16 +78,27 @@ def model_inputs(model: nn.Module, inputs):
     return {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX)}
 
 
-def call_model(model: nn.Module, inputs) -> Tensor:
+def gives_lazy_logits(model: nn.Module) -> bool:
+    """Whether ``model`` can return ``LazyLogits`` (``forward(..., lazy_logits=True)``, as
+    kdistill's Hugging Face causal-LM wrapper does). A forward hook on the model itself (a
+    teacher's vocabulary map) edits the logits it returns, so such a model gives them whole."""
+    inner = unwrap(model)
+    return bool(getattr(inner, "supports_lazy_logits", False)) and not inner._forward_hooks
+
+
+def call_model(model: nn.Module, inputs, *, lazy_logits: bool = False) -> Tensor | LazyLogits:
     """Run a model on a batch's ``input`` and return its logits.
 
     Takes a tensor, or a mapping of keyword tensors (Hugging Face ``input_ids`` /
     ``attention_mask``); reads logits from a tensor, a ``.logits`` attribute (Hugging Face
-    ``ModelOutput``), a ``"logits"`` key, or the first element of a tuple.
+    ``ModelOutput``), a ``"logits"`` key, or the first element of a tuple. ``lazy_logits``
+    asks for ``LazyLogits`` where the model can give them (``gives_lazy_logits``), and for
+    ordinary logits otherwise.
     """
     inputs = model_inputs(model, inputs)
-    output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    if isinstance(output, Tensor):
+    extra = {"lazy_logits": True} if lazy_logits and gives_lazy_logits(model) else {}
+    output = model(**inputs, **extra) if isinstance(inputs, Mapping) else model(inputs, **extra)
+    if isinstance(output, (Tensor, LazyLogits)):
         return output
     if hasattr(output, "logits"):
         return output.logits
@@ -84,4 +131,7 @@ def to_device(batch, device, *, non_blocking: bool = True):
     return batch
 
 
-__all__ = ["LOGITS", "READS_TEACHER_INPUTS", "TEACHER_PREFIX", "ModelOutput", "call_model", "model_inputs", "to_device", "unwrap"]
+__all__ = [
+    "LOGITS", "READS_TEACHER_INPUTS", "TEACHER_PREFIX", "LazyLogits", "ModelOutput", "call_model",
+    "gives_lazy_logits", "model_inputs", "to_device", "unwrap",
+]

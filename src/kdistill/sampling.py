@@ -1,9 +1,10 @@
 """Sampling from causal language models: continuations for reports, and the on-policy batches
 of generalised knowledge distillation (GKD).
 
-Works with any model ``call_model`` can run on ids (kdistill's GPT, a Hugging Face causal LM):
-each step re-runs the model on the sequence so far (no key/value cache), which keeps it
-model-agnostic; continuations are therefore kept short.
+A Hugging Face causal LM generates with its own ``generate`` and key/value cache, one new token's
+work per step. Any other model ``call_model`` can run on ids (kdistill's GPT) is re-run on the
+sequence so far at each step (no cache), which keeps that path model-agnostic; its
+continuations are therefore kept short.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from kdistill.distiller import call_model
 from kdistill.losses.lm import IGNORE_INDEX
+from kdistill.modeling import unwrap
 
 
 @torch.no_grad()
@@ -25,12 +27,18 @@ def sample(
     """Extend ``prefix`` (B, P) by ``steps`` sampled tokens; returns (B, P + steps) ids.
 
     ``temperature`` 0 is greedy decoding; ``top_k`` keeps the k most likely tokens; ``context``
-    crops the input to the last ``context`` tokens (a model's block size). The model runs in
-    eval mode (no dropout) and its mode is restored; nothing here is differentiable.
+    crops the input to the last ``context`` tokens (a model's block size) on the cache-less
+    path. The model runs in eval mode (no dropout) and its mode is restored; nothing here is
+    differentiable. A Hugging Face causal LM uses its ``generate`` with a key/value cache
+    (``_generate``) while P + steps fits its positions, sees the whole sequence, and always
+    produces ``steps`` tokens (an end-of-text token does not stop it).
     """
     was_training = model.training
     model.eval()
     try:
+        causal_lm = _hf_causal_lm(model)
+        if causal_lm is not None and prefix.shape[1] + steps <= _max_positions(causal_lm):
+            return _generate(causal_lm, prefix, steps, temperature, top_k, generator)
         ids = prefix
         for _ in range(steps):
             window = ids if context is None else ids[:, -context:]
@@ -47,6 +55,53 @@ def sample(
         return ids
     finally:
         model.train(was_training)
+
+
+def _hf_causal_lm(model: nn.Module) -> nn.Module | None:
+    """The transformers model inside kdistill's Hugging Face causal-LM wrapper, or ``None``."""
+    inner = unwrap(model)
+    if getattr(inner, "task", None) == "causal-lm" and hasattr(getattr(inner, "model", None), "generate"):
+        return inner.model
+    return None
+
+
+def _max_positions(causal_lm: nn.Module) -> int:
+    return getattr(causal_lm.config, "max_position_embeddings", None) or getattr(causal_lm.config, "n_positions", 0)
+
+
+def _generate(
+    causal_lm: nn.Module, prefix: Tensor, steps: int, temperature: float, top_k: int | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``steps`` tokens from the model's own ``generate`` (KV cache), sampled from
+    softmax(logits / temperature) (top-k if asked) and nothing else.
+
+    ``generate`` fills every setting left unset from the checkpoint's ``generation_config.json``
+    (a repetition penalty, top-p, its end-of-text id), which would change the distribution the
+    student is trained on; so the call runs against a blank one and sets the sampling settings
+    itself. ``generate`` draws from the global RNG: with a ``generator`` the draw runs inside
+    ``fork_rng`` seeded from it, so the same generator state gives the same tokens, the
+    generator advances, and the global RNG is left as it was.
+    """
+    from transformers import GenerationConfig
+
+    settings = GenerationConfig(
+        max_new_tokens=steps, min_new_tokens=0, do_sample=temperature > 0, temperature=temperature or 1.0,
+        top_k=top_k or 0, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, num_beams=1, use_cache=True,
+        eos_token_id=[], pad_token_id=0,  # no end-of-text stop: every sequence gets its `steps` tokens
+    )
+    attention_mask = torch.ones_like(prefix)
+    saved, causal_lm.generation_config = causal_lm.generation_config, GenerationConfig()
+    try:
+        if generator is None:
+            return causal_lm.generate(prefix, attention_mask=attention_mask, generation_config=settings)
+        seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+        devices = [prefix.device] if prefix.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return causal_lm.generate(prefix, attention_mask=attention_mask, generation_config=settings)
+    finally:
+        causal_lm.generation_config = saved
 
 
 class OnPolicy:
@@ -71,7 +126,8 @@ class OnPolicy:
     share is exactly λ (``token_ce`` then learns from those completions only; on the plain
     text of ``configs/lm_kd.yaml`` that wastes 15 of every 16 positions and the student ends
     at perplexity 15.0 instead of 8.6 alone). The share of each batch is the batch's
-    ``"metric/on_policy_generated"`` (logged per epoch). Sampling runs without autograd.
+    ``"metric/on_policy_generated"`` (logged per epoch). Sampling runs without autograd; a Hugging
+    Face causal LM samples with its own ``generate`` and key/value cache (see ``sample``).
 
     Args:
         student: the model being trained (the object ``fit`` trains, not a copy).

@@ -11,6 +11,11 @@ from torch.utils.data import DataLoader
 
 from kdistill.distiller import call_model
 from kdistill.losses.lm import IGNORE_INDEX
+from kdistill.modeling import LazyLogits
+
+# Positions whose logits exist at once when scoring a model that gives its final hidden states
+# (a Hugging Face causal LM): 1024 × 49k float32 logits are 200 MB, a batch's would be B·L/1024 times that.
+EVAL_CHUNK = 1024
 
 
 def _to_device(value, device):
@@ -33,16 +38,15 @@ def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None) -> dict:
     nll_sum = correct_sum = count_sum = 0.0
     for batch in loader:
         batch = _to_device(batch, device)
-        logits = call_model(model, batch["input"]).float()
         target = batch["target"]
         counted = target != IGNORE_INDEX
         if batch.get("mask") is not None:
             counted &= batch["mask"].bool()
         safe = torch.where(counted, target, 0)
-        nll = F.cross_entropy(logits.transpose(1, 2), safe, reduction="none")
+        nll, hits = _scores(call_model(model, batch["input"], lazy_logits=True), safe)
         per_seq = torch.stack([
             torch.where(counted, nll, 0.0).sum(1),
-            ((logits.argmax(-1) == safe) & counted).sum(1).float(),
+            (hits & counted).sum(1).float(),
             counted.sum(1).float(),
         ], dim=1)
         if accelerator is not None:
@@ -57,6 +61,26 @@ def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None) -> dict:
         "token_accuracy": correct_sum / max(count_sum, 1.0),
         "n": int(count_sum),
     }
+
+
+def _scores(logits, target):
+    """Next-token negative log-likelihood and whether the argmax is the target, per position;
+    ``LazyLogits`` are multiplied out ``EVAL_CHUNK`` positions at a time."""
+    if not isinstance(logits, LazyLogits):
+        logits = logits.float()
+        return F.cross_entropy(logits.transpose(1, 2), target, reduction="none"), logits.argmax(-1) == target
+    hidden = logits.hidden.reshape(-1, logits.hidden.shape[-1])
+    weight = logits.weight.float()
+    bias = None if logits.bias is None else logits.bias.float()
+    flat_target = target.reshape(-1)
+    nll = torch.empty(flat_target.shape, device=hidden.device)
+    hits = torch.empty(flat_target.shape, dtype=torch.bool, device=hidden.device)
+    for start in range(0, len(flat_target), EVAL_CHUNK):
+        rows = slice(start, start + EVAL_CHUNK)
+        chunk = F.linear(hidden[rows].float(), weight, bias)
+        nll[rows] = F.cross_entropy(chunk, flat_target[rows], reduction="none")
+        hits[rows] = chunk.argmax(-1) == flat_target[rows]
+    return nll.reshape(target.shape), hits.reshape(target.shape)
 
 
 def lm_samples(models: dict[str, nn.Module], splits, *, prompts: int = 3, prompt_length: int = 32,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kdistill.losses.chunked import ChunkedTerm, chunked_token_loss, chunked_token_losses
 from kdistill.losses.feature import FEATURE_LOSSES, at, hint, nst
 from kdistill.losses.lm import LM_LOSSES, attention_kl, hidden_cosine, hidden_mse, token_ce
 from kdistill.losses.logit import (
@@ -52,11 +53,14 @@ __all__ = [
     "LOSSES",
     "STATEFUL_LOSSES",
     "CRDLoss",
+    "ChunkedTerm",
     "SparseTeacher",
     "VIDLoss",
     "at",
     "attention_kl",
     "cc",
+    "chunked_token_loss",
+    "chunked_token_losses",
     "cross_entropy",
     "dist",
     "dkd",

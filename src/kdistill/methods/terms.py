@@ -39,6 +39,9 @@ class Term:
         params: keyword hyper-parameters passed to the loss (``temperature=4.0``, ...).
         warmup_epochs: the weight ramps as ``min(epoch / warmup_epochs, 1)`` with 1-based epochs
             (DKD's warm-up, Zhao et al. 2022); 0 means full weight from the start.
+        chunk_size: for a language model's token losses: positions per chunk when the logits
+            are computed and scored a chunk at a time from the final hidden states
+            (``kdistill.losses.chunked``), so the (B, L, V) logits never exist; 0 = whole.
     """
 
     name: str
@@ -49,8 +52,11 @@ class Term:
     connector: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     warmup_epochs: int = 0
+    chunk_size: int = 0
 
     def __post_init__(self):
+        if self.chunk_size < 0:
+            raise ValueError(f"term {self.name!r}: chunk_size must be ≥ 0 (0 = off), got {self.chunk_size}")
         if isinstance(self.loss, str):
             if self.loss not in LOSSES:
                 import difflib

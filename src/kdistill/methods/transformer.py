@@ -102,12 +102,18 @@ def distilbert(
 def token_kd(
     *, loss: str = "forward_kl", temperature: float = 1.0, alpha: float = 0.5,
     ce_weight: float | None = None, beta: float | None = None, skew: float | None = None,
+    chunk_size: int = 0,
 ):
     """Token-level LM distillation: (1−α)·token CE + α·divergence(teacher ‖ student) per token.
 
     ``loss`` is any token loss (forward_kl, reverse_kl, jsd with ``beta``, skew_kl /
     skew_reverse_kl with ``skew``, tvd); no T² factor (see ``kdistill.losses.token``). With
     ``distill.params.on_policy`` it is GKD (Agarwal et al., ICLR 2024, arXiv:2306.13649).
+    ``chunk_size`` > 0 computes both terms ``chunk_size`` positions at a time from the final
+    hidden states of a Hugging Face causal LM (and the live teacher's), so the (B, L, V)
+    logits never exist (``kdistill.losses.chunked``); same values and gradients. Keep it well
+    below B·L: a chunk holds about ten (chunk, V) float32 tensors, so 128–256 positions for a
+    49k vocabulary (peak 0.2–0.4× the whole loss's at B = 4, L = 256: bench/results/chunked_loss.md).
     """
     params: dict[str, Any] = {"temperature": temperature}
     if beta is not None:
@@ -115,8 +121,8 @@ def token_kd(
     if skew is not None:
         params["alpha"] = skew
     terms = [
-        Term("ce", "token_ce", weight=mixed_ce_weight(alpha, ce_weight), teacher=None),
-        Term("kd", loss, weight=alpha, params=params),
+        Term("ce", "token_ce", weight=mixed_ce_weight(alpha, ce_weight), teacher=None, chunk_size=chunk_size),
+        Term("kd", loss, weight=alpha, params=params, chunk_size=chunk_size),
     ]
     return [t for t in terms if t.weight]
 

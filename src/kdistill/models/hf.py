@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdistill.errors import ConfigError
+from kdistill.modeling import LazyLogits
 from kdistill.resources import minilm_dir
 
 HF_TASKS = ("sequence-classification", "causal-lm")
@@ -61,10 +62,28 @@ class HFModel(nn.Module):
     def config(self):
         return self.model.config
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
+    @property
+    def supports_lazy_logits(self) -> bool:
+        """A causal LM whose logits are exactly ``lm_head(final hidden states)``: then
+        ``forward(..., lazy_logits=True)`` returns ``LazyLogits`` for chunked losses. Models
+        that rescale or cap their logits after the head (Gemma 2's soft-capping, Cohere's
+        ``logit_scale``) give them whole."""
+        head = self.model.get_output_embeddings() if self.task == "causal-lm" else None
+        config = self.model.config
+        rescaled = getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", 1.0) != 1.0
+        return isinstance(head, nn.Linear) and not rescaled
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, lazy_logits: bool = False, **kwargs,
+    ) -> Tensor | LazyLogits:
+        if lazy_logits and not self.supports_lazy_logits:
+            raise ValueError(f"{type(self.model).__name__}: its logits are not lm_head(hidden states); call it without lazy_logits")
         want_hidden = any(m._forward_hooks for m in self.hidden_states)
         want_attentions = any(m._forward_hooks for m in self.attentions)
-        output = self.model(
+        # The body alone (``base_model``: LlamaModel inside LlamaForCausalLM) ends at the final
+        # norm, before the head: the (B, L, V) logits are never made.
+        model = self.model.base_model if lazy_logits else self.model
+        output = model(
             input_ids=input_ids, attention_mask=attention_mask,
             output_hidden_states=want_hidden, output_attentions=want_attentions, **kwargs,
         )
@@ -79,6 +98,9 @@ class HFModel(nn.Module):
                 )
             for tap, probs in zip(self.attentions, output.attentions):
                 tap(probs)
+        if lazy_logits:
+            head = self.model.get_output_embeddings()
+            return LazyLogits(output.last_hidden_state, head.weight, head.bias)
         return output.logits
 
 

@@ -88,6 +88,7 @@ class TermConfig(Section):
     connector: Literal["auto", "identity", "linear", "conv", "regressor"] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     warmup_epochs: int = Field(0, ge=0)
+    chunk_size: int = Field(0, ge=0, description="token losses of an HF causal LM: positions per chunk of logits; 0 = whole")
 
 
 class DistillConfig(Section):
