@@ -220,6 +220,7 @@ def prepare(args) -> dict:
         "teacher_ppl": perplexity(teacher, data["heldout"], args.batch, device),
         "pruned_ppl": perplexity(student, data["heldout"], args.batch, device),
     }
+    info.update(build_teacher_cache(teacher, args))
     (work / "prepare.json").write_text(json.dumps(info))
     return info
 
@@ -242,24 +243,22 @@ def kdistill_loader(train: torch.Tensor, batch: int):
     return DataLoader(dataset, batch_size=batch, shuffle=False)
 
 
-def build_teacher_cache(args) -> dict:
-    """The top-k cache of the teacher over the training windows (its own process: the cached
-    way then runs without the teacher in memory)."""
+def build_teacher_cache(teacher, args) -> dict:
+    """The top-k cache of the teacher over the training windows, built while preparing, so
+    that the cached way's process never holds the teacher."""
     from kdistill import Teacher
     from kdistill.cache import build_cache, teacher_identity
     from kdistill.trainer import make_accelerator
 
     work = Path(args.workdir)
-    teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
     loader = kdistill_loader(load_data(work)["train"], args.batch)
-    frozen = Teacher(teacher)
     fingerprint = {"teacher": teacher_identity(teacher), "samples": len(loader.dataset), "topk": args.topk}
     started = time.perf_counter()
     build_cache(
-        work / "cache", frozen, loader.dataset, fingerprint=fingerprint, dtype="float32",
+        work / "cache", Teacher(teacher), loader.dataset, fingerprint=fingerprint, dtype="float32",
         batch_size=args.batch, accelerator=make_accelerator(args.device), topk=args.topk, temperature=1.0,
     )
-    return {"build_s": time.perf_counter() - started}
+    return {"cache_build_s": time.perf_counter() - started}
 
 
 def run_kdistill(args, cached: bool) -> tuple[object, float, float]:
@@ -353,9 +352,6 @@ def run_way(args) -> dict:
     torch.manual_seed(args.seed)
     if args.way == "prepare":
         return prepare(args)
-    if args.way == "cache":
-        record = build_teacher_cache(args)
-        return {**record, "peak_mb": peak_mb()}
     runners = {
         "kdistill_live": lambda: run_kdistill(args, cached=False),
         "kdistill_cached": lambda: run_kdistill(args, cached=True),
@@ -424,7 +420,7 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def summarise(records: list[dict], prepared: dict, cache: dict, args) -> dict:
+def summarise(records: list[dict], prepared: dict, args) -> dict:
     """Per way and loss: the median tokens/s and perplexity over repeats, the largest peak."""
     table = {}
     for record in records:
@@ -457,7 +453,7 @@ def summarise(records: list[dict], prepared: dict, cache: dict, args) -> dict:
         "trl_student_ppl": main["trl"]["ppl"],
     }
     return {
-        **summary, "main_loss": args.losses[0], "by_loss": by_loss, "cache": cache, "prepared": prepared,
+        **summary, "main_loss": args.losses[0], "by_loss": by_loss, "prepared": prepared,
         "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
         "adapters": True,  # TODO(lead): False once the kdistill functions replace the adapters
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
@@ -484,8 +480,8 @@ def markdown(report: dict, command: str) -> str:
         for way, row in ways.items():
             lines.append(f"| {loss} | {names[way]} | {row['tokens_per_s']:.1f} | {row['peak_mb']:.0f} | {row['ppl']:.2f} | {row['final_train_loss']:.4f} |")
     lines += [
-        "", f"Top-{settings['topk']} cache built in {report['cache']['build_s']:.1f} s (peak {report['cache']['peak_mb']:.0f} MiB), "
-        "outside the cached way's time and memory.", "",
+        "", f"The top-{settings['topk']} cache was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
+        "time and memory (that process never loads the teacher).", "",
         "tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
         "evaluation excluded); peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
         "libraries and models included); medians over repeats, ABBA order.",
@@ -538,9 +534,8 @@ def main(argv=None) -> int:
         args.workdir = args.workdir or scratch
         started = time.perf_counter()
         prepared = spawn(args, "prepare")
-        cache = spawn(args, "cache")
         records = [spawn(args, way, loss) for way, loss in schedule(args)]
-        report = summarise(records, prepared, cache, args)
+        report = summarise(records, prepared, args)
         report["total_s"] = time.perf_counter() - started
     if args.mode != "tiny":
         stem = "llm" + ("_quick" if args.mode == "quick" else "") + ("_cuda" if args.device == "cuda" else "")
