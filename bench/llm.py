@@ -22,7 +22,7 @@ loop): model loading, the cache build and the evaluation are outside it. Perplex
 exp(mean token cross-entropy) over the same held-out windows (whole plays never trained on).
 
     python bench/llm.py                 # forward KL and JSD, 2 repeats (~40 minutes, 1 thread)
-    python bench/llm.py --quick         # ~7 minutes, 1 repeat; the last line is one JSON object
+    python bench/llm.py --quick         # ~6 minutes (8 under load), 1 repeat; the last line is one JSON object
     python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no results unless --results
     python bench/llm.py --device cuda   # on a GPU
 
@@ -54,7 +54,7 @@ LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
 DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
 MODES = {  # steps, batch, seq_len, held-out windows, repeats
     "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
-    "quick": {"steps": 8, "batch": 4, "seq_len": 128, "eval_windows": 16, "repeats": 1},
+    "quick": {"steps": 6, "batch": 4, "seq_len": 128, "eval_windows": 8, "repeats": 1},
     "tiny": {"steps": 3, "batch": 2, "seq_len": 32, "eval_windows": 4, "repeats": 1},
 }
 
@@ -82,7 +82,7 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def run_kdistill(args, cached: bool) -> tuple[object, float, float]:
+def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
     import kdistill
     from kdistill.cache import CachedTeacher, TeacherCache, topk_terms
     from kdistill.trainer import Optimization, make_accelerator
@@ -107,7 +107,7 @@ def run_kdistill(args, cached: bool) -> tuple[object, float, float]:
     return student, clock, history[-1]["loss"]
 
 
-def run_trl(args) -> tuple[object, float, float]:
+def run_trl(args) -> tuple[torch.nn.Module, Clock, float]:
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
@@ -144,7 +144,7 @@ def run_trl(args) -> tuple[object, float, float]:
     return trainer.model, clock, output.training_loss
 
 
-def run_plain(args) -> tuple[object, float, float]:
+def run_plain(args) -> tuple[torch.nn.Module, Clock, float]:
     """The scratch student: the same pruned model, cross-entropy only, a plain loop."""
     work = Path(args.workdir)
     student = load_model(work / "student", args.device)

@@ -7,12 +7,14 @@ The first section stands in for functions the llm worktree adds to kdistill (mar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,9 +44,23 @@ def smollm2_dir() -> Path:
     del config.quantization_config  # dequantised now: a plain float32 model
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
-    model.save_pretrained(target)
-    smollm2_tokenizer().save_pretrained(target)
+    with _publishing(target) as folder:
+        model.save_pretrained(folder)
+        smollm2_tokenizer().save_pretrained(folder)
     return target
+
+
+@contextlib.contextmanager
+def _publishing(target: Path):
+    """Write into a sibling folder and rename it into place: an interrupted conversion never
+    leaves a half-written directory that a later run would take for a finished one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield folder
+        folder.rename(target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _gguf_dir() -> str:
@@ -60,7 +76,8 @@ def smollm2_tokenizer():
 
     target = CACHE_ROOT / "smollm2-tokenizer"
     if not (target / "tokenizer.json").is_file():
-        AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF).save_pretrained(target)
+        with _publishing(target) as folder:
+            AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF).save_pretrained(folder)
     return AutoTokenizer.from_pretrained(target)
 
 
@@ -161,6 +178,8 @@ def prepare(args) -> dict:
     train = windows(plays["train"], tokenizer, args.seq_len)
     train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))]
     needed = args.steps * args.batch
+    if needed > len(train):
+        sys.exit(f"bench/llm.py: {args.steps} steps × batch {args.batch} need {needed} windows; the plays give {len(train)}")
     heldout_all = windows(plays["test"], tokenizer, args.seq_len)
     spread = torch.linspace(0, len(heldout_all) - 1, args.eval_windows).round().long()
     data = {"train": train[:needed].contiguous(), "heldout": heldout_all[spread].contiguous()}
