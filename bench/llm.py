@@ -1,0 +1,396 @@
+"""The language-model race: one teacher, one pruned student, the same Shakespeare windows, the
+same number of optimisation steps, batch, loss and optimiser, four ways:
+
+  (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
+  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.cache``, built beforehand)
+  (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
+  (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
+
+Teacher SmolLM2-135M-Instruct (30 layers); student: the teacher with 10 of its 30 layers kept
+(depth pruning, Minitron: Muralidharan et al. 2024, arXiv:2407.14679), identical at the start of
+every way. Losses (no T², temperature 1): forward KL, then GKD's generalised JSD at β = 0.5
+(Agarwal et al., ICLR 2024, arXiv:2306.13649). AdamW, constant rate, no warm-up, clipping at 1,
+float32 everywhere (TRL's own defaults, bf16 and gradient checkpointing, are switched off so
+that the ways compute the same thing).
+
+Each way runs in a fresh process (``python bench/llm.py --way NAME``, spawned by the driver),
+so that its peak resident memory is its own: ``peak_mb`` is ``ru_maxrss`` of that process read
+right after training (the interpreter, the libraries, the models and the training itself; the
+cached way holds no teacher). ``tokens_per_s`` = counted training positions (steps × batch ×
+seq_len) / the wall time of the training call (``kdistill.fit``, ``trainer.train()``, the plain
+loop): model loading, the cache build and the evaluation are outside it. Perplexity is
+exp(mean token cross-entropy) over the same held-out windows (whole plays never trained on).
+
+    python bench/llm.py                 # forward KL and JSD, 32 steps, 2 repeats (~45 minutes, 1 thread)
+    python bench/llm.py --quick         # ~6 minutes (8 under load), 1 repeat; the last line is one JSON object
+    python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no results unless --results
+    python bench/llm.py --device cuda   # on a GPU
+
+Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
+top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
+cached way's loss is the exact top-k + tail-bucket form of the same divergence
+(``kdistill.losses.token``), which is what a top-k cache can give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from llm_pair import kdistill_loader, load_data, load_model, perplexity, prepare, smollm2_tokenizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
+DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
+MODES = {  # steps, batch, seq_len, held-out windows, repeats
+    "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
+    "quick": {"steps": 6, "batch": 4, "seq_len": 128, "eval_windows": 8, "repeats": 1},
+    "tiny": {"steps": 3, "batch": 2, "seq_len": 32, "eval_windows": 4, "repeats": 1},
+}
+
+
+def token_terms(loss: str):
+    """The distillation term of a way. TODO(lead): the chunked, memory-lean token loss (the
+    chunk worktree's switch, like distill.params.chunk_size) once it lands."""
+    from kdistill import Term
+
+    return [Term("kd", loss, params={"temperature": 1.0, **LOSSES[loss]})]
+
+
+# --- the ways -------------------------------------------------------------------------------
+
+class Clock:
+    """Wall and CPU seconds of the training call. The CPU seconds (user + system, every thread
+    of this process) barely move when other processes share the cores, the wall time does: on a
+    shared machine tokens per CPU second is the steadier comparison."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
+    import kdistill
+    from kdistill.cache import CachedTeacher, TeacherCache, topk_terms
+    from kdistill.trainer import Optimization, make_accelerator
+
+    work = Path(args.workdir)
+    student = load_model(work / "student", args.device)
+    loader = kdistill_loader(load_data(work)["train"], args.batch)
+    terms = token_terms(args.loss)
+    if cached:
+        terms, _ = topk_terms(terms, args.topk)
+        teacher = CachedTeacher(TeacherCache(work / "cache"))
+    else:
+        teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+    distiller = kdistill.Distiller(student, terms)
+    optim = Optimization("adamw", schedule="constant", clip_grad_norm=1.0)
+    accelerator = make_accelerator(args.device)
+    with Clock() as clock:
+        history = kdistill.fit(
+            distiller, loader, teacher=teacher, epochs=1, lr=args.lr, optim=optim,
+            accelerator=accelerator, progress=False,
+        )
+    return student, clock, history[-1]["loss"]
+
+
+def run_trl(args) -> tuple[torch.nn.Module, Clock, float]:
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    work = Path(args.workdir)
+    student = load_model(work / "student", args.device)
+    teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+    train = load_data(work)["train"]
+    dataset = Dataset.from_dict({"input_ids": train.tolist()})
+
+    def collate(rows):
+        # Raw text windows, no chat template: every position after the first is a target,
+        # exactly the positions kdistill counts (label 0 is never predicted anyway; -100 keeps
+        # it out of HF's token count, so both losses are means over steps × batch × seq_len).
+        input_ids = torch.tensor([row["input_ids"] for row in rows])
+        labels = input_ids.clone()
+        labels[:, 0] = -100
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+    config = GKDConfig(
+        output_dir=str(work / f"trl-{args.loss}"), lmbda=0.0, beta=LOSSES[args.loss].get("beta", 0.0),
+        temperature=1.0, per_device_train_batch_size=args.batch, max_steps=args.steps,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, optim="adamw_torch", bf16=False, fp16=False, gradient_checkpointing=False,
+        max_length=args.seq_len + 1, train_sampling_strategy="sequential", eval_strategy="no",
+        save_strategy="no", report_to="none", logging_steps=max(args.steps, 1), disable_tqdm=True,
+        dataloader_num_workers=0, use_cpu=args.device == "cpu", seed=args.seed,
+    )
+    trainer = GKDTrainer(
+        model=student, teacher_model=teacher, args=config, train_dataset=dataset,
+        data_collator=collate, processing_class=smollm2_tokenizer(),
+    )
+    with Clock() as clock:
+        output = trainer.train()
+    return trainer.model, clock, output.training_loss
+
+
+def run_plain(args) -> tuple[torch.nn.Module, Clock, float]:
+    """The scratch student: the same pruned model, cross-entropy only, a plain loop."""
+    work = Path(args.workdir)
+    student = load_model(work / "student", args.device)
+    train = load_data(work)["train"]
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    student.train()
+    losses = []
+    with Clock() as clock:
+        for start in range(0, len(train), args.batch):
+            rows = train[start: start + args.batch].to(args.device)
+            logits = student(input_ids=rows[:, :-1]).logits
+            loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        mean_loss = float(torch.stack(losses).mean())  # waits for a GPU's queue before the clock stops
+    return student, clock, mean_loss
+
+
+def run_way(args) -> dict:
+    """One way in this (fresh) process; returns its record."""
+    torch.manual_seed(args.seed)
+    if args.way == "prepare":
+        return prepare(args)
+    runners = {
+        "kdistill_live": lambda: run_kdistill(args, cached=False),
+        "kdistill_cached": lambda: run_kdistill(args, cached=True),
+        "trl": lambda: run_trl(args), "plain": lambda: run_plain(args),
+    }
+    student, clock, loss = runners[args.way]()
+    peak = peak_mb()  # before the evaluation: the training's peak
+    gpu = {"gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}
+    heldout = load_data(Path(args.workdir))["heldout"]
+    tokens = args.steps * args.batch * args.seq_len
+    return {
+        "way": args.way, "loss": args.loss, "tokens": tokens, "train_s": clock.wall, "train_cpu_s": clock.cpu,
+        "tokens_per_s": tokens / clock.wall, "tokens_per_cpu_s": tokens / clock.cpu, "peak_mb": peak,
+        "final_train_loss": loss,
+        "ppl": perplexity(student, heldout, args.batch, torch.device(args.device)), **gpu,
+    }
+
+
+def peak_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+MARK = "BENCH-LLM-RESULT "
+
+
+def spawn(args, way: str, loss: str | None = None) -> dict:
+    """``way`` in a fresh interpreter; its record is the line marked MARK on its stdout."""
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--way", way, "--mode", args.mode,
+        "--workdir", args.workdir, "--device", args.device, "--threads", str(args.threads),
+        "--loss", loss or "forward_kl", *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in SETTINGS),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
+    if done.returncode != 0 or not lines:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"bench/llm.py: way {way} ({loss}) failed with exit status {done.returncode}")
+    record = json.loads(lines[-1][len(MARK):])
+    record["process_s"] = time.perf_counter() - started
+    print(f"  {way:16s} {loss or '':10s} {json.dumps({k: _round(v) for k, v in record.items() if k not in ('way', 'loss')})}", file=sys.stderr)
+    return record
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def schedule(args) -> list[tuple[str, str]]:
+    """Every repeat runs each distillation way once per loss and the plain loop once, the
+    order reversed on odd repeats (ABBA): a drift of the shared machine's speed hits all alike."""
+    runs = []
+    for repeat in range(args.repeats):
+        order = [(way, loss) for loss in args.losses for way in DISTILL_WAYS] + [("plain", "ce")]
+        runs += order if repeat % 2 == 0 else order[::-1]
+    return runs
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarise(records: list[dict], prepared: dict, args) -> dict:
+    """Per way and loss: the median tokens/s and perplexity over repeats, the largest peak."""
+    table = {}
+    for record in records:
+        entry = table.setdefault(record["loss"], {}).setdefault(record["way"], [])
+        entry.append(record)
+    by_loss = {
+        loss: {way: {
+            "tokens_per_s": _median([r["tokens_per_s"] for r in rs]),
+            "tokens_per_cpu_s": _median([r["tokens_per_cpu_s"] for r in rs]),
+            "peak_mb": max(r["peak_mb"] for r in rs),
+            "ppl": _median([r["ppl"] for r in rs]),
+            "final_train_loss": _median([r["final_train_loss"] for r in rs]),
+            "runs": len(rs),
+        } for way, rs in ways.items()}
+        for loss, ways in table.items()
+    }
+    main = by_loss[args.losses[0]]
+    plain = by_loss["ce"]["plain"]
+    summary = {
+        "kdistill_live_tokens_per_s": main["kdistill_live"]["tokens_per_s"],
+        "kdistill_cached_tokens_per_s": main["kdistill_cached"]["tokens_per_s"],
+        "trl_tokens_per_s": main["trl"]["tokens_per_s"],
+        "plain_tokens_per_s": plain["tokens_per_s"],
+        "kdistill_live_peak_mb": main["kdistill_live"]["peak_mb"],
+        "kdistill_cached_peak_mb": main["kdistill_cached"]["peak_mb"],
+        "trl_peak_mb": main["trl"]["peak_mb"],
+        "teacher_ppl": prepared["teacher_ppl"],
+        "pruned_ppl": prepared["pruned_ppl"],
+        "scratch_ppl": plain["ppl"],
+        "student_ppl": main["kdistill_live"]["ppl"],
+        "trl_student_ppl": main["trl"]["ppl"],
+    }
+    ratios = {
+        "kdistill_live_vs_trl_tokens_per_s": summary["kdistill_live_tokens_per_s"] / summary["trl_tokens_per_s"],
+        "kdistill_cached_vs_trl_tokens_per_s": summary["kdistill_cached_tokens_per_s"] / summary["trl_tokens_per_s"],
+        "kdistill_cached_vs_trl_peak_mb": summary["kdistill_cached_peak_mb"] / summary["trl_peak_mb"],
+        "kdistill_live_vs_trl_tokens_per_cpu_s": main["kdistill_live"]["tokens_per_cpu_s"] / main["trl"]["tokens_per_cpu_s"],
+        "kdistill_cached_vs_trl_tokens_per_cpu_s": main["kdistill_cached"]["tokens_per_cpu_s"] / main["trl"]["tokens_per_cpu_s"],
+    }
+    return {
+        **summary, "ratios": ratios, "main_loss": args.losses[0], "by_loss": by_loss, "prepared": prepared,
+        "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
+        "adapters": True,  # TODO(lead): False once the kdistill functions replace the adapters
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+    }
+
+
+def markdown(report: dict, command: str) -> str:
+    settings, prepared = report["settings"], report["prepared"]
+    names = {"kdistill_live": "(a) kdistill, live teacher", "kdistill_cached": f"(b) kdistill, top-{settings['topk']} cache",
+             "trl": "(c) TRL GKDTrainer (lmbda=0)", "plain": "(d) plain loop, cross-entropy (scratch)"}
+    lines = [
+        "# Language-model race: SmolLM2-135M → pruned student", "",
+        f"Command: `{command}`", "",
+        (f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}. "
+        f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, AdamW lr {settings['lr']} "
+        f"(constant, clip 1), float32. Student: layers {prepared['kept_layers']} of the teacher "
+        f"({prepared['student_params'] / 1e6:.1f}M of {prepared['teacher_params'] / 1e6:.1f}M parameters). "
+        f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on."), "",
+        (f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training {report['pruned_ppl']:.2f}, "
+        f"scratch (d) {report['scratch_ppl']:.2f}."), "",
+        "| loss | way | tokens/s | tokens/CPU-s | peak RSS (MiB) | held-out ppl | last train loss |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for loss, ways in report["by_loss"].items():
+        for way, row in ways.items():
+            lines.append(
+                f"| {loss} | {names[way]} | {row['tokens_per_s']:.1f} | {row['tokens_per_cpu_s']:.1f} | {row['peak_mb']:.0f} "
+                f"| {row['ppl']:.2f} | {row['final_train_loss']:.4f} |"
+            )
+    ratios = report["ratios"]
+    lines += [
+        "", (f"Against TRL ({report['main_loss']}): kdistill live {ratios['kdistill_live_vs_trl_tokens_per_s']:.2f}× its "
+             f"tokens/s (target ≥ 1.0), cached {ratios['kdistill_cached_vs_trl_tokens_per_s']:.2f}× (target ≥ 1.5), "
+             f"cached peak memory {ratios['kdistill_cached_vs_trl_peak_mb']:.2f}× (target ≤ 0.6). Per CPU second: live "
+             f"{ratios['kdistill_live_vs_trl_tokens_per_cpu_s']:.2f}×, cached {ratios['kdistill_cached_vs_trl_tokens_per_cpu_s']:.2f}×."),
+        "", (f"The top-{settings['topk']} cache was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
+        "time and memory (that process never loads the teacher)."), "",
+        ("tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
+        "evaluation excluded); tokens/CPU-s: over that call's CPU time (user + system), steadier on a shared machine; peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
+        "libraries and models included); medians over repeats, ABBA order."),
+    ]
+    if report["adapters"]:
+        lines += ["", ("Made with the bench's local adapters (evenly spaced layers instead of block influence, "
+                  "plays read directly, unchunked loss): provisional numbers.")]
+    return "\n".join(lines) + "\n"
+
+
+SETTINGS = ("steps", "batch", "seq_len", "eval_windows", "repeats", "lr", "keep", "topk", "seed")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="under 10 minutes; one JSON line at the end")
+    size.add_argument("--tiny", action="store_true", help="a tiny LlamaConfig pair (tests); writes no results")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per way (the machine is shared)")
+    parser.add_argument("--losses", default=None, help="comma-separated: forward_kl,jsd (the first gives the JSON keys)")
+    for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--workdir", default=None, help="where the pair, data and cache go (default: a temporary directory)")
+    parser.add_argument("--results", default=None, help="folder for llm*.md/.json (default bench/results; --tiny: none)")
+    parser.add_argument("--way", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--loss", default="forward_kl", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.mode = args.mode or ("tiny" if args.tiny else "quick" if args.quick else "full")
+    for key, value in {**MODES[args.mode], "keep": 10, "topk": 64, "seed": 0}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.losses = (args.losses or "forward_kl,jsd").split(",")
+    unknown = [loss for loss in args.losses if loss not in LOSSES]
+    if unknown:
+        parser.error(f"--losses: {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.way is not None:
+        print(MARK + json.dumps(run_way(args)), flush=True)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-llm-") as scratch:
+        args.workdir = args.workdir or scratch
+        started = time.perf_counter()
+        prepared = spawn(args, "prepare")
+        records = [spawn(args, way, loss) for way, loss in schedule(args)]
+        report = summarise(records, prepared, args)
+        report["total_s"] = time.perf_counter() - started
+    results = Path(args.results) if args.results else (RESULTS if args.mode != "tiny" else None)
+    if results is not None:
+        stem = "llm" + {"full": ""}.get(args.mode, f"_{args.mode}") + ("_cuda" if args.device == "cuda" else "")
+        command = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        (results / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+        (results / f"{stem}.md").write_text(markdown(report, command.strip()))
+    print(json.dumps({k: report[k] for k in KEYS}))
+    return 0
+
+
+KEYS = (
+    "kdistill_live_tokens_per_s", "kdistill_cached_tokens_per_s", "trl_tokens_per_s", "plain_tokens_per_s",
+    "kdistill_live_peak_mb", "kdistill_cached_peak_mb", "trl_peak_mb", "teacher_ppl", "pruned_ppl",
+    "scratch_ppl", "student_ppl", "trl_student_ppl",
+)
+
+if __name__ == "__main__":
+    sys.exit(main())

