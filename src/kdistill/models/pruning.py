@@ -36,6 +36,11 @@ def _causal_lm(model: nn.Module) -> nn.Module:
     return lm
 
 
+def layer_stack(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Llama-like causal LM (bare or in ``HFModel``)."""
+    return _causal_lm(model).model.layers
+
+
 def _ids_and_mask(batch) -> tuple[Tensor, Tensor | None]:
     """Token ids and the counted positions of a batch: (B, L) ids, a ``{"input_ids",
     "attention_mask"}`` dict, or a kdistill batch (``input`` + ``mask``)."""
@@ -169,4 +174,4 @@ def prune_by_influence(model: nn.Module, dataset, *, keep: int, calibration_toke
     return prune_layers(model, kept), info
 
 
-__all__ = ["block_influence", "calibration_batches", "prune_by_influence", "prune_layers", "select_layers"]
+__all__ = ["block_influence", "calibration_batches", "layer_stack", "prune_by_influence", "prune_layers", "select_layers"]

@@ -45,11 +45,16 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
             echo(f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
         school = RunSchool(plan, accelerator, run_dir, resume=resume)
         roles = MODES[plan.mode](school, **plan.options)
+        pruned = school.pruned_role()
+        if pruned is not None:  # the pruned student before training, measured with the others
+            roles = {"pruned": pruned, **roles}
         if not main:
             return {}
         history = school.metrics.read()
         summary = summarize(plan, roles, run_dir=run_dir, test_loader=eval_loader(plan.splits.test, recipe),
                             history=history, accelerator=accelerator)
+        if pruned is not None:
+            summary["pruning"] = pruned.info["pruning"]
         summary["seconds"] = round(time.perf_counter() - started, 1)
         plots = (
             plot_history(history, run_dir / "plots") + plot_diagnostics(summary.get("diagnostics"), run_dir / "plots")
