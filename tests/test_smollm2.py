@@ -60,7 +60,7 @@ def test_influence_counts_only_the_masked_tokens():
 
 def test_select_layers_keeps_the_highest_scores_in_order():
     assert select_layers(torch.tensor([0.3, 0.1, 0.5, 0.2, 0.4]), 3) == [0, 2, 4]
-    with pytest.raises(ConfigError, match="keep: 6 layers"):
+    with pytest.raises(ConfigError, match="keep: 6 layers; choose between 1 and the model's 5"):
         select_layers(torch.zeros(5), 6)
 
 
@@ -240,3 +240,18 @@ def test_pruned_student_recipe_end_to_end(tmp_path):
     splits = load_dataset("text", subset=96, block_size=16)
     load_weights(build_architecture(architecture, splits, field="student"), run_dir / "checkpoints" / "student.safetensors")
     assert "pruned student, untrained" in (run_dir / "report.md").read_text()
+
+
+def test_pruning_a_model_without_decoder_layers_fails_naming_the_field(tmp_path, capsys):
+    from kdistill.cli import main
+
+    recipe = {
+        "name": "not_llama", "data": {"dataset": "text", "subset": 32, "options": {"block_size": 16}},
+        "teacher": {"model": "gpt", "kwargs": {"n_layer": 1, "n_head": 2, "n_embd": 16}, "epochs": 0},
+        "student": {"model": "gpt", "kwargs": {"n_layer": 2, "n_head": 2, "n_embd": 16}, "prune": {"keep": 1}},
+        "method": "token_kd", "output": {"dir": str(tmp_path)},
+    }
+    file = tmp_path / "recipe.yaml"
+    file.write_text(json.dumps(recipe))
+    assert main(["check", str(file)]) == 2
+    assert "student.prune: depth pruning needs a Llama-like" in capsys.readouterr().err

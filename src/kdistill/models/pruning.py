@@ -97,7 +97,7 @@ def block_influence(model: nn.Module, batches: Iterable) -> Tensor:
 def select_layers(scores: Tensor, keep: int) -> list[int]:
     """The ``keep`` layers of highest influence, in their original order."""
     if not 1 <= keep <= len(scores):
-        raise ConfigError(f"prune.keep: {keep} layers; choose between 1 and the model's {len(scores)}")
+        raise ConfigError(f"keep: {keep} layers; choose between 1 and the model's {len(scores)}")
     return sorted(torch.topk(scores, keep).indices.tolist())
 
 
@@ -111,7 +111,7 @@ def prune_layers(model: nn.Module, keep_layers: list[int]) -> nn.Module:
     layers = lm.model.layers
     bad = [i for i in keep_layers if not (isinstance(i, int) and 0 <= i < len(layers))]
     if bad or not keep_layers or len(set(keep_layers)) != len(keep_layers):
-        raise ConfigError(f"prune: layers {list(keep_layers)} must be distinct indices of the model's {len(layers)} layers")
+        raise ConfigError(f"layers {list(keep_layers)} must be distinct indices of the model's {len(layers)} layers")
     lm.model.layers = nn.ModuleList()  # not copied below: only the kept layers are
     try:
         pruned = copy.deepcopy(lm)  # one deepcopy: a parameter shared by two modules stays shared
@@ -149,7 +149,7 @@ def calibration_batches(dataset, tokens: int, batch_size: int = 8) -> list[dict]
         masks.append(mask)
         counted += int(mask.sum())
     if not inputs:
-        raise ConfigError("prune.calibration_tokens: the training split is empty")
+        raise ConfigError("calibration_tokens: the training split is empty")
     return [
         {"input": torch.stack(inputs[i:i + batch_size]), "mask": torch.stack(masks[i:i + batch_size])}
         for i in range(0, len(inputs), batch_size)

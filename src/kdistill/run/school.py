@@ -87,7 +87,12 @@ class RunSchool:
         field, section = self._section(architecture, member)
         model = build_model(field, section.model, section.kwargs, self.splits)
         prune = getattr(section, "prune", None)
-        return self._pruned(field, model, prune) if prune else model
+        if prune is None:
+            return model
+        try:
+            return self._pruned(field, model, prune)
+        except ConfigError as error:
+            raise ConfigError(f"{field}.prune: {error}") from None
 
     def _pruned(self, field: str, model: nn.Module, prune) -> nn.Module:
         """``model`` depth-pruned as ``<field>.prune`` says; the layers are scored once per run
