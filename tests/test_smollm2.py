@@ -203,7 +203,7 @@ def test_real_smollm2_prunes_to_ten_layers():
 # --- a pruned-student recipe end to end --------------------------------------------------------
 
 
-def test_pruned_student_recipe_end_to_end(tmp_path):
+def test_pruned_student_recipe_end_to_end(tmp_path, capsys):
     from kdistill.cli import main
     from kdistill.data import load_dataset
     from kdistill.run.steps import build_architecture
@@ -221,6 +221,8 @@ def test_pruned_student_recipe_end_to_end(tmp_path):
     }
     file = tmp_path / "tiny.yaml"
     file.write_text(json.dumps(recipe))
+    assert main(["check", str(file), "student.prune.keep=5"]) == 2
+    assert "student.prune: keep: 5 layers; choose between 1 and the model's 4" in capsys.readouterr().err
     assert main(["run", str(file)]) == 0
     run_dir = tmp_path / "tiny_pruned"
     summary = json.loads((run_dir / "summary.json").read_text())
