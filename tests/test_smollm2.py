@@ -11,11 +11,11 @@ import pytest
 import torch
 
 pytest.importorskip("transformers", reason="depth pruning works on Hugging Face causal LMs")
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from kdistill.errors import ConfigError, DataError  # noqa: E402
-from kdistill.models.hf import HFModel  # noqa: E402
-from kdistill.models.pruning import block_influence, prune_layers, select_layers  # noqa: E402
+from kdistill.errors import ConfigError, DataError
+from kdistill.models.hf import HFModel
+from kdistill.models.pruning import block_influence, prune_layers, select_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "smollm2_shakespeare.yaml"
@@ -121,7 +121,7 @@ def test_shakespeare_splits_whole_plays(tmp_path):
     plays = read_plays()
     parts = split_plays(plays)
     assert len(plays) == 38 and "hamlet" in parts["test"]
-    assert sorted(sum(parts.values(), [])) == sorted(plays)  # every play in exactly one split
+    assert sorted(p for names in parts.values() for p in names) == sorted(plays)  # every play in exactly one split
     with pytest.raises(DataError, match="one split"):
         split_plays(plays, ["hamlet"], ["hamlet"])
     # A tiny byte-level BPE stands in for SmolLM2's (any tokenizer.json works).

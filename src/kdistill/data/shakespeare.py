@@ -133,7 +133,7 @@ def _budget(max_tokens, split: str) -> int | None:
     if isinstance(max_tokens, Mapping):
         unknown = set(max_tokens) - set(SPLITS)
         if unknown:
-            raise DataError(f"data.options.max_tokens: {sorted(unknown)[0]!r} is not a split; use train, val, test")
+            raise DataError(f"data.options.max_tokens: {min(unknown)!r} is not a split; use train, val, test")
         return max_tokens.get(split)
     return max_tokens
 
