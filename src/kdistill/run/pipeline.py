@@ -18,7 +18,7 @@ from kdistill.run.rundir import check_run_dir, open_run_dir
 from kdistill.run.school import RunSchool
 from kdistill.run.steps import eval_loader
 from kdistill.run.summary import summarize
-from kdistill.teaching import MODES
+from kdistill.teaching import MODES, Role
 from kdistill.trainer import make_accelerator
 
 
@@ -45,7 +45,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
             echo(f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
         school = RunSchool(plan, accelerator, run_dir, resume=resume)
         roles = MODES[plan.mode](school, **plan.options)
-        pruned = school.pruned_role()
+        pruned = pruned_role(school)
         if pruned is not None:  # the pruned student before training, measured with the others
             roles = {"pruned": pruned, **roles}
         if not main:
@@ -68,6 +68,17 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     echo(verdict(summary))
     echo(f"Run written to {run_dir}/ in {summary['seconds']:.0f} s")
     return summary
+
+
+def pruned_role(school: RunSchool) -> Role | None:
+    """The pruned student before any training (``student.prune``), measured beside the trained
+    ones: what distillation and the scratch baseline start from."""
+    if school.recipe.student.prune is None:
+        return None
+    model = school.build("student")
+    school.keep(model, "pruned.safetensors")
+    return Role(model, school.architecture("student"), "pruned.safetensors", source="pruned from the teacher, untrained",
+                info={"pruning": school.pruning["student"]})
 
 
 def cache(recipe: Recipe, *, echo=print) -> dict:

@@ -111,15 +111,6 @@ class RunSchool:
         kept = {"keep_layers": pruning["keep_layers"]} if pruning else {}
         return {"model": section.model, "kwargs": dict(section.kwargs), **kept}
 
-    def pruned_role(self) -> Role | None:
-        """The pruned student before any training (``student.prune``), measured beside the
-        trained ones: what distillation and the scratch baseline start from."""
-        if self.recipe.student.prune is None:
-            return None
-        model = self.build("student")
-        self.keep(model, "pruned.safetensors")
-        return Role(model, self.architecture("student"), "pruned.safetensors", source="pruned from the teacher, untrained",
-                    info={"pruning": self.pruning["student"]})
 
     # --- teachers -------------------------------------------------------------------------
 
