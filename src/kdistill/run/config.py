@@ -52,11 +52,20 @@ class DataConfig(Section):
 Augment = Literal["none", "shift", "flip", "shift_flip"]
 
 
+class PruneConfig(Section):
+    """Depth pruning of a pretrained causal LM before training (ShortGPT block influence,
+    Minitron): both students start from the same pruned weights (kdistill.models.pruning)."""
+
+    keep: int = Field(gt=0, description="decoder layers kept: the most influential ones")
+    calibration_tokens: int = Field(8192, gt=0, le=10_000_000, description="training-split tokens the layers are scored on")
+
+
 class StudentConfig(Section):
     model: str = "mlp"
     # Exactly the model's own defaults unless given: `student.model=mlp_tiny` must build the
     # mlp_tiny of the zoo, not carry another model's width along.
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    prune: PruneConfig | None = Field(None, description="keep only the most influential layers of a pretrained model")
 
 
 class TeacherConfig(Section):
@@ -66,7 +75,7 @@ class TeacherConfig(Section):
         None, description="weights to load instead of training: .safetensors, a state_dict (.pt/.pth/.bin) or a Hugging Face directory",
     )
     onnx: str | None = Field(None, description="an exported .onnx teacher, run by ONNX Runtime (logit-level terms; model is then unused)")
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(15, ge=0, description="0: use the model as built, untrained here (a pretrained zoo model such as smollm2_135m)")
     lr: float = Field(2e-3, gt=0, le=MAX_STEP)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     augment: Augment = Field("shift", description="augmentation while training the teacher")

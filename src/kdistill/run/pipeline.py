@@ -18,7 +18,7 @@ from kdistill.run.rundir import check_run_dir, open_run_dir
 from kdistill.run.school import RunSchool
 from kdistill.run.steps import eval_loader
 from kdistill.run.summary import summarize
-from kdistill.teaching import MODES
+from kdistill.teaching import MODES, Role
 from kdistill.trainer import make_accelerator
 
 
@@ -46,11 +46,16 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
             echo(f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
         school = RunSchool(plan, accelerator, run_dir, resume=resume)
         roles = MODES[plan.mode](school, **plan.options)
+        pruned = pruned_role(school)
+        if pruned is not None:  # the pruned student before training, measured with the others
+            roles = {"pruned": pruned, **roles}
         if not main:
             return {}
         history = school.metrics.read()
         summary = summarize(plan, roles, run_dir=run_dir, test_loader=eval_loader(plan.splits.test, recipe),
                             history=history, accelerator=accelerator)
+        if pruned is not None:
+            summary["pruning"] = pruned.info["pruning"]
         summary["seconds"] = round(time.perf_counter() - started, 1)
         plots = (
             plot_history(history, run_dir / "plots") + plot_diagnostics(summary.get("diagnostics"), run_dir / "plots")
@@ -64,6 +69,17 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     echo(verdict(summary))
     echo(f"Run written to {run_dir}/ in {summary['seconds']:.0f} s")
     return summary
+
+
+def pruned_role(school: RunSchool) -> Role | None:
+    """The pruned student before any training (``student.prune``), measured beside the trained
+    ones: what distillation and the scratch baseline start from."""
+    if school.recipe.student.prune is None:
+        return None
+    model = school.build("student")
+    school.keep(model, "pruned.safetensors")
+    return Role(model, school.architecture("student"), "pruned.safetensors", source="pruned from the teacher, untrained",
+                info={"pruning": school.pruning["student"]})
 
 
 def cache(recipe: Recipe, *, echo=print) -> dict:

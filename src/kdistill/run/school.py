@@ -25,6 +25,7 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
 from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
+from kdistill.models.pruning import layer_stack, prune_by_influence, prune_layers, select_layers
 from kdistill.models.settings import model_settings, parameter_count
 from kdistill.onnx_teacher import OnnxModel, check_onnx_terms
 from kdistill.report.history import MetricsLog
@@ -61,6 +62,7 @@ class RunSchool:
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.val_loader = eval_loader(plan.splits.val, plan.recipe)
         self.trackers = Trackers(plan.recipe.output.report_to, run_dir, hyperparameters=plan.recipe.model_dump(mode="json"))
+        self.pruning: dict[str, dict] = {}  # field -> the layers kept and their scores (student.prune)
 
     @property
     def checkpoints(self) -> Path:
@@ -84,11 +86,32 @@ class RunSchool:
         if reseed:
             set_seed(self.recipe.train.seed + 1000 * (member or 0))
         field, section = self._section(architecture, member)
-        return build_model(field, section.model, section.kwargs, self.splits)
+        model = build_model(field, section.model, section.kwargs, self.splits)
+        prune = getattr(section, "prune", None)
+        if prune is None:
+            return model
+        try:
+            return self._pruned(field, model, prune)
+        except ConfigError as error:
+            raise ConfigError(f"{field}.prune: {error}") from None
+
+    def _pruned(self, field: str, model: nn.Module, prune) -> nn.Module:
+        """``model`` depth-pruned as ``<field>.prune`` says; the layers are scored once per run
+        (the scratch and the distilled student start from the same pruned weights)."""
+        done = self.pruning.get(field)
+        if done is not None:
+            return prune_layers(model, done["keep_layers"])
+        pruned, self.pruning[field] = prune_by_influence(
+            model, self.splits.train, keep=prune.keep, calibration_tokens=prune.calibration_tokens,
+        )
+        return pruned
 
     def architecture(self, architecture: str, *, member: int | None = None) -> dict:
-        _, section = self._section(architecture, member)
-        return {"model": section.model, "kwargs": dict(section.kwargs)}
+        field, section = self._section(architecture, member)
+        pruning = self.pruning.get(field)
+        kept = {"keep_layers": pruning["keep_layers"]} if pruning else {}
+        return {"model": section.model, "kwargs": dict(section.kwargs), **kept}
+
 
     # --- teachers -------------------------------------------------------------------------
 
@@ -111,6 +134,8 @@ class RunSchool:
         if cfg.checkpoint:
             load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
             source, seconds = str(cfg.checkpoint), 0.0
+        elif cfg.epochs == 0:  # a pretrained model, taken as built
+            source, seconds = f"{cfg.model} as built ({field}.epochs: 0)", 0.0
         elif self.resume and final.is_file():
             load_checkpoint(model, final, phase, ours=True)
             source = "trained" if trained_here else f"reused {store}"
@@ -284,6 +309,13 @@ class DryRunSchool(RunSchool):
         self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
         self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
         self.resume = False
+        self.pruning = {}
+
+    def _pruned(self, field: str, model: nn.Module, prune) -> nn.Module:
+        """The first ``keep`` layers, unscored: the shapes are those of the run's pruned student,
+        and a check does not spend the run's calibration forward passes."""
+        select_layers(torch.zeros(len(layer_stack(model))), prune.keep)  # a keep the model cannot give fails here
+        return prune_layers(model, list(range(prune.keep)))
 
     def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
         model = super().build(architecture, member=member, reseed=reseed)

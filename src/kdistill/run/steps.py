@@ -159,7 +159,12 @@ def build_architecture(architecture: dict, splits: DataSplits, *, field: str) ->
         from kdistill.onnx_teacher import OnnxModel
 
         return OnnxModel(architecture["onnx"], field=field)
-    return build_model(field, architecture["model"], architecture.get("kwargs", {}), splits)
+    model = build_model(field, architecture["model"], architecture.get("kwargs", {}), splits)
+    if architecture.get("keep_layers"):  # a depth-pruned student (student.prune)
+        from kdistill.models.pruning import prune_layers
+
+        model = prune_layers(model, architecture["keep_layers"])
+    return model
 
 
 def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:

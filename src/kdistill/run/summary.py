@@ -19,6 +19,8 @@ from kdistill.weights import count_parameters
 def architecture_name(architecture: dict) -> str:
     if "ensemble" in architecture:
         return "ensemble of " + " + ".join(member["model"] for member in architecture["ensemble"])
+    if architecture.get("keep_layers"):  # depth-pruned (student.prune)
+        return f"{architecture['model']}, {len(architecture['keep_layers'])} layers kept"
     return architecture["model"]
 
 
