@@ -57,7 +57,7 @@ def load_token_ids(
     *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
     subset: int | None = None, block_size: int = 128, vocab_size: int | None = None, max_bytes: int = MAX_NPZ_BYTES,
 ) -> DataSplits:
-    """Next-token windows of the user's token ids, split by position (see the module docstring)."""
+    """Your own token ids (an .npy, or an .npz holding ids) as next-token windows, split by position."""
     if path is None:
         raise DataError("data.path: the .npy (or .npz with 'ids') of token ids to train on")
     file = Path(path)
