@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdistill.losses.closed_form import closed_form
 from kdistill.losses.lm import IGNORE_INDEX, token_ce
 from kdistill.losses.sparse import SparseTeacher
 from kdistill.losses.token import TOKEN_LOSSES
@@ -147,6 +148,32 @@ class _ChunkedLosses(torch.autograd.Function):
         return *grads, None
 
 
+def _chunk_pass(terms, coefficients, logits, teacher_rows, target_rows, with_grad: bool):
+    """Each term's sum over a chunk and, with ``with_grad``, the gradient of Σ coefficient·sum
+    with respect to the chunk's logits: in closed form where the term has one, through autograd
+    for the others (and for the cases a closed form hands back)."""
+    sums, grad, generic = [None] * len(terms), None, []
+    for i, term in enumerate(terms):
+        solved = closed_form(term.loss, logits, teacher_rows, target_rows, term.params) if with_grad else None
+        if solved is None:
+            generic.append(i)
+            continue
+        sums[i], term_grad = solved
+        term_grad.mul_(coefficients[i])
+        grad = term_grad if grad is None else grad.add_(term_grad)
+    if generic:
+        with torch.enable_grad():
+            leaf = logits.detach().requires_grad_(with_grad)
+            values = [_chunk_sum(terms[i], leaf, teacher_rows, target_rows) for i in generic]
+            if with_grad:
+                weighted = sum(value * coefficients[i] for i, value in zip(generic, values))
+                (term_grad,) = torch.autograd.grad(weighted, leaf)
+                grad = term_grad if grad is None else grad.add_(term_grad)
+        for i, value in zip(generic, values):
+            sums[i] = value.detach()
+    return torch.stack(sums), grad
+
+
 def _product_dtype(hidden: Tensor, loss_dtype: torch.dtype) -> torch.dtype:
     """The head's product runs in the precision of the hidden states when autocast (or a half
     precision model) made them half: the unchunked head does too, and it is the fast path on a
@@ -176,12 +203,8 @@ def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, wit
         logits = F.linear(chunk_hidden, w, b).to(dtype)
         teacher_rows = teacher(chunk_rows)
         target_rows = None if target is None else target[chunk_rows]
-        with torch.enable_grad():
-            logits.requires_grad_(with_grad)
-            chunk = torch.stack([_chunk_sum(term, logits, teacher_rows, target_rows) for term in terms])
-            if with_grad:
-                (grad_logits,) = torch.autograd.grad((chunk * coefficients).sum(), logits)
-        sums += chunk.detach()
+        chunk, grad_logits = _chunk_pass(terms, coefficients, logits, teacher_rows, target_rows, with_grad)
+        sums += chunk
         if with_grad:
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)

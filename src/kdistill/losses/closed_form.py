@@ -1,0 +1,127 @@
+"""The forward KL and the token cross-entropy with their gradients with respect to the logits in
+closed form, for the chunked pass (``kdistill.losses.chunked``).
+
+Autograd through a softmax-based loss over a 49k vocabulary walks a dozen (chunk, V) tensors
+forward and back (log-softmax, floors, gathers, scatters, products); the gradient itself is
+one such tensor, known in closed form:
+
+- forward KL, teacher p = softmax(t/T), student q = softmax(s/T), summed over positions:
+  ∂/∂s = (q − p) / T (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
+  Network", 2015, arXiv:1503.02531, eq. 2, without the T² that ``kd`` adds);
+- the same over the k+1 buckets of a top-k teacher (the top-k tokens, then the tail), P = Σ_b p_b:
+  ∂/∂s_v = (q_v·P − p_v) / T at a top-k token, q_v·(P − p_tail/q_tail) / T in the tail;
+- cross-entropy with the next token y: ∂/∂s = softmax(s) − onehot(y).
+
+Each returns the chunk's summed value and gradient, computed in place in one (chunk, V) buffer
+besides the log-probabilities, or ``None`` where the closed form would lose what the generic
+loss keeps: a non-finite value (±inf logits, a banned token, which the generic losses floor) or a
+student tail mass below ``TAIL_FLOOR`` (the generic loss takes the tail's log-mass in log space,
+exact far below float32's smallest normal number). The caller then runs the generic loss under
+autograd, so values and gradients are those of ``kdistill.losses.token`` and ``token_ce`` in
+every case (tests/test_chunked_loss.py compares both ways in float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from kdistill.losses.lm import IGNORE_INDEX, token_ce
+from kdistill.losses.sparse import SparseTeacher, check_sparse_teacher
+from kdistill.losses.token import forward_kl, forward_kl_topk
+
+__all__ = ["TAIL_FLOOR", "closed_form"]
+
+# Below this student tail mass (summed in linear space) the bucket KL is left to the generic
+# loss, whose log-space sum stays exact; the gradient's p_tail / q_tail stays below 1e30·p_tail.
+TAIL_FLOOR = 1e-30
+
+
+def _finite(value: Tensor) -> bool:
+    return bool(torch.isfinite(value))
+
+
+def _softmax_and_log(x: Tensor) -> tuple[Tensor, Tensor]:
+    """softmax(x) and log_softmax(x) over the last dimension with one exp pass (log_softmax and
+    then exp would take two), in two buffers."""
+    log_probs = x - x.amax(-1, keepdim=True)
+    probs = log_probs.exp()
+    total = probs.sum(-1, keepdim=True)
+    return probs.div_(total), log_probs.sub_(total.log())
+
+
+def _forward_kl_dense(s: Tensor, t: Tensor, temperature: float) -> tuple[Tensor, Tensor] | None:
+    t = t.to(s.dtype)
+    if temperature != 1.0:
+        s, t = s / temperature, t / temperature
+    q, log_q = _softmax_and_log(s)
+    p, log_p = _softmax_and_log(t)
+    value = torch.dot(p.reshape(-1), log_p.sub_(log_q).reshape(-1))
+    if not _finite(value):
+        return None
+    grad = q.sub_(p)
+    return value, grad if temperature == 1.0 else grad.div_(temperature)
+
+
+def _forward_kl_buckets(s: Tensor, teacher: SparseTeacher, temperature: float) -> tuple[Tensor, Tensor] | None:
+    check_sparse_teacher(teacher, temperature, s.shape[-1])
+    if temperature != 1.0:
+        s = s / temperature
+    indices = teacher.indices.long()
+    log_p_top, log_p_tail = (x.to(s.dtype) for x in (teacher.log_probs, teacher.tail_log_prob))
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    q = (s - lse).exp_()
+    q_top = q.gather(-1, indices)
+    q_tail = q.scatter_(-1, indices, 0.0).sum(-1)  # the tail's own terms: no 1 − Σ top cancellation
+    if not bool(q_tail.min() > TAIL_FLOOR):
+        return None
+    floor = torch.finfo(s.dtype).min  # the generic loss's floors, where a teacher mass is 0
+    log_q_top = (s.gather(-1, indices) - lse).clamp_min(floor)
+    log_p_top, log_p_tail = log_p_top.clamp_min(floor), log_p_tail.clamp_min(floor)
+    p_top, p_tail = log_p_top.exp(), log_p_tail.exp()
+    value = (p_top * (log_p_top - log_q_top)).sum() + (p_tail * (log_p_tail - q_tail.log())).sum()
+    if not _finite(value):
+        return None
+    mass = p_top.sum(-1) + p_tail  # Σ_b p_b, 1 up to rounding
+    grad = q.mul_((mass - p_tail / q_tail)[:, None])
+    grad.scatter_(-1, indices, q_top * mass[:, None] - p_top)
+    return value, grad if temperature == 1.0 else grad.div_(temperature)
+
+
+def _forward_kl(s: Tensor, teacher, params: dict) -> tuple[Tensor, Tensor] | None:
+    temperature = params.get("temperature", 1.0)
+    if not temperature > 0 or set(params) - {"temperature"}:
+        return None  # the generic loss says what is wrong
+    if isinstance(teacher, SparseTeacher):
+        return _forward_kl_buckets(s, teacher, temperature)
+    if not isinstance(teacher, Tensor) or teacher.shape != s.shape:
+        return None
+    return _forward_kl_dense(s, teacher.detach(), temperature)
+
+
+def _token_ce(s: Tensor, target: Tensor, params: dict) -> tuple[Tensor, Tensor] | None:
+    if set(params) - {"ignore_index"}:
+        return None
+    counted = target != params.get("ignore_index", IGNORE_INDEX)
+    target = torch.where(counted, target, 0)[:, None]
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    value = torch.where(counted, (lse - s.gather(-1, target)).squeeze(-1), 0.0).sum()
+    if not _finite(value):
+        return None
+    grad = (s - lse).exp_().scatter_add_(-1, target, torch.full_like(lse, -1.0))
+    return value, grad.mul_(counted[:, None])
+
+
+def closed_form(loss: Callable, logits: Tensor, teacher, target: Tensor | None,
+                params: dict) -> tuple[Tensor, Tensor] | None:
+    """``loss`` summed over the rows of ``logits`` (N, V) and its gradient with respect to them,
+    or ``None`` when ``loss`` has no closed form here or the generic loss must decide."""
+    if loss is forward_kl or loss is forward_kl_topk:
+        if loss is forward_kl_topk and not isinstance(teacher, SparseTeacher):
+            return None
+        return _forward_kl(logits, teacher, params)
+    if loss is token_ce:
+        return _token_ce(logits, target, params)
+    return None
