@@ -43,22 +43,24 @@ def _finite(value: Tensor) -> bool:
     return bool(torch.isfinite(value))
 
 
-def _softmax_and_log(x: Tensor) -> tuple[Tensor, Tensor]:
-    """softmax(x) and log_softmax(x) over the last dimension with one exp pass (log_softmax and
-    then exp would take two), in two buffers."""
-    log_probs = x - x.amax(-1, keepdim=True)
-    probs = log_probs.exp()
+def _softmax(x: Tensor) -> tuple[Tensor, Tensor]:
+    """softmax(x) over the last dimension in one new buffer, and logsumexp(x) (N, 1)."""
+    top = x.amax(-1, keepdim=True)
+    probs = (x - top).exp_()
     total = probs.sum(-1, keepdim=True)
-    return probs.div_(total), log_probs.sub_(total.log())
+    return probs.div_(total), top.add_(total.log())
 
 
 def _forward_kl_dense(s: Tensor, t: Tensor, temperature: float) -> tuple[Tensor, Tensor] | None:
     t = t.to(s.dtype)
     if temperature != 1.0:
         s, t = s / temperature, t / temperature
-    q, log_q = _softmax_and_log(s)
-    p, log_p = _softmax_and_log(t)
-    value = torch.dot(p.reshape(-1), log_p.sub_(log_q).reshape(-1))
+    q, lse_s = _softmax(s)
+    p, lse_t = _softmax(t)
+    # Σ_v p·(log p − log q) with log p = t − lse_t, log q = s − lse_s, without making either
+    # log-probability: Σ p·t − Σ p·s + Σ_rows (lse_s − lse_t)·Σ_v p.
+    flat_p = p.reshape(-1)
+    value = flat_p @ t.reshape(-1) - flat_p @ s.reshape(-1) + ((lse_s - lse_t) * p.sum(-1, keepdim=True)).sum()
     if not _finite(value):
         return None
     grad = q.sub_(p)
