@@ -155,6 +155,34 @@ def test_norms_and_biases_are_not_decayed(monkeypatch):
     assert any("bn" in n or "norm" in n for n, p in resnet.named_parameters() if any(p is q for q in groups[1]["params"]))
 
 
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_takes_the_fused_kernel_with_the_same_update_and_falls_back_without_it(name, monkeypatch):
+    from kdistill import optimization
+
+    def three_steps(make):
+        model = student()
+        optimizer = make(model.parameters())
+        torch.manual_seed(1)
+        for _ in range(3):
+            model(torch.randn(8, 1, 8, 8)).square().mean().backward()
+            optimizer.step()
+        return optimizer, torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+    made, fused = three_steps(lambda p: optimization.make_optimizer(p, name, lr=1e-2, weight_decay=0.1))
+    assert made.defaults["fused"] is True
+    default = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    _, foreach = three_steps(lambda p: default(p, lr=1e-2, weight_decay=0.1, foreach=True))
+    torch.testing.assert_close(fused, foreach, rtol=1e-5, atol=1e-6)
+
+    def without_kernel(params, fused=None, **settings):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return default(params, **settings)
+
+    monkeypatch.setattr(torch.optim, default.__name__, without_kernel)
+    assert not optimization.make_optimizer(student().parameters(), name).defaults["fused"]
+
 QUICK = [
     "data.dataset=digits", "teacher.model=mlp", "teacher.epochs=2", "train.epochs=4", "train.batch_size=64",
     "output.latency=false", "output.plots=false", "output.progress=false",
