@@ -170,3 +170,13 @@ def test_a_run_with_mixing_reads_its_cached_mixed_views_back(tmp_path):
     assert main(["run", *args, "name=second"]) == 0  # opened, probed against the live teacher's mixed view
     assert (root / "logits.npy").stat().st_mtime_ns == stamp
     assert main(["run", *QUICK, "train.mix=mixup", "method=dkd", f"output.dir={tmp_path}", "name=dkd"]) == 2
+
+
+def test_students_without_the_teachers_augmentation_are_reported_against_a_weaker_baseline(tmp_path):
+    from kdistill.cli import main
+
+    plain = [a for a in QUICK if a != "train.augment=shift"]
+    assert main(["run", *plain, "teacher.augment=shift", f"output.dir={tmp_path}", "name=plain"]) == 0
+    summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert summary["students"] == {"epochs": 2, "augment": "none", "mix": "none", "teacher_augment": "shift"}
+    assert "so this scratch student is not the strongest baseline" in (tmp_path / "plain" / "report.md").read_text()

@@ -104,10 +104,18 @@ def students_sentence(summary: dict) -> str:
         return ""
     mix = students["mix"]
     mixing = f", {mix} (α = {students['mix_alpha']:g}; the scratch student on the mixed labels)" if mix != "none" else ", no mixing"
-    return (
+    sentence = (
         f" Both students train alike: {students['epochs']} epochs, augmentation {students['augment']}{mixing}; "
         "the scratch student is the same training without the teacher."
     )
+    teacher_augment = students.get("teacher_augment")
+    if students["augment"] == "none" and teacher_augment:
+        sentence += (
+            f" The teacher trained with {teacher_augment} augmentation and the students without it, so this scratch "
+            f"student is not the strongest baseline: trained with train.augment={teacher_augment} it does better "
+            "on its own."
+        )
+    return sentence
 
 
 def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:

@@ -78,6 +78,11 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
     models = {name: roles[name].model for name in ("teacher", "scratch", "student")}
     if task.samples is not None:  # e.g. generated text of each language model
         summary["samples"] = task.samples(models, splits)
+    unaugmented = recipe.train.augment == "none" and recipe.teacher.augment != "none"
+    if unaugmented and summary["teacher"].get("source") == "trained":
+        # Read by the report: students trained without the augmentation the teacher had are
+        # compared against a scratch student weaker than one with it.
+        summary["students"]["teacher_augment"] = recipe.teacher.augment
     if task.name == "classification":  # agreement, KL, per-class accuracy, calibration, confusion
         summary["diagnostics"] = diagnose(
             models, test_loader, num_classes=splits.num_classes, class_names=splits.class_names,
