@@ -21,7 +21,7 @@ seq_len) / the wall time of the training call (``kdistill.fit``, ``trainer.train
 loop): model loading, the cache build and the evaluation are outside it. Perplexity is
 exp(mean token cross-entropy) over the same held-out windows (whole plays never trained on).
 
-    python bench/llm.py                 # forward KL and JSD, 32 steps, 2 repeats (~45 minutes, 1 thread)
+    python bench/llm.py                 # forward KL and JSD, 32 steps, 2 repeats (~35 minutes, 1 thread; --repeats 1: 17)
     python bench/llm.py --quick         # ~6 minutes (8 under load), 1 repeat; the last line is one JSON object
     python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no results unless --results
     python bench/llm.py --device cuda   # on a GPU
