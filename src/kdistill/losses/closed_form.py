@@ -12,13 +12,14 @@ one such tensor, known in closed form:
   ∂/∂s_v = (q_v·P − p_v) / T at a top-k token, q_v·(P − p_tail/q_tail) / T in the tail;
 - cross-entropy with the next token y: ∂/∂s = softmax(s) − onehot(y).
 
-Each returns the chunk's summed value and gradient, computed in place in one (chunk, V) buffer
-besides the log-probabilities, or ``None`` where the closed form would lose what the generic
-loss keeps: a non-finite value (±inf logits, a banned token, which the generic losses floor) or a
-student tail mass below ``TAIL_FLOOR`` (the generic loss takes the tail's log-mass in log space,
-exact far below float32's smallest normal number). The caller then runs the generic loss under
-autograd, so values and gradients are those of ``kdistill.losses.token`` and ``token_ce`` in
-every case (tests/test_chunked_loss.py compares both ways in float64).
+Each returns the chunk's summed value and gradient, computed in place in one new (chunk, V)
+buffer (two with dense teacher logits, whose softmax needs its own), or ``None`` where the closed
+form would lose what the generic loss keeps: a non-finite value (±inf logits, a banned token,
+which the generic losses floor) or a student tail mass below ``TAIL_FLOOR`` (the generic loss
+takes the tail's log-mass in log space, exact far below float32's smallest normal number). The
+caller then runs the generic loss under autograd, so values and gradients are those of
+``kdistill.losses.token`` and ``token_ce`` in every case (tests/test_closed_form.py and
+tests/test_chunked_loss.py compare them in float64).
 """
 
 from __future__ import annotations
