@@ -45,6 +45,7 @@ from kdistill.cache_storage import claim, everyone_sees_main_root, one_machine, 
 from kdistill.checkpoint import CheckpointError, tensor_digest
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError
+from kdistill.memory_format import channels_last
 from kdistill.losses.logit import kd
 from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
 from kdistill.methods import LOGITS, Term
@@ -330,17 +331,18 @@ def build_cache(
     if accelerator:
         accelerator.wait_for_everyone()
     arrays = {name: np.load(files[name], mmap_mode="r+") for name in shapes} if fills else {}
-    for view in range(views):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
-        for batch in DataLoader(shard, batch_size=batch_size):
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            output = {"index": batch["index"], **_arrays(teacher(batch), topk, temperature)}
-            if gathered:
-                output = accelerator.gather(output)  # every rank's batch, in rank order
-            rows = output.pop("index").cpu().numpy()
-            for name, value in output.items() if fills else ():
-                arrays[name][view, rows] = value.cpu().numpy().astype(dtypes[name])
+    with channels_last(teacher.module, device):
+        for view in range(views):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
+            for batch in DataLoader(shard, batch_size=batch_size):
+                batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                output = {"index": batch["index"], **_arrays(teacher(batch), topk, temperature)}
+                if gathered:
+                    output = accelerator.gather(output)  # every rank's batch, in rank order
+                rows = output.pop("index").cpu().numpy()
+                for name, value in output.items() if fills else ():
+                    arrays[name][view, rows] = value.cpu().numpy().astype(dtypes[name])
     for array in arrays.values():
         array.flush()
     del arrays

@@ -32,6 +32,7 @@ from kdistill.checkpoint import (
 )
 from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.errors import UserError
+from kdistill.memory_format import channels_last
 from kdistill.optimization import (  # noqa: F401 (re-exported)
     OPTIMIZERS,
     SCHEDULES,
@@ -190,149 +191,154 @@ def fit(
     """
     optim, loop, checkpointing = optim or Optimization(), loop or Loop(), checkpointing or Checkpointing()
     accelerator = accelerator or make_accelerator()
-    if distiller.needs_teacher and teacher is None:
-        raise ValueError("the distiller's terms compare with a teacher: pass teacher=")
-    rule = loop.monitor_rule()
-    if rule is not None and val_loader is None:
-        raise UserError("early stopping and keep=best choose epochs by a validation metric: give a validation split")
-    # The sampler's generator fixes the data order; saving its state at the start of each epoch
-    # lets a resumed run replay the same order. Accelerate keeps this very object in use.
-    order = getattr(train_loader, "generator", None)
-    opt = make_optimizer(
-        parameter_groups(distiller, optim.weight_decay), optim.optimizer, lr=lr,
-        weight_decay=optim.weight_decay, momentum=optim.momentum,
-    )
-    updates = epochs * math.ceil(len(train_loader) / optim.grad_accum)
-    sched = make_schedule(opt, optim.schedule, updates, warmup_steps=optim.warmup(updates))
-    # Accelerate divides the loss and skips the optimizer and scheduler between updates; the
-    # accelerator outlives this phase, so its setting is this phase's (1 when not accumulating).
-    accelerator.gradient_accumulation_steps = optim.grad_accum
-    model, opt, train_loader, sched = accelerator.prepare(distiller, opt, train_loader, sched)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
-    if teacher is not None:
-        teacher.to(accelerator.device)  # placed on the device, never wrapped for DDP
-    inner = accelerator.unwrap_model(model, keep_torch_compile=False)  # the Distiller itself
-    accumulate = (lambda: accelerator.accumulate(model)) if optim.grad_accum > 1 else contextlib.nullcontext
-
-    checkpoint = checkpointing.path
-    state = TrainingProgress()
-    restored_rng = None
-    if checkpointing.resume and checkpoint is not None and Path(checkpoint).is_file():
-        tensors, meta = load_training_state(checkpoint)
-        restored = restore_training_state(tensors, meta, model=inner, optimizer=opt, scheduler=sched)
-        state = TrainingProgress.from_saved(meta["progress"], restored)
-        restored_rng = (tensors, meta["rng"])
-    monitor = Monitor(rule, state) if rule is not None else None
-    best = BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
-    if loop.keep == "best" and checkpointing.resume:
-        best.restore()
-
-    watch = FiniteWatch(loop.finite_check_every)
-
-    def save() -> None:
-        if checkpoint is None:
-            return
-        watch.check(epoch)  # never save a state that went non-finite
-        if accelerator.is_main_process:
-            progress_meta, progress_tensors = state.to_saved()
-            save_training_state(
-                checkpoint, model=inner, optimizer=opt, scheduler=sched,
-                progress=progress_meta, progress_tensors=progress_tensors,
-            )
-        accelerator.wait_for_everyone()
-
-    history = []
-    phase = loop.phase
-    for epoch in range(state.epoch, epochs + 1):
-        if monitor is not None and monitor.should_stop():
-            break  # a resumed run that had already stopped early
-        if state.order_state is None:
-            state.start_epoch(epoch, order.get_state() if order is not None else None)
-        elif order is not None:
-            order.set_state(state.order_state)  # a resumed run replays this epoch's shuffle
-        inner.epoch = epoch
-        _set_epoch(train_loader, epoch)
-        if hasattr(teacher, "set_epoch"):
-            teacher.set_epoch(epoch)  # a cached teacher serves this epoch's augmented view
-        model.train()
-        started = time.perf_counter()
-        batches = train_loader
-        if state.step_in_epoch:
-            # Resumed mid-epoch: the sampler replays this epoch's order, and the batches trained
-            # before the checkpoint are skipped by index, never loaded or augmented again.
-            batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
-        bar = tqdm(
-            batches, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
-            initial=state.step_in_epoch, total=len(train_loader),
-            disable=not (progress and accelerator.is_local_main_process) or None,
+    # Before the optimizer and Accelerate see the parameters; handed back in the default layout
+    # when training ends.
+    with contextlib.ExitStack() as layouts:
+        for module in (distiller.student, getattr(teacher, "module", None)):
+            layouts.enter_context(channels_last(module, accelerator.device))
+        if distiller.needs_teacher and teacher is None:
+            raise ValueError("the distiller's terms compare with a teacher: pass teacher=")
+        rule = loop.monitor_rule()
+        if rule is not None and val_loader is None:
+            raise UserError("early stopping and keep=best choose epochs by a validation metric: give a validation split")
+        # The sampler's generator fixes the data order; saving its state at the start of each epoch
+        # lets a resumed run replay the same order. Accelerate keeps this very object in use.
+        order = getattr(train_loader, "generator", None)
+        opt = make_optimizer(
+            parameter_groups(distiller, optim.weight_decay), optim.optimizer, lr=lr,
+            weight_decay=optim.weight_decay, momentum=optim.momentum,
         )
-        shown_at = started
-        for batch in bar:
-            if restored_rng is not None:
-                # Dropout and friends continue from where the interrupted run stood.
-                set_rng_state(*restored_rng)
-                restored_rng = None
-            if loop.batch_transform is not None:
-                batch = loop.batch_transform(batch)
-            with accumulate():
-                teacher_out = None
-                if inner.needs_teacher:
-                    with accelerator.autocast():  # the teacher in the run's precision, like the student
-                        teacher_out = teacher(batch)
-                out = model(batch, teacher_out)
-                watch.observe(out, state.global_step)
-                accelerator.backward(out["loss"])
-                if optim.clip_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), optim.clip_grad_norm)
-                opt.step()
-                sched.step()
-                if accelerator.sync_gradients:
-                    # The wrapped optimizer's own zero_grad: Accelerate's inspects its signature
-                    # on every call (~0.15 ms) to learn what this line already knows.
-                    opt.optimizer.zero_grad(set_to_none=True)
-            state.add(out, batch)
-            if watch.due(state.global_step):
-                watch.check(epoch)
-            if checkpointing.every and state.global_step % checkpointing.every == 0 and accelerator.sync_gradients:
-                save()  # between updates only: accumulated gradients are not part of the state
-            if loop.log_step and loop.log_every and state.global_step % loop.log_every == 0 and accelerator.is_main_process:
-                loop.log_step(_step_record(phase, epoch, state, sched, time.perf_counter() - started))
-            if not bar.disable and time.perf_counter() - shown_at > POSTFIX_SECONDS:
-                # Reading the running loss syncs the device: by the clock, not every n steps.
-                bar.set_postfix(loss=f"{state.mean('loss'):.4f}")
-                shown_at = time.perf_counter()
-        watch.check(epoch)
-        record = {"phase": phase, "epoch": epoch, "step": state.global_step}
-        record.update(state.epoch_means())
+        updates = epochs * math.ceil(len(train_loader) / optim.grad_accum)
+        sched = make_schedule(opt, optim.schedule, updates, warmup_steps=optim.warmup(updates))
+        # Accelerate divides the loss and skips the optimizer and scheduler between updates; the
+        # accelerator outlives this phase, so its setting is this phase's (1 when not accumulating).
+        accelerator.gradient_accumulation_steps = optim.grad_accum
+        model, opt, train_loader, sched = accelerator.prepare(distiller, opt, train_loader, sched)
         if val_loader is not None:
-            val = loop.evaluate_fn(inner.student, val_loader, accelerator)
-            record.update({f"val/{k}": v for k, v in val.items() if k != "n"})
-        record["lr"] = sched.get_last_lr()[0]
-        record["samples"] = state.seen
-        record["seconds"] = time.perf_counter() - started + state.carried_seconds
-        if monitor is not None:
-            if monitor.update(record):
-                best.remember()
-            record["best_epoch"] = monitor.best_epoch
-            if monitor.should_stop():
-                record["stopped_early"] = True
-        history.append(record)
-        if accelerator.is_main_process:
-            # Logged before the checkpoint moves on: a crash in between replays this epoch's
-            # record (the resumed run drops records its checkpoint does not cover).
-            if log:
-                log(record)
-            if progress:
-                shown = [k for k in record if k == "train/accuracy" or k.startswith("val/")]
-                text = " ".join(f"{k} {record[k]:.4f}" for k in shown)
-                tqdm.write(f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)")
-        state.start_epoch(epoch + 1, order.get_state() if order is not None else None)
-        save()  # the epoch is complete: a crash from here on resumes at the next one
-    if loop.keep == "best":
-        best.load()
-    release(accelerator)
-    return history
+            val_loader = accelerator.prepare(val_loader)
+        if teacher is not None:
+            teacher.to(accelerator.device)  # placed on the device, never wrapped for DDP
+        inner = accelerator.unwrap_model(model, keep_torch_compile=False)  # the Distiller itself
+        accumulate = (lambda: accelerator.accumulate(model)) if optim.grad_accum > 1 else contextlib.nullcontext
+
+        checkpoint = checkpointing.path
+        state = TrainingProgress()
+        restored_rng = None
+        if checkpointing.resume and checkpoint is not None and Path(checkpoint).is_file():
+            tensors, meta = load_training_state(checkpoint)
+            restored = restore_training_state(tensors, meta, model=inner, optimizer=opt, scheduler=sched)
+            state = TrainingProgress.from_saved(meta["progress"], restored)
+            restored_rng = (tensors, meta["rng"])
+        monitor = Monitor(rule, state) if rule is not None else None
+        best = BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
+        if loop.keep == "best" and checkpointing.resume:
+            best.restore()
+
+        watch = FiniteWatch(loop.finite_check_every)
+
+        def save() -> None:
+            if checkpoint is None:
+                return
+            watch.check(epoch)  # never save a state that went non-finite
+            if accelerator.is_main_process:
+                progress_meta, progress_tensors = state.to_saved()
+                save_training_state(
+                    checkpoint, model=inner, optimizer=opt, scheduler=sched,
+                    progress=progress_meta, progress_tensors=progress_tensors,
+                )
+            accelerator.wait_for_everyone()
+
+        history = []
+        phase = loop.phase
+        for epoch in range(state.epoch, epochs + 1):
+            if monitor is not None and monitor.should_stop():
+                break  # a resumed run that had already stopped early
+            if state.order_state is None:
+                state.start_epoch(epoch, order.get_state() if order is not None else None)
+            elif order is not None:
+                order.set_state(state.order_state)  # a resumed run replays this epoch's shuffle
+            inner.epoch = epoch
+            _set_epoch(train_loader, epoch)
+            if hasattr(teacher, "set_epoch"):
+                teacher.set_epoch(epoch)  # a cached teacher serves this epoch's augmented view
+            model.train()
+            started = time.perf_counter()
+            batches = train_loader
+            if state.step_in_epoch:
+                # Resumed mid-epoch: the sampler replays this epoch's order, and the batches trained
+                # before the checkpoint are skipped by index, never loaded or augmented again.
+                batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
+            bar = tqdm(
+                batches, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
+                initial=state.step_in_epoch, total=len(train_loader),
+                disable=not (progress and accelerator.is_local_main_process) or None,
+            )
+            shown_at = started
+            for batch in bar:
+                if restored_rng is not None:
+                    # Dropout and friends continue from where the interrupted run stood.
+                    set_rng_state(*restored_rng)
+                    restored_rng = None
+                if loop.batch_transform is not None:
+                    batch = loop.batch_transform(batch)
+                with accumulate():
+                    teacher_out = None
+                    if inner.needs_teacher:
+                        with accelerator.autocast():  # the teacher in the run's precision, like the student
+                            teacher_out = teacher(batch)
+                    out = model(batch, teacher_out)
+                    watch.observe(out, state.global_step)
+                    accelerator.backward(out["loss"])
+                    if optim.clip_grad_norm and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), optim.clip_grad_norm)
+                    opt.step()
+                    sched.step()
+                    if accelerator.sync_gradients:
+                        # The wrapped optimizer's own zero_grad: Accelerate's inspects its signature
+                        # on every call (~0.15 ms) to learn what this line already knows.
+                        opt.optimizer.zero_grad(set_to_none=True)
+                state.add(out, batch)
+                if watch.due(state.global_step):
+                    watch.check(epoch)
+                if checkpointing.every and state.global_step % checkpointing.every == 0 and accelerator.sync_gradients:
+                    save()  # between updates only: accumulated gradients are not part of the state
+                if loop.log_step and loop.log_every and state.global_step % loop.log_every == 0 and accelerator.is_main_process:
+                    loop.log_step(_step_record(phase, epoch, state, sched, time.perf_counter() - started))
+                if not bar.disable and time.perf_counter() - shown_at > POSTFIX_SECONDS:
+                    # Reading the running loss syncs the device: by the clock, not every n steps.
+                    bar.set_postfix(loss=f"{state.mean('loss'):.4f}")
+                    shown_at = time.perf_counter()
+            watch.check(epoch)
+            record = {"phase": phase, "epoch": epoch, "step": state.global_step}
+            record.update(state.epoch_means())
+            if val_loader is not None:
+                val = loop.evaluate_fn(inner.student, val_loader, accelerator)
+                record.update({f"val/{k}": v for k, v in val.items() if k != "n"})
+            record["lr"] = sched.get_last_lr()[0]
+            record["samples"] = state.seen
+            record["seconds"] = time.perf_counter() - started + state.carried_seconds
+            if monitor is not None:
+                if monitor.update(record):
+                    best.remember()
+                record["best_epoch"] = monitor.best_epoch
+                if monitor.should_stop():
+                    record["stopped_early"] = True
+            history.append(record)
+            if accelerator.is_main_process:
+                # Logged before the checkpoint moves on: a crash in between replays this epoch's
+                # record (the resumed run drops records its checkpoint does not cover).
+                if log:
+                    log(record)
+                if progress:
+                    shown = [k for k in record if k == "train/accuracy" or k.startswith("val/")]
+                    text = " ".join(f"{k} {record[k]:.4f}" for k in shown)
+                    tqdm.write(f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)")
+            state.start_epoch(epoch + 1, order.get_state() if order is not None else None)
+            save()  # the epoch is complete: a crash from here on resumes at the next one
+        if loop.keep == "best":
+            best.load()
+        release(accelerator)
+        return history
 
 
 def release(accelerator: Accelerator) -> None:
