@@ -180,3 +180,49 @@ def test_students_without_the_teachers_augmentation_are_reported_against_a_weake
     summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert summary["students"] == {"epochs": 2, "augment": "none", "mix": "none", "teacher_augment": "shift"}
     assert "so this scratch student is not the strongest baseline" in (tmp_path / "plain" / "report.md").read_text()
+
+
+def test_views_repeat_in_turn_and_the_cache_holds_that_many(splits, tmp_path):
+    dataset = training_set(splits, recipe("train.mix=cutmix", "train.seed=3"), "shift", "cutmix", views=2)
+    first, second, third, fourth = (epoch_views(dataset, e) for e in (1, 2, 3, 4))
+    assert not torch.equal(first[0], second[0])
+    assert torch.equal(first[0], third[0]) and torch.equal(first[1], third[1])  # epoch 3 replays epoch 1
+    assert torch.equal(second[0], fourth[0]) and torch.equal(second[1], fourth[1])
+    teacher = Teacher(create_model("mlp", width=16, input_shape=tuple(splits.input_shape)))
+    cache = build_cache(tmp_path / "c", teacher, dataset, fingerprint={"t": 1}, views=2, dtype="float32")
+    assert cache.meta["views"] == 2
+    cached = CachedTeacher(cache)
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    for epoch in (3, 4, 5):  # beyond the cached views: the same cycle on both sides
+        dataset.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for batch in loader:
+            torch.testing.assert_close(cached(batch).logits, teacher(batch).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_with_cycled_views_and_the_scratch_students_own_mixing(tmp_path, monkeypatch):
+    from kdistill.cli import main
+    from kdistill.run import school
+
+    loaders = []
+    real_loader = school.train_loader
+
+    def recording_loader(splits, recipe, augment, mix="none", views=0):
+        loaders.append((augment, mix, views))
+        return real_loader(splits, recipe, augment, mix, views)
+
+    monkeypatch.setattr(school, "train_loader", recording_loader)
+    args = [*QUICK, "train.epochs=3", "train.mix=cutmix", "train.scratch_mix=none", "train.views=2", "distill.alpha=1",
+            "distill.temperature=1", "teacher.cache=true", f"output.dir={tmp_path}", "name=fm"]
+    assert main(["run", *args]) == 0
+    # The teacher trains unmixed, the scratch student on its own mixing with a new view every
+    # epoch, the distilled student on the cycled, mixed views the cache holds.
+    assert loaders[-3:] == [("shift", "none", 0), ("shift", "none", 0), ("shift", "cutmix", 2)]
+    summary = json.loads((tmp_path / "fm" / "summary.json").read_text())
+    assert summary["students"] == {"epochs": 3, "augment": "shift", "mix": "cutmix", "mix_alpha": 1.0,
+                                   "scratch_mix": "none", "views": 2}
+    report = (tmp_path / "fm" / "report.md").read_text()
+    assert "the scratch student's get no mixing (train.scratch_mix)" in report
+    assert "The teacher scores 2 distinct views of each image" in report
+    meta = json.loads(next((tmp_path / ".cache").iterdir()).joinpath("meta.json").read_text())
+    assert meta["views"] == 2 and meta["fingerprint"]["augment"]["views"] == 2

@@ -118,6 +118,40 @@ class Augmented(Dataset):
         return self.__getitems__([int(i)])[0]
 
 
+class ViewCycle(Dataset):
+    """The first ``views`` epochs' draws, repeated in turn: epoch ``e`` sees the views (and
+    mixing, and any other per-epoch redraw) of epoch ``(e − 1) mod views + 1``.
+
+    A cached teacher then runs ``views`` times instead of once per epoch, which is what makes a
+    patient schedule affordable: on the bundled MNIST, 300 student epochs on 40 cycled views
+    of shifted, CutMix-ed digits beat 60 epochs on 60 fresh ones (bench/results/function_matching.md).
+    Each view is still scored by the teacher on exactly the input the student sees."""
+
+    def __init__(self, dataset: Dataset, views: int):
+        if views < 1:
+            raise ValueError(f"views={views}: at least 1")
+        self.dataset, self.views = dataset, views
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch((epoch - 1) % self.views + 1)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        return fetch(self.dataset, indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[i]
+
+
+def cycled(dataset: Dataset, views: int) -> Dataset:
+    """``dataset`` with its per-epoch draws repeated every ``views`` epochs (0: never)."""
+    if not views or not hasattr(dataset, "set_epoch"):
+        return dataset
+    return ViewCycle(dataset, views)
+
+
 def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
     """``dataset`` with the named augmentation, or unchanged for ``"none"``."""
     if name == "none":
@@ -134,4 +168,4 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
     return Augmented(dataset, AUGMENTATIONS[name], seed)
 
 
-__all__ = ["AUGMENTATIONS", "Augmentation", "Augmented", "augmented", "epoch_generator", "fetch"]
+__all__ = ["AUGMENTATIONS", "Augmentation", "Augmented", "ViewCycle", "augmented", "cycled", "epoch_generator", "fetch"]

@@ -103,11 +103,25 @@ def students_sentence(summary: dict) -> str:
     if not students:
         return ""
     mix = students["mix"]
-    mixing = f", {mix} (α = {students['mix_alpha']:g}; the scratch student on the mixed labels)" if mix != "none" else ", no mixing"
-    sentence = (
-        f" Both students train alike: {students['epochs']} epochs, augmentation {students['augment']}{mixing}; "
-        "the scratch student is the same training without the teacher."
-    )
+    scratch_mix = students.get("scratch_mix", mix)
+    if scratch_mix != mix:  # the scratch student's own mixing, chosen because it makes it stronger
+        own = f"{scratch_mix} on the mixed labels" if scratch_mix != "none" else "no mixing"
+        sentence = (
+            f" Both students train {students['epochs']} epochs with augmentation {students['augment']}; the distilled "
+            f"student's images are mixed ({mix}, α = {students['mix_alpha']:g}), the scratch student's get {own} "
+            "(train.scratch_mix), the stronger baseline for this student."
+        )
+    else:
+        mixing = f", {mix} (α = {students['mix_alpha']:g}; the scratch student on the mixed labels)" if mix != "none" else ", no mixing"
+        sentence = (
+            f" Both students train alike: {students['epochs']} epochs, augmentation {students['augment']}{mixing}; "
+            "the scratch student is the same training without the teacher."
+        )
+    if students.get("views"):
+        sentence += (
+            f" The teacher scores {students['views']} distinct views of each image, repeated in turn "
+            "(train.views); the scratch student gets a new view every epoch."
+        )
     teacher_augment = students.get("teacher_augment")
     if students["augment"] == "none" and teacher_augment:
         sentence += (

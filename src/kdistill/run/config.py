@@ -139,6 +139,11 @@ class TrainConfig(Section):
     # student learns the mixed labels. Teachers train unmixed.
     mix: Literal["none", "mixup", "cutmix"] = Field("none", description="mix images of the training split (both students)")
     mix_alpha: float = Field(1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
+    scratch_mix: Literal["same", "none", "mixup", "cutmix"] = Field(
+        "same", description="the scratch student's mixing: the distilled student's (same), or the one that makes it strongest")
+    views: int = Field(
+        0, ge=0, description="distinct views of each sample a teacher scores, repeated in turn (0: a new view every epoch); "
+        "a cached teacher runs this many passes")
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
     deterministic: bool = Field(False, description="deterministic kernels: bit-identical reruns and resumes")
     compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = Field(

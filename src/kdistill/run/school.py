@@ -175,15 +175,16 @@ class RunSchool:
 
         The cache lives under ``<output.dir>/.cache/<fingerprint>/`` (or ``teacher.cache_dir``)
         and is shared by every run with the same teacher weights, data, augmentation, taps and
-        dtype. With augmentation it holds one view per epoch, replayed in step with the
-        student's inputs; so does a training set that redraws its samples every epoch
-        (``set_epoch``, e.g. the sampled negatives of MovieLens).
+        dtype. With augmentation it holds one view per epoch (or ``train.views`` of them,
+        repeated in turn), replayed in step with the student's inputs; so does a training set
+        that redraws its samples every epoch (``set_epoch``, e.g. the sampled negatives of
+        MovieLens).
         """
         recipe, train = self.recipe, self.recipe.train
         varies = train.augment != "none" or train.mix != "none" or hasattr(self.splits.train, "set_epoch")
-        views = train.epochs if varies else 1
+        views = min(train.views or train.epochs, train.epochs) if varies else 1
         topk = cache_topk(recipe, self.distill_terms)
-        dataset = training_set(self.splits, recipe, train.augment, train.mix)
+        dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views)
         mixing = {"mix": train.mix, "mix_alpha": train.mix_alpha} if train.mix != "none" else {}
         fingerprint = {
             "teacher": teacher_identity(teacher.module),  # weights, settings and hooks (vocab_map)
@@ -225,10 +226,14 @@ class RunSchool:
 
     def fit(self, phase: str, distiller: Distiller, teacher) -> float:
         t = self.recipe.train
+        mix = t.scratch_mix if phase == "scratch" and t.scratch_mix != "same" else t.mix
+        # The views repeat only where a teacher scores them (its cost); a scratch student gets a
+        # new view every epoch, which can only make the baseline stronger.
+        views = t.views if distiller.needs_teacher else 0
         try:
             return self._train(
                 phase, distiller, teacher if distiller.needs_teacher else None,
-                augment=t.augment, mix=t.mix, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
+                augment=t.augment, mix=mix, views=views, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
             )
         finally:
             if distiller.tap:  # the trained student is measured without the training-time hooks
@@ -236,7 +241,7 @@ class RunSchool:
 
     def _train(
         self, phase: str, distiller: Distiller, teacher, *, augment: str, epochs: int, lr: float, optimizer: str,
-        mix: str = "none",
+        mix: str = "none", views: int = 0,
     ) -> float:
         """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
 
@@ -255,7 +260,7 @@ class RunSchool:
             self.metrics.drop_from(phase, resume_epoch)
         t = self.recipe.train
         fit(
-            distiller, train_loader(self.splits, self.recipe, augment, mix), teacher=teacher,
+            distiller, train_loader(self.splits, self.recipe, augment, mix, views), teacher=teacher,
             val_loader=self.val_loader, epochs=epochs, lr=lr, optim=optimization(t, optimizer),
             loop=Loop(
                 phase=phase, evaluate_fn=self.task.evaluate, batch_transform=getattr(distiller, "batch_transform", None),

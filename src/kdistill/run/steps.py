@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from kdistill.cache import topk_terms
 from kdistill.data import DataSplits, load_dataset
-from kdistill.data.augment import augmented
+from kdistill.data.augment import augmented, cycled
 from kdistill.data.mixing import check_mix_terms, mixed
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
@@ -81,24 +81,27 @@ def plan(recipe: Recipe) -> Plan:
     splits = load_data(recipe)
     mode, options = teaching_mode(recipe)
     task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
-    check_mix_terms(recipe.train.mix, [*terms, *task.scratch_terms()], splits.task)
+    scratch_mix = recipe.train.mix if recipe.train.scratch_mix == "same" else recipe.train.scratch_mix
+    check_mix_terms(recipe.train.mix, terms, splits.task)
+    check_mix_terms(scratch_mix, task.scratch_terms(), splits.task)
     return Plan(recipe, splits, task, terms, mode, options)
 
 
-def training_set(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none"):
+def training_set(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0):
     """The training split as a phase sees it: augmented, then mixed, each draw a function of
-    (train.seed, epoch, sample), so the teacher cache can hold exactly these views."""
+    (train.seed, epoch, sample), so the teacher cache can hold exactly these views; with
+    ``views``, the first ``views`` epochs' draws repeat in turn (``ViewCycle``)."""
     seed = recipe.train.seed
-    views = augmented(splits.train, augment, seed=seed)
-    return mixed(views, mix, alpha=recipe.train.mix_alpha, num_classes=splits.num_classes, seed=seed)
+    views_of_split = augmented(splits.train, augment, seed=seed)
+    return cycled(mixed(views_of_split, mix, alpha=recipe.train.mix_alpha, num_classes=splits.num_classes, seed=seed), views)
 
 
-def train_loader(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none") -> DataLoader:
+def train_loader(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0) -> DataLoader:
     # A seeded generator gives the scratch and the distilled student the same batch order
     # (and, through Augmented and Mixed, the same augmented and mixed views).
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return DataLoader(
-        training_set(splits, recipe, augment, mix), batch_size=recipe.train.batch_size,
+        training_set(splits, recipe, augment, mix, views), batch_size=recipe.train.batch_size,
         shuffle=True, generator=generator, **_loading(recipe),
     )
 

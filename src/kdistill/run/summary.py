@@ -52,6 +52,17 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
     return entry
 
 
+def students_record(train) -> dict:
+    record = {"epochs": train.epochs, "augment": train.augment, "mix": train.mix}
+    if train.mix != "none" or train.scratch_mix not in ("same", "none"):
+        record["mix_alpha"] = train.mix_alpha
+    if train.scratch_mix not in ("same", train.mix):
+        record["scratch_mix"] = train.scratch_mix
+    if train.views and train.views < train.epochs:
+        record["views"] = train.views
+    return record
+
+
 def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[dict], accelerator) -> dict:
     recipe, task, splits = plan.recipe, plan.task, plan.splits
     example = splits.test[0]["input"]
@@ -63,11 +74,8 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
         "data": splits.identity,
         "mode": plan.mode,
         # How both students trained: the scratch baseline gets the distilled student's augmentation,
-        # mixing (on the mixed labels) and budget, so the comparison is fair.
-        "students": {
-            "epochs": recipe.train.epochs, "augment": recipe.train.augment,
-            "mix": recipe.train.mix, **({"mix_alpha": recipe.train.mix_alpha} if recipe.train.mix != "none" else {}),
-        },
+        # mixing (on the mixed labels, unless train.scratch_mix names its own) and budget.
+        "students": students_record(recipe.train),
         "roles": {name: role.record() for name, role in roles.items()},
         **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency, history) for name, role in roles.items()},
         "latency_threads": torch.get_num_threads(),
