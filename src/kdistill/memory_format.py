@@ -3,9 +3,9 @@
 oneDNN, PyTorch's CPU backend for convolutions, works in NHWC: a network whose weights are in
 the default NCHW layout pays for reorders around every convolution. Converting the weights is
 what counts; converting only the inputs changes nothing. On this project's machines (x86-64,
-LeNet on 28×28 digits, batch 64, one thread) a training epoch takes 0.45-0.65× the time and an
-inference pass 0.3-0.4× (``python bench/memory_format.py``; PyTorch's "channels last" tutorial
-explains the layout).
+one thread, LeNet on 28×28 digits) a training epoch at batch 64 takes 0.67× the time and an
+inference pass at batch 512 0.53× (medians of ABBA rounds, ``python bench/memory_format.py``,
+bench/results/memory_format.md; PyTorch's "channels last" tutorial explains the layout).
 
 Only the zoo's models are converted: a user's network may ``view`` a feature map as if it were
 contiguous, which raises in channels-last. And only for the time of a training phase or a

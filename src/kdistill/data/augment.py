@@ -123,9 +123,10 @@ class ViewCycle(Dataset):
     mixing, and any other per-epoch redraw) of epoch ``(e − 1) mod views + 1``.
 
     A cached teacher then runs ``views`` times instead of once per epoch, which is what makes a
-    patient schedule affordable: on the bundled MNIST, 300 student epochs on 40 cycled views
-    of shifted, CutMix-ed digits beat 60 epochs on 60 fresh ones (bench/results/function_matching.md).
-    Each view is still scored by the teacher on exactly the input the student sees."""
+    patient schedule affordable: on the bundled MNIST, 200 student epochs on 40 cycled views of
+    shifted, CutMix-ed digits take the distilled MLP to 97.32 % over 5 seeds, where 60 epochs on
+    60 fresh mixup views gave 96.54 % (bench/results/function_matching.md). Each view is still scored by
+    the teacher on exactly the input the student sees."""
 
     def __init__(self, dataset: Dataset, views: int):
         if views < 1:
