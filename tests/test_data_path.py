@@ -94,3 +94,16 @@ def test_a_resumed_epoch_skips_trained_batches_without_loading_them(tmp_path):
     resumed = train(tmp_path / "cut", resume=True)
     assert Counted.reads == 64 - 4 * 8  # only the 4 batches after the checkpoint were read
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_shift_is_a_circular_roll_of_each_image_by_its_own_offsets():
+    from kdistill.data.augment import apply_shift, draw_shift
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(16, 1, 28, 28), (8, 3, 32, 30), (6, 20, 13)]:  # images, colour images, (B, T, F) sequences
+        x = torch.randn(*shape)
+        params = draw_shift(shape[0], generator)
+        expected = torch.stack([
+            torch.roll(image, shifts=(int(dy), int(dx)), dims=(-2, -1)) for image, (dy, dx) in zip(x, params)
+        ])
+        assert torch.equal(apply_shift(x, params), expected)
