@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from kdistill.cache_storage import claim, everyone_sees_main_root, one_machine, padded_shard
 from kdistill.checkpoint import CheckpointError, tensor_digest
+from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError
 from kdistill.memory_format import channels_last
@@ -335,7 +336,7 @@ def build_cache(
         for view in range(views):
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
-            for batch in DataLoader(shard, batch_size=batch_size):
+            for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
                 batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
                 output = {"index": batch["index"], **_arrays(teacher(batch), topk, temperature)}
                 if gathered:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from kdistill.data.base import SharedEpoch
+from kdistill.data.base import SampleBatch, SharedEpoch
 from kdistill.errors import ConfigError
 
 MAX_SHIFT = 2  # pixels each way
@@ -110,10 +110,12 @@ class Augmented(Dataset):
             self._params = (self.epoch, self.augmentation.draw(len(self), epoch_generator(self.seed, self.epoch)))
         return self._params[1]
 
-    def __getitems__(self, indices: list[int]) -> list[dict]:
+    def __getitems__(self, indices: list[int]) -> list[dict] | SampleBatch:
         samples = fetch(self.dataset, indices)
-        inputs = torch.stack([s["input"] for s in samples])
-        views = self.augmentation.apply(inputs, self.params()[torch.as_tensor(indices)])
+        params = self.params()[torch.as_tensor(indices)]
+        if isinstance(samples, SampleBatch):  # stays stacked: no split into dicts and back
+            return SampleBatch({**samples.tensors, "input": self.augmentation.apply(samples.tensors["input"], params)})
+        views = self.augmentation.apply(torch.stack([s["input"] for s in samples]), params)
         return [{**s, "input": view} for s, view in zip(samples, views)]
 
     def __getitem__(self, i: int) -> dict:

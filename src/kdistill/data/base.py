@@ -6,12 +6,13 @@ or a memory-bank method (CRD) find the sample again, whatever order the loader d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from kdistill.errors import DataError
 
@@ -40,6 +41,34 @@ class SharedEpoch:
         self._value.fill_(epoch)
 
 
+class SampleBatch(Sequence):
+    """The samples of one batch, held as stacked tensors.
+
+    PyTorch's ``__getitems__`` returns a batch's samples as a list that the collate function
+    stacks again; for a small model, splitting a batch into 64 dicts and restacking them at every
+    layer (the split, its augmentation, its mixing) cost more than the model's step. Indexing
+    this gives the sample dicts, so it is still the list ``__getitems__`` promises (default_collate
+    and ``Subset`` take it as one); ``collate`` hands the tensors on as the batch, untouched."""
+
+    def __init__(self, tensors: dict[str, Tensor]):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return {key: value[i] for key, value in self.tensors.items()}
+
+
+def collate(samples) -> dict:
+    """A batch from a ``SampleBatch`` as it is, and from anything else as ``default_collate`` makes it."""
+    if isinstance(samples, SampleBatch):
+        return dict(samples.tensors)
+    return default_collate(samples)
+
+
 class ArrayDataset(Dataset):
     """Inputs and integer targets held as tensors; ``index`` is the position in this dataset."""
 
@@ -55,13 +84,10 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {"input": self.inputs[i], "target": self.targets[i], "index": torch.tensor(i)}
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Tensor]]:
+    def __getitems__(self, indices: list[int]) -> SampleBatch:
         """A batch's samples in one indexing (the DataLoader's batched fetch): the same dicts."""
         rows = torch.as_tensor(indices, dtype=torch.long)
-        return [
-            {"input": x, "target": y, "index": i}
-            for x, y, i in zip(self.inputs[rows], self.targets[rows], rows)
-        ]
+        return SampleBatch({"input": self.inputs[rows], "target": self.targets[rows], "index": rows})
 
 
 @dataclass

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kdistill.data.augment import epoch_generator, fetch
-from kdistill.data.base import SharedEpoch
+from kdistill.data.base import SampleBatch, SharedEpoch
 from kdistill.errors import ConfigError
 from kdistill.losses.logit import cross_entropy
 
@@ -85,6 +85,13 @@ def mix_batch(x: Tensor, partner: Tensor, mix: str, lam: Tensor, centre: Tensor)
     return mixed, 1.0 - masks.flatten(1).float().mean(1)
 
 
+def _stack(samples: list[dict]) -> dict[str, Tensor]:
+    return {
+        "input": torch.stack([s["input"] for s in samples]),
+        "target": torch.stack([torch.as_tensor(s["target"]) for s in samples]),
+    }
+
+
 class Mixed(Dataset):
     """Each sample mixed with a partner from the same split (see the module docstring);
     ``set_epoch`` selects the epoch's pairs and is passed on to the wrapped dataset."""
@@ -111,19 +118,18 @@ class Mixed(Dataset):
             self._draws = (self.epoch, mix_draws(len(self), self.alpha, self.seed, self.epoch))
         return self._draws[1]
 
-    def __getitems__(self, indices: list[int]) -> list[dict]:
+    def __getitems__(self, indices: list[int]) -> list[dict] | SampleBatch:
         draws, rows = self.draws(), torch.as_tensor(indices)
         partners = draws.partner[rows]
         samples = fetch(self.dataset, [int(i) for i in indices])
         others = fetch(self.dataset, partners.tolist())
-        inputs, share = mix_batch(
-            torch.stack([s["input"] for s in samples]), torch.stack([s["input"] for s in others]),
-            self.mix, draws.lam[rows], draws.centre[rows],
-        )
+        batched = isinstance(samples, SampleBatch) and isinstance(others, SampleBatch)
+        own, theirs = (samples.tensors, others.tensors) if batched else (_stack(samples), _stack(others))
+        inputs, share = mix_batch(own["input"], theirs["input"], self.mix, draws.lam[rows], draws.centre[rows])
         eye = torch.eye(self.num_classes)
-        own = eye[torch.stack([torch.as_tensor(s["target"]) for s in samples]).long()]
-        theirs = eye[torch.stack([torch.as_tensor(s["target"]) for s in others]).long()]
-        targets = share[:, None] * own + (1.0 - share[:, None]) * theirs
+        targets = share[:, None] * eye[own["target"].long()] + (1.0 - share[:, None]) * eye[theirs["target"].long()]
+        if batched:  # stays stacked: no split into dicts and back
+            return SampleBatch({**samples.tensors, "input": inputs, "target": targets})
         return [{**s, "input": x, "target": y} for s, x, y in zip(samples, inputs, targets)]
 
     def __getitem__(self, i: int) -> dict:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from kdistill.cache import topk_terms
 from kdistill.data import DataSplits, load_dataset
+from kdistill.data.base import collate
 from kdistill.data.augment import augmented, cycled
 from kdistill.data.mixing import check_mix_terms, mixed
 from kdistill.errors import ConfigError
@@ -101,13 +102,13 @@ def train_loader(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "n
     # (and, through Augmented and Mixed, the same augmented and mixed views).
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return DataLoader(
-        training_set(splits, recipe, augment, mix, views), batch_size=recipe.train.batch_size,
+        training_set(splits, recipe, augment, mix, views), batch_size=recipe.train.batch_size, collate_fn=collate,
         shuffle=True, generator=generator, **_loading(recipe),
     )
 
 
 def eval_loader(dataset, recipe: Recipe) -> DataLoader:
-    return DataLoader(dataset, batch_size=recipe.train.eval_batch_size, **_loading(recipe))
+    return DataLoader(dataset, batch_size=recipe.train.eval_batch_size, collate_fn=collate, **_loading(recipe))
 
 
 def _loading(recipe: Recipe) -> dict[str, Any]:
