@@ -197,3 +197,11 @@ def test_options_needing_the_live_teacher_are_refused_before_any_training(option
     err = capsys.readouterr().err
     assert "needs the live teacher" in err and "teacher.cache=false" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # refused before the teacher or the scratch student trained
+
+
+def test_the_cache_is_built_in_batches_the_cpu_runs_fastest():
+    from kdistill.run.school import CPU_CACHE_BATCH, cache_batch_size
+
+    assert cache_batch_size(512, torch.device("cpu")) == CPU_CACHE_BATCH == 256
+    assert cache_batch_size(64, torch.device("cpu")) == 64  # never larger than asked
+    assert cache_batch_size(512, torch.device("cuda")) == 512  # a GPU keeps the evaluation batch
