@@ -31,6 +31,9 @@ def test_only_zoo_convolutional_networks_on_the_cpu_are_converted():
     assert not prefers_channels_last(create_model("lenet"), "cuda")  # not measured there
     assert not prefers_channels_last(create_model("mlp"), "cpu")  # nothing to gain
     assert not prefers_channels_last(UserConvNet(), "cpu")
+    wrapped = create_model("cnn_tiny")
+    wrapped.stages[0] = UserConvNet()  # a zoo model holding a network of someone else's
+    assert not prefers_channels_last(wrapped, "cpu")
     assert not prefers_channels_last(None, "cpu")  # a cached teacher has no module
     user = UserConvNet()
     with channels_last(user, "cpu"):

@@ -26,10 +26,13 @@ ZOO = "kdistill.models."
 
 
 def prefers_channels_last(module: nn.Module | None, device: torch.device | str) -> bool:
-    """A zoo model with 2-D convolutions, run on the CPU."""
+    """A zoo model with 2-D convolutions, run on the CPU. Every module inside must be the zoo's
+    or PyTorch's own: a zoo wrapper around a Hugging Face or user network is not converted."""
     if module is None or torch.device(device).type != "cpu":
         return False
-    return type(module).__module__.startswith(ZOO) and any(isinstance(m, nn.Conv2d) for m in module.modules())
+    parts = list(module.modules())
+    ours = type(module).__module__.startswith(ZOO) and all(type(m).__module__.startswith((ZOO, "torch.nn.")) for m in parts)
+    return ours and any(isinstance(m, nn.Conv2d) for m in parts)
 
 
 @contextlib.contextmanager
