@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from kdistill import Distiller, Teacher, create_model
+from kdistill.models import list_models
 from kdistill.data import ArrayDataset
 from kdistill.memory_format import channels_last, prefers_channels_last
 from kdistill.methods import hinton_kd, scratch
@@ -85,3 +86,18 @@ def test_the_layout_is_restored_after_the_block(failing):
             if failing:
                 raise RuntimeError("interrupted")
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+CONVOLUTIONAL = [name for name in list_models("image") if prefers_channels_last(create_model(name, input_shape=(3, 32, 32)), "cpu")]
+
+
+@pytest.mark.parametrize("name", CONVOLUTIONAL)
+def test_every_converted_zoo_model_computes_the_same_in_channels_last(name):
+    torch.manual_seed(0)
+    model = create_model(name, input_shape=(3, 32, 32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    with channels_last(model, "cpu"):
+        out = model(x)
+        out.sum().backward()  # no view() of a channels-last map anywhere, forward or backward
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
