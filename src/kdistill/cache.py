@@ -46,9 +46,9 @@ from kdistill.checkpoint import CheckpointError, tensor_digest
 from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError
-from kdistill.memory_format import channels_last
 from kdistill.losses.logit import kd
 from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
+from kdistill.memory_format import channels_last
 from kdistill.methods import LOGITS, Term
 
 FORMAT = "kdistill-teacher-cache/1"

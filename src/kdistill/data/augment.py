@@ -143,7 +143,7 @@ class ViewCycle(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, indices: list[int]) -> list[dict]:
+    def __getitems__(self, indices: list[int]) -> list[dict] | SampleBatch:
         return fetch(self.dataset, indices)
 
     def __getitem__(self, i: int) -> dict:

@@ -155,6 +155,11 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when the validation metric stops improving")
     keep: Literal["last", "best"] = Field("last", description="which epoch's weights each trained model keeps: the last, or the best on the validation split")
 
+    @property
+    def scratch_mixing(self) -> str:
+        """The mixing the scratch student trains with: its own (``scratch_mix``) or the distilled one's."""
+        return self.mix if self.scratch_mix == "same" else self.scratch_mix
+
 
 class OutputConfig(Section):
     dir: str = "runs"

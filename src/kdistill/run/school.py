@@ -236,7 +236,7 @@ class RunSchool:
 
     def fit(self, phase: str, distiller: Distiller, teacher) -> float:
         t = self.recipe.train
-        mix = t.scratch_mix if phase == "scratch" and t.scratch_mix != "same" else t.mix
+        mix = t.scratch_mixing if phase == "scratch" else t.mix
         # The views repeat only where a teacher scores them (its cost); a scratch student gets a
         # new view every epoch, which can only make the baseline stronger.
         views = t.views if distiller.needs_teacher else 0

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from kdistill.cache import topk_terms
 from kdistill.data import DataSplits, load_dataset
-from kdistill.data.base import collate
 from kdistill.data.augment import augmented, cycled
+from kdistill.data.base import collate
 from kdistill.data.mixing import check_mix_terms, mixed
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
@@ -82,9 +82,8 @@ def plan(recipe: Recipe) -> Plan:
     splits = load_data(recipe)
     mode, options = teaching_mode(recipe)
     task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
-    scratch_mix = recipe.train.mix if recipe.train.scratch_mix == "same" else recipe.train.scratch_mix
     check_mix_terms(recipe.train.mix, terms, splits.task)
-    check_mix_terms(scratch_mix, task.scratch_terms(), splits.task)
+    check_mix_terms(recipe.train.scratch_mixing, task.scratch_terms(), splits.task)
     return Plan(recipe, splits, task, terms, mode, options)
 
 

@@ -54,10 +54,10 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
 
 def students_record(train) -> dict:
     record = {"epochs": train.epochs, "augment": train.augment, "mix": train.mix}
-    if train.mix != "none" or train.scratch_mix not in ("same", "none"):
+    if train.mix != "none" or train.scratch_mixing != "none":
         record["mix_alpha"] = train.mix_alpha
-    if train.scratch_mix not in ("same", train.mix):
-        record["scratch_mix"] = train.scratch_mix
+    if train.scratch_mixing != train.mix:
+        record["scratch_mix"] = train.scratch_mixing
     if train.views and train.views < train.epochs:
         record["views"] = train.views
     return record
