@@ -11,106 +11,138 @@ bench/results/fm_views.jsonl.
 The teacher is a LeNet trained by the default recipe (``kdistill run`` leaves it in
 runs/.teachers); the views are kept under --workdir so variants of one seed draw them once.
 """
-import argparse, json, math, time, sys, os, tempfile
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
 from pathlib import Path
+
 import numpy as np
-import torch, torch.nn.functional as F
-from safetensors.torch import load_file
+import torch
+import torch.nn.functional as F
+
 from kdistill.data import load_dataset
-from kdistill.models.cnn import lenet
-from kdistill.models.mlp import MLP
 from kdistill.data.augment import apply_shift, draw_shift
 from kdistill.data.mixing import mix_batch
+from kdistill.models.cnn import lenet
+from kdistill.models.mlp import MLP
+from kdistill.weights import read_weights
 
-p = argparse.ArgumentParser()
-p.add_argument("--epochs", type=int, default=300)
-p.add_argument("--pool", type=int, default=40)
-p.add_argument("--width", type=int, default=128)
-p.add_argument("--depth", type=int, default=1)
-p.add_argument("--T", type=float, default=1.0)
-p.add_argument("--lr", type=float, default=3e-3)
-p.add_argument("--bs", type=int, default=64)
-p.add_argument("--seed", type=int, default=0)
-p.add_argument("--mix", default="mixup")
-p.add_argument("--mixp", type=float, default=1.0)
-p.add_argument("--malpha", type=float, default=1.0)
-p.add_argument("--mode", default="both")
-p.add_argument("--alpha", type=float, default=1.0)
-p.add_argument("--teacher", required=True, help="a LeNet's .safetensors (runs/.teachers after kdistill run)")
-p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "kdistill-fm-views"))
-a = p.parse_args()
-torch.set_num_threads(1)
-splits = load_dataset("mnist")
-def stack(ds):
-    x = torch.stack([ds[i]["input"] for i in range(len(ds))]); y = torch.stack([torch.as_tensor(ds[i]["target"]) for i in range(len(ds))])
-    return x, y
-xtr, ytr = stack(splits.train); xte, yte = stack(splits.test)
-N = len(xtr)
-teacher = lenet(); teacher.load_state_dict(load_file(a.teacher)); teacher.eval(); teacher = teacher.to(memory_format=torch.channels_last)
-eye = torch.eye(10)
-def make_view(g):
-    s1 = draw_shift(N, g); s2 = draw_shift(N, g)
-    partner = torch.randint(N, (N,), generator=g)
-    rng = np.random.default_rng(int(torch.randint(2**62, (), generator=g)))
-    lam = torch.from_numpy(rng.beta(a.malpha, a.malpha, size=N)).float()
-    if a.mixp < 1:
-        keep = torch.rand(N, generator=g) >= a.mixp
-        lam = torch.where(keep, torch.ones(N), lam)
-    centre = torch.rand((N, 2), generator=g)
-    x1 = apply_shift(xtr, s1); x2 = apply_shift(xtr[partner], s2)
-    if a.mix == "none":
-        return x1, eye[ytr]
-    x, share = mix_batch(x1, x2, a.mix, lam, centre)
-    y = share[:, None] * eye[ytr] + (1 - share[:, None]) * eye[ytr[partner]]
-    return x, y
-os.makedirs(a.workdir, exist_ok=True)
-key = os.path.join(a.workdir, f"views_{a.mix}_{a.malpha}_{a.mixp}_{a.pool}_{a.seed}_{Path(a.teacher).stem}.pt")
-t0 = time.time()
-if os.path.exists(key):
-    px, py, pt = torch.load(key)
-else:
-    g = torch.Generator().manual_seed(1000 + a.seed)
-    px = torch.empty(a.pool, N, 1, 28, 28); py = torch.empty(a.pool, N, 10); pt = torch.empty(a.pool, N, 10)
+RESULTS = Path(__file__).resolve().parent / "results" / "fm_views.jsonl"
+CLASSES = 10
+
+
+def whole(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([s["input"] for s in samples]), torch.stack([torch.as_tensor(s["target"]) for s in samples])
+
+
+def draw_views(x, y, args, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch of views: each image shifted, mixed with a shifted partner; and the mixed labels."""
+    count = len(x)
+    own_shift, partner_shift = draw_shift(count, generator), draw_shift(count, generator)
+    partner = torch.randint(count, (count,), generator=generator)
+    beta = np.random.default_rng(int(torch.randint(2**62, (), generator=generator)))
+    lam = torch.from_numpy(beta.beta(args.malpha, args.malpha, size=count)).float()
+    if args.mixp < 1:  # only this share of the images is mixed
+        lam = torch.where(torch.rand(count, generator=generator) >= args.mixp, torch.ones(count), lam)
+    centre = torch.rand((count, 2), generator=generator)
+    eye = torch.eye(CLASSES)
+    images = apply_shift(x, own_shift)
+    if args.mix == "none":
+        return images, eye[y]
+    views, share = mix_batch(images, apply_shift(x[partner], partner_shift), args.mix, lam, centre)
+    return views, share[:, None] * eye[y] + (1 - share[:, None]) * eye[y[partner]]
+
+
+def scored_views(x, y, teacher, args):
+    """(views, mixed labels, teacher logits), each (P, N, ...), drawn once per seed and teacher."""
+    os.makedirs(args.workdir, exist_ok=True)
+    file = Path(args.workdir) / f"views_{args.mix}_{args.malpha}_{args.mixp}_{args.pool}_{args.seed}_{Path(args.teacher).stem}.pt"
+    if file.is_file():
+        return torch.load(file)
+    generator = torch.Generator().manual_seed(1000 + args.seed)
+    views = torch.empty(args.pool, *x.shape)
+    labels, logits = torch.empty(args.pool, len(x), CLASSES), torch.empty(args.pool, len(x), CLASSES)
     with torch.no_grad():
-        for e in range(a.pool):
-            x, y = make_view(g); px[e] = x; py[e] = y
-            pt[e] = torch.cat([teacher(x[i:i+500]) for i in range(0, N, 500)])
-    torch.save((px, py, pt), key)
-print(f"pool {time.time()-t0:.1f}s", file=sys.stderr)
-with torch.no_grad():
-    tacc = (teacher(xte).argmax(1) == yte).float().mean().item()
+        for view in range(args.pool):
+            views[view], labels[view] = draw_views(x, y, args, generator)
+            logits[view] = torch.cat([teacher(views[view, i:i + 500]) for i in range(0, len(x), 500)])
+    torch.save((views, labels, logits), file)
+    return views, labels, logits
 
-def train(kd):
-    g = torch.Generator().manual_seed(a.seed)
-    torch.manual_seed(a.seed)
-    m = MLP(width=a.width, depth=a.depth)
-    opt = torch.optim.Adam(m.parameters(), lr=a.lr)
-    steps = a.epochs * math.ceil(N / a.bs)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    t = time.time()
-    for e in range(a.epochs):
-        perm = torch.randperm(N, generator=g)
-        pe = e % a.pool
-        for i in range(0, N, a.bs):
-            b = perm[i:i+a.bs]
-            z = m(px[pe, b])
-            if kd:
-                loss = F.kl_div(F.log_softmax(z / a.T, 1), F.log_softmax(pt[pe, b] / a.T, 1), log_target=True, reduction="batchmean") * a.T**2
-                if a.alpha < 1:
-                    loss = a.alpha * loss + (1 - a.alpha) * F.cross_entropy(z, py[pe, b])
-            else:
-                loss = F.cross_entropy(z, py[pe, b])
-            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-    m.eval()
+
+def train(distil: bool, views, labels, logits, test, args) -> tuple[float, float]:
+    """Test accuracy (%) and seconds of an MLP trained on the cycled views."""
+    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    student = MLP(width=args.width, depth=args.depth)
+    optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
+    count = views.shape[1]
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs * math.ceil(count / args.bs))
+    started = time.time()
+    for epoch in range(args.epochs):
+        view, order = epoch % args.pool, torch.randperm(count, generator=generator)
+        for start in range(0, count, args.bs):
+            rows = order[start:start + args.bs]
+            z = student(views[view, rows])
+            loss = F.cross_entropy(z, labels[view, rows])
+            if distil:
+                match = F.kl_div(F.log_softmax(z / args.T, 1), F.log_softmax(logits[view, rows] / args.T, 1),
+                                 log_target=True, reduction="batchmean") * args.T**2
+                loss = match if args.alpha >= 1 else args.alpha * match + (1 - args.alpha) * loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    student.eval()
     with torch.no_grad():
-        acc = (m(xte).argmax(1) == yte).float().mean().item()
-    return acc * 100, time.time() - t
+        accuracy = (student(test[0]).argmax(1) == test[1]).float().mean().item()
+    return accuracy * 100, time.time() - started
 
-res = {"args": vars(a), "teacher": round(tacc * 100, 2)}
-if a.mode in ("both", "scratch"):
-    res["scratch"], res["t_scratch"] = train(False)
-if a.mode in ("both", "kd"):
-    res["kd"], res["t_kd"] = train(True)
-print(json.dumps(res))
-with open(Path(__file__).resolve().parent / "results" / "fm_views.jsonl", "a") as f:
-    f.write(json.dumps(res) + "\n")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True, help="a LeNet's .safetensors (runs/.teachers after kdistill run)")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "kdistill-fm-views"))
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--pool", type=int, default=40, help="distinct views per image, cycled")
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--T", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float, default=1.0, help="weight of the match; the rest is CE on mixed labels")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mix", default="mixup", choices=["none", "mixup", "cutmix"])
+    parser.add_argument("--mixp", type=float, default=1.0, help="share of the images that are mixed")
+    parser.add_argument("--malpha", type=float, default=1.0, help="lambda ~ Beta(malpha, malpha)")
+    parser.add_argument("--mode", default="both", choices=["both", "scratch", "kd"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    splits = load_dataset("mnist")
+    (x, y), test = whole(splits.train), whole(splits.test)
+    teacher = lenet()
+    teacher.load_state_dict(read_weights(args.teacher))
+    teacher = teacher.eval().to(memory_format=torch.channels_last)
+    views, labels, logits = scored_views(x, y, teacher, args)
+    with torch.no_grad():
+        teacher_accuracy = (teacher(test[0]).argmax(1) == test[1]).float().mean().item()
+    record = {"args": {k: v for k, v in vars(args).items() if k not in ("teacher", "workdir")},
+              "teacher": round(teacher_accuracy * 100, 2)}
+    if args.mode in ("both", "scratch"):
+        record["scratch"], record["t_scratch"] = train(False, views, labels, logits, test, args)
+    if args.mode in ("both", "kd"):
+        record["kd"], record["t_kd"] = train(True, views, labels, logits, test, args)
+    print(json.dumps(record))
+    with RESULTS.open("a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
