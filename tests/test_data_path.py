@@ -107,3 +107,39 @@ def test_a_shift_is_a_circular_roll_of_each_image_by_its_own_offsets():
             torch.roll(image, shifts=(int(dy), int(dx)), dims=(-2, -1)) for image, (dy, dx) in zip(x, params)
         ])
         assert torch.equal(apply_shift(x, params), expected)
+
+
+def rows_of(count: int, *row: float) -> torch.Tensor:
+    return torch.tensor([row] * count, dtype=torch.float32)
+
+
+def test_an_affine_view_is_the_identity_a_shift_or_a_quarter_turn_when_drawn_so():
+    from kdistill.data.augment import MAX_ROTATION, MAX_SHIFT, MAX_ZOOM, apply_affine, apply_shift, draw_affine
+
+    digit = torch.full((1, 1, 28, 28), -0.42)  # a normalised background with a digit in its centre
+    digit[..., 6:22, 10:18] = torch.rand(16, 8, generator=torch.Generator().manual_seed(0)) * 3
+    x = torch.cat([digit, digit.flip(-1), digit.transpose(-1, -2)])
+    n = len(x)
+    torch.testing.assert_close(apply_affine(x, rows_of(n, 0, 1, 0, 0)), x, atol=1e-5, rtol=0)
+    # Whole-pixel translations read whole pixels: the shift's circular roll (only background wraps around).
+    expected = apply_shift(x, torch.tensor([[2, -1]] * n))
+    torch.testing.assert_close(apply_affine(x, rows_of(n, 0, 1, 2, -1)), expected, atol=1e-5, rtol=0)
+    # A quarter turn of a square image maps pixel centres onto pixel centres.
+    torch.testing.assert_close(apply_affine(x, rows_of(n, torch.pi / 2, 1, 0, 0)), torch.rot90(x, 1, (-2, -1)), atol=1e-4, rtol=0)
+    # Zooming in spreads the ink over more pixels, by about the zoom squared.
+    ink = (x > 0.5).sum().item()
+    assert 1.3 < (apply_affine(x, rows_of(n, 0, 1.25, 0, 0)) > 0.5).sum().item() / ink < 1.8
+    draws = draw_affine(10_000, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, draw_affine(10_000, torch.Generator().manual_seed(0)))  # replayable
+    spread = (draws - torch.tensor([0.0, 1.0, 0.0, 0.0])).abs()
+    bounds = torch.tensor([MAX_ROTATION, MAX_ZOOM, MAX_SHIFT, MAX_SHIFT])
+    assert (spread <= bounds).all() and (spread.amax(0) > 0.95 * bounds).all()  # the whole range, no more
+
+
+def test_affine_views_are_for_images_only():
+    from kdistill.errors import ConfigError
+
+    sequences = ArrayDataset(torch.randn(4, 20, 13), torch.zeros(4, dtype=torch.long))
+    assert augmented(sequences, "shift") is not sequences  # shifts also translate (T, F) sequences
+    with pytest.raises(ConfigError, match=r"augment=affine rotates and zooms images \(C, H, W\), but the inputs are \(20, 13\)"):
+        augmented(sequences, "affine")

@@ -182,8 +182,9 @@ def test_students_without_the_teachers_augmentation_are_reported_against_a_weake
     assert "so this scratch student is not the strongest baseline" in (tmp_path / "plain" / "report.md").read_text()
 
 
-def test_views_repeat_in_turn_and_the_cache_holds_that_many(splits, tmp_path):
-    dataset = training_set(splits, recipe("train.mix=cutmix", "train.seed=3"), "shift", "cutmix", views=2)
+@pytest.mark.parametrize("augment", ["shift", "affine"])
+def test_views_repeat_in_turn_and_the_cache_holds_that_many(splits, tmp_path, augment):
+    dataset = training_set(splits, recipe("train.mix=cutmix", "train.seed=3"), augment, "cutmix", views=2)
     first, second, third, fourth = (epoch_views(dataset, e) for e in (1, 2, 3, 4))
     assert not torch.equal(first[0], second[0])
     assert torch.equal(first[0], third[0]) and torch.equal(first[1], third[1])  # epoch 3 replays epoch 1

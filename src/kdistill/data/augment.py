@@ -11,10 +11,12 @@ calls with a batch's indices) keeps the views cheap enough for long schedules.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -22,6 +24,10 @@ from kdistill.data.base import SampleBatch, SharedEpoch
 from kdistill.errors import ConfigError
 
 MAX_SHIFT = 2  # pixels each way
+# The usual MNIST-style distortion (LeCun et al. 1998; Simard et al., ICDAR 2003): small
+# rotations and zooms on top of the shift, each way.
+MAX_ROTATION = math.radians(10)
+MAX_ZOOM = 0.1
 
 
 def draw_shift(n: int, generator: torch.Generator) -> Tensor:
@@ -51,10 +57,31 @@ def apply_flip(x: Tensor, params: Tensor) -> Tensor:
     return torch.where(params[:, :1, None, None].bool(), x.flip(-1), x)
 
 
+def draw_affine(n: int, generator: torch.Generator) -> Tensor:
+    """(n, 4) rows of rotation (radians), zoom factor, dy and dx (pixels), each uniform."""
+    spread = torch.tensor([MAX_ROTATION, MAX_ZOOM, MAX_SHIFT, MAX_SHIFT])
+    return (torch.rand((n, 4), generator=generator) * 2 - 1) * spread + torch.tensor([0.0, 1.0, 0.0, 0.0])
+
+
+def apply_affine(x: Tensor, params: Tensor) -> Tensor:
+    """Rotate, zoom and translate each image (B, C, H, W) by its row, bilinearly. Pixels brought in
+    from outside take the nearest border pixel's value: for a centred digit, its background, in
+    whatever normalisation the split has."""
+    batch, _, height, width = x.shape
+    angle, zoom, dy, dx = params.to(torch.float32).unbind(1)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid maps each output pixel to the input pixel it reads, in [-1, 1] coordinates: a
+    # shift of the content by +dx pixels reads from dx pixels to the left, 2/W per pixel.
+    theta = torch.stack([torch.stack([cos, -sin, -2 * dx / width], 1), torch.stack([sin, cos, -2 * dy / height], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), [batch, 1, height, width], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     draw: Callable[[int, torch.Generator], Tensor]
     apply: Callable[[Tensor, Tensor], Tensor]
+    images_only: bool = False  # needs (C, H, W) inputs; shifts and flips also take (T, F) sequences
 
 
 def _shift_flip_draw(n: int, generator: torch.Generator) -> Tensor:
@@ -69,6 +96,7 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     "shift": Augmentation(draw_shift, apply_shift),
     "flip": Augmentation(draw_flip, apply_flip),
     "shift_flip": Augmentation(_shift_flip_draw, _shift_flip_apply),
+    "affine": Augmentation(draw_affine, apply_affine, images_only=True),
 }
 
 
@@ -170,7 +198,16 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
             f"augment={name} translates images (C, H, W), but the inputs are {shape} (tokens or table rows): "
             "set teacher.augment=none and train.augment=none"
         )
-    return Augmented(dataset, AUGMENTATIONS[name], seed)
+    augmentation = AUGMENTATIONS[name]
+    if augmentation.images_only and example.dim() != 3:
+        raise ConfigError(
+            f"augment={name} rotates and zooms images (C, H, W), but the inputs are {tuple(example.shape)}: "
+            "use shift for sequences"
+        )
+    return Augmented(dataset, augmentation, seed)
 
 
-__all__ = ["AUGMENTATIONS", "Augmentation", "Augmented", "ViewCycle", "augmented", "cycled", "epoch_generator", "fetch"]
+__all__ = [
+    "AUGMENTATIONS", "Augmentation", "Augmented", "ViewCycle", "apply_affine", "augmented", "cycled", "draw_affine",
+    "epoch_generator", "fetch",
+]

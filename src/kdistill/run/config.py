@@ -49,7 +49,7 @@ class DataConfig(Section):
         return self
 
 
-Augment = Literal["none", "shift", "flip", "shift_flip"]
+Augment = Literal["none", "shift", "flip", "shift_flip", "affine"]
 
 
 class PruneConfig(Section):
