@@ -165,3 +165,12 @@ def test_causes_work_without_diagnostics():
     del plain["diagnostics"]
     causes = likely_causes(plain)
     assert causes[0].startswith("Teacher accuracy")
+
+
+def test_function_matching_at_t1_is_not_blamed_on_its_temperature():
+    # No label term: the student learns the teacher's distribution itself (Beyer et al.), at T = 1.
+    matching = summary(scratch=0.90, student=0.899, temperature=1.0, kd_weight=1.0, ce_weight=0.0)
+    matching["diagnostics"]["distill"]["terms"] = matching["diagnostics"]["distill"]["terms"][1:]
+    assert not any(cause.startswith("Temperature") for cause in likely_causes(matching))
+    with_labels = summary(scratch=0.90, student=0.899, temperature=1.0)
+    assert any(cause.startswith("Temperature: T=1 keeps") for cause in likely_causes(with_labels))

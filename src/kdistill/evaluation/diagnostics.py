@@ -234,11 +234,16 @@ def likely_causes(summary: dict) -> list[str]:
             "distillation terms barely moved it towards the teacher."
         )
 
+    terms = distill.get("terms") or []
+    teacher_weight = sum(t["weight"] for t in terms if t["uses_teacher"])
+    label_weight = sum(t["weight"] for t in terms if not t["uses_teacher"])
     temperature = distill.get("temperature")
     if temperature is not None:
         low, high = TEMPERATURE_RANGE
         confident = (diagnostics.get("mean_confidence") or {}).get("teacher")
-        if temperature < low:
+        # Without a label term (function matching: Beyer et al., CVPR 2022) the student learns the
+        # teacher's distribution itself, for which T = 1 is the natural setting, not a fault.
+        if temperature < low and (label_weight > 0 or not terms):
             mean_top1 = f" (mean top-1 probability {confident:.3f} on the test split)" if confident is not None else ""
             causes.append(
                 f"Temperature: T={temperature:g} keeps the teacher's soft targets close to one-hot"
@@ -251,9 +256,6 @@ def likely_causes(summary: dict) -> list[str]:
                 "try T between 2 and 8 (4 is common)."
             )
 
-    terms = distill.get("terms") or []
-    teacher_weight = sum(t["weight"] for t in terms if t["uses_teacher"])
-    label_weight = sum(t["weight"] for t in terms if not t["uses_teacher"])
     phase = training.get("student") or {}
     teacher_terms = [t["name"] for t in terms if t["uses_teacher"]]
     share = None
