@@ -124,11 +124,22 @@ def test_an_affine_view_is_the_identity_a_shift_or_a_quarter_turn_when_drawn_so(
     # Whole-pixel translations read whole pixels: the shift's circular roll (only background wraps around).
     expected = apply_shift(x, torch.tensor([[2, -1]] * n))
     torch.testing.assert_close(apply_affine(x, rows_of(n, 0, 1, 2, -1)), expected, atol=1e-5, rtol=0)
+    wide = torch.randn(4, 3, 12, 20)  # translations are in pixels along each axis, on any size
+    moved = apply_affine(wide, rows_of(4, 0, 1, -1, 2))  # up 1, right 2
+    torch.testing.assert_close(moved[..., :-1, 2:], wide[..., 1:, :-2], atol=1e-5, rtol=0)
     # A quarter turn of a square image maps pixel centres onto pixel centres.
     torch.testing.assert_close(apply_affine(x, rows_of(n, torch.pi / 2, 1, 0, 0)), torch.rot90(x, 1, (-2, -1)), atol=1e-4, rtol=0)
     # Zooming in spreads the ink over more pixels, by about the zoom squared.
     ink = (x > 0.5).sum().item()
     assert 1.3 < (apply_affine(x, rows_of(n, 0, 1.25, 0, 0)) > 0.5).sum().item() / ink < 1.8
+    # Any draw on a square image: the grid F.affine_grid builds from the same matrix.
+    params = draw_affine(n, torch.Generator().manual_seed(1))
+    angle, zoom, dy, dx = params.unbind(1)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, -dx / 14], 1), torch.stack([sin, cos, -dy / 14], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    expected = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    torch.testing.assert_close(apply_affine(x, params), expected, atol=1e-4, rtol=0)
     draws = draw_affine(10_000, torch.Generator().manual_seed(0))
     assert torch.equal(draws, draw_affine(10_000, torch.Generator().manual_seed(0)))  # replayable
     spread = (draws - torch.tensor([0.0, 1.0, 0.0, 0.0])).abs()

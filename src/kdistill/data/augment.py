@@ -67,13 +67,16 @@ def apply_affine(x: Tensor, params: Tensor) -> Tensor:
     """Rotate, zoom and translate each image (B, C, H, W) by its row, bilinearly. Pixels brought in
     from outside take the nearest border pixel's value: for a centred digit, its background, in
     whatever normalisation the split has."""
-    batch, _, height, width = x.shape
-    angle, zoom, dy, dx = params.to(torch.float32).unbind(1)
+    _, _, height, width = x.shape
+    angle, zoom, dy, dx = (p[:, None, None] for p in params.to(x.device, x.dtype).unbind(1))
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    # affine_grid maps each output pixel to the input pixel it reads, in [-1, 1] coordinates: a
-    # shift of the content by +dx pixels reads from dx pixels to the left, 2/W per pixel.
-    theta = torch.stack([torch.stack([cos, -sin, -2 * dx / width], 1), torch.stack([sin, cos, -2 * dy / height], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), [batch, 1, height, width], align_corners=False)
+    # Each output pixel (u, v), in pixels from the centre, reads the input at the rotated, zoomed
+    # and shifted point, which grid_sample takes in [-1, 1] coordinates of pixel centres (2/W per
+    # pixel). Built by broadcasting: F.affine_grid, the same grid, took 1 ms of every batch of 64
+    # digits in a profiled function-matching run, more than the student's own step.
+    u = (torch.arange(width, dtype=x.dtype, device=x.device) - (width - 1) / 2)[None, None, :]
+    v = (torch.arange(height, dtype=x.dtype, device=x.device) - (height - 1) / 2)[None, :, None]
+    grid = torch.stack([(cos * u - sin * v - dx) * (2 / width), (sin * u + cos * v - dy) * (2 / height)], dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
