@@ -198,7 +198,7 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
     if not (isinstance(example, Tensor) and example.dim() >= 2 and example.is_floating_point()):
         shape = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
         raise ConfigError(
-            f"augment={name} translates images (C, H, W), but the inputs are {shape} (tokens or table rows): "
+            f"augment={name} transforms images (C, H, W), but the inputs are {shape} (tokens or table rows): "
             "set teacher.augment=none and train.augment=none"
         )
     augmentation = AUGMENTATIONS[name]
