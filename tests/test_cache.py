@@ -58,6 +58,21 @@ def test_float16_cache_is_close_and_half_the_size(setup, tmp_path):
     assert cache16.meta["arrays"]["logits"]["bytes"] < 0.6 * cache32.meta["arrays"]["logits"]["bytes"]
 
 
+def test_a_cache_larger_than_the_free_disk_is_refused_before_it_is_written(setup, tmp_path, monkeypatch):
+    import shutil
+
+    from kdistill.errors import UserError
+
+    splits, teacher, _, _ = setup
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: real._replace(free=1000))
+    with pytest.raises(UserError, match=r"teacher.cache: the teacher's outputs would take [\d.]+ MB at .*full, but its disk has 0.0 MB free: set teacher.cache_topk"):
+        build_cache(tmp_path / "full", teacher, splits.train, fingerprint=FINGERPRINT, views=3)
+    assert not list((tmp_path / "full").glob("*.npy"))  # refused before any file was made
+    monkeypatch.undo()
+    assert build_cache(tmp_path / "fits", teacher, splits.train, fingerprint=FINGERPRINT, views=3).views == 3
+
+
 def test_a_mismatched_cache_is_refused_naming_the_field(setup):
     _, _, cache, _ = setup
     cache.check(FINGERPRINT)
@@ -100,7 +115,7 @@ def test_augmented_views_replay_what_training_sees(tmp_path):
     assert json.loads((tmp_path / "aug" / "meta.json").read_text())["views"] == 3
 
 
-QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
+QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none", "train.augment=none", "train.mix=none",
          "teacher.epochs=2", "student.kwargs={width: 16}", "train.epochs=2", "output.latency=false",
          "output.plots=false", "output.progress=false"]
 

@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from kdistill.cache_storage import claim, everyone_sees_main_root, one_machine, padded_shard
+from kdistill.cache_storage import check_space, claim, everyone_sees_main_root, one_machine, padded_shard
 from kdistill.checkpoint import CheckpointError, tensor_digest
 from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
@@ -327,6 +328,7 @@ def build_cache(
     # Class indices as integers (float16 is exact only up to 2,048); values in ``dtype``.
     dtypes = {name: np.int32 if name == "topk.index" else DTYPES[dtype] for name in shapes}
     if writer:
+        check_space(root, sum(views * count * math.prod(shape) * np.dtype(dtypes[name]).itemsize for name, shape in shapes.items()))
         for name, shape in shapes.items():
             np.lib.format.open_memmap(files[name], mode="w+", dtype=dtypes[name], shape=(views, count, *shape)).flush()
     if accelerator:

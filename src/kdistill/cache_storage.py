@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -43,6 +44,24 @@ def check_cache_root(root: Path) -> None:
         raise UserError(
             f"teacher.cache_dir: {root} holds {strangers[0]!r}, which a cache build did not write; "
             "point teacher.cache_dir at a new or empty directory"
+        )
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:,.1f} GB" if count >= 1e9 else f"{count / 1e6:,.1f} MB"
+
+
+def check_space(root: Path, needed: int) -> None:
+    """Refuse a cache larger than the free space of its disk before a byte of it is written: the
+    files are preallocated sparse, so a full disk would otherwise end the build half-way. A
+    language model's full-vocabulary logits are the usual cause (views × tokens × vocabulary)."""
+    disk = next((p for p in (root, *root.parents) if p.exists()), Path.cwd())
+    free = shutil.disk_usage(disk).free
+    if needed > free:
+        raise UserError(
+            f"teacher.cache: the teacher's outputs would take {_size(needed)} at {root}, but its disk has "
+            f"{_size(free)} free: set teacher.cache_topk (e.g. 64) to keep the most probable classes only, "
+            "teacher.cache_dir to a larger disk, or teacher.cache=false"
         )
 
 
