@@ -121,10 +121,16 @@ class Mixed(Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict] | SampleBatch:
         draws, rows = self.draws(), torch.as_tensor(indices)
         partners = draws.partner[rows]
-        samples = fetch(self.dataset, [int(i) for i in indices])
-        others = fetch(self.dataset, partners.tolist())
-        batched = isinstance(samples, SampleBatch) and isinstance(others, SampleBatch)
-        own, theirs = (samples.tensors, others.tensors) if batched else (_stack(samples), _stack(others))
+        # The samples and their partners in one fetch: one augmentation call per batch, not two.
+        count = len(indices)
+        both = fetch(self.dataset, [*(int(i) for i in indices), *partners.tolist()])
+        batched = isinstance(both, SampleBatch)
+        if batched:
+            samples = SampleBatch({k: v[:count] for k, v in both.tensors.items()})
+            own, theirs = samples.tensors, {k: v[count:] for k, v in both.tensors.items()}
+        else:
+            samples = both[:count]
+            own, theirs = _stack(samples), _stack(both[count:])
         inputs, share = mix_batch(own["input"], theirs["input"], self.mix, draws.lam[rows], draws.centre[rows])
         eye = torch.eye(self.num_classes)
         targets = share[:, None] * eye[own["target"].long()] + (1.0 - share[:, None]) * eye[theirs["target"].long()]
