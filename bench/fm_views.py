@@ -8,8 +8,8 @@ bench/results/fm_views.jsonl.
 
     python bench/fm_views.py --teacher runs/.teachers/lenet-<fingerprint>.safetensors --mix cutmix --pool 40
 
-The teacher is a LeNet trained by the default recipe (``kdistill run`` leaves it in
-runs/.teachers); the views are kept under --workdir so variants of one seed draw them once.
+The teacher is a LeNet trained on shifted digits by ``kdistill run configs/mnist_hinton.yaml``
+(the built-in recipe when this was written), which leaves it in runs/.teachers; the views are kept under --workdir so variants of one seed draw them once.
 """
 
 from __future__ import annotations

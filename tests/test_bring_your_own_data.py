@@ -61,7 +61,7 @@ def test_rgb_folder_stays_rgb_and_grayscale_only_when_asked(tmp_path):
 def test_rgb_folder_end_to_end_teacher_learns_the_hue(tmp_path):
     hue_folder(tmp_path / "images")
     argv = ["data.dataset=folder", f"data.path={tmp_path / 'images'}", "teacher.model=mlp", "teacher.kwargs={width: 32}",
-            "teacher.augment=none", "teacher.epochs=5", "train.epochs=3", "student.kwargs={width: 8}", *QUIET,
+            "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=5", "train.epochs=3", "student.kwargs={width: 8}", *QUIET,
             f"output.dir={tmp_path / 'runs'}"]
     assert main(["run", *argv]) == 0
     summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
@@ -104,7 +104,7 @@ def test_table_csv_maps_labels_and_scales_each_column(tmp_path):
     assert torch.allclose(train.mean(0), torch.zeros(2), atol=1e-5)  # each column, not one scalar
     assert torch.allclose(train.std(0, unbiased=False), torch.ones(2), atol=1e-4)
     argv = ["data.dataset=table", f"data.path={file}", "data.options.label=species", "teacher.model=mlp",
-            "teacher.kwargs={width: 32}", "teacher.augment=none", "teacher.epochs=10", "train.epochs=5",
+            "teacher.kwargs={width: 32}", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=10", "train.epochs=5",
             "student.kwargs={width: 8}", *QUIET, f"output.dir={tmp_path / 'runs'}"]
     assert main(["run", *argv]) == 0
     summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
@@ -167,7 +167,7 @@ def test_labelled_text_csv_tokenised_by_the_teachers_tokenizer(tmp_path):
     assert sample["input"]["input_ids"][0] == 2 and sample["input"]["attention_mask"].sum() == 6  # [CLS] the x was y [SEP]
     argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
             "data.options.label=sentiment", f"data.options.tokenizer={tmp_path / 'teacher'}", "data.options.max_length=8",
-            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "teacher.epochs=8",
+            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=8",
             "teacher.lr=0.005", "student.model=text_cnn", "student.kwargs={vocab_size: 16, embed_dim: 8, channels: 8}",
             "train.epochs=3", "train.batch_size=16", *QUIET, f"output.dir={tmp_path / 'runs'}"]
     assert main(["run", *argv]) == 0
@@ -211,7 +211,7 @@ def test_a_student_with_its_own_tokenizer_reads_its_ids_while_the_teacher_reads_
     argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
             "data.options.label=sentiment", f"data.options.tokenizer={tmp_path / 'teacher'}", "data.options.max_length=8",
             f"data.options.student_tokenizer={tmp_path / 'student_tokenizer.json'}",
-            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "teacher.epochs=8",
+            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=8",
             "teacher.lr=0.005", "teacher.cache=true", "student.model=text_cnn",
             "student.kwargs={vocab_size: 33, embed_dim: 8, channels: 8}", "train.epochs=15", "train.lr=0.01", "train.batch_size=16", *QUIET,
             f"output.dir={tmp_path / 'runs'}", "name=two_tokenizers"]
@@ -242,7 +242,7 @@ def test_token_ids_train_a_language_model_split_by_position(tmp_path, suffix):
     assert splits.val[0]["input"][0] == ids[round(0.8 * len(ids))]  # later text is held out
     argv = ["data.dataset=token_ids", f"data.path={file}", "data.options.block_size=16", "data.options.vocab_size=12",
             "teacher.model=gpt", "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}", "teacher.epochs=25", "teacher.lr=0.01", "train.batch_size=16",
-            "teacher.augment=none", "student.model=gpt", "student.kwargs={n_layer: 1, n_head: 2, n_embd: 8, dropout: 0.0}",
+            "teacher.augment=none", "train.augment=none", "train.mix=none", "student.model=gpt", "student.kwargs={n_layer: 1, n_head: 2, n_embd: 8, dropout: 0.0}",
             "method=token_kd", "train.epochs=1", *QUIET, f"output.dir={tmp_path / 'runs'}", "name=ids"]
     assert main(["run", *argv]) == 0
     summary = json.loads((tmp_path / "runs" / "ids" / "summary.json").read_text())
@@ -274,7 +274,7 @@ def test_labelled_text_with_the_real_minilm_teacher(tmp_path):
     write_reviews(tmp_path / "reviews.csv", rows=300)
     argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
             "data.options.label=sentiment", f"data.options.tokenizer={minilm_dir()}", "data.options.max_length=12",
-            "teacher.model=minilm_l6", "teacher.augment=none", "teacher.epochs=2", "teacher.lr=0.0001",
+            "teacher.model=minilm_l6", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2", "teacher.lr=0.0001",
             "student.model=text_cnn", "student.kwargs={embed_dim: 16, channels: 16}", "train.epochs=4",
             "train.batch_size=16", *QUIET, f"output.dir={tmp_path / 'runs'}", "name=minilm"]
     assert main(["run", *argv]) == 0

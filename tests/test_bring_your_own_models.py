@@ -13,7 +13,7 @@ from kdistill.cli import main
 from kdistill.models import UnknownModelError, create_model
 from kdistill.weights import load_weights
 
-RUN = ["data.dataset=digits", "data.subset=400", "teacher.augment=none", "teacher.epochs=2", "train.epochs=2",
+RUN = ["data.dataset=digits", "data.subset=400", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2", "train.epochs=2",
        "output.latency=false", "output.plots=false", "output.progress=false"]
 
 MODEL_FILE = '''

@@ -19,7 +19,7 @@ from kdistill.distiller import Teacher
 from kdistill.trainer import fit, make_accelerator
 
 QUICK = ["data.dataset=digits", "train.epochs=2", "teacher.epochs=1", "teacher.model=mlp", "student.model=mlp_tiny",
-         "teacher.augment=none", "output.latency=false", "output.plots=false"]
+         "teacher.augment=none", "train.augment=none", "train.mix=none", "output.latency=false", "output.plots=false"]
 
 
 def train(compile, epochs: int = 4):

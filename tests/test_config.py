@@ -21,13 +21,26 @@ def write(tmp_path, text, name="recipe.yaml"):
 
 def test_builtin_recipe_is_the_shipped_mnist_recipe():
     shipped, builtin = load_config(CONFIGS / "mnist.yaml"), load_config(None)
-    assert builtin == Recipe()
     # The file spells out KD's temperature and alpha; the built-in leaves the preset's defaults.
     assert shipped.model_dump(exclude={"distill"}) == builtin.model_dump(exclude={"distill"})
     assert (shipped.distill.temperature, shipped.distill.alpha) == (4.0, 0.9)
     splits = load_dataset("digits")  # any data: the kd preset reads no layers
     as_terms = [[(t.name, t.weight, t.params) for t in recipe_terms(r, splits)] for r in (shipped, builtin)]
     assert as_terms[0] == as_terms[1] == [("ce", pytest.approx(0.1), {}), ("kd", 0.9, {"temperature": 4.0})]
+    # Consistent teaching: the teacher scores the distilled student's affine, CutMix-ed views;
+    # the scratch student gets the affine views without mixing.
+    t = builtin.train
+    assert (t.augment, t.mix, t.scratch_mixing, t.views, t.epochs) == ("affine", "cutmix", "none", 32, 160)
+    assert (builtin.teacher.augment, builtin.teacher.cache) == ("affine", True)
+
+
+def test_a_recipe_file_starts_from_the_field_defaults_not_the_builtin_recipe(tmp_path):
+    # A file's omitted fields are the schema's defaults (no augmentation or mixing for the
+    # students), which suit any data; only `kdistill run` without a file is the built-in recipe.
+    recipe = load_config(write(tmp_path, "name: mine\n"))
+    assert recipe == Recipe(name="mine")
+    assert (recipe.train.augment, recipe.train.mix, recipe.train.views) == ("none", "none", 0)
+    assert load_config(None, ["train.mix=none"]).train.augment == "affine"  # overrides apply to the built-in
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

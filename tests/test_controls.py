@@ -185,7 +185,7 @@ def test_adam_takes_the_fused_kernel_with_the_same_update_and_falls_back_without
 
 QUICK = [
     "data.dataset=digits", "teacher.model=mlp", "teacher.epochs=2", "train.epochs=4", "train.batch_size=64",
-    "output.latency=false", "output.plots=false", "output.progress=false",
+    "train.augment=none", "train.mix=none", "output.latency=false", "output.plots=false", "output.progress=false",
 ]
 
 
@@ -306,7 +306,7 @@ def test_mlflow_and_tensorboard_write_inside_the_run_directory_and_overwrite_rep
     mlflow = pytest.importorskip("mlflow", reason="pip install mlflow-skinny (kdistill[dev] has it)")
     kdistill = Path(sys.executable).with_name("kdistill")
     argv = [str(kdistill), "run", "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}",
-            "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none",
+            "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none", "train.augment=none", "train.mix=none",
             "output.latency=false", "output.plots=false", "output.progress=false",
             "output.report_to=[mlflow, tensorboard]", "name=tracked"]
     for extra in ([], ["--overwrite"]):
@@ -330,7 +330,7 @@ def test_wandb_runs_offline_inside_the_run_directory_one_run_per_phase(tmp_path)
     kdistill = Path(sys.executable).with_name("kdistill")
     result = subprocess.run(
         [str(kdistill), "run", "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}",
-         "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none",
+         "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none", "train.augment=none", "train.mix=none",
          "output.latency=false", "output.plots=false", "output.progress=false", "output.report_to=[wandb]", "name=wb"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path / "home")},
     )

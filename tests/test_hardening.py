@@ -435,3 +435,42 @@ def test_distill_leaves_no_hooks_on_the_users_models():
     kdistill.distill(teacher, student, tiny_data(), terms=terms, epochs=1, progress=False, device="cpu")
     for model in (teacher, student):
         assert all(not module._forward_hooks for module in model.modules())
+
+
+# --- the built-in recipe pointed at other data -----------------------------------------------
+
+
+def test_the_builtin_recipes_image_settings_on_a_table_are_one_line_naming_them_all(tmp_path):
+    rows = ["length,width,species", *(f"{i % 7}.5,{i % 3}.25,{'ab'[i % 2]}" for i in range(60))]
+    (tmp_path / "features.csv").write_text("\n".join(rows) + "\n")
+    line = refused_without_changes(
+        tmp_path, "run", "data.dataset=table", "data.path=features.csv", "data.options.label=species",
+        "teacher.model=mlp", "student.model=mlp_tiny",
+        fragments=("teacher.augment=affine, train.augment=affine and train.mix=cutmix transform images",
+                   "the inputs are (2,)", "set teacher.augment=none train.augment=none train.mix=none"),
+    )
+    assert not (tmp_path / "runs").exists(), line  # refused by the check, before any run directory
+
+
+@pytest.mark.parametrize(("inputs", "settings", "wrong", "kind"), [
+    (torch.randn(8, 29, 12), ["teacher.augment=none", "train.augment=affine", "train.mix=cutmix"], "train.augment=affine and train.mix=cutmix", "sequences"),
+    (torch.randn(8, 29, 12), ["train.augment=shift", "train.mix=mixup", "teacher.augment=shift"], None, ""),
+    (torch.randint(0, 9, (8, 16)), ["train.augment=none", "train.mix=mixup", "teacher.augment=none"], "train.mix=mixup", "token ids"),
+    (torch.randn(8, 1, 8, 8), [], None, ""),  # images take the built-in recipe's settings
+    (torch.randn(8, 5), ["teacher.checkpoint=t.safetensors", "train.augment=none", "train.mix=none"], None, ""),
+])
+def test_transforms_the_inputs_cannot_take_are_refused_together(inputs, settings, wrong, kind):
+    from types import SimpleNamespace
+
+    from kdistill.data.base import ArrayDataset
+    from kdistill.run.config import load_config
+    from kdistill.run.steps import check_input_transforms
+
+    splits = SimpleNamespace(train=ArrayDataset(inputs, torch.zeros(len(inputs), dtype=torch.long)))
+    recipe = load_config(None, settings)
+    if wrong is None:  # a loaded teacher's augmentation never applies
+        check_input_transforms(recipe, splits)
+        return
+    with pytest.raises(ConfigError) as error:
+        check_input_transforms(recipe, splits)
+    assert str(error.value).startswith(f"{wrong} transform") and f"({kind}" in str(error.value)

@@ -13,7 +13,7 @@ from kdistill.run.pipeline import run
 
 BASE = ["data.dataset=digits", "student.kwargs={width: 16}", "train.epochs=1", "output.latency=false",
         "output.plots=false", "output.progress=false"]
-TEACHER = ["teacher.model=mlp", "teacher.kwargs={width: 32}", "teacher.epochs=1", "teacher.augment=none"]
+TEACHER = ["teacher.model=mlp", "teacher.kwargs={width: 32}", "teacher.epochs=1", "teacher.augment=none", "train.augment=none", "train.mix=none"]
 MODES = {
     "teacher": TEACHER,
     "cached": [*TEACHER, "teacher.cache=true"],

@@ -9,7 +9,7 @@ from kdistill.cli import main
 from kdistill.methods import PRESETS
 
 QUICK = [
-    "data.dataset=digits", "teacher.model=cnn", "teacher.kwargs={width: 16, depth: 2}", "teacher.augment=none",
+    "data.dataset=digits", "teacher.model=cnn", "teacher.kwargs={width: 16, depth: 2}", "teacher.augment=none", "train.augment=none", "train.mix=none",
     "student.model=cnn_tiny", "student.kwargs={}", "teacher.epochs=1", "train.epochs=1",
     "output.latency=false", "output.plots=false", "output.progress=false",
 ]

@@ -11,7 +11,7 @@ from kdistill.cli import main
 from kdistill.data import ArrayDataset
 from kdistill.trainer import NonFiniteLossError, make_accelerator
 
-QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
+QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none", "train.augment=none", "train.mix=none",
          "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
          "output.plots=false", "output.progress=false"]
 

@@ -86,7 +86,7 @@ def test_recipe_rules_for_who_teaches():
 
 QUICK = ["data.dataset=digits", "train.epochs=2", "output.latency=false", "output.plots=false", "output.progress=false",
          "student.kwargs={width: 16}"]
-TEACHER = ["teacher.augment=none", "teacher.epochs=2"]
+TEACHER = ["teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2"]
 
 
 def run(tmp_path, name, *extra):
