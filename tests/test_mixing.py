@@ -225,6 +225,7 @@ def test_a_run_with_cycled_views_and_the_scratch_students_own_mixing(tmp_path, m
                                    "scratch_mix": "none", "views": 2}
     report = (tmp_path / "fm" / "report.md").read_text()
     assert "the scratch student's get no mixing (train.scratch_mix)" in report
+    assert "images are mixed (cutmix, λ ~ Beta(1, 1))" in report  # not "α", which reads as distill.alpha
     assert "The teacher scores 2 distinct views of each image" in report
     meta = json.loads(next((tmp_path / ".cache").iterdir()).joinpath("meta.json").read_text())
     assert meta["views"] == 2 and meta["fingerprint"]["augment"]["views"] == 2

@@ -108,11 +108,12 @@ def students_sentence(summary: dict) -> str:
         own = f"{scratch_mix} on the mixed labels" if scratch_mix != "none" else "no mixing"
         sentence = (
             f" Both students train {students['epochs']} epochs with augmentation {students['augment']}; the distilled "
-            f"student's images are mixed ({mix}, α = {students['mix_alpha']:g}), the scratch student's get {own} "
+            f"student's images are mixed ({mix}, λ ~ Beta({students['mix_alpha']:g}, {students['mix_alpha']:g})), the scratch student's get {own} "
             "(train.scratch_mix), the stronger baseline for this student."
         )
     else:
-        mixing = f", {mix} (α = {students['mix_alpha']:g}; the scratch student on the mixed labels)" if mix != "none" else ", no mixing"
+        # λ, not α: the mixing weight's Beta(α, α) is not distill.alpha, which the report shows too.
+        mixing = f", {mix} (λ ~ Beta({students['mix_alpha']:g}, {students['mix_alpha']:g}); the scratch student on the mixed labels)" if mix != "none" else ", no mixing"
         sentence = (
             f" Both students train alike: {students['epochs']} epochs, augmentation {students['augment']}{mixing}; "
             "the scratch student is the same training without the teacher."
