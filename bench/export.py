@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="export and time this many times; keep each fastest median")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the run")
     args = parser.parse_args()
+    if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():
+        args.overrides, args.recipe = [args.recipe, *args.overrides], None  # overrides of the built-in recipe
 
     with tempfile.TemporaryDirectory() as out:
         if args.run_dir:

@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_intermixed_args()  # overrides after --seeds N (or after --) too
+    if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():
+        args.overrides, args.recipe = [args.recipe, *args.overrides], None  # overrides of the built-in recipe
 
     runs = []
     with tempfile.TemporaryDirectory() as out:
