@@ -195,22 +195,33 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
     if name not in AUGMENTATIONS:
         raise ConfigError(f"augment: unknown augmentation {name!r}; choose none or {', '.join(AUGMENTATIONS)}")
     example = dataset[0]["input"] if len(dataset) else None
-    if not (isinstance(example, Tensor) and example.dim() >= 2 and example.is_floating_point()):
+    if not can_augment(name, example):
+        if _floating(example) and example.dim() == 2:
+            raise ConfigError(
+                f"augment={name} rotates and zooms images (C, H, W), but the inputs are {tuple(example.shape)}: "
+                "use shift for sequences"
+            )
         shape = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
         raise ConfigError(
             f"augment={name} transforms images (C, H, W), but the inputs are {shape} (tokens or table rows): "
             "set teacher.augment=none and train.augment=none"
         )
-    augmentation = AUGMENTATIONS[name]
-    if augmentation.images_only and example.dim() != 3:
-        raise ConfigError(
-            f"augment={name} rotates and zooms images (C, H, W), but the inputs are {tuple(example.shape)}: "
-            "use shift for sequences"
-        )
-    return Augmented(dataset, augmentation, seed)
+    return Augmented(dataset, AUGMENTATIONS[name], seed)
+
+
+def _floating(example) -> bool:
+    return isinstance(example, Tensor) and example.is_floating_point()
+
+
+def can_augment(name: str, example) -> bool:
+    """Whether augmentation ``name`` transforms inputs like ``example``: float images (C, H, W),
+    and (T, F) sequences too for those not ``images_only``; never token ids or table rows."""
+    if name == "none":
+        return True
+    return _floating(example) and (example.dim() == 3 or (example.dim() == 2 and not AUGMENTATIONS[name].images_only))
 
 
 __all__ = [
-    "AUGMENTATIONS", "Augmentation", "Augmented", "ViewCycle", "apply_affine", "augmented", "cycled", "draw_affine",
+    "AUGMENTATIONS", "Augmentation", "Augmented", "ViewCycle", "apply_affine", "augmented", "can_augment", "cycled", "draw_affine",
     "epoch_generator", "fetch",
 ]

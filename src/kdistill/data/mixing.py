@@ -153,6 +153,15 @@ def mixed(dataset: Dataset, mix: str, *, alpha: float, num_classes: int | None, 
     return Mixed(dataset, mix, alpha, num_classes, seed)
 
 
+def can_mix(mix: str, example) -> bool:
+    """Whether ``mix`` applies to inputs like ``example``: mixup to any float input, CutMix only
+    to images (C, H, W), whose box it cuts; neither to token ids."""
+    if mix in ("none", "same"):  # "same": the scratch student's mixing is the distilled one's
+        return True
+    floats = isinstance(example, Tensor) and example.is_floating_point()
+    return floats and (mix == "mixup" or example.dim() == 3)
+
+
 def check_mix_terms(mix: str, terms, task: str) -> None:
     """Refuse what mixing would silently break: a non-classification task, or a term that
     splits the logits at one true class (a mixed image has two)."""

@@ -89,6 +89,11 @@ class TeacherConfig(Section):
     )
     cache_dir: str | None = Field(None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)")
 
+    @property
+    def trained_here(self) -> bool:
+        """Whether a run trains this teacher (and so applies its ``augment``), rather than loading it."""
+        return not (self.checkpoint or self.onnx or self.epochs == 0)
+
 
 class TermConfig(Section):
     name: str

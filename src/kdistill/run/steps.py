@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from kdistill.cache import topk_terms
 from kdistill.data import DataSplits, load_dataset
-from kdistill.data.augment import AUGMENTATIONS, augmented, cycled
+from kdistill.data.augment import augmented, can_augment, cycled
 from kdistill.data.base import collate
-from kdistill.data.mixing import check_mix_terms, mixed
+from kdistill.data.mixing import can_mix, check_mix_terms, mixed
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
@@ -88,40 +88,37 @@ def plan(recipe: Recipe) -> Plan:
     return Plan(recipe, splits, task, terms, mode, options)
 
 
-def trained_teachers(recipe: Recipe) -> list[tuple[str, Any]]:
-    """(field, section) of each teacher this run trains itself, so whose augmentation applies."""
-    sections = [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)] if recipe.teachers is not None else [("teacher", recipe.teacher)]
-    return [(field, t) for field, t in sections if not (t.checkpoint or t.onnx or t.epochs == 0)]
-
-
 def check_input_transforms(recipe: Recipe, splits: DataSplits) -> None:
     """Refuse every augmentation and mixing the inputs cannot take, in one line. The built-in
     recipe's settings are for images, so a run of it pointed at a table or at text learns the
     whole fix at once rather than one field per attempt (and CutMix never cuts a box out of a
     batch of table rows)."""
     example = splits.train[0]["input"] if len(splits.train) else None
-    floats = isinstance(example, torch.Tensor) and example.is_floating_point()
-    dims = example.dim() if floats else 0
-
-    def takes(augment: str) -> bool:
-        return augment == "none" or (dims >= 2 and (dims == 3 or not AUGMENTATIONS[augment].images_only))
-
-    wrong = [(f"{field}.augment", t.augment) for field, t in trained_teachers(recipe) if not takes(t.augment)]
-    if not takes(recipe.train.augment):
+    teachers = [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)] if recipe.teachers is not None else [("teacher", recipe.teacher)]
+    wrong = [(f"{field}.augment", t.augment) for field, t in teachers if t.trained_here and not can_augment(t.augment, example)]
+    if not can_augment(recipe.train.augment, example):
         wrong.append(("train.augment", recipe.train.augment))
-    for field, mix in (("train.mix", recipe.train.mix), ("train.scratch_mix", recipe.train.scratch_mix)):
-        if (mix == "cutmix" and dims != 3) or (mix == "mixup" and not floats):
-            wrong.append((field, mix))
+    wrong += [(field, mix) for field, mix in (("train.mix", recipe.train.mix), ("train.scratch_mix", recipe.train.scratch_mix))
+              if not can_mix(mix, example)]
     if not wrong:
         return
-    shape = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-    kind = "sequences: shift and mixup take them" if dims == 2 else "token ids" if isinstance(example, torch.Tensor) and not floats else "not images"
     named = [f"{field}={value}" for field, value in wrong]
     settings = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
     raise ConfigError(
-        f"{settings} transform{'s' if len(named) == 1 else ''} images (C, H, W), but the inputs are {shape} ({kind}): "
+        f"{settings} transform{'s' if len(named) == 1 else ''} images (C, H, W), but the inputs are {_inputs(example)}: "
         f"set {' '.join(f'{field}=none' for field, _ in wrong)}"
     )
+
+
+def _inputs(example) -> str:
+    """What a training input is, for a refusal: its shape and kind."""
+    if not isinstance(example, torch.Tensor):
+        return f"{type(example).__name__} (not images)"
+    if not example.is_floating_point():
+        return f"{tuple(example.shape)} (token ids)"
+    if example.dim() == 2:
+        return f"{tuple(example.shape)} (sequences: shift and mixup take them)"
+    return f"{tuple(example.shape)} (not images)"
 
 
 def training_set(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0):
