@@ -128,6 +128,26 @@ def test_version_and_list_taps():
     assert "stage" in taps.stdout  # the hint layers are marked
 
 
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["run", "--help"]])
+def test_version_and_help_start_without_torch(argv):
+    """The console's first answers import no PyTorch (a second or more of start-up on its own):
+    the package's public names load on first use."""
+    probe = ("import sys; from kdistill.cli import main; code = main(%r); "
+             "sys.exit(3 if 'torch' in sys.modules else code)" % (argv,))
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env())
+    assert result.returncode == 0, (result.returncode, result.stderr[-500:])
+
+
+def test_the_public_names_load_on_first_use():
+    import kdistill
+
+    assert set(kdistill.__all__) <= set(dir(kdistill))
+    for name in kdistill.__all__:
+        assert getattr(kdistill, name) is not None, name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        kdistill.no_such_name
+
+
 def test_list_methods_shows_each_presets_settings():
     result = kdistill("list", "methods")
     assert result.returncode == 0

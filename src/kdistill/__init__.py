@@ -1,39 +1,50 @@
-"""kdistill: knowledge distillation from a teacher to a checked, deployable student."""
+"""kdistill: knowledge distillation from a teacher to a checked, deployable student.
 
-from kdistill.api import DistillResult, MismatchError, distill, fit
-from kdistill.data import ArrayDataset
-from kdistill.data.inputs import as_dataset, as_loader
-from kdistill.distiller import Distiller, ModelOutput, Teacher
-from kdistill.methods import PRESETS, Term
-from kdistill.models import create_model, list_models
-from kdistill.onnx_teacher import OnnxModel
-from kdistill.run.config import Recipe, load_config
-from kdistill.taps import FeatureTap
-from kdistill.trainer import evaluate
-from kdistill.weights import load_weights, save_weights
+The public names are imported on first use (PEP 562), so that ``kdistill --version``, ``--help``
+and every module that needs no model (errors, safe YAML, the recipe's text) start without
+importing PyTorch, which alone takes a second or more.
+"""
+
+from importlib import import_module
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "PRESETS",
-    "ArrayDataset",
-    "DistillResult",
-    "Distiller",
-    "FeatureTap",
-    "MismatchError",
-    "ModelOutput",
-    "OnnxModel",
-    "Recipe",
-    "Teacher",
-    "Term",
-    "as_dataset",
-    "as_loader",
-    "create_model",
-    "distill",
-    "evaluate",
-    "fit",
-    "list_models",
-    "load_config",
-    "load_weights",
-    "save_weights",
-]
+# Each public name and the module that defines it.
+_HOMES = {
+    "DistillResult": "kdistill.api",
+    "MismatchError": "kdistill.api",
+    "distill": "kdistill.api",
+    "fit": "kdistill.api",
+    "ArrayDataset": "kdistill.data",
+    "as_dataset": "kdistill.data.inputs",
+    "as_loader": "kdistill.data.inputs",
+    "Distiller": "kdistill.distiller",
+    "ModelOutput": "kdistill.distiller",
+    "Teacher": "kdistill.distiller",
+    "PRESETS": "kdistill.methods",
+    "Term": "kdistill.methods",
+    "create_model": "kdistill.models",
+    "list_models": "kdistill.models",
+    "OnnxModel": "kdistill.onnx_teacher",
+    "Recipe": "kdistill.run.config",
+    "load_config": "kdistill.run.config",
+    "FeatureTap": "kdistill.taps",
+    "evaluate": "kdistill.trainer",
+    "load_weights": "kdistill.weights",
+    "save_weights": "kdistill.weights",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'kdistill' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_HOMES])
