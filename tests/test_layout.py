@@ -2,6 +2,7 @@
 of teaching modes and of models."""
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,15 @@ def test_layers_point_one_way():
             assert not any(t.startswith(above) for t in targets), f"leaf {name} imports {sorted(targets)}"
 
 
-def test_every_file_stays_under_about_400_lines():
-    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 430}
-    assert not long, long
+def test_no_file_is_over_600_lines_and_files_over_400_are_named():
+    """DESIGN.md: a file over ~400 lines is a question (a warning, so that a file is split by its
+    purpose, not trimmed to fit a number), over 600 a defect."""
+    lines = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
+    questions = {name: n for name, n in lines.items() if n > 400}
+    if questions:
+        warnings.warn(f"files over 400 lines, each a question of purpose: {questions}", stacklevel=1)
+    defects = {name: n for name, n in lines.items() if n > 600}
+    assert not defects, defects
 
 
 def test_a_teaching_mode_is_one_module_behind_one_registry():
