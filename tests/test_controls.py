@@ -51,13 +51,13 @@ def train(model, batch_size=8, **kwargs):
     )
 
 
-def scripted(scores):
-    """A validation whose accuracy per epoch is given: the best epoch is known in advance."""
+def scripted(scores, metric="accuracy"):
+    """A validation whose ``metric`` per epoch is given: the best epoch is known in advance."""
     calls = []
 
     def evaluate_fn(model, loader, accelerator):
         calls.append(1)
-        return {"accuracy": scores[len(calls) - 1], "n": 1}
+        return {"accuracy": 0.5, metric: scores[len(calls) - 1], "n": 1}
 
     return evaluate_fn
 
@@ -88,6 +88,25 @@ def test_keep_best_restores_the_best_epochs_weights(tmp_path):
     assert all(torch.equal(final[k], snapshots[2][k]) for k in final)
     assert not all(torch.equal(final[k], snapshots[4][k]) for k in final)
     assert best_weights_path(state).is_file()  # a resumed run still ends with the best epoch
+
+
+def test_the_loss_metric_is_the_validation_loss_not_the_training_loss():
+    """The epoch record holds the training ``loss`` (falling here) beside ``val/loss``."""
+    history = train(
+        student(), epochs=4, val_loader=DataLoader(data(16, 1), batch_size=16),
+        loop=Loop(evaluate_fn=scripted([0.9, 0.5, 0.7, 0.8], "loss"), early_stopping=EarlyStopping("loss", patience=None)),
+    )
+    assert history[-1]["loss"] < history[1]["loss"]  # the training loss was lowest later
+    assert [r["best_epoch"] for r in history] == [1, 2, 2, 2]
+
+
+def test_a_nan_validation_score_is_never_the_best_epoch():
+    history = train(
+        student(), epochs=4, val_loader=DataLoader(data(16, 1), batch_size=16),
+        loop=Loop(evaluate_fn=scripted([float("nan"), 0.5, 0.7, 0.6]), keep="best",
+                  early_stopping=EarlyStopping(patience=2)),
+    )
+    assert [r["best_epoch"] for r in history] == [0, 2, 3, 3] and "stopped_early" not in history[-1]
 
 
 def test_selection_without_validation_is_refused():
