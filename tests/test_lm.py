@@ -126,6 +126,49 @@ def test_on_policy_transform_replaces_a_fraction_with_student_continuations(corp
         OnPolicy(student, fraction=1.5)
 
 
+class Uniform(torch.nn.Module):
+    """A student that gives every token the same logit: sampling costs nothing."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.bias = vocab, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids):
+        return self.bias.expand(*ids.shape, self.vocab)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 8])
+def test_the_on_policy_share_is_the_fraction_at_every_batch_size(fraction, batch_size):
+    """Rounding λ·B never went on-policy at B = 1, λ = 0.5 (banker's rounding) nor at λ = 0.1
+    for B ≤ 5, and gave 0.4 at B = 5, λ = 0.5. Over ~4,000 sequences the share is λ within
+    4.5 standard deviations of a binomial draw (exactly λ where λ·B is whole)."""
+    transform = OnPolicy(Uniform(7), fraction=fraction, continuation=1, seed=0)
+    batches = 4000 // batch_size
+    batch = {"input": torch.zeros(batch_size, 6, dtype=torch.int64), "target": torch.zeros(batch_size, 6, dtype=torch.int64)}
+    for _ in range(batches):
+        transform(batch)
+    sequences = batches * batch_size
+    tolerance = 4.5 * math.sqrt(fraction * (1 - fraction) / sequences) if fraction * batch_size % 1 else 0.0
+    assert abs(transform.replaced / sequences - fraction) <= tolerance + 1e-12
+
+
+def test_on_policy_draws_are_reproducible_from_the_runs_seed(corpus):
+    from kdistill.teaching.preparation import prepare_student
+
+    student, batch = tiny_gpt(corpus.num_classes), next(iter(DataLoader(corpus.train, batch_size=5)))
+
+    def draws(transform):
+        return torch.cat([transform(batch)["input"] for _ in range(6)])
+
+    first = prepare_student({"on_policy": {"fraction": 0.3, "continuation": 4}}, student, student, seed=7)
+    again = prepare_student({"on_policy": {"fraction": 0.3, "continuation": 4}}, student, student, seed=7)
+    assert first.seed == 7 and torch.equal(draws(first), draws(again))
+    other = prepare_student({"on_policy": {"fraction": 0.3, "continuation": 4}}, student, student, seed=8)
+    assert not torch.equal(draws(OnPolicy(student, fraction=0.3, continuation=4, seed=7)), draws(other))
+    assert prepare_student({"on_policy": {"seed": 1}}, student, student, seed=7).seed == 1  # its own wins
+
+
 class RecordingTeacher(Teacher):
     def __init__(self, module):
         super().__init__(module)

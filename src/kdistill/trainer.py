@@ -229,6 +229,11 @@ def fit(
             restored = restore_training_state(tensors, meta, model=inner, optimizer=opt, scheduler=sched)
             state = TrainingProgress.from_saved(meta["progress"], restored)
             restored_rng = (tensors, meta["rng"])
+            if hasattr(loop.batch_transform, "load_state_dict"):  # its own draws (OnPolicy)
+                loop.batch_transform.load_state_dict(
+                    {k.removeprefix("transform."): v for k, v in restored.items()
+                     if k.startswith("transform.")}
+                )
         monitor = Monitor(rule, state) if rule is not None else None
         best = BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
         if loop.keep == "best" and checkpointing.resume:
@@ -250,6 +255,9 @@ def fit(
             watch.check(epoch)  # never save a state that went non-finite
             if accelerator.is_main_process:
                 progress_meta, progress_tensors = state.to_saved()
+                if hasattr(loop.batch_transform, "state_dict"):
+                    drawn = loop.batch_transform.state_dict()
+                    progress_tensors.update({f"transform.{k}": v for k, v in drawn.items()})
                 save_training_state(
                     checkpoint, model=inner, optimizer=opt, scheduler=sched,
                     progress=progress_meta, progress_tensors=progress_tensors,
