@@ -94,7 +94,8 @@ def test_the_loss_metric_is_the_validation_loss_not_the_training_loss():
     """The epoch record holds the training ``loss`` (falling here) beside ``val/loss``."""
     history = train(
         student(), epochs=4, val_loader=DataLoader(data(16, 1), batch_size=16),
-        loop=Loop(evaluate_fn=scripted([0.9, 0.5, 0.7, 0.8], "loss"), early_stopping=EarlyStopping("loss", patience=None)),
+        loop=Loop(evaluate_fn=scripted([0.9, 0.5, 0.7, 0.8], "loss"),
+                  early_stopping=EarlyStopping("loss", patience=None)),
     )
     assert history[-1]["loss"] < history[1]["loss"]  # the training loss was lowest later
     assert [r["best_epoch"] for r in history] == [1, 2, 2, 2]
@@ -144,7 +145,9 @@ class TokenModel(torch.nn.Module):
 
     def forward(self, ids, lazy_logits=False):
         hidden = torch.tanh(self.embed(ids))
-        return LazyLogits(hidden, self.head.weight, self.head.bias) if lazy_logits else self.head(hidden)
+        if lazy_logits:
+            return LazyLogits(hidden, self.head.weight, self.head.bias)
+        return self.head(hidden)
 
 
 def ragged_tokens(n=10, length=8, vocab=11):
@@ -155,15 +158,17 @@ def ragged_tokens(n=10, length=8, vocab=11):
     ids = torch.randint(0, vocab, (n, length + 1), generator=generator)
     mask = torch.arange(length) < torch.randint(1, length + 1, (n, 1), generator=generator)
     target = ids[:, 1:].masked_fill(torch.rand(n, length, generator=generator) < 0.3, IGNORE_INDEX)
-    return [{"input": ids[i, :-1], "target": target[i], "mask": mask[i], "index": torch.tensor(i)} for i in range(n)]
+    return [{"input": ids[i, :-1], "target": target[i], "mask": mask[i], "index": torch.tensor(i)}
+            for i in range(n)]
 
 
 def accumulated(make, dataset, terms, batch_size, grad_accum, teacher=None):
     """The weights after 2 epochs of plain SGD, in order, ``grad_accum`` batches per update."""
     model = make()
     fit(
-        Distiller(model, terms), DataLoader(dataset, batch_size=batch_size), teacher=teacher, epochs=2,
-        lr=0.5, optim=Optimization("sgd", momentum=0.0, schedule="constant", grad_accum=grad_accum),
+        Distiller(model, terms), DataLoader(dataset, batch_size=batch_size), teacher=teacher,
+        epochs=2, lr=0.5,
+        optim=Optimization("sgd", momentum=0.0, schedule="constant", grad_accum=grad_accum),
         accelerator=make_accelerator("cpu"), progress=False,
     )
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach()

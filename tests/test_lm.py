@@ -145,28 +145,33 @@ def test_the_on_policy_share_is_the_fraction_at_every_batch_size(fraction, batch
     4.5 standard deviations of a binomial draw (exactly λ where λ·B is whole)."""
     transform = OnPolicy(Uniform(7), fraction=fraction, continuation=1, seed=0)
     batches = 4000 // batch_size
-    batch = {"input": torch.zeros(batch_size, 6, dtype=torch.int64), "target": torch.zeros(batch_size, 6, dtype=torch.int64)}
+    tokens = torch.zeros(batch_size, 6, dtype=torch.int64)
+    batch = {"input": tokens, "target": tokens}
     for _ in range(batches):
         transform(batch)
     sequences = batches * batch_size
-    tolerance = 4.5 * math.sqrt(fraction * (1 - fraction) / sequences) if fraction * batch_size % 1 else 0.0
+    whole = fraction * batch_size % 1 == 0
+    tolerance = 0.0 if whole else 4.5 * math.sqrt(fraction * (1 - fraction) / sequences)
     assert abs(transform.replaced / sequences - fraction) <= tolerance + 1e-12
 
 
 def test_on_policy_draws_are_reproducible_from_the_runs_seed(corpus):
     from kdistill.teaching.preparation import prepare_student
 
-    student, batch = tiny_gpt(corpus.num_classes), next(iter(DataLoader(corpus.train, batch_size=5)))
+    student = tiny_gpt(corpus.num_classes)
+    batch = next(iter(DataLoader(corpus.train, batch_size=5)))
+
+    def transform(run_seed, **settings):
+        params = {"on_policy": {"fraction": 0.3, "continuation": 4, **settings}}
+        return prepare_student(params, student, student, seed=run_seed)
 
     def draws(transform):
         return torch.cat([transform(batch)["input"] for _ in range(6)])
 
-    first = prepare_student({"on_policy": {"fraction": 0.3, "continuation": 4}}, student, student, seed=7)
-    again = prepare_student({"on_policy": {"fraction": 0.3, "continuation": 4}}, student, student, seed=7)
+    first, again = transform(7), transform(7)
     assert first.seed == 7 and torch.equal(draws(first), draws(again))
-    other = prepare_student({"on_policy": {"fraction": 0.3, "continuation": 4}}, student, student, seed=8)
-    assert not torch.equal(draws(OnPolicy(student, fraction=0.3, continuation=4, seed=7)), draws(other))
-    assert prepare_student({"on_policy": {"seed": 1}}, student, student, seed=7).seed == 1  # its own wins
+    assert not torch.equal(draws(transform(7)), draws(transform(8)))
+    assert transform(7, seed=1).seed == 1  # the recipe's own on_policy.seed wins
 
 
 class RecordingTeacher(Teacher):
