@@ -125,8 +125,8 @@ class Term:
         for ``token_ce`` only those whose target is not its ``ignore_index``); any other loss
         is taken as a mean over the batch's samples (``ce``, ``kd``, feature and ranking terms).
         """
-        if not self.takes_mask:
-            return torch.tensor(float(len(target)), dtype=torch.float64, device=target.device)
+        if not self.takes_mask:  # torch.full, not torch.tensor: a fill, not a host-to-GPU copy
+            return torch.full((), float(len(target)), dtype=torch.float64, device=target.device)
         counted = torch.ones_like(target, dtype=torch.bool) if mask is None else mask != 0
         if self.ignore_index is not None:
             counted = counted & (target != self.ignore_index)
