@@ -162,9 +162,8 @@ def ragged_tokens(n=10, length=8, vocab=11):
             for i in range(n)]
 
 
-def accumulated(make, dataset, terms, batch_size, grad_accum, teacher=None):
-    """The weights after 2 epochs of plain SGD, in order, ``grad_accum`` batches per update."""
-    model = make()
+def accumulated(model, dataset, terms, batch_size, grad_accum, teacher=None):
+    """``model``'s weights after 2 epochs of plain SGD, ``grad_accum`` batches per update."""
     fit(
         Distiller(model, terms), DataLoader(dataset, batch_size=batch_size), teacher=teacher,
         epochs=2, lr=0.5,
@@ -180,12 +179,10 @@ def test_a_short_last_window_equals_the_larger_batch_in_float64():
     generator = torch.Generator().manual_seed(0)
     dataset = ArrayDataset(torch.randn(10, 1, 8, 8, generator=generator, dtype=torch.float64),
                            torch.randint(0, 4, (10,), generator=generator))
-    def make():
-        return student().double()
-    large = accumulated(make, dataset, ce(), batch_size=6, grad_accum=1)
-    windows = accumulated(make, dataset, ce(), batch_size=2, grad_accum=3)
-    assert (large - windows).abs().max() < 1e-10
-    assert (large - accumulated(make, dataset, ce(), batch_size=2, grad_accum=1)).abs().max() > 1e-3
+    large = accumulated(student().double(), dataset, ce(), batch_size=6, grad_accum=1)
+    windows = accumulated(student().double(), dataset, ce(), batch_size=2, grad_accum=3)
+    small = accumulated(student().double(), dataset, ce(), batch_size=2, grad_accum=1)
+    assert (large - windows).abs().max() < 1e-10 and (large - small).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("chunk_size", [0, 4])
@@ -195,10 +192,8 @@ def test_ragged_token_counts_weigh_each_token_as_the_larger_batch_in_float64(chu
     terms = [Term("ce", "token_ce", weight=0.5, teacher=None, chunk_size=chunk_size),
              Term("kd", "forward_kl", chunk_size=chunk_size)]
     teacher, dataset = Teacher(TokenModel(seed=1)), ragged_tokens(12)  # full windows of 6
-    def make():
-        return TokenModel(seed=0)
-    large = accumulated(make, dataset, terms, batch_size=6, grad_accum=1, teacher=teacher)
-    windows = accumulated(make, dataset, terms, batch_size=2, grad_accum=3, teacher=teacher)
+    large = accumulated(TokenModel(seed=0), dataset, terms, 6, grad_accum=1, teacher=teacher)
+    windows = accumulated(TokenModel(seed=0), dataset, terms, 2, grad_accum=3, teacher=teacher)
     assert (large - windows).abs().max() < 1e-10
 
 
