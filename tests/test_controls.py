@@ -10,9 +10,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, create_model
+from kdistill.distiller import Teacher
+from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.cli import main
 from kdistill.data import ArrayDataset
 from kdistill.methods import Term
+from kdistill.modeling import LazyLogits
 from kdistill.optimization import parameter_groups
 from kdistill.trainer import (
     Checkpointing,
@@ -48,13 +51,13 @@ def train(model, batch_size=8, **kwargs):
     )
 
 
-def scripted(scores):
-    """A validation whose accuracy per epoch is given: the best epoch is known in advance."""
+def scripted(scores, metric="accuracy"):
+    """A validation whose ``metric`` per epoch is given: the best epoch is known in advance."""
     calls = []
 
     def evaluate_fn(model, loader, accelerator):
         calls.append(1)
-        return {"accuracy": scores[len(calls) - 1], "n": 1}
+        return {"accuracy": 0.5, metric: scores[len(calls) - 1], "n": 1}
 
     return evaluate_fn
 
@@ -87,6 +90,26 @@ def test_keep_best_restores_the_best_epochs_weights(tmp_path):
     assert best_weights_path(state).is_file()  # a resumed run still ends with the best epoch
 
 
+def test_the_loss_metric_is_the_validation_loss_not_the_training_loss():
+    """The epoch record holds the training ``loss`` (falling here) beside ``val/loss``."""
+    history = train(
+        student(), epochs=4, val_loader=DataLoader(data(16, 1), batch_size=16),
+        loop=Loop(evaluate_fn=scripted([0.9, 0.5, 0.7, 0.8], "loss"),
+                  early_stopping=EarlyStopping("loss", patience=None)),
+    )
+    assert history[-1]["loss"] < history[1]["loss"]  # the training loss was lowest later
+    assert [r["best_epoch"] for r in history] == [1, 2, 2, 2]
+
+
+def test_a_nan_validation_score_is_never_the_best_epoch():
+    history = train(
+        student(), epochs=4, val_loader=DataLoader(data(16, 1), batch_size=16),
+        loop=Loop(evaluate_fn=scripted([float("nan"), 0.5, 0.7, 0.6]), keep="best",
+                  early_stopping=EarlyStopping(patience=2)),
+    )
+    assert [r["best_epoch"] for r in history] == [0, 2, 3, 3] and "stopped_early" not in history[-1]
+
+
 def test_selection_without_validation_is_refused():
     with pytest.raises(Exception, match="validation"):
         train(student(), loop=Loop(keep="best"))
@@ -107,6 +130,71 @@ def test_accumulation_equals_the_larger_batch():
     for a, b, c in zip(large.parameters(), accumulated.parameters(), small.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     assert not all(torch.allclose(a, c, atol=1e-4) for a, c in zip(large.parameters(), small.parameters()))
+
+
+class TokenModel(torch.nn.Module):
+    """A float64 next-token model that can give its logits lazily (the chunked token losses)."""
+
+    supports_lazy_logits = True
+
+    def __init__(self, seed, vocab=11, width=6):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed, self.head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab)
+        self.double()
+
+    def forward(self, ids, lazy_logits=False):
+        hidden = torch.tanh(self.embed(ids))
+        if lazy_logits:
+            return LazyLogits(hidden, self.head.weight, self.head.bias)
+        return self.head(hidden)
+
+
+def ragged_tokens(n=10, length=8, vocab=11):
+    """Sequences whose counted tokens differ from batch to batch: padded tails (``mask``) and
+    targets the data does not count (``IGNORE_INDEX``) at positions the mask counts, as an
+    on-policy batch has them: ``token_ce`` and ``forward_kl`` count different tokens."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (n, length + 1), generator=generator)
+    mask = torch.arange(length) < torch.randint(1, length + 1, (n, 1), generator=generator)
+    target = ids[:, 1:].masked_fill(torch.rand(n, length, generator=generator) < 0.3, IGNORE_INDEX)
+    return [{"input": ids[i, :-1], "target": target[i], "mask": mask[i], "index": torch.tensor(i)}
+            for i in range(n)]
+
+
+def accumulated(model, dataset, terms, batch_size, grad_accum, teacher=None):
+    """``model``'s weights after 2 epochs of plain SGD, ``grad_accum`` batches per update."""
+    fit(
+        Distiller(model, terms), DataLoader(dataset, batch_size=batch_size), teacher=teacher,
+        epochs=2, lr=0.5,
+        optim=Optimization("sgd", momentum=0.0, schedule="constant", grad_accum=grad_accum),
+        accelerator=make_accelerator("cpu"), progress=False,
+    )
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+
+def test_a_short_last_window_equals_the_larger_batch_in_float64():
+    """10 samples in batches of 2, 3 per update: windows of 6 and 4 samples, the same updates as
+    batches of 6 (the last one 4); the short window is not divided by 3."""
+    generator = torch.Generator().manual_seed(0)
+    dataset = ArrayDataset(torch.randn(10, 1, 8, 8, generator=generator, dtype=torch.float64),
+                           torch.randint(0, 4, (10,), generator=generator))
+    large = accumulated(student().double(), dataset, ce(), batch_size=6, grad_accum=1)
+    windows = accumulated(student().double(), dataset, ce(), batch_size=2, grad_accum=3)
+    small = accumulated(student().double(), dataset, ce(), batch_size=2, grad_accum=1)
+    assert (large - windows).abs().max() < 1e-10 and (large - small).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4])
+def test_ragged_token_counts_weigh_each_token_as_the_larger_batch_in_float64(chunk_size):
+    """Each token term is a mean over its own counted tokens: an accumulated window weighs each
+    batch by its share of the window's tokens (per term), so the update is the large batch's."""
+    terms = [Term("ce", "token_ce", weight=0.5, teacher=None, chunk_size=chunk_size),
+             Term("kd", "forward_kl", chunk_size=chunk_size)]
+    teacher, dataset = Teacher(TokenModel(seed=1)), ragged_tokens(12)  # full windows of 6
+    large = accumulated(TokenModel(seed=0), dataset, terms, 6, grad_accum=1, teacher=teacher)
+    windows = accumulated(TokenModel(seed=0), dataset, terms, 2, grad_accum=3, teacher=teacher)
+    assert (large - windows).abs().max() < 1e-10
 
 
 def update_norm(clip):

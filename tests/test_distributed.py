@@ -46,6 +46,23 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     assert abs(one["val_accuracy"] - two["val_accuracy"]) <= ACCURACY_TOL  # gathered without duplicates
 
 
+def test_accumulation_over_two_processes_matches_one_process_with_the_window_as_batch(tmp_path):
+    """Each process weighs its own window (the last one short) and DDP averages the two."""
+    worker, env = WORKER.with_name("accumulation_worker.py"), subprocess_env()
+    two = subprocess.run(
+        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29533", str(worker),
+         str(tmp_path), "8", "2"], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run([sys.executable, str(worker), str(tmp_path), "32", "1"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    weights = {p.stem: torch.tensor(json.loads(p.read_text())) for p in tmp_path.glob("rank*.json")}
+    assert torch.equal(weights["rank0_of_2"], weights["rank1_of_2"])
+    two_processes, one_process = weights["rank0_of_2"], weights["rank0_of_1"]
+    torch.testing.assert_close(two_processes, one_process, atol=WEIGHT_ATOL, rtol=0)
+
+
 def test_kdistill_run_under_torchrun(tmp_path):
     """The command line itself, data-parallel: world size logged, files written once."""
     result = subprocess.run(

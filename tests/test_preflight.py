@@ -73,6 +73,7 @@ def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recip
     (["student.kwargs.depth=1000000000"], ["depth=1000000000", "layers"]),  # refused before a loop of 1e9 layers
     (["train.seed=-1"], ["train.seed"]),
     (["terms=[]"], ["terms"]),
+    (["train.early_stopping={metric: lose}"], ["early_stopping.metric=lose", "accuracy, loss"]),
     (["terms=[{name: a, loss: ce, teacher: null}, {name: a, loss: kd}]"], ["'a' is used twice"]),
 ])
 def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragments):

@@ -10,11 +10,16 @@ import time
 import pytest
 import torch
 from conftest import subprocess_env
+from torch.utils.data import DataLoader
 
 from kdistill.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
 from kdistill.cli import main
 from kdistill.deploy.onnx import load_weights, save_weights
+from kdistill.distiller import Distiller, Teacher
+from kdistill.methods import preset_terms
 from kdistill.models import create_model
+from kdistill.sampling import OnPolicy
+from kdistill.trainer import Checkpointing, Loop, fit, make_accelerator
 
 RECIPE = [
     "data.subset=1000", "teacher.epochs=1", "train.epochs=3", "train.batch_size=16",
@@ -71,6 +76,50 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert records("killed") == records("full")  # every epoch logged once, same numbers
     summaries = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "killed")]
     assert summaries[0]["student"]["accuracy"] == summaries[1]["student"]["accuracy"]
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingTeacher(Teacher):
+    """Dies at its ``crash_at``-th call, as a killed run would."""
+
+    def __init__(self, module, crash_at=None):
+        super().__init__(module)
+        self.calls, self.crash_at = 0, crash_at
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash
+        return super().__call__(batch)
+
+
+def on_policy_fit(state, *, crash_at=None, resume=False):
+    """GKD with λ·B = 0.6 (a draw every batch) over 8 batches an epoch, checkpointed every 3."""
+    ids = torch.randint(0, 13, (16, 17), generator=torch.Generator().manual_seed(0))
+    data = [{"input": row[:-1], "target": row[1:]} for row in ids]
+    torch.manual_seed(0)
+    teacher, student = (create_model("gpt", num_classes=13, input_shape=(16,), n_layer=1, n_head=2,
+                                     n_embd=width) for width in (16, 8))
+    terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=0.5, temperature=1.0)
+    order = torch.Generator().manual_seed(1)
+    fit(Distiller(student, terms), DataLoader(data, batch_size=2, shuffle=True, generator=order),
+        teacher=CrashingTeacher(teacher, crash_at), epochs=2, accelerator=make_accelerator("cpu"),
+        progress=False,
+        loop=Loop(batch_transform=OnPolicy(student, fraction=0.3, continuation=4, seed=3)),
+        checkpointing=Checkpointing(state, every=3, resume=resume))
+    return student
+
+
+def test_an_on_policy_run_resumes_to_the_same_draws_and_weights(tmp_path):
+    whole = on_policy_fit(tmp_path / "whole.safetensors")
+    with pytest.raises(Crash):
+        # epoch 2, after the checkpoint at step 12
+        on_policy_fit(tmp_path / "cut.safetensors", crash_at=14)
+    resumed = on_policy_fit(tmp_path / "cut.safetensors", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
 
 
 def test_resume_rules(tmp_path, capsys):

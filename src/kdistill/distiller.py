@@ -168,7 +168,17 @@ class Distiller(nn.Module):
         """Teacher module names the terms read: the teacher must be tapped at these."""
         return teacher_taps(self.terms)
 
-    def forward(self, batch: Mapping, teacher_out: ModelOutput | None = None) -> dict[str, Tensor]:
+    def counts(self, batch: Mapping) -> Tensor:
+        """What each term's value is a mean of in ``batch`` (``Term.count``), in term order."""
+        return torch.stack([term.count(batch["target"], batch.get("mask")) for term in self.terms])
+
+    def forward(
+        self, batch: Mapping, teacher_out: ModelOutput | None = None, shares: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss dict of ``batch``. ``shares`` (one per term, in term order): the batch's
+        share of each term's ``counts`` over a gradient-accumulation window; the dict then also
+        holds ``"objective"``, each term's contribution times its share, which the window's
+        backward takes (``fit``), while ``"loss"`` and the terms stay this batch's own means."""
         if self.tap:
             self.tap.clear()
         logits = call_model(self.student, batch["input"], lazy_logits=self.chunk_size > 0)
@@ -178,9 +188,11 @@ class Distiller(nn.Module):
             raise ValueError("these terms compare with a teacher: pass teacher_out")
         result: dict[str, Tensor] = {"logits": logits}
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        objective = total
         if chunked:
-            total = total + self._chunked_terms(logits, teacher_out, batch, result)
-        for term in self.terms:
+            part, objective_part = self._chunked_terms(logits, teacher_out, batch, result, shares)
+            total, objective = total + part, objective + objective_part
+        for index, term in enumerate(self.terms):
             if chunked and term.student == LOGITS:
                 continue
             student_value = student_out.get(term.student)
@@ -200,24 +212,37 @@ class Distiller(nn.Module):
             contribution = term.weight_at(self._epoch) * value.sum()  # SP/CRD return shape [1]
             result[f"loss/{term.name}"] = contribution
             total = total + contribution
+            if shares is not None:
+                objective = objective + contribution * shares[index].to(contribution.dtype)
         result["loss"] = total
+        if shares is not None:
+            result["objective"] = objective
         return result
 
-    def _chunked_terms(self, logits: LazyLogits, teacher_out: ModelOutput | None, batch: Mapping, result: dict) -> Tensor:
+    def _chunked_terms(
+        self, logits: LazyLogits, teacher_out: ModelOutput | None, batch: Mapping, result: dict,
+        shares: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """The logits terms in one pass over chunks of positions (``kdistill.losses.chunked``):
-        their weighted sum, differentiable, and each term's contribution (detached) in ``result``."""
-        terms = [term for term in self.terms if term.student == LOGITS]
+        their weighted sum and, with ``shares``, the sum weighed by them (the one differentiable
+        of the two; without ``shares`` both are the differentiable sum), and each term's
+        contribution (detached) in ``result``."""
+        chunked = [index for index, term in enumerate(self.terms) if term.student == LOGITS]
+        terms = [self.terms[index] for index in chunked]
         weights = [term.weight_at(self._epoch) for term in terms]
+        scaled = weights if shares is None else [w * shares[i] for w, i in zip(weights, chunked)]
         teacher = teacher_out.logits if any(term.takes_teacher for term in terms) else None
         with torch.autocast(logits.device.type, enabled=False):  # float32 at least, as above
             total, values = chunked_token_losses(
                 logits, teacher, batch["target"],
-                [ChunkedTerm(term.loss, weight, term.params) for term, weight in zip(terms, weights)],
+                [ChunkedTerm(term.loss, w, term.params) for term, w in zip(terms, scaled)],
                 mask=batch.get("mask"), chunk_size=self.chunk_size,
             )
-        for term, weight, value in zip(terms, weights, values):
-            result[f"loss/{term.name}"] = weight * value.float()
-        return total.float()
+        contributions = [weight * _float32(value) for weight, value in zip(weights, values)]
+        for term, contribution in zip(terms, contributions):
+            result[f"loss/{term.name}"] = contribution
+        total = _float32(total)  # float64 stays float64: a float64 check of a window is exact
+        return (total, total) if shares is None else (sum(contributions), total)
 
 
 def _chunk_size(terms: list[Term]) -> int:

@@ -5,10 +5,11 @@ with its warm-up, gradient accumulation and clipping, gathered in one ``Optimiza
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -18,8 +19,9 @@ SCHEDULES = ("cosine", "step", "constant")
 class Optimization:
     """Everything about the update except the learning rate and the epochs (``fit``'s own).
 
-    ``grad_accum`` sums the gradients of that many batches before each update (through
-    Accelerate's ``accumulate``): the same update as one batch that many times larger.
+    ``grad_accum`` sums the gradients of that many batches before each update, each batch
+    weighed by its share of the window (``accumulation_windows``): the same update as one batch
+    that many times larger, the epoch's last, shorter window included.
     ``clip_grad_norm`` rescales the gradient to at most that global L2 norm before each update.
     ``warmup_steps`` (or ``warmup_ratio`` of all updates) raise the rate linearly from 0 before
     the schedule starts (Goyal et al., "Accurate, Large Minibatch SGD", arXiv:1706.02677).
@@ -46,6 +48,45 @@ class Optimization:
 
     def warmup(self, total_steps: int) -> int:
         return self.warmup_steps or int(self.warmup_ratio * total_steps)
+
+
+def accumulation_windows(
+    batches: Iterable, size: int, prepare: Callable, counts: Callable[..., Tensor],
+) -> Iterator[tuple[dict, Tensor | None, bool]]:
+    """An epoch's batches in windows of ``size`` (the last may hold fewer), as ``(batch,
+    shares, update)``: the batch as ``prepare`` makes it (the batch transform), its share of
+    each term's count over its window (``counts``: ``Distiller.counts``), and whether the
+    update follows it. ``size`` 1 yields every batch with ``shares`` None and ``update`` True.
+
+    Each term is a mean over its own batch: over its samples (a classification loss), or its
+    counted tokens (a token loss). Dividing every batch by ``size`` would give the epoch's
+    short last window too small a step, and a batch of 9 counted tokens the weight of one of
+    16; weighing each by its share of the window's count is the mean over the whole window,
+    one batch that large exactly (what TRL and transformers do with ``num_items_in_batch``).
+    The window is read ahead, transformed, before its first step: its counts are known then.
+    With several processes, each weighs its own window and DDP averages the processes, as
+    it does without accumulation.
+    """
+    if size == 1:
+        for batch in batches:
+            yield prepare(batch), None, True
+        return
+    window: list[dict] = []
+    for batch in batches:
+        window.append(prepare(batch))
+        if len(window) == size:
+            yield from _weighed(window, counts)
+            window = []
+    if window:
+        yield from _weighed(window, counts)
+
+
+def _weighed(window: list[dict], counts: Callable[..., Tensor]):
+    per_batch = [counts(batch) for batch in window]
+    # A term no batch of the window counts (all padding) is 0 in each: 0 / 1, not 0 / 0.
+    total = torch.stack(per_batch).sum(0).clamp_min(1)
+    for position, (batch, count) in enumerate(zip(window, per_batch)):
+        yield batch, count / total, position == len(window) - 1
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -4,6 +4,7 @@ stopped being finite (``FiniteWatch``), both without a host synchronisation per 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,9 +204,10 @@ LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "error")
 class EarlyStopping:
     """Which validation metric picks the best epoch, and when training stops.
 
-    ``metric``: a key of the epoch record (``val/accuracy``; ``accuracy`` means the same);
-    None: the validation's first metric. Training stops once ``patience`` epochs in a row fail to
-    beat the best by more than ``min_delta``; ``patience=None`` never stops (best epoch only).
+    ``metric``: a validation metric (``accuracy`` and ``val/accuracy`` are the same; ``loss`` is
+    the validation loss, never the training loss); None: the validation's first metric.
+    Training stops once ``patience`` epochs in a row fail to beat the best by more than
+    ``min_delta``; ``patience=None`` never stops (best epoch only). A NaN is never the best.
     """
 
     metric: str | None = None
@@ -232,7 +234,8 @@ class Monitor:
             if not found:
                 raise UserError("early stopping and keep=best need validation metrics: give a validation split")
             return found[0]
-        key = metric if metric.startswith("val/") or metric in record else f"val/{metric}"
+        # The record holds the epoch's training "loss" too: a bare name is always val/<name>.
+        key = metric if metric.startswith("val/") else f"val/{metric}"
         if key not in record:
             shown = ", ".join(k for k in record if k.startswith("val/")) or "none: give a validation split"
             raise UserError(f"early stopping metric {metric!r} is not measured; the validation metrics are {shown}")
@@ -245,9 +248,10 @@ class Monitor:
         if higher is None:
             higher = not any(word in key for word in LOWER_IS_BETTER)
         value, best = float(record[key]), self.progress.best
-        improved = best["value"] is None or (
+        # NaN compares false with everything: kept as the best, it would never be beaten.
+        improved = not math.isnan(value) and (best["value"] is None or (
             (value - best["value"] if higher else best["value"] - value) > self.rule.min_delta
-        )
+        ))
         if improved:
             best.update(value=value, epoch=record["epoch"], stale=0)
             return True

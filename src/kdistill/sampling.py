@@ -9,6 +9,7 @@ continuations are therefore kept short.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -111,10 +112,14 @@ class OnPolicy:
     Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated
     Mistakes", ICLR 2024, arXiv:2306.13649: training only on fixed data teaches the student
     prefixes it would never produce; on its own samples it learns to recover from its mistakes.
-    Here λ = ``fraction`` of the sequences (exactly ``round(λ·B)`` per batch, chosen at random)
-    keep their first ``L + 1 − continuation`` real tokens as the prompt and get the rest sampled
-    from the current student at ``temperature``. ``fit(batch_transform=...)`` applies it to each
-    batch *before* the teacher runs, so the teacher's logits are those of the sampled sequence.
+    Here a share λ = ``fraction`` of the sequences, chosen at random, keep their first
+    ``L + 1 − continuation`` real tokens as the prompt and get the rest sampled from the current
+    student at ``temperature``: ⌊λ·B⌋ of a batch of B, and one more with probability the
+    fraction λ·B − ⌊λ·B⌋, so the expected share is λ at every batch size (exactly λ·B when it
+    is whole; a batch of 1 is on-policy with probability λ, as TRL's ``GKDTrainer`` does it).
+    Rounding λ·B instead never went on-policy at B = 1, λ = 0.5, nor at λ = 0.1 for B ≤ 5.
+    ``fit(batch_transform=...)`` applies it to each batch *before* the teacher runs, so the
+    teacher's logits are those of the sampled sequence.
 
     What counts, as GKD and TRL's ``GKDTrainer`` count it: on a sampled sequence only the K
     generated tokens (the batch's ``mask`` is false on its prompt), and their targets become
@@ -123,20 +128,23 @@ class OnPolicy:
     so the student's share of the counted positions is λK / (λK + (1 − λ)L), and every token of
     plain text still teaches. ``completions_only`` is GKD's (prompt, completion) framing for
     data made of prompts and answers: every sequence counts only its last K positions and the
-    share is exactly λ (``token_ce`` then learns from those completions only; on the plain
-    text of ``configs/lm_kd.yaml`` that wastes 15 of every 16 positions and the student ends
-    at perplexity 15.0 instead of 8.6 alone). The share of each batch is the batch's
-    ``"metric/on_policy_generated"`` (logged per epoch). Sampling runs without autograd; a Hugging
-    Face causal LM samples with its own ``generate`` and key/value cache (see ``sample``).
+    share is λ (exactly, where λ·B is whole; ``token_ce`` then learns from those completions
+    only; on the plain text of ``configs/lm_kd.yaml`` that wastes 15 of every 16 positions and
+    the student ends at perplexity 15.0 instead of 8.6 alone). The share of each batch is the
+    batch's ``"metric/on_policy_generated"`` (logged per epoch). Sampling runs without
+    autograd; a Hugging Face causal LM samples with its own ``generate`` and key/value cache
+    (see ``sample``).
 
     Args:
         student: the model being trained (the object ``fit`` trains, not a copy).
         fraction: λ in [0, 1].
         continuation: tokens sampled per chosen sequence, 1 ≤ K ≤ L.
         temperature: sampling temperature (GKD samples at 1).
-        seed: seeds the choice of sequences and the sampling.
+        seed: seeds the choice of sequences and the sampling (a run passes ``train.seed``);
+            the generator's state is saved in ``fit``'s checkpoints (``state_dict``), so a
+            resumed run draws what the uninterrupted one did.
         completions_only: count only the last K positions of every sequence (GKD's prompt and
-            completion framing: the generated share is then exactly λ).
+            completion framing: the generated share is then λ).
     """
 
     def __init__(self, student: nn.Module, *, fraction: float = 0.5, continuation: int = 16,
@@ -148,12 +156,23 @@ class OnPolicy:
         self.student, self.fraction, self.continuation = student, fraction, continuation
         self.temperature, self.seed, self.completions_only = temperature, seed, completions_only
         self._generator: torch.Generator | None = None
+        self._restored: Tensor | None = None  # a checkpoint's generator state, set at first use
         self.replaced = 0  # sequences replaced so far (for logs and tests)
 
     def _rng(self, device) -> torch.Generator:
         if self._generator is None or self._generator.device != torch.device(device):
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            if self._restored is not None:
+                self._generator.set_state(self._restored)
+                self._restored = None
         return self._generator
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Where the random draws stand (a CPU byte tensor), for a checkpoint."""
+        return {} if self._generator is None else {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self._generator, self._restored = None, state.get("generator")
 
     def __call__(self, batch: Mapping) -> dict:
         inputs, target = batch["input"], batch["target"]
@@ -189,8 +208,14 @@ class OnPolicy:
                 "metric/on_policy_generated": share}
 
     def _choose(self, count: int, mask: Tensor) -> Tensor:
-        """round(λ·B) random sequences among those without padding (nothing to continue)."""
-        chosen_count = round(self.fraction * count)
+        """λ·B random sequences in expectation (⌊λ·B⌋, and one more with probability the
+        remainder) among those without padding (nothing to continue)."""
+        expected = self.fraction * count
+        chosen_count = math.floor(expected)
+        if expected > chosen_count:  # no draw when λ·B is whole: those batches stay as they were
+            generator = self._rng(mask.device)
+            draw = torch.rand((), generator=generator, device=generator.device)
+            chosen_count += int(draw < expected - chosen_count)  # a host read, once per batch
         if chosen_count == 0:
             return torch.zeros(0, dtype=torch.int64, device=mask.device)
         eligible = torch.arange(count, device=mask.device)[mask.all(1)]

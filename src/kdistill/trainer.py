@@ -37,6 +37,7 @@ from kdistill.optimization import (  # noqa: F401 (re-exported)
     OPTIMIZERS,
     SCHEDULES,
     Optimization,
+    accumulation_windows,
     make_optimizer,
     make_schedule,
     parameter_groups,
@@ -210,16 +211,15 @@ def fit(
         )
         updates = epochs * math.ceil(len(train_loader) / optim.grad_accum)
         sched = make_schedule(opt, optim.schedule, updates, warmup_steps=optim.warmup(updates))
-        # Accelerate divides the loss and skips the optimizer and scheduler between updates; the
-        # accelerator outlives this phase, so its setting is this phase's (1 when not accumulating).
-        accelerator.gradient_accumulation_steps = optim.grad_accum
+        # The loop weighs an accumulation window's batches itself (accumulation_windows), so
+        # Accelerate must not divide the loss again; the accelerator outlives this phase.
+        accelerator.gradient_accumulation_steps = 1
         model, opt, train_loader, sched = accelerator.prepare(distiller, opt, train_loader, sched)
         if val_loader is not None:
             val_loader = accelerator.prepare(val_loader)
         if teacher is not None:
             teacher.to(accelerator.device)  # placed on the device, never wrapped for DDP
         inner = accelerator.unwrap_model(model, keep_torch_compile=False)  # the Distiller itself
-        accumulate = (lambda: accelerator.accumulate(model)) if optim.grad_accum > 1 else contextlib.nullcontext
 
         checkpoint = checkpointing.path
         state = TrainingProgress()
@@ -229,6 +229,11 @@ def fit(
             restored = restore_training_state(tensors, meta, model=inner, optimizer=opt, scheduler=sched)
             state = TrainingProgress.from_saved(meta["progress"], restored)
             restored_rng = (tensors, meta["rng"])
+            if hasattr(loop.batch_transform, "load_state_dict"):  # its own draws (OnPolicy)
+                loop.batch_transform.load_state_dict(
+                    {k.removeprefix("transform."): v for k, v in restored.items()
+                     if k.startswith("transform.")}
+                )
         monitor = Monitor(rule, state) if rule is not None else None
         best = BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
         if loop.keep == "best" and checkpointing.resume:
@@ -236,12 +241,23 @@ def fit(
 
         watch = FiniteWatch(loop.finite_check_every)
 
+        def prepare(batch):
+            nonlocal restored_rng
+            if restored_rng is not None:
+                # Dropout and friends continue from where the interrupted run stood.
+                set_rng_state(*restored_rng)
+                restored_rng = None
+            return batch if loop.batch_transform is None else loop.batch_transform(batch)
+
         def save() -> None:
             if checkpoint is None:
                 return
             watch.check(epoch)  # never save a state that went non-finite
             if accelerator.is_main_process:
                 progress_meta, progress_tensors = state.to_saved()
+                if hasattr(loop.batch_transform, "state_dict"):
+                    drawn = loop.batch_transform.state_dict()
+                    progress_tensors.update({f"transform.{k}": v for k, v in drawn.items()})
                 save_training_state(
                     checkpoint, model=inner, optimizer=opt, scheduler=sched,
                     progress=progress_meta, progress_tensors=progress_tensors,
@@ -274,33 +290,29 @@ def fit(
                 disable=not (progress and accelerator.is_local_main_process) or None,
             )
             shown_at = started
-            for batch in bar:
-                if restored_rng is not None:
-                    # Dropout and friends continue from where the interrupted run stood.
-                    set_rng_state(*restored_rng)
-                    restored_rng = None
-                if loop.batch_transform is not None:
-                    batch = loop.batch_transform(batch)
-                with accumulate():
+            windows = accumulation_windows(bar, optim.grad_accum, prepare, inner.counts)
+            for batch, shares, update in windows:
+                # Before the window's last batch DDP keeps each process's gradients (no all-reduce).
+                with contextlib.nullcontext() if update else accelerator.no_sync(model):
                     teacher_out = None
                     if inner.needs_teacher:
                         with accelerator.autocast():  # the teacher in the run's precision, like the student
                             teacher_out = teacher(batch)
-                    out = model(batch, teacher_out)
+                    out = model(batch, teacher_out, *([] if shares is None else [shares]))
                     watch.observe(out, state.global_step)
-                    accelerator.backward(out["loss"])
-                    if optim.clip_grad_norm and accelerator.sync_gradients:
+                    accelerator.backward(out["loss"] if shares is None else out["objective"])
+                if update:
+                    if optim.clip_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), optim.clip_grad_norm)
                     opt.step()
                     sched.step()
-                    if accelerator.sync_gradients:
-                        # The wrapped optimizer's own zero_grad: Accelerate's inspects its signature
-                        # on every call (~0.15 ms) to learn what this line already knows.
-                        opt.optimizer.zero_grad(set_to_none=True)
+                    # The wrapped optimizer's own zero_grad: Accelerate's inspects its signature
+                    # on every call (~0.15 ms) to learn what this line already knows.
+                    opt.optimizer.zero_grad(set_to_none=True)
                 state.add(out, batch)
                 if watch.due(state.global_step):
                     watch.check(epoch)
-                if checkpointing.every and state.global_step % checkpointing.every == 0 and accelerator.sync_gradients:
+                if checkpointing.every and state.global_step % checkpointing.every == 0 and update:
                     save()  # between updates only: accumulated gradients are not part of the state
                 if loop.log_step and loop.log_every and state.global_step % loop.log_every == 0 and accelerator.is_main_process:
                     loop.log_step(_step_record(phase, epoch, state, sched, time.perf_counter() - started))

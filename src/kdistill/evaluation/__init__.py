@@ -20,6 +20,7 @@ from kdistill.trainer import evaluate
 class Task:
     name: str
     metrics: tuple[str, ...]
+    # Every metric ``evaluate`` returns, and whether higher is better: what early stopping watches.
     higher_is_better: dict[str, bool]
     evaluate: Callable[..., dict]  # (model, loader, accelerator=None) -> {metric: value, ...}
     scratch_terms: Callable[[], list[Term]]
@@ -73,7 +74,7 @@ def _rating_scratch_terms() -> list[Term]:
 RATING = Task(
     name="rating",
     metrics=("hr@10", "ndcg@10", "rmse"),
-    higher_is_better={"hr@10": True, "ndcg@10": True, "rmse": False, "loss": False},
+    higher_is_better={"hr@10": True, "ndcg@10": True, "rmse": False},
     evaluate=evaluate_ranking,
     scratch_terms=_rating_scratch_terms,
 )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from kdistill.losses import LOSSES
@@ -86,6 +87,9 @@ class Term:
         names = {p.name for p in parameters}
         self.takes_index = "index" in names  # memory-bank methods (CRD) find samples by it
         self.takes_mask = "mask" in names  # token losses skip padding positions
+        # token_ce also skips the positions whose target is its ignore_index (see count)
+        default = next((p.default for p in parameters if p.name == "ignore_index"), None)
+        self.ignore_index = None if default is None else self.params.get("ignore_index", default)
         if not self.takes_teacher:
             self.teacher = None
         elif self.teacher is None:
@@ -113,6 +117,20 @@ class Term:
         if isinstance(epoch, Tensor):  # the Distiller's epoch: no Python branch for torch.compile to guard
             return self.weight * (epoch / self.warmup_epochs).clamp(max=1.0)
         return self.weight * min(epoch / self.warmup_epochs, 1.0)
+
+    def count(self, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """How many items the term's value is the mean of in a batch (float64, on the target's
+        device): what gradient accumulation weighs the batch by. A loss that takes a ``mask``
+        is a mean over the counted positions (true in ``mask``, every position without one;
+        for ``token_ce`` only those whose target is not its ``ignore_index``); any other loss
+        is taken as a mean over the batch's samples (``ce``, ``kd``, feature and ranking terms).
+        """
+        if not self.takes_mask:  # torch.full, not torch.tensor: a fill, not a host-to-GPU copy
+            return torch.full((), float(len(target)), dtype=torch.float64, device=target.device)
+        counted = torch.ones_like(target, dtype=torch.bool) if mask is None else mask != 0
+        if self.ignore_index is not None:
+            counted = counted & (target != self.ignore_index)
+        return counted.sum(dtype=torch.float64)
 
     def __call__(
         self, student: Tensor, teacher: Tensor | None, target: Tensor, index: Tensor | None = None,

@@ -225,11 +225,11 @@ class RunSchool:
     # --- students -------------------------------------------------------------------------
 
     def distiller(self, student: nn.Module, terms: list, teacher) -> Distiller:
-        example = self.plan.example
-        transform = None
+        example, transform = self.plan.example, None
         if teacher is not None:
             check_compatible(teacher, student, example)
-            transform = prepare_student(self.recipe.distill.params, student, getattr(teacher, "module", None))
+            live, seed = getattr(teacher, "module", None), self.recipe.train.seed
+            transform = prepare_student(self.recipe.distill.params, student, live, seed=seed)
         distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example, num_samples=len(self.splits.train))
         distiller.batch_transform = transform
         return distiller

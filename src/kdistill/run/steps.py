@@ -85,7 +85,19 @@ def plan(recipe: Recipe) -> Plan:
     check_input_transforms(recipe, splits)
     check_mix_terms(recipe.train.mix, terms, splits.task)
     check_mix_terms(recipe.train.scratch_mixing, task.scratch_terms(), splits.task)
+    check_selection_metric(recipe, task)
     return Plan(recipe, splits, task, terms, mode, options)
+
+
+def check_selection_metric(recipe: Recipe, task: Task) -> None:
+    """``train.early_stopping.metric`` is one the task's validation measures (``loss`` is the
+    validation loss); another would fail only after the first epoch had trained."""
+    metric = recipe.train.early_stopping and recipe.train.early_stopping.metric
+    if metric and metric.removeprefix("val/") not in task.higher_is_better:
+        raise ConfigError(
+            f"train.early_stopping.metric={metric}: the {task.name} validation measures "
+            f"{', '.join(task.higher_is_better)}; name one of these"
+        )
 
 
 def check_input_transforms(recipe: Recipe, splits: DataSplits) -> None:

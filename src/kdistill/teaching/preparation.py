@@ -34,10 +34,13 @@ def prepare_teacher(params: dict[str, Any], teacher: nn.Module) -> None:
         map_teacher_vocabulary(teacher, params["vocab_map"])
 
 
-def prepare_student(params: dict[str, Any], student: nn.Module, teacher: nn.Module | None):
+def prepare_student(
+    params: dict[str, Any], student: nn.Module, teacher: nn.Module | None, *, seed: int = 0,
+):
     """Initialise the distilled student from the teacher (``init_from_teacher``) and return its
-    batch transform (``on_policy``), or ``None``. ``teacher`` is ``None`` when only cached
-    teacher outputs exist (``teacher.cache``), which neither option can use."""
+    batch transform (``on_policy``, its draws seeded by the run's ``seed`` unless it names its
+    own), or ``None``. ``teacher`` is ``None`` when only cached teacher outputs exist
+    (``teacher.cache``), which neither option can use."""
     layers = params.get("init_from_teacher")
     on_policy = params.get("on_policy")
     if (layers or on_policy) and teacher is None:
@@ -54,7 +57,7 @@ def prepare_student(params: dict[str, Any], student: nn.Module, teacher: nn.Modu
     if not on_policy:
         return None
     try:
-        return OnPolicy(student, **({} if on_policy is True else dict(on_policy)))
+        return OnPolicy(student, **{"seed": seed, **({} if on_policy is True else dict(on_policy))})
     except (TypeError, ValueError) as error:
         raise ConfigError(f"distill.params.on_policy: {error}") from None
 
