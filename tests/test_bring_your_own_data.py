@@ -83,6 +83,86 @@ def test_mixed_sizes_need_a_stated_image_size(tmp_path):
     assert splits.input_shape == (3, 12, 12) and splits.identity["resized"] is True
 
 
+def folder_of(root, image_of, per_class: int = 6, suffix: str = ".png"):
+    """Two classes of ``image_of(class, i)`` images (PIL images), 5×7 pixels."""
+    for label in range(2):
+        (root / f"c{label}").mkdir(parents=True)
+        for i in range(per_class):
+            image_of(label, i).save(root / f"c{label}" / f"{i}{suffix}")
+    return root
+
+
+def raw_pixels(splits) -> np.ndarray:
+    """The inputs of every split as read, before the standardisation."""
+    normalise = splits.identity["normalise"]
+    x = torch.cat([splits.train.inputs, splits.val.inputs, splits.test.inputs]).numpy()
+    return x * np.reshape(normalise["std"], (1, -1, 1, 1)) + np.reshape(normalise["mean"], (1, -1, 1, 1))
+
+
+def sixteen_bit(label: int, i: int) -> np.ndarray:
+    return np.random.default_rng(10 * label + i).integers(0, 65536, (7, 5)).astype(np.uint16)
+
+
+def test_16_bit_images_load_as_their_8_bit_equivalent(tmp_path):
+    """convert("L") clipped every 16-bit value above 255 to white (issue 27, item 4)."""
+    from PIL import Image
+
+    wide = load_dataset("folder", path=str(folder_of(tmp_path / "16", lambda c, i: Image.fromarray(sixteen_bit(c, i)))))
+    narrow = folder_of(tmp_path / "8", lambda c, i: Image.fromarray((sixteen_bit(c, i) / 257).round().astype(np.uint8)))
+    narrow = load_dataset("folder", path=str(narrow))
+    assert wide.input_shape == narrow.input_shape == (1, 7, 5)
+    assert np.abs(raw_pixels(wide) - raw_pixels(narrow)).max() <= 1 / 255
+    assert (raw_pixels(wide) > 0.99).mean() < 0.05  # not saturated
+    rgb = load_dataset("folder", path=str(tmp_path / "16"), channels=3)  # grey repeated, still scaled
+    assert np.abs(raw_pixels(rgb)[:, 1] - raw_pixels(narrow)[:, 0]).max() <= 1 / 255
+
+
+def image_in(mode: str, scale: float = 1.0):
+    """An ``image_of`` for ``folder_of``: the 16-bit pixels as ``mode`` (times ``scale``), or a
+    solid image where the mode takes no array."""
+    from PIL import Image
+
+    def image_of(label: int, i: int):
+        if mode == "I":
+            return Image.fromarray((sixteen_bit(label, i) * scale).astype(np.int32), "I")
+        if mode == "F":
+            return Image.fromarray((sixteen_bit(label, i) * scale).astype(np.float32), "F")
+        if mode == "P":  # colours from a palette, its first entry transparent
+            colour = np.random.default_rng(10 * label + i).integers(0, 256, (7, 5, 3)).astype(np.uint8)
+            image = Image.fromarray(colour).quantize(8)
+            image.info["transparency"] = 0
+            return image
+        return Image.new(mode, (5, 7), (30 * i, 40 * label, 0, 20)[: len(mode)])
+
+    return image_of
+
+
+@pytest.mark.parametrize("mode, scale, suffix, channels", [
+    ("I", 1.0, ".tif", 1), ("F", 1 / 65535, ".tif", 1), ("CMYK", 1.0, ".tif", 3), ("P", 1.0, ".png", 3),
+])
+def test_other_pixel_modes_load_in_0_to_1(tmp_path, mode, scale, suffix, channels):
+    from PIL import Image
+
+    root = folder_of(tmp_path / "images", image_in(mode, scale), suffix=suffix)
+    with Image.open(root / "c0" / f"0{suffix}") as image:
+        assert image.mode == mode
+    splits = load_dataset("folder", path=str(root))
+    pixels = raw_pixels(splits)
+    assert splits.input_shape == (channels, 7, 5) and pixels.min() > -1e-4 and pixels.max() < 1 + 1e-4
+    if mode in ("I", "F"):  # 16-bit values on their scale, not clipped
+        assert 0.3 < pixels.mean() < 0.7
+
+
+@pytest.mark.parametrize("mode, scale, fragment", [
+    ("F", 1.0, "F pixels from .* outside 0..1;"), ("I", 1000.0, "I pixels from .* outside 0..65535"), ("LAB", 1.0, "LAB pixels cannot be read"),
+])
+def test_pixels_that_cannot_be_scaled_are_refused_in_one_line(tmp_path, mode, scale, fragment):
+    folder_of(tmp_path / "images", image_in(mode, scale), suffix=".tif")
+    with pytest.raises(DataError, match=fragment) as refused:
+        load_dataset("folder", path=str(tmp_path / "images"))
+    assert "c0/0.tif" in str(refused.value) and len(str(refused.value).splitlines()) == 1
+
+
 def write_features_csv(path, rows: int = 150):
     rng = np.random.default_rng(0)
     species = np.array(["setosa", "versicolor", "virginica"])[rng.integers(0, 3, rows)]
