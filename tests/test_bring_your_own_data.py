@@ -207,6 +207,25 @@ def test_malformed_rows_name_file_and_row(tmp_path, capsys, edit, fragment):
     assert len(err.splitlines()) == 1 and "flowers.csv: line" in err
 
 
+def test_rows_after_a_quoted_newline_are_named_by_their_line(tmp_path):
+    """A quoted cell may hold newlines: pandas counts records, a user's editor lines (issue 27, 15a)."""
+    lines = ["review,sentiment", '"the film\n\nwas good",pos', *["the plot was bad,neg"] * 4]
+    (tmp_path / "empty.csv").write_text("\n".join([*lines, ",pos", "fine,pos"]) + "\n")
+    with pytest.raises(DataError, match=r"empty.csv: line 9: empty text in column 'review'"):
+        load_dataset("labelled_text", path=str(tmp_path / "empty.csv"), text="review", label="sentiment", tokenizer="x")
+    (tmp_path / "ragged.csv").write_text("\n".join([*lines, "fine,pos,extra"]) + "\n")
+    with pytest.raises(DataError, match=r"ragged.csv: not a readable csv table \(.*Expected 2 fields in line 9, saw 3"):
+        load_dataset("labelled_text", path=str(tmp_path / "ragged.csv"), text="review", label="sentiment", tokenizer="x")
+
+
+def test_a_jsonl_with_a_byte_order_mark_is_read_as_a_csv_with_one_is(tmp_path):
+    rows = [json.dumps({"length": i % 7, "width": i % 3, "species": "ab"[i % 2]}) for i in range(40)]
+    (tmp_path / "plain.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "marked.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.jsonl").read_bytes())
+    plain, marked = (load_dataset("table", path=str(tmp_path / f"{name}.jsonl"), label="species") for name in ("plain", "marked"))
+    assert marked.identity["features"] == ["length", "width"] and torch.equal(marked.train.inputs, plain.train.inputs)
+
+
 def tiny_text_teacher(directory) -> None:
     """A word-level tokenizer and a 2-layer BERT of width 16, saved as a Hugging Face directory."""
     transformers = pytest.importorskip("transformers")
