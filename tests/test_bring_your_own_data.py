@@ -226,6 +226,33 @@ def test_a_jsonl_with_a_byte_order_mark_is_read_as_a_csv_with_one_is(tmp_path):
     assert marked.identity["features"] == ["length", "width"] and torch.equal(marked.train.inputs, plain.train.inputs)
 
 
+@pytest.mark.parametrize("dataset, name, write", [
+    ("table", "one.csv", lambda path: path.write_text("a,b\n" + "1,x\n2,x\n" * 20)),
+    ("npz", "one.npz", lambda path: np.savez(path, x=np.ones((40, 3)), y=np.zeros(40, np.int64))),
+    ("labelled_text", "one.jsonl", lambda path: path.write_text('{"text": "fine", "label": "pos"}\n' * 40)),
+])
+def test_fewer_than_two_classes_are_refused_wherever_classes_are_known(tmp_path, dataset, name, write):
+    write(tmp_path / name)
+    options = {"table": {"label": "b"}, "npz": {"num_classes": 3}, "labelled_text": {"tokenizer": "x"}}[dataset]
+    with pytest.raises(DataError, match=f"{name}: 1 class .*a classifier needs at least 2 classes"):
+        load_dataset(dataset, path=str(tmp_path / name), **options)
+
+
+def test_a_class_missing_from_a_split_is_said_once(tmp_path, capsys):
+    from PIL import Image
+
+    root = folder_of(tmp_path / "images", lambda c, i: Image.new("L", (5, 7), 20 * i), per_class=10)
+    for extra in (root / "c0" / "0.png", root / "c1" / "0.png"):  # a third class of two images
+        (root / "rare").mkdir(exist_ok=True)
+        extra.rename(root / "rare" / f"{extra.parent.name}.png")
+    argv = ["check", "data.dataset=folder", f"data.path={root}", "teacher.model=mlp", "teacher.augment=none",
+            "train.augment=none", "train.mix=none"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1, out
+    assert "images: the test split has no sample of class 'rare'; give those classes more samples" in out
+
+
 def tiny_text_teacher(directory) -> None:
     """A word-level tokenizer and a 2-layer BERT of width 16, saved as a Hugging Face directory."""
     transformers = pytest.importorskip("transformers")

@@ -538,3 +538,15 @@ def test_cli_reads_a_50_mb_text_cell_cut_to_what_the_tokenizer_keeps(tmp_path):
         f"student.kwargs={model}", "train.augment=none", "train.mix=none", cwd=tmp_path, memory=4 * 2**30,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- issue 27, item 14: classes ----------------------------------------------------------------
+
+
+def test_cli_refuses_a_folder_of_one_class(tmp_path):
+    shutil.rmtree(image_folder(tmp_path / "images") / "dog")
+    refused_without_changes(
+        tmp_path, "run", *QUICK, "data.dataset=folder", "data.path=images", "teacher.model=cnn_tiny",
+        fragments=("images: 1 class ('cat') in 10 labelled samples; a classifier needs at least 2 classes",),
+    )
+    assert not (tmp_path / "runs").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kdistill.data.base import DataSplits, stratified_split
+from kdistill.data.base import DataSplits, check_classes, stratified_split, warn_missing_classes
 from kdistill.data.table import dense_labels, read_table, row_name
 from kdistill.data.text import TokenDataset, encode, load_tokenizer
 from kdistill.errors import DataError
@@ -68,6 +68,7 @@ def load_labelled_text(
     if empty is not None:
         raise DataError(f"{row_name(file, empty)}: empty text in column {text!r}")
     labels, classes = dense_labels(frame[label].tolist(), file, label)
+    check_classes(labels, classes, str(file))
     if subset is not None and subset < len(labels):
         keep, _ = stratified_split(labels, (subset / len(labels), 1 - subset / len(labels)), seed)
         texts, labels = [texts[i] for i in keep], labels[keep]
@@ -84,6 +85,7 @@ def load_labelled_text(
     ]
     if min(len(d) for d in datasets) == 0:
         raise DataError(f"{file}: {len(labels)} rows leave an empty split; use more rows or larger fractions")
+    warn_missing_classes(dict(zip(("train", "validation", "test"), (labels[idx] for idx in parts))), classes, str(file))
     return DataSplits(
         train=datasets[0], val=datasets[1], test=datasets[2], num_classes=len(classes),
         input_shape=(max_length,), class_names=classes, task="classification", teacher_inputs=teacher is not None,
