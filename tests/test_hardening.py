@@ -550,3 +550,18 @@ def test_cli_refuses_a_folder_of_one_class(tmp_path):
         fragments=("images: 1 class ('cat') in 10 labelled samples; a classifier needs at least 2 classes",),
     )
     assert not (tmp_path / "runs").exists()
+
+
+# --- issue 27, item 15: messages ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, field", [
+    ("method=kd", "method=kd: ce, kd compare"), ("terms=[{name: soft, loss: dkd}]", "terms (soft): dkd compare"),
+])
+def test_cli_names_token_kd_for_a_classifier_loss_on_token_data(tmp_path, setting, field):
+    np.save(tmp_path / "ids.npy", np.tile(np.arange(12, dtype=np.int32), 100))
+    refused_without_changes(
+        tmp_path, "check", "data.dataset=token_ids", "data.path=ids.npy", "data.options.block_size=16", "teacher.model=gpt",
+        "student.model=gpt", "teacher.augment=none", "train.augment=none", "train.mix=none", setting,
+        fragments=(field, "data.dataset=token_ids holds token sequences for a language model: use method=token_kd"),
+    )
