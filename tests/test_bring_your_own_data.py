@@ -115,6 +115,8 @@ def test_16_bit_images_load_as_their_8_bit_equivalent(tmp_path):
     assert (raw_pixels(wide) > 0.99).mean() < 0.05  # not saturated
     rgb = load_dataset("folder", path=str(tmp_path / "16"), channels=3)  # grey repeated, still scaled
     assert np.abs(raw_pixels(rgb)[:, 1] - raw_pixels(narrow)[:, 0]).max() <= 1 / 255
+    resized = raw_pixels(load_dataset("folder", path=str(tmp_path / "16"), image_size=12))
+    assert resized.min() > -1e-5 and resized.max() < 1 + 1e-5  # bicubic overshoot clipped, as for 8 bits
 
 
 def image_in(mode: str, scale: float = 1.0):

@@ -123,8 +123,6 @@ CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "
 def _wide_pixels(image, file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     depth, white = image.mode, WIDE_MODES[image.mode]
     image = image.convert("I").convert("F") if depth.startswith("I;16") else image.convert("F")
-    if size is not None and image.size != size:
-        image = image.resize(size)
     pixels = np.asarray(image, dtype=np.float32) / white
     low, high = float(pixels.min()), float(pixels.max())
     if not (0.0 <= low and high <= 1.0):
@@ -132,6 +130,9 @@ def _wide_pixels(image, file: Path, mode: str, size: tuple[int, int] | None) -> 
             f"{file}: {depth} pixels from {low * white:g} to {high * white:g}, outside 0..{white:g}; "
             "save it as 8- or 16-bit grey"
         )
+    if size is not None and image.size != size:
+        # Bicubic resampling overshoots at edges; 8-bit images are clipped by PIL, floats here.
+        pixels = np.clip(np.asarray(image.resize(size), dtype=np.float32) / white, 0.0, 1.0)
     return pixels if mode == "L" else np.repeat(pixels[..., None], 3, axis=-1)
 
 
