@@ -62,8 +62,9 @@ def check_width(file: Path, separator: str) -> None:
         header = handle.readline(MAX_COLUMNS * 64)  # a cut line still counts its columns
     columns = len(next(csv.reader([header], delimiter=separator), []))
     if columns > MAX_COLUMNS:
+        counted = f"{columns:,} columns" if header.endswith("\n") else f"{columns:,} columns or more"
         raise DataError(
-            f"{file}: {columns:,} columns or more, more than the limit of {MAX_COLUMNS:,}; "
+            f"{file}: {counted}, more than the limit of {MAX_COLUMNS:,}; "
             "save wide data as arrays (np.savez(path, x=..., y=...), data.dataset=npz)"
         )
 

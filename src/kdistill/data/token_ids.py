@@ -47,7 +47,10 @@ def read_ids(file: Path, max_bytes: int = MAX_NPZ_BYTES) -> np.ndarray:
         try:
             with file.open("rb") as handle:
                 shape, dtype = npy_header(handle, file.name, file)
+                start = handle.tell()
             declared = math.prod(shape) * dtype.itemsize
+            if start + declared > file.stat().st_size:
+                raise DataError(f"{file}: declares shape {shape} but holds fewer bytes (a damaged or forged file)")
             if declared > max_bytes:  # bounded as an .npz is, from the header, before mapping it
                 raise DataError(
                     f"{file}: its array holds {declared:,} bytes, more than the limit of {max_bytes:,}; "
