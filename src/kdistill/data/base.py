@@ -6,6 +6,7 @@ or a memory-bank method (CRD) find the sample again, whatever order the loader d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -146,6 +147,39 @@ def check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> None:
         raise DataError(f"{source}: labels must be class indices 0..C-1, found {int(y.min())}")
 
 
+def check_classes(y: np.ndarray, class_names: list[str] | None, source: str) -> None:
+    """Refuse labels of fewer than 2 classes: a classifier of one class scores 100 % and has
+    learnt nothing (three such models trained and reported before this check)."""
+    present = np.unique(y)
+    if len(present) < 2:
+        only = f" ({class_names[int(present[0])]!r})" if len(present) and class_names else ""
+        raise DataError(
+            f"{source}: {len(present)} class{only} in {len(y)} labelled samples; a classifier needs at least 2 "
+            "classes: add samples of another class"
+        )
+
+
+def warn_missing_classes(splits: dict[str, np.ndarray], class_names: list[str] | None, source: str) -> None:
+    """Say once, in a warning line, which classes a split has no sample of: its scores then say
+    nothing of them (a class of one or two samples cannot reach all three splits)."""
+    present = np.unique(np.concatenate(list(splits.values())))
+    missing = []
+    for split, targets in splits.items():
+        lacking = np.setdiff1d(present, targets)
+        if len(lacking):
+            names = [class_names[int(c)] if class_names else str(int(c)) for c in lacking[:3]]
+            more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+            missing.append(f"the {split} split has no sample of class {', '.join(map(repr, names))}{more}")
+    if missing:
+        _say_once(f"warning: {source}: {'; '.join(missing)}; give those classes more samples")
+
+
+@functools.cache
+def _say_once(line: str) -> None:
+    # On stdout with the run's other messages: stderr holds only the one line of an error.
+    print(line)
+
+
 def _empty_split(split: str, samples: int, val_fraction: float, test_fraction: float, source: str) -> str:
     if split == "validation" and val_fraction == 0:
         return (
@@ -177,6 +211,7 @@ def make_splits(
     """
     check_arrays(x, y, source)
     y = y.astype(np.int64)
+    check_classes(y, class_names, source)
     num_classes = num_classes or int(y.max()) + 1
     if num_classes > MAX_CLASSES:
         raise DataError(f"{source}: {num_classes:,} classes, more than the limit of {MAX_CLASSES:,}")
@@ -191,6 +226,7 @@ def make_splits(
     for split, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
         if len(idx) == 0:
             raise DataError(_empty_split(split, len(y), val_fraction, test_fraction, source))
+    warn_missing_classes({"train": y[train_idx], "validation": y[val_idx], "test": y[test_idx]}, class_names, source)
     # Statistics of the train split only (checked non-empty first: an empty one's are NaN, with
     # warnings): nothing about val/test leaks into training.
     if per_axis is None:

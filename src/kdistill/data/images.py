@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,11 @@ from kdistill.data.base import MAX_CLASSES, DataSplits, make_splits
 from kdistill.errors import DataError
 
 MAX_IMAGE_SIZE = 1024  # pixels per side after resizing: 12 MB per RGB image as float32
+# Pixels one image may decode to before it is resized (8192 × 8192: 200 MB as RGB): a 13000 ×
+# 13000 PNG of one colour is a few hundred kB on disk and 500 MB once decoded.
+MAX_DECODED_PIXELS = 8192 * 8192
+# The folder's images as one float32 array, as .npz files are bounded (kdistill.data.npz).
+MAX_FOLDER_BYTES = 2 * 2**30
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -95,10 +101,39 @@ def read_image(file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarra
 
     with _DecodingErrors(file):
         with Image.open(file) as image:
-            image = image.convert(mode)
+            if image.mode in WIDE_MODES:
+                return _wide_pixels(image, file, mode, size)
+            if image.mode in ("P", "PA") and "transparency" in image.info:
+                image = image.convert("RGBA")  # PIL's advice: its transparency survives only so
+            if image.mode not in CONVERTIBLE_MODES:
+                raise DataError(f"{file}: {image.mode} pixels cannot be read; save it as grey or RGB (8 or 16 bits)")
+            image = image.convert(mode)  # alpha is dropped: the colour under it is kept
             if size is not None and image.size != size:
                 image = image.resize(size)
             return np.asarray(image, dtype=np.float32) / 255.0
+
+
+# One channel of more than 8 bits, and the value of white in each: convert("L") would clip
+# every 16-bit value above 255 to white. 32-bit integers are read as 16-bit (what PNG and most
+# TIFFs hold); floats as they are, and either is refused outside 0..white.
+WIDE_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "La"}
+
+
+def _wide_pixels(image, file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    depth, white = image.mode, WIDE_MODES[image.mode]
+    image = image.convert("I").convert("F") if depth.startswith("I;16") else image.convert("F")
+    pixels = np.asarray(image, dtype=np.float32) / white
+    low, high = float(pixels.min()), float(pixels.max())
+    if not (0.0 <= low and high <= 1.0):
+        raise DataError(
+            f"{file}: {depth} pixels from {low * white:g} to {high * white:g}, outside 0..{white:g}; "
+            "save it as 8- or 16-bit grey"
+        )
+    if size is not None and image.size != size:
+        # Bicubic resampling overshoots at edges; 8-bit images are clipped by PIL, floats here.
+        pixels = np.clip(np.asarray(image.resize(size), dtype=np.float32) / white, 0.0, 1.0)
+    return pixels if mode == "L" else np.repeat(pixels[..., None], 3, axis=-1)
 
 
 class _DecodingErrors:
@@ -126,17 +161,29 @@ class _DecodingErrors:
         return False
 
 
-GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}
+GRAYSCALE_MODES = {"1", "L", "LA", "La", *WIDE_MODES}
 
 
 def _header(file: Path) -> tuple[str, tuple[int, int]]:
-    """An image's mode and (W, H), from its header only (no pixels decoded)."""
+    """An image's mode and (W, H), from its header only (no pixels decoded); an image of more
+    than ``MAX_DECODED_PIXELS`` is refused here, before a decoder allocates it."""
     from PIL import Image
 
-    with _DecodingErrors(file), Image.open(file) as image:
-        # A palette image is colour unless its palette is gray: decide on the converted mode.
-        mode = image.mode if image.mode != "P" else ("L" if _gray_palette(image) else "RGB")
-        return mode, image.size
+    with _DecodingErrors(file):
+        with warnings.catch_warnings():
+            # PIL warns of images over its own limit as it opens them; the lower one below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+        with image:
+            width, height = image.size
+            if width * height > MAX_DECODED_PIXELS:
+                raise DataError(
+                    f"{file}: {width:,}×{height:,} pixels, more than the {MAX_DECODED_PIXELS:,} an image may "
+                    "decode to (resizing happens after decoding); shrink it first"
+                )
+            # A palette image is colour unless its palette is gray: decide on the converted mode.
+            mode = image.mode if image.mode not in ("P", "PA") else ("L" if _gray_palette(image) else "RGB")
+            return mode, image.size
 
 
 def _gray_palette(image) -> bool:
@@ -162,6 +209,11 @@ def load_image_folder(
     ``image_size`` (every image resized to image_size × image_size). Each channel is
     standardised with the training split's mean and standard deviation, recorded with the run
     (``data.normalise`` in summary.json), as is the class of each index (``data.classes``).
+
+    Pixels are read in 0..1 whatever their depth: 16-bit grey over 65535, palette images with
+    transparency through RGBA (the alpha dropped, as for RGBA files). Each image may decode to
+    ``MAX_DECODED_PIXELS`` and the folder to ``MAX_FOLDER_BYTES`` of floats, checked from the
+    headers before any pixel is decoded.
     """
     if not path:
         raise DataError("data.path: the folder dataset needs a directory; set data.path=images/")
@@ -195,10 +247,18 @@ def load_image_folder(
                 f"{root}: images of different sizes ({files[0].name} {first[0]}×{first[1]}, {odd.name} {other[0]}×{other[1]}); "
                 "set data.options.image_size=N to resize every image to N×N"
             )
+    # The subset is drawn before decoding, so that data.subset also bounds the memory taken.
+    picked, y = stratified_subset(np.arange(len(files)), np.asarray(labels, dtype=np.int64), subset, seed)
+    width, height = size or headers[0][1]
+    needed = len(picked) * channels * width * height * 4
+    if needed > MAX_FOLDER_BYTES:
+        raise DataError(
+            f"{root}: {len(picked):,} images of {channels}×{height}×{width} take {needed:,} bytes as floats, more "
+            f"than the limit of {MAX_FOLDER_BYTES:,}; set data.options.image_size smaller or data.subset"
+        )
     mode = "L" if channels == 1 else "RGB"
-    x = np.stack([read_image(file, mode, size) for file in files])
+    x = np.stack([read_image(files[i], mode, size) for i in picked])
     x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
-    x, y = stratified_subset(x, np.asarray(labels, dtype=np.int64), subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         num_classes=len(classes), class_names=classes, per_axis=1,

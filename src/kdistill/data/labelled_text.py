@@ -6,7 +6,10 @@ student with a tokenizer of its own names it in ``data.options.student_tokenizer
 carries both tokenisations of each text, each model reading its own).
 
 Labels are mapped to dense class indices in sorted order, recorded with the run
-(``data.classes``); an empty text or label names its file and row.
+(``data.classes``); an empty text or label names its file and row. A text is cut to
+``CHARS_PER_TOKEN`` characters per token of ``max_length`` before it is tokenised: only its first
+``max_length`` tokens are kept anyway, and a tokenizer handed one 50 MB cell whole ran out of
+memory and aborted the process.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ from pathlib import Path
 
 import torch
 
-from kdistill.data.base import DataSplits, stratified_split
+from kdistill.data.base import DataSplits, check_classes, stratified_split, warn_missing_classes
 from kdistill.data.table import dense_labels, read_table, row_name
 from kdistill.data.text import TokenDataset, encode, load_tokenizer
 from kdistill.errors import DataError
+
+# Characters a text may keep per token of max_length: no tokenizer we know spends more on one
+# token (WordPiece makes one [UNK] of a word over 100 characters), so the cut keeps every token
+# the model would read.
+CHARS_PER_TOKEN = 100
 
 
 def _encode(texts: list[str], tokenizer_path: str, max_length: int):
@@ -55,11 +63,12 @@ def load_labelled_text(
         raise DataError("data.options.tokenizer: the teacher's Hugging Face directory (or a tokenizer.json) to tokenise with")
     if not isinstance(max_length, int) or max_length < 4:
         raise DataError(f"data.options.max_length: at least 4 tokens, got {max_length!r}")
-    texts = [str(t) if t is not None else "" for t in frame[text].tolist()]
+    texts = [str(t)[: max_length * CHARS_PER_TOKEN] if t is not None else "" for t in frame[text].tolist()]
     empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
     if empty is not None:
         raise DataError(f"{row_name(file, empty)}: empty text in column {text!r}")
     labels, classes = dense_labels(frame[label].tolist(), file, label)
+    check_classes(labels, classes, str(file))
     if subset is not None and subset < len(labels):
         keep, _ = stratified_split(labels, (subset / len(labels), 1 - subset / len(labels)), seed)
         texts, labels = [texts[i] for i in keep], labels[keep]
@@ -76,6 +85,7 @@ def load_labelled_text(
     ]
     if min(len(d) for d in datasets) == 0:
         raise DataError(f"{file}: {len(labels)} rows leave an empty split; use more rows or larger fractions")
+    warn_missing_classes(dict(zip(("train", "validation", "test"), (labels[idx] for idx in parts))), classes, str(file))
     return DataSplits(
         train=datasets[0], val=datasets[1], test=datasets[2], num_classes=len(classes),
         input_shape=(max_length,), class_names=classes, task="classification", teacher_inputs=teacher is not None,

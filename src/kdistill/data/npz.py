@@ -37,15 +37,14 @@ def _member(archive: zipfile.ZipFile, name: str, file: Path) -> zipfile.ZipInfo:
         ) from None
 
 
-def _read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, file: Path) -> tuple[tuple, np.dtype]:
-    """Shape and dtype from a member's ``.npy`` header (a few hundred bytes are decompressed)."""
+def npy_header(handle, name: str, file: Path) -> tuple[tuple, np.dtype]:
+    """Shape and dtype from the ``.npy`` header at the start of ``handle`` (nothing else read)."""
     fmt = np.lib.format
-    with archive.open(info) as handle:
-        version = fmt.read_magic(handle)
-        readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
-        if version not in readers:
-            raise DataError(f"{file}: {info.filename} is .npy version {version}; save it again with np.savez")
-        shape, _, dtype = readers[version](handle)
+    version = fmt.read_magic(handle)
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    if version not in readers:
+        raise DataError(f"{file}: {name} is .npy version {version}; save it again with np.save")
+    shape, _, dtype = readers[version](handle)
     return shape, dtype
 
 
@@ -62,7 +61,8 @@ def read_npz(file: Path, names: tuple[str, ...] = ("x", "y"), max_bytes: int = M
                 )
             arrays = {}
             for name, info in members.items():
-                shape, dtype = _read_header(archive, info, file)
+                with archive.open(info) as handle:  # a few hundred bytes are decompressed
+                    shape, dtype = npy_header(handle, info.filename, file)
                 if dtype.hasobject:
                     raise DataError(f"{file}: array {name!r} holds Python objects (pickled); save numbers only")
                 if math.prod(shape) * dtype.itemsize > info.file_size:

@@ -8,6 +8,8 @@ optionally ``data.options.features=[...]``, default every other column). Labels 
 
 from __future__ import annotations
 
+import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,20 +35,74 @@ def read_table(path: str | None, field: str = "data.path"):
         if suffix == ".parquet":
             return pandas.read_parquet(file)
         if suffix in (".jsonl", ".json"):
-            return pandas.read_json(file, lines=suffix == ".jsonl", dtype=False)
-        return pandas.read_csv(file, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+            # utf-8-sig: a byte-order mark (Windows editors write one) is read past, as pandas
+            # does for a CSV, instead of failing as "expected object or value".
+            with file.open(encoding="utf-8-sig") as handle:
+                return pandas.read_json(handle, lines=suffix == ".jsonl", dtype=False)
+        check_width(file, _separator(file))
+        return pandas.read_csv(file, sep=_separator(file), dtype=str, keep_default_na=False)
     except ImportError as error:
         raise DataError(f"{file}: reading {suffix} files needs {error.name or 'pyarrow'}: pip install pyarrow") from None
     except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' ParserError is a ValueError
-        raise DataError(f"{file}: not a readable {suffix.lstrip('.')} table ({str(error).splitlines()[0][:200]})") from None
+        raise DataError(f"{file}: not a readable {suffix.lstrip('.')} table ({_parser_message(file, error)})") from None
+
+
+# Columns a CSV may have: its cells become Python strings before they are numbers, and a header
+# of 10^6 columns took pandas minutes before running out of memory. Wider data fits an .npz.
+MAX_COLUMNS = 10_000
+
+
+def _separator(file: Path) -> str:
+    return "\t" if file.suffix.lower() == ".tsv" else ","
+
+
+def check_width(file: Path, separator: str) -> None:
+    """Refuse a CSV of more than ``MAX_COLUMNS`` columns from its header line alone."""
+    with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline(MAX_COLUMNS * 64)  # a cut line still counts its columns
+    columns = len(next(csv.reader([header], delimiter=separator), []))
+    if columns > MAX_COLUMNS:
+        counted = f"{columns:,} columns" if header.endswith("\n") else f"{columns:,} columns or more"
+        raise DataError(
+            f"{file}: {counted}, more than the limit of {MAX_COLUMNS:,}; "
+            "save wide data as arrays (np.savez(path, x=..., y=...), data.dataset=npz)"
+        )
+
+
+def _start_line(file: Path, record: int, *, count_blank: bool) -> int | None:
+    """The line on which a CSV's ``record`` (0: the header) starts, as the csv module counts
+    (``reader.line_num``): a quoted cell may hold newlines, so records and lines part after it.
+    pandas numbers its rows without blank lines and its errors' "line N" with them."""
+    try:
+        with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            reader = csv.reader(handle, delimiter=_separator(file))
+            seen = -1
+            while seen < record:
+                start = reader.line_num + 1
+                seen += bool(next(reader)) or count_blank
+            return start
+    except (csv.Error, StopIteration):  # e.g. a cell over the csv module's size limit
+        return None
+
+
+def _parser_message(file: Path, error: Exception) -> str:
+    """pandas' first line of a parse error, its "line N" (records, not lines) made a line."""
+    message = str(error).splitlines()[0][:200]
+    if file.suffix.lower() not in (".csv", ".tsv"):
+        return message
+
+    def line(match: re.Match) -> str:
+        return f"line {_start_line(file, int(match.group(1)) - 1, count_blank=True) or match.group(1)}"
+
+    return re.sub(r"line (\d+)", line, message, count=1)
 
 
 def row_name(file: Path, position: int) -> str:
-    """Where a row is in its file, as a user finds it: a CSV's line (after the header), a
-    JSONL's line, a Parquet row index."""
+    """Where a row is in its file, as a user finds it: a CSV's line, a JSONL's line, a Parquet
+    row index."""
     suffix = file.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return f"{file}: line {position + 2}"
+        return f"{file}: line {_start_line(file, position + 1, count_blank=False) or position + 2}"
     if suffix == ".jsonl":
         return f"{file}: line {position + 1}"
     return f"{file}: row {position}"

@@ -4,19 +4,21 @@ tokenizer (``data.dataset=token_ids``, ``data.path=ids.npy`` or an ``.npz`` hold
 The sequence is cut by position into train / validation / test (the fractions, in that order:
 later text is held out, the usual split of one long corpus) and into next-token windows of
 ``block_size``. The vocabulary is ``data.options.vocab_size`` (the tokenizer's), or the largest
-id plus one. The file is untrusted: ``.npz`` arrays go through the same size checks as
-``data.dataset=npz`` and pickled arrays are refused.
+id plus one. The file is untrusted: an ``.npy`` is bounded by ``data.options.max_bytes`` from its
+header before it is mapped, ``.npz`` arrays go through the same size checks as
+``data.dataset=npz``, and pickled arrays are refused.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from kdistill.data.base import DataSplits
 from kdistill.data.lm import SequenceDataset, windows_of
-from kdistill.data.npz import MAX_NPZ_BYTES, read_npz
+from kdistill.data.npz import MAX_NPZ_BYTES, npy_header, read_npz
 from kdistill.errors import DataError
 
 MAX_VOCABULARY = 1 << 20  # a stray id of 2e9 must not size the output layer
@@ -43,6 +45,17 @@ def read_ids(file: Path, max_bytes: int = MAX_NPZ_BYTES) -> np.ndarray:
         if not file.is_file():
             raise DataError(f"data.path: {file} does not exist")
         try:
+            with file.open("rb") as handle:
+                shape, dtype = npy_header(handle, file.name, file)
+                start = handle.tell()
+            declared = math.prod(shape) * dtype.itemsize
+            if start + declared > file.stat().st_size:
+                raise DataError(f"{file}: declares shape {shape} but holds fewer bytes (a damaged or forged file)")
+            if declared > max_bytes:  # bounded as an .npz is, from the header, before mapping it
+                raise DataError(
+                    f"{file}: its array holds {declared:,} bytes, more than the limit of {max_bytes:,}; "
+                    "set data.options.max_bytes to allow it"
+                )
             ids = np.load(file, mmap_mode="r", allow_pickle=False)  # mapped: read as the windows need it
         except ValueError as error:  # an object array (pickled) or a damaged header
             raise DataError(f"{file}: not an array of numbers ({str(error).splitlines()[0][:120]})") from None
@@ -61,6 +74,8 @@ def load_token_ids(
     if path is None:
         raise DataError("data.path: the .npy (or .npz with 'ids') of token ids to train on")
     file = Path(path)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise DataError(f"data.options.max_bytes: give a number of bytes, got {max_bytes!r}")
     ids = read_ids(file, max_bytes)
     if block_size < 2:
         raise DataError(f"data.options.block_size: {block_size}; use at least 2")

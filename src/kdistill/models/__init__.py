@@ -14,7 +14,7 @@ from torch import nn
 
 from kdistill.models.cnn import cnn, cnn_large, cnn_small, cnn_tiny, lenet
 from kdistill.models.hf import hf, minilm_l6
-from kdistill.models.imported import ImportedModelError, build_imported, is_import_spec
+from kdistill.models.imported import ImportedModelError, build_imported, import_target, is_import_spec
 from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
 from kdistill.models.mobilenetv2 import mobilenetv2
 from kdistill.models.recsys import neumf, neumf_large, neumf_small
@@ -33,9 +33,9 @@ from kdistill.models.wrn import wrn_16_2, wrn_40_2
 class ModelEntry:
     """A zoo entry: its builder and the inputs it reads.
 
-    ``inputs`` is ``"image"`` (float arrays (C, H, W); the sequence models read an image row by
-    row, a (T, F) sequence as (1, T, F)), ``"tokens"`` (token ids, a tensor or a dict of
-    ``input_ids`` / ``attention_mask``) or ``"recsys"`` (user and candidate item ids).
+    ``inputs`` is ``"image"`` (float arrays (C, H, W)), ``"sequence"`` (float (T, F) sequences
+    such as speech features; an image is read row by row), ``"tokens"`` (token ids, a tensor or a
+    dict of ``input_ids`` / ``attention_mask``) or ``"recsys"`` (user and candidate item ids).
     """
 
     builder: Callable[..., nn.Module]
@@ -50,7 +50,7 @@ class ModelEntry:
         return doc.splitlines()[0] if doc else ""
 
 
-INPUT_KINDS = ("image", "tokens", "recsys")
+INPUT_KINDS = ("image", "sequence", "tokens", "recsys")
 
 _BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (mlp, "image"),
@@ -75,10 +75,10 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mobilenetv2": (mobilenetv2, "image"),
     "shufflenetv2": (shufflenetv2, "image"),
     # Sequence models over (T, F) features (speech): images are read row by row.
-    "bilstm": (bilstm, "image"),
-    "gru": (gru, "image"),
-    "gru_tiny": (gru_tiny, "image"),
-    "conv1d": (conv1d, "image"),
+    "bilstm": (bilstm, "sequence"),
+    "gru": (gru, "sequence"),
+    "gru_tiny": (gru_tiny, "sequence"),
+    "conv1d": (conv1d, "sequence"),
     # Models over token ids (word pieces, characters).
     "gpt": (gpt, "tokens"),
     "text_transformer": (transformer_classifier, "tokens"),
@@ -111,7 +111,7 @@ class ModelSettingError(TypeError, ValueError):
 
 
 def list_models(inputs: str | None = None) -> list[str]:
-    """Every zoo model's name, or those reading ``inputs`` (``"image"``, ``"tokens"``, ``"recsys"``)."""
+    """Every zoo model's name, or those reading ``inputs`` (one of ``INPUT_KINDS``)."""
     return sorted(name for name, entry in MODELS.items() if inputs is None or entry.inputs == inputs)
 
 
@@ -121,13 +121,15 @@ def describe_model(name: str) -> str:
 
 
 def model_taps(name: str) -> list[tuple[str, str]]:
-    """``(tap name, description)`` of every module of zoo model ``name`` built with its defaults,
-    its stages (``hint_layers``) and the pooled penultimate vector (``head:input``) marked."""
-    entry = _entry(name)
-    if entry.inputs != "image":
-        model = entry()
+    """``(tap name, description)`` of every module of zoo model ``name``, or of the user's own
+    ``nn.Module`` class ``module:Class``, built with its defaults, its stages (``hint_layers``)
+    and the pooled penultimate vector (``head:input``) marked."""
+    if is_import_spec(name):
+        model = _user_class(name)
+    elif _entry(name).inputs != "image":
+        model = _entry(name)()
     else:
-        model = entry(num_classes=10, input_shape=(1, 28, 28))
+        model = _entry(name)(num_classes=10, input_shape=(1, 28, 28))
     stages = set(getattr(model, "hint_layers", ()))
     rows = []
     for module_name, module in model.named_modules():
@@ -137,6 +139,21 @@ def model_taps(name: str) -> list[tuple[str, str]]:
     if hasattr(model, "forward_head"):
         rows.append(("head:input", "the pooled vector in front of the classifier (rkd, pkt, cc, crd)"))
     return rows
+
+
+def _user_class(spec: str) -> nn.Module:
+    """The user's ``nn.Module`` class built with its defaults; a factory or anything else that
+    is not such a class is refused before it is called (listing taps runs no one's function)."""
+    try:
+        target = import_target(spec)
+    except ImportedModelError as error:
+        raise UnknownModelError(str(error)) from None
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise UnknownModelError(f"{spec!r}: list taps builds an nn.Module class, and this is a {type(target).__name__}")
+    try:
+        return create_model(spec)
+    except TypeError as error:  # a constructor whose arguments have no defaults
+        raise UnknownModelError(f"{spec!r}: {error}; list taps builds it with its defaults") from None
 
 
 def _entry(name: str) -> ModelEntry:

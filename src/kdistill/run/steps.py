@@ -19,6 +19,7 @@ from kdistill.data.base import collate
 from kdistill.data.mixing import can_mix, check_mix_terms, mixed
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
+from kdistill.losses import LOGIT_LOSSES, TOKEN_LOSSES
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
@@ -82,6 +83,7 @@ def plan(recipe: Recipe) -> Plan:
     splits = load_data(recipe)
     mode, options = teaching_mode(recipe)
     task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
+    check_token_terms(recipe, terms, splits)
     check_input_transforms(recipe, splits)
     check_mix_terms(recipe.train.mix, terms, splits.task)
     check_mix_terms(recipe.train.scratch_mixing, task.scratch_terms(), splits.task)
@@ -98,6 +100,23 @@ def check_selection_metric(recipe: Recipe, task: Task) -> None:
             f"train.early_stopping.metric={metric}: the {task.name} validation measures "
             f"{', '.join(task.higher_is_better)}; name one of these"
         )
+
+
+def check_token_terms(recipe: Recipe, terms: list[Term], splits: DataSplits) -> None:
+    """Refuse a classifier's logit loss on a language model's data: kd, dkd, ce ... compare one
+    distribution per sample and met (B, T, V) logits as a shape error from PyTorch."""
+    if splits.task != "language_modelling":
+        return
+    names = {loss: name for name, loss in LOGIT_LOSSES.items()}
+    wrong = [term for term in terms if names.get(term.loss)]
+    if not wrong:
+        return
+    field = f"method={recipe.method}" if recipe.terms is None else f"terms ({', '.join(t.name for t in wrong)})"
+    raise ConfigError(
+        f"{field}: {', '.join(sorted({names[t.loss] for t in wrong}))} compare one distribution per sample, but "
+        f"data.dataset={recipe.data.dataset} holds token sequences for a language model: use method=token_kd "
+        f"(or a token loss: {', '.join(TOKEN_LOSSES)})"
+    )
 
 
 def check_input_transforms(recipe: Recipe, splits: DataSplits) -> None:
