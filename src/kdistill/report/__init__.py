@@ -136,9 +136,12 @@ def students_sentence(summary: dict) -> str:
 def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     sizes = ", ".join(f"{k} {v}" for k, v in summary["data"]["sizes"].items())
     lines = verdict(summary).split("\n")
+    source = summary.get("teacher", {}).get("source")  # trained, reused, loaded from a file ...
+    teacher = f" Teacher: {source}." if source else ""
     blocks = [
         ("heading", 1, f"{summary['name']}: {summary['method']} distillation"),
-        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test split.{students_sentence(summary)}"),
+        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test "
+                      f"split.{teacher}{students_sentence(summary)}"),
         ("table", *results_rows(summary)),
         ("paragraph", lines[0]),
     ]
