@@ -79,10 +79,12 @@ def test_latency_throughput_and_sizes_in_summary_and_report(exported):
         assert (run_dir / export["files"][model]["path"]).stat().st_size == export["files"][model]["bytes"]
     assert export["latency_ms"]["student_int8"]["onnxruntime"]["batch_256"] > 0
     for runtime in ("pytorch", "onnxruntime"):
-        ratio = export["latency_ratio"][runtime]
-        assert ratio["batch_1"] == pytest.approx(
-            export["latency_ms"]["teacher"][runtime]["batch_1"] / export["latency_ms"]["student"][runtime]["batch_1"])
-        assert f"teacher/student latency in {runtime}" in output
+        ratio = export["latency_ratio"][runtime]["batch_1"]  # None: a timing too unstable to use
+        ms = export["latency_ms"]
+        expected = ms["teacher"][runtime]["batch_1"] / ms["student"][runtime]["batch_1"]
+        assert ratio is None or ratio == pytest.approx(expected)
+        shown = "not measurable at this size" if ratio is None else f"{ratio:.1f}×"
+        assert f"teacher/student latency in {runtime}: {shown} at batch 1" in output
     assert export["exporter"] in ("torchscript", "dynamo") and export["versions"]["onnxruntime"]
     for report in ("report.md", "report.html"):
         text = (run_dir / report).read_text()
