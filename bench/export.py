@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("recipe", nargs="?", default=None)
     parser.add_argument("--run-dir", help="export this finished run instead of running the recipe")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
-    parser.add_argument("--repeats", type=int, default=50, help="timed passes per latency measurement")
+    parser.add_argument("--repeats", type=int, default=50,
+                        help="timing effort per latency measurement (30: 0.2 s)")
     parser.add_argument("--rounds", type=int, default=3, help="export and time this many times; keep each fastest median")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the run")
     args = parser.parse_args()
@@ -113,7 +114,9 @@ def main() -> None:
     for threads, result in results.items():
         for runtime, ratio in result["latency_ratio"].items():
             lines.append(f"| {threads} | {runtime} | {ratio['batch_1']:.1f}× | {ratio['batch_256']:.1f}× |")
-    lines += ["", f"Latency: median of up to {args.repeats} timed passes after warm-up (2 s budget per measurement), "
+    effort = 0.2 * args.repeats / 30
+    lines += ["", "Latency: median of torch.utils.benchmark's blocked autorange "
+              f"({effort:.2f} s of timed blocks per measurement), "
               f"the fastest of {args.rounds} rounds; the machine's cores are shared with other jobs "
               f"(load average {os.getloadavg()[0]:.1f} at the end), so treat differences under ~20% as noise."]
     text = "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from torch import nn
 from kdistill.checkpoint import CheckpointError
 from kdistill.cli import main
 from kdistill.models import UnknownModelError, create_model
-from kdistill.weights import load_weights
+from kdistill.weights import load_weights, save_weights
 
 RUN = ["data.dataset=digits", "data.subset=400", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2", "train.epochs=2",
        "output.latency=false", "output.plots=false", "output.progress=false"]
@@ -123,13 +123,43 @@ def test_recipe_teacher_from_a_pt_file_is_used_not_trained(tmp_path, capsys, mon
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
     argv = [*RUN, "teacher.model=byo_models_c:Net", "teacher.kwargs={hidden: 16}", "teacher.checkpoint=teacher.pt",
             f"output.dir={tmp_path / 'runs'}"]
+    capsys.readouterr()
     assert main(["run", *argv]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "teacher: loaded from teacher.pt (not trained)" in out
+    # RUN sets teacher.epochs and teacher.augment: said once, as settings that cannot apply.
+    warnings = [line for line in out if line.startswith("warning:")]
+    assert len(warnings) == 1 and "teacher.epochs, teacher.augment" in warnings[0], out
     summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
-    assert summary["teacher"]["source"] == "teacher.pt"
+    assert summary["teacher"]["source"] == "loaded from teacher.pt (not trained)"
+    run_dir = tmp_path / "runs" / "mnist_kd"
+    assert "Teacher: loaded from teacher.pt (not trained)." in (run_dir / "report.md").read_text()
+    records = (run_dir / "metrics.jsonl").read_text().splitlines()
+    phases = {json.loads(line).get("phase") for line in records}
+    assert "teacher" not in phases  # never trained
     assert summary["teacher"]["accuracy"] < 0.3  # untrained weights, loaded as they are
     torch.save(teacher, tmp_path / "pickled.pt")
     code, err = run(["check", *argv, "teacher.checkpoint=pickled.pt"], capsys)
     assert code == 2 and "state_dict" in err and len(err.splitlines()) == 1
+
+
+def test_only_training_settings_the_user_gave_a_loaded_teacher_are_warned_about(tmp_path, capsys):
+    """model_fields_set: a recipe that names only the checkpoint gets the announcement alone."""
+    torch.manual_seed(0)
+    weights = tmp_path / "t.safetensors"
+    save_weights(create_model("mlp", num_classes=10, input_shape=(1, 8, 8), width=16), weights)
+    recipe = tmp_path / "loaded.yaml"
+    recipe.write_text("data: {dataset: digits, subset: 200}\nstudent: {model: mlp_tiny}\n"
+                      f"teacher: {{model: mlp, kwargs: {{width: 16}}, checkpoint: {weights}}}\n")
+    given = ["teacher.epochs=3", "teacher.lr=0.1"]
+    for extra, warned in (([], None), (given, "teacher.epochs, teacher.lr")):
+        capsys.readouterr()
+        assert main(["check", str(recipe), *extra]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert f"teacher: loaded from {weights} (not trained)" in out
+        warnings = [line for line in out if line.startswith("warning:")]
+        expected = 0 if warned is None else 1
+        assert len(warnings) == expected and all(warned in line for line in warnings), out
 
 
 def export_teacher(tmp_path) -> nn.Module:

@@ -308,32 +308,52 @@ def test_a_missing_tracker_is_one_line_exit_2(tmp_path, capsys):
     assert "pip install mlflow" in capsys.readouterr().err
 
 
-def test_latency_keeps_to_its_time_budget(monkeypatch):
-    """A model that takes one (simulated) second per pass: a 2 s budget allows one warm-up and
-    three timed passes, not 5 + 30."""
-    from types import SimpleNamespace
-
+def test_latency_keeps_to_its_time_budget():
+    """A model that takes one (simulated) second per pass: the budget allows two passes (the
+    block-size estimate and one block), not minutes of blocks; a fast one fills its blocks."""
     from kdistill.deploy import latency
 
     clock = [0.0]
-    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     calls = []
 
-    def slow_pass():
-        calls.append(1)
-        clock[0] += 1.0
+    def simulated(seconds):
+        def one_pass():
+            calls.append(1)
+            clock[0] += seconds
+        return one_pass
 
-    assert latency.median_ms(slow_pass, repeats=30, warmup=5, budget_s=2.0) == pytest.approx(1000.0)
-    assert len(calls) == 1 + 3
+    slow = latency.time_call(simulated(1.0), min_run_time=0.2, budget_s=2.0, clock=lambda: clock[0])
+    assert len(calls) == 2 and slow.median_ms == pytest.approx(1000.0)
+    assert not slow.measurable  # one timed block says nothing about its spread
     calls.clear()
-    clock[0] = 0.0
+    fast = latency.time_call(simulated(1e-3), min_run_time=0.2, clock=lambda: clock[0])
+    assert fast.median_ms == pytest.approx(1.0) and fast.blocks >= 100 and fast.measurable
 
-    def fast_pass():
-        calls.append(1)
-        clock[0] += 0.001
 
-    latency.median_ms(fast_pass, repeats=30, warmup=5, budget_s=2.0)
-    assert len(calls) == 5 + 30  # within budget: every requested pass
+@pytest.mark.parametrize("teacher, student, expected", [
+    ((2.0, 0.05, 40), (0.5, 0.02, 40), 4.0),  # both resolved and stable: their ratio
+    ((2.0, 0.05, 40), (0.151, 0.12, 40), None),  # the student's IQR is most of its median
+    ((2.0, 0.05, 40), (0.0, 0.0, 40), None),  # a zero median: below the timer's resolution
+    ((2.0, 0.0, 1), (0.5, 0.02, 40), None),  # one block: no spread to judge
+])
+def test_a_latency_ratio_needs_two_resolved_stable_timings(teacher, student, expected):
+    from kdistill.deploy.latency import Latency, latency_ratio
+    from kdistill.report import ratio_text
+
+    timings = (Latency(*timing, resolution_ms=1e-6) for timing in (teacher, student))
+    ratio = latency_ratio(*timings)
+    assert ratio == (None if expected is None else pytest.approx(expected))
+    shown = "not measurable at this size" if expected is None else f"{expected:.1f}×"
+    assert ratio_text(ratio) == shown
+
+
+def test_a_real_small_measurement_is_complete():
+    from kdistill.deploy.latency import measure_latency
+
+    timing = measure_latency(student(), torch.zeros(1, 8, 8), batch_size=2, min_run_time=0.02)
+    assert timing.median_ms > 0 and timing.iqr_ms >= 0 and timing.blocks >= 1
+    assert timing.resolution_ms > 0
+    assert isinstance(timing.measurable, bool)
 
 
 def test_an_export_stands_alone_and_predict_reads_files(tmp_path, capsys):

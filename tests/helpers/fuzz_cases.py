@@ -10,6 +10,7 @@ after everything generated (the last override wins), so a case ends in seconds.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -376,3 +377,59 @@ def damaged_cases(draw) -> Case:
 
 
 cases = st.one_of(command_lines(), recipe_cases(), data_cases(), damaged_cases(), huge_cases())
+
+
+# --- tampered export metadata (issue 27.9) ------------------------------------------------------
+
+
+def scorer_onnx(metadata: dict[str, str]) -> bytes:
+    """A four-feature, two-class ONNX model carrying ``metadata`` as kdistill's export would."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((4, 2), dtype=np.float32), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "weights"], ["logits"])], "scorer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])], [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, metadata)
+    return model.SerializeToString()
+
+
+ROWS = {"name": "input", "shape": [4], "dtype": "float32"}
+METADATA = {
+    "valid": {"inputs": [ROWS], "normalise": {"mean": 0.5, "std": 2.0}, "label": "cultivar"},
+    "not_json": "{inputs: [",
+    "no_inputs": {"normalise": None},
+    "inputs_wrong": {"inputs": "input"},
+    "huge_image": {"inputs": [{**ROWS, "shape": [3, 60000, 60000]}],
+                   "image": {"mode": "RGB", "size": [60000, 60000]}},
+    "wrong_shape": {"inputs": [{**ROWS, "shape": [5]}]},
+    "tokenizer_path": {"inputs": [{"name": "input_ids", "shape": ["sequence"]}],
+                       "tokenizer": {"file": "../../x.json"}},
+    "channels": {"inputs": [ROWS], "normalise": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}},
+}
+PREDICT_INPUTS = {
+    "rows.csv": b"f1,f2,f3,f4\n1,2,3,4\n", "labelled.csv": b"f1,f2,f3,f4,cultivar\n1,2,3,4,a\n",
+    "five.csv": b"1,2,3,4,5\n", "lines.txt": b"a line of text\n", "digit.png": png_bytes(4, 4),
+}
+
+
+@st.composite
+def predict_cases(draw) -> Case:
+    """``kdistill predict`` on an export whose metadata a user (or an attacker) edited."""
+    edit = draw(st.sampled_from(sorted(METADATA)))
+    spec = METADATA[edit]
+    metadata = {"kdistill.preprocessing": spec if isinstance(spec, str) else json.dumps(spec)}
+    metadata["kdistill.classes"] = draw(st.sampled_from(['["a", "b"]', "[]", "{}", "not json"]))
+    model = scorer_onnx(metadata)
+    if draw(st.integers(0, 5)) == 0:
+        model = damage_bytes(draw, model)
+    names = st.sampled_from(sorted(PREDICT_INPUTS))
+    inputs = draw(st.lists(names, min_size=1, max_size=2, unique=True))
+    files = {"export/student.onnx": model, **{name: PREDICT_INPUTS[name] for name in inputs}}
+    return Case("predict", ["predict", "export", *inputs], files=files)
+
+
+cases = st.one_of(cases, predict_cases())

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.deploy.latency import measure_latency, median_ms, repeat_sample  # noqa: F401
+from kdistill.deploy.latency import Latency, measure_latency, repeat_sample, time_call  # noqa: F401
 from kdistill.errors import UserError
 from kdistill.weights import count_parameters, load_weights, save_weights  # noqa: F401  (re-exported)
 
@@ -204,10 +204,10 @@ def max_abs_diff(model: nn.Module, session, batch) -> float:
     return (ort_logits(session, batch) - expected).abs().max().item()
 
 
-def measure_ort_latency(session, example, *, batch_size: int = 1, **timing) -> float:
-    """Median milliseconds of one ONNX Runtime run on ``batch_size`` copies of ``example``."""
+def measure_ort_latency(session, example, *, batch_size: int = 1, **timing) -> Latency:
+    """One ONNX Runtime run on ``batch_size`` copies of ``example`` (``time_call``)."""
     feed = ort_feed(session, repeat_sample(example, batch_size))
-    return median_ms(lambda: session.run(None, feed), **timing)
+    return time_call(lambda: session.run(None, feed), **timing)
 
 
 class OrtModel(nn.Module):

@@ -30,6 +30,7 @@ from kdistill.deploy.onnx import (
     quantize_int8,
     require_onnx,
 )
+from kdistill.deploy.latency import MIN_RUN_TIME, latency_ratio
 from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
 from kdistill.modeling import call_model, model_inputs
@@ -77,7 +78,7 @@ def export_run(
     parity or its int8 score is outside tolerance; the teacher's own parity is recorded only.
     """
     from kdistill.evaluation import TASKS
-    from kdistill.report import atomic_write, existing_plots, write_report
+    from kdistill.report import atomic_write, existing_plots, ratio_text, write_report
     from kdistill.run.config import load_config
     from kdistill.run.steps import build_architecture, eval_loader, load_data
 
@@ -173,32 +174,40 @@ def export_run(
              f"top-1 agreement {100 * agree:.1f}%; test {headline} {shown(reference)} → {shown(value)} (drop "
              f"{scale * drop:.2f}{unit}, tolerance {scale * int8_tolerance:g}{unit}): {'passed' if drop <= int8_tolerance else 'FAILED'}")
 
-    latency, throughput = {}, {}
-    timing = {"repeats": repeats, "warmup": min(5, repeats)}
+    timing = {"min_run_time": MIN_RUN_TIME * repeats / 30}  # --repeats 30: torch's own 0.2 s
+
+    def each_batch(measure, runner, example) -> dict:
+        return {f"batch_{b}": measure(runner, example, batch_size=b, **timing) for b in BATCHES}
+
+    timings = {}
     for role, model in models.items():
-        latency[role] = {
-            "pytorch": {f"batch_{b}": measure_latency(model, inputs[role]["example"], batch_size=b, **timing) for b in BATCHES},
-            "onnxruntime": {f"batch_{b}": measure_ort_latency(sessions[role], inputs[role]["example"], batch_size=b, **timing) for b in BATCHES},
-        }
+        example = inputs[role]["example"]
+        timings[role] = {"pytorch": each_batch(measure_latency, model, example),
+                         "onnxruntime": each_batch(measure_ort_latency, sessions[role], example)}
     if int8:
-        latency["student_int8"] = {"onnxruntime": {
-            f"batch_{b}": measure_ort_latency(sessions["student_int8"], inputs["student"]["example"], batch_size=b, **timing) for b in BATCHES}}
-    for role, runtimes in latency.items():
-        throughput[role] = {runtime: 1000 * BATCHES[-1] / ms[f"batch_{BATCHES[-1]}"] for runtime, ms in runtimes.items()}
-    ratio = {
-        runtime: {f"batch_{b}": latency["teacher"][runtime][f"batch_{b}"] / latency["student"][runtime][f"batch_{b}"] for b in BATCHES}
-        for runtime in ("pytorch", "onnxruntime")
-    }
+        example = inputs["student"]["example"]
+        int8_session = sessions["student_int8"]
+        timings["student_int8"] = {"onnxruntime": each_batch(measure_ort_latency, int8_session, example)}
+    latency, spread = (_by_role(timings, field) for field in ("median_ms", "iqr_ms"))
+    largest = f"batch_{BATCHES[-1]}"
+    throughput = {role: {runtime: 1000 * BATCHES[-1] / ms[largest] for runtime, ms in runs.items()}
+                  for role, runs in latency.items()}
+    # None where either timing is unresolved or unstable: said so, never printed as 0.0×.
+    ratio = {runtime: {batch: latency_ratio(timings["teacher"][runtime][batch], student)
+                       for batch, student in timings["student"][runtime].items()}
+             for runtime in ("pytorch", "onnxruntime")}
     opset = next((o.version for o in onnx.load(str(out / FILES["student"]), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)
     checks = dict(sorted(checks.items(), key=lambda item: item[0].startswith("teacher")))  # student first
     result = {
         "exporter": exporters["student"], "exporters": exporters, "opset": opset, "files": files,
-        "checks": checks, "parity_samples": n_sample, "latency_ms": latency, "throughput": throughput,
+        "checks": checks, "parity_samples": n_sample, "latency_ms": latency,
+        "latency_iqr_ms": spread, "throughput": throughput,
         "throughput_unit": f"samples/s at batch {BATCHES[-1]}", "latency_ratio": ratio, "threads": threads,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
     for runtime, r in ratio.items():
-        echo(f"teacher/student latency in {runtime}: {r['batch_1']:.1f}× at batch 1, {r['batch_256']:.1f}× at batch 256")
+        echo(f"teacher/student latency in {runtime}: {ratio_text(r['batch_1'])} at batch 1, "
+             f"{ratio_text(r['batch_256'])} at batch 256")
 
     hf = getattr(models["student"], "model", None)
     if hasattr(hf, "save_pretrained"):  # a Hugging Face student: also its own format, for transformers users
@@ -222,6 +231,12 @@ def export_run(
                         for n in failed)
         )
     return result
+
+
+def _by_role(timings: dict, field: str) -> dict:
+    """One number of every timing (``Latency.<field>``), nested as the timings are."""
+    return {role: {runtime: {batch: getattr(timing, field) for batch, timing in by_batch.items()}
+                   for runtime, by_batch in runtimes.items()} for role, runtimes in timings.items()}
 
 
 def _score(summary: dict, role: str, headline: str) -> dict:

@@ -30,7 +30,9 @@ def as_sequence(x: Tensor) -> Tensor:
         return x.unsqueeze(1)
     if x.dim() == 3:
         return x
-    return x.movedim(-2, 1).reshape(x.shape[0], x.shape[-2], -1)
+    # A positive axis: the TorchScript ONNX exporter writes movedim(-2, 1) as a Transpose with a
+    # negative perm, which ONNX Runtime refuses to load.
+    return x.movedim(x.dim() - 2, 1).reshape(x.shape[0], x.shape[-2], -1)
 
 
 class SequenceRNN(nn.Module):

@@ -30,6 +30,18 @@ def _metric(value: float, name: str, task: dict) -> str:
     return f"{100 * value:.2f}%" if name in task["percent"] else f"{value:.4f}"
 
 
+def _latency(entry: dict, batch: str, digits: int) -> str:
+    """A role's latency cell; a timing too unstable to compare is marked, not hidden."""
+    value = (entry.get("latency_ms") or {}).get(batch)
+    unstable = " (unstable)" if batch in entry.get("latency_unstable", []) else ""
+    return "" if value is None else f"{value:.{digits}f}{unstable}"
+
+
+def ratio_text(ratio: float | None) -> str:
+    """A latency ratio; None when a timing was unresolved or unstable (``deploy.latency``)."""
+    return "not measurable at this size" if ratio is None else f"{ratio:.1f}×"
+
+
 def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the results table: the task's metrics, parameters, bytes, latency, and
     (when a method trains any) the parameters its connectors and losses add during training."""
@@ -42,12 +54,10 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for role in roles:
         entry = summary[role]
-        latency = entry.get("latency_ms") or {}
-        b1, b256 = latency.get("batch_1"), latency.get("batch_256")
         rows.append([
             f"{role_title(role)} ({entry['model']})", *(_metric(entry[m], m, task) for m in metrics),
             f"{entry['params']:,}", _bytes(entry["bytes"]),
-            "" if b1 is None else f"{b1:.3f}", "" if b256 is None else f"{b256:.2f}",
+            _latency(entry, "batch_1", 3), _latency(entry, "batch_256", 2),
             *([f"{entry['connector_params']:,}" if "connector_params" in entry else ""] if extras else []),
         ])
     return header, rows
@@ -136,9 +146,12 @@ def students_sentence(summary: dict) -> str:
 def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     sizes = ", ".join(f"{k} {v}" for k, v in summary["data"]["sizes"].items())
     lines = verdict(summary).split("\n")
+    source = summary.get("teacher", {}).get("source")  # trained, reused, loaded from a file ...
+    teacher = f" Teacher: {source}." if source else ""
     blocks = [
         ("heading", 1, f"{summary['name']}: {summary['method']} distillation"),
-        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test split.{students_sentence(summary)}"),
+        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test "
+                      f"split.{teacher}{students_sentence(summary)}"),
         ("table", *results_rows(summary)),
         ("paragraph", lines[0]),
     ]
@@ -238,7 +251,8 @@ def export_blocks(export: dict | None, task: dict) -> list[tuple]:
     blocks.append(("table", ["model", "runtime", "latency b=1 (ms)", "latency b=256 (ms)",
                              "throughput b=256 (samples/s)"], rows))
     ratios = "; ".join(
-        f"{runtime}: {r['batch_1']:.1f}× at batch 1, {r['batch_256']:.1f}× at batch 256"
+        f"{runtime}: {ratio_text(r['batch_1'])} at batch 1, "
+        f"{ratio_text(r['batch_256'])} at batch 256"
         for runtime, r in export["latency_ratio"].items()
     )
     blocks.append(("paragraph", f"Teacher / student latency: {ratios}."))

@@ -13,7 +13,7 @@ from kdistill.errors import UserError
 from kdistill.report import read_summary, results_table, verdict, write_report
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe
-from kdistill.run.preflight import preflight
+from kdistill.run.preflight import preflight, teacher_notes
 from kdistill.run.rundir import check_run_dir, open_run_dir
 from kdistill.run.school import RunSchool
 from kdistill.run.steps import eval_loader
@@ -44,6 +44,8 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
             return summary
         if main:
             echo(f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
+            for line in teacher_notes(recipe):
+                echo(line)
         school = RunSchool(plan, accelerator, run_dir, resume=resume)
         roles = MODES[plan.mode](school, **plan.options)
         pruned = pruned_role(school)

@@ -37,6 +37,32 @@ def preflight(recipe: Recipe) -> Plan:
     return resolved
 
 
+# What only a teacher trained here uses (TeacherConfig.trained_here).
+TRAINING_ONLY = ("epochs", "lr", "optimizer", "augment")
+
+
+def teacher_notes(recipe: Recipe) -> list[str]:
+    """Console lines for each teacher the run loads instead of training: where it comes from,
+    and, once, the training settings the recipe gives it, which cannot apply. A warning, not a
+    refusal: adding ``teacher.checkpoint=...`` to a recipe that trains its teacher is how a
+    trained teacher is reused, and that recipe sets them all."""
+    if recipe.distill.mode != "teacher":
+        return []
+    sections = [("teacher", recipe.teacher)] if recipe.teachers is None else [
+        (f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
+    lines = []
+    for field, section in sections:
+        loaded = section.checkpoint or section.onnx
+        if not loaded:
+            continue
+        lines.append(f"{field}: loaded from {loaded} (not trained)")
+        ignored = [f"{field}.{name}" for name in TRAINING_ONLY if name in section.model_fields_set]
+        if ignored:
+            lines.append(f"warning: {', '.join(ignored)} only apply to a teacher trained here; "
+                         f"ignored for the one loaded from {loaded}")
+    return lines
+
+
 def check(recipe: Recipe, *, echo=print) -> Plan:
     """``kdistill check``: preflight, and one line saying what was checked."""
     started = time.perf_counter()
@@ -50,4 +76,6 @@ def check(recipe: Recipe, *, echo=print) -> Plan:
     for field_name, model in resolved.built.items():
         settings = ", ".join(f"{k}={v}" for k, v in model["settings"].items())
         echo(f"  {field_name}: {model['model']}, {model['parameters']:,} parameters ({settings or 'no settings recorded'})")
+    for line in teacher_notes(recipe):
+        echo(line)
     return resolved

@@ -143,7 +143,7 @@ class RunSchool:
         trained_here = any(r["phase"] == phase for r in self.metrics.read())
         if cfg.checkpoint:
             load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
-            source, seconds = str(cfg.checkpoint), 0.0
+            source, seconds = f"loaded from {cfg.checkpoint} (not trained)", 0.0
         elif cfg.epochs == 0:  # a pretrained model, taken as built
             source, seconds = f"{cfg.model} as built ({field}.epochs: 0)", 0.0
         elif self.resume and final.is_file():

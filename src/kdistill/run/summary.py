@@ -43,7 +43,12 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
         "checkpoint": role.file, "train_seconds": round(role.seconds, 2),
     }
     if latency:
-        entry["latency_ms"] = {f"batch_{b}": measure_latency(role.model, example, batch_size=b) for b in (1, 256)}
+        timings = {f"batch_{b}": measure_latency(role.model, example, batch_size=b)
+                   for b in (1, 256)}
+        entry["latency_ms"] = {batch: timing.median_ms for batch, timing in timings.items()}
+        unstable = [batch for batch, timing in timings.items() if not timing.measurable]
+        if unstable:  # shown as such in the report: two equal models can differ 100x here
+            entry["latency_unstable"] = unstable
     if "connector_params" in role.info:
         entry["connector_params"] = role.info["connector_params"]
     if role.source:
