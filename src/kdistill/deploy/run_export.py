@@ -63,6 +63,12 @@ def run_roles(run_dir: Path) -> tuple[dict, dict]:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{run_dir}/summary.json is not the summary of a finished run (no roles of student and teacher); rerun the run") from None
     for role in ("student", "teacher"):
+        file = roles[role]["file"]
+        inside = isinstance(file, str) and (run_dir / file).resolve().is_relative_to(
+            run_dir.resolve())
+        if not inside:
+            raise UserError(f"{run_dir}/summary.json: roles.{role}.file is not a file of the run; "
+                            "rerun the run")
         if not (run_dir / roles[role]["file"]).is_file():
             raise UserError(f"{run_dir}: {roles[role]['file']} is missing; export needs the {role}'s weights")
     return summary, roles
@@ -89,7 +95,7 @@ def export_run(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already holds an export: pass --overwrite to replace it")
 
-    recipe = load_config(run_dir / "config.yaml")
+    recipe = load_config(run_dir / "config.yaml", code_beside=False)
     splits = load_data(recipe)
     task = TASKS[splits.task]
     models = {}
