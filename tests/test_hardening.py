@@ -411,6 +411,65 @@ def test_cli_resume_refuses_an_edited_training_state(finished_run, tmp_path):
     refused_without_changes(tmp_path, "run", *QUICK, "--resume", fragments=("student.state.safetensors", "edited"))
 
 
+# --- issue 27, items 2 and 3: nothing named in a recipe or a run directory runs unvetted ----------
+
+SHELL = "touch pwned"  # what a hostile recipe or summary.json asks the shell to do
+HOSTILE = [
+    ("os:system", {"command": SHELL}),
+    ("subprocess:check_call", {"args": SHELL, "shell": True}),
+    ("builtins:exec", {"source": "open('pwned', 'w')"}),
+    ("mymodels:build", {"cmd": SHELL}),  # the standard library's, re-exported by the user's file
+    ("evil_model:boom", {}),  # a module in a run directory, which is data
+    ("torch.utils.cpp_extension:load_inline", {"cpp_sources": ""}),  # installed, not a factory
+    ("numpy:load", {"file": "x.npy", "allow_pickle": True}),
+]
+EVIL_MODULE = "open('pwned', 'w')\n\n\ndef boom():\n    open('pwned', 'w')\n"
+
+
+def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, monkeypatch):
+    from kdistill.models import UnknownModelError, imported
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodels.py").write_text(
+        "from subprocess import getoutput as build\n\n\n"
+        "def tiny(width=3):\n    return __import__('torch').nn.Linear(2, width)\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "evil_model.py").write_text(EVIL_MODULE)
+    monkeypatch.setattr(imported, "DATA_DIRS", [(tmp_path / "run").resolve()])
+    monkeypatch.syspath_prepend(str(tmp_path / "run"))  # even where Python itself would find it
+    for spec, kwargs in HOSTILE:
+        with pytest.raises(UnknownModelError, match="your own"):
+            create_model(spec, **kwargs)
+        assert not (tmp_path / "pwned").exists(), spec
+    assert create_model("mymodels:tiny", width=4).out_features == 4  # the user's own factory works
+
+
+@pytest.mark.parametrize("model, role, in_run_dir", [
+    ("os:system", "student", False), ("evil_model:boom", "teacher", True),
+])
+def test_cli_export_never_calls_what_a_tampered_summary_names(finished_run, tmp_path, model, role,
+                                                              in_run_dir):
+    pytest.importorskip("onnxruntime")
+    run_dir = shutil.copytree(finished_run, tmp_path / "runs" / "shared")
+    (run_dir / "evil_model.py").write_text(EVIL_MODULE)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["roles"][role]["architecture"] = {"model": model, "kwargs": dict(HOSTILE)[model]}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    cwd = run_dir if in_run_dir else tmp_path  # a run directory is data, even as the current one
+    refused_without_changes(cwd, "export", str(run_dir.resolve()), "--no-int8",
+                            fragments=(f"roles.{role}.model", model))
+    assert not (cwd / "pwned").exists()
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_cli_recipe_never_calls_a_standard_library_function(tmp_path, command):
+    recipe = f"teacher: {{model: 'os:system', kwargs: {{command: '{SHELL}'}}}}\n"
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    refused_without_changes(tmp_path, command, "recipe.yaml", *QUICK[:3],
+                            fragments=("teacher.model", "os:system"))
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "runs").exists()
+
+
 # --- 13: the Python API --------------------------------------------------------------------------
 
 

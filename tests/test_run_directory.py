@@ -102,6 +102,37 @@ def test_overwrite_keeps_a_run_that_holds_a_file_of_the_users(project):
     assert snapshot(project) == before
 
 
+@pytest.mark.parametrize("user_file", [
+    "export/deploy/serve.py", "checkpoints/student_keep_v1.safetensors", "plots/deep/figure.png",
+    "report.md",
+])
+def test_overwrite_deletes_only_the_files_the_run_listed(project, user_file):
+    """Issue 27.1: a file at a path that looks like a run's (or a run file edited since) is the
+    user's: the overwrite names it, exit 2, and not a file goes."""
+    path = project / "runs" / "precious" / user_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write("the user's own\n")
+    before = snapshot(project)
+    result = kdistill("run", *QUICK, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
+    assert_refused(result, user_file)
+    assert snapshot(project) == before
+
+
+def test_a_planted_marker_without_the_runs_list_is_refused(tmp_path):
+    """A folder that has a marker but no list of a run's files (copied by hand, or from a
+    kdistill before the list) is not emptied, whatever its files are called."""
+    folder = tmp_path / "runs" / "mine"
+    for relative in (".kdistill-run", "checkpoints/model.safetensors", "plots/a.png",
+                     "export/student.onnx", "tensorboard/events", "summary.json"):
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text("mine\n")
+    before = snapshot(tmp_path)
+    result = kdistill("run", *QUICK, "output.dir=runs", "name=mine", "--overwrite", cwd=tmp_path)
+    assert_refused(result, ".kdistill-files")
+    assert snapshot(tmp_path) == before
+
+
 def test_overwrite_replaces_a_finished_kdistill_run(project):
     old_marker = (project / "runs" / "precious" / ".kdistill-run").read_text()
     result = kdistill("run", *QUICK, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
@@ -132,6 +163,24 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_lock(tmp_path):
         if first.poll() is None:
             first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "runs/precious", "--no-int8"], ["report", "runs/precious"],
+    ["predict", "runs/precious/export", "digit.png"],
+])
+def test_export_report_and_predict_wait_for_the_runs_lock(finished, command):
+    """Issue 27.12: while a run (here this test) holds the lock, a command that reads or rewrites
+    the run's files is refused in one line naming the holder, and touches nothing."""
+    from kdistill.run.rundir import RunLock
+
+    lock = RunLock(finished / "runs" / "precious").acquire()
+    try:
+        before = snapshot(finished)
+        assert_refused(kdistill(*command, cwd=finished), "in use by PID", str(os.getpid()))
+        assert snapshot(finished) == before
+    finally:
+        lock.release()
 
 
 def test_a_run_that_fails_before_any_phase_finished_leaves_nothing_in_the_way(tmp_path, monkeypatch):

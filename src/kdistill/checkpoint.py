@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from kdistill.errors import UserError
+from kdistill.manifest import record
 
 FORMAT_KEY = "kdistill"
 DIGEST_KEY = "kdistill.sha256"  # over the tensors (names, dtypes, shapes, bytes)
@@ -62,6 +63,7 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
     except OSError as error:  # a directory in the file's place, a full disk, no permission
         tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write the weights ({error.strerror}); free the path or the disk and run again") from None
+    record(path)
     return path.stat().st_size
 
 

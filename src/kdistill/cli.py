@@ -110,17 +110,19 @@ def export(
     ONNX Runtime, and add it all to summary.json and the report. Exit 2 if a check fails."""
     from kdistill.deploy.run_export import export_run
     from kdistill.report import read_summary
+    from kdistill.runlock import holding
 
     try:
         finished = (Path(run_dir) / "summary.json").exists()
     except OSError as error:  # a name longer than the file system takes
         raise UserError(f"{run_dir[:80]}...: not a usable path ({error.strerror})") from None
-    if finished:
-        read_summary(run_dir)  # a damaged summary is refused before any file is exported
-    export_run(
-        run_dir, int8=int8, exporter=exporter.value, tolerance=tolerance, int8_tolerance=int8_tolerance,
-        overwrite=overwrite, repeats=repeats, echo=typer.echo,
-    )
+    with holding(run_dir):  # a `run --overwrite` of the same run waits for the export, not under it
+        if finished:
+            read_summary(run_dir)  # a damaged summary is refused before any file is exported
+        export_run(
+            run_dir, int8=int8, exporter=exporter.value, tolerance=tolerance,
+            int8_tolerance=int8_tolerance, overwrite=overwrite, repeats=repeats, echo=typer.echo,
+        )
 
 
 @app.command()
@@ -131,9 +133,11 @@ def predict(
     """Run the exported student (student.onnx, ONNX Runtime only) on files and print one line
     per input: its class and probability. Shows that an export works on its own."""
     from kdistill.deploy.standalone import predict_files
+    from kdistill.runlock import holding
 
-    for result in predict_files(export_dir, inputs):
-        typer.echo(f"{result['input']}\t{result['class']}\t{result['probability']:.4f}")
+    with holding(export_dir, shared=True):  # read-only: other readers may share the run
+        for result in predict_files(export_dir, inputs):
+            typer.echo(f"{result['input']}\t{result['class']}\t{result['probability']:.4f}")
 
 
 @app.command()
@@ -159,8 +163,10 @@ def tune(
 def report(run_dir: str = typer.Argument(..., help="a finished run directory, e.g. runs/mnist_kd")):
     """Re-render RUN_DIR/report.md and report.html (and the plots) from summary.json."""
     from kdistill.report import render_run
+    from kdistill.runlock import holding
 
-    path = render_run(run_dir)
+    with holding(run_dir):
+        path = render_run(run_dir)
     typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
 

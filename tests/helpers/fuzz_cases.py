@@ -376,7 +376,38 @@ def damaged_cases(draw) -> Case:
     return Case("damaged", argv, template=True, damage=damage)
 
 
-cases = st.one_of(command_lines(), recipe_cases(), data_cases(), damaged_cases(), huge_cases())
+# --- tampered run directories (issue 27.2) -------------------------------------------------
+
+# What a shared run's summary.json may name instead of the model it recorded: each would delete
+# the user's thesis (a decoy, compared after every case) if it were ever imported or called.
+RM = "rm important/thesis.txt"
+TAMPERED = [
+    {"model": "os:system", "kwargs": {"command": RM}},
+    {"model": "subprocess:check_call", "kwargs": {"args": RM, "shell": True}},
+    {"model": "os:remove", "kwargs": {"path": "important/thesis.txt"}},
+    {"model": "shutil:rmtree", "kwargs": {"path": "important"}},
+    {"model": "evil:Net", "kwargs": {}},
+    {"ensemble": [{"model": "os:system", "kwargs": {"command": RM}}]},
+    {"model": "builtins:exec", "kwargs": {"source": f"import os; os.system({RM!r})"}},
+    "os:system", [], {"model": 5}, {"model": "mlp", "kwargs": "x"}, {"onnx": 1}, {"ensemble": "x"},
+]
+EVIL = b"import os\nos.remove('important/thesis.txt')\nNet = None\n"  # planted in the run directory
+
+
+@st.composite
+def tampered_cases(draw) -> Case:
+    where = draw(st.integers(0, 2 * len(TAMPERED) - 1))  # (architecture, role): fuzz_runner.damage
+    export = ["export", RUN, "--no-int8", "--repeats", "1"]
+    command = draw(st.sampled_from([export, export, ["report", RUN]]))
+    if draw(st.integers(0, 3)) == 0:  # a resume of the complete run reads its summary too
+        command = finish("run", ["teacher.cache=true"], ["--resume"])
+    return Case("tampered", command, files={f"{RUN}/evil.py": EVIL}, template=True,
+                damage=(f"{RUN}/summary.json", "architecture", where))
+
+
+cases = st.one_of(
+    command_lines(), recipe_cases(), data_cases(), damaged_cases(), huge_cases(), tampered_cases(),
+)
 
 
 # --- tampered export metadata (issue 27.9) ------------------------------------------------------

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fuzz_cases import BUDGET, DECOYS, QUICK, RUN, Case
+from fuzz_cases import BUDGET, DECOYS, QUICK, RUN, TAMPERED, Case
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 WORKER = Path(__file__).with_name("fuzz_worker.py")
@@ -149,6 +149,11 @@ def damage(file: Path, how: str, where: int) -> None:
         if isinstance(tree, dict) and tree:
             del tree[sorted(tree)[where % len(tree)]]
             data = json.dumps(tree).encode()
+    elif how == "architecture":  # a shared run naming code in place of a role's model
+        tree = json.loads(data)
+        role = ("student", "teacher")[where % 2]
+        tree["roles"][role]["architecture"] = TAMPERED[where // 2 % len(TAMPERED)]
+        data = json.dumps(tree).encode()
     elif how == "empty":
         data = b""
     elif how == "json_edit":  # a digit of the (JSON) header or text changed, the length kept

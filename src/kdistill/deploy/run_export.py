@@ -33,6 +33,7 @@ from kdistill.deploy.onnx import (
 from kdistill.deploy.latency import MIN_RUN_TIME, latency_ratio
 from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
+from kdistill.manifest import record, unrecorded
 from kdistill.modeling import call_model, model_inputs
 from kdistill.onnx_teacher import OnnxModel
 
@@ -63,6 +64,12 @@ def run_roles(run_dir: Path) -> tuple[dict, dict]:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{run_dir}/summary.json is not the summary of a finished run (no roles of student and teacher); rerun the run") from None
     for role in ("student", "teacher"):
+        file = roles[role]["file"]
+        inside = isinstance(file, str) and (run_dir / file).resolve().is_relative_to(
+            run_dir.resolve())
+        if not inside:
+            raise UserError(f"{run_dir}/summary.json: roles.{role}.file is not a file of the run; "
+                            "rerun the run")
         if not (run_dir / roles[role]["file"]).is_file():
             raise UserError(f"{run_dir}: {roles[role]['file']} is missing; export needs the {role}'s weights")
     return summary, roles
@@ -89,7 +96,7 @@ def export_run(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already holds an export: pass --overwrite to replace it")
 
-    recipe = load_config(run_dir / "config.yaml")
+    recipe = load_config(run_dir / "config.yaml", code_beside=False)
     splits = load_data(recipe)
     task = TASKS[splits.task]
     models = {}
@@ -106,9 +113,16 @@ def export_run(
             raise UserError(f"{path} does not fit the {role}'s architecture recorded in summary.json ({str(error).splitlines()[0][:200]})") from None
         models[role] = model.eval()
     out.mkdir(exist_ok=True)
-    for name in FILES.values():
-        (out / name).unlink(missing_ok=True)  # no stale file from an earlier export survives
-    shutil.rmtree(out / "hf_student", ignore_errors=True)
+    # No stale file from an earlier export survives, and no file of the user's goes with them.
+    stale = [out / name for name in FILES.values()] + sorted((out / "hf_student").glob("*"))
+    strangers = unrecorded(stale)
+    if strangers:
+        raise UserError(f"{strangers[0]} is not a file kdistill wrote (or changed since); "
+                        "move it away before export --overwrite")
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if (out / "hf_student").is_dir():
+        (out / "hf_student").rmdir()
 
     test_loader = eval_loader(splits.test, recipe)
     sample = next(iter(DataLoader(splits.test, batch_size=PARITY_SAMPLES)))["input"]
@@ -215,6 +229,8 @@ def export_run(
         if (out / TOKENIZER_FILE).is_file():
             shutil.copyfile(out / TOKENIZER_FILE, out / "hf_student" / TOKENIZER_FILE)
         result["files"]["hf_student"] = {"path": str((out / "hf_student").relative_to(run_dir)), "bytes": sum(f.stat().st_size for f in (out / "hf_student").iterdir())}
+    hf_files = sorted((out / "hf_student").glob("*"))
+    record(*(out / name for name in FILES.values()), *hf_files, out / "hf_student")
     summary_path = run_dir / "summary.json"
     summary["export"] = result
     atomic_write(out / "README.md", model_card(summary, result, metadata))

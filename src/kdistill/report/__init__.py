@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from kdistill.errors import UserError
+from kdistill.manifest import record
 from kdistill.report.history import MetricsLog
 from kdistill.report.plots import DIAGNOSTIC_PLOTS, plot_diagnostics, plot_history
 from kdistill.report.roles import ROLE_TITLES, ROLES, role_title, table_roles
@@ -285,6 +286,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     except OSError as error:  # a directory in the file's place, a full disk, no permission
         tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write it ({error.strerror})") from None
+    record(path)
     return path
 
 

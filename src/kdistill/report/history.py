@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import kdistill.manifest as manifest
 from kdistill.errors import UserError
 
 
@@ -20,6 +21,7 @@ class MetricsLog:
         self._drop_torn_tail()
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        manifest.record(self.path)
 
     def _drop_torn_tail(self) -> None:
         """Cut a last line without its newline (a crash or a full disk mid-append), so the next
@@ -69,3 +71,4 @@ class MetricsLog:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(self.path)
+        manifest.record(self.path)

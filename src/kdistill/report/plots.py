@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import kdistill.manifest as manifest
 from kdistill.report.roles import ROLE_TITLES, ROLES, role_title
 
 
@@ -36,6 +37,7 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     path = plots_dir / "loss_terms.png"
     fig.savefig(path, dpi=100)
+    manifest.record(path)
     plt.close(fig)
     written.append(path)
 
@@ -51,6 +53,7 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     path = plots_dir / f"val_{metric.removeprefix('val/').replace('@', '_at_')}.png"
     fig.savefig(path, dpi=100)
+    manifest.record(path)
     plt.close(fig)
     written.append(path)
     return written
@@ -89,6 +92,7 @@ def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Pa
     fig.tight_layout()
     path = plots_dir / "reliability.png"
     fig.savefig(path, dpi=100)
+    manifest.record(path)
     plt.close(fig)
     written.append(path)
 
@@ -111,6 +115,7 @@ def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Pa
     fig.tight_layout()
     path = plots_dir / "confusion.png"
     fig.savefig(path, dpi=100)
+    manifest.record(path)
     plt.close(fig)
     written.append(path)
     return written

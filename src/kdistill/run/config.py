@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 import kdistill.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
-from kdistill.models.imported import remember_recipe_dir
+from kdistill.models.imported import remember_data_dir, remember_recipe_dir
 
 # Bounds far beyond any setting that trains, below those that crash rather than fail clearly:
 # optimizers hold lr and weight decay as float32 (1e308 overflows in the step), T² of a
@@ -365,8 +365,11 @@ BUILTIN_RECIPE: dict[str, Any] = {
 }
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
-    """Read a recipe file (or the built-in recipe when ``path`` is None) and apply overrides.
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), *, code_beside: bool = True,
+) -> Recipe:
+    """Read a recipe file (or the built-in recipe when ``path`` is None) and apply overrides;
+    ``code_beside=False`` for a run's config.yaml (data: no model is imported from its folder).
 
     Raises ``ConfigError`` with one line naming the key, the file and the fix.
     """
@@ -377,7 +380,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Re
         source = str(file)
         if not file.is_file():
             raise ConfigError(f"{file}: recipe file not found (see configs/ for examples)")
-        remember_recipe_dir(file.parent)  # `model: mymodels:Net` is found next to the recipe
+        # `model: mymodels:Net` is found next to the recipe; a run directory is never imported from.
+        (remember_recipe_dir if code_beside else remember_data_dir)(file.parent)
         try:
             tree = safe_yaml.load_file(file) or {}
         except yaml.YAMLError as error:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from kdistill.errors import UserError
-from kdistill.report import read_summary, results_table, verdict, write_report
+from kdistill.report import atomic_write, read_summary, results_table, verdict, write_report
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe
 from kdistill.run.preflight import preflight, teacher_notes
@@ -63,7 +63,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
             plot_history(history, run_dir / "plots") + plot_diagnostics(summary.get("diagnostics"), run_dir / "plots")
             if recipe.output.plots else []
         )
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
         write_report(run_dir, summary, plots)
     echo("")
     echo(results_table(summary))

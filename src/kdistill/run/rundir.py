@@ -2,9 +2,11 @@
 
 - A directory kdistill makes gets a marker, ``.kdistill-run`` (the run's name, a random id, the
   time), written when it is made, after preflight has passed.
-- ``--overwrite`` replaces only a marked directory, and only if every file in it is one that a
-  run writes; anything else (a project's ``src/``, a note the user left) refuses the overwrite
-  before a byte is deleted.
+- The run lists every file it (its report, its export, its trackers) wrote, with its size, in
+  ``.kdistill-files`` (``kdistill.manifest``). ``--overwrite`` replaces only a marked directory
+  with such a list, and only if every file in it is on the list at its size: anything else (a
+  project's ``src/``, a note or a kept checkpoint of the user's, a file edited since) refuses
+  the overwrite before a byte is deleted. No pattern decides what goes.
 - A run holds an advisory lock (``fcntl.flock`` on ``.kdistill-lock``, which also records the
   holder's PID) from the moment its directory is opened until it ends. A second writer, a rerun
   with ``--overwrite`` or ``--resume`` included, exits 2 naming that PID.
@@ -14,82 +16,56 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 import uuid
 from contextlib import contextmanager
-from fnmatch import fnmatch
 from pathlib import Path
 
+import kdistill.manifest as manifest
 import kdistill.safe_yaml as safe_yaml
 from kdistill.errors import UserError
+from kdistill.manifest import BOOKKEEPING, LOCK, MANIFEST, MARKER
+from kdistill.runlock import RunLock
 from kdistill.run.config import Recipe, dump_config
 
-MARKER = ".kdistill-run"
-LOCK = ".kdistill-lock"
-# Every path (relative to the run directory) that a run, a report or an export writes.
-# (fnmatch's * also matches "/": "tensorboard/*" covers every file below that folder.)
-RUN_FILES = (
-    MARKER, LOCK, "config.yaml", "metrics.jsonl", "metrics.tmp", "summary.json", "report.md", "report.html",
-    "checkpoints", "checkpoints/*", "plots", "plots/*.png", "export", "export/*", ".*.tmp",
-    "tensorboard", "tensorboard/*", "mlruns", "mlruns/*", "wandb", "wandb/*",  # output.report_to
-)
-
-
-def _is_run_file(relative: str) -> bool:
-    return any(fnmatch(relative, pattern) for pattern in RUN_FILES)
 
 
 def foreign_files(run_dir: Path) -> list[str]:
-    """Paths under ``run_dir`` that no kdistill run writes."""
+    """What under ``run_dir`` is not the run's own, each with why: a file its list
+    (``.kdistill-files``) does not hold, or holds at another size (changed since), or a
+    folder no listed file is in. Without a list, the whole directory is foreign."""
+    listed = manifest.read(run_dir)
+    if listed is None:
+        return [f"{MANIFEST} (the list of the run's files) is missing or damaged"]
+    return [f"{relative!r}, which {why}" for relative, why in _entries(run_dir, listed) if why]
+
+
+def _entries(run_dir: Path, listed: dict) -> list[tuple[str, str | None]]:
+    """Every path under ``run_dir``, deepest first, with why it is not the run's own (None: it is).
+    Symbolic links are never followed: a link is a stranger, whatever it points to."""
+    files = listed["files"]
+    folders = set(listed["folders"])
+    folders |= {parent.as_posix() for name in files for parent in Path(name).parents}
     found = []
-    for path in sorted(run_dir.rglob("*")):
-        relative = path.relative_to(run_dir).as_posix()
-        if not _is_run_file(relative):
-            found.append(relative)
-    return found
-
-
-def holder(run_dir: Path) -> str:
-    try:
-        return (run_dir / LOCK).read_text().strip() or "another process"
-    except OSError:
-        return "another process"
-
-
-class RunLock:
-    """An exclusive advisory lock on a run directory for as long as the run lasts."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-        self.fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:  # a directory or an unwritable file where the lock belongs
-            raise UserError(f"{self.path}: cannot lock the run directory ({error.strerror}); move it away or choose another name=") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(
-                f"{self.path.parent} is in use by {holder(self.path.parent)}: wait for it to finish, "
-                "or choose another name="
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"PID {os.getpid()}\n".encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+    for root, subfolders, names in os.walk(run_dir):
+        here = Path(root).relative_to(run_dir)
+        for name in names + [d for d in subfolders if (Path(root) / d).is_symlink()]:
+            relative, path = (here / name).as_posix(), Path(root) / name
+            if relative in BOOKKEEPING:
+                why = None
+            elif relative not in files or path.is_symlink():
+                why = "kdistill did not write"
+            else:
+                same = path.lstat().st_size == files[relative]
+                why = None if same else "changed since the run wrote it"
+            found.append((relative, why))
+        for name in subfolders:
+            relative = (here / name).as_posix()
+            if not (Path(root) / name).is_symlink():
+                found.append((relative, None if relative in folders else "kdistill did not make"))
+    return sorted(found, key=lambda entry: (-entry[0].count("/"), entry[0]))
 
 
 def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
@@ -128,11 +104,17 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
                 "before 0.2 have none either): --overwrite replaces only what kdistill can prove it made; "
                 "choose another name= or output.dir=, or delete that folder yourself"
             )
+        if manifest.read(run_dir) is None:
+            raise UserError(
+                f"{run_dir} keeps no list of the files its run wrote ({MANIFEST}; runs of "
+                "kdistill before 0.3 have none): --overwrite deletes only files on that list; "
+                "choose another name=, or delete that folder yourself"
+            )
         strangers = foreign_files(run_dir)
         if strangers:
             raise UserError(
-                f"{run_dir} holds {strangers[0]!r}, which kdistill did not write; move it away "
-                "before --overwrite, or choose another name="
+                f"{run_dir} holds {strangers[0]}; move it away before --overwrite, or choose "
+                "another name="
             )
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"output.dir: {parent} is not writable; choose another output.dir=")
@@ -167,30 +149,36 @@ def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = Fals
             lock = lock or RunLock(run_dir).acquire()
             (run_dir / "checkpoints").mkdir(exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_config(recipe, built))
+            manifest.record(run_dir / "checkpoints", run_dir / "config.yaml")
         yield run_dir
     except BaseException:
         if made and not any((run_dir / "checkpoints").glob("*.safetensors")):
             if lock:
                 lock.release()
                 lock = None
-            _empty(run_dir, keep_lock=False)
-            run_dir.rmdir()
+            if not _empty(run_dir, keep_lock=False):
+                run_dir.rmdir()
         raise
     finally:
         if lock:
             lock.release()
 
 
-def _empty(run_dir: Path, *, keep_lock: bool = True) -> None:
-    """Delete a run's own files (checked by ``check_run_dir``), deepest first. The lock file
-    stays while it is held: a new one at the same path would let a second writer in."""
-    for path in sorted(run_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.name == LOCK and path.parent == run_dir and keep_lock:
-            continue
-        if path.is_dir() and not path.is_symlink():
+def _empty(run_dir: Path, *, keep_lock: bool = True) -> list[str]:
+    """Delete the run's own files and folders (``check_run_dir`` refused any other), deepest
+    first; returns what stayed. The lock file stays while it is held: a new one at the same
+    path would let a second writer in."""
+    listed = manifest.read(run_dir) or {"files": {}, "folders": []}
+    stayed = []
+    for relative, why in _entries(run_dir, listed):
+        path = run_dir / relative
+        if why or (relative == LOCK and keep_lock) or (path.is_dir() and any(path.iterdir())):
+            stayed.append(relative)
+        elif path.is_dir():
             path.rmdir()
         else:
             path.unlink()
+    return stayed
 
 
 def _first_difference(a, b, path="") -> str:

@@ -23,6 +23,7 @@ from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_ide
 from kdistill.checkpoint import read_meta
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
+from kdistill.manifest import record
 from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
 from kdistill.models.pruning import layer_stack, prune_by_influence, prune_layers, select_layers
@@ -122,7 +123,6 @@ class RunSchool:
         kept = {"keep_layers": pruning["keep_layers"]} if pruning else {}
         return {"model": section.model, "kwargs": dict(section.kwargs), **kept}
 
-
     # --- teachers -------------------------------------------------------------------------
 
     def obtain_teacher(self, member: int | None = None) -> Role:
@@ -134,7 +134,7 @@ class RunSchool:
             role = self._onnx_teacher(field, cfg, phase)
             if self.is_main:  # the run keeps the graph that taught it, as it keeps trained weights
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(cfg.onnx, self.checkpoints / role.file)
+                record(shutil.copyfile(cfg.onnx, self.checkpoints / role.file))
             self.accelerator.wait_for_everyone()
             return role
         model = self.build("teacher", member=member)

@@ -217,7 +217,14 @@ def fits_inputs(model: nn.Module, splits: DataSplits) -> nn.Module:
 
 
 def build_architecture(architecture: dict, splits: DataSplits, *, field: str) -> nn.Module:
-    """Rebuild a model a run recorded (``Role.architecture``): one zoo model, or an ensemble."""
+    """Rebuild a model a run recorded (``Role.architecture``): one zoo model, or an ensemble.
+    A run directory is data: what it names passes the checks a recipe's models pass (the zoo,
+    or the user's own ``nn.Module`` or factory, ``models.imported``) before anything is called."""
+    kinds = {"model": str, "kwargs": dict, "ensemble": list, "onnx": str}
+    given = architecture if isinstance(architecture, dict) else {}
+    if not given.keys() & {"model", "ensemble", "onnx"} or any(
+            not isinstance(given[key], kind) for key, kind in kinds.items() if key in given):
+        raise ConfigError(f"{field}.architecture: not a model kdistill recorded; rerun the run")
     if "ensemble" in architecture:
         from kdistill.teaching.ensemble import Ensemble
 

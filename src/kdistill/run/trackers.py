@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from kdistill.errors import ConfigError
+from kdistill.manifest import record_tree
 
 # The package each tracker needs, and where its files go inside the run directory.
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -107,3 +108,5 @@ class Trackers:
             for tracker in trackers:
                 tracker.finish()
         self.open.clear()
+        for name in self.names:  # third-party code chose their files: listed once closed
+            record_tree(self.run_dir / FOLDERS[name])

@@ -1,0 +1,95 @@
+"""The list of files a run wrote, ``.kdistill-files`` beside its marker: what ``--overwrite`` may
+delete, and nothing else.
+
+Each writer of a run's files (checkpoints, the metrics log, plots, the summary and the report,
+an export, a tracker's folder once it closed) calls ``record(path)`` once the file is complete.
+The entry is the file's path relative to its run directory, the nearest folder above it that
+holds the run's marker, and its size then: a file a user later put at the same path, or
+edited, no longer matches. A path outside any run directory is not recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MARKER = ".kdistill-run"
+LOCK = ".kdistill-lock"
+MANIFEST = ".kdistill-files"
+# The run's own bookkeeping, at the top of its directory: never listed, always its own.
+BOOKKEEPING = (MARKER, LOCK, MANIFEST)
+DEPTH = 3  # export/hf_student/<file> is the deepest a writer records one file at a time
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory ``path`` lies in (its marker within ``DEPTH`` folders up), or None."""
+    for folder in list(path.absolute().parents)[:DEPTH]:
+        if (folder / MARKER).is_file():
+            return folder
+    return None
+
+
+def read(run_dir: Path) -> dict | None:
+    """``{"files": {path: size}, "folders": [path]}``, or None when the run keeps no list (a run
+    of kdistill before 0.3, or a folder that only has a marker) or it is not one."""
+    try:
+        listed = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(listed, dict):
+        return None
+    files, folders = listed.get("files"), listed.get("folders", [])
+    if not isinstance(files, dict) or not isinstance(folders, list):
+        return None
+    return {"files": {name: size for name, size in files.items() if type(size) is int},
+            "folders": [folder for folder in folders if isinstance(folder, str)]}
+
+
+def record(*paths: Path) -> None:
+    """Add the files (or folders) ``paths`` to the list of the run directory they lie in."""
+    by_run: dict[Path, list[Path]] = {}
+    for path in map(Path, paths):
+        run_dir = run_dir_of(path)
+        if run_dir is not None and path.exists():
+            by_run.setdefault(run_dir, []).append(path)
+    for run_dir, found in by_run.items():
+        listed = read(run_dir) or {"files": {}, "folders": []}
+        for path in found:
+            relative = path.absolute().relative_to(run_dir.absolute()).as_posix()
+            if path.is_dir():
+                listed["folders"] = sorted({*listed["folders"], relative})
+            elif not path.is_symlink():
+                listed["files"][relative] = path.stat().st_size
+        _write(run_dir / MANIFEST, listed)
+
+
+def record_tree(folder: Path) -> None:
+    """Every file and folder under ``folder`` (a tracker's, once it closed: third-party code
+    chose their names)."""
+    found = [folder]
+    for root, folders, files in os.walk(folder):
+        found += [Path(root, name) for name in (*folders, *files)]
+    record(*found)
+
+
+def _write(path: Path, listed: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(listed, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def unrecorded(paths) -> list[Path]:
+    """Those of ``paths`` that exist but are not on their run's list at their present size (a
+    file of the user's where kdistill would write one)."""
+    strangers = []
+    for path in map(Path, paths):
+        if not path.exists() and not path.is_symlink():
+            continue
+        run_dir = run_dir_of(path)
+        listed = read(run_dir) if run_dir is not None else None
+        relative = path.absolute().relative_to(run_dir.absolute()).as_posix() if listed else None
+        size = None if path.is_symlink() or path.is_dir() else path.stat().st_size
+        if listed is None or size is None or listed["files"].get(relative) != size:
+            strangers.append(path)
+    return strangers
