@@ -123,7 +123,7 @@ def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accel
     if not isinstance(dataset, (ArrayDataset, IndexedDataset)):
         dataset = as_dataset(dataset.dataset)  # a user's DataLoader: its dataset, positioned by as_loader
     if cache is True:
-        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdistill-cache-"))) / "cache"
+        root = _temporary_root(stack, accelerator)
     else:
         root = Path(cache)
     fingerprint = {"teacher": teacher_identity(teacher.module), "samples": len(dataset), "taps": sorted(teacher.taps), "dtype": "float32"}
@@ -134,6 +134,20 @@ def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accel
     else:
         stored = build_cache(root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator)
     return CachedTeacher(stored)
+
+
+def _temporary_root(stack: ExitStack, accelerator) -> Path:
+    """A temporary cache directory for this call, the main process's for every process (each
+    fills its rows of the same files), removed once every process is done with it."""
+    from accelerate.utils import broadcast_object_list
+
+    made = [None]
+    if accelerator.is_main_process:
+        made = [stack.enter_context(tempfile.TemporaryDirectory(prefix="kdistill-cache-"))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(made)
+        stack.callback(accelerator.wait_for_everyone)  # runs before the directory is removed
+    return Path(made[0]) / "cache"
 
 
 def distill(

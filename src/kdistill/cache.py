@@ -42,7 +42,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from kdistill.cache_storage import check_space, claim, everyone_sees_main_root, one_machine, padded_shard
+from kdistill.cache_storage import (
+    agree_on_cache,
+    check_space,
+    claim,
+    everyone_sees_main_root,
+    one_machine,
+    padded_shard,
+)
 from kdistill.checkpoint import CheckpointError, tensor_digest
 from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
@@ -307,6 +314,8 @@ def build_cache(
     device = accelerator.device if accelerator else torch.device("cpu")
     teacher.to(device)
     count = len(dataset)
+    if world > 1:
+        agree_on_cache(root, fingerprint, accelerator)
     if main:
         claim(root)
     # One machine or a shared filesystem: every rank fills its rows of rank 0's files. Machines

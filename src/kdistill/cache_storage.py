@@ -11,6 +11,8 @@ every rank looks for it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -78,6 +80,27 @@ def claim(root: Path) -> None:
     (root / MARKER).write_text("teacher cache written by kdistill\n")
 
 
+def agree_on_cache(root: Path, fingerprint: dict, accelerator) -> None:
+    """Refuse a build the processes disagree on before any of them opens a file: each fills
+    its rows of the files rank 0 makes at ``root``, so a rank with another ``root`` (its own
+    temporary directory) or another teacher (weights that differ by rank) would wait for files
+    nobody makes, or write the outputs of another teacher into them. Machines with their own
+    disks may each name another directory: only processes of one machine must share one."""
+    from accelerate.utils import gather_object
+
+    where = str(root) if one_machine(accelerator) else None
+    identity = json.dumps([where, fingerprint], sort_keys=True, default=str)
+    mine = hashlib.sha256(identity.encode()).hexdigest()
+    everyone = gather_object([mine])
+    differ = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
+    if differ:
+        raise RuntimeError(
+            f"teacher cache {root}: process(es) {differ} would build another cache than process 0 "
+            "(another directory, teacher or data): every process must hold the same teacher "
+            "and cache directory"
+        )
+
+
 def one_machine(accelerator) -> bool:
     """All processes on this machine (torchrun's ``LOCAL_WORLD_SIZE`` equals the world)."""
     world = accelerator.num_processes
@@ -111,4 +134,7 @@ def padded_shard(count: int, rank: int, world: int) -> list[int]:
     return mine + [mine[-1] if mine else 0] * (math.ceil(count / world) - len(mine))
 
 
-__all__ = ["MARKER", "TOKEN", "check_cache_root", "claim", "everyone_sees_main_root", "one_machine", "padded_shard"]
+__all__ = [
+    "MARKER", "TOKEN", "agree_on_cache", "check_cache_root", "claim", "everyone_sees_main_root",
+    "one_machine", "padded_shard",
+]
