@@ -11,6 +11,7 @@ every rank looks for it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -19,11 +20,13 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from kdistill.errors import UserError
+from kdistill.errors import UserError, disk_full, is_disk_full
 
 TOKEN = ".kdistill-cache-main"
+NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
 
 MARKER = ".kdistill-cache"  # written first into a directory this code made for a cache
@@ -65,6 +68,31 @@ def check_space(root: Path, needed: int) -> None:
             f"{_size(free)} free: set teacher.cache_topk (e.g. 64) to keep the most probable classes only, "
             "teacher.cache_dir to a larger disk, or teacher.cache=false"
         )
+
+
+def allocate(root: Path, layout: dict[Path, tuple], needed: int) -> None:
+    """Create each ``.npy`` file of ``layout`` (path: shape and dtype) with all its disk blocks.
+
+    A file made by ``open_memmap`` is sparse, and a memory map whose file cannot get a block
+    when a row is written kills the process with SIGBUS, without a word. Allocated up front, a
+    disk that filled since ``check_space`` (another writer, a quota) fails here, with ENOSPC,
+    and the files made so far are removed."""
+    try:
+        for path, (shape, dtype) in layout.items():
+            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+            with path.open("r+b") as file:
+                try:
+                    os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
+                except OSError as error:  # a file system without fallocate keeps the file sparse
+                    if is_disk_full(error) or error.errno not in NO_FALLOCATE:
+                        raise
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        for path in layout:
+            path.unlink(missing_ok=True)
+        kept = "no teacher cache (its unfinished files were removed)"
+        raise disk_full(root, kept=kept, needed=needed) from None
 
 
 def claim(root: Path) -> None:
@@ -135,6 +163,6 @@ def padded_shard(count: int, rank: int, world: int) -> list[int]:
 
 
 __all__ = [
-    "MARKER", "TOKEN", "agree_on_cache", "check_cache_root", "claim", "everyone_sees_main_root",
-    "one_machine", "padded_shard",
+    "MARKER", "TOKEN", "agree_on_cache", "allocate", "check_cache_root", "claim",
+    "everyone_sees_main_root", "one_machine", "padded_shard",
 ]
