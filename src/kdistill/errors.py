@@ -13,6 +13,10 @@ class ConfigError(UserError):
     """A recipe that does not validate."""
 
 
+class ArgumentError(UserError, ValueError):
+    """An argument of the Python API out of its range; the message names it and its range."""
+
+
 class DiskFullError(UserError):
     """A write that found no space on its disk. The message names the disk, the space the
     write needed and what was kept; a caller that knows more of what was kept adds it."""
