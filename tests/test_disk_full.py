@@ -163,3 +163,17 @@ def test_plots_on_a_full_disk_end_in_one_line(tmp_path, monkeypatch):
     line = assert_user_error(result, "is full", "--resume")
     assert all(f"{phase} (finished)" in line for phase in ("teacher", "scratch", "student"))
     assert not list((tmp_path / "plots" / "plots").glob("*.png"))
+
+
+def test_what_a_stopped_run_keeps_is_named_by_phase(tmp_path):
+    from kdistill.run.pipeline import kept_by_run
+
+    gone = tmp_path / "gone"
+    assert kept_by_run(gone) == f"{gone} had finished no phase and was removed: run it again"
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("teacher", "student.state", "student.state.best"):  # keep=best's copy is no phase
+        (tmp_path / "checkpoints" / f"{name}.safetensors").write_bytes(b"")
+    assert kept_by_run(tmp_path) == (
+        f"{tmp_path} keeps teacher (finished), student (its last training checkpoint): "
+        "continue it with --resume"
+    )

@@ -45,8 +45,9 @@ def kept_by_run(run_dir: Path) -> str:
     training checkpoint of the phase it was in (each written atomically, so intact)."""
     if not run_dir.is_dir():
         return f"{run_dir} had finished no phase and was removed: run it again"
+    # <phase>.safetensors when finished; <phase>.state(.best).safetensors while it trains
     checkpoints = sorted((run_dir / "checkpoints").glob("*.safetensors"))
-    finished = [p.stem for p in checkpoints if not p.stem.endswith(".state")]
+    finished = [p.stem for p in checkpoints if "." not in p.stem]
     training = [p.stem.removesuffix(".state") for p in checkpoints if p.stem.endswith(".state")]
     kept = [f"{phase} (finished)" for phase in finished]
     kept += [f"{phase} (its last training checkpoint)" for phase in training]
