@@ -162,3 +162,55 @@ def test_mismatches_are_one_error_naming_both_sides(data, spoil, fragment):
 def test_public_names_are_exported():
     for name in ("distill", "fit", "DistillResult", "as_dataset", "as_loader", "ArrayDataset", "OnnxModel", "load_weights", "MismatchError"):
         assert name in kdistill.__all__ and hasattr(kdistill, name), name
+
+
+def _marked(y, at: int, value):
+    y = y.astype(type(value)) if isinstance(value, float) else y.copy()
+    y[at] = value
+    return y
+
+
+# Each way labels can fail to be class indices, refused with kdistill's own error naming the
+# argument and the fix (PyTorch's "expected scalar type Long", "Target -1 is out of bounds",
+# "0D or 1D target tensor expected" or a sampler's "num_samples=0" before).
+DataError, MismatchError = kdistill.errors.DataError, kdistill.MismatchError
+
+
+@pytest.mark.parametrize("spoil, error, fragment", [
+    (lambda x, y: ((x, _marked(y, 4, 1.5)), None), DataError,
+     r"train_data: y\[4\] is 1.5, not a class index: labels are whole numbers"),
+    (lambda x, y: ((x, _marked(y, 3, np.nan)), None), DataError, r"train_data: y\[3\] is nan"),
+    (lambda x, y: ((x, _marked(y, 5, -1)), None), DataError,
+     r"train_data: y\[5\] is -1: .*drop the samples without a label"),
+    (lambda x, y: ((x, _marked(y, 9, 7)), None), MismatchError,
+     r"train_data: the data has label 7 \(y\[9\]\) but the models have 3 outputs: labels are 0..2"),
+    (lambda x, y: ((x, np.stack([y, y], 1)), None), DataError,
+     r"train_data: y has shape \(240, 2\), .*shape \(240,\) \(for one-hot rows, y.argmax\(1\)\)"),
+    (lambda x, y: ((x[:0], y[:0]), None), DataError, "train_data: x and y hold no samples"),
+    (lambda x, y: (([[0.0, 1.0], [2.0]], [0, 1]), None), DataError,
+     "train_data: x or y is a list of rows of different lengths"),
+    (lambda x, y: ((x, y), (x, _marked(y, 2, -1))), DataError, r"val_data: y\[2\] is -1"),
+])
+def test_labels_that_are_not_class_indices_are_refused(data, spoil, error, fragment):
+    x, y, teacher = data
+    train, val = spoil(x, y)
+    with pytest.raises(error, match=fragment) as caught:
+        distill(teacher, student(), train, val, epochs=1, **CPU)
+    assert isinstance(caught.value, kdistill.errors.UserError)
+
+
+def test_whole_float_labels_a_column_of_labels_and_lists_train_as_class_indices(data):
+    """The rule: labels that are whole numbers in any dtype are those integers, a column vector
+    (N, 1) is read as (N,), and a tuple of two lists of numbers is (x, y) arrays."""
+    x, y, teacher = data
+    x = x.astype(np.float32)
+    reference = distill(teacher, student(), (x, y), epochs=2, **CPU).history[-1]["loss"]
+    for train in ((x, y.astype(np.float64)), (x, y[:, None]), (x.tolist(), y.tolist())):
+        assert distill(teacher, student(), train, epochs=2, **CPU).history[-1]["loss"] == reference
+
+
+@pytest.mark.parametrize("epochs", [-1, 0, 2.5])
+def test_epochs_below_one_are_refused_not_an_untrained_student(data, epochs):
+    x, y, teacher = data
+    with pytest.raises(kdistill.errors.ArgumentError, match=f"epochs={epochs}: give a whole"):
+        distill(teacher, student(), (x, y), epochs=epochs, **CPU)

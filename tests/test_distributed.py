@@ -79,3 +79,35 @@ def test_kdistill_run_under_torchrun(tmp_path):
     assert summary["world_size"] == 2
     records = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["epoch"]) for r in records] == [("teacher", 1), ("scratch", 1), ("student", 1)]
+
+
+def test_builtin_recipe_caches_its_teacher_under_torchrun(tmp_path):
+    """The built-in recipe (a BatchNorm teacher, cached): every rank must fill and then reuse
+    the one cache rank 0 makes. DDP left each rank its own BatchNorm statistics, so each rank
+    looked for the cache of its own teacher and rank 1 opened files nobody made."""
+    def run(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29533", "-m", "kdistill",
+             "run", "data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.views=1",
+             "output.latency=false", "output.plots=false", "output.progress=false",
+             f"output.dir={tmp_path}", f"name={name}"],
+            env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        )
+
+    for name in ("built", "reused"):  # the second run opens the cache on every rank and probes it
+        result = run(name)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads((tmp_path / name / "summary.json").read_text())["world_size"] == 2
+    caches = list((tmp_path / ".cache").iterdir())
+    assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
+
+
+def test_distill_with_a_temporary_cache_under_torchrun():
+    """``distill(cache=True)`` made one temporary directory per process: every rank but the
+    first waited for files in a directory nobody filled."""
+    worker = Path(__file__).parent / "helpers" / "api_cache_worker.py"
+    command = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29535", str(worker)]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("trained 1 epoch(s)") == 2

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 
 from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
 from kdistill.data import ArrayDataset
-from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader
+from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader, class_labels
 from kdistill.distiller import Distiller, Teacher
-from kdistill.errors import UserError
+from kdistill.errors import ArgumentError, DataError, UserError
 from kdistill.methods import Term, hinton_kd, teacher_taps
 from kdistill.modeling import call_model, to_device
 from kdistill.onnx_teacher import OnnxModel, check_onnx_terms, is_onnx_file
@@ -77,10 +77,11 @@ def _describe_input(inputs) -> str:
     return f"{tuple(inputs.shape)} {inputs.dtype} on {inputs.device}"
 
 
-def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> None:
+def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Size:
     """Run teacher and student once on ``example``: inputs of another dtype or device than a
     model's weights, and models that score different numbers of classes, fail here with one
-    error naming both sides, rather than deep inside a layer or a loss."""
+    error naming both sides, rather than deep inside a layer or a loss. Returns the shape of
+    the student's outputs."""
     was_training = student.training
     outputs = {}
     try:
@@ -107,6 +108,7 @@ def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> None:
     target = example.get("target")
     if target is not None and target.dtype in (torch.int64, torch.int32) and target.numel() and int(target.max()) >= student_outputs:
         raise MismatchError(f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}")
+    return outputs["student"].shape
 
 
 def _probe_batch(loader: DataLoader) -> dict:
@@ -123,7 +125,7 @@ def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accel
     if not isinstance(dataset, (ArrayDataset, IndexedDataset)):
         dataset = as_dataset(dataset.dataset)  # a user's DataLoader: its dataset, positioned by as_loader
     if cache is True:
-        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdistill-cache-"))) / "cache"
+        root = _temporary_root(stack, accelerator)
     else:
         root = Path(cache)
     fingerprint = {"teacher": teacher_identity(teacher.module), "samples": len(dataset), "taps": sorted(teacher.taps), "dtype": "float32"}
@@ -134,6 +136,20 @@ def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accel
     else:
         stored = build_cache(root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator)
     return CachedTeacher(stored)
+
+
+def _temporary_root(stack: ExitStack, accelerator) -> Path:
+    """A temporary cache directory for this call, the main process's for every process (each
+    fills its rows of the same files), removed once every process is done with it."""
+    from accelerate.utils import broadcast_object_list
+
+    made = [None]
+    if accelerator.is_main_process:
+        made = [stack.enter_context(tempfile.TemporaryDirectory(prefix="kdistill-cache-"))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(made)
+        stack.callback(accelerator.wait_for_everyone)  # runs before the directory is removed
+    return Path(made[0]) / "cache"
 
 
 def distill(
@@ -166,6 +182,10 @@ def distill(
         train_data / val_data: ``(x, y)`` NumPy arrays or tensors, a dataset of ``(x, y)``
             tuples or of dicts (a ``TensorDataset``, a Hugging Face ``datasets.Dataset``), or a
             ``DataLoader`` (used as it is: its batch size, sampler and collate function).
+            Labels are class indices 0..C-1: whole-number floats are taken as those integers
+            and a column ``(N, 1)`` as ``(N,)``; fractions, NaN, negative labels and empty
+            data raise ``DataError`` (checked in full for arrays, tensors and lists).
+        epochs, batch_size: whole numbers of at least 1 (``ArgumentError`` otherwise).
         temperature, alpha: of the KD term; ignored when ``terms`` is given.
         terms: any list of ``Term``s instead of Hinton KD (feature terms, other losses).
         cache: run the teacher once over the training data and read its outputs from disk
@@ -177,7 +197,10 @@ def distill(
         ``connectors`` of feature terms.
     """
     _check_hyper(temperature, alpha, terms)
+    _check_budget(epochs, batch_size)
     set_seed(seed)
+    train_data = class_labels(train_data, "train_data")
+    val_data = class_labels(val_data, "val_data") if val_data is not None else None
     train_loader = as_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
     val_loader = as_loader(val_data, batch_size=512) if val_data is not None else None
     terms = terms if terms is not None else hinton_kd(temperature=temperature, alpha=alpha)
@@ -190,7 +213,10 @@ def distill(
             # Both models and the probe on the device the run trains on: what fails there
             # fails now, naming both sides.
             example = to_device(_probe_batch(train_loader), accelerator.device)
-            check_pair(frozen.to(accelerator.device), student.to(accelerator.device), example)
+            frozen, student = frozen.to(accelerator.device), student.to(accelerator.device)
+            scores = check_pair(frozen, student, example)
+            for what, loader in (("train_data", train_loader), ("val_data", val_loader)):
+                _check_classes(loader, scores, what)
             if any(term.connector or term.needs_build for term in terms):
                 distiller = Distiller.build(student, terms, teacher=frozen, example_batch=example, num_samples=len(train_loader.dataset))
             else:
@@ -239,14 +265,51 @@ def fit(
     return train(distiller, loader, teacher=teacher, **options)
 
 
+def _check_budget(epochs: int, batch_size: int) -> None:
+    """Refused before anything trains: ``epochs=0`` or less used to return the student
+    untrained, without a word."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ArgumentError(f"{name}={value!r}: give a whole number of at least 1")
+
+
+def _check_classes(loader: DataLoader | None, scores: torch.Size, what: str) -> None:
+    """Every label of ``(x, y)`` arrays (``scores``: the shape of the student's outputs) one
+    class of the models, not only the probe's."""
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(dataset, ArrayDataset):
+        return
+    labels, classes = dataset.targets, scores[-1]
+    if len(scores) == 2 and labels.dim() != 1:  # one score vector per sample, several labels
+        raise DataError(
+            f"{what}: y has shape {tuple(labels.shape)}, but the models score one class per "
+            f"sample: give one class index per sample, shape ({len(labels)},) (for one-hot rows, "
+            "y.argmax(1))"
+        )
+    if labels.dim() != 1 or labels.is_floating_point():
+        return
+    largest = int(labels.max())
+    if largest >= classes:
+        at = int((labels == largest).nonzero()[0])
+        raise MismatchError(
+            f"{what}: the data has label {largest} (y[{at}]) but the models have {classes} "
+            f"outputs: labels are 0..{classes - 1}"
+        )
+
+
 def _check_hyper(temperature: float, alpha: float, terms: list[Term] | None) -> None:
     """Hinton KD's settings, refused before anything trains (ignored when ``terms`` is given)."""
     if terms is not None:
         return
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number (softmax(z/T) needs T > 0), got {temperature!r}")
+        raise ArgumentError(
+            f"temperature must be a positive number (softmax(z/T) needs T > 0), got {temperature!r}"
+        )
     if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha weighs the KD term against cross-entropy, (1-α)·CE + α·KD: give 0 <= alpha <= 1, got {alpha!r}")
+        raise ArgumentError(
+            "alpha weighs the KD term against cross-entropy, (1-α)·CE + α·KD: "
+            f"give 0 <= alpha <= 1, got {alpha!r}"
+        )
 
 
 __all__ = ["DistillResult", "MismatchError", "as_teacher", "check_pair", "distill", "fit"]

@@ -42,7 +42,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from kdistill.cache_storage import check_space, claim, everyone_sees_main_root, one_machine, padded_shard
+from kdistill.cache_storage import (
+    agree_on_cache,
+    allocate,
+    check_space,
+    claim,
+    everyone_sees_main_root,
+    one_machine,
+    padded_shard,
+)
 from kdistill.checkpoint import CheckpointError, tensor_digest
 from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
@@ -307,6 +315,8 @@ def build_cache(
     device = accelerator.device if accelerator else torch.device("cpu")
     teacher.to(device)
     count = len(dataset)
+    if world > 1:
+        agree_on_cache(root, fingerprint, accelerator)
     if main:
         claim(root)
     # One machine or a shared filesystem: every rank fills its rows of rank 0's files. Machines
@@ -328,9 +338,12 @@ def build_cache(
     # Class indices as integers (float16 is exact only up to 2,048); values in ``dtype``.
     dtypes = {name: np.int32 if name == "topk.index" else DTYPES[dtype] for name in shapes}
     if writer:
-        check_space(root, sum(views * count * math.prod(shape) * np.dtype(dtypes[name]).itemsize for name, shape in shapes.items()))
-        for name, shape in shapes.items():
-            np.lib.format.open_memmap(files[name], mode="w+", dtype=dtypes[name], shape=(views, count, *shape)).flush()
+        layout = {files[name]: ((views, count, *shape), dtypes[name])
+                  for name, shape in shapes.items()}
+        needed = sum(math.prod(shape) * np.dtype(dtype).itemsize
+                     for shape, dtype in layout.values())
+        check_space(root, needed)
+        allocate(root, layout, needed)
     if accelerator:
         accelerator.wait_for_everyone()
     arrays = {name: np.load(files[name], mmap_mode="r+") for name in shapes} if fills else {}

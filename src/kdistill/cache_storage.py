@@ -11,17 +11,22 @@ every rank looks for it.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import math
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from kdistill.errors import UserError
+from kdistill.errors import UserError, disk_full, is_disk_full
 
 TOKEN = ".kdistill-cache-main"
+NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
 
 MARKER = ".kdistill-cache"  # written first into a directory this code made for a cache
@@ -65,6 +70,31 @@ def check_space(root: Path, needed: int) -> None:
         )
 
 
+def allocate(root: Path, layout: dict[Path, tuple], needed: int) -> None:
+    """Create each ``.npy`` file of ``layout`` (path: shape and dtype) with all its disk blocks.
+
+    A file made by ``open_memmap`` is sparse, and a memory map whose file cannot get a block
+    when a row is written kills the process with SIGBUS, without a word. Allocated up front, a
+    disk that filled since ``check_space`` (another writer, a quota) fails here, with ENOSPC,
+    and the files made so far are removed."""
+    try:
+        for path, (shape, dtype) in layout.items():
+            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+            with path.open("r+b") as file:
+                try:
+                    os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
+                except OSError as error:  # a file system without fallocate keeps the file sparse
+                    if is_disk_full(error) or error.errno not in NO_FALLOCATE:
+                        raise
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        for path in layout:
+            path.unlink(missing_ok=True)
+        kept = "no teacher cache (its unfinished files were removed)"
+        raise disk_full(root, kept=kept, needed=needed) from None
+
+
 def claim(root: Path) -> None:
     """Make ``root`` ready for a new cache without ever deleting what kdistill did not write: a
     missing or empty directory is taken (and marked); an unfinished cache of ours (marked, no
@@ -76,6 +106,27 @@ def claim(root: Path) -> None:
                 path.unlink()
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).write_text("teacher cache written by kdistill\n")
+
+
+def agree_on_cache(root: Path, fingerprint: dict, accelerator) -> None:
+    """Refuse a build the processes disagree on before any of them opens a file: each fills
+    its rows of the files rank 0 makes at ``root``, so a rank with another ``root`` (its own
+    temporary directory) or another teacher (weights that differ by rank) would wait for files
+    nobody makes, or write the outputs of another teacher into them. Machines with their own
+    disks may each name another directory: only processes of one machine must share one."""
+    from accelerate.utils import gather_object
+
+    where = str(root) if one_machine(accelerator) else None
+    identity = json.dumps([where, fingerprint], sort_keys=True, default=str)
+    mine = hashlib.sha256(identity.encode()).hexdigest()
+    everyone = gather_object([mine])
+    differ = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
+    if differ:
+        raise RuntimeError(
+            f"teacher cache {root}: process(es) {differ} would build another cache than process 0 "
+            "(another directory, teacher or data): every process must hold the same teacher "
+            "and cache directory"
+        )
 
 
 def one_machine(accelerator) -> bool:
@@ -111,4 +162,7 @@ def padded_shard(count: int, rank: int, world: int) -> list[int]:
     return mine + [mine[-1] if mine else 0] * (math.ceil(count / world) - len(mine))
 
 
-__all__ = ["MARKER", "TOKEN", "check_cache_root", "claim", "everyone_sees_main_root", "one_machine", "padded_shard"]
+__all__ = [
+    "MARKER", "TOKEN", "agree_on_cache", "allocate", "check_cache_root", "claim",
+    "everyone_sees_main_root", "one_machine", "padded_shard",
+]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdistill.errors import UserError
+from kdistill.errors import UserError, disk_full, is_disk_full
 from kdistill.manifest import record
 
 FORMAT_KEY = "kdistill"
@@ -46,6 +46,7 @@ def tensor_digest(tensors: dict[str, Tensor]) -> str:
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None = None) -> int:
     """Write ``tensors`` (+ JSON-able ``meta``) atomically; returns the file size in bytes."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -60,8 +61,14 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except OSError as error:  # a directory in the file's place, a full disk, no permission
+    except (OSError, SafetensorError) as error:  # a directory in the way, a full disk, no rights
         tmp.unlink(missing_ok=True)
+        if is_disk_full(error):
+            kept = f"the previous {path.name}, intact" if path.exists() else "no part of it"
+            needed = sum(t.nbytes for t in tensors.values())
+            raise disk_full(path, kept=kept, needed=needed) from None
+        if not isinstance(error, OSError):
+            raise
         raise UserError(f"{path}: cannot write the weights ({error.strerror}); free the path or the disk and run again") from None
     record(path)
     return path.stat().st_size

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from kdistill.errors import UserError
+from kdistill.errors import UserError, disk_full, is_disk_full
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {error}", err=True)
         return 2
     except OSError as error:
+        if is_disk_full(error):  # a write with no message of its own (the rest say what they kept)
+            full = disk_full(error.filename or Path.cwd(), kept="the files written before it")
+            typer.echo(f"error: {full}", err=True)
+            return 2
         if error.errno != errno.ENAMETOOLONG:
             raise
         # Only a path the user gave is that long (a recipe, data.path, output.dir, a checkpoint).

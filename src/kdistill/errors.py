@@ -11,3 +11,50 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A recipe that does not validate."""
+
+
+class ArgumentError(UserError, ValueError):
+    """An argument of the Python API out of its range; the message names it and its range."""
+
+
+class DiskFullError(UserError):
+    """A write that found no space on its disk. The message names the disk, the space the
+    write needed and what was kept; a caller that knows more of what was kept adds it."""
+
+
+# errno 28 (ENOSPC) and 122 (EDQUOT, a quota: full for this user): safetensors reports them
+# in its own error's text ("... (os error 28)"), not as an OSError.
+DISK_FULL_ERRNOS = (28, 122)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL_ERRNOS
+    return any(f"os error {number})" in str(error) for number in DISK_FULL_ERRNOS)
+
+
+def byte_size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count} bytes"
+
+
+def disk_full(path, *, kept: str, needed: int | None = None) -> DiskFullError:
+    """The one line for a write to ``path`` that failed for want of space: the disk (where it
+    is mounted, what is free), what the write needed and what was ``kept``."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path.cwd()).resolve()
+    mount = existing
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    free = shutil.disk_usage(existing).free
+    need = f", {byte_size(needed)} needed" if needed else ""
+    return DiskFullError(
+        f"{path}: the disk mounted at {mount} is full ({byte_size(free)} free{need}); "
+        f"kept: {kept}. Free space there or choose another disk"
+    )

@@ -321,6 +321,7 @@ def fit(
                     bar.set_postfix(loss=f"{state.mean('loss'):.4f}")
                     shown_at = time.perf_counter()
             watch.check(epoch)
+            agree_buffers(inner, accelerator)
             record = {"phase": phase, "epoch": epoch, "step": state.global_step}
             record.update(state.epoch_means())
             if val_loader is not None:
@@ -351,6 +352,19 @@ def fit(
             best.load()
         release(accelerator)
         return history
+
+
+def agree_buffers(module: nn.Module, accelerator: Accelerator) -> None:
+    """Give every process the main process's buffers (BatchNorm's running statistics).
+
+    DDP copies them from rank 0 at the start of each forward pass, so after an epoch's last
+    step every rank holds statistics of its own last batch: the model validated, kept as best,
+    taught with and fingerprinted for a teacher cache would differ by rank (two ranks looking
+    for two caches), and differ from the one rank 0 saves."""
+    if accelerator.num_processes == 1:
+        return
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
 
 
 def release(accelerator: Accelerator) -> None:

@@ -13,6 +13,7 @@ from kdistill.distiller import Teacher
 from kdistill.trainer import make_accelerator
 
 base, layout = Path(sys.argv[1]), sys.argv[2]
+topk = int(sys.argv[3]) if len(sys.argv) > 3 else None
 torch.set_num_threads(1)
 accelerator = make_accelerator("cpu")
 torch.manual_seed(0)
@@ -20,4 +21,4 @@ data = ArrayDataset(torch.randn(37, 6), torch.arange(37) % 3)  # 37 samples: ran
 teacher = Teacher(torch.nn.Linear(6, 3))
 where = f"node{accelerator.process_index}" if layout == "local" else "shared"
 build_cache(base / where, teacher, data, fingerprint={"test": 1}, dtype="float32", batch_size=8,
-            accelerator=accelerator if accelerator.num_processes > 1 else None)
+            accelerator=accelerator if accelerator.num_processes > 1 else None, topk=topk)

@@ -76,6 +76,59 @@ def as_sample(sample, position: int | None = None) -> dict:
     return out
 
 
+def _is_pair_of_lists(data) -> bool:
+    pair = isinstance(data, tuple) and len(data) == 2
+    return pair and all(isinstance(part, (list, tuple)) for part in data)
+
+
+def class_labels(data, what: str):
+    """``data`` with its labels as class indices, when it is ``(x, y)`` arrays, tensors or
+    nested lists of numbers (other data is returned as it is, its batches checked as they come).
+
+    A label is a whole number, one per sample: floats that are all whole (NumPy and pandas give
+    them, e.g. after a column held a NaN) are taken as those integers, and a column vector
+    ``(N, 1)`` as ``(N,)``; fractions, NaN, negative labels (-1 for "unlabelled" included) and
+    no samples at all are refused with a ``DataError`` naming ``what`` (the argument) and the
+    fix. Labels per position (``(N, L)``, token sequences, where -100 marks a position to skip)
+    are left as they are: whether the models score positions is known once they have run."""
+    if _is_pair_of_lists(data):
+        try:
+            data = tuple(np.asarray(part) for part in data)
+        except ValueError:  # rows of different lengths
+            raise DataError(
+                f"{what}: x or y is a list of rows of different lengths; give rectangular arrays"
+            ) from None
+    if not _is_pair_of_arrays(data):
+        return data
+    x, y = data
+    # Whole or not is decided on the labels as given: float64 -> float32 would round 2.0000001 to 2.
+    is_float64 = isinstance(y, np.ndarray) and y.dtype == np.float64
+    x, y = _tensor(x, f"{what}: x"), torch.from_numpy(y) if is_float64 else _tensor(y, f"{what}: y")
+    if len(x) != len(y):
+        raise DataError(f"{what}: x has {len(x)} samples but y has {len(y)}: they must match")
+    if len(y) == 0:
+        raise DataError(f"{what}: x and y hold no samples; give at least one labelled sample")
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() != 1:
+        return x, y
+    if y.is_floating_point():
+        whole = torch.isfinite(y) & (y == y.round())
+        if not whole.all():
+            bad = int((~whole).nonzero()[0])
+            raise DataError(
+                f"{what}: y[{bad}] is {y[bad].item()!r}, not a class index: labels are whole "
+                "numbers 0, 1, 2, ..."
+            )
+    if y.min() < 0:
+        bad = int((y < 0).nonzero()[0])
+        raise DataError(
+            f"{what}: y[{bad}] is {int(y[bad])}: labels are class indices 0, 1, 2, ...; drop the "
+            "samples without a label (often marked -1) or give them their class"
+        )
+    return x, y.long()  # cross-entropy takes int64 class indices (not uint8, bool or float)
+
+
 class IndexedDataset(Dataset):
     """Any map-style dataset of ``(x, y)`` tuples or dicts, as kdistill samples."""
 
@@ -164,4 +217,7 @@ def as_loader(data, *, batch_size: int = 64, shuffle: bool = False, seed: int = 
     return DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, drop_last=data.drop_last, **common)
 
 
-__all__ = ["INPUT_KEYS", "TARGET_KEYS", "IndexedDataset", "as_dataset", "as_loader", "as_sample"]
+__all__ = [
+    "INPUT_KEYS", "TARGET_KEYS", "IndexedDataset", "as_dataset", "as_loader", "as_sample",
+    "class_labels",
+]

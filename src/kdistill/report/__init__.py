@@ -5,11 +5,10 @@ and the report, written twice from one list of blocks: ``report.md`` and a self-
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from kdistill.errors import UserError
-from kdistill.manifest import record
+from kdistill.report.files import atomic_write
 from kdistill.report.history import MetricsLog
 from kdistill.report.plots import DIAGNOSTIC_PLOTS, plot_diagnostics, plot_history
 from kdistill.report.roles import ROLE_TITLES, ROLES, role_title, table_roles
@@ -274,20 +273,6 @@ def to_markdown(blocks: list[tuple]) -> str:
         elif kind == "image":
             out.append(f"![{rest[1]}]({rest[0]})")
     return "\n\n".join(out) + "\n"
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except OSError as error:  # a directory in the file's place, a full disk, no permission
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write it ({error.strerror})") from None
-    record(path)
-    return path
 
 
 def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:

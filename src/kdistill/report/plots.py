@@ -3,11 +3,22 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from pathlib import Path
 
-import kdistill.manifest as manifest
+from kdistill.report.files import atomic_write
 from kdistill.report.roles import ROLE_TITLES, ROLES, role_title
+
+
+def _save(fig, path: Path) -> None:
+    """Draw ``fig`` in memory and write it in one step: a full disk leaves no half-drawn PNG."""
+    import matplotlib.pyplot as plt
+
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, image.getvalue())
 
 
 def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
@@ -36,9 +47,7 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = plots_dir / "loss_terms.png"
-    fig.savefig(path, dpi=100)
-    manifest.record(path)
-    plt.close(fig)
+    _save(fig, path)
     written.append(path)
 
     # The headline validation metric: the first val/ key the trainer logged.
@@ -52,9 +61,7 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     path = plots_dir / f"val_{metric.removeprefix('val/').replace('@', '_at_')}.png"
-    fig.savefig(path, dpi=100)
-    manifest.record(path)
-    plt.close(fig)
+    _save(fig, path)
     written.append(path)
     return written
 
@@ -91,9 +98,7 @@ def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Pa
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path = plots_dir / "reliability.png"
-    fig.savefig(path, dpi=100)
-    manifest.record(path)
-    plt.close(fig)
+    _save(fig, path)
     written.append(path)
 
     names = diagnostics["class_names"]
@@ -114,9 +119,7 @@ def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Pa
         ax.set(xlabel="predicted class", ylabel="true class", title=ROLE_TITLES[role])
     fig.tight_layout()
     path = plots_dir / "confusion.png"
-    fig.savefig(path, dpi=100)
-    manifest.record(path)
-    plt.close(fig)
+    _save(fig, path)
     written.append(path)
     return written
 

@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from kdistill.errors import UserError
+from kdistill.errors import DiskFullError, UserError, disk_full, is_disk_full
 from kdistill.report import atomic_write, read_summary, results_table, verdict, write_report
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe
@@ -26,8 +26,36 @@ def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=p
     """Run a recipe end to end; returns the summary also written to ``summary.json``.
 
     Under ``torchrun`` or ``accelerate launch`` every process runs this; training is
-    data-parallel and only the main process writes files and prints.
+    data-parallel and only the main process writes files and prints. A full disk ends it with
+    one ``DiskFullError`` that also says what the run directory kept.
     """
+    try:
+        return _run(recipe, overwrite=overwrite, resume=resume, echo=echo)
+    except (OSError, DiskFullError) as error:
+        if not isinstance(error, DiskFullError) and not is_disk_full(error):
+            raise
+        if not isinstance(error, DiskFullError):  # a write of ours that has no message of its own
+            error = disk_full(error.filename or recipe.output.dir, kept="the files written before")
+        run_dir = Path(recipe.output.dir) / recipe.name
+        raise DiskFullError(f"{error}; {kept_by_run(run_dir)}") from None
+
+
+def kept_by_run(run_dir: Path) -> str:
+    """What a run that stopped half-way leaves for ``--resume``: its finished phases and the
+    training checkpoint of the phase it was in (each written atomically, so intact)."""
+    if not run_dir.is_dir():
+        return f"{run_dir} had finished no phase and was removed: run it again"
+    # <phase>.safetensors when finished; <phase>.state(.best).safetensors while it trains
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.safetensors"))
+    finished = [p.stem for p in checkpoints if "." not in p.stem]
+    training = [p.stem.removesuffix(".state") for p in checkpoints if p.stem.endswith(".state")]
+    kept = [f"{phase} (finished)" for phase in finished]
+    kept += [f"{phase} (its last training checkpoint)" for phase in training]
+    kept = ", ".join(kept)
+    return f"{run_dir} keeps {kept or 'its settings'}: continue it with --resume"
+
+
+def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
     started = time.perf_counter()
     accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision, deterministic=recipe.train.deterministic,
                                    compile=recipe.train.compile)
