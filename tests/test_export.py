@@ -273,6 +273,11 @@ def tampered(export_dir, root, how):
     if how == "corrupt":
         model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
         return copy
+    if how == "metadata_bytes":  # a graph ONNX Runtime loads, its class names no longer UTF-8
+        data = model.read_bytes()
+        at = data.index(b'"c0"') + 1
+        model.write_bytes(data[:at] + b"\xdf" + data[at + 1:])
+        return copy
     edits = {
         "not_json": "{inputs: [",
         "no_inputs": json.dumps({"normalise": None}),
@@ -300,7 +305,8 @@ def hostile_input(root, how):
 @pytest.mark.parametrize("how, fragment", [
     ("bomb", "bomb.png"), ("big", "over the limit"), ("latin1", "not UTF-8"),
     ("long_field", "long.csv: line 1"),
-    ("corrupt", "not a readable ONNX model"), ("not_json", "Invalid JSON"), ("no_inputs", "inputs"),
+    ("corrupt", "not a readable ONNX model"), ("metadata_bytes", "not a readable ONNX model"),
+    ("not_json", "Invalid JSON"), ("no_inputs", "inputs"),
 ])
 def test_predict_refuses_hostile_files_in_one_line(how, fragment, tiny_export, tmp_path, capsys):
     export_dir, inputs = tiny_export("rgb")

@@ -184,10 +184,11 @@ def load_export(export_dir: Path):
     require_onnx()  # a missing extra names its pip command, not "unreadable"
     try:
         session = ort_session(file)
+        # Metadata that is not UTF-8 (a damaged file) fails here, as a UnicodeDecodeError.
+        meta = session.get_modelmeta().custom_metadata_map
     except Exception as error:  # ONNX Runtime's own exception types derive from Exception only
         raise UserError(f"{file}: not a readable ONNX model ({_first_line(error)}); "
                         "export the run again") from None
-    meta = session.get_modelmeta().custom_metadata_map
     again = "export the run again with this version of kdistill"
     if "kdistill.preprocessing" not in meta:
         raise UserError(f"{file}: no kdistill.preprocessing metadata; {again}")
