@@ -100,6 +100,21 @@ def test_export_never_overwrites_silently(exported, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "export").iterdir()} == before
 
 
+def test_export_overwrite_keeps_a_file_of_the_users(exported, tmp_path, capsys):
+    """Issue 27.1: --overwrite replaces the files an earlier export wrote, never a file of the
+    user's at one of their names (nor an edited one)."""
+    import shutil
+
+    run_dir = shutil.copytree(exported[0], tmp_path / "copy")
+    card = run_dir / "export" / "README.md"
+    card.write_text("my own deployment notes\n")
+    before = {p.name: p.read_bytes() for p in (run_dir / "export").iterdir()}
+    assert main(["export", str(run_dir), "--overwrite", "--no-int8", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "export/README.md" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (run_dir / "export").iterdir()} == before
+
+
 @pytest.mark.parametrize("make, fragment", [
     (lambda tmp: tmp / "nowhere", "no such run directory"),
     (lambda tmp: tmp, "config.yaml is missing"),

@@ -46,31 +46,34 @@ def read(run_dir: Path) -> dict | None:
             "folders": [folder for folder in folders if isinstance(folder, str)]}
 
 
-def record(*paths: Path) -> None:
-    """Add the files (or folders) ``paths`` to the list of the run directory they lie in."""
+def record(*paths: Path, run_dir: Path | None = None) -> None:
+    """Add the files (or folders) ``paths`` to the list of the run directory they lie in (or of
+    ``run_dir``, when the caller knows it)."""
     by_run: dict[Path, list[Path]] = {}
     for path in map(Path, paths):
-        run_dir = run_dir_of(path)
-        if run_dir is not None and path.exists():
-            by_run.setdefault(run_dir, []).append(path)
-    for run_dir, found in by_run.items():
-        listed = read(run_dir) or {"files": {}, "folders": []}
+        home = run_dir or run_dir_of(path)
+        if home is not None and path.exists() and not path.is_symlink():  # a link is never ours
+            by_run.setdefault(home, []).append(path)
+    for home, found in by_run.items():
+        listed = read(home) or {"files": {}, "folders": []}
         for path in found:
-            relative = path.absolute().relative_to(run_dir.absolute()).as_posix()
+            relative = path.absolute().relative_to(home.absolute()).as_posix()
             if path.is_dir():
                 listed["folders"] = sorted({*listed["folders"], relative})
-            elif not path.is_symlink():
+            else:
                 listed["files"][relative] = path.stat().st_size
-        _write(run_dir / MANIFEST, listed)
+        _write(home / MANIFEST, listed)
 
 
 def record_tree(folder: Path) -> None:
-    """Every file and folder under ``folder`` (a tracker's, once it closed: third-party code
-    chose their names)."""
+    """Every file and folder under ``folder``, at any depth (a tracker's, once it closed:
+    third-party code chose their names)."""
+    run_dir = run_dir_of(folder / MARKER)
     found = [folder]
     for root, folders, files in os.walk(folder):
         found += [Path(root, name) for name in (*folders, *files)]
-    record(*found)
+    if run_dir is not None:
+        record(*found, run_dir=run_dir)
 
 
 def _write(path: Path, listed: dict) -> None:

@@ -29,7 +29,7 @@ from kdistill.errors import UserError
 from kdistill.manifest import BOOKKEEPING, LOCK, MANIFEST, MARKER
 from kdistill.runlock import RunLock
 from kdistill.run.config import Recipe, dump_config
-
+from kdistill.run.trackers import FOLDERS
 
 
 def foreign_files(run_dir: Path) -> list[str]:
@@ -153,6 +153,8 @@ def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = Fals
         yield run_dir
     except BaseException:
         if made and not any((run_dir / "checkpoints").glob("*.safetensors")):
+            for name in recipe.output.report_to:  # a tracker left open by the failure: this run's
+                manifest.record_tree(run_dir / FOLDERS[name])
             if lock:
                 lock.release()
                 lock = None
