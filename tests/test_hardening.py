@@ -233,7 +233,7 @@ def test_npz_sizes_are_checked_before_decompressing(tmp_path):
 
 
 @pytest.mark.parametrize("make, fragment", [
-    (lambda p: save_npz(p, features(1), np.zeros(1, np.int64)), "split empty"),
+    (lambda p: save_npz(p, features(2), np.arange(2)), "split empty"),  # one sample of each of 2 classes
     (lambda p: save_npz(p, np.array([["a"] * 4] * 60), np.arange(60) % 2), "inputs must be numbers"),
     (lambda p: save_npz(p, features(), (np.arange(60) % 2)[:, None]), "shape (N,)"),
     (lambda p: save_npz(p, features()[:, 0], np.arange(60) % 2), "reshape(-1, 1)"),
