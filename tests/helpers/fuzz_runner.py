@@ -186,10 +186,11 @@ def contents(path: Path) -> bytes | tuple[int, int]:
 
 
 def snapshot(root: Path) -> dict[str, bytes | tuple[int, int]]:
-    return {p.relative_to(root).as_posix(): contents(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink())
+    return {p.relative_to(root).as_posix(): contents(p) for p in files}
 
 
-def changed_files(before: dict[str, bytes | tuple[int, int]], root: Path, argv: list[str]) -> list[str]:
+def changed_files(before: dict, root: Path, argv: list[str]) -> list[str]:
     """The pre-existing files that changed or went, less those the command may rewrite."""
     rewrites = bool(REWRITES & set(argv))
     changed = []
