@@ -96,27 +96,33 @@ def raw_pixels(splits) -> np.ndarray:
     """The inputs of every split as read, before the standardisation."""
     normalise = splits.identity["normalise"]
     x = torch.cat([splits.train.inputs, splits.val.inputs, splits.test.inputs]).numpy()
-    return x * np.reshape(normalise["std"], (1, -1, 1, 1)) + np.reshape(normalise["mean"], (1, -1, 1, 1))
+    std, mean = (np.reshape(normalise[key], (1, -1, 1, 1)) for key in ("std", "mean"))
+    return x * std + mean
 
 
 def sixteen_bit(label: int, i: int) -> np.ndarray:
     return np.random.default_rng(10 * label + i).integers(0, 65536, (7, 5)).astype(np.uint16)
 
 
+def eight_bit(label: int, i: int) -> np.ndarray:
+    """The same pixels rounded to 8 bits."""
+    return (sixteen_bit(label, i) / 257).round().astype(np.uint8)
+
+
 def test_16_bit_images_load_as_their_8_bit_equivalent(tmp_path):
     """convert("L") clipped every 16-bit value above 255 to white (issue 27, item 4)."""
     from PIL import Image
 
-    wide = load_dataset("folder", path=str(folder_of(tmp_path / "16", lambda c, i: Image.fromarray(sixteen_bit(c, i)))))
-    narrow = folder_of(tmp_path / "8", lambda c, i: Image.fromarray((sixteen_bit(c, i) / 257).round().astype(np.uint8)))
-    narrow = load_dataset("folder", path=str(narrow))
+    folder_of(tmp_path / "16", lambda c, i: Image.fromarray(sixteen_bit(c, i)))
+    folder_of(tmp_path / "8", lambda c, i: Image.fromarray(eight_bit(c, i)))
+    wide, narrow = (load_dataset("folder", path=str(tmp_path / depth)) for depth in ("16", "8"))
     assert wide.input_shape == narrow.input_shape == (1, 7, 5)
     assert np.abs(raw_pixels(wide) - raw_pixels(narrow)).max() <= 1 / 255
     assert (raw_pixels(wide) > 0.99).mean() < 0.05  # not saturated
-    rgb = load_dataset("folder", path=str(tmp_path / "16"), channels=3)  # grey repeated, still scaled
+    rgb = load_dataset("folder", path=str(tmp_path / "16"), channels=3)  # grey repeated, scaled
     assert np.abs(raw_pixels(rgb)[:, 1] - raw_pixels(narrow)[:, 0]).max() <= 1 / 255
     resized = raw_pixels(load_dataset("folder", path=str(tmp_path / "16"), image_size=12))
-    assert resized.min() > -1e-5 and resized.max() < 1 + 1e-5  # bicubic overshoot clipped, as for 8 bits
+    assert resized.min() > -1e-5 and resized.max() < 1 + 1e-5  # bicubic overshoot clipped
 
 
 def image_in(mode: str, scale: float = 1.0):
@@ -130,8 +136,8 @@ def image_in(mode: str, scale: float = 1.0):
         if mode == "F":
             return Image.fromarray((sixteen_bit(label, i) * scale).astype(np.float32), "F")
         if mode == "P":  # colours from a palette, its first entry transparent
-            colour = np.random.default_rng(10 * label + i).integers(0, 256, (7, 5, 3)).astype(np.uint8)
-            image = Image.fromarray(colour).quantize(8)
+            colour = np.random.default_rng(10 * label + i).integers(0, 256, (7, 5, 3))
+            image = Image.fromarray(colour.astype(np.uint8)).quantize(8)
             image.info["transparency"] = 0
             return image
         return Image.new(mode, (5, 7), (30 * i, 40 * label, 0, 20)[: len(mode)])
@@ -140,7 +146,8 @@ def image_in(mode: str, scale: float = 1.0):
 
 
 @pytest.mark.parametrize("mode, scale, suffix, channels", [
-    ("I", 1.0, ".tif", 1), ("F", 1 / 65535, ".tif", 1), ("CMYK", 1.0, ".tif", 3), ("P", 1.0, ".png", 3),
+    ("I", 1.0, ".tif", 1), ("F", 1 / 65535, ".tif", 1), ("CMYK", 1.0, ".tif", 3),
+    ("P", 1.0, ".png", 3),
 ])
 def test_other_pixel_modes_load_in_0_to_1(tmp_path, mode, scale, suffix, channels):
     from PIL import Image
@@ -150,13 +157,16 @@ def test_other_pixel_modes_load_in_0_to_1(tmp_path, mode, scale, suffix, channel
         assert image.mode == mode
     splits = load_dataset("folder", path=str(root))
     pixels = raw_pixels(splits)
-    assert splits.input_shape == (channels, 7, 5) and pixels.min() > -1e-4 and pixels.max() < 1 + 1e-4
+    assert splits.input_shape == (channels, 7, 5)
+    assert pixels.min() > -1e-4 and pixels.max() < 1 + 1e-4
     if mode in ("I", "F"):  # 16-bit values on their scale, not clipped
         assert 0.3 < pixels.mean() < 0.7
 
 
 @pytest.mark.parametrize("mode, scale, fragment", [
-    ("F", 1.0, "F pixels from .* outside 0..1;"), ("I", 1000.0, "I pixels from .* outside 0..65535"), ("LAB", 1.0, "LAB pixels cannot be read"),
+    ("F", 1.0, "F pixels from .* outside 0..1;"),
+    ("I", 1000.0, "I pixels from .* outside 0..65535"),
+    ("LAB", 1.0, "LAB pixels cannot be read"),
 ])
 def test_pixels_that_cannot_be_scaled_are_refused_in_one_line(tmp_path, mode, scale, fragment):
     folder_of(tmp_path / "images", image_in(mode, scale), suffix=".tif")
@@ -210,32 +220,40 @@ def test_malformed_rows_name_file_and_row(tmp_path, capsys, edit, fragment):
 
 
 def test_rows_after_a_quoted_newline_are_named_by_their_line(tmp_path):
-    """A quoted cell may hold newlines: pandas counts records, a user's editor lines (issue 27, 15a)."""
+    """A quoted cell may hold newlines: pandas counts records, an editor lines (issue 27, 15a)."""
     lines = ["review,sentiment", '"the film\n\nwas good",pos', *["the plot was bad,neg"] * 4]
     (tmp_path / "empty.csv").write_text("\n".join([*lines, ",pos", "fine,pos"]) + "\n")
+    options = {"text": "review", "label": "sentiment", "tokenizer": "x"}
     with pytest.raises(DataError, match=r"empty.csv: line 9: empty text in column 'review'"):
-        load_dataset("labelled_text", path=str(tmp_path / "empty.csv"), text="review", label="sentiment", tokenizer="x")
+        load_dataset("labelled_text", path=str(tmp_path / "empty.csv"), **options)
     (tmp_path / "ragged.csv").write_text("\n".join([*lines, "fine,pos,extra"]) + "\n")
-    with pytest.raises(DataError, match=r"ragged.csv: not a readable csv table \(.*Expected 2 fields in line 9, saw 3"):
-        load_dataset("labelled_text", path=str(tmp_path / "ragged.csv"), text="review", label="sentiment", tokenizer="x")
+    wrong = r"ragged.csv: not a readable csv table \(.*Expected 2 fields in line 9, saw 3"
+    with pytest.raises(DataError, match=wrong):
+        load_dataset("labelled_text", path=str(tmp_path / "ragged.csv"), **options)
 
 
 def test_a_jsonl_with_a_byte_order_mark_is_read_as_a_csv_with_one_is(tmp_path):
-    rows = [json.dumps({"length": i % 7, "width": i % 3, "species": "ab"[i % 2]}) for i in range(40)]
-    (tmp_path / "plain.jsonl").write_text("\n".join(rows) + "\n")
-    (tmp_path / "marked.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.jsonl").read_bytes())
-    plain, marked = (load_dataset("table", path=str(tmp_path / f"{name}.jsonl"), label="species") for name in ("plain", "marked"))
-    assert marked.identity["features"] == ["length", "width"] and torch.equal(marked.train.inputs, plain.train.inputs)
+    records = ({"length": i % 7, "width": i % 3, "species": "ab"[i % 2]} for i in range(40))
+    rows = [json.dumps(record) for record in records]
+    text = "\n".join(rows) + "\n"
+    (tmp_path / "plain.jsonl").write_text(text)
+    (tmp_path / "marked.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    plain, marked = (load_dataset("table", path=str(tmp_path / f"{name}.jsonl"), label="species")
+                     for name in ("plain", "marked"))
+    assert marked.identity["features"] == ["length", "width"]
+    assert torch.equal(marked.train.inputs, plain.train.inputs)
 
 
 @pytest.mark.parametrize("dataset, name, write", [
     ("table", "one.csv", lambda path: path.write_text("a,b\n" + "1,x\n2,x\n" * 20)),
     ("npz", "one.npz", lambda path: np.savez(path, x=np.ones((40, 3)), y=np.zeros(40, np.int64))),
-    ("labelled_text", "one.jsonl", lambda path: path.write_text('{"text": "fine", "label": "pos"}\n' * 40)),
+    ("labelled_text", "one.jsonl", lambda p: p.write_text('{"text": "a", "label": 1}\n' * 40)),
 ])
-def test_fewer_than_two_classes_are_refused_wherever_classes_are_known(tmp_path, dataset, name, write):
+def test_fewer_than_two_classes_are_refused_where_classes_are_known(tmp_path, dataset, name, write):
     write(tmp_path / name)
-    options = {"table": {"label": "b"}, "npz": {"num_classes": 3}, "labelled_text": {"tokenizer": "x"}}[dataset]
+    options = {
+        "table": {"label": "b"}, "npz": {"num_classes": 3}, "labelled_text": {"tokenizer": "x"},
+    }[dataset]
     with pytest.raises(DataError, match=f"{name}: 1 class .*a classifier needs at least 2 classes"):
         load_dataset(dataset, path=str(tmp_path / name), **options)
 
@@ -247,12 +265,12 @@ def test_a_class_missing_from_a_split_is_said_once(tmp_path, capsys):
     for extra in (root / "c0" / "0.png", root / "c1" / "0.png"):  # a third class of two images
         (root / "rare").mkdir(exist_ok=True)
         extra.rename(root / "rare" / f"{extra.parent.name}.png")
-    argv = ["check", "data.dataset=folder", f"data.path={root}", "teacher.model=mlp", "teacher.augment=none",
-            "train.augment=none", "train.mix=none"]
+    argv = ["check", "data.dataset=folder", f"data.path={root}", "teacher.model=mlp",
+            "teacher.augment=none", "train.augment=none", "train.mix=none"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("warning:") == 1, out
-    assert "images: the test split has no sample of class 'rare'; give those classes more samples" in out
+    assert "images: the test split has no sample of class 'rare'; give those classes more" in out
 
 
 def tiny_text_teacher(directory) -> None:

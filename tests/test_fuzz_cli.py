@@ -1,7 +1,8 @@
 """The command line under fuzzing (issue 13): generated command lines, recipes (aliases, huge
-values, wrong types), data files (``.npz`` archives and image folders, valid and damaged) and
-damaged runs, checkpoints, teacher stores and caches, each in a fresh directory beside the
-user's own files. A case passes when kdistill exits 0 or 2 (2 with one line on stderr), prints no traceback, and leaves every
+values, wrong types), data files (``.npz`` archives and image folders, valid and damaged; 16-bit
+and huge images, wide tables, huge text cells, sparse token ids) and damaged runs, checkpoints,
+teacher stores and caches, each in a fresh directory beside the user's own files. A case passes
+when kdistill exits 0 or 2 (2 with one line on stderr), prints no traceback, and leaves every
 file that was there before byte-identical (kdistill's own run, store and cache excepted, and only
 under a command that rewrites them). Every child runs under an address-space cap.
 

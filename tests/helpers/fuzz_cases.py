@@ -1,6 +1,7 @@
 """What the CLI fuzzer throws at ``kdistill``: hypothesis strategies for command lines, recipes
 (aliases, huge values, wrong types), data files (``.npz`` archives, image folders, valid and
-damaged) and damaged run directories, caches and teacher stores.
+damaged; and from ``fuzz_inputs``: 16-bit and huge images, wide tables, huge text cells, sparse
+token ids) and damaged run directories, caches and teacher stores.
 
 A case is files to lay down in a fresh directory plus an argv. Every case that could train is
 held to a tiny budget: a small slice of ``digits`` by default, and the epoch counts forced to 1
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from fuzz_inputs import black_png, png16_bytes, png_of, tables, texts, token_ids
 from hypothesis import strategies as st
 
 # Defaults a generated override may replace (it comes later on the command line) ...
@@ -51,6 +52,7 @@ class Case:
     files: dict[str, bytes] = field(default_factory=dict)
     template: bool = False
     damage: tuple[str, str, int] | None = None  # (template file, how, where)
+    sparse: dict[str, int] = field(default_factory=dict)  # files extended to a size, unwritten
 
     def __repr__(self) -> str:  # what hypothesis prints for a failing case
         damage = f", damage={self.damage}" if self.damage else ""
@@ -285,11 +287,7 @@ def png_bytes(width: int, height: int, mode: str = "L", seed: int = 0) -> bytes:
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid PNG header declaring 1e10 pixels, over PIL's limit, in a few dozen bytes."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return png_of(width, height, zlib.compress(b"\x00" * 64))
 
 
 @st.composite
@@ -297,9 +295,14 @@ def image_folders(draw) -> dict[str, bytes]:
     files = {}
     for label in range(draw(st.sampled_from([2, 3, 2, 0, 1]))):
         for i in range(draw(st.sampled_from([10, 14, 6, 0, 1]))):
-            kind = draw(st.sampled_from(["gray"] * 12 + ["rgb"] * 4 + ["big", "bomb", "damaged", "text"]))
+            odd = ["big", "bomb", "huge", "damaged", "text"]
+            kind = draw(st.sampled_from(["gray"] * 12 + ["rgb"] * 4 + ["gray16"] * 3 + odd))
             if kind == "gray":
                 data = png_bytes(draw(st.integers(1, 12)), draw(st.integers(1, 12)), "L", i)
+            elif kind == "gray16":
+                data = png16_bytes(draw(st.integers(1, 12)), draw(st.integers(1, 12)), i)
+            elif kind == "huge":  # 9000 × 9000 pixels of one colour: 80 kB on disk
+                data = black_png()
             elif kind == "rgb":
                 data = png_bytes(5, 7, "RGB", i)
             elif kind == "big":
@@ -333,15 +336,20 @@ FOLDER_OPTIONS = ["data.options.channels=3", "data.options.channels=2", "data.op
 def data_cases(draw) -> Case:
     command = draw(st.sampled_from(["run", "check", "run", "cache"]))
     options = draw(st.lists(st.sampled_from(COMMON_OPTIONS), max_size=2))
-    if draw(st.booleans()):
+    kind, sparse = draw(st.sampled_from(["npz", "folder", "npz", "folder", "other"])), {}
+    if kind == "npz":
         files = {"data.npz": draw(npz_files())}
         options += draw(st.lists(st.sampled_from(NPZ_OPTIONS), max_size=1))
         middle = ["data.dataset=npz", "data.path=data.npz", "student.model=mlp_tiny", *options]
-    else:
+    elif kind == "folder":
         files = draw(image_folders())
         options += draw(st.lists(st.sampled_from(FOLDER_OPTIONS), max_size=1))
         middle = ["data.dataset=folder", "data.path=images", "data.options.image_size=6", *options]
-    return Case("data", finish(command, middle, []), files=files)
+    else:  # a table, labelled text or token ids (fuzz_inputs), their settings before the options
+        files, middle, sparse = draw(st.one_of(tables(), texts(), token_ids()))
+        middle += options
+    family = "data" if kind != "other" else "inputs"  # the input kinds of issue 27 tallied apart
+    return Case(family, finish(command, middle, []), files=files, sparse=sparse)
 
 
 # --- damaged runs, caches and teacher stores ----------------------------------------------------------

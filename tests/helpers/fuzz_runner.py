@@ -177,14 +177,25 @@ def lay_out(case: Case, template: Path) -> Path:
     for relative, data in {**DECOYS, **case.files}.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(data)
+    for relative, size in case.sparse.items():
+        os.truncate(root / relative, size)  # a hole: gigabytes declared, nothing on disk
     return root
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+BIG = 2**26  # bytes: a larger file (a sparse one) is compared by size and time, not read
 
 
-def changed_files(before: dict[str, bytes], root: Path, argv: list[str]) -> list[str]:
+def contents(path: Path) -> bytes | tuple[int, int]:
+    status = path.stat()
+    return path.read_bytes() if status.st_size <= BIG else (status.st_size, status.st_mtime_ns)
+
+
+def snapshot(root: Path) -> dict[str, bytes | tuple[int, int]]:
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink())
+    return {p.relative_to(root).as_posix(): contents(p) for p in files}
+
+
+def changed_files(before: dict, root: Path, argv: list[str]) -> list[str]:
     """The pre-existing files that changed or went, less those the command may rewrite."""
     rewrites = bool(REWRITES & set(argv))
     changed = []
@@ -193,7 +204,7 @@ def changed_files(before: dict[str, bytes], root: Path, argv: list[str]) -> list
             continue
         path = root / relative
         try:
-            same = path.is_file() and path.read_bytes() == data
+            same = path.is_file() and contents(path) == data
         except OSError:
             same = False
         if not same:

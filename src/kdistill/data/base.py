@@ -154,12 +154,14 @@ def check_classes(y: np.ndarray, class_names: list[str] | None, source: str) -> 
     if len(present) < 2:
         only = f" ({class_names[int(present[0])]!r})" if len(present) and class_names else ""
         raise DataError(
-            f"{source}: {len(present)} class{only} in {len(y)} labelled samples; a classifier needs at least 2 "
-            "classes: add samples of another class"
+            f"{source}: {len(present)} class{only} in {len(y)} labelled samples; a classifier "
+            "needs at least 2 classes: add samples of another class"
         )
 
 
-def warn_missing_classes(splits: dict[str, np.ndarray], class_names: list[str] | None, source: str) -> None:
+def warn_missing_classes(
+    splits: dict[str, np.ndarray], class_names: list[str] | None, source: str
+) -> None:
     """Say once, in a warning line, which classes a split has no sample of: its scores then say
     nothing of them (a class of one or two samples cannot reach all three splits)."""
     present = np.unique(np.concatenate(list(splits.values())))
@@ -167,9 +169,9 @@ def warn_missing_classes(splits: dict[str, np.ndarray], class_names: list[str] |
     for split, targets in splits.items():
         lacking = np.setdiff1d(present, targets)
         if len(lacking):
-            names = [class_names[int(c)] if class_names else str(int(c)) for c in lacking[:3]]
+            names = [repr(class_names[int(c)] if class_names else str(int(c))) for c in lacking[:3]]
             more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
-            missing.append(f"the {split} split has no sample of class {', '.join(map(repr, names))}{more}")
+            missing.append(f"the {split} split has no sample of class {', '.join(names)}{more}")
     if missing:
         _say_once(f"warning: {source}: {'; '.join(missing)}; give those classes more samples")
 
@@ -226,7 +228,8 @@ def make_splits(
     for split, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
         if len(idx) == 0:
             raise DataError(_empty_split(split, len(y), val_fraction, test_fraction, source))
-    warn_missing_classes({"train": y[train_idx], "validation": y[val_idx], "test": y[test_idx]}, class_names, source)
+    parts = {"train": y[train_idx], "validation": y[val_idx], "test": y[test_idx]}
+    warn_missing_classes(parts, class_names, source)
     # Statistics of the train split only (checked non-empty first: an empty one's are NaN, with
     # warnings): nothing about val/test leaks into training.
     if per_axis is None:

@@ -106,7 +106,10 @@ def read_image(file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarra
             if image.mode in ("P", "PA") and "transparency" in image.info:
                 image = image.convert("RGBA")  # PIL's advice: its transparency survives only so
             if image.mode not in CONVERTIBLE_MODES:
-                raise DataError(f"{file}: {image.mode} pixels cannot be read; save it as grey or RGB (8 or 16 bits)")
+                raise DataError(
+                    f"{file}: {image.mode} pixels cannot be read; save it as grey or RGB "
+                    "(8 or 16 bits)"
+                )
             image = image.convert(mode)  # alpha is dropped: the colour under it is kept
             if size is not None and image.size != size:
                 image = image.resize(size)
@@ -116,8 +119,12 @@ def read_image(file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarra
 # One channel of more than 8 bits, and the value of white in each: convert("L") would clip
 # every 16-bit value above 255 to white. 32-bit integers are read as 16-bit (what PNG and most
 # TIFFs hold); floats as they are, and either is refused outside 0..white.
-WIDE_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
-CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "La"}
+WIDE_MODES = {
+    "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0,
+}
+CONVERTIBLE_MODES = {
+    "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr",
+}
 
 
 def _wide_pixels(image, file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
@@ -127,8 +134,8 @@ def _wide_pixels(image, file: Path, mode: str, size: tuple[int, int] | None) -> 
     low, high = float(pixels.min()), float(pixels.max())
     if not (0.0 <= low and high <= 1.0):
         raise DataError(
-            f"{file}: {depth} pixels from {low * white:g} to {high * white:g}, outside 0..{white:g}; "
-            "save it as 8- or 16-bit grey"
+            f"{file}: {depth} pixels from {low * white:g} to {high * white:g}, "
+            f"outside 0..{white:g}; save it as 8- or 16-bit grey"
         )
     if size is not None and image.size != size:
         # Bicubic resampling overshoots at edges; 8-bit images are clipped by PIL, floats here.
@@ -178,11 +185,13 @@ def _header(file: Path) -> tuple[str, tuple[int, int]]:
             width, height = image.size
             if width * height > MAX_DECODED_PIXELS:
                 raise DataError(
-                    f"{file}: {width:,}×{height:,} pixels, more than the {MAX_DECODED_PIXELS:,} an image may "
-                    "decode to (resizing happens after decoding); shrink it first"
+                    f"{file}: {width:,}×{height:,} pixels, more than the {MAX_DECODED_PIXELS:,} "
+                    "an image may decode to (resizing happens after decoding); shrink it first"
                 )
             # A palette image is colour unless its palette is gray: decide on the converted mode.
-            mode = image.mode if image.mode not in ("P", "PA") else ("L" if _gray_palette(image) else "RGB")
+            mode = image.mode
+            if mode in ("P", "PA"):
+                mode = "L" if _gray_palette(image) else "RGB"
             return mode, image.size
 
 
@@ -248,13 +257,15 @@ def load_image_folder(
                 "set data.options.image_size=N to resize every image to N×N"
             )
     # The subset is drawn before decoding, so that data.subset also bounds the memory taken.
-    picked, y = stratified_subset(np.arange(len(files)), np.asarray(labels, dtype=np.int64), subset, seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    picked, y = stratified_subset(np.arange(len(files)), labels, subset, seed)
     width, height = size or headers[0][1]
     needed = len(picked) * channels * width * height * 4
     if needed > MAX_FOLDER_BYTES:
         raise DataError(
-            f"{root}: {len(picked):,} images of {channels}×{height}×{width} take {needed:,} bytes as floats, more "
-            f"than the limit of {MAX_FOLDER_BYTES:,}; set data.options.image_size smaller or data.subset"
+            f"{root}: {len(picked):,} images of {channels}×{height}×{width} take {needed:,} bytes "
+            f"as floats, more than the limit of {MAX_FOLDER_BYTES:,}; set data.options.image_size "
+            "smaller or data.subset"
         )
     mode = "L" if channels == 1 else "RGB"
     x = np.stack([read_image(files[i], mode, size) for i in picked])

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
-from kdistill.data.base import DataSplits, check_classes, stratified_split, warn_missing_classes
+from kdistill.data.base import (
+    DataSplits,
+    check_classes,
+    stratified_split,
+    warn_missing_classes,
+)
 from kdistill.data.table import dense_labels, read_table, row_name
 from kdistill.data.text import TokenDataset, encode, load_tokenizer
 from kdistill.errors import DataError
@@ -63,7 +68,8 @@ def load_labelled_text(
         raise DataError("data.options.tokenizer: the teacher's Hugging Face directory (or a tokenizer.json) to tokenise with")
     if not isinstance(max_length, int) or max_length < 4:
         raise DataError(f"data.options.max_length: at least 4 tokens, got {max_length!r}")
-    texts = [str(t)[: max_length * CHARS_PER_TOKEN] if t is not None else "" for t in frame[text].tolist()]
+    cut = max_length * CHARS_PER_TOKEN
+    texts = [str(t)[:cut] if t is not None else "" for t in frame[text].tolist()]
     empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
     if empty is not None:
         raise DataError(f"{row_name(file, empty)}: empty text in column {text!r}")
@@ -85,7 +91,8 @@ def load_labelled_text(
     ]
     if min(len(d) for d in datasets) == 0:
         raise DataError(f"{file}: {len(labels)} rows leave an empty split; use more rows or larger fractions")
-    warn_missing_classes(dict(zip(("train", "validation", "test"), (labels[idx] for idx in parts))), classes, str(file))
+    split_labels = dict(zip(("train", "validation", "test"), (labels[idx] for idx in parts)))
+    warn_missing_classes(split_labels, classes, str(file))
     return DataSplits(
         train=datasets[0], val=datasets[1], test=datasets[2], num_classes=len(classes),
         input_shape=(max_length,), class_names=classes, task="classification", teacher_inputs=teacher is not None,

@@ -44,7 +44,8 @@ def read_table(path: str | None, field: str = "data.path"):
     except ImportError as error:
         raise DataError(f"{file}: reading {suffix} files needs {error.name or 'pyarrow'}: pip install pyarrow") from None
     except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' ParserError is a ValueError
-        raise DataError(f"{file}: not a readable {suffix.lstrip('.')} table ({_parser_message(file, error)})") from None
+        detail = _parser_message(file, error)
+        raise DataError(f"{file}: not a readable {suffix.lstrip('.')} table ({detail})") from None
 
 
 # Columns a CSV may have: its cells become Python strings before they are numbers, and a header
@@ -62,7 +63,7 @@ def check_width(file: Path, separator: str) -> None:
         header = handle.readline(MAX_COLUMNS * 64)  # a cut line still counts its columns
     columns = len(next(csv.reader([header], delimiter=separator), []))
     if columns > MAX_COLUMNS:
-        counted = f"{columns:,} columns" if header.endswith("\n") else f"{columns:,} columns or more"
+        counted = f"{columns:,} columns" + ("" if header.endswith("\n") else " or more")
         raise DataError(
             f"{file}: {counted}, more than the limit of {MAX_COLUMNS:,}; "
             "save wide data as arrays (np.savez(path, x=..., y=...), data.dataset=npz)"
@@ -92,7 +93,8 @@ def _parser_message(file: Path, error: Exception) -> str:
         return message
 
     def line(match: re.Match) -> str:
-        return f"line {_start_line(file, int(match.group(1)) - 1, count_blank=True) or match.group(1)}"
+        start = _start_line(file, int(match.group(1)) - 1, count_blank=True)
+        return f"line {start or match.group(1)}"
 
     return re.sub(r"line (\d+)", line, message, count=1)
 

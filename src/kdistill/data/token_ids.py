@@ -50,11 +50,14 @@ def read_ids(file: Path, max_bytes: int = MAX_NPZ_BYTES) -> np.ndarray:
                 start = handle.tell()
             declared = math.prod(shape) * dtype.itemsize
             if start + declared > file.stat().st_size:
-                raise DataError(f"{file}: declares shape {shape} but holds fewer bytes (a damaged or forged file)")
+                raise DataError(
+                    f"{file}: declares shape {shape} but holds fewer bytes (a damaged or forged "
+                    "file)"
+                )
             if declared > max_bytes:  # bounded as an .npz is, from the header, before mapping it
                 raise DataError(
-                    f"{file}: its array holds {declared:,} bytes, more than the limit of {max_bytes:,}; "
-                    "set data.options.max_bytes to allow it"
+                    f"{file}: its array holds {declared:,} bytes, more than the limit of "
+                    f"{max_bytes:,}; set data.options.max_bytes to allow it"
                 )
             ids = np.load(file, mmap_mode="r", allow_pickle=False)  # mapped: read as the windows need it
         except ValueError as error:  # an object array (pickled) or a damaged header

@@ -14,7 +14,12 @@ from torch import nn
 
 from kdistill.models.cnn import cnn, cnn_large, cnn_small, cnn_tiny, lenet
 from kdistill.models.hf import hf, minilm_l6
-from kdistill.models.imported import ImportedModelError, build_imported, import_target, is_import_spec
+from kdistill.models.imported import (
+    ImportedModelError,
+    build_imported,
+    import_target,
+    is_import_spec,
+)
 from kdistill.models.mlp import mlp, mlp_large, mlp_tiny
 from kdistill.models.mobilenetv2 import mobilenetv2
 from kdistill.models.recsys import neumf, neumf_large, neumf_small
@@ -149,11 +154,13 @@ def _user_class(spec: str) -> nn.Module:
     except ImportedModelError as error:
         raise UnknownModelError(str(error)) from None
     if not (isinstance(target, type) and issubclass(target, nn.Module)):
-        raise UnknownModelError(f"{spec!r}: list taps builds an nn.Module class, and this is a {type(target).__name__}")
+        kind = type(target).__name__
+        raise UnknownModelError(f"{spec!r}: list taps builds an nn.Module class, not a {kind}")
     try:
         return create_model(spec)
     except TypeError as error:  # a constructor whose arguments have no defaults
-        raise UnknownModelError(f"{spec!r}: {error}; list taps builds it with its defaults") from None
+        message = f"{spec!r}: {error}; list taps builds it with its defaults"
+        raise UnknownModelError(message) from None
 
 
 def _entry(name: str) -> ModelEntry:

@@ -111,10 +111,13 @@ def check_token_terms(recipe: Recipe, terms: list[Term], splits: DataSplits) -> 
     wrong = [term for term in terms if names.get(term.loss)]
     if not wrong:
         return
-    field = f"method={recipe.method}" if recipe.terms is None else f"terms ({', '.join(t.name for t in wrong)})"
+    field = f"method={recipe.method}"
+    if recipe.terms is not None:
+        field = f"terms ({', '.join(t.name for t in wrong)})"
+    losses = ", ".join(sorted({names[t.loss] for t in wrong}))
     raise ConfigError(
-        f"{field}: {', '.join(sorted({names[t.loss] for t in wrong}))} compare one distribution per sample, but "
-        f"data.dataset={recipe.data.dataset} holds token sequences for a language model: use method=token_kd "
+        f"{field}: {losses} compare one distribution per sample, but data.dataset="
+        f"{recipe.data.dataset} holds token sequences for a language model: use method=token_kd "
         f"(or a token loss: {', '.join(TOKEN_LOSSES)})"
     )
 
