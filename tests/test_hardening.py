@@ -421,10 +421,12 @@ HOSTILE = [
 EVIL_MODULE = "open('pwned', 'w')\n\n\ndef boom():\n    open('pwned', 'w')\n"
 
 
-def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, monkeypatch):
+def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, monkeypatch, request):
     from kdistill.models import UnknownModelError, imported
 
     monkeypatch.chdir(tmp_path)
+    for name in ("mymodels", "evil_model"):  # the modules this test writes, gone after it
+        request.addfinalizer(lambda name=name: sys.modules.pop(name, None))
     (tmp_path / "mymodels.py").write_text(
         "from subprocess import getoutput as build\n\n\n"
         "def tiny(width=3):\n    return __import__('torch').nn.Linear(2, width)\n")
