@@ -139,7 +139,8 @@ def comparison(difference, ci=None, mcnemar_p=1e-20, n=10_000):
 def test_verdict_when_distillation_helped():
     text = verdict(summary())
     assert text.startswith("Distillation helped") and "+3 points" in text
-    assert "95 % CI [+2.5, +3.5]" in text and "McNemar p = 1e-20" in text and "10,000 test samples" in text
+    assert "95 % CI [+2.5, +3.5]" in text and "McNemar p = 1e-20" in text
+    assert "10,000 test samples" in text
     assert "recovering 60% of the teacher–scratch gap" in text and "10.0× fewer parameters" in text
     assert "Likely causes" not in text
 
@@ -150,7 +151,8 @@ def test_verdict_names_each_cause_from_the_numbers():
     bad["diagnostics"]["training"]["student"]["losses"] = {"loss/ce": 0.48, "loss/kd": 0.02}
     text = verdict(bad)
     lines = text.splitlines()
-    assert lines[0].startswith("Distillation did worse than the scratch student (test accuracy -5 points, 95 % CI")
+    assert lines[0].startswith(
+        "Distillation did worse than the scratch student (test accuracy -5 points, 95 % CI")
     causes = [line for line in lines[1:] if line.startswith("- ")]
     assert len(causes) == len(lines) - 1
     found = {c[2:].split(":")[0] for c in causes}
@@ -169,7 +171,8 @@ def test_verdict_blames_noise_and_nothing_else_when_the_numbers_are_fine():
     assert len(causes) == 1 and causes[0].startswith("Sampling noise") and "500 test samples" in causes[0]
     assert "paired interval [-0.6, +0.4]" in causes[0]
     # A paired interval that excludes zero is not noise, even where two unpaired errors would be.
-    beyond = summary(scratch=0.90, student=0.885, teacher_params=400_000, n=500, ci=(-0.025, -0.005))
+    beyond = summary(scratch=0.90, student=0.885, teacher_params=400_000, n=500,
+                     ci=(-0.025, -0.005))
     assert not any(cause.startswith("Sampling noise") for cause in likely_causes(beyond))
     clean = summary(scratch=0.90, student=0.80, teacher_params=400_000)
     assert likely_causes(clean)[0].startswith("None of the usual causes")

@@ -6,7 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from kdistill.evaluation.paired import Outcomes, chance_note, compare, mcnemar_exact, paired_bootstrap
+from kdistill.evaluation.paired import (
+    Outcomes,
+    chance_note,
+    compare,
+    mcnemar_exact,
+    paired_bootstrap,
+)
 
 
 def test_mcnemar_exact_known_values():
@@ -53,9 +59,11 @@ def test_bootstrap_is_paired_and_deterministic_under_the_seed():
     tokens = np.full(50, 100.0)
     base = Outcomes.of(nll, tokens, exponentiate=True)
     worse = Outcomes.of(nll + 10, tokens, exponentiate=True)  # +0.1 nats per token everywhere
-    difference, low, high = paired_bootstrap(worse, base)
+    difference, low, _ = paired_bootstrap(worse, base)
     assert difference > 0 and low > 0
-    assert difference == pytest.approx(math.exp((nll.sum() + 500) / 5000) - math.exp(nll.sum() / 5000))
+    assert difference == pytest.approx(
+        math.exp((nll.sum() + 500) / 5000) - math.exp(nll.sum() / 5000)
+    )
 
 
 def test_chance_note_only_when_no_student_learned():

@@ -78,22 +78,14 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator | Non
     return torch.cat(all_logits).cpu(), torch.cat(all_targets).cpu()
 
 
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None, *,
-             outcomes: bool = False) -> dict:
-    """Accuracy (a fraction) and mean cross-entropy of ``model`` on a split; with ``outcomes``,
-    also whether each sample was right (``kdistill.evaluation.paired``)."""
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None) -> dict:
+    """Accuracy (a fraction) and mean cross-entropy of ``model`` on a split."""
     logits, targets = predict(model, loader, accelerator)
-    correct = logits.argmax(1) == targets
-    result = {
-        "accuracy": correct.float().mean().item(),
+    return {
+        "accuracy": (logits.argmax(1) == targets).float().mean().item(),
         "loss": F.cross_entropy(logits, targets).item(),
         "n": len(targets),
     }
-    if outcomes:
-        from kdistill.evaluation.paired import Outcomes
-
-        result["outcomes"] = Outcomes.of(correct.numpy())
-    return result
 
 
 def _to_device(batch, device):

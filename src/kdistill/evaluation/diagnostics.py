@@ -296,8 +296,8 @@ def likely_causes(summary: dict) -> list[str]:
             scale = 100 if percent else 1
             low, high = (scale * v for v in paired["ci"])
             causes.append(
-                f"Sampling noise: the difference's 95 % paired interval [{low:+.3g}, {high:+.3g}] on "
-                f"{paired['units']:,} {paired['unit']} includes zero; repeat with several seeds "
+                f"Sampling noise: the difference's 95 % paired interval [{low:+.3g}, {high:+.3g}] "
+                f"on {paired['units']:,} {paired['unit']} includes zero; repeat with several seeds "
                 "(train.seed) or a larger test split before concluding."
             )
     elif percent and n:

@@ -26,7 +26,8 @@ def _to_device(value, device):
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None, *, outcomes: bool = False) -> dict:
+def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None, *,
+                outcomes: bool = False) -> dict:
     """Perplexity = exp(mean next-token cross-entropy over the counted positions of a split),
     with the mean cross-entropy (``loss``, nats per token) and next-token accuracy. With
     ``outcomes``, also each sequence's summed negative log-likelihood and token count: the
@@ -69,7 +70,8 @@ def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None, *, outco
     }
     if outcomes:
         per_seq = torch.cat(sequences).numpy() if sequences else torch.zeros(0, 3).numpy()
-        result["outcomes"] = Outcomes.of(per_seq[:, 0], per_seq[:, 2], unit="test windows", exponentiate=True)
+        result["outcomes"] = Outcomes.of(per_seq[:, 0], per_seq[:, 2], unit="test windows",
+                                         exponentiate=True)
     return result
 
 

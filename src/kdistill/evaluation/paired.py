@@ -67,12 +67,20 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def paired_bootstrap(first: Outcomes, second: Outcomes, *, resamples: int = RESAMPLES, seed: int = SEED,
-                     level: float = LEVEL) -> tuple[float, float, float]:
+def paired_bootstrap(
+    first: Outcomes,
+    second: Outcomes,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> tuple[float, float, float]:
     """``score(first) − score(second)`` and its percentile bootstrap interval at ``level``,
     resampling the shared units (the same indices for both models)."""
     if len(first.values) != len(second.values):
-        raise ValueError(f"paired outcomes need the same units: {len(first.values)} vs {len(second.values)}")
+        raise ValueError(
+            f"paired outcomes need the same units: {len(first.values)} vs {len(second.values)}"
+        )
     difference = float(first.score() - second.score())
     units = len(first.values)
     if units == 0:
@@ -88,18 +96,34 @@ def paired_bootstrap(first: Outcomes, second: Outcomes, *, resamples: int = RESA
     return difference, float(low), float(high)
 
 
-def compare(first: Outcomes, second: Outcomes, *, higher_is_better: bool, mcnemar: bool = False,
-            resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> dict:
+def compare(
+    first: Outcomes,
+    second: Outcomes,
+    *,
+    higher_is_better: bool,
+    mcnemar: bool = False,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> dict:
     """The paired statistics of ``first − second`` as summary.json keeps them: the difference,
     its bootstrap interval, McNemar's p (0/1 outcomes only), and ``better`` / ``worse``: whether
     the interval excludes zero on ``first``'s good or bad side."""
-    difference, low, high = paired_bootstrap(first, second, resamples=resamples, seed=seed, level=level)
+    difference, low, high = paired_bootstrap(
+        first, second, resamples=resamples, seed=seed, level=level
+    )
     better = low > 0 if higher_is_better else high < 0
     worse = high < 0 if higher_is_better else low > 0
     result = {
-        "difference": difference, "ci": [low, high], "level": level, "resamples": resamples, "seed": seed,
-        "units": len(first.values), "unit": first.unit,
-        "better": bool(better), "worse": bool(worse),
+        "difference": difference,
+        "ci": [low, high],
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+        "units": len(first.values),
+        "unit": first.unit,
+        "better": bool(better),
+        "worse": bool(worse),
     }
     if mcnemar:
         right_first, right_second = first.values > 0.5, second.values > 0.5
@@ -111,14 +135,18 @@ def compare(first: Outcomes, second: Outcomes, *, higher_is_better: bool, mcnema
 def uncertainty(comparison: dict, *, scale: float = 1.0, unit: str = "") -> str:
     """``+0.3 points, 95 % CI [-0.4, +1.0], McNemar p = 0.51``: a difference with its noise."""
     low, high = (scale * v for v in comparison["ci"])
-    text = (f"{scale * comparison['difference']:+.3g}{unit}, {100 * comparison['level']:.0f} % CI "
-            f"[{low:+.3g}, {high:+.3g}]")
+    text = (
+        f"{scale * comparison['difference']:+.3g}{unit}, {100 * comparison['level']:.0f} % CI "
+        f"[{low:+.3g}, {high:+.3g}]"
+    )
     if "mcnemar_p" in comparison:
         text += f", McNemar p = {comparison['mcnemar_p']:.2g}"
     return f"{text}, paired over {comparison['units']:,} {comparison['unit']}"
 
 
-def chance_note(scores: dict[str, float], classes: int, *, settings: str, margin: float = 0.05) -> str:
+def chance_note(
+    scores: dict[str, float], classes: int, *, settings: str, margin: float = 0.05
+) -> str:
     """A sentence when no student learned (every score within ``margin`` of 1/classes): then
     the student or its training settings are at fault, not distillation; else ``""``."""
     chance = 1 / max(classes, 1)

@@ -77,8 +77,11 @@ def results_table(summary: dict) -> str:
 
 
 # The comparisons' rows in the report and on the console: (key in summary.json, label).
-COMPARISONS = (("student_vs_scratch", "distilled − scratch"), ("teacher_vs_student", "teacher − distilled"),
-               ("teacher_vs_scratch", "teacher − scratch"))
+COMPARISONS = (
+    ("student_vs_scratch", "distilled − scratch"),
+    ("teacher_vs_student", "teacher − distilled"),
+    ("teacher_vs_scratch", "teacher − scratch"),
+)
 
 
 def _scale(headline: str, task: dict) -> tuple[float, str]:
@@ -97,7 +100,9 @@ def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             continue
         c = found[key]
         scale, unit = _scale(c["metric"], task)
-        verdict_word = "better" if c["better"] else "worse" if c["worse"] else "no significant difference"
+        verdict_word = (
+            "better" if c["better"] else "worse" if c["worse"] else "no significant difference"
+        )
         rows.append([f"{label} ({c['metric']})", f"{scale * c['difference']:+.3g}{unit}",
                      f"[{scale * c['ci'][0]:+.3g}, {scale * c['ci'][1]:+.3g}]",
                      f"{c['mcnemar_p']:.2g}" if "mcnemar_p" in c else "", verdict_word])
@@ -119,7 +124,7 @@ def verdict(summary: dict) -> str:
     scale, unit = _scale(headline, task)
     comparison = (summary.get("comparisons") or {}).get("student_vs_scratch")
     if comparison is None:  # a summary.json from before the paired tests
-        noise = f"{scale * (student - scratch):+.4g}{unit}, no paired test in this summary: rerun for one"
+        noise = f"{scale * (student - scratch):+.4g}{unit}, no paired test in this summary: rerun"
     else:
         noise = uncertainty(comparison, scale=scale, unit=unit)
     disagreement = validation_disagreement(summary, comparison)
@@ -136,8 +141,9 @@ def verdict(summary: dict) -> str:
             f"parameters than the teacher.{disagreement}"
         )
     causes = "\n".join(f"- {cause}" for cause in likely_causes(summary))
+    worse = comparison is not None and comparison["worse"]
     opening = (
-        "Distillation did worse than the scratch student" if comparison is not None and comparison["worse"]
+        "Distillation did worse than the scratch student" if worse
         else "No significant difference between the distilled and the scratch student"
     )
     return (
@@ -218,9 +224,10 @@ def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     ]
     header, rows = comparison_rows(summary)
     if rows:
-        blocks.append(("paragraph", "Paired comparisons on the test set: the difference in the headline "
-                                    "metric, its 95 % paired bootstrap interval and, for accuracy, "
-                                    "McNemar's exact test."))
+        blocks.append(("paragraph", (
+            "Paired comparisons on the test set: the difference in the headline metric, its 95 % "
+            "paired bootstrap interval and, for accuracy, McNemar's exact test."
+        )))
         blocks.append(("table", header, rows))
     blocks.append(("paragraph", lines[0]))
     if len(lines) > 1:

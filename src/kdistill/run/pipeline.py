@@ -11,7 +11,13 @@ from pathlib import Path
 
 from kdistill.errors import DiskFullError, UserError, disk_full, is_disk_full
 from kdistill.report import (
-    atomic_write, comparison_rows, markdown_table, read_summary, results_table, verdict, write_report,
+    atomic_write,
+    comparison_rows,
+    markdown_table,
+    read_summary,
+    results_table,
+    verdict,
+    write_report,
 )
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe

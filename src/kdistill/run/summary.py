@@ -35,8 +35,8 @@ def selection(history: list[dict], phase: str) -> dict:
     return {"best_epoch": last["best_epoch"], "epochs_trained": last["epoch"], "stopped_early": bool(last.get("stopped_early"))}
 
 
-def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool, history: list[dict] = (),
-            outcomes: dict | None = None, name: str = "") -> dict:
+def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool,
+            history: list[dict] = (), outcomes: dict | None = None, name: str = "") -> dict:
     """A role's summary entry; its per-unit test results go to ``outcomes[name]``, for the
     paired comparisons."""
     result = task.evaluate(role.model.cpu(), test_loader, outcomes=True)
@@ -44,7 +44,8 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
         outcomes[name] = result["outcomes"]
     path = run_dir / "checkpoints" / role.file
     entry = {
-        "model": architecture_name(role.architecture), **{k: v for k, v in result.items() if k not in ("n", "outcomes")},
+        "model": architecture_name(role.architecture),
+        **{k: v for k, v in result.items() if k not in ("n", "outcomes")},
         "params": count_parameters(role.model), "bytes": path.stat().st_size,
         "checkpoint": role.file, "train_seconds": round(role.seconds, 2),
     }
@@ -72,7 +73,8 @@ def comparisons(outcomes: dict, task: Task) -> dict:
     a bootstrap interval of the headline's difference, and McNemar's exact test for accuracy."""
     return {
         f"{first}_vs_{second}": {"metric": task.headline, **compare(
-            outcomes[first], outcomes[second], higher_is_better=task.higher_is_better[task.headline],
+            outcomes[first], outcomes[second],
+            higher_is_better=task.higher_is_better[task.headline],
             mcnemar=task.headline == "accuracy",
         )}
         for first, second in PAIRS if first in outcomes and second in outcomes
@@ -114,7 +116,8 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
         # mixing (on the mixed labels, unless train.scratch_mix names its own) and budget.
         "students": students_record(recipe.train),
         "roles": {name: role.record() for name, role in roles.items()},
-        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency, history, outcomes, name)
+        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency,
+                         history, outcomes, name)
            for name, role in roles.items()},
         "latency_threads": torch.get_num_threads(),
         "device": str(accelerator.device),
