@@ -1,6 +1,8 @@
 """`kdistill run` end to end on a small slice of real MNIST, and the command line's contract:
 exit 0 on success, 2 with one line for a user error, never a traceback for bad input."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -17,9 +19,11 @@ QUICK = ["data.subset=600", "teacher.epochs=2", "train.epochs=2", "train.batch_s
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """One quick run shared by the tests that read its outputs."""
+    """One quick run shared by the tests that read its outputs (its console output beside it)."""
     root = tmp_path_factory.mktemp("runs")
-    assert main(["run", *QUICK, f"output.dir={root}", "name=quick"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as console:
+        assert main(["run", *QUICK, f"output.dir={root}", "name=quick"]) == 0
+    (root / "console.txt").write_text(console.getvalue())
     return root, root / "quick"
 
 
@@ -60,6 +64,29 @@ def test_metrics_log_and_report(finished_run):
     assert student["loss"] == pytest.approx(student["loss/ce"] + student["loss/kd"], rel=1e-5)
     report = (run_dir / "report.md").read_text()
     assert "| distilled student (mlp) |" in report and "plots/loss_terms.png" in report
+
+
+def test_every_comparison_carries_its_interval_and_test(finished_run):
+    root, run_dir = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    comparisons = summary["comparisons"]
+    assert set(comparisons) == {"student_vs_scratch", "teacher_vs_student", "teacher_vs_scratch"}
+    for key, entry in comparisons.items():
+        first, second = key.split("_vs_")
+        stated = summary[first]["accuracy"] - summary[second]["accuracy"]
+        assert entry["difference"] == pytest.approx(stated)
+        low, high = entry["ci"]
+        assert low <= entry["difference"] <= high and entry["level"] == 0.95
+        assert 0.0 <= entry["mcnemar_p"] <= 1.0 and entry["units"] == 120
+        assert entry["better"] == (low > 0) and entry["worse"] == (high < 0)
+    assert set(summary["validation"]) == {"scratch", "student"}
+    report = (run_dir / "report.md").read_text()
+    console = (root / "console.txt").read_text()
+    for text in (report, console):
+        assert "| distilled − scratch (accuracy) |" in text
+        assert "| teacher − scratch (accuracy) |" in text
+        assert "95 % CI [" in text and "McNemar p = " in text
+        assert "paired over 120 test samples" in text
 
 
 def test_resolved_config_reproduces_the_run(finished_run):

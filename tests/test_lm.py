@@ -90,6 +90,10 @@ def test_perplexity_is_exp_of_mean_token_cross_entropy(corpus):
             count += int(m.sum())
     assert result["n"] == count
     assert result["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+    # Per test window (the bootstrap's units): summed nll and token count, adding up to the whole.
+    windows = evaluate_lm(model, loader, outcomes=True)["outcomes"]
+    assert len(windows.values) == len(corpus.test) and windows.weights.sum() == count
+    assert windows.score() == pytest.approx(result["perplexity"], rel=1e-6)
     with torch.no_grad():  # a model that knows nothing: perplexity = vocabulary size
         model.head.weight.zero_()
     assert evaluate_lm(model, loader)["perplexity"] == pytest.approx(corpus.num_classes, rel=1e-4)

@@ -18,7 +18,7 @@ from kdistill.data import load_dataset
 from kdistill.data.movielens import read_interactions, sample_unrated
 from kdistill.errors import DataError
 from kdistill.evaluation import TASKS
-from kdistill.evaluation.ranking import held_out_rank, hit_rate, ndcg, rmse
+from kdistill.evaluation.ranking import evaluate_ranking, held_out_rank, hit_rate, ndcg, rmse
 from kdistill.losses import LOSSES
 from kdistill.losses.ranking import (
     listwise_kd,
@@ -63,6 +63,29 @@ def test_hr_and_ndcg_on_a_constructed_ranking():
     assert hit_rate(ranks, 1) == pytest.approx(1 / 4) and ndcg(ranks, 1) == pytest.approx(1 / 4)
     assert held_out_rank(torch.zeros(2, 100)).tolist() == [99, 99]  # constant scores rank last
     assert rmse(torch.tensor([3.0, 5.0]), torch.tensor([4.0, 2.0])) == pytest.approx(math.sqrt((1 + 9) / 2))
+
+
+class FixedScores(torch.nn.Module):
+    """A recommender that returns the scores it was built with, row by row of its input."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+
+    def forward(self, rows):
+        return self.table[rows]
+
+
+def test_ranking_outcomes_are_each_users_hit():
+    preference = torch.zeros(4, 100)
+    preference[:, 0] = torch.tensor([9.0, 0.5, 9.0, -1.0])  # users 1 and 3 rank it last
+    preference[:, 1:] = torch.rand(4, 99)
+    model = FixedScores(scores(torch.zeros(4, 100), preference).float())
+    batches = [{"input": torch.arange(4), "target": torch.zeros(4, 100)}]
+    result = evaluate_ranking(model, batches, outcomes=True)
+    hits = result["outcomes"]
+    assert hits.values.tolist() == [1, 0, 1, 0] and hits.unit == "users"
+    assert hits.score() == pytest.approx(result["hr@10"]) == pytest.approx(0.5)
 
 
 def test_rating_task_directions_and_scratch_terms():

@@ -24,7 +24,8 @@ from kdistill.data import ArrayDataset
 from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader, class_labels
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ArgumentError, DataError, UserError
-from kdistill.methods import Term, hinton_kd, teacher_taps
+from kdistill.evaluation.baseline import initial_copy, result_table, scratch_baseline
+from kdistill.methods import Term, hinton_kd, scratch, teacher_taps
 from kdistill.modeling import call_model, to_device
 from kdistill.onnx_teacher import OnnxModel, check_onnx_terms, is_onnx_file
 from kdistill.trainer import Optimization, evaluate, make_accelerator
@@ -43,6 +44,17 @@ class DistillResult:
     # Trained projections between student and teacher features (FitNet's regressor, CRD's
     # embeddings ...), by term name: empty for logit-only terms.
     connectors: nn.ModuleDict = field(default_factory=nn.ModuleDict)
+    # baseline=True: the scratch student, its and the teacher's validation accuracy, the paired
+    # comparison with the distilled student, and the verdict (kdistill.evaluation.baseline).
+    baseline: nn.Module | None = None
+    baseline_history: list[dict] = field(default_factory=list)
+    baseline_metrics: dict = field(default_factory=dict)
+    teacher_metrics: dict = field(default_factory=dict)
+    comparison: dict = field(default_factory=dict)
+    verdict: str = ""
+
+    def __repr__(self) -> str:
+        return result_table(self)
 
 
 def as_teacher(teacher, terms: list[Term]) -> Teacher:
@@ -171,6 +183,7 @@ def distill(
     seed: int = 0,
     cache: bool | str | Path = False,
     progress: bool = True,
+    baseline: bool = False,
 ) -> DistillResult:
     """Train ``student`` to imitate ``teacher`` with Hinton KD, ``(1−α)·CE + α·T²·KL``.
 
@@ -190,11 +203,15 @@ def distill(
         terms: any list of ``Term``s instead of Hinton KD (feature terms, other losses).
         cache: run the teacher once over the training data and read its outputs from disk
             (``True``: a temporary directory; a path: kept there and reused while it matches).
+        baseline: also train the same student from the same initial weights without the
+            teacher (cross-entropy only, the same epochs and steps) and compare the three
+            models on ``val_data`` (required): a paired bootstrap interval and McNemar's test.
 
     Returns:
         ``DistillResult`` with the trained student, one record per epoch, the final
         validation accuracy (a fraction) when ``val_data`` is given, and the trained
-        ``connectors`` of feature terms.
+        ``connectors`` of feature terms; with ``baseline``, the scratch student, its and the
+        teacher's accuracy, the comparison and the verdict (``print(result)`` shows them).
     """
     _check_hyper(temperature, alpha, terms)
     _check_budget(epochs, batch_size)
@@ -204,6 +221,9 @@ def distill(
     train_loader = as_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
     val_loader = as_loader(val_data, batch_size=512) if val_data is not None else None
     terms = terms if terms is not None else hinton_kd(temperature=temperature, alpha=alpha)
+    if baseline and val_data is None:
+        raise ArgumentError("baseline=True compares the students on val_data: give val_data")
+    initial = initial_copy(student, baseline)
     student_was_training = student.training
     frozen = as_teacher(teacher, terms)
     distiller = None
@@ -230,13 +250,29 @@ def distill(
             metrics = {}
             if val_loader is not None:
                 metrics["val/accuracy"] = evaluate(student, val_loader, accelerator)["accuracy"]
+            compared = {}
+            if baseline:  # the same budget and data order, no teacher, no distillation terms
+                set_seed(seed)
+                compared = scratch_baseline(
+                    initial, lambda model: train(
+                        Distiller(model, scratch()),
+                        as_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed),
+                        val_loader=val_loader, epochs=epochs, lr=lr, accelerator=accelerator,
+                        optim=Optimization(optimizer, weight_decay=weight_decay, schedule=schedule),
+                        progress=progress,
+                    ),
+                    teacher=frozen.module, distilled=student, val_loader=val_loader,
+                    accelerator=accelerator, classes=scores[-1],
+                    settings=f"lr={lr:g}, epochs={epochs}, batch_size={batch_size}",
+                )
     finally:
         # The models are the user's: no forward hook of ours stays on them, whatever happened.
         for tap in (frozen.tap, distiller.tap if distiller is not None else None):
             if tap is not None:
                 tap.remove()
         student.train(student_was_training)
-    return DistillResult(student=student, history=history, metrics=metrics, connectors=distiller.connectors)
+    return DistillResult(student=student, history=history, metrics=metrics,
+                         connectors=distiller.connectors, **compared)
 
 
 def fit(

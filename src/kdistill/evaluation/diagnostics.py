@@ -178,10 +178,9 @@ def _pct(value: float) -> str:
 
 
 def distillation_helped(summary: dict) -> bool:
-    task = summary.get("task") or {"metrics": ["accuracy"], "higher_is_better": {"accuracy": True}}
-    headline = task["metrics"][0]
-    student, scratch = summary["student"][headline], summary["scratch"][headline]
-    return student > scratch if task["higher_is_better"][headline] else student < scratch
+    """Whether the distilled student beat the scratch one beyond the noise: the paired 95 %
+    interval of the test difference excludes zero on the good side."""
+    return bool((summary.get("comparisons") or {}).get("student_vs_scratch", {}).get("better"))
 
 
 def likely_causes(summary: dict) -> list[str]:
@@ -291,7 +290,17 @@ def likely_causes(summary: dict) -> list[str]:
         )
 
     n = diagnostics.get("n") or (summary.get("data", {}).get("sizes", {}).get("test"))
-    if percent and n:
+    paired = (summary.get("comparisons") or {}).get("student_vs_scratch")
+    if paired is not None:  # the paired interval, sharper than two unpaired standard errors
+        if not (paired["better"] or paired["worse"]):
+            scale = 100 if percent else 1
+            low, high = (scale * v for v in paired["ci"])
+            causes.append(
+                f"Sampling noise: the difference's 95 % paired interval [{low:+.3g}, {high:+.3g}] "
+                f"on {paired['units']:,} {paired['unit']} includes zero; repeat with several seeds "
+                "(train.seed) or a larger test split before concluding."
+            )
+    elif percent and n:
         noise = 2 * math.sqrt((scratch * (1 - scratch) + student * (1 - student)) / n)
         if abs(student - scratch) <= noise:
             causes.append(

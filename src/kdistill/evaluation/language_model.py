@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdistill.distiller import call_model
+from kdistill.evaluation.paired import Outcomes
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.modeling import LazyLogits
 
@@ -25,9 +26,12 @@ def _to_device(value, device):
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None) -> dict:
+def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None, *,
+                outcomes: bool = False) -> dict:
     """Perplexity = exp(mean next-token cross-entropy over the counted positions of a split),
-    with the mean cross-entropy (``loss``, nats per token) and next-token accuracy.
+    with the mean cross-entropy (``loss``, nats per token) and next-token accuracy. With
+    ``outcomes``, also each sequence's summed negative log-likelihood and token count: the
+    blocks of the test stream a paired bootstrap of the perplexity resamples.
 
     Positions count where the batch's ``mask`` is true and the target is a real token; sums
     are gathered per sequence, so a distributed run counts every token once.
@@ -36,6 +40,7 @@ def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None) -> dict:
     model.eval()
     device = accelerator.device if accelerator else next(model.parameters()).device
     nll_sum = correct_sum = count_sum = 0.0
+    sequences = []
     for batch in loader:
         batch = _to_device(batch, device)
         target = batch["target"]
@@ -51,16 +56,23 @@ def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None) -> dict:
         ], dim=1)
         if accelerator is not None:
             per_seq = accelerator.gather_for_metrics(per_seq)
+        if outcomes:
+            sequences.append(per_seq.cpu().double())
         nll_part, correct_part, count_part = per_seq.sum(0).tolist()
         nll_sum, correct_sum, count_sum = nll_sum + nll_part, correct_sum + correct_part, count_sum + count_part
     model.train(was_training)
     mean_nll = nll_sum / max(count_sum, 1.0)
-    return {
+    result = {
         "perplexity": math.exp(mean_nll),
         "loss": mean_nll,
         "token_accuracy": correct_sum / max(count_sum, 1.0),
         "n": int(count_sum),
     }
+    if outcomes:
+        per_seq = torch.cat(sequences).numpy() if sequences else torch.zeros(0, 3).numpy()
+        result["outcomes"] = Outcomes.of(per_seq[:, 0], per_seq[:, 2], unit="test windows",
+                                         exponentiate=True)
+    return result
 
 
 def _scores(logits, target):

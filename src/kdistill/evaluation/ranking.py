@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdistill.evaluation.paired import Outcomes
 from kdistill.trainer import predict
 
 RATING, PREFERENCE = 0, 1
@@ -44,18 +45,23 @@ def rmse(predicted: Tensor, actual: Tensor) -> float:
     return torch.sqrt(torch.mean((predicted.double() - actual.double()) ** 2)).item()
 
 
-def evaluate_ranking(model, loader, accelerator=None, *, k: int = 10) -> dict:
+def evaluate_ranking(model, loader, accelerator=None, *, k: int = 10,
+                     outcomes: bool = False) -> dict:
     """HR@k, NDCG@k (by the preference logit) and RMSE (of the rating) on held-out candidate
     lists: samples whose ``input`` is ``{"user", "items"}`` with the held-out item first and
-    whose ``target`` holds its rating first. See the module docstring for the protocol."""
+    whose ``target`` holds its rating first. See the module docstring for the protocol.
+    With ``outcomes``, also each user's hit (HR@k, the headline), for paired comparisons."""
     scores, targets = predict(model, loader, accelerator)  # (N, L, 2), (N, L)
     ranks = held_out_rank(scores[..., PREFERENCE])
-    return {
+    result = {
         f"hr@{k}": hit_rate(ranks, k),
         f"ndcg@{k}": ndcg(ranks, k),
         "rmse": rmse(scores[:, 0, RATING], targets[:, 0]),
         "n": len(targets),
     }
+    if outcomes:
+        result["outcomes"] = Outcomes.of((ranks < k).numpy(), unit="users")
+    return result
 
 
 __all__ = ["evaluate_ranking", "held_out_rank", "hit_rate", "ndcg", "rmse"]

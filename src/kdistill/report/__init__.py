@@ -76,34 +76,102 @@ def results_table(summary: dict) -> str:
     return markdown_table(*results_rows(summary))
 
 
+# The comparisons' rows in the report and on the console: (key in summary.json, label).
+COMPARISONS = (
+    ("student_vs_scratch", "distilled − scratch"),
+    ("teacher_vs_student", "teacher − distilled"),
+    ("teacher_vs_scratch", "teacher − scratch"),
+)
+
+
+def _scale(headline: str, task: dict) -> tuple[float, str]:
+    return (100, " points") if headline in task["percent"] else (1, "")
+
+
+def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paired test-set comparisons (``evaluation.paired``): each pair's
+    difference, its bootstrap interval, McNemar's p where the outcomes are right/wrong."""
+    task = _task(summary)
+    found = summary.get("comparisons") or {}
+    header = ["comparison", "test difference", "95 % CI", "McNemar p", "verdict"]
+    rows = []
+    for key, label in COMPARISONS:
+        if key not in found:
+            continue
+        c = found[key]
+        scale, unit = _scale(c["metric"], task)
+        verdict_word = (
+            "better" if c["better"] else "worse" if c["worse"] else "no significant difference"
+        )
+        rows.append([f"{label} ({c['metric']})", f"{scale * c['difference']:+.3g}{unit}",
+                     f"[{scale * c['ci'][0]:+.3g}, {scale * c['ci'][1]:+.3g}]",
+                     f"{c['mcnemar_p']:.2g}" if "mcnemar_p" in c else "", verdict_word])
+    return header, rows
+
+
 def verdict(summary: dict) -> str:
-    """Whether distillation paid off, from the run's own numbers: one sentence when it did; when
-    it did not, that plainly, then one ``- `` line per likely cause (``diagnostics.likely_causes``)."""
+    """Whether distillation paid off, from the run's own numbers and their noise: "helped" only
+    when the paired 95 % interval of the test difference excludes zero on the good side; else
+    that plainly, then one ``- `` line per likely cause (``diagnostics.likely_causes``). A
+    validation curve that points the other way is said too."""
     from kdistill.evaluation.diagnostics import likely_causes
+    from kdistill.evaluation.paired import uncertainty
 
     task = _task(summary)
     headline = task["metrics"][0]
     higher = task["higher_is_better"][headline]
     teacher, scratch, student = (summary[r][headline] for r in ROLES)
-    scale = 100 if headline in task["percent"] else 1
-    unit = " points" if scale == 100 else ""
-    gain = scale * (student - scratch)
+    scale, unit = _scale(headline, task)
+    comparison = (summary.get("comparisons") or {}).get("student_vs_scratch")
+    if comparison is None:  # a summary.json from before the paired tests
+        noise = f"{scale * (student - scratch):+.4g}{unit}, no paired test in this summary: rerun"
+    else:
+        noise = uncertainty(comparison, scale=scale, unit=unit)
+    disagreement = validation_disagreement(summary, comparison)
     compression = summary["teacher"]["params"] / max(summary["student"]["params"], 1)
-    if (student > scratch) if higher else (student < scratch):
+    if comparison is not None and comparison["better"]:
         gap = teacher - scratch
         recovered = (
             f", recovering {100 * (student - scratch) / gap:.0f}% of the teacher–scratch gap"
             if gap and (gap > 0) == higher else ""
         )
         return (
-            f"Distillation helped: the distilled student's test {headline} is {gain:+.4g}{unit} "
-            f"against the same student trained from scratch{recovered}, with {compression:.1f}× "
-            "fewer parameters than the teacher."
+            f"Distillation helped: the distilled student's test {headline} differs from the same "
+            f"student trained from scratch by {noise}{recovered}, with {compression:.1f}× fewer "
+            f"parameters than the teacher.{disagreement}"
         )
     causes = "\n".join(f"- {cause}" for cause in likely_causes(summary))
+    worse = comparison is not None and comparison["worse"]
+    opening = (
+        "Distillation did worse than the scratch student" if worse
+        else "No significant difference between the distilled and the scratch student"
+    )
     return (
-        f"Distillation did not beat the scratch student (test {headline} {gain:+.4g}{unit}). "
+        f"{opening} (test {headline} {noise}).{disagreement} "
         f"Likely causes, from this run's own numbers:\n{causes}"
+    )
+
+
+def validation_disagreement(summary: dict, comparison: dict | None) -> str:
+    """One sentence when the students' final validation scores rank them the other way round
+    from the test set, else ``""``."""
+    final = summary.get("validation") or {}
+    if comparison is None or not {"student", "scratch"} <= set(final):
+        return ""
+    task = _task(summary)
+    headline = task["metrics"][0]
+    sign = 1 if task["higher_is_better"][headline] else -1
+    on_validation = sign * (final["student"] - final["scratch"])
+    on_test = sign * comparison["difference"]
+    if on_validation * on_test >= 0:
+        return ""
+    ahead, behind = ("distilled", "scratch") if on_validation > 0 else ("scratch", "distilled")
+    key = {"distilled": "student", "scratch": "scratch"}
+    return (
+        f" The validation curves point the other way: the {ahead} student's final validation "
+        f"{headline} ({_metric(final[key[ahead]], headline, task)}) is better than the {behind} "
+        f"student's ({_metric(final[key[behind]], headline, task)}), while the test set favours "
+        f"the {behind} student; repeat with other seeds before relying on either."
     )
 
 
@@ -153,8 +221,15 @@ def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
         ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test "
                       f"split.{teacher}{students_sentence(summary)}"),
         ("table", *results_rows(summary)),
-        ("paragraph", lines[0]),
     ]
+    header, rows = comparison_rows(summary)
+    if rows:
+        blocks.append(("paragraph", (
+            "Paired comparisons on the test set: the difference in the headline metric, its 95 % "
+            "paired bootstrap interval and, for accuracy, McNemar's exact test."
+        )))
+        blocks.append(("table", header, rows))
+    blocks.append(("paragraph", lines[0]))
     if len(lines) > 1:
         blocks.append(("list", [line.removeprefix("- ") for line in lines[1:]]))
     blocks.append((

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 from kdistill.errors import DiskFullError, UserError, disk_full, is_disk_full
-from kdistill.report import atomic_write, read_summary, results_table, verdict, write_report
+from kdistill.report import (
+    atomic_write,
+    comparison_rows,
+    markdown_table,
+    read_summary,
+    results_table,
+    verdict,
+    write_report,
+)
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe
 from kdistill.run.preflight import preflight, teacher_notes
@@ -96,6 +104,9 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
     echo("")
     echo(results_table(summary))
     echo("")
+    if summary.get("comparisons"):
+        echo(markdown_table(*comparison_rows(summary)))
+        echo("")
     echo(verdict(summary))
     echo(f"Run written to {run_dir}/ in {summary['seconds']:.0f} s")
     return summary

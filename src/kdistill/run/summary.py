@@ -11,6 +11,7 @@ import torch
 from kdistill.deploy.latency import measure_latency
 from kdistill.evaluation import Task
 from kdistill.evaluation.diagnostics import diagnose
+from kdistill.evaluation.paired import compare
 from kdistill.run.steps import Plan
 from kdistill.teaching import Role, Roles
 from kdistill.weights import count_parameters
@@ -34,11 +35,17 @@ def selection(history: list[dict], phase: str) -> dict:
     return {"best_epoch": last["best_epoch"], "epochs_trained": last["epoch"], "stopped_early": bool(last.get("stopped_early"))}
 
 
-def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool, history: list[dict] = ()) -> dict:
-    result = task.evaluate(role.model.cpu(), test_loader)
+def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool,
+            history: list[dict] = (), outcomes: dict | None = None, name: str = "") -> dict:
+    """A role's summary entry; its per-unit test results go to ``outcomes[name]``, for the
+    paired comparisons."""
+    result = task.evaluate(role.model.cpu(), test_loader, outcomes=True)
+    if outcomes is not None:
+        outcomes[name] = result["outcomes"]
     path = run_dir / "checkpoints" / role.file
     entry = {
-        "model": architecture_name(role.architecture), **{k: v for k, v in result.items() if k != "n"},
+        "model": architecture_name(role.architecture),
+        **{k: v for k, v in result.items() if k not in ("n", "outcomes")},
         "params": count_parameters(role.model), "bytes": path.stat().st_size,
         "checkpoint": role.file, "train_seconds": round(role.seconds, 2),
     }
@@ -57,6 +64,32 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
     return entry
 
 
+# Every pair the report compares, first minus second: the verdict's pair first.
+PAIRS = (("student", "scratch"), ("teacher", "student"), ("teacher", "scratch"))
+
+
+def comparisons(outcomes: dict, task: Task) -> dict:
+    """Paired test-set statistics of each pair of roles (``kdistill.evaluation.paired``):
+    a bootstrap interval of the headline's difference, and McNemar's exact test for accuracy."""
+    return {
+        f"{first}_vs_{second}": {"metric": task.headline, **compare(
+            outcomes[first], outcomes[second],
+            higher_is_better=task.higher_is_better[task.headline],
+            mcnemar=task.headline == "accuracy",
+        )}
+        for first, second in PAIRS if first in outcomes and second in outcomes
+    }
+
+
+def final_validation(history: list[dict], metric: str) -> dict:
+    """Each student's last validation score of the headline, as its curve ends."""
+    last = {}
+    for record in history:
+        if record.get("phase") in ("scratch", "student") and f"val/{metric}" in record:
+            last[record["phase"]] = record[f"val/{metric}"]
+    return last
+
+
 def students_record(train) -> dict:
     record = {"epochs": train.epochs, "augment": train.augment, "mix": train.mix}
     if train.mix != "none" or train.scratch_mixing != "none":
@@ -71,6 +104,7 @@ def students_record(train) -> dict:
 def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[dict], accelerator) -> dict:
     recipe, task, splits = plan.recipe, plan.task, plan.splits
     example = splits.test[0]["input"]
+    outcomes = {}
     summary = {
         "name": recipe.name,
         "method": recipe.method or "custom terms",
@@ -82,12 +116,16 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
         # mixing (on the mixed labels, unless train.scratch_mix names its own) and budget.
         "students": students_record(recipe.train),
         "roles": {name: role.record() for name, role in roles.items()},
-        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency, history) for name, role in roles.items()},
+        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency,
+                         history, outcomes, name)
+           for name, role in roles.items()},
         "latency_threads": torch.get_num_threads(),
         "device": str(accelerator.device),
         "world_size": accelerator.num_processes,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},
     }
+    summary["comparisons"] = comparisons(outcomes, task)
+    summary["validation"] = final_validation(history, task.headline)
     models = {name: roles[name].model for name in ("teacher", "scratch", "student")}
     if task.samples is not None:  # e.g. generated text of each language model
         summary["samples"] = task.samples(models, splits)
