@@ -199,6 +199,17 @@ def test_labels_that_are_not_class_indices_are_refused(data, spoil, error, fragm
     assert isinstance(caught.value, kdistill.errors.UserError)
 
 
+def test_fewer_than_two_classes_are_refused(data):
+    """A one-class task (issue 27.14) trains models that score 100 % and learn nothing: refused
+    when the training labels hold one class, and when the models score one class."""
+    x, y, teacher = data
+    with pytest.raises(DataError, match="train_data: every label is 0: .*2 or more classes"):
+        distill(teacher, student(), (x, np.zeros_like(y)), epochs=1, **CPU)
+    one = nn.Sequential(nn.Linear(x.shape[1], 1))
+    with pytest.raises(MismatchError, match="the models score 1 class: .*2 or more classes"):
+        distill(one, nn.Sequential(nn.Linear(x.shape[1], 1)), (x, np.zeros_like(y)), epochs=1, **CPU)
+
+
 def test_whole_float_labels_a_column_of_labels_and_lists_train_as_class_indices(data):
     """The rule: labels that are whole numbers in any dtype are those integers, a column vector
     (N, 1) is read as (N,), and a tuple of two lists of numbers is (x, y) arrays."""

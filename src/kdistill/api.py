@@ -117,6 +117,11 @@ def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Siz
             f"the teacher has {teacher_outputs} outputs but the student has {student_outputs}: "
             "build both for the same classes"
         )
+    if outputs["student"].dim() == 2 and student_outputs < 2:
+        raise MismatchError(
+            f"the models score {student_outputs} class: cross-entropy and distillation compare "
+            "distributions over 2 or more classes; build both for 2 or more classes"
+        )
     target = example.get("target")
     if target is not None and target.dtype in (torch.int64, torch.int32) and target.numel() and int(target.max()) >= student_outputs:
         raise MismatchError(f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}")
@@ -324,6 +329,11 @@ def _check_classes(loader: DataLoader | None, scores: torch.Size, what: str) -> 
         )
     if labels.dim() != 1 or labels.is_floating_point():
         return
+    if what == "train_data" and labels.unique().numel() < 2:
+        raise DataError(
+            f"{what}: every label is {int(labels[0])}: a model trained on one class learns "
+            "nothing to tell apart; give samples of 2 or more classes"
+        )
     largest = int(labels.max())
     if largest >= classes:
         at = int((labels == largest).nonzero()[0])
