@@ -80,6 +80,9 @@ def test_recipe_rules_for_who_teaches():
         load_config(None, ["teachers=[{model: lenet}]", "teacher.model=cnn"])
     with pytest.raises(ConfigError, match="born_again"):
         load_config(None, ["distill.mode=born_again", "assistant={model: mlp}"])
+    for mode in ("born_again", "mutual"):  # a loaded teacher would be silently unread (issue 27.17)
+        with pytest.raises(ConfigError, match=f"teacher.checkpoint: distill.mode={mode} .* loads none"):
+            load_config(None, [f"distill.mode={mode}", "teacher.checkpoint=teacher.pt"])
     with pytest.raises(ConfigError, match="ensemble_weights"):
         load_config(None, ["teachers=[{model: lenet}, {model: cnn}]", "distill.ensemble=weights"])
 

@@ -240,6 +240,10 @@ class Recipe(Section):
         # own teacher, and a checkpoint for it, cannot apply.
         if self.teacher.onnx and self.distill.mode != "teacher":
             raise ValueError(f"teacher.onnx: distill.mode={self.distill.mode} trains its teacher; an ONNX teacher is only run (use distill.mode=teacher)")
+        if self.teacher.checkpoint and self.distill.mode != "teacher":  # it would go unread
+            raise ValueError(
+                f"teacher.checkpoint: distill.mode={self.distill.mode} trains its own teacher and "
+                "loads none; remove teacher.checkpoint, or use distill.mode=teacher to distil from it")
         if any(t.onnx and t.checkpoint for t in (self.teacher, *(self.teachers or []))):
             raise ValueError("teacher.onnx and teacher.checkpoint: the .onnx file holds its weights; set one of them")
         return self
