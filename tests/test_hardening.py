@@ -27,8 +27,10 @@ from conftest import subprocess_env
 from torch import nn
 
 import kdistill
-from kdistill import safe_yaml
-from kdistill.checkpoint import (
+from kdistill.data import load_dataset
+from kdistill.errors import ConfigError, DataError
+from kdistill.io import safe_yaml
+from kdistill.io.tensors import (
     DIGEST_KEY,
     FORMAT_KEY,
     META_DIGEST_KEY,
@@ -37,8 +39,6 @@ from kdistill.checkpoint import (
     read_meta,
     save_tensors,
 )
-from kdistill.data import load_dataset
-from kdistill.errors import ConfigError, DataError
 from kdistill.methods import Term
 from kdistill.models import create_model
 from kdistill.report import MetricsLog

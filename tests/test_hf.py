@@ -10,7 +10,11 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import UserError
 from kdistill.methods import Term, preset_terms, teacher_taps
 from kdistill.models.hf import HFModel
-from kdistill.vocab import VocabularyMismatchError, check_vocabularies, map_teacher_vocabulary
+from kdistill.teachers.vocab import (
+    VocabularyMismatchError,
+    check_vocabularies,
+    map_teacher_vocabulary,
+)
 
 transformers = pytest.importorskip("transformers")
 

@@ -25,13 +25,13 @@ _HOMES = {
     "Term": "kdistill.methods",
     "create_model": "kdistill.models",
     "list_models": "kdistill.models",
-    "OnnxModel": "kdistill.onnx_teacher",
+    "OnnxModel": "kdistill.teachers.onnx",
     "Recipe": "kdistill.run.config",
     "load_config": "kdistill.run.config",
     "FeatureTap": "kdistill.taps",
-    "evaluate": "kdistill.trainer",
-    "load_weights": "kdistill.weights",
-    "save_weights": "kdistill.weights",
+    "evaluate": "kdistill.evaluation.classification",
+    "load_weights": "kdistill.io.weights",
+    "save_weights": "kdistill.io.weights",
 }
 
 __all__ = sorted(_HOMES)

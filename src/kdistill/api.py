@@ -19,16 +19,18 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
 from kdistill.data import ArrayDataset
 from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader, class_labels
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ArgumentError, DataError, UserError
+from kdistill.evaluation.classification import evaluate
 from kdistill.methods import Term, hinton_kd, teacher_taps
 from kdistill.modeling import call_model, to_device
-from kdistill.onnx_teacher import OnnxModel, check_onnx_terms, is_onnx_file
-from kdistill.trainer import Optimization, evaluate, make_accelerator
-from kdistill.trainer import fit as train
+from kdistill.teachers.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
+from kdistill.teachers.onnx import OnnxModel, check_onnx_terms, is_onnx_file
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import fit as train
+from kdistill.training.optimization import Optimization
 
 
 class MismatchError(UserError, ValueError):
@@ -249,7 +251,7 @@ def fit(
     seed: int = 0,
     **options,
 ) -> list[dict]:
-    """Train a ``Distiller`` (``kdistill.trainer.fit``) on what a PyTorch user holds.
+    """Train a ``Distiller`` (``kdistill.training.loop.fit``) on what a PyTorch user holds.
 
     ``train_data`` / ``val_data`` (or ``val_loader``) take everything ``distill`` takes; a
     ``DataLoader`` keeps its own batch size and order, other data is batched by ``batch_size``

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kdistill.evaluation.classification import evaluate
 from kdistill.evaluation.language_model import evaluate_lm, lm_samples
 from kdistill.evaluation.ranking import evaluate_ranking
 from kdistill.methods import Term, scratch
-from kdistill.trainer import evaluate
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdistill.trainer import predict
+from kdistill.evaluation.classification import predict
 
 RATING, PREFERENCE = 0, 1
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-import kdistill.safe_yaml as safe_yaml
+import kdistill.io.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
 from kdistill.models.imported import remember_data_dir, remember_recipe_dir
 

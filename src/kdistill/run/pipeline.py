@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from kdistill.errors import DiskFullError, UserError, disk_full, is_disk_full
-from kdistill.report import atomic_write, read_summary, results_table, verdict, write_report
+from kdistill.io.files import atomic_write
+from kdistill.report import read_summary, results_table, verdict, write_report
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe
 from kdistill.run.preflight import preflight, teacher_notes
@@ -19,7 +20,7 @@ from kdistill.run.school import RunSchool
 from kdistill.run.steps import eval_loader
 from kdistill.run.summary import summarize
 from kdistill.teaching import MODES, Role
-from kdistill.trainer import make_accelerator
+from kdistill.training.acceleration import make_accelerator
 
 
 def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=print) -> dict:

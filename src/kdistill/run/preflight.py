@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kdistill.cache_storage import check_cache_root
 from kdistill.errors import ConfigError
 from kdistill.run.config import Recipe
 from kdistill.run.school import DryRunSchool
 from kdistill.run.steps import Plan, plan
+from kdistill.teachers.store import check_cache_root
 from kdistill.teaching import MODES
 
 

@@ -19,16 +19,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
-from kdistill.checkpoint import read_meta
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
-from kdistill.manifest import record
+from kdistill.io.manifest import record
+from kdistill.io.tensors import read_meta
+from kdistill.io.weights import load_weights, save_weights
 from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
 from kdistill.models.pruning import layer_stack, prune_by_influence, prune_layers, select_layers
 from kdistill.models.settings import model_settings, parameter_count
-from kdistill.onnx_teacher import OnnxModel, check_onnx_terms
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig, TrainConfig
 from kdistill.run.steps import (
@@ -40,18 +39,13 @@ from kdistill.run.steps import (
     training_set,
 )
 from kdistill.run.trackers import Trackers
+from kdistill.teachers.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
+from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
-from kdistill.trainer import (
-    Checkpointing,
-    EarlyStopping,
-    Loop,
-    Optimization,
-    best_weights_path,
-    fit,
-)
-from kdistill.weights import load_weights, save_weights
-
+from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.optimization import Optimization
+from kdistill.training.selection import EarlyStopping, best_weights_path
 
 # On the CPU a teacher's forward pass gets no faster past a few hundred samples and can get
 # slower once the activations leave the caches: LeNet over 3,500 digits, one thread, channels-

@@ -11,9 +11,9 @@ import torch
 from kdistill.deploy.latency import measure_latency
 from kdistill.evaluation import Task
 from kdistill.evaluation.diagnostics import diagnose
+from kdistill.io.weights import count_parameters
 from kdistill.run.steps import Plan
 from kdistill.teaching import Role, Roles
-from kdistill.weights import count_parameters
 
 
 def architecture_name(architecture: dict) -> str:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from kdistill.errors import UserError, disk_full, is_disk_full
-from kdistill.manifest import record
+from kdistill.io.manifest import record
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:

@@ -42,7 +42,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from kdistill.cache_storage import (
+from kdistill.data.base import collate
+from kdistill.distiller import ModelOutput, Teacher
+from kdistill.errors import UserError
+from kdistill.io.tensors import CheckpointError, tensor_digest
+from kdistill.losses.logit import kd
+from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
+from kdistill.methods import LOGITS, Term
+from kdistill.teachers.store import (
     agree_on_cache,
     allocate,
     check_space,
@@ -51,14 +58,7 @@ from kdistill.cache_storage import (
     one_machine,
     padded_shard,
 )
-from kdistill.checkpoint import CheckpointError, tensor_digest
-from kdistill.data.base import collate
-from kdistill.distiller import ModelOutput, Teacher
-from kdistill.errors import UserError
-from kdistill.losses.logit import kd
-from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
-from kdistill.memory_format import channels_last
-from kdistill.methods import LOGITS, Term
+from kdistill.training.memory_format import channels_last
 
 FORMAT = "kdistill-teacher-cache/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
