@@ -139,7 +139,7 @@ def test_a_sparse_teacher_at_another_temperature_or_vocabulary_is_one_clear_erro
 
 def test_a_recipe_with_cache_topk_at_t4_gives_the_exact_topk_loss_in_its_first_step(digits, tmp_path):
     from kdistill.run.config import load_config
-    from kdistill.run.steps import recipe_terms
+    from kdistill.run.plan import recipe_terms
 
     splits, model = digits
     recipe = load_config(None, [*QUICK, "method=kd", "distill.temperature=4", "teacher.cache=true", "teacher.cache_topk=3"])

@@ -524,7 +524,7 @@ def test_transforms_the_inputs_cannot_take_are_refused_together(inputs, settings
 
     from kdistill.data.base import ArrayDataset
     from kdistill.run.config import load_config
-    from kdistill.run.steps import check_input_transforms
+    from kdistill.run.plan import check_input_transforms
 
     splits = SimpleNamespace(train=ArrayDataset(inputs, torch.zeros(len(inputs), dtype=torch.long)))
     recipe = load_config(None, settings)

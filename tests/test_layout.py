@@ -130,7 +130,7 @@ def test_a_teaching_mode_is_one_module_behind_one_registry():
         assert teach.__module__ == f"kdistill.teaching.{name}"
     # Nothing outside teaching/ branches on a mode's name.
     for path in SRC.rglob("*.py"):
-        if "teaching" in path.parts or path.name == "steps.py":
+        if "teaching" in path.parts or path.name == "plan.py":
             continue
         text = path.read_text()
         for mode in ("born_again", "mutual"):

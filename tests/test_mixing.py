@@ -16,7 +16,7 @@ from kdistill.data.mixing import Mixed, check_mix_terms, cutmix_masks, mix_batch
 from kdistill.errors import ConfigError
 from kdistill.methods import hinton_kd, preset_terms, scratch
 from kdistill.run.config import load_config
-from kdistill.run.steps import train_loader, training_set
+from kdistill.run.plan import train_loader, training_set
 from kdistill.teachers.cache import CachedTeacher, build_cache
 from kdistill.training.loop import fit
 

@@ -88,7 +88,7 @@ def export_run(
     from kdistill.io.files import atomic_write
     from kdistill.report import existing_plots, ratio_text, write_report
     from kdistill.run.config import load_config
-    from kdistill.run.steps import build_architecture, eval_loader, load_data
+    from kdistill.run.plan import build_architecture, eval_loader, load_data
 
     run_dir = Path(run_dir)
     summary, roles = run_roles(run_dir)

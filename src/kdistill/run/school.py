@@ -1,9 +1,7 @@
 """The run's side of a teaching mode: ``RunSchool`` implements the ``School`` a mode is given,
 from the recipe, the data and the run directory (models built and seeded, teachers loaded,
-reused or trained, students trained as resumable, checkpointed phases). ``DryRunSchool`` is
-the same school on one batch: preflight runs every mode through it, so every model, term, tap
-and connector of every phase is built and takes one forward and backward step before anything
-is written.
+reused or trained, students trained as resumable, checkpointed phases). Its one-batch twin,
+``DryRunSchool``, lives with preflight (run/preflight.py), its only user.
 """
 
 from __future__ import annotations
@@ -26,11 +24,10 @@ from kdistill.io.tensors import read_meta
 from kdistill.io.weights import load_weights, save_weights
 from kdistill.methods import teacher_taps
 from kdistill.modeling import call_model
-from kdistill.models.pruning import layer_stack, prune_by_influence, prune_layers, select_layers
-from kdistill.models.settings import model_settings, parameter_count
+from kdistill.models.pruning import prune_by_influence, prune_layers
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig, TrainConfig
-from kdistill.run.steps import (
+from kdistill.run.plan import (
     Plan,
     build_model,
     cache_topk,
@@ -61,12 +58,17 @@ class RunSchool:
     """Trains, loads and keeps a run's models in ``run_dir`` (see ``teaching.roles.School``)."""
 
     def __init__(self, plan: Plan, accelerator: Accelerator, run_dir: Path, *, resume: bool = False):
-        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
-        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
+        self.read_plan(plan)
         self.accelerator, self.run_dir, self.resume = accelerator, run_dir, resume
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.val_loader = eval_loader(plan.splits.val, plan.recipe)
         self.trackers = Trackers(plan.recipe.output.report_to, run_dir, hyperparameters=plan.recipe.model_dump(mode="json"))
+
+    def read_plan(self, plan: Plan) -> None:
+        """What every school reads from the plan (``DryRunSchool`` reads only this)."""
+        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
+        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
+        self.resume = False
         self.pruning: dict[str, dict] = {}  # field -> the layers kept and their scores (student.prune)
 
     @property
@@ -307,69 +309,6 @@ class RunSchool:
         elif self.is_main:
             save_weights(model, path)
         self.accelerator.wait_for_everyone()
-
-
-class DryRunSchool(RunSchool):
-    """The same school on one batch, writing nothing: teachers are built (and a named
-    ``checkpoint`` loaded, so a file that does not fit fails now) but not trained or cached,
-    and every phase takes one forward and backward step instead of training."""
-
-    def __init__(self, plan: Plan):
-        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
-        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
-        self.resume = False
-        self.pruning = {}
-
-    def _pruned(self, field: str, model: nn.Module, prune) -> nn.Module:
-        """The first ``keep`` layers, unscored: the shapes are those of the run's pruned student,
-        and a check does not spend the run's calibration forward passes."""
-        select_layers(torch.zeros(len(layer_stack(model))), prune.keep)  # a keep the model cannot give fails here
-        return prune_layers(model, list(range(prune.keep)))
-
-    def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
-        model = super().build(architecture, member=member, reseed=reseed)
-        field, section = self._section(architecture, member)
-        self.plan.built[field] = {"model": section.model, "parameters": parameter_count(model), "settings": model_settings(model)}
-        return model
-
-    def obtain_teacher(self, member: int | None = None) -> Role:
-        field, cfg = self._section("teacher", member)
-        if cfg.onnx:
-            return self._onnx_teacher(field, cfg, "teacher" if member is None else f"teacher_{member}")
-        model = self.build("teacher", member=member)
-        if cfg.checkpoint:
-            load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
-        if member is None:
-            prepare_teacher(self.recipe.distill.params, model)
-        return Role(model, self.architecture("teacher", member=member), "teacher.safetensors", source="preflight")
-
-    def frozen(self, model: nn.Module, *, cached: bool = False):
-        return Teacher(model, taps=teacher_taps(self.distill_terms))
-
-    def fit(self, phase: str, distiller: Distiller, teacher) -> float:
-        """One training step's forward and backward on one batch; fails naming the phase."""
-        t = self.recipe.train
-        batch = next(iter(train_loader(self.splits, self.recipe, t.augment, t.mix)))
-        try:
-            with torch.random.fork_rng():
-                distiller.train()
-                transform = getattr(distiller, "batch_transform", None)
-                if transform is not None:
-                    batch = transform(batch)
-                teacher_out = teacher(batch) if teacher is not None and distiller.needs_teacher else None
-                out = distiller(batch, teacher_out)
-                out["loss"].backward()
-        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as error:
-            where = "terms" if self.recipe.terms is not None else f"method {self.recipe.method}"
-            raise ConfigError(f"{where} ({phase}): {str(error).splitlines()[0][:300]}") from None
-        finally:
-            distiller.zero_grad(set_to_none=True)
-            if distiller.tap:
-                distiller.tap.remove()
-        return 0.0
-
-    def keep(self, model: nn.Module, file: str) -> None:
-        pass
 
 
 def optimization(train: TrainConfig, optimizer: str) -> Optimization:

@@ -12,7 +12,7 @@ from kdistill.deploy.latency import measure_latency
 from kdistill.evaluation import Task
 from kdistill.evaluation.diagnostics import diagnose
 from kdistill.io.weights import count_parameters
-from kdistill.run.steps import Plan
+from kdistill.run.plan import Plan
 from kdistill.teaching import Role, Roles
 
 
