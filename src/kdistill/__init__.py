@@ -12,7 +12,6 @@ __version__ = "0.2.0"
 # Each public name and the module that defines it.
 _HOMES = {
     "DistillResult": "kdistill.api",
-    "MismatchError": "kdistill.api",
     "distill": "kdistill.api",
     "fit": "kdistill.api",
     "ArrayDataset": "kdistill.data",
@@ -26,6 +25,7 @@ _HOMES = {
     "create_model": "kdistill.models",
     "list_models": "kdistill.models",
     "OnnxModel": "kdistill.teachers.onnx",
+    "MismatchError": "kdistill.teachers.pair",
     "Recipe": "kdistill.run.config",
     "load_config": "kdistill.run.config",
     "FeatureTap": "kdistill.taps",

@@ -22,19 +22,16 @@ from torch.utils.data import DataLoader
 from kdistill.data import ArrayDataset
 from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader, class_labels
 from kdistill.distiller import Distiller, Teacher
-from kdistill.errors import ArgumentError, DataError, UserError
+from kdistill.errors import ArgumentError, DataError
 from kdistill.evaluation.classification import evaluate
 from kdistill.methods import Term, hinton_kd, teacher_taps
-from kdistill.modeling import call_model, to_device
+from kdistill.modeling import to_device
 from kdistill.teachers.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms, is_onnx_file
+from kdistill.teachers.pair import MismatchError, check_pair
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.loop import fit as train
 from kdistill.training.optimization import Optimization
-
-
-class MismatchError(UserError, ValueError):
-    """Teacher, student and data that cannot work together; the message names both sides."""
 
 
 @dataclass
@@ -64,53 +61,6 @@ def as_teacher(teacher, terms: list[Term]) -> Teacher:
             "model and load it with kdistill.load_weights(model, path), then pass the model"
         )
     raise MismatchError(f"teacher: give an nn.Module, a Hugging Face model or an .onnx file, not a {type(teacher).__name__}")
-
-
-def _describe(model: nn.Module) -> str:
-    parameter = next(iter(model.parameters()), None)
-    if parameter is None:
-        return f"{type(model).__name__} (no parameters)"
-    return f"{type(model).__name__} ({parameter.dtype} on {parameter.device})"
-
-
-def _describe_input(inputs) -> str:
-    if isinstance(inputs, dict):
-        return ", ".join(f"{k}: {tuple(v.shape)} {v.dtype} on {v.device}" for k, v in inputs.items())
-    return f"{tuple(inputs.shape)} {inputs.dtype} on {inputs.device}"
-
-
-def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Size:
-    """Run teacher and student once on ``example``: inputs of another dtype or device than a
-    model's weights, and models that score different numbers of classes, fail here with one
-    error naming both sides, rather than deep inside a layer or a loss. Returns the shape of
-    the student's outputs."""
-    was_training = student.training
-    outputs = {}
-    try:
-        for role, run, model in (
-            ("teacher", lambda: teacher(example).logits, teacher.module),
-            ("student", lambda: call_model(student.eval(), example["input"]), student),
-        ):
-            try:
-                with torch.no_grad():
-                    outputs[role] = run()
-            except (RuntimeError, ValueError, TypeError) as error:
-                raise MismatchError(
-                    f"the {role}, {_describe(model)}, cannot run on the inputs ({_describe_input(example['input'])}): "
-                    f"{str(error).splitlines()[0][:200]}"
-                ) from None
-    finally:
-        student.train(was_training)
-    teacher_outputs, student_outputs = outputs["teacher"].shape[-1], outputs["student"].shape[-1]
-    if teacher_outputs != student_outputs:
-        raise MismatchError(
-            f"the teacher has {teacher_outputs} outputs but the student has {student_outputs}: "
-            "build both for the same classes"
-        )
-    target = example.get("target")
-    if target is not None and target.dtype in (torch.int64, torch.int32) and target.numel() and int(target.max()) >= student_outputs:
-        raise MismatchError(f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}")
-    return outputs["student"].shape
 
 
 def _probe_batch(loader: DataLoader) -> dict:

@@ -23,7 +23,6 @@ from kdistill.io.manifest import record
 from kdistill.io.tensors import read_meta
 from kdistill.io.weights import load_weights, save_weights
 from kdistill.methods import teacher_taps
-from kdistill.modeling import call_model
 from kdistill.models.pruning import prune_by_influence, prune_layers
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig, TrainConfig
@@ -38,6 +37,7 @@ from kdistill.run.plan import (
 from kdistill.run.trackers import Trackers
 from kdistill.teachers.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
+from kdistill.teachers.pair import check_pair
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
 from kdistill.training.loop import Checkpointing, Loop, fit
@@ -223,7 +223,7 @@ class RunSchool:
     def distiller(self, student: nn.Module, terms: list, teacher) -> Distiller:
         example, transform = self.plan.example, None
         if teacher is not None:
-            check_compatible(teacher, student, example)
+            check_pair(teacher, student, example)
             live, seed = getattr(teacher, "module", None), self.recipe.train.seed
             transform = prepare_student(self.recipe.distill.params, student, live, seed=seed)
         distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example, num_samples=len(self.splits.train))
@@ -347,17 +347,3 @@ def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = Fa
         raise type(error)(f"{field}: {error}") from None
     except Exception as error:  # shapes or names that do not fit the model
         raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
-
-
-def check_compatible(teacher, student: nn.Module, example: dict) -> None:
-    """Teacher (live or cached) and student must score the same classes (or vocabulary)."""
-    with torch.no_grad():
-        was = student.training
-        t_out = teacher(example).logits
-        s_out = call_model(student.eval(), example["input"])
-        student.train(was)
-    if t_out.shape[-1] != s_out.shape[-1]:
-        raise UserError(
-            f"the teacher has {t_out.shape[-1]} outputs but the student has {s_out.shape[-1]}: "
-            "build both for the same classes (or vocabulary), or map one onto the other"
-        )
