@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from kdistill.errors import UserError, disk_full, is_disk_full
-from kdistill.io.manifest import record
+from kdistill.errors import UserError
+from kdistill.io.files import replace_atomically
 
 FORMAT_KEY = "kdistill"
 DIGEST_KEY = "kdistill.sha256"  # over the tensors (names, dtypes, shapes, bytes)
@@ -53,20 +52,11 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
     if meta is not None:
         metadata[FORMAT_KEY] = json.dumps(meta)
         metadata[META_DIGEST_KEY] = _text_digest(metadata[FORMAT_KEY])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except (OSError, SafetensorError) as error:  # a directory in the way, a full disk, no rights
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(error):
-            kept = f"the previous {path.name}, intact" if path.exists() else "no part of it"
-            needed = sum(t.nbytes for t in tensors.values())
-            raise disk_full(path, kept=kept, needed=needed) from None
-        if not isinstance(error, OSError):
-            raise
-        raise UserError(f"{path}: cannot write the weights ({error.strerror}); free the path or the disk and run again") from None
-    record(path)
+    replace_atomically(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), catch=(OSError, SafetensorError),
+        needed=sum(t.nbytes for t in tensors.values()),
+        cannot="cannot write the weights ({reason}); free the path or the disk and run again",
+    )
     return path.stat().st_size
 
 
