@@ -26,7 +26,7 @@ from kdistill.errors import ArgumentError, DataError
 from kdistill.evaluation.classification import evaluate
 from kdistill.methods import Term, hinton_kd, teacher_taps
 from kdistill.modeling import to_device
-from kdistill.teachers.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
+from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms, is_onnx_file
 from kdistill.teachers.pair import MismatchError, check_pair
 from kdistill.training.acceleration import make_accelerator
@@ -81,12 +81,7 @@ def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accel
     else:
         root = Path(cache)
     fingerprint = {"teacher": teacher_identity(teacher.module), "samples": len(dataset), "taps": sorted(teacher.taps), "dtype": "float32"}
-    if (root / "meta.json").is_file():
-        stored = TeacherCache(root)
-        stored.check(fingerprint)
-        stored.verify(teacher, dataset)  # the data itself: the fingerprint cannot see it
-    else:
-        stored = build_cache(root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator)
+    stored, _ = open_or_build(root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator)
     return CachedTeacher(stored)
 
 

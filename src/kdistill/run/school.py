@@ -35,7 +35,7 @@ from kdistill.run.plan import (
     training_set,
 )
 from kdistill.run.trackers import Trackers
-from kdistill.teachers.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
+from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
@@ -203,19 +203,14 @@ class RunSchool:
         }
         key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
         root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
-        if (root / "meta.json").is_file():
-            cache = TeacherCache(root)
-            cache.check(fingerprint)
-            cache.verify(teacher, dataset)  # what a fingerprint cannot see: the outputs themselves
-        else:
-            started = time.perf_counter()
-            cache = build_cache(
-                root, teacher, dataset, fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
-                topk=topk["k"] if topk else None, temperature=topk["temperature"] if topk else 1.0,
-                batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device), accelerator=self.accelerator,
-            )
-            if self.is_main and recipe.output.progress:
-                print(f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}")
+        started = time.perf_counter()
+        cache, built = open_or_build(
+            root, teacher, dataset, fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
+            topk=topk["k"] if topk else None, temperature=topk["temperature"] if topk else 1.0,
+            batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device), accelerator=self.accelerator,
+        )
+        if built and self.is_main and recipe.output.progress:
+            print(f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}")
         return CachedTeacher(cache)
 
     # --- students -------------------------------------------------------------------------
