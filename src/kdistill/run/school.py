@@ -25,7 +25,7 @@ from kdistill.io.weights import load_weights, save_weights
 from kdistill.methods import teacher_taps
 from kdistill.models.pruning import prune_by_influence, prune_layers
 from kdistill.report.history import MetricsLog
-from kdistill.run.config import Recipe, StudentConfig, TeacherConfig, TrainConfig
+from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
 from kdistill.run.plan import (
     Plan,
     build_model,
@@ -43,6 +43,7 @@ from kdistill.teaching.roles import Role
 from kdistill.training.loop import Checkpointing, Loop, fit
 from kdistill.training.optimization import Optimization
 from kdistill.training.selection import EarlyStopping, best_weights_path
+from kdistill.training.settings import TrainConfig
 
 # On the CPU a teacher's forward pass gets no faster past a few hundred samples and can get
 # slower once the activations leave the caches: LeNet over 3,500 digits, one thread, channels-
