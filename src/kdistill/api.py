@@ -81,7 +81,9 @@ def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accel
     else:
         root = Path(cache)
     fingerprint = {"teacher": teacher_identity(teacher.module), "samples": len(dataset), "taps": sorted(teacher.taps), "dtype": "float32"}
-    stored, _ = open_or_build(root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator)
+    stored, _ = open_or_build(
+        root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator
+    )
     return CachedTeacher(stored)
 
 

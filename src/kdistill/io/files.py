@@ -12,7 +12,8 @@ from kdistill.io.manifest import record
 
 
 def replace_atomically(
-    path: Path, write: Callable[[Path], object], *, needed: int, catch: tuple[type[BaseException], ...] = (OSError,),
+    path: Path, write: Callable[[Path], object], *, needed: int,
+    catch: tuple[type[BaseException], ...] = (OSError,),
     cannot: str = "cannot write it ({reason})",
 ) -> Path:
     """``write`` the file's content to a temporary file beside ``path``, then rename it over

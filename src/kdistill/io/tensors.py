@@ -53,7 +53,8 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
         metadata[FORMAT_KEY] = json.dumps(meta)
         metadata[META_DIGEST_KEY] = _text_digest(metadata[FORMAT_KEY])
     replace_atomically(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), catch=(OSError, SafetensorError),
+        path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
+        catch=(OSError, SafetensorError),
         needed=sum(t.nbytes for t in tensors.values()),
         cannot="cannot write the weights ({reason}); free the path or the disk and run again",
     )

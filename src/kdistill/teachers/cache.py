@@ -285,7 +285,9 @@ class TeacherCache:
             )
 
 
-def open_or_build(root: Path, teacher: Teacher, dataset: Dataset, *, fingerprint: dict, **build) -> tuple[TeacherCache, bool]:
+def open_or_build(
+    root: Path, teacher: Teacher, dataset: Dataset, *, fingerprint: dict, **build
+) -> tuple[TeacherCache, bool]:
     """The teacher's cache at ``root``: opened and checked when it exists (the fingerprint, then
     the stored outputs against the live teacher: what a fingerprint cannot see), else built with
     ``build_cache``'s settings ``build``. Both doors open a cache here; returns it and whether it
