@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from kdistill.data import load_dataset
 from kdistill.data.augment import apply_shift, draw_shift
 from kdistill.data.mixing import mix_batch
+from kdistill.io.weights import read_weights
 from kdistill.models.cnn import lenet
 from kdistill.models.mlp import MLP
-from kdistill.weights import read_weights
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fm_views.jsonl"
 CLASSES = 10

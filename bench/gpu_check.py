@@ -69,7 +69,7 @@ def check_precision(work: Path):
     from torch.utils.data import DataLoader
 
     from kdistill import Distiller, Term, fit
-    from kdistill.trainer import make_accelerator
+    from kdistill.training.acceleration import make_accelerator
 
     student, teacher_model, Teacher = _cnn_pair()
     s_layer, t_layer = student.hint_layers[-1], teacher_model.hint_layers[-1]
@@ -121,7 +121,7 @@ def check_crd(work: Path):
     from torch.utils.data import DataLoader
 
     from kdistill import Distiller, Term, fit
-    from kdistill.trainer import make_accelerator
+    from kdistill.training.acceleration import make_accelerator
 
     student, teacher_model, Teacher = _cnn_pair()
     teacher = Teacher(teacher_model, taps=[teacher_model.hint_layers[-1]])
@@ -166,7 +166,7 @@ def check_deterministic(work: Path):
     from torch.utils.data import DataLoader
 
     from kdistill import Distiller, Term, fit
-    from kdistill.trainer import make_accelerator
+    from kdistill.training.acceleration import make_accelerator
 
     def train():
         set_seed(0)
@@ -199,7 +199,8 @@ def check_compile(work: Path):
     from torch.utils.data import DataLoader
 
     from kdistill import Distiller, Term
-    from kdistill.trainer import fit, make_accelerator
+    from kdistill.training.acceleration import make_accelerator
+    from kdistill.training.loop import fit
 
     student, teacher_model, Teacher = _cnn_pair()
     terms = [Term("ce", "ce", teacher=None), Term("kd", "kd"), Term("dkd", "dkd", warmup_epochs=3)]

@@ -2,7 +2,7 @@
 same number of optimisation steps, batch, loss and optimiser, four ways:
 
   (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
-  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.cache``, built beforehand)
+  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.teachers.cache``, built beforehand)
   (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
   (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
 
@@ -85,10 +85,10 @@ class Clock:
 
 def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
     import kdistill
-    from kdistill.cache import CachedTeacher, TeacherCache, topk_terms
-    from kdistill.trainer import Optimization, make_accelerator
-
     from kdistill.models.hf import HFModel
+    from kdistill.teachers.cache import CachedTeacher, TeacherCache, topk_terms
+    from kdistill.training.acceleration import make_accelerator
+    from kdistill.training.optimization import Optimization
 
     work = Path(args.workdir)
     student = load_model(work / "student", args.device)

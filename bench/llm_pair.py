@@ -189,8 +189,8 @@ def build_teacher_cache(teacher, args) -> dict:
     """The top-k cache of the teacher over the training windows, built while preparing, so
     that the cached way's process never holds the teacher."""
     from kdistill import Teacher
-    from kdistill.cache import build_cache, teacher_identity
-    from kdistill.trainer import make_accelerator
+    from kdistill.teachers.cache import build_cache, teacher_identity
+    from kdistill.training.acceleration import make_accelerator
 
     work = Path(args.workdir)
     loader = kdistill_loader(load_data(work)["train"], args.batch)

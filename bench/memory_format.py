@@ -2,7 +2,7 @@
 training epoch (batch 64, Adam) and an inference pass (batch 512, the cache's and evaluation's
 size) over 3,500 inputs of 1×28×28, the bundled MNIST's training split. ABBA-alternated rounds
 in one process; reported as the median over rounds of the per-round ratio channels-last / NCHW
-(kdistill.memory_format converts the weights; the inputs stay as the loader makes them).
+(kdistill.training.memory_format converts the weights; the inputs stay as the loader makes them).
 
     python bench/memory_format.py            # ~2 minutes; writes bench/results/memory_format.{md,json}
 """

@@ -14,7 +14,7 @@ initialisation and batch order, and a method and scratch see the same ones, so t
 difference is paired. Accuracy is the last epoch's, on all 10,000 official test images.
 
 Without augmentation the teacher's outputs (logits and every tapped feature) are computed once
-into a teacher cache (kdistill.cache) and read back by index, so a distillation step costs what
+into a teacher cache (kdistill.teachers.cache) and read back by index, so a distillation step costs what
 a student step costs; with augmentation the teacher runs live. The trained teacher is kept in
 bench/.teachers/ and reused by a later run with the same teacher, data and budget.
 Writes bench/results/methods.md and .json (methods_quick.* for --quick) with the command.
@@ -40,15 +40,18 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from kdistill.cache import CachedTeacher, build_cache
 from kdistill.data import load_dataset
 from kdistill.data.augment import AUGMENTATIONS, augmented
 from kdistill.data.base import ArrayDataset
 from kdistill.data.images import stratified_subset
 from kdistill.distiller import Distiller, Teacher
+from kdistill.evaluation.classification import evaluate
 from kdistill.methods import PRESETS, preset_terms, teacher_taps
 from kdistill.models import create_model
-from kdistill.trainer import SCHEDULES, Loop, Optimization, evaluate, fit, make_accelerator
+from kdistill.teachers.cache import CachedTeacher, build_cache
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import Loop, fit
+from kdistill.training.optimization import SCHEDULES, Optimization
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEACHERS = Path(__file__).resolve().parent / ".teachers"

@@ -6,7 +6,7 @@ difference is what a step with little compute cannot hide (throughput_cuda.md: 0
 loop on the tutorial pair).
 
 A third way runs ``fit`` with Accelerate's per-step package probe left uncached (what
-``kdistill.acceleration._cache_accelerate_probe`` fixes), in the same rounds, so the saving is
+``kdistill.training.acceleration._cache_accelerate_probe`` fixes), in the same rounds, so the saving is
 measured against the same noise.
 
     python bench/step_overhead.py            # ~1 minute; writes bench/results/step_overhead.{md,json}
@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Term
 from kdistill.data.base import ArrayDataset
-from kdistill.trainer import fit, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import fit
 
 SAMPLES, BATCH = 4096, 16
 STEPS = SAMPLES // BATCH

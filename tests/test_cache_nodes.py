@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import subprocess_env
 
-from kdistill.cache import build_cache
 from kdistill.data.base import ArrayDataset
 from kdistill.distiller import Teacher
+from kdistill.teachers.cache import build_cache
 
 WORKER = Path(__file__).parent / "helpers" / "cache_worker.py"
 TORCHRUN = Path(sys.executable).with_name("torchrun")

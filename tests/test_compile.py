@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, Term
 from kdistill.data.base import ArrayDataset
 from kdistill.distiller import Teacher
-from kdistill.trainer import fit, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import fit
 
 QUICK = ["data.dataset=digits", "train.epochs=2", "teacher.epochs=1", "teacher.model=mlp", "student.model=mlp_tiny",
          "teacher.augment=none", "train.augment=none", "train.mix=none", "output.latency=false", "output.plots=false"]

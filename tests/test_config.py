@@ -8,7 +8,7 @@ import yaml
 from kdistill.data import load_dataset
 from kdistill.errors import ConfigError
 from kdistill.run.config import Recipe, dump_config, load_config, parse_override
-from kdistill.run.steps import recipe_terms
+from kdistill.run.plan import recipe_terms
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,22 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, create_model
-from kdistill.distiller import Teacher
-from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.cli import main
 from kdistill.data import ArrayDataset
+from kdistill.distiller import Teacher
+from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import Term
 from kdistill.modeling import LazyLogits
-from kdistill.optimization import parameter_groups
-from kdistill.trainer import (
-    Checkpointing,
-    EarlyStopping,
-    Loop,
-    Optimization,
-    best_weights_path,
-    fit,
-    make_accelerator,
-)
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.optimization import Optimization, parameter_groups
+from kdistill.training.selection import EarlyStopping, best_weights_path
 
 
 def data(n=64, seed=0):
@@ -227,7 +221,7 @@ def test_warmup_is_visible_in_the_logged_learning_rate():
 
 
 def test_norms_and_biases_are_not_decayed(monkeypatch):
-    from kdistill import trainer
+    from kdistill.training import loop as trainer
 
     made = []
     make = trainer.make_optimizer
@@ -246,7 +240,7 @@ def test_norms_and_biases_are_not_decayed(monkeypatch):
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_takes_the_fused_kernel_with_the_same_update_and_falls_back_without_it(name, monkeypatch):
-    from kdistill import optimization
+    from kdistill.training import optimization
 
     def three_steps(make):
         model = student()

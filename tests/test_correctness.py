@@ -11,20 +11,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
-from kdistill.cache import (
+from kdistill.data import load_dataset
+from kdistill.errors import UserError
+from kdistill.losses import forward_kl, topk_teacher
+from kdistill.losses.token import kd_topk
+from kdistill.methods import decoupled_kd, hinton_kd
+from kdistill.teachers.cache import (
     CachedTeacher,
     CacheMismatchError,
     build_cache,
     teacher_identity,
     topk_terms,
 )
-from kdistill.data import load_dataset
-from kdistill.errors import UserError
-from kdistill.losses import forward_kl, topk_teacher
-from kdistill.losses.token import kd_topk
-from kdistill.methods import decoupled_kd, hinton_kd
+from kdistill.teachers.vocab import map_teacher_vocabulary
 from kdistill.teaching.ensemble import Ensemble
-from kdistill.vocab import map_teacher_vocabulary
 
 QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
          "teacher.epochs=1", "student.kwargs={width: 16}", "train.epochs=1", "output.latency=false",
@@ -139,7 +139,7 @@ def test_a_sparse_teacher_at_another_temperature_or_vocabulary_is_one_clear_erro
 
 def test_a_recipe_with_cache_topk_at_t4_gives_the_exact_topk_loss_in_its_first_step(digits, tmp_path):
     from kdistill.run.config import load_config
-    from kdistill.run.steps import recipe_terms
+    from kdistill.run.plan import recipe_terms
 
     splits, model = digits
     recipe = load_config(None, [*QUICK, "method=kd", "distill.temperature=4", "teacher.cache=true", "teacher.cache_topk=3"])
@@ -269,7 +269,7 @@ def lm_batch():
 
 def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
     from kdistill.methods import preset_terms
-    from kdistill.sampling import OnPolicy
+    from kdistill.training.sampling import OnPolicy
 
     student, teacher_model = tiny_gpt(20, 16, 0), tiny_gpt(20, 16, 1)
     transform = OnPolicy(student, fraction=0.25, continuation=4, seed=0)
@@ -298,8 +298,8 @@ def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
 
 def test_the_generated_share_is_logged_per_epoch(lm_batch):
     from kdistill.methods import preset_terms
-    from kdistill.sampling import OnPolicy
-    from kdistill.trainer import Loop, fit
+    from kdistill.training.loop import Loop, fit
+    from kdistill.training.sampling import OnPolicy
 
     student, teacher_model = tiny_gpt(20, 16, 0), tiny_gpt(20, 16, 1)
     data = [{k: v[i] for k, v in lm_batch.items()} for i in range(8)]

@@ -13,7 +13,8 @@ from kdistill.data.augment import augmented
 from kdistill.data.base import ArrayDataset
 from kdistill.data.mixing import Mixed
 from kdistill.data.movielens import TrainInteractions
-from kdistill.trainer import Checkpointing, Loop, fit, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import Checkpointing, Loop, fit
 
 
 def images(n=24):
@@ -114,7 +115,14 @@ def rows_of(count: int, *row: float) -> torch.Tensor:
 
 
 def test_an_affine_view_is_the_identity_a_shift_or_a_quarter_turn_when_drawn_so():
-    from kdistill.data.augment import MAX_ROTATION, MAX_SHIFT, MAX_ZOOM, apply_affine, apply_shift, draw_affine
+    from kdistill.data.augment import (
+        MAX_ROTATION,
+        MAX_SHIFT,
+        MAX_ZOOM,
+        apply_affine,
+        apply_shift,
+        draw_affine,
+    )
 
     digit = torch.full((1, 1, 28, 28), -0.42)  # a normalised background with a digit in its centre
     digit[..., 6:22, 10:18] = torch.rand(16, 8, generator=torch.Generator().manual_seed(0)) * 3

@@ -18,11 +18,11 @@ from conftest import subprocess_env
 from safetensors import SafetensorError
 from test_hardening import assert_user_error, kdistill_cli
 
-from kdistill.cache import build_cache
-from kdistill.checkpoint import load_tensors, read_meta, save_tensors
 from kdistill.data.base import ArrayDataset
 from kdistill.distiller import Teacher
 from kdistill.errors import DiskFullError
+from kdistill.io.tensors import load_tensors, read_meta, save_tensors
+from kdistill.teachers.cache import build_cache
 
 # Digits with a 1024-wide MLP teacher: its training state (weights and two Adam moments) is
 # ~0.9 MB, so a 1.5 MB disk holds one state file but not the next one written beside it.
@@ -75,7 +75,7 @@ def test_a_disk_that_fills_during_the_cache_build_is_one_error_not_sigbus(small_
     disk = small_disk("4m")
     script = textwrap.dedent(f"""
         import sys, torch
-        import kdistill.cache as cache
+        import kdistill.teachers.cache as cache
         from kdistill.data.base import ArrayDataset
         from kdistill.distiller import Teacher
         from kdistill.errors import DiskFullError

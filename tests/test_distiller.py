@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, ModelOutput, Teacher, Term, create_model, fit
 from kdistill.data import ArrayDataset
 from kdistill.methods import hinton_kd, preset_terms, scratch
-from kdistill.trainer import make_accelerator
+from kdistill.training.acceleration import make_accelerator
 
 
 def batch(n=8, seed=0):

@@ -207,7 +207,7 @@ def sequences(root):
 
 
 def reviews(root):
-    from kdistill.resources import minilm_dir
+    from kdistill.io.resources import minilm_dir
 
     words = ["good great fine movie", "bad awful dull film"]
     lines = [f"{words[i % 2]} {i},{('pos', 'neg')[i % 2]}" for i in range(60)]

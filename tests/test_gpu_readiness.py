@@ -19,7 +19,9 @@ from kdistill import Distiller, Teacher, Term, create_model, fit
 from kdistill.data import ArrayDataset
 from kdistill.distiller import ModelOutput
 from kdistill.losses import cc, dkd, nkd, nst, pkt, rkd, sp
-from kdistill.trainer import Loop, NonFiniteLossError, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import Loop
+from kdistill.training.selection import NonFiniteLossError
 
 # Every feature and relation loss that multiplies matrices, with the feature shape it compares.
 MATMUL_LOSSES = [
@@ -217,7 +219,7 @@ def test_a_finished_phase_releases_its_optimizer_state(monkeypatch):
     import gc
     import weakref
 
-    import kdistill.trainer as trainer
+    import kdistill.training.loop as trainer
 
     optimizers = []
     make = trainer.make_optimizer
@@ -257,7 +259,7 @@ def test_sharded_launch_is_refused_with_one_clear_line(kind):
     from accelerate.utils import DistributedType
 
     from kdistill.errors import UserError
-    from kdistill.trainer import refuse_sharded
+    from kdistill.training.acceleration import refuse_sharded
 
     with pytest.raises(UserError, match=f"{kind} shards the model") as error:
         refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType[kind]))

@@ -27,8 +27,10 @@ from conftest import subprocess_env
 from torch import nn
 
 import kdistill
-from kdistill import safe_yaml
-from kdistill.checkpoint import (
+from kdistill.data import load_dataset
+from kdistill.errors import ConfigError, DataError
+from kdistill.io import safe_yaml
+from kdistill.io.tensors import (
     DIGEST_KEY,
     FORMAT_KEY,
     META_DIGEST_KEY,
@@ -37,8 +39,6 @@ from kdistill.checkpoint import (
     read_meta,
     save_tensors,
 )
-from kdistill.data import load_dataset
-from kdistill.errors import ConfigError, DataError
 from kdistill.methods import Term
 from kdistill.models import create_model
 from kdistill.report import MetricsLog
@@ -526,7 +526,7 @@ def test_transforms_the_inputs_cannot_take_are_refused_together(inputs, settings
 
     from kdistill.data.base import ArrayDataset
     from kdistill.run.config import load_config
-    from kdistill.run.steps import check_input_transforms
+    from kdistill.run.plan import check_input_transforms
 
     splits = SimpleNamespace(train=ArrayDataset(inputs, torch.zeros(len(inputs), dtype=torch.long)))
     recipe = load_config(None, settings)

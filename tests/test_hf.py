@@ -10,7 +10,11 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import UserError
 from kdistill.methods import Term, preset_terms, teacher_taps
 from kdistill.models.hf import HFModel
-from kdistill.vocab import VocabularyMismatchError, check_vocabularies, map_teacher_vocabulary
+from kdistill.teachers.vocab import (
+    VocabularyMismatchError,
+    check_vocabularies,
+    map_teacher_vocabulary,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -98,13 +102,13 @@ def test_loads_a_local_directory_from_safetensors_only(tmp_path):
 
 
 def test_different_vocabularies_fail_in_one_line_naming_both_sizes():
-    from kdistill.run.school import check_compatible
+    from kdistill.teachers.pair import check_pair
 
     teacher = create_model("hf", num_classes=80, input_shape=(16,), task="causal-lm", config=GPT2)
     student = create_model("gpt", num_classes=50, input_shape=(16,), n_layer=1, n_head=2, n_embd=16)
     batch = lm_batch(vocab=50)
     with pytest.raises(UserError) as error:
-        check_compatible(Teacher(teacher), student, batch)
+        check_pair(Teacher(teacher), student, batch)
     message = str(error.value)
     assert "80" in message and "50" in message and len(message.splitlines()) == 1
     terms = [Term("kd", "forward_kl")]
@@ -116,7 +120,7 @@ def test_different_vocabularies_fail_in_one_line_naming_both_sizes():
 
     # the supported mapping: the student's tokens are teacher ids 0..49 in the same order
     handle = map_teacher_vocabulary(teacher, list(range(50)))
-    check_compatible(Teacher(teacher), student, batch)
+    check_pair(Teacher(teacher), student, batch)
     with torch.no_grad():
         torch.testing.assert_close(teacher(batch["input"]), t_logits[..., :50])
     handle.remove()

@@ -16,8 +16,8 @@ from kdistill.evaluation.language_model import evaluate_lm
 from kdistill.losses import token_ce
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import preset_terms
-from kdistill.sampling import OnPolicy, sample
-from kdistill.trainer import Loop, fit
+from kdistill.training.loop import Loop, fit
+from kdistill.training.sampling import OnPolicy, sample
 
 
 @pytest.fixture(scope="module")

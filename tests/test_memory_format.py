@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from kdistill import Distiller, Teacher, create_model
-from kdistill.models import list_models
 from kdistill.data import ArrayDataset
-from kdistill.memory_format import channels_last, prefers_channels_last
 from kdistill.methods import hinton_kd, scratch
-from kdistill.trainer import fit
+from kdistill.models import list_models
+from kdistill.training.loop import fit
+from kdistill.training.memory_format import channels_last, prefers_channels_last
 
 LAST = torch.channels_last
 
@@ -66,7 +66,7 @@ def test_fit_trains_and_teaches_in_channels_last_and_hands_the_models_back():
 
 def test_channels_last_training_equals_nchw_training_up_to_rounding(monkeypatch):
     def train(convert: bool):
-        monkeypatch.setattr("kdistill.memory_format.prefers_channels_last", lambda module, _: convert and module is not None)
+        monkeypatch.setattr("kdistill.training.memory_format.prefers_channels_last", lambda module, _: convert and module is not None)
         torch.manual_seed(0)
         model = create_model("cnn_tiny")
         fit(Distiller(model, scratch()), loader(), epochs=2, lr=1e-3, progress=False)

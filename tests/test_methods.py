@@ -16,7 +16,7 @@ from kdistill.methods import (
     preset_terms,
     teacher_taps,
 )
-from kdistill.trainer import make_accelerator
+from kdistill.training.acceleration import make_accelerator
 
 NUM_SAMPLES = 32
 LOGIT_PRESETS = ["kd", "dkd", "dist", "lskd", "nkd"]

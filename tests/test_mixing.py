@@ -11,14 +11,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
-from kdistill.cache import CachedTeacher, build_cache
 from kdistill.data import load_dataset
 from kdistill.data.mixing import Mixed, check_mix_terms, cutmix_masks, mix_batch, mix_draws, mixed
 from kdistill.errors import ConfigError
 from kdistill.methods import hinton_kd, preset_terms, scratch
 from kdistill.run.config import load_config
-from kdistill.run.steps import train_loader, training_set
-from kdistill.trainer import fit
+from kdistill.run.plan import train_loader, training_set
+from kdistill.teachers.cache import CachedTeacher, build_cache
+from kdistill.training.loop import fit
 
 
 @pytest.fixture(scope="module")

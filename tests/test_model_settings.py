@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdistill import safe_yaml
+from kdistill.io import safe_yaml
 from kdistill.models import MODELS, create_model
 from kdistill.models.settings import model_settings, parameter_count
 from kdistill.models.transformer import GPT, TransformerClassifier, TransformerConfig

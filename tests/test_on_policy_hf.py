@@ -13,7 +13,7 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import preset_terms
 from kdistill.models.hf import hf
-from kdistill.sampling import OnPolicy, sample
+from kdistill.training.sampling import OnPolicy, sample
 
 VOCAB, LENGTH = 128, 16
 
@@ -121,7 +121,7 @@ def test_on_policy_masks_the_prompt_of_hf_samples_and_counts_the_generated_share
 
 @pytest.mark.parametrize("chunk_size", [0, 8])
 def test_an_on_policy_token_kd_run_trains_end_to_end(lm_batch, chunk_size):
-    from kdistill.trainer import Loop, fit
+    from kdistill.training.loop import Loop, fit
 
     student, teacher = tiny_llama(0), tiny_llama(1)
     before = [p.detach().clone() for p in student.parameters()]

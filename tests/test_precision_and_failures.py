@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, Teacher, Term, create_model, fit
 from kdistill.cli import main
 from kdistill.data import ArrayDataset
-from kdistill.trainer import NonFiniteLossError, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.selection import NonFiniteLossError
 
 QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none", "train.augment=none", "train.mix=none",
          "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
@@ -44,7 +45,7 @@ def test_nan_loss_stops_with_step_term_and_hint():
 
 
 def test_the_watch_names_the_first_bad_step_across_folds_and_the_sums_equal_step_by_step_adds():
-    from kdistill.progress import FiniteWatch, TrainingProgress
+    from kdistill.training.selection import FiniteWatch, TrainingProgress
 
     watch, state = FiniteWatch(every=0), TrainingProgress()
     generator = torch.Generator().manual_seed(0)

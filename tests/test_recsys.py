@@ -12,7 +12,6 @@ import torch
 import yaml
 from conftest import ROOT
 
-from kdistill.cache import TeacherCache
 from kdistill.cli import main
 from kdistill.data import load_dataset
 from kdistill.data.movielens import read_interactions, sample_unrated
@@ -29,6 +28,7 @@ from kdistill.losses.ranking import (
 )
 from kdistill.methods import Term
 from kdistill.models import create_model
+from kdistill.teachers.cache import TeacherCache
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,15 @@ import torch
 from conftest import subprocess_env
 from torch.utils.data import DataLoader
 
-from kdistill.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
 from kdistill.cli import main
 from kdistill.deploy.onnx import load_weights, save_weights
 from kdistill.distiller import Distiller, Teacher
+from kdistill.io.tensors import CheckpointError, load_tensors, read_meta, save_tensors
 from kdistill.methods import preset_terms
 from kdistill.models import create_model
-from kdistill.sampling import OnPolicy
-from kdistill.trainer import Checkpointing, Loop, fit, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.sampling import OnPolicy
 
 RECIPE = [
     "data.subset=1000", "teacher.epochs=1", "train.epochs=3", "train.batch_size=16",

@@ -206,8 +206,8 @@ def test_real_smollm2_prunes_to_ten_layers():
 def test_pruned_student_recipe_end_to_end(tmp_path, capsys):
     from kdistill.cli import main
     from kdistill.data import load_dataset
-    from kdistill.run.steps import build_architecture
-    from kdistill.weights import load_weights, read_weights
+    from kdistill.io.weights import load_weights, read_weights
+    from kdistill.run.plan import build_architecture
 
     llama = {"task": "causal-lm", "config": {"model_type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}}}
     recipe = {

@@ -11,10 +11,10 @@ from kdistill import FeatureTap, create_model
 from kdistill.data import load_dataset
 from kdistill.data.text import read_rotten_tomatoes
 from kdistill.distiller import Distiller, Teacher
+from kdistill.io.resources import MissingResourceError, minilm_dir, package_file
 from kdistill.losses import attention_kl, hidden_mse
 from kdistill.methods import preset_terms, teacher_taps
 from kdistill.models.transfer import init_from_teacher
-from kdistill.resources import MissingResourceError, minilm_dir, package_file
 
 pytest.importorskip("tokenizers")
 

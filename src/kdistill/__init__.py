@@ -12,7 +12,6 @@ __version__ = "0.2.0"
 # Each public name and the module that defines it.
 _HOMES = {
     "DistillResult": "kdistill.api",
-    "MismatchError": "kdistill.api",
     "distill": "kdistill.api",
     "fit": "kdistill.api",
     "ArrayDataset": "kdistill.data",
@@ -25,13 +24,14 @@ _HOMES = {
     "Term": "kdistill.methods",
     "create_model": "kdistill.models",
     "list_models": "kdistill.models",
-    "OnnxModel": "kdistill.onnx_teacher",
+    "OnnxModel": "kdistill.teachers.onnx",
+    "MismatchError": "kdistill.teachers.pair",
     "Recipe": "kdistill.run.config",
     "load_config": "kdistill.run.config",
     "FeatureTap": "kdistill.taps",
-    "evaluate": "kdistill.trainer",
-    "load_weights": "kdistill.weights",
-    "save_weights": "kdistill.weights",
+    "evaluate": "kdistill.evaluation.classification",
+    "load_weights": "kdistill.io.weights",
+    "save_weights": "kdistill.io.weights",
 }
 
 __all__ = sorted(_HOMES)

@@ -19,21 +19,20 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
 from kdistill.data import ArrayDataset
 from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader, class_labels
 from kdistill.distiller import Distiller, Teacher
-from kdistill.errors import ArgumentError, DataError, UserError
+from kdistill.errors import ArgumentError, DataError
 from kdistill.evaluation.baseline import initial_copy, result_table, scratch_baseline
+from kdistill.evaluation.classification import evaluate
 from kdistill.methods import Term, hinton_kd, scratch, teacher_taps
-from kdistill.modeling import call_model, to_device
-from kdistill.onnx_teacher import OnnxModel, check_onnx_terms, is_onnx_file
-from kdistill.trainer import Optimization, evaluate, make_accelerator
-from kdistill.trainer import fit as train
-
-
-class MismatchError(UserError, ValueError):
-    """Teacher, student and data that cannot work together; the message names both sides."""
+from kdistill.modeling import to_device
+from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
+from kdistill.teachers.onnx import OnnxModel, check_onnx_terms, is_onnx_file
+from kdistill.teachers.pair import MismatchError, check_pair
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import fit as train
+from kdistill.training.optimization import Optimization
 
 
 @dataclass
@@ -76,58 +75,6 @@ def as_teacher(teacher, terms: list[Term]) -> Teacher:
     raise MismatchError(f"teacher: give an nn.Module, a Hugging Face model or an .onnx file, not a {type(teacher).__name__}")
 
 
-def _describe(model: nn.Module) -> str:
-    parameter = next(iter(model.parameters()), None)
-    if parameter is None:
-        return f"{type(model).__name__} (no parameters)"
-    return f"{type(model).__name__} ({parameter.dtype} on {parameter.device})"
-
-
-def _describe_input(inputs) -> str:
-    if isinstance(inputs, dict):
-        return ", ".join(f"{k}: {tuple(v.shape)} {v.dtype} on {v.device}" for k, v in inputs.items())
-    return f"{tuple(inputs.shape)} {inputs.dtype} on {inputs.device}"
-
-
-def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Size:
-    """Run teacher and student once on ``example``: inputs of another dtype or device than a
-    model's weights, and models that score different numbers of classes, fail here with one
-    error naming both sides, rather than deep inside a layer or a loss. Returns the shape of
-    the student's outputs."""
-    was_training = student.training
-    outputs = {}
-    try:
-        for role, run, model in (
-            ("teacher", lambda: teacher(example).logits, teacher.module),
-            ("student", lambda: call_model(student.eval(), example["input"]), student),
-        ):
-            try:
-                with torch.no_grad():
-                    outputs[role] = run()
-            except (RuntimeError, ValueError, TypeError) as error:
-                raise MismatchError(
-                    f"the {role}, {_describe(model)}, cannot run on the inputs ({_describe_input(example['input'])}): "
-                    f"{str(error).splitlines()[0][:200]}"
-                ) from None
-    finally:
-        student.train(was_training)
-    teacher_outputs, student_outputs = outputs["teacher"].shape[-1], outputs["student"].shape[-1]
-    if teacher_outputs != student_outputs:
-        raise MismatchError(
-            f"the teacher has {teacher_outputs} outputs but the student has {student_outputs}: "
-            "build both for the same classes"
-        )
-    if outputs["student"].dim() == 2 and student_outputs < 2:
-        raise MismatchError(
-            f"the models score {student_outputs} class: cross-entropy and distillation compare "
-            "distributions over 2 or more classes; build both for 2 or more classes"
-        )
-    target = example.get("target")
-    if target is not None and target.dtype in (torch.int64, torch.int32) and target.numel() and int(target.max()) >= student_outputs:
-        raise MismatchError(f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}")
-    return outputs["student"].shape
-
-
 def _probe_batch(loader: DataLoader) -> dict:
     """The first two samples in the dataset's order, without drawing from the loader's sampler."""
     if isinstance(loader.dataset, torch.utils.data.IterableDataset):
@@ -146,12 +93,9 @@ def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accel
     else:
         root = Path(cache)
     fingerprint = {"teacher": teacher_identity(teacher.module), "samples": len(dataset), "taps": sorted(teacher.taps), "dtype": "float32"}
-    if (root / "meta.json").is_file():
-        stored = TeacherCache(root)
-        stored.check(fingerprint)
-        stored.verify(teacher, dataset)  # the data itself: the fingerprint cannot see it
-    else:
-        stored = build_cache(root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator)
+    stored, _ = open_or_build(
+        root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator
+    )
     return CachedTeacher(stored)
 
 
@@ -240,6 +184,11 @@ def distill(
             example = to_device(_probe_batch(train_loader), accelerator.device)
             frozen, student = frozen.to(accelerator.device), student.to(accelerator.device)
             scores = check_pair(frozen, student, example)
+            if len(scores) == 2 and scores[-1] < 2:  # one class: softmax is 1, nothing to learn
+                raise MismatchError(
+                    f"the models score {scores[-1]} class: cross-entropy and distillation compare "
+                    "distributions over 2 or more classes; build both for 2 or more classes"
+                )
             for what, loader in (("train_data", train_loader), ("val_data", val_loader)):
                 _check_classes(loader, scores, what)
             if any(term.connector or term.needs_build for term in terms):
@@ -290,7 +239,7 @@ def fit(
     seed: int = 0,
     **options,
 ) -> list[dict]:
-    """Train a ``Distiller`` (``kdistill.trainer.fit``) on what a PyTorch user holds.
+    """Train a ``Distiller`` (``kdistill.training.loop.fit``) on what a PyTorch user holds.
 
     ``train_data`` / ``val_data`` (or ``val_loader``) take everything ``distill`` takes; a
     ``DataLoader`` keeps its own batch size and order, other data is batched by ``batch_size``

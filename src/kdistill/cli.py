@@ -110,7 +110,7 @@ def export(
     ONNX Runtime, and add it all to summary.json and the report. Exit 2 if a check fails."""
     from kdistill.deploy.run_export import export_run
     from kdistill.report import read_summary
-    from kdistill.runlock import holding
+    from kdistill.run.lock import holding
 
     try:
         finished = (Path(run_dir) / "summary.json").exists()
@@ -133,7 +133,7 @@ def predict(
     """Run the exported student (student.onnx, ONNX Runtime only) on files and print one line
     per input: its class and probability. Shows that an export works on its own."""
     from kdistill.deploy.standalone import predict_files
-    from kdistill.runlock import holding
+    from kdistill.run.lock import holding
 
     with holding(export_dir, shared=True):  # read-only: other readers may share the run
         for result in predict_files(export_dir, inputs):
@@ -163,7 +163,7 @@ def tune(
 def report(run_dir: str = typer.Argument(..., help="a finished run directory, e.g. runs/mnist_kd")):
     """Re-render RUN_DIR/report.md and report.html (and the plots) from summary.json."""
     from kdistill.report import render_run
-    from kdistill.runlock import holding
+    from kdistill.run.lock import holding
 
     with holding(run_dir):
         path = render_run(run_dir)

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, create_model, fit
 from kdistill.data import ArrayDataset
 from kdistill.methods import Term
-from kdistill.trainer import Optimization, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.optimization import Optimization
 
 out_dir, batch_size, grad_accum = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)

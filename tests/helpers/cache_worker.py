@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from kdistill.cache import build_cache
 from kdistill.data.base import ArrayDataset
 from kdistill.distiller import Teacher
-from kdistill.trainer import make_accelerator
+from kdistill.teachers.cache import build_cache
+from kdistill.training.acceleration import make_accelerator
 
 base, layout = Path(sys.argv[1]), sys.argv[2]
 topk = int(sys.argv[3]) if len(sys.argv) > 3 else None

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, Term, create_model, fit
 from kdistill.data import ArrayDataset
-from kdistill.trainer import Loop, make_accelerator
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.loop import Loop
 
 out_dir = Path(sys.argv[1])
 device = sys.argv[2] if len(sys.argv) > 2 else "cpu"

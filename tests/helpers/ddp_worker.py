@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from kdistill import Distiller, Teacher, create_model, evaluate, fit
 from kdistill.data import load_dataset
 from kdistill.methods import hinton_kd, scratch
-from kdistill.trainer import make_accelerator
+from kdistill.training.acceleration import make_accelerator
 
 out_dir, per_process_batch = Path(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(1)

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from kdistill.data.base import DataSplits, stratified_split
 from kdistill.errors import DataError
+from kdistill.io.resources import minilm_dir, package_file
 from kdistill.modeling import TEACHER_PREFIX
-from kdistill.resources import minilm_dir, package_file
 
 LABELS = ("rotten", "fresh")  # class 0 is the negative review, as in the usual sentiment sets
 

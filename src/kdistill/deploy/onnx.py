@@ -20,7 +20,7 @@ from torch import nn
 
 from kdistill.deploy.latency import Latency, measure_latency, repeat_sample, time_call  # noqa: F401
 from kdistill.errors import UserError
-from kdistill.weights import count_parameters, load_weights, save_weights  # noqa: F401  (re-exported)
+from kdistill.io.weights import count_parameters, load_weights, save_weights  # noqa: F401  (re-exported)
 
 EXPORT_EXTRA = 'pip install "kdistill[export]" (onnx, onnxruntime, onnxscript)'
 EXPORTERS = ("auto", "dynamo", "torchscript")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from kdistill.deploy.latency import MIN_RUN_TIME, latency_ratio
 from kdistill.deploy.onnx import (
     OrtModel,
     export_onnx,
@@ -30,12 +31,11 @@ from kdistill.deploy.onnx import (
     quantize_int8,
     require_onnx,
 )
-from kdistill.deploy.latency import MIN_RUN_TIME, latency_ratio
 from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
-from kdistill.manifest import record, unrecorded
+from kdistill.io.manifest import record, unrecorded
 from kdistill.modeling import call_model, model_inputs
-from kdistill.onnx_teacher import OnnxModel
+from kdistill.teachers.onnx import OnnxModel
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
 INT8_TOLERANCE = 0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
@@ -85,9 +85,10 @@ def export_run(
     parity or its int8 score is outside tolerance; the teacher's own parity is recorded only.
     """
     from kdistill.evaluation import TASKS
-    from kdistill.report import atomic_write, existing_plots, ratio_text, write_report
+    from kdistill.io.files import atomic_write
+    from kdistill.report import existing_plots, ratio_text, write_report
     from kdistill.run.config import load_config
-    from kdistill.run.steps import build_architecture, eval_loader, load_data
+    from kdistill.run.plan import build_architecture, eval_loader, load_data
 
     run_dir = Path(run_dir)
     summary, roles = run_roles(run_dir)
@@ -264,7 +265,7 @@ def standalone_metadata(recipe, summary: dict, splits, example, out: Path) -> di
     tokenizer is copied beside the files so the export reads raw text on its own."""
     tokenizer = None
     if isinstance(example, dict) and "input_ids" in example:
-        from kdistill.resources import minilm_dir
+        from kdistill.io.resources import minilm_dir
 
         # The export serves the student: its own tokenizer when it has one.
         source = Path(recipe.data.options.get("student_tokenizer") or recipe.data.options.get("tokenizer") or minilm_dir())

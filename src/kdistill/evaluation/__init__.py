@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from kdistill.evaluation.classification import evaluate, predict
 from kdistill.evaluation.language_model import evaluate_lm, lm_samples
 from kdistill.evaluation.paired import Outcomes
 from kdistill.evaluation.ranking import evaluate_ranking
 from kdistill.methods import Term, scratch
-from kdistill.trainer import evaluate, predict
 
 
 @dataclass(frozen=True)

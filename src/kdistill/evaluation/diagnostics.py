@@ -102,7 +102,7 @@ def diagnose(
     """Diagnostics of ``models`` (``teacher``, ``scratch``, ``student``) on one split, plus the
     training facts the likely-cause analysis needs (from ``history``, the metrics log, and the
     distillation ``terms``). Everything returned is JSON-ready."""
-    from kdistill.trainer import predict
+    from kdistill.evaluation.classification import predict
 
     logits, targets = {}, None
     for role, model in models.items():

@@ -100,7 +100,7 @@ def lm_samples(models: dict[str, nn.Module], splits, *, prompts: int = 3, prompt
     """Continuations of the first ``prompt_length`` tokens of a few test windows (evenly
     spaced, so fixed for a split), by every model with the same seed; the models see at most
     their block size of context."""
-    from kdistill.sampling import sample_texts
+    from kdistill.training.sampling import sample_texts
 
     dataset = splits.test
     codec = getattr(dataset, "codec", None)

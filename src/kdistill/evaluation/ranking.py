@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdistill.evaluation.classification import predict
 from kdistill.evaluation.paired import Outcomes
-from kdistill.trainer import predict
 
 RATING, PREFERENCE = 0, 1
 

@@ -20,8 +20,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdistill.errors import ConfigError
+from kdistill.io.resources import minilm_dir
 from kdistill.modeling import LazyLogits
-from kdistill.resources import minilm_dir
 
 HF_TASKS = ("sequence-classification", "causal-lm")
 

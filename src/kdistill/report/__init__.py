@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from kdistill.errors import UserError
-from kdistill.report.files import atomic_write
+from kdistill.io.files import atomic_write
 from kdistill.report.history import MetricsLog
 from kdistill.report.plots import DIAGNOSTIC_PLOTS, plot_diagnostics, plot_history
 from kdistill.report.roles import ROLE_TITLES, ROLES, role_title, table_roles

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-import kdistill.manifest as manifest
+import kdistill.io.manifest as manifest
 from kdistill.errors import UserError
 
 

@@ -7,7 +7,7 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from kdistill.report.files import atomic_write
+from kdistill.io.files import atomic_write
 from kdistill.report.roles import ROLE_TITLES, ROLES, role_title
 
 

@@ -15,22 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-import kdistill.safe_yaml as safe_yaml
+import kdistill.io.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
 from kdistill.models.imported import remember_data_dir, remember_recipe_dir
+from kdistill.training.settings import (
+    MAX_STEP,
+    Augment,
+    Section,
+    TrainConfig,
+)
 
-# Bounds far beyond any setting that trains, below those that crash rather than fail clearly:
-# optimizers hold lr and weight decay as float32 (1e308 overflows in the step), T² of a
-# temperature of 1e308 overflows a float, and a DataLoader's batch must fit a C ssize_t.
-MAX_STEP = 1e6
-MAX_TEMPERATURE = 1e3
-MAX_BATCH = 2**31 - 1
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+MAX_TEMPERATURE = 1e3  # T² of a temperature of 1e308 overflows a float
 
 
 class DataConfig(Section):
@@ -49,9 +46,6 @@ class DataConfig(Section):
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must leave data to train on (< 1)")
         return self
-
-
-Augment = Literal["none", "shift", "flip", "shift_flip", "affine"]
 
 
 class PruneConfig(Section):
@@ -120,52 +114,6 @@ class DistillConfig(Section):
     generations: int = Field(2, ge=1, description="born_again: distilled generations after the scratch one")
     ensemble: Literal["mean", "weights", "confidence"] = Field("mean", description="how `teachers` combine")
     ensemble_weights: list[float] | None = Field(None, description="ensemble=weights: one per teacher")
-
-
-class EarlyStoppingConfig(Section):
-    metric: str | None = Field(None, description="a validation metric (accuracy, loss, perplexity...); default: the task's headline")
-    patience: int = Field(3, ge=1, description="epochs without improvement before training stops")
-    min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts as an improvement")
-
-
-class TrainConfig(Section):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
-    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
-    lr: float = Field(3e-3, gt=0, le=MAX_STEP)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=MAX_STEP)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    seed: int = Field(0, ge=0, le=2**32 - 1 - 1000 * 64, description="seeds of ensemble members add 1000 each")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    augment: Augment = Field("none", description="augmentation while training the students")
-    # Function matching (Beyer et al., CVPR 2022): each image mixed with another of the split,
-    # replayably (kdistill.data.mixing); the teacher scores the same mixed view, the scratch
-    # student learns the mixed labels. Teachers train unmixed.
-    mix: Literal["none", "mixup", "cutmix"] = Field("none", description="mix images of the training split (both students)")
-    mix_alpha: float = Field(1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
-    scratch_mix: Literal["same", "none", "mixup", "cutmix"] = Field(
-        "same", description="the scratch student's mixing: the distilled student's (same), or the one that makes it strongest")
-    views: int = Field(
-        0, ge=0, description="distinct views of each sample a teacher scores, repeated in turn (0: a new view every epoch); "
-        "a cached teacher runs this many passes")
-    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
-    deterministic: bool = Field(False, description="deterministic kernels: bit-identical reruns and resumes")
-    compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = Field(
-        False, description="torch.compile each trained student with its terms (true: inductor); teachers run as they are")
-    grad_accum: int = Field(1, ge=1, description="batches whose gradients are summed before each update")
-    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this before each update")
-    warmup_steps: int = Field(0, ge=0, description="updates of linear learning-rate warm-up before the schedule")
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="warm-up as a fraction of all updates (when warmup_steps is 0)")
-    early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when the validation metric stops improving")
-    keep: Literal["last", "best"] = Field("last", description="which epoch's weights each trained model keeps: the last, or the best on the validation split")
-
-    @property
-    def scratch_mixing(self) -> str:
-        """The mixing the scratch student trains with: its own (``scratch_mix``) or the distilled one's."""
-        return self.mix if self.scratch_mix == "same" else self.scratch_mix
 
 
 class OutputConfig(Section):

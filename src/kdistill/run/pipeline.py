@@ -1,7 +1,22 @@
 """The main job, as a short script of named steps: preflight (every model, term, tap and phase
 checked on one batch, nothing written), the run directory (made, replaced or continued, and
 locked), the teaching mode (which returns the roles it trained), the summary, the report.
-``cache`` is the teacher half of it, for ``kdistill cache``."""
+``cache`` is the teacher half of it, for ``kdistill cache``.
+
+The phases each mode trains, in order (each ``checkpoints/<phase>.safetensors``, resumable;
+a teacher is loaded, reused from ``<output.dir>/.teachers`` or trained as its phase; with
+``student.prune`` a ``pruned`` student, untrained, is kept first):
+
+- ``teacher``: teacher, scratch, student (distilled from the teacher);
+- ``assistant``: teacher, assistant (distilled from the teacher), scratch, student (from the
+  assistant);
+- ``ensemble``: teacher_0 .. teacher_<members-1>, scratch, student (from their combination);
+- ``born_again``: scratch (generation 0, the report's teacher), generation_1 ..
+  generation_<generations-1>, student (the last generation);
+- ``mutual``: scratch, student (the student and its peer trained together, one phase).
+
+``kdistill cache`` runs ``teacher`` only, then stores the teacher's outputs.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +25,8 @@ import time
 from pathlib import Path
 
 from kdistill.errors import DiskFullError, UserError, disk_full, is_disk_full
+from kdistill.io.files import atomic_write
 from kdistill.report import (
-    atomic_write,
     comparison_rows,
     markdown_table,
     read_summary,
@@ -21,13 +36,13 @@ from kdistill.report import (
 )
 from kdistill.report.plots import plot_diagnostics, plot_history
 from kdistill.run.config import Recipe
+from kdistill.run.plan import eval_loader
 from kdistill.run.preflight import preflight, teacher_notes
 from kdistill.run.rundir import check_run_dir, open_run_dir
 from kdistill.run.school import RunSchool
-from kdistill.run.steps import eval_loader
 from kdistill.run.summary import summarize
 from kdistill.teaching import MODES, Role
-from kdistill.trainer import make_accelerator
+from kdistill.training.acceleration import make_accelerator
 
 
 def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=print) -> dict:

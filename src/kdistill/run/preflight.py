@@ -13,12 +13,81 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kdistill.cache_storage import check_cache_root
+import torch
+from torch import nn
+
+from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError
+from kdistill.methods import teacher_taps
+from kdistill.models.pruning import layer_stack, prune_layers, select_layers
+from kdistill.models.settings import model_settings, parameter_count
 from kdistill.run.config import Recipe
-from kdistill.run.school import DryRunSchool
-from kdistill.run.steps import Plan, plan
+from kdistill.run.plan import Plan, plan, train_loader
+from kdistill.run.school import RunSchool, load_checkpoint
+from kdistill.teachers.store import check_cache_root
 from kdistill.teaching import MODES
+from kdistill.teaching.preparation import prepare_teacher
+from kdistill.teaching.roles import Role
+
+
+class DryRunSchool(RunSchool):
+    """The same school on one batch, writing nothing: teachers are built (and a named
+    ``checkpoint`` loaded, so a file that does not fit fails now) but not trained or cached,
+    and every phase takes one forward and backward step instead of training."""
+
+    def __init__(self, plan: Plan):  # no accelerator, run directory, metrics or trackers
+        self.read_plan(plan)
+
+    def _pruned(self, field: str, model: nn.Module, prune) -> nn.Module:
+        """The first ``keep`` layers, unscored: the shapes are those of the run's pruned student,
+        and a check does not spend the run's calibration forward passes."""
+        select_layers(torch.zeros(len(layer_stack(model))), prune.keep)  # a keep the model cannot give fails here
+        return prune_layers(model, list(range(prune.keep)))
+
+    def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
+        model = super().build(architecture, member=member, reseed=reseed)
+        field, section = self._section(architecture, member)
+        self.plan.built[field] = {"model": section.model, "parameters": parameter_count(model), "settings": model_settings(model)}
+        return model
+
+    def obtain_teacher(self, member: int | None = None) -> Role:
+        field, cfg = self._section("teacher", member)
+        if cfg.onnx:
+            return self._onnx_teacher(field, cfg, "teacher" if member is None else f"teacher_{member}")
+        model = self.build("teacher", member=member)
+        if cfg.checkpoint:
+            load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
+        if member is None:
+            prepare_teacher(self.recipe.distill.params, model)
+        return Role(model, self.architecture("teacher", member=member), "teacher.safetensors", source="preflight")
+
+    def frozen(self, model: nn.Module, *, cached: bool = False):
+        return Teacher(model, taps=teacher_taps(self.distill_terms))
+
+    def fit(self, phase: str, distiller: Distiller, teacher) -> float:
+        """One training step's forward and backward on one batch; fails naming the phase."""
+        t = self.recipe.train
+        batch = next(iter(train_loader(self.splits, self.recipe, t.augment, t.mix)))
+        try:
+            with torch.random.fork_rng():
+                distiller.train()
+                transform = getattr(distiller, "batch_transform", None)
+                if transform is not None:
+                    batch = transform(batch)
+                teacher_out = teacher(batch) if teacher is not None and distiller.needs_teacher else None
+                out = distiller(batch, teacher_out)
+                out["loss"].backward()
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as error:
+            where = "terms" if self.recipe.terms is not None else f"method {self.recipe.method}"
+            raise ConfigError(f"{where} ({phase}): {str(error).splitlines()[0][:300]}") from None
+        finally:
+            distiller.zero_grad(set_to_none=True)
+            if distiller.tap:
+                distiller.tap.remove()
+        return 0.0
+
+    def keep(self, model: nn.Module, file: str) -> None:
+        pass
 
 
 def preflight(recipe: Recipe) -> Plan:

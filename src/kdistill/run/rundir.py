@@ -3,7 +3,7 @@
 - A directory kdistill makes gets a marker, ``.kdistill-run`` (the run's name, a random id, the
   time), written when it is made, after preflight has passed.
 - The run lists every file it (its report, its export, its trackers) wrote, with its size, in
-  ``.kdistill-files`` (``kdistill.manifest``). ``--overwrite`` replaces only a marked directory
+  ``.kdistill-files`` (``kdistill.io.manifest``). ``--overwrite`` replaces only a marked directory
   with such a list, and only if every file in it is on the list at its size: anything else (a
   project's ``src/``, a note or a kept checkpoint of the user's, a file edited since) refuses
   the overwrite before a byte is deleted. No pattern decides what goes.
@@ -23,12 +23,12 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import kdistill.manifest as manifest
-import kdistill.safe_yaml as safe_yaml
+import kdistill.io.manifest as manifest
+import kdistill.io.safe_yaml as safe_yaml
 from kdistill.errors import UserError
-from kdistill.manifest import BOOKKEEPING, LOCK, MANIFEST, MARKER
-from kdistill.runlock import RunLock
+from kdistill.io.manifest import BOOKKEEPING, LOCK, MANIFEST, MARKER
 from kdistill.run.config import Recipe, dump_config
+from kdistill.run.lock import RunLock
 from kdistill.run.trackers import FOLDERS
 
 

@@ -1,9 +1,7 @@
 """The run's side of a teaching mode: ``RunSchool`` implements the ``School`` a mode is given,
 from the recipe, the data and the run directory (models built and seeded, teachers loaded,
-reused or trained, students trained as resumable, checkpointed phases). ``DryRunSchool`` is
-the same school on one batch: preflight runs every mode through it, so every model, term, tap
-and connector of every phase is built and takes one forward and backward step before anything
-is written.
+reused or trained, students trained as resumable, checkpointed phases). Its one-batch twin,
+``DryRunSchool``, lives with preflight (run/preflight.py), its only user.
 """
 
 from __future__ import annotations
@@ -19,19 +17,16 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from kdistill.cache import CachedTeacher, TeacherCache, build_cache, teacher_identity
-from kdistill.checkpoint import read_meta
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
-from kdistill.manifest import record
+from kdistill.io.manifest import record
+from kdistill.io.tensors import read_meta
+from kdistill.io.weights import load_weights, save_weights
 from kdistill.methods import teacher_taps
-from kdistill.modeling import call_model
-from kdistill.models.pruning import layer_stack, prune_by_influence, prune_layers, select_layers
-from kdistill.models.settings import model_settings, parameter_count
-from kdistill.onnx_teacher import OnnxModel, check_onnx_terms
+from kdistill.models.pruning import prune_by_influence, prune_layers
 from kdistill.report.history import MetricsLog
-from kdistill.run.config import Recipe, StudentConfig, TeacherConfig, TrainConfig
-from kdistill.run.steps import (
+from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
+from kdistill.run.plan import (
     Plan,
     build_model,
     cache_topk,
@@ -40,18 +35,15 @@ from kdistill.run.steps import (
     training_set,
 )
 from kdistill.run.trackers import Trackers
+from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
+from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
+from kdistill.teachers.pair import check_pair
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
-from kdistill.trainer import (
-    Checkpointing,
-    EarlyStopping,
-    Loop,
-    Optimization,
-    best_weights_path,
-    fit,
-)
-from kdistill.weights import load_weights, save_weights
-
+from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.optimization import Optimization
+from kdistill.training.selection import EarlyStopping, best_weights_path
+from kdistill.training.settings import TrainConfig
 
 # On the CPU a teacher's forward pass gets no faster past a few hundred samples and can get
 # slower once the activations leave the caches: LeNet over 3,500 digits, one thread, channels-
@@ -67,12 +59,17 @@ class RunSchool:
     """Trains, loads and keeps a run's models in ``run_dir`` (see ``teaching.roles.School``)."""
 
     def __init__(self, plan: Plan, accelerator: Accelerator, run_dir: Path, *, resume: bool = False):
-        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
-        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
+        self.read_plan(plan)
         self.accelerator, self.run_dir, self.resume = accelerator, run_dir, resume
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.val_loader = eval_loader(plan.splits.val, plan.recipe)
         self.trackers = Trackers(plan.recipe.output.report_to, run_dir, hyperparameters=plan.recipe.model_dump(mode="json"))
+
+    def read_plan(self, plan: Plan) -> None:
+        """What every school reads from the plan (``DryRunSchool`` reads only this)."""
+        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
+        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
+        self.resume = False
         self.pruning: dict[str, dict] = {}  # field -> the layers kept and their scores (student.prune)
 
     @property
@@ -207,19 +204,14 @@ class RunSchool:
         }
         key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
         root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
-        if (root / "meta.json").is_file():
-            cache = TeacherCache(root)
-            cache.check(fingerprint)
-            cache.verify(teacher, dataset)  # what a fingerprint cannot see: the outputs themselves
-        else:
-            started = time.perf_counter()
-            cache = build_cache(
-                root, teacher, dataset, fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
-                topk=topk["k"] if topk else None, temperature=topk["temperature"] if topk else 1.0,
-                batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device), accelerator=self.accelerator,
-            )
-            if self.is_main and recipe.output.progress:
-                print(f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}")
+        started = time.perf_counter()
+        cache, built = open_or_build(
+            root, teacher, dataset, fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
+            topk=topk["k"] if topk else None, temperature=topk["temperature"] if topk else 1.0,
+            batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device), accelerator=self.accelerator,
+        )
+        if built and self.is_main and recipe.output.progress:
+            print(f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}")
         return CachedTeacher(cache)
 
     # --- students -------------------------------------------------------------------------
@@ -227,7 +219,7 @@ class RunSchool:
     def distiller(self, student: nn.Module, terms: list, teacher) -> Distiller:
         example, transform = self.plan.example, None
         if teacher is not None:
-            check_compatible(teacher, student, example)
+            check_pair(teacher, student, example)
             live, seed = getattr(teacher, "module", None), self.recipe.train.seed
             transform = prepare_student(self.recipe.distill.params, student, live, seed=seed)
         distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example, num_samples=len(self.splits.train))
@@ -315,69 +307,6 @@ class RunSchool:
         self.accelerator.wait_for_everyone()
 
 
-class DryRunSchool(RunSchool):
-    """The same school on one batch, writing nothing: teachers are built (and a named
-    ``checkpoint`` loaded, so a file that does not fit fails now) but not trained or cached,
-    and every phase takes one forward and backward step instead of training."""
-
-    def __init__(self, plan: Plan):
-        self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
-        self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
-        self.resume = False
-        self.pruning = {}
-
-    def _pruned(self, field: str, model: nn.Module, prune) -> nn.Module:
-        """The first ``keep`` layers, unscored: the shapes are those of the run's pruned student,
-        and a check does not spend the run's calibration forward passes."""
-        select_layers(torch.zeros(len(layer_stack(model))), prune.keep)  # a keep the model cannot give fails here
-        return prune_layers(model, list(range(prune.keep)))
-
-    def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
-        model = super().build(architecture, member=member, reseed=reseed)
-        field, section = self._section(architecture, member)
-        self.plan.built[field] = {"model": section.model, "parameters": parameter_count(model), "settings": model_settings(model)}
-        return model
-
-    def obtain_teacher(self, member: int | None = None) -> Role:
-        field, cfg = self._section("teacher", member)
-        if cfg.onnx:
-            return self._onnx_teacher(field, cfg, "teacher" if member is None else f"teacher_{member}")
-        model = self.build("teacher", member=member)
-        if cfg.checkpoint:
-            load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
-        if member is None:
-            prepare_teacher(self.recipe.distill.params, model)
-        return Role(model, self.architecture("teacher", member=member), "teacher.safetensors", source="preflight")
-
-    def frozen(self, model: nn.Module, *, cached: bool = False):
-        return Teacher(model, taps=teacher_taps(self.distill_terms))
-
-    def fit(self, phase: str, distiller: Distiller, teacher) -> float:
-        """One training step's forward and backward on one batch; fails naming the phase."""
-        t = self.recipe.train
-        batch = next(iter(train_loader(self.splits, self.recipe, t.augment, t.mix)))
-        try:
-            with torch.random.fork_rng():
-                distiller.train()
-                transform = getattr(distiller, "batch_transform", None)
-                if transform is not None:
-                    batch = transform(batch)
-                teacher_out = teacher(batch) if teacher is not None and distiller.needs_teacher else None
-                out = distiller(batch, teacher_out)
-                out["loss"].backward()
-        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as error:
-            where = "terms" if self.recipe.terms is not None else f"method {self.recipe.method}"
-            raise ConfigError(f"{where} ({phase}): {str(error).splitlines()[0][:300]}") from None
-        finally:
-            distiller.zero_grad(set_to_none=True)
-            if distiller.tap:
-                distiller.tap.remove()
-        return 0.0
-
-    def keep(self, model: nn.Module, file: str) -> None:
-        pass
-
-
 def optimization(train: TrainConfig, optimizer: str) -> Optimization:
     return Optimization(
         optimizer, weight_decay=train.weight_decay, momentum=train.momentum, schedule=train.schedule,
@@ -414,17 +343,3 @@ def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = Fa
         raise type(error)(f"{field}: {error}") from None
     except Exception as error:  # shapes or names that do not fit the model
         raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
-
-
-def check_compatible(teacher, student: nn.Module, example: dict) -> None:
-    """Teacher (live or cached) and student must score the same classes (or vocabulary)."""
-    with torch.no_grad():
-        was = student.training
-        t_out = teacher(example).logits
-        s_out = call_model(student.eval(), example["input"])
-        student.train(was)
-    if t_out.shape[-1] != s_out.shape[-1]:
-        raise UserError(
-            f"the teacher has {t_out.shape[-1]} outputs but the student has {s_out.shape[-1]}: "
-            "build both for the same classes (or vocabulary), or map one onto the other"
-        )

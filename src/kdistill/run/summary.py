@@ -12,9 +12,9 @@ from kdistill.deploy.latency import measure_latency
 from kdistill.evaluation import Task
 from kdistill.evaluation.diagnostics import diagnose
 from kdistill.evaluation.paired import compare
-from kdistill.run.steps import Plan
+from kdistill.io.weights import count_parameters
+from kdistill.run.plan import Plan
 from kdistill.teaching import Role, Roles
-from kdistill.weights import count_parameters
 
 
 def architecture_name(architecture: dict) -> str:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from kdistill.errors import ConfigError
-from kdistill.manifest import record_tree
+from kdistill.io.manifest import record_tree
 
 # The package each tracker needs, and where its files go inside the run directory.
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-import kdistill.safe_yaml as safe_yaml
+import kdistill.io.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError, UserError
 from kdistill.run.config import Recipe, TeacherConfig, dump_config, load_config
 
@@ -131,10 +131,10 @@ def tune(
 ) -> dict:
     """Run ``trials`` more trials of the study for this recipe; write ``best.yaml``,
     ``trials.csv`` and ``trials.md`` in ``<output.dir>/<name>-tune/``; return the best trial."""
-    from kdistill.report import atomic_write
+    from kdistill.io.files import atomic_write
     from kdistill.run.pipeline import run as run_recipe
     from kdistill.run.preflight import preflight
-    from kdistill.trainer import NonFiniteLossError
+    from kdistill.training.selection import NonFiniteLossError
 
     if trials < 1:
         raise UserError("--trials must be at least 1")

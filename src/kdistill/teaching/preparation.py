@@ -17,8 +17,8 @@ from torch import nn
 
 from kdistill.errors import ConfigError
 from kdistill.models.transfer import init_from_teacher
-from kdistill.sampling import OnPolicy
-from kdistill.vocab import map_teacher_vocabulary
+from kdistill.teachers.vocab import map_teacher_vocabulary
+from kdistill.training.sampling import OnPolicy
 
 RUN_PARAMS = ("init_from_teacher", "on_policy", "vocab_map")
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kdistill.errors import UserError
-from kdistill.manifest import LOCK, MARKER
+from kdistill.io.manifest import LOCK, MARKER
 
 
 def holder(run_dir: Path) -> str:

@@ -42,7 +42,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from kdistill.cache_storage import (
+from kdistill.data.base import collate
+from kdistill.distiller import ModelOutput, Teacher
+from kdistill.errors import UserError
+from kdistill.io.tensors import CheckpointError, tensor_digest
+from kdistill.losses.logit import kd
+from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
+from kdistill.methods import LOGITS, Term
+from kdistill.teachers.store import (
     agree_on_cache,
     allocate,
     check_space,
@@ -51,14 +58,7 @@ from kdistill.cache_storage import (
     one_machine,
     padded_shard,
 )
-from kdistill.checkpoint import CheckpointError, tensor_digest
-from kdistill.data.base import collate
-from kdistill.distiller import ModelOutput, Teacher
-from kdistill.errors import UserError
-from kdistill.losses.logit import kd
-from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
-from kdistill.memory_format import channels_last
-from kdistill.methods import LOGITS, Term
+from kdistill.training.memory_format import channels_last
 
 FORMAT = "kdistill-teacher-cache/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -283,6 +283,21 @@ class TeacherCache:
                 f"({difference}): the cache was made by another teacher or teacher setup; delete it and "
                 "rebuild it with `kdistill cache RECIPE`, or set teacher.cache=false"
             )
+
+
+def open_or_build(
+    root: Path, teacher: Teacher, dataset: Dataset, *, fingerprint: dict, **build
+) -> tuple[TeacherCache, bool]:
+    """The teacher's cache at ``root``: opened and checked when it exists (the fingerprint, then
+    the stored outputs against the live teacher: what a fingerprint cannot see), else built with
+    ``build_cache``'s settings ``build``. Both doors open a cache here; returns it and whether it
+    was built now."""
+    if (root / "meta.json").is_file():
+        cache = TeacherCache(root)
+        cache.check(fingerprint)
+        cache.verify(teacher, dataset)
+        return cache, False
+    return build_cache(root, teacher, dataset, fingerprint=fingerprint, **build), True
 
 
 def build_cache(

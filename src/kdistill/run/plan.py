@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.cache import topk_terms
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented, can_augment, cycled
 from kdistill.data.base import collate
@@ -24,6 +23,7 @@ from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
 from kdistill.run.config import Recipe
+from kdistill.teachers.cache import topk_terms
 from kdistill.teaching.preparation import preset_params
 
 
@@ -234,7 +234,7 @@ def build_architecture(architecture: dict, splits: DataSplits, *, field: str) ->
         members = [build_architecture(m, splits, field=f"{field}.ensemble.{i}") for i, m in enumerate(architecture["ensemble"])]
         return Ensemble(members, architecture.get("combine", "mean"), architecture.get("weights"))
     if "onnx" in architecture:  # a teacher delivered as an exported graph
-        from kdistill.onnx_teacher import OnnxModel
+        from kdistill.teachers.onnx import OnnxModel
 
         return OnnxModel(architecture["onnx"], field=field)
     model = build_model(field, architecture["model"], architecture.get("kwargs", {}), splits)

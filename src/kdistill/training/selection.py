@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from kdistill.checkpoint import load_tensors
 from kdistill.errors import UserError
-from kdistill.weights import save_weights
+from kdistill.io.tensors import load_tensors
+from kdistill.io.weights import save_weights
 
 
 class NonFiniteLossError(UserError):

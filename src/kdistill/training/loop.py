@@ -1,5 +1,7 @@
-"""``fit`` and ``evaluate``: an ordinary PyTorch loop made device- and scale-agnostic by
-Hugging Face Accelerate (``prepare``, ``backward``, ``gather_for_metrics``, main-process logging).
+"""``fit``: an ordinary PyTorch loop made device- and scale-agnostic by Hugging Face Accelerate
+(``prepare``, ``backward``, ``gather_for_metrics``, main-process logging). Its parts live beside
+it in training/: the optimiser and schedule (optimization), the accelerator (acceleration), early
+stopping and best weights (selection), the resumable state (checkpoint).
 """
 
 from __future__ import annotations
@@ -12,88 +14,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kdistill.acceleration import (  # noqa: F401 (re-exported)
-    SHARDED,
-    make_accelerator,
-    refuse_sharded,
-    use_deterministic_kernels,
-)
-from kdistill.checkpoint import (
+from kdistill.distiller import Distiller, Teacher
+from kdistill.errors import UserError
+from kdistill.evaluation.classification import evaluate
+from kdistill.training.acceleration import make_accelerator
+from kdistill.training.checkpoint import (
     load_training_state,
     restore_training_state,
     save_training_state,
     set_rng_state,
 )
-from kdistill.distiller import Distiller, Teacher, call_model
-from kdistill.errors import UserError
-from kdistill.memory_format import channels_last
-from kdistill.optimization import (  # noqa: F401 (re-exported)
-    OPTIMIZERS,
-    SCHEDULES,
+from kdistill.training.memory_format import channels_last
+from kdistill.training.optimization import (
     Optimization,
     accumulation_windows,
     make_optimizer,
     make_schedule,
     parameter_groups,
 )
-from kdistill.progress import (  # noqa: F401 (re-exported)
+from kdistill.training.selection import (
     BestWeights,
     EarlyStopping,
     FiniteWatch,
     Monitor,
-    NonFiniteLossError,
     TrainingProgress,
-    best_weights_path,
 )
 
 POSTFIX_SECONDS = 2.0  # how often the progress bar shows the running loss
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None):
-    """Logits and targets of a whole split, gathered across processes without duplicates."""
-    was_training = model.training
-    model.eval()
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    # The run's precision (autocast), and results kept on the device until the split is done:
-    # one copy to the host, not one synchronisation per batch.
-    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
-    all_logits, all_targets = [], []
-    with autocast:
-        for batch in loader:
-            batch = _to_device(batch, device)
-            logits = call_model(model, batch["input"]).float()
-            targets = batch["target"]
-            if accelerator is not None:
-                logits, targets = accelerator.gather_for_metrics((logits, targets))
-            all_logits.append(logits)
-            all_targets.append(targets)
-    model.train(was_training)
-    return torch.cat(all_logits).cpu(), torch.cat(all_targets).cpu()
-
-
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None) -> dict:
-    """Accuracy (a fraction) and mean cross-entropy of ``model`` on a split."""
-    logits, targets = predict(model, loader, accelerator)
-    return {
-        "accuracy": (logits.argmax(1) == targets).float().mean().item(),
-        "loss": F.cross_entropy(logits, targets).item(),
-        "n": len(targets),
-    }
-
-
-def _to_device(batch, device):
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
@@ -182,7 +134,7 @@ def fit(
     (early stopping or ``keep="best"``) also ``best_epoch``, and ``stopped_early`` on the last.
     Records of epochs finished before a resumed checkpoint are not returned again.
 
-    ``loop.batch_transform`` (e.g. ``kdistill.sampling.OnPolicy``) rewrites each training
+    ``loop.batch_transform`` (e.g. ``kdistill.training.sampling.OnPolicy``) rewrites each training
     batch, on the device, before the teacher and the student see it.
 
     A NaN or inf loss raises ``NonFiniteLossError`` naming the first bad step and its terms. It

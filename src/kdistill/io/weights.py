@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdistill.checkpoint import CheckpointError, load_tensors, save_tensors
+from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # The weight files a Hugging Face directory holds, in the order transformers prefers them.
