@@ -1,7 +1,7 @@
 """A user's files are sacred: kdistill deletes only what it made and can prove it made, never
 a directory it did not make, and never a run another process holds. Each case runs the command
 line and checks that every pre-existing file is byte-identical afterwards: in this process, or
-the installed console script in a child where another process holds the run's lock.
+the installed console script in a child where this process holds the run's lock.
 """
 
 import os
@@ -143,9 +143,9 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_lock(tmp_path):
         while time.time() < deadline and not (lock.is_file() and lock.read_text().strip()):
             time.sleep(0.2)
         assert lock.is_file(), "the first run never started"
-        second = kdistill_cli("run", *slow, "--overwrite", cwd=tmp_path)
+        second = call_cli("run", *slow, "--overwrite", cwd=tmp_path)  # the holder is the child
         assert_refused(second, "in use by PID", str(first.pid))
-        resumed = kdistill_cli("run", *slow, "--resume", cwd=tmp_path)
+        resumed = call_cli("run", *slow, "--resume", cwd=tmp_path)
         assert_refused(resumed, "in use by PID")
         assert first.poll() is None  # the first run goes on untouched
     finally:
