@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import call_cli, subprocess_env
 from torch.utils.data import DataLoader
 
 from kdistill.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
@@ -28,13 +28,18 @@ RECIPE = [
 ]
 
 
+def run_args(*args):
+    return ["run", *RECIPE, *args]
+
+
 def kdistill(*args, cwd):
-    return [sys.executable, "-m", "kdistill", "run", *RECIPE, *args]
+    return [sys.executable, "-m", "kdistill", *run_args(*args)]
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     env = subprocess_env()
-    full = subprocess.run(kdistill("name=full", f"output.dir={tmp_path}", cwd=tmp_path), env=env, capture_output=True, text=True)
+    # Only the killed run needs a process of its own; the others run here (bit-identical either way).
+    full = call_cli(*run_args("name=full", f"output.dir={tmp_path}"), cwd=tmp_path)
     assert full.returncode == 0, full.stderr
 
     run_dir = tmp_path / "killed"
@@ -59,7 +64,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / "checkpoints" / "student.safetensors").exists()  # the phase was cut short
 
-    resumed = subprocess.run(kdistill("name=killed", f"output.dir={tmp_path}", "--resume", cwd=tmp_path), env=env, capture_output=True, text=True)
+    resumed = call_cli(*run_args("name=killed", f"output.dir={tmp_path}", "--resume"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
     for phase in ("teacher", "scratch", "student"):
