@@ -40,6 +40,7 @@ def race(tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, work
 
 
+@pytest.mark.integration
 def test_the_last_line_holds_every_key_with_finite_values(race):
     summary, stderr, _ = race
     assert set(summary) == KEYS

@@ -23,6 +23,7 @@ def finished_run(tmp_path_factory):
     return root, root / "quick"
 
 
+@pytest.mark.integration
 def test_run_writes_the_run_directory(finished_run):
     _, run_dir = finished_run
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.md",
@@ -69,6 +70,7 @@ def test_resolved_config_reproduces_the_run(finished_run):
     assert written.output.dir == str(root)
 
 
+@pytest.mark.integration
 def test_existing_run_is_refused_then_replaced_with_overwrite_reusing_the_teacher(finished_run, capsys):
     root, run_dir = finished_run
     before = (run_dir / "summary.json").read_text()
@@ -106,6 +108,7 @@ def test_user_errors_exit_2_with_one_line(args, fragment, capsys, tmp_path):
     assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_python_m_and_console_script_in_a_subprocess(tmp_path):
     env = subprocess_env()
     listing = subprocess.run([sys.executable, "-m", "kdistill", "list", "models"], capture_output=True, text=True, env=env)

@@ -51,6 +51,7 @@ def test_the_distillers_epoch_is_a_tensor_the_warm_up_reads_without_a_python_bra
     assert "_epoch" not in distiller.state_dict()  # checkpoints are unchanged
 
 
+@pytest.mark.integration
 def test_a_recipe_trains_compiled_and_a_bad_backend_is_one_line(tmp_path):
     run = call_cli("run", *QUICK, "train.compile=aot_eager", "name=compiled", cwd=tmp_path)
     assert run.returncode == 0, run.stderr

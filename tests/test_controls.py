@@ -405,6 +405,7 @@ def test_token_inputs_export_with_a_dynamic_length(tmp_path):
     assert max_abs_diff(model, ort_session(tmp_path / "m.onnx"), longer) < 1e-4
 
 
+@pytest.mark.integration
 def test_mlflow_and_tensorboard_write_inside_the_run_directory_and_overwrite_replaces_them(tmp_path):
     """The local MLflow store lives in the run directory (not a database in the user's current
     directory), holds one run per phase with every term, and --overwrite replaces it."""
@@ -425,6 +426,7 @@ def test_mlflow_and_tensorboard_write_inside_the_run_directory_and_overwrite_rep
     assert {"metrics.loss/ce", "metrics.loss/kd", "metrics.val/accuracy", "metrics.lr"} <= set(runs.columns)
 
 
+@pytest.mark.integration
 def test_wandb_runs_offline_inside_the_run_directory_one_run_per_phase(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="pip install wandb (kdistill[dev] has it)")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

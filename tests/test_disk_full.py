@@ -69,6 +69,7 @@ def test_cache_files_get_their_blocks_before_a_row_is_written(tmp_path, monkeypa
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-made is left behind
 
 
+@pytest.mark.integration
 def test_a_disk_that_fills_during_the_cache_build_is_one_error_not_sigbus(small_disk):
     """Another writer takes the disk between the space check and the build: the memory-mapped
     rows used to find no blocks, and the process died of SIGBUS with nothing on stderr."""
@@ -125,6 +126,7 @@ def test_a_checkpoint_that_does_not_fit_keeps_the_previous_one(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
+@pytest.mark.integration
 def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_bit_identical(tmp_path, small_disk):
     full = kdistill_cli("run", *RUN, f"output.dir={tmp_path / 'roomy'}", "name=full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
@@ -146,6 +148,7 @@ def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_bit_identical(tmp_pa
         assert all(torch.equal(a[k], b[k]) for k in a), f"{phase} weights differ after resume"
 
 
+@pytest.mark.integration
 def test_plots_on_a_full_disk_end_in_one_line(tmp_path, monkeypatch):
     """The PNG writer finds the disk full (simulated: matplotlib's writer raises ENOSPC)."""
     (tmp_path / "sitecustomize.py").write_text(textwrap.dedent("""

@@ -37,6 +37,7 @@ def exported(tmp_path_factory):
     return run_dir, "\n".join(lines), json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.integration
 def test_fp32_parity_is_printed_and_stored(exported):
     run_dir, output, summary = exported
     printed = re.search(r"student\.onnx .*max \|ONNX Runtime − PyTorch\| = ([0-9.e+-]+) .*passed", output)
@@ -100,6 +101,7 @@ def test_export_never_overwrites_silently(exported, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "export").iterdir()} == before
 
 
+@pytest.mark.integration
 def test_export_overwrite_keeps_a_file_of_the_users(exported, tmp_path, capsys):
     """Issue 27.1: --overwrite replaces the files an earlier export wrote, never a file of the
     user's at one of their names (nor an edited one)."""
@@ -133,6 +135,7 @@ def test_missing_extra_names_the_pip_command(exported, monkeypatch, capsys):
     assert 'pip install "kdistill[export]"' in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_failed_parity_is_recorded_and_exits_2(exported, monkeypatch, tmp_path, capsys):
     import shutil
 
@@ -254,6 +257,7 @@ def predicted(export_dir, inputs, capsys) -> list[list[str]]:
     return [line.split("\t") for line in capsys.readouterr().out.splitlines()]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["grey", *KINDS])
 def test_predict_runs_every_kind_of_export(kind, exported, tiny_export, tmp_path, capsys):
     import onnx
@@ -335,6 +339,7 @@ def test_predict_refuses_hostile_files_in_one_line(how, fragment, tiny_export, t
     assert fragment in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.integration
 def test_predict_on_a_huge_metadata_image_size_exits_2_under_a_memory_cap(tiny_export, tmp_path):
     """60000×60000 RGB in the metadata: 14 GB if believed, so only ever in a capped child."""
     from test_hardening import assert_user_error, kdistill_cli

@@ -106,6 +106,7 @@ def test_recursive_deep_and_huge_yaml_refused(text, fragment):
         safe_yaml.load(text, "recipe.yaml")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("section", ["distill.params", "data.options", "student.kwargs"])
 def test_cli_refuses_a_recipe_alias_bomb_in_a_free_form_field(tmp_path, section):
     outer, inner = section.split(".")
@@ -115,6 +116,7 @@ def test_cli_refuses_a_recipe_alias_bomb_in_a_free_form_field(tmp_path, section)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.integration
 def test_cli_refuses_an_alias_bomb_given_as_an_override(tmp_path):
     flow = "{" + ", ".join(billion_laughs()) + "}"
     refused_without_changes(tmp_path, "run", *TINY_RECIPE, f"distill.params={flow}", fragments=("distill.params", "aliases"),
@@ -150,6 +152,7 @@ def test_hf_directory_code_never_runs(tmp_path):
     assert not ran.exists()
 
 
+@pytest.mark.integration
 def test_cli_refuses_trust_remote_code_in_one_line(tmp_path):
     refused_without_changes(
         tmp_path, "run", *TINY_RECIPE, "teacher.model=hf", "teacher.kwargs.trust_remote_code=true",
@@ -217,6 +220,7 @@ def test_npz_sizes_are_checked_before_decompressing(tmp_path):
         load_dataset("npz", path=str(liar))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("make, fragment", [
     (lambda p: save_npz(p, features(1), np.zeros(1, np.int64)), "split empty"),
     (lambda p: save_npz(p, np.array([["a"] * 4] * 60), np.arange(60) % 2), "inputs must be numbers"),
@@ -268,6 +272,7 @@ def test_image_bombs_and_broken_images_name_the_file(tmp_path):
         load_dataset("folder", path=str(root))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("option, fragment", [
     ("data.options.channels=2", "data.options.channels: 1 (grayscale) or 3 (RGB), got 2"),
     ("data.options.image_size=0", "data.options.image_size"),
@@ -277,6 +282,7 @@ def test_cli_refuses_image_folder_options(tmp_path, option, fragment):
     refused_without_changes(tmp_path, "run", *TINY_RECIPE, "data.dataset=folder", "data.path=images", option, fragments=(fragment,))
 
 
+@pytest.mark.integration
 def test_cli_refuses_val_fraction_0_before_the_teacher_trains(tmp_path):
     refused_without_changes(
         tmp_path, "run", *TINY_RECIPE, "data.val_fraction=0", fragments=("data.val_fraction=0 leaves no validation samples",),
@@ -285,6 +291,7 @@ def test_cli_refuses_val_fraction_0_before_the_teacher_trains(tmp_path):
     assert not metrics.exists() or not metrics.read_text()  # no teacher epoch was logged
 
 
+@pytest.mark.integration
 def test_cli_names_a_negative_model_size(tmp_path):
     refused_without_changes(tmp_path, "run", *TINY_RECIPE, "student.kwargs.width=-5", fragments=("student.kwargs: mlp: width=-5 is negative",))
 
@@ -376,6 +383,7 @@ def finished_run(tmp_path_factory) -> Path:
     return root / "runs" / "mnist_kd"
 
 
+@pytest.mark.integration
 def test_cli_report_survives_a_torn_metrics_log(finished_run, tmp_path):
     run_dir = shutil.copytree(finished_run, tmp_path / "run")
     with (run_dir / "metrics.jsonl").open("a") as f:
@@ -386,6 +394,7 @@ def test_cli_report_survives_a_torn_metrics_log(finished_run, tmp_path):
     assert "Traceback" not in result.stderr and "incomplete last line" in result.stderr
 
 
+@pytest.mark.integration
 def test_cli_resume_refuses_an_edited_training_state(finished_run, tmp_path):
     shutil.copytree(finished_run, tmp_path / "runs" / "mnist_kd")
     checkpoints = tmp_path / "runs" / "mnist_kd" / "checkpoints"
@@ -429,6 +438,7 @@ def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, mon
     assert create_model("mymodels:tiny", width=4).out_features == 4  # the user's own factory works
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model, role, in_run_dir", [
     ("os:system", "student", False), ("evil_model:boom", "teacher", True),
 ])
@@ -446,6 +456,7 @@ def test_cli_export_never_calls_what_a_tampered_summary_names(finished_run, tmp_
     assert not (cwd / "pwned").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_cli_recipe_never_calls_a_standard_library_function(tmp_path, command):
     recipe = f"teacher: {{model: 'os:system', kwargs: {{command: '{SHELL}'}}}}\n"
@@ -490,6 +501,7 @@ def test_distill_leaves_no_hooks_on_the_users_models():
 # --- the built-in recipe pointed at other data -----------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_builtin_recipes_image_settings_on_a_table_are_one_line_naming_them_all(tmp_path):
     rows = ["length,width,species", *(f"{i % 7}.5,{i % 3}.25,{'ab'[i % 2]}" for i in range(60))]
     (tmp_path / "features.csv").write_text("\n".join(rows) + "\n")
@@ -529,6 +541,7 @@ def test_transforms_the_inputs_cannot_take_are_refused_together(inputs, settings
 # --- issue 27, item 10: inputs of any size, each bounded before it is read -------------------
 
 
+@pytest.mark.integration
 def test_cli_bounds_a_huge_sparse_npy_of_token_ids(tmp_path):
     with (tmp_path / "ids.npy").open("wb") as file:  # a sparse file: a header, then 24 GB of nothing
         np.lib.format.write_array_header_1_0(file, {"descr": "<i8", "fortran_order": False, "shape": (3 * 10**9,)})
@@ -542,6 +555,7 @@ def test_cli_bounds_a_huge_sparse_npy_of_token_ids(tmp_path):
     assert (tmp_path / "ids.npy").stat().st_size == size and sorted(p.name for p in tmp_path.iterdir()) == ["ids.npy"]
 
 
+@pytest.mark.integration
 def test_cli_refuses_huge_images_from_their_headers(tmp_path):
     huge = black_png(13_000, 13_000)
     for name in ("cat", "dog"):
@@ -555,6 +569,7 @@ def test_cli_refuses_huge_images_from_their_headers(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_cli_refuses_a_csv_of_a_million_columns_from_its_header(tmp_path):
     columns = 10**6
     header = ",".join(f"c{i}" for i in range(columns - 1)) + ",label"
@@ -567,6 +582,7 @@ def test_cli_refuses_a_csv_of_a_million_columns_from_its_header(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_cli_reads_a_50_mb_text_cell_cut_to_what_the_tokenizer_keeps(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -589,6 +605,7 @@ def test_cli_reads_a_50_mb_text_cell_cut_to_what_the_tokenizer_keeps(tmp_path):
 # --- issue 27, item 14: classes ----------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_cli_refuses_a_folder_of_one_class(tmp_path):
     shutil.rmtree(image_folder(tmp_path / "images") / "dog")
     refused_without_changes(
@@ -601,6 +618,7 @@ def test_cli_refuses_a_folder_of_one_class(tmp_path):
 # --- issue 27, item 15: messages ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("setting, field", [
     ("method=kd", "method=kd: ce, kd compare"), ("terms=[{name: soft, loss: dkd}]", "terms (soft): dkd compare"),
 ])

@@ -89,6 +89,7 @@ def test_a_users_class_records_its_defaults_too(tmp_path):
     assert model_settings(model) == {"num_classes": 3, "input_shape": [1, 8, 8], "hidden": 7, "act": "gelu"}
 
 
+@pytest.mark.integration
 def test_check_and_config_yaml_print_every_setting_and_the_config_still_reads_back(tmp_path):
     check = call_cli("check", *QUICK, cwd=tmp_path)
     assert check.returncode == 0, check.stderr

@@ -40,6 +40,7 @@ def needs(recipe: Path):
                     "tests/test_smollm2.py::test_the_recipe_passes_check")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("recipe", CONFIGS, ids=lambda p: p.stem)
 def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recipe, tmp_path):
     needs(recipe)
@@ -53,6 +54,7 @@ def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recip
     assert not any(tmp_path.iterdir()) or [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("overrides", "fragments"), [
     (["student.model=resnet9000"], ["student.model", "resnet9000"]),
     (["distill.params={temprature: 1.0}"], ["temprature", "did you mean 'temperature'"]),
@@ -74,6 +76,7 @@ def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragm
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.integration
 def test_check_says_what_it_checked_and_writes_nothing(tmp_path):
     result = call_cli("check", *TINY_RECIPE, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -81,6 +84,7 @@ def test_check_says_what_it_checked_and_writes_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.integration
 def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_run(tmp_path):
     started = time.perf_counter()
     result = call_cli("run", "student.model=resnet9000", f"output.dir={tmp_path}", cwd=tmp_path)
@@ -100,6 +104,7 @@ def test_every_phase_of_every_mode_takes_a_dry_step():
         preflight(bad)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv", [[], ["foo"], ["run", "--bogus"], ["export"], ["list", "foo"], ["list", "taps"],
                                   ["list", "taps", "resnet9000"]])
 def test_usage_errors_are_one_line_and_exit_2(argv):
@@ -110,6 +115,7 @@ def test_usage_errors_are_one_line_and_exit_2(argv):
     assert_user_error(result)
 
 
+@pytest.mark.integration
 def test_version_and_list_taps():
     result = kdistill_cli("--version", cwd=None)  # the installed script's own exit status
     assert result.returncode == 0 and result.stdout.startswith("kdistill ")
@@ -140,6 +146,7 @@ def test_the_public_names_load_on_first_use():
         kdistill.no_such_name
 
 
+@pytest.mark.integration
 def test_list_methods_shows_each_presets_settings():
     result = call_cli("list", "methods")
     assert result.returncode == 0

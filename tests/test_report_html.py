@@ -24,6 +24,7 @@ def run_dir(tmp_path_factory):
     return root / "html"
 
 
+@pytest.mark.integration
 def test_html_sits_beside_markdown_with_every_plot_embedded(run_dir):
     page = (run_dir / "report.html").read_text()
     markdown = (run_dir / "report.md").read_text()
@@ -47,6 +48,7 @@ def test_html_needs_no_network(run_dir):
     assert "default-src 'none'" in page  # the browser refuses any fetch, even one we missed
 
 
+@pytest.mark.integration
 def test_report_verb_rerenders_and_rejects_a_missing_run(run_dir, tmp_path, capsys):
     (run_dir / "report.html").unlink()
     (run_dir / "plots" / "confusion.png").unlink()

@@ -36,6 +36,7 @@ def kdistill(*args, cwd):
     return [sys.executable, "-m", "kdistill", *run_args(*args)]
 
 
+@pytest.mark.integration
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     env = subprocess_env()
     # Only the killed run needs a process of its own; the others run here (bit-identical either way).
@@ -127,6 +128,7 @@ def test_an_on_policy_run_resumes_to_the_same_draws_and_weights(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
 
 
+@pytest.mark.integration
 def test_resume_rules(tmp_path, capsys):
     quick = ["data.subset=200", "teacher.epochs=1", "train.epochs=1", "output.latency=false", "output.plots=false", f"output.dir={tmp_path}"]
     assert main(["run", *quick, "name=r", "--resume"]) == 2
@@ -165,6 +167,7 @@ def test_weights_are_atomic_checksummed_safetensors(tmp_path):
         load_weights(other, truncated)
 
 
+@pytest.mark.integration
 def test_corrupted_teacher_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     path = tmp_path / "teacher.safetensors"
     save_tensors(path, create_model("lenet").state_dict())
@@ -174,6 +177,7 @@ def test_corrupted_teacher_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     assert "teacher.safetensors" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_teacher_with_other_classes_is_refused(tmp_path, capsys):
     path = tmp_path / "teacher5.safetensors"
     save_tensors(path, create_model("lenet", num_classes=5).state_dict())

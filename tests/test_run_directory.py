@@ -35,6 +35,7 @@ def finished(tmp_path_factory):
     return root
 
 
+@pytest.mark.integration
 def test_cache_dir_that_holds_other_files_is_refused_and_untouched(tmp_path):
     important = tmp_path / "important"
     important.mkdir()
@@ -46,6 +47,7 @@ def test_cache_dir_that_holds_other_files_is_refused_and_untouched(tmp_path):
     assert snapshot(tmp_path) == before  # refused at preflight: no teacher trained, nothing written
 
 
+@pytest.mark.integration
 def test_cache_dir_empty_is_used_and_reused(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -56,6 +58,7 @@ def test_cache_dir_empty_is_used_and_reused(tmp_path):
     assert second.returncode == 0, second.stderr
 
 
+@pytest.mark.integration
 def test_overwrite_with_a_bad_setting_keeps_the_finished_run(finished):
     before = snapshot(finished)
     result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", "student.kwargs.bogus=1", cwd=finished)
@@ -63,6 +66,7 @@ def test_overwrite_with_a_bad_setting_keeps_the_finished_run(finished):
     assert snapshot(finished) == before
 
 
+@pytest.mark.integration
 def test_overwrite_never_replaces_a_directory_kdistill_did_not_make(tmp_path):
     app = tmp_path / "proj" / "myapp"
     (app / "src").mkdir(parents=True)
@@ -83,6 +87,7 @@ def project(finished, tmp_path):
     return tmp_path / "copy"
 
 
+@pytest.mark.integration
 def test_overwrite_keeps_a_run_that_holds_a_file_of_the_users(project):
     (project / "runs" / "precious" / "notes.md").write_text("what I learned\n")
     before = snapshot(project)
@@ -91,6 +96,7 @@ def test_overwrite_keeps_a_run_that_holds_a_file_of_the_users(project):
     assert snapshot(project) == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("user_file", [
     "export/deploy/serve.py", "checkpoints/student_keep_v1.safetensors", "plots/deep/figure.png",
     "report.md",
@@ -108,6 +114,7 @@ def test_overwrite_deletes_only_the_files_the_run_listed(project, user_file):
     assert snapshot(project) == before
 
 
+@pytest.mark.integration
 def test_a_planted_marker_without_the_runs_list_is_refused(tmp_path):
     """A folder that has a marker but no list of a run's files (copied by hand, or from a
     kdistill before the list) is not emptied, whatever its files are called."""
@@ -122,6 +129,7 @@ def test_a_planted_marker_without_the_runs_list_is_refused(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.integration
 def test_overwrite_replaces_a_finished_kdistill_run(project):
     old_marker = (project / "runs" / "precious" / ".kdistill-run").read_text()
     result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
@@ -130,6 +138,7 @@ def test_overwrite_replaces_a_finished_kdistill_run(project):
     assert (project / "runs" / "precious" / ".kdistill-run").read_text() != old_marker  # a new run
 
 
+@pytest.mark.integration
 def test_a_second_writer_is_refused_while_a_run_holds_the_lock(tmp_path):
     env = subprocess_env()
     # Long enough to be caught mid-run: a teacher of 400 epochs on digits (killed once checked).
@@ -154,6 +163,7 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_lock(tmp_path):
         first.communicate(timeout=60)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", [
     ["export", "runs/precious", "--no-int8"], ["report", "runs/precious"],
     ["predict", "runs/precious/export", "digit.png"],
@@ -172,6 +182,7 @@ def test_export_report_and_predict_wait_for_the_runs_lock(finished, command):
         lock.release()
 
 
+@pytest.mark.integration
 def test_a_run_that_fails_before_any_phase_finished_leaves_nothing_in_the_way(tmp_path, monkeypatch):
     """Failure after the directory was made (here the teacher's loss diverges): the directory
     goes, and the same command runs again without --overwrite."""
@@ -183,6 +194,7 @@ def test_a_run_that_fails_before_any_phase_finished_leaves_nothing_in_the_way(tm
     assert rerun.returncode == 0, rerun.stderr
 
 
+@pytest.mark.integration
 def test_output_dir_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "runs").write_text("not a folder")
     result = call_cli("run", *TINY_RECIPE, "output.dir=runs", cwd=tmp_path)

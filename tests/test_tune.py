@@ -35,6 +35,7 @@ def study(tmp_path_factory):
     return root, recipe, tune_dir, after_first
 
 
+@pytest.mark.integration
 def test_second_call_adds_trials_to_the_same_study(study):
     _, _, tune_dir, after_first = study
     assert (tune_dir / "study.db").is_file()
@@ -84,6 +85,7 @@ def test_teachers_are_trained_once_and_reused(study):
     assert sum(s == "trained" for s in sources) == len(stored)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra, fragment", [
     (["train.epochs=2"], "different recipe (at train.epochs)"),
     (["--teachers", "lenet"], "--teachers differs"),
