@@ -33,6 +33,7 @@ def test_run_writes_the_run_directory(finished_run):
         assert (run_dir / name).stat().st_size > 0, name
 
 
+@pytest.mark.integration
 def test_summary_has_accuracy_size_and_latency_for_all_three(finished_run):
     _, run_dir = finished_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -47,6 +48,7 @@ def test_summary_has_accuracy_size_and_latency_for_all_three(finished_run):
     assert summary["data"]["sizes"]["test"] == 120
 
 
+@pytest.mark.integration
 def test_metrics_log_and_report(finished_run):
     _, run_dir = finished_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -63,6 +65,7 @@ def test_metrics_log_and_report(finished_run):
     assert "| distilled student (mlp) |" in report and "plots/loss_terms.png" in report
 
 
+@pytest.mark.integration
 def test_resolved_config_reproduces_the_run(finished_run):
     root, run_dir = finished_run
     written = Recipe.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))

@@ -39,6 +39,7 @@ def test_two_processes_end_with_identical_parameters(runs):
     assert rank0["digest"] == rank1["digest"]
 
 
+@pytest.mark.integration
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     one, two = runs["rank0_of_1"], runs["rank0_of_2"]
     for a, b in zip(one["weights"], two["weights"]):

@@ -49,6 +49,7 @@ def test_fp32_parity_is_printed_and_stored(exported):
     assert summary["export"]["checks"]["teacher fp32"]["max_abs_diff"] <= PARITY_TOLERANCE
 
 
+@pytest.mark.integration
 def test_int8_student_within_the_stated_tolerance(exported):
     run_dir, output, summary = exported
     check = summary["export"]["checks"]["student int8"]
@@ -61,6 +62,7 @@ def test_int8_student_within_the_stated_tolerance(exported):
     assert files["student_int8"]["bytes"] < 0.5 * files["student"]["bytes"]  # int8 weights
 
 
+@pytest.mark.integration
 def test_one_file_serves_batch_1_and_256(exported):
     run_dir, _, summary = exported
     session = ort_session(run_dir / summary["export"]["files"]["student"]["path"])
@@ -69,6 +71,7 @@ def test_one_file_serves_batch_1_and_256(exported):
         assert out.shape == (batch, 10)
 
 
+@pytest.mark.integration
 def test_latency_throughput_and_sizes_in_summary_and_report(exported):
     run_dir, output, summary = exported
     export = summary["export"]
@@ -92,6 +95,7 @@ def test_latency_throughput_and_sizes_in_summary_and_report(exported):
         assert "Deployment: ONNX" in text and "student.int8.onnx" in text and "Teacher / student latency" in text
 
 
+@pytest.mark.integration
 def test_export_never_overwrites_silently(exported, capsys):
     run_dir, _, _ = exported
     before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "export").iterdir()}
@@ -127,6 +131,7 @@ def test_missing_run_dir_exits_2_with_one_line(make, fragment, tmp_path, capsys)
     assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_missing_extra_names_the_pip_command(exported, monkeypatch, capsys):
     run_dir, _, _ = exported
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
@@ -272,6 +277,7 @@ def test_predict_runs_every_kind_of_export(kind, exported, tiny_export, tmp_path
         assert lines[0][1:] == lines[1][1:]
 
 
+@pytest.mark.integration
 def test_predict_names_the_label_column_to_drop(tiny_export, tmp_path, capsys):
     export_dir, _ = tiny_export("table")
     (tmp_path / "labelled.csv").write_text("f1,f2,f3,f4,cultivar\n0.1,0.2,0.3,0.4,c1\n")
@@ -321,6 +327,7 @@ def hostile_input(root, how):
     return root / name
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how, fragment", [
     ("bomb", "bomb.png"), ("big", "over the limit"), ("latin1", "not UTF-8"),
     ("long_field", "long.csv: line 1"),
