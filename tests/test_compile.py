@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import torch._dynamo
-from conftest import call_cli
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -52,10 +51,10 @@ def test_the_distillers_epoch_is_a_tensor_the_warm_up_reads_without_a_python_bra
 
 
 @pytest.mark.integration
-def test_a_recipe_trains_compiled_and_a_bad_backend_is_one_line(tmp_path):
-    run = call_cli("run", *QUICK, "train.compile=aot_eager", "name=compiled", cwd=tmp_path)
+def test_a_recipe_trains_compiled_and_a_bad_backend_is_one_line(tmp_path, cli):
+    run = cli("run", *QUICK, "train.compile=aot_eager", "name=compiled", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "runs" / "compiled" / "summary.json").read_text())
     assert summary["student"]["accuracy"] > 0.5
-    bad = call_cli("check", *QUICK, "train.compile=tensorrtx", cwd=tmp_path)
+    bad = cli("check", *QUICK, "train.compile=tensorrtx", cwd=tmp_path)
     assert bad.returncode == 2 and "train.compile" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

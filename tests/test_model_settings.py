@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import call_cli
 
 from kdistill import safe_yaml
 from kdistill.models import MODELS, create_model
@@ -90,14 +89,14 @@ def test_a_users_class_records_its_defaults_too(tmp_path):
 
 
 @pytest.mark.integration
-def test_check_and_config_yaml_print_every_setting_and_the_config_still_reads_back(tmp_path):
-    check = call_cli("check", *QUICK, cwd=tmp_path)
+def test_check_and_config_yaml_print_every_setting_and_the_config_still_reads_back(tmp_path, cli):
+    check = cli("check", *QUICK, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert "student: mlp_tiny, 2,410 parameters (num_classes=10, input_shape=[1, 8, 8], width=32, depth=1, dropout=0.0)" in check.stdout
-    run = call_cli("run", *QUICK, "name=shown", cwd=tmp_path)
+    run = cli("run", *QUICK, "name=shown", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     text = (tmp_path / "runs" / "shown" / "config.yaml").read_text()
     assert "# student: mlp_tiny, 2,410 parameters\n#   num_classes: 10\n" in text
     assert "#   width: 32\n#   depth: 1\n" in text
-    resumed = call_cli("run", *QUICK, "name=shown", "--resume", cwd=tmp_path)  # the comments do not change the recipe
+    resumed = cli("run", *QUICK, "name=shown", "--resume", cwd=tmp_path)  # the comments do not change the recipe
     assert resumed.returncode == 0 and "already complete" in resumed.stdout, resumed.stderr

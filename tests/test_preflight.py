@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_RECIPE, call_cli, kdistill_cli, subprocess_env
+from conftest import TINY_RECIPE, kdistill_cli, subprocess_env
 
 from kdistill.errors import UserError
 from kdistill.run.config import dump_config, load_config
@@ -69,25 +69,25 @@ def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recip
     (["train.early_stopping={metric: lose}"], ["early_stopping.metric=lose", "accuracy, loss"]),
     (["terms=[{name: a, loss: ce, teacher: null}, {name: a, loss: kd}]"], ["'a' is used twice"]),
 ])
-def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragments):
+def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragments, cli):
     before = sorted(tmp_path.rglob("*"))
-    result = call_cli("check", *TINY_RECIPE, f"output.dir={tmp_path / 'runs'}", *overrides, cwd=tmp_path)
+    result = cli("check", *TINY_RECIPE, f"output.dir={tmp_path / 'runs'}", *overrides, cwd=tmp_path)
     assert_user_error(result, *fragments)
     assert sorted(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.integration
-def test_check_says_what_it_checked_and_writes_nothing(tmp_path):
-    result = call_cli("check", *TINY_RECIPE, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
+def test_check_says_what_it_checked_and_writes_nothing(tmp_path, cli):
+    result = cli("check", *TINY_RECIPE, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout and "nothing written" in result.stdout
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.integration
-def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_run(tmp_path):
+def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_run(tmp_path, cli):
     started = time.perf_counter()
-    result = call_cli("run", "student.model=resnet9000", f"output.dir={tmp_path}", cwd=tmp_path)
+    result = cli("run", "student.model=resnet9000", f"output.dir={tmp_path}", cwd=tmp_path)
     assert_user_error(result, "resnet9000")
     assert time.perf_counter() - started < 60  # the default teacher alone trains for a minute
     assert not any(tmp_path.iterdir())
@@ -107,8 +107,8 @@ def test_every_phase_of_every_mode_takes_a_dry_step():
 @pytest.mark.integration
 @pytest.mark.parametrize("argv", [[], ["foo"], ["run", "--bogus"], ["export"], ["list", "foo"], ["list", "taps"],
                                   ["list", "taps", "resnet9000"]])
-def test_usage_errors_are_one_line_and_exit_2(argv):
-    result = call_cli(*argv)
+def test_usage_errors_are_one_line_and_exit_2(argv, cli):
+    result = cli(*argv)
     if not argv:  # the help, not an error
         assert result.returncode == 0 and "Usage" in result.stdout and "Traceback" not in result.stderr
         return
@@ -116,10 +116,10 @@ def test_usage_errors_are_one_line_and_exit_2(argv):
 
 
 @pytest.mark.integration
-def test_version_and_list_taps():
+def test_version_and_list_taps(cli):
     result = kdistill_cli("--version", cwd=None)  # the installed script's own exit status
     assert result.returncode == 0 and result.stdout.startswith("kdistill ")
-    taps = call_cli("list", "taps", "resnet8")
+    taps = cli("list", "taps", "resnet8")
     assert taps.returncode == 0
     names = [line.split()[0] for line in taps.stdout.splitlines()]
     assert "layer1" in names and "head:input" in names
@@ -147,8 +147,8 @@ def test_the_public_names_load_on_first_use():
 
 
 @pytest.mark.integration
-def test_list_methods_shows_each_presets_settings():
-    result = call_cli("list", "methods")
+def test_list_methods_shows_each_presets_settings(cli):
+    result = cli("list", "methods")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     settings = lines[next(i for i, line in enumerate(lines) if line.startswith("dkd ")) + 1]
