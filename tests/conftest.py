@@ -76,8 +76,13 @@ def call_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     from kdistill.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(arg) for arg in args])
+    # train.deterministic switches PyTorch's kernels for the whole process: keep it to this call.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(arg) for arg in args])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     return subprocess.CompletedProcess(["kdistill", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
