@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test setup setup-dev bench clean
+.PHONY: demo test test-fast setup setup-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ demo: setup
 
 test: setup-dev
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest
+
+# The inner loop: the unit and engine tests, without whole runs, child processes or end-to-end
+# commands (marked integration; make test runs them too).
+test-fast: setup-dev
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -m 'not slow and not integration'
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -40,6 +40,7 @@ def race(tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, work
 
 
+@pytest.mark.integration
 def test_the_last_line_holds_every_key_with_finite_values(race):
     summary, stderr, _ = race
     assert set(summary) == KEYS
@@ -48,6 +49,7 @@ def test_the_last_line_holds_every_key_with_finite_values(race):
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in summary.values()), summary
 
 
+@pytest.mark.integration
 def test_kdistill_and_trl_compute_the_same_training(race):
     """Off-policy GKD at beta=0 is the forward KL kdistill trains with: the same start, data
     order, optimiser and clipping give the same student (the race compares like with like)."""
@@ -57,6 +59,7 @@ def test_kdistill_and_trl_compute_the_same_training(race):
     assert summary["student_ppl"] != pytest.approx(summary["pruned_ppl"], rel=1e-6)
 
 
+@pytest.mark.integration
 def test_the_results_table_lists_every_way_and_the_ratios(race):
     summary, _, folder = race
     report = json.loads((folder / "llm_tiny.json").read_text())

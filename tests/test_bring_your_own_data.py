@@ -343,6 +343,7 @@ def student_tokenizer_file(path) -> None:
     tokenizer.save(str(path))
 
 
+@pytest.mark.integration
 def test_a_student_with_its_own_tokenizer_reads_its_ids_while_the_teacher_reads_its_own(tmp_path):
     pytest.importorskip("onnxruntime")
     tiny_text_teacher(tmp_path / "teacher")
@@ -375,6 +376,7 @@ def test_a_student_with_its_own_tokenizer_reads_its_ids_while_the_teacher_reads_
     assert (run_dir / "export" / "tokenizer.json").read_bytes() == (tmp_path / "student_tokenizer.json").read_bytes()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 def test_token_ids_train_a_language_model_split_by_position(tmp_path, suffix):
     rng = np.random.default_rng(0)

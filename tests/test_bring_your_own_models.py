@@ -188,6 +188,7 @@ def test_recipe_onnx_teacher_teaches_and_fills_the_cache(tmp_path, capsys):
     assert code == 2 and "teacher.onnx" in err
 
 
+@pytest.mark.integration
 def test_a_run_with_an_onnx_teacher_exports_from_anywhere(tmp_path, monkeypatch, capsys):
     """The export copies the teacher's graph (tracing its ONNX Runtime session would record
     constants) from the run's own copy, so a relative teacher.onnx works from another directory."""

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY_RECIPE
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
@@ -115,9 +115,8 @@ def test_augmented_views_replay_what_training_sees(tmp_path):
     assert json.loads((tmp_path / "aug" / "meta.json").read_text())["views"] == 3
 
 
-QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none", "train.augment=none", "train.mix=none",
-         "teacher.epochs=2", "student.kwargs={width: 16}", "train.epochs=2", "output.latency=false",
-         "output.plots=false", "output.progress=false"]
+QUICK = [*TINY_RECIPE, "teacher.kwargs={width: 64}", "train.augment=none", "train.mix=none",
+         "teacher.epochs=2", "train.epochs=2"]
 
 
 def test_kdistill_cache_then_runs_read_it(tmp_path, capsys):

@@ -47,6 +47,7 @@ def two_nodes(tmp_path, layout: str, port: int):
         assert proc.returncode == 0, err[-2000:]
 
 
+@pytest.mark.integration
 def test_machines_with_their_own_disks_each_get_a_complete_cache(tmp_path):
     two_nodes(tmp_path, "local", 29541)
     expected = np.load(reference(tmp_path) / "logits.npy")
@@ -56,6 +57,7 @@ def test_machines_with_their_own_disks_each_get_a_complete_cache(tmp_path):
         assert not (tmp_path / node / ".kdistill-cache-main").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("launch", ["two machines", "one machine"])
 def test_processes_sharing_a_directory_fill_one_cache(tmp_path, launch):
     if launch == "two machines":
@@ -68,6 +70,7 @@ def test_processes_sharing_a_directory_fill_one_cache(tmp_path, launch):
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [".kdistill-cache", "logits.npy", "meta.json"]
 
 
+@pytest.mark.integration
 def test_processes_on_one_machine_fill_one_top_k_cache(tmp_path):
     result = one_machine(tmp_path, "shared", "2", port=29547)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -77,6 +80,7 @@ def test_processes_on_one_machine_fill_one_top_k_cache(tmp_path):
         assert np.array_equal(built, np.load(expected / f"{name}.npy"))
 
 
+@pytest.mark.integration
 def test_processes_that_would_build_different_caches_are_refused(tmp_path):
     """Each rank names its own directory on one machine (as two temporary directories would):
     refused by every rank at once, where rank 1 used to open files rank 0 never made."""

@@ -294,6 +294,7 @@ def test_perplexity_is_the_same_scored_in_chunks(lm_batch, monkeypatch):
     assert chunked["token_accuracy"] == whole["token_accuracy"]
 
 
+@pytest.mark.integration
 def test_a_recipe_setting_chunk_size_runs_chunked_end_to_end(tmp_path, monkeypatch):
     import kdistill.distiller as distiller_module
     from kdistill.cli import main

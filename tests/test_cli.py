@@ -27,6 +27,7 @@ def finished_run(tmp_path_factory):
     return root, root / "quick"
 
 
+@pytest.mark.integration
 def test_run_writes_the_run_directory(finished_run):
     _, run_dir = finished_run
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.md",
@@ -36,6 +37,7 @@ def test_run_writes_the_run_directory(finished_run):
         assert (run_dir / name).stat().st_size > 0, name
 
 
+@pytest.mark.integration
 def test_summary_has_accuracy_size_and_latency_for_all_three(finished_run):
     _, run_dir = finished_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -50,6 +52,7 @@ def test_summary_has_accuracy_size_and_latency_for_all_three(finished_run):
     assert summary["data"]["sizes"]["test"] == 120
 
 
+@pytest.mark.integration
 def test_metrics_log_and_report(finished_run):
     _, run_dir = finished_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,6 +69,7 @@ def test_metrics_log_and_report(finished_run):
     assert "| distilled student (mlp) |" in report and "plots/loss_terms.png" in report
 
 
+@pytest.mark.integration
 def test_every_comparison_carries_its_interval_and_test(finished_run):
     root, run_dir = finished_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -89,6 +93,7 @@ def test_every_comparison_carries_its_interval_and_test(finished_run):
         assert "paired over 120 test samples" in text
 
 
+@pytest.mark.integration
 def test_resolved_config_reproduces_the_run(finished_run):
     root, run_dir = finished_run
     written = Recipe.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -96,6 +101,7 @@ def test_resolved_config_reproduces_the_run(finished_run):
     assert written.output.dir == str(root)
 
 
+@pytest.mark.integration
 def test_existing_run_is_refused_then_replaced_with_overwrite_reusing_the_teacher(finished_run, capsys):
     root, run_dir = finished_run
     before = (run_dir / "summary.json").read_text()
@@ -133,6 +139,7 @@ def test_user_errors_exit_2_with_one_line(args, fragment, capsys, tmp_path):
     assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_python_m_and_console_script_in_a_subprocess(tmp_path):
     env = subprocess_env()
     listing = subprocess.run([sys.executable, "-m", "kdistill", "list", "models"], capture_output=True, text=True, env=env)

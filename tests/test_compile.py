@@ -3,9 +3,6 @@ one graph). The CPU tests use the ``aot_eager`` backend (the graph capture and i
 inductor's C++ build); bench/gpu_check.py runs inductor on a GPU."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -54,14 +51,11 @@ def test_the_distillers_epoch_is_a_tensor_the_warm_up_reads_without_a_python_bra
     assert "_epoch" not in distiller.state_dict()  # checkpoints are unchanged
 
 
-def kdistill(*args, cwd):
-    return subprocess.run([str(Path(sys.executable).parent / "kdistill"), *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
-
-
-def test_a_recipe_trains_compiled_and_a_bad_backend_is_one_line(tmp_path):
-    run = kdistill("run", *QUICK, "train.compile=aot_eager", "name=compiled", cwd=tmp_path)
+@pytest.mark.integration
+def test_a_recipe_trains_compiled_and_a_bad_backend_is_one_line(tmp_path, cli):
+    run = cli("run", *QUICK, "train.compile=aot_eager", "name=compiled", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "runs" / "compiled" / "summary.json").read_text())
     assert summary["student"]["accuracy"] > 0.5
-    bad = kdistill("check", *QUICK, "train.compile=tensorrtx", cwd=tmp_path)
+    bad = cli("check", *QUICK, "train.compile=tensorrtx", cwd=tmp_path)
     assert bad.returncode == 2 and "train.compile" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

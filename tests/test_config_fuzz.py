@@ -3,6 +3,7 @@ one line naming a key, never a traceback."""
 
 import re
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,6 +54,7 @@ def recipes(draw):
 KEY_IN_MESSAGE = re.compile(r"(unknown key '[^']+')|(^[^:]+: [A-Za-z_][\w.@]*(\.\d+)*: )|(\(top level\))")
 
 
+@pytest.mark.integration
 @settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(recipe=recipes())
 def test_generated_recipes_are_accepted_or_rejected_with_a_named_key(tmp_path_factory, recipe):

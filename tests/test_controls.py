@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from conftest import TINY_RECIPE, call_cli, kdistill_cli
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, create_model
@@ -398,21 +399,17 @@ def test_token_inputs_export_with_a_dynamic_length(tmp_path):
     assert max_abs_diff(model, ort_session(tmp_path / "m.onnx"), longer) < 1e-4
 
 
+@pytest.mark.integration
 def test_mlflow_and_tensorboard_write_inside_the_run_directory_and_overwrite_replaces_them(tmp_path):
     """The local MLflow store lives in the run directory (not a database in the user's current
     directory), holds one run per phase with every term, and --overwrite replaces it."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     mlflow = pytest.importorskip("mlflow", reason="pip install mlflow-skinny (kdistill[dev] has it)")
-    kdistill = Path(sys.executable).with_name("kdistill")
-    argv = [str(kdistill), "run", "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}",
-            "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none", "train.augment=none", "train.mix=none",
-            "output.latency=false", "output.plots=false", "output.progress=false",
+    argv = ["run", *TINY_RECIPE, "train.epochs=2", "train.augment=none", "train.mix=none",
             "output.report_to=[mlflow, tensorboard]", "name=tracked"]
+    # Two processes, as a user runs them: MLflow keeps one database engine per process, and the
+    # overwrite replaces that database's file.
     for extra in ([], ["--overwrite"]):
-        result = subprocess.run([*argv, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        result = kdistill_cli(*argv, *extra, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing in the user's directory
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'tracked' / 'mlruns' / 'mlflow.db'}")
@@ -423,19 +420,12 @@ def test_mlflow_and_tensorboard_write_inside_the_run_directory_and_overwrite_rep
     assert {"metrics.loss/ce", "metrics.loss/kd", "metrics.val/accuracy", "metrics.lr"} <= set(runs.columns)
 
 
-def test_wandb_runs_offline_inside_the_run_directory_one_run_per_phase(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
+@pytest.mark.integration
+def test_wandb_runs_offline_inside_the_run_directory_one_run_per_phase(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="pip install wandb (kdistill[dev] has it)")
-    kdistill = Path(sys.executable).with_name("kdistill")
-    result = subprocess.run(
-        [str(kdistill), "run", "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}",
-         "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=2", "teacher.augment=none", "train.augment=none", "train.mix=none",
-         "output.latency=false", "output.plots=false", "output.progress=false", "output.report_to=[wandb]", "name=wb"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path / "home")},
-    )
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    result = call_cli("run", *TINY_RECIPE, "train.epochs=2", "train.augment=none", "train.mix=none",
+                      "output.report_to=[wandb]", "name=wb", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["runs"]
     offline = sorted((tmp_path / "runs" / "wb" / "wandb" / "wandb").glob("offline-run-*"))

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_RECIPE
 from torch.utils.data import DataLoader
 
 from kdistill import Distiller, Teacher, create_model
@@ -26,9 +27,7 @@ from kdistill.teachers.cache import (
 from kdistill.teachers.vocab import map_teacher_vocabulary
 from kdistill.teaching.ensemble import Ensemble
 
-QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
-         "teacher.epochs=1", "student.kwargs={width: 16}", "train.epochs=1", "output.latency=false",
-         "output.plots=false", "output.progress=false", "data.subset=300"]
+QUICK = [*TINY_RECIPE, "teacher.kwargs={width: 64}", "data.subset=300"]
 SWAP = "[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]"  # the same length as the identity map: only the order differs
 IDENTITY = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
 

@@ -14,9 +14,9 @@ import textwrap
 
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import call_cli, subprocess_env
 from safetensors import SafetensorError
-from test_hardening import assert_user_error, kdistill_cli
+from test_hardening import assert_user_error
 
 from kdistill.data.base import ArrayDataset
 from kdistill.distiller import Teacher
@@ -69,6 +69,7 @@ def test_cache_files_get_their_blocks_before_a_row_is_written(tmp_path, monkeypa
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-made is left behind
 
 
+@pytest.mark.integration
 def test_a_disk_that_fills_during_the_cache_build_is_one_error_not_sigbus(small_disk):
     """Another writer takes the disk between the space check and the build: the memory-mapped
     rows used to find no blocks, and the process died of SIGBUS with nothing on stderr."""
@@ -125,11 +126,12 @@ def test_a_checkpoint_that_does_not_fit_keeps_the_previous_one(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
+@pytest.mark.integration
 def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_bit_identical(tmp_path, small_disk):
-    full = kdistill_cli("run", *RUN, f"output.dir={tmp_path / 'roomy'}", "name=full", cwd=tmp_path)
+    full = call_cli("run", *RUN, f"output.dir={tmp_path / 'roomy'}", "name=full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
     disk = small_disk("1500k")
-    stopped = kdistill_cli("run", *RUN, f"output.dir={disk}", "name=full", cwd=tmp_path)
+    stopped = call_cli("run", *RUN, f"output.dir={disk}", "name=full", cwd=tmp_path)
     line = assert_user_error(stopped, f"the disk mounted at {disk} is full", "--resume",
                              "kept: the previous teacher.state.safetensors, intact")
     assert "teacher (its last training checkpoint)" in line
@@ -138,7 +140,7 @@ def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_bit_identical(tmp_pa
     assert read_meta(state)["progress"]["epoch"] == 2
 
     small_disk("64m")  # space freed
-    resumed = kdistill_cli("run", *RUN, f"output.dir={disk}", "name=full", "--resume", cwd=tmp_path)
+    resumed = call_cli("run", *RUN, f"output.dir={disk}", "name=full", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for phase in ("teacher", "scratch", "student"):
         a, _ = load_tensors(tmp_path / "roomy" / "full" / "checkpoints" / f"{phase}.safetensors")
@@ -146,20 +148,16 @@ def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_bit_identical(tmp_pa
         assert all(torch.equal(a[k], b[k]) for k in a), f"{phase} weights differ after resume"
 
 
+@pytest.mark.integration
 def test_plots_on_a_full_disk_end_in_one_line(tmp_path, monkeypatch):
     """The PNG writer finds the disk full (simulated: matplotlib's writer raises ENOSPC)."""
-    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent("""
-        import errno
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        def full(self, *args, **kwargs):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        FigureCanvasAgg.print_png = full
-    """))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    result = kdistill_cli("run", *RUN, "teacher.epochs=1", f"output.dir={tmp_path}", "name=plots",
-                          cwd=tmp_path)
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", full)
+    result = call_cli("run", *RUN, "teacher.epochs=1", f"output.dir={tmp_path}", "name=plots", cwd=tmp_path)
     line = assert_user_error(result, "is full", "--resume")
     assert all(f"{phase} (finished)" in line for phase in ("teacher", "scratch", "student"))
     assert not list((tmp_path / "plots" / "plots").glob("*.png"))

@@ -32,12 +32,14 @@ def runs(tmp_path_factory):
     return {p.stem: json.loads(p.read_text()) for p in out.glob("rank*.json")}
 
 
+@pytest.mark.integration
 def test_two_processes_end_with_identical_parameters(runs):
     rank0, rank1 = runs["rank0_of_2"], runs["rank1_of_2"]
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["digest"] == rank1["digest"]
 
 
+@pytest.mark.integration
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     one, two = runs["rank0_of_1"], runs["rank0_of_2"]
     for a, b in zip(one["weights"], two["weights"]):
@@ -46,6 +48,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     assert abs(one["val_accuracy"] - two["val_accuracy"]) <= ACCURACY_TOL  # gathered without duplicates
 
 
+@pytest.mark.integration
 def test_accumulation_over_two_processes_matches_one_process_with_the_window_as_batch(tmp_path):
     """Each process weighs its own window (the last one short) and DDP averages the two."""
     worker, env = WORKER.with_name("accumulation_worker.py"), subprocess_env()
@@ -63,6 +66,7 @@ def test_accumulation_over_two_processes_matches_one_process_with_the_window_as_
     torch.testing.assert_close(two_processes, one_process, atol=WEIGHT_ATOL, rtol=0)
 
 
+@pytest.mark.integration
 def test_kdistill_run_under_torchrun(tmp_path):
     """The command line itself, data-parallel: world size logged, files written once."""
     result = subprocess.run(
@@ -81,6 +85,7 @@ def test_kdistill_run_under_torchrun(tmp_path):
     assert [(r["phase"], r["epoch"]) for r in records] == [("teacher", 1), ("scratch", 1), ("student", 1)]
 
 
+@pytest.mark.integration
 def test_builtin_recipe_caches_its_teacher_under_torchrun(tmp_path):
     """The built-in recipe (a BatchNorm teacher, cached): every rank must fill and then reuse
     the one cache rank 0 makes. DDP left each rank its own BatchNorm statistics, so each rank
@@ -102,6 +107,7 @@ def test_builtin_recipe_caches_its_teacher_under_torchrun(tmp_path):
     assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
 
 
+@pytest.mark.integration
 def test_distill_with_a_temporary_cache_under_torchrun():
     """``distill(cache=True)`` made one temporary directory per process: every rank but the
     first waited for files in a directory nobody filled."""

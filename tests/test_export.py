@@ -37,6 +37,7 @@ def exported(tmp_path_factory):
     return run_dir, "\n".join(lines), json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.integration
 def test_fp32_parity_is_printed_and_stored(exported):
     run_dir, output, summary = exported
     printed = re.search(r"student\.onnx .*max \|ONNX Runtime − PyTorch\| = ([0-9.e+-]+) .*passed", output)
@@ -48,6 +49,7 @@ def test_fp32_parity_is_printed_and_stored(exported):
     assert summary["export"]["checks"]["teacher fp32"]["max_abs_diff"] <= PARITY_TOLERANCE
 
 
+@pytest.mark.integration
 def test_int8_student_within_the_stated_tolerance(exported):
     run_dir, output, summary = exported
     check = summary["export"]["checks"]["student int8"]
@@ -60,6 +62,7 @@ def test_int8_student_within_the_stated_tolerance(exported):
     assert files["student_int8"]["bytes"] < 0.5 * files["student"]["bytes"]  # int8 weights
 
 
+@pytest.mark.integration
 def test_one_file_serves_batch_1_and_256(exported):
     run_dir, _, summary = exported
     session = ort_session(run_dir / summary["export"]["files"]["student"]["path"])
@@ -68,6 +71,7 @@ def test_one_file_serves_batch_1_and_256(exported):
         assert out.shape == (batch, 10)
 
 
+@pytest.mark.integration
 def test_latency_throughput_and_sizes_in_summary_and_report(exported):
     run_dir, output, summary = exported
     export = summary["export"]
@@ -91,6 +95,7 @@ def test_latency_throughput_and_sizes_in_summary_and_report(exported):
         assert "Deployment: ONNX" in text and "student.int8.onnx" in text and "Teacher / student latency" in text
 
 
+@pytest.mark.integration
 def test_export_never_overwrites_silently(exported, capsys):
     run_dir, _, _ = exported
     before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "export").iterdir()}
@@ -100,6 +105,7 @@ def test_export_never_overwrites_silently(exported, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "export").iterdir()} == before
 
 
+@pytest.mark.integration
 def test_export_overwrite_keeps_a_file_of_the_users(exported, tmp_path, capsys):
     """Issue 27.1: --overwrite replaces the files an earlier export wrote, never a file of the
     user's at one of their names (nor an edited one)."""
@@ -125,6 +131,7 @@ def test_missing_run_dir_exits_2_with_one_line(make, fragment, tmp_path, capsys)
     assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_missing_extra_names_the_pip_command(exported, monkeypatch, capsys):
     run_dir, _, _ = exported
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
@@ -133,6 +140,7 @@ def test_missing_extra_names_the_pip_command(exported, monkeypatch, capsys):
     assert 'pip install "kdistill[export]"' in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_failed_parity_is_recorded_and_exits_2(exported, monkeypatch, tmp_path, capsys):
     import shutil
 
@@ -254,6 +262,7 @@ def predicted(export_dir, inputs, capsys) -> list[list[str]]:
     return [line.split("\t") for line in capsys.readouterr().out.splitlines()]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["grey", *KINDS])
 def test_predict_runs_every_kind_of_export(kind, exported, tiny_export, tmp_path, capsys):
     import onnx
@@ -268,6 +277,7 @@ def test_predict_runs_every_kind_of_export(kind, exported, tiny_export, tmp_path
         assert lines[0][1:] == lines[1][1:]
 
 
+@pytest.mark.integration
 def test_predict_names_the_label_column_to_drop(tiny_export, tmp_path, capsys):
     export_dir, _ = tiny_export("table")
     (tmp_path / "labelled.csv").write_text("f1,f2,f3,f4,cultivar\n0.1,0.2,0.3,0.4,c1\n")
@@ -317,6 +327,7 @@ def hostile_input(root, how):
     return root / name
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how, fragment", [
     ("bomb", "bomb.png"), ("big", "over the limit"), ("latin1", "not UTF-8"),
     ("long_field", "long.csv: line 1"),
@@ -335,6 +346,7 @@ def test_predict_refuses_hostile_files_in_one_line(how, fragment, tiny_export, t
     assert fragment in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.integration
 def test_predict_on_a_huge_metadata_image_size_exits_2_under_a_memory_cap(tiny_export, tmp_path):
     """60000×60000 RGB in the metadata: 14 GB if believed, so only ever in a capped child."""
     from test_hardening import assert_user_error, kdistill_cli

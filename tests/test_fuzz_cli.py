@@ -75,18 +75,21 @@ def check(tally: Tally, title: str, expected: int) -> None:
     assert sum(tally.counts.values()) >= expected
 
 
+@pytest.mark.integration
 def test_fuzzed_cases_exit_0_or_2_without_traceback_or_lost_files(worker, template):
     tally = Tally()
     fuzz(SHORT, worker.run, tally, template, derandomize=True)
     check(tally, "fuzz (worker, short)", SHORT)
 
 
+@pytest.mark.integration
 def test_fuzzed_command_lines_through_the_console_script(template):
     tally = Tally()
     fuzz(SHORT_SCRIPT, console_script, tally, template, derandomize=True, strategy=command_lines())
     check(tally, "fuzz (console script, short)", SHORT_SCRIPT)
 
 
+@pytest.mark.integration
 def test_the_harness_catches_a_traceback_and_a_changed_file(worker, template):
     """The verdict is not vacuous: a crash is exit 1, and a file a case rewrites is named."""
     outcome, problem = run_case(Case("probe", ["list", "taps"]), template, worker.run)

@@ -167,6 +167,7 @@ def test_loss_uses_no_boolean_mask_indexing(monkeypatch, loss):
 
 # --- CRD's memory bank under data parallelism --------------------------------------------------
 
+@pytest.mark.integration
 def test_crd_memory_bank_holds_every_rank_samples_and_is_equal_across_ranks(tmp_path):
     worker = Path(__file__).parent / "helpers" / "crd_ddp_worker.py"
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -267,6 +268,7 @@ def test_sharded_launch_is_refused_with_one_clear_line(kind):
     refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP is fine
 
 
+@pytest.mark.integration
 def test_gpu_check_without_cuda_records_that_and_exits_0(tmp_path):
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
     env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}

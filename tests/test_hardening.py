@@ -2,8 +2,9 @@
 us runs as code or expands without bound, every bad file or setting is one line and exit 2, and
 nothing that was there before is changed.
 
-The command-line cases run the installed console script in a child process with a memory cap,
-as a user would, with this checkout's sources first on the path.
+The command-line cases whose input could expand (alias bombs, huge files) run the installed
+console script in a child process with a memory cap, as a user would; the rest call the command
+line in this process (the same exit status and one line, without a 2-3 s start each).
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
-import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import MEMORY_CAP, TINY_RECIPE, call_cli, kdistill_cli
 from torch import nn
 
 import kdistill
@@ -43,28 +42,6 @@ from kdistill.methods import Term
 from kdistill.models import create_model
 from kdistill.report import MetricsLog
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-KDISTILL = Path(sys.executable).with_name("kdistill")
-QUICK = [
-    "data.dataset=digits", "train.epochs=1", "teacher.epochs=1", "teacher.model=mlp", "student.kwargs.width=16",
-    "teacher.augment=none", "output.latency=false", "output.plots=false", "output.progress=false",
-]
-MEMORY_CAP = 2 * 2**30  # address space of the child: a bomb that expands hits it instead of the machine
-
-
-def kdistill_cli(*args: str, cwd: Path, memory: int = MEMORY_CAP) -> subprocess.CompletedProcess:
-    env = subprocess_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-
-    def cap_memory():
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    return subprocess.run(
-        [str(KDISTILL), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
-        preexec_fn=cap_memory, timeout=300,
-    )
-
-
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -80,9 +57,16 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> s
     return lines[0]
 
 
-def refused_without_changes(tmp_path: Path, *args: str, fragments: tuple[str, ...] = ()) -> str:
+def refused_without_changes(tmp_path: Path, *args: str, fragments: tuple[str, ...] = (),
+                            memory: int | None = None) -> str:
+    """Refused in one line with nothing changed: in this process, or with ``memory`` set, by the
+    console script in a child whose address space is capped at ``memory`` bytes."""
     before = snapshot(tmp_path)
-    line = assert_user_error(kdistill_cli(*args, cwd=tmp_path), *fragments)
+    if memory:
+        result = kdistill_cli(*args, cwd=tmp_path, memory=memory)
+    else:
+        result = call_cli(*args, cwd=tmp_path)
+    line = assert_user_error(result, *fragments)
     after = snapshot(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before  # every file that was there is intact
     return line
@@ -122,18 +106,21 @@ def test_recursive_deep_and_huge_yaml_refused(text, fragment):
         safe_yaml.load(text, "recipe.yaml")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("section", ["distill.params", "data.options", "student.kwargs"])
 def test_cli_refuses_a_recipe_alias_bomb_in_a_free_form_field(tmp_path, section):
     outer, inner = section.split(".")
     bomb = "\n".join(f"    {line}" for line in billion_laughs())
     (tmp_path / "bomb.yaml").write_text(f"{outer}:\n  {inner}:\n{bomb}\n")
-    refused_without_changes(tmp_path, "run", "bomb.yaml", fragments=("bomb.yaml", "aliases"))
+    refused_without_changes(tmp_path, "run", "bomb.yaml", fragments=("bomb.yaml", "aliases"), memory=MEMORY_CAP)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.integration
 def test_cli_refuses_an_alias_bomb_given_as_an_override(tmp_path):
     flow = "{" + ", ".join(billion_laughs()) + "}"
-    refused_without_changes(tmp_path, "run", *QUICK, f"distill.params={flow}", fragments=("distill.params", "aliases"))
+    refused_without_changes(tmp_path, "run", *TINY_RECIPE, f"distill.params={flow}", fragments=("distill.params", "aliases"),
+                            memory=MEMORY_CAP)
 
 
 # --- 5: no remote code -----------------------------------------------------------------------
@@ -165,9 +152,10 @@ def test_hf_directory_code_never_runs(tmp_path):
     assert not ran.exists()
 
 
+@pytest.mark.integration
 def test_cli_refuses_trust_remote_code_in_one_line(tmp_path):
     refused_without_changes(
-        tmp_path, "run", *QUICK, "teacher.model=hf", "teacher.kwargs.trust_remote_code=true",
+        tmp_path, "run", *TINY_RECIPE, "teacher.model=hf", "teacher.kwargs.trust_remote_code=true",
         fragments=("trust_remote_code",),
     )
 
@@ -232,6 +220,7 @@ def test_npz_sizes_are_checked_before_decompressing(tmp_path):
         load_dataset("npz", path=str(liar))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("make, fragment", [
     (lambda p: save_npz(p, features(2), np.arange(2)), "split empty"),  # 1 sample of 2 classes
     (lambda p: save_npz(p, np.array([["a"] * 4] * 60), np.arange(60) % 2), "inputs must be numbers"),
@@ -243,7 +232,7 @@ def test_npz_sizes_are_checked_before_decompressing(tmp_path):
 def test_cli_refuses_bad_npz_files_in_one_line(tmp_path, make, fragment):
     make(tmp_path / "data.npz")
     refused_without_changes(
-        tmp_path, "run", *QUICK, "data.dataset=npz", "data.path=data.npz", fragments=("data.npz", fragment),
+        tmp_path, "run", *TINY_RECIPE, "data.dataset=npz", "data.path=data.npz", fragments=("data.npz", fragment),
     )
 
 
@@ -278,25 +267,28 @@ def test_image_bombs_and_broken_images_name_the_file(tmp_path):
         load_dataset("folder", path=str(root))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("option, fragment", [
     ("data.options.channels=2", "data.options.channels: 1 (grayscale) or 3 (RGB), got 2"),
     ("data.options.image_size=0", "data.options.image_size"),
 ])
 def test_cli_refuses_image_folder_options(tmp_path, option, fragment):
     image_folder(tmp_path / "images")
-    refused_without_changes(tmp_path, "run", *QUICK, "data.dataset=folder", "data.path=images", option, fragments=(fragment,))
+    refused_without_changes(tmp_path, "run", *TINY_RECIPE, "data.dataset=folder", "data.path=images", option, fragments=(fragment,))
 
 
+@pytest.mark.integration
 def test_cli_refuses_val_fraction_0_before_the_teacher_trains(tmp_path):
     refused_without_changes(
-        tmp_path, "run", *QUICK, "data.val_fraction=0", fragments=("data.val_fraction=0 leaves no validation samples",),
+        tmp_path, "run", *TINY_RECIPE, "data.val_fraction=0", fragments=("data.val_fraction=0 leaves no validation samples",),
     )
     metrics = tmp_path / "runs" / "mnist_kd" / "metrics.jsonl"
     assert not metrics.exists() or not metrics.read_text()  # no teacher epoch was logged
 
 
+@pytest.mark.integration
 def test_cli_names_a_negative_model_size(tmp_path):
-    refused_without_changes(tmp_path, "run", *QUICK, "student.kwargs.width=-5", fragments=("student.kwargs: mlp: width=-5 is negative",))
+    refused_without_changes(tmp_path, "run", *TINY_RECIPE, "student.kwargs.width=-5", fragments=("student.kwargs: mlp: width=-5 is negative",))
 
 
 # --- 9: checksums over metadata ----------------------------------------------------------------
@@ -381,21 +373,23 @@ def test_damage_before_the_last_record_is_a_user_error(tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("finished")
-    result = kdistill_cli("run", *QUICK, cwd=root)
+    result = call_cli("run", *TINY_RECIPE, cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     return root / "runs" / "mnist_kd"
 
 
+@pytest.mark.integration
 def test_cli_report_survives_a_torn_metrics_log(finished_run, tmp_path):
     run_dir = shutil.copytree(finished_run, tmp_path / "run")
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write('{"phase": "student", "epo')
     (run_dir / "plots").mkdir()  # the report reads the log to redraw the training curves
-    result = kdistill_cli("report", str(run_dir), cwd=tmp_path)
+    result = call_cli("report", str(run_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "incomplete last line" in result.stderr
 
 
+@pytest.mark.integration
 def test_cli_resume_refuses_an_edited_training_state(finished_run, tmp_path):
     shutil.copytree(finished_run, tmp_path / "runs" / "mnist_kd")
     checkpoints = tmp_path / "runs" / "mnist_kd" / "checkpoints"
@@ -403,7 +397,7 @@ def test_cli_resume_refuses_an_edited_training_state(finished_run, tmp_path):
     (tmp_path / "runs" / "mnist_kd" / "summary.json").unlink()
     state = training_state(checkpoints / "student.state.safetensors")  # ... at epoch 23
     rewrite_metadata(state, lambda m: {**m, FORMAT_KEY: m[FORMAT_KEY].replace("23", "148")})
-    refused_without_changes(tmp_path, "run", *QUICK, "--resume", fragments=("student.state.safetensors", "edited"))
+    refused_without_changes(tmp_path, "run", *TINY_RECIPE, "--resume", fragments=("student.state.safetensors", "edited"))
 
 
 # --- issue 27, items 2 and 3: nothing named in a recipe or a run directory runs unvetted ----------
@@ -441,6 +435,7 @@ def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, mon
     assert create_model("mymodels:tiny", width=4).out_features == 4  # the user's own factory works
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model, role, in_run_dir", [
     ("os:system", "student", False), ("evil_model:boom", "teacher", True),
 ])
@@ -458,11 +453,12 @@ def test_cli_export_never_calls_what_a_tampered_summary_names(finished_run, tmp_
     assert not (cwd / "pwned").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_cli_recipe_never_calls_a_standard_library_function(tmp_path, command):
     recipe = f"teacher: {{model: 'os:system', kwargs: {{command: '{SHELL}'}}}}\n"
     (tmp_path / "recipe.yaml").write_text(recipe)
-    refused_without_changes(tmp_path, command, "recipe.yaml", *QUICK[:3],
+    refused_without_changes(tmp_path, command, "recipe.yaml", "data.dataset=digits", "train.epochs=1", "teacher.epochs=1",
                             fragments=("teacher.model", "os:system"))
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "runs").exists()
 
@@ -502,6 +498,7 @@ def test_distill_leaves_no_hooks_on_the_users_models():
 # --- the built-in recipe pointed at other data -----------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_builtin_recipes_image_settings_on_a_table_are_one_line_naming_them_all(tmp_path):
     rows = ["length,width,species", *(f"{i % 7}.5,{i % 3}.25,{'ab'[i % 2]}" for i in range(60))]
     (tmp_path / "features.csv").write_text("\n".join(rows) + "\n")

@@ -9,11 +9,11 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import MEMORY_CAP, kdistill_cli
+from conftest import TINY_RECIPE as QUICK
 from test_hardening import (
-    QUICK,
     assert_user_error,
     image_folder,
-    kdistill_cli,
     png_claiming,
     refused_without_changes,
 )
@@ -29,6 +29,7 @@ def black_png(width: int, height: int) -> bytes:
 # --- issue 27, item 10: inputs of any size, each bounded before it is read -------------------
 
 
+@pytest.mark.integration
 def test_cli_bounds_a_huge_sparse_npy_of_token_ids(tmp_path):
     header = {"descr": "<i8", "fortran_order": False, "shape": (3 * 10**9,)}
     with (tmp_path / "ids.npy").open("wb") as file:  # sparse: a header, then 24 GB of nothing
@@ -37,13 +38,14 @@ def test_cli_bounds_a_huge_sparse_npy_of_token_ids(tmp_path):
         file.truncate(size)
     result = kdistill_cli(
         "check", "data.dataset=token_ids", "data.path=ids.npy", "teacher.model=gpt",
-        "student.model=gpt", "method=token_kd", cwd=tmp_path,
+        "student.model=gpt", "method=token_kd", cwd=tmp_path, memory=MEMORY_CAP,
     )
     assert_user_error(result, "ids.npy: its array holds 24,000,000,000 bytes", "options.max_bytes")
     assert (tmp_path / "ids.npy").stat().st_size == size
     assert [p.name for p in tmp_path.iterdir()] == ["ids.npy"]
 
 
+@pytest.mark.integration
 def test_cli_refuses_huge_images_from_their_headers(tmp_path):
     huge = black_png(13_000, 13_000)
     for name in ("cat", "dog"):
@@ -54,9 +56,11 @@ def test_cli_refuses_huge_images_from_their_headers(tmp_path):
         tmp_path, "check", *QUICK, "data.dataset=folder", "data.path=images",
         "teacher.model=cnn_tiny",
         fragments=("0.png: 13,000×13,000 pixels, more than the 67,108,864 an image may decode",),
+        memory=MEMORY_CAP,
     )
 
 
+@pytest.mark.integration
 def test_cli_refuses_a_csv_of_a_million_columns_from_its_header(tmp_path):
     columns = 10**6
     header = ",".join(f"c{i}" for i in range(columns - 1)) + ",label"
@@ -66,9 +70,11 @@ def test_cli_refuses_a_csv_of_a_million_columns_from_its_header(tmp_path):
         tmp_path, "check", *QUICK, "data.dataset=table", "data.path=wide.csv",
         "data.options.label=label",
         fragments=("wide.csv: ", "columns or more, more than the limit of 10,000", "dataset=npz"),
+        memory=MEMORY_CAP,
     )
 
 
+@pytest.mark.integration
 def test_cli_reads_a_50_mb_text_cell_cut_to_what_the_tokenizer_keeps(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 

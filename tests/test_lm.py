@@ -203,6 +203,7 @@ def test_fit_calls_the_batch_transform_before_the_teacher(corpus):
     assert math.isfinite(history[0]["loss/kd"]) and history[0]["loss/kd"] > 0
 
 
+@pytest.mark.integration
 def test_lm_recipe_end_to_end_with_on_policy_and_samples(tmp_path):
     from kdistill.cli import main
 

@@ -3,7 +3,6 @@ a run prints it in ``kdistill check`` and at the end of its ``config.yaml``, and
 model table gives each model's parameter count as built."""
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -89,18 +88,15 @@ def test_a_users_class_records_its_defaults_too(tmp_path):
     assert model_settings(model) == {"num_classes": 3, "input_shape": [1, 8, 8], "hidden": 7, "act": "gelu"}
 
 
-def kdistill(*args, cwd):
-    return subprocess.run([str(Path(sys.executable).parent / "kdistill"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def test_check_and_config_yaml_print_every_setting_and_the_config_still_reads_back(tmp_path):
-    check = kdistill("check", *QUICK, cwd=tmp_path)
+@pytest.mark.integration
+def test_check_and_config_yaml_print_every_setting_and_the_config_still_reads_back(tmp_path, cli):
+    check = cli("check", *QUICK, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert "student: mlp_tiny, 2,410 parameters (num_classes=10, input_shape=[1, 8, 8], width=32, depth=1, dropout=0.0)" in check.stdout
-    run = kdistill("run", *QUICK, "name=shown", cwd=tmp_path)
+    run = cli("run", *QUICK, "name=shown", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     text = (tmp_path / "runs" / "shown" / "config.yaml").read_text()
     assert "# student: mlp_tiny, 2,410 parameters\n#   num_classes: 10\n" in text
     assert "#   width: 32\n#   depth: 1\n" in text
-    resumed = kdistill("run", *QUICK, "name=shown", "--resume", cwd=tmp_path)  # the comments do not change the recipe
+    resumed = cli("run", *QUICK, "name=shown", "--resume", cwd=tmp_path)  # the comments do not change the recipe
     assert resumed.returncode == 0 and "already complete" in resumed.stdout, resumed.stderr

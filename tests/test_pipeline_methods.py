@@ -20,6 +20,7 @@ def test_every_image_method_is_a_preset():
     assert set(IMAGE_METHODS) <= set(PRESETS)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["fitnet", "at", "crd", "dkd", "vid"])
 def test_method_runs_end_to_end(method, tmp_path):
     assert main(["run", *QUICK, f"method={method}", f"output.dir={tmp_path}", f"name={method}"]) == 0

@@ -1,7 +1,7 @@
 """Preflight: the whole recipe is checked before any directory is created or replaced.
 
-The command-line cases run the installed console script in a subprocess, the way a user meets
-it: exit 2, one line on stderr, no traceback, nothing written.
+The command-line cases call the command line in this process (exit 2, one line on stderr, no
+traceback, nothing written); the version runs the installed console script, the way a user meets it.
 """
 
 import subprocess
@@ -11,22 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import subprocess_env
+from conftest import TINY_RECIPE, kdistill_cli, subprocess_env
 
 from kdistill.errors import UserError
 from kdistill.run.config import dump_config, load_config
 from kdistill.run.preflight import preflight
 
-KDISTILL = Path(sys.executable).with_name("kdistill")
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}", "student.kwargs={width: 16}",
-         "teacher.epochs=1", "train.epochs=1", "teacher.augment=none", "output.latency=false",
-         "output.plots=false", "output.progress=false"]
-
-
-def kdistill(*args, cwd=None, timeout=120):
-    return subprocess.run([str(KDISTILL), *map(str, args)], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=cwd, timeout=timeout)
 
 
 def assert_user_error(result, *fragments):
@@ -49,6 +40,7 @@ def needs(recipe: Path):
                     "tests/test_smollm2.py::test_the_recipe_passes_check")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("recipe", CONFIGS, ids=lambda p: p.stem)
 def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recipe, tmp_path):
     needs(recipe)
@@ -62,6 +54,7 @@ def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recip
     assert not any(tmp_path.iterdir()) or [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("overrides", "fragments"), [
     (["student.model=resnet9000"], ["student.model", "resnet9000"]),
     (["distill.params={temprature: 1.0}"], ["temprature", "did you mean 'temperature'"]),
@@ -76,23 +69,25 @@ def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recip
     (["train.early_stopping={metric: lose}"], ["early_stopping.metric=lose", "accuracy, loss"]),
     (["terms=[{name: a, loss: ce, teacher: null}, {name: a, loss: kd}]"], ["'a' is used twice"]),
 ])
-def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragments):
+def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragments, cli):
     before = sorted(tmp_path.rglob("*"))
-    result = kdistill("check", *QUICK, f"output.dir={tmp_path / 'runs'}", *overrides, cwd=tmp_path)
+    result = cli("check", *TINY_RECIPE, f"output.dir={tmp_path / 'runs'}", *overrides, cwd=tmp_path)
     assert_user_error(result, *fragments)
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_check_says_what_it_checked_and_writes_nothing(tmp_path):
-    result = kdistill("check", *QUICK, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
+@pytest.mark.integration
+def test_check_says_what_it_checked_and_writes_nothing(tmp_path, cli):
+    result = cli("check", *TINY_RECIPE, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout and "nothing written" in result.stdout
     assert not any(tmp_path.iterdir())
 
 
-def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_run(tmp_path):
+@pytest.mark.integration
+def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_run(tmp_path, cli):
     started = time.perf_counter()
-    result = kdistill("run", "student.model=resnet9000", f"output.dir={tmp_path}", cwd=tmp_path)
+    result = cli("run", "student.model=resnet9000", f"output.dir={tmp_path}", cwd=tmp_path)
     assert_user_error(result, "resnet9000")
     assert time.perf_counter() - started < 60  # the default teacher alone trains for a minute
     assert not any(tmp_path.iterdir())
@@ -101,28 +96,30 @@ def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_
 def test_every_phase_of_every_mode_takes_a_dry_step():
     """Preflight runs the mode itself through the dry school: a term that fails only in a later
     phase (here the assistant's) fails preflight, naming that phase."""
-    recipe = load_config(None, [*QUICK, "assistant.model=mlp", "assistant.kwargs={width: 24}"])
+    recipe = load_config(None, [*TINY_RECIPE, "assistant.model=mlp", "assistant.kwargs={width: 24}"])
     assert preflight(recipe).mode == "assistant"
-    bad = load_config(None, [*QUICK, "method=fitnet", "distill.params={student_layers: [features.1], teacher_layers: [features.1]}",
+    bad = load_config(None, [*TINY_RECIPE, "method=fitnet", "distill.params={student_layers: [features.1], teacher_layers: [features.1]}",
                              "assistant.model=cnn_tiny"])
     with pytest.raises(UserError, match="features.1.*CNN"):  # the assistant is a CNN, without that module
         preflight(bad)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv", [[], ["foo"], ["run", "--bogus"], ["export"], ["list", "foo"], ["list", "taps"],
                                   ["list", "taps", "resnet9000"]])
-def test_usage_errors_are_one_line_and_exit_2(argv):
-    result = kdistill(*argv)
+def test_usage_errors_are_one_line_and_exit_2(argv, cli):
+    result = cli(*argv)
     if not argv:  # the help, not an error
         assert result.returncode == 0 and "Usage" in result.stdout and "Traceback" not in result.stderr
         return
     assert_user_error(result)
 
 
-def test_version_and_list_taps():
-    result = kdistill("--version")
+@pytest.mark.integration
+def test_version_and_list_taps(cli):
+    result = kdistill_cli("--version", cwd=None)  # the installed script's own exit status
     assert result.returncode == 0 and result.stdout.startswith("kdistill ")
-    taps = kdistill("list", "taps", "resnet8")
+    taps = cli("list", "taps", "resnet8")
     assert taps.returncode == 0
     names = [line.split()[0] for line in taps.stdout.splitlines()]
     assert "layer1" in names and "head:input" in names
@@ -149,8 +146,9 @@ def test_the_public_names_load_on_first_use():
         kdistill.no_such_name
 
 
-def test_list_methods_shows_each_presets_settings():
-    result = kdistill("list", "methods")
+@pytest.mark.integration
+def test_list_methods_shows_each_presets_settings(cli):
+    result = cli("list", "methods")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     settings = lines[next(i for i, line in enumerate(lines) if line.startswith("dkd ")) + 1]

@@ -261,6 +261,7 @@ def test_recipe_student_has_at_least_8x_fewer_parameters():
     assert params("teacher") >= 8 * params("student")
 
 
+@pytest.mark.integration
 def test_movielens_recipe_end_to_end(tmp_path):
     code = main([
         "run", str(ROOT / "configs" / "movielens.yaml"), "data.subset=100", "teacher.epochs=1", "train.epochs=1",
@@ -279,6 +280,7 @@ def test_movielens_recipe_end_to_end(tmp_path):
     assert {"loss/rating", "loss/preference", "loss/rating_kd", "loss/rank_kd", "val/hr@10"} <= set(student)
 
 
+@pytest.mark.integration
 def test_teacher_cache_keeps_one_view_per_epoch_of_redrawn_negatives(tmp_path):
     # The negatives change every epoch, so one cached view would pair epoch 2's candidates with
     # the teacher's scores of epoch 1's: the cache must hold a view per epoch, each different.

@@ -24,6 +24,7 @@ def run_dir(tmp_path_factory):
     return root / "html"
 
 
+@pytest.mark.integration
 def test_html_sits_beside_markdown_with_every_plot_embedded(run_dir):
     page = (run_dir / "report.html").read_text()
     markdown = (run_dir / "report.md").read_text()
@@ -39,6 +40,7 @@ def test_html_sits_beside_markdown_with_every_plot_embedded(run_dir):
     assert "Distillation" in page and "Diagnostics (test split" in page and "Per-class accuracy" in page
 
 
+@pytest.mark.integration
 def test_html_needs_no_network(run_dir):
     page = (run_dir / "report.html").read_text()
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.IGNORECASE)
@@ -47,6 +49,7 @@ def test_html_needs_no_network(run_dir):
     assert "default-src 'none'" in page  # the browser refuses any fetch, even one we missed
 
 
+@pytest.mark.integration
 def test_report_verb_rerenders_and_rejects_a_missing_run(run_dir, tmp_path, capsys):
     (run_dir / "report.html").unlink()
     (run_dir / "plots" / "confusion.png").unlink()
@@ -59,6 +62,7 @@ def test_report_verb_rerenders_and_rejects_a_missing_run(run_dir, tmp_path, caps
     assert "summary.json" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium chromium-driver); the HTML report is checked without a browser only")
 def test_chromium_renders_a_page_that_is_not_blank(run_dir, tmp_path):
     import matplotlib.image

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import call_cli, subprocess_env
 from torch.utils.data import DataLoader
 
 from kdistill.cli import main
@@ -29,13 +29,19 @@ RECIPE = [
 ]
 
 
+def run_args(*args):
+    return ["run", *RECIPE, *args]
+
+
 def kdistill(*args, cwd):
-    return [sys.executable, "-m", "kdistill", "run", *RECIPE, *args]
+    return [sys.executable, "-m", "kdistill", *run_args(*args)]
 
 
+@pytest.mark.integration
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     env = subprocess_env()
-    full = subprocess.run(kdistill("name=full", f"output.dir={tmp_path}", cwd=tmp_path), env=env, capture_output=True, text=True)
+    # Only the killed run needs a process of its own; the others run here (bit-identical either way).
+    full = call_cli(*run_args("name=full", f"output.dir={tmp_path}"), cwd=tmp_path)
     assert full.returncode == 0, full.stderr
 
     run_dir = tmp_path / "killed"
@@ -60,7 +66,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / "checkpoints" / "student.safetensors").exists()  # the phase was cut short
 
-    resumed = subprocess.run(kdistill("name=killed", f"output.dir={tmp_path}", "--resume", cwd=tmp_path), env=env, capture_output=True, text=True)
+    resumed = call_cli(*run_args("name=killed", f"output.dir={tmp_path}", "--resume"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
     for phase in ("teacher", "scratch", "student"):
@@ -123,6 +129,7 @@ def test_an_on_policy_run_resumes_to_the_same_draws_and_weights(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
 
 
+@pytest.mark.integration
 def test_resume_rules(tmp_path, capsys):
     quick = ["data.subset=200", "teacher.epochs=1", "train.epochs=1", "output.latency=false", "output.plots=false", f"output.dir={tmp_path}"]
     assert main(["run", *quick, "name=r", "--resume"]) == 2
@@ -161,6 +168,7 @@ def test_weights_are_atomic_checksummed_safetensors(tmp_path):
         load_weights(other, truncated)
 
 
+@pytest.mark.integration
 def test_corrupted_teacher_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     path = tmp_path / "teacher.safetensors"
     save_tensors(path, create_model("lenet").state_dict())
@@ -170,6 +178,7 @@ def test_corrupted_teacher_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     assert "teacher.safetensors" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_teacher_with_other_classes_is_refused(tmp_path, capsys):
     path = tmp_path / "teacher5.safetensors"
     save_tensors(path, create_model("lenet", num_classes=5).state_dict())

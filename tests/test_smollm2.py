@@ -203,6 +203,7 @@ def test_real_smollm2_prunes_to_ten_layers():
 # --- a pruned-student recipe end to end --------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_pruned_student_recipe_end_to_end(tmp_path, capsys):
     from kdistill.cli import main
     from kdistill.data import load_dataset

@@ -183,6 +183,7 @@ def test_japanese_vowels_keeps_the_published_split():
     assert torch.isfinite(splits.train.inputs).all()
 
 
+@pytest.mark.integration
 def test_japanese_vowels_recipe_end_to_end(tmp_path):
     code = main(["run", str(ROOT / "configs" / "japanese_vowels.yaml"), "data.subset=200", f"output.dir={tmp_path}", *QUICK])
     assert code == 0

@@ -117,6 +117,7 @@ def test_teacher_assistant_chain_run(tmp_path):
     assert summary["student"]["params"] < summary["assistant"]["params"]
 
 
+@pytest.mark.integration
 def test_born_again_generations_run(tmp_path):
     summary, phases = run(tmp_path, "ban", "distill.mode=born_again", "distill.generations=3")
     assert [p for p in dict.fromkeys(phases)] == ["scratch", "generation_1", "generation_2", "student"]
@@ -134,6 +135,7 @@ def test_deep_mutual_learning_run(tmp_path):
     assert "mutual" in summary["teacher"]["source"]
 
 
+@pytest.mark.integration
 def test_a_recipe_trains_the_same_teacher_every_time_and_members_differ(tmp_path):
     from safetensors.torch import load_file
 

@@ -161,6 +161,7 @@ def test_distilbert_initialisation_copies_every_other_teacher_layer():
         init_from_teacher(narrow, big)
 
 
+@pytest.mark.integration
 def test_text_recipe_end_to_end_with_a_tiny_teacher(tmp_path):
     """configs/text_kd.yaml as it is, but a tiny BERT teacher (the MiniLM fine-tuning is the
     slow part), a slice of the data and one epoch; then a DistilBERT-style run reusing it."""

@@ -35,6 +35,7 @@ def study(tmp_path_factory):
     return root, recipe, tune_dir, after_first
 
 
+@pytest.mark.integration
 def test_second_call_adds_trials_to_the_same_study(study):
     _, _, tune_dir, after_first = study
     assert (tune_dir / "study.db").is_file()
@@ -51,6 +52,7 @@ def test_second_call_adds_trials_to_the_same_study(study):
     assert written == [("kd", "mlp_tiny", 4.0, 0.9), ("kd", "small_cnn", 4.0, 0.9)]
 
 
+@pytest.mark.integration
 def test_objective_is_the_validation_score_never_the_test_score(study):
     _, _, tune_dir, _ = study
     for r in csv.DictReader((tune_dir / "trials.csv").open()):
@@ -61,6 +63,7 @@ def test_objective_is_the_validation_score_never_the_test_score(study):
     assert "## Teachers" in table and "small_cnn" in table
 
 
+@pytest.mark.integration
 def test_best_yaml_is_a_runnable_recipe_with_the_best_trial(study):
     root, _, tune_dir, _ = study
     rows = list(csv.DictReader((tune_dir / "trials.csv").open()))
@@ -75,6 +78,7 @@ def test_best_yaml_is_a_runnable_recipe_with_the_best_trial(study):
     assert f"trial {best['trial']}" in (tune_dir / "best.yaml").read_text().splitlines()[0]
 
 
+@pytest.mark.integration
 def test_teachers_are_trained_once_and_reused(study):
     _, _, tune_dir, _ = study
     rows = list(csv.DictReader((tune_dir / "trials.csv").open()))
@@ -84,6 +88,7 @@ def test_teachers_are_trained_once_and_reused(study):
     assert sum(s == "trained" for s in sources) == len(stored)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra, fragment", [
     (["train.epochs=2"], "different recipe (at train.epochs)"),
     (["--teachers", "lenet"], "--teachers differs"),
