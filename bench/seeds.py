@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from kdistill.report import to_markdown
 from kdistill.run.config import load_config
 from kdistill.run.seeds import run_seeds, seeds_blocks
-from kdistill.report import to_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,26 +35,41 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_intermixed_args()  # overrides after --seeds N (or after --) too
     if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():
-        args.overrides, args.recipe = [args.recipe, *args.overrides], None  # overrides of the built-in recipe
+        args.overrides, args.recipe = (
+            [args.recipe, *args.overrides],
+            None,
+        )  # overrides of the built-in recipe
 
     with tempfile.TemporaryDirectory() as out:
-        recipe = load_config(args.recipe, [*args.overrides, f"train.seeds={args.seeds}", f"output.dir={out}",
-                                           "output.progress=false"])
+        recipe = load_config(
+            args.recipe,
+            [
+                *args.overrides,
+                f"train.seeds={args.seeds}",
+                f"output.dir={out}",
+                "output.progress=false",
+            ],
+        )
         quiet = lambda line="": print(line, flush=True) if str(line).startswith("seed ") else None
         result = run_seeds(recipe, echo=quiet)
         runs = [json.loads((Path(r["run"]) / "summary.json").read_text()) for r in result["runs"]]
 
     command = "python bench/seeds.py " + " ".join(sys.argv[1:])
     blocks = seeds_blocks(result)
-    machine = (f"Command: `{command}`  \nMachine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-               f"torch {torch.__version__}. Run time per run: "
-               + ", ".join(f"{r['seconds']:.0f} s" for r in runs) + ".")
+    machine = (
+        f"Command: `{command}`  \nMachine: {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}. Run time per run: "
+        + ", ".join(f"{r['seconds']:.0f} s" for r in runs)
+        + "."
+    )
     text = to_markdown([blocks[0], ("paragraph", machine), *blocks[1:]])
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"seeds_{recipe.name}.md").write_text(text)
     (RESULTS / f"seeds_{recipe.name}.json").write_text(
-        json.dumps({"command": command, "seeds": result, "runs": runs}, indent=2))
+        json.dumps({"command": command, "seeds": result, "runs": runs}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -59,10 +59,12 @@ def run(
     from kdistill.run.seeds import run_seeds
 
     path, overrides = _split_recipe(recipe, overrides)
-    config = load_config(path, [*overrides, *([f"train.seeds={seeds}"] if seeds else [])])
+    if seeds is not None:  # the option overrides the recipe's train.seeds
+        overrides.append(f"train.seeds={seeds}")
+    config = load_config(path, overrides)
     if overwrite and resume:
         raise UserError("--overwrite and --resume contradict each other; choose one")
-    runner = run_seeds if config.train.seeds > 1 else run_recipe  # train.seeds: 1 is one plain run
+    runner = run_seeds if config.train.seeds > 1 else run_recipe  # 1 seed: one plain run
     runner(config, overwrite=overwrite, resume=resume, echo=typer.echo)
 
 

@@ -33,16 +33,29 @@ from pydantic import ValidationError
 
 from kdistill.errors import ConfigError, UserError
 from kdistill.evaluation.paired import mcnemar_exact
-from kdistill.report import atomic_write, markdown_table, to_markdown
+from kdistill.report import atomic_write, to_markdown
 from kdistill.report.html import render_html
 from kdistill.run.config import Recipe, describe_validation_error
 from kdistill.run.pipeline import run
 from kdistill.run.rundir import check_run_dir, open_run_dir
 
 LEVEL = 0.95
-ROLES = (("teacher", "teacher"), ("scratch", "student from scratch"), ("student", "distilled student"))
+METHOD = (
+    "Each seed's verdict is its own paired test on the same test samples (a bootstrap interval "
+    "of the difference, McNemar's exact test for accuracy). Across seeds: Student's t-interval "
+    "of the mean per-seed difference (95 %) and the exact sign test of its direction."
+)
+ROLES = (
+    ("teacher", "teacher"),
+    ("scratch", "student from scratch"),
+    ("student", "distilled student"),
+)
 # Each seed's paired test: its outcome, the count's key in seeds.json, and its words.
-OUTCOMES = {"win": ("wins", "better"), "loss": ("losses", "worse"), "tie": ("ties", "no significant difference")}
+OUTCOMES = {
+    "win": ("wins", "better"),
+    "loss": ("losses", "worse"),
+    "tie": ("ties", "no significant difference"),
+}
 
 
 def seed_recipes(recipe: Recipe) -> list[Recipe]:
@@ -78,7 +91,9 @@ def run_seeds(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, 
         for part in [recipe, *parts]
     }
     if resume and not any(started.values()):
-        raise UserError(f"--resume: {parent_dir} holds no seeds run to continue; run without --resume")
+        raise UserError(
+            f"--resume: {parent_dir} holds no seeds run to continue; run without --resume"
+        )
     for part in [recipe, *parts]:
         check_run_dir(part, overwrite=overwrite, resume=started[part.name])
     with open_run_dir(recipe, overwrite=overwrite, resume=started[recipe.name]) as run_dir:
@@ -89,7 +104,9 @@ def run_seeds(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, 
         result = summarize_seeds(recipe, parts, summaries)
         atomic_write(run_dir / "seeds.json", json.dumps(result, indent=2))
         blocks = seeds_blocks(result)
-        atomic_write(run_dir / "seeds.html", render_html(blocks, run_dir, title=f"{recipe.name}: seeds"))
+        atomic_write(
+            run_dir / "seeds.html", render_html(blocks, run_dir, title=f"{recipe.name}: seeds")
+        )
         atomic_write(run_dir / "seeds.md", to_markdown(blocks))
     echo("")
     echo(to_markdown(blocks[1:]).rstrip("\n"))
@@ -131,10 +148,20 @@ def across_seeds(differences: list[float], *, higher_is_better: bool, level: flo
     seeds at least) and the exact sign test."""
     n = len(differences)
     mean = statistics.fmean(differences)
-    result = {"n": n, "mean": mean, "std": statistics.stdev(differences) if n > 1 else None, "level": level}
+    result = {
+        "n": n,
+        "mean": mean,
+        "std": statistics.stdev(differences) if n > 1 else None,
+        "level": level,
+    }
     good = sum((d > 0) == higher_is_better for d in differences if d != 0)
     bad = sum(d != 0 for d in differences) - good
-    result["sign_test"] = {"better": good, "worse": bad, "equal": n - good - bad, "p": mcnemar_exact(good, bad)}
+    result["sign_test"] = {
+        "better": good,
+        "worse": bad,
+        "equal": n - good - bad,
+        "p": mcnemar_exact(good, bad),
+    }
     if n > 1:
         half = t_quantile((1 + level) / 2, n - 1) * result["std"] / math.sqrt(n)
         low, high = mean - half, mean + half
@@ -170,12 +197,19 @@ def summarize_seeds(recipe: Recipe, parts: list[Recipe], summaries: list[dict]) 
                 "values": values,
             }
     runs = [
-        {"seed": part.train.seed, "run": str(Path(part.output.dir) / part.name),
-         "difference": s["student"][headline] - s["scratch"][headline], "outcome": _outcome(s),
-         "ci": s["comparisons"]["student_vs_scratch"]["ci"], "seconds": s.get("seconds")}
+        {
+            "seed": part.train.seed,
+            "run": str(Path(part.output.dir) / part.name),
+            "difference": s["student"][headline] - s["scratch"][headline],
+            "outcome": _outcome(s),
+            "ci": s["comparisons"]["student_vs_scratch"]["ci"],
+            "seconds": s.get("seconds"),
+        }
         for part, s in zip(parts, summaries)
     ]
-    counts = {key: sum(r["outcome"] == outcome for r in runs) for outcome, (key, _) in OUTCOMES.items()}
+    counts = {
+        key: sum(r["outcome"] == outcome for r in runs) for outcome, (key, _) in OUTCOMES.items()
+    }
     result = {
         "name": recipe.name,
         "seeds": [part.train.seed for part in parts],
@@ -185,7 +219,9 @@ def summarize_seeds(recipe: Recipe, parts: list[Recipe], summaries: list[dict]) 
         "runs": runs,
         "student_vs_scratch": {
             **counts,
-            **across_seeds([r["difference"] for r in runs], higher_is_better=task["higher_is_better"][headline]),
+            **across_seeds(
+                [r["difference"] for r in runs], higher_is_better=task["higher_is_better"][headline]
+            ),
         },
     }
     result["verdict"] = seeds_verdict(result)
@@ -205,23 +241,30 @@ def seeds_verdict(result: dict) -> str:
     test, task, metric = result["student_vs_scratch"], result["task"], result["metric"]
     scale, unit = _scale(metric, task)
     n = test["n"]
-    tally = f"a significant win on its own test set in {test['wins']} of {n} seed(s) ({test['ties']} ties, {test['losses']} losses)"
+    seeds = "seed" if n == 1 else "seeds"
+    tally = (
+        f"a significant win on its own test set in {test['wins']} of {n} {seeds} "
+        f"({test['ties']} ties, {test['losses']} losses)"
+    )
     sign = test["sign_test"]
     mean = f"{scale * test['mean']:+.3g}{unit}"
     if n == 1:
-        return (f"One seed: no test across seeds (run two or more); distilled − scratch test {metric} "
-                f"{mean}, {tally}.")
+        return (
+            "One seed: no test across seeds (run two or more); "
+            f"distilled − scratch test {metric} {mean}, {tally}."
+        )
     low, high = (scale * v for v in test["t_interval"])
     noise = (
-        f"distilled − scratch test {metric} {mean} on average, {100 * test['level']:.0f} % t-interval "
-        f"[{low:+.3g}, {high:+.3g}] over {n} seeds, sign test p = {sign['p']:.2g} "
-        f"(better in {sign['better']} of {n}); {tally}"
+        f"distilled − scratch test {metric} {mean} on average, "
+        f"{100 * test['level']:.0f} % t-interval [{low:+.3g}, {high:+.3g}] over {n} seeds, "
+        f"sign test p = {sign['p']:.2g} (better in {sign['better']} of {n}); {tally}"
     )
     if test["better"]:
         return f"Over {n} seeds distillation helped: {noise}."
     if test["worse"]:
         return f"Over {n} seeds distillation did worse than the scratch student: {noise}."
-    return f"Over {n} seeds no significant difference between the distilled and the scratch student: {noise}."
+    opening = "no significant difference between the distilled and the scratch student"
+    return f"Over {n} seeds {opening}: {noise}."
 
 
 def seeds_blocks(result: dict) -> list[tuple]:
@@ -237,32 +280,52 @@ def seeds_blocks(result: dict) -> list[tuple]:
     header = ["model", "parameters"] + [
         f"test {m} (mean ± sd{', %' if m in task['percent'] else ''})" for m in task["metrics"]
     ]
+    roles = result["roles"]
     rows = [
-        [f"{title} ({result['roles'][role]['model']})", f"{result['roles'][role]['params']:,}"]
-        + [f"{shown(result['roles'][role][m]['mean'], m)} ± {shown(result['roles'][role][m]['std'], m)}"
-           for m in task["metrics"]]
+        [f"{title} ({roles[role]['model']})", f"{roles[role]['params']:,}"]
+        + [
+            f"{shown(roles[role][m]['mean'], m)} ± {shown(roles[role][m]['std'], m)}"
+            for m in task["metrics"]
+        ]
         for role, title in ROLES
     ]
     scale, unit = _scale(metric, task)
+
+    def interval(ci: list[float]) -> str:
+        return f"[{scale * ci[0]:+.3g}, {scale * ci[1]:+.3g}]"
+
     per_seed = [
         [str(r["seed"]), f"`{Path(r['run']).name}`"]
-        + [shown(result["roles"][role][metric]["values"][i], metric) for role, _ in ROLES]
-        + [f"{scale * r['difference']:+.3g}{unit} [{scale * r['ci'][0]:+.3g}, {scale * r['ci'][1]:+.3g}]",
-           OUTCOMES[r["outcome"]][1]]
+        + [shown(roles[role][metric]["values"][i], metric) for role, _ in ROLES]
+        + [
+            f"{scale * r['difference']:+.3g}{unit} " + interval(r["ci"]),
+            OUTCOMES[r["outcome"]][1],
+        ]
         for i, r in enumerate(result["runs"])
     ]
-    per_seed_header = ["seed", "run", "teacher", "scratch", "distilled",
-                       "distilled − scratch (95 % CI)", "paired test on the test set"]
+    per_seed_header = [
+        "seed",
+        "run",
+        "teacher",
+        "scratch",
+        "distilled",
+        "distilled − scratch (95 % CI)",
+        "paired test on the test set",
+    ]
     return [
-        ("heading", 1, f"{result['name']}: {n} seed(s)"),
+        ("heading", 1, f"{result['name']}: {n} {'seed' if n == 1 else 'seeds'}"),
         ("table", header, rows),
         ("table", per_seed_header, per_seed),
         ("paragraph", result["verdict"]),
-        ("paragraph", "Each seed's verdict is its own paired test on the same test samples (a "
-                      "bootstrap interval of the difference, McNemar's exact test for accuracy). "
-                      "Across seeds: Student's t-interval of the mean per-seed difference (95 %) "
-                      "and the exact sign test of its direction."),
+        ("paragraph", METHOD),
     ]
 
 
-__all__ = ["across_seeds", "run_seeds", "seed_recipes", "seeds_verdict", "summarize_seeds", "t_quantile"]
+__all__ = [
+    "across_seeds",
+    "run_seeds",
+    "seed_recipes",
+    "seeds_verdict",
+    "summarize_seeds",
+    "t_quantile",
+]
