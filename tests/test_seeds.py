@@ -185,3 +185,11 @@ def test_a_clash_on_a_later_seed_stops_before_the_first_trains(tmp_path):
     assert_user_error(result, "clash-seed1", "already exists")
     assert not (tmp_path / "clash-seed0").exists() and not (tmp_path / "clash").exists()
     assert (tmp_path / "clash-seed1" / "notes.txt").read_text() == "mine"
+
+
+def test_tune_refuses_seeds_in_one_line(tmp_path, capsys):
+    pytest.importorskip("optuna", reason="kdistill tune needs the optional optuna")
+    code = main(["tune", *TINY, f"output.dir={tmp_path}", "train.seeds=3", "--trials", "1"])
+    assert code == 2
+    assert "train.seeds=3: a trial is one run of one seed" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from kdistill.acceleration import make_accelerator
 from kdistill.errors import ConfigError, UserError
 from kdistill.evaluation.paired import mcnemar_exact
 from kdistill.report import atomic_write, to_markdown
@@ -96,17 +97,26 @@ def run_seeds(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, 
         )
     for part in [recipe, *parts]:
         check_run_dir(part, overwrite=overwrite, resume=started[part.name])
-    with open_run_dir(recipe, overwrite=overwrite, resume=started[recipe.name]) as run_dir:
+    # Under torchrun every process runs each seed; only the main one makes files and speaks,
+    # after every process has checked the directories (as the pipeline does for one run).
+    train = recipe.train
+    accelerator = make_accelerator(train.device, train.mixed_precision, compile=train.compile)
+    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+    say = echo if main else lambda *_: None
+    parent = open_run_dir(recipe, overwrite=overwrite, resume=started[recipe.name], main=main)
+    with parent as run_dir:
         summaries = []
         for part in parts:
-            echo(f"seed {part.train.seed} ({len(summaries) + 1} of {len(parts)}): {part.name}")
+            say(f"seed {part.train.seed} ({len(summaries) + 1} of {len(parts)}): {part.name}")
             summaries.append(run(part, overwrite=overwrite, resume=started[part.name], echo=echo))
+        if not main:
+            return {}
         result = summarize_seeds(recipe, parts, summaries)
         atomic_write(run_dir / "seeds.json", json.dumps(result, indent=2))
         blocks = seeds_blocks(result)
-        atomic_write(
-            run_dir / "seeds.html", render_html(blocks, run_dir, title=f"{recipe.name}: seeds")
-        )
+        title = f"{recipe.name}: seeds"
+        atomic_write(run_dir / "seeds.html", render_html(blocks, run_dir, title=title))
         atomic_write(run_dir / "seeds.md", to_markdown(blocks))
     echo("")
     echo(to_markdown(blocks[1:]).rstrip("\n"))
