@@ -38,7 +38,11 @@ def quiet_main(*args: str) -> int:
 @pytest.fixture(scope="module")
 def two_seeds(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    assert quiet_main("run", *TINY, f"output.dir={root}", "name=pair", "--seeds", "2") == 0
+    # The option overrides the recipe's field.
+    assert (
+        quiet_main("run", *TINY, f"output.dir={root}", "name=pair", "train.seeds=5", "--seeds", "2")
+        == 0
+    )
     return root
 
 
@@ -53,6 +57,7 @@ def test_each_seed_is_a_run_and_the_summary_lives_in_the_parent(two_seeds):
         "seeds.html",
     }
     assert "seeds: 2" in (parent / "config.yaml").read_text()
+    assert not (two_seeds / "pair-seed2").exists()
     for seed in (0, 1):
         run_dir = two_seeds / f"pair-seed{seed}"
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -61,15 +61,16 @@ OUTCOMES = {
 
 def seed_recipes(recipe: Recipe) -> list[Recipe]:
     """One single-seed recipe per seed: ``<name>-seed<s>`` with ``train.seed = s``."""
-    tree = recipe.model_dump(mode="json", exclude_unset=False)
+    tree = recipe.model_dump(mode="json")
     if recipe.teachers is not None:
         del tree["teacher"]  # an ensemble has no single teacher; both would be refused
     if recipe.terms is not None:
         del tree["method"]
     recipes = []
     for seed in range(recipe.train.seed, recipe.train.seed + recipe.train.seeds):
-        name = f"{recipe.name}-seed{seed}"
-        tree.update(name=name, train={**tree["train"], "seed": seed, "seeds": 1})
+        tree.update(
+            name=f"{recipe.name}-seed{seed}", train={**tree["train"], "seed": seed, "seeds": 1}
+        )
         try:
             recipes.append(Recipe.model_validate(tree))
         except ValidationError as error:  # a name or a seed past its bound
@@ -100,7 +101,12 @@ def run_seeds(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, 
     # Under torchrun every process runs each seed; only the main one makes files and speaks,
     # after every process has checked the directories (as the pipeline does for one run).
     train = recipe.train
-    accelerator = make_accelerator(train.device, train.mixed_precision, compile=train.compile)
+    accelerator = make_accelerator(
+        train.device,
+        train.mixed_precision,
+        deterministic=train.deterministic,
+        compile=train.compile,
+    )
     accelerator.wait_for_everyone()
     main = accelerator.is_main_process
     say = echo if main else lambda *_: None
