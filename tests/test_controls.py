@@ -3,7 +3,6 @@ best epoch, accumulation equals the larger batch, clipping bounds the update, wa
 the logged learning rate, norms and biases are not decayed, trackers write readable files."""
 
 import json
-import os
 
 import pytest
 import torch

@@ -117,3 +117,21 @@ def test_distill_with_a_temporary_cache_under_torchrun():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("trained 1 epoch(s)") == 2
+
+
+def test_seeds_under_torchrun(tmp_path):
+    """`--seeds` data-parallel: every rank checks the directories before rank 0 makes the
+    summary's (else rank 1 found it made and refused), and only rank 0 writes and reports."""
+    result = subprocess.run(
+        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29534", "-m", "kdistill", "run",
+         "data.dataset=digits", "data.subset=200", "teacher.model=mlp", "teacher.augment=none",
+         "student.model=mlp_tiny", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
+         "output.plots=false", "output.progress=false", f"output.dir={tmp_path}", "name=ddp",
+         "--seeds", "2"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("Seeds summary written to") == 1
+    assert json.loads((tmp_path / "ddp" / "seeds.json").read_text())["seeds"] == [0, 1]
+    for seed in (0, 1):
+        assert json.loads((tmp_path / f"ddp-seed{seed}" / "summary.json").read_text())["world_size"] == 2

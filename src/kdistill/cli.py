@@ -47,17 +47,25 @@ def run(
     overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoints"),
+    seeds: int | None = typer.Option(
+        None, "--seeds", min=1, max=1000,
+        help="run over this many seeds (overrides train.seeds): runs/<name>-seed<s>/ each, and "
+        "mean ± sd, wins and paired tests across them in runs/<name>/seeds.md"),
 ):
     """Train (or reuse) the teacher, train the student from scratch and with distillation,
     evaluate all three, and write runs/<name>/."""
     from kdistill.run.config import load_config
     from kdistill.run.pipeline import run as run_recipe
+    from kdistill.run.seeds import run_seeds
 
     path, overrides = _split_recipe(recipe, overrides)
+    if seeds is not None:  # the option overrides the recipe's train.seeds
+        overrides.append(f"train.seeds={seeds}")
     config = load_config(path, overrides)
     if overwrite and resume:
         raise UserError("--overwrite and --resume contradict each other; choose one")
-    run_recipe(config, overwrite=overwrite, resume=resume, echo=typer.echo)
+    runner = run_seeds if config.train.seeds > 1 else run_recipe  # 1 seed: one plain run
+    runner(config, overwrite=overwrite, resume=resume, echo=typer.echo)
 
 
 @app.command()

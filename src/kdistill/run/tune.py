@@ -140,6 +140,11 @@ def tune(
         raise UserError("--trials must be at least 1")
     optuna = _optuna()
     base = load_config(recipe_path, list(overrides))
+    if base.train.seeds > 1:
+        raise ConfigError(
+            f"train.seeds={base.train.seeds}: a trial is one run of one seed; tune with "
+            "train.seeds=1, then run the best recipe with --seeds"
+        )
     # Bad candidates, methods or data fail before any study exists.
     if teachers:
         teacher_candidates(teachers, base.teacher)

@@ -40,6 +40,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0, le=MAX_STEP)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     seed: int = Field(0, ge=0, le=2**32 - 1 - 1000 * 64, description="seeds of ensemble members add 1000 each")
+    seeds: int = Field(1, ge=1, le=1000, description=(
+        "run the recipe over this many seeds (train.seed, +1, ...), each its own run "
+        "<name>-seed<s>, summarised in <name>/seeds.md (kdistill.run.seeds); 1: one plain run"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     augment: Augment = Field("none", description="augmentation while training the students")
