@@ -31,14 +31,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kdistill.acceleration import make_accelerator
 from kdistill.errors import ConfigError, UserError
 from kdistill.evaluation.paired import mcnemar_exact
-from kdistill.report import atomic_write, to_markdown
+from kdistill.io.files import atomic_write
+from kdistill.report import to_markdown
 from kdistill.report.html import render_html
 from kdistill.run.config import Recipe, describe_validation_error
 from kdistill.run.pipeline import run
 from kdistill.run.rundir import check_run_dir, open_run_dir
+from kdistill.training.acceleration import make_accelerator
 
 LEVEL = 0.95
 METHOD = (
