@@ -115,6 +115,18 @@ def test_overwrite_deletes_only_the_files_the_run_listed(project, user_file):
 
 
 @pytest.mark.integration
+def test_the_console_script_keeps_a_users_file_under_overwrite(project):
+    """Issue 27.1 as a user meets it: the installed script, exit 2, one line, nothing deleted."""
+    (project / "runs" / "precious" / "export" / "deploy").mkdir(parents=True)
+    (project / "runs" / "precious" / "export" / "deploy" / "serve.py").write_text("print('mine')\n")
+    before = snapshot(project)
+    result = kdistill_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite",
+                          cwd=project)
+    assert_refused(result, "export/deploy/serve.py")
+    assert snapshot(project) == before
+
+
+@pytest.mark.integration
 def test_a_planted_marker_without_the_runs_list_is_refused(tmp_path):
     """A folder that has a marker but no list of a run's files (copied by hand, or from a
     kdistill before the list) is not emptied, whatever its files are called."""
