@@ -196,6 +196,14 @@ def test_what_the_user_sets_wins_and_the_dump_records_the_choices(tmp_path):
         planned(tmp_path, ["data.dataset=table", f"data.path={csv}", "data.options.label=species", "train.augment=affine"])
 
 
+def test_a_teacher_not_trained_here_keeps_its_training_settings_unset(tmp_path):
+    # Set, they would read as the user's and draw the "only apply to a teacher trained here" warning.
+    recipe, resolved = planned(tmp_path, ["data.dataset=digits", "data.subset=200", "teacher.epochs=0"])
+    assert "augment" not in recipe.teacher.model_fields_set and recipe.teacher.epochs == 0
+    assert not any(line.startswith("teacher.") and "cache" not in line for line in resolved.automatic)
+    assert recipe.train.augment == "affine" and recipe.name == "digits_kd"
+
+
 def test_auto_in_a_recipe_file_follows_the_inputs(tmp_path):
     from test_bring_your_own_data import write_features_csv
 

@@ -82,7 +82,9 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
         (f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
     why_augment = (f"the inputs are images: the built-in recipe's consistent-teaching views ({IMAGE_AUGMENT})"
                    if images else f"the inputs are {kind}")
-    for key, section in [*teachers, ("train", recipe.train)]:
+    # A teacher loaded rather than trained here is never augmented: left alone, unless it says auto.
+    trained = [(key, section) for key, section in teachers if section.trained_here or section.augment == "auto"]
+    for key, section in [*trained, ("train", recipe.train)]:
         if left(section, "augment"):
             choose(section, "augment", f"{key}.augment", IMAGE_AUGMENT if images else "none", why_augment)
 
