@@ -44,7 +44,8 @@ def input_kind(example) -> str:
         return f"{type(example).__name__} records"
     if not example.is_floating_point():
         return "token ids"
-    return {3: "images", 2: "sequences", 1: "table rows"}.get(example.dim(), f"{example.dim()}-d arrays")
+    kinds = {3: "images", 2: "sequences", 1: "table rows"}
+    return kinds.get(example.dim(), f"{example.dim()}-d arrays")
 
 
 def epoch_budget(samples: int, batch_size: int, grad_accum: int = 1) -> tuple[int, int]:
@@ -59,8 +60,8 @@ def run_name(recipe: Recipe) -> str:
     bundled dataset's (``digits_kd``); ``kd`` for a recipe of terms."""
     data = recipe.data
     stem = Path(data.path).stem if data.path else ""  # images/ -> images, wine.csv -> wine
-    base = next(filter(None, (re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._-") for text in (stem, data.dataset))), "data")
-    return f"{base[:80]}_{recipe.method or 'kd'}"
+    usable = (re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._-") for text in (stem, data.dataset))
+    return f"{next(filter(None, usable), 'data')[:80]}_{recipe.method or 'kd'}"
 
 
 def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term]) -> list[str]:
@@ -69,65 +70,78 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
     example = splits.train[0]["input"] if len(splits.train) else None
     kind = input_kind(example)
     images = kind == "images"
+    follows = recipe.follows_data
     chosen: list[str] = []
 
     def left(section, field: str) -> bool:
-        return getattr(section, field) == "auto" or (recipe.follows_data and field not in section.model_fields_set)
+        """Whether ``field`` is the data's to choose: ``auto``, or not set on the built-in."""
+        value = getattr(section, field)
+        return value == "auto" or (follows and field not in section.model_fields_set)
 
     def choose(section, field: str, key: str, value, why: str) -> None:
-        setattr(section, field, value)
-        chosen.append(f"{key}={value if not isinstance(value, bool) else str(value).lower()}: {why}")
+        setattr(section, field, value)  # now in model_fields_set: chosen once, dumped as set
+        shown = str(value).lower() if isinstance(value, bool) else value
+        chosen.append(f"{key}={shown}: {why}")
 
     teachers = [("teacher", recipe.teacher)] if recipe.teachers is None else [
         (f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
-    why_augment = (f"the inputs are images: the built-in recipe's consistent-teaching views ({IMAGE_AUGMENT})"
-                   if images else f"the inputs are {kind}")
-    # A teacher loaded rather than trained here is never augmented: left alone, unless it says auto.
-    trained = [(key, section) for key, section in teachers if section.trained_here or section.augment == "auto"]
+    # A teacher loaded rather than trained here is never augmented: left alone unless it says
+    # auto (set, its augment would draw teacher_notes' "only apply to a teacher trained here").
+    trained = [(key, t) for key, t in teachers if t.trained_here or t.augment == "auto"]
+    augment = IMAGE_AUGMENT if images else "none"
+    why = (f"the inputs are images: the built-in recipe's consistent-teaching views ({augment})"
+           if images else f"the inputs are {kind}")
     for key, section in [*trained, ("train", recipe.train)]:
         if left(section, "augment"):
-            choose(section, "augment", f"{key}.augment", IMAGE_AUGMENT if images else "none", why_augment)
+            choose(section, "augment", f"{key}.augment", augment, why)
 
     train = recipe.train
-    if recipe.follows_data and "epochs" not in train.model_fields_set:
+    if follows and "epochs" not in train.model_fields_set:
         epochs, updates = epoch_budget(len(splits.train), train.batch_size, train.grad_accum)
         low, high = EPOCH_BOUNDS
         choose(train, "epochs", "train.epochs", epochs,
-               f"{len(splits.train):,} training samples make {updates} update(s) an epoch; the budget is about "
-               f"{BUDGET_UPDATES:,} updates, within {low}-{high} epochs")
+               f"{len(splits.train):,} training samples make {updates} update(s) an epoch; "
+               f"the budget is about {BUDGET_UPDATES:,} updates, within {low}-{high} epochs")
         for key, section in teachers:
             if section.trained_here and "epochs" not in section.model_fields_set:
-                choose(section, "epochs", f"{key}.epochs", epochs, "the same budget as the students")
+                choose(section, "epochs", f"{key}.epochs", epochs, "the students' budget")
 
     if left(train, "mix"):
-        mix, why = IMAGE_MIX, "the inputs are images: each mixed with a box of another (function matching)"
-        if not images:
-            mix, why = "none", f"the inputs are {kind}"
-        elif task.name != "classification":
-            mix, why = "none", f"mixing mixes class labels; the task is {task.name}"
-        else:
-            try:
-                check_mix_terms(IMAGE_MIX, terms, task.name)
-            except ConfigError:
-                mix, why = "none", "a term reads one true class per sample, which a mixed image does not have"
-        choose(train, "mix", "train.mix", mix, why)
-    if recipe.follows_data and "scratch_mix" not in train.model_fields_set and train.mix != "none":
+        choose(train, "mix", "train.mix", *_mixing(images, kind, task, terms))
+    if follows and "scratch_mix" not in train.model_fields_set and train.mix != "none":
         choose(train, "scratch_mix", "train.scratch_mix", "none",
-               "the scratch student trains unmixed, its stronger setting (as in the built-in recipe)")
+               "the scratch student trains unmixed, its stronger setting (the built-in's)")
 
     # The views the teacher scores once and the students read from disk, as the demo does; only
     # for a fixed teacher that scores fixed inputs (not init_from_teacher or on_policy).
     live_only = any(recipe.distill.params.get(k) for k in ("init_from_teacher", "on_policy"))
-    teacher_scores_views = recipe.distill.mode == "teacher" and not live_only and recipe.assistant is None
-    if recipe.follows_data and images and teacher_scores_views and "cache" not in recipe.teacher.model_fields_set:
+    fixed = recipe.distill.mode == "teacher" and not live_only and recipe.assistant is None
+    if follows and images and fixed and "cache" not in recipe.teacher.model_fields_set:
         choose(recipe.teacher, "cache", "teacher.cache", True,
-               "the teacher scores each view of the images once; the students read its outputs from disk")
+               "the teacher scores each view of the images once; the students read it from disk")
     varies = (train.augment, train.mix) != ("none", "none")
-    if recipe.follows_data and recipe.teacher.cache and varies and "views" not in train.model_fields_set:
+    if follows and recipe.teacher.cache and varies and "views" not in train.model_fields_set:
         views = min(BUILTIN_RECIPE["train"]["views"], train.epochs)
-        choose(train, "views", "train.views", views, f"{views} views of each image, repeated in turn over {train.epochs} epochs")
+        choose(train, "views", "train.views", views,
+               f"{views} views of each image, repeated in turn over {train.epochs} epochs")
 
     if "name" not in recipe.model_fields_set and names_own_data(recipe.data.model_dump()):
-        given = f"data.path={recipe.data.path}" if recipe.data.path else f"data.dataset={recipe.data.dataset}"
-        choose(recipe, "name", "name", run_name(recipe), f"named after {given} (set name= to choose another)")
+        data = recipe.data
+        given = f"data.path={data.path}" if data.path else f"data.dataset={data.dataset}"
+        choose(recipe, "name", "name", run_name(recipe),
+               f"named after {given} (set name= to choose another)")
     return chosen
+
+
+def _mixing(images: bool, kind: str, task: Task, terms: list[Term]) -> tuple[str, str]:
+    """(train.mix, why): the built-in's CutMix for image classification whose terms take mixed
+    labels, none otherwise."""
+    if not images:
+        return "none", f"the inputs are {kind}"
+    if task.name != "classification":
+        return "none", f"mixing mixes class labels; the task is {task.name}"
+    try:
+        check_mix_terms(IMAGE_MIX, terms, task.name)
+    except ConfigError:
+        return "none", "a term reads one true class per sample, which a mixed image does not have"
+    return IMAGE_MIX, "the inputs are images: each mixed with a box of another (function matching)"

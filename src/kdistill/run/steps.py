@@ -208,7 +208,8 @@ def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.M
     # A depth or width the data cannot carry, or the memory cannot (MemoryError, or SystemError
     # from a C constructor that ran out); an absurd depth, RecursionError; an image model given
     # table rows, IndexError (lenet reads a height and width that a row does not have).
-    except (ValueError, RuntimeError, MemoryError, SystemError, RecursionError, OverflowError, IndexError) as error:
+    except (ValueError, RuntimeError, MemoryError, SystemError, RecursionError, OverflowError,
+            IndexError) as error:
         raise ConfigError(f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({(str(error) or type(error).__name__).splitlines()[0][:200]})") from None
 
 
