@@ -64,7 +64,7 @@ def test_rgb_folder_end_to_end_teacher_learns_the_hue(tmp_path):
             "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=5", "train.epochs=3", "student.kwargs={width: 8}", *QUIET,
             f"output.dir={tmp_path / 'runs'}"]
     assert main(["run", *argv]) == 0
-    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "images_kd" / "summary.json").read_text())
     assert summary["teacher"]["accuracy"] > 0.9
     assert summary["data"]["channels"] == 3 and summary["data"]["classes"] == {"green": 0, "red": 1}
 
@@ -196,10 +196,10 @@ def test_table_csv_maps_labels_and_scales_each_column(tmp_path):
     assert torch.allclose(train.mean(0), torch.zeros(2), atol=1e-5)  # each column, not one scalar
     assert torch.allclose(train.std(0, unbiased=False), torch.ones(2), atol=1e-4)
     argv = ["data.dataset=table", f"data.path={file}", "data.options.label=species", "teacher.model=mlp",
-            "teacher.kwargs={width: 32}", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=10", "train.epochs=5",
+            "teacher.kwargs={width: 32}", "teacher.epochs=10", "train.epochs=5",
             "student.kwargs={width: 8}", *QUIET, f"output.dir={tmp_path / 'runs'}"]
-    assert main(["run", *argv]) == 0
-    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    assert main(["run", *argv]) == 0  # no image settings to undo: a table's augmentation is none
+    summary = json.loads((tmp_path / "runs" / "flowers_kd" / "summary.json").read_text())
     assert summary["teacher"]["accuracy"] > 0.9
 
 
@@ -313,11 +313,11 @@ def test_labelled_text_csv_tokenised_by_the_teachers_tokenizer(tmp_path):
     assert sample["input"]["input_ids"][0] == 2 and sample["input"]["attention_mask"].sum() == 6  # [CLS] the x was y [SEP]
     argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
             "data.options.label=sentiment", f"data.options.tokenizer={tmp_path / 'teacher'}", "data.options.max_length=8",
-            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=8",
+            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.epochs=8",
             "teacher.lr=0.005", "student.model=text_cnn", "student.kwargs={vocab_size: 16, embed_dim: 8, channels: 8}",
             "train.epochs=3", "train.batch_size=16", *QUIET, f"output.dir={tmp_path / 'runs'}"]
     assert main(["run", *argv]) == 0
-    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "reviews_kd" / "summary.json").read_text())
     assert summary["teacher"]["accuracy"] > 0.9
     assert summary["data"]["classes"] == {"neg": 0, "pos": 1}
 

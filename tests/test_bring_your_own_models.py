@@ -61,7 +61,7 @@ def test_recipe_names_the_users_class_and_factory_next_to_the_recipe(tmp_path, c
     monkeypatch.chdir(tmp_path)  # not the recipe's directory: found through the recipe's path
     assert main(["check", str(recipe), *RUN]) == 0
     assert main(["run", str(recipe), *RUN, "train.epochs=10", f"output.dir={tmp_path / 'runs'}"]) == 0
-    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "digits_kd" / "summary.json").read_text())
     assert summary["teacher"]["model"] == "byo_models_a:Net"
     assert summary["teacher"]["params"] == 64 * 48 + 48 + 48 * 10 + 10  # hidden=48 reached the class
     assert summary["student"]["params"] == 64 * 8 + 8 + 8 * 10 + 10
@@ -130,9 +130,9 @@ def test_recipe_teacher_from_a_pt_file_is_used_not_trained(tmp_path, capsys, mon
     # RUN sets teacher.epochs and teacher.augment: said once, as settings that cannot apply.
     warnings = [line for line in out if line.startswith("warning:")]
     assert len(warnings) == 1 and "teacher.epochs, teacher.augment" in warnings[0], out
-    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "digits_kd" / "summary.json").read_text())
     assert summary["teacher"]["source"] == "loaded from teacher.pt (not trained)"
-    run_dir = tmp_path / "runs" / "mnist_kd"
+    run_dir = tmp_path / "runs" / "digits_kd"
     assert "Teacher: loaded from teacher.pt (not trained)." in (run_dir / "report.md").read_text()
     records = (run_dir / "metrics.jsonl").read_text().splitlines()
     phases = {json.loads(line).get("phase") for line in records}
@@ -178,9 +178,9 @@ def test_recipe_onnx_teacher_teaches_and_fills_the_cache(tmp_path, capsys):
     argv = [*RUN, f"teacher.onnx={tmp_path / 'teacher.onnx'}", f"output.dir={tmp_path / 'runs'}"]
     assert main(["check", *argv]) == 0
     assert main(["run", *argv, "teacher.cache=true"]) == 0
-    summary = json.loads((tmp_path / "runs" / "mnist_kd" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "digits_kd" / "summary.json").read_text())
     assert summary["teacher"]["source"] == str(tmp_path / "teacher.onnx")
-    assert (tmp_path / "runs" / "mnist_kd" / "checkpoints" / "teacher.onnx").is_file()
+    assert (tmp_path / "runs" / "digits_kd" / "checkpoints" / "teacher.onnx").is_file()
     assert any((tmp_path / "runs" / ".cache").iterdir())
     code, err = run(["check", *argv, "method=fitnet"], capsys)
     assert code == 2 and "ONNX teacher gives only its output" in err and len(err.splitlines()) == 1

@@ -9,6 +9,7 @@ from kdistill.data import load_dataset
 from kdistill.errors import ConfigError
 from kdistill.run.config import Recipe, dump_config, load_config, parse_override
 from kdistill.run.plan import recipe_terms
+from kdistill.run.preflight import preflight
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -121,3 +122,127 @@ def test_resolved_recipe_round_trips(tmp_path):
     again = load_config(write(tmp_path, dump_config(recipe)))
     assert again == recipe
     assert yaml.safe_load(dump_config(recipe))["train"]["epochs"] == 2
+
+
+
+# --- issue 30.1: the demo is not the default: settings the user leaves out follow their data ---
+
+TABLE = ["data.dataset=table", "data.options.label=species"]  # + data.path=<a features CSV>
+
+
+def planned(overrides):
+    """The built-in recipe with ``overrides`` after ``plan``: what a run would train with."""
+    from kdistill.run.plan import plan
+
+    recipe = load_config(None, overrides)
+    return recipe, plan(recipe)
+
+
+def wine(tmp_path) -> str:
+    """``data.path=`` a features CSV of 150 rows (104 to train on), named wine.csv."""
+    from test_bring_your_own_data import write_features_csv
+
+    return f"data.path={write_features_csv(tmp_path / 'wine.csv')}"
+
+
+def test_a_table_needs_no_image_overrides_and_is_named_after_its_file(tmp_path):
+    recipe, resolved = planned([*TABLE, wine(tmp_path)])
+    t, teacher = recipe.train, recipe.teacher
+    assert (teacher.augment, t.augment, t.mix, t.views, teacher.cache) == (
+        "none", "none", "none", 0, False)
+    assert recipe.name == "wine_kd"
+    assert "train.augment=none: the inputs are table rows" in resolved.automatic
+    # A budget of updates, not the demo's 160 epochs: 104 rows are 2 batches of 64, so the cap.
+    assert len(resolved.splits.train) == 104 and t.epochs == teacher.epochs == 100
+
+
+def test_an_image_folder_gets_the_image_views_a_name_and_a_budget_by_size(tmp_path):
+    from test_bring_your_own_data import hue_folder
+
+    from kdistill.run.automatic import epoch_budget
+
+    hue_folder(tmp_path / "images", per_class=600)
+    recipe, resolved = planned(["data.dataset=folder", f"data.path={tmp_path / 'images'}/"])
+    t = recipe.train
+    assert (recipe.teacher.augment, t.augment, t.mix, t.scratch_mix, recipe.teacher.cache) == (
+        "affine", "affine", "cutmix", "none", True)
+    assert recipe.name == "images_kd"
+    # 840 training images are 14 batches: about 2,000 updates is 143 epochs, capped at 100.
+    assert len(resolved.splits.train) == 840 and t.epochs == 100 and t.views == 32
+    assert epoch_budget(840, 64) == (100, 14) and epoch_budget(50_000, 64) == (5, 782)
+    assert epoch_budget(20_000, 64) == (6, 313)  # a larger set: fewer epochs
+    assert ("train.epochs=100: 840 training samples make 14 update(s) an epoch; the budget is "
+            "about 2,000 updates, within 5-100 epochs") in resolved.automatic
+
+
+def test_kdistill_run_alone_is_the_demo_unchanged():
+    recipe, resolved = planned(["data.subset=200"])  # the demo's data, a slice of it
+    shipped = load_config(CONFIGS / "mnist.yaml", ["data.subset=200"])
+    assert resolved.automatic == [] and not recipe.follows_data
+    shipped.distill = recipe.distill  # the file spells out KD's T and alpha; the built-in does not
+    assert dump_config(recipe) == dump_config(shipped)
+    t = recipe.train
+    assert (recipe.name, t.epochs, t.views, t.mix) == ("mnist_kd", 160, 32, "cutmix")
+
+
+def test_what_the_user_sets_wins_and_the_dump_records_the_choices(tmp_path):
+    from test_bring_your_own_data import hue_folder
+
+    hue_folder(tmp_path / "images")
+    given = ["train.epochs=3", "teacher.epochs=2", "train.augment=shift", "teacher.cache=false",
+             "train.mix=mixup", "name=mine"]
+    recipe, resolved = planned(["data.dataset=folder", f"data.path={tmp_path / 'images'}", *given])
+    t, teacher = recipe.train, recipe.teacher
+    assert (t.epochs, teacher.epochs, t.augment, teacher.cache, t.mix, t.views, recipe.name) == (
+        3, 2, "shift", False, "mixup", 0, "mine")
+    keys = [line.split("=")[0] for line in resolved.automatic]
+    assert keys == ["teacher.augment", "train.scratch_mix"]
+    # config.yaml holds the values chosen, and reads back to the same recipe.
+    dumped = dump_config(recipe)
+    assert load_config(write(tmp_path, dumped, "config.yaml")).model_dump() == recipe.model_dump()
+    assert "augment: auto" not in dumped and "mix: auto" not in dumped
+    # A table with image settings set by the user is still refused, naming them.
+    refusal = r"train.augment=affine transforms images .* set train.augment=none"
+    with pytest.raises(ConfigError, match=refusal):
+        planned([*TABLE, wine(tmp_path), "train.augment=affine"])
+
+
+def test_a_teacher_not_trained_here_keeps_its_training_settings_unset():
+    # Set, they would read as the user's: "only apply to a teacher trained here", a warning.
+    recipe, resolved = planned(["data.dataset=digits", "data.subset=200", "teacher.epochs=0"])
+    assert "augment" not in recipe.teacher.model_fields_set and recipe.teacher.epochs == 0
+    keys = [line.split("=")[0] for line in resolved.automatic]
+    assert "teacher.augment" not in keys and "teacher.epochs" not in keys
+    assert recipe.train.augment == "affine" and recipe.name == "digits_kd"
+
+
+def test_auto_in_a_recipe_file_follows_the_inputs(tmp_path):
+    from kdistill.run.plan import plan
+
+    csv = wine(tmp_path).removeprefix("data.path=")
+    path = write(tmp_path, f"data: {{dataset: table, path: {csv}, options: {{label: species}}}}\n"
+                           "teacher: {augment: auto}\ntrain: {augment: auto, mix: auto}\n")
+    recipe = load_config(path)
+    resolved = plan(recipe)
+    # A file keeps its plain defaults (30 epochs, no cache): `auto` and the unset name follow
+    # the data.
+    t = recipe.train
+    assert (t.augment, t.mix, t.epochs, recipe.name) == ("none", "none", 30, "wine_kd")
+    keys = [line.split("=")[0] for line in resolved.automatic]
+    assert keys == ["teacher.augment", "train.augment", "train.mix", "name"]
+
+
+def test_check_prints_each_setting_chosen_and_why(tmp_path, capsys):
+    from kdistill.cli import main
+
+    table = [*TABLE, wine(tmp_path)]
+    assert main(["check", *table, "teacher.model=mlp", "train.mix=none"]) == 0
+    out = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert out[0].startswith("wine_kd: ok")
+    assert "teacher.augment=none: the inputs are table rows" in out
+    assert "train.augment=none: the inputs are table rows" in out
+    assert not any(line.startswith("train.mix=") for line in out)  # the user set it
+    assert any(line.startswith("train.epochs=100: 104 training samples") for line in out)
+    # The demo's teacher, a CNN, on table rows: one line naming the field, not a traceback.
+    with pytest.raises(ConfigError, match=r"teacher: lenet cannot be built for inputs of shape"):
+        preflight(load_config(None, table))

@@ -282,7 +282,7 @@ def test_cli_refuses_val_fraction_0_before_the_teacher_trains(tmp_path):
     refused_without_changes(
         tmp_path, "run", *TINY_RECIPE, "data.val_fraction=0", fragments=("data.val_fraction=0 leaves no validation samples",),
     )
-    metrics = tmp_path / "runs" / "mnist_kd" / "metrics.jsonl"
+    metrics = tmp_path / "runs" / "digits_kd" / "metrics.jsonl"
     assert not metrics.exists() or not metrics.read_text()  # no teacher epoch was logged
 
 
@@ -375,7 +375,7 @@ def finished_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("finished")
     result = call_cli("run", *TINY_RECIPE, cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
-    return root / "runs" / "mnist_kd"
+    return root / "runs" / "digits_kd"
 
 
 @pytest.mark.integration
@@ -391,10 +391,10 @@ def test_cli_report_survives_a_torn_metrics_log(finished_run, tmp_path):
 
 @pytest.mark.integration
 def test_cli_resume_refuses_an_edited_training_state(finished_run, tmp_path):
-    shutil.copytree(finished_run, tmp_path / "runs" / "mnist_kd")
-    checkpoints = tmp_path / "runs" / "mnist_kd" / "checkpoints"
+    shutil.copytree(finished_run, tmp_path / "runs" / "digits_kd")
+    checkpoints = tmp_path / "runs" / "digits_kd" / "checkpoints"
     (checkpoints / "student.safetensors").unlink()  # the student phase was interrupted ...
-    (tmp_path / "runs" / "mnist_kd" / "summary.json").unlink()
+    (tmp_path / "runs" / "digits_kd" / "summary.json").unlink()
     state = training_state(checkpoints / "student.state.safetensors")  # ... at epoch 23
     rewrite_metadata(state, lambda m: {**m, FORMAT_KEY: m[FORMAT_KEY].replace("23", "148")})
     refused_without_changes(tmp_path, "run", *TINY_RECIPE, "--resume", fragments=("student.state.safetensors", "edited"))

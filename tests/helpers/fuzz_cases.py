@@ -31,7 +31,7 @@ BUDGET = [
 TRAINING = {"run", "check", "cache", "tune"}
 # The template: a finished run of QUICK + BUDGET (with teacher.cache=true), its teacher in the
 # store and its cache, copied into a case's runs/ when the case asks for it.
-RUN = "runs/mnist_kd"
+RUN = "runs/digits_kd"  # QUICK names its data: the run is named after it
 # The user's own files, in every case; none of them may change, whatever the command.
 DECOYS = {
     "important/thesis.txt": b"four years of work\n",
@@ -41,7 +41,7 @@ DECOYS = {
     "recipe.yaml": b"name: given\ndata: {dataset: digits}\n",
 }
 PATHS = ["important", "important/thesis.txt", "proj", "proj/myapp", "runs", "runs/foreign", RUN, "recipe.yaml",
-         "missing.yaml", "data.npz", "images", ".", "/", "/dev/null", "", "runs/mnist_kd/checkpoints/teacher.safetensors",
+         "missing.yaml", "data.npz", "images", ".", "/", "/dev/null", "", f"{RUN}/checkpoints/teacher.safetensors",
          "x" * 300 + ".yaml", "y" * 300 + "/z"]
 
 

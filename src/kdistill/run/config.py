@@ -3,7 +3,8 @@
 Every section forbids unknown keys, so a typo fails before any data is loaded, with the key,
 the file and the nearest valid name. A recipe file starts from the field defaults below: Hinton KD
 of a small MLP from a CNN teacher on the bundled 5k MNIST, students unaugmented. ``kdistill run``
-with no file starts from ``BUILTIN_RECIPE`` instead.
+with no file starts from ``BUILTIN_RECIPE`` instead (the demo), until the user names other data:
+then every setting they leave out follows the data (``kdistill.run.automatic``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 import kdistill.io.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
@@ -148,6 +149,15 @@ class Recipe(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    # Set by load_config: the built-in recipe pointed at the user's own data, whose settings the
+    # user left out follow that data rather than the demo's (kdistill.run.automatic).
+    _follows_data: bool = PrivateAttr(False)
+
+    @property
+    def follows_data(self) -> bool:
+        """Whether the settings this recipe leaves out are chosen from its data (the built-in
+        recipe on the user's own data) rather than taken from the field defaults."""
+        return self._follows_data
 
     @model_validator(mode="after")
     def _method_or_terms(self):
@@ -317,6 +327,15 @@ BUILTIN_RECIPE: dict[str, Any] = {
 }
 
 
+def names_own_data(data: Any) -> bool:
+    """Whether a recipe's ``data`` section names data other than the demo's (the bundled MNIST):
+    another dataset, or files of the user's (``data.path``)."""
+    if not isinstance(data, dict):
+        return False
+    demo = DataConfig.model_fields["dataset"].default
+    return data.get("dataset", demo) != demo or data.get("path") is not None
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] = (), *, code_beside: bool = True,
 ) -> Recipe:
@@ -350,12 +369,22 @@ def load_config(
         keys, value = parse_override(text)
         apply_override(tree, keys, value, text)
         by_key[".".join(map(str, keys))] = text
+    # The built-in has no data section: any there is the user's. On their own data the demo's
+    # values (MNIST's measured budget, views and name) give way to ones chosen from the data,
+    # so the recipe holds only what the user set (``model_fields_set``).
+    follows_data = path is None and names_own_data(tree.get("data"))
+    if follows_data:
+        tree = {}
+        for text in overrides:
+            apply_override(tree, *parse_override(text), text)
     if path is None and "teachers" in tree and tree.get("teacher") == BUILTIN_RECIPE["teacher"]:
         del tree["teacher"]  # an ensemble given on the command line replaces the built-in's teacher
     try:
-        return Recipe.model_validate(tree)
+        recipe = Recipe.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, source, by_key)) from None
+    recipe._follows_data = follows_data
+    return recipe
 
 
 def dump_config(recipe: Recipe, built: dict[str, dict] | None = None) -> str:

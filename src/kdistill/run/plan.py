@@ -22,6 +22,7 @@ from kdistill.losses import LOGIT_LOSSES, TOKEN_LOSSES
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
+from kdistill.run.automatic import follow_data
 from kdistill.run.config import Recipe
 from kdistill.teachers.cache import topk_terms
 from kdistill.teaching.preparation import preset_params
@@ -37,6 +38,9 @@ class Plan:
     terms: list[Term]
     mode: str  # a key of kdistill.teaching.MODES
     options: dict[str, Any] = field(default_factory=dict)  # the mode's keyword arguments
+    # The settings chosen from the data, one line each ("train.augment=none: the inputs are
+    # table rows"), printed by `kdistill check` (kdistill.run.automatic).
+    automatic: list[str] = field(default_factory=list)
     # Filled by preflight: every model as built (field -> model, parameters, settings with the
     # builder's defaults), printed by `kdistill check` and at the end of the run's config.yaml.
     built: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -79,16 +83,20 @@ def load_data(recipe: Recipe) -> DataSplits:
 
 
 def plan(recipe: Recipe) -> Plan:
-    """Load the data and resolve the task, the terms and the teaching mode (no model trains)."""
+    """Load the data, set what the recipe leaves to it (``automatic``), and resolve the task,
+    the terms and the teaching mode (no model trains)."""
     splits = load_data(recipe)
-    mode, options = teaching_mode(recipe)
     task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
+    automatic = follow_data(recipe, splits, task, terms)
+    if recipe.teacher.cache_topk and any(line.startswith("teacher.cache=") for line in automatic):
+        terms = recipe_terms(recipe, splits)  # a top-k cache chosen above: the terms' top-k forms
+    mode, options = teaching_mode(recipe)
     check_token_terms(recipe, terms, splits)
     check_input_transforms(recipe, splits)
     check_mix_terms(recipe.train.mix, terms, splits.task)
     check_mix_terms(recipe.train.scratch_mixing, task.scratch_terms(), splits.task)
     check_selection_metric(recipe, task)
-    return Plan(recipe, splits, task, terms, mode, options)
+    return Plan(recipe, splits, task, terms, mode, options, automatic)
 
 
 def check_selection_metric(recipe: Recipe, task: Task) -> None:
@@ -123,10 +131,10 @@ def check_token_terms(recipe: Recipe, terms: list[Term], splits: DataSplits) -> 
 
 
 def check_input_transforms(recipe: Recipe, splits: DataSplits) -> None:
-    """Refuse every augmentation and mixing the inputs cannot take, in one line. The built-in
-    recipe's settings are for images, so a run of it pointed at a table or at text learns the
-    whole fix at once rather than one field per attempt (and CutMix never cuts a box out of a
-    batch of table rows)."""
+    """Refuse every augmentation and mixing the inputs cannot take, in one line: settings the
+    user (or a recipe file) gave for images, pointed at a table or at text, are named all at
+    once rather than one field per attempt (and CutMix never cuts a box out of a batch of table
+    rows). What the user left to the data was chosen to fit it (``follow_data``)."""
     example = splits.train[0]["input"] if len(splits.train) else None
     teachers = [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)] if recipe.teachers is not None else [("teacher", recipe.teacher)]
     wrong = [(f"{field}.augment", t.augment) for field, t in teachers if t.trained_here and not can_augment(t.augment, example)]
@@ -198,8 +206,10 @@ def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.M
     except TypeError as error:
         raise ConfigError(f"{field}.kwargs: {str(error).splitlines()[0][:300]}") from None
     # A depth or width the data cannot carry, or the memory cannot (MemoryError, or SystemError
-    # from a C constructor that ran out); an absurd depth, RecursionError.
-    except (ValueError, RuntimeError, MemoryError, SystemError, RecursionError, OverflowError) as error:
+    # from a C constructor that ran out); an absurd depth, RecursionError; an image model given
+    # table rows, IndexError (lenet reads a height and width that a row does not have).
+    except (ValueError, RuntimeError, MemoryError, SystemError, RecursionError, OverflowError,
+            IndexError) as error:
         raise ConfigError(f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({(str(error) or type(error).__name__).splitlines()[0][:200]})") from None
 
 

@@ -142,6 +142,10 @@ def check(recipe: Recipe, *, echo=print) -> Plan:
         f"{', '.join(t.name for t in resolved.terms)}; data {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
         f"train/val/test; every phase took one step in {time.perf_counter() - started:.1f} s; nothing written)"
     )
+    if resolved.automatic:
+        echo("  chosen from the data (set any of them to choose otherwise):")
+        for line in resolved.automatic:
+            echo(f"    {line}")
     for field_name, model in resolved.built.items():
         settings = ", ".join(f"{k}={v}" for k, v in model["settings"].items())
         echo(f"  {field_name}: {model['model']}, {model['parameters']:,} parameters ({settings or 'no settings recorded'})")

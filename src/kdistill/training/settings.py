@@ -21,7 +21,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-Augment = Literal["none", "shift", "flip", "shift_flip", "affine"]
+# "auto": chosen by the kind of input once the data is loaded (kdistill.run.automatic): the
+# built-in recipe's consistent-teaching views for images, none for tables, sequences and text.
+Augment = Literal["auto", "none", "shift", "flip", "shift_flip", "affine"]
 
 
 class EarlyStoppingConfig(Section):
@@ -49,7 +51,7 @@ class TrainConfig(Section):
     # Function matching (Beyer et al., CVPR 2022): each image mixed with another of the split,
     # replayably (kdistill.data.mixing); the teacher scores the same mixed view, the scratch
     # student learns the mixed labels. Teachers train unmixed.
-    mix: Literal["none", "mixup", "cutmix"] = Field("none", description="mix images of the training split (both students)")
+    mix: Literal["auto", "none", "mixup", "cutmix"] = Field("none", description="mix images of the training split (both students)")
     mix_alpha: float = Field(1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
     scratch_mix: Literal["same", "none", "mixup", "cutmix"] = Field(
         "same", description="the scratch student's mixing: the distilled student's (same), or the one that makes it strongest")

@@ -1,0 +1,147 @@
+"""Settings chosen from the data, once it is loaded (the first step of ``plan``).
+
+``auto`` in ``teacher.augment``, ``train.augment`` or ``train.mix`` is chosen by the kind of
+input. The built-in recipe pointed at the user's own data (``Recipe.follows_data``) leaves every
+setting the user did not set to that data instead of the MNIST demo: augmentation and mixing (as
+``auto``), the epoch budget, the teacher cache and its views. A recipe that does not name
+itself and reads data other than the demo's is named after it. Each choice is one line,
+``field=value: why``, which ``kdistill check`` prints; the values are set on the recipe, so the
+run's config.yaml records them and reads back to the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from kdistill.data import DataSplits
+from kdistill.data.mixing import check_mix_terms
+from kdistill.errors import ConfigError
+from kdistill.evaluation import Task
+from kdistill.methods import Term
+from kdistill.run.config import BUILTIN_RECIPE, Recipe, names_own_data
+
+# About this many optimizer updates, within these epochs: a budget by the size of the data, not
+# the demo's 160 epochs of 3,500 digits (8,750 updates). A few hundred samples are not trained
+# for minutes on end, and a large set still sees each sample a few times.
+BUDGET_UPDATES = 2000
+EPOCH_BOUNDS = (5, 100)
+# The consistent-teaching views of the built-in recipe (Beyer et al., CVPR 2022): the teachers
+# and both students see the same affine views; the distilled student's are CutMix-ed.
+IMAGE_AUGMENT = BUILTIN_RECIPE["train"]["augment"]
+IMAGE_MIX = BUILTIN_RECIPE["train"]["mix"]
+
+
+def input_kind(example) -> str:
+    """What a training input is, in words: images (C, H, W), sequences (T, F), table rows,
+    token ids or text."""
+    if isinstance(example, dict) and "input_ids" in example:
+        return "text"
+    if not isinstance(example, torch.Tensor):
+        return f"{type(example).__name__} records"
+    if not example.is_floating_point():
+        return "token ids"
+    kinds = {3: "images", 2: "sequences", 1: "table rows"}
+    return kinds.get(example.dim(), f"{example.dim()}-d arrays")
+
+
+def epoch_budget(samples: int, batch_size: int, grad_accum: int = 1) -> tuple[int, int]:
+    """(epochs, updates per epoch): about ``BUDGET_UPDATES`` updates within ``EPOCH_BOUNDS``."""
+    updates = max(1, math.ceil(math.ceil(samples / batch_size) / grad_accum))
+    low, high = EPOCH_BOUNDS
+    return min(max(round(BUDGET_UPDATES / updates), low), high), updates
+
+
+def run_name(recipe: Recipe) -> str:
+    """``<data>_<method>``: the folder or file's name (``images_kd``, ``wine_kd``), or the
+    bundled dataset's (``digits_kd``); ``kd`` for a recipe of terms."""
+    data = recipe.data
+    stem = Path(data.path).stem if data.path else ""  # images/ -> images, wine.csv -> wine
+    usable = (re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._-") for text in (stem, data.dataset))
+    return f"{next(filter(None, usable), 'data')[:80]}_{recipe.method or 'kd'}"
+
+
+def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term]) -> list[str]:
+    """Set what the recipe leaves to its data (see the module's docstring); returns one line
+    per setting chosen, ``field=value: why``. Values the user set are never changed."""
+    example = splits.train[0]["input"] if len(splits.train) else None
+    kind = input_kind(example)
+    images = kind == "images"
+    follows = recipe.follows_data
+    chosen: list[str] = []
+
+    def left(section, field: str) -> bool:
+        """Whether ``field`` is the data's to choose: ``auto``, or not set on the built-in."""
+        value = getattr(section, field)
+        return value == "auto" or (follows and field not in section.model_fields_set)
+
+    def choose(section, field: str, key: str, value, why: str) -> None:
+        setattr(section, field, value)  # now in model_fields_set: chosen once, dumped as set
+        shown = str(value).lower() if isinstance(value, bool) else value
+        chosen.append(f"{key}={shown}: {why}")
+
+    teachers = [("teacher", recipe.teacher)] if recipe.teachers is None else [
+        (f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
+    # A teacher loaded rather than trained here is never augmented: left alone unless it says
+    # auto (set, its augment would draw teacher_notes' "only apply to a teacher trained here").
+    trained = [(key, t) for key, t in teachers if t.trained_here or t.augment == "auto"]
+    augment = IMAGE_AUGMENT if images else "none"
+    why = (f"the inputs are images: the built-in recipe's consistent-teaching views ({augment})"
+           if images else f"the inputs are {kind}")
+    for key, section in [*trained, ("train", recipe.train)]:
+        if left(section, "augment"):
+            choose(section, "augment", f"{key}.augment", augment, why)
+
+    train = recipe.train
+    if follows and "epochs" not in train.model_fields_set:
+        epochs, updates = epoch_budget(len(splits.train), train.batch_size, train.grad_accum)
+        low, high = EPOCH_BOUNDS
+        choose(train, "epochs", "train.epochs", epochs,
+               f"{len(splits.train):,} training samples make {updates} update(s) an epoch; "
+               f"the budget is about {BUDGET_UPDATES:,} updates, within {low}-{high} epochs")
+        for key, section in teachers:
+            if section.trained_here and "epochs" not in section.model_fields_set:
+                choose(section, "epochs", f"{key}.epochs", epochs, "the students' budget")
+
+    if left(train, "mix"):
+        choose(train, "mix", "train.mix", *_mixing(images, kind, task, terms))
+    if follows and "scratch_mix" not in train.model_fields_set and train.mix != "none":
+        choose(train, "scratch_mix", "train.scratch_mix", "none",
+               "the scratch student trains unmixed, its stronger setting (the built-in's)")
+
+    # The views the teacher scores once and the students read from disk, as the demo does; only
+    # for a fixed teacher that scores fixed inputs (not init_from_teacher or on_policy).
+    live_only = any(recipe.distill.params.get(k) for k in ("init_from_teacher", "on_policy"))
+    fixed = recipe.distill.mode == "teacher" and not live_only and recipe.assistant is None
+    if follows and images and fixed and "cache" not in recipe.teacher.model_fields_set:
+        choose(recipe.teacher, "cache", "teacher.cache", True,
+               "the teacher scores each view of the images once; the students read it from disk")
+    varies = (train.augment, train.mix) != ("none", "none")
+    if follows and recipe.teacher.cache and varies and "views" not in train.model_fields_set:
+        views = min(BUILTIN_RECIPE["train"]["views"], train.epochs)
+        choose(train, "views", "train.views", views,
+               f"{views} views of each image, repeated in turn over {train.epochs} epochs")
+
+    if "name" not in recipe.model_fields_set and names_own_data(recipe.data.model_dump()):
+        data = recipe.data
+        given = f"data.path={data.path}" if data.path else f"data.dataset={data.dataset}"
+        choose(recipe, "name", "name", run_name(recipe),
+               f"named after {given} (set name= to choose another)")
+    return chosen
+
+
+def _mixing(images: bool, kind: str, task: Task, terms: list[Term]) -> tuple[str, str]:
+    """(train.mix, why): the built-in's CutMix for image classification whose terms take mixed
+    labels, none otherwise."""
+    if not images:
+        return "none", f"the inputs are {kind}"
+    if task.name != "classification":
+        return "none", f"mixing mixes class labels; the task is {task.name}"
+    try:
+        check_mix_terms(IMAGE_MIX, terms, task.name)
+    except ConfigError:
+        return "none", "a term reads one true class per sample, which a mixed image does not have"
+    return IMAGE_MIX, "the inputs are images: each mixed with a box of another (function matching)"
