@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast setup setup-dev bench clean
+.PHONY: demo test test-fast lint setup setup-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,12 @@ setup-dev: $(VENV)/.installed-dev
 demo: setup
 	$(BIN)/kdistill run --overwrite
 
-test: setup-dev
+test: setup-dev lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest
+
+# Pyflakes and import order (pyproject.toml [tool.ruff.lint]): seconds, before the tests.
+lint: setup-dev
+	$(BIN)/ruff check src tests bench
 
 # The inner loop: the unit and engine tests, without whole runs, child processes or end-to-end
 # commands (marked integration; make test runs them too).

@@ -60,7 +60,14 @@ def resident_mb() -> float:
 
 def one_way(loss_name: str, chunk_size: int, teacher_kind: str, sizes: dict) -> dict:
     """Run in a fresh process: the peak resident growth of one loss + backward."""
-    from kdistill.losses import ChunkedTerm, chunked_token_losses, forward_kl, jsd, token_ce, topk_teacher
+    from kdistill.losses import (
+        ChunkedTerm,
+        chunked_token_losses,
+        forward_kl,
+        jsd,
+        token_ce,
+        topk_teacher,
+    )
     from kdistill.modeling import LazyLogits
 
     torch.manual_seed(0)

@@ -17,9 +17,8 @@ import sys
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from llm import RESULTS, run_kdistill
+from torch.profiler import ProfilerActivity, profile
 
 MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
           "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}

@@ -11,7 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kdistill.losses import forward_kl, jsd, reverse_kl, skew_kl, skew_reverse_kl, token_ce, topk_teacher, tvd
+from kdistill.losses import (
+    forward_kl,
+    jsd,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    token_ce,
+    topk_teacher,
+    tvd,
+)
 from kdistill.losses.chunked import ChunkedTerm, chunked_token_loss, chunked_token_losses
 from kdistill.modeling import LazyLogits
 

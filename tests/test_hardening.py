@@ -42,6 +42,7 @@ from kdistill.methods import Term
 from kdistill.models import create_model
 from kdistill.report import MetricsLog
 
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import KDISTILL, TINY_RECIPE, call_cli, kdistill_cli, subprocess_env
 
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
