@@ -410,6 +410,8 @@ HOSTILE = [
     ("builtins:exec", {"source": "open('pwned', 'w')"}),
     ("mymodels:build", {"cmd": SHELL}),  # the standard library's, re-exported by the user's file
     ("evil_model:boom", {}),  # a module in a run directory, which is data
+    ("sub.evil_model:boom", {}),  # ... or below it, through a folder without __init__.py
+    ("run.sub.evil_model:boom", {}),  # ... reached from the current directory
     ("torch.utils.cpp_extension:load_inline", {"cpp_sources": ""}),  # installed, not a factory
     ("numpy:load", {"file": "x.npy", "allow_pickle": True}),
 ]
@@ -420,13 +422,16 @@ def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, mon
     from kdistill.models import UnknownModelError, imported
 
     monkeypatch.chdir(tmp_path)
-    for name in ("mymodels", "evil_model"):  # the modules this test writes, gone after it
+    written = ("mymodels", "evil_model", "sub", "sub.evil_model", "run", "run.sub", "run.sub.evil_model")
+    for name in written:
         request.addfinalizer(lambda name=name: sys.modules.pop(name, None))
     (tmp_path / "mymodels.py").write_text(
         "from subprocess import getoutput as build\n\n\n"
         "def tiny(width=3):\n    return __import__('torch').nn.Linear(2, width)\n")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "evil_model.py").write_text(EVIL_MODULE)
+    (tmp_path / "run" / "sub").mkdir()
+    (tmp_path / "run" / "sub" / "evil_model.py").write_text(EVIL_MODULE)
     monkeypatch.setattr(imported, "DATA_DIRS", [(tmp_path / "run").resolve()])
     monkeypatch.syspath_prepend(str(tmp_path / "run"))  # even where Python itself would find it
     for spec, kwargs in HOSTILE:

@@ -70,7 +70,7 @@ def import_target(spec: str):
     added = [d for d in _search_path() if d not in sys.path]
     sys.path[:0] = added
     try:
-        _not_from_data(spec, module_name.partition(".")[0])
+        _not_from_data(spec, module_name)
         module = importlib.import_module(module_name)
     except ImportedModelError:
         raise
@@ -119,6 +119,8 @@ def vet(spec: str, target) -> None:
     installed = _under(file, _site_dirs())
     if not installed and _under(file, _standard_dirs()):
         raise ImportedModelError(f"{spec!r}: {target.__module__} is Python's own; {YOURS}")
+    if _under(file, DATA_DIRS):  # however it was imported: a run directory is data
+        raise ImportedModelError(f"{spec!r}: {file} lies in a run directory, which is data; {YOURS}")
     if not installed and _under(file, [*RECIPE_DIRS, Path.cwd().resolve()]):
         return  # a factory in the user's own files
     same_package = target.__module__.partition(".")[0] == spec.partition(":")[0].partition(".")[0]
@@ -130,14 +132,22 @@ def vet(spec: str, target) -> None:
         )
 
 
-def _not_from_data(spec: str, package: str) -> None:
-    """Refuse, before importing it, a module that lies in a run directory (finding a top-level
-    module's file runs none of it)."""
-    found = importlib.util.find_spec(package)
-    origin = Path(found.origin).resolve() if found is not None and found.origin else None
-    if origin is not None and _under(origin, DATA_DIRS):
-        raise ImportedModelError(
-            f"{spec!r}: {origin} lies in a run directory, which is data, not code; {YOURS}")
+def _not_from_data(spec: str, module_name: str) -> None:
+    """Refuse, before importing it, a module that lies in a run directory, or below one: each
+    dotted level is located before the next is looked up, since finding ``a.b`` imports ``a``
+    (its ``__init__``), and a folder without one (``runs/``) is a namespace package whose
+    modules have files of their own."""
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        found = importlib.util.find_spec(".".join(parts[:depth]))
+        if found is None:
+            return  # the import that follows names what is missing
+        places = [found.origin] if found.origin else []
+        places += list(found.submodule_search_locations or [])
+        for place in map(Path, places):
+            if _under(place.resolve(), DATA_DIRS):
+                raise ImportedModelError(
+                    f"{spec!r}: {place} lies in a run directory, which is data, not code; {YOURS}")
 
 
 def _standard(module_name: str) -> bool:
