@@ -116,6 +116,18 @@ def test_overwrite_deletes_only_the_files_the_run_listed(project, user_file):
 
 
 @pytest.mark.integration
+def test_a_users_checkpoint_of_the_same_size_is_not_taken_for_the_runs(project):
+    """A fine-tuned student saved over the run's own (the same architecture, so the same size)
+    is the user's now: the list holds when the run wrote its file, not only its size."""
+    path = project / "runs" / "precious" / "checkpoints" / "student.safetensors"
+    path.write_bytes(bytes(reversed(path.read_bytes())))
+    before = snapshot(project)
+    result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
+    assert_refused(result, "checkpoints/student.safetensors", "changed since")
+    assert snapshot(project) == before
+
+
+@pytest.mark.integration
 def test_the_console_script_keeps_a_users_file_under_overwrite(project):
     """Issue 27.1 as a user meets it: the installed script, exit 2, one line, nothing deleted."""
     (project / "runs" / "precious" / "export" / "deploy").mkdir(parents=True)

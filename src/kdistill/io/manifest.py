@@ -4,7 +4,7 @@ delete, and nothing else.
 Each writer of a run's files (checkpoints, the metrics log, plots, the summary and the report,
 an export, a tracker's folder once it closed) calls ``record(path)`` once the file is complete.
 The entry is the file's path relative to its run directory, the nearest folder above it that
-holds the run's marker, and its size then: a file a user later put at the same path, or
+holds the run's marker, and its size and modification time then: a file a user later put at the same path, or
 edited, no longer matches. A path outside any run directory is not recorded.
 """
 
@@ -31,7 +31,7 @@ def run_dir_of(path: Path) -> Path | None:
 
 
 def read(run_dir: Path) -> dict | None:
-    """``{"files": {path: size}, "folders": [path]}``, or None when the run keeps no list (a run
+    """``{"files": {path: (size, mtime_ns)}, "folders": [path]}``, or None when the run keeps no list (a run
     of kdistill before 0.3, or a folder that only has a marker) or it is not one."""
     try:
         listed = json.loads((run_dir / MANIFEST).read_text())
@@ -42,8 +42,25 @@ def read(run_dir: Path) -> dict | None:
     files, folders = listed.get("files"), listed.get("folders", [])
     if not isinstance(files, dict) or not isinstance(folders, list):
         return None
-    return {"files": {name: size for name, size in files.items() if type(size) is int},
+    return {"files": {name: tuple(seen) for name, seen in files.items() if _is_stamp(seen)},
             "folders": [folder for folder in folders if isinstance(folder, str)]}
+
+
+def stamp(path: Path) -> tuple[int, int]:
+    """What identifies the file the run wrote: its size and its modification time in
+    nanoseconds. A user's file put at the same path later (a fine-tuned checkpoint of the very
+    same size, say) was written at another moment."""
+    status = path.lstat()
+    return status.st_size, status.st_mtime_ns
+
+
+def matches(path: Path, listed: tuple[int, int] | None) -> bool:
+    """Whether ``path`` is still the file its run listed as ``listed``."""
+    return listed is not None and not path.is_symlink() and path.is_file() and stamp(path) == listed
+
+
+def _is_stamp(seen) -> bool:
+    return isinstance(seen, list) and len(seen) == 2 and all(type(n) is int for n in seen)
 
 
 def record(*paths: Path, run_dir: Path | None = None) -> None:
@@ -61,7 +78,7 @@ def record(*paths: Path, run_dir: Path | None = None) -> None:
             if path.is_dir():
                 listed["folders"] = sorted({*listed["folders"], relative})
             else:
-                listed["files"][relative] = path.stat().st_size
+                listed["files"][relative] = stamp(path)
         _write(home / MANIFEST, listed)
 
 
@@ -83,7 +100,7 @@ def _write(path: Path, listed: dict) -> None:
 
 
 def unrecorded(paths) -> list[Path]:
-    """Those of ``paths`` that exist but are not on their run's list at their present size (a
+    """Those of ``paths`` that exist but are not on their run's list as they are now (a
     file of the user's where kdistill would write one)."""
     strangers = []
     for path in map(Path, paths):
@@ -92,7 +109,6 @@ def unrecorded(paths) -> list[Path]:
         run_dir = run_dir_of(path)
         listed = read(run_dir) if run_dir is not None else None
         relative = path.absolute().relative_to(run_dir.absolute()).as_posix() if listed else None
-        size = None if path.is_symlink() or path.is_dir() else path.stat().st_size
-        if listed is None or size is None or listed["files"].get(relative) != size:
+        if listed is None or not matches(path, listed["files"].get(relative)):
             strangers.append(path)
     return strangers

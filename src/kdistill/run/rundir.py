@@ -2,9 +2,9 @@
 
 - A directory kdistill makes gets a marker, ``.kdistill-run`` (the run's name, a random id, the
   time), written when it is made, after preflight has passed.
-- The run lists every file it (its report, its export, its trackers) wrote, with its size, in
+- The run lists every file it (its report, its export, its trackers) wrote, with its size and time, in
   ``.kdistill-files`` (``kdistill.io.manifest``). ``--overwrite`` replaces only a marked directory
-  with such a list, and only if every file in it is on the list at its size: anything else (a
+  with such a list, and only if every file in it is on the list as written: anything else (a
   project's ``src/``, a note or a kept checkpoint of the user's, a file edited since) refuses
   the overwrite before a byte is deleted. No pattern decides what goes.
 - A run holds an advisory lock (``fcntl.flock`` on ``.kdistill-lock``, which also records the
@@ -34,7 +34,7 @@ from kdistill.run.trackers import FOLDERS
 
 def foreign_files(run_dir: Path) -> list[str]:
     """What under ``run_dir`` is not the run's own, each with why: a file its list
-    (``.kdistill-files``) does not hold, or holds at another size (changed since), or a
+    (``.kdistill-files``) does not hold, or holds at another size or time (changed since), or a
     folder no listed file is in. Without a list, the whole directory is foreign."""
     listed = manifest.read(run_dir)
     if listed is None:
@@ -58,8 +58,7 @@ def _entries(run_dir: Path, listed: dict) -> list[tuple[str, str | None]]:
             elif relative not in files or path.is_symlink():
                 why = "kdistill did not write"
             else:
-                same = path.lstat().st_size == files[relative]
-                why = None if same else "changed since the run wrote it"
+                why = None if manifest.matches(path, files[relative]) else "changed since the run wrote it"
             found.append((relative, why))
         for name in subfolders:
             relative = (here / name).as_posix()
