@@ -151,13 +151,16 @@ def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = Fals
             manifest.record(run_dir / "checkpoints", run_dir / "config.yaml")
         yield run_dir
     except BaseException:
-        if made and not any((run_dir / "checkpoints").glob("*.safetensors")):
+        # Only while this run holds the lock: emptied under it, so that no other writer comes
+        # in between; the lock file goes last, just before the lock is let go.
+        if made and lock and not any((run_dir / "checkpoints").glob("*.safetensors")):
             for name in recipe.output.report_to:  # a tracker left open by the failure: this run's
                 manifest.record_tree(run_dir / FOLDERS[name])
-            if lock:
-                lock.release()
-                lock = None
-            if not _empty(run_dir, keep_lock=False):
+            stayed = _empty(run_dir)
+            (run_dir / LOCK).unlink(missing_ok=True)
+            lock.release()
+            lock = None
+            if stayed == [LOCK]:
                 run_dir.rmdir()
         raise
     finally:
@@ -165,7 +168,7 @@ def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = Fals
             lock.release()
 
 
-def _empty(run_dir: Path, *, keep_lock: bool = True) -> list[str]:
+def _empty(run_dir: Path) -> list[str]:
     """Delete the run's own files and folders (``check_run_dir`` refused any other), deepest
     first; returns what stayed. The lock file stays while it is held: a new one at the same
     path would let a second writer in."""
@@ -173,7 +176,7 @@ def _empty(run_dir: Path, *, keep_lock: bool = True) -> list[str]:
     stayed = []
     for relative, why in _entries(run_dir, listed):
         path = run_dir / relative
-        if why or (relative == LOCK and keep_lock) or (path.is_dir() and any(path.iterdir())):
+        if why or relative == LOCK or (path.is_dir() and any(path.iterdir())):
             stayed.append(relative)
         elif path.is_dir():
             path.rmdir()
