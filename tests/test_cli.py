@@ -82,7 +82,9 @@ def test_every_comparison_carries_its_interval_and_test(finished_run):
         low, high = entry["ci"]
         assert low <= entry["difference"] <= high and entry["level"] == 0.95
         assert 0.0 <= entry["mcnemar_p"] <= 1.0 and entry["units"] == 120
-        assert entry["better"] == (low > 0) and entry["worse"] == (high < 0)
+        significant = entry["mcnemar_p"] < 0.05
+        assert entry["better"] == (low > 0 and significant)
+        assert entry["worse"] == (high < 0 and significant)
     assert set(summary["validation"]) == {"scratch", "student"}
     report = (run_dir / "report.md").read_text()
     console = (root / "console.txt").read_text()

@@ -49,6 +49,15 @@ def test_bootstrap_excludes_zero_for_a_clear_win_and_not_for_identical_predictio
     assert lower["better"] and not lower["worse"]
 
 
+def test_a_win_on_few_discordant_samples_needs_mcnemar_too():
+    """5 right answers against none of 1,000: no resample of the percentile bootstrap is below
+    zero often enough to include it, but McNemar's exact p is 2/32 = 0.0625: no verdict."""
+    first = Outcomes.of(np.arange(1000) < 805)
+    tied = compare(first, correct(800), higher_is_better=True, mcnemar=True)
+    assert tied["discordant"] == [5, 0] and tied["mcnemar_p"] == pytest.approx(0.0625)
+    assert tied["ci"][0] > 0 and not tied["better"]
+
+
 def test_bootstrap_is_paired_and_deterministic_under_the_seed():
     rng = np.random.default_rng(1)
     first, second = Outcomes.of(rng.random(500) < 0.7), Outcomes.of(rng.random(500) < 0.7)

@@ -108,7 +108,8 @@ def compare(
 ) -> dict:
     """The paired statistics of ``first − second`` as summary.json keeps them: the difference,
     its bootstrap interval, McNemar's p (0/1 outcomes only), and ``better`` / ``worse``: whether
-    the interval excludes zero on ``first``'s good or bad side."""
+    the interval excludes zero on ``first``'s good or bad side (and, for 0/1 outcomes, McNemar's
+    exact test agrees at the same level)."""
     difference, low, high = paired_bootstrap(
         first, second, resamples=resamples, seed=seed, level=level
     )
@@ -128,7 +129,12 @@ def compare(
     if mcnemar:
         right_first, right_second = first.values > 0.5, second.values > 0.5
         b, c = int((right_first & ~right_second).sum()), int((~right_first & right_second).sum())
-        result.update(discordant=[b, c], mcnemar_p=mcnemar_exact(b, c))
+        p = mcnemar_exact(b, c)
+        result.update(discordant=[b, c], mcnemar_p=p)
+        # With few discordant samples the percentile interval is too narrow (5 against 0 of
+        # 1,000 excludes zero, McNemar's p is 0.0625): a verdict on 0/1 outcomes needs both.
+        significant = p < 1 - level
+        result.update(better=bool(better and significant), worse=bool(worse and significant))
     return result
 
 
