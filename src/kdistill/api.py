@@ -31,7 +31,7 @@ from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identi
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms, is_onnx_file
 from kdistill.teachers.pair import MismatchError, check_pair
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import fit as train
+from kdistill.training.loop import train_loop as train
 from kdistill.training.optimization import Optimization
 
 
@@ -239,7 +239,7 @@ def fit(
     seed: int = 0,
     **options,
 ) -> list[dict]:
-    """Train a ``Distiller`` (``kdistill.training.loop.fit``) on what a PyTorch user holds.
+    """Train a ``Distiller`` (``kdistill.training.loop.train_loop``) on what a PyTorch user holds.
 
     ``train_data`` / ``val_data`` (or ``val_loader``) take everything ``distill`` takes; a
     ``DataLoader`` keeps its own batch size and order, other data is batched by ``batch_size``

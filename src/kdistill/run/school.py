@@ -40,7 +40,7 @@ from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
-from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.optimization import Optimization
 from kdistill.training.selection import EarlyStopping, best_weights_path
 from kdistill.training.settings import TrainConfig
@@ -261,7 +261,7 @@ class RunSchool:
             resume_epoch = read_meta(state)["progress"]["epoch"] if self.resume and state.is_file() else 1
             self.metrics.drop_from(phase, resume_epoch)
         t = self.recipe.train
-        fit(
+        train_loop(
             distiller, train_loader(self.splits, self.recipe, augment, mix, views), teacher=teacher,
             val_loader=self.val_loader, epochs=epochs, lr=lr, optim=optimization(t, optimizer),
             loop=Loop(
