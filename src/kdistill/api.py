@@ -200,8 +200,8 @@ def distill(
             and a column ``(N, 1)`` as ``(N,)``; fractions, NaN, negative labels and empty
             data raise ``DataError`` (checked in full for arrays, tensors and lists).
         method: a preset (``kdistill.PRESETS``: kd, dkd, fitnet ...); its settings
-            (``temperature=``, ``alpha=`` ...) come as further keywords. Ignored, with them,
-            when ``terms`` is given.
+            (``temperature=``, ``alpha=`` ...) come as further keywords, checked against it
+            (a misspelt one raises ``ArgumentError``) and unused when ``terms`` is given.
         terms: any list of ``Term``s instead of a preset (feature terms, other losses).
         train: the training settings, a ``TrainConfig`` or a dict of its fields: the recipe's
             ``train:`` section with its names, defaults (30 epochs, lr 3e-3) and ranges.
