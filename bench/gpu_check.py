@@ -200,13 +200,13 @@ def check_compile(work: Path):
 
     from kdistill import Distiller, Term
     from kdistill.training.acceleration import make_accelerator
-    from kdistill.training.loop import fit
+    from kdistill.training.loop import train_loop
 
     student, teacher_model, Teacher = _cnn_pair()
     terms = [Term("ce", "ce", teacher=None), Term("kd", "kd"), Term("dkd", "dkd", warmup_epochs=3)]
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    history = fit(Distiller(student, terms), DataLoader(_random_images(8 * 64), batch_size=64, shuffle=True),
+    history = train_loop(Distiller(student, terms), DataLoader(_random_images(8 * 64), batch_size=64, shuffle=True),
                   teacher=Teacher(teacher_model), epochs=3, accelerator=make_accelerator(DEVICE, "bf16", compile=True),
                   progress=False)
     graphs = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)

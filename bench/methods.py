@@ -50,7 +50,7 @@ from kdistill.methods import PRESETS, preset_terms, teacher_taps
 from kdistill.models import create_model
 from kdistill.teachers.cache import CachedTeacher, build_cache
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import Loop, fit
+from kdistill.training.loop import Loop, train_loop
 from kdistill.training.optimization import SCHEDULES, Optimization
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -177,14 +177,14 @@ def train(
     teacher = teacher_model
     if isinstance(teacher_model, torch.nn.Module):
         # On the CPU, like the student and the example batch, while Distiller.build probes
-        # shapes; fit() then puts both on the accelerator's device.
+        # shapes; train_loop() then puts both on the accelerator's device.
         teacher = Teacher(teacher_model.cpu(), taps=teacher_taps(terms))
     try:
         example = next(iter(DataLoader(splits.train, batch_size=2)))
         distiller = Distiller.build(
             model, terms, teacher=teacher, example_batch=example, num_samples=len(splits.train),
         )
-        history = fit(
+        history = train_loop(
             distiller, train_loader(splits.train, args, seed, augment or args.augment),
             teacher=teacher if distiller.needs_teacher else None,
             val_loader=DataLoader(splits.val, batch_size=256), epochs=epochs, lr=lr,

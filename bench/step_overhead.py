@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, Term
 from kdistill.data.base import ArrayDataset
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import fit
+from kdistill.training.loop import train_loop
 
 SAMPLES, BATCH = 4096, 16
 STEPS = SAMPLES // BATCH
@@ -59,7 +59,7 @@ def kdistill_fit(x, y, accelerator, *, probe) -> float:
     accelerate.optimizer.is_lomo_available = probe
     distiller = Distiller(nn.Linear(8, 4), [Term("ce", "ce", teacher=None)])
     started = time.perf_counter()
-    fit(distiller, loader(x, y), epochs=1, accelerator=accelerator, progress=False)
+    train_loop(distiller, loader(x, y), epochs=1, accelerator=accelerator, progress=False)
     return (time.perf_counter() - started) / STEPS
 
 

@@ -47,7 +47,7 @@ from kdistill.methods import Term, hinton_kd
 from kdistill.models import create_model
 from kdistill.teachers.cache import CachedTeacher, build_cache
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import fit
+from kdistill.training.loop import train_loop
 from kdistill.training.optimization import Optimization
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,7 +84,7 @@ def kdistill_fit(student, teacher, dataset, batch_size, accelerator) -> float:
     distiller = Distiller(student, hinton_kd())
     seen = (len(dataset) // batch_size) * batch_size
     started = time.perf_counter()
-    fit(distiller, loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3, optim=Optimization(schedule="constant"),
+    train_loop(distiller, loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3, optim=Optimization(schedule="constant"),
         accelerator=accelerator, progress=False)
     synchronize(accelerator.device)
     return seen / (time.perf_counter() - started)
@@ -143,7 +143,7 @@ class LightNN(torch.nn.Module):
 def tutorial_fit(student, terms, teacher, dataset, batch_size, accelerator) -> float:
     seen = (len(dataset) // batch_size) * batch_size
     started = time.perf_counter()
-    fit(Distiller(student, terms), loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3,
+    train_loop(Distiller(student, terms), loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3,
         optim=Optimization(schedule="constant"), accelerator=accelerator, progress=False)
     synchronize(accelerator.device)
     return seen / (time.perf_counter() - started)

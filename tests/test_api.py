@@ -1,15 +1,19 @@
 """`kdistill.distill`: the one-call path on real data (sklearn digits)."""
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdistill
-from kdistill import Distiller, create_model, distill, evaluate, fit
+import kdistill.training.loop as loop_module
+from kdistill import Distiller, api, create_model, distill, evaluate, fit
 from kdistill.data import load_dataset
 from kdistill.errors import ArgumentError
 from kdistill.methods import scratch
 from kdistill.training.acceleration import make_accelerator
+from kdistill.training.settings import TrainConfig
 
 
 def test_distill_one_call_trains_student_and_keeps_teacher():
@@ -96,3 +100,119 @@ def test_baseline_needs_validation_data():
     with pytest.raises(ArgumentError, match="baseline=True compares the students on val_data"):
         distill(teacher, student, (splits.train.inputs, splits.train.targets), baseline=True,
                 progress=False)
+
+
+# --- distill(train=...): the recipe's TrainConfig, field by field (issue 28.1) -----------------
+
+# Each field that works from Python: a value other than its default, where the call put it (what
+# the training loop, the accelerator or the seed received) and what must be found there.
+REACHED = {
+    "epochs": (2, lambda got: got["epochs"], 2),
+    "batch_size": (8, lambda got: got["loader"].batch_size, 8),
+    "eval_batch_size": (16, lambda got: got["val_loader"].batch_size, 16),
+    "lr": (0.01, lambda got: got["lr"], 0.01),
+    "optimizer": ("sgd", lambda got: got["optim"].optimizer, "sgd"),
+    "momentum": (0.5, lambda got: got["optim"].momentum, 0.5),
+    "weight_decay": (0.1, lambda got: got["optim"].weight_decay, 0.1),
+    "schedule": ("step", lambda got: got["optim"].schedule, "step"),
+    "seed": (7, lambda got: got["seed"], 7),
+    "device": ("cpu", lambda got: got["made"][0][0], "cpu"),
+    "mixed_precision": ("bf16", lambda got: got["made"][0][1], "bf16"),
+    "deterministic": (True, lambda got: got["made"][1]["deterministic"], True),
+    "compile": ("aot_eager", lambda got: got["made"][1]["compile"], "aot_eager"),
+    "grad_accum": (2, lambda got: got["optim"].grad_accum, 2),
+    "clip_grad_norm": (1.0, lambda got: got["optim"].clip_grad_norm, 1.0),
+    "warmup_steps": (3, lambda got: got["optim"].warmup_steps, 3),
+    "warmup_ratio": (0.1, lambda got: got["optim"].warmup_ratio, 0.1),
+    "early_stopping": ({"patience": 2, "min_delta": 0.01},
+                       lambda got: (got["loop"].early_stopping.patience,
+                                    got["loop"].early_stopping.min_delta),
+                       (2, 0.01)),
+    "keep": ("best", lambda got: got["loop"].keep, "best"),
+}
+# The fields of a run directory or a recipe's dataset: refused from Python, naming the field.
+REFUSED = {"seeds": 2, "augment": "shift", "mix": "mixup", "mix_alpha": 0.5, "scratch_mix": "none",
+           "views": 2, "checkpoint_every": 5}
+
+
+@pytest.fixture
+def reached(monkeypatch):
+    """What distill() hands the training loop, the accelerator and the seed; nothing trains."""
+    got = {}
+
+    def loop(distiller, loader, **options):
+        got.update(options, loader=loader)
+        return []
+
+    def accelerator(*args, **options):
+        got["made"] = (args, options)
+        return make_accelerator("cpu")
+
+    monkeypatch.setattr(api, "train_loop", loop)
+    monkeypatch.setattr(api, "make_accelerator", accelerator)
+    monkeypatch.setattr(api, "set_seed", lambda seed: got.setdefault("seed", seed))
+    return got
+
+
+def tiny():
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    return nn.Linear(4, 2), nn.Linear(4, 2), (x, y)
+
+
+def test_every_train_field_is_reached_or_refused():
+    assert set(REACHED) | set(REFUSED) == set(TrainConfig.model_fields)
+
+
+@pytest.mark.parametrize("name", sorted(REACHED))
+def test_a_train_field_reaches_the_loop(reached, name):
+    value, read, expected = REACHED[name]
+    teacher, student, data = tiny()
+    distill(teacher, student, data, data, train={name: value}, progress=False)
+    assert read(reached) == expected
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_a_recipe_only_train_field_is_refused_in_one_line(reached, name):
+    teacher, student, data = tiny()
+    with pytest.raises(ArgumentError, match=rf"^train\.{name}=.* is for recipes only: [^\n]+$"):
+        distill(teacher, student, data, data, train={name: REFUSED[name]}, progress=False)
+    assert "epochs" not in reached  # refused before anything trains
+
+
+def test_old_keywords_are_shorthand_for_train_fields_with_the_recipe_defaults(reached):
+    teacher, student, data = tiny()
+    distill(teacher, student, data, epochs=3, lr=0.01, optimizer="sgd", batch_size=8, seed=5,
+            progress=False)
+    short = dict(reached)
+    reached.clear()
+    distill(teacher, student, data, train=TrainConfig(epochs=3, lr=0.01, optimizer="sgd",
+                                                      batch_size=8, seed=5), progress=False)
+    for key in ("epochs", "lr", "optim", "loop", "seed", "made"):
+        assert reached[key] == short[key], key
+    reached.clear()
+    distill(teacher, student, data, progress=False)
+    assert (reached["epochs"], reached["lr"]) == (30, 3e-3)  # TrainConfig's, as a recipe's
+    with pytest.raises(ArgumentError, match=r"^train\.epochs: given as epochs= and in train="):
+        distill(teacher, student, data, epochs=3, train={"epochs": 4}, progress=False)
+    with pytest.raises(ArgumentError, match=r"^train\.keep: a training setting; give it as train="):
+        distill(teacher, student, data, keep="best", progress=False)
+    with pytest.raises(ArgumentError, match=r"^temprature=: not a setting of method 'kd' \(did"):
+        distill(teacher, student, data, temprature=2.0, progress=False)
+
+
+@pytest.mark.parametrize("train, says", [
+    ({"lr": -1}, r"^distill\(\): train\.lr: Input should be greater than 0 \(got -1\)$"),
+    ({"epoch": 3}, r"unknown key 'train\.epoch' \(did you mean 'train\.epochs'\?\)"),
+    ({"early_stopping": {"patience": 0}}, r"train\.early_stopping\.patience"),
+])
+def test_a_bad_train_value_names_its_field(reached, train, says):
+    teacher, student, data = tiny()
+    with pytest.raises(ArgumentError, match=says):
+        distill(teacher, student, data, train=train, progress=False)
+
+
+def test_fit_means_one_thing():
+    """``kdistill.fit`` trains what a PyTorch user holds; the loop under it is ``train_loop``."""
+    assert kdistill.fit is api.fit
+    assert not hasattr(loop_module, "fit") and callable(loop_module.train_loop)

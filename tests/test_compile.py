@@ -14,7 +14,7 @@ from kdistill import Distiller, Term
 from kdistill.data.base import ArrayDataset
 from kdistill.distiller import Teacher
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import fit
+from kdistill.training.loop import train_loop
 
 QUICK = ["data.dataset=digits", "train.epochs=2", "teacher.epochs=1", "teacher.model=mlp", "student.model=mlp_tiny",
          "teacher.augment=none", "train.augment=none", "train.mix=none", "output.latency=false", "output.plots=false"]
@@ -30,7 +30,7 @@ def train(compile, epochs: int = 4):
     loader = DataLoader(ArrayDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    history = fit(Distiller(student, terms), loader, teacher=Teacher(teacher), epochs=epochs,
+    history = train_loop(Distiller(student, terms), loader, teacher=Teacher(teacher), epochs=epochs,
                   accelerator=make_accelerator("cpu", compile=compile), progress=False)
     return [record["loss"] for record in history], dict(torch._dynamo.utils.counters["stats"])
 

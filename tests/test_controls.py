@@ -17,7 +17,7 @@ from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import Term
 from kdistill.modeling import LazyLogits
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.optimization import Optimization, parameter_groups
 from kdistill.training.selection import EarlyStopping, best_weights_path
 
@@ -39,7 +39,7 @@ def ce():
 def train(model, batch_size=8, **kwargs):
     kwargs.setdefault("epochs", 1)
     kwargs.setdefault("lr", 0.05)
-    return fit(
+    return train_loop(
         Distiller(model, ce()), DataLoader(data(), batch_size=batch_size), accelerator=make_accelerator("cpu"),
         progress=False, **kwargs,
     )
@@ -158,7 +158,7 @@ def ragged_tokens(n=10, length=8, vocab=11):
 
 def accumulated(model, dataset, terms, batch_size, grad_accum, teacher=None):
     """``model``'s weights after 2 epochs of plain SGD, ``grad_accum`` batches per update."""
-    fit(
+    train_loop(
         Distiller(model, terms), DataLoader(dataset, batch_size=batch_size), teacher=teacher,
         epochs=2, lr=0.5,
         optim=Optimization("sgd", momentum=0.0, schedule="constant", grad_accum=grad_accum),
@@ -194,7 +194,7 @@ def test_ragged_token_counts_weigh_each_token_as_the_larger_batch_in_float64(chu
 def update_norm(clip):
     model = student()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    fit(
+    train_loop(
         Distiller(model, ce()), DataLoader(data(8), batch_size=8), epochs=1, lr=1.0,
         optim=Optimization("sgd", momentum=0.0, schedule="constant", clip_grad_norm=clip),
         accelerator=make_accelerator("cpu"), progress=False,

@@ -297,13 +297,13 @@ def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
 
 def test_the_generated_share_is_logged_per_epoch(lm_batch):
     from kdistill.methods import preset_terms
-    from kdistill.training.loop import Loop, fit
+    from kdistill.training.loop import Loop, train_loop
     from kdistill.training.sampling import OnPolicy
 
     student, teacher_model = tiny_gpt(20, 16, 0), tiny_gpt(20, 16, 1)
     data = [{k: v[i] for k, v in lm_batch.items()} for i in range(8)]
     records = []
-    fit(Distiller(student, preset_terms("token_kd", loss="jsd", beta=0.5)), DataLoader(data, batch_size=4),
+    train_loop(Distiller(student, preset_terms("token_kd", loss="jsd", beta=0.5)), DataLoader(data, batch_size=4),
         teacher=Teacher(teacher_model), epochs=1, lr=1e-3, log=records.append, progress=False,
         loop=Loop(batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True)))
     assert records[0]["metric/on_policy_generated"] == pytest.approx(0.5)

@@ -14,7 +14,7 @@ from kdistill.data.base import ArrayDataset
 from kdistill.data.mixing import Mixed
 from kdistill.data.movielens import TrainInteractions
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.loop import Checkpointing, Loop, train_loop
 
 
 def images(n=24):
@@ -82,7 +82,7 @@ def train(run_dir, *, crash_at=None, resume=False):
         return batch
 
     distiller = Distiller(student, [Term("ce", "ce", teacher=None)])
-    fit(distiller, loader, epochs=2, accelerator=make_accelerator("cpu"), progress=False,
+    train_loop(distiller, loader, epochs=2, accelerator=make_accelerator("cpu"), progress=False,
         loop=Loop(batch_transform=crash), checkpointing=Checkpointing(run_dir / "state.safetensors", every=3, resume=resume))
     return student
 

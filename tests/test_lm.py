@@ -16,7 +16,7 @@ from kdistill.evaluation.language_model import evaluate_lm
 from kdistill.losses import token_ce
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.methods import preset_terms
-from kdistill.training.loop import Loop, fit
+from kdistill.training.loop import Loop, train_loop
 from kdistill.training.sampling import OnPolicy, sample
 
 
@@ -195,7 +195,7 @@ def test_fit_calls_the_batch_transform_before_the_teacher(corpus):
     transform = OnPolicy(student, fraction=0.5, continuation=4, seed=0)
     terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=0.5, temperature=1.0)
     loader = DataLoader(torch.utils.data.Subset(corpus.train, range(16)), batch_size=8)
-    history = fit(Distiller(student, terms), loader, teacher=teacher, epochs=1, progress=False, loop=Loop(batch_transform=transform))
+    history = train_loop(Distiller(student, terms), loader, teacher=teacher, epochs=1, progress=False, loop=Loop(batch_transform=transform))
     assert transform.replaced == 8 and len(teacher.inputs) == 2
     original = torch.cat([b["input"] for b in loader])
     seen = torch.cat(teacher.inputs)

@@ -9,7 +9,7 @@ from kdistill import Distiller, Teacher, create_model
 from kdistill.data import ArrayDataset
 from kdistill.methods import hinton_kd, scratch
 from kdistill.models import list_models
-from kdistill.training.loop import fit
+from kdistill.training.loop import train_loop
 from kdistill.training.memory_format import channels_last, prefers_channels_last
 
 LAST = torch.channels_last
@@ -58,7 +58,7 @@ def test_fit_trains_and_teaches_in_channels_last_and_hands_the_models_back():
     torch.manual_seed(0)
     teacher, student = create_model("cnn_tiny"), create_model("cnn_tiny")
     teacher_layouts, student_layouts = layouts_seen(teacher), layouts_seen(student)
-    fit(Distiller(student, hinton_kd()), loader(), teacher=Teacher(teacher), epochs=1, progress=False)
+    train_loop(Distiller(student, hinton_kd()), loader(), teacher=Teacher(teacher), epochs=1, progress=False)
     assert teacher_layouts and all(teacher_layouts) and student_layouts and all(student_layouts)
     for model in (teacher, student):
         assert all(p.is_contiguous() for p in model.parameters())  # saved, exported, compared as before
@@ -69,7 +69,7 @@ def test_channels_last_training_equals_nchw_training_up_to_rounding(monkeypatch)
         monkeypatch.setattr("kdistill.training.memory_format.prefers_channels_last", lambda module, _: convert and module is not None)
         torch.manual_seed(0)
         model = create_model("cnn_tiny")
-        fit(Distiller(model, scratch()), loader(), epochs=2, lr=1e-3, progress=False)
+        train_loop(Distiller(model, scratch()), loader(), epochs=2, lr=1e-3, progress=False)
         return model.state_dict()
 
     nchw, nhwc = train(False), train(True)

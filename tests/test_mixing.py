@@ -18,7 +18,7 @@ from kdistill.methods import hinton_kd, preset_terms, scratch
 from kdistill.run.config import load_config
 from kdistill.run.plan import train_loader, training_set
 from kdistill.teachers.cache import CachedTeacher, build_cache
-from kdistill.training.loop import fit
+from kdistill.training.loop import train_loop
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_teacher_and_student_receive_the_identical_tensor_every_step(splits):
     distiller = Distiller(student, hinton_kd(alpha=1.0))
     r = recipe("train.mix=mixup")
     loader = train_loader(splits, r, "shift", "mixup")
-    fit(distiller, loader, teacher=Teacher(teacher), epochs=2, lr=1e-3, progress=False)
+    train_loop(distiller, loader, teacher=Teacher(teacher), epochs=2, lr=1e-3, progress=False)
     steps = 2 * len(loader)
     assert len(teacher.seen) == len(student.seen) == steps
     for t_input, s_input in zip(teacher.seen, student.seen):

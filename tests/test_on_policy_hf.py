@@ -121,7 +121,7 @@ def test_on_policy_masks_the_prompt_of_hf_samples_and_counts_the_generated_share
 
 @pytest.mark.parametrize("chunk_size", [0, 8])
 def test_an_on_policy_token_kd_run_trains_end_to_end(lm_batch, chunk_size):
-    from kdistill.training.loop import Loop, fit
+    from kdistill.training.loop import Loop, train_loop
 
     student, teacher = tiny_llama(0), tiny_llama(1)
     before = [p.detach().clone() for p in student.parameters()]
@@ -130,7 +130,7 @@ def test_an_on_policy_token_kd_run_trains_end_to_end(lm_batch, chunk_size):
     teacher = Teacher(teacher)
     distiller = Distiller.build(student, terms, teacher=teacher, example_batch=lm_batch)
     records = []
-    fit(distiller, DataLoader(data, batch_size=4), teacher=teacher, epochs=1, lr=1e-2, log=records.append,
+    train_loop(distiller, DataLoader(data, batch_size=4), teacher=teacher, epochs=1, lr=1e-2, log=records.append,
         progress=False, loop=Loop(batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True)))
     assert records[0]["metric/on_policy_generated"] == pytest.approx(0.5)
     assert torch.isfinite(torch.tensor(records[0]["loss"])) and records[0]["loss/kd"] > 0

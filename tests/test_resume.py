@@ -19,7 +19,7 @@ from kdistill.io.tensors import CheckpointError, load_tensors, read_meta, save_t
 from kdistill.methods import preset_terms
 from kdistill.models import create_model
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.sampling import OnPolicy
 
 RECIPE = [
@@ -112,7 +112,7 @@ def on_policy_fit(state, *, crash_at=None, resume=False):
                                      n_embd=width) for width in (16, 8))
     terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=0.5, temperature=1.0)
     order = torch.Generator().manual_seed(1)
-    fit(Distiller(student, terms), DataLoader(data, batch_size=2, shuffle=True, generator=order),
+    train_loop(Distiller(student, terms), DataLoader(data, batch_size=2, shuffle=True, generator=order),
         teacher=CrashingTeacher(teacher, crash_at), epochs=2, accelerator=make_accelerator("cpu"),
         progress=False,
         loop=Loop(batch_transform=OnPolicy(student, fraction=0.3, continuation=4, seed=3)),

@@ -8,14 +8,17 @@ of an ``.onnx`` file.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tempfile
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -25,14 +28,17 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ArgumentError, DataError
 from kdistill.evaluation.baseline import initial_copy, result_table, scratch_baseline
 from kdistill.evaluation.classification import evaluate
-from kdistill.methods import Term, hinton_kd, scratch, teacher_taps
+from kdistill.methods import PRESETS, Term, method_settings, preset_terms, scratch, teacher_taps
 from kdistill.modeling import to_device
+from kdistill.run.config import describe_validation_error
 from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms, is_onnx_file
 from kdistill.teachers.pair import MismatchError, check_pair
 from kdistill.training.acceleration import make_accelerator
-from kdistill.training.loop import fit as train
+from kdistill.training.loop import Loop, train_loop
 from kdistill.training.optimization import Optimization
+from kdistill.training.selection import selection_rule
+from kdistill.training.settings import Section, TrainConfig
 
 
 @dataclass
@@ -113,28 +119,74 @@ def _temporary_root(stack: ExitStack, accelerator) -> Path:
     return Path(made[0]) / "cache"
 
 
+# The keywords distill() took before ``train=``: each is a shorthand for the TrainConfig field of
+# its name (``epochs=3`` is ``train={"epochs": 3}``). Only these: other keywords are the method's
+# settings, and some share a field's name (CRD's ``momentum``).
+SHORTHAND = (
+    "epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "device", "seed",
+)
+
+# Fields that act through a recipe's run directory or its dataset, refused from Python unless left
+# at their defaults: why, by field.
+RECIPE_ONLY = {
+    "seeds": "each seed is a run directory of its own (kdistill run --seeds); call distill() again",
+    "augment": "its views are drawn from a recipe's dataset; pass a DataLoader that augments",
+    "mix": "its mixed views are replayed from a recipe's dataset; pass a DataLoader that mixes",
+    "mix_alpha": "it weighs train.mix",
+    "scratch_mix": "it is train.mix for the scratch student",
+    "views": "a teacher cache built from Python holds the data as given, one view",
+    "checkpoint_every": "checkpoints are written into a run directory (kdistill run, --resume)",
+}
+
+
+class _Settings(Section):
+    """What ``distill`` validates, so that errors name ``train.<field>`` as a recipe's do."""
+
+    train: TrainConfig = TrainConfig()
+
+
+def train_settings(train: TrainConfig | dict | None, shorthand: dict) -> TrainConfig:
+    """``train=`` and the shorthand keywords as one validated ``TrainConfig``: the recipe's
+    names, defaults and ranges; ``ArgumentError`` in one line naming ``train.<field>``."""
+    if isinstance(train, TrainConfig):
+        given = {name: getattr(train, name) for name in train.model_fields_set}
+    elif isinstance(train, Mapping) or train is None:
+        given = dict(train or {})
+    else:
+        raise ArgumentError(
+            f"train: give a TrainConfig or a dict of its fields, not a {type(train).__name__}"
+        )
+    twice = sorted(set(given) & set(shorthand))
+    if twice:
+        raise ArgumentError(f"train.{twice[0]}: given as {twice[0]}= and in train=; keep one")
+    try:
+        settings = _Settings.model_validate({"train": {**given, **shorthand}}).train
+    except ValidationError as error:
+        raise ArgumentError(describe_validation_error(error, "distill()", {})) from None
+    for name, why in RECIPE_ONLY.items():
+        value, default = getattr(settings, name), TrainConfig.model_fields[name].default
+        if value != default:
+            raise ArgumentError(
+                f"train.{name}={value!r} is for recipes only: {why}; leave it at {default!r}"
+            )
+    return settings
+
+
 def distill(
     teacher,
     student: nn.Module,
     train_data,
     val_data=None,
     *,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
+    method: str = "kd",
     terms: list[Term] | None = None,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    optimizer: str = "adam",
-    schedule: str = "cosine",
-    weight_decay: float = 0.0,
-    device: str = "auto",
-    seed: int = 0,
+    train: TrainConfig | dict | None = None,
     cache: bool | str | Path = False,
-    progress: bool = True,
     baseline: bool = False,
+    progress: bool = True,
+    **settings,
 ) -> DistillResult:
-    """Train ``student`` to imitate ``teacher`` with Hinton KD, ``(1−α)·CE + α·T²·KL``.
+    """Train ``student`` to imitate ``teacher`` (by default Hinton KD, ``(1−α)·CE + α·T²·KL``).
 
     Args:
         teacher: a trained model (an ``nn.Module`` or Hugging Face model), or the path of an
@@ -147,14 +199,23 @@ def distill(
             Labels are class indices 0..C-1: whole-number floats are taken as those integers
             and a column ``(N, 1)`` as ``(N,)``; fractions, NaN, negative labels and empty
             data raise ``DataError`` (checked in full for arrays, tensors and lists).
-        epochs, batch_size: whole numbers of at least 1 (``ArgumentError`` otherwise).
-        temperature, alpha: of the KD term; ignored when ``terms`` is given.
-        terms: any list of ``Term``s instead of Hinton KD (feature terms, other losses).
+        method: a preset (``kdistill.PRESETS``: kd, dkd, fitnet ...); its settings
+            (``temperature=``, ``alpha=`` ...) come as further keywords, checked against it
+            (a misspelt one raises ``ArgumentError``) and unused when ``terms`` is given.
+        terms: any list of ``Term``s instead of a preset (feature terms, other losses).
+        train: the training settings, a ``TrainConfig`` or a dict of its fields: the recipe's
+            ``train:`` section with its names, defaults (30 epochs, lr 3e-3) and ranges.
+            ``epochs``, ``batch_size``, ``lr``, ``optimizer``, ``schedule``, ``weight_decay``,
+            ``device`` and ``seed`` may also be given as keywords (not both ways). The fields
+            of a run directory or a recipe's dataset (``RECIPE_ONLY``: seeds, augment, mix,
+            mix_alpha, scratch_mix, views, checkpoint_every) raise ``ArgumentError`` unless
+            left at their defaults.
         cache: run the teacher once over the training data and read its outputs from disk
             (``True``: a temporary directory; a path: kept there and reused while it matches).
         baseline: also train the same student from the same initial weights without the
-            teacher (cross-entropy only, the same epochs and steps) and compare the three
+            teacher (cross-entropy only, the same settings and steps) and compare the three
             models on ``val_data`` (required): a paired bootstrap interval and McNemar's test.
+        progress: progress bars and a line per epoch.
 
     Returns:
         ``DistillResult`` with the trained student, one record per epoch, the final
@@ -162,21 +223,34 @@ def distill(
         ``connectors`` of feature terms; with ``baseline``, the scratch student, its and the
         teacher's accuracy, the comparison and the verdict (``print(result)`` shows them).
     """
-    _check_hyper(temperature, alpha, terms)
-    _check_budget(epochs, batch_size)
-    set_seed(seed)
+    t = train_settings(train, {name: settings.pop(name) for name in SHORTHAND if name in settings})
+    terms = _method_terms(method, terms, settings)
+    set_seed(t.seed)
     train_data = class_labels(train_data, "train_data")
     val_data = class_labels(val_data, "val_data") if val_data is not None else None
-    train_loader = as_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
-    val_loader = as_loader(val_data, batch_size=512) if val_data is not None else None
-    terms = terms if terms is not None else hinton_kd(temperature=temperature, alpha=alpha)
+    train_loader = as_loader(train_data, batch_size=t.batch_size, shuffle=True, seed=t.seed)
+    val_loader = as_loader(val_data, batch_size=t.eval_batch_size) if val_data is not None else None
     if baseline and val_data is None:
         raise ArgumentError("baseline=True compares the students on val_data: give val_data")
+    rule = selection_rule(t, "accuracy")
+    if rule is not None and val_data is None:
+        field = "early_stopping" if t.early_stopping is not None else "keep"
+        raise ArgumentError(f"train.{field} chooses epochs by a validation metric: give val_data")
     initial = initial_copy(student, baseline)
     student_was_training = student.training
     frozen = as_teacher(teacher, terms)
     distiller = None
-    accelerator = make_accelerator(device)
+    accelerator = make_accelerator(
+        t.device, t.mixed_precision, deterministic=t.deterministic, compile=t.compile
+    )
+
+    def trained(distiller: Distiller, loader: DataLoader, teacher=None) -> list[dict]:
+        return train_loop(
+            distiller, loader, teacher=teacher, val_loader=val_loader, epochs=t.epochs, lr=t.lr,
+            optim=Optimization.from_settings(t), loop=Loop(early_stopping=rule, keep=t.keep),
+            accelerator=accelerator, progress=progress,
+        )
+
     try:
         with ExitStack() as stack:
             # Both models and the probe on the device the run trains on: what fails there
@@ -196,28 +270,21 @@ def distill(
             else:
                 distiller = Distiller(student, terms)
             live = _cached(frozen, train_loader, cache, stack, accelerator) if cache else frozen
-            history = train(
-                distiller, train_loader, teacher=live, val_loader=val_loader, epochs=epochs,
-                lr=lr, optim=Optimization(optimizer, weight_decay=weight_decay, schedule=schedule),
-                accelerator=accelerator, progress=progress,
-            )
+            history = trained(distiller, train_loader, live)
             metrics = {}
             if val_loader is not None:
                 metrics["val/accuracy"] = evaluate(student, val_loader, accelerator)["accuracy"]
             compared = {}
-            if baseline:  # the same budget and data order, no teacher, no distillation terms
-                set_seed(seed)
+            if baseline:  # the same settings and data order, no teacher, no distillation terms
+                set_seed(t.seed)
                 compared = scratch_baseline(
-                    initial, lambda model: train(
+                    initial, lambda model: trained(
                         Distiller(model, scratch()),
-                        as_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed),
-                        val_loader=val_loader, epochs=epochs, lr=lr, accelerator=accelerator,
-                        optim=Optimization(optimizer, weight_decay=weight_decay, schedule=schedule),
-                        progress=progress,
+                        as_loader(train_data, batch_size=t.batch_size, shuffle=True, seed=t.seed),
                     ),
                     teacher=frozen.module, distilled=student, val_loader=val_loader,
                     accelerator=accelerator, classes=scores[-1],
-                    settings=f"lr={lr:g}, epochs={epochs}, batch_size={batch_size}",
+                    settings=f"lr={t.lr:g}, epochs={t.epochs}, batch_size={t.batch_size}",
                 )
     finally:
         # The models are the user's: no forward hook of ours stays on them, whatever happened.
@@ -239,7 +306,7 @@ def fit(
     seed: int = 0,
     **options,
 ) -> list[dict]:
-    """Train a ``Distiller`` (``kdistill.training.loop.fit``) on what a PyTorch user holds.
+    """Train a ``Distiller`` (``kdistill.training.loop.train_loop``) on what a PyTorch user holds.
 
     ``train_data`` / ``val_data`` (or ``val_loader``) take everything ``distill`` takes; a
     ``DataLoader`` keeps its own batch size and order, other data is batched by ``batch_size``
@@ -252,15 +319,7 @@ def fit(
         options["val_loader"] = as_loader(val, batch_size=512)
     if teacher is not None and not isinstance(teacher, (Teacher, CachedTeacher)) and not hasattr(teacher, "lookup"):
         teacher = as_teacher(teacher, distiller.terms)
-    return train(distiller, loader, teacher=teacher, **options)
-
-
-def _check_budget(epochs: int, batch_size: int) -> None:
-    """Refused before anything trains: ``epochs=0`` or less used to return the student
-    untrained, without a word."""
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ArgumentError(f"{name}={value!r}: give a whole number of at least 1")
+    return train_loop(distiller, loader, teacher=teacher, **options)
 
 
 def _check_classes(loader: DataLoader | None, scores: torch.Size, what: str) -> None:
@@ -292,10 +351,31 @@ def _check_classes(loader: DataLoader | None, scores: torch.Size, what: str) -> 
         )
 
 
-def _check_hyper(temperature: float, alpha: float, terms: list[Term] | None) -> None:
-    """Hinton KD's settings, refused before anything trains (ignored when ``terms`` is given)."""
-    if terms is not None:
-        return
+def _method_terms(method: str, terms: list[Term] | None, settings: dict) -> list[Term]:
+    """``terms``, or the preset's built with ``settings``. The settings are checked against the
+    method either way (a typo is not ignored); a training field among them says where it goes."""
+    valid = method_settings(method) if method in PRESETS else []
+    for name in settings:
+        if name in valid:
+            continue
+        if name in TrainConfig.model_fields:
+            raise ArgumentError(
+                f"train.{name}: a training setting; give it as train={{{name!r}: ...}}"
+            )
+        close = difflib.get_close_matches(name, [*valid, *TrainConfig.model_fields], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ArgumentError(
+            f"{name}=: not a setting of method {method!r} ({hint}its settings: "
+            f"{', '.join(valid) or 'none'}; training settings go in train=)"
+        )
+    if terms is None and method == "kd":
+        _check_hyper(settings.get("temperature", 4.0), settings.get("alpha", 0.9))
+    built = preset_terms(method, **settings)
+    return built if terms is None else terms
+
+
+def _check_hyper(temperature: float, alpha: float) -> None:
+    """Hinton KD's settings, refused before anything trains."""
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ArgumentError(
             f"temperature must be a positive number (softmax(z/T) needs T > 0), got {temperature!r}"

@@ -40,10 +40,9 @@ from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import Role
-from kdistill.training.loop import Checkpointing, Loop, fit
+from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.optimization import Optimization
-from kdistill.training.selection import EarlyStopping, best_weights_path
-from kdistill.training.settings import TrainConfig
+from kdistill.training.selection import EarlyStopping, best_weights_path, selection_rule
 
 # On the CPU a teacher's forward pass gets no faster past a few hundred samples and can get
 # slower once the activations leave the caches: LeNet over 3,500 digits, one thread, channels-
@@ -261,9 +260,9 @@ class RunSchool:
             resume_epoch = read_meta(state)["progress"]["epoch"] if self.resume and state.is_file() else 1
             self.metrics.drop_from(phase, resume_epoch)
         t = self.recipe.train
-        fit(
+        train_loop(
             distiller, train_loader(self.splits, self.recipe, augment, mix, views), teacher=teacher,
-            val_loader=self.val_loader, epochs=epochs, lr=lr, optim=optimization(t, optimizer),
+            val_loader=self.val_loader, epochs=epochs, lr=lr, optim=Optimization.from_settings(t, optimizer),
             loop=Loop(
                 phase=phase, evaluate_fn=self.task.evaluate, batch_transform=getattr(distiller, "batch_transform", None),
                 early_stopping=self._early_stopping(), keep=t.keep,
@@ -284,15 +283,7 @@ class RunSchool:
     def _early_stopping(self) -> EarlyStopping | None:
         """The same rule for every student and teacher trained here (scratch and distilled
         alike), on the task's headline validation metric unless the recipe names another."""
-        train = self.recipe.train
-        rule = train.early_stopping
-        if rule is None and train.keep == "last":
-            return None
-        metric = (rule and rule.metric) or self.task.headline
-        higher = self.task.higher_is_better.get(metric.removeprefix("val/"))
-        if rule is None:  # keep=best alone: the best epoch, never stopping early
-            return EarlyStopping(metric=metric, patience=None, higher_is_better=higher)
-        return EarlyStopping(metric=metric, patience=rule.patience, min_delta=rule.min_delta, higher_is_better=higher)
+        return selection_rule(self.recipe.train, self.task.headline, self.task.higher_is_better)
 
     def _log(self, record: dict) -> None:
         self.metrics.write(record)
@@ -305,14 +296,6 @@ class RunSchool:
         elif self.is_main:
             save_weights(model, path)
         self.accelerator.wait_for_everyone()
-
-
-def optimization(train: TrainConfig, optimizer: str) -> Optimization:
-    return Optimization(
-        optimizer, weight_decay=train.weight_decay, momentum=train.momentum, schedule=train.schedule,
-        warmup_steps=train.warmup_steps, warmup_ratio=train.warmup_ratio, grad_accum=train.grad_accum,
-        clip_grad_norm=train.clip_grad_norm,
-    )
 
 
 def teacher_fingerprint(recipe: Recipe, splits, cfg: TeacherConfig | None = None, member: int = 0) -> str:

@@ -25,7 +25,7 @@ def make_accelerator(
     ``deterministic`` selects deterministic kernels (``use_deterministic_algorithms``), before
     CUDA starts: see ``use_deterministic_kernels``. ``compile`` (``True`` for inductor, or a
     ``torch.compile`` backend name) has Accelerate compile each trained ``Distiller`` (student,
-    connectors and loss terms, one graph) when ``fit`` prepares it; teachers run as they are.
+    connectors and loss terms, one graph) when ``train_loop`` prepares it; teachers run as they are.
     """
     if deterministic:
         use_deterministic_kernels()
@@ -53,7 +53,7 @@ def make_accelerator(
 def _cache_accelerate_probe() -> None:
     """Accelerate (1.15) asks whether the optional ``lomo_optim`` package is installed twice in
     every ``AcceleratedOptimizer.step``: an uncached importlib search of ``sys.path``, about
-    0.3 ms a call here, most of ``fit``'s per-step overhead against a plain loop on small models
+    0.3 ms a call here, most of ``train_loop``'s per-step overhead over a plain loop on small models
     (bench/throughput.py). The answer cannot change within a process, so it is asked once."""
     import accelerate.optimizer
 

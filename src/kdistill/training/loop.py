@@ -1,4 +1,4 @@
-"""``fit``: an ordinary PyTorch loop made device- and scale-agnostic by Hugging Face Accelerate
+"""``train_loop``: an ordinary PyTorch loop made device- and scale-agnostic by Accelerate
 (``prepare``, ``backward``, ``gather_for_metrics``, main-process logging). Its parts live beside
 it in training/: the optimiser and schedule (optimization), the accelerator (acceleration), early
 stopping and best weights (selection), the resumable state (checkpoint).
@@ -72,7 +72,7 @@ class Loop:
     metric (the validation's first metric when no rule is given); ``early_stopping`` stops once
     the metric has not improved for its ``patience`` epochs. Both need ``val_loader``.
     ``log_step`` receives a record (running means of every term, ``lr``, ``samples_per_s``)
-    every ``log_every`` training steps, for trackers; ``log`` (of ``fit``) gets every epoch's.
+    every ``log_every`` training steps, for trackers; ``log`` gets every epoch's.
     """
 
     phase: str = "student"
@@ -107,7 +107,7 @@ class Checkpointing:
     resume: bool = False
 
 
-def fit(
+def train_loop(
     distiller: Distiller,
     train_loader: DataLoader,
     *,

@@ -1,6 +1,6 @@
 """How the weights move: the optimiser (with its parameter groups), the learning-rate schedule
 with its warm-up, gradient accumulation and clipping, gathered in one ``Optimization`` that
-``fit`` takes as a single argument."""
+``train_loop`` takes as a single argument."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SCHEDULES = ("cosine", "step", "constant")
 
 @dataclass
 class Optimization:
-    """Everything about the update except the learning rate and the epochs (``fit``'s own).
+    """Everything about the update except the learning rate and the epochs (``train_loop``'s own).
 
     ``grad_accum`` sums the gradients of that many batches before each update, each batch
     weighed by its share of the window (``accumulation_windows``): the same update as one batch
@@ -45,6 +45,17 @@ class Optimization:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @classmethod
+    def from_settings(cls, train, optimizer: str | None = None) -> Optimization:
+        """From a ``TrainConfig`` (a recipe's ``train:``, ``distill(train=...)``); ``optimizer``:
+        another than ``train.optimizer`` (a teacher's own)."""
+        return cls(
+            optimizer or train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
+            schedule=train.schedule, warmup_steps=train.warmup_steps,
+            warmup_ratio=train.warmup_ratio, grad_accum=train.grad_accum,
+            clip_grad_norm=train.clip_grad_norm,
+        )
 
     def warmup(self, total_steps: int) -> int:
         return self.warmup_steps or int(self.warmup_ratio * total_steps)

@@ -118,8 +118,8 @@ class OnPolicy:
     fraction λ·B − ⌊λ·B⌋, so the expected share is λ at every batch size (exactly λ·B when it
     is whole; a batch of 1 is on-policy with probability λ, as TRL's ``GKDTrainer`` does it).
     Rounding λ·B instead never went on-policy at B = 1, λ = 0.5, nor at λ = 0.1 for B ≤ 5.
-    ``fit(batch_transform=...)`` applies it to each batch *before* the teacher runs, so the
-    teacher's logits are those of the sampled sequence.
+    ``train_loop(loop=Loop(batch_transform=...))`` applies it to each batch *before* the
+    teacher runs, so the teacher's logits are those of the sampled sequence.
 
     What counts, as GKD and TRL's ``GKDTrainer`` count it: on a sampled sequence only the K
     generated tokens (the batch's ``mask`` is false on its prompt), and their targets become
@@ -136,12 +136,12 @@ class OnPolicy:
     (see ``sample``).
 
     Args:
-        student: the model being trained (the object ``fit`` trains, not a copy).
+        student: the model being trained (the object ``train_loop`` trains, not a copy).
         fraction: λ in [0, 1].
         continuation: tokens sampled per chosen sequence, 1 ≤ K ≤ L.
         temperature: sampling temperature (GKD samples at 1).
         seed: seeds the choice of sequences and the sampling (a run passes ``train.seed``);
-            the generator's state is saved in ``fit``'s checkpoints (``state_dict``), so a
+            the generator's state is saved in ``train_loop``'s checkpoints (``state_dict``), so a
             resumed run draws what the uninterrupted one did.
         completions_only: count only the last K positions of every sequence (GKD's prompt and
             completion framing: the generated share is then λ).

@@ -263,6 +263,24 @@ class Monitor:
         return patience is not None and self.progress.best["stale"] >= patience
 
 
+def selection_rule(
+    train, headline: str, higher_is_better: dict | None = None,
+) -> EarlyStopping | None:
+    """The rule that picks epochs for a ``TrainConfig`` (``early_stopping``, ``keep``): on the
+    task's ``headline`` validation metric unless the settings name another; None: the last
+    epoch, never stopping early."""
+    rule = train.early_stopping
+    if rule is None and train.keep == "last":
+        return None
+    metric = (rule and rule.metric) or headline
+    higher = (higher_is_better or {}).get(metric.removeprefix("val/"))
+    if rule is None:  # keep=best alone: the best epoch, never stopping early
+        return EarlyStopping(metric=metric, patience=None, higher_is_better=higher)
+    return EarlyStopping(
+        metric=metric, patience=rule.patience, min_delta=rule.min_delta, higher_is_better=higher,
+    )
+
+
 def best_weights_path(state_path: str | Path) -> Path:
     return Path(state_path).with_suffix(".best.safetensors")
 
