@@ -113,9 +113,11 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
                "the scratch student trains unmixed, its stronger setting (the built-in's)")
 
     # The views the teacher scores once and the students read from disk, as the demo does; only
-    # for a fixed teacher that scores fixed inputs (not init_from_teacher or on_policy).
+    # for one fixed teacher that scores fixed inputs (not init_from_teacher or on_policy; not an
+    # ensemble, whose recipe keeps no teacher section to record the choice in config.yaml).
     live_only = any(recipe.distill.params.get(k) for k in ("init_from_teacher", "on_policy"))
-    fixed = recipe.distill.mode == "teacher" and not live_only and recipe.assistant is None
+    fixed = (recipe.distill.mode == "teacher" and not live_only and recipe.assistant is None
+             and recipe.teachers is None)
     if follows and images and fixed and "cache" not in recipe.teacher.model_fields_set:
         choose(recipe.teacher, "cache", "teacher.cache", True,
                "the teacher scores each view of the images once; the students read it from disk")
