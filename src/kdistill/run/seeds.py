@@ -38,6 +38,7 @@ from kdistill.report import to_markdown
 from kdistill.report.html import render_html
 from kdistill.run.config import Recipe, describe_validation_error
 from kdistill.run.pipeline import run
+from kdistill.run.plan import plan
 from kdistill.run.rundir import check_run_dir, open_run_dir
 from kdistill.training.acceleration import make_accelerator
 
@@ -69,14 +70,18 @@ def seed_recipes(recipe: Recipe) -> list[Recipe]:
         del tree["method"]
     recipes = []
     for seed in range(recipe.train.seed, recipe.train.seed + recipe.train.seeds):
-        tree.update(
-            name=f"{recipe.name}-seed{seed}", train={**tree["train"], "seed": seed, "seeds": 1}
-        )
+        name = f"{recipe.name}-seed{seed}"
+        tree.update(name=name, train={**tree["train"], "seed": seed, "seeds": 1})
         try:
-            recipes.append(Recipe.model_validate(tree))
-        except ValidationError as error:  # a name or a seed past its bound
+            Recipe.model_validate(tree)  # the bounds a recipe states: the name's, the seed's
+        except ValidationError as error:
             problem = describe_validation_error(error, f"seed {seed} of train.seeds", {})
             raise ConfigError(f"{problem}; use a shorter name= or a smaller train.seed") from None
+        # A copy, not the dump read back: what the user left to the data (follows_data, the
+        # fields they did not set) is left to it in every seed as in one run.
+        single = recipe.model_copy(deep=True)
+        single.name, single.train.seed, single.train.seeds = name, seed, 1
+        recipes.append(single)
     return recipes
 
 
@@ -87,6 +92,8 @@ def run_seeds(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, 
     does not surface after the others have run. ``--resume`` continues each seed that has a run
     directory (a finished one is read back, not rerun) and starts the others.
     """
+    if recipe.follows_data:  # what the data decides (budget, views, the name) once, for all
+        plan(recipe)
     parent_dir = Path(recipe.output.dir) / recipe.name
     parts = seed_recipes(recipe)
     started = {
