@@ -232,10 +232,15 @@ class RunSchool:
         # The views repeat only where a teacher scores them (its cost); a scratch student gets a
         # new view every epoch, which can only make the baseline stronger.
         views = t.views if distiller.needs_teacher else 0
+        # Only a student with a teacher learns from the transfer set: the scratch student (and
+        # the teacher, trained in _train directly) have no one to score it.
+        unlabelled = self.splits.unlabelled if distiller.needs_teacher else None
+        distiller.transfer = unlabelled is not None
         try:
             return self._train(
                 phase, distiller, teacher if distiller.needs_teacher else None,
                 augment=t.augment, mix=mix, views=views, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
+                unlabelled=unlabelled,
             )
         finally:
             if distiller.tap:  # the trained student is measured without the training-time hooks
@@ -243,7 +248,7 @@ class RunSchool:
 
     def _train(
         self, phase: str, distiller: Distiller, teacher, *, augment: str, epochs: int, lr: float, optimizer: str,
-        mix: str = "none", views: int = 0,
+        mix: str = "none", views: int = 0, unlabelled=None,
     ) -> float:
         """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
 
@@ -262,7 +267,8 @@ class RunSchool:
             self.metrics.drop_from(phase, resume_epoch)
         t = self.recipe.train
         fit(
-            distiller, train_loader(self.splits, self.recipe, augment, mix, views), teacher=teacher,
+            distiller, train_loader(self.splits, self.recipe, augment, mix, views, unlabelled),
+            teacher=teacher,
             val_loader=self.val_loader, epochs=epochs, lr=lr, optim=optimization(t, optimizer),
             loop=Loop(
                 phase=phase, evaluate_fn=self.task.evaluate, batch_transform=getattr(distiller, "batch_transform", None),
