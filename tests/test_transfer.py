@@ -97,16 +97,51 @@ def test_npz_transfer_set_with_labels_is_read_and_its_labels_ignored(tmp_path, t
     assert summary["data"]["sizes"]["unlabelled"] == 150
 
 
+def write_table(path, rows: np.ndarray, labels: np.ndarray | None = None) -> None:
+    header = "a,b,c" + (",label" if labels is not None else "")
+    lines = [",".join(f"{v:.3f}" for v in row) + (f",{labels[i]}" if labels is not None else "")
+             for i, row in enumerate(rows)]
+    path.write_text("\n".join([header, *lines]) + "\n")
+
+
+def test_table_transfer_set_takes_the_feature_columns_and_refuses_test_rows(tmp_path, tiny_recipe):
+    rng = np.random.default_rng(0)
+    rows, labels = rng.normal(size=(140, 3)), np.arange(140) % 2
+    write_table(tmp_path / "labelled.csv", rows[:100], labels[:100])
+    write_table(tmp_path / "pool.csv", rows[100:], labels[100:])  # labels there: ignored
+    table = ["data.dataset=table", "data.path=labelled.csv", "data.options={label: label}"]
+    recipe = [*tiny_recipe[1:], *table]
+    result = call_cli("run", *recipe, "data.unlabelled=pool.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("label column 'label': it is ignored") == 1
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    assert summary["data"]["sizes"]["unlabelled"] == 40
+    # a row of the labelled table's test split, in a file without the label column
+    from kdistill.data import load_dataset
+
+    splits = load_dataset("table", path=str(tmp_path / "labelled.csv"), label="label")
+    normalise = splits.identity["normalise"]
+    test_row = splits.test.inputs[0].numpy() * normalise["std"] + np.array(normalise["mean"])
+    position = int(np.abs(rows[:100] - test_row).sum(1).argmin())
+    write_table(tmp_path / "leak.csv", np.concatenate([rows[100:], rows[position:position + 1]]))
+    refused_without_changes(tmp_path, "run", *recipe, "output.dir=leak", "data.unlabelled=leak.csv",
+                            fragments=("1 sample(s) are identical to test samples",))
+    assert not (tmp_path / "leak").exists()
+
+
 @pytest.mark.parametrize("setting, arrays, fragments", [
     ("data.unlabelled=rest", None, ("data.unlabelled", "transfer set is empty", "data.subset")),
     ("data.unlabelled=empty.npz", {"x": np.zeros((0, 1, 8, 8), np.float32)},
      ("data.unlabelled", "transfer set is empty", "no samples")),
     ("data.unlabelled=wide.npz", {"x": np.zeros((5, 1, 9, 9), np.float32)},
      ("data.unlabelled", "(1, 9, 9)", "(1, 8, 8)")),
-    ("data.unlabelled=words.npz", {"x": np.array([["a", "b"]])}, ("data.unlabelled", "not numbers")),
-    ("data.unlabelled=leak.npz", "test", ("data.unlabelled", "3 sample(s) are identical to test samples")),
+    ("data.unlabelled=words.npz", {"x": np.array([["a", "b"]])},
+     ("data.unlabelled", "not numbers")),
+    ("data.unlabelled=leak.npz", "test",
+     ("data.unlabelled", "3 sample(s) are identical to test samples")),
     ("data.unlabelled=labels.csv", None, ("data.unlabelled", ".npz")),
-    ("teacher.cache=true", None, ("data.unlabelled", "does not cover a transfer set", "teacher.cache")),
+    ("teacher.cache=true", None,
+     ("data.unlabelled", "does not cover a transfer set", "teacher.cache")),
     ("train.mix=mixup", None, ("data.unlabelled", "no label to mix", "train.mix")),
 ])
 def test_cli_refuses_a_bad_transfer_set_in_one_line(
@@ -123,3 +158,10 @@ def test_cli_refuses_a_bad_transfer_set_in_one_line(
     args = ["run", *tiny_recipe, *subset, *transfer, setting]
     refused_without_changes(tmp_path, *args, fragments=fragments)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_memory_bank_method_holds_the_transfer_set_too(tmp_path, tiny_recipe):
+    """CRD finds samples by index: its banks must reach past the labelled split."""
+    args = [*tiny_recipe, "data.subset=200", "data.unlabelled=rest", "method=crd"]
+    result = call_cli("run", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

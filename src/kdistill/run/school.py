@@ -222,7 +222,13 @@ class RunSchool:
             check_pair(teacher, student, example)
             live, seed = getattr(teacher, "module", None), self.recipe.train.seed
             transform = prepare_student(self.recipe.distill.params, student, live, seed=seed)
-        distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example, num_samples=len(self.splits.train))
+        # A memory bank (CRD) holds every sample the student trains on: the transfer set's too.
+        samples = len(self.splits.train)
+        if teacher is not None and self.splits.unlabelled is not None:
+            samples += len(self.splits.unlabelled)
+        distiller = Distiller.build(
+            student, terms, teacher=teacher, example_batch=example, num_samples=samples,
+        )
         distiller.batch_transform = transform
         return distiller
 
