@@ -17,18 +17,22 @@ import torch
 from torch import Tensor
 
 from kdistill.data.base import ArrayDataset, DataSplits
+from kdistill.data.table import feature_matrix, read_table
 from kdistill.errors import ConfigError, DataError
 
 UNLABELLED = -1  # the target of a transfer-set sample: no class has it
 REST = "rest"  # data.unlabelled: the bundled dataset's samples outside data.subset
 REST_DATASETS = ("digits", "mnist")
+TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
 def attach_transfer(spec: str, splits: DataSplits) -> None:
     """Set ``splits.unlabelled`` from ``data.unlabelled`` and check it (empty, another shape or
     kind than the labelled inputs, rows of the test split): a ``DataError`` naming the field."""
     if spec != REST:
-        splits.unlabelled = _from_npz(Path(spec), splits)
+        path = Path(spec)
+        raw = _from_table(path, splits) if path.suffix.lower() in TABLES else _from_npz(path)
+        splits.unlabelled = _standardised(raw, splits)
     inputs = splits.unlabelled
     if inputs is None or len(inputs) == 0:
         why = "no samples are left outside data.subset" if spec == REST else "it holds no samples"
@@ -49,13 +53,32 @@ def attach_transfer(spec: str, splits: DataSplits) -> None:
         )
 
 
-def _from_npz(path: Path, splits: DataSplits) -> Tensor:
-    """``x`` of an ``.npz`` in its natural range, standardised as the training split was; a
-    ``y`` there is ignored (said once)."""
+def _from_table(path: Path, splits: DataSplits) -> np.ndarray:
+    """The labelled table's feature columns of a CSV / JSONL / Parquet file; its label column,
+    if there, is ignored (said once)."""
+    features, label = splits.identity.get("features"), splits.identity.get("label")
+    if splits.identity.get("dataset") != "table" or not features:
+        raise ConfigError(
+            f"data.unlabelled: {path.name} is a table, and the labelled data is not "
+            "(data.dataset=table): give an .npz with an array x"
+        )
+    frame = read_table(str(path), field="data.unlabelled")
+    missing = [column for column in features if column not in frame.columns]
+    if missing:
+        raise DataError(
+            f"data.unlabelled: {path} has no column {missing[0]!r}, a feature of the labelled table"
+        )
+    if label in frame.columns:
+        print(f"data.unlabelled: {path} also holds the label column {label!r}: it is ignored")
+    return feature_matrix(frame, features, path)
+
+
+def _from_npz(path: Path) -> np.ndarray:
+    """``x`` of an ``.npz`` in its natural range; a ``y`` there is ignored (said once)."""
     if path.suffix != ".npz":
         raise ConfigError(
-            f"data.unlabelled: {str(path)!r} is neither {REST!r} (for {', '.join(REST_DATASETS)}) "
-            "nor an .npz file with an array x"
+            f"data.unlabelled: {str(path)!r} is neither {REST!r} (for {', '.join(REST_DATASETS)}), "
+            f"a table ({', '.join(TABLES)}) nor an .npz file with an array x"
         )
     if not path.is_file():
         raise DataError(f"data.unlabelled: {path} not found")
@@ -71,15 +94,19 @@ def _from_npz(path: Path, splits: DataSplits) -> Tensor:
         raise DataError(f"data.unlabelled: {path} is not a readable .npz ({error})") from None
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"data.unlabelled: {path}: x holds {x.dtype}, not numbers")
+    return x
+
+
+def _standardised(x: np.ndarray, splits: DataSplits) -> Tensor:
+    """Raw inputs standardised as the training split was (``identity["normalise"]``)."""
     normalise = splits.identity.get("normalise", {})
     mean, std = normalise.get("mean"), normalise.get("std")
     if isinstance(mean, list):  # one per channel or column (make_splits' per_axis)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         try:
-            mean, std = np.reshape(mean, shape), np.reshape(std, shape)
-            x = (x - mean) / std
+            x = (x - np.reshape(mean, shape)) / np.reshape(std, shape)
         except ValueError:
-            mean = None  # the shapes disagree: the shape check names them
+            pass  # the shapes disagree: attach_transfer's shape check names them
     elif mean is not None:
         x = (x - mean) / std
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

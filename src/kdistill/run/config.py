@@ -44,8 +44,8 @@ class DataConfig(Section):
     unlabelled: str | None = Field(
         None, min_length=1,
         description="a transfer set the teacher scores and the distilled student learns from "
-        "without labels: 'rest' (digits, mnist: the samples outside data.subset) or an .npz "
-        "with an array x",
+        "without labels: 'rest' (digits, mnist: the samples outside data.subset), an .npz "
+        "with an array x, or a table with the labelled table's feature columns",
     )
 
     @model_validator(mode="after")
