@@ -165,3 +165,33 @@ def test_a_memory_bank_method_holds_the_transfer_set_too(tmp_path, tiny_recipe):
     args = [*tiny_recipe, "data.subset=200", "data.unlabelled=rest", "method=crd"]
     result = call_cli("run", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def noise_images(folder, count: int, seed: int, size: int = 6):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_image_folder_transfer_set_without_class_folders(tmp_path, tiny_recipe):
+    for seed, name in enumerate(("cat", "dog")):
+        noise_images(tmp_path / "images" / name, 10, seed)
+    noise_images(tmp_path / "pool", 8, seed=2)
+    recipe = [*tiny_recipe[1:], "data.dataset=folder", "data.path=images"]
+    result = call_cli("run", *recipe, "data.unlabelled=pool", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    assert summary["data"]["sizes"]["unlabelled"] == 8
+    noise_images(tmp_path / "odd", 1, seed=3, size=7)
+    refused_without_changes(tmp_path, "run", *recipe, "data.unlabelled=odd",
+                            fragments=("data.unlabelled", "7×7 pixels", "6×6"))
+    for name in ("cat", "dog"):  # the labelled images again: the test split's among them
+        for file in (tmp_path / "images" / name).iterdir():
+            (tmp_path / "pool" / f"{name}{file.name}").write_bytes(file.read_bytes())
+    refused_without_changes(tmp_path, "run", *recipe, "data.unlabelled=pool", "output.dir=leak",
+                            fragments=("identical to test samples",))
+    assert not (tmp_path / "leak").exists()

@@ -188,7 +188,7 @@ class _DecodingErrors:
 GRAYSCALE_MODES = {"1", "L", "LA", "La", *WIDE_MODES}
 
 
-def _header(file: Path) -> tuple[str, tuple[int, int]]:
+def image_header(file: Path) -> tuple[str, tuple[int, int]]:
     """An image's mode and (W, H), from its header only (no pixels decoded); an image of more
     than ``MAX_DECODED_PIXELS`` is refused here, before a decoder allocates it."""
     from PIL import Image
@@ -260,7 +260,7 @@ def load_image_folder(
                 labels.append(label)
     if not files:
         raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    headers = [_header(file) for file in files]
+    headers = [image_header(file) for file in files]
     if channels is None:
         channels = 1 if all(mode in GRAYSCALE_MODES for mode, _ in headers) else 3
     size = (image_size, image_size) if image_size is not None else None

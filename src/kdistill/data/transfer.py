@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kdistill.data.base import ArrayDataset, DataSplits
+from kdistill.data.images import IMAGE_SUFFIXES, MAX_FOLDER_BYTES, image_header, read_image
 from kdistill.data.table import feature_matrix, read_table
 from kdistill.errors import ConfigError, DataError
 
@@ -31,7 +32,10 @@ def attach_transfer(spec: str, splits: DataSplits) -> None:
     kind than the labelled inputs, rows of the test split): a ``DataError`` naming the field."""
     if spec != REST:
         path = Path(spec)
-        raw = _from_table(path, splits) if path.suffix.lower() in TABLES else _from_npz(path)
+        if path.is_dir():
+            raw = _from_folder(path, splits)
+        else:
+            raw = _from_table(path, splits) if path.suffix.lower() in TABLES else _from_npz(path)
         splits.unlabelled = _standardised(raw, splits)
     inputs = splits.unlabelled
     if inputs is None or len(inputs) == 0:
@@ -73,12 +77,44 @@ def _from_table(path: Path, splits: DataSplits) -> np.ndarray:
     return feature_matrix(frame, features, path)
 
 
+def _from_folder(root: Path, splits: DataSplits) -> np.ndarray:
+    """The images directly in ``root`` (no class sub-folders), read as the labelled folder's
+    were: its channels and its size (resized only where the labelled images were)."""
+    identity = splits.identity
+    if identity.get("dataset") != "folder":
+        raise ConfigError(
+            f"data.unlabelled: {root} is a folder of images, and the labelled data is not "
+            "(data.dataset=folder): give an .npz with an array x"
+        )
+    files = sorted(file for file in root.iterdir() if file.suffix.lower() in IMAGE_SUFFIXES)
+    height, width = identity["image_size"]
+    channels = identity["channels"]
+    for file in files:
+        _, size = image_header(file)  # bounds each image before a pixel is decoded
+        if size != (width, height) and not identity["resized"]:
+            raise DataError(
+                f"data.unlabelled: {file} is {size[0]}×{size[1]} pixels, the labelled images "
+                f"{width}×{height}: give images of their size, or set data.options.image_size"
+            )
+    needed = len(files) * channels * width * height * 4
+    if needed > MAX_FOLDER_BYTES:
+        raise DataError(
+            f"data.unlabelled: {len(files):,} images take {needed:,} bytes as floats, more "
+            f"than the limit of {MAX_FOLDER_BYTES:,}"
+        )
+    mode = "L" if channels == 1 else "RGB"
+    if not files:
+        return np.zeros((0, channels, height, width), dtype=np.float32)
+    x = np.stack([read_image(file, mode, (width, height)) for file in files])
+    return x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
+
+
 def _from_npz(path: Path) -> np.ndarray:
     """``x`` of an ``.npz`` in its natural range; a ``y`` there is ignored (said once)."""
     if path.suffix != ".npz":
         raise ConfigError(
             f"data.unlabelled: {str(path)!r} is neither {REST!r} (for {', '.join(REST_DATASETS)}), "
-            f"a table ({', '.join(TABLES)}) nor an .npz file with an array x"
+            f"a folder of images, a table ({', '.join(TABLES)}) nor an .npz file with an array x"
         )
     if not path.is_file():
         raise DataError(f"data.unlabelled: {path} not found")

@@ -45,7 +45,8 @@ class DataConfig(Section):
         None, min_length=1,
         description="a transfer set the teacher scores and the distilled student learns from "
         "without labels: 'rest' (digits, mnist: the samples outside data.subset), an .npz "
-        "with an array x, or a table with the labelled table's feature columns",
+        "with an array x, a table with the labelled table's feature columns, or a folder of "
+        "images without class sub-folders",
     )
 
     @model_validator(mode="after")
