@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.connectors import build_connector
+from kdistill.data.transfer import labelled_mask
 from kdistill.losses.chunked import CHUNKED_LOSSES, ChunkedTerm, chunked_token_losses
 from kdistill.methods import Term, teacher_taps
 from kdistill.modeling import LOGITS, LazyLogits, ModelOutput, call_model
@@ -82,6 +83,9 @@ class Distiller(nn.Module):
                 "example_batch=..., num_samples=...)"
             )
         self.chunk_size = _chunk_size(self.terms)  # 0: the logits terms see whole logits
+        # Batches mix labelled samples with a transfer set's (target UNLABELLED): the terms that
+        # take the target see the labelled ones only (Term.__call__, Term.count).
+        self.transfer = False
         self.connectors = nn.ModuleDict(dict(connectors or {}))
         self.loss_modules = nn.ModuleDict(
             {term.name: term.loss for term in self.terms if isinstance(term.loss, nn.Module)}
@@ -170,7 +174,13 @@ class Distiller(nn.Module):
 
     def counts(self, batch: Mapping) -> Tensor:
         """What each term's value is a mean of in ``batch`` (``Term.count``), in term order."""
-        return torch.stack([term.count(batch["target"], batch.get("mask")) for term in self.terms])
+        labelled = self._labelled(batch)
+        mask = batch.get("mask")
+        return torch.stack([term.count(batch["target"], mask, labelled) for term in self.terms])
+
+    def _labelled(self, batch: Mapping) -> Tensor | None:
+        """Which samples carry a label, where the student trains on a transfer set too."""
+        return labelled_mask(batch["target"]) if self.transfer else None
 
     def forward(
         self, batch: Mapping, teacher_out: ModelOutput | None = None, shares: Tensor | None = None,
@@ -189,6 +199,7 @@ class Distiller(nn.Module):
         result: dict[str, Tensor] = {"logits": logits}
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         objective = total
+        labelled = self._labelled(batch)
         if chunked:
             part, objective_part = self._chunked_terms(logits, teacher_out, batch, result, shares)
             total, objective = total + part, objective + objective_part
@@ -207,7 +218,7 @@ class Distiller(nn.Module):
             with torch.autocast(logits.device.type, enabled=False):
                 value = term(
                     _float32(student_value), _float32(teacher_value), batch["target"],
-                    batch.get("index"), batch.get("mask"),
+                    batch.get("index"), batch.get("mask"), labelled,
                 )
             contribution = term.weight_at(self._epoch) * value.sum()  # SP/CRD return shape [1]
             result[f"loss/{term.name}"] = contribution

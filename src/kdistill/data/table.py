@@ -145,16 +145,7 @@ def load_table(
     missing = [c for c in features if c not in frame.columns]
     if missing or not features:
         raise DataError(f"data.options.features: {file.name} has no column {missing[0]!r}" if missing else f"{file.name}: no feature columns besides {label!r}")
-    x = np.empty((len(frame), len(features)), dtype=np.float64)
-    for j, column in enumerate(features):
-        for i, cell in enumerate(frame[column].tolist()):
-            try:
-                x[i, j] = float(cell)
-            except (TypeError, ValueError):
-                raise DataError(f"{row_name(file, i)}: column {column!r} holds {str(cell)[:40]!r}, not a number") from None
-    bad = np.argwhere(~np.isfinite(x))
-    if len(bad):
-        raise DataError(f"{row_name(file, int(bad[0][0]))}: column {features[bad[0][1]]!r} is empty, NaN or infinite")
+    x = feature_matrix(frame, features, file)
     y, classes = dense_labels(frame[label].tolist(), file, label)
     x, y = stratified_subset(x, y, subset, seed)
     return make_splits(
@@ -165,4 +156,20 @@ def load_table(
     )
 
 
-__all__ = ["dense_labels", "load_table", "read_table", "row_name"]
+def feature_matrix(frame, features: list[str], file: Path) -> np.ndarray:
+    """The ``features`` columns as float64 (N, F); a cell that is not a finite number names its
+    row and column."""
+    x = np.empty((len(frame), len(features)), dtype=np.float64)
+    for j, column in enumerate(features):
+        for i, cell in enumerate(frame[column].tolist()):
+            try:
+                x[i, j] = float(cell)
+            except (TypeError, ValueError):
+                raise DataError(f"{row_name(file, i)}: column {column!r} holds {str(cell)[:40]!r}, not a number") from None
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        raise DataError(f"{row_name(file, int(bad[0][0]))}: column {features[bad[0][1]]!r} is empty, NaN or infinite")
+    return x
+
+
+__all__ = ["dense_labels", "feature_matrix", "load_table", "read_table", "row_name"]

@@ -118,13 +118,19 @@ class Term:
             return self.weight * (epoch / self.warmup_epochs).clamp(max=1.0)
         return self.weight * min(epoch / self.warmup_epochs, 1.0)
 
-    def count(self, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def count(
+        self, target: Tensor, mask: Tensor | None = None, labelled: Tensor | None = None,
+    ) -> Tensor:
         """How many items the term's value is the mean of in a batch (float64, on the target's
         device): what gradient accumulation weighs the batch by. A loss that takes a ``mask``
         is a mean over the counted positions (true in ``mask``, every position without one;
         for ``token_ce`` only those whose target is not its ``ignore_index``); any other loss
-        is taken as a mean over the batch's samples (``ce``, ``kd``, feature and ranking terms).
+        is taken as a mean over the batch's samples (``ce``, ``kd``, feature and ranking terms);
+        with ``labelled`` (a transfer set's batch), a term that takes the target over its
+        labelled samples only.
         """
+        if labelled is not None and self.takes_target and not self.takes_mask:
+            return labelled.sum(dtype=torch.float64)
         if not self.takes_mask:  # torch.full, not torch.tensor: a fill, not a host-to-GPU copy
             return torch.full((), float(len(target)), dtype=torch.float64, device=target.device)
         counted = torch.ones_like(target, dtype=torch.bool) if mask is None else mask != 0
@@ -134,8 +140,18 @@ class Term:
 
     def __call__(
         self, student: Tensor, teacher: Tensor | None, target: Tensor, index: Tensor | None = None,
-        mask: Tensor | None = None,
+        mask: Tensor | None = None, labelled: Tensor | None = None,
     ):
+        """The term's value; ``labelled`` (per sample): a term that takes the target sees only
+        the labelled samples (a transfer set's carry none), and is 0 on a batch of none."""
+        if labelled is not None and self.takes_target:
+            if not labelled.any():  # kept in the graph: every parameter still gets a gradient
+                return student.sum() * 0.0
+            if not labelled.all():
+                student, target = student[labelled], target[labelled]
+                teacher = None if teacher is None else teacher[labelled]
+                index = None if index is None else index[labelled]
+                mask = None if mask is None else mask[labelled]
         args = [student]
         if self.takes_teacher:
             args.append(teacher)

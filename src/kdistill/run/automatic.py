@@ -106,8 +106,12 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
             if section.trained_here and "epochs" not in section.model_fields_set:
                 choose(section, "epochs", f"{key}.epochs", epochs, "the students' budget")
 
+    transfer = recipe.data.unlabelled is not None
     if left(train, "mix"):
-        choose(train, "mix", "train.mix", *_mixing(images, kind, task, terms))
+        mixing = _mixing(images, kind, task, terms)
+        if transfer:
+            mixing = ("none", "a transfer set's samples carry no label to mix")
+        choose(train, "mix", "train.mix", *mixing)
     if follows and "scratch_mix" not in train.model_fields_set and train.mix != "none":
         choose(train, "scratch_mix", "train.scratch_mix", "none",
                "the scratch student trains unmixed, its stronger setting (the built-in's)")
@@ -116,8 +120,9 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
     # for one fixed teacher that scores fixed inputs (not init_from_teacher or on_policy; not an
     # ensemble, whose recipe keeps no teacher section to record the choice in config.yaml).
     live_only = any(recipe.distill.params.get(k) for k in ("init_from_teacher", "on_policy"))
+    # A transfer set is scored live: the cache does not cover it yet.
     fixed = (recipe.distill.mode == "teacher" and not live_only and recipe.assistant is None
-             and recipe.teachers is None)
+             and recipe.teachers is None and not transfer)
     if follows and images and fixed and "cache" not in recipe.teacher.model_fields_set:
         choose(recipe.teacher, "cache", "teacher.cache", True,
                "the teacher scores each view of the images once; the students read it from disk")

@@ -41,6 +41,13 @@ class DataConfig(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     num_workers: int = Field(0, ge=0, le=64, description="loader processes; each is a process of its own")
     options: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
+    unlabelled: str | None = Field(
+        None, min_length=1,
+        description="a transfer set the teacher scores and the distilled student learns from "
+        "without labels: 'rest' (digits, mnist: the samples outside data.subset), an .npz "
+        "with an array x, a table with the labelled table's feature columns, or a folder of "
+        "images without class sub-folders",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented, can_augment, cycled
-from kdistill.data.base import collate
+from kdistill.data.base import ArrayDataset, collate
 from kdistill.data.mixing import can_mix, check_mix_terms, mixed
+from kdistill.data.transfer import REST, REST_DATASETS, attach_transfer, with_transfer
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
 from kdistill.losses import LOGIT_LOSSES, TOKEN_LOSSES
@@ -73,13 +74,48 @@ def teaching_mode(recipe: Recipe) -> tuple[str, dict[str, Any]]:
 
 def load_data(recipe: Recipe) -> DataSplits:
     data = recipe.data
+    rest = {"rest": True} if data.unlabelled == REST else {}
+    if rest and data.dataset not in REST_DATASETS:
+        raise ConfigError(
+            f"data.unlabelled: {REST!r} is for the bundled {', '.join(REST_DATASETS)}; for "
+            f"{data.dataset!r} give an .npz file with an array x"
+        )
     try:
-        return load_dataset(
+        splits = load_dataset(
             data.dataset, path=data.path, val_fraction=data.val_fraction,
-            test_fraction=data.test_fraction, seed=data.seed, subset=data.subset, **data.options,
+            test_fraction=data.test_fraction, seed=data.seed, subset=data.subset, **rest,
+            **data.options,
         )
     except TypeError as error:
         raise ConfigError(f"data.options: {error}") from None
+    if data.unlabelled is not None:
+        if not isinstance(splits.train, ArrayDataset) or splits.task != "classification":
+            raise ConfigError(
+                f"data.unlabelled: a transfer set takes a classification dataset held in memory, "
+                f"not {data.dataset!r} ({splits.task})"
+            )
+        attach_transfer(data.unlabelled, splits)
+    return splits
+
+
+def check_transfer_recipe(recipe: Recipe) -> None:
+    """What a transfer set cannot go with yet: each a one-line ``ConfigError``."""
+    if recipe.data.unlabelled is None:
+        return
+    if recipe.distill.mode != "teacher":
+        raise ConfigError(
+            f"data.unlabelled: distill.mode={recipe.distill.mode} does not take a transfer set yet"
+        )
+    teachers = [recipe.teacher] if recipe.teachers is None else recipe.teachers
+    if any(teacher.cache for teacher in teachers):
+        raise ConfigError(
+            "data.unlabelled: the teacher cache does not cover a transfer set yet; "
+            "set teacher.cache: false"
+        )
+    if recipe.train.mix != "none":
+        raise ConfigError(
+            "data.unlabelled: a transfer set's samples carry no label to mix; set train.mix: none"
+        )
 
 
 def plan(recipe: Recipe) -> Plan:
@@ -91,6 +127,7 @@ def plan(recipe: Recipe) -> Plan:
     if recipe.teacher.cache_topk and any(line.startswith("teacher.cache=") for line in automatic):
         terms = recipe_terms(recipe, splits)  # a top-k cache chosen above: the terms' top-k forms
     mode, options = teaching_mode(recipe)
+    check_transfer_recipe(recipe)
     check_token_terms(recipe, terms, splits)
     check_input_transforms(recipe, splits)
     check_mix_terms(recipe.train.mix, terms, splits.task)
@@ -163,21 +200,30 @@ def _inputs(example) -> str:
     return f"{tuple(example.shape)} (not images)"
 
 
-def training_set(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0):
+def training_set(
+    splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0,
+    unlabelled: Tensor | None = None,
+):
     """The training split as a phase sees it: augmented, then mixed, each draw a function of
     (train.seed, epoch, sample), so the teacher cache can hold exactly these views; with
-    ``views``, the first ``views`` epochs' draws repeat in turn (``ViewCycle``)."""
+    ``views``, the first ``views`` epochs' draws repeat in turn (``ViewCycle``); with
+    ``unlabelled`` (a distilled student's transfer set), followed by those inputs unlabelled."""
     seed = recipe.train.seed
-    views_of_split = augmented(splits.train, augment, seed=seed)
+    train = splits.train if unlabelled is None else with_transfer(splits.train, unlabelled)
+    views_of_split = augmented(train, augment, seed=seed)
     return cycled(mixed(views_of_split, mix, alpha=recipe.train.mix_alpha, num_classes=splits.num_classes, seed=seed), views)
 
 
-def train_loader(splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0) -> DataLoader:
+def train_loader(
+    splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0,
+    unlabelled: Tensor | None = None,
+) -> DataLoader:
     # A seeded generator gives the scratch and the distilled student the same batch order
     # (and, through Augmented and Mixed, the same augmented and mixed views).
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return DataLoader(
-        training_set(splits, recipe, augment, mix, views), batch_size=recipe.train.batch_size, collate_fn=collate,
+        training_set(splits, recipe, augment, mix, views, unlabelled),
+        batch_size=recipe.train.batch_size, collate_fn=collate,
         shuffle=True, generator=generator, **_loading(recipe),
     )
 

@@ -221,7 +221,13 @@ class RunSchool:
             check_pair(teacher, student, example)
             live, seed = getattr(teacher, "module", None), self.recipe.train.seed
             transform = prepare_student(self.recipe.distill.params, student, live, seed=seed)
-        distiller = Distiller.build(student, terms, teacher=teacher, example_batch=example, num_samples=len(self.splits.train))
+        # A memory bank (CRD) holds every sample the student trains on: the transfer set's too.
+        samples = len(self.splits.train)
+        if teacher is not None and self.splits.unlabelled is not None:
+            samples += len(self.splits.unlabelled)
+        distiller = Distiller.build(
+            student, terms, teacher=teacher, example_batch=example, num_samples=samples,
+        )
         distiller.batch_transform = transform
         return distiller
 
@@ -231,10 +237,15 @@ class RunSchool:
         # The views repeat only where a teacher scores them (its cost); a scratch student gets a
         # new view every epoch, which can only make the baseline stronger.
         views = t.views if distiller.needs_teacher else 0
+        # Only a student with a teacher learns from the transfer set: the scratch student (and
+        # the teacher, trained in _train directly) have no one to score it.
+        unlabelled = self.splits.unlabelled if distiller.needs_teacher else None
+        distiller.transfer = unlabelled is not None
         try:
             return self._train(
                 phase, distiller, teacher if distiller.needs_teacher else None,
                 augment=t.augment, mix=mix, views=views, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
+                unlabelled=unlabelled,
             )
         finally:
             if distiller.tap:  # the trained student is measured without the training-time hooks
@@ -242,7 +253,7 @@ class RunSchool:
 
     def _train(
         self, phase: str, distiller: Distiller, teacher, *, augment: str, epochs: int, lr: float, optimizer: str,
-        mix: str = "none", views: int = 0,
+        mix: str = "none", views: int = 0, unlabelled=None,
     ) -> float:
         """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
 
@@ -261,7 +272,8 @@ class RunSchool:
             self.metrics.drop_from(phase, resume_epoch)
         t = self.recipe.train
         train_loop(
-            distiller, train_loader(self.splits, self.recipe, augment, mix, views), teacher=teacher,
+            distiller, train_loader(self.splits, self.recipe, augment, mix, views, unlabelled),
+            teacher=teacher,
             val_loader=self.val_loader, epochs=epochs, lr=lr, optim=Optimization.from_settings(t, optimizer),
             loop=Loop(
                 phase=phase, evaluate_fn=self.task.evaluate, batch_transform=getattr(distiller, "batch_transform", None),

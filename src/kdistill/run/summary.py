@@ -101,6 +101,15 @@ def students_record(train) -> dict:
     return record
 
 
+def data_record(splits, unlabelled: str | None) -> dict:
+    """The data's identity; with a transfer set, its source and size beside the labelled
+    split sizes (``train`` is the labelled training split)."""
+    if splits.unlabelled is None:
+        return splits.identity
+    sizes = {**splits.identity.get("sizes", {}), "unlabelled": len(splits.unlabelled)}
+    return {**splits.identity, "sizes": sizes, "unlabelled": unlabelled}
+
+
 def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[dict], accelerator) -> dict:
     recipe, task, splits = plan.recipe, plan.task, plan.splits
     example = splits.test[0]["input"]
@@ -110,7 +119,7 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
         "method": recipe.method or "custom terms",
         **({"accuracy_unit": "fraction of the test split classified correctly (0..1)"} if "accuracy" in task.metrics else {}),
         "task": {"name": task.name, "metrics": list(task.metrics), "higher_is_better": task.higher_is_better, "percent": sorted(task.percent)},
-        "data": splits.identity,
+        "data": data_record(splits, recipe.data.unlabelled),
         "mode": plan.mode,
         # How both students trained: the scratch baseline gets the distilled student's augmentation,
         # mixing (on the mixed labels, unless train.scratch_mix names its own) and budget.

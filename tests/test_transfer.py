@@ -1,0 +1,197 @@
+"""Transfer sets (issue 29, item 1 for recipes, and its bad input): ``data.unlabelled`` inputs
+that the teacher scores and only the distilled student learns from, without labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import call_cli
+from sklearn.datasets import load_digits
+from test_hardening import refused_without_changes
+
+from kdistill import Distiller, ModelOutput, Teacher, Term
+from kdistill.data.base import stratified_split
+from kdistill.data.images import rest_of, stratified_subset
+from kdistill.data.transfer import UNLABELLED
+
+
+def test_ce_on_a_batch_with_unlabelled_samples_is_ce_over_the_labelled_ones():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4)
+    target = torch.tensor([2, UNLABELLED, 0, UNLABELLED, 3, 1])
+    distiller = Distiller(torch.nn.Identity(), [Term("ce", "ce", teacher=None), Term("kd", "kd")])
+    distiller.transfer = True
+    batch = {"input": logits, "target": target, "index": torch.arange(6)}
+    out = distiller(batch, ModelOutput(teacher))
+    labelled = target != UNLABELLED
+    torch.testing.assert_close(out["loss/ce"], F.cross_entropy(logits[labelled], target[labelled]))
+    # the term that needs no label sees every sample; accumulation counts follow each term
+    torch.testing.assert_close(out["loss/kd"], distiller.terms[1](logits, teacher, target))
+    assert distiller.counts(batch).tolist() == [4.0, 6.0]
+    # a batch of the transfer set alone: CE is 0, still a graph for backward
+    alone = {**batch, "target": torch.full((6,), UNLABELLED)}
+    out = distiller(alone, ModelOutput(teacher))
+    assert out["loss/ce"] == 0 and out["loss/ce"].requires_grad
+
+
+def test_dkd_needs_the_labels_and_sees_only_the_labelled_samples():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(5, 4), torch.randn(5, 4)
+    target = torch.tensor([UNLABELLED, 1, 2, UNLABELLED, 0])
+    term = Term("dkd", "dkd")
+    assert term.takes_target
+    labelled = target != UNLABELLED
+    torch.testing.assert_close(
+        term(student, teacher, target, labelled=labelled),
+        term(student[labelled], teacher[labelled], target[labelled]),
+    )
+
+
+def test_digits_rest_as_transfer_set_teaches_only_the_distilled_student(
+    tmp_path, tiny_recipe, monkeypatch,
+):
+    seen = {"teacher": 0, "scratch": 0, "distilled": 0}
+    teacher_call, forward = Teacher.__call__, Distiller.forward
+
+    def teacher_spy(self, batch):
+        seen["teacher"] += int((batch["target"] == UNLABELLED).sum())
+        return teacher_call(self, batch)
+
+    def forward_spy(self, batch, teacher_out=None, shares=None):
+        role = "distilled" if self.needs_teacher else "scratch"
+        seen[role] += int((batch["target"] == UNLABELLED).sum())
+        return forward(self, batch, teacher_out, shares)
+
+    monkeypatch.setattr(Teacher, "__call__", teacher_spy)
+    monkeypatch.setattr(Distiller, "forward", forward_spy)
+    result = call_cli("run", *tiny_recipe, "data.subset=200", "data.unlabelled=rest", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    sizes = summary["data"]["sizes"]
+    assert sizes["unlabelled"] == 1797 - 200
+    assert sizes["train"] + sizes["val"] + sizes["test"] == 200
+    assert summary["data"]["unlabelled"] == "rest"
+    # one epoch: the teacher scored each transfer sample once, the distilled student learnt from
+    # each, and the scratch student (and the teacher's own training) never saw one
+    assert seen == {"teacher": sizes["unlabelled"], "scratch": 0, "distilled": sizes["unlabelled"]}
+    assert "unlabelled 1597" in (next(tmp_path.glob("runs/*/report.md")).read_text())
+
+
+def raw_digits():
+    digits = load_digits()
+    return digits.data.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0, digits.target
+
+
+def test_npz_transfer_set_with_labels_is_read_and_its_labels_ignored(tmp_path, tiny_recipe):
+    x, y = raw_digits()
+    np.savez(tmp_path / "pool.npz", x=rest_of(x, y, 200, 0)[:150], y=rest_of(y, y, 200, 0)[:150])
+    overrides = ["data.subset=200", "data.unlabelled=pool.npz"]
+    result = call_cli("run", *tiny_recipe, *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("they are ignored") == 1
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    assert summary["data"]["sizes"]["unlabelled"] == 150
+
+
+def write_table(path, rows: np.ndarray, labels: np.ndarray | None = None) -> None:
+    header = "a,b,c" + (",label" if labels is not None else "")
+    lines = [",".join(f"{v:.3f}" for v in row) + (f",{labels[i]}" if labels is not None else "")
+             for i, row in enumerate(rows)]
+    path.write_text("\n".join([header, *lines]) + "\n")
+
+
+def test_table_transfer_set_takes_the_feature_columns_and_refuses_test_rows(tmp_path, tiny_recipe):
+    rng = np.random.default_rng(0)
+    rows, labels = rng.normal(size=(140, 3)), np.arange(140) % 2
+    write_table(tmp_path / "labelled.csv", rows[:100], labels[:100])
+    write_table(tmp_path / "pool.csv", rows[100:], labels[100:])  # labels there: ignored
+    table = ["data.dataset=table", "data.path=labelled.csv", "data.options={label: label}"]
+    recipe = [*tiny_recipe[1:], *table]
+    result = call_cli("run", *recipe, "data.unlabelled=pool.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("label column 'label': it is ignored") == 1
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    assert summary["data"]["sizes"]["unlabelled"] == 40
+    # a row of the labelled table's test split, in a file without the label column
+    from kdistill.data import load_dataset
+
+    splits = load_dataset("table", path=str(tmp_path / "labelled.csv"), label="label")
+    normalise = splits.identity["normalise"]
+    test_row = splits.test.inputs[0].numpy() * normalise["std"] + np.array(normalise["mean"])
+    position = int(np.abs(rows[:100] - test_row).sum(1).argmin())
+    write_table(tmp_path / "leak.csv", np.concatenate([rows[100:], rows[position:position + 1]]))
+    refused_without_changes(tmp_path, "run", *recipe, "output.dir=leak", "data.unlabelled=leak.csv",
+                            fragments=("1 sample(s) are identical to test samples",))
+    assert not (tmp_path / "leak").exists()
+
+
+@pytest.mark.parametrize("setting, arrays, fragments", [
+    ("data.unlabelled=rest", None, ("data.unlabelled", "transfer set is empty", "data.subset")),
+    ("data.unlabelled=empty.npz", {"x": np.zeros((0, 1, 8, 8), np.float32)},
+     ("data.unlabelled", "transfer set is empty", "no samples")),
+    ("data.unlabelled=wide.npz", {"x": np.zeros((5, 1, 9, 9), np.float32)},
+     ("data.unlabelled", "(1, 9, 9)", "(1, 8, 8)")),
+    ("data.unlabelled=words.npz", {"x": np.array([["a", "b"]])},
+     ("data.unlabelled", "not numbers")),
+    ("data.unlabelled=leak.npz", "test",
+     ("data.unlabelled", "3 sample(s) are identical to test samples")),
+    ("data.unlabelled=labels.csv", None, ("data.unlabelled", ".npz")),
+    ("teacher.cache=true", None,
+     ("data.unlabelled", "does not cover a transfer set", "teacher.cache")),
+    ("train.mix=mixup", None, ("data.unlabelled", "no label to mix", "train.mix")),
+])
+def test_cli_refuses_a_bad_transfer_set_in_one_line(
+    tmp_path, tiny_recipe, setting, arrays, fragments,
+):
+    if arrays == "test":  # three raw digits of the labelled run's test split, as in a user's file
+        x, y = stratified_subset(*raw_digits(), 200, 0)
+        _, _, test = stratified_split(y, (0.7, 0.1, 0.2), 0)
+        arrays = {"x": x[test[:3]]}
+    if isinstance(arrays, dict):
+        np.savez(tmp_path / setting.split("=")[1], **arrays)
+    subset = [] if setting == "data.unlabelled=rest" else ["data.subset=200"]
+    transfer = [] if setting.startswith("data.unlabelled") else ["data.unlabelled=rest"]
+    args = ["run", *tiny_recipe, *subset, *transfer, setting]
+    refused_without_changes(tmp_path, *args, fragments=fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_memory_bank_method_holds_the_transfer_set_too(tmp_path, tiny_recipe):
+    """CRD finds samples by index: its banks must reach past the labelled split."""
+    args = [*tiny_recipe, "data.subset=200", "data.unlabelled=rest", "method=crd"]
+    result = call_cli("run", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def noise_images(folder, count: int, seed: int, size: int = 6):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_image_folder_transfer_set_without_class_folders(tmp_path, tiny_recipe):
+    for seed, name in enumerate(("cat", "dog")):
+        noise_images(tmp_path / "images" / name, 10, seed)
+    noise_images(tmp_path / "pool", 8, seed=2)
+    recipe = [*tiny_recipe[1:], "data.dataset=folder", "data.path=images"]
+    result = call_cli("run", *recipe, "data.unlabelled=pool", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    assert summary["data"]["sizes"]["unlabelled"] == 8
+    noise_images(tmp_path / "odd", 1, seed=3, size=7)
+    refused_without_changes(tmp_path, "run", *recipe, "data.unlabelled=odd",
+                            fragments=("data.unlabelled", "7×7 pixels", "6×6"))
+    for name in ("cat", "dog"):  # the labelled images again: the test split's among them
+        for file in (tmp_path / "images" / name).iterdir():
+            (tmp_path / "pool" / f"{name}{file.name}").write_bytes(file.read_bytes())
+    refused_without_changes(tmp_path, "run", *recipe, "data.unlabelled=pool", "output.dir=leak",
+                            fragments=("identical to test samples",))
+    assert not (tmp_path / "leak").exists()
