@@ -278,6 +278,19 @@ def test_predict_runs_every_kind_of_export(kind, exported, tiny_export, tmp_path
 
 
 @pytest.mark.integration
+def test_predict_reads_a_16_bit_png_as_its_8_bit_equivalent(exported, tmp_path, capsys):
+    """Issue 27.4 on the predict side: 16-bit pixels are scaled, not clipped to white."""
+    from PIL import Image
+
+    export_dir, (png, _) = grey_inputs(exported, tmp_path)
+    pixels = np.asarray(Image.open(png), dtype=np.uint16) * 257  # 255 -> 65535
+    Image.fromarray(pixels).save(tmp_path / "digit16.png")  # a uint16 array is mode I;16
+    assert Image.open(tmp_path / "digit16.png").mode.startswith("I;16")
+    eight, sixteen = predicted(export_dir, [png, tmp_path / "digit16.png"], capsys)
+    assert eight[1] == sixteen[1] and float(eight[2]) == pytest.approx(float(sixteen[2]), abs=1e-4)
+
+
+@pytest.mark.integration
 def test_predict_names_the_label_column_to_drop(tiny_export, tmp_path, capsys):
     export_dir, _ = tiny_export("table")
     (tmp_path / "labelled.csv").write_text("f1,f2,f3,f4,cultivar\n0.1,0.2,0.3,0.4,c1\n")

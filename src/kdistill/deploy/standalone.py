@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from kdistill.errors import UserError
+from kdistill.io.pixels import read_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOKENIZER_FILE = "tokenizer.json"
@@ -276,8 +277,8 @@ def _image(path: Path, spec: Preprocessing) -> np.ndarray:
             if image.width * image.height > MAX_PIXELS:  # decided from the header, before decoding
                 raise UserError(f"{path}: {image.width}×{image.height} pixels, over the limit of "
                                 f"{MAX_PIXELS:,}; resize it")
-            resized = image.convert(spec.image.mode).resize((width, height))
-            pixels = np.asarray(resized, dtype=np.float32) / 255.0
+        # The training data's own reader: 16-bit and float pixels scaled, not clipped to white.
+        pixels = read_image(path, spec.image.mode, (width, height))
     except Image.DecompressionBombError:
         raise UserError(f"{path}: declares more pixels than an image may have "
                         "(a decompression bomb?); resize it") from None
@@ -290,7 +291,7 @@ def _csv_rows(path: Path, shape: list, label: str | None) -> list[tuple[int, np.
     """``(line, values)`` of each row; a first line that is not numbers is a header."""
     size = int(np.prod(shape))
     out = []
-    csv.field_size_limit(MAX_FIELD)
+    limit = csv.field_size_limit(MAX_FIELD)  # process-wide: given back below
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -319,6 +320,8 @@ def _csv_rows(path: Path, shape: list, label: str | None) -> list[tuple[int, np.
             f"{path}: not UTF-8 text (byte {error.start}); save the CSV as UTF-8") from None
     except csv.Error as error:
         raise UserError(f"{path}: not a readable CSV ({error})") from None
+    finally:
+        csv.field_size_limit(limit)
     return out
 
 
