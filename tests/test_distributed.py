@@ -2,6 +2,7 @@
 the same parameters, and the result matches one process with the same global batch."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,20 @@ WEIGHT_ATOL = 1e-6  # measured: 6e-8
 ACCURACY_TOL = 0.01
 
 
+def free_port() -> str:
+    """A port the OS has free now, for torchrun's rendezvous: fixed ports meet when two runs of
+    the suite (or two tests) overlap."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = subprocess_env()
     two = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29531", str(WORKER), str(out), "16"],
+        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), str(WORKER), str(out), "16"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert two.returncode == 0, two.stderr[-2000:]
@@ -53,7 +62,7 @@ def test_accumulation_over_two_processes_matches_one_process_with_the_window_as_
     """Each process weighs its own window (the last one short) and DDP averages the two."""
     worker, env = WORKER.with_name("accumulation_worker.py"), subprocess_env()
     two = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29533", str(worker),
+        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), str(worker),
          str(tmp_path), "8", "2"], env=env, capture_output=True, text=True, timeout=300,
     )
     assert two.returncode == 0, two.stderr[-2000:]
@@ -70,7 +79,7 @@ def test_accumulation_over_two_processes_matches_one_process_with_the_window_as_
 def test_kdistill_run_under_torchrun(tmp_path):
     """The command line itself, data-parallel: world size logged, files written once."""
     result = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29532", "-m", "kdistill", "run",
+        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "kdistill", "run",
          "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
          "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
          "output.plots=false", "output.progress=false", f"output.dir={tmp_path}", "name=ddp"],
@@ -92,7 +101,7 @@ def test_builtin_recipe_caches_its_teacher_under_torchrun(tmp_path):
     looked for the cache of its own teacher and rank 1 opened files nobody made."""
     def run(name: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29533", "-m", "kdistill",
+            [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "kdistill",
              "run", "data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.views=1",
              "output.latency=false", "output.plots=false", "output.progress=false",
              f"output.dir={tmp_path}", f"name={name}"],
@@ -112,7 +121,7 @@ def test_distill_with_a_temporary_cache_under_torchrun():
     """``distill(cache=True)`` made one temporary directory per process: every rank but the
     first waited for files in a directory nobody filled."""
     worker = Path(__file__).parent / "helpers" / "api_cache_worker.py"
-    command = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29535", str(worker)]
+    command = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), str(worker)]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -123,7 +132,7 @@ def test_seeds_under_torchrun(tmp_path):
     """`--seeds` data-parallel: every rank checks the directories before rank 0 makes the
     summary's (else rank 1 found it made and refused), and only rank 0 writes and reports."""
     result = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29534", "-m", "kdistill", "run",
+        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "kdistill", "run",
          "data.dataset=digits", "data.subset=200", "teacher.model=mlp", "teacher.augment=none",
          "student.model=mlp_tiny", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
          "output.plots=false", "output.progress=false", f"output.dir={tmp_path}", "name=ddp",

@@ -196,7 +196,7 @@ def cultivars(root):
     """A table whose label column, ``cultivar``, the features must be given without."""
     rng = np.random.default_rng(0)
     rows = [[*(rng.normal(size=4) + i % 3), f"c{i % 3}"] for i in range(90)]
-    pandas = pytest.importorskip("pandas")
+    pandas = pytest.importorskip("pandas", reason="Parquet files are written with pandas")
     frame = pandas.DataFrame(rows, columns=["f1", "f2", "f3", "f4", "cultivar"])
     frame.to_csv(root / "wine.csv", index=False)
     frame.drop(columns="cultivar").head(3).to_csv(root / "features.csv", index=False)

@@ -447,7 +447,7 @@ def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, mon
 ])
 def test_cli_export_never_calls_what_a_tampered_summary_names(finished_run, tmp_path, model, role,
                                                               in_run_dir):
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime", reason="export needs kdistill[export]")
     run_dir = shutil.copytree(finished_run, tmp_path / "runs" / "shared")
     (run_dir / "evil_model.py").write_text(EVIL_MODULE)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -41,14 +41,14 @@ class Task:
 
 
 def evaluate_classification(model, loader, accelerator=None, *, outcomes: bool = False) -> dict:
-    """``trainer.evaluate``'s accuracy and loss; with ``outcomes``, also whether each sample
+    """``classification.evaluate``'s accuracy and loss; with ``outcomes``, also whether each sample
     was right, for paired comparisons (``evaluation.paired``)."""
     if not outcomes:
         return evaluate(model, loader, accelerator)
     logits, targets = predict(model, loader, accelerator)
     correct = logits.argmax(1) == targets
     return {
-        "accuracy": correct.float().mean().item(),  # as trainer.evaluate: the same number
+        "accuracy": correct.float().mean().item(),  # as classification.evaluate: the same number
         "loss": F.cross_entropy(logits, targets).item(),
         "n": len(targets),
         "outcomes": Outcomes.of(correct.numpy()),

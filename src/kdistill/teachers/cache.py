@@ -319,7 +319,7 @@ def build_cache(
     softmax(t / ``temperature``).
 
     Written as ``.npy`` files that every rank fills with its own shard (or, across machines
-    without a shared filesystem, one complete copy per machine: ``kdistill.cache_nodes``); the
+    without a shared filesystem, one complete copy per machine: ``kdistill.teachers.store``); the
     metadata with the checksums is written last, so an interrupted build is never mistaken for
     a cache.
     """

@@ -1,6 +1,8 @@
-"""Where a training loop stands, kept on the device: the epoch's running sums and the position
-in the data (``TrainingProgress``, saved in every checkpoint), and the watch for a loss that
-stopped being finite (``FiniteWatch``), both without a host synchronisation per step."""
+"""What the loop keeps an eye on while it trains, each without a host synchronisation per step:
+where it stands (``TrainingProgress``: the epoch's running sums and the position in the data,
+saved in every checkpoint), a loss that stopped being finite (``FiniteWatch``), and which epoch
+to keep (``EarlyStopping``, ``Monitor``, ``BestWeights``: the validation metric's best epoch,
+the rule to stop, and that epoch's weights)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class FiniteWatch:
     A step only stacks its loss and terms into one tensor (one small op: on a GPU every op is a
     kernel launch the host pays for); every ``FOLD`` steps, and before ``check``, the stacked
     steps are folded into device tensors that remember the first bad step, its value and its
-    terms. ``check`` reads them back (one sync) and raises. The trainer checks every ``every``
+    terms. ``check`` reads them back (one sync) and raises. The loop checks every ``every``
     steps, before every checkpoint and at the end of every epoch, so a bad run stops within
     ``every`` steps and never saves a non-finite state.
     """
