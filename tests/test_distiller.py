@@ -82,6 +82,11 @@ def test_distillation_gradient_reaches_student_and_connector_not_teacher():
 def test_warmup_ramps_the_weight():
     term = Term("kd", "kd", weight=8.0, warmup_epochs=20)
     assert [term.weight_at(e) for e in (1, 10, 20, 40)] == [0.4, 4.0, 8.0, 8.0]
+    # A warm-up no run reaches, or that a float cannot hold (the fuzzer's 10**30 overflowed the
+    # ramp inside the training step), is refused when the term is made.
+    for wrong in (-1, 10**30, 2.5):
+        with pytest.raises(ValueError, match="warmup_epochs must be a whole number"):
+            Term("kd", "kd", warmup_epochs=wrong)
 
 
 def test_terms_know_what_they_compare():

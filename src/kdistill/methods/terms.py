@@ -18,6 +18,7 @@ from kdistill.losses import LOSSES
 from kdistill.modeling import LOGITS
 
 PENULTIMATE = "head:input"  # the pooled vector in front of the classifier of every zoo model
+MAX_WARMUP_EPOCHS = 10**6
 
 
 @dataclass
@@ -58,6 +59,10 @@ class Term:
     def __post_init__(self):
         if self.chunk_size < 0:
             raise ValueError(f"term {self.name!r}: chunk_size must be ≥ 0 (0 = off), got {self.chunk_size}")
+        # Beyond any run's length, and an int a float (the ramp's epoch / warmup_epochs) can hold.
+        if type(self.warmup_epochs) is not int or not 0 <= self.warmup_epochs <= MAX_WARMUP_EPOCHS:
+            raise ValueError(f"term {self.name!r}: warmup_epochs must be a whole number of epochs "
+                             f"from 0 to {MAX_WARMUP_EPOCHS:,}, got {self.warmup_epochs!r}")
         if isinstance(self.loss, str):
             if self.loss not in LOSSES:
                 import difflib
