@@ -209,9 +209,9 @@ def test_a_run_with_cycled_views_and_the_scratch_students_own_mixing(tmp_path, m
     loaders = []
     real_loader = school.train_loader
 
-    def recording_loader(splits, recipe, augment, mix="none", views=0):
+    def recording_loader(splits, recipe, augment, mix="none", views=0, *rest):
         loaders.append((augment, mix, views))
-        return real_loader(splits, recipe, augment, mix, views)
+        return real_loader(splits, recipe, augment, mix, views, *rest)
 
     monkeypatch.setattr(school, "train_loader", recording_loader)
     args = [*QUICK, "train.epochs=3", "train.mix=cutmix", "train.scratch_mix=none", "train.views=2", "distill.alpha=1",
