@@ -42,6 +42,13 @@ def test_public_api_is_explicit():
     for name in kdistill.__all__:
         assert hasattr(kdistill, name), name
     assert {"distill", "Distiller", "fit", "evaluate", "FeatureTap", "create_model", "list_models", "load_config"} <= set(kdistill.__all__)
+    # Three groups (issue 28.3): the one call, what a run is composed of, models/data/weights.
+    assert kdistill.__all__ == [*kdistill.ONE_CALL, *kdistill.COMPOSE, *kdistill.MODELS_DATA_IO]
+    assert kdistill.TrainConfig is kdistill.training.settings.TrainConfig
+    # The mutable registry of methods left the top level; old code still gets it, warned.
+    assert "PRESETS" not in kdistill.__all__
+    with pytest.warns(DeprecationWarning, match="import it from kdistill.methods"):
+        assert kdistill.PRESETS is kdistill.methods.PRESETS
 
 
 def digits_pair(epochs: int = 3):
