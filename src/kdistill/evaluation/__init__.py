@@ -10,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from kdistill.evaluation.classification import evaluate, predict
+from kdistill.evaluation.classification import evaluate
 from kdistill.evaluation.language_model import evaluate_lm, lm_samples
-from kdistill.evaluation.paired import Outcomes
 from kdistill.evaluation.ranking import evaluate_ranking
 from kdistill.methods import Term, scratch
 
@@ -40,26 +37,11 @@ class Task:
         return a > b if self.higher_is_better[self.headline] else a < b
 
 
-def evaluate_classification(model, loader, accelerator=None, *, outcomes: bool = False) -> dict:
-    """``classification.evaluate``'s accuracy and loss; with ``outcomes``, also whether each sample
-    was right, for paired comparisons (``evaluation.paired``)."""
-    if not outcomes:
-        return evaluate(model, loader, accelerator)
-    logits, targets = predict(model, loader, accelerator)
-    correct = logits.argmax(1) == targets
-    return {
-        "accuracy": correct.float().mean().item(),  # as classification.evaluate: the same number
-        "loss": F.cross_entropy(logits, targets).item(),
-        "n": len(targets),
-        "outcomes": Outcomes.of(correct.numpy()),
-    }
-
-
 CLASSIFICATION = Task(
     name="classification",
     metrics=("accuracy",),
     higher_is_better={"accuracy": True, "loss": False},
-    evaluate=evaluate_classification,
+    evaluate=evaluate,
     scratch_terms=scratch,
     percent=frozenset({"accuracy"}),
 )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from kdistill.evaluation import evaluate_classification
+from kdistill.evaluation.classification import evaluate
 from kdistill.evaluation.paired import chance_note, compare, uncertainty
 
 ROWS = (("teacher", "teacher_metrics"), ("scratch", "baseline_metrics"), ("distilled", "metrics"))
@@ -39,7 +39,7 @@ def scratch_baseline(
     compare the three models on ``val_loader``; returns ``DistillResult``'s baseline fields."""
     history = train_scratch(initial)
     scored = {
-        name: evaluate_classification(model, val_loader, accelerator, outcomes=True)
+        name: evaluate(model, val_loader, accelerator, outcomes=True)
         for name, model in (("teacher", teacher), ("scratch", initial), ("distilled", distilled))
     }
     outcomes = {

@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdistill.evaluation.paired import Outcomes
 from kdistill.modeling import call_model, to_device
 
 
@@ -38,11 +39,19 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator | Non
     return torch.cat(all_logits).cpu(), torch.cat(all_targets).cpu()
 
 
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None) -> dict:
-    """Accuracy (a fraction) and mean cross-entropy of ``model`` on a split."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None, *,
+    outcomes: bool = False,
+) -> dict:
+    """Accuracy (a fraction) and mean cross-entropy of ``model`` on a split; with ``outcomes``,
+    also whether each sample was right, for paired comparisons (``evaluation.paired``)."""
     logits, targets = predict(model, loader, accelerator)
-    return {
-        "accuracy": (logits.argmax(1) == targets).float().mean().item(),
+    correct = logits.argmax(1) == targets
+    scores = {
+        "accuracy": correct.float().mean().item(),
         "loss": F.cross_entropy(logits, targets).item(),
         "n": len(targets),
     }
+    if outcomes:
+        scores["outcomes"] = Outcomes.of(correct.numpy())
+    return scores
