@@ -13,9 +13,9 @@ from conftest import call_cli, subprocess_env
 from torch.utils.data import DataLoader
 
 from kdistill.cli import main
-from kdistill.deploy.onnx import load_weights, save_weights
 from kdistill.distiller import Distiller, Teacher
 from kdistill.io.tensors import CheckpointError, load_tensors, read_meta, save_tensors
+from kdistill.io.weights import load_weights, save_weights
 from kdistill.methods import preset_terms
 from kdistill.models import create_model
 from kdistill.training.acceleration import make_accelerator

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.deploy.latency import Latency, measure_latency, repeat_sample, time_call  # noqa: F401
+from kdistill.deploy.latency import Latency, repeat_sample, time_call
 from kdistill.errors import UserError
-from kdistill.io.weights import count_parameters, load_weights, save_weights  # noqa: F401  (re-exported)
 
 EXPORT_EXTRA = 'pip install "kdistill[export]" (onnx, onnxruntime, onnxscript)'
 EXPORTERS = ("auto", "dynamo", "torchscript")

@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from kdistill.deploy.latency import MIN_RUN_TIME, latency_ratio
+from kdistill.deploy.latency import MIN_RUN_TIME, latency_ratio, measure_latency
 from kdistill.deploy.onnx import (
     OrtModel,
     export_onnx,
-    load_weights,
     max_abs_diff,
-    measure_latency,
     measure_ort_latency,
     ort_logits,
     ort_session,
@@ -34,6 +32,7 @@ from kdistill.deploy.onnx import (
 from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
 from kdistill.io.manifest import record, unrecorded
+from kdistill.io.weights import load_weights
 from kdistill.modeling import call_model, model_inputs
 from kdistill.teachers.onnx import OnnxModel
 
