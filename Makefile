@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast lint setup setup-dev bench clean
+.PHONY: demo test test-fast lint format setup setup-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,15 @@ demo: setup
 test: setup-dev lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest
 
-# Pyflakes and import order (pyproject.toml [tool.ruff.lint]): seconds, before the tests.
+# Layout (ruff format), Pyflakes and import order (pyproject.toml [tool.ruff]): seconds, before
+# the tests. `make format` rewrites the files the check would refuse.
 lint: setup-dev
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
+
+format: setup-dev
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
 
 # The inner loop: the unit and engine tests, without whole runs, child processes or end-to-end
 # commands (marked integration; make test runs them too).

@@ -83,7 +83,10 @@ def one_way(loss_name: str, chunk_size: int, teacher_kind: str, sizes: dict) -> 
         with torch.no_grad():
             teacher = topk_teacher(F.linear(t_hidden, t_weight), 64)
     # Gradient buffers every way needs (a training step keeps them), allocated before the baseline.
-    weight.grad, hidden.grad = torch.empty_like(weight).zero_(), torch.empty_like(hidden).zero_()  # touched: resident
+    weight.grad, hidden.grad = (
+        torch.empty_like(weight).zero_(),
+        torch.empty_like(hidden).zero_(),
+    )  # touched: resident
 
     def run():
         nonlocal teacher
@@ -99,7 +102,9 @@ def one_way(loss_name: str, chunk_size: int, teacher_kind: str, sizes: dict) -> 
                 with torch.no_grad():
                     teacher = F.linear(t_hidden, t_weight)
             terms = [ChunkedTerm(token_ce, 0.5), ChunkedTerm(loss, 0.5, params)]
-            total, _ = chunked_token_losses(LazyLogits(hidden, weight), teacher, target, terms, chunk_size=chunk_size)
+            total, _ = chunked_token_losses(
+                LazyLogits(hidden, weight), teacher, target, terms, chunk_size=chunk_size
+            )
         total.backward()
         return float(total)
 
@@ -108,16 +113,31 @@ def one_way(loss_name: str, chunk_size: int, teacher_kind: str, sizes: dict) -> 
     grown = peak_mb() - baseline
     started = time.perf_counter()
     run()
-    return {"peak_mb": round(grown, 1), "seconds": round(time.perf_counter() - started, 3), "loss_value": value}
+    return {
+        "peak_mb": round(grown, 1),
+        "seconds": round(time.perf_counter() - started, 3),
+        "loss_value": value,
+    }
 
 
 def measure(sizes: dict) -> list[dict]:
     rows = []
     for loss_name in LOSSES:
         for way, chunk_size, teacher_kind in WAYS:
-            command = [sys.executable, __file__, "--one", json.dumps([loss_name, chunk_size, teacher_kind, sizes])]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            rows.append({"loss": loss_name, "way": way, "chunk_size": chunk_size, **json.loads(out)})
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                json.dumps([loss_name, chunk_size, teacher_kind, sizes]),
+            ]
+            out = (
+                subprocess.run(command, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            rows.append(
+                {"loss": loss_name, "way": way, "chunk_size": chunk_size, **json.loads(out)}
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -160,14 +180,18 @@ def write(rows: list[dict], sizes: dict, name: str) -> None:
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps({"sizes": sizes, "rows": rows}, indent=1) + "\n")
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"sizes": sizes, "rows": rows}, indent=1) + "\n"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="B = 1 (about 30 s)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--rewrite", action="store_true", help="rewrite the .md from the stored .json")
+    parser.add_argument(
+        "--rewrite", action="store_true", help="rewrite the .md from the stored .json"
+    )
     args = parser.parse_args()
     if args.rewrite:
         name = "chunked_loss_quick" if args.quick else "chunked_loss"

@@ -41,7 +41,10 @@ def fastest(rounds: list[dict]) -> dict:
             best["throughput"][model][runtime] = 256_000 / ms["batch_256"]
     for runtime, ratio in best["latency_ratio"].items():
         for batch in ratio:
-            ratio[batch] = best["latency_ms"]["teacher"][runtime][batch] / best["latency_ms"]["student"][runtime][batch]
+            ratio[batch] = (
+                best["latency_ms"]["teacher"][runtime][batch]
+                / best["latency_ms"]["student"][runtime][batch]
+            )
     return best
 
 
@@ -50,19 +53,30 @@ def main() -> None:
     parser.add_argument("recipe", nargs="?", default=None)
     parser.add_argument("--run-dir", help="export this finished run instead of running the recipe")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
-    parser.add_argument("--repeats", type=int, default=50,
-                        help="timing effort per latency measurement (30: 0.2 s)")
-    parser.add_argument("--rounds", type=int, default=3, help="export and time this many times; keep each fastest median")
+    parser.add_argument(
+        "--repeats", type=int, default=50, help="timing effort per latency measurement (30: 0.2 s)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="export and time this many times; keep each fastest median",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the run")
     args = parser.parse_args()
     if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():
-        args.overrides, args.recipe = [args.recipe, *args.overrides], None  # overrides of the built-in recipe
+        args.overrides, args.recipe = (
+            [args.recipe, *args.overrides],
+            None,
+        )  # overrides of the built-in recipe
 
     with tempfile.TemporaryDirectory() as out:
         if args.run_dir:
             run_dir = Path(args.run_dir)
         else:
-            recipe = load_config(args.recipe, [*args.overrides, f"output.dir={out}", "output.progress=false"])
+            recipe = load_config(
+                args.recipe, [*args.overrides, f"output.dir={out}", "output.progress=false"]
+            )
             started = time.perf_counter()
             run(recipe, echo=lambda *_: None)
             print(f"ran {recipe.name} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -103,27 +117,50 @@ def main() -> None:
             f"{100 * int8['value']:.2f}% (tolerance {100 * int8['tolerance']:g} point drop); size "
             f"{first['files']['student_int8']['bytes']:,} vs {first['files']['student']['bytes']:,} bytes."
         )
-    lines += ["", "| threads | model | runtime | latency b=1 (ms) | latency b=256 (ms) | throughput b=256 (samples/s) |",
-              "|---:|---|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| threads | model | runtime | latency b=1 (ms) | latency b=256 (ms) | throughput b=256 (samples/s) |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
     for threads, result in results.items():
         for model, runtimes in result["latency_ms"].items():
             for runtime, ms in runtimes.items():
-                lines.append(f"| {threads} | {model} | {runtime} | {ms['batch_1']:.3f} | {ms['batch_256']:.2f} | "
-                             f"{result['throughput'][model][runtime]:,.0f} |")
-    lines += ["", "| threads | runtime | teacher/student latency b=1 | b=256 |", "|---:|---|---:|---:|"]
+                lines.append(
+                    f"| {threads} | {model} | {runtime} | {ms['batch_1']:.3f} | {ms['batch_256']:.2f} | "
+                    f"{result['throughput'][model][runtime]:,.0f} |"
+                )
+    lines += [
+        "",
+        "| threads | runtime | teacher/student latency b=1 | b=256 |",
+        "|---:|---|---:|---:|",
+    ]
     for threads, result in results.items():
         for runtime, ratio in result["latency_ratio"].items():
-            lines.append(f"| {threads} | {runtime} | {ratio['batch_1']:.1f}× | {ratio['batch_256']:.1f}× |")
+            lines.append(
+                f"| {threads} | {runtime} | {ratio['batch_1']:.1f}× | {ratio['batch_256']:.1f}× |"
+            )
     effort = 0.2 * args.repeats / 30
-    lines += ["", "Latency: median of torch.utils.benchmark's blocked autorange "
-              f"({effort:.2f} s of timed blocks per measurement), "
-              f"the fastest of {args.rounds} rounds; the machine's cores are shared with other jobs "
-              f"(load average {os.getloadavg()[0]:.1f} at the end), so treat differences under ~20% as noise."]
+    lines += [
+        "",
+        "Latency: median of torch.utils.benchmark's blocked autorange "
+        f"({effort:.2f} s of timed blocks per measurement), "
+        f"the fastest of {args.rounds} rounds; the machine's cores are shared with other jobs "
+        f"(load average {os.getloadavg()[0]:.1f} at the end), so treat differences under ~20% as noise.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "export.md").write_text(text)
-    (RESULTS / "export.json").write_text(json.dumps({"command": command, "summary": summary, "export": {str(k): v for k, v in results.items()}}, indent=2))
+    (RESULTS / "export.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "summary": summary,
+                "export": {str(k): v for k, v in results.items()},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

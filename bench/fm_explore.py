@@ -29,18 +29,36 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--out", default="runs/fm_explore")
     args = parser.parse_args()
-    recipe = load_config(BASE, [*args.overrides, f"output.dir={args.out}", f"name={args.name}",
-                                "output.progress=false", "output.latency=false", "output.plots=false"])
+    recipe = load_config(
+        BASE,
+        [
+            *args.overrides,
+            f"output.dir={args.out}",
+            f"name={args.name}",
+            "output.progress=false",
+            "output.latency=false",
+            "output.plots=false",
+        ],
+    )
     started = time.perf_counter()
     summary = run(recipe, echo=lambda *_: None)
     wall = time.perf_counter() - started
-    teacher, scratch, student = (100 * summary[role]["accuracy"] for role in ("teacher", "scratch", "student"))
+    teacher, scratch, student = (
+        100 * summary[role]["accuracy"] for role in ("teacher", "scratch", "student")
+    )
     record = {
-        "name": args.name, "overrides": args.overrides, "seed": recipe.train.seed,
-        "teacher": round(teacher, 2), "scratch": round(scratch, 2), "student": round(student, 2),
+        "name": args.name,
+        "overrides": args.overrides,
+        "seed": recipe.train.seed,
+        "teacher": round(teacher, 2),
+        "scratch": round(scratch, 2),
+        "student": round(student, 2),
         "gap_recovered": round((student - scratch) / (teacher - scratch), 3),
-        "wall_seconds": round(wall), "cpu_seconds": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime),
-        "train_seconds": {role: summary[role]["train_seconds"] for role in ("teacher", "scratch", "student")},
+        "wall_seconds": round(wall),
+        "cpu_seconds": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime),
+        "train_seconds": {
+            role: summary[role]["train_seconds"] for role in ("teacher", "scratch", "student")
+        },
     }
     print(json.dumps(record), flush=True)
     RESULTS.parent.mkdir(exist_ok=True)

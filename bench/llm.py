@@ -70,6 +70,7 @@ def token_terms(loss: str, chunk_size: int):
 
 # --- the ways -------------------------------------------------------------------------------
 
+
 class Clock:
     """Wall and CPU seconds of the training call. The CPU seconds (user + system, every thread
     of this process) barely move when other processes share the cores, the wall time does: on a
@@ -98,16 +99,26 @@ def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
         terms, _ = topk_terms(terms, args.topk)
         teacher = CachedTeacher(TeacherCache(work / "cache"))
     else:
-        hf_teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+        hf_teacher = load_model(
+            json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device
+        )
         # kdistill's wrapper hands the chunked loss the teacher's hidden states and head.
-        teacher = kdistill.Teacher(HFModel(hf_teacher, "causal-lm"), lazy_logits=args.chunk_size > 0)
+        teacher = kdistill.Teacher(
+            HFModel(hf_teacher, "causal-lm"), lazy_logits=args.chunk_size > 0
+        )
     distiller = kdistill.Distiller(HFModel(student, "causal-lm"), terms)
     optim = Optimization("adamw", schedule="constant", clip_grad_norm=1.0)
     accelerator = make_accelerator(args.device)
     with Clock() as clock:
         history = kdistill.fit(
-            distiller, loader, teacher=teacher, epochs=1, lr=args.lr, optim=optim,
-            accelerator=accelerator, progress=False,
+            distiller,
+            loader,
+            teacher=teacher,
+            epochs=1,
+            lr=args.lr,
+            optim=optim,
+            accelerator=accelerator,
+            progress=False,
         )
     return student, clock, history[-1]["loss"]
 
@@ -118,7 +129,9 @@ def run_trl(args) -> tuple[torch.nn.Module, Clock, float]:
 
     work = Path(args.workdir)
     student = load_model(work / "student", args.device)
-    teacher = load_model(json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device)
+    teacher = load_model(
+        json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device
+    )
     train = load_data(work)["train"]
     dataset = Dataset.from_dict({"input_ids": train.tolist()})
 
@@ -129,20 +142,46 @@ def run_trl(args) -> tuple[torch.nn.Module, Clock, float]:
         input_ids = torch.tensor([row["input_ids"] for row in rows])
         labels = input_ids.clone()
         labels[:, 0] = -100
-        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "labels": labels,
+        }
 
     config = GKDConfig(
-        output_dir=str(work / f"trl-{args.loss}"), lmbda=0.0, beta=LOSSES[args.loss].get("beta", 0.0),
-        temperature=1.0, per_device_train_batch_size=args.batch, max_steps=args.steps,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, optim="adamw_torch", bf16=False, fp16=False, gradient_checkpointing=False,
-        max_length=args.seq_len + 1, train_sampling_strategy="sequential", eval_strategy="no",
-        save_strategy="no", report_to="none", logging_steps=max(args.steps, 1), disable_tqdm=True,
-        dataloader_num_workers=0, use_cpu=args.device == "cpu", seed=args.seed,
+        output_dir=str(work / f"trl-{args.loss}"),
+        lmbda=0.0,
+        beta=LOSSES[args.loss].get("beta", 0.0),
+        temperature=1.0,
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        max_length=args.seq_len + 1,
+        train_sampling_strategy="sequential",
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(args.steps, 1),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=args.device == "cpu",
+        seed=args.seed,
     )
     trainer = GKDTrainer(
-        model=student, teacher_model=teacher, args=config, train_dataset=dataset,
-        data_collator=collate, processing_class=smollm2_tokenizer(),
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=dataset,
+        data_collator=collate,
+        processing_class=smollm2_tokenizer(),
     )
     with Clock() as clock:
         output = trainer.train()
@@ -159,7 +198,7 @@ def run_plain(args) -> tuple[torch.nn.Module, Clock, float]:
     losses = []
     with Clock() as clock:
         for start in range(0, len(train), args.batch):
-            rows = train[start: start + args.batch].to(args.device)
+            rows = train[start : start + args.batch].to(args.device)
             logits = student(input_ids=rows[:, :-1]).logits
             loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
             loss.backward()
@@ -167,7 +206,9 @@ def run_plain(args) -> tuple[torch.nn.Module, Clock, float]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
-        mean_loss = float(torch.stack(losses).mean())  # waits for a GPU's queue before the clock stops
+        mean_loss = float(
+            torch.stack(losses).mean()
+        )  # waits for a GPU's queue before the clock stops
     return student, clock, mean_loss
 
 
@@ -179,18 +220,28 @@ def run_way(args) -> dict:
     runners = {
         "kdistill_live": lambda: run_kdistill(args, cached=False),
         "kdistill_cached": lambda: run_kdistill(args, cached=True),
-        "trl": lambda: run_trl(args), "plain": lambda: run_plain(args),
+        "trl": lambda: run_trl(args),
+        "plain": lambda: run_plain(args),
     }
     student, clock, loss = runners[args.way]()
     peak = peak_mb()  # before the evaluation: the training's peak
-    gpu = {"gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}
+    gpu = (
+        {"gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}
+    )
     heldout = load_data(Path(args.workdir))["heldout"]
     tokens = args.steps * args.batch * args.seq_len
     return {
-        "way": args.way, "loss": args.loss, "tokens": tokens, "train_s": clock.wall, "train_cpu_s": clock.cpu,
-        "tokens_per_s": tokens / clock.wall, "tokens_per_cpu_s": tokens / clock.cpu, "peak_mb": peak,
+        "way": args.way,
+        "loss": args.loss,
+        "tokens": tokens,
+        "train_s": clock.wall,
+        "train_cpu_s": clock.cpu,
+        "tokens_per_s": tokens / clock.wall,
+        "tokens_per_cpu_s": tokens / clock.cpu,
+        "peak_mb": peak,
         "final_train_loss": loss,
-        "ppl": perplexity(student, heldout, args.batch, torch.device(args.device)), **gpu,
+        "ppl": perplexity(student, heldout, args.batch, torch.device(args.device)),
+        **gpu,
     }
 
 
@@ -208,21 +259,44 @@ MARK = "BENCH-LLM-RESULT "
 def spawn(args, way: str, loss: str | None = None) -> dict:
     """``way`` in a fresh interpreter; its record is the line marked MARK on its stdout."""
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--way", way, "--mode", args.mode,
-        "--workdir", args.workdir, "--device", args.device, "--threads", str(args.threads),
-        "--loss", loss or "forward_kl", *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in SETTINGS),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--way",
+        way,
+        "--mode",
+        args.mode,
+        "--workdir",
+        args.workdir,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--loss",
+        loss or "forward_kl",
+        *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in SETTINGS),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     started = time.perf_counter()
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
     if done.returncode != 0 or not lines:
         sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"bench/llm.py: way {way} ({loss}) failed with exit status {done.returncode}")
-    record = json.loads(lines[-1][len(MARK):])
+        raise SystemExit(
+            f"bench/llm.py: way {way} ({loss}) failed with exit status {done.returncode}"
+        )
+    record = json.loads(lines[-1][len(MARK) :])
     record["process_s"] = time.perf_counter() - started
-    print(f"  {way:16s} {loss or '':10s} {json.dumps({k: _round(v) for k, v in record.items() if k not in ('way', 'loss')})}", file=sys.stderr)
+    print(
+        f"  {way:16s} {loss or '':10s} {json.dumps({k: _round(v) for k, v in record.items() if k not in ('way', 'loss')})}",
+        file=sys.stderr,
+    )
     return record
 
 
@@ -253,14 +327,17 @@ def summarise(records: list[dict], prepared: dict, args) -> dict:
         entry = table.setdefault(record["loss"], {}).setdefault(record["way"], [])
         entry.append(record)
     by_loss = {
-        loss: {way: {
-            "tokens_per_s": _median([r["tokens_per_s"] for r in rs]),
-            "tokens_per_cpu_s": _median([r["tokens_per_cpu_s"] for r in rs]),
-            "peak_mb": max(r["peak_mb"] for r in rs),
-            "ppl": _median([r["ppl"] for r in rs]),
-            "final_train_loss": _median([r["final_train_loss"] for r in rs]),
-            "runs": len(rs),
-        } for way, rs in ways.items()}
+        loss: {
+            way: {
+                "tokens_per_s": _median([r["tokens_per_s"] for r in rs]),
+                "tokens_per_cpu_s": _median([r["tokens_per_cpu_s"] for r in rs]),
+                "peak_mb": max(r["peak_mb"] for r in rs),
+                "ppl": _median([r["ppl"] for r in rs]),
+                "final_train_loss": _median([r["final_train_loss"] for r in rs]),
+                "runs": len(rs),
+            }
+            for way, rs in ways.items()
+        }
         for loss, ways in table.items()
     }
     main = by_loss[args.losses[0]]
@@ -280,14 +357,23 @@ def summarise(records: list[dict], prepared: dict, args) -> dict:
         "trl_student_ppl": main["trl"]["ppl"],
     }
     ratios = {
-        "kdistill_live_vs_trl_tokens_per_s": summary["kdistill_live_tokens_per_s"] / summary["trl_tokens_per_s"],
-        "kdistill_cached_vs_trl_tokens_per_s": summary["kdistill_cached_tokens_per_s"] / summary["trl_tokens_per_s"],
-        "kdistill_cached_vs_trl_peak_mb": summary["kdistill_cached_peak_mb"] / summary["trl_peak_mb"],
-        "kdistill_live_vs_trl_tokens_per_cpu_s": main["kdistill_live"]["tokens_per_cpu_s"] / main["trl"]["tokens_per_cpu_s"],
-        "kdistill_cached_vs_trl_tokens_per_cpu_s": main["kdistill_cached"]["tokens_per_cpu_s"] / main["trl"]["tokens_per_cpu_s"],
+        "kdistill_live_vs_trl_tokens_per_s": summary["kdistill_live_tokens_per_s"]
+        / summary["trl_tokens_per_s"],
+        "kdistill_cached_vs_trl_tokens_per_s": summary["kdistill_cached_tokens_per_s"]
+        / summary["trl_tokens_per_s"],
+        "kdistill_cached_vs_trl_peak_mb": summary["kdistill_cached_peak_mb"]
+        / summary["trl_peak_mb"],
+        "kdistill_live_vs_trl_tokens_per_cpu_s": main["kdistill_live"]["tokens_per_cpu_s"]
+        / main["trl"]["tokens_per_cpu_s"],
+        "kdistill_cached_vs_trl_tokens_per_cpu_s": main["kdistill_cached"]["tokens_per_cpu_s"]
+        / main["trl"]["tokens_per_cpu_s"],
     }
     return {
-        **summary, "ratios": ratios, "main_loss": args.losses[0], "by_loss": by_loss, "prepared": prepared,
+        **summary,
+        "ratios": ratios,
+        "main_loss": args.losses[0],
+        "by_loss": by_loss,
+        "prepared": prepared,
         "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
     }
@@ -295,18 +381,30 @@ def summarise(records: list[dict], prepared: dict, args) -> dict:
 
 def markdown(report: dict, command: str) -> str:
     settings, prepared = report["settings"], report["prepared"]
-    names = {"kdistill_live": "(a) kdistill, live teacher", "kdistill_cached": f"(b) kdistill, top-{settings['topk']} cache",
-             "trl": "(c) TRL GKDTrainer (lmbda=0)", "plain": "(d) plain loop, cross-entropy (scratch)"}
+    names = {
+        "kdistill_live": "(a) kdistill, live teacher",
+        "kdistill_cached": f"(b) kdistill, top-{settings['topk']} cache",
+        "trl": "(c) TRL GKDTrainer (lmbda=0)",
+        "plain": "(d) plain loop, cross-entropy (scratch)",
+    }
     lines = [
-        "# Language-model race: SmolLM2-135M → pruned student", "",
-        f"Command: `{command}`", "",
-        (f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}. "
-        f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, AdamW lr {settings['lr']} "
-        f"(constant, clip 1), float32. Student: layers {prepared['kept_layers']} of the teacher "
-        f"({prepared['student_params'] / 1e6:.1f}M of {prepared['teacher_params'] / 1e6:.1f}M parameters). "
-        f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on."), "",
-        (f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training {report['pruned_ppl']:.2f}, "
-        f"scratch (d) {report['scratch_ppl']:.2f}."), "",
+        "# Language-model race: SmolLM2-135M → pruned student",
+        "",
+        f"Command: `{command}`",
+        "",
+        (
+            f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}. "
+            f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, AdamW lr {settings['lr']} "
+            f"(constant, clip 1), float32. Student: layers {prepared['kept_layers']} of the teacher "
+            f"({prepared['student_params'] / 1e6:.1f}M of {prepared['teacher_params'] / 1e6:.1f}M parameters). "
+            f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on."
+        ),
+        "",
+        (
+            f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training {report['pruned_ppl']:.2f}, "
+            f"scratch (d) {report['scratch_ppl']:.2f}."
+        ),
+        "",
         "| loss | way | tokens/s | tokens/CPU-s | peak RSS (MiB) | held-out ppl | last train loss |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -318,49 +416,110 @@ def markdown(report: dict, command: str) -> str:
             )
     ratios = report["ratios"]
     lines += [
-        "", (f"Against TRL ({report['main_loss']}): kdistill live {ratios['kdistill_live_vs_trl_tokens_per_s']:.2f}× its "
-             f"tokens/s (target ≥ 1.0), cached {ratios['kdistill_cached_vs_trl_tokens_per_s']:.2f}× (target ≥ 1.5), "
-             f"cached peak memory {ratios['kdistill_cached_vs_trl_peak_mb']:.2f}× (target ≤ 0.6). Per CPU second: live "
-             f"{ratios['kdistill_live_vs_trl_tokens_per_cpu_s']:.2f}×, cached {ratios['kdistill_cached_vs_trl_tokens_per_cpu_s']:.2f}×."),
-        "", (f"The top-{settings['topk']} cache was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
-        "time and memory (that process never loads the teacher)."), "",
-        ("tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
-        "evaluation excluded); tokens/CPU-s: over that call's CPU time (user + system), steadier on a shared machine; peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
-        "libraries and models included); medians over repeats, ABBA order."),
+        "",
+        (
+            f"Against TRL ({report['main_loss']}): kdistill live {ratios['kdistill_live_vs_trl_tokens_per_s']:.2f}× its "
+            f"tokens/s (target ≥ 1.0), cached {ratios['kdistill_cached_vs_trl_tokens_per_s']:.2f}× (target ≥ 1.5), "
+            f"cached peak memory {ratios['kdistill_cached_vs_trl_peak_mb']:.2f}× (target ≤ 0.6). Per CPU second: live "
+            f"{ratios['kdistill_live_vs_trl_tokens_per_cpu_s']:.2f}×, cached {ratios['kdistill_cached_vs_trl_tokens_per_cpu_s']:.2f}×."
+        ),
+        "",
+        (
+            f"The top-{settings['topk']} cache was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
+            "time and memory (that process never loads the teacher)."
+        ),
+        "",
+        (
+            "tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
+            "evaluation excluded); tokens/CPU-s: over that call's CPU time (user + system), steadier on a shared machine; peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
+            "libraries and models included); medians over repeats, ABBA order."
+        ),
     ]
     chunk = settings.get("chunk_size") or 0
-    lines += ["", (f"kdistill's loss: over chunks of {chunk} positions from the student's final hidden states and head "
-              "(distill.params.chunk_size; no (B, L, V) logits are made)" if chunk else
-              "kdistill's loss: over whole (B, L, V) logits (--chunk-size 0)") + "; TRL's: whole logits."]
+    lines += [
+        "",
+        (
+            f"kdistill's loss: over chunks of {chunk} positions from the student's final hidden states and head "
+            "(distill.params.chunk_size; no (B, L, V) logits are made)"
+            if chunk
+            else "kdistill's loss: over whole (B, L, V) logits (--chunk-size 0)"
+        )
+        + "; TRL's: whole logits.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-SETTINGS = ("steps", "batch", "seq_len", "eval_windows", "repeats", "lr", "keep", "topk", "seed", "chunk_size")
+SETTINGS = (
+    "steps",
+    "batch",
+    "seq_len",
+    "eval_windows",
+    "repeats",
+    "lr",
+    "keep",
+    "topk",
+    "seed",
+    "chunk_size",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="under 10 minutes; one JSON line at the end")
-    size.add_argument("--tiny", action="store_true", help="a tiny LlamaConfig pair (tests); writes no results")
+    size.add_argument(
+        "--quick", action="store_true", help="under 10 minutes; one JSON line at the end"
+    )
+    size.add_argument(
+        "--tiny", action="store_true", help="a tiny LlamaConfig pair (tests); writes no results"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per way (the machine is shared)")
-    parser.add_argument("--losses", default=None, help="comma-separated: forward_kl,jsd (the first gives the JSON keys)")
-    parser.add_argument("--chunk-size", type=int, default=None,
-                        help="kdistill's token losses over chunks of this many positions (default 256; 0: whole logits)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per way (the machine is shared)"
+    )
+    parser.add_argument(
+        "--losses",
+        default=None,
+        help="comma-separated: forward_kl,jsd (the first gives the JSON keys)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="kdistill's token losses over chunks of this many positions (default 256; 0: whole logits)",
+    )
     for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="AdamW, constant; 1e-3 gives the CE-only scratch student a lower held-out "
-                             "perplexity after 32 steps than 2e-4 (202.66 against 211.97)")
-    parser.add_argument("--workdir", default=None, help="where the pair, data and cache go (default: a temporary directory)")
-    parser.add_argument("--results", default=None, help="folder for llm*.md/.json (default bench/results; --tiny: none)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="AdamW, constant; 1e-3 gives the CE-only scratch student a lower held-out "
+        "perplexity after 32 steps than 2e-4 (202.66 against 211.97)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where the pair, data and cache go (default: a temporary directory)",
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="folder for llm*.md/.json (default bench/results; --tiny: none)",
+    )
     parser.add_argument("--way", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="forward_kl", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.mode = args.mode or ("tiny" if args.tiny else "quick" if args.quick else "full")
-    for key, value in {**MODES[args.mode], "keep": 10, "topk": 64, "seed": 0, "chunk_size": 256}.items():
+    for key, value in {
+        **MODES[args.mode],
+        "keep": 10,
+        "topk": 64,
+        "seed": 0,
+        "chunk_size": 256,
+    }.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.losses = (args.losses or "forward_kl,jsd").split(",")
@@ -387,7 +546,11 @@ def main(argv=None) -> int:
         report["total_s"] = time.perf_counter() - started
     results = Path(args.results) if args.results else (RESULTS if args.mode != "tiny" else None)
     if results is not None:
-        stem = "llm" + {"full": ""}.get(args.mode, f"_{args.mode}") + ("_cuda" if args.device == "cuda" else "")
+        stem = (
+            "llm"
+            + {"full": ""}.get(args.mode, f"_{args.mode}")
+            + ("_cuda" if args.device == "cuda" else "")
+        )
         command = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
         (results / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
         (results / f"{stem}.md").write_text(markdown(report, command.strip()))
@@ -396,9 +559,18 @@ def main(argv=None) -> int:
 
 
 KEYS = (
-    "kdistill_live_tokens_per_s", "kdistill_cached_tokens_per_s", "trl_tokens_per_s", "plain_tokens_per_s",
-    "kdistill_live_peak_mb", "kdistill_cached_peak_mb", "trl_peak_mb", "teacher_ppl", "pruned_ppl",
-    "scratch_ppl", "student_ppl", "trl_student_ppl",
+    "kdistill_live_tokens_per_s",
+    "kdistill_cached_tokens_per_s",
+    "trl_tokens_per_s",
+    "plain_tokens_per_s",
+    "kdistill_live_peak_mb",
+    "kdistill_cached_peak_mb",
+    "trl_peak_mb",
+    "teacher_ppl",
+    "pruned_ppl",
+    "scratch_ppl",
+    "student_ppl",
+    "trl_student_ppl",
 )
 
 if __name__ == "__main__":

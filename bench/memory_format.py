@@ -30,7 +30,7 @@ def train_epoch(model, x, y) -> float:
     model.train()
     started = time.perf_counter()
     for i in range(0, len(x), 64):
-        loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+        loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -42,7 +42,7 @@ def inference_pass(model, x, y) -> float:
     model.eval()
     started = time.perf_counter()
     for i in range(0, len(x), 512):
-        model(x[i:i + 512])
+        model(x[i : i + 512])
     return time.perf_counter() - started
 
 
@@ -72,22 +72,32 @@ def main() -> None:
                 seconds[way].append(timed(way, run, x, y))
         ratios = [c / n for c, n in zip(seconds["channels_last"], seconds["nchw"])]
         results[what] = {
-            "nchw_s": statistics.median(seconds["nchw"]), "channels_last_s": statistics.median(seconds["channels_last"]),
-            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "nchw_s": statistics.median(seconds["nchw"]),
+            "channels_last_s": statistics.median(seconds["channels_last"]),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
         }
     command = f"python bench/memory_format.py --rounds {args.rounds} --threads {args.threads}"
     machine = f"{platform.machine()}, {args.threads} thread(s), torch {torch.__version__}"
     lines = [
-        "# Channels-last vs NCHW: LeNet (the default teacher) on the CPU", "",
-        f"`{command}`; {machine}; {SAMPLES:,} inputs of 1×28×28; median over {2 * args.rounds} timings per way.", "",
-        "| what | NCHW (s) | channels-last (s) | ratio (median of rounds) | range |", "|---|---:|---:|---:|---:|",
+        "# Channels-last vs NCHW: LeNet (the default teacher) on the CPU",
+        "",
+        f"`{command}`; {machine}; {SAMPLES:,} inputs of 1×28×28; median over {2 * args.rounds} timings per way.",
+        "",
+        "| what | NCHW (s) | channels-last (s) | ratio (median of rounds) | range |",
+        "|---|---:|---:|---:|---:|",
     ]
     for what, r in results.items():
-        lines.append(f"| {what} | {r['nchw_s']:.3f} | {r['channels_last_s']:.3f} | {r['ratio_median']:.2f} | "
-                     f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
+        lines.append(
+            f"| {what} | {r['nchw_s']:.3f} | {r['channels_last_s']:.3f} | {r['ratio_median']:.2f} | "
+            f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory_format.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "memory_format.json").write_text(json.dumps({"command": command, "machine": machine, "results": results}, indent=2))
+    (RESULTS / "memory_format.json").write_text(
+        json.dumps({"command": command, "machine": machine, "results": results}, indent=2)
+    )
     print("\n".join(lines))
 
 

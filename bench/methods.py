@@ -56,9 +56,21 @@ from kdistill.training.optimization import SCHEDULES, Optimization
 RESULTS = Path(__file__).resolve().parent / "results"
 TEACHERS = Path(__file__).resolve().parent / ".teachers"
 METHODS = (
-    "scratch", "kd", "dkd", "dist", "lskd", "nkd",                     # logits
-    "fitnet", "at", "nst", "vid", "sp",                                # intermediate features
-    "rkd", "pkt", "cc", "crd",                                         # relations of embeddings
+    "scratch",
+    "kd",
+    "dkd",
+    "dist",
+    "lskd",
+    "nkd",  # logits
+    "fitnet",
+    "at",
+    "nst",
+    "vid",
+    "sp",  # intermediate features
+    "rkd",
+    "pkt",
+    "cc",
+    "crd",  # relations of embeddings
 )
 # Which of the models' hint_layers (stage outputs, shallow to deep) each feature method compares,
 # as RepDistiller does: FitNet one middle stage (its hint_layer=2), SP the last stage
@@ -67,13 +79,18 @@ METHODS = (
 FEATURE_LAYERS = {
     "fitnet": lambda layers: [layers[len(layers) // 2]],
     "sp": lambda layers: [layers[-1]],
-    "at": list, "nst": list, "vid": list,
+    "at": list,
+    "nst": list,
+    "vid": list,
 }
 # DKD's β (weight of the non-target term) is tuned per pair in mdistiller's CIFAR-100 configs
 # (configs/cifar100/dkd/*.yaml); other pairs keep the preset's default.
 DKD_BETA = {
-    ("resnet56", "resnet20"): 2.0, ("wrn_40_2", "wrn_16_2"): 6.0, ("vgg13", "vgg8"): 6.0,
-    ("resnet32x4", "resnet8x4"): 8.0, ("resnet56", "resnet8"): 2.0,
+    ("resnet56", "resnet20"): 2.0,
+    ("wrn_40_2", "wrn_16_2"): 6.0,
+    ("vgg13", "vgg8"): 6.0,
+    ("resnet32x4", "resnet8x4"): 8.0,
+    ("resnet56", "resnet8"): 2.0,
 }
 REFERENCE_EPOCHS, DKD_REFERENCE_WARMUP = 240, 20
 # The CPU budget: about an hour on two cores for all 15 methods × 3 seeds. Single-threaded, a
@@ -95,8 +112,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--methods", default=",".join(METHODS), help="comma-separated preset names")
     add("--teacher", default="resnet56", help="a zoo model")
     add("--student", default="resnet8", help="a zoo model")
-    add("--subset", type=int, help="images of the official training file to train and "
-        "validate on (90/10, class-balanced), 0 = all 60,000; the test set is always all 10,000")
+    add(
+        "--subset",
+        type=int,
+        help="images of the official training file to train and "
+        "validate on (90/10, class-balanced), 0 = all 60,000; the test set is always all 10,000",
+    )
     add("--epochs", type=int, help="student epochs")
     add("--teacher-epochs", type=int)
     add("--seeds", type=int, help="student seeds 0 .. n-1")
@@ -160,13 +181,26 @@ def train_loader(dataset, args, seed: int, augment: str) -> DataLoader:
     # drop_last: a final batch of one sample breaks BatchNorm in train mode and leaves the batch
     # relations of SP, RKD, PKT and CC undefined.
     return DataLoader(
-        augmented(dataset, augment, seed=seed), batch_size=args.batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(seed), drop_last=True,
+        augmented(dataset, augment, seed=seed),
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=True,
     )
 
 
 def train(
-    model_name, terms, splits, args, accelerator, *, seed, epochs, lr, phase, teacher_model=None,
+    model_name,
+    terms,
+    splits,
+    args,
+    accelerator,
+    *,
+    seed,
+    epochs,
+    lr,
+    phase,
+    teacher_model=None,
     augment=None,
 ):
     """Build the model and its distiller and fit them; returns the model, its test accuracy,
@@ -182,14 +216,25 @@ def train(
     try:
         example = next(iter(DataLoader(splits.train, batch_size=2)))
         distiller = Distiller.build(
-            model, terms, teacher=teacher, example_batch=example, num_samples=len(splits.train),
+            model,
+            terms,
+            teacher=teacher,
+            example_batch=example,
+            num_samples=len(splits.train),
         )
         history = train_loop(
-            distiller, train_loader(splits.train, args, seed, augment or args.augment),
+            distiller,
+            train_loader(splits.train, args, seed, augment or args.augment),
             teacher=teacher if distiller.needs_teacher else None,
-            val_loader=DataLoader(splits.val, batch_size=256), epochs=epochs, lr=lr,
-            optim=Optimization("sgd", weight_decay=args.weight_decay, momentum=0.9, schedule=args.schedule),
-            loop=Loop(phase=phase), accelerator=accelerator, progress=args.progress,
+            val_loader=DataLoader(splits.val, batch_size=256),
+            epochs=epochs,
+            lr=lr,
+            optim=Optimization(
+                "sgd", weight_decay=args.weight_decay, momentum=0.9, schedule=args.schedule
+            ),
+            loop=Loop(phase=phase),
+            accelerator=accelerator,
+            progress=args.progress,
         )
     finally:
         if isinstance(teacher, Teacher) and teacher.tap is not None:
@@ -286,22 +331,35 @@ def trained_teacher(splits, args, accelerator):
     """The teacher trained once (seed 0), or reused from bench/.teachers/ when a run with the
     same teacher, data and teacher budget made it: it is most of a quick run's time."""
     recipe = {
-        "teacher": args.teacher, "data": splits.identity, "epochs": args.teacher_epochs,
-        "lr": args.teacher_lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
-        "schedule": args.schedule, "augment": args.teacher_augment,
+        "teacher": args.teacher,
+        "data": splits.identity,
+        "epochs": args.teacher_epochs,
+        "lr": args.teacher_lr,
+        "batch_size": args.batch_size,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "augment": args.teacher_augment,
         "device": accelerator.device.type,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
     weights = TEACHERS / f"{args.teacher}-{key[:12]}.safetensors"
     record_file = weights.with_suffix(".json")
-    model = create_model(args.teacher, num_classes=splits.num_classes,
-                         input_shape=splits.input_shape)
+    model = create_model(
+        args.teacher, num_classes=splits.num_classes, input_shape=splits.input_shape
+    )
     if weights.exists() and record_file.exists():
         model.load_state_dict(load_file(weights))
         return model, {**json.loads(record_file.read_text()), "reused": str(weights.name)}
     model, accuracy, seconds, history = train(
-        args.teacher, preset_terms("scratch"), splits, args, accelerator, seed=0,
-        epochs=args.teacher_epochs, lr=args.teacher_lr, phase="teacher",
+        args.teacher,
+        preset_terms("scratch"),
+        splits,
+        args,
+        accelerator,
+        seed=0,
+        epochs=args.teacher_epochs,
+        lr=args.teacher_lr,
+        phase="teacher",
         augment=args.teacher_augment,
     )
     record = {"accuracy": accuracy, "seconds": seconds, "history": history, "recipe": recipe}
@@ -314,25 +372,35 @@ def trained_teacher(splits, args, accelerator):
 def cached_teacher(teacher_model, splits, student_probe, args, accelerator, root) -> CachedTeacher:
     """The teacher's logits and every feature any of the methods reads, computed once over the
     training images (float32: the cached values are the live ones)."""
-    taps = sorted({
-        tap
-        for method in args.methods if method != "scratch"
-        for tap in teacher_taps(preset_terms(
-            method, **method_hyper(method, student_probe, teacher_model, args)
-        ))
-    })
+    taps = sorted(
+        {
+            tap
+            for method in args.methods
+            if method != "scratch"
+            for tap in teacher_taps(
+                preset_terms(method, **method_hyper(method, student_probe, teacher_model, args))
+            )
+        }
+    )
     teacher = Teacher(teacher_model.cpu(), taps=taps)
     started = time.perf_counter()
     try:
         cache = build_cache(
-            root, teacher, splits.train, fingerprint={"bench": "methods", "taps": taps},
-            dtype="float32", accelerator=accelerator,
+            root,
+            teacher,
+            splits.train,
+            fingerprint={"bench": "methods", "taps": taps},
+            dtype="float32",
+            accelerator=accelerator,
         )
     finally:
         if teacher.tap is not None:
             teacher.tap.remove()
-    print(f"teacher cache: logits and {taps} of {len(splits.train)} images in "
-          f"{time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"teacher cache: logits and {taps} of {len(splits.train)} images in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     return CachedTeacher(cache)
 
 
@@ -344,8 +412,15 @@ def run_method(method, splits, teacher_model, teacher_source, student_probe, arg
         for seed in range(args.seeds):
             hyper = method_hyper(method, student_probe, teacher_model, args)
             _, accuracy, seconds, history = train(
-                args.student, preset_terms(method, **hyper), splits, args, accelerator,
-                seed=seed, epochs=args.epochs, lr=args.lr, teacher_model=teacher_source,
+                args.student,
+                preset_terms(method, **hyper),
+                splits,
+                args,
+                accelerator,
+                seed=seed,
+                epochs=args.epochs,
+                lr=args.lr,
+                teacher_model=teacher_source,
                 phase=f"{method} seed {seed}",
             )
             runs.append(
@@ -369,8 +444,10 @@ def main(argv=None) -> int:
 
     teacher_model, teacher_record = trained_teacher(splits, args, accelerator)
     teacher_accuracy, teacher_seconds = teacher_record["accuracy"], teacher_record["seconds"]
-    print(f"teacher {args.teacher}: {100 * teacher_accuracy:.2f}% ({teacher_seconds:.0f} s"
-          f"{', reused from ' + teacher_record['reused'] if 'reused' in teacher_record else ''})")
+    print(
+        f"teacher {args.teacher}: {100 * teacher_accuracy:.2f}% ({teacher_seconds:.0f} s"
+        f"{', reused from ' + teacher_record['reused'] if 'reused' in teacher_record else ''})"
+    )
     student_probe = create_model(
         args.student, num_classes=splits.num_classes, input_shape=splits.input_shape
     )
@@ -386,14 +463,22 @@ def main(argv=None) -> int:
     report = {
         "command": command,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"device {device}, torch {torch.__version__}",
+        f"device {device}, torch {torch.__version__}",
         "setup": {
-            "teacher": args.teacher, "student": args.student, "subset": args.subset,
+            "teacher": args.teacher,
+            "student": args.student,
+            "subset": args.subset,
             "teacher_cache": isinstance(teacher_source, CachedTeacher),
-            "data": splits.identity, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
-            "seeds": args.seeds, "lr": args.lr, "teacher_lr": args.teacher_lr,
-            "weight_decay": args.weight_decay, "schedule": args.schedule,
-            "batch_size": args.batch_size, "augment": args.augment,
+            "data": splits.identity,
+            "epochs": args.epochs,
+            "teacher_epochs": args.teacher_epochs,
+            "seeds": args.seeds,
+            "lr": args.lr,
+            "teacher_lr": args.teacher_lr,
+            "weight_decay": args.weight_decay,
+            "schedule": args.schedule,
+            "batch_size": args.batch_size,
+            "augment": args.augment,
             "teacher_augment": args.teacher_augment,
             "student_params": sum(p.numel() for p in student_probe.parameters()),
             "dkd_warmup_epochs": dkd_warmup(args.epochs) if "dkd" in args.methods else None,

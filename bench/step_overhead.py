@@ -36,7 +36,12 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def loader(x, y):
-    return DataLoader(ArrayDataset(x, y), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        ArrayDataset(x, y),
+        batch_size=BATCH,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def plain(x, y) -> float:
@@ -88,19 +93,35 @@ def main() -> None:
         rounds.append({name: ways[name]() for name in order})
     accelerate.optimizer.is_lomo_available = cached
     us = {name: 1e6 * statistics.median(r[name] for r in rounds) for name in ways}
-    extra = {name: 1e6 * statistics.median(r[name] - r["plain"] for r in rounds) for name in ways if name != "plain"}
-    result = {"steps": STEPS, "rounds": args.rounds, "threads": args.threads, "machine": platform.machine(),
-              "torch": torch.__version__, "us_per_step": us, "extra_us_per_step": extra}
+    extra = {
+        name: 1e6 * statistics.median(r[name] - r["plain"] for r in rounds)
+        for name in ways
+        if name != "plain"
+    }
+    result = {
+        "steps": STEPS,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "us_per_step": us,
+        "extra_us_per_step": extra,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "step_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        "# Host-side cost of a training step", "",
+        "# Host-side cost of a training step",
+        "",
         f"`python bench/step_overhead.py` ({platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
-        f"{args.rounds} ABBA rounds of {STEPS} steps; Linear 8 → 4, batch {BATCH}: compute is negligible).", "",
-        "| way | µs per step (median) | added to the plain loop (median of per-round differences) |", "|---|---:|---:|",
+        f"{args.rounds} ABBA rounds of {STEPS} steps; Linear 8 → 4, batch {BATCH}: compute is negligible).",
+        "",
+        "| way | µs per step (median) | added to the plain loop (median of per-round differences) |",
+        "|---|---:|---:|",
     ]
     for name in ways:
-        lines.append(f"| {name} | {us[name]:.0f} | {'' if name == 'plain' else f'{extra[name]:.0f}'} |")
+        lines.append(
+            f"| {name} | {us[name]:.0f} | {'' if name == 'plain' else f'{extra[name]:.0f}'} |"
+        )
     (RESULTS / "step_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(json.dumps(result))

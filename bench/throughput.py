@@ -54,7 +54,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def loader(dataset, batch_size, seed=0):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=True)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=True,
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -84,8 +90,16 @@ def kdistill_fit(student, teacher, dataset, batch_size, accelerator) -> float:
     distiller = Distiller(student, hinton_kd())
     seen = (len(dataset) // batch_size) * batch_size
     started = time.perf_counter()
-    train_loop(distiller, loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3, optim=Optimization(schedule="constant"),
-        accelerator=accelerator, progress=False)
+    train_loop(
+        distiller,
+        loader(dataset, batch_size),
+        teacher=teacher,
+        epochs=1,
+        lr=1e-3,
+        optim=Optimization(schedule="constant"),
+        accelerator=accelerator,
+        progress=False,
+    )
     synchronize(accelerator.device)
     return seen / (time.perf_counter() - started)
 
@@ -113,12 +127,20 @@ class DeepNN(torch.nn.Module):
         super().__init__()
         nn = torch.nn
         self.features = nn.Sequential(
-            nn.Conv2d(3, 128, kernel_size=3, padding=1), nn.ReLU(), nn.Conv2d(128, 64, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 128, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(128, 64, kernel_size=3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(kernel_size=2, stride=2),
-            nn.Conv2d(64, 64, kernel_size=3, padding=1), nn.ReLU(), nn.Conv2d(64, 32, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(kernel_size=2, stride=2),
         )
-        self.classifier = nn.Sequential(nn.Linear(2048, 512), nn.ReLU(), nn.Dropout(0.1), nn.Linear(512, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(2048, 512), nn.ReLU(), nn.Dropout(0.1), nn.Linear(512, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -131,10 +153,16 @@ class LightNN(torch.nn.Module):
         super().__init__()
         nn = torch.nn
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(kernel_size=2, stride=2),
-            nn.Conv2d(16, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(3, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(16, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=2, stride=2),
         )
-        self.classifier = nn.Sequential(nn.Linear(1024, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(1024, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -143,8 +171,16 @@ class LightNN(torch.nn.Module):
 def tutorial_fit(student, terms, teacher, dataset, batch_size, accelerator) -> float:
     seen = (len(dataset) // batch_size) * batch_size
     started = time.perf_counter()
-    train_loop(Distiller(student, terms), loader(dataset, batch_size), teacher=teacher, epochs=1, lr=1e-3,
-        optim=Optimization(schedule="constant"), accelerator=accelerator, progress=False)
+    train_loop(
+        Distiller(student, terms),
+        loader(dataset, batch_size),
+        teacher=teacher,
+        epochs=1,
+        lr=1e-3,
+        optim=Optimization(schedule="constant"),
+        accelerator=accelerator,
+        progress=False,
+    )
     synchronize(accelerator.device)
     return seen / (time.perf_counter() - started)
 
@@ -157,7 +193,12 @@ def abba(plain, framework, rounds: int) -> dict:
         ratios.append((b1 + b2) / (a1 + a2))
         a_best, b_best = max(a_best, a1, a2), max(b_best, b1, b2)
     ratios.sort()
-    return {"ratio": ratios[len(ratios) // 2], "ratios": ratios, "plain_sps": a_best, "fit_sps": b_best}
+    return {
+        "ratio": ratios[len(ratios) // 2],
+        "ratios": ratios,
+        "plain_sps": a_best,
+        "fit_sps": b_best,
+    }
 
 
 def tutorial(args) -> None:
@@ -166,7 +207,10 @@ def tutorial(args) -> None:
     device = accelerator.device
     generator = torch.Generator().manual_seed(0)
     n = args.subset or 4096
-    train = ArrayDataset(torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+    train = ArrayDataset(
+        torch.randn(n, 3, 32, 32, generator=generator),
+        torch.randint(0, 10, (n,), generator=generator),
+    )
     set_seed(0)
     teacher = Teacher(DeepNN()).to(device)
     batch = args.batch_size
@@ -179,20 +223,38 @@ def tutorial(args) -> None:
     ce = [Term("ce", "ce", teacher=None)]
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        cache = build_cache(Path(tmp) / "cache", teacher, train, fingerprint={"bench": "tutorial"}, dtype="float16", batch_size=256, accelerator=accelerator)
+        cache = build_cache(
+            Path(tmp) / "cache",
+            teacher,
+            train,
+            fingerprint={"bench": "tutorial"},
+            dtype="float16",
+            batch_size=256,
+            accelerator=accelerator,
+        )
         cache_seconds = time.perf_counter() - started
         cached = CachedTeacher(cache)
         plain = lambda: plain_loop(student(), train, batch, device)
         plain()  # warm-up
         results = {
-            "fit_ce": abba(plain, lambda: tutorial_fit(student(), ce, None, train, batch, accelerator), rounds),
-            "fit_cached_kd": abba(plain, lambda: tutorial_fit(student(), hinton_kd(), cached, train, batch, accelerator), rounds),
+            "fit_ce": abba(
+                plain, lambda: tutorial_fit(student(), ce, None, train, batch, accelerator), rounds
+            ),
+            "fit_cached_kd": abba(
+                plain,
+                lambda: tutorial_fit(student(), hinton_kd(), cached, train, batch, accelerator),
+                rounds,
+            ),
         }
     for name, result in results.items():
-        print(f"{name}: median ratio {result['ratio']:.3f} over {rounds} ABBA rounds {[round(r, 3) for r in result['ratios']]}", flush=True)
+        print(
+            f"{name}: median ratio {result['ratio']:.3f} over {rounds} ABBA rounds {[round(r, 3) for r in result['ratios']]}",
+            flush=True,
+        )
     command = "python bench/throughput.py " + " ".join(sys.argv[1:])
     rows = [
-        OVERHEAD, "",
+        OVERHEAD,
+        "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {args.threads} torch thread(s), {_device_name(device)}, torch {torch.__version__}; "
         f"DeepNN → LightNN on {n} CIFAR-shaped random tensors, batch {batch}, Adam, one epoch per measurement, "
@@ -211,7 +273,9 @@ def tutorial(args) -> None:
     path = RESULTS / "throughput.md"
     kept = path.read_text().split(OVERHEAD)[0].rstrip() + "\n\n" if path.is_file() else ""
     path.write_text(kept + section)
-    (RESULTS / "throughput_tutorial.json").write_text(json.dumps({"command": command, **results, "cache_seconds": cache_seconds}, indent=2))
+    (RESULTS / "throughput_tutorial.json").write_text(
+        json.dumps({"command": command, **results, "cache_seconds": cache_seconds}, indent=2)
+    )
 
 
 def _device_name(device: torch.device) -> str:
@@ -224,12 +288,20 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--teacher", default="resnet56")
     parser.add_argument("--student", default="resnet8")
-    parser.add_argument("--subset", type=int, default=None, help="samples used (default 4000, quick 900)")
+    parser.add_argument(
+        "--subset", type=int, default=None, help="samples used (default 4000, quick 900)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 2)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--tutorial", action="store_true", help="framework overhead on the tutorial pair (batch 128)")
+    parser.add_argument(
+        "--tutorial",
+        action="store_true",
+        help="framework overhead on the tutorial pair (batch 128)",
+    )
     args = parser.parse_args()
     if args.tutorial:
         if args.batch_size == 64:
@@ -250,7 +322,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        cache = build_cache(Path(tmp) / "cache", teacher, train, fingerprint={"bench": True}, dtype="float16", batch_size=256, accelerator=accelerator)
+        cache = build_cache(
+            Path(tmp) / "cache",
+            teacher,
+            train,
+            fingerprint={"bench": True},
+            dtype="float16",
+            batch_size=256,
+            accelerator=accelerator,
+        )
         cache_seconds = time.perf_counter() - started
         cached = CachedTeacher(cache)
 
@@ -260,8 +340,12 @@ def main() -> None:
 
         ways = {
             "plain_sps": lambda: plain_loop(student(), train, args.batch_size, device),
-            "live_kd_sps": lambda: kdistill_fit(student(), teacher, train, args.batch_size, accelerator),
-            "cached_kd_sps": lambda: kdistill_fit(student(), cached, train, args.batch_size, accelerator),
+            "live_kd_sps": lambda: kdistill_fit(
+                student(), teacher, train, args.batch_size, accelerator
+            ),
+            "cached_kd_sps": lambda: kdistill_fit(
+                student(), cached, train, args.batch_size, accelerator
+            ),
             "teacher_sps": lambda: teacher_alone(teacher_model, train, args.batch_size, device),
         }
         ways["plain_sps"]()  # warm-up: allocator, kernels, first-touch of the cache's pages
@@ -269,9 +353,15 @@ def main() -> None:
         for round_ in range(rounds):
             for name, way in ways.items():
                 best[name] = max(best[name], way())
-            print(f"round {round_ + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f}" for k, v in best.items()), flush=True)
+            print(
+                f"round {round_ + 1}/{rounds}: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in best.items()),
+                flush=True,
+            )
 
-    plain, live, cached_sps, alone = (best[k] for k in ("plain_sps", "live_kd_sps", "cached_kd_sps", "teacher_sps"))
+    plain, live, cached_sps, alone = (
+        best[k] for k in ("plain_sps", "live_kd_sps", "cached_kd_sps", "teacher_sps")
+    )
     predicted_live = 1 / (1 / plain + 1 / alone)
     ratios = {
         "cached_over_plain": cached_sps / plain,
@@ -300,11 +390,17 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = ("throughput_quick" if args.quick else "throughput") + ("_cuda" if device.type == "cuda" else "")
+    stem = ("throughput_quick" if args.quick else "throughput") + (
+        "_cuda" if device.type == "cuda" else ""
+    )
     earlier = RESULTS / f"{stem}.md"
     overhead = earlier.read_text().partition(OVERHEAD) if earlier.is_file() else ("", "", "")
-    (RESULTS / f"{stem}.md").write_text(text + (f"\n{OVERHEAD}{overhead[2]}" if overhead[1] else ""))
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, **best, **ratios, "cache_seconds": cache_seconds}, indent=2))
+    (RESULTS / f"{stem}.md").write_text(
+        text + (f"\n{OVERHEAD}{overhead[2]}" if overhead[1] else "")
+    )
+    (RESULTS / f"{stem}.json").write_text(
+        json.dumps({"command": command, **best, **ratios, "cache_seconds": cache_seconds}, indent=2)
+    )
     print(json.dumps({k: round(v, 2) for k, v in best.items()}))
 
 

@@ -30,9 +30,16 @@ KDISTILL = Path(sys.executable).with_name("kdistill")
 # The quickest whole run: digits, small MLPs, one epoch each, no augmentation, no latency, plots or
 # progress bars. Tests add their own overrides after it (the later override wins).
 TINY_RECIPE = (
-    "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 32}", "student.kwargs={width: 16}",
-    "teacher.epochs=1", "train.epochs=1", "teacher.augment=none", "output.latency=false",
-    "output.plots=false", "output.progress=false",
+    "data.dataset=digits",
+    "teacher.model=mlp",
+    "teacher.kwargs={width: 32}",
+    "student.kwargs={width: 16}",
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "teacher.augment=none",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
 )
 
 
@@ -49,7 +56,9 @@ def cases(reference):
 def subprocess_env() -> dict:
     """Environment for child processes: the same offline, few-thread settings."""
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE"
+    )
     return env
 
 
@@ -79,11 +88,17 @@ def call_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     # train.deterministic switches PyTorch's kernels for the whole process: keep it to this call.
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            contextlib.chdir(cwd or Path.cwd()),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             code = main([str(arg) for arg in args])
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    return subprocess.CompletedProcess(["kdistill", *map(str, args)], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(
+        ["kdistill", *map(str, args)], code, out.getvalue(), err.getvalue()
+    )
 
 
 @pytest.fixture
@@ -94,11 +109,14 @@ def cli():
     return call_cli
 
 
-MEMORY_CAP = 2 * 2**30  # address space of a child: a bomb that expands hits it instead of the machine
+MEMORY_CAP = (
+    2 * 2**30
+)  # address space of a child: a bomb that expands hits it instead of the machine
 
 
-def kdistill_cli(*args, cwd: Path, memory: int | None = None, timeout: float = 300,
-                 env: dict | None = None) -> subprocess.CompletedProcess:
+def kdistill_cli(
+    *args, cwd: Path, memory: int | None = None, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """The installed console script in a child process, this checkout's sources first on its path;
     ``memory`` caps the child's address space (bytes)."""
     env = {**subprocess_env(), **(env or {})}
@@ -108,6 +126,12 @@ def kdistill_cli(*args, cwd: Path, memory: int | None = None, timeout: float = 3
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     return subprocess.run(
-        [str(KDISTILL), *map(str, args)], check=False, cwd=cwd, env=env, capture_output=True,
-        text=True, preexec_fn=cap_memory if memory else None, timeout=timeout,
+        [str(KDISTILL), *map(str, args)],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=cap_memory if memory else None,
+        timeout=timeout,
     )

@@ -20,15 +20,25 @@ def test_distill_one_call_trains_student_and_keeps_teacher():
     splits = load_dataset("digits")
     torch.manual_seed(0)
     teacher = create_model("mlp", width=128, input_shape=(1, 8, 8))
-    loader = DataLoader(splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
-    fit(Distiller(teacher, scratch()), loader, epochs=5, accelerator=make_accelerator("cpu"), progress=False)
+    loader = DataLoader(
+        splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    fit(
+        Distiller(teacher, scratch()),
+        loader,
+        epochs=5,
+        accelerator=make_accelerator("cpu"),
+        progress=False,
+    )
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
 
     student = create_model("mlp", width=16, input_shape=(1, 8, 8))
     # plain tensors and a dataset of (x, y) pairs both work
     x, y = splits.train.inputs, splits.train.targets
     val = TensorDataset(splits.val.inputs, splits.val.targets)
-    result = distill(teacher, student, (x, y), val, temperature=4.0, alpha=0.9, epochs=8, lr=3e-3, progress=False)
+    result = distill(
+        teacher, student, (x, y), val, temperature=4.0, alpha=0.9, epochs=8, lr=3e-3, progress=False
+    )
 
     assert result.student is student
     assert len(result.history) == 8 and {"loss/ce", "loss/kd"} <= set(result.history[0])
@@ -41,7 +51,16 @@ def test_distill_one_call_trains_student_and_keeps_teacher():
 def test_public_api_is_explicit():
     for name in kdistill.__all__:
         assert hasattr(kdistill, name), name
-    assert {"distill", "Distiller", "fit", "evaluate", "FeatureTap", "create_model", "list_models", "load_config"} <= set(kdistill.__all__)
+    assert {
+        "distill",
+        "Distiller",
+        "fit",
+        "evaluate",
+        "FeatureTap",
+        "create_model",
+        "list_models",
+        "load_config",
+    } <= set(kdistill.__all__)
     # Three groups (issue 28.3): the one call, what a run is composed of, models/data/weights.
     assert kdistill.__all__ == [*kdistill.ONE_CALL, *kdistill.COMPOSE, *kdistill.MODELS_DATA_IO]
     assert kdistill.TrainConfig is kdistill.training.settings.TrainConfig
@@ -55,10 +74,16 @@ def digits_pair(epochs: int = 3):
     splits = load_dataset("digits")
     torch.manual_seed(0)
     teacher = create_model("mlp", width=64, input_shape=(1, 8, 8))
-    loader = DataLoader(splits.train, batch_size=32, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
-    fit(Distiller(teacher, scratch()), loader, epochs=epochs, accelerator=make_accelerator("cpu"),
-        progress=False)
+    loader = DataLoader(
+        splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    fit(
+        Distiller(teacher, scratch()),
+        loader,
+        epochs=epochs,
+        accelerator=make_accelerator("cpu"),
+        progress=False,
+    )
     return splits, teacher, create_model("mlp", width=16, input_shape=(1, 8, 8))
 
 
@@ -68,8 +93,9 @@ def test_baseline_is_the_same_student_on_the_same_budget_without_the_teacher():
     val = (splits.val.inputs, splits.val.targets)
     # alpha=0 leaves only the label term: the distilled student then is the scratch student,
     # bit for bit, only if both start from the same weights and see the same batches and steps.
-    result = distill(teacher, student, train, val, alpha=0.0, epochs=2, lr=3e-3, progress=False,
-                     baseline=True)
+    result = distill(
+        teacher, student, train, val, alpha=0.0, epochs=2, lr=3e-3, progress=False, baseline=True
+    )
     assert result.baseline is not student and len(result.baseline_history) == 2
     assert "loss/kd" not in result.baseline_history[0]
     scratch_state = result.baseline.state_dict()
@@ -78,7 +104,8 @@ def test_baseline_is_the_same_student_on_the_same_budget_without_the_teacher():
     assert result.comparison["mcnemar_p"] == 1.0
     assert result.baseline_metrics["val/accuracy"] == result.metrics["val/accuracy"] > 0.5
     assert result.verdict.startswith(
-        "No significant difference between the distilled and the scratch student")
+        "No significant difference between the distilled and the scratch student"
+    )
     shown = repr(result)
     rows = [line.split()[0] for line in shown.splitlines()[1:4]]
     assert rows == ["teacher", "scratch", "distilled"]
@@ -91,22 +118,30 @@ def test_baseline_blames_the_student_settings_when_neither_student_learns():
     x = torch.zeros(300, 1, 4, 4)
     y = torch.arange(300) % 3
     torch.manual_seed(0)
-    teacher, student = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-                        for _ in range(2))
-    result = distill(teacher, student, (x, y), (x, y), epochs=1, lr=1e-3, progress=False,
-                     baseline=True)
+    teacher, student = (
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)) for _ in range(2)
+    )
+    result = distill(
+        teacher, student, (x, y), (x, y), epochs=1, lr=1e-3, progress=False, baseline=True
+    )
     assert result.metrics["val/accuracy"] == pytest.approx(1 / 3)
     assert result.baseline_metrics["val/accuracy"] == pytest.approx(1 / 3)
     assert result.verdict.startswith(
-        "Neither student learned (distilled 33.3%, scratch 33.3%; chance is 33.3%")
+        "Neither student learned (distilled 33.3%, scratch 33.3%; chance is 33.3%"
+    )
     assert "lr=0.001, epochs=1" in result.verdict and "not distillation" in result.verdict
 
 
 def test_baseline_needs_validation_data():
     splits, teacher, student = digits_pair(epochs=1)
     with pytest.raises(ArgumentError, match="baseline=True compares the students on val_data"):
-        distill(teacher, student, (splits.train.inputs, splits.train.targets), baseline=True,
-                progress=False)
+        distill(
+            teacher,
+            student,
+            (splits.train.inputs, splits.train.targets),
+            baseline=True,
+            progress=False,
+        )
 
 
 # --- distill(train=...): the recipe's TrainConfig, field by field (issue 28.1) -----------------
@@ -131,15 +166,23 @@ REACHED = {
     "clip_grad_norm": (1.0, lambda got: got["optim"].clip_grad_norm, 1.0),
     "warmup_steps": (3, lambda got: got["optim"].warmup_steps, 3),
     "warmup_ratio": (0.1, lambda got: got["optim"].warmup_ratio, 0.1),
-    "early_stopping": ({"patience": 2, "min_delta": 0.01},
-                       lambda got: (got["loop"].early_stopping.patience,
-                                    got["loop"].early_stopping.min_delta),
-                       (2, 0.01)),
+    "early_stopping": (
+        {"patience": 2, "min_delta": 0.01},
+        lambda got: (got["loop"].early_stopping.patience, got["loop"].early_stopping.min_delta),
+        (2, 0.01),
+    ),
     "keep": ("best", lambda got: got["loop"].keep, "best"),
 }
 # The fields of a run directory or a recipe's dataset: refused from Python, naming the field.
-REFUSED = {"seeds": 2, "augment": "shift", "mix": "mixup", "mix_alpha": 0.5, "scratch_mix": "none",
-           "views": 2, "checkpoint_every": 5}
+REFUSED = {
+    "seeds": 2,
+    "augment": "shift",
+    "mix": "mixup",
+    "mix_alpha": 0.5,
+    "scratch_mix": "none",
+    "views": 2,
+    "checkpoint_every": 5,
+}
 
 
 @pytest.fixture
@@ -189,12 +232,26 @@ def test_a_recipe_only_train_field_is_refused_in_one_line(reached, name):
 
 def test_old_keywords_are_shorthand_for_train_fields_with_the_recipe_defaults(reached):
     teacher, student, data = tiny()
-    distill(teacher, student, data, epochs=3, lr=0.01, optimizer="sgd", batch_size=8, seed=5,
-            progress=False)
+    distill(
+        teacher,
+        student,
+        data,
+        epochs=3,
+        lr=0.01,
+        optimizer="sgd",
+        batch_size=8,
+        seed=5,
+        progress=False,
+    )
     short = dict(reached)
     reached.clear()
-    distill(teacher, student, data, train=TrainConfig(epochs=3, lr=0.01, optimizer="sgd",
-                                                      batch_size=8, seed=5), progress=False)
+    distill(
+        teacher,
+        student,
+        data,
+        train=TrainConfig(epochs=3, lr=0.01, optimizer="sgd", batch_size=8, seed=5),
+        progress=False,
+    )
     for key in ("epochs", "lr", "optim", "loop", "seed", "made"):
         assert reached[key] == short[key], key
     reached.clear()
@@ -208,11 +265,14 @@ def test_old_keywords_are_shorthand_for_train_fields_with_the_recipe_defaults(re
         distill(teacher, student, data, temprature=2.0, progress=False)
 
 
-@pytest.mark.parametrize("train, says", [
-    ({"lr": -1}, r"^distill\(\): train\.lr: Input should be greater than 0 \(got -1\)$"),
-    ({"epoch": 3}, r"unknown key 'train\.epoch' \(did you mean 'train\.epochs'\?\)"),
-    ({"early_stopping": {"patience": 0}}, r"train\.early_stopping\.patience"),
-])
+@pytest.mark.parametrize(
+    "train, says",
+    [
+        ({"lr": -1}, r"^distill\(\): train\.lr: Input should be greater than 0 \(got -1\)$"),
+        ({"epoch": 3}, r"unknown key 'train\.epoch' \(did you mean 'train\.epochs'\?\)"),
+        ({"early_stopping": {"patience": 0}}, r"train\.early_stopping\.patience"),
+    ],
+)
 def test_a_bad_train_value_names_its_field(reached, train, says):
     teacher, student, data = tiny()
     with pytest.raises(ArgumentError, match=says):

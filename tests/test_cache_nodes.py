@@ -23,23 +23,55 @@ def reference(tmp_path, topk: int | None = None) -> Path:
     """The cache one process builds, as the worker does: the same data and teacher."""
     torch.manual_seed(0)
     data = ArrayDataset(torch.randn(37, 6), torch.arange(37) % 3)
-    build_cache(tmp_path / "one", Teacher(torch.nn.Linear(6, 3)), data, fingerprint={"test": 1},
-                dtype="float32", batch_size=8, topk=topk)
+    build_cache(
+        tmp_path / "one",
+        Teacher(torch.nn.Linear(6, 3)),
+        data,
+        fingerprint={"test": 1},
+        dtype="float32",
+        batch_size=8,
+        topk=topk,
+    )
     return tmp_path / "one"
 
 
 def one_machine(tmp_path, *worker_args: str, port: int) -> subprocess.CompletedProcess:
     command = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(port), str(WORKER)]
-    return subprocess.run([*command, str(tmp_path), *worker_args], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [*command, str(tmp_path), *worker_args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def two_nodes(tmp_path, layout: str, port: int):
     """Two torchrun "machines" of one process each (LOCAL_WORLD_SIZE=1), started side by side."""
     procs = [
-        subprocess.Popen([str(TORCHRUN), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
-                          "--master_addr", "127.0.0.1", "--master_port", str(port), str(WORKER), str(tmp_path), layout],
-                         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                str(TORCHRUN),
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(WORKER),
+                str(tmp_path),
+                layout,
+            ],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     for proc in procs:
@@ -52,7 +84,9 @@ def test_machines_with_their_own_disks_each_get_a_complete_cache(tmp_path):
     two_nodes(tmp_path, "local", 29541)
     expected = np.load(reference(tmp_path) / "logits.npy")
     for node in ("node0", "node1"):
-        assert np.array_equal(np.load(tmp_path / node / "logits.npy"), expected)  # rank 1 could not open rank 0's files before
+        assert np.array_equal(
+            np.load(tmp_path / node / "logits.npy"), expected
+        )  # rank 1 could not open rank 0's files before
         assert (tmp_path / node / "meta.json").is_file()
         assert not (tmp_path / node / ".kdistill-cache-main").exists()
 
@@ -67,7 +101,11 @@ def test_processes_sharing_a_directory_fill_one_cache(tmp_path, launch):
         assert result.returncode == 0, result.stderr[-2000:]
     expected = np.load(reference(tmp_path) / "logits.npy")
     assert np.array_equal(np.load(tmp_path / "shared" / "logits.npy"), expected)
-    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [".kdistill-cache", "logits.npy", "meta.json"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [
+        ".kdistill-cache",
+        "logits.npy",
+        "meta.json",
+    ]
 
 
 @pytest.mark.integration

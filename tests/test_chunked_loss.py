@@ -68,7 +68,9 @@ def assert_same(expected, got):
 def test_a_divergence_in_chunks_equals_the_whole(case, loss, params, chunk_size):
     hidden, weight, bias, teacher, _, mask = case
     whole = loss(F.linear(hidden, weight, bias), teacher, mask=mask, **params)
-    chunked = chunked_token_loss(loss, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=chunk_size, **params)
+    chunked = chunked_token_loss(
+        loss, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=chunk_size, **params
+    )
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
     assert_same(grads(whole, hidden, weight, bias), grads(chunked, hidden, weight, bias))
 
@@ -77,7 +79,9 @@ def test_a_divergence_in_chunks_equals_the_whole(case, loss, params, chunk_size)
 def test_token_ce_in_chunks_equals_the_whole_without_bias(case, chunk_size):
     hidden, weight, _, _, target, mask = case
     whole = token_ce(F.linear(hidden, weight), target, mask=mask)
-    chunked = chunked_token_loss(token_ce, hidden, weight, target=target, mask=mask, chunk_size=chunk_size)
+    chunked = chunked_token_loss(
+        token_ce, hidden, weight, target=target, mask=mask, chunk_size=chunk_size
+    )
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
     assert_same(grads(whole, hidden, weight), grads(chunked, hidden, weight))
 
@@ -87,9 +91,13 @@ def test_ce_and_a_divergence_share_one_pass_with_their_weights(case, as_tensor):
     hidden, weight, bias, teacher, target, mask = case
     logits = F.linear(hidden, weight, bias)
     ce, kd = token_ce(logits, target, mask=mask), jsd(logits, teacher, mask=mask, beta=0.5)
-    w_ce, w_kd = (torch.tensor(0.3), torch.tensor(0.7)) if as_tensor else (0.3, 0.7)  # a warm-up's epoch tensor
+    w_ce, w_kd = (
+        (torch.tensor(0.3), torch.tensor(0.7)) if as_tensor else (0.3, 0.7)
+    )  # a warm-up's epoch tensor
     terms = [ChunkedTerm(token_ce, w_ce), ChunkedTerm(jsd, w_kd, {"beta": 0.5})]
-    total, values = chunked_token_losses(LazyLogits(hidden, weight, bias), teacher, target, terms, mask=mask, chunk_size=4)
+    total, values = chunked_token_losses(
+        LazyLogits(hidden, weight, bias), teacher, target, terms, mask=mask, chunk_size=4
+    )
     torch.testing.assert_close(values, torch.stack([ce, kd]).detach(), rtol=1e-12, atol=1e-14)
     assert not values.requires_grad
     whole = w_ce * ce + w_kd * kd
@@ -101,11 +109,22 @@ def test_a_top_k_cache_is_read_at_its_own_temperature(case):
     hidden, weight, bias, teacher, _, mask = case
     sparse = topk_teacher(torch.nan_to_num(teacher), 4, temperature=2.0)
     whole = forward_kl(F.linear(hidden, weight, bias), sparse, mask=mask, temperature=2.0)
-    chunked = chunked_token_loss(forward_kl, hidden, weight, sparse, lm_head_bias=bias, mask=mask, chunk_size=4, temperature=2.0)
+    chunked = chunked_token_loss(
+        forward_kl,
+        hidden,
+        weight,
+        sparse,
+        lm_head_bias=bias,
+        mask=mask,
+        chunk_size=4,
+        temperature=2.0,
+    )
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
     assert_same(grads(whole, hidden, weight, bias), grads(chunked, hidden, weight, bias))
     with pytest.raises(ValueError, match="at temperature 2, but the loss runs at temperature 1"):
-        chunked_token_loss(forward_kl, hidden, weight, sparse, mask=mask, chunk_size=4, temperature=1.0)
+        chunked_token_loss(
+            forward_kl, hidden, weight, sparse, mask=mask, chunk_size=4, temperature=1.0
+        )
 
 
 def test_a_live_teacher_is_projected_chunk_by_chunk_and_never_differentiated(case):
@@ -113,9 +132,13 @@ def test_a_live_teacher_is_projected_chunk_by_chunk_and_never_differentiated(cas
     g = torch.Generator().manual_seed(1)
     t_hidden = torch.randn(B, L, 6, generator=g, dtype=torch.float64).requires_grad_()
     t_weight = torch.randn(V, 6, generator=g, dtype=torch.float64).requires_grad_()
-    whole = reverse_kl(F.linear(hidden, weight, bias), F.linear(t_hidden, t_weight).detach(), mask=mask)
+    whole = reverse_kl(
+        F.linear(hidden, weight, bias), F.linear(t_hidden, t_weight).detach(), mask=mask
+    )
     teacher = LazyLogits(t_hidden, t_weight)
-    chunked = chunked_token_loss(reverse_kl, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=8)
+    chunked = chunked_token_loss(
+        reverse_kl, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=8
+    )
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
     chunked.backward()
     assert t_hidden.grad is None and t_weight.grad is None and hidden.grad is not None
@@ -124,7 +147,9 @@ def test_a_live_teacher_is_projected_chunk_by_chunk_and_never_differentiated(cas
 def test_nothing_counts_gives_zero_and_zero_gradients(case):
     hidden, weight, bias, teacher, _, _ = case
     nothing = torch.zeros(B, L, dtype=torch.bool)
-    value = chunked_token_loss(forward_kl, hidden, weight, teacher, lm_head_bias=bias, mask=nothing, chunk_size=4)
+    value = chunked_token_loss(
+        forward_kl, hidden, weight, teacher, lm_head_bias=bias, mask=nothing, chunk_size=4
+    )
     assert value.item() == 0.0
     assert all(not g.any() for g in grads(value, hidden, weight, bias))
 
@@ -132,15 +157,23 @@ def test_nothing_counts_gives_zero_and_zero_gradients(case):
 def test_without_autograd_the_value_is_the_same(case):
     hidden, weight, bias, teacher, _, mask = case
     with torch.no_grad():
-        value = chunked_token_loss(jsd, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=4)
+        value = chunked_token_loss(
+            jsd, hidden, weight, teacher, lm_head_bias=bias, mask=mask, chunk_size=4
+        )
         whole = jsd(F.linear(hidden, weight, bias), teacher, mask=mask)
     torch.testing.assert_close(value, whole, rtol=1e-12, atol=1e-14)
 
 
 def test_half_precision_hidden_states_as_autocast_makes_them(case):
     hidden, weight, _, teacher, _, mask = case
-    half, weight32, teacher32 = hidden.detach().bfloat16().requires_grad_(), weight.detach().float().requires_grad_(), teacher.float()
-    whole = forward_kl(F.linear(half, weight32.bfloat16()).float(), teacher32, mask=mask)  # the head in bf16, as autocast runs it
+    half, weight32, teacher32 = (
+        hidden.detach().bfloat16().requires_grad_(),
+        weight.detach().float().requires_grad_(),
+        teacher.float(),
+    )
+    whole = forward_kl(
+        F.linear(half, weight32.bfloat16()).float(), teacher32, mask=mask
+    )  # the head in bf16, as autocast runs it
     chunked = chunked_token_loss(forward_kl, half, weight32, teacher32, mask=mask, chunk_size=4)
     assert chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
@@ -172,12 +205,20 @@ def test_no_tensor_of_the_full_logits_size_is_made():
     target = torch.randint(0, vocab, (batch, length))
     terms = [ChunkedTerm(token_ce, 0.5), ChunkedTerm(forward_kl, 0.5)]
     with LargestTensor() as seen:
-        total, _ = chunked_token_losses(LazyLogits(hidden, weight), LazyLogits(t_hidden, t_weight), target, terms, chunk_size=chunk)
+        total, _ = chunked_token_losses(
+            LazyLogits(hidden, weight),
+            LazyLogits(t_hidden, t_weight),
+            target,
+            terms,
+            chunk_size=chunk,
+        )
         total.backward()
     assert seen.largest == chunk * vocab  # a chunk's logits; (B, L, V) would be 64 chunks of it
     with LargestTensor() as whole:
         logits = F.linear(hidden, weight)
-        (0.5 * token_ce(logits, target) + 0.5 * forward_kl(logits, F.linear(t_hidden, t_weight))).backward()
+        (
+            0.5 * token_ce(logits, target) + 0.5 * forward_kl(logits, F.linear(t_hidden, t_weight))
+        ).backward()
     assert whole.largest == batch * length * vocab
 
 
@@ -204,9 +245,16 @@ def tiny_llama(seed: int):
     from kdistill.models.hf import hf
 
     torch.manual_seed(seed)
-    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
-              "tie_word_embeddings": True}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": True,
+    }
     return hf(128, (16,), config=config, task="causal-lm")
 
 
@@ -224,7 +272,9 @@ def step(student, teacher_model, batch, **settings):
     from kdistill.methods import preset_terms
 
     teacher = Teacher(teacher_model)
-    distiller = Distiller.build(student, preset_terms("token_kd", **settings), teacher=teacher, example_batch=batch)
+    distiller = Distiller.build(
+        student, preset_terms("token_kd", **settings), teacher=teacher, example_batch=batch
+    )
     out = distiller(batch, teacher(batch))
     out["loss"].backward()
     gradients = [p.grad.clone() for p in student.parameters()]
@@ -236,7 +286,9 @@ def step(student, teacher_model, batch, **settings):
 def test_token_kd_with_chunk_size_trains_as_without_and_never_makes_the_logits(lm_batch, loss):
     student, teacher = tiny_llama(0), tiny_llama(1)
     whole, whole_grads = step(student, teacher, lm_batch, loss=loss, temperature=2.0)
-    chunked, chunked_grads = step(student, teacher, lm_batch, loss=loss, temperature=2.0, chunk_size=5)
+    chunked, chunked_grads = step(
+        student, teacher, lm_batch, loss=loss, temperature=2.0, chunk_size=5
+    )
     assert isinstance(chunked["logits"], LazyLogits) and isinstance(whole["logits"], torch.Tensor)
     for key in ("loss", "loss/ce", "loss/kd"):
         torch.testing.assert_close(chunked[key], whole[key], rtol=1e-5, atol=1e-7)
@@ -257,7 +309,12 @@ def test_build_makes_a_live_teacher_give_its_hidden_states(lm_batch):
 
     teacher = Teacher(tiny_llama(1))
     assert isinstance(teacher(lm_batch).logits, torch.Tensor)
-    Distiller.build(tiny_llama(0), preset_terms("token_kd", chunk_size=8), teacher=teacher, example_batch=lm_batch)
+    Distiller.build(
+        tiny_llama(0),
+        preset_terms("token_kd", chunk_size=8),
+        teacher=teacher,
+        example_batch=lm_batch,
+    )
     assert isinstance(teacher(lm_batch).logits, LazyLogits)
 
 
@@ -281,7 +338,9 @@ def test_a_logits_term_without_a_chunked_form_is_refused():
     from kdistill.methods import Term
 
     terms = [Term("ce", "token_ce", teacher=None, chunk_size=64), Term("kd", "kd")]
-    with pytest.raises(ValueError, match=r"term 'kd' \(kd\): chunk_size=64 computes every logits term"):
+    with pytest.raises(
+        ValueError, match=r"term 'kd' \(kd\): chunk_size=64 computes every logits term"
+    ):
         Distiller(tiny_llama(0), terms)
     with pytest.raises(ValueError, match="chunk_size must be"):
         Term("ce", "token_ce", teacher=None, chunk_size=-1)
@@ -316,15 +375,28 @@ def test_a_recipe_setting_chunk_size_runs_chunked_end_to_end(tmp_path, monkeypat
         return original(student, teacher, *args, **kwargs)
 
     monkeypatch.setattr(distiller_module, "chunked_token_losses", spy)
-    llama = ("{task: causal-lm, config: {model_type: llama, hidden_size: 32, intermediate_size: 64, "
-             "num_hidden_layers: %d, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}}")
+    llama = (
+        "{task: causal-lm, config: {model_type: llama, hidden_size: 32, intermediate_size: 64, "
+        "num_hidden_layers: %d, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}}"
+    )
     overrides = [
-        "data.subset=96", "data.options.block_size=32", "teacher.model=hf", f"teacher.kwargs={llama % 2}",
-        "student.model=hf", f"student.kwargs={llama % 1}", "teacher.epochs=1", "train.epochs=1",
-        "distill.params={loss: jsd, beta: 0.5, chunk_size: 16}", "output.latency=false", "output.plots=false",
-        "output.progress=false", f"output.dir={tmp_path}",
+        "data.subset=96",
+        "data.options.block_size=32",
+        "teacher.model=hf",
+        f"teacher.kwargs={llama % 2}",
+        "student.model=hf",
+        f"student.kwargs={llama % 1}",
+        "teacher.epochs=1",
+        "train.epochs=1",
+        "distill.params={loss: jsd, beta: 0.5, chunk_size: 16}",
+        "output.latency=false",
+        "output.plots=false",
+        "output.progress=false",
+        f"output.dir={tmp_path}",
     ]
     assert main(["run", "configs/lm_kd.yaml", *overrides]) == 0
-    assert seen and set(seen) == {("LazyLogits", "LazyLogits", 16)}  # student and live teacher, every step
+    assert seen and set(seen) == {
+        ("LazyLogits", "LazyLogits", 16)
+    }  # student and live teacher, every step
     summary = json.loads((tmp_path / "lm_kd" / "summary.json").read_text())
     assert 1.0 < summary["student"]["perplexity"] < 200

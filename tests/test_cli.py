@@ -30,9 +30,17 @@ def finished_run(tmp_path_factory):
 @pytest.mark.integration
 def test_run_writes_the_run_directory(finished_run):
     _, run_dir = finished_run
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.md",
-                 "checkpoints/teacher.safetensors", "checkpoints/scratch.safetensors",
-                 "checkpoints/student.safetensors", "plots/loss_terms.png", "plots/val_accuracy.png"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "report.md",
+        "checkpoints/teacher.safetensors",
+        "checkpoints/scratch.safetensors",
+        "checkpoints/student.safetensors",
+        "plots/loss_terms.png",
+        "plots/val_accuracy.png",
+    ):
         assert (run_dir / name).is_file(), name
         assert (run_dir / name).stat().st_size > 0, name
 
@@ -57,13 +65,22 @@ def test_metrics_log_and_report(finished_run):
     _, run_dir = finished_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["epoch"]) for r in records] == [
-        ("teacher", 1), ("teacher", 2), ("scratch", 1), ("scratch", 2), ("student", 1), ("student", 2)
+        ("teacher", 1),
+        ("teacher", 2),
+        ("scratch", 1),
+        ("scratch", 2),
+        ("student", 1),
+        ("student", 2),
     ]
-    scratch, student = ([r for r in records if r["phase"] == phase][0] for phase in ("scratch", "student"))
+    scratch, student = (
+        [r for r in records if r["phase"] == phase][0] for phase in ("scratch", "student")
+    )
     assert {"loss", "loss/ce", "val/accuracy", "train/accuracy"} <= set(scratch)
     # The built-in recipe CutMixes the distilled student's images: no single label to score
     # training accuracy against, so only the scratch student (unmixed) reports it.
-    assert {"loss", "loss/ce", "loss/kd", "val/accuracy"} <= set(student) and "train/accuracy" not in student
+    assert {"loss", "loss/ce", "loss/kd", "val/accuracy"} <= set(
+        student
+    ) and "train/accuracy" not in student
     assert student["loss"] == pytest.approx(student["loss/ce"] + student["loss/kd"], rel=1e-5)
     report = (run_dir / "report.md").read_text()
     assert "| distilled student (mlp) |" in report and "plots/loss_terms.png" in report
@@ -104,22 +121,57 @@ def test_resolved_config_reproduces_the_run(finished_run):
 
 
 @pytest.mark.integration
-def test_existing_run_is_refused_then_replaced_with_overwrite_reusing_the_teacher(finished_run, capsys):
+def test_existing_run_is_refused_then_replaced_with_overwrite_reusing_the_teacher(
+    finished_run, capsys
+):
     root, run_dir = finished_run
     before = (run_dir / "summary.json").read_text()
     assert main(["run", *QUICK, f"output.dir={root}", "name=quick"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (run_dir / "summary.json").read_text() == before  # nothing was touched
-    assert main(["run", *QUICK, f"output.dir={root}", "name=quick", "--overwrite", "output.latency=false"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *QUICK,
+                f"output.dir={root}",
+                "name=quick",
+                "--overwrite",
+                "output.latency=false",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["teacher"]["source"].startswith("reused")
-    assert not any(json.loads(l)["phase"] == "teacher" for l in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert not any(
+        json.loads(l)["phase"] == "teacher"
+        for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+    )
 
 
 def test_recipe_file_with_overrides(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "fromfile", "data": {"dataset": "digits"}, "student": {"model": "mlp", "kwargs": {"width": 8}}}))
-    code = main(["run", str(recipe), "teacher.epochs=1", "train.epochs=1", f"output.dir={tmp_path}", "output.latency=false", "output.plots=false"])
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "fromfile",
+                "data": {"dataset": "digits"},
+                "student": {"model": "mlp", "kwargs": {"width": 8}},
+            }
+        )
+    )
+    code = main(
+        [
+            "run",
+            str(recipe),
+            "teacher.epochs=1",
+            "train.epochs=1",
+            f"output.dir={tmp_path}",
+            "output.latency=false",
+            "output.plots=false",
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "fromfile" / "summary.json").read_text())
     assert summary["data"]["dataset"] == "digits"
@@ -132,7 +184,10 @@ def test_recipe_file_with_overrides(tmp_path):
         (["run", "missing.yaml"], "missing.yaml"),
         (["run", "student.model=resnet9000"], "student.model"),
         (["run", "data.dataset=npz"], "data.path"),
-        (["run", "teacher.checkpoint=nowhere.safetensors", "data.subset=100"], "teacher.checkpoint"),
+        (
+            ["run", "teacher.checkpoint=nowhere.safetensors", "data.subset=100"],
+            "teacher.checkpoint",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line(args, fragment, capsys, tmp_path):
@@ -144,9 +199,20 @@ def test_user_errors_exit_2_with_one_line(args, fragment, capsys, tmp_path):
 @pytest.mark.integration
 def test_python_m_and_console_script_in_a_subprocess(tmp_path):
     env = subprocess_env()
-    listing = subprocess.run([sys.executable, "-m", "kdistill", "list", "models"], capture_output=True, text=True, env=env)
+    listing = subprocess.run(
+        [sys.executable, "-m", "kdistill", "list", "models"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert listing.returncode == 0 and "mlp_tiny" in listing.stdout
-    bad = subprocess.run([sys.executable, "-m", "kdistill", "run", "trian.epochs=1"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "kdistill", "run", "trian.epochs=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2
     assert "did you mean 'train'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "runs").exists()  # nothing written for a bad recipe
@@ -170,7 +236,8 @@ def test_list_models_tags_each_model_by_the_inputs_it_reads(capsys):
     assert main(["list", "models"]) == 0
     tags = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
     assert {name: tags[name] for name in ("bilstm", "gru", "gru_tiny", "conv1d")} == dict.fromkeys(
-        ("bilstm", "gru", "gru_tiny", "conv1d"), "[sequence]")
+        ("bilstm", "gru", "gru_tiny", "conv1d"), "[sequence]"
+    )
     assert (tags["resnet8"], tags["text_cnn"], tags["neumf"]) == ("[image]", "[tokens]", "[recsys]")
 
 

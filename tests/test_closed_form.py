@@ -27,7 +27,9 @@ def generic(loss, logits, teacher, target, params):
 @pytest.fixture
 def logits():
     g = torch.Generator().manual_seed(1)
-    return 3 * torch.randn(N, V, generator=g, dtype=torch.float64), 3 * torch.randn(N, V, generator=g, dtype=torch.float64)
+    return 3 * torch.randn(N, V, generator=g, dtype=torch.float64), 3 * torch.randn(
+        N, V, generator=g, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
@@ -38,7 +40,9 @@ def test_forward_kl_with_dense_teacher_equals_autograd(logits, temperature):
     expected_value, expected_grad = generic(forward_kl, s, t, None, params)
     torch.testing.assert_close(value, expected_value, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(grad, (F.softmax(s / temperature, -1) - F.softmax(t / temperature, -1)) / temperature)
+    torch.testing.assert_close(
+        grad, (F.softmax(s / temperature, -1) - F.softmax(t / temperature, -1)) / temperature
+    )
 
 
 @pytest.mark.parametrize("loss", [forward_kl, forward_kl_topk])
@@ -67,7 +71,9 @@ def test_token_ce_equals_autograd_and_skips_ignored_targets(logits):
 def test_a_top_k_teacher_at_another_temperature_is_refused(logits):
     s, t = logits
     with pytest.raises(ValueError, match="temperature"):
-        closed_form(forward_kl, s, topk_teacher(t, k=4, temperature=2.0), None, {"temperature": 1.0})
+        closed_form(
+            forward_kl, s, topk_teacher(t, k=4, temperature=2.0), None, {"temperature": 1.0}
+        )
 
 
 def banned_student(s):
@@ -87,7 +93,9 @@ def peaked_student(s, t):
     return torch.full_like(s, -200.0).scatter(-1, t.topk(4, dim=-1).indices, 0.0)
 
 
-@pytest.mark.parametrize("case", ["banned student token", "banned teacher token", "tiny student tail", "k = V"])
+@pytest.mark.parametrize(
+    "case", ["banned student token", "banned teacher token", "tiny student tail", "k = V"]
+)
 def test_where_floors_decide_the_generic_loss_does_and_the_chunked_pass_still_matches(logits, case):
     s, t = logits
     teacher = t
@@ -117,13 +125,24 @@ def test_the_chunked_pass_uses_the_closed_forms_and_autograd_only_for_the_rest(l
     weight = torch.randn(V, 7, dtype=torch.float64, requires_grad=True)
     generic_terms = []
     real = chunked._chunk_sum
-    monkeypatch.setattr(chunked, "_chunk_sum", lambda term, *a: generic_terms.append(term.loss) or real(term, *a))
-    terms = [chunked.ChunkedTerm(forward_kl, 0.5), chunked.ChunkedTerm(token_ce, 0.25), chunked.ChunkedTerm(jsd, 0.25)]
+    monkeypatch.setattr(
+        chunked, "_chunk_sum", lambda term, *a: generic_terms.append(term.loss) or real(term, *a)
+    )
+    terms = [
+        chunked.ChunkedTerm(forward_kl, 0.5),
+        chunked.ChunkedTerm(token_ce, 0.25),
+        chunked.ChunkedTerm(jsd, 0.25),
+    ]
     total, _ = chunked.chunked_token_losses(
-        chunked.LazyLogits(hidden, weight, None), t, torch.arange(N), terms, chunk_size=4)
+        chunked.LazyLogits(hidden, weight, None), t, torch.arange(N), terms, chunk_size=4
+    )
     total.backward()
     assert generic_terms == [jsd, jsd]  # one call per chunk, for the term without a closed form
     logits_ = F.linear(hidden, weight)
-    expected = 0.5 * forward_kl(logits_, t) + 0.25 * token_ce(logits_, torch.arange(N)) + 0.25 * jsd(logits_, t)
+    expected = (
+        0.5 * forward_kl(logits_, t)
+        + 0.25 * token_ce(logits_, torch.arange(N))
+        + 0.25 * jsd(logits_, t)
+    )
     torch.testing.assert_close(total, expected)
     torch.testing.assert_close(hidden.grad, torch.autograd.grad(expected, hidden)[0])

@@ -16,8 +16,18 @@ from kdistill.distiller import Teacher
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.loop import train_loop
 
-QUICK = ["data.dataset=digits", "train.epochs=2", "teacher.epochs=1", "teacher.model=mlp", "student.model=mlp_tiny",
-         "teacher.augment=none", "train.augment=none", "train.mix=none", "output.latency=false", "output.plots=false"]
+QUICK = [
+    "data.dataset=digits",
+    "train.epochs=2",
+    "teacher.epochs=1",
+    "teacher.model=mlp",
+    "student.model=mlp_tiny",
+    "teacher.augment=none",
+    "train.augment=none",
+    "train.mix=none",
+    "output.latency=false",
+    "output.plots=false",
+]
 
 
 def train(compile, epochs: int = 4):
@@ -26,12 +36,23 @@ def train(compile, epochs: int = 4):
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4))
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
     # A warm-up weight changes every epoch: read as a Python number it would recompile each one.
-    terms = [Term("ce", "ce", teacher=None), Term("kd", "kd", weight=0.5, warmup_epochs=3, params={"temperature": 2.0})]
-    loader = DataLoader(ArrayDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    terms = [
+        Term("ce", "ce", teacher=None),
+        Term("kd", "kd", weight=0.5, warmup_epochs=3, params={"temperature": 2.0}),
+    ]
+    loader = DataLoader(
+        ArrayDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    history = train_loop(Distiller(student, terms), loader, teacher=Teacher(teacher), epochs=epochs,
-                  accelerator=make_accelerator("cpu", compile=compile), progress=False)
+    history = train_loop(
+        Distiller(student, terms),
+        loader,
+        teacher=Teacher(teacher),
+        epochs=epochs,
+        accelerator=make_accelerator("cpu", compile=compile),
+        progress=False,
+    )
     return [record["loss"] for record in history], dict(torch._dynamo.utils.counters["stats"])
 
 
@@ -58,4 +79,8 @@ def test_a_recipe_trains_compiled_and_a_bad_backend_is_one_line(tmp_path, cli):
     summary = json.loads((tmp_path / "runs" / "compiled" / "summary.json").read_text())
     assert summary["student"]["accuracy"] > 0.5
     bad = cli("check", *QUICK, "train.compile=tensorrtx", cwd=tmp_path)
-    assert bad.returncode == 2 and "train.compile" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2
+        and "train.compile" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )

@@ -26,12 +26,24 @@ def test_builtin_recipe_is_the_shipped_mnist_recipe():
     assert shipped.model_dump(exclude={"distill"}) == builtin.model_dump(exclude={"distill"})
     assert (shipped.distill.temperature, shipped.distill.alpha) == (4.0, 0.9)
     splits = load_dataset("digits")  # any data: the kd preset reads no layers
-    as_terms = [[(t.name, t.weight, t.params) for t in recipe_terms(r, splits)] for r in (shipped, builtin)]
-    assert as_terms[0] == as_terms[1] == [("ce", pytest.approx(0.1), {}), ("kd", 0.9, {"temperature": 4.0})]
+    as_terms = [
+        [(t.name, t.weight, t.params) for t in recipe_terms(r, splits)] for r in (shipped, builtin)
+    ]
+    assert (
+        as_terms[0]
+        == as_terms[1]
+        == [("ce", pytest.approx(0.1), {}), ("kd", 0.9, {"temperature": 4.0})]
+    )
     # Consistent teaching: the teacher scores the distilled student's affine, CutMix-ed views;
     # the scratch student gets the affine views without mixing.
     t = builtin.train
-    assert (t.augment, t.mix, t.scratch_mixing, t.views, t.epochs) == ("affine", "cutmix", "none", 32, 160)
+    assert (t.augment, t.mix, t.scratch_mixing, t.views, t.epochs) == (
+        "affine",
+        "cutmix",
+        "none",
+        32,
+        160,
+    )
     assert (builtin.teacher.augment, builtin.teacher.cache) == ("affine", True)
 
 
@@ -41,7 +53,9 @@ def test_a_recipe_file_starts_from_the_field_defaults_not_the_builtin_recipe(tmp
     recipe = load_config(write(tmp_path, "name: mine\n"))
     assert recipe == Recipe(name="mine")
     assert (recipe.train.augment, recipe.train.mix, recipe.train.views) == ("none", "none", 0)
-    assert load_config(None, ["train.mix=none"]).train.augment == "affine"  # overrides apply to the built-in
+    assert (
+        load_config(None, ["train.mix=none"]).train.augment == "affine"
+    )  # overrides apply to the built-in
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -50,7 +64,9 @@ def test_every_shipped_recipe_validates(path):
 
 
 def test_overrides_set_nested_values_with_yaml_types(tmp_path):
-    recipe = load_config(None, ["train.epochs=3", "train.lr=0.01", "teacher.kwargs={width: 8}", "data.subset=null"])
+    recipe = load_config(
+        None, ["train.epochs=3", "train.lr=0.01", "teacher.kwargs={width: 8}", "data.subset=null"]
+    )
     assert recipe.train.epochs == 3 and recipe.train.lr == 0.01
     assert recipe.teacher.kwargs == {"width": 8}
     assert recipe.data.subset is None
@@ -58,11 +74,14 @@ def test_overrides_set_nested_values_with_yaml_types(tmp_path):
 
 
 def test_terms_replace_the_method_and_list_items_can_be_overridden(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 terms:
   - {name: ce, loss: ce, weight: 1.0, teacher: null}
   - {name: kd, loss: kd, weight: 0.5, params: {temperature: 2.0}}
-""")
+""",
+    )
     recipe = load_config(path, ["terms.1.weight=0.7"])
     assert recipe.method is None
     assert [t.weight for t in recipe.terms] == [1.0, 0.7]
@@ -124,7 +143,6 @@ def test_resolved_recipe_round_trips(tmp_path):
     assert yaml.safe_load(dump_config(recipe))["train"]["epochs"] == 2
 
 
-
 # --- issue 30.1: the demo is not the default: settings the user leaves out follow their data ---
 
 TABLE = ["data.dataset=table", "data.options.label=species"]  # + data.path=<a features CSV>
@@ -149,7 +167,12 @@ def test_a_table_needs_no_image_overrides_and_is_named_after_its_file(tmp_path):
     recipe, resolved = planned([*TABLE, wine(tmp_path)])
     t, teacher = recipe.train, recipe.teacher
     assert (teacher.augment, t.augment, t.mix, t.views, teacher.cache) == (
-        "none", "none", "none", 0, False)
+        "none",
+        "none",
+        "none",
+        0,
+        False,
+    )
     assert recipe.name == "wine_kd"
     assert "train.augment=none: the inputs are table rows" in resolved.automatic
     # A budget of updates, not the demo's 160 epochs: 104 rows are 2 batches of 64, so the cap.
@@ -165,14 +188,21 @@ def test_an_image_folder_gets_the_image_views_a_name_and_a_budget_by_size(tmp_pa
     recipe, resolved = planned(["data.dataset=folder", f"data.path={tmp_path / 'images'}/"])
     t = recipe.train
     assert (recipe.teacher.augment, t.augment, t.mix, t.scratch_mix, recipe.teacher.cache) == (
-        "affine", "affine", "cutmix", "none", True)
+        "affine",
+        "affine",
+        "cutmix",
+        "none",
+        True,
+    )
     assert recipe.name == "images_kd"
     # 840 training images are 14 batches: about 2,000 updates is 143 epochs, capped at 100.
     assert len(resolved.splits.train) == 840 and t.epochs == 100 and t.views == 32
     assert epoch_budget(840, 64) == (100, 14) and epoch_budget(50_000, 64) == (5, 782)
     assert epoch_budget(20_000, 64) == (6, 313)  # a larger set: fewer epochs
-    assert ("train.epochs=100: 840 training samples make 14 update(s) an epoch; the budget is "
-            "about 2,000 updates, within 5-100 epochs") in resolved.automatic
+    assert (
+        "train.epochs=100: 840 training samples make 14 update(s) an epoch; the budget is "
+        "about 2,000 updates, within 5-100 epochs"
+    ) in resolved.automatic
 
 
 def test_kdistill_run_alone_is_the_demo_unchanged():
@@ -189,12 +219,25 @@ def test_what_the_user_sets_wins_and_the_dump_records_the_choices(tmp_path):
     from test_bring_your_own_data import hue_folder
 
     hue_folder(tmp_path / "images")
-    given = ["train.epochs=3", "teacher.epochs=2", "train.augment=shift", "teacher.cache=false",
-             "train.mix=mixup", "name=mine"]
+    given = [
+        "train.epochs=3",
+        "teacher.epochs=2",
+        "train.augment=shift",
+        "teacher.cache=false",
+        "train.mix=mixup",
+        "name=mine",
+    ]
     recipe, resolved = planned(["data.dataset=folder", f"data.path={tmp_path / 'images'}", *given])
     t, teacher = recipe.train, recipe.teacher
     assert (t.epochs, teacher.epochs, t.augment, teacher.cache, t.mix, t.views, recipe.name) == (
-        3, 2, "shift", False, "mixup", 0, "mine")
+        3,
+        2,
+        "shift",
+        False,
+        "mixup",
+        0,
+        "mine",
+    )
     keys = [line.split("=")[0] for line in resolved.automatic]
     assert keys == ["teacher.augment", "train.scratch_mix"]
     # config.yaml holds the values chosen, and reads back to the same recipe.
@@ -220,8 +263,11 @@ def test_auto_in_a_recipe_file_follows_the_inputs(tmp_path):
     from kdistill.run.plan import plan
 
     csv = wine(tmp_path).removeprefix("data.path=")
-    path = write(tmp_path, f"data: {{dataset: table, path: {csv}, options: {{label: species}}}}\n"
-                           "teacher: {augment: auto}\ntrain: {augment: auto, mix: auto}\n")
+    path = write(
+        tmp_path,
+        f"data: {{dataset: table, path: {csv}, options: {{label: species}}}}\n"
+        "teacher: {augment: auto}\ntrain: {augment: auto, mix: auto}\n",
+    )
     recipe = load_config(path)
     resolved = plan(recipe)
     # A file keeps its plain defaults (30 epochs, no cache): `auto` and the unset name follow

@@ -13,20 +13,52 @@ from kdistill.run.config import Recipe, load_config
 
 SECTIONS = {name: field for name, field in Recipe.model_fields.items()}
 KEYS = {
-    "data": ["dataset", "path", "val_fraction", "test_fraction", "subset", "seed", "num_workers", "options"],
+    "data": [
+        "dataset",
+        "path",
+        "val_fraction",
+        "test_fraction",
+        "subset",
+        "seed",
+        "num_workers",
+        "options",
+    ],
     "teacher": ["model", "kwargs", "checkpoint", "epochs", "lr", "optimizer", "augment"],
     "student": ["model", "kwargs"],
     "distill": ["temperature", "alpha", "ce_weight", "params"],
-    "train": ["epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "weight_decay",
-              "schedule", "seed", "device", "mixed_precision", "augment", "checkpoint_every", "deterministic"],
+    "train": [
+        "epochs",
+        "batch_size",
+        "eval_batch_size",
+        "lr",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "schedule",
+        "seed",
+        "device",
+        "mixed_precision",
+        "augment",
+        "checkpoint_every",
+        "deterministic",
+    ],
     "output": ["dir", "latency", "plots", "progress"],
 }
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def typo(key: str):
@@ -37,7 +69,9 @@ def typo(key: str):
 @st.composite
 def recipes(draw):
     recipe = {}
-    for section in draw(st.lists(st.sampled_from(list(SECTIONS) + ["trian", "optim"]), max_size=6, unique=True)):
+    for section in draw(
+        st.lists(st.sampled_from(list(SECTIONS) + ["trian", "optim"]), max_size=6, unique=True)
+    ):
         name = draw(typo(section)) if draw(st.integers(0, 9)) == 0 else section
         if section in KEYS:
             body = {}
@@ -45,17 +79,32 @@ def recipes(draw):
                 body[draw(typo(key)) if draw(st.integers(0, 5)) == 0 else key] = draw(values)
             recipe[name] = body if draw(st.integers(0, 9)) else draw(values)
         elif section == "terms":
-            recipe[name] = draw(st.lists(st.dictionaries(st.sampled_from(["name", "loss", "weight", "teacher", "params", "wieght"]), values, max_size=4), max_size=2))
+            recipe[name] = draw(
+                st.lists(
+                    st.dictionaries(
+                        st.sampled_from(["name", "loss", "weight", "teacher", "params", "wieght"]),
+                        values,
+                        max_size=4,
+                    ),
+                    max_size=2,
+                )
+            )
         else:
             recipe[name] = draw(values)
     return recipe
 
 
-KEY_IN_MESSAGE = re.compile(r"(unknown key '[^']+')|(^[^:]+: [A-Za-z_][\w.@]*(\.\d+)*: )|(\(top level\))")
+KEY_IN_MESSAGE = re.compile(
+    r"(unknown key '[^']+')|(^[^:]+: [A-Za-z_][\w.@]*(\.\d+)*: )|(\(top level\))"
+)
 
 
 @pytest.mark.integration
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=1200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(recipe=recipes())
 def test_generated_recipes_are_accepted_or_rejected_with_a_named_key(tmp_path_factory, recipe):
     path = tmp_path_factory.getbasetemp() / "fuzz.yaml"

@@ -28,7 +28,9 @@ from kdistill.teachers.vocab import map_teacher_vocabulary
 from kdistill.teaching.ensemble import Ensemble
 
 QUICK = [*TINY_RECIPE, "teacher.kwargs={width: 64}", "data.subset=300"]
-SWAP = "[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]"  # the same length as the identity map: only the order differs
+SWAP = (
+    "[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]"  # the same length as the identity map: only the order differs
+)
 IDENTITY = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
 
 
@@ -59,13 +61,18 @@ def test_teacher_identity_sees_the_vocabulary_map_and_ensemble_settings(digits):
     mean, confident = Ensemble(members, "mean"), Ensemble(members, "confidence")
     weighted = Ensemble(members, "weights", [0.3, 0.7])
     assert mean.state_dict().keys() == weighted.state_dict().keys()
-    assert len({json.dumps(teacher_identity(m), sort_keys=True) for m in (mean, confident, weighted)}) == 3
+    assert (
+        len({json.dumps(teacher_identity(m), sort_keys=True) for m in (mean, confident, weighted)})
+        == 3
+    )
 
 
 def test_the_probe_refuses_a_cache_of_another_teacher_setup(digits, tmp_path):
     splits, model = digits
     teacher = Teacher(model)
-    cache = build_cache(tmp_path / "c", teacher, splits.train, fingerprint={"teacher": "x"}, dtype="float16")
+    cache = build_cache(
+        tmp_path / "c", teacher, splits.train, fingerprint={"teacher": "x"}, dtype="float16"
+    )
     cache.verify(teacher, splits.train)  # the teacher it was built with: accepted (float16 storage)
     handle = map_teacher_vocabulary(model, [1, 0, *range(2, 10)])
     try:
@@ -74,7 +81,9 @@ def test_the_probe_refuses_a_cache_of_another_teacher_setup(digits, tmp_path):
     finally:
         handle.remove()
     assert "\n" not in str(error.value)
-    sparse = build_cache(tmp_path / "s", teacher, splits.train, fingerprint={}, topk=3, temperature=4.0)
+    sparse = build_cache(
+        tmp_path / "s", teacher, splits.train, fingerprint={}, topk=3, temperature=4.0
+    )
     sparse.verify(teacher, splits.train)
     other = Teacher(create_model("mlp", width=32, input_shape=(1, 8, 8)))
     with pytest.raises(CacheMismatchError, match="top-k log-probabilities"):
@@ -85,14 +94,32 @@ def test_recipes_differing_only_in_vocab_map_get_their_own_caches(tmp_path, caps
     from kdistill.cli import main
 
     for vocab_map in (IDENTITY, SWAP):
-        assert main(["cache", *QUICK, f"output.dir={tmp_path}", f"distill.params={{vocab_map: {vocab_map}}}"]) == 0
+        assert (
+            main(
+                [
+                    "cache",
+                    *QUICK,
+                    f"output.dir={tmp_path}",
+                    f"distill.params={{vocab_map: {vocab_map}}}",
+                ]
+            )
+            == 0
+        )
     assert len(list((tmp_path / ".cache").iterdir())) == 2
     # One cache directory named for both: the second recipe is refused in one line, not served.
     shared = tmp_path / "shared"
     assert main(["cache", *QUICK, f"output.dir={tmp_path}", f"teacher.cache_dir={shared}"]) == 0
     capsys.readouterr()
-    code = main(["run", *QUICK, f"output.dir={tmp_path}", f"teacher.cache_dir={shared}", "teacher.cache=true",
-                 f"distill.params={{vocab_map: {SWAP}}}"])
+    code = main(
+        [
+            "run",
+            *QUICK,
+            f"output.dir={tmp_path}",
+            f"teacher.cache_dir={shared}",
+            "teacher.cache=true",
+            f"distill.params={{vocab_map: {SWAP}}}",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "teacher" in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
@@ -116,13 +143,22 @@ def test_topk_bucket_kd_is_exact_where_an_even_tail_spread_is_not():
     g = torch.Generator().manual_seed(0)
     t, s = 3 * torch.randn(64, 100, generator=g), torch.randn(64, 100, generator=g)
     sparse = topk_teacher(t, 10, temperature=4.0)
-    torch.testing.assert_close(kd_topk(s, sparse, temperature=4.0).double(), bucket_kd(s, t, 10, 4.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        kd_topk(s, sparse, temperature=4.0).double(), bucket_kd(s, t, 10, 4.0), rtol=1e-5, atol=1e-6
+    )
     # The top-k mass of the softened target is the teacher's, not the one of an even tail spread.
-    torch.testing.assert_close(sparse.log_probs.exp().sum(-1), F.softmax(t / 4, -1).topk(10, -1).values.sum(-1))
+    torch.testing.assert_close(
+        sparse.log_probs.exp().sum(-1), F.softmax(t / 4, -1).topk(10, -1).values.sum(-1)
+    )
     # k = C is the dense kd
     from kdistill.losses import kd
 
-    torch.testing.assert_close(kd_topk(s, topk_teacher(t, 100, temperature=4.0), temperature=4.0), kd(s, t), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        kd_topk(s, topk_teacher(t, 100, temperature=4.0), temperature=4.0),
+        kd(s, t),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_a_sparse_teacher_at_another_temperature_or_vocabulary_is_one_clear_error():
@@ -136,22 +172,49 @@ def test_a_sparse_teacher_at_another_temperature_or_vocabulary_is_one_clear_erro
         kd_topk(s[:, :30], sparse, temperature=4.0)
 
 
-def test_a_recipe_with_cache_topk_at_t4_gives_the_exact_topk_loss_in_its_first_step(digits, tmp_path):
+def test_a_recipe_with_cache_topk_at_t4_gives_the_exact_topk_loss_in_its_first_step(
+    digits, tmp_path
+):
     from kdistill.run.config import load_config
     from kdistill.run.plan import recipe_terms
 
     splits, model = digits
-    recipe = load_config(None, [*QUICK, "method=kd", "distill.temperature=4", "teacher.cache=true", "teacher.cache_topk=3"])
+    recipe = load_config(
+        None,
+        [
+            *QUICK,
+            "method=kd",
+            "distill.temperature=4",
+            "teacher.cache=true",
+            "teacher.cache_topk=3",
+        ],
+    )
     terms = recipe_terms(recipe, splits)
     assert [t.loss for t in terms if t.name == "kd"] == [kd_topk]
     teacher = Teacher(model)
-    cache = build_cache(tmp_path / "c", teacher, splits.train, fingerprint={}, dtype="float32", topk=3,
-                        temperature=topk_terms(terms, 3)[1])
+    cache = build_cache(
+        tmp_path / "c",
+        teacher,
+        splits.train,
+        fingerprint={},
+        dtype="float32",
+        topk=3,
+        temperature=topk_terms(terms, 3)[1],
+    )
     assert cache.meta["topk"] == {"k": 3, "classes": 10, "temperature": 4.0}
     student = create_model("mlp", width=16, input_shape=(1, 8, 8))
     example = next(iter(DataLoader(splits.train, batch_size=2)))
     distiller = Distiller.build(student, terms, teacher=CachedTeacher(cache), example_batch=example)
-    batch = next(iter(DataLoader(splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    batch = next(
+        iter(
+            DataLoader(
+                splits.train,
+                batch_size=32,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(0),
+            )
+        )
+    )
     cached_out = CachedTeacher(cache)(batch)
     assert cached_out.logits.indices.shape == (32, 3)  # the sparse arrays travel, not (32, 10)
     out = distiller(batch, cached_out)
@@ -160,11 +223,29 @@ def test_a_recipe_with_cache_topk_at_t4_gives_the_exact_topk_loss_in_its_first_s
     assert out["loss/kd"].item() == pytest.approx(kd_weight * expected.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("override", ["method=dkd", "method=dist", "terms=[{name: a, loss: forward_kl, params: {temperature: 1}}, {name: b, loss: kd}]"])
-def test_cache_topk_with_a_loss_that_has_no_exact_form_exits_2_before_training(override, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "override",
+    [
+        "method=dkd",
+        "method=dist",
+        "terms=[{name: a, loss: forward_kl, params: {temperature: 1}}, {name: b, loss: kd}]",
+    ],
+)
+def test_cache_topk_with_a_loss_that_has_no_exact_form_exits_2_before_training(
+    override, tmp_path, capsys
+):
     from kdistill.cli import main
 
-    code = main(["run", *QUICK, override, "teacher.cache=true", "teacher.cache_topk=3", f"output.dir={tmp_path}"])
+    code = main(
+        [
+            "run",
+            *QUICK,
+            override,
+            "teacher.cache=true",
+            "teacher.cache_topk=3",
+            f"output.dir={tmp_path}",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "teacher.cache_topk" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "default").exists() and not any(tmp_path.glob("*/checkpoints/*"))
@@ -179,13 +260,22 @@ def test_topk_terms_refuses_dkd_and_keeps_feature_terms():
 
 # --- 3. FitNet and CC train their regressor and embeddings, as RepDistiller -----------------------
 
-ZOO_PAIRS = [("resnet56", "resnet8"), ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
+ZOO_PAIRS = [
+    ("resnet56", "resnet8"),
+    ("resnet32x4", "resnet8x4"),
+    ("wrn_40_2", "wrn_16_2"),
+    ("vgg13", "vgg8"),
+]
 
 
 @pytest.fixture(scope="module")
 def cifar_batch():
     g = torch.Generator().manual_seed(0)
-    return {"input": torch.randn(4, 3, 32, 32, generator=g), "target": torch.tensor([0, 1, 2, 3]), "index": torch.arange(4)}
+    return {
+        "input": torch.randn(4, 3, 32, 32, generator=g),
+        "target": torch.tensor([0, 1, 2, 3]),
+        "index": torch.arange(4),
+    }
 
 
 def trained_parameters(module: torch.nn.Module) -> list:
@@ -193,17 +283,30 @@ def trained_parameters(module: torch.nn.Module) -> list:
 
 
 @pytest.mark.parametrize(("teacher_name", "student_name"), ZOO_PAIRS)
-def test_fitnet_and_cc_presets_build_trained_regressors_and_embeddings(teacher_name, student_name, cifar_batch):
+def test_fitnet_and_cc_presets_build_trained_regressors_and_embeddings(
+    teacher_name, student_name, cifar_batch
+):
     from kdistill.connectors import ConvConnector, EmbeddedPair
     from kdistill.methods import default_layers, preset_terms
 
     torch.manual_seed(0)
     shape = {"num_classes": 100, "input_shape": (3, 32, 32)}
-    teacher_model, student = create_model(teacher_name, **shape), create_model(student_name, **shape)
-    teacher = Teacher(teacher_model, taps=["head:input", *default_layers("fitnet", student, teacher_model)["teacher_layers"]])
+    teacher_model, student = (
+        create_model(teacher_name, **shape),
+        create_model(student_name, **shape),
+    )
+    teacher = Teacher(
+        teacher_model,
+        taps=["head:input", *default_layers("fitnet", student, teacher_model)["teacher_layers"]],
+    )
     fitnet = preset_terms("fitnet", **default_layers("fitnet", student, teacher_model))
     cc = preset_terms("cc")
-    distiller = Distiller.build(student, fitnet + [t for t in cc if t.name == "cc"], teacher=teacher, example_batch=cifar_batch)
+    distiller = Distiller.build(
+        student,
+        fitnet + [t for t in cc if t.name == "cc"],
+        teacher=teacher,
+        example_batch=cifar_batch,
+    )
     (hint,) = [t.name for t in fitnet if t.name.startswith("hint")]
     regressor = distiller.connectors[hint]
     # A 1x1 conv + BN + ReLU even where the pair's hint shapes already match (all four pairs here).
@@ -215,7 +318,9 @@ def test_fitnet_and_cc_presets_build_trained_regressors_and_embeddings(teacher_n
     out = distiller(cifar_batch, teacher(cifar_batch))
     out["loss"].backward()
     for module in (regressor, embed.student, embed.teacher):  # all three train with the student
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained_parameters(module))
+        assert all(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in trained_parameters(module)
+        )
     assert all(p.grad is None for p in teacher_model.parameters())
 
 
@@ -256,14 +361,21 @@ def trl_generalized_jsd(student_logits, teacher_logits, labels, beta=0.5, temper
 
 def tiny_gpt(vocab, length, seed):
     torch.manual_seed(seed)
-    return create_model("gpt", num_classes=vocab, input_shape=(length,), n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    return create_model(
+        "gpt", num_classes=vocab, input_shape=(length,), n_layer=1, n_head=2, n_embd=16, dropout=0.0
+    )
 
 
 @pytest.fixture(scope="module")
 def lm_batch():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 20, (8, 17), generator=g)
-    return {"input": tokens[:, :-1], "target": tokens[:, 1:], "mask": torch.ones(8, 16, dtype=torch.bool), "index": torch.arange(8)}
+    return {
+        "input": tokens[:, :-1],
+        "target": tokens[:, 1:],
+        "mask": torch.ones(8, 16, dtype=torch.bool),
+        "index": torch.arange(8),
+    }
 
 
 def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
@@ -290,7 +402,9 @@ def test_on_policy_counts_only_generated_tokens_and_the_loss_is_trls(lm_batch):
     assert out["loss/kd"].item() == pytest.approx(expected.item(), rel=1e-5)
     # GKD's (prompt, completion) framing: every sequence counts its last K positions, so the
     # share is exactly the λ the recipe asks for.
-    whole = OnPolicy(student, fraction=0.25, continuation=4, seed=0, completions_only=True)(lm_batch)
+    whole = OnPolicy(student, fraction=0.25, continuation=4, seed=0, completions_only=True)(
+        lm_batch
+    )
     assert not whole["mask"][:, :12].any() and whole["mask"][:, 12:].all()
     assert whole["metric/on_policy_generated"].item() == pytest.approx(0.25)
 
@@ -303,9 +417,18 @@ def test_the_generated_share_is_logged_per_epoch(lm_batch):
     student, teacher_model = tiny_gpt(20, 16, 0), tiny_gpt(20, 16, 1)
     data = [{k: v[i] for k, v in lm_batch.items()} for i in range(8)]
     records = []
-    train_loop(Distiller(student, preset_terms("token_kd", loss="jsd", beta=0.5)), DataLoader(data, batch_size=4),
-        teacher=Teacher(teacher_model), epochs=1, lr=1e-3, log=records.append, progress=False,
-        loop=Loop(batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True)))
+    train_loop(
+        Distiller(student, preset_terms("token_kd", loss="jsd", beta=0.5)),
+        DataLoader(data, batch_size=4),
+        teacher=Teacher(teacher_model),
+        epochs=1,
+        lr=1e-3,
+        log=records.append,
+        progress=False,
+        loop=Loop(
+            batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True)
+        ),
+    )
     assert records[0]["metric/on_policy_generated"] == pytest.approx(0.5)
 
 
@@ -314,6 +437,7 @@ def test_the_generated_share_is_logged_per_epoch(lm_batch):
 
 def authors_dist(s_logits, t_logits, eps=1e-8):
     """DIST as its authors' code computes it (hunto/DIST_KD): eps added to the product of norms."""
+
     def pearson(a, b):
         a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
         return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)

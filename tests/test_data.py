@@ -52,7 +52,9 @@ def test_digits():
 def test_npz_user_data(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"
-    np.savez(path, x=rng.integers(0, 255, (120, 12, 12), dtype=np.uint8), y=np.repeat(np.arange(3), 40))
+    np.savez(
+        path, x=rng.integers(0, 255, (120, 12, 12), dtype=np.uint8), y=np.repeat(np.arange(3), 40)
+    )
     splits = load_dataset("npz", path=str(path))
     assert splits.input_shape == (1, 12, 12) and splits.num_classes == 3
 
@@ -87,7 +89,14 @@ def test_npz_problems_name_the_fix(tmp_path):
 
 def test_labels_out_of_range_for_the_classes():
     with pytest.raises(DataError, match="out of range for 3 classes"):
-        make_splits(np.zeros((30, 2), np.float32), np.arange(30) % 5, val_fraction=0.1, test_fraction=0.2, seed=0, num_classes=3)
+        make_splits(
+            np.zeros((30, 2), np.float32),
+            np.arange(30) % 5,
+            val_fraction=0.1,
+            test_fraction=0.2,
+            seed=0,
+            num_classes=3,
+        )
 
 
 def test_image_folder(tmp_path):
@@ -97,9 +106,13 @@ def test_image_folder(tmp_path):
     for name in ("cat", "dog"):
         (tmp_path / name).mkdir()
         for i in range(10):
-            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
+                tmp_path / name / f"{i}.png"
+            )
     (tmp_path / "cat" / "notes.txt").write_text("ignored")
-    splits = load_dataset("folder", path=str(tmp_path), image_size=16, channels=1)  # grayscale when asked
+    splits = load_dataset(
+        "folder", path=str(tmp_path), image_size=16, channels=1
+    )  # grayscale when asked
     assert splits.class_names == ["cat", "dog"] and splits.input_shape == (1, 16, 16)
     rgb = load_dataset("folder", path=str(tmp_path), image_size=16)  # colour stays colour
     assert rgb.input_shape == (3, 16, 16)

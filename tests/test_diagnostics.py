@@ -48,7 +48,9 @@ def test_ece_known_value_and_reliability_bins():
     assert len(table["edges"]) == ECE_BINS + 1 and sum(table["count"]) == 100
     high, low = math.ceil(0.9 * ECE_BINS) - 1, math.ceil(0.7 * ECE_BINS) - 1  # (lower, upper] bins
     assert table["count"][high] == 50 and table["count"][low] == 50
-    assert table["accuracy"][high] == pytest.approx(0.5) and table["confidence"][high] == pytest.approx(0.9)
+    assert table["accuracy"][high] == pytest.approx(0.5) and table["confidence"][
+        high
+    ] == pytest.approx(0.9)
     assert table["accuracy"][0] is None  # empty bins carry no made-up values
 
 
@@ -70,7 +72,9 @@ def test_agreement_and_kl_properties():
     forward = mean_kl(student, teacher)
     assert forward > 0 and forward != pytest.approx(mean_kl(teacher, student))  # KL is directed
     # KL(p_T ‖ p_S) at T=1 is exactly Hinton's kd loss at T=1 (T² = 1).
-    assert forward == pytest.approx(kd(student.double(), teacher.double(), temperature=1.0).item(), rel=1e-9)
+    assert forward == pytest.approx(
+        kd(student.double(), teacher.double(), temperature=1.0).item(), rel=1e-9
+    )
 
 
 def test_per_class_accuracy_and_confusion():
@@ -86,8 +90,15 @@ def test_per_class_accuracy_and_confusion():
 
 def test_training_facts_read_the_last_epochs():
     history = [
-        {"phase": "student", "epoch": e, "loss": 1.0 / e, "loss/ce": 0.2 / e, "loss/kd": 0.8 / e,
-         "train/accuracy": 0.5 + 0.1 * e, "val/accuracy": 0.4 + 0.1 * e}
+        {
+            "phase": "student",
+            "epoch": e,
+            "loss": 1.0 / e,
+            "loss/ce": 0.2 / e,
+            "loss/kd": 0.8 / e,
+            "train/accuracy": 0.5 + 0.1 * e,
+            "val/accuracy": 0.4 + 0.1 * e,
+        }
         for e in range(1, 5)
     ]
     facts = training_facts(history)["student"]
@@ -100,30 +111,76 @@ def test_training_facts_read_the_last_epochs():
 # --- the verdict -------------------------------------------------------------------------------
 
 
-def summary(*, teacher=0.95, scratch=0.90, student=0.93, teacher_params=1_000_000, student_params=100_000,
-            temperature=4.0, kd_weight=0.9, ce_weight=0.1, agree_student=0.95, agree_scratch=0.90,
-            kd_change=-0.01, n=10_000, ci=None, mcnemar_p=1e-20, validation=None):
-    training = {"student": {
-        "epochs": 30, "train_accuracy": 0.999, "val": {"accuracy": student}, "loss": 0.5,
-        "losses": {"loss/ce": 0.05, "loss/kd": 0.45}, "loss_change": {"loss/ce": -0.01, "loss/kd": kd_change},
-        "change_epochs": 3, "train_accuracy_change": 0.001,
-    }}
+def summary(
+    *,
+    teacher=0.95,
+    scratch=0.90,
+    student=0.93,
+    teacher_params=1_000_000,
+    student_params=100_000,
+    temperature=4.0,
+    kd_weight=0.9,
+    ce_weight=0.1,
+    agree_student=0.95,
+    agree_scratch=0.90,
+    kd_change=-0.01,
+    n=10_000,
+    ci=None,
+    mcnemar_p=1e-20,
+    validation=None,
+):
+    training = {
+        "student": {
+            "epochs": 30,
+            "train_accuracy": 0.999,
+            "val": {"accuracy": student},
+            "loss": 0.5,
+            "losses": {"loss/ce": 0.05, "loss/kd": 0.45},
+            "loss_change": {"loss/ce": -0.01, "loss/kd": kd_change},
+            "change_epochs": 3,
+            "train_accuracy_change": 0.001,
+        }
+    }
     return {
-        "name": "toy", "method": "kd",
-        "task": {"name": "classification", "metrics": ["accuracy"], "higher_is_better": {"accuracy": True}, "percent": ["accuracy"]},
+        "name": "toy",
+        "method": "kd",
+        "task": {
+            "name": "classification",
+            "metrics": ["accuracy"],
+            "higher_is_better": {"accuracy": True},
+            "percent": ["accuracy"],
+        },
         "teacher": {"accuracy": teacher, "params": teacher_params},
         "scratch": {"accuracy": scratch, "params": student_params},
         "student": {"accuracy": student, "params": student_params},
         "comparisons": {"student_vs_scratch": comparison(student - scratch, ci, mcnemar_p, n)},
         "validation": validation or {},
         "diagnostics": {
-            "split": "test", "n": n, "agreement": {"scratch": agree_scratch, "student": agree_student},
-            "kl_to_teacher": {"scratch": 0.4, "student": 0.2}, "mean_confidence": {"teacher": 0.99},
+            "split": "test",
+            "n": n,
+            "agreement": {"scratch": agree_scratch, "student": agree_student},
+            "kl_to_teacher": {"scratch": 0.4, "student": 0.2},
+            "mean_confidence": {"teacher": 0.99},
             "training": training,
-            "distill": {"temperature": temperature, "terms": [
-                {"name": "ce", "loss": "cross_entropy", "weight": ce_weight, "uses_teacher": False, "params": {}},
-                {"name": "kd", "loss": "kd", "weight": kd_weight, "uses_teacher": True, "params": {"temperature": temperature}},
-            ]},
+            "distill": {
+                "temperature": temperature,
+                "terms": [
+                    {
+                        "name": "ce",
+                        "loss": "cross_entropy",
+                        "weight": ce_weight,
+                        "uses_teacher": False,
+                        "params": {},
+                    },
+                    {
+                        "name": "kd",
+                        "loss": "kd",
+                        "weight": kd_weight,
+                        "uses_teacher": True,
+                        "params": {"temperature": temperature},
+                    },
+                ],
+            },
         },
     }
 
@@ -131,9 +188,19 @@ def summary(*, teacher=0.95, scratch=0.90, student=0.93, teacher_params=1_000_00
 def comparison(difference, ci=None, mcnemar_p=1e-20, n=10_000):
     """A student-vs-scratch entry as ``evaluation.paired.compare`` writes it."""
     low, high = ci or (difference - 0.005, difference + 0.005)
-    return {"metric": "accuracy", "difference": difference, "ci": [low, high], "level": 0.95,
-            "resamples": 4000, "seed": 0, "units": n, "unit": "test samples",
-            "better": low > 0, "worse": high < 0, "mcnemar_p": mcnemar_p}
+    return {
+        "metric": "accuracy",
+        "difference": difference,
+        "ci": [low, high],
+        "level": 0.95,
+        "resamples": 4000,
+        "seed": 0,
+        "units": n,
+        "unit": "test samples",
+        "better": low > 0,
+        "worse": high < 0,
+        "mcnemar_p": mcnemar_p,
+    }
 
 
 def test_verdict_when_distillation_helped():
@@ -146,17 +213,35 @@ def test_verdict_when_distillation_helped():
 
 
 def test_verdict_names_each_cause_from_the_numbers():
-    bad = summary(teacher=0.88, scratch=0.90, student=0.85, teacher_params=5_000_000, temperature=1.0,
-                  kd_weight=0.2, ce_weight=0.8, agree_student=0.80, agree_scratch=0.81, kd_change=-0.3)
+    bad = summary(
+        teacher=0.88,
+        scratch=0.90,
+        student=0.85,
+        teacher_params=5_000_000,
+        temperature=1.0,
+        kd_weight=0.2,
+        ce_weight=0.8,
+        agree_student=0.80,
+        agree_scratch=0.81,
+        kd_change=-0.3,
+    )
     bad["diagnostics"]["training"]["student"]["losses"] = {"loss/ce": 0.48, "loss/kd": 0.02}
     text = verdict(bad)
     lines = text.splitlines()
     assert lines[0].startswith(
-        "Distillation did worse than the scratch student (test accuracy -5 points, 95 % CI")
+        "Distillation did worse than the scratch student (test accuracy -5 points, 95 % CI"
+    )
     causes = [line for line in lines[1:] if line.startswith("- ")]
     assert len(causes) == len(lines) - 1
     found = {c[2:].split(":")[0] for c in causes}
-    assert {"Teacher accuracy", "Capacity gap", "Weak transfer", "Temperature", "Term weights", "Under-training"} <= found
+    assert {
+        "Teacher accuracy",
+        "Capacity gap",
+        "Weak transfer",
+        "Temperature",
+        "Term weights",
+        "Under-training",
+    } <= found
     assert "88.00%" in text and "90.00%" in text  # the teacher's and the scratch student's scores
     assert "50×" in text  # the parameter ratio
     assert "T=1" in text and "0.990" in text  # the temperature and the teacher's confidence
@@ -168,11 +253,16 @@ def test_verdict_names_each_cause_from_the_numbers():
 def test_verdict_blames_noise_and_nothing_else_when_the_numbers_are_fine():
     close = summary(scratch=0.90, student=0.899, teacher_params=400_000, n=500)
     causes = likely_causes(close)
-    assert len(causes) == 1 and causes[0].startswith("Sampling noise") and "500 test samples" in causes[0]
+    assert (
+        len(causes) == 1
+        and causes[0].startswith("Sampling noise")
+        and "500 test samples" in causes[0]
+    )
     assert "paired interval [-0.6, +0.4]" in causes[0]
     # A paired interval that excludes zero is not noise, even where two unpaired errors would be.
-    beyond = summary(scratch=0.90, student=0.885, teacher_params=400_000, n=500,
-                     ci=(-0.025, -0.005))
+    beyond = summary(
+        scratch=0.90, student=0.885, teacher_params=400_000, n=500, ci=(-0.025, -0.005)
+    )
     assert not any(cause.startswith("Sampling noise") for cause in likely_causes(beyond))
     clean = summary(scratch=0.90, student=0.80, teacher_params=400_000)
     assert likely_causes(clean)[0].startswith("None of the usual causes")
@@ -210,7 +300,9 @@ def test_verdict_points_out_validation_curves_that_disagree():
     disagree = summary(validation={"scratch": 0.990, "student": 0.968})
     first = verdict(disagree).splitlines()[0]
     assert first.startswith("Distillation helped")
-    assert ("the scratch student's final validation accuracy (99.00%) is better than the distilled "
-            "student's (96.80%), while the test set favours the distilled student") in first
+    assert (
+        "the scratch student's final validation accuracy (99.00%) is better than the distilled "
+        "student's (96.80%), while the test set favours the distilled student"
+    ) in first
     agree = summary(validation={"scratch": 0.90, "student": 0.93})
     assert "validation curves" not in verdict(agree)

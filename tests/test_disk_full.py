@@ -27,9 +27,17 @@ from kdistill.teachers.cache import build_cache
 # Digits with a 1024-wide MLP teacher: its training state (weights and two Adam moments) is
 # ~0.9 MB, so a 1.5 MB disk holds one state file but not the next one written beside it.
 RUN = [
-    "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 1024}",
-    "teacher.augment=none", "teacher.cache=false", "student.kwargs={width: 16}", "teacher.epochs=2",
-    "train.epochs=1", "train.deterministic=true", "output.latency=false", "output.progress=false",
+    "data.dataset=digits",
+    "teacher.model=mlp",
+    "teacher.kwargs={width: 1024}",
+    "teacher.augment=none",
+    "teacher.cache=false",
+    "student.kwargs={width: 16}",
+    "teacher.epochs=2",
+    "train.epochs=1",
+    "train.deterministic=true",
+    "output.latency=false",
+    "output.progress=false",
 ]
 
 
@@ -42,8 +50,12 @@ def small_disk(tmp_path):
 
     def mount(size: str):
         options = f"size={size}" + (",remount" if mounted else "")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             refused = result.stderr.strip()
             pytest.skip(f"a real full disk needs a tmpfs mount, refused here: {refused}")
@@ -98,8 +110,14 @@ def test_a_disk_that_fills_during_the_cache_build_is_one_error_not_sigbus(small_
         except DiskFullError as error:
             sys.exit(f"error: {{error}}")
     """)
-    result = subprocess.run([sys.executable, "-c", script], env=subprocess_env(),
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 1, f"exit {result.returncode}: {result.stderr[-2000:]}"
     assert f"the disk mounted at {disk} is full" in result.stderr
     assert "1.6 MB needed" in result.stderr
@@ -132,8 +150,12 @@ def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_bit_identical(tmp_pa
     assert full.returncode == 0, full.stderr[-2000:]
     disk = small_disk("1500k")
     stopped = call_cli("run", *RUN, f"output.dir={disk}", "name=full", cwd=tmp_path)
-    line = assert_user_error(stopped, f"the disk mounted at {disk} is full", "--resume",
-                             "kept: the previous teacher.state.safetensors, intact")
+    line = assert_user_error(
+        stopped,
+        f"the disk mounted at {disk} is full",
+        "--resume",
+        "kept: the previous teacher.state.safetensors, intact",
+    )
     assert "teacher (its last training checkpoint)" in line
     state = disk / "full" / "checkpoints" / "teacher.state.safetensors"
     # Epoch 1 finished and saved (the state records the next epoch); epoch 2's did not fit.
@@ -157,7 +179,9 @@ def test_plots_on_a_full_disk_end_in_one_line(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(FigureCanvasAgg, "print_png", full)
-    result = call_cli("run", *RUN, "teacher.epochs=1", f"output.dir={tmp_path}", "name=plots", cwd=tmp_path)
+    result = call_cli(
+        "run", *RUN, "teacher.epochs=1", f"output.dir={tmp_path}", "name=plots", cwd=tmp_path
+    )
     line = assert_user_error(result, "is full", "--resume")
     assert all(f"{phase} (finished)" in line for phase in ("teacher", "scratch", "student"))
     assert not list((tmp_path / "plots" / "plots").glob("*.png"))

@@ -47,8 +47,14 @@ def test_loss_dict_has_every_term_and_sums_to_total():
     out = distiller(b, Teacher(teacher_model)(b))
     assert set(out) == {"loss", "logits", "loss/ce", "loss/kd"}
     torch.testing.assert_close(out["loss"], out["loss/ce"] + out["loss/kd"])
-    expected_kd = 0.9 * 16 * F.kl_div(
-        F.log_softmax(out["logits"] / 4, 1), F.softmax(teacher_model(b["input"]) / 4, 1), reduction="batchmean"
+    expected_kd = (
+        0.9
+        * 16
+        * F.kl_div(
+            F.log_softmax(out["logits"] / 4, 1),
+            F.softmax(teacher_model(b["input"]) / 4, 1),
+            reduction="batchmean",
+        )
     )
     torch.testing.assert_close(out["loss/kd"], expected_kd)
     torch.testing.assert_close(out["loss/ce"], 0.1 * F.cross_entropy(out["logits"], b["target"]))
@@ -64,7 +70,13 @@ def test_distillation_gradient_reaches_student_and_connector_not_teacher():
     terms = [
         Term("kd", "kd", params={"temperature": 2.0}),
         # student penultimate features (32) regressed onto the teacher's hidden layer (128)
-        Term("hint", lambda s, t: F.mse_loss(s, t), student="features", teacher="fc", connector="auto"),
+        Term(
+            "hint",
+            lambda s, t: F.mse_loss(s, t),
+            student="features",
+            teacher="fc",
+            connector="auto",
+        ),
     ]
     teacher = Teacher(teacher_model, taps=["fc"])
     distiller = Distiller.build(student, terms, teacher=teacher, example_batch=batch())
@@ -112,10 +124,16 @@ def test_fit_trains_student_and_leaves_teacher_untouched():
     before = {k: v.clone() for k, v in teacher_model.state_dict().items()}
     student_before = [p.clone() for p in student.parameters()]
     data = ArrayDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
-    loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     history = fit(
-        Distiller(student, hinton_kd()), loader, teacher=Teacher(teacher_model), epochs=2,
-        accelerator=make_accelerator("cpu"), progress=False,
+        Distiller(student, hinton_kd()),
+        loader,
+        teacher=Teacher(teacher_model),
+        epochs=2,
+        accelerator=make_accelerator("cpu"),
+        progress=False,
     )
     for key, value in teacher_model.state_dict().items():
         assert torch.equal(value, before[key]), key

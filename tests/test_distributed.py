@@ -32,11 +32,29 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = subprocess_env()
     two = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), str(WORKER), str(out), "16"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            free_port(),
+            str(WORKER),
+            str(out),
+            "16",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert two.returncode == 0, two.stderr[-2000:]
-    one = subprocess.run([sys.executable, str(WORKER), str(out), "32"], env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(WORKER), str(out), "32"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     return {p.stem: json.loads(p.read_text()) for p in out.glob("rank*.json")}
 
@@ -54,7 +72,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     for a, b in zip(one["weights"], two["weights"]):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=WEIGHT_ATOL, rtol=0)
     assert abs(one["test_accuracy"] - two["test_accuracy"]) <= ACCURACY_TOL
-    assert abs(one["val_accuracy"] - two["val_accuracy"]) <= ACCURACY_TOL  # gathered without duplicates
+    assert (
+        abs(one["val_accuracy"] - two["val_accuracy"]) <= ACCURACY_TOL
+    )  # gathered without duplicates
 
 
 @pytest.mark.integration
@@ -62,12 +82,30 @@ def test_accumulation_over_two_processes_matches_one_process_with_the_window_as_
     """Each process weighs its own window (the last one short) and DDP averages the two."""
     worker, env = WORKER.with_name("accumulation_worker.py"), subprocess_env()
     two = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), str(worker),
-         str(tmp_path), "8", "2"], env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            free_port(),
+            str(worker),
+            str(tmp_path),
+            "8",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert two.returncode == 0, two.stderr[-2000:]
-    one = subprocess.run([sys.executable, str(worker), str(tmp_path), "32", "1"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path), "32", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     weights = {p.stem: torch.tensor(json.loads(p.read_text())) for p in tmp_path.glob("rank*.json")}
     assert torch.equal(weights["rank0_of_2"], weights["rank1_of_2"])
@@ -79,11 +117,32 @@ def test_accumulation_over_two_processes_matches_one_process_with_the_window_as_
 def test_kdistill_run_under_torchrun(tmp_path):
     """The command line itself, data-parallel: world size logged, files written once."""
     result = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "kdistill", "run",
-         "data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none",
-         "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
-         "output.plots=false", "output.progress=false", f"output.dir={tmp_path}", "name=ddp"],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            free_port(),
+            "-m",
+            "kdistill",
+            "run",
+            "data.dataset=digits",
+            "teacher.model=mlp",
+            "teacher.kwargs={width: 64}",
+            "teacher.augment=none",
+            "student.kwargs={width: 16}",
+            "teacher.epochs=1",
+            "train.epochs=1",
+            "output.latency=false",
+            "output.plots=false",
+            "output.progress=false",
+            f"output.dir={tmp_path}",
+            "name=ddp",
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "world_size=2" in result.stdout
@@ -91,7 +150,11 @@ def test_kdistill_run_under_torchrun(tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
     records = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["phase"], r["epoch"]) for r in records] == [("teacher", 1), ("scratch", 1), ("student", 1)]
+    assert [(r["phase"], r["epoch"]) for r in records] == [
+        ("teacher", 1),
+        ("scratch", 1),
+        ("student", 1),
+    ]
 
 
 @pytest.mark.integration
@@ -99,13 +162,32 @@ def test_builtin_recipe_caches_its_teacher_under_torchrun(tmp_path):
     """The built-in recipe (a BatchNorm teacher, cached): every rank must fill and then reuse
     the one cache rank 0 makes. DDP left each rank its own BatchNorm statistics, so each rank
     looked for the cache of its own teacher and rank 1 opened files nobody made."""
+
     def run(name: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "kdistill",
-             "run", "data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.views=1",
-             "output.latency=false", "output.plots=false", "output.progress=false",
-             f"output.dir={tmp_path}", f"name={name}"],
-            env=subprocess_env(), capture_output=True, text=True, timeout=300,
+            [
+                str(TORCHRUN),
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                free_port(),
+                "-m",
+                "kdistill",
+                "run",
+                "data.subset=300",
+                "teacher.epochs=1",
+                "train.epochs=1",
+                "train.views=1",
+                "output.latency=false",
+                "output.plots=false",
+                "output.progress=false",
+                f"output.dir={tmp_path}",
+                f"name={name}",
+            ],
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     for name in ("built", "reused"):  # the second run opens the cache on every rank and probes it
@@ -122,8 +204,9 @@ def test_distill_with_a_temporary_cache_under_torchrun():
     first waited for files in a directory nobody filled."""
     worker = Path(__file__).parent / "helpers" / "api_cache_worker.py"
     command = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), str(worker)]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("trained 1 epoch(s)") == 2
 
@@ -132,15 +215,40 @@ def test_seeds_under_torchrun(tmp_path):
     """`--seeds` data-parallel: every rank checks the directories before rank 0 makes the
     summary's (else rank 1 found it made and refused), and only rank 0 writes and reports."""
     result = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "kdistill", "run",
-         "data.dataset=digits", "data.subset=200", "teacher.model=mlp", "teacher.augment=none",
-         "student.model=mlp_tiny", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
-         "output.plots=false", "output.progress=false", f"output.dir={tmp_path}", "name=ddp",
-         "--seeds", "2"],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            free_port(),
+            "-m",
+            "kdistill",
+            "run",
+            "data.dataset=digits",
+            "data.subset=200",
+            "teacher.model=mlp",
+            "teacher.augment=none",
+            "student.model=mlp_tiny",
+            "teacher.epochs=1",
+            "train.epochs=1",
+            "output.latency=false",
+            "output.plots=false",
+            "output.progress=false",
+            f"output.dir={tmp_path}",
+            "name=ddp",
+            "--seeds",
+            "2",
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("Seeds summary written to") == 1
     assert json.loads((tmp_path / "ddp" / "seeds.json").read_text())["seeds"] == [0, 1]
     for seed in (0, 1):
-        assert json.loads((tmp_path / f"ddp-seed{seed}" / "summary.json").read_text())["world_size"] == 2
+        assert (
+            json.loads((tmp_path / f"ddp-seed{seed}" / "summary.json").read_text())["world_size"]
+            == 2
+        )

@@ -10,14 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'kdistill[export]'")
+pytest.importorskip(
+    "onnxruntime", reason="the export extra is not installed: pip install 'kdistill[export]'"
+)
 
 from kdistill.cli import main
 from kdistill.deploy.onnx import export_onnx, max_abs_diff, ort_session
 from kdistill.deploy.run_export import INT8_TOLERANCE, PARITY_TOLERANCE
 
-TINY = ["data.subset=600", "teacher.epochs=1", "train.epochs=3", "train.batch_size=32",
-        "output.latency=false", "output.plots=false", "output.progress=false"]
+TINY = [
+    "data.subset=600",
+    "teacher.epochs=1",
+    "train.epochs=3",
+    "train.batch_size=32",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +49,16 @@ def exported(tmp_path_factory):
 @pytest.mark.integration
 def test_fp32_parity_is_printed_and_stored(exported):
     run_dir, output, summary = exported
-    printed = re.search(r"student\.onnx .*max \|ONNX Runtime − PyTorch\| = ([0-9.e+-]+) .*passed", output)
+    printed = re.search(
+        r"student\.onnx .*max \|ONNX Runtime − PyTorch\| = ([0-9.e+-]+) .*passed", output
+    )
     assert printed, output
     check = summary["export"]["checks"]["student fp32"]
     assert check["max_abs_diff"] <= PARITY_TOLERANCE == check["tolerance"] and check["passed"]
     assert float(printed.group(1)) == pytest.approx(check["max_abs_diff"], rel=0.01)
-    assert check["value"] == pytest.approx(summary["student"]["accuracy"])  # ONNX scores like PyTorch
+    assert check["value"] == pytest.approx(
+        summary["student"]["accuracy"]
+    )  # ONNX scores like PyTorch
     assert summary["export"]["checks"]["teacher fp32"]["max_abs_diff"] <= PARITY_TOLERANCE
 
 
@@ -79,8 +92,12 @@ def test_latency_throughput_and_sizes_in_summary_and_report(exported):
         for runtime in ("pytorch", "onnxruntime"):
             latency = export["latency_ms"][model][runtime]
             assert latency["batch_1"] > 0 and latency["batch_256"] > 0
-            assert export["throughput"][model][runtime] == pytest.approx(256_000 / latency["batch_256"])
-        assert (run_dir / export["files"][model]["path"]).stat().st_size == export["files"][model]["bytes"]
+            assert export["throughput"][model][runtime] == pytest.approx(
+                256_000 / latency["batch_256"]
+            )
+        assert (run_dir / export["files"][model]["path"]).stat().st_size == export["files"][model][
+            "bytes"
+        ]
     assert export["latency_ms"]["student_int8"]["onnxruntime"]["batch_256"] > 0
     for runtime in ("pytorch", "onnxruntime"):
         ratio = export["latency_ratio"][runtime]["batch_1"]  # None: a timing too unstable to use
@@ -92,7 +109,11 @@ def test_latency_throughput_and_sizes_in_summary_and_report(exported):
     assert export["exporter"] in ("torchscript", "dynamo") and export["versions"]["onnxruntime"]
     for report in ("report.md", "report.html"):
         text = (run_dir / report).read_text()
-        assert "Deployment: ONNX" in text and "student.int8.onnx" in text and "Teacher / student latency" in text
+        assert (
+            "Deployment: ONNX" in text
+            and "student.int8.onnx" in text
+            and "Teacher / student latency" in text
+        )
 
 
 @pytest.mark.integration
@@ -121,10 +142,13 @@ def test_export_overwrite_keeps_a_file_of_the_users(exported, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in (run_dir / "export").iterdir()} == before
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda tmp: tmp / "nowhere", "no such run directory"),
-    (lambda tmp: tmp, "config.yaml is missing"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda tmp: tmp / "nowhere", "no such run directory"),
+        (lambda tmp: tmp, "config.yaml is missing"),
+    ],
+)
 def test_missing_run_dir_exits_2_with_one_line(make, fragment, tmp_path, capsys):
     assert main(["export", str(make(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
@@ -174,9 +198,17 @@ def test_dynamo_exporter_matches_pytorch_too(tmp_path):
 
 # --- predict on each kind of export (issue 27.9, 27.15) ----------------------------------------
 
-KIND_BUDGET = ["teacher.model=mlp", "teacher.epochs=1", "train.epochs=1", "teacher.augment=none",
-               "train.augment=none", "train.mix=none", "output.latency=false", "output.plots=false",
-               "output.progress=false"]
+KIND_BUDGET = [
+    "teacher.model=mlp",
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "teacher.augment=none",
+    "train.augment=none",
+    "train.mix=none",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
 
 
 def rgb_folder(root):
@@ -200,8 +232,12 @@ def cultivars(root):
     frame = pandas.DataFrame(rows, columns=["f1", "f2", "f3", "f4", "cultivar"])
     frame.to_csv(root / "wine.csv", index=False)
     frame.drop(columns="cultivar").head(3).to_csv(root / "features.csv", index=False)
-    options = ["data.dataset=table", f"data.path={root / 'wine.csv'}",
-               "data.options.label=cultivar", "student.model=mlp_tiny"]
+    options = [
+        "data.dataset=table",
+        f"data.path={root / 'wine.csv'}",
+        "data.options.label=cultivar",
+        "student.model=mlp_tiny",
+    ]
     return options, [root / "features.csv"]
 
 
@@ -221,9 +257,13 @@ def reviews(root):
     lines = [f"{words[i % 2]} {i},{('pos', 'neg')[i % 2]}" for i in range(60)]
     (root / "reviews.csv").write_text("text,label\n" + "\n".join(lines) + "\n")
     (root / "lines.txt").write_text("\n".join(words) + "\n")
-    options = ["data.dataset=labelled_text", f"data.path={root / 'reviews.csv'}",
-               f"data.options.tokenizer={minilm_dir()}", "teacher.model=text_cnn",
-               "student.model=text_cnn"]
+    options = [
+        "data.dataset=labelled_text",
+        f"data.path={root / 'reviews.csv'}",
+        f"data.options.tokenizer={minilm_dir()}",
+        "teacher.model=text_cnn",
+        "student.model=text_cnn",
+    ]
     return options, [root / "lines.txt"]
 
 
@@ -314,13 +354,17 @@ def tampered(export_dir, root, how):
     if how == "metadata_bytes":  # a graph ONNX Runtime loads, its class names no longer UTF-8
         data = model.read_bytes()
         at = data.index(b'"c0"') + 1
-        model.write_bytes(data[:at] + b"\xdf" + data[at + 1:])
+        model.write_bytes(data[:at] + b"\xdf" + data[at + 1 :])
         return copy
     edits = {
         "not_json": "{inputs: [",
         "no_inputs": json.dumps({"normalise": None}),
-        "huge_image": json.dumps({"inputs": [{"name": "input", "shape": [3, 60000, 60000]}],
-                                  "image": {"mode": "RGB", "size": [60000, 60000]}}),
+        "huge_image": json.dumps(
+            {
+                "inputs": [{"name": "input", "shape": [3, 60000, 60000]}],
+                "image": {"mode": "RGB", "size": [60000, 60000]},
+            }
+        ),
     }
     write_metadata(model, {"kdistill.preprocessing": edits[how]})
     return copy
@@ -341,12 +385,19 @@ def hostile_input(root, how):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("how, fragment", [
-    ("bomb", "bomb.png"), ("big", "over the limit"), ("latin1", "not UTF-8"),
-    ("long_field", "long.csv: line 1"),
-    ("corrupt", "not a readable ONNX model"), ("metadata_bytes", "not a readable ONNX model"),
-    ("not_json", "Invalid JSON"), ("no_inputs", "inputs"),
-])
+@pytest.mark.parametrize(
+    "how, fragment",
+    [
+        ("bomb", "bomb.png"),
+        ("big", "over the limit"),
+        ("latin1", "not UTF-8"),
+        ("long_field", "long.csv: line 1"),
+        ("corrupt", "not a readable ONNX model"),
+        ("metadata_bytes", "not a readable ONNX model"),
+        ("not_json", "Invalid JSON"),
+        ("no_inputs", "inputs"),
+    ],
+)
 def test_predict_refuses_hostile_files_in_one_line(how, fragment, tiny_export, tmp_path, capsys):
     export_dir, inputs = tiny_export("rgb")
     if how in ("bomb", "big", "latin1", "long_field"):

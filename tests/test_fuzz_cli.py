@@ -43,7 +43,9 @@ class Tally:
 
     def report(self, title: str) -> str:
         total = sum(self.counts.values())
-        rows = ", ".join(f"{family}/exit {code}: {n}" for (family, code), n in sorted(self.counts.items()))
+        rows = ", ".join(
+            f"{family}/exit {code}: {n}" for (family, code), n in sorted(self.counts.items())
+        )
         return f"{title}: {total} cases in {time.perf_counter() - self.started:.0f} s, {len(self.failures)} failed ({rows})"
 
 
@@ -71,7 +73,9 @@ def fuzz(count: int, runner, tally: Tally, template: Path, *, derandomize: bool,
 
 def check(tally: Tally, title: str, expected: int) -> None:
     print(tally.report(title))
-    assert not tally.failures, f"{len(tally.failures)} failing case(s):\n" + "\n".join(tally.failures[:10])
+    assert not tally.failures, f"{len(tally.failures)} failing case(s):\n" + "\n".join(
+        tally.failures[:10]
+    )
     assert sum(tally.counts.values()) >= expected
 
 
@@ -96,8 +100,12 @@ def test_the_harness_catches_a_traceback_and_a_changed_file(worker, template):
     assert problem is None and outcome.code == 2  # a user error: one line, exit 2
     from fuzz_runner import Outcome, verdict
 
-    assert "exit 1" in verdict(Case("probe", []), Outcome(1, "Traceback (most recent call last):"), [])
-    assert "important/thesis.txt" in verdict(Case("probe", []), Outcome(0, ""), ["important/thesis.txt"])
+    assert "exit 1" in verdict(
+        Case("probe", []), Outcome(1, "Traceback (most recent call last):"), []
+    )
+    assert "important/thesis.txt" in verdict(
+        Case("probe", []), Outcome(0, ""), ["important/thesis.txt"]
+    )
 
 
 @pytest.mark.slow

@@ -25,8 +25,13 @@ from kdistill.training.selection import NonFiniteLossError
 
 # Every feature and relation loss that multiplies matrices, with the feature shape it compares.
 MATMUL_LOSSES = [
-    ("sp", (8, 4, 5, 5)), ("rkd", (8, 24)), ("pkt", (8, 24)), ("cc", (8, 24)),
-    ("nst", (8, 4, 5, 5)), ("at", (8, 4, 5, 5)), ("hint", (8, 4, 5, 5)),
+    ("sp", (8, 4, 5, 5)),
+    ("rkd", (8, 24)),
+    ("pkt", (8, 24)),
+    ("cc", (8, 24)),
+    ("nst", (8, 4, 5, 5)),
+    ("at", (8, 4, 5, 5)),
+    ("hint", (8, 4, 5, 5)),
 ]
 
 
@@ -62,7 +67,10 @@ def test_loss_inside_the_distiller_keeps_its_float32_value_under_bf16_autocast(l
 @pytest.mark.parametrize("loss", [sp, rkd, pkt, cc])
 def test_relation_loss_called_directly_under_autocast_computes_in_float32(loss):
     generator = torch.Generator().manual_seed(1)
-    s, t = torch.randn(8, 24, generator=generator) + 3.0, torch.randn(8, 24, generator=generator) + 3.0
+    s, t = (
+        torch.randn(8, 24, generator=generator) + 3.0,
+        torch.randn(8, 24, generator=generator) + 3.0,
+    )
     expected = loss(s, t)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(loss(s, t), expected, rtol=1e-5, atol=1e-7)
@@ -70,7 +78,10 @@ def test_relation_loss_called_directly_under_autocast_computes_in_float32(loss):
 
 def test_nst_called_directly_under_autocast_computes_in_float32():
     generator = torch.Generator().manual_seed(2)
-    s, t = torch.randn(4, 3, 5, 5, generator=generator) + 3.0, torch.randn(4, 6, 5, 5, generator=generator)
+    s, t = (
+        torch.randn(4, 3, 5, 5, generator=generator) + 3.0,
+        torch.randn(4, 6, 5, 5, generator=generator),
+    )
     expected = nst(s, t)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(nst(s, t), expected, rtol=1e-5, atol=1e-7)
@@ -106,8 +117,14 @@ def _fit_one_epoch(steps: int, method: list[Term]) -> None:
     data = ArrayDataset(torch.randn(steps * 4, 1, 8, 8), torch.randint(0, 5, (steps * 4,)))
     student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
     teacher = Teacher(create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=5))
-    fit(Distiller(student, method), DataLoader(data, batch_size=4), teacher=teacher, epochs=1,
-        accelerator=make_accelerator("cpu"), progress=False)
+    fit(
+        Distiller(student, method),
+        DataLoader(data, batch_size=4),
+        teacher=teacher,
+        epochs=1,
+        accelerator=make_accelerator("cpu"),
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize("method", ["kd", "dkd", "nkd", "rkd"])
@@ -118,7 +135,11 @@ def test_an_epoch_of_60_steps_syncs_as_often_as_one_of_20(kdistill_syncs, method
     kdistill_syncs.clear()
     _fit_one_epoch(60, terms)
     assert short  # the counter works: the epoch's end reads its means back
-    assert len(kdistill_syncs) == len(short), (len(short), len(kdistill_syncs), sorted(set(kdistill_syncs)))
+    assert len(kdistill_syncs) == len(short), (
+        len(short),
+        len(kdistill_syncs),
+        sorted(set(kdistill_syncs)),
+    )
 
 
 def test_a_nan_is_caught_within_the_check_interval_naming_its_step():
@@ -130,11 +151,20 @@ def test_a_nan_is_caught_within_the_check_interval_naming_its_step():
 
     data = ArrayDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 5, (64,)))
     student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
-    distiller = Distiller(student, [Term("ce", "ce", teacher=None), Term("bad", exploding_at_step_3)])
+    distiller = Distiller(
+        student, [Term("ce", "ce", teacher=None), Term("bad", exploding_at_step_3)]
+    )
     teacher = Teacher(create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5))
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3 in term\(s\) bad:"):
-        fit(distiller, DataLoader(data, batch_size=4), teacher=teacher, epochs=1, progress=False,
-            accelerator=make_accelerator("cpu"), loop=Loop(finite_check_every=5))
+        fit(
+            distiller,
+            DataLoader(data, batch_size=4),
+            teacher=teacher,
+            epochs=1,
+            progress=False,
+            accelerator=make_accelerator("cpu"),
+            loop=Loop(finite_check_every=5),
+        )
     assert len(calls) == 5  # stopped at the check after step 5, not at the epoch's end (16)
 
 
@@ -167,19 +197,34 @@ def test_loss_uses_no_boolean_mask_indexing(monkeypatch, loss):
 
 # --- CRD's memory bank under data parallelism --------------------------------------------------
 
+
 @pytest.mark.integration
 def test_crd_memory_bank_holds_every_rank_samples_and_is_equal_across_ranks(tmp_path):
     worker = Path(__file__).parent / "helpers" / "crd_ddp_worker.py"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", str(worker), str(tmp_path)],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29541",
+            str(worker),
+            str(tmp_path),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rank0, rank1 = (json.loads((tmp_path / f"crd_rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world_size"] == 2
     # The ranks trained on disjoint halves of the 64 samples...
-    assert not set(rank0["seen"]) & set(rank1["seen"]) and len(set(rank0["seen"]) | set(rank1["seen"])) == 64
+    assert (
+        not set(rank0["seen"]) & set(rank1["seen"])
+        and len(set(rank0["seen"]) | set(rank1["seen"])) == 64
+    )
     for name in ("memory_student", "memory_teacher"):
         assert rank0[name] == rank1[name]  # ...yet hold the same banks, bit for bit,
     initial, final = torch.tensor(rank0["initial_student"]), torch.tensor(rank0["memory_student"])
@@ -189,13 +234,21 @@ def test_crd_memory_bank_holds_every_rank_samples_and_is_equal_across_ranks(tmp_
 
 # --- the teacher's precision, memory of a finished phase, evaluation, launch modes -----------
 
+
 def _tiny_fit(accelerator, **kwargs):
     torch.manual_seed(0)
     data = ArrayDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 5, (32,)))
     student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
     teacher_model = create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=5)
-    fit(Distiller(student, [Term("ce", "ce", teacher=None), Term("kd", "kd")]), DataLoader(data, batch_size=8),
-        teacher=Teacher(teacher_model), epochs=1, accelerator=accelerator, progress=False, **kwargs)
+    fit(
+        Distiller(student, [Term("ce", "ce", teacher=None), Term("kd", "kd")]),
+        DataLoader(data, batch_size=8),
+        teacher=Teacher(teacher_model),
+        epochs=1,
+        accelerator=accelerator,
+        progress=False,
+        **kwargs,
+    )
     return teacher_model
 
 
@@ -209,8 +262,14 @@ def test_teacher_runs_in_the_runs_precision():
         linear.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
         data = ArrayDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 5, (16,)))
         student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
-        fit(Distiller(student, [Term("kd", "kd")]), DataLoader(data, batch_size=8), teacher=Teacher(teacher_model),
-            epochs=1, accelerator=accelerator, progress=False)
+        fit(
+            Distiller(student, [Term("kd", "kd")]),
+            DataLoader(data, batch_size=8),
+            teacher=Teacher(teacher_model),
+            epochs=1,
+            accelerator=accelerator,
+            progress=False,
+        )
     finally:
         make_accelerator("cpu")  # back to full precision for the other tests
     assert dtypes == [torch.bfloat16, torch.bfloat16]
@@ -224,7 +283,11 @@ def test_a_finished_phase_releases_its_optimizer_state(monkeypatch):
 
     optimizers = []
     make = trainer.make_optimizer
-    monkeypatch.setattr(trainer, "make_optimizer", lambda *a, **k: optimizers.append(make(*a, **k)) or optimizers[-1])
+    monkeypatch.setattr(
+        trainer,
+        "make_optimizer",
+        lambda *a, **k: optimizers.append(make(*a, **k)) or optimizers[-1],
+    )
     accelerator = make_accelerator("cpu")  # shared by phases, as the pipeline does
     _tiny_fit(accelerator)
     released = weakref.ref(optimizers.pop())
@@ -273,8 +336,13 @@ def test_gpu_check_without_cuda_records_that_and_exits_0(tmp_path):
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
     env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}
     env.pop("KDISTILL_GPU_CHECK_DEVICE", None)
-    result = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = (tmp_path / "gpu.md").read_text()
     assert "CUDA available: False" in report and "no CUDA GPU here" in report

@@ -44,7 +44,9 @@ from kdistill.report import MetricsLog
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -58,8 +60,9 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> s
     return lines[0]
 
 
-def refused_without_changes(tmp_path: Path, *args: str, fragments: tuple[str, ...] = (),
-                            memory: int | None = None) -> str:
+def refused_without_changes(
+    tmp_path: Path, *args: str, fragments: tuple[str, ...] = (), memory: int | None = None
+) -> str:
     """Refused in one line with nothing changed: in this process, or with ``memory`` set, by the
     console script in a child whose address space is capped at ``memory`` bytes."""
     before = snapshot(tmp_path)
@@ -69,7 +72,9 @@ def refused_without_changes(tmp_path: Path, *args: str, fragments: tuple[str, ..
         result = call_cli(*args, cwd=tmp_path)
     line = assert_user_error(result, *fragments)
     after = snapshot(tmp_path)
-    assert {k: v for k, v in after.items() if k in before} == before  # every file that was there is intact
+    assert {
+        k: v for k, v in after.items() if k in before
+    } == before  # every file that was there is intact
     return line
 
 
@@ -92,16 +97,27 @@ def test_measure_refuses_an_alias_bomb_before_expanding_it():
 
 
 def test_aliases_within_the_bound_and_merge_keys_still_work():
-    tree = safe_yaml.load("base: &base {width: 16}\nstudent: {<<: *base, depth: 2}\nsame: *base\n", "ok.yaml")
-    assert tree == {"base": {"width": 16}, "student": {"width": 16, "depth": 2}, "same": {"width": 16}}
-    assert "*" not in safe_yaml.dump(tree) and "&" not in safe_yaml.dump(tree)  # config.yaml spells values out
+    tree = safe_yaml.load(
+        "base: &base {width: 16}\nstudent: {<<: *base, depth: 2}\nsame: *base\n", "ok.yaml"
+    )
+    assert tree == {
+        "base": {"width": 16},
+        "student": {"width": 16, "depth": 2},
+        "same": {"width": 16},
+    }
+    assert "*" not in safe_yaml.dump(tree) and "&" not in safe_yaml.dump(
+        tree
+    )  # config.yaml spells values out
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("a: &a [*a]", "refers to itself"),
-    ("[" * 200 + "]" * 200, "nested"),
-    ("x: '" + "y" * (safe_yaml.MAX_TEXT + 1) + "'", "at most"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("a: &a [*a]", "refers to itself"),
+        ("[" * 200 + "]" * 200, "nested"),
+        ("x: '" + "y" * (safe_yaml.MAX_TEXT + 1) + "'", "at most"),
+    ],
+)
 def test_recursive_deep_and_huge_yaml_refused(text, fragment):
     with pytest.raises(ConfigError, match=fragment):
         safe_yaml.load(text, "recipe.yaml")
@@ -113,29 +129,45 @@ def test_cli_refuses_a_recipe_alias_bomb_in_a_free_form_field(tmp_path, section)
     outer, inner = section.split(".")
     bomb = "\n".join(f"    {line}" for line in billion_laughs())
     (tmp_path / "bomb.yaml").write_text(f"{outer}:\n  {inner}:\n{bomb}\n")
-    refused_without_changes(tmp_path, "run", "bomb.yaml", fragments=("bomb.yaml", "aliases"), memory=MEMORY_CAP)
+    refused_without_changes(
+        tmp_path, "run", "bomb.yaml", fragments=("bomb.yaml", "aliases"), memory=MEMORY_CAP
+    )
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.integration
 def test_cli_refuses_an_alias_bomb_given_as_an_override(tmp_path):
     flow = "{" + ", ".join(billion_laughs()) + "}"
-    refused_without_changes(tmp_path, "run", *TINY_RECIPE, f"distill.params={flow}", fragments=("distill.params", "aliases"),
-                            memory=MEMORY_CAP)
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *TINY_RECIPE,
+        f"distill.params={flow}",
+        fragments=("distill.params", "aliases"),
+        memory=MEMORY_CAP,
+    )
 
 
 # --- 5: no remote code -----------------------------------------------------------------------
 
 
 def test_hf_refuses_trust_remote_code_in_kwargs_and_config():
-    bert = {"model_type": "bert", "vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 16}
+    bert = {
+        "model_type": "bert",
+        "vocab_size": 30,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+    }
     with pytest.raises(ConfigError, match="trust_remote_code is refused"):
         create_model("hf", num_classes=2, config=bert, trust_remote_code=True)
     with pytest.raises(ConfigError, match="auto_map is refused"):
         create_model("hf", num_classes=2, config={**bert, "auto_map": {"AutoConfig": "x.Y"}})
     with pytest.raises(ConfigError, match="not a setting of the bert config"):
-        create_model("hf", num_classes=2, config=bert, device_map="auto")  # a loader option, not a setting
+        create_model(
+            "hf", num_classes=2, config=bert, device_map="auto"
+        )  # a loader option, not a setting
     shallow = create_model("hf", num_classes=2, config=bert, num_attention_heads=4, hidden_size=16)
     assert shallow.config.num_attention_heads == 4  # named settings still pass
 
@@ -143,9 +175,11 @@ def test_hf_refuses_trust_remote_code_in_kwargs_and_config():
 def test_hf_directory_code_never_runs(tmp_path):
     model_dir, ran = tmp_path / "evil", tmp_path / "ran"
     model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps(
-        {"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}
-    ))
+    (model_dir / "config.json").write_text(
+        json.dumps(
+            {"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}
+        )
+    )
     (model_dir / "configuration_evil.py").write_text(f"open({str(ran)!r}, 'w').write('ran')\n")
     for pretrained in (True, False):
         with pytest.raises(ConfigError):
@@ -156,7 +190,11 @@ def test_hf_directory_code_never_runs(tmp_path):
 @pytest.mark.integration
 def test_cli_refuses_trust_remote_code_in_one_line(tmp_path):
     refused_without_changes(
-        tmp_path, "run", *TINY_RECIPE, "teacher.model=hf", "teacher.kwargs.trust_remote_code=true",
+        tmp_path,
+        "run",
+        *TINY_RECIPE,
+        "teacher.model=hf",
+        "teacher.kwargs.trust_remote_code=true",
         fragments=("trust_remote_code",),
     )
 
@@ -180,7 +218,10 @@ def test_npz_labels_must_be_dense_or_named(tmp_path):
     splits = load_dataset("npz", path=str(tmp_path / "gap.npz"), num_classes=5)  # named: fine
     assert splits.num_classes == 5
     with pytest.raises(DataError, match=r"0\.\.9999, found 0\.\.2000000000"):
-        load_dataset("npz", path=str(save_npz(tmp_path / "huge.npz", features(), np.r_[y[:-1], 2_000_000_000])))
+        load_dataset(
+            "npz",
+            path=str(save_npz(tmp_path / "huge.npz", features(), np.r_[y[:-1], 2_000_000_000])),
+        )
     with pytest.raises(DataError, match="num_classes"):
         load_dataset("npz", path=str(tmp_path / "gap.npz"), num_classes=10**9)
     dense = load_dataset("npz", path=str(save_npz(tmp_path / "dense.npz", features(), y)))
@@ -193,7 +234,7 @@ def forge_declared_size(path: Path, member: str, size: int) -> None:
     at = data.find(b"PK\x01\x02")
     while at != -1:
         name_length = struct.unpack_from("<H", data, at + 28)[0]
-        if data[at + 46: at + 46 + name_length] == member.encode():
+        if data[at + 46 : at + 46 + name_length] == member.encode():
             struct.pack_into("<I", data, at + 24, size)
         at = data.find(b"PK\x01\x02", at + 4)
     path.write_bytes(bytes(data))
@@ -202,14 +243,18 @@ def forge_declared_size(path: Path, member: str, size: int) -> None:
 def npy_claiming(shape: tuple[int, ...]) -> bytes:
     """A ``.npy`` whose header claims ``shape`` float32 but which holds 16 bytes."""
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f4", "fortran_order": False, "shape": shape}
+    )
     return buffer.getvalue() + bytes(16)
 
 
 def test_npz_sizes_are_checked_before_decompressing(tmp_path):
     bomb = save_npz(tmp_path / "bomb.npz", features(), np.arange(60) % 3)
     forge_declared_size(bomb, "x.npy", 3 * 2**30)
-    with pytest.raises(DataError, match=r"decompress to 3,221,22\d,\d+ bytes, more than the limit of 2,147,483,648"):
+    with pytest.raises(
+        DataError, match=r"decompress to 3,221,22\d,\d+ bytes, more than the limit of 2,147,483,648"
+    ):
         load_dataset("npz", path=str(bomb))
     liar = tmp_path / "liar.npz"
     with zipfile.ZipFile(liar, "w") as archive:
@@ -222,18 +267,32 @@ def test_npz_sizes_are_checked_before_decompressing(tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("make, fragment", [
-    (lambda p: save_npz(p, features(2), np.arange(2)), "split empty"),  # 1 sample of 2 classes
-    (lambda p: save_npz(p, np.array([["a"] * 4] * 60), np.arange(60) % 2), "inputs must be numbers"),
-    (lambda p: save_npz(p, features(), (np.arange(60) % 2)[:, None]), "shape (N,)"),
-    (lambda p: save_npz(p, features()[:, 0], np.arange(60) % 2), "reshape(-1, 1)"),
-    (lambda p: p.write_bytes(b"PK" + np.random.default_rng(0).bytes(400)) and p, "not a readable .npz"),
-    (lambda p: save_npz(p, features(), np.arange(60) % 2 * 100_000), "0..9999"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda p: save_npz(p, features(2), np.arange(2)), "split empty"),  # 1 sample of 2 classes
+        (
+            lambda p: save_npz(p, np.array([["a"] * 4] * 60), np.arange(60) % 2),
+            "inputs must be numbers",
+        ),
+        (lambda p: save_npz(p, features(), (np.arange(60) % 2)[:, None]), "shape (N,)"),
+        (lambda p: save_npz(p, features()[:, 0], np.arange(60) % 2), "reshape(-1, 1)"),
+        (
+            lambda p: p.write_bytes(b"PK" + np.random.default_rng(0).bytes(400)) and p,
+            "not a readable .npz",
+        ),
+        (lambda p: save_npz(p, features(), np.arange(60) % 2 * 100_000), "0..9999"),
+    ],
+)
 def test_cli_refuses_bad_npz_files_in_one_line(tmp_path, make, fragment):
     make(tmp_path / "data.npz")
     refused_without_changes(
-        tmp_path, "run", *TINY_RECIPE, "data.dataset=npz", "data.path=data.npz", fragments=("data.npz", fragment),
+        tmp_path,
+        "run",
+        *TINY_RECIPE,
+        "data.dataset=npz",
+        "data.path=data.npz",
+        fragments=("data.npz", fragment),
     )
 
 
@@ -241,7 +300,9 @@ def png_claiming(width: int, height: int, pixels: bytes = zlib.compress(b"")) ->
     """A grey PNG of width × height, its compressed ``pixels`` (by default none: a header only)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunks = chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
@@ -269,19 +330,34 @@ def test_image_bombs_and_broken_images_name_the_file(tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("option, fragment", [
-    ("data.options.channels=2", "data.options.channels: 1 (grayscale) or 3 (RGB), got 2"),
-    ("data.options.image_size=0", "data.options.image_size"),
-])
+@pytest.mark.parametrize(
+    "option, fragment",
+    [
+        ("data.options.channels=2", "data.options.channels: 1 (grayscale) or 3 (RGB), got 2"),
+        ("data.options.image_size=0", "data.options.image_size"),
+    ],
+)
 def test_cli_refuses_image_folder_options(tmp_path, option, fragment):
     image_folder(tmp_path / "images")
-    refused_without_changes(tmp_path, "run", *TINY_RECIPE, "data.dataset=folder", "data.path=images", option, fragments=(fragment,))
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *TINY_RECIPE,
+        "data.dataset=folder",
+        "data.path=images",
+        option,
+        fragments=(fragment,),
+    )
 
 
 @pytest.mark.integration
 def test_cli_refuses_val_fraction_0_before_the_teacher_trains(tmp_path):
     refused_without_changes(
-        tmp_path, "run", *TINY_RECIPE, "data.val_fraction=0", fragments=("data.val_fraction=0 leaves no validation samples",),
+        tmp_path,
+        "run",
+        *TINY_RECIPE,
+        "data.val_fraction=0",
+        fragments=("data.val_fraction=0 leaves no validation samples",),
     )
     metrics = tmp_path / "runs" / "digits_kd" / "metrics.jsonl"
     assert not metrics.exists() or not metrics.read_text()  # no teacher epoch was logged
@@ -289,7 +365,13 @@ def test_cli_refuses_val_fraction_0_before_the_teacher_trains(tmp_path):
 
 @pytest.mark.integration
 def test_cli_names_a_negative_model_size(tmp_path):
-    refused_without_changes(tmp_path, "run", *TINY_RECIPE, "student.kwargs.width=-5", fragments=("student.kwargs: mlp: width=-5 is negative",))
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *TINY_RECIPE,
+        "student.kwargs.width=-5",
+        fragments=("student.kwargs: mlp: width=-5 is negative",),
+    )
 
 
 # --- 9: checksums over metadata ----------------------------------------------------------------
@@ -306,7 +388,11 @@ def rewrite_metadata(path: Path, edit) -> None:
 
 
 def training_state(path: Path) -> Path:
-    meta = {"format": "kdistill-training-state/1", "progress": {"epoch": 23}, "scheduler": {"lr": 0.001}}
+    meta = {
+        "format": "kdistill-training-state/1",
+        "progress": {"epoch": 23},
+        "scheduler": {"lr": 0.001},
+    }
     save_tensors(path, {"model.weight": torch.ones(3)}, meta)
     return path
 
@@ -366,7 +452,9 @@ def test_torn_last_record_is_dropped_with_a_note_and_the_next_write_starts_clean
 
 def test_damage_before_the_last_record_is_a_user_error(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"phase": "teacher", "epoch": 1}\nnot json\n{"phase": "teacher", "epoch": 2}\n')
+    path.write_text(
+        '{"phase": "teacher", "epoch": 1}\nnot json\n{"phase": "teacher", "epoch": 2}\n'
+    )
     with pytest.raises(kdistill.errors.UserError, match="line 2 is not a JSON record"):
         MetricsLog(path).read()
 
@@ -398,7 +486,9 @@ def test_cli_resume_refuses_an_edited_training_state(finished_run, tmp_path):
     (tmp_path / "runs" / "digits_kd" / "summary.json").unlink()
     state = training_state(checkpoints / "student.state.safetensors")  # ... at epoch 23
     rewrite_metadata(state, lambda m: {**m, FORMAT_KEY: m[FORMAT_KEY].replace("23", "148")})
-    refused_without_changes(tmp_path, "run", *TINY_RECIPE, "--resume", fragments=("student.state.safetensors", "edited"))
+    refused_without_changes(
+        tmp_path, "run", *TINY_RECIPE, "--resume", fragments=("student.state.safetensors", "edited")
+    )
 
 
 # --- issue 27, items 2 and 3: nothing named in a recipe or a run directory runs unvetted ----------
@@ -422,12 +512,21 @@ def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, mon
     from kdistill.models import UnknownModelError, imported
 
     monkeypatch.chdir(tmp_path)
-    written = ("mymodels", "evil_model", "sub", "sub.evil_model", "run", "run.sub", "run.sub.evil_model")
+    written = (
+        "mymodels",
+        "evil_model",
+        "sub",
+        "sub.evil_model",
+        "run",
+        "run.sub",
+        "run.sub.evil_model",
+    )
     for name in written:
         request.addfinalizer(lambda name=name: sys.modules.pop(name, None))
     (tmp_path / "mymodels.py").write_text(
         "from subprocess import getoutput as build\n\n\n"
-        "def tiny(width=3):\n    return __import__('torch').nn.Linear(2, width)\n")
+        "def tiny(width=3):\n    return __import__('torch').nn.Linear(2, width)\n"
+    )
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "evil_model.py").write_text(EVIL_MODULE)
     (tmp_path / "run" / "sub").mkdir()
@@ -442,11 +541,16 @@ def test_hostile_model_names_are_refused_before_anything_is_called(tmp_path, mon
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("model, role, in_run_dir", [
-    ("os:system", "student", False), ("evil_model:boom", "teacher", True),
-])
-def test_cli_export_never_calls_what_a_tampered_summary_names(finished_run, tmp_path, model, role,
-                                                              in_run_dir):
+@pytest.mark.parametrize(
+    "model, role, in_run_dir",
+    [
+        ("os:system", "student", False),
+        ("evil_model:boom", "teacher", True),
+    ],
+)
+def test_cli_export_never_calls_what_a_tampered_summary_names(
+    finished_run, tmp_path, model, role, in_run_dir
+):
     pytest.importorskip("onnxruntime", reason="export needs kdistill[export]")
     run_dir = shutil.copytree(finished_run, tmp_path / "runs" / "shared")
     (run_dir / "evil_model.py").write_text(EVIL_MODULE)
@@ -454,8 +558,9 @@ def test_cli_export_never_calls_what_a_tampered_summary_names(finished_run, tmp_
     summary["roles"][role]["architecture"] = {"model": model, "kwargs": dict(HOSTILE)[model]}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     cwd = run_dir if in_run_dir else tmp_path  # a run directory is data, even as the current one
-    refused_without_changes(cwd, "export", str(run_dir.resolve()), "--no-int8",
-                            fragments=(f"roles.{role}.model", model))
+    refused_without_changes(
+        cwd, "export", str(run_dir.resolve()), "--no-int8", fragments=(f"roles.{role}.model", model)
+    )
     assert not (cwd / "pwned").exists()
 
 
@@ -464,8 +569,15 @@ def test_cli_export_never_calls_what_a_tampered_summary_names(finished_run, tmp_
 def test_cli_recipe_never_calls_a_standard_library_function(tmp_path, command):
     recipe = f"teacher: {{model: 'os:system', kwargs: {{command: '{SHELL}'}}}}\n"
     (tmp_path / "recipe.yaml").write_text(recipe)
-    refused_without_changes(tmp_path, command, "recipe.yaml", "data.dataset=digits", "train.epochs=1", "teacher.epochs=1",
-                            fragments=("teacher.model", "os:system"))
+    refused_without_changes(
+        tmp_path,
+        command,
+        "recipe.yaml",
+        "data.dataset=digits",
+        "train.epochs=1",
+        "teacher.epochs=1",
+        fragments=("teacher.model", "os:system"),
+    )
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "runs").exists()
 
 
@@ -482,21 +594,37 @@ def tiny_data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(40, 4, generator=generator), torch.randint(0, 5, (40,), generator=generator)
 
 
-@pytest.mark.parametrize("student_outputs, settings, fragment", [
-    (3, {}, "the teacher has 5 outputs but the student has 3"),
-    (5, {"temperature": -1.0}, "temperature must be a positive number"),
-    (5, {"temperature": float("nan")}, "temperature must be a positive number"),
-    (5, {"alpha": 2.0}, "0 <= alpha <= 1"),
-])
+@pytest.mark.parametrize(
+    "student_outputs, settings, fragment",
+    [
+        (3, {}, "the teacher has 5 outputs but the student has 3"),
+        (5, {"temperature": -1.0}, "temperature must be a positive number"),
+        (5, {"temperature": float("nan")}, "temperature must be a positive number"),
+        (5, {"alpha": 2.0}, "0 <= alpha <= 1"),
+    ],
+)
 def test_distill_refuses_what_cannot_train(student_outputs, settings, fragment):
     with pytest.raises(ValueError, match=fragment):
-        kdistill.distill(tiny(5), tiny(student_outputs), tiny_data(), epochs=1, progress=False, device="cpu", **settings)
+        kdistill.distill(
+            tiny(5),
+            tiny(student_outputs),
+            tiny_data(),
+            epochs=1,
+            progress=False,
+            device="cpu",
+            **settings,
+        )
 
 
 def test_distill_leaves_no_hooks_on_the_users_models():
     teacher, student = tiny(5), tiny(5)
-    terms = [Term("ce", "ce", teacher=None), Term("hint", "hint", student="2", teacher="2", connector="linear")]
-    kdistill.distill(teacher, student, tiny_data(), terms=terms, epochs=1, progress=False, device="cpu")
+    terms = [
+        Term("ce", "ce", teacher=None),
+        Term("hint", "hint", student="2", teacher="2", connector="linear"),
+    ]
+    kdistill.distill(
+        teacher, student, tiny_data(), terms=terms, epochs=1, progress=False, device="cpu"
+    )
     for model in (teacher, student):
         assert all(not module._forward_hooks for module in model.modules())
 
@@ -511,22 +639,55 @@ def test_image_settings_a_user_gives_a_table_are_one_line_naming_them_all(tmp_pa
     rows = ["length,width,species", *(f"{i % 7}.5,{i % 3}.25,{'ab'[i % 2]}" for i in range(60))]
     (tmp_path / "features.csv").write_text("\n".join(rows) + "\n")
     line = refused_without_changes(
-        tmp_path, "run", "data.dataset=table", "data.path=features.csv", "data.options.label=species",
-        "teacher.model=mlp", "student.model=mlp_tiny",
-        "teacher.augment=affine", "train.augment=affine", "train.mix=cutmix",
-        fragments=("teacher.augment=affine, train.augment=affine and train.mix=cutmix transform images",
-                   "the inputs are (2,)", "set teacher.augment=none train.augment=none train.mix=none"),
+        tmp_path,
+        "run",
+        "data.dataset=table",
+        "data.path=features.csv",
+        "data.options.label=species",
+        "teacher.model=mlp",
+        "student.model=mlp_tiny",
+        "teacher.augment=affine",
+        "train.augment=affine",
+        "train.mix=cutmix",
+        fragments=(
+            "teacher.augment=affine, train.augment=affine and train.mix=cutmix transform images",
+            "the inputs are (2,)",
+            "set teacher.augment=none train.augment=none train.mix=none",
+        ),
     )
     assert not (tmp_path / "runs").exists(), line  # refused by the check, before any run directory
 
 
-@pytest.mark.parametrize(("inputs", "settings", "wrong", "kind"), [
-    (torch.randn(8, 29, 12), ["teacher.augment=none", "train.augment=affine", "train.mix=cutmix"], "train.augment=affine and train.mix=cutmix", "sequences"),
-    (torch.randn(8, 29, 12), ["train.augment=shift", "train.mix=mixup", "teacher.augment=shift"], None, ""),
-    (torch.randint(0, 9, (8, 16)), ["train.augment=none", "train.mix=mixup", "teacher.augment=none"], "train.mix=mixup", "token ids"),
-    (torch.randn(8, 1, 8, 8), [], None, ""),  # images take the built-in recipe's settings
-    (torch.randn(8, 5), ["teacher.checkpoint=t.safetensors", "train.augment=none", "train.mix=none"], None, ""),
-])
+@pytest.mark.parametrize(
+    ("inputs", "settings", "wrong", "kind"),
+    [
+        (
+            torch.randn(8, 29, 12),
+            ["teacher.augment=none", "train.augment=affine", "train.mix=cutmix"],
+            "train.augment=affine and train.mix=cutmix",
+            "sequences",
+        ),
+        (
+            torch.randn(8, 29, 12),
+            ["train.augment=shift", "train.mix=mixup", "teacher.augment=shift"],
+            None,
+            "",
+        ),
+        (
+            torch.randint(0, 9, (8, 16)),
+            ["train.augment=none", "train.mix=mixup", "teacher.augment=none"],
+            "train.mix=mixup",
+            "token ids",
+        ),
+        (torch.randn(8, 1, 8, 8), [], None, ""),  # images take the built-in recipe's settings
+        (
+            torch.randn(8, 5),
+            ["teacher.checkpoint=t.safetensors", "train.augment=none", "train.mix=none"],
+            None,
+            "",
+        ),
+    ],
+)
 def test_transforms_the_inputs_cannot_take_are_refused_together(inputs, settings, wrong, kind):
     from types import SimpleNamespace
 
@@ -542,4 +703,3 @@ def test_transforms_the_inputs_cannot_take_are_refused_together(inputs, settings
     with pytest.raises(ConfigError) as error:
         check_input_transforms(recipe, splits)
     assert str(error.value).startswith(f"{wrong} transform") and f"({kind}" in str(error.value)
-

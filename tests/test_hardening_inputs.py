@@ -37,8 +37,14 @@ def test_cli_bounds_a_huge_sparse_npy_of_token_ids(tmp_path):
         size = file.tell() + 24 * 10**9
         file.truncate(size)
     result = kdistill_cli(
-        "check", "data.dataset=token_ids", "data.path=ids.npy", "teacher.model=gpt",
-        "student.model=gpt", "method=token_kd", cwd=tmp_path, memory=MEMORY_CAP,
+        "check",
+        "data.dataset=token_ids",
+        "data.path=ids.npy",
+        "teacher.model=gpt",
+        "student.model=gpt",
+        "method=token_kd",
+        cwd=tmp_path,
+        memory=MEMORY_CAP,
     )
     assert_user_error(result, "ids.npy: its array holds 24,000,000,000 bytes", "options.max_bytes")
     assert (tmp_path / "ids.npy").stat().st_size == size
@@ -53,7 +59,11 @@ def test_cli_refuses_huge_images_from_their_headers(tmp_path):
         for i in range(3):
             (tmp_path / "images" / name / f"{i}.png").write_bytes(huge)
     refused_without_changes(
-        tmp_path, "check", *QUICK, "data.dataset=folder", "data.path=images",
+        tmp_path,
+        "check",
+        *QUICK,
+        "data.dataset=folder",
+        "data.path=images",
         "teacher.model=cnn_tiny",
         fragments=("0.png: 13,000×13,000 pixels, more than the 67,108,864 an image may decode",),
         memory=MEMORY_CAP,
@@ -67,7 +77,11 @@ def test_cli_refuses_a_csv_of_a_million_columns_from_its_header(tmp_path):
     row = "0," * (columns - 1)
     (tmp_path / "wide.csv").write_text("\n".join([header, row + "a", row + "b"]) + "\n")
     refused_without_changes(
-        tmp_path, "check", *QUICK, "data.dataset=table", "data.path=wide.csv",
+        tmp_path,
+        "check",
+        *QUICK,
+        "data.dataset=table",
+        "data.path=wide.csv",
         "data.options.label=label",
         fragments=("wide.csv: ", "columns or more, more than the limit of 10,000", "dataset=npz"),
         memory=MEMORY_CAP,
@@ -87,11 +101,20 @@ def test_cli_reads_a_50_mb_text_cell_cut_to_what_the_tokenizer_keeps(tmp_path):
     (tmp_path / "reviews.csv").write_text("\n".join(["text,label", *rows]) + "\n")
     model = "{vocab_size: 4, embed_dim: 8, channels: 8}"
     result = kdistill_cli(
-        "check", *QUICK, "data.dataset=labelled_text", "data.path=reviews.csv",
-        "data.options.tokenizer=tokenizer.json", "data.options.max_length=16",
-        "teacher.model=text_cnn", f"teacher.kwargs={model}", "student.model=text_cnn",
+        "check",
+        *QUICK,
+        "data.dataset=labelled_text",
+        "data.path=reviews.csv",
+        "data.options.tokenizer=tokenizer.json",
+        "data.options.max_length=16",
+        "teacher.model=text_cnn",
+        f"teacher.kwargs={model}",
+        "student.model=text_cnn",
         f"student.kwargs={model}",
-        "train.augment=none", "train.mix=none", cwd=tmp_path, memory=4 * 2**30,
+        "train.augment=none",
+        "train.mix=none",
+        cwd=tmp_path,
+        memory=4 * 2**30,
     )
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -102,7 +125,11 @@ def test_cli_reads_a_50_mb_text_cell_cut_to_what_the_tokenizer_keeps(tmp_path):
 def test_cli_refuses_a_folder_of_one_class(tmp_path):
     shutil.rmtree(image_folder(tmp_path / "images") / "dog")
     refused_without_changes(
-        tmp_path, "run", *QUICK, "data.dataset=folder", "data.path=images",
+        tmp_path,
+        "run",
+        *QUICK,
+        "data.dataset=folder",
+        "data.path=images",
         "teacher.model=cnn_tiny",
         fragments=("images: 1 class ('cat') in 10 labelled samples; a classifier needs",),
     )
@@ -112,15 +139,26 @@ def test_cli_refuses_a_folder_of_one_class(tmp_path):
 # --- issue 27, item 15: messages ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("setting, field", [
-    ("method=kd", "method=kd: ce, kd compare"),
-    ("terms=[{name: soft, loss: dkd}]", "terms (soft): dkd compare"),
-])
+@pytest.mark.parametrize(
+    "setting, field",
+    [
+        ("method=kd", "method=kd: ce, kd compare"),
+        ("terms=[{name: soft, loss: dkd}]", "terms (soft): dkd compare"),
+    ],
+)
 def test_cli_names_token_kd_for_a_classifier_loss_on_token_data(tmp_path, setting, field):
     np.save(tmp_path / "ids.npy", np.tile(np.arange(12, dtype=np.int32), 100))
     refused_without_changes(
-        tmp_path, "check", "data.dataset=token_ids", "data.path=ids.npy",
-        "data.options.block_size=16", "teacher.model=gpt", "student.model=gpt",
-        "teacher.augment=none", "train.augment=none", "train.mix=none", setting,
+        tmp_path,
+        "check",
+        "data.dataset=token_ids",
+        "data.path=ids.npy",
+        "data.options.block_size=16",
+        "teacher.model=gpt",
+        "student.model=gpt",
+        "teacher.augment=none",
+        "train.augment=none",
+        "train.mix=none",
+        setting,
         fragments=(field, "holds token sequences for a language model: use method=token_kd"),
     )

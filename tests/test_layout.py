@@ -22,7 +22,9 @@ def imports_of(path: Path) -> set[str]:
     """Every kdistill module a file imports, at the top or inside a function (deferred imports
     count: a cycle hidden in a function is still a cycle)."""
     found = set()
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -45,7 +47,9 @@ def graph() -> dict[str, set[str]]:
         # Importing a package's submodule runs the package's __init__ too, unless the importer
         # lives in that package (its __init__ is then already running or done).
         parents = {t.rpartition(".")[0] for t in targets}
-        edges[name] = targets | {p for p in parents if p in modules and p != name and not name.startswith(p + ".")}
+        edges[name] = targets | {
+            p for p in parents if p in modules and p != name and not name.startswith(p + ".")
+        }
     return edges
 
 
@@ -57,7 +61,7 @@ def test_no_import_cycle():
         state[node] = 1
         for target in edges[node]:
             if state.get(target) == 1:
-                cycle = stack[stack.index(target):] + [target]
+                cycle = stack[stack.index(target) :] + [target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, stack + [target])
@@ -99,9 +103,12 @@ def test_layers_point_one_way():
         if top not in LAYER_OF:
             continue
         above = sorted(
-            t for t in targets
-            if part_of(t) in LAYER_OF and LAYER_OF[part_of(t)] > LAYER_OF[top]
-            and (name, t) not in ALLOWED_UP and t != "kdistill.evaluation"
+            t
+            for t in targets
+            if part_of(t) in LAYER_OF
+            and LAYER_OF[part_of(t)] > LAYER_OF[top]
+            and (name, t) not in ALLOWED_UP
+            and t != "kdistill.evaluation"
         )
         assert not above, f"{name} (layer {LAYER_OF[top]}) imports {above} from above it"
 
@@ -119,7 +126,9 @@ def test_no_file_is_over_600_lines_and_files_over_400_are_named():
     lines = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
     questions = {name: n for name, n in lines.items() if n > 400}
     if questions:
-        warnings.warn(f"files over 400 lines, each a question of purpose: {questions}", stacklevel=1)
+        warnings.warn(
+            f"files over 400 lines, each a question of purpose: {questions}", stacklevel=1
+        )
     defects = {name: n for name, n in lines.items() if n > 600}
     assert not defects, defects
 
@@ -134,7 +143,9 @@ def test_a_teaching_mode_is_one_module_behind_one_registry():
             continue
         text = path.read_text()
         for mode in ("born_again", "mutual"):
-            assert f'== "{mode}"' not in text and f"== '{mode}'" not in text, f"{path} branches on {mode}"
+            assert f'== "{mode}"' not in text and f"== '{mode}'" not in text, (
+                f"{path} branches on {mode}"
+            )
 
 
 def test_one_model_registry_with_each_entrys_inputs():

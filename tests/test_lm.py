@@ -26,7 +26,12 @@ def corpus():
 
 
 def tiny_gpt(vocab, **kwargs):
-    return create_model("gpt", num_classes=vocab, input_shape=(32,), **{"n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, **kwargs})
+    return create_model(
+        "gpt",
+        num_classes=vocab,
+        input_shape=(32,),
+        **{"n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, **kwargs},
+    )
 
 
 def test_corpus_windows_targets_and_split(corpus):
@@ -34,7 +39,10 @@ def test_corpus_windows_targets_and_split(corpus):
     sizes = full.identity["characters"]
     assert sum(sizes.values()) > 400_000 and sizes["train"] > 6 * sizes["test"]
     assert full.identity == load_dataset("text", block_size=32).identity  # fixed split
-    assert full.identity["characters"] != load_dataset("text", block_size=32, seed=1).identity["characters"]
+    assert (
+        full.identity["characters"]
+        != load_dataset("text", block_size=32, seed=1).identity["characters"]
+    )
     window = full.train[3]
     assert torch.equal(window["input"][1:], window["target"][:-1])  # target = the next character
     assert window["mask"].all()
@@ -50,7 +58,9 @@ def test_corpus_windows_targets_and_split(corpus):
 def test_token_ce_counts_only_real_positions():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
-    torch.testing.assert_close(token_ce(logits, target), F.cross_entropy(logits.reshape(-1, 7), target.reshape(-1)))
+    torch.testing.assert_close(
+        token_ce(logits, target), F.cross_entropy(logits.reshape(-1, 7), target.reshape(-1))
+    )
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
     expected = F.cross_entropy(logits[mask], target[mask])
     garbage = logits.clone()
@@ -68,7 +78,9 @@ def test_gpt_is_causal_and_trains(corpus):
     changed = x.clone()
     changed[0, 20:] = (changed[0, 20:] + 1) % corpus.num_classes
     with torch.no_grad():
-        torch.testing.assert_close(model(changed)[:, :20], model(x)[:, :20])  # the past never sees the future
+        torch.testing.assert_close(
+            model(changed)[:, :20], model(x)[:, :20]
+        )  # the past never sees the future
     model.train()
     batch = next(iter(DataLoader(corpus.train, batch_size=4)))
     token_ce(model(batch["input"]), batch["target"], mask=batch["mask"]).backward()
@@ -123,7 +135,7 @@ def test_on_policy_transform_replaces_a_fraction_with_student_continuations(corp
     # the prompt is the real text; the sampled tokens are the input's continuation
     assert torch.equal(out["input"][rows, : 32 + 1 - 6], batch["input"][rows, : 32 + 1 - 6])
     assert torch.equal(out["target"][rows, : 32 - 6], batch["target"][rows, : 32 - 6])
-    assert (out["target"][rows, 32 - 6:] == IGNORE_INDEX).all()
+    assert (out["target"][rows, 32 - 6 :] == IGNORE_INDEX).all()
     assert not out["input"].requires_grad and all(p.grad is None for p in student.parameters())
     assert OnPolicy(student, fraction=0.0)(batch)["input"] is batch["input"]
     with pytest.raises(ValueError, match="fraction"):
@@ -195,7 +207,14 @@ def test_fit_calls_the_batch_transform_before_the_teacher(corpus):
     transform = OnPolicy(student, fraction=0.5, continuation=4, seed=0)
     terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=0.5, temperature=1.0)
     loader = DataLoader(torch.utils.data.Subset(corpus.train, range(16)), batch_size=8)
-    history = train_loop(Distiller(student, terms), loader, teacher=teacher, epochs=1, progress=False, loop=Loop(batch_transform=transform))
+    history = train_loop(
+        Distiller(student, terms),
+        loader,
+        teacher=teacher,
+        epochs=1,
+        progress=False,
+        loop=Loop(batch_transform=transform),
+    )
     assert transform.replaced == 8 and len(teacher.inputs) == 2
     original = torch.cat([b["input"] for b in loader])
     seen = torch.cat(teacher.inputs)
@@ -207,10 +226,19 @@ def test_fit_calls_the_batch_transform_before_the_teacher(corpus):
 def test_lm_recipe_end_to_end_with_on_policy_and_samples(tmp_path):
     from kdistill.cli import main
 
-    quick = ["data.subset=160", "data.options.block_size=32", "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 32}",
-             "student.kwargs={n_layer: 1, n_head: 2, n_embd: 16}", "teacher.epochs=1", "train.epochs=1",
-             "distill.params={loss: jsd, beta: 0.5, on_policy: {fraction: 0.25, continuation: 4}}",
-             "output.latency=false", "output.plots=false", "output.progress=false", f"output.dir={tmp_path}"]
+    quick = [
+        "data.subset=160",
+        "data.options.block_size=32",
+        "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 32}",
+        "student.kwargs={n_layer: 1, n_head: 2, n_embd: 16}",
+        "teacher.epochs=1",
+        "train.epochs=1",
+        "distill.params={loss: jsd, beta: 0.5, on_policy: {fraction: 0.25, continuation: 4}}",
+        "output.latency=false",
+        "output.plots=false",
+        "output.progress=false",
+        f"output.dir={tmp_path}",
+    ]
     assert main(["run", "configs/lm_kd.yaml", *quick]) == 0
     run_dir = tmp_path / "lm_kd"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -218,6 +246,8 @@ def test_lm_recipe_end_to_end_with_on_policy_and_samples(tmp_path):
     for role in ("teacher", "scratch", "student"):
         assert 1.0 < summary[role]["perplexity"] < 200
     assert summary["teacher"]["params"] > summary["student"]["params"]
-    assert len(summary["samples"]) == 3 and {"prompt", "teacher", "scratch", "student"} <= set(summary["samples"][0])
+    assert len(summary["samples"]) == 3 and {"prompt", "teacher", "scratch", "student"} <= set(
+        summary["samples"][0]
+    )
     report = (run_dir / "report.md").read_text()
     assert "Generated samples" in report and "test perplexity" in report

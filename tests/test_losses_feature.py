@@ -44,7 +44,9 @@ def test_at_code_and_paper_modes_differ_as_documented(cases):
     a_s = F.normalize(s.pow(2).sum(1).flatten(1), dim=1)
     a_t = F.normalize(t.pow(2).sum(1).flatten(1), dim=1)
     assert at(s, t).item() == pytest.approx((a_s - a_t).pow(2).mean().item(), rel=1e-12)
-    assert at(s, t, mode="paper").item() == pytest.approx((a_s - a_t).norm(dim=1).mean().item(), rel=1e-12)
+    assert at(s, t, mode="paper").item() == pytest.approx(
+        (a_s - a_t).norm(dim=1).mean().item(), rel=1e-12
+    )
     with pytest.raises(ValueError, match="mode"):
         at(s, t, mode="papr")
 

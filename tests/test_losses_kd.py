@@ -43,7 +43,9 @@ def test_ce_plus_kd_matches_torchdistill_combined_loss(cases):
     target = torch.tensor(case["inputs"]["targets"]["data"])
     value = 0.5 * cross_entropy(student, target) + 0.5 * kd(student, teacher, temperature=4.0)
     assert value.item() == pytest.approx(case["output"]["value"], rel=1e-12)
-    assert cross_entropy(student, target).item() == pytest.approx(case["output"]["components"]["ce"]["value"], rel=1e-12)
+    assert cross_entropy(student, target).item() == pytest.approx(
+        case["output"]["components"]["ce"]["value"], rel=1e-12
+    )
 
 
 def test_worked_example_numbers(reference):
@@ -63,7 +65,7 @@ def test_worked_example_numbers(reference):
 
 def logits(seed, shape=(16, 10), scale=3.0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=dtype) * scale)
+    return torch.randn(*shape, generator=g, dtype=dtype) * scale
 
 
 def test_kd_direction_is_teacher_to_student():
@@ -77,7 +79,9 @@ def test_kd_direction_is_teacher_to_student():
 
 def test_kd_is_batch_mean_not_element_mean():
     s, t = logits(2), logits(3)
-    per_sample = torch.stack([kd(s[i : i + 1], t[i : i + 1], temperature=4.0) for i in range(len(s))])
+    per_sample = torch.stack(
+        [kd(s[i : i + 1], t[i : i + 1], temperature=4.0) for i in range(len(s))]
+    )
     assert kd(s, t, temperature=4.0).item() == pytest.approx(per_sample.mean().item(), rel=1e-12)
     with pytest.warns(UserWarning):  # torch itself warns that 'mean' is not the KL
         wrong = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(t / 4, 1), reduction="mean") * 16
@@ -98,7 +102,9 @@ def test_kd_gradient_is_t_squared_scaled(temperature):
     s = logits(5).requires_grad_(True)
     t = logits(6)
     kd(s, t, temperature=temperature).backward()
-    expected = (temperature / len(s)) * (F.softmax(s / temperature, 1) - F.softmax(t / temperature, 1))
+    expected = (temperature / len(s)) * (
+        F.softmax(s / temperature, 1) - F.softmax(t / temperature, 1)
+    )
     torch.testing.assert_close(s.grad, expected.detach(), rtol=1e-10, atol=1e-14)
 
 

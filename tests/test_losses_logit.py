@@ -47,7 +47,8 @@ def test_dist_matches_torchdistill_value_and_gradient(cases):
     case = cases["dist_torchdistill_tau1_8x10"]
     hyper = case["hyperparameters"]
     value, grad, expected = run_case(
-        case, lambda s, t: dist(s, t, beta=hyper["beta"], gamma=hyper["gamma"], temperature=hyper["tau"])
+        case,
+        lambda s, t: dist(s, t, beta=hyper["beta"], gamma=hyper["gamma"], temperature=hyper["tau"]),
     )
     assert value.item() == pytest.approx(case["output"]["value"], rel=1e-10)
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
@@ -83,7 +84,9 @@ def test_standardize_is_off_by_default_and_matches_zscored_logits():
     assert kd(s, t, temperature=2.0, standardize=True).item() == pytest.approx(
         kd(z_s, z_t, temperature=2.0).item(), rel=1e-12
     )
-    assert dkd(s, t, y, standardize=True).item() == pytest.approx(dkd(z_s, z_t, y).item(), rel=1e-12)
+    assert dkd(s, t, y, standardize=True).item() == pytest.approx(
+        dkd(z_s, z_t, y).item(), rel=1e-12
+    )
 
 
 def test_standardized_kd_ignores_the_range_of_the_student_logits():
@@ -107,7 +110,9 @@ def nkd_by_hand(s, t, y, temperature, gamma):
         t_others = [v / temperature for c, v in enumerate(t_row) if c != label]
         s_others_norm = math.log(sum(math.exp(v) for v in s_others))
         t_others_sum = sum(math.exp(v) for v in t_others)
-        cross = -sum(math.exp(tv) / t_others_sum * (sv - s_others_norm) for sv, tv in zip(s_others, t_others))
+        cross = -sum(
+            math.exp(tv) / t_others_sum * (sv - s_others_norm) for sv, tv in zip(s_others, t_others)
+        )
         total += gamma * temperature**2 * cross
     return total / len(s)
 

@@ -23,10 +23,12 @@ GOLDEN = {
     "pkt_repdistiller_emb_s8x16_t8x32": pkt,
     "cc_repdistiller_emb_8x16": lambda s, t: cc(s, t, variant="repdistiller"),
     # The reference inputs are already unit vectors and torchdistill normalises outside the loss.
-    "cckd_torchdistill_bilinear_batchmean_emb_8x16_l2n":
-        lambda s, t: cc(s, t, variant="torchdistill", kernel="bilinear", normalize=False),
-    "cckd_torchdistill_gaussian_g0.4_p2_batchmean_emb_8x16_l2n":
-        lambda s, t: cc(s, t, variant="torchdistill", kernel="gaussian", gamma=0.4, order=2, normalize=False),
+    "cckd_torchdistill_bilinear_batchmean_emb_8x16_l2n": lambda s, t: cc(
+        s, t, variant="torchdistill", kernel="bilinear", normalize=False
+    ),
+    "cckd_torchdistill_gaussian_g0.4_p2_batchmean_emb_8x16_l2n": lambda s, t: cc(
+        s, t, variant="torchdistill", kernel="gaussian", gamma=0.4, order=2, normalize=False
+    ),
 }
 
 
@@ -43,7 +45,10 @@ def test_matches_reference_value_and_gradient(cases, case_id):
     torch.testing.assert_close(student.grad, expected, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("case_id", ["rkd_repdistiller_wd25_wa50_feat_4x8x4x4", "rkd_repdistiller_wd25_wa50_emb_s8x16_t8x32"])
+@pytest.mark.parametrize(
+    "case_id",
+    ["rkd_repdistiller_wd25_wa50_feat_4x8x4x4", "rkd_repdistiller_wd25_wa50_emb_s8x16_t8x32"],
+)
 def test_rkd_components(cases, case_id):
     case = cases[case_id]
     s, t = tensor(case["inputs"]["f_s"]), tensor(case["inputs"]["f_t"])
@@ -148,4 +153,6 @@ def test_finite_for_large_features_in_low_precision(name, dtype):
 
 
 def test_losses_table_names_the_relation_losses():
-    assert LOSSES["sp"] is sp and LOSSES["rkd"] is rkd and LOSSES["pkt"] is pkt and LOSSES["cc"] is cc
+    assert (
+        LOSSES["sp"] is sp and LOSSES["rkd"] is rkd and LOSSES["pkt"] is pkt and LOSSES["cc"] is cc
+    )

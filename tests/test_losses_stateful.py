@@ -14,8 +14,11 @@ def tensor(entry, requires_grad=False):
 def reference_vid(case) -> VIDLoss:
     hyper = case["hyperparameters"]
     module = VIDLoss(
-        hyper["num_input_channels"], hyper["num_target_channels"], mid_channels=hyper["num_mid_channel"],
-        init_pred_var=hyper["init_pred_var"], eps=hyper["eps"],
+        hyper["num_input_channels"],
+        hyper["num_target_channels"],
+        mid_channels=hyper["num_mid_channel"],
+        init_pred_var=hyper["init_pred_var"],
+        eps=hyper["eps"],
     ).double()
     # Same layout as RepDistiller's VIDLoss: regressor.{0,2,4}.weight and log_scale.
     module.load_state_dict({name: tensor(entry) for name, entry in case["module_state"].items()})
@@ -39,8 +42,13 @@ CRD_STATE_NAMES = {
 def reference_crd(case) -> CRDLoss:
     hyper = case["hyperparameters"]
     module = CRDLoss(
-        hyper["s_dim"], hyper["t_dim"], hyper["n_data"], feat_dim=hyper["feat_dim"],
-        num_negatives=hyper["nce_k"], nce_temperature=hyper["nce_t"], momentum=hyper["nce_m"],
+        hyper["s_dim"],
+        hyper["t_dim"],
+        hyper["n_data"],
+        feat_dim=hyper["feat_dim"],
+        num_negatives=hyper["nce_k"],
+        nce_temperature=hyper["nce_t"],
+        momentum=hyper["nce_m"],
         eps=hyper["eps"],
     ).double()
     state = {ours: tensor(case["module_state"][theirs]) for theirs, ours in CRD_STATE_NAMES.items()}
@@ -55,8 +63,10 @@ def reference_crd(case) -> CRDLoss:
 def crd_inputs(case, requires_grad=True):
     inputs = case["inputs"]
     return (
-        tensor(inputs["f_s"], requires_grad), tensor(inputs["f_t"]),
-        torch.tensor(inputs["idx"]["data"]), torch.tensor(inputs["contrast_idx"]["data"]),
+        tensor(inputs["f_s"], requires_grad),
+        tensor(inputs["f_t"]),
+        torch.tensor(inputs["idx"]["data"]),
+        torch.tensor(inputs["contrast_idx"]["data"]),
     )
 
 
@@ -104,7 +114,9 @@ def test_crd_is_stateful_memory_moves_and_z_stays(cases):
     z_after_first = module.normalizer.clone()
     changed = (module.memory_student != memory_before).any(dim=1)
     assert changed[index].all() and not changed[~torch.isin(torch.arange(16), index)].any()
-    torch.testing.assert_close(module.memory_student[index].norm(dim=1), torch.ones(8, dtype=torch.float64))
+    torch.testing.assert_close(
+        module.memory_student[index].norm(dim=1), torch.ones(8, dtype=torch.float64)
+    )
     second = module(student, teacher, index=index, contrast_idx=contrast_idx)
     assert second.item() != pytest.approx(first.item(), rel=1e-6)  # the memory moved
     assert torch.equal(module.normalizer, z_after_first)  # Z was fixed by the first call
@@ -153,7 +165,12 @@ def make(name):
     torch.manual_seed(0)
     if name == "vid":
         return VIDLoss(8, 16), (4, 8, 6, 6), (4, 16, 3, 3), {}
-    return CRDLoss(16, 32, num_samples=20, feat_dim=8), (4, 16), (4, 32), {"index": torch.tensor([1, 5, 7, 19])}
+    return (
+        CRDLoss(16, 32, num_samples=20, feat_dim=8),
+        (4, 16),
+        (4, 32),
+        {"index": torch.tensor([1, 5, 7, 19])},
+    )
 
 
 @pytest.mark.parametrize("name", ["vid", "crd"])

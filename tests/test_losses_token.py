@@ -407,8 +407,12 @@ def test_sparse_teacher_masks_and_chunks():
     assert forward_kl_topk(s, dirty, mask=mask).item() == pytest.approx(whole.item(), rel=1e-12)
     chunks = [(0, 2), (2, 7), (7, 9)]
     total = sum(
-        forward_kl_topk(s[:, a:b], SparseTeacher(*(f[:, a:b] for f in sparse)),
-                        mask=mask[:, a:b], reduction="sum")
+        forward_kl_topk(
+            s[:, a:b],
+            SparseTeacher(*(f[:, a:b] for f in sparse)),
+            mask=mask[:, a:b],
+            reduction="sum",
+        )
         for a, b in chunks
     )
     assert (total / mask.sum()).item() == pytest.approx(whole.item(), rel=1e-12)
@@ -420,7 +424,13 @@ def test_sparse_teacher_masks_and_chunks():
 
 def test_losses_table():
     assert set(TOKEN_LOSSES) == {
-        "forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "forward_kl_topk",
+        "forward_kl",
+        "reverse_kl",
+        "jsd",
+        "skew_kl",
+        "skew_reverse_kl",
+        "tvd",
+        "forward_kl_topk",
     }
     for name, function in TOKEN_LOSSES.items():
         assert LOSSES[name] is function

@@ -44,29 +44,44 @@ def test_only_zoo_convolutional_networks_on_the_cpu_are_converted():
 def layouts_seen(model: nn.Module) -> list[bool]:
     seen = []
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    model.register_forward_pre_hook(lambda *_: seen.append(conv.weight.is_contiguous(memory_format=LAST)))
+    model.register_forward_pre_hook(
+        lambda *_: seen.append(conv.weight.is_contiguous(memory_format=LAST))
+    )
     return seen
 
 
 def loader():
     torch.manual_seed(0)
     data = ArrayDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
-    return torch.utils.data.DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(
+        data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def test_fit_trains_and_teaches_in_channels_last_and_hands_the_models_back():
     torch.manual_seed(0)
     teacher, student = create_model("cnn_tiny"), create_model("cnn_tiny")
     teacher_layouts, student_layouts = layouts_seen(teacher), layouts_seen(student)
-    train_loop(Distiller(student, hinton_kd()), loader(), teacher=Teacher(teacher), epochs=1, progress=False)
+    train_loop(
+        Distiller(student, hinton_kd()),
+        loader(),
+        teacher=Teacher(teacher),
+        epochs=1,
+        progress=False,
+    )
     assert teacher_layouts and all(teacher_layouts) and student_layouts and all(student_layouts)
     for model in (teacher, student):
-        assert all(p.is_contiguous() for p in model.parameters())  # saved, exported, compared as before
+        assert all(
+            p.is_contiguous() for p in model.parameters()
+        )  # saved, exported, compared as before
 
 
 def test_channels_last_training_equals_nchw_training_up_to_rounding(monkeypatch):
     def train(convert: bool):
-        monkeypatch.setattr("kdistill.training.memory_format.prefers_channels_last", lambda module, _: convert and module is not None)
+        monkeypatch.setattr(
+            "kdistill.training.memory_format.prefers_channels_last",
+            lambda module, _: convert and module is not None,
+        )
         torch.manual_seed(0)
         model = create_model("cnn_tiny")
         train_loop(Distiller(model, scratch()), loader(), epochs=2, lr=1e-3, progress=False)
@@ -88,7 +103,11 @@ def test_the_layout_is_restored_after_the_block(failing):
     assert all(p.is_contiguous() for p in model.parameters())
 
 
-CONVOLUTIONAL = [name for name in list_models("image") if prefers_channels_last(create_model(name, input_shape=(3, 32, 32)), "cpu")]
+CONVOLUTIONAL = [
+    name
+    for name in list_models("image")
+    if prefers_channels_last(create_model(name, input_shape=(3, 32, 32)), "cpu")
+]
 
 
 @pytest.mark.parametrize("name", CONVOLUTIONAL)

@@ -39,10 +39,16 @@ def setup(method: str, **hyper):
     teacher_model = create_model("lenet")
     student = create_model("cnn_small" if method in FEATURE_PRESETS else "mlp_tiny")
     if method in FEATURE_PRESETS:
-        hyper = {"student_layers": student.hint_layers, "teacher_layers": teacher_model.hint_layers, **hyper}
+        hyper = {
+            "student_layers": student.hint_layers,
+            "teacher_layers": teacher_model.hint_layers,
+            **hyper,
+        }
     terms = preset_terms(method, **hyper)
     teacher = Teacher(teacher_model, taps=teacher_taps(terms))
-    distiller = Distiller.build(student, terms, teacher=teacher, example_batch=batch(), num_samples=NUM_SAMPLES)
+    distiller = Distiller.build(
+        student, terms, teacher=teacher, example_batch=batch(), num_samples=NUM_SAMPLES
+    )
     return distiller, teacher, student, teacher_model
 
 
@@ -88,7 +94,12 @@ def test_presets_use_the_published_weights():
     assert weights("crd") == {"ce": 1.0, "crd": 0.8}
     assert weights("crd", kd_weight=1.0) == {"ce": 1.0, "kd": 1.0, "crd": 0.8}  # CRD+KD
     (dkd,) = [t for t in preset_terms("dkd") if t.name == "dkd"]
-    assert dkd.warmup_epochs == 20 and dkd.params == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "standardize": False}
+    assert dkd.warmup_epochs == 20 and dkd.params == {
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "standardize": False,
+    }
     (rkd,) = [t for t in preset_terms("rkd") if t.name == "rkd"]
     assert (rkd.student, rkd.teacher) == ("head:input", "head:input")
     assert rkd.params == {"distance_weight": 25.0, "angle_weight": 50.0}
@@ -106,7 +117,10 @@ def test_alpha_is_every_presets_distillation_weight_and_unknown_settings_are_ref
         preset_terms("scratch", temperature=2.0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         preset_terms("kd", alpha=1.5)
-    assert [t.weight for t in preset_terms("kd", alpha=1.5, ce_weight=1.0)] == [1.0, 1.5]  # CE + λ·KD
+    assert [t.weight for t in preset_terms("kd", alpha=1.5, ce_weight=1.0)] == [
+        1.0,
+        1.5,
+    ]  # CE + λ·KD
 
 
 @pytest.mark.parametrize("method", FEATURE_PRESETS)
@@ -137,9 +151,15 @@ def test_stateful_term_by_name_is_built_from_the_probed_shapes():
     teacher = Teacher(teacher_model, taps=teacher_taps(terms))
     with pytest.raises(ValueError, match="num_samples"):
         Distiller.build(student, terms, teacher=teacher, example_batch=batch())
-    distiller = Distiller.build(student, terms, teacher=teacher, example_batch=batch(), num_samples=NUM_SAMPLES)
+    distiller = Distiller.build(
+        student, terms, teacher=teacher, example_batch=batch(), num_samples=NUM_SAMPLES
+    )
     vid, crd = distiller.loss_modules["vid"], distiller.loss_modules["crd"]
-    assert isinstance(vid, VIDLoss) and vid.regressor[0].in_channels == 32 and vid.regressor[-1].out_channels == 64
+    assert (
+        isinstance(vid, VIDLoss)
+        and vid.regressor[0].in_channels == 32
+        and vid.regressor[-1].out_channels == 64
+    )
     assert isinstance(crd, CRDLoss) and crd.embed_student.in_features == 32 * 7 * 7
     assert crd.embed_teacher.in_features == 128 and crd.memory_student.shape == (NUM_SAMPLES, 16)
     assert terms[1].needs_build  # the caller's terms are left as they were
@@ -150,14 +170,26 @@ def test_stateful_term_by_name_is_built_from_the_probed_shapes():
 def test_one_epoch_of_training_logs_every_term(method):
     distiller, teacher, student, teacher_model = setup(method)
     g = torch.Generator().manual_seed(0)
-    data = ArrayDataset(torch.randn(NUM_SAMPLES, 1, 28, 28, generator=g), torch.randint(0, 10, (NUM_SAMPLES,), generator=g))
+    data = ArrayDataset(
+        torch.randn(NUM_SAMPLES, 1, 28, 28, generator=g),
+        torch.randint(0, 10, (NUM_SAMPLES,), generator=g),
+    )
     loader = DataLoader(data, batch_size=16, shuffle=True, generator=g)
     teacher_before = {k: v.clone() for k, v in teacher_model.state_dict().items()}
     student_before = [p.detach().clone() for p in student.parameters()]
-    history = fit(distiller, loader, teacher=teacher, epochs=1, accelerator=make_accelerator("cpu"), progress=False)
+    history = fit(
+        distiller,
+        loader,
+        teacher=teacher,
+        epochs=1,
+        accelerator=make_accelerator("cpu"),
+        progress=False,
+    )
     record = history[0]
     assert {f"loss/{term.name}" for term in distiller.terms} <= set(record)
-    assert all(torch.isfinite(torch.tensor(record[f"loss/{term.name}"])) for term in distiller.terms)
+    assert all(
+        torch.isfinite(torch.tensor(record[f"loss/{term.name}"])) for term in distiller.terms
+    )
     assert any(not torch.equal(a, b) for a, b in zip(student_before, student.parameters()))
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher_model.state_dict().items())
     if method == "crd":

@@ -27,7 +27,9 @@ def splits():
 
 
 def recipe(*overrides):
-    return load_config(None, ["data.dataset=digits", "train.batch_size=32", "train.augment=shift", *overrides])
+    return load_config(
+        None, ["data.dataset=digits", "train.batch_size=32", "train.augment=shift", *overrides]
+    )
 
 
 def epoch_views(dataset, epoch):
@@ -41,7 +43,9 @@ def test_a_replayed_epoch_reproduces_its_views_and_mixing(splits, mix):
     first = training_set(splits, recipe(f"train.mix={mix}", "train.seed=5"), "shift", mix)
     again = training_set(splits, recipe(f"train.mix={mix}", "train.seed=5"), "shift", mix)
     x3, y3 = epoch_views(first, 3)
-    epoch_views(again, 1)  # another epoch drawn first: the replay depends on nothing but (seed, epoch, index)
+    epoch_views(
+        again, 1
+    )  # another epoch drawn first: the replay depends on nothing but (seed, epoch, index)
     x3_again, y3_again = epoch_views(again, 3)
     assert torch.equal(x3, x3_again) and torch.equal(y3, y3_again)
     x4, y4 = epoch_views(first, 4)
@@ -63,12 +67,16 @@ def test_the_mixing_is_the_documented_replay_of_seed_epoch_and_index(splits):
     draws = mix_draws(len(plain), 1.0, seed=4, epoch=2)
     for i in range(10):
         j = int(draws.partner[i])
-        box = cutmix_masks(tuple(splits.input_shape[-2:]), draws.lam[i:i + 1], draws.centre[i:i + 1])[0]
+        box = cutmix_masks(
+            tuple(splits.input_shape[-2:]), draws.lam[i : i + 1], draws.centre[i : i + 1]
+        )[0]
         expected = torch.where(box, plain[j]["input"], plain[i]["input"])
         assert torch.equal(mixed_set[i]["input"], expected)
     # one sample fetched alone is the same as in a batch
     batch = mixed_set.__getitems__([5, 0, 9])
-    assert torch.equal(batch[0]["input"], mixed_set[5]["input"]) and torch.equal(batch[2]["target"], mixed_set[9]["target"])
+    assert torch.equal(batch[0]["input"], mixed_set[5]["input"]) and torch.equal(
+        batch[2]["target"], mixed_set[9]["target"]
+    )
 
 
 def test_mixup_and_cutmix_labels_follow_the_pixels():
@@ -78,7 +86,9 @@ def test_mixup_and_cutmix_labels_follow_the_pixels():
     assert torch.equal(share, lam) and torch.allclose(x[0], torch.full_like(a[0], 0.7))
     centre = torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.95, 0.3]])  # centred, in a corner, at an edge
     x, share = mix_batch(a, b, "cutmix", torch.tensor([0.2, 0.5, 0.8]), centre)
-    torch.testing.assert_close(share, 1 - x.flatten(1).mean(1))  # the partner's share is the pasted area
+    torch.testing.assert_close(
+        share, 1 - x.flatten(1).mean(1)
+    )  # the partner's share is the pasted area
     assert share[1] > 0.5  # a box clipped at the corner pastes less than 1 - lambda
 
 
@@ -117,14 +127,20 @@ def test_teacher_and_student_receive_the_identical_tensor_every_step(splits):
 def test_cached_and_live_teachers_give_the_same_targets_on_the_same_view(splits, tmp_path):
     teacher = Teacher(create_model("mlp", width=16, input_shape=tuple(splits.input_shape)))
     dataset = training_set(splits, recipe("train.mix=cutmix", "train.seed=2"), "shift", "cutmix")
-    cache = build_cache(tmp_path / "c", teacher, dataset, fingerprint={"t": 1}, views=3, dtype="float32")
+    cache = build_cache(
+        tmp_path / "c", teacher, dataset, fingerprint={"t": 1}, views=3, dtype="float32"
+    )
     cached = CachedTeacher(cache)
-    loader = DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     for epoch in (1, 2, 3):
         dataset.set_epoch(epoch)
         cached.set_epoch(epoch)
         for batch in loader:
-            torch.testing.assert_close(cached(batch).logits, teacher(batch).logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                cached(batch).logits, teacher(batch).logits, rtol=1e-5, atol=1e-5
+            )
 
 
 def test_soft_target_cross_entropy_is_the_mixed_labels_loss():
@@ -152,54 +168,107 @@ def test_mixing_refuses_what_it_would_break(splits):
 
 
 # The built-in recipe's function matching, undone, so that each test sets the mixing it tests.
-QUICK = ["data.dataset=digits", "data.subset=300", "teacher.model=mlp", "teacher.kwargs={width: 32}", "teacher.epochs=2",
-         "teacher.augment=shift", "student.kwargs={width: 16}", "train.epochs=2", "train.augment=shift", "train.mix=none",
-         "train.scratch_mix=same", "train.views=0", "output.latency=false", "output.plots=false", "output.progress=false"]
+QUICK = [
+    "data.dataset=digits",
+    "data.subset=300",
+    "teacher.model=mlp",
+    "teacher.kwargs={width: 32}",
+    "teacher.epochs=2",
+    "teacher.augment=shift",
+    "student.kwargs={width: 16}",
+    "train.epochs=2",
+    "train.augment=shift",
+    "train.mix=none",
+    "train.scratch_mix=same",
+    "train.views=0",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
 
 
 def test_a_run_with_mixing_reads_its_cached_mixed_views_back(tmp_path):
     from kdistill.cli import main
 
-    args = [*QUICK, "train.mix=mixup", "distill.alpha=1", "teacher.cache=true", f"output.dir={tmp_path}"]
+    args = [
+        *QUICK,
+        "train.mix=mixup",
+        "distill.alpha=1",
+        "teacher.cache=true",
+        f"output.dir={tmp_path}",
+    ]
     assert main(["run", *args, "name=first"]) == 0
     summary = json.loads((tmp_path / "first" / "summary.json").read_text())
-    assert summary["students"] == {"epochs": 2, "augment": "shift", "mix": "mixup", "mix_alpha": 1.0}
-    assert "Both students train alike: 2 epochs, augmentation shift, mixup" in (tmp_path / "first" / "report.md").read_text()
+    assert summary["students"] == {
+        "epochs": 2,
+        "augment": "shift",
+        "mix": "mixup",
+        "mix_alpha": 1.0,
+    }
+    assert (
+        "Both students train alike: 2 epochs, augmentation shift, mixup"
+        in (tmp_path / "first" / "report.md").read_text()
+    )
     root = next((tmp_path / ".cache").iterdir())
     assert '"mix": "mixup"' in (root / "meta.json").read_text()
     stamp = (root / "logits.npy").stat().st_mtime_ns
-    assert main(["run", *args, "name=second"]) == 0  # opened, probed against the live teacher's mixed view
+    assert (
+        main(["run", *args, "name=second"]) == 0
+    )  # opened, probed against the live teacher's mixed view
     assert (root / "logits.npy").stat().st_mtime_ns == stamp
-    assert main(["run", *QUICK, "train.mix=mixup", "method=dkd", f"output.dir={tmp_path}", "name=dkd"]) == 2
+    assert (
+        main(["run", *QUICK, "train.mix=mixup", "method=dkd", f"output.dir={tmp_path}", "name=dkd"])
+        == 2
+    )
 
 
-def test_students_without_the_teachers_augmentation_are_reported_against_a_weaker_baseline(tmp_path):
+def test_students_without_the_teachers_augmentation_are_reported_against_a_weaker_baseline(
+    tmp_path,
+):
     from kdistill.cli import main
 
     plain = [a for a in QUICK if a != "train.augment=shift"]
     assert main(["run", *plain, "train.augment=none", f"output.dir={tmp_path}", "name=plain"]) == 0
     summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
-    assert summary["students"] == {"epochs": 2, "augment": "none", "mix": "none", "teacher_augment": "shift"}
-    assert "so this scratch student is not the strongest baseline" in (tmp_path / "plain" / "report.md").read_text()
+    assert summary["students"] == {
+        "epochs": 2,
+        "augment": "none",
+        "mix": "none",
+        "teacher_augment": "shift",
+    }
+    assert (
+        "so this scratch student is not the strongest baseline"
+        in (tmp_path / "plain" / "report.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("augment", ["shift", "affine"])
 def test_views_repeat_in_turn_and_the_cache_holds_that_many(splits, tmp_path, augment):
-    dataset = training_set(splits, recipe("train.mix=cutmix", "train.seed=3"), augment, "cutmix", views=2)
+    dataset = training_set(
+        splits, recipe("train.mix=cutmix", "train.seed=3"), augment, "cutmix", views=2
+    )
     first, second, third, fourth = (epoch_views(dataset, e) for e in (1, 2, 3, 4))
     assert not torch.equal(first[0], second[0])
-    assert torch.equal(first[0], third[0]) and torch.equal(first[1], third[1])  # epoch 3 replays epoch 1
+    assert torch.equal(first[0], third[0]) and torch.equal(
+        first[1], third[1]
+    )  # epoch 3 replays epoch 1
     assert torch.equal(second[0], fourth[0]) and torch.equal(second[1], fourth[1])
     teacher = Teacher(create_model("mlp", width=16, input_shape=tuple(splits.input_shape)))
-    cache = build_cache(tmp_path / "c", teacher, dataset, fingerprint={"t": 1}, views=2, dtype="float32")
+    cache = build_cache(
+        tmp_path / "c", teacher, dataset, fingerprint={"t": 1}, views=2, dtype="float32"
+    )
     assert cache.meta["views"] == 2
     cached = CachedTeacher(cache)
-    loader = DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     for epoch in (3, 4, 5):  # beyond the cached views: the same cycle on both sides
         dataset.set_epoch(epoch)
         cached.set_epoch(epoch)
         for batch in loader:
-            torch.testing.assert_close(cached(batch).logits, teacher(batch).logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                cached(batch).logits, teacher(batch).logits, rtol=1e-5, atol=1e-5
+            )
 
 
 def test_a_run_with_cycled_views_and_the_scratch_students_own_mixing(tmp_path, monkeypatch):
@@ -214,18 +283,36 @@ def test_a_run_with_cycled_views_and_the_scratch_students_own_mixing(tmp_path, m
         return real_loader(splits, recipe, augment, mix, views, *rest)
 
     monkeypatch.setattr(school, "train_loader", recording_loader)
-    args = [*QUICK, "train.epochs=3", "train.mix=cutmix", "train.scratch_mix=none", "train.views=2", "distill.alpha=1",
-            "distill.temperature=1", "teacher.cache=true", f"output.dir={tmp_path}", "name=fm"]
+    args = [
+        *QUICK,
+        "train.epochs=3",
+        "train.mix=cutmix",
+        "train.scratch_mix=none",
+        "train.views=2",
+        "distill.alpha=1",
+        "distill.temperature=1",
+        "teacher.cache=true",
+        f"output.dir={tmp_path}",
+        "name=fm",
+    ]
     assert main(["run", *args]) == 0
     # The teacher trains unmixed, the scratch student on its own mixing with a new view every
     # epoch, the distilled student on the cycled, mixed views the cache holds.
     assert loaders[-3:] == [("shift", "none", 0), ("shift", "none", 0), ("shift", "cutmix", 2)]
     summary = json.loads((tmp_path / "fm" / "summary.json").read_text())
-    assert summary["students"] == {"epochs": 3, "augment": "shift", "mix": "cutmix", "mix_alpha": 1.0,
-                                   "scratch_mix": "none", "views": 2}
+    assert summary["students"] == {
+        "epochs": 3,
+        "augment": "shift",
+        "mix": "cutmix",
+        "mix_alpha": 1.0,
+        "scratch_mix": "none",
+        "views": 2,
+    }
     report = (tmp_path / "fm" / "report.md").read_text()
     assert "the scratch student's get no mixing (train.scratch_mix)" in report
-    assert "images are mixed (cutmix, λ ~ Beta(1, 1))" in report  # not "α", which reads as distill.alpha
+    assert (
+        "images are mixed (cutmix, λ ~ Beta(1, 1))" in report
+    )  # not "α", which reads as distill.alpha
     assert "The teacher scores 2 distinct views of each image" in report
     meta = json.loads(next((tmp_path / ".cache").iterdir()).joinpath("meta.json").read_text())
     assert meta["views"] == 2 and meta["fingerprint"]["augment"]["views"] == 2

@@ -70,15 +70,31 @@ def test_documented_sizes():
 # are rebuilt here, so agreeing within 6k parameters (vgg8 has 3,965,028) shows the same depths
 # and widths.
 PUBLISHED_MILLIONS = {
-    "resnet8": 0.08, "resnet20": 0.28, "resnet56": 0.86, "resnet8x4": 1.23, "resnet32x4": 7.43,
-    "wrn_16_2": 0.70, "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46,
-    "mobilenetv2": 0.81, "shufflenetv2": 1.36,
+    "resnet8": 0.08,
+    "resnet20": 0.28,
+    "resnet56": 0.86,
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "wrn_16_2": 0.70,
+    "wrn_40_2": 2.26,
+    "vgg8": 3.96,
+    "vgg13": 9.46,
+    "mobilenetv2": 0.81,
+    "shufflenetv2": 1.36,
 }
 # Exact counts at 10 classes on 1×28×28 (Fashion-MNIST), as the builders' docstrings state them.
 EXACT_AT_10_CLASSES = {
-    "resnet8": 77_754, "resnet20": 272_186, "resnet56": 855_482, "resnet8x4": 1_209_834, "resnet32x4": 7_410_154,
-    "wrn_16_2": 691_386, "wrn_40_2": 2_243_258, "vgg8": 3_917_706, "vgg13": 9_414_858,
-    "mobilenetv2": 697_258, "shufflenetv2": 1_263_230,
+    "resnet8": 77_754,
+    "resnet20": 272_186,
+    "resnet56": 855_482,
+    "resnet8x4": 1_209_834,
+    "resnet32x4": 7_410_154,
+    "wrn_16_2": 691_386,
+    "wrn_40_2": 2_243_258,
+    "vgg8": 3_917_706,
+    "vgg13": 9_414_858,
+    "mobilenetv2": 697_258,
+    "shufflenetv2": 1_263_230,
 }
 
 
@@ -129,7 +145,9 @@ def test_width_and_depth_knobs_change_size():
     deep = create_model("cnn", width=8, depth=3)
     count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(small) < count(wide) and count(small) < count(deep)
-    assert count(create_model("mlp", width=10, depth=1)) < count(create_model("mlp", width=10, depth=2))
+    assert count(create_model("mlp", width=10, depth=1)) < count(
+        create_model("mlp", width=10, depth=2)
+    )
 
 
 def test_unknown_model_suggests_close_names():

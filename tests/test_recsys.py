@@ -43,26 +43,38 @@ def raw_table():
 
 
 def scores(rating, preference):
-    return torch.stack([torch.as_tensor(rating, dtype=torch.float64), torch.as_tensor(preference, dtype=torch.float64)], dim=-1)
+    return torch.stack(
+        [
+            torch.as_tensor(rating, dtype=torch.float64),
+            torch.as_tensor(preference, dtype=torch.float64),
+        ],
+        dim=-1,
+    )
 
 
 # --- metrics ----------------------------------------------------------------------------------
 
 
 def test_hr_and_ndcg_on_a_constructed_ranking():
-    held_out_scores = torch.tensor([
-        [9.0, 1.0, 2.0, 3.0] + [0.0] * 96,      # held-out item first: rank 0
-        [5.0, 6.0, 7.0, 8.0] + [0.0] * 96,      # three items above it: rank 3
-        [0.5] + [1.0] * 12 + [0.0] * 87,        # twelve above it: rank 12, outside the top 10
-        [1.0, 1.0] + [0.0] * 98,                # a tie counts against it: rank 1
-    ])
+    held_out_scores = torch.tensor(
+        [
+            [9.0, 1.0, 2.0, 3.0] + [0.0] * 96,  # held-out item first: rank 0
+            [5.0, 6.0, 7.0, 8.0] + [0.0] * 96,  # three items above it: rank 3
+            [0.5] + [1.0] * 12 + [0.0] * 87,  # twelve above it: rank 12, outside the top 10
+            [1.0, 1.0] + [0.0] * 98,  # a tie counts against it: rank 1
+        ]
+    )
     ranks = held_out_rank(held_out_scores)
     assert ranks.tolist() == [0, 3, 12, 1]
     assert hit_rate(ranks, 10) == pytest.approx(3 / 4)
-    assert ndcg(ranks, 10) == pytest.approx((1 / math.log2(2) + 1 / math.log2(5) + 0 + 1 / math.log2(3)) / 4)
+    assert ndcg(ranks, 10) == pytest.approx(
+        (1 / math.log2(2) + 1 / math.log2(5) + 0 + 1 / math.log2(3)) / 4
+    )
     assert hit_rate(ranks, 1) == pytest.approx(1 / 4) and ndcg(ranks, 1) == pytest.approx(1 / 4)
     assert held_out_rank(torch.zeros(2, 100)).tolist() == [99, 99]  # constant scores rank last
-    assert rmse(torch.tensor([3.0, 5.0]), torch.tensor([4.0, 2.0])) == pytest.approx(math.sqrt((1 + 9) / 2))
+    assert rmse(torch.tensor([3.0, 5.0]), torch.tensor([4.0, 2.0])) == pytest.approx(
+        math.sqrt((1 + 9) / 2)
+    )
 
 
 class FixedScores(torch.nn.Module):
@@ -127,12 +139,16 @@ def test_listwise_kd_by_hand():
 
 def test_ranking_distillation_by_hand():
     target = torch.tensor([[5.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    teacher = scores([[0.0] * 4], [[9.0, 1.0, 3.0, 2.0]])  # unlabelled order: item 2, item 3, item 1
+    teacher = scores(
+        [[0.0] * 4], [[9.0, 1.0, 3.0, 2.0]]
+    )  # unlabelled order: item 2, item 3, item 1
     student = scores([[0.0] * 4], [[7.0, -4.0, 0.0, math.log(3)]])
     w1, w2 = math.exp(-1), math.exp(-2)
     w1, w2 = w1 / (w1 + w2), w2 / (w1 + w2)
     expected = -(w1 * math.log(0.5) + w2 * math.log(0.75))  # σ(0) = 1/2, σ(ln 3) = 3/4
-    assert ranking_distillation(student, teacher, target, top_k=2, sharpness=1.0).item() == pytest.approx(expected)
+    assert ranking_distillation(
+        student, teacher, target, top_k=2, sharpness=1.0
+    ).item() == pytest.approx(expected)
     with pytest.raises(ValueError, match="top_k=4"):
         ranking_distillation(student, teacher, target, top_k=4)
 
@@ -175,7 +191,10 @@ def test_movielens_leave_one_out_by_time(movielens):
         test, val = movielens.test[sample_index], movielens.val[sample_index]
         user = users[int(test["input"]["user"])]
         assert users[int(val["input"]["user"])] == user
-        test_item, val_item = items[int(test["input"]["items"][0])], items[int(val["input"]["items"][0])]
+        test_item, val_item = (
+            items[int(test["input"]["items"][0])],
+            items[int(val["input"]["items"][0])],
+        )
         user_times = table[table[:, 0] == user, 3]
         assert time_of[(user, test_item)] == user_times.max()
         assert time_of[(user, val_item)] <= time_of[(user, test_item)]
@@ -183,14 +202,22 @@ def test_movielens_leave_one_out_by_time(movielens):
         assert test["target"][0] == rating and (test["target"][1:] == 0).all()
     # held-out interactions are not in the training set
     train_pairs = set(zip(movielens.train.users.tolist(), movielens.train.items.tolist()))
-    test_pairs = {(int(s["input"]["user"]), int(s["input"]["items"][0])) for s in (movielens.test[i] for i in range(943))}
+    test_pairs = {
+        (int(s["input"]["user"]), int(s["input"]["items"][0]))
+        for s in (movielens.test[i] for i in range(943))
+    }
     assert not (train_pairs & test_pairs)
 
 
 def test_evaluation_negatives_are_99_distinct_unrated_and_fixed(movielens):
     table = raw_table()
     users, items = np.unique(table[:, 0]), np.unique(table[:, 1])
-    rated = set(zip(np.searchsorted(users, table[:, 0]).tolist(), np.searchsorted(items, table[:, 1]).tolist()))
+    rated = set(
+        zip(
+            np.searchsorted(users, table[:, 0]).tolist(),
+            np.searchsorted(items, table[:, 1]).tolist(),
+        )
+    )
     for i in range(0, 943, 47):
         sample = movielens.test[i]
         user, candidates = int(sample["input"]["user"]), sample["input"]["items"]
@@ -226,7 +253,9 @@ def test_sample_unrated_avoids_rated_items():
 
 def test_missing_recbole_names_the_pip_command(monkeypatch, tmp_path):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "recbole" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "recbole" else real(name, *a)
+    )
     with pytest.raises(DataError, match=r"pip install --no-deps recbole==1\.2\.1"):
         load_dataset("movielens")
     with pytest.raises(DataError, match="not found"):
@@ -247,7 +276,9 @@ def test_neumf_scores_each_candidate_twice(name):
     assert all(p.grad is not None for p in model.parameters())
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_head(model.forward_features(user, items)), model(user=user, items=items))
+        torch.testing.assert_close(
+            model.forward_head(model.forward_features(user, items)), model(user=user, items=items)
+        )
     assert model.forward_features(user, items).shape == (3, 7, model.num_features)
 
 
@@ -255,7 +286,12 @@ def test_recipe_student_has_at_least_8x_fewer_parameters():
     config = yaml.safe_load((ROOT / "configs" / "movielens.yaml").read_text())
 
     def params(section):
-        model = create_model(config[section]["model"], num_classes=2, input_shape=(943, 1682), **config[section].get("kwargs", {}))
+        model = create_model(
+            config[section]["model"],
+            num_classes=2,
+            input_shape=(943, 1682),
+            **config[section].get("kwargs", {}),
+        )
         return sum(p.numel() for p in model.parameters())
 
     assert params("teacher") >= 8 * params("student")
@@ -263,10 +299,18 @@ def test_recipe_student_has_at_least_8x_fewer_parameters():
 
 @pytest.mark.integration
 def test_movielens_recipe_end_to_end(tmp_path):
-    code = main([
-        "run", str(ROOT / "configs" / "movielens.yaml"), "data.subset=100", "teacher.epochs=1", "train.epochs=1",
-        "output.plots=false", "output.progress=false", f"output.dir={tmp_path}",
-    ])
+    code = main(
+        [
+            "run",
+            str(ROOT / "configs" / "movielens.yaml"),
+            "data.subset=100",
+            "teacher.epochs=1",
+            "train.epochs=1",
+            "output.plots=false",
+            "output.progress=false",
+            f"output.dir={tmp_path}",
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "movielens_kd" / "summary.json").read_text())
     assert summary["task"]["metrics"] == ["hr@10", "ndcg@10", "rmse"]
@@ -275,20 +319,34 @@ def test_movielens_recipe_end_to_end(tmp_path):
         entry = summary[role]
         assert 0.0 <= entry["hr@10"] <= 1.0 and 0.0 <= entry["ndcg@10"] <= entry["hr@10"]
         assert entry["rmse"] > 0 and entry["latency_ms"]["batch_1"] > 0  # latency on a dict input
-    records = [json.loads(line) for line in (tmp_path / "movielens_kd" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "movielens_kd" / "metrics.jsonl").read_text().splitlines()
+    ]
     student = next(r for r in records if r["phase"] == "student")
-    assert {"loss/rating", "loss/preference", "loss/rating_kd", "loss/rank_kd", "val/hr@10"} <= set(student)
+    assert {"loss/rating", "loss/preference", "loss/rating_kd", "loss/rank_kd", "val/hr@10"} <= set(
+        student
+    )
 
 
 @pytest.mark.integration
 def test_teacher_cache_keeps_one_view_per_epoch_of_redrawn_negatives(tmp_path):
     # The negatives change every epoch, so one cached view would pair epoch 2's candidates with
     # the teacher's scores of epoch 1's: the cache must hold a view per epoch, each different.
-    code = main([
-        "run", str(ROOT / "configs" / "movielens.yaml"), "data.subset=50", "teacher.epochs=1", "train.epochs=2",
-        "teacher.cache=true", "teacher.cache_dtype=float32", "output.plots=false", "output.progress=false",
-        f"output.dir={tmp_path}",
-    ])
+    code = main(
+        [
+            "run",
+            str(ROOT / "configs" / "movielens.yaml"),
+            "data.subset=50",
+            "teacher.epochs=1",
+            "train.epochs=2",
+            "teacher.cache=true",
+            "teacher.cache_dtype=float32",
+            "output.plots=false",
+            "output.progress=false",
+            f"output.dir={tmp_path}",
+        ]
+    )
     assert code == 0
     (root,) = (tmp_path / ".cache").iterdir()
     cache = TeacherCache(root)

@@ -13,8 +13,22 @@ from conftest import subprocess_env
 
 from kdistill.cli import main
 
-TINY = ["data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.batch_size=32", "output.latency=false", "output.progress=false"]
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+TINY = [
+    "data.subset=300",
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "output.latency=false",
+    "output.progress=false",
+]
+CHROMIUM = next(
+    (
+        shutil.which(name)
+        for name in ("chromium", "chromium-browser", "google-chrome")
+        if shutil.which(name)
+    ),
+    None,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +51,11 @@ def test_html_sits_beside_markdown_with_every_plot_embedded(run_dir):
     # The same content as the markdown: the results table, the verdict, the diagnostics.
     summary = json.loads((run_dir / "summary.json").read_text())
     assert f"{100 * summary['student']['accuracy']:.2f}%" in page
-    assert "Distillation" in page and "Diagnostics (test split" in page and "Per-class accuracy" in page
+    assert (
+        "Distillation" in page
+        and "Diagnostics (test split" in page
+        and "Per-class accuracy" in page
+    )
 
 
 @pytest.mark.integration
@@ -63,19 +81,34 @@ def test_report_verb_rerenders_and_rejects_a_missing_run(run_dir, tmp_path, caps
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium chromium-driver); the HTML report is checked without a browser only")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (Debian: apt-get install chromium chromium-driver); the HTML report is checked without a browser only",
+)
 def test_chromium_renders_a_page_that_is_not_blank(run_dir, tmp_path):
     import matplotlib.image
 
     screenshot = tmp_path / "report.png"
     command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND",  # no name resolves
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}", "--window-size=1200,1600",
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # no name resolves
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={screenshot}",
+        "--window-size=1200,1600",
         (run_dir / "report.html").resolve().as_uri(),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=subprocess_env()
+    )
     assert screenshot.is_file(), f"no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
     pixels = matplotlib.image.imread(str(screenshot))[..., :3]
     assert pixels.shape[:2] == (1600, 1200)

@@ -23,9 +23,15 @@ from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.sampling import OnPolicy
 
 RECIPE = [
-    "data.subset=1000", "teacher.epochs=1", "train.epochs=3", "train.batch_size=16",
-    "train.checkpoint_every=4", "train.deterministic=true", "output.latency=false",
-    "output.plots=false", "output.progress=false",
+    "data.subset=1000",
+    "teacher.epochs=1",
+    "train.epochs=3",
+    "train.batch_size=16",
+    "train.checkpoint_every=4",
+    "train.deterministic=true",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
 ]
 
 
@@ -46,8 +52,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     run_dir = tmp_path / "killed"
     state = run_dir / "checkpoints" / "student.state.safetensors"
-    proc = subprocess.Popen(kdistill("name=killed", f"output.dir={tmp_path}", cwd=tmp_path), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        kdistill("name=killed", f"output.dir={tmp_path}", cwd=tmp_path),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     killed_at = None
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -78,10 +88,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     def records(name):
         rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["phase"] != "teacher"]
+        return [
+            {k: v for k, v in r.items() if k != "seconds"} for r in rows if r["phase"] != "teacher"
+        ]
 
     assert records("killed") == records("full")  # every epoch logged once, same numbers
-    summaries = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "killed")]
+    summaries = [
+        json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "killed")
+    ]
     assert summaries[0]["student"]["accuracy"] == summaries[1]["student"]["accuracy"]
 
 
@@ -108,15 +122,22 @@ def on_policy_fit(state, *, crash_at=None, resume=False):
     ids = torch.randint(0, 13, (16, 17), generator=torch.Generator().manual_seed(0))
     data = [{"input": row[:-1], "target": row[1:]} for row in ids]
     torch.manual_seed(0)
-    teacher, student = (create_model("gpt", num_classes=13, input_shape=(16,), n_layer=1, n_head=2,
-                                     n_embd=width) for width in (16, 8))
+    teacher, student = (
+        create_model("gpt", num_classes=13, input_shape=(16,), n_layer=1, n_head=2, n_embd=width)
+        for width in (16, 8)
+    )
     terms = preset_terms("token_kd", loss="jsd", beta=0.5, alpha=0.5, temperature=1.0)
     order = torch.Generator().manual_seed(1)
-    train_loop(Distiller(student, terms), DataLoader(data, batch_size=2, shuffle=True, generator=order),
-        teacher=CrashingTeacher(teacher, crash_at), epochs=2, accelerator=make_accelerator("cpu"),
+    train_loop(
+        Distiller(student, terms),
+        DataLoader(data, batch_size=2, shuffle=True, generator=order),
+        teacher=CrashingTeacher(teacher, crash_at),
+        epochs=2,
+        accelerator=make_accelerator("cpu"),
         progress=False,
         loop=Loop(batch_transform=OnPolicy(student, fraction=0.3, continuation=4, seed=3)),
-        checkpointing=Checkpointing(state, every=3, resume=resume))
+        checkpointing=Checkpointing(state, every=3, resume=resume),
+    )
     return student
 
 
@@ -131,7 +152,14 @@ def test_an_on_policy_run_resumes_to_the_same_draws_and_weights(tmp_path):
 
 @pytest.mark.integration
 def test_resume_rules(tmp_path, capsys):
-    quick = ["data.subset=200", "teacher.epochs=1", "train.epochs=1", "output.latency=false", "output.plots=false", f"output.dir={tmp_path}"]
+    quick = [
+        "data.subset=200",
+        "teacher.epochs=1",
+        "train.epochs=1",
+        "output.latency=false",
+        "output.plots=false",
+        f"output.dir={tmp_path}",
+    ]
     assert main(["run", *quick, "name=r", "--resume"]) == 2
     assert "holds no run to continue" in capsys.readouterr().err
     assert main(["run", *quick, "name=r"]) == 0
@@ -154,7 +182,9 @@ def test_weights_are_atomic_checksummed_safetensors(tmp_path):
     assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
     other = create_model("mlp_tiny")
     load_weights(other, path)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values())
+    )
 
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # flip bits inside a tensor
@@ -173,7 +203,10 @@ def test_corrupted_teacher_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     path = tmp_path / "teacher.safetensors"
     save_tensors(path, create_model("lenet").state_dict())
     path.write_bytes(path.read_bytes()[:-100])
-    assert main(["run", f"teacher.checkpoint={path}", "data.subset=100", f"output.dir={tmp_path}"]) == 2
+    assert (
+        main(["run", f"teacher.checkpoint={path}", "data.subset=100", f"output.dir={tmp_path}"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "teacher.safetensors" in err and len(err.splitlines()) == 1
 
@@ -182,5 +215,8 @@ def test_corrupted_teacher_checkpoint_is_one_line_exit_2(tmp_path, capsys):
 def test_teacher_with_other_classes_is_refused(tmp_path, capsys):
     path = tmp_path / "teacher5.safetensors"
     save_tensors(path, create_model("lenet", num_classes=5).state_dict())
-    assert main(["run", f"teacher.checkpoint={path}", "data.subset=100", f"output.dir={tmp_path}"]) == 2
+    assert (
+        main(["run", f"teacher.checkpoint={path}", "data.subset=100", f"output.dir={tmp_path}"])
+        == 2
+    )
     assert "teacher.checkpoint" in capsys.readouterr().err

@@ -15,7 +15,9 @@ from conftest import KDISTILL, TINY_RECIPE, call_cli, kdistill_cli, subprocess_e
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def assert_refused(result, *fragments):
@@ -42,8 +44,14 @@ def test_cache_dir_that_holds_other_files_is_refused_and_untouched(tmp_path):
     important.mkdir()
     (important / "thesis.txt").write_text("four years of work")
     before = snapshot(tmp_path)
-    result = call_cli("run", *TINY_RECIPE, "teacher.cache=true", f"teacher.cache_dir={important}",
-                      f"output.dir={tmp_path / 'runs'}", cwd=tmp_path)
+    result = call_cli(
+        "run",
+        *TINY_RECIPE,
+        "teacher.cache=true",
+        f"teacher.cache_dir={important}",
+        f"output.dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
     assert_refused(result, "teacher.cache_dir", str(important))
     assert snapshot(tmp_path) == before  # refused at preflight: no teacher trained, nothing written
 
@@ -52,17 +60,41 @@ def test_cache_dir_that_holds_other_files_is_refused_and_untouched(tmp_path):
 def test_cache_dir_empty_is_used_and_reused(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    first = call_cli("run", *TINY_RECIPE, "teacher.cache=true", f"teacher.cache_dir={cache}", "output.dir=runs", "name=a", cwd=tmp_path)
+    first = call_cli(
+        "run",
+        *TINY_RECIPE,
+        "teacher.cache=true",
+        f"teacher.cache_dir={cache}",
+        "output.dir=runs",
+        "name=a",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr
     assert (cache / "meta.json").is_file() and (cache / ".kdistill-cache").is_file()
-    second = call_cli("run", *TINY_RECIPE, "teacher.cache=true", f"teacher.cache_dir={cache}", "output.dir=runs", "name=b", cwd=tmp_path)
+    second = call_cli(
+        "run",
+        *TINY_RECIPE,
+        "teacher.cache=true",
+        f"teacher.cache_dir={cache}",
+        "output.dir=runs",
+        "name=b",
+        cwd=tmp_path,
+    )
     assert second.returncode == 0, second.stderr
 
 
 @pytest.mark.integration
 def test_overwrite_with_a_bad_setting_keeps_the_finished_run(finished):
     before = snapshot(finished)
-    result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", "student.kwargs.bogus=1", cwd=finished)
+    result = call_cli(
+        "run",
+        *TINY_RECIPE,
+        "output.dir=runs",
+        "name=precious",
+        "--overwrite",
+        "student.kwargs.bogus=1",
+        cwd=finished,
+    )
     assert_refused(result, "student.kwargs", "bogus")
     assert snapshot(finished) == before
 
@@ -74,7 +106,9 @@ def test_overwrite_never_replaces_a_directory_kdistill_did_not_make(tmp_path):
     (app / "config.yaml").write_text("database: prod\n")
     (app / "src" / "main.py").write_text("print('hello')\n")
     before = snapshot(tmp_path)
-    result = call_cli("run", *TINY_RECIPE, "output.dir=proj", "name=myapp", "--overwrite", cwd=tmp_path)
+    result = call_cli(
+        "run", *TINY_RECIPE, "output.dir=proj", "name=myapp", "--overwrite", cwd=tmp_path
+    )
     assert_refused(result, "not made by kdistill")
     assert snapshot(tmp_path) == before
 
@@ -92,16 +126,23 @@ def project(finished, tmp_path):
 def test_overwrite_keeps_a_run_that_holds_a_file_of_the_users(project):
     (project / "runs" / "precious" / "notes.md").write_text("what I learned\n")
     before = snapshot(project)
-    result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
+    result = call_cli(
+        "run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project
+    )
     assert_refused(result, "notes.md")
     assert snapshot(project) == before
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("user_file", [
-    "export/deploy/serve.py", "checkpoints/student_keep_v1.safetensors", "plots/deep/figure.png",
-    "report.md",
-])
+@pytest.mark.parametrize(
+    "user_file",
+    [
+        "export/deploy/serve.py",
+        "checkpoints/student_keep_v1.safetensors",
+        "plots/deep/figure.png",
+        "report.md",
+    ],
+)
 def test_overwrite_deletes_only_the_files_the_run_listed(project, user_file):
     """Issue 27.1: a file at a path that looks like a run's (or a run file edited since) is the
     user's: the overwrite names it, exit 2, and not a file goes."""
@@ -110,7 +151,9 @@ def test_overwrite_deletes_only_the_files_the_run_listed(project, user_file):
     with path.open("a") as f:
         f.write("the user's own\n")
     before = snapshot(project)
-    result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
+    result = call_cli(
+        "run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project
+    )
     assert_refused(result, user_file)
     assert snapshot(project) == before
 
@@ -122,7 +165,9 @@ def test_a_users_checkpoint_of_the_same_size_is_not_taken_for_the_runs(project):
     path = project / "runs" / "precious" / "checkpoints" / "student.safetensors"
     path.write_bytes(bytes(reversed(path.read_bytes())))
     before = snapshot(project)
-    result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
+    result = call_cli(
+        "run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project
+    )
     assert_refused(result, "checkpoints/student.safetensors", "changed since")
     assert snapshot(project) == before
 
@@ -133,8 +178,9 @@ def test_the_console_script_keeps_a_users_file_under_overwrite(project):
     (project / "runs" / "precious" / "export" / "deploy").mkdir(parents=True)
     (project / "runs" / "precious" / "export" / "deploy" / "serve.py").write_text("print('mine')\n")
     before = snapshot(project)
-    result = kdistill_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite",
-                          cwd=project)
+    result = kdistill_cli(
+        "run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project
+    )
     assert_refused(result, "export/deploy/serve.py")
     assert snapshot(project) == before
 
@@ -144,12 +190,20 @@ def test_a_planted_marker_without_the_runs_list_is_refused(tmp_path):
     """A folder that has a marker but no list of a run's files (copied by hand, or from a
     kdistill before the list) is not emptied, whatever its files are called."""
     folder = tmp_path / "runs" / "mine"
-    for relative in (".kdistill-run", "checkpoints/model.safetensors", "plots/a.png",
-                     "export/student.onnx", "tensorboard/events", "summary.json"):
+    for relative in (
+        ".kdistill-run",
+        "checkpoints/model.safetensors",
+        "plots/a.png",
+        "export/student.onnx",
+        "tensorboard/events",
+        "summary.json",
+    ):
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_text("mine\n")
     before = snapshot(tmp_path)
-    result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=mine", "--overwrite", cwd=tmp_path)
+    result = call_cli(
+        "run", *TINY_RECIPE, "output.dir=runs", "name=mine", "--overwrite", cwd=tmp_path
+    )
     assert_refused(result, ".kdistill-files")
     assert snapshot(tmp_path) == before
 
@@ -157,7 +211,9 @@ def test_a_planted_marker_without_the_runs_list_is_refused(tmp_path):
 @pytest.mark.integration
 def test_overwrite_replaces_a_finished_kdistill_run(project):
     old_marker = (project / "runs" / "precious" / ".kdistill-run").read_text()
-    result = call_cli("run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project)
+    result = call_cli(
+        "run", *TINY_RECIPE, "output.dir=runs", "name=precious", "--overwrite", cwd=project
+    )
     assert result.returncode == 0, result.stderr
     assert (project / "runs" / "precious" / "summary.json").is_file()
     assert (project / "runs" / "precious" / ".kdistill-run").read_text() != old_marker  # a new run
@@ -167,10 +223,25 @@ def test_overwrite_replaces_a_finished_kdistill_run(project):
 def test_a_second_writer_is_refused_while_a_run_holds_the_lock(tmp_path):
     env = subprocess_env()
     # Long enough to be caught mid-run: a teacher of 400 epochs on digits (killed once checked).
-    slow = [*TINY_RECIPE[:4], "teacher.epochs=400", "train.epochs=1", "teacher.augment=none", "output.latency=false",
-            "output.plots=false", "output.progress=false", "output.dir=runs", "name=live"]
-    first = subprocess.Popen([str(KDISTILL), "run", *slow], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    slow = [
+        *TINY_RECIPE[:4],
+        "teacher.epochs=400",
+        "train.epochs=1",
+        "teacher.augment=none",
+        "output.latency=false",
+        "output.plots=false",
+        "output.progress=false",
+        "output.dir=runs",
+        "name=live",
+    ]
+    first = subprocess.Popen(
+        [str(KDISTILL), "run", *slow],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lock = tmp_path / "runs" / "live" / ".kdistill-lock"
         deadline = time.time() + 60
@@ -189,10 +260,14 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_lock(tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("command", [
-    ["export", "runs/precious", "--no-int8"], ["report", "runs/precious"],
-    ["predict", "runs/precious/export", "digit.png"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "runs/precious", "--no-int8"],
+        ["report", "runs/precious"],
+        ["predict", "runs/precious/export", "digit.png"],
+    ],
+)
 def test_export_report_and_predict_wait_for_the_runs_lock(finished, command):
     """Issue 27.12: while a run (here this test) holds the lock, a command that reads or rewrites
     the run's files is refused in one line naming the holder, and touches nothing."""
@@ -208,10 +283,20 @@ def test_export_report_and_predict_wait_for_the_runs_lock(finished, command):
 
 
 @pytest.mark.integration
-def test_a_run_that_fails_before_any_phase_finished_leaves_nothing_in_the_way(tmp_path, monkeypatch):
+def test_a_run_that_fails_before_any_phase_finished_leaves_nothing_in_the_way(
+    tmp_path, monkeypatch
+):
     """Failure after the directory was made (here the teacher's loss diverges): the directory
     goes, and the same command runs again without --overwrite."""
-    diverging = call_cli("run", *TINY_RECIPE, "teacher.lr=1e30", "teacher.optimizer=sgd", "output.dir=runs", "name=again", cwd=tmp_path)
+    diverging = call_cli(
+        "run",
+        *TINY_RECIPE,
+        "teacher.lr=1e30",
+        "teacher.optimizer=sgd",
+        "output.dir=runs",
+        "name=again",
+        cwd=tmp_path,
+    )
     assert diverging.returncode == 2, diverging.stderr
     assert "Traceback" not in diverging.stderr
     assert not (tmp_path / "runs" / "again").exists()
@@ -227,7 +312,9 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path):
     assert (tmp_path / "runs").read_text() == "not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the check is for ordinary users")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders; the check is for ordinary users"
+)
 def test_output_dir_not_writable_is_one_line(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)

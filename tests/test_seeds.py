@@ -117,9 +117,17 @@ def test_seeds_on_own_data_follow_the_data_as_one_run_does(tmp_path):
     """Each seed of the built-in recipe on other data is named after that data and gets the
     settings chosen from it (here the epoch budget), not the demo's 160 epochs."""
     settings = [s for s in TINY if not s.startswith(("train.epochs", "teacher.epochs"))]
-    assert quiet_main("run", *settings, "train.batch_size=128", f"output.dir={tmp_path}",
-                      "--seeds", "2") == 0
-    assert {p.name for p in tmp_path.iterdir()} >= {"digits_kd", "digits_kd-seed0", "digits_kd-seed1"}
+    assert (
+        quiet_main(
+            "run", *settings, "train.batch_size=128", f"output.dir={tmp_path}", "--seeds", "2"
+        )
+        == 0
+    )
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "digits_kd",
+        "digits_kd-seed0",
+        "digits_kd-seed1",
+    }
     for seed in (0, 1):
         config = (tmp_path / f"digits_kd-seed{seed}" / "config.yaml").read_text()
         assert "epochs: 100" in config and "epochs: 160" not in config, config

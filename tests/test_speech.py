@@ -28,9 +28,16 @@ from kdistill.models import create_model
 from kdistill.taps import FeatureTap
 
 needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+    shutil.which("espeak-ng") is None,
+    reason="espeak-ng is not installed (apt-get install espeak-ng)",
 )
-QUICK = ["teacher.epochs=1", "train.epochs=1", "output.latency=false", "output.plots=false", "output.progress=false"]
+QUICK = [
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +54,9 @@ def test_pure_tone_peaks_in_the_mel_bin_centred_nearest_its_frequency():
     for frequency in (300.0, 1000.0, 3500.0):
         t = torch.arange(rate) / rate
         tone = torch.sin(2 * torch.pi * frequency * t)
-        features = log_mel_spectrogram(tone, rate, n_fft=512, hop_length=160, n_mels=n_mels, f_min=0.0)
+        features = log_mel_spectrogram(
+            tone, rate, n_fft=512, hop_length=160, n_mels=n_mels, f_min=0.0
+        )
         assert features.shape == (1 + rate // 160, n_mels)
         expected = int(torch.argmin((mel_centres(n_mels, rate, 0.0) - frequency).abs()))
         assert int(features.mean(dim=0).argmax()) == expected
@@ -66,7 +75,9 @@ def test_log_mel_batches_and_silence_is_finite():
     audio = torch.zeros(3, 2, 4096)
     features = log_mel_spectrogram(audio, 22050, n_fft=512, hop_length=256, n_mels=20)
     assert features.shape == (3, 2, 17, 20)
-    assert torch.isfinite(features).all() and torch.allclose(features, features.flatten()[0].expand_as(features))
+    assert torch.isfinite(features).all() and torch.allclose(
+        features, features.flatten()[0].expand_as(features)
+    )
 
 
 def test_wav_round_trip_trim_and_fix_length(tmp_path):
@@ -83,7 +94,9 @@ def test_wav_round_trip_trim_and_fix_length(tmp_path):
     assert np.allclose(audio[1000:5000], samples / 32768.0)
     trimmed = trim_silence(audio)
     assert 3900 <= len(trimmed) <= 4000
-    assert len(fix_length(trimmed, 5000)) == 5000 and np.all(fix_length(trimmed, 5000)[len(trimmed):] == 0)
+    assert len(fix_length(trimmed, 5000)) == 5000 and np.all(
+        fix_length(trimmed, 5000)[len(trimmed) :] == 0
+    )
     assert np.array_equal(fix_length(trimmed, 100), trimmed[:100])
     (tmp_path / "bad.wav").write_bytes(b"not a wav")
     with pytest.raises(DataError, match="bad.wav"):
@@ -119,7 +132,9 @@ def test_synthesis_is_deterministic(tmp_path):
     assert synthesise(clips, tmp_path / "a") == 0  # cached: nothing made again
     synthesise(clips, tmp_path / "b")
     for clip in clips:
-        assert (tmp_path / "a" / clip["file"]).read_bytes() == (tmp_path / "b" / clip["file"]).read_bytes()
+        assert (tmp_path / "a" / clip["file"]).read_bytes() == (
+            tmp_path / "b" / clip["file"]
+        ).read_bytes()
 
 
 @needs_espeak
@@ -131,7 +146,9 @@ def test_spoken_digits_split_by_voice(clip_cache):
     # The number of clips in each split is exactly the number of planned clips of its voices.
     keep = np.sort(np.random.default_rng(0).choice(2000, size=200, replace=False))
     planned = [clip_plan(0)[i]["voice"] for i in keep]
-    assert len(splits.test) == sum(v in test for v in planned) and len(splits.train) == sum(v in train for v in planned)
+    assert len(splits.test) == sum(v in test for v in planned) and len(splits.train) == sum(
+        v in train for v in planned
+    )
     assert splits.input_shape == (72, 40) and splits.num_classes == 10
     x = splits.train.inputs
     assert torch.isfinite(x).all() and x.mean(dim=(0, 1)).abs().max() < 1e-3  # per-bin standardised
@@ -141,7 +158,15 @@ def test_spoken_digits_split_by_voice(clip_cache):
 
 def test_missing_espeak_exits_2_with_the_install_command(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("kdistill.data.speech.shutil.which", lambda name: None)
-    code = main(["run", str(ROOT / "configs" / "spoken_digits.yaml"), f"data.path={tmp_path / 'empty'}", f"output.dir={tmp_path}", *QUICK])
+    code = main(
+        [
+            "run",
+            str(ROOT / "configs" / "spoken_digits.yaml"),
+            f"data.path={tmp_path / 'empty'}",
+            f"output.dir={tmp_path}",
+            *QUICK,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "apt-get install espeak-ng" in err and "Traceback" not in err
@@ -149,7 +174,16 @@ def test_missing_espeak_exits_2_with_the_install_command(monkeypatch, tmp_path, 
 
 @needs_espeak
 def test_spoken_digits_recipe_end_to_end(clip_cache, tmp_path):
-    code = main(["run", str(ROOT / "configs" / "spoken_digits.yaml"), "data.subset=200", f"data.path={clip_cache}", f"output.dir={tmp_path}", *QUICK])
+    code = main(
+        [
+            "run",
+            str(ROOT / "configs" / "spoken_digits.yaml"),
+            "data.subset=200",
+            f"data.path={clip_cache}",
+            f"output.dir={tmp_path}",
+            *QUICK,
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "spoken_digits_kd" / "summary.json").read_text())
     for role in ("teacher", "scratch", "student"):
@@ -164,8 +198,7 @@ def test_spoken_digits_recipe_end_to_end(clip_cache, tmp_path):
 def test_read_ts_multivariate_unequal_lengths(tmp_path):
     path = tmp_path / "tiny.ts"
     path.write_text(
-        "#comment\n@problemName tiny\n@classLabel true a b\n@data\n"
-        "1,2,3:4,5,6:a\n7,8:9,10:b\n"
+        "#comment\n@problemName tiny\n@classLabel true a b\n@data\n1,2,3:4,5,6:a\n7,8:9,10:b\n"
     )
     sequences, labels, classes = read_ts(path)
     assert classes == ["a", "b"] and labels.tolist() == [0, 1]
@@ -185,7 +218,15 @@ def test_japanese_vowels_keeps_the_published_split():
 
 @pytest.mark.integration
 def test_japanese_vowels_recipe_end_to_end(tmp_path):
-    code = main(["run", str(ROOT / "configs" / "japanese_vowels.yaml"), "data.subset=200", f"output.dir={tmp_path}", *QUICK])
+    code = main(
+        [
+            "run",
+            str(ROOT / "configs" / "japanese_vowels.yaml"),
+            "data.subset=200",
+            f"output.dir={tmp_path}",
+            *QUICK,
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "japanese_vowels_kd" / "summary.json").read_text())
     assert summary["data"]["dataset"] == "japanese_vowels"
@@ -224,7 +265,12 @@ def test_recipe_students_are_at_least_10x_smaller(recipe):
     shape = {"spoken_digits": (72, 40), "japanese_vowels": (29, 12)}[recipe]
 
     def params(section):
-        model = create_model(config[section]["model"], num_classes=10, input_shape=shape, **config[section].get("kwargs", {}))
+        model = create_model(
+            config[section]["model"],
+            num_classes=10,
+            input_shape=shape,
+            **config[section].get("kwargs", {}),
+        )
         return sum(p.numel() for p in model.parameters())
 
     assert params("teacher") >= 10 * params("student")

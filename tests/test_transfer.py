@@ -52,7 +52,9 @@ def test_dkd_needs_the_labels_and_sees_only_the_labelled_samples():
 
 
 def test_digits_rest_as_transfer_set_teaches_only_the_distilled_student(
-    tmp_path, tiny_recipe, monkeypatch,
+    tmp_path,
+    tiny_recipe,
+    monkeypatch,
 ):
     seen = {"teacher": 0, "scratch": 0, "distilled": 0}
     teacher_call, forward = Teacher.__call__, Distiller.forward
@@ -99,8 +101,10 @@ def test_npz_transfer_set_with_labels_is_read_and_its_labels_ignored(tmp_path, t
 
 def write_table(path, rows: np.ndarray, labels: np.ndarray | None = None) -> None:
     header = "a,b,c" + (",label" if labels is not None else "")
-    lines = [",".join(f"{v:.3f}" for v in row) + (f",{labels[i]}" if labels is not None else "")
-             for i, row in enumerate(rows)]
+    lines = [
+        ",".join(f"{v:.3f}" for v in row) + (f",{labels[i]}" if labels is not None else "")
+        for i, row in enumerate(rows)
+    ]
     path.write_text("\n".join([header, *lines]) + "\n")
 
 
@@ -123,29 +127,57 @@ def test_table_transfer_set_takes_the_feature_columns_and_refuses_test_rows(tmp_
     normalise = splits.identity["normalise"]
     test_row = splits.test.inputs[0].numpy() * normalise["std"] + np.array(normalise["mean"])
     position = int(np.abs(rows[:100] - test_row).sum(1).argmin())
-    write_table(tmp_path / "leak.csv", np.concatenate([rows[100:], rows[position:position + 1]]))
-    refused_without_changes(tmp_path, "run", *recipe, "output.dir=leak", "data.unlabelled=leak.csv",
-                            fragments=("1 sample(s) are identical to test samples",))
+    write_table(tmp_path / "leak.csv", np.concatenate([rows[100:], rows[position : position + 1]]))
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *recipe,
+        "output.dir=leak",
+        "data.unlabelled=leak.csv",
+        fragments=("1 sample(s) are identical to test samples",),
+    )
     assert not (tmp_path / "leak").exists()
 
 
-@pytest.mark.parametrize("setting, arrays, fragments", [
-    ("data.unlabelled=rest", None, ("data.unlabelled", "transfer set is empty", "data.subset")),
-    ("data.unlabelled=empty.npz", {"x": np.zeros((0, 1, 8, 8), np.float32)},
-     ("data.unlabelled", "transfer set is empty", "no samples")),
-    ("data.unlabelled=wide.npz", {"x": np.zeros((5, 1, 9, 9), np.float32)},
-     ("data.unlabelled", "(1, 9, 9)", "(1, 8, 8)")),
-    ("data.unlabelled=words.npz", {"x": np.array([["a", "b"]])},
-     ("data.unlabelled", "not numbers")),
-    ("data.unlabelled=leak.npz", "test",
-     ("data.unlabelled", "3 sample(s) are identical to test samples")),
-    ("data.unlabelled=labels.csv", None, ("data.unlabelled", ".npz")),
-    ("teacher.cache=true", None,
-     ("data.unlabelled", "does not cover a transfer set", "teacher.cache")),
-    ("train.mix=mixup", None, ("data.unlabelled", "no label to mix", "train.mix")),
-])
+@pytest.mark.parametrize(
+    "setting, arrays, fragments",
+    [
+        ("data.unlabelled=rest", None, ("data.unlabelled", "transfer set is empty", "data.subset")),
+        (
+            "data.unlabelled=empty.npz",
+            {"x": np.zeros((0, 1, 8, 8), np.float32)},
+            ("data.unlabelled", "transfer set is empty", "no samples"),
+        ),
+        (
+            "data.unlabelled=wide.npz",
+            {"x": np.zeros((5, 1, 9, 9), np.float32)},
+            ("data.unlabelled", "(1, 9, 9)", "(1, 8, 8)"),
+        ),
+        (
+            "data.unlabelled=words.npz",
+            {"x": np.array([["a", "b"]])},
+            ("data.unlabelled", "not numbers"),
+        ),
+        (
+            "data.unlabelled=leak.npz",
+            "test",
+            ("data.unlabelled", "3 sample(s) are identical to test samples"),
+        ),
+        ("data.unlabelled=labels.csv", None, ("data.unlabelled", ".npz")),
+        (
+            "teacher.cache=true",
+            None,
+            ("data.unlabelled", "does not cover a transfer set", "teacher.cache"),
+        ),
+        ("train.mix=mixup", None, ("data.unlabelled", "no label to mix", "train.mix")),
+    ],
+)
 def test_cli_refuses_a_bad_transfer_set_in_one_line(
-    tmp_path, tiny_recipe, setting, arrays, fragments,
+    tmp_path,
+    tiny_recipe,
+    setting,
+    arrays,
+    fragments,
 ):
     if arrays == "test":  # three raw digits of the labelled run's test split, as in a user's file
         x, y = stratified_subset(*raw_digits(), 200, 0)
@@ -187,11 +219,22 @@ def test_image_folder_transfer_set_without_class_folders(tmp_path, tiny_recipe):
     summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
     assert summary["data"]["sizes"]["unlabelled"] == 8
     noise_images(tmp_path / "odd", 1, seed=3, size=7)
-    refused_without_changes(tmp_path, "run", *recipe, "data.unlabelled=odd",
-                            fragments=("data.unlabelled", "7×7 pixels", "6×6"))
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *recipe,
+        "data.unlabelled=odd",
+        fragments=("data.unlabelled", "7×7 pixels", "6×6"),
+    )
     for name in ("cat", "dog"):  # the labelled images again: the test split's among them
         for file in (tmp_path / "images" / name).iterdir():
             (tmp_path / "pool" / f"{name}{file.name}").write_bytes(file.read_bytes())
-    refused_without_changes(tmp_path, "run", *recipe, "data.unlabelled=pool", "output.dir=leak",
-                            fragments=("identical to test samples",))
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *recipe,
+        "data.unlabelled=pool",
+        "output.dir=leak",
+        fragments=("identical to test samples",),
+    )
     assert not (tmp_path / "leak").exists()

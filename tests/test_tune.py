@@ -8,14 +8,22 @@ import json
 import pytest
 import yaml
 
-pytest.importorskip("optuna", reason="the tune extra is not installed: pip install 'kdistill[tune]'")
+pytest.importorskip(
+    "optuna", reason="the tune extra is not installed: pip install 'kdistill[tune]'"
+)
 
 from kdistill.cli import main
 from kdistill.methods import PRESETS
 from kdistill.run.config import load_config
 from kdistill.run.tune import logit_methods, validation_score
 
-TINY = ["data.subset=300", "teacher.epochs=1", "train.epochs=1", "train.batch_size=32", "student.kwargs.width=32"]
+TINY = [
+    "data.subset=300",
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "student.kwargs.width=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +34,25 @@ def study(tmp_path_factory):
     teacher_file.write_text(yaml.safe_dump({"teacher": {"model": "cnn_tiny", "epochs": 1}}))
     recipe = root / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"name": "toy", "output": {"dir": str(root)}}))
-    first = main(["tune", str(recipe), *TINY, "--trials", "2", "--teachers", f"mlp_tiny,{teacher_file}", "--methods", "kd,dkd"])
+    first = main(
+        [
+            "tune",
+            str(recipe),
+            *TINY,
+            "--trials",
+            "2",
+            "--teachers",
+            f"mlp_tiny,{teacher_file}",
+            "--methods",
+            "kd,dkd",
+        ]
+    )
     assert first == 0
     tune_dir = root / "toy-tune"
     after_first = list(csv.DictReader((tune_dir / "trials.csv").open()))
-    second = main(["tune", str(recipe), *TINY, "--trials", "1"])  # resumes: same recipe, no --teachers
+    second = main(
+        ["tune", str(recipe), *TINY, "--trials", "1"]
+    )  # resumes: same recipe, no --teachers
     assert second == 0
     return root, recipe, tune_dir, after_first
 
@@ -48,7 +70,9 @@ def test_second_call_adds_trials_to_the_same_study(study):
         assert r["method"] in ("kd", "dkd") and r["teacher"] in ("mlp_tiny", "small_cnn")
         assert 1.0 <= float(r["temperature"]) <= 10.0 and 0.1 <= float(r["alpha"]) <= 1.0
     # The first trials are the recipe as written (kd at its published T=4, alpha=0.9), once per teacher.
-    written = [(r["method"], r["teacher"], float(r["temperature"]), float(r["alpha"])) for r in rows[:2]]
+    written = [
+        (r["method"], r["teacher"], float(r["temperature"]), float(r["alpha"])) for r in rows[:2]
+    ]
     assert written == [("kd", "mlp_tiny", 4.0, 0.9), ("kd", "small_cnn", 4.0, 0.9)]
 
 
@@ -59,7 +83,9 @@ def test_objective_is_the_validation_score_never_the_test_score(study):
         run_dir = tune_dir / r["run_dir"]
         assert float(r["val_accuracy"]) == pytest.approx(validation_score(run_dir, "accuracy"))
     table = (tune_dir / "trials.md").read_text()
-    assert "validation accuracy" in table and "test" not in table.replace("test split is not used", "")
+    assert "validation accuracy" in table and "test" not in table.replace(
+        "test split is not used", ""
+    )
     assert "## Teachers" in table and "small_cnn" in table
 
 
@@ -73,7 +99,9 @@ def test_best_yaml_is_a_runnable_recipe_with_the_best_trial(study):
     assert recipe.method == best["method"]
     assert recipe.distill.temperature == pytest.approx(float(best["temperature"]))
     assert recipe.distill.alpha == pytest.approx(float(best["alpha"]))
-    assert recipe.teacher.model == {"mlp_tiny": "mlp_tiny", "small_cnn": "cnn_tiny"}[best["teacher"]]
+    assert (
+        recipe.teacher.model == {"mlp_tiny": "mlp_tiny", "small_cnn": "cnn_tiny"}[best["teacher"]]
+    )
     assert recipe.data.subset == 300 and recipe.train.epochs == 1  # the overrides are kept
     assert f"trial {best['trial']}" in (tune_dir / "best.yaml").read_text().splitlines()[0]
 
@@ -84,15 +112,21 @@ def test_teachers_are_trained_once_and_reused(study):
     rows = list(csv.DictReader((tune_dir / "trials.csv").open()))
     stored = list((tune_dir / ".teachers").glob("*.safetensors"))
     assert len(stored) == len({r["teacher"] for r in rows})
-    sources = [json.loads((tune_dir / r["run_dir"] / "summary.json").read_text())["teacher"]["source"] for r in rows]
+    sources = [
+        json.loads((tune_dir / r["run_dir"] / "summary.json").read_text())["teacher"]["source"]
+        for r in rows
+    ]
     assert sum(s == "trained" for s in sources) == len(stored)
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("extra, fragment", [
-    (["train.epochs=2"], "different recipe (at train.epochs)"),
-    (["--teachers", "lenet"], "--teachers differs"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["train.epochs=2"], "different recipe (at train.epochs)"),
+        (["--teachers", "lenet"], "--teachers differs"),
+    ],
+)
 def test_resuming_with_a_different_search_is_refused(study, extra, fragment, capsys):
     _, recipe, _, _ = study
     assert main(["tune", str(recipe), *TINY, *extra, "--trials", "1"]) == 2
@@ -101,7 +135,9 @@ def test_resuming_with_a_different_search_is_refused(study, extra, fragment, cap
 
 
 def test_bad_candidates_fail_before_any_study(tmp_path, capsys):
-    assert main(["tune", f"output.dir={tmp_path}", "--trials", "1", "--teachers", "resnet9000"]) == 2
+    assert (
+        main(["tune", f"output.dir={tmp_path}", "--trials", "1", "--teachers", "resnet9000"]) == 2
+    )
     assert "--teachers" in capsys.readouterr().err
     assert main(["tune", f"output.dir={tmp_path}", "--trials", "1", "--methods", "kdd"]) == 2
     assert "--methods" in capsys.readouterr().err

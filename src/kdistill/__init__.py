@@ -50,8 +50,11 @@ __all__ = [*ONE_CALL, *COMPOSE, *MODELS_DATA_IO]
 def __getattr__(name: str):
     if name in _DEPRECATED:
         home = _DEPRECATED[name]
-        warnings.warn(f"kdistill.{name} is deprecated; import it from {home}",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"kdistill.{name} is deprecated; import it from {home}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(import_module(home), name)
     home = _HOMES.get(name)
     if home is None:

@@ -78,7 +78,9 @@ def as_teacher(teacher, terms: list[Term]) -> Teacher:
             f"teacher: {teacher} is a path but not an .onnx file; for a state_dict (.pt, .safetensors), build the "
             "model and load it with kdistill.load_weights(model, path), then pass the model"
         )
-    raise MismatchError(f"teacher: give an nn.Module, a Hugging Face model or an .onnx file, not a {type(teacher).__name__}")
+    raise MismatchError(
+        f"teacher: give an nn.Module, a Hugging Face model or an .onnx file, not a {type(teacher).__name__}"
+    )
 
 
 def _probe_batch(loader: DataLoader) -> dict:
@@ -88,17 +90,26 @@ def _probe_batch(loader: DataLoader) -> dict:
     return next(iter(DataLoader(loader.dataset, batch_size=2, collate_fn=loader.collate_fn)))
 
 
-def _cached(teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accelerator) -> CachedTeacher:
+def _cached(
+    teacher: Teacher, loader: DataLoader, cache, stack: ExitStack, accelerator
+) -> CachedTeacher:
     """The teacher's outputs over the training samples, computed once (``cache=True``: in a
     temporary directory for this call; a path: kept there and reused while it matches)."""
     dataset = loader.dataset
     if not isinstance(dataset, (ArrayDataset, IndexedDataset)):
-        dataset = as_dataset(dataset.dataset)  # a user's DataLoader: its dataset, positioned by as_loader
+        dataset = as_dataset(
+            dataset.dataset
+        )  # a user's DataLoader: its dataset, positioned by as_loader
     if cache is True:
         root = _temporary_root(stack, accelerator)
     else:
         root = Path(cache)
-    fingerprint = {"teacher": teacher_identity(teacher.module), "samples": len(dataset), "taps": sorted(teacher.taps), "dtype": "float32"}
+    fingerprint = {
+        "teacher": teacher_identity(teacher.module),
+        "samples": len(dataset),
+        "taps": sorted(teacher.taps),
+        "dtype": "float32",
+    }
     stored, _ = open_or_build(
         root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator
     )
@@ -123,7 +134,14 @@ def _temporary_root(stack: ExitStack, accelerator) -> Path:
 # its name (``epochs=3`` is ``train={"epochs": 3}``). Only these: other keywords are the method's
 # settings, and some share a field's name (CRD's ``momentum``).
 SHORTHAND = (
-    "epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "device", "seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "schedule",
+    "weight_decay",
+    "device",
+    "seed",
 )
 
 # Fields that act through a recipe's run directory or its dataset, refused from Python unless left
@@ -246,9 +264,16 @@ def distill(
 
     def trained(distiller: Distiller, loader: DataLoader, teacher=None) -> list[dict]:
         return train_loop(
-            distiller, loader, teacher=teacher, val_loader=val_loader, epochs=t.epochs, lr=t.lr,
-            optim=Optimization.from_settings(t), loop=Loop(early_stopping=rule, keep=t.keep),
-            accelerator=accelerator, progress=progress,
+            distiller,
+            loader,
+            teacher=teacher,
+            val_loader=val_loader,
+            epochs=t.epochs,
+            lr=t.lr,
+            optim=Optimization.from_settings(t),
+            loop=Loop(early_stopping=rule, keep=t.keep),
+            accelerator=accelerator,
+            progress=progress,
         )
 
     try:
@@ -266,7 +291,13 @@ def distill(
             for what, loader in (("train_data", train_loader), ("val_data", val_loader)):
                 _check_classes(loader, scores, what)
             if any(term.connector or term.needs_build for term in terms):
-                distiller = Distiller.build(student, terms, teacher=frozen, example_batch=example, num_samples=len(train_loader.dataset))
+                distiller = Distiller.build(
+                    student,
+                    terms,
+                    teacher=frozen,
+                    example_batch=example,
+                    num_samples=len(train_loader.dataset),
+                )
             else:
                 distiller = Distiller(student, terms)
             live = _cached(frozen, train_loader, cache, stack, accelerator) if cache else frozen
@@ -278,12 +309,16 @@ def distill(
             if baseline:  # the same settings and data order, no teacher, no distillation terms
                 set_seed(t.seed)
                 compared = scratch_baseline(
-                    initial, lambda model: trained(
+                    initial,
+                    lambda model: trained(
                         Distiller(model, scratch()),
                         as_loader(train_data, batch_size=t.batch_size, shuffle=True, seed=t.seed),
                     ),
-                    teacher=frozen.module, distilled=student, val_loader=val_loader,
-                    accelerator=accelerator, classes=scores[-1],
+                    teacher=frozen.module,
+                    distilled=student,
+                    val_loader=val_loader,
+                    accelerator=accelerator,
+                    classes=scores[-1],
                     settings=f"lr={t.lr:g}, epochs={t.epochs}, batch_size={t.batch_size}",
                 )
     finally:
@@ -292,8 +327,13 @@ def distill(
             if tap is not None:
                 tap.remove()
         student.train(student_was_training)
-    return DistillResult(student=student, history=history, metrics=metrics,
-                         connectors=distiller.connectors, **compared)
+    return DistillResult(
+        student=student,
+        history=history,
+        metrics=metrics,
+        connectors=distiller.connectors,
+        **compared,
+    )
 
 
 def fit(
@@ -317,7 +357,11 @@ def fit(
     val = options.pop("val_loader", None) if val_data is None else val_data
     if val is not None:
         options["val_loader"] = as_loader(val, batch_size=512)
-    if teacher is not None and not isinstance(teacher, (Teacher, CachedTeacher)) and not hasattr(teacher, "lookup"):
+    if (
+        teacher is not None
+        and not isinstance(teacher, (Teacher, CachedTeacher))
+        and not hasattr(teacher, "lookup")
+    ):
         teacher = as_teacher(teacher, distiller.terms)
     return train_loop(distiller, loader, teacher=teacher, **options)
 
@@ -376,7 +420,9 @@ def _method_terms(method: str, terms: list[Term] | None, settings: dict) -> list
 
 def _check_hyper(temperature: float, alpha: float) -> None:
     """Hinton KD's settings, refused before anything trains."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (
+        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+    ):
         raise ArgumentError(
             f"temperature must be a positive number (softmax(z/T) needs T > 0), got {temperature!r}"
         )

@@ -13,7 +13,9 @@ import typer
 from kdistill.errors import UserError, disk_full, is_disk_full
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Knowledge distillation: teacher → checked, deployable student.",
 )
 
@@ -28,7 +30,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
 ):
     """Knowledge distillation: teacher → checked, deployable student."""
 
@@ -43,14 +47,22 @@ def _split_recipe(recipe: str | None, overrides: list[str] | None):
 
 @app.command()
 def run(
-    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    recipe: str | None = typer.Argument(
+        None, help="recipe YAML; the built-in MNIST recipe if omitted"
+    ),
     overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoints"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue an interrupted run from its checkpoints"
+    ),
     seeds: int | None = typer.Option(
-        None, "--seeds", min=1, max=1000,
+        None,
+        "--seeds",
+        min=1,
+        max=1000,
         help="run over this many seeds (overrides train.seeds): runs/<name>-seed<s>/ each, and "
-        "mean ± sd, wins and paired tests across them in runs/<name>/seeds.md"),
+        "mean ± sd, wins and paired tests across them in runs/<name>/seeds.md",
+    ),
 ):
     """Train (or reuse) the teacher, train the student from scratch and with distillation,
     evaluate all three, and write runs/<name>/."""
@@ -70,8 +82,12 @@ def run(
 
 @app.command()
 def check(
-    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
-    overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. student.model=cnn_tiny"),
+    recipe: str | None = typer.Argument(
+        None, help="recipe YAML; the built-in MNIST recipe if omitted"
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="key=value, e.g. student.model=cnn_tiny"
+    ),
 ):
     """Check a recipe without running it: the schema, the data, every model, term, tap and
     connector, and one training step of every phase on one batch. Writes nothing."""
@@ -84,8 +100,12 @@ def check(
 
 @app.command()
 def cache(
-    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
-    overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. teacher.cache_dtype=float32"),
+    recipe: str | None = typer.Argument(
+        None, help="recipe YAML; the built-in MNIST recipe if omitted"
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="key=value, e.g. teacher.cache_dtype=float32"
+    ),
 ):
     """Run the recipe's teacher once over the training split and store its outputs, so runs
     with teacher.cache=true read them instead of running the teacher."""
@@ -105,13 +125,25 @@ class Exporter(str, Enum):
 @app.command()
 def export(
     run_dir: str = typer.Argument(..., help="a finished run directory, e.g. runs/mnist_kd"),
-    int8: bool = typer.Option(True, "--int8/--no-int8", help="also write a dynamically quantised int8 student"),
-    tolerance: float = typer.Option(1e-4, help="largest acceptable |ONNX Runtime − PyTorch| over the student's logits"),
-    int8_tolerance: float = typer.Option(0.01, help="largest acceptable loss of the test score for int8 (0.01 = 1 point of accuracy)"),
-    exporter: Exporter = typer.Option(Exporter.auto, help="auto: the TorchScript exporter, falling back to the torch.export-based one (dynamo)"),
+    int8: bool = typer.Option(
+        True, "--int8/--no-int8", help="also write a dynamically quantised int8 student"
+    ),
+    tolerance: float = typer.Option(
+        1e-4, help="largest acceptable |ONNX Runtime − PyTorch| over the student's logits"
+    ),
+    int8_tolerance: float = typer.Option(
+        0.01, help="largest acceptable loss of the test score for int8 (0.01 = 1 point of accuracy)"
+    ),
+    exporter: Exporter = typer.Option(
+        Exporter.auto,
+        help="auto: the TorchScript exporter, falling back to the torch.export-based one (dynamo)",
+    ),
     repeats: int = typer.Option(
-        30, min=1, help="timing effort per latency measurement (30: 0.2 s of blocked autorange)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export of this run"),
+        30, min=1, help="timing effort per latency measurement (30: 0.2 s of blocked autorange)"
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace an earlier export of this run"
+    ),
 ):
     """Write the student (and teacher) as ONNX under RUN_DIR/export/, check them against PyTorch
     with ONNX Runtime, optionally quantise the student to int8, time both models in PyTorch and
@@ -128,15 +160,23 @@ def export(
         if finished:
             read_summary(run_dir)  # a damaged summary is refused before any file is exported
         export_run(
-            run_dir, int8=int8, exporter=exporter.value, tolerance=tolerance,
-            int8_tolerance=int8_tolerance, overwrite=overwrite, repeats=repeats, echo=typer.echo,
+            run_dir,
+            int8=int8,
+            exporter=exporter.value,
+            tolerance=tolerance,
+            int8_tolerance=int8_tolerance,
+            overwrite=overwrite,
+            repeats=repeats,
+            echo=typer.echo,
         )
 
 
 @app.command()
 def predict(
     export_dir: str = typer.Argument(..., help="an export folder, e.g. runs/mnist_kd/export"),
-    inputs: list[str] = typer.Argument(..., help="image files, CSV files of feature rows, or text files (one input per line)"),
+    inputs: list[str] = typer.Argument(
+        ..., help="image files, CSV files of feature rows, or text files (one input per line)"
+    ),
 ):
     """Run the exported student (student.onnx, ONNX Runtime only) on files and print one line
     per input: its class and probability. Shows that an export works on its own."""
@@ -150,11 +190,17 @@ def predict(
 
 @app.command()
 def tune(
-    recipe: str | None = typer.Argument(None, help="recipe YAML; the built-in MNIST recipe if omitted"),
+    recipe: str | None = typer.Argument(
+        None, help="recipe YAML; the built-in MNIST recipe if omitted"
+    ),
     overrides: list[str] | None = typer.Argument(None, help="key=value, e.g. train.epochs=3"),
     trials: int = typer.Option(20, "--trials", "-n", help="trials to add to the study"),
-    teachers: str | None = typer.Option(None, help="candidate teachers, comma-separated: zoo model names or YAML teacher sections"),
-    methods: str | None = typer.Option(None, help="methods to search, comma-separated (default: every logit-only preset)"),
+    teachers: str | None = typer.Option(
+        None, help="candidate teachers, comma-separated: zoo model names or YAML teacher sections"
+    ),
+    methods: str | None = typer.Option(
+        None, help="methods to search, comma-separated (default: every logit-only preset)"
+    ),
     seed: int = typer.Option(0, help="seed of the sampler"),
 ):
     """Search temperature, alpha, method and teacher with Optuna; each trial is a run in
@@ -163,8 +209,18 @@ def tune(
     from kdistill.run.tune import tune as tune_recipe
 
     path, overrides = _split_recipe(recipe, overrides)
-    split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None
-    tune_recipe(path, trials=trials, teachers=split(teachers), methods=split(methods), overrides=overrides, seed=seed, echo=typer.echo)
+    split = lambda text: (
+        [item.strip() for item in text.split(",") if item.strip()] if text else None
+    )
+    tune_recipe(
+        path,
+        trials=trials,
+        teachers=split(teachers),
+        methods=split(methods),
+        overrides=overrides,
+        seed=seed,
+        echo=typer.echo,
+    )
 
 
 @app.command()
@@ -200,7 +256,9 @@ def list_(
         from kdistill.models import UnknownModelError, model_taps
 
         if model is None:
-            raise UserError("kdistill list taps MODEL: name a model (`kdistill list models` shows them)")
+            raise UserError(
+                "kdistill list taps MODEL: name a model (`kdistill list models` shows them)"
+            )
         try:
             rows = model_taps(model)
         except UnknownModelError as error:
@@ -222,7 +280,10 @@ def list_(
 
         # The settings are the preset's signature: distill.alpha is the distillation term's
         # weight in every method, distill.ce_weight the label term's; the rest go in distill.params.
-        rows = [(name, f"{describe_method(name)}\n    settings: {describe_settings(name)}") for name in PRESETS]
+        rows = [
+            (name, f"{describe_method(name)}\n    settings: {describe_settings(name)}")
+            for name in PRESETS
+        ]
     else:
         from kdistill.losses import LOSSES
 
@@ -265,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         if error.errno != errno.ENAMETOOLONG:
             raise
         # Only a path the user gave is that long (a recipe, data.path, output.dir, a checkpoint).
-        typer.echo(f"error: {str(error.filename or 'a path')[:80]}...: a path longer than the file system allows; shorten it", err=True)
+        typer.echo(
+            f"error: {str(error.filename or 'a path')[:80]}...: a path longer than the file system allows; shorten it",
+            err=True,
+        )
         return 2
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)

@@ -102,7 +102,15 @@ class EmbeddedPair(nn.Module):
         **params: keyword hyper-parameters of ``loss``.
     """
 
-    def __init__(self, student_dim: int, teacher_dim: int, *, loss: str | Callable = "cc", dim: int = 128, **params):
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        *,
+        loss: str | Callable = "cc",
+        dim: int = 128,
+        **params,
+    ):
         super().__init__()
         self.student = LinearEmbed(student_dim, dim)
         self.teacher = LinearEmbed(teacher_dim, dim)
@@ -110,8 +118,14 @@ class EmbeddedPair(nn.Module):
         self.params = params
 
     @classmethod
-    def from_shapes(cls, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *,
-                    num_samples: int | None = None, **params) -> EmbeddedPair:
+    def from_shapes(
+        cls,
+        student_shape: tuple[int, ...],
+        teacher_shape: tuple[int, ...],
+        *,
+        num_samples: int | None = None,
+        **params,
+    ) -> EmbeddedPair:
         flat = [math.prod(shape[1:]) for shape in (student_shape, teacher_shape)]
         return cls(*flat, **params)
 

@@ -137,15 +137,26 @@ class Distiller(nn.Module):
                     "connectors and stateful losses are sized by probing: pass teacher= and example_batch="
                 )
             inputs = example_batch["input"]
-            s_shapes = probe_shapes(student, inputs, [t.student for t in probed if t.student != LOGITS])
+            s_shapes = probe_shapes(
+                student, inputs, [t.student for t in probed if t.student != LOGITS]
+            )
             # The teacher's own output gives its shapes, live or cached (a cache has no module).
             teacher_out = teacher(example_batch)
-            missing = [t.teacher for t in probed if t.teacher not in (None, LOGITS) and t.teacher not in teacher_out.features]
+            missing = [
+                t.teacher
+                for t in probed
+                if t.teacher not in (None, LOGITS) and t.teacher not in teacher_out.features
+            ]
             if missing:
-                raise ValueError(f"the teacher is not tapped at {missing}: create it as Teacher(model, taps=teacher_taps(terms))")
+                raise ValueError(
+                    f"the teacher is not tapped at {missing}: create it as Teacher(model, taps=teacher_taps(terms))"
+                )
             t_shapes = {name: tuple(value.shape) for name, value in teacher_out.features.items()}
             with torch.no_grad():
-                logits_shape = (tuple(call_model(student.eval(), inputs).shape), tuple(teacher_out.logits.shape))
+                logits_shape = (
+                    tuple(call_model(student.eval(), inputs).shape),
+                    tuple(teacher_out.logits.shape),
+                )
             student.train()
             built = {}
             for term in probed:
@@ -154,7 +165,9 @@ class Distiller(nn.Module):
                 if term.connector:
                     connectors[term.name] = build_connector(term.connector, s_shape, t_shape)
                     if not isinstance(connectors[term.name], nn.Identity):
-                        s_shape = t_shape  # a connector maps the student feature to the teacher's shape
+                        s_shape = (
+                            t_shape  # a connector maps the student feature to the teacher's shape
+                        )
                 if term.needs_build:
                     built[term.name] = term.built(s_shape, t_shape, num_samples=num_samples)
             terms = [built.get(term.name, term) for term in terms]
@@ -183,7 +196,10 @@ class Distiller(nn.Module):
         return labelled_mask(batch["target"]) if self.transfer else None
 
     def forward(
-        self, batch: Mapping, teacher_out: ModelOutput | None = None, shares: Tensor | None = None,
+        self,
+        batch: Mapping,
+        teacher_out: ModelOutput | None = None,
+        shares: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The loss dict of ``batch``. ``shares`` (one per term, in term order): the batch's
         share of each term's ``counts`` over a gradient-accumulation window; the dict then also
@@ -217,8 +233,12 @@ class Distiller(nn.Module):
             # included, sees float32 inputs and computes in float32.
             with torch.autocast(logits.device.type, enabled=False):
                 value = term(
-                    _float32(student_value), _float32(teacher_value), batch["target"],
-                    batch.get("index"), batch.get("mask"), labelled,
+                    _float32(student_value),
+                    _float32(teacher_value),
+                    batch["target"],
+                    batch.get("index"),
+                    batch.get("mask"),
+                    labelled,
                 )
             contribution = term.weight_at(self._epoch) * value.sum()  # SP/CRD return shape [1]
             result[f"loss/{term.name}"] = contribution
@@ -231,7 +251,11 @@ class Distiller(nn.Module):
         return result
 
     def _chunked_terms(
-        self, logits: LazyLogits, teacher_out: ModelOutput | None, batch: Mapping, result: dict,
+        self,
+        logits: LazyLogits,
+        teacher_out: ModelOutput | None,
+        batch: Mapping,
+        result: dict,
         shares: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The logits terms in one pass over chunks of positions (``kdistill.losses.chunked``):
@@ -245,9 +269,12 @@ class Distiller(nn.Module):
         teacher = teacher_out.logits if any(term.takes_teacher for term in terms) else None
         with torch.autocast(logits.device.type, enabled=False):  # float32 at least, as above
             total, values = chunked_token_losses(
-                logits, teacher, batch["target"],
+                logits,
+                teacher,
+                batch["target"],
                 [ChunkedTerm(term.loss, w, term.params) for term, w in zip(terms, scaled)],
-                mask=batch.get("mask"), chunk_size=self.chunk_size,
+                mask=batch.get("mask"),
+                chunk_size=self.chunk_size,
             )
         contributions = [weight * _float32(value) for weight, value in zip(weights, values)]
         for term, contribution in zip(terms, contributions):

@@ -74,7 +74,11 @@ def model_inputs(model: nn.Module, inputs):
     if not isinstance(inputs, Mapping) or not any(k.startswith(TEACHER_PREFIX) for k in inputs):
         return inputs
     if getattr(unwrap(model), READS_TEACHER_INPUTS, False):
-        return {k.removeprefix(TEACHER_PREFIX): v for k, v in inputs.items() if k.startswith(TEACHER_PREFIX)}
+        return {
+            k.removeprefix(TEACHER_PREFIX): v
+            for k, v in inputs.items()
+            if k.startswith(TEACHER_PREFIX)
+        }
     return {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX)}
 
 
@@ -132,6 +136,14 @@ def to_device(batch, device, *, non_blocking: bool = True):
 
 
 __all__ = [
-    "LOGITS", "READS_TEACHER_INPUTS", "TEACHER_PREFIX", "LazyLogits", "ModelOutput", "call_model",
-    "gives_lazy_logits", "model_inputs", "to_device", "unwrap",
+    "LOGITS",
+    "READS_TEACHER_INPUTS",
+    "TEACHER_PREFIX",
+    "LazyLogits",
+    "ModelOutput",
+    "call_model",
+    "gives_lazy_logits",
+    "model_inputs",
+    "to_device",
+    "unwrap",
 ]

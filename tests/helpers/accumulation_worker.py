@@ -28,7 +28,10 @@ model = create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=4)
 fit(
     Distiller(model, [Term("ce", "ce", teacher=None)]),
     DataLoader(data, batch_size=batch_size, shuffle=True, generator=order),
-    epochs=2, lr=0.1, accelerator=accelerator, progress=False,
+    epochs=2,
+    lr=0.1,
+    accelerator=accelerator,
+    progress=False,
     optim=Optimization("sgd", momentum=0.0, schedule="constant", grad_accum=grad_accum),
 )
 weights = torch.nn.utils.parameters_to_vector(model.parameters()).tolist()

@@ -9,6 +9,13 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 inputs, labels = torch.randn(64, 6), torch.arange(64) % 3
 teacher = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
-result = kdistill.distill(teacher, torch.nn.Linear(6, 3), (inputs, labels), epochs=1, cache=True,
-                          progress=False, device="cpu")
+result = kdistill.distill(
+    teacher,
+    torch.nn.Linear(6, 3),
+    (inputs, labels),
+    epochs=1,
+    cache=True,
+    progress=False,
+    device="cpu",
+)
 print(f"trained {len(result.history)} epoch(s)")

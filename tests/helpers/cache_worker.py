@@ -20,5 +20,13 @@ torch.manual_seed(0)
 data = ArrayDataset(torch.randn(37, 6), torch.arange(37) % 3)  # 37 samples: ranks get 19 and 18
 teacher = Teacher(torch.nn.Linear(6, 3))
 where = f"node{accelerator.process_index}" if layout == "local" else "shared"
-build_cache(base / where, teacher, data, fingerprint={"test": 1}, dtype="float32", batch_size=8,
-            accelerator=accelerator if accelerator.num_processes > 1 else None, topk=topk)
+build_cache(
+    base / where,
+    teacher,
+    data,
+    fingerprint={"test": 1},
+    dtype="float32",
+    batch_size=8,
+    accelerator=accelerator if accelerator.num_processes > 1 else None,
+    topk=topk,
+)

@@ -22,19 +22,32 @@ torch.set_num_threads(1)
 accelerator = make_accelerator(device)
 # Each rank draws its own initial bank (different seeds), as independent processes may.
 set_seed(accelerator.process_index)
-data = ArrayDataset(torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
-                    torch.randint(0, 5, (64,), generator=torch.Generator().manual_seed(1)))
+data = ArrayDataset(
+    torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+    torch.randint(0, 5, (64,), generator=torch.Generator().manual_seed(1)),
+)
 student = create_model("mlp", width=8, input_shape=(1, 8, 8), num_classes=5)
 teacher = Teacher(create_model("mlp", width=16, input_shape=(1, 8, 8), num_classes=5))
 terms = [Term("ce", "ce", teacher=None), Term("crd", "crd", params={"feat_dim": 16})]
-distiller = Distiller.build(student, terms, teacher=teacher, example_batch=next(iter(DataLoader(data, batch_size=4))),
-                            num_samples=len(data))
+distiller = Distiller.build(
+    student,
+    terms,
+    teacher=teacher,
+    example_batch=next(iter(DataLoader(data, batch_size=4))),
+    num_samples=len(data),
+)
 crd = distiller.loss_modules["crd"]
 initial = crd.memory_student.clone()
 seen = []
-fit(distiller, DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
-    teacher=teacher, epochs=1, accelerator=accelerator, progress=False,
-    loop=Loop(batch_transform=lambda batch: seen.extend(batch["index"].tolist()) or batch))
+fit(
+    distiller,
+    DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
+    teacher=teacher,
+    epochs=1,
+    accelerator=accelerator,
+    progress=False,
+    loop=Loop(batch_transform=lambda batch: seen.extend(batch["index"].tolist()) or batch),
+)
 result = {
     "world_size": accelerator.num_processes,
     "initial_student": initial.cpu().tolist(),

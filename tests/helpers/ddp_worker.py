@@ -27,21 +27,42 @@ train = Subset(splits.train, range(1248))
 
 
 def loader():
-    return DataLoader(train, batch_size=per_process_batch, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        train,
+        batch_size=per_process_batch,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 # No BatchNorm and no dropout: data-parallel training is then the same computation as one
 # process with the global batch, up to the order of floating-point sums.
 set_seed(0)
 teacher = create_model("mlp", width=128, depth=2, input_shape=(1, 8, 8))
-fit(Distiller(teacher, scratch()), loader(), epochs=3, lr=3e-3, accelerator=accelerator, progress=False)
+fit(
+    Distiller(teacher, scratch()),
+    loader(),
+    epochs=3,
+    lr=3e-3,
+    accelerator=accelerator,
+    progress=False,
+)
 set_seed(1)
 student = create_model("mlp", width=16, input_shape=(1, 8, 8))
-history = fit(Distiller(student, hinton_kd()), loader(), teacher=Teacher(teacher), epochs=3, lr=3e-3,
-              accelerator=accelerator, progress=False,
-              val_loader=DataLoader(splits.val, batch_size=64))
+history = fit(
+    Distiller(student, hinton_kd()),
+    loader(),
+    teacher=Teacher(teacher),
+    epochs=3,
+    lr=3e-3,
+    accelerator=accelerator,
+    progress=False,
+    val_loader=DataLoader(splits.val, batch_size=64),
+)
 
-digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in student.parameters())).hexdigest()
+digest = hashlib.sha256(
+    b"".join(p.detach().numpy().tobytes() for p in student.parameters())
+).hexdigest()
 result = {
     "rank": accelerator.process_index,
     "world_size": accelerator.num_processes,
@@ -50,4 +71,6 @@ result = {
     "test_accuracy": evaluate(student, DataLoader(splits.test, batch_size=256))["accuracy"],
     "val_accuracy": history[-1]["val/accuracy"],
 }
-(out_dir / f"rank{accelerator.process_index}_of_{accelerator.num_processes}.json").write_text(json.dumps(result))
+(out_dir / f"rank{accelerator.process_index}_of_{accelerator.num_processes}.json").write_text(
+    json.dumps(result)
+)

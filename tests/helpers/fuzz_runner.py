@@ -36,7 +36,9 @@ REWRITES = {"--overwrite", "--resume", "report", "export", "cache"}
 
 def child_env() -> dict:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE"
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH", "")]))
     return env
 
@@ -63,8 +65,13 @@ class Worker:
     def start(self) -> None:
         read, write = os.pipe()
         self.process = subprocess.Popen(
-            [sys.executable, str(WORKER), str(write), str(MEMORY_CAP)], stdin=subprocess.PIPE, pass_fds=(write,),
-            env=child_env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, str(WORKER), str(write), str(MEMORY_CAP)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write,),
+            env=child_env(),
+            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(write)
         self.replies = os.fdopen(read, "r")
@@ -85,7 +92,11 @@ class Worker:
             self.process = None
 
     def run(self, argv: list[str], cwd: Path, timeout: float = CASE_TIMEOUT) -> Outcome:
-        if self.process is None or self.process.poll() is not None or self.served >= self.cases_per_process:
+        if (
+            self.process is None
+            or self.process.poll() is not None
+            or self.served >= self.cases_per_process
+        ):
             self.stop()
             self.start()
         self.served += 1
@@ -95,7 +106,11 @@ class Worker:
         if reply is None:
             status = self.process.poll()
             self.stop()
-            why = f"died with status {status}" if status is not None else f"still running after {timeout} s"
+            why = (
+                f"died with status {status}"
+                if status is not None
+                else f"still running after {timeout} s"
+            )
             return Outcome(-1, f"the worker {why}")
         return Outcome(reply["code"], reply["stderr"], reply["stdout"])
 
@@ -103,8 +118,14 @@ class Worker:
 def console_script(argv: list[str], cwd: Path, timeout: float = CASE_TIMEOUT) -> Outcome:
     try:
         done = subprocess.run(
-            [str(KDISTILL), *argv], cwd=cwd, env=child_env(), capture_output=True, text=True,
-            preexec_fn=cap_memory, timeout=timeout, check=False,
+            [str(KDISTILL), *argv],
+            cwd=cwd,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            preexec_fn=cap_memory,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return Outcome(-1, f"still running after {timeout} s")
@@ -119,7 +140,9 @@ def build_template(root: Path, runner) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     outcome = runner(["run", *QUICK, *BUDGET, "teacher.cache=true"], root)
     assert outcome.code == 0, outcome.stderr
-    assert (root / RUN / "summary.json").is_file() and list((root / "runs" / ".cache").glob("*/meta.json"))
+    assert (root / RUN / "summary.json").is_file() and list(
+        (root / "runs" / ".cache").glob("*/meta.json")
+    )
     return root
 
 
@@ -136,7 +159,7 @@ def damage(file: Path, how: str, where: int) -> None:
     if how == "truncate":
         data = data[:at]
     elif how == "flip" and data:
-        data = data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1:]
+        data = data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1 :]
     elif how == "garbage":  # seeded by the case, so hypothesis replays it exactly
         data = random.Random(where).randbytes(where % 300)
     elif how == "json_wrong":  # valid JSON of the wrong shape
@@ -161,7 +184,7 @@ def damage(file: Path, how: str, where: int) -> None:
         digits = [i for i, byte in enumerate(head) if 0x30 <= byte <= 0x39]
         if digits:
             i = digits[where % len(digits)]
-            data = data[:i] + (b"7" if data[i:i + 1] != b"7" else b"3") + data[i + 1:]
+            data = data[:i] + (b"7" if data[i : i + 1] != b"7" else b"3") + data[i + 1 :]
     file.write_bytes(data)
 
 

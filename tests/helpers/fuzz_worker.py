@@ -42,7 +42,12 @@ def serve(reply_fd: int) -> None:
                 traceback.print_exc()
                 code = 1
         os.chdir("/")
-        replies.write(json.dumps({"code": code, "stdout": out.getvalue()[-4000:], "stderr": err.getvalue()[-8000:]}) + "\n")
+        replies.write(
+            json.dumps(
+                {"code": code, "stdout": out.getvalue()[-4000:], "stderr": err.getvalue()[-8000:]}
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def load_dataset(name: str, **kwargs) -> DataSplits:
 
         close = difflib.get_close_matches(name, DATASETS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise DataError(f"data.dataset: unknown dataset {name!r}{hint}; choose from {', '.join(DATASETS)}")
+        raise DataError(
+            f"data.dataset: unknown dataset {name!r}{hint}; choose from {', '.join(DATASETS)}"
+        )
     return DATASETS[name](**kwargs)
 
 

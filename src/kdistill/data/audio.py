@@ -19,7 +19,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         with wave.open(str(path), "rb") as file:
             if file.getsampwidth() != 2:
-                raise DataError(f"{path}: {8 * file.getsampwidth()}-bit audio; only 16-bit PCM WAV is read")
+                raise DataError(
+                    f"{path}: {8 * file.getsampwidth()}-bit audio; only 16-bit PCM WAV is read"
+                )
             channels, rate = file.getnchannels(), file.getframerate()
             samples = np.frombuffer(file.readframes(file.getnframes()), dtype="<i2")
     except (OSError, EOFError, wave.Error) as error:
@@ -37,7 +39,7 @@ def trim_silence(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
     if peak == 0.0:
         return audio
     loud = np.flatnonzero(np.abs(audio) > threshold * peak)
-    return audio[loud[0]: loud[-1] + 1]
+    return audio[loud[0] : loud[-1] + 1]
 
 
 def fix_length(audio: np.ndarray, num_samples: int) -> np.ndarray:
@@ -72,7 +74,9 @@ def mel_filterbank(
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
-def mel_centres(n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> Tensor:
+def mel_centres(
+    n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+) -> Tensor:
     """Centre frequency in Hz of each filter of ``mel_filterbank``."""
     return _mel_edges(n_mels, sample_rate, f_min, f_max)[1:-1].float()
 
@@ -80,13 +84,22 @@ def mel_centres(n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float 
 def _mel_edges(n_mels: int, sample_rate: int, f_min: float, f_max: float | None) -> Tensor:
     """``n_mels + 2`` frequencies (Hz) equally spaced in mel: filter edges and centres."""
     f_max = sample_rate / 2 if f_max is None else f_max
-    mels = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64)
+    mels = torch.linspace(
+        float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64
+    )
     return mel_to_hz(mels)
 
 
 def log_mel_spectrogram(
-    audio: Tensor, sample_rate: int, *, n_fft: int = 512, hop_length: int = 256, n_mels: int = 40,
-    f_min: float = 20.0, f_max: float | None = None, floor: float = 1e-6,
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    n_fft: int = 512,
+    hop_length: int = 256,
+    n_mels: int = 40,
+    f_min: float = 20.0,
+    f_max: float | None = None,
+    floor: float = 1e-6,
 ) -> Tensor:
     """Log mel power spectrogram of ``audio`` (..., samples) → (..., frames, n_mels).
 
@@ -97,7 +110,9 @@ def log_mel_spectrogram(
     shape = audio.shape[:-1]
     flat = audio.reshape(-1, audio.shape[-1]).float()
     window = torch.hann_window(n_fft, dtype=flat.dtype)
-    spectrum = torch.stft(flat, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True)
+    spectrum = torch.stft(
+        flat, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True
+    )
     power = spectrum.abs() ** 2  # (N, n_fft // 2 + 1, frames)
     filters = mel_filterbank(n_mels, n_fft, sample_rate, f_min, f_max)
     mel = torch.einsum("mf,nft->ntm", filters, power)
@@ -110,6 +125,13 @@ def frames_to_samples(frames: int, hop_length: int) -> int:
 
 
 __all__ = [
-    "fix_length", "frames_to_samples", "hz_to_mel", "log_mel_spectrogram", "mel_centres",
-    "mel_filterbank", "mel_to_hz", "read_wav", "trim_silence",
+    "fix_length",
+    "frames_to_samples",
+    "hz_to_mel",
+    "log_mel_spectrogram",
+    "mel_centres",
+    "mel_filterbank",
+    "mel_to_hz",
+    "read_wav",
+    "trim_silence",
 ]

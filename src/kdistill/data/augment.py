@@ -60,7 +60,9 @@ def apply_flip(x: Tensor, params: Tensor) -> Tensor:
 def draw_affine(n: int, generator: torch.Generator) -> Tensor:
     """(n, 4) rows of rotation (radians), zoom factor, dy and dx (pixels), each uniform."""
     spread = torch.tensor([MAX_ROTATION, MAX_ZOOM, MAX_SHIFT, MAX_SHIFT])
-    return (torch.rand((n, 4), generator=generator) * 2 - 1) * spread + torch.tensor([0.0, 1.0, 0.0, 0.0])
+    return (torch.rand((n, 4), generator=generator) * 2 - 1) * spread + torch.tensor(
+        [0.0, 1.0, 0.0, 0.0]
+    )
 
 
 def apply_affine(x: Tensor, params: Tensor) -> Tensor:
@@ -76,7 +78,9 @@ def apply_affine(x: Tensor, params: Tensor) -> Tensor:
     # digits in a profiled function-matching run, about as long as the student's own step.
     u = (torch.arange(width, dtype=x.dtype, device=x.device) - (width - 1) / 2)[None, None, :]
     v = (torch.arange(height, dtype=x.dtype, device=x.device) - (height - 1) / 2)[None, :, None]
-    grid = torch.stack([(cos * u - sin * v - dx) * (2 / width), (sin * u + cos * v - dy) * (2 / height)], dim=-1)
+    grid = torch.stack(
+        [(cos * u - sin * v - dx) * (2 / width), (sin * u + cos * v - dy) * (2 / height)], dim=-1
+    )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -138,14 +142,22 @@ class Augmented(Dataset):
     def params(self) -> Tensor:
         """This epoch's draws, one row per sample index (drawn once per epoch)."""
         if self._params is None or self._params[0] != self.epoch:
-            self._params = (self.epoch, self.augmentation.draw(len(self), epoch_generator(self.seed, self.epoch)))
+            self._params = (
+                self.epoch,
+                self.augmentation.draw(len(self), epoch_generator(self.seed, self.epoch)),
+            )
         return self._params[1]
 
     def __getitems__(self, indices: list[int]) -> list[dict] | SampleBatch:
         samples = fetch(self.dataset, indices)
         params = self.params()[torch.as_tensor(indices)]
         if isinstance(samples, SampleBatch):  # stays stacked: no split into dicts and back
-            return SampleBatch({**samples.tensors, "input": self.augmentation.apply(samples.tensors["input"], params)})
+            return SampleBatch(
+                {
+                    **samples.tensors,
+                    "input": self.augmentation.apply(samples.tensors["input"], params),
+                }
+            )
         views = self.augmentation.apply(torch.stack([s["input"] for s in samples]), params)
         return [{**s, "input": view} for s, view in zip(samples, views)]
 
@@ -193,7 +205,9 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
     if name == "none":
         return dataset
     if name not in AUGMENTATIONS:
-        raise ConfigError(f"augment: unknown augmentation {name!r}; choose none or {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(
+            f"augment: unknown augmentation {name!r}; choose none or {', '.join(AUGMENTATIONS)}"
+        )
     example = dataset[0]["input"] if len(dataset) else None
     if not can_augment(name, example):
         if _floating(example) and example.dim() == 2:
@@ -218,10 +232,21 @@ def can_augment(name: str, example) -> bool:
     and (T, F) sequences too for those not ``images_only``; never token ids or table rows."""
     if name == "none":
         return True
-    return _floating(example) and (example.dim() == 3 or (example.dim() == 2 and not AUGMENTATIONS[name].images_only))
+    return _floating(example) and (
+        example.dim() == 3 or (example.dim() == 2 and not AUGMENTATIONS[name].images_only)
+    )
 
 
 __all__ = [
-    "AUGMENTATIONS", "Augmentation", "Augmented", "ViewCycle", "apply_affine", "augmented", "can_augment", "cycled", "draw_affine",
-    "epoch_generator", "fetch",
+    "AUGMENTATIONS",
+    "Augmentation",
+    "Augmented",
+    "ViewCycle",
+    "apply_affine",
+    "augmented",
+    "can_augment",
+    "cycled",
+    "draw_affine",
+    "epoch_generator",
+    "fetch",
 ]

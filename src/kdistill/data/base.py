@@ -88,7 +88,9 @@ class ArrayDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> SampleBatch:
         """A batch's samples in one indexing (the DataLoader's batched fetch): the same dicts."""
         rows = torch.as_tensor(indices, dtype=torch.long)
-        return SampleBatch({"input": self.inputs[rows], "target": self.targets[rows], "index": rows})
+        return SampleBatch(
+            {"input": self.inputs[rows], "target": self.targets[rows], "index": rows}
+        )
 
 
 @dataclass
@@ -185,13 +187,18 @@ def _say_once(line: str) -> None:
     print(line)
 
 
-def _empty_split(split: str, samples: int, val_fraction: float, test_fraction: float, source: str) -> str:
+def _empty_split(
+    split: str, samples: int, val_fraction: float, test_fraction: float, source: str
+) -> str:
     if split == "validation" and val_fraction == 0:
         return (
             "data.val_fraction=0 leaves no validation samples, and each model is scored and "
             "diagnosed on them: set data.val_fraction above 0 (e.g. 0.1)"
         )
-    fraction = {"validation": f"data.val_fraction={val_fraction}", "test": f"data.test_fraction={test_fraction}"}.get(split, "what is left")
+    fraction = {
+        "validation": f"data.val_fraction={val_fraction}",
+        "test": f"data.test_fraction={test_fraction}",
+    }.get(split, "what is left")
     return f"{source}: {samples} sample(s) leave the {split} split empty ({fraction}); use more samples or a larger fraction"
 
 
@@ -220,11 +227,11 @@ def make_splits(
     check_classes(y, class_names, source)
     num_classes = num_classes or int(y.max()) + 1
     if num_classes > MAX_CLASSES:
-        raise DataError(f"{source}: {num_classes:,} classes, more than the limit of {MAX_CLASSES:,}")
-    if y.max() >= num_classes:
         raise DataError(
-            f"{source}: label {int(y.max())} is out of range for {num_classes} classes"
+            f"{source}: {num_classes:,} classes, more than the limit of {MAX_CLASSES:,}"
         )
+    if y.max() >= num_classes:
+        raise DataError(f"{source}: label {int(y.max())} is out of range for {num_classes} classes")
     train_fraction = 1.0 - val_fraction - test_fraction
     train_idx, val_idx, test_idx = stratified_split(
         y, (train_fraction, val_fraction, test_fraction), seed

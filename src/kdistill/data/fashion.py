@@ -30,17 +30,31 @@ HOW_TO_GET = (
     "t10k-labels-idx1-ubyte (each may end in .gz) in a directory and set data.path to it"
 )
 CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # type code 0x08 (unsigned byte), 3 or 1 dimensions
 IDX_TYPES = {
-    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
 }
 FILE_STEMS = (
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
 )
 
 
@@ -55,8 +69,10 @@ def read_idx(file: Path) -> tuple[int, np.ndarray]:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{file}: cannot read it ({error}); the file is damaged or truncated, "
-                        "download or install it again") from None
+        raise DataError(
+            f"{file}: cannot read it ({error}); the file is damaged or truncated, "
+            "download or install it again"
+        ) from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_TYPES:
         raise DataError(f"{file}: not an IDX file (header {raw[:4].hex() or 'empty'})")
     magic = int.from_bytes(raw[:4], "big")
@@ -88,26 +104,38 @@ def _read_pair(root: Path, prefix: str, digest) -> tuple[np.ndarray, np.ndarray,
     labels_file = _find(root, f"{prefix}-labels-idx1-ubyte")
     magic, images = read_idx(images_file)
     if magic != IMAGES_MAGIC:
-        raise DataError(f"{images_file}: IDX magic number {magic}, expected {IMAGES_MAGIC} "
-                        "(unsigned-byte images, 3 dimensions)")
+        raise DataError(
+            f"{images_file}: IDX magic number {magic}, expected {IMAGES_MAGIC} "
+            "(unsigned-byte images, 3 dimensions)"
+        )
     magic, labels = read_idx(labels_file)
     if magic != LABELS_MAGIC:
-        raise DataError(f"{labels_file}: IDX magic number {magic}, expected {LABELS_MAGIC} "
-                        "(unsigned-byte labels, 1 dimension)")
+        raise DataError(
+            f"{labels_file}: IDX magic number {magic}, expected {LABELS_MAGIC} "
+            "(unsigned-byte labels, 1 dimension)"
+        )
     digest.update(images)
     digest.update(labels)
     if len(images) != len(labels):
-        raise DataError(f"{images_file} holds {len(images)} images but {labels_file} "
-                        f"{len(labels)} labels; they must come from the same release")
+        raise DataError(
+            f"{images_file} holds {len(images)} images but {labels_file} "
+            f"{len(labels)} labels; they must come from the same release"
+        )
     if labels.size and labels.max() >= len(CLASS_NAMES):
-        raise DataError(f"{labels_file}: label {int(labels.max())} is not a Fashion-MNIST class "
-                        f"(0-{len(CLASS_NAMES) - 1})")
+        raise DataError(
+            f"{labels_file}: label {int(labels.max())} is not a Fashion-MNIST class "
+            f"(0-{len(CLASS_NAMES) - 1})"
+        )
     return images, labels.astype(np.int64), [images_file, labels_file]
 
 
 def load_fashion_mnist(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float | None = None,
-    seed: int = 0, subset: int | None = None,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    subset: int | None = None,
 ) -> DataSplits:
     """Fashion-MNIST, 70,000 clothing images in 10 classes, from its IDX files (official split).
 
@@ -120,8 +148,10 @@ def load_fashion_mnist(
     del test_fraction  # the official split fixes it; accepted so every recipe's data section works
     root = Path(path) if path else DEFAULT_DIR
     if root.is_file():
-        raise DataError(f"data.path: {root} is a file; give the directory that holds the four "
-                        "Fashion-MNIST IDX files")
+        raise DataError(
+            f"data.path: {root} is a file; give the directory that holds the four "
+            "Fashion-MNIST IDX files"
+        )
     missing = [stem for stem in FILE_STEMS if _find(root, stem) is None]
     if len(missing) == len(FILE_STEMS):
         raise DataError(f"Fashion-MNIST not found in {root}: {HOW_TO_GET}")
@@ -135,8 +165,10 @@ def load_fashion_mnist(
     test_images, test_labels, test_files = _read_pair(root, "t10k", digest)
     if subset is not None:
         if subset < 2 * len(CLASS_NAMES):
-            raise DataError(f"data.subset: {subset} is too small; Fashion-MNIST needs at least "
-                            f"{2 * len(CLASS_NAMES)} images (one per class in train and in test)")
+            raise DataError(
+                f"data.subset: {subset} is too small; Fashion-MNIST needs at least "
+                f"{2 * len(CLASS_NAMES)} images (one per class in train and in test)"
+            )
         # The official proportions, 6 train : 1 test (rounded), each part class-balanced.
         total = len(train_labels) + len(test_labels)
         test_count = max(len(CLASS_NAMES), round(subset * len(test_labels) / total))

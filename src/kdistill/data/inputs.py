@@ -31,11 +31,17 @@ def _tensor(value, what: str):
     float32, PyTorch's default: a float64 model input would only fail inside the first layer."""
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, str) or (isinstance(value, (list, tuple)) and value and isinstance(value[0], str)):
-        raise DataError(f"{what} holds text ({str(value)[:40]!r}): tokenise it first (e.g. dataset.map(tokenizer))")
+    if isinstance(value, str) or (
+        isinstance(value, (list, tuple)) and value and isinstance(value[0], str)
+    ):
+        raise DataError(
+            f"{what} holds text ({str(value)[:40]!r}): tokenise it first (e.g. dataset.map(tokenizer))"
+        )
     array = np.asarray(value)
     if array.dtype.kind in "USO":
-        raise DataError(f"{what} holds text or objects (dtype {array.dtype}): give numbers, or tokenise text first")
+        raise DataError(
+            f"{what} holds text or objects (dtype {array.dtype}): give numbers, or tokenise text first"
+        )
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     if array.dtype.kind not in "biuf":
@@ -49,15 +55,21 @@ def as_sample(sample, position: int | None = None) -> dict:
         sample = dict(sample)
         target_key = next((k for k in TARGET_KEYS if k in sample), None)
         if target_key is None:
-            raise DataError(f"a dict sample needs a label: one of the keys {', '.join(TARGET_KEYS)} (it has {', '.join(map(str, sample))})")
+            raise DataError(
+                f"a dict sample needs a label: one of the keys {', '.join(TARGET_KEYS)} (it has {', '.join(map(str, sample))})"
+            )
         target = sample.pop(target_key)
         input_key = next((k for k in INPUT_KEYS if k in sample), None)
         extra = {k: sample.pop(k) for k in ("index", "mask") if k in sample}
         if input_key is not None:
             inputs = sample.pop(input_key)
-            inputs = {k: _tensor(v, f"input {k!r}") for k, v in inputs.items()} if isinstance(inputs, Mapping) else _tensor(inputs, "the input")
+            inputs = (
+                {k: _tensor(v, f"input {k!r}") for k, v in inputs.items()}
+                if isinstance(inputs, Mapping)
+                else _tensor(inputs, "the input")
+            )
         elif len(sample) == 1:  # one column besides the label: the model's one input
-            (key, value), = sample.items()
+            ((key, value),) = sample.items()
             inputs = _tensor(value, f"column {key!r}")
         else:  # keyword inputs of a Hugging Face model: input_ids, attention_mask, ...
             if not sample:
@@ -144,7 +156,9 @@ class IndexedDataset(Dataset):
 
 def _is_pair_of_arrays(data) -> bool:
     return (
-        isinstance(data, Sequence) and not isinstance(data, str) and len(data) == 2
+        isinstance(data, Sequence)
+        and not isinstance(data, str)
+        and len(data) == 2
         and all(isinstance(part, (Tensor, np.ndarray)) for part in data)
     )
 
@@ -160,8 +174,12 @@ def as_dataset(data) -> Dataset:
             raise DataError(f"x has {len(x)} samples but y has {len(y)}: they must match")
         return ArrayDataset(x, y)
     if isinstance(data, DataLoader):
-        raise DataError("a DataLoader is not a dataset here: pass it where batches are read (train_data of distill or fit)")
-    if isinstance(data, IterableDataset) or not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        raise DataError(
+            "a DataLoader is not a dataset here: pass it where batches are read (train_data of distill or fit)"
+        )
+    if isinstance(data, IterableDataset) or not (
+        hasattr(data, "__getitem__") and hasattr(data, "__len__")
+    ):
         raise DataError(
             f"{type(data).__name__}: give (x, y) arrays, a dataset with __len__ and __getitem__, or a DataLoader"
         )
@@ -202,22 +220,39 @@ def as_loader(data, *, batch_size: int = 64, shuffle: bool = False, seed: int = 
     collate function (its batches tuples or dicts); anything else goes through ``as_dataset``."""
     if not isinstance(data, DataLoader):
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(as_dataset(data), batch_size=batch_size, shuffle=shuffle, generator=generator if shuffle else None)
-    if isinstance(data.dataset, (ArrayDataset, IndexedDataset)) and data.collate_fn is torch.utils.data.default_collate:
+        return DataLoader(
+            as_dataset(data),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+        )
+    if (
+        isinstance(data.dataset, (ArrayDataset, IndexedDataset))
+        and data.collate_fn is torch.utils.data.default_collate
+    ):
         return data  # already kdistill's samples
     positioned = not isinstance(data.dataset, IterableDataset)
     dataset = _Positioned(data.dataset) if positioned else data.dataset
     common = {
-        "num_workers": data.num_workers, "collate_fn": _Collate(data.collate_fn, positioned),
-        "pin_memory": data.pin_memory, "generator": data.generator,
+        "num_workers": data.num_workers,
+        "collate_fn": _Collate(data.collate_fn, positioned),
+        "pin_memory": data.pin_memory,
+        "generator": data.generator,
     }
     if positioned and data.batch_size is None:  # a batch sampler of the user's
         return DataLoader(dataset, batch_sampler=data.batch_sampler, **common)
     sampler = data.sampler if positioned else None
-    return DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, drop_last=data.drop_last, **common)
+    return DataLoader(
+        dataset, batch_size=data.batch_size, sampler=sampler, drop_last=data.drop_last, **common
+    )
 
 
 __all__ = [
-    "INPUT_KEYS", "TARGET_KEYS", "IndexedDataset", "as_dataset", "as_loader", "as_sample",
+    "INPUT_KEYS",
+    "TARGET_KEYS",
+    "IndexedDataset",
+    "as_dataset",
+    "as_loader",
+    "as_sample",
     "class_labels",
 ]

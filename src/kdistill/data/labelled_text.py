@@ -43,18 +43,32 @@ def _encode(texts: list[str], tokenizer_path: str, max_length: int):
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=False
+            )
         except (OSError, ValueError) as error:
-            raise DataError(f"data.options.tokenizer: {path} ({str(error).splitlines()[0][:200]})") from None
-        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+            raise DataError(
+                f"data.options.tokenizer: {path} ({str(error).splitlines()[0][:200]})"
+            ) from None
+        encoded = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        )
         return encoded["input_ids"].long(), encoded["attention_mask"].long()
     return encode(texts, load_tokenizer(path), max_length)
 
 
 def load_labelled_text(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-    subset: int | None = None, text: str = "text", label: str = "label", tokenizer: str | None = None,
-    max_length: int = 64, student_tokenizer: str | None = None,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    text: str = "text",
+    label: str = "label",
+    tokenizer: str | None = None,
+    max_length: int = 64,
+    student_tokenizer: str | None = None,
 ) -> DataSplits:
     """Text classification from a CSV / JSONL / Parquet file, tokenised by the teacher's tokenizer,
     and with ``student_tokenizer`` also by the student's own: the students read those ids, the
@@ -63,9 +77,13 @@ def load_labelled_text(
     file = Path(path)
     for option, column in (("text", text), ("label", label)):
         if column not in frame.columns:
-            raise DataError(f"data.options.{option}: {file.name} has no column {column!r} (its columns: {', '.join(map(str, frame.columns))})")
+            raise DataError(
+                f"data.options.{option}: {file.name} has no column {column!r} (its columns: {', '.join(map(str, frame.columns))})"
+            )
     if not tokenizer:
-        raise DataError("data.options.tokenizer: the teacher's Hugging Face directory (or a tokenizer.json) to tokenise with")
+        raise DataError(
+            "data.options.tokenizer: the teacher's Hugging Face directory (or a tokenizer.json) to tokenise with"
+        )
     if not isinstance(max_length, int) or max_length < 4:
         raise DataError(f"data.options.max_length: at least 4 tokens, got {max_length!r}")
     cut = max_length * CHARS_PER_TOKEN
@@ -84,21 +102,41 @@ def load_labelled_text(
         teacher = (ids, attention)
         ids, attention = _encode(texts, student_tokenizer, max_length)
     targets = torch.from_numpy(labels)
-    parts = stratified_split(labels, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
+    parts = stratified_split(
+        labels, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction), seed
+    )
     datasets = [
-        TokenDataset(ids[idx], attention[idx], targets[idx], None if teacher is None else (teacher[0][idx], teacher[1][idx]))
+        TokenDataset(
+            ids[idx],
+            attention[idx],
+            targets[idx],
+            None if teacher is None else (teacher[0][idx], teacher[1][idx]),
+        )
         for idx in map(torch.from_numpy, parts)
     ]
     if min(len(d) for d in datasets) == 0:
-        raise DataError(f"{file}: {len(labels)} rows leave an empty split; use more rows or larger fractions")
+        raise DataError(
+            f"{file}: {len(labels)} rows leave an empty split; use more rows or larger fractions"
+        )
     split_labels = dict(zip(("train", "validation", "test"), (labels[idx] for idx in parts)))
     warn_missing_classes(split_labels, classes, str(file))
     return DataSplits(
-        train=datasets[0], val=datasets[1], test=datasets[2], num_classes=len(classes),
-        input_shape=(max_length,), class_names=classes, task="classification", teacher_inputs=teacher is not None,
+        train=datasets[0],
+        val=datasets[1],
+        test=datasets[2],
+        num_classes=len(classes),
+        input_shape=(max_length,),
+        class_names=classes,
+        task="classification",
+        teacher_inputs=teacher is not None,
         identity={
-            "dataset": "labelled_text", "file": str(file.resolve()), "text": text, "label": label,
-            "tokenizer": str(tokenizer), "max_length": max_length, "subset": subset,
+            "dataset": "labelled_text",
+            "file": str(file.resolve()),
+            "text": text,
+            "label": label,
+            "tokenizer": str(tokenizer),
+            "max_length": max_length,
+            "subset": subset,
             **({"student_tokenizer": str(student_tokenizer)} if student_tokenizer else {}),
             "classes": {name: i for i, name in enumerate(classes)},
             "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},

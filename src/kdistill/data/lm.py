@@ -39,7 +39,9 @@ class CharCodec:
     def encode(self, text: str) -> list[int]:
         unknown = sorted(set(text) - set(self.ids))
         if unknown:
-            raise DataError(f"characters {''.join(unknown)!r} are not in the {self.vocab_size}-character vocabulary")
+            raise DataError(
+                f"characters {''.join(unknown)!r} are not in the {self.vocab_size}-character vocabulary"
+            )
         return [self.ids[c] for c in text]
 
     def decode(self, ids) -> str:
@@ -57,7 +59,12 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         window = self.windows[i]
-        return {"input": window[:-1], "target": window[1:], "mask": self.mask[i], "index": torch.tensor(i)}
+        return {
+            "input": window[:-1],
+            "target": window[1:],
+            "mask": self.mask[i],
+            "index": torch.tensor(i),
+        }
 
 
 def pydoc_documents() -> list[str]:
@@ -70,7 +77,9 @@ def pydoc_documents() -> list[str]:
 def fortune_documents(directory: Path = FORTUNES_DIR) -> list[str]:
     """Every fortune of the Debian ``fortunes`` files (entries separated by ``%`` lines)."""
     if not directory.is_dir():
-        raise DataError(f"{directory} not found: install the Debian package with apt-get install fortunes")
+        raise DataError(
+            f"{directory} not found: install the Debian package with apt-get install fortunes"
+        )
     documents = []
     for file in sorted(directory.iterdir()):
         if file.suffix or file.is_dir():  # skip the .dat indexes and .u8 links
@@ -96,8 +105,13 @@ def split_documents(documents: list[str], fractions: tuple[float, ...], seed: in
     lengths = np.array([len(documents[i]) + 2 for i in order])
     ends = np.cumsum(lengths) / lengths.sum()
     cuts = np.cumsum(fractions)[:-1]
-    part_of = np.searchsorted(cuts, ends - 0.5 * lengths / lengths.sum())  # by each document's middle
-    return ["\n\n".join(documents[i] for i, p in zip(order, part_of) if p == k) for k in range(len(fractions))]
+    part_of = np.searchsorted(
+        cuts, ends - 0.5 * lengths / lengths.sum()
+    )  # by each document's middle
+    return [
+        "\n\n".join(documents[i] for i, p in zip(order, part_of) if p == k)
+        for k in range(len(fractions))
+    ]
 
 
 def windows_of(ids: list[int], block_size: int, limit: int | None = None) -> tuple[Tensor, Tensor]:
@@ -110,15 +124,21 @@ def windows_of(ids: list[int], block_size: int, limit: int | None = None) -> tup
     mask = torch.zeros(count, block_size, dtype=torch.bool)
     data = torch.tensor(ids, dtype=torch.int64)
     for k in range(count):
-        piece = data[k * block_size: k * block_size + block_size + 1]
+        piece = data[k * block_size : k * block_size + block_size + 1]
         windows[k, : len(piece)] = piece
         mask[k, : max(len(piece) - 1, 0)] = True
     return windows, mask
 
 
 def load_text_corpus(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
-    seed: int = 0, subset: int | None = None, source: str = "pydoc", block_size: int = 128,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    subset: int | None = None,
+    source: str = "pydoc",
+    block_size: int = 128,
 ) -> DataSplits:
     """English text for language modelling, as characters: Python's documentation topics
     (``source: pydoc``), Debian fortunes (``fortunes``) or a text file (``data.path``).
@@ -132,7 +152,9 @@ def load_text_corpus(
     elif source == "fortunes":
         documents, name = fortune_documents(), str(FORTUNES_DIR)
     else:
-        raise DataError(f"data.options.source: {source!r}; choose pydoc or fortunes, or set data.path")
+        raise DataError(
+            f"data.options.source: {source!r}; choose pydoc or fortunes, or set data.path"
+        )
     if block_size < 2:
         raise DataError(f"data.options.block_size: {block_size}; use at least 2")
     fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
@@ -146,14 +168,27 @@ def load_text_corpus(
         for text, limit in zip(texts, limits)
     ]
     return DataSplits(
-        train=splits[0], val=splits[1], test=splits[2],
-        num_classes=codec.vocab_size, input_shape=(block_size,), class_names=list(codec.chars),
+        train=splits[0],
+        val=splits[1],
+        test=splits[2],
+        num_classes=codec.vocab_size,
+        input_shape=(block_size,),
+        class_names=list(codec.chars),
         task="language_modelling",
         identity={
-            "dataset": "text", "source": name, "subset": subset, "level": "character",
-            "vocab_size": codec.vocab_size, "block_size": block_size,
+            "dataset": "text",
+            "source": name,
+            "subset": subset,
+            "level": "character",
+            "vocab_size": codec.vocab_size,
+            "block_size": block_size,
             "characters": {k: len(t) for k, t in zip(("train", "val", "test"), texts)},
-            "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "by": "document"},
+            "split": {
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "seed": seed,
+                "by": "document",
+            },
             "sizes": {k: len(s) for k, s in zip(("train", "val", "test"), splits)},
         },
     )

@@ -74,7 +74,9 @@ def cutmix_masks(shape: tuple[int, int], lam: Tensor, centre: Tensor) -> Tensor:
     return inside_rows[:, :, None] & inside_cols[:, None, :]
 
 
-def mix_batch(x: Tensor, partner: Tensor, mix: str, lam: Tensor, centre: Tensor) -> tuple[Tensor, Tensor]:
+def mix_batch(
+    x: Tensor, partner: Tensor, mix: str, lam: Tensor, centre: Tensor
+) -> tuple[Tensor, Tensor]:
     """Inputs (B, C, H, W) mixed with their partners; returns them and each one's own share."""
     if mix == "mixup":  # Zhang et al., "mixup", ICLR 2018, arXiv:1710.09412
         weight = lam.view(-1, *([1] * (x.dim() - 1)))
@@ -97,7 +99,13 @@ class Mixed(Dataset):
     ``set_epoch`` selects the epoch's pairs and is passed on to the wrapped dataset."""
 
     def __init__(self, dataset: Dataset, mix: str, alpha: float, num_classes: int, seed: int = 0):
-        self.dataset, self.mix, self.alpha, self.num_classes, self.seed = dataset, mix, alpha, num_classes, seed
+        self.dataset, self.mix, self.alpha, self.num_classes, self.seed = (
+            dataset,
+            mix,
+            alpha,
+            num_classes,
+            seed,
+        )
         self._epoch = SharedEpoch()  # read by persistent loader workers too
         self._draws: tuple[int, MixDraws] | None = None
 
@@ -131,9 +139,14 @@ class Mixed(Dataset):
         else:
             samples = both[:count]
             own, theirs = _stack(samples), _stack(both[count:])
-        inputs, share = mix_batch(own["input"], theirs["input"], self.mix, draws.lam[rows], draws.centre[rows])
+        inputs, share = mix_batch(
+            own["input"], theirs["input"], self.mix, draws.lam[rows], draws.centre[rows]
+        )
         eye = torch.eye(self.num_classes)
-        targets = share[:, None] * eye[own["target"].long()] + (1.0 - share[:, None]) * eye[theirs["target"].long()]
+        targets = (
+            share[:, None] * eye[own["target"].long()]
+            + (1.0 - share[:, None]) * eye[theirs["target"].long()]
+        )
         if batched:  # stays stacked: no split into dicts and back
             return SampleBatch({**samples.tensors, "input": inputs, "target": targets})
         return [{**s, "input": x, "target": y} for s, x, y in zip(samples, inputs, targets)]
@@ -142,14 +155,18 @@ class Mixed(Dataset):
         return self.__getitems__([int(i)])[0]
 
 
-def mixed(dataset: Dataset, mix: str, *, alpha: float, num_classes: int | None, seed: int = 0) -> Dataset:
+def mixed(
+    dataset: Dataset, mix: str, *, alpha: float, num_classes: int | None, seed: int = 0
+) -> Dataset:
     """``dataset`` with the named mixing, or unchanged for ``"none"``."""
     if mix == "none":
         return dataset
     if mix not in MIXES:
         raise ConfigError(f"train.mix: unknown mixing {mix!r}; choose from {', '.join(MIXES)}")
     if not num_classes:
-        raise ConfigError(f"train.mix={mix}: mixing needs a classification task (labels to mix); set train.mix=none")
+        raise ConfigError(
+            f"train.mix={mix}: mixing needs a classification task (labels to mix); set train.mix=none"
+        )
     return Mixed(dataset, mix, alpha, num_classes, seed)
 
 
@@ -168,7 +185,9 @@ def check_mix_terms(mix: str, terms, task: str) -> None:
     if mix == "none":
         return
     if task != "classification":
-        raise ConfigError(f"train.mix={mix}: mixing is for image classification, not {task}; set train.mix=none")
+        raise ConfigError(
+            f"train.mix={mix}: mixing is for image classification, not {task}; set train.mix=none"
+        )
     for term in terms:
         if term.takes_target and term.loss not in SOFT_TARGET_LOSSES:
             raise ConfigError(

@@ -55,7 +55,9 @@ class TrainInteractions(Dataset):
     same ones.
     """
 
-    def __init__(self, users, items, ratings, rated: np.ndarray, num_items: int, negatives: int, seed: int):
+    def __init__(
+        self, users, items, ratings, rated: np.ndarray, num_items: int, negatives: int, seed: int
+    ):
         self.users = torch.as_tensor(users, dtype=torch.long)
         self.items = torch.as_tensor(items, dtype=torch.long)
         self.ratings = torch.as_tensor(ratings, dtype=torch.float32)
@@ -75,17 +77,28 @@ class TrainInteractions(Dataset):
         epoch = self._epoch.get()
         if self._drawn is None or self._drawn[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._drawn = (epoch, torch.from_numpy(sample_unrated(self.users.numpy(), self.rated, self.num_items, self.negatives, rng)))
+            self._drawn = (
+                epoch,
+                torch.from_numpy(
+                    sample_unrated(
+                        self.users.numpy(), self.rated, self.num_items, self.negatives, rng
+                    )
+                ),
+            )
         return self._drawn[1]
 
     def __len__(self) -> int:
         return len(self.users)
 
     def __getitem__(self, i: int) -> dict:
-        items = torch.cat([self.items[i: i + 1], self.sampled[i]])
+        items = torch.cat([self.items[i : i + 1], self.sampled[i]])
         target = torch.zeros(len(items))
         target[0] = self.ratings[i]
-        return {"input": {"user": self.users[i], "items": items}, "target": target, "index": torch.tensor(i)}
+        return {
+            "input": {"user": self.users[i], "items": items},
+            "target": target,
+            "index": torch.tensor(i),
+        }
 
 
 class HeldOut(Dataset):
@@ -94,7 +107,9 @@ class HeldOut(Dataset):
 
     def __init__(self, users, items, ratings, negatives: np.ndarray):
         self.users = torch.as_tensor(users, dtype=torch.long)
-        self.candidates = torch.cat([torch.as_tensor(items, dtype=torch.long)[:, None], torch.from_numpy(negatives)], dim=1)
+        self.candidates = torch.cat(
+            [torch.as_tensor(items, dtype=torch.long)[:, None], torch.from_numpy(negatives)], dim=1
+        )
         self.targets = torch.zeros(self.candidates.shape, dtype=torch.float32)
         self.targets[:, 0] = torch.as_tensor(ratings, dtype=torch.float32)
 
@@ -102,10 +117,16 @@ class HeldOut(Dataset):
         return len(self.users)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input": {"user": self.users[i], "items": self.candidates[i]}, "target": self.targets[i], "index": torch.tensor(i)}
+        return {
+            "input": {"user": self.users[i], "items": self.candidates[i]},
+            "target": self.targets[i],
+            "index": torch.tensor(i),
+        }
 
 
-def sample_unrated(users: np.ndarray, rated: np.ndarray, num_items: int, count: int, rng: np.random.Generator) -> np.ndarray:
+def sample_unrated(
+    users: np.ndarray, rated: np.ndarray, num_items: int, count: int, rng: np.random.Generator
+) -> np.ndarray:
     """(len(users), count) items each user has not rated, drawn uniformly, vectorised.
 
     Draws with replacement across rows, redrawing only the collisions with rated items (and,
@@ -116,7 +137,11 @@ def sample_unrated(users: np.ndarray, rated: np.ndarray, num_items: int, count: 
         keys = users[:, None] * num_items + out
         bad = np.isin(keys, rated)
         sorted_rows = np.sort(out, axis=1)
-        dup_rows = np.flatnonzero((sorted_rows[:, 1:] == sorted_rows[:, :-1]).any(axis=1)) if count > 1 else []
+        dup_rows = (
+            np.flatnonzero((sorted_rows[:, 1:] == sorted_rows[:, :-1]).any(axis=1))
+            if count > 1
+            else []
+        )
         for row in dup_rows:  # rare: mark the second occurrence of each repeated item
             _, first = np.unique(out[row], return_index=True)
             repeat = np.ones(count, dtype=bool)
@@ -129,8 +154,13 @@ def sample_unrated(users: np.ndarray, rated: np.ndarray, num_items: int, count: 
 
 
 def load_movielens(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, negatives: int = 4,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    negatives: int = 4,
 ) -> DataSplits:
     """MovieLens-100K ratings (from the recbole wheel), leave-one-out by time, 99 sampled negatives.
 
@@ -142,7 +172,9 @@ def load_movielens(
     keeps that many users, drawn with ``seed``. ``path``: a RecBole ``.inter`` file.
     """
     if path is None:
-        file = _package_dir("recbole", INSTALL_HINT) / "dataset_example" / "ml-100k" / "ml-100k.inter"
+        file = (
+            _package_dir("recbole", INSTALL_HINT) / "dataset_example" / "ml-100k" / "ml-100k.inter"
+        )
     else:
         file = Path(path)
     if not file.is_file():
@@ -173,18 +205,34 @@ def load_movielens(
     rated = np.unique(users * num_items + items)
     val_neg = sample_unrated(users[val_rows], rated, num_items, EVAL_NEGATIVES, rng)
     test_neg = sample_unrated(users[test_rows], rated, num_items, EVAL_NEGATIVES, rng)
-    train = TrainInteractions(users[train_mask], items[train_mask], ratings[train_mask], rated, num_items, negatives, seed)
+    train = TrainInteractions(
+        users[train_mask], items[train_mask], ratings[train_mask], rated, num_items, negatives, seed
+    )
     return DataSplits(
         train=train,
         val=HeldOut(users[val_rows], items[val_rows], ratings[val_rows], val_neg),
         test=HeldOut(users[test_rows], items[test_rows], ratings[test_rows], test_neg),
-        num_classes=2, input_shape=(num_users, num_items), class_names=["rating", "preference"],
+        num_classes=2,
+        input_shape=(num_users, num_items),
+        class_names=["rating", "preference"],
         task="rating",
         identity={
-            "dataset": "movielens-100k", "file": file.name, "subset": subset,
-            "users": num_users, "items": num_items, "ratings": len(users),
-            "split": {"by": "leave-one-out by timestamp", "eval_negatives": EVAL_NEGATIVES, "seed": seed,
-                      "train_negatives": negatives},
-            "sizes": {"train": int(train_mask.sum()), "val": int(held.sum()), "test": int(held.sum())},
+            "dataset": "movielens-100k",
+            "file": file.name,
+            "subset": subset,
+            "users": num_users,
+            "items": num_items,
+            "ratings": len(users),
+            "split": {
+                "by": "leave-one-out by timestamp",
+                "eval_negatives": EVAL_NEGATIVES,
+                "seed": seed,
+                "train_negatives": negatives,
+            },
+            "sizes": {
+                "train": int(train_mask.sum()),
+                "val": int(held.sum()),
+                "test": int(held.sum()),
+            },
         },
     )

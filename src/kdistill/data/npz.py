@@ -48,7 +48,9 @@ def npy_header(handle, name: str, file: Path) -> tuple[tuple, np.dtype]:
     return shape, dtype
 
 
-def read_npz(file: Path, names: tuple[str, ...] = ("x", "y"), max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+def read_npz(
+    file: Path, names: tuple[str, ...] = ("x", "y"), max_bytes: int = MAX_NPZ_BYTES
+) -> dict[str, np.ndarray]:
     """The named arrays of an ``.npz``, each checked against its declared sizes before it is read."""
     try:
         with zipfile.ZipFile(file) as archive:
@@ -64,31 +66,52 @@ def read_npz(file: Path, names: tuple[str, ...] = ("x", "y"), max_bytes: int = M
                 with archive.open(info) as handle:  # a few hundred bytes are decompressed
                     shape, dtype = npy_header(handle, info.filename, file)
                 if dtype.hasobject:
-                    raise DataError(f"{file}: array {name!r} holds Python objects (pickled); save numbers only")
+                    raise DataError(
+                        f"{file}: array {name!r} holds Python objects (pickled); save numbers only"
+                    )
                 if math.prod(shape) * dtype.itemsize > info.file_size:
-                    raise DataError(f"{file}: array {name!r} declares shape {shape} but holds fewer bytes (a damaged or forged file)")
+                    raise DataError(
+                        f"{file}: array {name!r} declares shape {shape} but holds fewer bytes (a damaged or forged file)"
+                    )
                 with archive.open(info) as handle:
                     arrays[name] = np.lib.format.read_array(handle, allow_pickle=False)
             return arrays
     except DataError:
         raise
     except MemoryError:
-        raise DataError(f"{file}: its arrays do not fit in the memory available; use data.subset or a smaller file") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as error:
+        raise DataError(
+            f"{file}: its arrays do not fit in the memory available; use data.subset or a smaller file"
+        ) from None
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+    ) as error:
         detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise DataError(f"{file}: not a readable .npz file ({detail}); save it with np.savez(path, x=..., y=...)") from None
+        raise DataError(
+            f"{file}: not a readable .npz file ({detail}); save it with np.savez(path, x=..., y=...)"
+        ) from None
 
 
 def check_shapes(x: np.ndarray, y: np.ndarray, file: Path) -> None:
     """Arrays a classifier can learn from: numbers, one label per sample, features per sample."""
     if x.dtype.kind not in NUMERIC_KINDS:
-        raise DataError(f"{file}: x has dtype {x.dtype}; inputs must be numbers (bool, int or float)")
+        raise DataError(
+            f"{file}: x has dtype {x.dtype}; inputs must be numbers (bool, int or float)"
+        )
     if y.dtype.kind not in NUMERIC_KINDS:
         raise DataError(f"{file}: y has dtype {y.dtype}; labels must be integer class indices")
     if y.ndim != 1:
-        raise DataError(f"{file}: y has shape {y.shape}; labels must be one class index per sample, shape (N,) (try y.reshape(-1))")
+        raise DataError(
+            f"{file}: y has shape {y.shape}; labels must be one class index per sample, shape (N,) (try y.reshape(-1))"
+        )
     if x.ndim < 2:
-        raise DataError(f"{file}: x has shape {x.shape}; inputs must be (N, features...), e.g. x.reshape(-1, 1) for one feature")
+        raise DataError(
+            f"{file}: x has shape {x.shape}; inputs must be (N, features...), e.g. x.reshape(-1, 1) for one feature"
+        )
     if 0 in x.shape[1:]:
         raise DataError(f"{file}: x has shape {x.shape}; every sample needs at least one value")
 
@@ -96,11 +119,19 @@ def check_shapes(x: np.ndarray, y: np.ndarray, file: Path) -> None:
 def class_count(y: np.ndarray, file: Path, num_classes: int | None) -> int:
     """K for labels ``y``: ``num_classes`` when given, else the labels must be exactly 0..K-1."""
     named = num_classes is not None
-    if named and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES):
-        raise DataError(f"data.options.num_classes: give a whole number from 2 to {MAX_CLASSES:,}, got {num_classes!r}")
+    if named and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or not 2 <= num_classes <= MAX_CLASSES
+    ):
+        raise DataError(
+            f"data.options.num_classes: give a whole number from 2 to {MAX_CLASSES:,}, got {num_classes!r}"
+        )
     bound = num_classes if named else MAX_CLASSES
     if len(y) and (y.min() < 0 or y.max() >= bound):
-        raise DataError(f"{file}: labels must be class indices 0..{bound - 1}, found {y.min()}..{y.max()}")
+        raise DataError(
+            f"{file}: labels must be class indices 0..{bound - 1}, found {y.min()}..{y.max()}"
+        )
     if named:
         return num_classes
     present = np.unique(y.astype(np.int64))
@@ -115,8 +146,13 @@ def class_count(y: np.ndarray, file: Path, num_classes: int | None) -> int:
 
 
 def load_npz(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, num_classes: int | None = None,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    num_classes: int | None = None,
     max_bytes: int = MAX_NPZ_BYTES,
 ) -> DataSplits:
     """The user's arrays: a NumPy ``.npz`` holding ``x`` (N, ...) and integer labels ``y`` (N,)."""
@@ -139,7 +175,12 @@ def load_npz(
     classes = class_count(y, file, num_classes)
     x, y = stratified_subset(x, y.astype(np.int64), subset, seed)
     return make_splits(
-        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, num_classes=classes,
+        x,
+        y,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        num_classes=classes,
         identity={"dataset": "npz", "file": str(file.resolve()), "subset": subset},
         source=str(file),
     )

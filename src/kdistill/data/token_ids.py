@@ -59,19 +59,34 @@ def read_ids(file: Path, max_bytes: int = MAX_NPZ_BYTES) -> np.ndarray:
                     f"{file}: its array holds {declared:,} bytes, more than the limit of "
                     f"{max_bytes:,}; set data.options.max_bytes to allow it"
                 )
-            ids = np.load(file, mmap_mode="r", allow_pickle=False)  # mapped: read as the windows need it
+            ids = np.load(
+                file, mmap_mode="r", allow_pickle=False
+            )  # mapped: read as the windows need it
         except ValueError as error:  # an object array (pickled) or a damaged header
-            raise DataError(f"{file}: not an array of numbers ({str(error).splitlines()[0][:120]})") from None
+            raise DataError(
+                f"{file}: not an array of numbers ({str(error).splitlines()[0][:120]})"
+            ) from None
     else:
-        raise DataError(f"data.path: {file.name}; token ids come as an .npy array or an .npz holding 'ids'")
+        raise DataError(
+            f"data.path: {file.name}; token ids come as an .npy array or an .npz holding 'ids'"
+        )
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
-        raise DataError(f"{file}: token ids must be one sequence of integers, shape (N,); got {ids.dtype} {ids.shape} (try ids.reshape(-1))")
+        raise DataError(
+            f"{file}: token ids must be one sequence of integers, shape (N,); got {ids.dtype} {ids.shape} (try ids.reshape(-1))"
+        )
     return ids
 
 
 def load_token_ids(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-    subset: int | None = None, block_size: int = 128, vocab_size: int | None = None, max_bytes: int = MAX_NPZ_BYTES,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    subset: int | None = None,
+    block_size: int = 128,
+    vocab_size: int | None = None,
+    max_bytes: int = MAX_NPZ_BYTES,
 ) -> DataSplits:
     """Your own token ids (an .npy, or an .npz holding ids) as next-token windows, split by position."""
     if path is None:
@@ -90,25 +105,43 @@ def load_token_ids(
     elif largest >= vocab_size:
         raise DataError(f"{file}: id {largest} is outside data.options.vocab_size={vocab_size}")
     if not 2 <= vocab_size <= MAX_VOCABULARY:
-        raise DataError(f"data.options.vocab_size: {vocab_size}; a vocabulary of 2 to {MAX_VOCABULARY:,} tokens")
+        raise DataError(
+            f"data.options.vocab_size: {vocab_size}; a vocabulary of 2 to {MAX_VOCABULARY:,} tokens"
+        )
     ends = np.cumsum([1.0 - val_fraction - test_fraction, val_fraction, test_fraction]) * len(ids)
     bounds = [0, *(int(round(e)) for e in ends)]
     if min(b - a for a, b in zip(bounds, bounds[1:])) < 2:
-        raise DataError(f"{file}: {len(ids):,} tokens leave a split with fewer than 2; give more tokens or larger fractions")
+        raise DataError(
+            f"{file}: {len(ids):,} tokens leave a split with fewer than 2; give more tokens or larger fractions"
+        )
     codec = IdCodec(vocab_size)
     fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
     limits = [None] * 3 if subset is None else [max(1, round(f * subset)) for f in fractions]
     splits = [
-        SequenceDataset(*windows_of(np.asarray(ids[a:b], dtype=np.int64).tolist(), block_size, limit), codec)
+        SequenceDataset(
+            *windows_of(np.asarray(ids[a:b], dtype=np.int64).tolist(), block_size, limit), codec
+        )
         for a, b, limit in zip(bounds, bounds[1:], limits)
     ]
     return DataSplits(
-        train=splits[0], val=splits[1], test=splits[2], num_classes=vocab_size, input_shape=(block_size,),
+        train=splits[0],
+        val=splits[1],
+        test=splits[2],
+        num_classes=vocab_size,
+        input_shape=(block_size,),
         task="language_modelling",
         identity={
-            "dataset": "token_ids", "file": str(file.resolve()), "tokens": len(ids), "vocab_size": vocab_size,
-            "block_size": block_size, "subset": subset,
-            "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "by": "position"},
+            "dataset": "token_ids",
+            "file": str(file.resolve()),
+            "tokens": len(ids),
+            "vocab_size": vocab_size,
+            "block_size": block_size,
+            "subset": subset,
+            "split": {
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "by": "position",
+            },
             "sizes": {k: len(s) for k, s in zip(("train", "val", "test"), splits)},
         },
     )

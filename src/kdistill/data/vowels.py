@@ -42,9 +42,13 @@ def read_ts(file: Path) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
         elif in_data:
             *dims, label = line.split(":")
             try:
-                values = [np.array([float(v) for v in dim.split(",")], dtype=np.float32) for dim in dims]
+                values = [
+                    np.array([float(v) for v in dim.split(",")], dtype=np.float32) for dim in dims
+                ]
             except ValueError:
-                raise DataError(f"{file}:{number}: a value is not a number (missing values are not supported)") from None
+                raise DataError(
+                    f"{file}:{number}: a value is not a number (missing values are not supported)"
+                ) from None
             if len({len(v) for v in values}) != 1:
                 raise DataError(f"{file}:{number}: dimensions of one series have different lengths")
             sequences.append(np.stack(values, axis=1))
@@ -67,8 +71,13 @@ def pad_sequences(sequences: list[np.ndarray], length: int) -> np.ndarray:
 
 
 def load_japanese_vowels(
-    *, path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-    seed: int = 0, subset: int | None = None, length: int = 29,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    subset: int | None = None,
+    length: int = 29,
 ) -> DataSplits:
     """JapaneseVowels (UCI): 640 utterances, 12 LPC coefficients per frame, 9 speakers to tell apart.
 
@@ -106,14 +115,24 @@ def load_japanese_vowels(
         return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
 
     return DataSplits(
-        train=dataset(train_x[fit_idx], train_y[fit_idx]), val=dataset(train_x[val_idx], train_y[val_idx]),
-        test=dataset(test_x, test_y), num_classes=len(classes), input_shape=(length, train_x.shape[2]),
+        train=dataset(train_x[fit_idx], train_y[fit_idx]),
+        val=dataset(train_x[val_idx], train_y[val_idx]),
+        test=dataset(test_x, test_y),
+        num_classes=len(classes),
+        input_shape=(length, train_x.shape[2]),
         class_names=[f"speaker {c}" for c in classes],
         identity={
-            "dataset": "japanese_vowels", "files": [f.name for f in files], "subset": subset,
-            "split": {"by": "published train/test files", "val_fraction": val_fraction, "seed": seed},
+            "dataset": "japanese_vowels",
+            "files": [f.name for f in files],
+            "subset": subset,
+            "split": {
+                "by": "published train/test files",
+                "val_fraction": val_fraction,
+                "seed": seed,
+            },
             "sizes": {"train": len(fit_idx), "val": len(val_idx), "test": len(test_y)},
-            "normalise": "per coefficient, train frames", "length": length,
+            "normalise": "per coefficient, train frames",
+            "length": length,
         },
     )
 

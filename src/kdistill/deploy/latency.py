@@ -50,7 +50,10 @@ def latency_ratio(slow: Latency, fast: Latency) -> float | None:
 
 
 def time_call(
-    call: Callable[[], object], *, min_run_time: float = MIN_RUN_TIME, budget_s: float = BUDGET_S,
+    call: Callable[[], object],
+    *,
+    min_run_time: float = MIN_RUN_TIME,
+    budget_s: float = BUDGET_S,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Latency:
     """Time ``call()`` with ``Timer.blocked_autorange``; when a slow call leaves fewer than

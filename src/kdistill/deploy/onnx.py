@@ -34,7 +34,9 @@ def require_onnx():
         import onnx
         import onnxruntime
     except ImportError as error:
-        raise UserError(f"ONNX export needs the export extra ({error.name} is missing): {EXPORT_EXTRA}") from None
+        raise UserError(
+            f"ONNX export needs the export extra ({error.name} is missing): {EXPORT_EXTRA}"
+        ) from None
     return onnx, onnxruntime
 
 
@@ -57,7 +59,9 @@ class _LogitsOnly(nn.Module):
         return call_model(self.model, dict(zip(self.names, inputs)) if self.keyword else inputs[0])
 
 
-def export_onnx(model: nn.Module, example_batch, path: str | Path, *, exporter: str = "auto", opset: int = 18) -> str:
+def export_onnx(
+    model: nn.Module, example_batch, path: str | Path, *, exporter: str = "auto", opset: int = 18
+) -> str:
     """Write ``model`` as ONNX with a dynamic batch axis (one file serves batch 1 and 256), and a
     dynamic sequence axis for token inputs, and return the exporter that succeeded. ``example_batch`` is a batch (a tensor or a dict of
     tensors) with at least 2 samples, so no exporter can mistake the batch size for a constant.
@@ -87,7 +91,9 @@ def export_onnx(model: nn.Module, example_batch, path: str | Path, *, exporter: 
         try:
             _export_with(kind, wrapper, args, names, tmp, opset)
         except Exception as error:  # each exporter raises its own zoo of types
-            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch.export colours its messages
+            text = re.sub(
+                r"\x1b\[[0-9;]*m", "", str(error)
+            ).strip()  # torch.export colours its messages
             errors.append(f"{kind}: {text.splitlines()[0][:200] if text else type(error).__name__}")
             tmp.unlink(missing_ok=True)
             continue
@@ -102,7 +108,9 @@ def is_sequence(tensor: torch.Tensor) -> bool:
     return tensor.dim() == 2 and not tensor.is_floating_point()
 
 
-def _export_with(kind: str, wrapper: nn.Module, args: tuple, names: list[str], path: Path, opset: int) -> None:
+def _export_with(
+    kind: str, wrapper: nn.Module, args: tuple, names: list[str], path: Path, opset: int
+) -> None:
     # The exporters log and warn a great deal about things that do not matter here (missing
     # torchvision ops, the TorchScript exporter's deprecation); a failure still raises.
     quiet = logging.getLogger("torch.onnx")
@@ -116,21 +124,41 @@ def _export_with(kind: str, wrapper: nn.Module, args: tuple, names: list[str], p
                 try:
                     import onnxscript  # noqa: F401
                 except ImportError:
-                    raise UserError(f"the dynamo ONNX exporter needs onnxscript: {EXPORT_EXTRA}") from None
+                    raise UserError(
+                        f"the dynamo ONNX exporter needs onnxscript: {EXPORT_EXTRA}"
+                    ) from None
                 batch = torch.export.Dim("batch", min=1)
                 # AUTO: dynamic where the model allows it (a fixed position table may not).
-                shapes = tuple({0: batch, 1: torch.export.Dim.AUTO} if seq else {0: batch} for seq in sequence)
+                shapes = tuple(
+                    {0: batch, 1: torch.export.Dim.AUTO} if seq else {0: batch} for seq in sequence
+                )
                 torch.onnx.export(
-                    wrapper, args, str(path), dynamo=True, input_names=names, output_names=["logits"],
-                    dynamic_shapes=(shapes,), opset_version=opset,
-                    external_data=False, optimize=True, verbose=False,
+                    wrapper,
+                    args,
+                    str(path),
+                    dynamo=True,
+                    input_names=names,
+                    output_names=["logits"],
+                    dynamic_shapes=(shapes,),
+                    opset_version=opset,
+                    external_data=False,
+                    optimize=True,
+                    verbose=False,
                 )
             else:
                 per_token = any(sequence) and wrapper(*args).dim() == 3  # a language model's logits
                 torch.onnx.export(
-                    wrapper, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
+                    wrapper,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=names,
+                    output_names=["logits"],
                     dynamic_axes={
-                        **{n: {0: "batch", 1: "sequence"} if seq else {0: "batch"} for n, seq in zip(names, sequence)},
+                        **{
+                            n: {0: "batch", 1: "sequence"} if seq else {0: "batch"}
+                            for n, seq in zip(names, sequence)
+                        },
                         "logits": {0: "batch", 1: "sequence"} if per_token else {0: "batch"},
                     },
                     opset_version=min(opset, 17),  # the TorchScript exporter's newest opset

@@ -37,10 +37,18 @@ from kdistill.modeling import call_model, model_inputs
 from kdistill.teachers.onnx import OnnxModel
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| over fp32 logits
-INT8_TOLERANCE = 0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
+INT8_TOLERANCE = (
+    0.01  # largest acceptable loss of the headline test score (0.01 = 1 point of accuracy)
+)
 PARITY_SAMPLES = 256
 BATCHES = (1, 256)
-FILES = {"student": "student.onnx", "student_int8": "student.int8.onnx", "teacher": "teacher.onnx", "tokenizer": TOKENIZER_FILE, "card": "README.md"}
+FILES = {
+    "student": "student.onnx",
+    "student_int8": "student.int8.onnx",
+    "teacher": "teacher.onnx",
+    "tokenizer": TOKENIZER_FILE,
+    "card": "README.md",
+}
 
 
 class ExportCheckError(UserError):
@@ -51,32 +59,49 @@ def run_roles(run_dir: Path) -> tuple[dict, dict]:
     """The finished run's summary and the roles it recorded (``roles``: architecture and
     checkpoint of each model), checked to hold a student and a teacher with their files."""
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory; pass the folder a `kdistill run` wrote (runs/<name>)")
+        raise UserError(
+            f"{run_dir}: no such run directory; pass the folder a `kdistill run` wrote (runs/<name>)"
+        )
     for needed in ("config.yaml", "summary.json"):
         if not (run_dir / needed).is_file():
-            raise UserError(f"{run_dir}: {needed} is missing; export needs a finished `kdistill run` directory")
+            raise UserError(
+                f"{run_dir}: {needed} is missing; export needs a finished `kdistill run` directory"
+            )
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         roles = summary["roles"]
         for role in ("student", "teacher"):
             roles[role]["architecture"], roles[role]["file"]  # noqa: B018 (presence check)
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{run_dir}/summary.json is not the summary of a finished run (no roles of student and teacher); rerun the run") from None
+        raise UserError(
+            f"{run_dir}/summary.json is not the summary of a finished run (no roles of student and teacher); rerun the run"
+        ) from None
     for role in ("student", "teacher"):
         file = roles[role]["file"]
         inside = isinstance(file, str) and (run_dir / file).resolve().is_relative_to(
-            run_dir.resolve())
+            run_dir.resolve()
+        )
         if not inside:
-            raise UserError(f"{run_dir}/summary.json: roles.{role}.file is not a file of the run; "
-                            "rerun the run")
+            raise UserError(
+                f"{run_dir}/summary.json: roles.{role}.file is not a file of the run; rerun the run"
+            )
         if not (run_dir / roles[role]["file"]).is_file():
-            raise UserError(f"{run_dir}: {roles[role]['file']} is missing; export needs the {role}'s weights")
+            raise UserError(
+                f"{run_dir}: {roles[role]['file']} is missing; export needs the {role}'s weights"
+            )
     return summary, roles
 
 
 def export_run(
-    run_dir: str | Path, *, int8: bool = True, exporter: str = "auto", tolerance: float = PARITY_TOLERANCE,
-    int8_tolerance: float = INT8_TOLERANCE, overwrite: bool = False, repeats: int = 30, echo=print,
+    run_dir: str | Path,
+    *,
+    int8: bool = True,
+    exporter: str = "auto",
+    tolerance: float = PARITY_TOLERANCE,
+    int8_tolerance: float = INT8_TOLERANCE,
+    overwrite: bool = False,
+    repeats: int = 30,
+    echo=print,
 ) -> dict:
     """Export, check and time a run's models; returns the ``"export"`` entry of its summary.
 
@@ -102,7 +127,9 @@ def export_run(
     models = {}
     for role in ("student", "teacher"):
         architecture, path = roles[role]["architecture"], run_dir / roles[role]["file"]
-        if "onnx" in architecture:  # a teacher given as ONNX: the run's own copy, wherever export runs
+        if (
+            "onnx" in architecture
+        ):  # a teacher given as ONNX: the run's own copy, wherever export runs
             architecture = {**architecture, "onnx": str(path)}
         model = build_architecture(architecture, splits, field=f"roles.{role}")
         try:
@@ -110,15 +137,19 @@ def export_run(
         except UserError:
             raise
         except Exception as error:
-            raise UserError(f"{path} does not fit the {role}'s architecture recorded in summary.json ({str(error).splitlines()[0][:200]})") from None
+            raise UserError(
+                f"{path} does not fit the {role}'s architecture recorded in summary.json ({str(error).splitlines()[0][:200]})"
+            ) from None
         models[role] = model.eval()
     out.mkdir(exist_ok=True)
     # No stale file from an earlier export survives, and no file of the user's goes with them.
     stale = [out / name for name in FILES.values()] + sorted((out / "hf_student").glob("*"))
     strangers = unrecorded(stale)
     if strangers:
-        raise UserError(f"{strangers[0]} is not a file kdistill wrote (or changed since); "
-                        "move it away before export --overwrite")
+        raise UserError(
+            f"{strangers[0]} is not a file kdistill wrote (or changed since); "
+            "move it away before export --overwrite"
+        )
     for path in stale:
         path.unlink(missing_ok=True)
     if (out / "hf_student").is_dir():
@@ -131,30 +162,52 @@ def export_run(
     example = splits.test[0]["input"]
     threads = torch.get_num_threads()
     # What each model reads of a batch: its own tokenisation when the student has its own tokenizer.
-    inputs = {role: {name: model_inputs(model, value) for name, value in (("sample", sample), ("single", single), ("example", example))}
-              for role, model in models.items()}
+    inputs = {
+        role: {
+            name: model_inputs(model, value)
+            for name, value in (("sample", sample), ("single", single), ("example", example))
+        }
+        for role, model in models.items()
+    }
 
     files, checks, sessions, exporters = {}, {}, {}, {}
     metadata = standalone_metadata(recipe, summary, splits, inputs["student"]["example"], out)
     for role, model in models.items():
         path = out / FILES[role]
-        if isinstance(model, OnnxModel):  # already a graph: tracing its session would record constants
+        if isinstance(
+            model, OnnxModel
+        ):  # already a graph: tracing its session would record constants
             shutil.copyfile(model.path, path)
             exporters[role] = "copied"
         else:
             exporters[role] = export_onnx(model, inputs[role]["sample"], path, exporter=exporter)
-        write_metadata(path, {**metadata, "kdistill.test": json.dumps(_score(summary, role, task.headline))})
+        write_metadata(
+            path, {**metadata, "kdistill.test": json.dumps(_score(summary, role, task.headline))}
+        )
         sessions[role] = ort_session(path, threads=threads)
         files[role] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
-        diff = max(max_abs_diff(model, sessions[role], inputs[role]["sample"]), max_abs_diff(model, sessions[role], inputs[role]["single"]))
+        diff = max(
+            max_abs_diff(model, sessions[role], inputs[role]["sample"]),
+            max_abs_diff(model, sessions[role], inputs[role]["single"]),
+        )
         checks[f"{role} fp32"] = {
-            "kind": "logits", "file": role, "max_abs_diff": diff, "tolerance": tolerance,
-            "passed": diff <= tolerance, "samples": n_sample,
+            "kind": "logits",
+            "file": role,
+            "max_abs_diff": diff,
+            "tolerance": tolerance,
+            "passed": diff <= tolerance,
+            "samples": n_sample,
         }
-        how = "the teacher's own graph, copied" if exporters[role] == "copied" else f"{exporters[role]} exporter"
-        echo(f"{path.relative_to(run_dir)} ({how}, {files[role]['bytes']:,} bytes): "
-             f"max |ONNX Runtime − PyTorch| = {diff:.2e} on {n_sample} test samples and batch 1 "
-             f"(tolerance {tolerance:g}): {'passed' if diff <= tolerance else 'FAILED'}")
+        how = (
+            "the teacher's own graph, copied"
+            if exporters[role] == "copied"
+            else f"{exporters[role]} exporter"
+        )
+        echo(
+            f"{path.relative_to(run_dir)} ({how}, {files[role]['bytes']:,} bytes): "
+            f"max |ONNX Runtime − PyTorch| = {diff:.2e} on {n_sample} test samples and batch 1 "
+            f"(tolerance {tolerance:g}): {'passed' if diff <= tolerance else 'FAILED'}"
+        )
 
     headline = task.headline
     higher = task.higher_is_better[headline]
@@ -166,27 +219,52 @@ def export_run(
         try:
             quantize_int8(out / FILES["student"], path)
         except Exception as error:
-            raise UserError(f"int8 quantisation of the student failed ({str(error).splitlines()[0][:200]}); rerun with --no-int8") from None
+            raise UserError(
+                f"int8 quantisation of the student failed ({str(error).splitlines()[0][:200]}); rerun with --no-int8"
+            ) from None
         write_metadata(path, metadata)
         sessions["student_int8"] = ort_session(path, threads=threads)
-        files["student_int8"] = {"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
+        files["student_int8"] = {
+            "path": str(path.relative_to(run_dir)),
+            "bytes": path.stat().st_size,
+        }
         value = task.evaluate(OrtModel(sessions["student_int8"]), test_loader)[headline]
         drop = (reference - value) if higher else (value - reference)
-        diff = max_abs_diff(models["student"], sessions["student_int8"], inputs["student"]["sample"])
+        diff = max_abs_diff(
+            models["student"], sessions["student_int8"], inputs["student"]["sample"]
+        )
         with torch.no_grad():
             fp32_top1 = call_model(models["student"], inputs["student"]["sample"]).argmax(-1)
-        agree = (ort_logits(sessions["student_int8"], inputs["student"]["sample"]).argmax(-1) == fp32_top1).double().mean().item()
+        agree = (
+            (
+                ort_logits(sessions["student_int8"], inputs["student"]["sample"]).argmax(-1)
+                == fp32_top1
+            )
+            .double()
+            .mean()
+            .item()
+        )
         checks["student int8"] = {
-            "kind": "score", "file": "student_int8", "metric": headline, "reference": reference, "value": value,
-            "drop": drop, "tolerance": int8_tolerance, "passed": drop <= int8_tolerance,
-            "max_abs_diff": diff, "top1_agreement_with_fp32": agree, "samples": n_sample,
+            "kind": "score",
+            "file": "student_int8",
+            "metric": headline,
+            "reference": reference,
+            "value": value,
+            "drop": drop,
+            "tolerance": int8_tolerance,
+            "passed": drop <= int8_tolerance,
+            "max_abs_diff": diff,
+            "top1_agreement_with_fp32": agree,
+            "samples": n_sample,
         }
         percent = headline in task.percent
         shown = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
         unit, scale = (" points", 100) if percent else ("", 1)
-        echo(f"{path.relative_to(run_dir)} ({files['student_int8']['bytes']:,} bytes): max |int8 − PyTorch fp32| = {diff:.2e}, "
-             f"top-1 agreement {100 * agree:.1f}%; test {headline} {shown(reference)} → {shown(value)} (drop "
-             f"{scale * drop:.2f}{unit}, tolerance {scale * int8_tolerance:g}{unit}): {'passed' if drop <= int8_tolerance else 'FAILED'}")
+        echo(
+            f"{path.relative_to(run_dir)} ({files['student_int8']['bytes']:,} bytes): max |int8 − PyTorch fp32| = {diff:.2e}, "
+            f"top-1 agreement {100 * agree:.1f}%; test {headline} {shown(reference)} → {shown(value)} (drop "
+            f"{scale * drop:.2f}{unit}, tolerance {scale * int8_tolerance:g}{unit}): {'passed' if drop <= int8_tolerance else 'FAILED'}"
+        )
 
     timing = {"min_run_time": MIN_RUN_TIME * repeats / 30}  # --repeats 30: torch's own 0.2 s
 
@@ -196,39 +274,77 @@ def export_run(
     timings = {}
     for role, model in models.items():
         example = inputs[role]["example"]
-        timings[role] = {"pytorch": each_batch(measure_latency, model, example),
-                         "onnxruntime": each_batch(measure_ort_latency, sessions[role], example)}
+        timings[role] = {
+            "pytorch": each_batch(measure_latency, model, example),
+            "onnxruntime": each_batch(measure_ort_latency, sessions[role], example),
+        }
     if int8:
         example = inputs["student"]["example"]
         int8_session = sessions["student_int8"]
-        timings["student_int8"] = {"onnxruntime": each_batch(measure_ort_latency, int8_session, example)}
+        timings["student_int8"] = {
+            "onnxruntime": each_batch(measure_ort_latency, int8_session, example)
+        }
     latency, spread = (_by_role(timings, field) for field in ("median_ms", "iqr_ms"))
     largest = f"batch_{BATCHES[-1]}"
-    throughput = {role: {runtime: 1000 * BATCHES[-1] / ms[largest] for runtime, ms in runs.items()}
-                  for role, runs in latency.items()}
+    throughput = {
+        role: {runtime: 1000 * BATCHES[-1] / ms[largest] for runtime, ms in runs.items()}
+        for role, runs in latency.items()
+    }
     # None where either timing is unresolved or unstable: said so, never printed as 0.0×.
-    ratio = {runtime: {batch: latency_ratio(timings["teacher"][runtime][batch], student)
-                       for batch, student in timings["student"][runtime].items()}
-             for runtime in ("pytorch", "onnxruntime")}
-    opset = next((o.version for o in onnx.load(str(out / FILES["student"]), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)
-    checks = dict(sorted(checks.items(), key=lambda item: item[0].startswith("teacher")))  # student first
+    ratio = {
+        runtime: {
+            batch: latency_ratio(timings["teacher"][runtime][batch], student)
+            for batch, student in timings["student"][runtime].items()
+        }
+        for runtime in ("pytorch", "onnxruntime")
+    }
+    opset = next(
+        (
+            o.version
+            for o in onnx.load(str(out / FILES["student"]), load_external_data=False).opset_import
+            if o.domain in ("", "ai.onnx")
+        ),
+        None,
+    )
+    checks = dict(
+        sorted(checks.items(), key=lambda item: item[0].startswith("teacher"))
+    )  # student first
     result = {
-        "exporter": exporters["student"], "exporters": exporters, "opset": opset, "files": files,
-        "checks": checks, "parity_samples": n_sample, "latency_ms": latency,
-        "latency_iqr_ms": spread, "throughput": throughput,
-        "throughput_unit": f"samples/s at batch {BATCHES[-1]}", "latency_ratio": ratio, "threads": threads,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+        "exporter": exporters["student"],
+        "exporters": exporters,
+        "opset": opset,
+        "files": files,
+        "checks": checks,
+        "parity_samples": n_sample,
+        "latency_ms": latency,
+        "latency_iqr_ms": spread,
+        "throughput": throughput,
+        "throughput_unit": f"samples/s at batch {BATCHES[-1]}",
+        "latency_ratio": ratio,
+        "threads": threads,
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+        },
     }
     for runtime, r in ratio.items():
-        echo(f"teacher/student latency in {runtime}: {ratio_text(r['batch_1'])} at batch 1, "
-             f"{ratio_text(r['batch_256'])} at batch 256")
+        echo(
+            f"teacher/student latency in {runtime}: {ratio_text(r['batch_1'])} at batch 1, "
+            f"{ratio_text(r['batch_256'])} at batch 256"
+        )
 
     hf = getattr(models["student"], "model", None)
-    if hasattr(hf, "save_pretrained"):  # a Hugging Face student: also its own format, for transformers users
+    if hasattr(
+        hf, "save_pretrained"
+    ):  # a Hugging Face student: also its own format, for transformers users
         hf.save_pretrained(out / "hf_student", safe_serialization=True)
         if (out / TOKENIZER_FILE).is_file():
             shutil.copyfile(out / TOKENIZER_FILE, out / "hf_student" / TOKENIZER_FILE)
-        result["files"]["hf_student"] = {"path": str((out / "hf_student").relative_to(run_dir)), "bytes": sum(f.stat().st_size for f in (out / "hf_student").iterdir())}
+        result["files"]["hf_student"] = {
+            "path": str((out / "hf_student").relative_to(run_dir)),
+            "bytes": sum(f.stat().st_size for f in (out / "hf_student").iterdir()),
+        }
     hf_files = sorted((out / "hf_student").glob("*"))
     record(*(out / name for name in FILES.values()), *hf_files, out / "hf_student")
     summary_path = run_dir / "summary.json"
@@ -238,21 +354,30 @@ def export_run(
     write_report(run_dir, summary, existing_plots(run_dir))
     echo(f"Export written to {out}/; summary.json and the report updated")
 
-    failed = [name for name, check in checks.items() if name.startswith("student") and not check["passed"]]
+    failed = [
+        name for name, check in checks.items() if name.startswith("student") and not check["passed"]
+    ]
     if failed:
         raise ExportCheckError(
             f"{', '.join(failed)} failed (see {run_dir}/report.md, Deployment): "
-            + "; ".join(f"{n}: {'max abs diff' if checks[n]['kind'] == 'logits' else 'score drop'} "
-                        f"{checks[n]['max_abs_diff'] if checks[n]['kind'] == 'logits' else checks[n]['drop']:.3g} > {checks[n]['tolerance']:g}"
-                        for n in failed)
+            + "; ".join(
+                f"{n}: {'max abs diff' if checks[n]['kind'] == 'logits' else 'score drop'} "
+                f"{checks[n]['max_abs_diff'] if checks[n]['kind'] == 'logits' else checks[n]['drop']:.3g} > {checks[n]['tolerance']:g}"
+                for n in failed
+            )
         )
     return result
 
 
 def _by_role(timings: dict, field: str) -> dict:
     """One number of every timing (``Latency.<field>``), nested as the timings are."""
-    return {role: {runtime: {batch: getattr(timing, field) for batch, timing in by_batch.items()}
-                   for runtime, by_batch in runtimes.items()} for role, runtimes in timings.items()}
+    return {
+        role: {
+            runtime: {batch: getattr(timing, field) for batch, timing in by_batch.items()}
+            for runtime, by_batch in runtimes.items()
+        }
+        for role, runtimes in timings.items()
+    }
 
 
 def _score(summary: dict, role: str, headline: str) -> dict:
@@ -267,13 +392,23 @@ def standalone_metadata(recipe, summary: dict, splits, example, out: Path) -> di
         from kdistill.io.resources import minilm_dir
 
         # The export serves the student: its own tokenizer when it has one.
-        source = Path(recipe.data.options.get("student_tokenizer") or recipe.data.options.get("tokenizer") or minilm_dir())
+        source = Path(
+            recipe.data.options.get("student_tokenizer")
+            or recipe.data.options.get("tokenizer")
+            or minilm_dir()
+        )
         tokenizer = source / TOKENIZER_FILE if source.is_dir() else source
     if tokenizer is not None and tokenizer.is_file():
         shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
-    classes = splits.class_names or ([str(c) for c in range(splits.num_classes)] if splits.task == "classification" else [])
+    classes = splits.class_names or (
+        [str(c) for c in range(splits.num_classes)] if splits.task == "classification" else []
+    )
     return {
         "kdistill.classes": json.dumps(classes),
-        "kdistill.preprocessing": json.dumps(preprocessing(example, splits.identity, tokenizer=tokenizer is not None and tokenizer.is_file())),
+        "kdistill.preprocessing": json.dumps(
+            preprocessing(
+                example, splits.identity, tokenizer=tokenizer is not None and tokenizer.is_file()
+            )
+        ),
         "kdistill.recipe": recipe.name,
     }

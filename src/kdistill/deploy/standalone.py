@@ -43,14 +43,17 @@ def preprocessing(example, identity: dict, *, tokenizer: bool = False) -> dict:
         shape = list(tensor.shape)
         if is_sequence(tensor.unsqueeze(0)):
             shape = ["sequence"]
-        inputs.append({"name": name, "shape": shape, "dtype": str(tensor.dtype).removeprefix("torch.")})
+        inputs.append(
+            {"name": name, "shape": shape, "dtype": str(tensor.dtype).removeprefix("torch.")}
+        )
     spec = {"inputs": inputs, "normalise": identity.get("normalise")}
     if identity.get("label"):  # a table's label column: a CSV for predict must not hold it
         spec["label"] = identity["label"]
     first = tensors[0]
     if first.is_floating_point() and first.dim() == 3 and first.shape[0] in (1, 3):
         spec["image"] = {
-            "mode": "L" if first.shape[0] == 1 else "RGB", "size": list(first.shape[1:]),
+            "mode": "L" if first.shape[0] == 1 else "RGB",
+            "size": list(first.shape[1:]),
             "scale": "pixel values / 255, then normalise",
         }
     if tokenizer:
@@ -88,15 +91,17 @@ def model_card(summary: dict, export: dict, metadata: dict) -> str:
     for name, entry in roles.items():
         if entry:
             ms = export.get("latency_ms", {}).get(name, {}).get("onnxruntime", {}).get("batch_1")
-            rows.append(f"| {name} | {entry.get('model', '?')} | {score(entry)} | {entry.get('params', 0):,} | "
-                        f"{entry.get('bytes', 0):,} | {'-' if ms is None else f'{ms:.3f}'} |")
+            rows.append(
+                f"| {name} | {entry.get('model', '?')} | {score(entry)} | {entry.get('params', 0):,} | "
+                f"{entry.get('bytes', 0):,} | {'-' if ms is None else f'{ms:.3f}'} |"
+            )
     files = export.get("files", {})
     listed = "\n".join(f"- `{Path(f['path']).name}` ({f['bytes']:,} bytes)" for f in files.values())
-    return f"""# {summary.get('name', 'kdistill')}: distilled student
+    return f"""# {summary.get("name", "kdistill")}: distilled student
 
-Distilled with kdistill from the teacher `{roles['teacher'].get('model', '?')}` into the student
-`{roles['student'].get('model', '?')}`, method `{summary.get('method', '?')}`, teaching mode
-`{summary.get('mode', 'teacher')}`, task {summary.get('task', {}).get('name', 'classification')}.
+Distilled with kdistill from the teacher `{roles["teacher"].get("model", "?")}` into the student
+`{roles["student"].get("model", "?")}`, method `{summary.get("method", "?")}`, teaching mode
+`{summary.get("mode", "teacher")}`, task {summary.get("task", {}).get("name", "classification")}.
 The scratch student is the same architecture trained without a teacher, on the same data.
 
 | model | architecture | test {headline} | parameters | bytes (checkpoint) | ONNX Runtime ms, batch 1 |
@@ -110,8 +115,8 @@ Every ONNX file carries `kdistill.classes` (class names) and `kdistill.preproces
 shapes, normalisation) in its metadata:
 
 ```
-classes: {json.dumps(metadata.get('kdistill.classes'))}
-preprocessing: {json.dumps(metadata.get('kdistill.preprocessing'))}
+classes: {json.dumps(metadata.get("kdistill.classes"))}
+preprocessing: {json.dumps(metadata.get("kdistill.preprocessing"))}
 ```
 
 Run it on files, with ONNX Runtime only: `kdistill predict <this folder> INPUT...` (images, a CSV
@@ -132,7 +137,8 @@ MAX_FIELD = 2**24  # characters in one CSV field (csv's own default is 131,072)
 class InputSpec(BaseModel):
     name: str
     shape: list[Annotated[int, Field(ge=1, le=MAX_VALUES)] | Literal["sequence"]] = Field(
-        min_length=1)
+        min_length=1
+    )
     dtype: str = "float32"
 
 
@@ -166,12 +172,15 @@ class Preprocessing(BaseModel):
             fixed = [n for n in item.shape if n != "sequence"]
             if np.prod(fixed, dtype=np.float64) > MAX_VALUES:
                 raise ValueError(
-                    f"input {item.name!r} of shape {item.shape} is over {MAX_VALUES:,} values")
+                    f"input {item.name!r} of shape {item.shape} is over {MAX_VALUES:,} values"
+                )
         if self.image is not None:
             channels = 1 if self.image.mode == "L" else 3
             if self.inputs[0].shape != [channels, *self.image.size]:
-                raise ValueError(f"image {self.image.mode} {self.image.size} does not match "
-                                 f"input shape {self.inputs[0].shape}")
+                raise ValueError(
+                    f"image {self.image.mode} {self.image.size} does not match "
+                    f"input shape {self.inputs[0].shape}"
+                )
         return self
 
 
@@ -181,15 +190,18 @@ def load_export(export_dir: Path):
 
     file = export_dir / "student.onnx"
     if not file.is_file():
-        raise UserError(f"{export_dir}: no student.onnx; pass the export folder `kdistill export` wrote (runs/<name>/export)")
+        raise UserError(
+            f"{export_dir}: no student.onnx; pass the export folder `kdistill export` wrote (runs/<name>/export)"
+        )
     require_onnx()  # a missing extra names its pip command, not "unreadable"
     try:
         session = ort_session(file)
         # Metadata that is not UTF-8 (a damaged file) fails here, as a UnicodeDecodeError.
         meta = session.get_modelmeta().custom_metadata_map
     except Exception as error:  # ONNX Runtime's own exception types derive from Exception only
-        raise UserError(f"{file}: not a readable ONNX model ({_first_line(error)}); "
-                        "export the run again") from None
+        raise UserError(
+            f"{file}: not a readable ONNX model ({_first_line(error)}); export the run again"
+        ) from None
     again = "export the run again with this version of kdistill"
     if "kdistill.preprocessing" not in meta:
         raise UserError(f"{file}: no kdistill.preprocessing metadata; {again}")
@@ -198,7 +210,8 @@ def load_export(export_dir: Path):
         classes = json.loads(meta.get("kdistill.classes", "[]"))
     except (ValidationError, ValueError) as error:
         raise UserError(
-            f"{file}: unusable kdistill metadata ({_first_line(error)}); {again}") from None
+            f"{file}: unusable kdistill metadata ({_first_line(error)}); {again}"
+        ) from None
     if not isinstance(classes, list):
         raise UserError(f"{file}: kdistill.classes is not a list of class names; {again}")
     return session, [str(c) for c in classes], spec
@@ -212,7 +225,9 @@ def _first_line(error: Exception) -> str:
 
 
 def read_inputs(
-    paths: list[Path], spec: Preprocessing, export_dir: Path,
+    paths: list[Path],
+    spec: Preprocessing,
+    export_dir: Path,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """Names of the samples and the session's feed, from image files, CSV rows or text lines."""
     names, rows = [], []
@@ -254,8 +269,10 @@ def _per_channel(values: float | list[float], shape: list) -> np.ndarray:
     if values.size == 1:
         return values.reshape(())
     if values.size != shape[0]:
-        raise UserError(f"the export's normalisation has {values.size} values for inputs of shape "
-                        f"{shape}; export the run again")
+        raise UserError(
+            f"the export's normalisation has {values.size} values for inputs of shape "
+            f"{shape}; export the run again"
+        )
     return values.reshape(-1, *[1] * (len(shape) - 1))
 
 
@@ -275,13 +292,17 @@ def _image(path: Path, spec: Preprocessing) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:  # decided from the header, before decoding
-                raise UserError(f"{path}: {image.width}×{image.height} pixels, over the limit of "
-                                f"{MAX_PIXELS:,}; resize it")
+                raise UserError(
+                    f"{path}: {image.width}×{image.height} pixels, over the limit of "
+                    f"{MAX_PIXELS:,}; resize it"
+                )
         # The training data's own reader: 16-bit and float pixels scaled, not clipped to white.
         pixels = read_image(path, spec.image.mode, (width, height))
     except Image.DecompressionBombError:
-        raise UserError(f"{path}: declares more pixels than an image may have "
-                        "(a decompression bomb?); resize it") from None
+        raise UserError(
+            f"{path}: declares more pixels than an image may have "
+            "(a decompression bomb?); resize it"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
     return pixels.reshape(spec.inputs[0].shape) if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
@@ -304,20 +325,26 @@ def _csv_rows(path: Path, shape: list, label: str | None) -> list[tuple[int, np.
                     if record > 0:
                         raise UserError(f"{path}: line {number} is not all numbers") from None
                     if label is not None and label in (cell.strip() for cell in row):
-                        raise UserError(f"{path}: drop column {label!r}, the label the model was "
-                                        f"trained to predict; each line holds the {size} feature "
-                                        "values only") from None
+                        raise UserError(
+                            f"{path}: drop column {label!r}, the label the model was "
+                            f"trained to predict; each line holds the {size} feature "
+                            "values only"
+                        ) from None
                     continue  # a header
                 if not np.isfinite(values).all():
                     raise UserError(
-                        f"{path}: line {number} holds a value that is not a finite number")
+                        f"{path}: line {number} holds a value that is not a finite number"
+                    )
                 if values.size != size:
-                    raise UserError(f"{path}: line {number} has {values.size} values; the model "
-                                    f"takes {size} ({'×'.join(map(str, shape))})")
+                    raise UserError(
+                        f"{path}: line {number} has {values.size} values; the model "
+                        f"takes {size} ({'×'.join(map(str, shape))})"
+                    )
                 out.append((number, values.reshape(shape)))
     except UnicodeDecodeError as error:
         raise UserError(
-            f"{path}: not UTF-8 text (byte {error.start}); save the CSV as UTF-8") from None
+            f"{path}: not UTF-8 text (byte {error.start}); save the CSV as UTF-8"
+        ) from None
     except csv.Error as error:
         raise UserError(f"{path}: not a readable CSV ({error})") from None
     finally:
@@ -337,8 +364,10 @@ def _tokens(lines: list[str], spec: Preprocessing, export_dir: Path) -> dict[str
         tokenizer.enable_truncation(max_length=spec.tokenizer.max_length)
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0)
     encodings = tokenizer.encode_batch(lines)
-    feed = {"input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64)}
+    feed = {
+        "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+    }
     return {item.name: feed[item.name] for item in spec.inputs if item.name in feed}
 
 
@@ -350,8 +379,9 @@ def predict_files(export_dir: str | Path, paths: list[str | Path]) -> list[dict]
     try:
         logits = session.run(None, feed)[0]
     except Exception as error:  # ONNX Runtime's own types: inputs the graph does not take
-        raise UserError(f"{export_dir / 'student.onnx'}: the model refused the inputs "
-                        f"({_first_line(error)})") from None
+        raise UserError(
+            f"{export_dir / 'student.onnx'}: the model refused the inputs ({_first_line(error)})"
+        ) from None
     if logits.ndim != 2:
         raise UserError("predict shows classes: this export scores tokens (a language model)")
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -360,5 +390,7 @@ def predict_files(export_dir: str | Path, paths: list[str | Path]) -> list[dict]
     for name, row in zip(names, probabilities):
         index = int(row.argmax())
         label = classes[index] if index < len(classes) else str(index)
-        results.append({"input": name, "class": label, "index": index, "probability": float(row[index])})
+        results.append(
+            {"input": name, "class": label, "index": index, "probability": float(row[index])}
+        )
     return results

@@ -46,6 +46,7 @@ CLASSIFICATION = Task(
     percent=frozenset({"accuracy"}),
 )
 
+
 def _token_scratch_terms() -> list[Term]:
     return [Term("ce", "token_ce", weight=1.0, teacher=None)]
 
@@ -59,6 +60,7 @@ LANGUAGE_MODELLING = Task(
     percent=frozenset({"token_accuracy"}),
     samples=lm_samples,
 )
+
 
 def _rating_scratch_terms() -> list[Term]:
     """A recommender's own objective: rating regression on the rated items plus NCF's

@@ -40,7 +40,10 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator | Non
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None, *,
+    model: nn.Module,
+    loader: DataLoader,
+    accelerator: Accelerator | None = None,
+    *,
     outcomes: bool = False,
 ) -> dict:
     """Accuracy (a fraction) and mean cross-entropy of ``model`` on a split; with ``outcomes``,

@@ -57,7 +57,9 @@ def per_class_accuracy(logits: Tensor, targets: Tensor, num_classes: int) -> lis
 def confusion_matrix(logits: Tensor, targets: Tensor, num_classes: int) -> list[list[int]]:
     """Counts ``[true class][predicted class]``; row ``i`` sums to the number of class-``i`` samples."""
     predicted = logits.argmax(-1)
-    flat = torch.bincount(targets.long() * num_classes + predicted, minlength=num_classes * num_classes)
+    flat = torch.bincount(
+        targets.long() * num_classes + predicted, minlength=num_classes * num_classes
+    )
     return flat.view(num_classes, num_classes).tolist()
 
 
@@ -88,7 +90,8 @@ def expected_calibration_error(logits: Tensor, targets: Tensor, *, bins: int = E
     total = sum(table["count"])
     return sum(
         n / total * abs(acc - conf)
-        for n, acc, conf in zip(table["count"], table["accuracy"], table["confidence"]) if n
+        for n, acc, conf in zip(table["count"], table["accuracy"], table["confidence"])
+        if n
     )
 
 
@@ -96,8 +99,14 @@ def expected_calibration_error(logits: Tensor, targets: Tensor, *, bins: int = E
 
 
 def diagnose(
-    models: Mapping[str, torch.nn.Module], loader, *, num_classes: int, history: list[dict] = (),
-    terms: Iterable = (), class_names: list[str] | None = None, split: str = "test",
+    models: Mapping[str, torch.nn.Module],
+    loader,
+    *,
+    num_classes: int,
+    history: list[dict] = (),
+    terms: Iterable = (),
+    class_names: list[str] | None = None,
+    split: str = "test",
 ) -> dict:
     """Diagnostics of ``models`` (``teacher``, ``scratch``, ``student``) on one split, plus the
     training facts the likely-cause analysis needs (from ``history``, the metrics log, and the
@@ -115,9 +124,16 @@ def diagnose(
         "binning": BINNING,
         "class_names": list(class_names or [str(c) for c in range(num_classes)]),
         "ece": {role: expected_calibration_error(value, targets) for role, value in logits.items()},
-        "mean_confidence": {role: F.softmax(value.double(), -1).max(-1).values.mean().item() for role, value in logits.items()},
-        "per_class_accuracy": {role: per_class_accuracy(value, targets, num_classes) for role, value in logits.items()},
-        "confusion": {role: confusion_matrix(value, targets, num_classes) for role, value in logits.items()},
+        "mean_confidence": {
+            role: F.softmax(value.double(), -1).max(-1).values.mean().item()
+            for role, value in logits.items()
+        },
+        "per_class_accuracy": {
+            role: per_class_accuracy(value, targets, num_classes) for role, value in logits.items()
+        },
+        "confusion": {
+            role: confusion_matrix(value, targets, num_classes) for role, value in logits.items()
+        },
         "reliability": {role: reliability(value, targets) for role, value in logits.items()},
     }
     if teacher is not None:
@@ -134,8 +150,20 @@ def describe_terms(terms: Iterable) -> dict:
     for term in terms:
         loss = getattr(term.loss, "__name__", type(term.loss).__name__)
         params = {k: v for k, v in term.params.items() if isinstance(v, (int, float, str, bool))}
-        described.append({"name": term.name, "loss": loss, "weight": term.weight, "uses_teacher": bool(term.takes_teacher), "params": params})
-    temperatures = [t["params"]["temperature"] for t in described if t["uses_teacher"] and "temperature" in t["params"]]
+        described.append(
+            {
+                "name": term.name,
+                "loss": loss,
+                "weight": term.weight,
+                "uses_teacher": bool(term.takes_teacher),
+                "params": params,
+            }
+        )
+    temperatures = [
+        t["params"]["temperature"]
+        for t in described
+        if t["uses_teacher"] and "temperature" in t["params"]
+    ]
     return {"terms": described, "temperature": temperatures[0] if temperatures else None}
 
 
@@ -148,11 +176,12 @@ def training_facts(history: Iterable[dict], *, last: int = 3) -> dict:
         by_phase.setdefault(record["phase"], []).append(record)
     for phase, records in by_phase.items():
         final = records[-1]
-        window = records[-min(last, len(records) - 1) - 1:] if len(records) > 1 else records
+        window = records[-min(last, len(records) - 1) - 1 :] if len(records) > 1 else records
         losses = {k: final[k] for k in final if k.startswith("loss/")}
         change = {
             k: (window[-1][k] - window[0][k]) / abs(window[0][k])
-            for k in losses if len(window) > 1 and window[0].get(k)
+            for k in losses
+            if len(window) > 1 and window[0].get(k)
         }
         facts[phase] = {
             "epochs": final["epoch"],
@@ -164,7 +193,8 @@ def training_facts(history: Iterable[dict], *, last: int = 3) -> dict:
             "change_epochs": len(window) - 1,
             "train_accuracy_change": (
                 final["train/accuracy"] - window[0]["train/accuracy"]
-                if len(window) > 1 and "train/accuracy" in final and "train/accuracy" in window[0] else None
+                if len(window) > 1 and "train/accuracy" in final and "train/accuracy" in window[0]
+                else None
             ),
         }
     return facts
@@ -187,7 +217,11 @@ def likely_causes(summary: dict) -> list[str]:
     """Sentences naming the usual reasons distillation does not beat the scratch student (teacher
     accuracy, capacity gap, temperature, term weights, under-training, sampling noise), each
     stated only when this run's numbers point to it, and each quoting those numbers."""
-    task = summary.get("task") or {"metrics": ["accuracy"], "higher_is_better": {"accuracy": True}, "percent": ["accuracy"]}
+    task = summary.get("task") or {
+        "metrics": ["accuracy"],
+        "higher_is_better": {"accuracy": True},
+        "percent": ["accuracy"],
+    }
     headline = task["metrics"][0]
     higher = task["higher_is_better"][headline]
     percent = headline in task.get("percent", [])
@@ -218,7 +252,8 @@ def likely_causes(summary: dict) -> list[str]:
         following = (
             f"; the distilled student matches the teacher's top-1 prediction on {_pct(agree['student'])} "
             f"of the {diagnostics.get('split', 'test')} samples (mean KL {kl['student']:.3f} nats)"
-            if "student" in agree and "student" in kl else ""
+            if "student" in agree and "student" in kl
+            else ""
         )
         causes.append(
             f"Capacity gap: the teacher has {ratio:.0f}× the student's parameters "
@@ -243,7 +278,11 @@ def likely_causes(summary: dict) -> list[str]:
         # Without a label term (function matching: Beyer et al., CVPR 2022) the student learns the
         # teacher's distribution itself, for which T = 1 is the natural setting, not a fault.
         if temperature < low and (label_weight > 0 or not terms):
-            mean_top1 = f" (mean top-1 probability {confident:.3f} on the test split)" if confident is not None else ""
+            mean_top1 = (
+                f" (mean top-1 probability {confident:.3f} on the test split)"
+                if confident is not None
+                else ""
+            )
             causes.append(
                 f"Temperature: T={temperature:g} keeps the teacher's soft targets close to one-hot"
                 f"{mean_top1}, so they add little beyond the labels; T between 2 and 8 (4 is common) "
@@ -260,8 +299,12 @@ def likely_causes(summary: dict) -> list[str]:
     share = None
     if phase.get("loss") and teacher_terms:
         share = sum(phase["losses"].get(f"loss/{n}", 0.0) for n in teacher_terms) / phase["loss"]
-    if terms and (teacher_weight < label_weight or (share is not None and share < LOW_DISTILL_SHARE)):
-        made = f" and made {100 * share:.0f}% of the final training loss" if share is not None else ""
+    if terms and (
+        teacher_weight < label_weight or (share is not None and share < LOW_DISTILL_SHARE)
+    ):
+        made = (
+            f" and made {100 * share:.0f}% of the final training loss" if share is not None else ""
+        )
         causes.append(
             f"Term weights: the distillation terms ({', '.join(teacher_terms) or 'none'}) weigh "
             f"{teacher_weight:g} against {label_weight:g} for the label terms{made}; raise distill.alpha "
@@ -274,14 +317,19 @@ def likely_causes(summary: dict) -> list[str]:
         )
 
     still_falling = {
-        k.removeprefix("loss/"): v for k, v in (phase.get("loss_change") or {}).items()
+        k.removeprefix("loss/"): v
+        for k, v in (phase.get("loss_change") or {}).items()
         if v <= -STILL_FALLING and k.removeprefix("loss/") in teacher_terms + ["ce"]
     }
     rising = phase.get("train_accuracy_change")
-    if still_falling or (rising is not None and rising > 0.01 and (phase.get("train_accuracy") or 1) < 0.99):
+    if still_falling or (
+        rising is not None and rising > 0.01 and (phase.get("train_accuracy") or 1) < 0.99
+    ):
         parts = [f"the {name} term fell {-100 * v:.0f}%" for name, v in still_falling.items()]
         if rising is not None and rising > 0.01:
-            parts.append(f"training accuracy rose {100 * rising:.1f} points to {_pct(phase['train_accuracy'])}")
+            parts.append(
+                f"training accuracy rose {100 * rising:.1f} points to {_pct(phase['train_accuracy'])}"
+            )
         span = "epoch" if phase["change_epochs"] == 1 else f"{phase['change_epochs']} epochs"
         joined = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
         causes.append(

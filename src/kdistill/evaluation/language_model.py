@@ -26,8 +26,9 @@ def _to_device(value, device):
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None, *,
-                outcomes: bool = False) -> dict:
+def evaluate_lm(
+    model: nn.Module, loader: DataLoader, accelerator=None, *, outcomes: bool = False
+) -> dict:
     """Perplexity = exp(mean next-token cross-entropy over the counted positions of a split),
     with the mean cross-entropy (``loss``, nats per token) and next-token accuracy. With
     ``outcomes``, also each sequence's summed negative log-likelihood and token count: the
@@ -49,17 +50,24 @@ def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None, *,
             counted &= batch["mask"].bool()
         safe = torch.where(counted, target, 0)
         nll, hits = _scores(call_model(model, batch["input"], lazy_logits=True), safe)
-        per_seq = torch.stack([
-            torch.where(counted, nll, 0.0).sum(1),
-            (hits & counted).sum(1).float(),
-            counted.sum(1).float(),
-        ], dim=1)
+        per_seq = torch.stack(
+            [
+                torch.where(counted, nll, 0.0).sum(1),
+                (hits & counted).sum(1).float(),
+                counted.sum(1).float(),
+            ],
+            dim=1,
+        )
         if accelerator is not None:
             per_seq = accelerator.gather_for_metrics(per_seq)
         if outcomes:
             sequences.append(per_seq.cpu().double())
         nll_part, correct_part, count_part = per_seq.sum(0).tolist()
-        nll_sum, correct_sum, count_sum = nll_sum + nll_part, correct_sum + correct_part, count_sum + count_part
+        nll_sum, correct_sum, count_sum = (
+            nll_sum + nll_part,
+            correct_sum + correct_part,
+            count_sum + count_part,
+        )
     model.train(was_training)
     mean_nll = nll_sum / max(count_sum, 1.0)
     result = {
@@ -70,8 +78,9 @@ def evaluate_lm(model: nn.Module, loader: DataLoader, accelerator=None, *,
     }
     if outcomes:
         per_seq = torch.cat(sequences).numpy() if sequences else torch.zeros(0, 3).numpy()
-        result["outcomes"] = Outcomes.of(per_seq[:, 0], per_seq[:, 2], unit="test windows",
-                                         exponentiate=True)
+        result["outcomes"] = Outcomes.of(
+            per_seq[:, 0], per_seq[:, 2], unit="test windows", exponentiate=True
+        )
     return result
 
 
@@ -80,7 +89,9 @@ def _scores(logits, target):
     ``LazyLogits`` are multiplied out ``EVAL_CHUNK`` positions at a time."""
     if not isinstance(logits, LazyLogits):
         logits = logits.float()
-        return F.cross_entropy(logits.transpose(1, 2), target, reduction="none"), logits.argmax(-1) == target
+        return F.cross_entropy(logits.transpose(1, 2), target, reduction="none"), logits.argmax(
+            -1
+        ) == target
     hidden = logits.hidden.reshape(-1, logits.hidden.shape[-1])
     weight = logits.weight.float()
     bias = None if logits.bias is None else logits.bias.float()
@@ -95,8 +106,16 @@ def _scores(logits, target):
     return nll.reshape(target.shape), hits.reshape(target.shape)
 
 
-def lm_samples(models: dict[str, nn.Module], splits, *, prompts: int = 3, prompt_length: int = 32,
-               steps: int = 160, temperature: float = 0.8, seed: int = 0) -> list[dict[str, str]]:
+def lm_samples(
+    models: dict[str, nn.Module],
+    splits,
+    *,
+    prompts: int = 3,
+    prompt_length: int = 32,
+    steps: int = 160,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> list[dict[str, str]]:
     """Continuations of the first ``prompt_length`` tokens of a few test windows (evenly
     spaced, so fixed for a split), by every model with the same seed; the models see at most
     their block size of context."""
@@ -112,8 +131,13 @@ def lm_samples(models: dict[str, nn.Module], splits, *, prompts: int = 3, prompt
     picks = sorted({round(i * last / max(prompts - 1, 1)) for i in range(prompts)})
     texts = [codec.decode(dataset[i]["input"][:prompt_length].tolist()) for i in picks]
     return sample_texts(
-        {name: model.cpu() for name, model in models.items()}, codec, texts,
-        steps=steps, temperature=temperature, context=length, seed=seed,
+        {name: model.cpu() for name, model in models.items()},
+        codec,
+        texts,
+        steps=steps,
+        temperature=temperature,
+        context=length,
+        seed=seed,
     )
 
 

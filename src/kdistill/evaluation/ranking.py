@@ -45,8 +45,9 @@ def rmse(predicted: Tensor, actual: Tensor) -> float:
     return torch.sqrt(torch.mean((predicted.double() - actual.double()) ** 2)).item()
 
 
-def evaluate_ranking(model, loader, accelerator=None, *, k: int = 10,
-                     outcomes: bool = False) -> dict:
+def evaluate_ranking(
+    model, loader, accelerator=None, *, k: int = 10, outcomes: bool = False
+) -> dict:
     """HR@k, NDCG@k (by the preference logit) and RMSE (of the rating) on held-out candidate
     lists: samples whose ``input`` is ``{"user", "items"}`` with the held-out item first and
     whose ``target`` holds its rating first. See the module docstring for the protocol.

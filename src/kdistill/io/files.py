@@ -12,7 +12,10 @@ from kdistill.io.manifest import record
 
 
 def replace_atomically(
-    path: Path, write: Callable[[Path], object], *, needed: int,
+    path: Path,
+    write: Callable[[Path], object],
+    *,
+    needed: int,
     catch: tuple[type[BaseException], ...] = (OSError,),
     cannot: str = "cannot write it ({reason})",
 ) -> Path:

@@ -42,8 +42,10 @@ def read(run_dir: Path) -> dict | None:
     files, folders = listed.get("files"), listed.get("folders", [])
     if not isinstance(files, dict) or not isinstance(folders, list):
         return None
-    return {"files": {name: tuple(seen) for name, seen in files.items() if _is_stamp(seen)},
-            "folders": [folder for folder in folders if isinstance(folder, str)]}
+    return {
+        "files": {name: tuple(seen) for name, seen in files.items() if _is_stamp(seen)},
+        "folders": [folder for folder in folders if isinstance(folder, str)],
+    }
 
 
 def stamp(path: Path) -> tuple[int, int]:

@@ -39,10 +39,26 @@ def read_image(file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarra
 # every 16-bit value above 255 to white. 32-bit integers are read as 16-bit (what PNG and most
 # TIFFs hold); floats as they are, and either is refused outside 0..white.
 WIDE_MODES = {
-    "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0,
+    "I;16": 65535.0,
+    "I;16B": 65535.0,
+    "I;16L": 65535.0,
+    "I;16N": 65535.0,
+    "I": 65535.0,
+    "F": 1.0,
 }
 CONVERTIBLE_MODES = {
-    "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr",
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBX",
+    "RGBa",
+    "CMYK",
+    "YCbCr",
 }
 
 
@@ -82,6 +98,10 @@ class DecodingErrors:
                 "a huge image); shrink or remove it"
             ) from None
         # PIL's decoders raise all of these on damaged files (SyntaxError from some header parsers).
-        if issubclass(kind, (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError)):
-            raise DataError(f"{self.file}: not a readable image ({kind.__name__}); remove or replace it") from None
+        if issubclass(
+            kind, (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError)
+        ):
+            raise DataError(
+                f"{self.file}: not a readable image ({kind.__name__}); remove or replace it"
+            ) from None
         return False

@@ -27,7 +27,9 @@ def package_file(package: str, *parts: str, install_hint: str) -> Path:
         raise MissingResourceError(f"package {package!r} is not installed; {install_hint}")
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.exists():
-        raise MissingResourceError(f"{path} is missing from the installed {package!r}; {install_hint}")
+        raise MissingResourceError(
+            f"{path} is missing from the installed {package!r}; {install_hint}"
+        )
     return path
 
 

@@ -34,14 +34,22 @@ class _Measure:
         if key in self.sizes:
             return self.sizes[key]
         if key in self.open:
-            raise ConfigError(f"{self.source}: a YAML alias refers to itself (a recursive structure); write the values out")
+            raise ConfigError(
+                f"{self.source}: a YAML alias refers to itself (a recursive structure); write the values out"
+            )
         if depth > MAX_DEPTH:
-            raise ConfigError(f"{self.source}: YAML nested deeper than {MAX_DEPTH} levels; a recipe needs a handful")
+            raise ConfigError(
+                f"{self.source}: YAML nested deeper than {MAX_DEPTH} levels; a recipe needs a handful"
+            )
         self.open.add(key)
         if isinstance(node, yaml.ScalarNode):
             total = len(node.value) + 1
         else:
-            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            children = (
+                node.value
+                if isinstance(node, yaml.SequenceNode)
+                else [n for pair in node.value for n in pair]
+            )
             total = 1
             for child in children:
                 total += self.size(child, depth + 1)
@@ -64,7 +72,9 @@ def load(text: str, source: str) -> Any:
     anything beyond a bound is a ``ConfigError``.
     """
     if len(text) > MAX_TEXT:
-        raise ConfigError(f"{source}: {len(text):,} characters of YAML; a recipe may have at most {MAX_TEXT:,}")
+        raise ConfigError(
+            f"{source}: {len(text):,} characters of YAML; a recipe may have at most {MAX_TEXT:,}"
+        )
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -73,7 +83,9 @@ def load(text: str, source: str) -> Any:
         _Measure(source).size(node)
         return loader.construct_document(node)
     except RecursionError:
-        raise ConfigError(f"{source}: YAML nested too deeply to read; a recipe needs a handful of levels") from None
+        raise ConfigError(
+            f"{source}: YAML nested too deeply to read; a recipe needs a handful of levels"
+        ) from None
     finally:
         loader.dispose()
 
@@ -83,7 +95,9 @@ def load_file(path: str | Path) -> Any:
     path = Path(path)
     size = path.stat().st_size
     if size > 4 * MAX_TEXT:  # up to 4 bytes per character in UTF-8
-        raise ConfigError(f"{path}: {size:,} bytes; a recipe may have at most {MAX_TEXT:,} characters")
+        raise ConfigError(
+            f"{path}: {size:,} bytes; a recipe may have at most {MAX_TEXT:,} characters"
+        )
     return load(path.read_text(), str(path))
 
 

@@ -53,7 +53,8 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
         metadata[FORMAT_KEY] = json.dumps(meta)
         metadata[META_DIGEST_KEY] = _text_digest(metadata[FORMAT_KEY])
     replace_atomically(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
+        path,
+        lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
         catch=(OSError, SafetensorError),
         needed=sum(t.nbytes for t in tensors.values()),
         cannot="cannot write the weights ({reason}); free the path or the disk and run again",
@@ -95,14 +96,20 @@ def _checked_meta(path: Path, metadata: dict[str, str], what: str) -> dict:
             "older kdistill); delete it and run again"
         )
     if _text_digest(text) != expected:
-        raise CheckpointError(f"{path}: {what} metadata is corrupted or edited (checksum mismatch); delete it and run again")
+        raise CheckpointError(
+            f"{path}: {what} metadata is corrupted or edited (checksum mismatch); delete it and run again"
+        )
     try:
         return json.loads(text)
     except ValueError:
-        raise CheckpointError(f"{path}: {what} metadata is not valid JSON; delete it and run again") from None
+        raise CheckpointError(
+            f"{path}: {what} metadata is not valid JSON; delete it and run again"
+        ) from None
 
 
-def load_tensors(path: str | Path, *, what: str = "checkpoint", expect_digest: bool = False) -> tuple[dict[str, Tensor], dict]:
+def load_tensors(
+    path: str | Path, *, what: str = "checkpoint", expect_digest: bool = False
+) -> tuple[dict[str, Tensor], dict]:
     """Read a safetensors file, verifying its digests.
 
     A file without a digest (from another tool, e.g. a user's teacher weights) is read without
@@ -131,9 +138,13 @@ def load_tensors(path: str | Path, *, what: str = "checkpoint", expect_digest: b
                 f"{path}: {what} carries no checksum, but kdistill writes one into every file it makes: "
                 "it was replaced or edited; delete it and run again"
             )
-        _notice(f"{path}: {what} carries no kdistill checksum; it is used as is, and damage to it cannot be detected")
+        _notice(
+            f"{path}: {what} carries no kdistill checksum; it is used as is, and damage to it cannot be detected"
+        )
     elif tensor_digest(tensors) != expected:
-        raise CheckpointError(f"{path}: {what} is corrupted (checksum mismatch); delete it and run again")
+        raise CheckpointError(
+            f"{path}: {what} is corrupted (checksum mismatch); delete it and run again"
+        )
     return tensors, meta
 
 

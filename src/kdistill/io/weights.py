@@ -41,15 +41,32 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as error:
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a plain state_dict, it holds a pickled object ({reason}); {HOW_TO_SAVE}") from None
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        AttributeError,
+        TypeError,
+        ValueError,
+        EOFError,
+    ) as error:
+        reason = (
+            str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        )
+        raise CheckpointError(
+            f"{path}: not a plain state_dict, it holds a pickled object ({reason}); {HOW_TO_SAVE}"
+        ) from None
     if isinstance(loaded, Mapping):
         nested = [k for k in NESTED_KEYS if isinstance(loaded.get(k), Mapping)]
         if nested and not all(isinstance(v, Tensor) for v in loaded.values()):
             loaded = loaded[nested[0]]
-    if not (isinstance(loaded, Mapping) and loaded and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items())):
-        raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a state_dict of named tensors; {HOW_TO_SAVE}")
+    if not (
+        isinstance(loaded, Mapping)
+        and loaded
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items())
+    ):
+        raise CheckpointError(
+            f"{path}: holds a {type(loaded).__name__}, not a state_dict of named tensors; {HOW_TO_SAVE}"
+        )
     return dict(loaded)
 
 
@@ -58,7 +75,9 @@ def _weights_file(path: Path) -> Path:
         for name in HF_FILES:
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"{path}: a directory without {' or '.join(HF_FILES)} (a Hugging Face model directory has one)")
+        raise CheckpointError(
+            f"{path}: a directory without {' or '.join(HF_FILES)} (a Hugging Face model directory has one)"
+        )
     return path
 
 
@@ -90,7 +109,9 @@ def _same_graph(model: nn.Module, path: Path) -> nn.Module:
     """An ONNX teacher (``OnnxModel``) holds its graph's digest: the file must be that graph."""
     digest = hashlib.sha256(path.read_bytes()).digest()
     if bytes(model.onnx_sha256.tolist()) != digest:
-        raise CheckpointError(f"{path}: another ONNX graph than the teacher's {getattr(model, 'path', '')}")
+        raise CheckpointError(
+            f"{path}: another ONNX graph than the teacher's {getattr(model, 'path', '')}"
+        )
     return model
 
 
@@ -114,11 +135,22 @@ def load_weights(model: nn.Module, path: str | Path, *, expect_digest: bool = Fa
     missing = [k for k in wanted if k not in tensors]
     unexpected = [k for k in tensors if k not in wanted]
     if missing or unexpected:
-        parts = ([f"missing {_names(missing)}"] if missing else []) + ([f"unexpected {_names(unexpected)}"] if unexpected else [])
-        raise CheckpointError(f"{path}: does not fit the {type(model).__name__}: {'; '.join(parts)}")
-    shapes = [f"{k} {tuple(v.shape)} in the file, {tuple(wanted[k].shape)} in the model" for k, v in tensors.items() if v.shape != wanted[k].shape]
+        parts = ([f"missing {_names(missing)}"] if missing else []) + (
+            [f"unexpected {_names(unexpected)}"] if unexpected else []
+        )
+        raise CheckpointError(
+            f"{path}: does not fit the {type(model).__name__}: {'; '.join(parts)}"
+        )
+    shapes = [
+        f"{k} {tuple(v.shape)} in the file, {tuple(wanted[k].shape)} in the model"
+        for k, v in tensors.items()
+        if v.shape != wanted[k].shape
+    ]
     if shapes:
-        raise CheckpointError(f"{path}: does not fit the {type(model).__name__}: {shapes[0]}" + (f" (+{len(shapes) - 1} more)" if len(shapes) > 1 else ""))
+        raise CheckpointError(
+            f"{path}: does not fit the {type(model).__name__}: {shapes[0]}"
+            + (f" (+{len(shapes) - 1} more)" if len(shapes) > 1 else "")
+        )
     model.load_state_dict(tensors, strict=True)
     return model
 

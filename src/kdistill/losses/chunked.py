@@ -49,7 +49,10 @@ __all__ = ["CHUNKED_LOSSES", "ChunkedTerm", "chunked_token_loss", "chunked_token
 
 # Losses with a chunked form, and what they compare the student with: the data's next token
 # ("target") or the teacher's distribution ("teacher").
-CHUNKED_LOSSES: dict[Callable, str] = {token_ce: "target", **{loss: "teacher" for loss in TOKEN_LOSSES.values()}}
+CHUNKED_LOSSES: dict[Callable, str] = {
+    token_ce: "target",
+    **{loss: "teacher" for loss in TOKEN_LOSSES.values()},
+}
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,11 @@ class _Rows:
             self.weight = teacher.weight.detach().to(self.product)
             self.bias = None if teacher.bias is None else teacher.bias.detach().to(self.product)
         elif isinstance(teacher, SparseTeacher):
-            self.fields = [teacher.indices.reshape(positions, -1), teacher.log_probs.reshape(positions, -1),
-                           teacher.tail_log_prob.reshape(positions)]
+            self.fields = [
+                teacher.indices.reshape(positions, -1),
+                teacher.log_probs.reshape(positions, -1),
+                teacher.tail_log_prob.reshape(positions),
+            ]
         elif teacher is not None:
             self.logits = teacher.detach().reshape(positions, teacher.shape[-1])
 
@@ -92,19 +98,28 @@ class _Rows:
         teacher = self.teacher
         if isinstance(teacher, LazyLogits):
             with torch.no_grad():
-                return F.linear(self.hidden[rows].to(self.product), self.weight, self.bias).to(self.dtype)
+                return F.linear(self.hidden[rows].to(self.product), self.weight, self.bias).to(
+                    self.dtype
+                )
         if isinstance(teacher, SparseTeacher):
-            return SparseTeacher(*(f[rows] for f in self.fields),
-                                 temperature=teacher.temperature, vocab_size=teacher.vocab_size)
+            return SparseTeacher(
+                *(f[rows] for f in self.fields),
+                temperature=teacher.temperature,
+                vocab_size=teacher.vocab_size,
+            )
         return None if teacher is None else self.logits[rows]
 
 
-def _chunk_sum(term: ChunkedTerm, logits: Tensor, teacher_rows, target_rows: Tensor | None) -> Tensor:
+def _chunk_sum(
+    term: ChunkedTerm, logits: Tensor, teacher_rows, target_rows: Tensor | None
+) -> Tensor:
     """The term summed over a chunk of counted positions."""
     if term.reads_target:
         ignore_index = term.params.get("ignore_index", IGNORE_INDEX)
         counted = target_rows != ignore_index
-        per_position = F.cross_entropy(logits, torch.where(counted, target_rows, 0), reduction="none")
+        per_position = F.cross_entropy(
+            logits, torch.where(counted, target_rows, 0), reduction="none"
+        )
         return torch.where(counted, per_position, 0.0).sum()
     return term.loss(logits, teacher_rows, reduction="sum", **term.params)
 
@@ -139,7 +154,9 @@ class _ChunkedLosses(torch.autograd.Function):
         # Scaled in place: a second (V, H) buffer the size of the head would double what the
         # chunking saves on a small batch. A second backward through the same pass is refused.
         if ctx.used:
-            raise RuntimeError("a chunked loss's gradients are computed once: call backward once per forward")
+            raise RuntimeError(
+                "a chunked loss's gradients are computed once: call backward once per forward"
+            )
         ctx.used = True
         for grad in grads:
             grad.mul_(grad_total.to(grad.dtype))
@@ -154,7 +171,11 @@ def _chunk_pass(terms, coefficients, logits, teacher_rows, target_rows, with_gra
     for the others (and for the cases a closed form hands back)."""
     sums, grad, generic = [None] * len(terms), None, []
     for i, term in enumerate(terms):
-        solved = closed_form(term.loss, logits, teacher_rows, target_rows, term.params) if with_grad else None
+        solved = (
+            closed_form(term.loss, logits, teacher_rows, target_rows, term.params)
+            if with_grad
+            else None
+        )
         if solved is None:
             generic.append(i)
             continue
@@ -191,19 +212,23 @@ def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, wit
     teacher, target = spec["teacher"], spec["target"]
     sums = torch.zeros(len(terms), dtype=dtype, device=hidden.device)
     # A weight may be a 0-d tensor (a warm-up term's weight at the Distiller's epoch tensor).
-    weights = torch.stack([torch.as_tensor(term.weight, dtype=dtype, device=hidden.device) for term in terms])
+    weights = torch.stack(
+        [torch.as_tensor(term.weight, dtype=dtype, device=hidden.device) for term in terms]
+    )
     coefficients = weights / torch.stack(spec["counts"]).to(dtype)
     # The head's gradient is summed over the chunks in float32 at least.
     grad_hidden = torch.zeros_like(flat, dtype=product) if with_grad else None
     grad_weight = torch.zeros_like(w, dtype=dtype) if with_grad else None
     grad_bias = None if b is None or not with_grad else torch.zeros_like(b, dtype=dtype)
     for start in range(0, len(rows), chunk_size):
-        chunk_rows = rows[start:start + chunk_size]
+        chunk_rows = rows[start : start + chunk_size]
         chunk_hidden = flat[chunk_rows].to(product)
         logits = F.linear(chunk_hidden, w, b).to(dtype)
         teacher_rows = teacher(chunk_rows)
         target_rows = None if target is None else target[chunk_rows]
-        chunk, grad_logits = _chunk_pass(terms, coefficients, logits, teacher_rows, target_rows, with_grad)
+        chunk, grad_logits = _chunk_pass(
+            terms, coefficients, logits, teacher_rows, target_rows, with_grad
+        )
         sums += chunk
         if with_grad:
             if grad_bias is not None:
@@ -257,21 +282,32 @@ def chunked_token_losses(
         raise ValueError("chunked_token_losses: give at least one term")
     leading = tuple(student.hidden.shape[:-1])
     if mask is not None and tuple(mask.shape) != leading:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the hidden states' leading shape {leading}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the hidden states' leading shape {leading}"
+        )
     if target is None and any(term.reads_target for term in terms):
         raise ValueError("token_ce compares with the data: pass target")
     if target is not None and tuple(target.shape) != leading:
-        raise ValueError(f"target shape {tuple(target.shape)} must equal the hidden states' leading shape {leading}")
+        raise ValueError(
+            f"target shape {tuple(target.shape)} must equal the hidden states' leading shape {leading}"
+        )
     needs_teacher = any(not term.reads_target for term in terms)
     if needs_teacher and teacher is None:
         raise ValueError("these token losses compare with a teacher: pass its logits")
     if needs_teacher and tuple(teacher.shape[:-1]) != leading:
-        raise ValueError(f"teacher positions {tuple(teacher.shape[:-1])} differ from the student's {leading}")
+        raise ValueError(
+            f"teacher positions {tuple(teacher.shape[:-1])} differ from the student's {leading}"
+        )
     positions = student.hidden[..., 0].numel()
-    counted = torch.ones(leading, dtype=torch.bool, device=student.device) if mask is None else mask.bool()
+    counted = (
+        torch.ones(leading, dtype=torch.bool, device=student.device)
+        if mask is None
+        else mask.bool()
+    )
     dtype = torch.promote_types(student.hidden.dtype, torch.float32)
     spec = {
-        "terms": terms, "chunk_size": chunk_size,
+        "terms": terms,
+        "chunk_size": chunk_size,
         # Positions no term counts (padding, an on-policy prompt) are skipped, not computed.
         "rows": counted.reshape(-1).nonzero().squeeze(1),
         "counts": _counts(terms, target, counted),
@@ -311,5 +347,7 @@ def chunked_token_loss(
     """
     student = LazyLogits(s_hidden, lm_head_weight, lm_head_bias)
     term = ChunkedTerm(loss, 1.0, params)
-    total, _ = chunked_token_losses(student, teacher, target, [term], mask=mask, chunk_size=chunk_size)
+    total, _ = chunked_token_losses(
+        student, teacher, target, [term], mask=mask, chunk_size=chunk_size
+    )
     return total

@@ -61,14 +61,20 @@ def _forward_kl_dense(s: Tensor, t: Tensor, temperature: float) -> tuple[Tensor,
     # Σ_v p·(log p − log q) with log p = t − lse_t, log q = s − lse_s, without making either
     # log-probability: Σ p·t − Σ p·s + Σ_rows (lse_s − lse_t)·Σ_v p.
     flat_p = p.reshape(-1)
-    value = flat_p @ t.reshape(-1) - flat_p @ s.reshape(-1) + ((lse_s - lse_t) * p.sum(-1, keepdim=True)).sum()
+    value = (
+        flat_p @ t.reshape(-1)
+        - flat_p @ s.reshape(-1)
+        + ((lse_s - lse_t) * p.sum(-1, keepdim=True)).sum()
+    )
     if not _finite(value):
         return None
     grad = q.sub_(p)
     return value, grad if temperature == 1.0 else grad.div_(temperature)
 
 
-def _forward_kl_buckets(s: Tensor, teacher: SparseTeacher, temperature: float) -> tuple[Tensor, Tensor] | None:
+def _forward_kl_buckets(
+    s: Tensor, teacher: SparseTeacher, temperature: float
+) -> tuple[Tensor, Tensor] | None:
     check_sparse_teacher(teacher, temperature, s.shape[-1])
     if temperature != 1.0:
         s = s / temperature
@@ -117,8 +123,9 @@ def _token_ce(s: Tensor, target: Tensor, params: dict) -> tuple[Tensor, Tensor] 
     return value, grad.mul_(counted[:, None])
 
 
-def closed_form(loss: Callable, logits: Tensor, teacher, target: Tensor | None,
-                params: dict) -> tuple[Tensor, Tensor] | None:
+def closed_form(
+    loss: Callable, logits: Tensor, teacher, target: Tensor | None, params: dict
+) -> tuple[Tensor, Tensor] | None:
     """``loss`` summed over the rows of ``logits`` (N, V) and its gradient with respect to them,
     or ``None`` when ``loss`` has no closed form here or the generic loss must decide."""
     if loss is forward_kl or loss is forward_kl_topk:

@@ -23,7 +23,9 @@ def _position_mask(mask: Tensor | None, leading: torch.Size, device) -> Tensor:
     if mask is None:
         return torch.ones(leading, dtype=torch.bool, device=device)
     if tuple(mask.shape) != tuple(leading):
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the leading shape {tuple(leading)}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the leading shape {tuple(leading)}"
+        )
     return mask if mask.dtype == torch.bool else mask != 0
 
 
@@ -34,7 +36,11 @@ def _masked_mean(per_position: Tensor, mask: Tensor) -> Tensor:
 
 
 def token_ce(
-    s_logits: Tensor, target: Tensor, *, mask: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+    s_logits: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Next-token cross-entropy with the data, mean over counted positions (nats per token).
 
@@ -54,7 +60,8 @@ def token_ce(
     (s_logits,) = upcast(s_logits)
     counted = _position_mask(mask, target.shape, target.device) & (target != ignore_index)
     per_position = F.cross_entropy(
-        s_logits.reshape(-1, s_logits.shape[-1]), torch.where(counted, target, 0).reshape(-1),
+        s_logits.reshape(-1, s_logits.shape[-1]),
+        torch.where(counted, target, 0).reshape(-1),
         reduction="none",
     ).reshape(target.shape)
     return _masked_mean(per_position, counted)

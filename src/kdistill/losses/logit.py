@@ -16,8 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "LOGIT_LOSSES", "cross_entropy", "dist", "dkd", "float32_math", "kd", "kl_batchmean", "nkd",
-    "standardize_logits", "upcast",
+    "LOGIT_LOSSES",
+    "cross_entropy",
+    "dist",
+    "dkd",
+    "float32_math",
+    "kd",
+    "kl_batchmean",
+    "nkd",
+    "standardize_logits",
+    "upcast",
 ]
 
 
@@ -57,9 +65,7 @@ def kl_batchmean(student_log_probs: Tensor, teacher_probs: Tensor) -> Tensor:
     return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
 
 
-def cross_entropy(
-    s_logits: Tensor, target: Tensor, *, label_smoothing: float = 0.0
-) -> Tensor:
+def cross_entropy(s_logits: Tensor, target: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy with the true labels, mean over the batch (the hard-label term).
 
     Args:
@@ -209,7 +215,11 @@ def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def dist(
-    s_logits: Tensor, t_logits: Tensor, *, beta: float = 1.0, gamma: float = 1.0,
+    s_logits: Tensor,
+    t_logits: Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 1.0,
     temperature: float = 1.0,
 ) -> Tensor:
     """DIST: match the *relations* of the predictions, not their values, via Pearson correlation.
@@ -240,7 +250,11 @@ def dist(
 
 
 def nkd(
-    s_logits: Tensor, t_logits: Tensor, target: Tensor, *, temperature: float = 1.0,
+    s_logits: Tensor,
+    t_logits: Tensor,
+    target: Tensor,
+    *,
+    temperature: float = 1.0,
     gamma: float = 1.5,
 ) -> Tensor:
     """Normalized KD: target CE weighted by the teacher, plus γ·T²·CE of the non-target classes.

@@ -19,13 +19,20 @@ from kdistill.losses.logit import kl_batchmean, upcast
 RATING, PREFERENCE = 0, 1
 
 __all__ = [
-    "RANKING_LOSSES", "listwise_kd", "preference_bce", "ranking_distillation", "rating_distillation", "rating_mse",
+    "RANKING_LOSSES",
+    "listwise_kd",
+    "preference_bce",
+    "ranking_distillation",
+    "rating_distillation",
+    "rating_mse",
 ]
 
 
 def _check(scores: Tensor, name: str) -> None:
     if scores.dim() < 2 or scores.shape[-1] < 2:
-        raise ValueError(f"{name}: scores must be (..., 2) = (rating, preference), got {tuple(scores.shape)}")
+        raise ValueError(
+            f"{name}: scores must be (..., 2) = (rating, preference), got {tuple(scores.shape)}"
+        )
 
 
 def rating_mse(s_scores: Tensor, target: Tensor) -> Tensor:
@@ -57,7 +64,9 @@ def preference_bce(s_scores: Tensor, target: Tensor) -> Tensor:
     """
     _check(s_scores, "preference_bce")
     (s_scores,) = upcast(s_scores)
-    return F.binary_cross_entropy_with_logits(s_scores[..., PREFERENCE], (target > 0).to(s_scores.dtype))
+    return F.binary_cross_entropy_with_logits(
+        s_scores[..., PREFERENCE], (target > 0).to(s_scores.dtype)
+    )
 
 
 def rating_distillation(s_scores: Tensor, t_scores: Tensor) -> Tensor:
@@ -132,8 +141,14 @@ def ranking_distillation(
     s_pref, t_pref = s_scores[..., PREFERENCE], t_scores[..., PREFERENCE]
     unlabelled = target <= 0
     if int(unlabelled.sum(dim=-1).min()) < top_k:
-        raise ValueError(f"ranking_distillation: top_k={top_k} but a list has only {int(unlabelled.sum(dim=-1).min())} unlabelled candidates")
-    ranked = torch.where(unlabelled, t_pref, torch.full_like(t_pref, -torch.inf)).topk(top_k, dim=-1).indices
+        raise ValueError(
+            f"ranking_distillation: top_k={top_k} but a list has only {int(unlabelled.sum(dim=-1).min())} unlabelled candidates"
+        )
+    ranked = (
+        torch.where(unlabelled, t_pref, torch.full_like(t_pref, -torch.inf))
+        .topk(top_k, dim=-1)
+        .indices
+    )
     positions = torch.arange(1, top_k + 1, dtype=s_pref.dtype, device=s_pref.device)
     weights = torch.softmax(-positions / sharpness, dim=0)  # exp(−r/λ), normalised
     return -(weights * F.logsigmoid(s_pref.gather(-1, ranked))).sum(dim=-1).mean()

@@ -47,8 +47,15 @@ class SparseTeacher(_SparseFields):
         vocab_size: V.
     """
 
-    def __new__(cls, indices: Tensor, log_probs: Tensor, tail_log_prob: Tensor, *,
-                temperature: float | None = None, vocab_size: int | None = None):
+    def __new__(
+        cls,
+        indices: Tensor,
+        log_probs: Tensor,
+        tail_log_prob: Tensor,
+        *,
+        temperature: float | None = None,
+        vocab_size: int | None = None,
+    ):
         self = super().__new__(cls, indices, log_probs, tail_log_prob)
         self.temperature, self.vocab_size = temperature, vocab_size
         return self
@@ -108,7 +115,9 @@ def topk_teacher(t_logits: Tensor, k: int, *, temperature: float = 1.0) -> Spars
     # cancels to 0 (or below) once the top-k hold all but ~1e-7 of the mass in float32, and a
     # zero teacher tail would hide a student that puts its mass there.
     tail_log_prob = torch.logsumexp(log_p.scatter(-1, indices, float("-inf")), dim=-1)
-    return SparseTeacher(indices, log_probs, tail_log_prob, temperature=temperature, vocab_size=vocab)
+    return SparseTeacher(
+        indices, log_probs, tail_log_prob, temperature=temperature, vocab_size=vocab
+    )
 
 
 # --- shared preparation ----------------------------------------------------------------------

@@ -94,8 +94,12 @@ class VIDLoss(nn.Module):
 
     @classmethod
     def from_shapes(
-        cls, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *,
-        num_samples: int | None = None, **params,
+        cls,
+        student_shape: tuple[int, ...],
+        teacher_shape: tuple[int, ...],
+        *,
+        num_samples: int | None = None,
+        **params,
     ) -> VIDLoss:
         """Sized from probed feature shapes (batch axis first); ``num_samples`` is not used."""
         return cls(_channels(student_shape, "vid"), _channels(teacher_shape, "vid"), **params)
@@ -199,8 +203,12 @@ class CRDLoss(nn.Module):
 
     @classmethod
     def from_shapes(
-        cls, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *,
-        num_samples: int | None = None, **params,
+        cls,
+        student_shape: tuple[int, ...],
+        teacher_shape: tuple[int, ...],
+        *,
+        num_samples: int | None = None,
+        **params,
     ) -> CRDLoss:
         """Sized from probed feature shapes (batch axis first) and the training-set size."""
         if num_samples is None:
@@ -259,7 +267,11 @@ class CRDLoss(nn.Module):
         memory.index_copy_(0, index, F.normalize(rows, dim=1))
 
     def forward(
-        self, s_emb: Tensor, t_emb: Tensor, *, index: Tensor | None = None,
+        self,
+        s_emb: Tensor,
+        t_emb: Tensor,
+        *,
+        index: Tensor | None = None,
         contrast_idx: Tensor | None = None,
     ) -> Tensor:
         """Args:

@@ -42,8 +42,18 @@ from kdistill.losses.logit import kd, upcast
 from kdistill.losses.sparse import SparseTeacher, check_sparse_teacher, topk_teacher
 
 __all__ = [
-    "TOKEN_LOSSES", "SparseTeacher", "check_sparse_teacher", "forward_kl", "forward_kl_topk", "jsd",
-    "kd_topk", "reverse_kl", "skew_kl", "skew_reverse_kl", "topk_teacher", "tvd",
+    "TOKEN_LOSSES",
+    "SparseTeacher",
+    "check_sparse_teacher",
+    "forward_kl",
+    "forward_kl_topk",
+    "jsd",
+    "kd_topk",
+    "reverse_kl",
+    "skew_kl",
+    "skew_reverse_kl",
+    "topk_teacher",
+    "tvd",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")

@@ -86,7 +86,10 @@ def describe_method(name: str) -> str:
 
 def describe_settings(name: str) -> str:
     """The preset's settings and their defaults, as a recipe's ``distill`` section sets them."""
-    shown = [f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in method_settings(name).items()]
+    shown = [
+        f"{k}={v!r}" if v is not inspect.Parameter.empty else k
+        for k, v in method_settings(name).items()
+    ]
     return ", ".join(shown) or "no settings"
 
 
@@ -102,7 +105,9 @@ def preset_terms(name: str, **settings) -> list[Term]:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             listed = ", ".join(valid) or "none"
-            raise UnknownSettingError(f"method {name!r} has no setting {key!r} ({hint}its settings: {listed})")
+            raise UnknownSettingError(
+                f"method {name!r} has no setting {key!r} ({hint}its settings: {listed})"
+            )
     return builder(**given)
 
 

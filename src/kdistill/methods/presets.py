@@ -32,6 +32,7 @@ def _label_terms(ce_weight: float, kd_weight: float = 0.0, temperature: float = 
 
 def _layer_pairs(method: str, student_layers, teacher_layers) -> list[tuple[str, str]]:
     """The (student, teacher) module names a feature method compares, one term per pair."""
+
     def as_list(layers) -> list[str]:
         return [layers] if isinstance(layers, str) else list(layers or [])
 
@@ -77,8 +78,14 @@ def scratch():
 
 
 def decoupled_kd(
-    *, temperature: float = 4.0, tckd_weight: float = 1.0, nckd_weight: float = 8.0,
-    alpha: float = 1.0, ce_weight: float = 1.0, warmup_epochs: int = 20, standardize: bool = False,
+    *,
+    temperature: float = 4.0,
+    tckd_weight: float = 1.0,
+    nckd_weight: float = 8.0,
+    alpha: float = 1.0,
+    ce_weight: float = 1.0,
+    warmup_epochs: int = 20,
+    standardize: bool = False,
 ):
     """DKD (Zhao et al., CVPR 2022): CE + target and non-target KD weighed apart, warmed up.
 
@@ -87,7 +94,9 @@ def decoupled_kd(
     a recipe's ``alpha`` is the weight of a distillation term.)
     """
     params = {
-        "alpha": tckd_weight, "beta": nckd_weight, "temperature": temperature,
+        "alpha": tckd_weight,
+        "beta": nckd_weight,
+        "temperature": temperature,
         "standardize": standardize,
     }
     return [
@@ -97,7 +106,11 @@ def decoupled_kd(
 
 
 def dist_kd(
-    *, temperature: float = 1.0, beta: float = 1.0, gamma: float = 1.0, alpha: float = 1.0,
+    *,
+    temperature: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    alpha: float = 1.0,
     ce_weight: float = 1.0,
 ):
     """DIST (Huang et al., NeurIPS 2022): CE + Pearson correlation of inter/intra-class relations.
@@ -119,7 +132,11 @@ def logit_standardized_kd(*, temperature: float = 2.0, alpha: float = 9.0, ce_we
 
 
 def normalized_kd(
-    *, temperature: float = 1.0, gamma: float = 1.5, alpha: float = 1.0, ce_weight: float = 1.0,
+    *,
+    temperature: float = 1.0,
+    gamma: float = 1.5,
+    alpha: float = 1.0,
+    ce_weight: float = 1.0,
 ):
     """NKD (Yang et al., ICCV 2023): CE + normalized target and non-target knowledge.
 
@@ -130,8 +147,13 @@ def normalized_kd(
 
 
 def fitnet(
-    *, student_layers: Sequence[str] | None = None, teacher_layers: Sequence[str] | None = None,
-    alpha: float = 100.0, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0,
+    *,
+    student_layers: Sequence[str] | None = None,
+    teacher_layers: Sequence[str] | None = None,
+    alpha: float = 100.0,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
     connector: str = "regressor",
 ):
     """FitNet (Romero et al., ICLR 2015): CE + hint MSE through a trained connector, weight 100.
@@ -148,9 +170,15 @@ def fitnet(
 
 
 def attention_transfer(
-    *, student_layers: Sequence[str] | None = None, teacher_layers: Sequence[str] | None = None,
-    alpha: float = 1000.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
-    temperature: float = 4.0, p: float = 2, mode: str = "code",
+    *,
+    student_layers: Sequence[str] | None = None,
+    teacher_layers: Sequence[str] | None = None,
+    alpha: float = 1000.0,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
+    p: float = 2,
+    mode: str = "code",
 ):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + 1000 · AT summed over stages.
 
@@ -164,8 +192,13 @@ def attention_transfer(
 
 
 def neuron_selectivity_transfer(
-    *, student_layers: Sequence[str] | None = None, teacher_layers: Sequence[str] | None = None,
-    alpha: float = 50.0, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0,
+    *,
+    student_layers: Sequence[str] | None = None,
+    teacher_layers: Sequence[str] | None = None,
+    alpha: float = 50.0,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
 ):
     """NST (Huang & Wang, 2017): CE + 50 · MMD of channel activation patterns, summed over stages.
 
@@ -179,8 +212,12 @@ def neuron_selectivity_transfer(
 
 
 def similarity_preserving(
-    *, student_layers: Sequence[str] | None = None, teacher_layers: Sequence[str] | None = None,
-    alpha: float = 3000.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
+    *,
+    student_layers: Sequence[str] | None = None,
+    teacher_layers: Sequence[str] | None = None,
+    alpha: float = 3000.0,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
     temperature: float = 4.0,
 ):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): CE + 3000 · SP of batch similarities.
@@ -196,8 +233,13 @@ def similarity_preserving(
 
 
 def variational_information(
-    *, student_layers: Sequence[str] | None = None, teacher_layers: Sequence[str] | None = None,
-    alpha: float = 1.0, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0,
+    *,
+    student_layers: Sequence[str] | None = None,
+    teacher_layers: Sequence[str] | None = None,
+    alpha: float = 1.0,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
     init_pred_var: float = 5.0,
 ):
     """VID (Ahn et al., CVPR 2019): CE + Gaussian likelihood of teacher features, summed by stage.
@@ -213,9 +255,15 @@ def variational_information(
 
 
 def relational_kd(
-    *, student_embedding: str = PENULTIMATE, teacher_embedding: str = PENULTIMATE,
-    alpha: float = 1.0, distance_weight: float = 25.0, angle_weight: float = 50.0,
-    ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0,
+    *,
+    student_embedding: str = PENULTIMATE,
+    teacher_embedding: str = PENULTIMATE,
+    alpha: float = 1.0,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
 ):
     """Relational KD (Park et al., CVPR 2019): CE + distance (25) and angle (50) relations.
 
@@ -225,15 +273,23 @@ def relational_kd(
     return [
         *_label_terms(ce_weight, kd_weight, temperature),
         Term(
-            "rkd", "rkd", weight=alpha, student=student_embedding, teacher=teacher_embedding,
+            "rkd",
+            "rkd",
+            weight=alpha,
+            student=student_embedding,
+            teacher=teacher_embedding,
             params=params,
         ),
     ]
 
 
 def probabilistic_transfer(
-    *, student_embedding: str = PENULTIMATE, teacher_embedding: str = PENULTIMATE,
-    alpha: float = 30000.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
+    *,
+    student_embedding: str = PENULTIMATE,
+    teacher_embedding: str = PENULTIMATE,
+    alpha: float = 30000.0,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
     temperature: float = 4.0,
 ):
     """PKT (Passalis & Tefas, ECCV 2018): CE + 30000 · KL of cosine-affinity distributions.
@@ -247,9 +303,15 @@ def probabilistic_transfer(
 
 
 def correlation_congruence(
-    *, student_embedding: str = PENULTIMATE, teacher_embedding: str = PENULTIMATE,
-    alpha: float = 0.02, variant: str = "repdistiller", ce_weight: float = 1.0,
-    kd_weight: float = 0.0, temperature: float = 4.0, connector: str | None = None,
+    *,
+    student_embedding: str = PENULTIMATE,
+    teacher_embedding: str = PENULTIMATE,
+    alpha: float = 0.02,
+    variant: str = "repdistiller",
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
+    connector: str | None = None,
     feat_dim: int | None = 128,
 ):
     """Correlation congruence (Peng et al., ICCV 2019): CE + 0.02 · CC of the embeddings.
@@ -267,16 +329,28 @@ def correlation_congruence(
     return [
         *_label_terms(ce_weight, kd_weight, temperature),
         Term(
-            "cc", loss, weight=alpha, student=student_embedding, teacher=teacher_embedding,
-            connector=connector, params=params,
+            "cc",
+            loss,
+            weight=alpha,
+            student=student_embedding,
+            teacher=teacher_embedding,
+            connector=connector,
+            params=params,
         ),
     ]
 
 
 def contrastive_representation(
-    *, student_embedding: str = PENULTIMATE, teacher_embedding: str = PENULTIMATE,
-    alpha: float = 0.8, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0,
-    feat_dim: int = 128, num_negatives: int | None = None, nce_temperature: float = 0.07,
+    *,
+    student_embedding: str = PENULTIMATE,
+    teacher_embedding: str = PENULTIMATE,
+    alpha: float = 0.8,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
+    feat_dim: int = 128,
+    num_negatives: int | None = None,
+    nce_temperature: float = 0.07,
     momentum: float = 0.5,
 ):
     """CRD (Tian et al., ICLR 2020): CE + 0.8 · contrastive loss against a memory bank.
@@ -287,15 +361,19 @@ def contrastive_representation(
     ``kd_weight=1.0`` gives the README's CRD+KD.
     """
     params = {
-        "feat_dim": feat_dim, "num_negatives": num_negatives, "nce_temperature": nce_temperature,
+        "feat_dim": feat_dim,
+        "num_negatives": num_negatives,
+        "nce_temperature": nce_temperature,
         "momentum": momentum,
     }
     return [
         *_label_terms(ce_weight, kd_weight, temperature),
         Term(
-            "crd", "crd", weight=alpha, student=student_embedding, teacher=teacher_embedding,
+            "crd",
+            "crd",
+            weight=alpha,
+            student=student_embedding,
+            teacher=teacher_embedding,
             params=params,
         ),
     ]
-
-

@@ -58,11 +58,15 @@ class Term:
 
     def __post_init__(self):
         if self.chunk_size < 0:
-            raise ValueError(f"term {self.name!r}: chunk_size must be ≥ 0 (0 = off), got {self.chunk_size}")
+            raise ValueError(
+                f"term {self.name!r}: chunk_size must be ≥ 0 (0 = off), got {self.chunk_size}"
+            )
         # Beyond any run's length, and an int a float (the ramp's epoch / warmup_epochs) can hold.
         if type(self.warmup_epochs) is not int or not 0 <= self.warmup_epochs <= MAX_WARMUP_EPOCHS:
-            raise ValueError(f"term {self.name!r}: warmup_epochs must be a whole number of epochs "
-                             f"from 0 to {MAX_WARMUP_EPOCHS:,}, got {self.warmup_epochs!r}")
+            raise ValueError(
+                f"term {self.name!r}: warmup_epochs must be a whole number of epochs "
+                f"from 0 to {MAX_WARMUP_EPOCHS:,}, got {self.warmup_epochs!r}"
+            )
         if isinstance(self.loss, str):
             if self.loss not in LOSSES:
                 import difflib
@@ -82,7 +86,8 @@ class Term:
         if self.needs_build:
             parameters = parameters[1:]  # the unbound forward's `self`
         positional = [
-            p.name for p in parameters
+            p.name
+            for p in parameters
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
         ]
         # Argument order is student, teacher, target (DESIGN.md); a loss whose second
@@ -106,7 +111,10 @@ class Term:
         return isinstance(self.loss, type) and issubclass(self.loss, nn.Module)
 
     def built(
-        self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *,
+        self,
+        student_shape: tuple[int, ...],
+        teacher_shape: tuple[int, ...],
+        *,
         num_samples: int | None = None,
     ) -> Term:
         """A copy of this term holding its stateful loss built for these feature shapes. The
@@ -119,12 +127,17 @@ class Term:
     def weight_at(self, epoch: int | Tensor) -> float | Tensor:
         if self.warmup_epochs <= 0:
             return self.weight
-        if isinstance(epoch, Tensor):  # the Distiller's epoch: no Python branch for torch.compile to guard
+        if isinstance(
+            epoch, Tensor
+        ):  # the Distiller's epoch: no Python branch for torch.compile to guard
             return self.weight * (epoch / self.warmup_epochs).clamp(max=1.0)
         return self.weight * min(epoch / self.warmup_epochs, 1.0)
 
     def count(
-        self, target: Tensor, mask: Tensor | None = None, labelled: Tensor | None = None,
+        self,
+        target: Tensor,
+        mask: Tensor | None = None,
+        labelled: Tensor | None = None,
     ) -> Tensor:
         """How many items the term's value is the mean of in a batch (float64, on the target's
         device): what gradient accumulation weighs the batch by. A loss that takes a ``mask``
@@ -144,8 +157,13 @@ class Term:
         return counted.sum(dtype=torch.float64)
 
     def __call__(
-        self, student: Tensor, teacher: Tensor | None, target: Tensor, index: Tensor | None = None,
-        mask: Tensor | None = None, labelled: Tensor | None = None,
+        self,
+        student: Tensor,
+        teacher: Tensor | None,
+        target: Tensor,
+        index: Tensor | None = None,
+        mask: Tensor | None = None,
+        labelled: Tensor | None = None,
     ):
         """The term's value; ``labelled`` (per sample): a term that takes the target sees only
         the labelled samples (a transfer set's carry none), and is 0 on a batch of none."""
@@ -188,7 +206,9 @@ def default_layers(method: str, student: nn.Module, teacher: nn.Module) -> dict[
     rule = LAYER_DEFAULTS.get(method)
     if rule is None:
         return {}
-    student_stages, teacher_stages = (list(getattr(m, "hint_layers", ())) for m in (student, teacher))
+    student_stages, teacher_stages = (
+        list(getattr(m, "hint_layers", ())) for m in (student, teacher)
+    )
     if not student_stages or not teacher_stages:
         raise ValueError(
             f"method {method!r} compares intermediate features: set distill.params.student_layers "
@@ -202,9 +222,10 @@ def default_layers(method: str, student: nn.Module, teacher: nn.Module) -> dict[
         pick = [(depth - 1) // 2]
     else:
         pick = list(range(depth))
-    return {"student_layers": [student_stages[i] for i in pick], "teacher_layers": [teacher_stages[i] for i in pick]}
-
-
+    return {
+        "student_layers": [student_stages[i] for i in pick],
+        "teacher_layers": [teacher_stages[i] for i in pick],
+    }
 
 
 def mixed_ce_weight(alpha: float, ce_weight: float | None) -> float:

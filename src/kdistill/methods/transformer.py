@@ -14,7 +14,9 @@ from kdistill.methods.terms import Term, mixed_ce_weight
 # map[i], 1-based, 0 being the embeddings.
 
 
-def _layer_map(method: str, layer_map, student_layers: int | None, teacher_layers: int | None) -> list[tuple[int, int]]:
+def _layer_map(
+    method: str, layer_map, student_layers: int | None, teacher_layers: int | None
+) -> list[tuple[int, int]]:
     if layer_map is None:
         if not student_layers or not teacher_layers:
             raise ValueError(
@@ -22,15 +24,23 @@ def _layer_map(method: str, layer_map, student_layers: int | None, teacher_layer
                 "embeddings) or student_layers= and teacher_layers= for the uniform map"
             )
         # TinyBERT's uniform strategy g(m) = m·N/M, plus the embeddings (0 → 0).
-        return [(0, 0)] + [(m, m * teacher_layers // student_layers) for m in range(1, student_layers + 1)]
+        return [(0, 0)] + [
+            (m, m * teacher_layers // student_layers) for m in range(1, student_layers + 1)
+        ]
     pairs = layer_map.items() if isinstance(layer_map, dict) else layer_map
     return sorted((int(s), int(t)) for s, t in pairs)
 
 
 def tinybert(
-    *, temperature: float = 1.0, alpha: float = 1.0, ce_weight: float | None = None, layer_map=None,
-    student_layers: int | None = None, teacher_layers: int | None = None,
-    hidden_weight: float = 1.0, attention_weight: float = 1.0,
+    *,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    ce_weight: float | None = None,
+    layer_map=None,
+    student_layers: int | None = None,
+    teacher_layers: int | None = None,
+    hidden_weight: float = 1.0,
+    attention_weight: float = 1.0,
 ):
     """TinyBERT / MiniLM-style: logit KD + hidden-state MSE + attention KL on mapped layers.
 
@@ -48,18 +58,38 @@ def tinybert(
     ]
     terms = [t for t in terms if t.weight]
     for s, t in pairs:
-        terms.append(Term(f"hidden_{s}", "hidden_mse", weight=hidden_weight, student=f"hidden_states.{s}",
-                          teacher=f"hidden_states.{t}", connector="auto"))
+        terms.append(
+            Term(
+                f"hidden_{s}",
+                "hidden_mse",
+                weight=hidden_weight,
+                student=f"hidden_states.{s}",
+                teacher=f"hidden_states.{t}",
+                connector="auto",
+            )
+        )
     for s, t in pairs:
         if s > 0 and t > 0:
-            terms.append(Term(f"attention_{s}", "attention_kl", weight=attention_weight,
-                              student=f"attentions.{s - 1}", teacher=f"attentions.{t - 1}"))
+            terms.append(
+                Term(
+                    f"attention_{s}",
+                    "attention_kl",
+                    weight=attention_weight,
+                    student=f"attentions.{s - 1}",
+                    teacher=f"attentions.{t - 1}",
+                )
+            )
     return terms
 
 
 def minilm(
-    *, temperature: float = 1.0, alpha: float = 1.0, ce_weight: float | None = None,
-    student_layers: int | None = None, teacher_layers: int | None = None, attention_weight: float = 1.0,
+    *,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    ce_weight: float | None = None,
+    student_layers: int | None = None,
+    teacher_layers: int | None = None,
+    attention_weight: float = 1.0,
 ):
     """MiniLM-style: logit KD + KL between the last layers' self-attention distributions.
 
@@ -68,19 +98,31 @@ def minilm(
     so the student's depth is free (MiniLM's value-relation term is not included).
     """
     if not student_layers or not teacher_layers:
-        raise ValueError("method 'minilm': set student_layers= and teacher_layers= (the layer counts)")
+        raise ValueError(
+            "method 'minilm': set student_layers= and teacher_layers= (the layer counts)"
+        )
     terms = [
         Term("ce", "ce", weight=mixed_ce_weight(alpha, ce_weight), teacher=None),
         Term("kd", "kd", weight=alpha, params={"temperature": temperature}),
-        Term("attention", "attention_kl", weight=attention_weight,
-             student=f"attentions.{student_layers - 1}", teacher=f"attentions.{teacher_layers - 1}"),
+        Term(
+            "attention",
+            "attention_kl",
+            weight=attention_weight,
+            student=f"attentions.{student_layers - 1}",
+            teacher=f"attentions.{teacher_layers - 1}",
+        ),
     ]
     return [t for t in terms if t.weight]
 
 
 def distilbert(
-    *, temperature: float = 2.0, alpha: float = 0.5, ce_weight: float | None = None,
-    cosine_weight: float = 1.0, student_layers: int | None = None, teacher_layers: int | None = None,
+    *,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    ce_weight: float | None = None,
+    cosine_weight: float = 1.0,
+    student_layers: int | None = None,
+    teacher_layers: int | None = None,
 ):
     """DistilBERT: CE + logit KD (T = 2) + cosine loss between the last hidden states; pair it
     with ``distill.params.init_from_teacher`` (one teacher layer out of two).
@@ -89,19 +131,32 @@ def distilbert(
     term becomes the task's cross-entropy when distilling a fine-tuned teacher).
     """
     if not student_layers or not teacher_layers:
-        raise ValueError("method 'distilbert': set student_layers= and teacher_layers= (the layer counts)")
+        raise ValueError(
+            "method 'distilbert': set student_layers= and teacher_layers= (the layer counts)"
+        )
     terms = [
         Term("ce", "ce", weight=mixed_ce_weight(alpha, ce_weight), teacher=None),
         Term("kd", "kd", weight=alpha, params={"temperature": temperature}),
-        Term("cosine", "hidden_cosine", weight=cosine_weight, student=f"hidden_states.{student_layers}",
-             teacher=f"hidden_states.{teacher_layers}", connector="auto"),
+        Term(
+            "cosine",
+            "hidden_cosine",
+            weight=cosine_weight,
+            student=f"hidden_states.{student_layers}",
+            teacher=f"hidden_states.{teacher_layers}",
+            connector="auto",
+        ),
     ]
     return [t for t in terms if t.weight]
 
 
 def token_kd(
-    *, loss: str = "forward_kl", temperature: float = 1.0, alpha: float = 0.5,
-    ce_weight: float | None = None, beta: float | None = None, skew: float | None = None,
+    *,
+    loss: str = "forward_kl",
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    ce_weight: float | None = None,
+    beta: float | None = None,
+    skew: float | None = None,
     chunk_size: int = 0,
 ):
     """Token-level LM distillation: (1−α)·token CE + α·divergence(teacher ‖ student) per token.
@@ -121,9 +176,13 @@ def token_kd(
     if skew is not None:
         params["alpha"] = skew
     terms = [
-        Term("ce", "token_ce", weight=mixed_ce_weight(alpha, ce_weight), teacher=None, chunk_size=chunk_size),
+        Term(
+            "ce",
+            "token_ce",
+            weight=mixed_ce_weight(alpha, ce_weight),
+            teacher=None,
+            chunk_size=chunk_size,
+        ),
         Term("kd", loss, weight=alpha, params=params, chunk_size=chunk_size),
     ]
     return [t for t in terms if t.weight]
-
-

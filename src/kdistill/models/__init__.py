@@ -99,7 +99,9 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "neumf_small": (neumf_small, "recsys"),
 }
 
-MODELS: dict[str, ModelEntry] = {name: ModelEntry(builder, inputs) for name, (builder, inputs) in _BUILDERS.items()}
+MODELS: dict[str, ModelEntry] = {
+    name: ModelEntry(builder, inputs) for name, (builder, inputs) in _BUILDERS.items()
+}
 
 
 MAX_LAYERS = 10_000
@@ -117,7 +119,9 @@ class ModelSettingError(TypeError, ValueError):
 
 def list_models(inputs: str | None = None) -> list[str]:
     """Every zoo model's name, or those reading ``inputs`` (one of ``INPUT_KINDS``)."""
-    return sorted(name for name, entry in MODELS.items() if inputs is None or entry.inputs == inputs)
+    return sorted(
+        name for name, entry in MODELS.items() if inputs is None or entry.inputs == inputs
+    )
 
 
 def describe_model(name: str) -> str:
@@ -142,7 +146,9 @@ def model_taps(name: str) -> list[tuple[str, str]]:
             note = " (stage: a hint layer)" if module_name in stages else ""
             rows.append((module_name, f"{type(module).__name__}{note}"))
     if hasattr(model, "forward_head"):
-        rows.append(("head:input", "the pooled vector in front of the classifier (rkd, pkt, cc, crd)"))
+        rows.append(
+            ("head:input", "the pooled vector in front of the classifier (rkd, pkt, cc, crd)")
+        )
     return rows
 
 
@@ -180,15 +186,24 @@ def create_model(name: str, **kwargs) -> nn.Module:
         builder = partial(build_imported, name)
     else:
         builder = _entry(name)
-    negative = [f"{key}={value}" for key, value in kwargs.items() if type(value) is int and value < 0]
+    negative = [
+        f"{key}={value}" for key, value in kwargs.items() if type(value) is int and value < 0
+    ]
     if negative:
-        raise ModelSettingError(f"{name}: {negative[0]} is negative; sizes and counts are whole numbers >= 0")
+        raise ModelSettingError(
+            f"{name}: {negative[0]} is negative; sizes and counts are whole numbers >= 0"
+        )
     # A layer count is a Python loop before it is memory: a depth of 1e9 would build modules for
     # minutes before running out of memory, so it is refused first (the deepest zoo model: 56).
-    deep = [f"{key}={value}" for key, value in kwargs.items()
-            if type(value) is int and value > MAX_LAYERS and ("depth" in key or "layer" in key)]
+    deep = [
+        f"{key}={value}"
+        for key, value in kwargs.items()
+        if type(value) is int and value > MAX_LAYERS and ("depth" in key or "layer" in key)
+    ]
     if deep:
-        raise ModelSettingError(f"{name}: {deep[0]} is more than {MAX_LAYERS:,} layers; use a smaller depth")
+        raise ModelSettingError(
+            f"{name}: {deep[0]} is more than {MAX_LAYERS:,} layers; use a smaller depth"
+        )
     try:
         return builder(**kwargs)
     except ImportedModelError as error:

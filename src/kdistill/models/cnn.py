@@ -11,7 +11,9 @@ def _conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequentia
     layers: list[nn.Module] = []
     for i in range(convs):
         layers += [
-            nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv2d(
+                in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         ]
@@ -56,7 +58,8 @@ class CNN(nn.Module):
             raise ValueError(f"pool={pool!r}: choose avg or flatten")
         self.fc = (
             nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True))
-            if hidden else nn.Identity()
+            if hidden
+            else nn.Identity()
         )
         features = hidden or features
         self.dropout = nn.Dropout(dropout)
@@ -93,7 +96,9 @@ def cnn_small(**kwargs) -> CNN:
 
 def lenet(**kwargs) -> CNN:
     """LeNet-style: 32 and 64 channels, flattened into a 128-unit hidden layer (a small teacher)."""
-    return CNN(**{"width": 32, "depth": 2, "pool": "flatten", "hidden": 128, "dropout": 0.25, **kwargs})
+    return CNN(
+        **{"width": 32, "depth": 2, "pool": "flatten", "hidden": 128, "dropout": 0.25, **kwargs}
+    )
 
 
 def cnn_large(**kwargs) -> CNN:

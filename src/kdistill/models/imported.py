@@ -63,7 +63,11 @@ def _search_path() -> list[str]:
 def import_target(spec: str):
     """The object ``spec`` (``package.module:Name``, ``Name`` may be dotted) names."""
     module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute or not all(part.isidentifier() for part in (*module_name.split("."), *attribute.split("."))):
+    if (
+        not module_name
+        or not attribute
+        or not all(part.isidentifier() for part in (*module_name.split("."), *attribute.split(".")))
+    ):
         raise ImportedModelError(f"{spec!r}: write package.module:ClassName (or :factory_function)")
     if _standard(module_name):  # some run code when imported (antigravity, this)
         raise ImportedModelError(f"{spec!r}: {module_name} is Python's standard library; {YOURS}")
@@ -79,9 +83,13 @@ def import_target(spec: str):
             raise ImportedModelError(
                 f"{spec!r}: no module {error.name!r} in the recipe's directory, the current directory or the Python path"
             ) from None
-        raise ImportedModelError(f"{spec!r}: importing {module_name} needs {error.name!r}, which is not installed") from None
+        raise ImportedModelError(
+            f"{spec!r}: importing {module_name} needs {error.name!r}, which is not installed"
+        ) from None
     except Exception as error:  # noqa: BLE001 -- the user's module may raise anything at import
-        raise ImportedModelError(f"{spec!r}: importing {module_name} failed: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") from None
+        raise ImportedModelError(
+            f"{spec!r}: importing {module_name} failed: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        ) from None
     finally:
         for directory in added:
             sys.path.remove(directory)
@@ -91,7 +99,9 @@ def import_target(spec: str):
             raise ImportedModelError(f"{spec!r}: {module_name} has no {attribute!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise ImportedModelError(f"{spec!r}: {attribute} is a {type(target).__name__}, not a class or function")
+        raise ImportedModelError(
+            f"{spec!r}: {attribute} is a {type(target).__name__}, not a class or function"
+        )
     vet(spec, target)
     return target
 
@@ -105,22 +115,27 @@ def vet(spec: str, target) -> None:
     if inspect.isclass(target):
         if not issubclass(target, nn.Module):
             raise ImportedModelError(
-                f"{spec!r}: {target.__qualname__} is a class but not a torch.nn.Module; {YOURS}")
+                f"{spec!r}: {target.__qualname__} is a class but not a torch.nn.Module; {YOURS}"
+            )
         return
     if not inspect.isfunction(target):  # a builtin, a method, a partial, a callable object
         raise ImportedModelError(
-            f"{spec!r}: a {type(target).__name__} is neither a class nor a plain function; {YOURS}")
+            f"{spec!r}: a {type(target).__name__} is neither a class nor a plain function; {YOURS}"
+        )
     defined_in = sys.modules.get(target.__module__)
     file = getattr(defined_in, "__file__", None)
     if file is None or _standard(target.__module__):
         raise ImportedModelError(
-            f"{spec!r}: {target.__module__}.{target.__qualname__} is not your code; {YOURS}")
+            f"{spec!r}: {target.__module__}.{target.__qualname__} is not your code; {YOURS}"
+        )
     file = Path(file).resolve()
     installed = _under(file, _site_dirs())
     if not installed and _under(file, _standard_dirs()):
         raise ImportedModelError(f"{spec!r}: {target.__module__} is Python's own; {YOURS}")
     if _under(file, DATA_DIRS):  # however it was imported: a run directory is data
-        raise ImportedModelError(f"{spec!r}: {file} lies in a run directory, which is data; {YOURS}")
+        raise ImportedModelError(
+            f"{spec!r}: {file} lies in a run directory, which is data; {YOURS}"
+        )
     if not installed and _under(file, [*RECIPE_DIRS, Path.cwd().resolve()]):
         return  # a factory in the user's own files
     same_package = target.__module__.partition(".")[0] == spec.partition(":")[0].partition(".")[0]
@@ -147,7 +162,8 @@ def _not_from_data(spec: str, module_name: str) -> None:
         for place in map(Path, places):
             if _under(place.resolve(), DATA_DIRS):
                 raise ImportedModelError(
-                    f"{spec!r}: {place} lies in a run directory, which is data, not code; {YOURS}")
+                    f"{spec!r}: {place} lies in a run directory, which is data, not code; {YOURS}"
+                )
 
 
 def _standard(module_name: str) -> bool:
@@ -185,7 +201,11 @@ def _accepted(target) -> set[str]:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):
         return set()
-    return {name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        name
+        for name, p in parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def build_imported(spec: str, **kwargs) -> nn.Module:
@@ -196,7 +216,9 @@ def build_imported(spec: str, **kwargs) -> nn.Module:
     arguments = {k: v for k, v in kwargs.items() if k not in DATA_ARGUMENTS or k in accepted}
     model = target(**arguments)  # a TypeError names the keyword it does not take
     if not isinstance(model, nn.Module):
-        raise ImportedModelError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ImportedModelError(
+            f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     record_call(model, target, arguments)
     return model
 
@@ -213,6 +235,13 @@ def source_digest(spec: str) -> str:
 
 
 __all__ = [
-    "DATA_DIRS", "RECIPE_DIRS", "ImportedModelError", "build_imported", "import_target",
-    "is_import_spec", "remember_data_dir", "remember_recipe_dir", "source_digest",
+    "DATA_DIRS",
+    "RECIPE_DIRS",
+    "ImportedModelError",
+    "build_imported",
+    "import_target",
+    "is_import_spec",
+    "remember_data_dir",
+    "remember_recipe_dir",
+    "source_digest",
 ]

@@ -64,4 +64,3 @@ def mlp_large(**kwargs) -> MLP:
 
 
 __all__ = ["MLP", "mlp", "mlp_large", "mlp_tiny"]
-

@@ -28,7 +28,12 @@ def _conv_bn(
     in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1
 ) -> list[nn.Module]:
     conv = nn.Conv2d(
-        in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, groups=groups,
+        in_channels,
+        out_channels,
+        kernel,
+        stride=stride,
+        padding=kernel // 2,
+        groups=groups,
         bias=False,
     )
     return [conv, nn.BatchNorm2d(out_channels)]
@@ -42,8 +47,10 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = in_channels * expansion
         self.conv = nn.Sequential(
-            *_conv_bn(in_channels, hidden, 1), nn.ReLU(),
-            *_conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU(),
+            *_conv_bn(in_channels, hidden, 1),
+            nn.ReLU(),
+            *_conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            nn.ReLU(),
             *_conv_bn(hidden, out_channels, 1),
         )
         self.residual = stride == 1 and in_channels == out_channels

@@ -68,11 +68,16 @@ def block_influence(model: nn.Module, batches: Iterable) -> Tensor:
         def record(module, args, kwargs, output):
             hidden_in = args[0] if args else kwargs["hidden_states"]
             hidden_out = output[0] if isinstance(output, tuple) else output
-            cosine = torch.nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
+            cosine = torch.nn.functional.cosine_similarity(
+                hidden_in.float(), hidden_out.float(), dim=-1
+            )
             sums[index] += cosine[state["mask"]].double().sum().cpu()
+
         return record
 
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles = [
+        layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)
+    ]
     was_training = lm.training
     lm.eval()
     device = next(lm.parameters()).device
@@ -81,7 +86,9 @@ def block_influence(model: nn.Module, batches: Iterable) -> Tensor:
         for batch in batches:
             ids, mask = _ids_and_mask(batch)
             ids = ids.to(device)
-            mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
+            mask = (
+                torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
+            )
             state["mask"] = mask
             lm(input_ids=ids, attention_mask=mask.long(), use_cache=False)
             count += int(mask.sum())
@@ -111,7 +118,9 @@ def prune_layers(model: nn.Module, keep_layers: list[int]) -> nn.Module:
     layers = lm.model.layers
     bad = [i for i in keep_layers if not (isinstance(i, int) and 0 <= i < len(layers))]
     if bad or not keep_layers or len(set(keep_layers)) != len(keep_layers):
-        raise ConfigError(f"layers {list(keep_layers)} must be distinct indices of the model's {len(layers)} layers")
+        raise ConfigError(
+            f"layers {list(keep_layers)} must be distinct indices of the model's {len(layers)} layers"
+        )
     lm.model.layers = nn.ModuleList()  # not copied below: only the kept layers are
     try:
         pruned = copy.deepcopy(lm)  # one deepcopy: a parameter shared by two modules stays shared
@@ -119,12 +128,16 @@ def prune_layers(model: nn.Module, keep_layers: list[int]) -> nn.Module:
         lm.model.layers = layers
     pruned.model.layers = nn.ModuleList(copy.deepcopy(layers[i]) for i in keep_layers)
     for new_index, layer in enumerate(pruned.model.layers):
-        for module in layer.modules():  # the attention (and any sub-module) reads its cache slot by index
+        for (
+            module
+        ) in layer.modules():  # the attention (and any sub-module) reads its cache slot by index
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_index
     config = pruned.config
     config.num_hidden_layers = len(keep_layers)
-    if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (sliding, full)
+    if isinstance(
+        getattr(config, "layer_types", None), list
+    ):  # per-layer attention kinds (sliding, full)
         config.layer_types = [config.layer_types[i] for i in keep_layers]
     if getattr(config, "tie_word_embeddings", False):
         pruned.tie_weights()
@@ -142,7 +155,11 @@ def calibration_batches(dataset, tokens: int, batch_size: int = 8) -> list[dict]
         if counted >= tokens:
             break
         sample = dataset[i]
-        ids = sample["input"]["input_ids"] if isinstance(sample["input"], Mapping) else sample["input"]
+        ids = (
+            sample["input"]["input_ids"]
+            if isinstance(sample["input"], Mapping)
+            else sample["input"]
+        )
         mask = sample.get("mask")
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         inputs.append(ids)
@@ -151,12 +168,17 @@ def calibration_batches(dataset, tokens: int, batch_size: int = 8) -> list[dict]
     if not inputs:
         raise ConfigError("calibration_tokens: the training split is empty")
     return [
-        {"input": torch.stack(inputs[i:i + batch_size]), "mask": torch.stack(masks[i:i + batch_size])}
+        {
+            "input": torch.stack(inputs[i : i + batch_size]),
+            "mask": torch.stack(masks[i : i + batch_size]),
+        }
         for i in range(0, len(inputs), batch_size)
     ]
 
 
-def prune_by_influence(model: nn.Module, dataset, *, keep: int, calibration_tokens: int = 8192) -> tuple[nn.Module, dict]:
+def prune_by_influence(
+    model: nn.Module, dataset, *, keep: int, calibration_tokens: int = 8192
+) -> tuple[nn.Module, dict]:
     """``model`` depth-pruned to its ``keep`` most influential layers, scored on the first
     ``calibration_tokens`` tokens of ``dataset``; returns it and what was decided (the scores,
     the kept layers, the tokens scored) for the run's record."""
@@ -167,11 +189,19 @@ def prune_by_influence(model: nn.Module, dataset, *, keep: int, calibration_toke
     kept = select_layers(scores, keep)
     info = {
         "method": "block influence (ShortGPT, arXiv:2403.03853)",
-        "layers": len(scores), "keep_layers": kept,
+        "layers": len(scores),
+        "keep_layers": kept,
         "scores": [round(float(s), 5) for s in scores],
         "calibration_tokens": sum(int(b["mask"].sum()) for b in batches),
     }
     return prune_layers(model, kept), info
 
 
-__all__ = ["block_influence", "calibration_batches", "layer_stack", "prune_by_influence", "prune_layers", "select_layers"]
+__all__ = [
+    "block_influence",
+    "calibration_batches",
+    "layer_stack",
+    "prune_by_influence",
+    "prune_layers",
+    "select_layers",
+]

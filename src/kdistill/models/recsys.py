@@ -84,7 +84,9 @@ def neumf(**kwargs) -> NeuMF:
 
 def neumf_large(**kwargs) -> NeuMF:
     """NeuMF with 128-dimensional embeddings in both branches, MLP 128-64-32 (a teacher)."""
-    return NeuMF(**{"gmf_dim": 128, "mlp_dim": 128, "mlp_layers": (128, 64, 32), "dropout": 0.1, **kwargs})
+    return NeuMF(
+        **{"gmf_dim": 128, "mlp_dim": 128, "mlp_layers": (128, 64, 32), "dropout": 0.1, **kwargs}
+    )
 
 
 def neumf_small(**kwargs) -> NeuMF:

@@ -120,4 +120,12 @@ def resnet32x4(**kwargs) -> CifarResNet:
     return CifarResNet(**{"blocks_per_stage": 5, "widths": (32, 64, 128, 256), **kwargs})
 
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet8x4", "resnet20", "resnet32x4", "resnet56"]
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "resnet8",
+    "resnet8x4",
+    "resnet20",
+    "resnet32x4",
+    "resnet56",
+]

@@ -65,7 +65,11 @@ class SequenceRNN(nn.Module):
             raise ValueError(f"pool={pool!r}: choose mean or max")
         _, features = sequence_shape(tuple(input_shape))
         self.rnn = cells[cell](
-            features, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
+            features,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
             dropout=dropout if layers > 1 else 0.0,
         )
         self.frames = nn.Identity()
@@ -107,16 +111,24 @@ class TemporalCNN(nn.Module):
         super().__init__()
         steps, features = sequence_shape(tuple(input_shape))
         channels = [features] + [width * 2**k for k in range(depth)]
-        self.stages = nn.Sequential(*(
-            nn.Sequential(
-                nn.Conv1d(channels[k], channels[k + 1], kernel_size, padding=kernel_size // 2, bias=False),
-                nn.BatchNorm1d(channels[k + 1]),
-                nn.ReLU(inplace=True),
-                # Pool only while the sequence is long enough to halve.
-                nn.MaxPool1d(2) if steps // 2**(k + 1) >= 1 else nn.Identity(),
+        self.stages = nn.Sequential(
+            *(
+                nn.Sequential(
+                    nn.Conv1d(
+                        channels[k],
+                        channels[k + 1],
+                        kernel_size,
+                        padding=kernel_size // 2,
+                        bias=False,
+                    ),
+                    nn.BatchNorm1d(channels[k + 1]),
+                    nn.ReLU(inplace=True),
+                    # Pool only while the sequence is long enough to halve.
+                    nn.MaxPool1d(2) if steps // 2 ** (k + 1) >= 1 else nn.Identity(),
+                )
+                for k in range(depth)
             )
-            for k in range(depth)
-        ))
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(channels[-1], num_classes)
         self.num_classes = num_classes
@@ -135,7 +147,16 @@ class TemporalCNN(nn.Module):
 
 def bilstm(**kwargs) -> SequenceRNN:
     """Bidirectional LSTM, 2 layers of 128 units each way, mean-pooled (a speech teacher)."""
-    return SequenceRNN(**{"cell": "lstm", "hidden": 128, "layers": 2, "bidirectional": True, "dropout": 0.1, **kwargs})
+    return SequenceRNN(
+        **{
+            "cell": "lstm",
+            "hidden": 128,
+            "layers": 2,
+            "bidirectional": True,
+            "dropout": 0.1,
+            **kwargs,
+        }
+    )
 
 
 def gru(**kwargs) -> SequenceRNN:
@@ -153,4 +174,13 @@ def conv1d(**kwargs) -> TemporalCNN:
     return TemporalCNN(**kwargs)
 
 
-__all__ = ["SequenceRNN", "TemporalCNN", "as_sequence", "bilstm", "conv1d", "gru", "gru_tiny", "sequence_shape"]
+__all__ = [
+    "SequenceRNN",
+    "TemporalCNN",
+    "as_sequence",
+    "bilstm",
+    "conv1d",
+    "gru",
+    "gru_tiny",
+    "sequence_shape",
+]

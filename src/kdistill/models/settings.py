@@ -69,7 +69,13 @@ def model_settings(model: nn.Module) -> dict[str, Any]:
         return {k: _plain(v) for k, v in spelled.items()}
     config = getattr(model, "config", None)
     if hasattr(config, "to_diff_dict"):  # transformers' PretrainedConfig
-        return _plain({k: v for k, v in config.to_diff_dict().items() if k not in _HF_BOOKKEEPING and not k.startswith("_")})
+        return _plain(
+            {
+                k: v
+                for k, v in config.to_diff_dict().items()
+                if k not in _HF_BOOKKEEPING and not k.startswith("_")
+            }
+        )
     return {}
 
 

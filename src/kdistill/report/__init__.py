@@ -23,7 +23,11 @@ def _bytes(n: int) -> str:
 
 
 def _task(summary: dict) -> dict:
-    return summary.get("task") or {"metrics": ["accuracy"], "higher_is_better": {"accuracy": True}, "percent": ["accuracy"]}
+    return summary.get("task") or {
+        "metrics": ["accuracy"],
+        "higher_is_better": {"accuracy": True},
+        "percent": ["accuracy"],
+    }
 
 
 def _metric(value: float, name: str, task: dict) -> str:
@@ -49,22 +53,39 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     metrics = task["metrics"]
     roles = [role for role in table_roles(summary) if summary.get(role)]
     extras = any(summary[role].get("connector_params") for role in roles)
-    header = ["model", *(f"test {m}" for m in metrics), "parameters", "size on disk",
-              "latency b=1 (ms)", "latency b=256 (ms)", *(["training-only parameters"] if extras else [])]
+    header = [
+        "model",
+        *(f"test {m}" for m in metrics),
+        "parameters",
+        "size on disk",
+        "latency b=1 (ms)",
+        "latency b=256 (ms)",
+        *(["training-only parameters"] if extras else []),
+    ]
     rows = []
     for role in roles:
         entry = summary[role]
-        rows.append([
-            f"{role_title(role)} ({entry['model']})", *(_metric(entry[m], m, task) for m in metrics),
-            f"{entry['params']:,}", _bytes(entry["bytes"]),
-            _latency(entry, "batch_1", 3), _latency(entry, "batch_256", 2),
-            *([f"{entry['connector_params']:,}" if "connector_params" in entry else ""] if extras else []),
-        ])
+        rows.append(
+            [
+                f"{role_title(role)} ({entry['model']})",
+                *(_metric(entry[m], m, task) for m in metrics),
+                f"{entry['params']:,}",
+                _bytes(entry["bytes"]),
+                _latency(entry, "batch_1", 3),
+                _latency(entry, "batch_256", 2),
+                *(
+                    [f"{entry['connector_params']:,}" if "connector_params" in entry else ""]
+                    if extras
+                    else []
+                ),
+            ]
+        )
     return header, rows
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A markdown table, the first column left-aligned and the others right-aligned."""
+
     def cells(values):
         return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
 
@@ -103,9 +124,15 @@ def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         verdict_word = (
             "better" if c["better"] else "worse" if c["worse"] else "no significant difference"
         )
-        rows.append([f"{label} ({c['metric']})", f"{scale * c['difference']:+.3g}{unit}",
-                     f"[{scale * c['ci'][0]:+.3g}, {scale * c['ci'][1]:+.3g}]",
-                     f"{c['mcnemar_p']:.2g}" if "mcnemar_p" in c else "", verdict_word])
+        rows.append(
+            [
+                f"{label} ({c['metric']})",
+                f"{scale * c['difference']:+.3g}{unit}",
+                f"[{scale * c['ci'][0]:+.3g}, {scale * c['ci'][1]:+.3g}]",
+                f"{c['mcnemar_p']:.2g}" if "mcnemar_p" in c else "",
+                verdict_word,
+            ]
+        )
     return header, rows
 
 
@@ -133,7 +160,8 @@ def verdict(summary: dict) -> str:
         gap = teacher - scratch
         recovered = (
             f", recovering {100 * (student - scratch) / gap:.0f}% of the teacher–scratch gap"
-            if gap and (gap > 0) == higher else ""
+            if gap and (gap > 0) == higher
+            else ""
         )
         return (
             f"Distillation helped: the distilled student's test {headline} differs from the same "
@@ -143,7 +171,8 @@ def verdict(summary: dict) -> str:
     causes = "\n".join(f"- {cause}" for cause in likely_causes(summary))
     worse = comparison is not None and comparison["worse"]
     opening = (
-        "Distillation did worse than the scratch student" if worse
+        "Distillation did worse than the scratch student"
+        if worse
         else "No significant difference between the distilled and the scratch student"
     )
     return (
@@ -191,7 +220,11 @@ def students_sentence(summary: dict) -> str:
         )
     else:
         # λ, not α: the mixing weight's Beta(α, α) is not distill.alpha, which the report shows too.
-        mixing = f", {mix} (λ ~ Beta({students['mix_alpha']:g}, {students['mix_alpha']:g}); the scratch student on the mixed labels)" if mix != "none" else ", no mixing"
+        mixing = (
+            f", {mix} (λ ~ Beta({students['mix_alpha']:g}, {students['mix_alpha']:g}); the scratch student on the mixed labels)"
+            if mix != "none"
+            else ", no mixing"
+        )
         sentence = (
             f" Both students train alike: {students['epochs']} epochs, augmentation {students['augment']}{mixing}; "
             "the scratch student is the same training without the teacher."
@@ -218,26 +251,39 @@ def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     teacher = f" Teacher: {source}." if source else ""
     blocks = [
         ("heading", 1, f"{summary['name']}: {summary['method']} distillation"),
-        ("paragraph", f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test "
-                      f"split.{teacher}{students_sentence(summary)}"),
+        (
+            "paragraph",
+            f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test "
+            f"split.{teacher}{students_sentence(summary)}",
+        ),
         ("table", *results_rows(summary)),
     ]
     header, rows = comparison_rows(summary)
     if rows:
-        blocks.append(("paragraph", (
-            "Paired comparisons on the test set: the difference in the headline metric, its 95 % "
-            "paired bootstrap interval and, for accuracy, McNemar's exact test."
-        )))
+        blocks.append(
+            (
+                "paragraph",
+                (
+                    "Paired comparisons on the test set: the difference in the headline metric, its 95 % "
+                    "paired bootstrap interval and, for accuracy, McNemar's exact test."
+                ),
+            )
+        )
         blocks.append(("table", header, rows))
     blocks.append(("paragraph", lines[0]))
     if len(lines) > 1:
         blocks.append(("list", [line.removeprefix("- ") for line in lines[1:]]))
-    blocks.append((
-        "paragraph",
-        f"Latency: median of repeated CPU forward passes on {summary['latency_threads']} thread(s). "
-        f"Total run time {summary['seconds']:.0f} s.",
-    ))
-    diagnostic_plots = sorted((p for p in plots if p.stem in DIAGNOSTIC_PLOTS), key=lambda p: DIAGNOSTIC_PLOTS.index(p.stem))
+    blocks.append(
+        (
+            "paragraph",
+            f"Latency: median of repeated CPU forward passes on {summary['latency_threads']} thread(s). "
+            f"Total run time {summary['seconds']:.0f} s.",
+        )
+    )
+    diagnostic_plots = sorted(
+        (p for p in plots if p.stem in DIAGNOSTIC_PLOTS),
+        key=lambda p: DIAGNOSTIC_PLOTS.index(p.stem),
+    )
     blocks += diagnostics_blocks(summary.get("diagnostics"), diagnostic_plots)
     blocks += export_blocks(summary.get("export"), _task(summary))
     blocks += samples_blocks(summary.get("samples"))
@@ -254,15 +300,28 @@ def diagnostics_blocks(diagnostics: dict | None, plots: list[Path]) -> list[tupl
     roles = [r for r in ROLES if r in diagnostics["ece"]]
     agree, kl = diagnostics.get("agreement", {}), diagnostics.get("kl_to_teacher", {})
     rows = [
-        [ROLE_TITLES[r], f"{100 * agree[r]:.2f}%" if r in agree else "",
-         f"{kl[r]:.4f}" if r in kl else "", f"{diagnostics['ece'][r]:.4f}",
-         f"{diagnostics['mean_confidence'][r]:.4f}"]
+        [
+            ROLE_TITLES[r],
+            f"{100 * agree[r]:.2f}%" if r in agree else "",
+            f"{kl[r]:.4f}" if r in kl else "",
+            f"{diagnostics['ece'][r]:.4f}",
+            f"{diagnostics['mean_confidence'][r]:.4f}",
+        ]
         for r in roles
     ]
     blocks = [
         ("heading", 2, f"Diagnostics ({diagnostics['split']} split, {diagnostics['n']} samples)"),
-        ("table", ["model", "top-1 agreement with teacher", "mean KL(teacher ‖ model), nats",
-                   "ECE", "mean confidence"], rows),
+        (
+            "table",
+            [
+                "model",
+                "top-1 agreement with teacher",
+                "mean KL(teacher ‖ model), nats",
+                "ECE",
+                "mean confidence",
+            ],
+            rows,
+        ),
         ("paragraph", f"Calibration: {diagnostics['binning']}."),
     ]
     names = diagnostics["class_names"]
@@ -270,10 +329,20 @@ def diagnostics_blocks(diagnostics: dict | None, plots: list[Path]) -> list[tupl
         per_class = diagnostics["per_class_accuracy"]
         blocks += [
             ("heading", 3, "Per-class accuracy"),
-            ("table", ["class", *(ROLE_TITLES[r] for r in roles)], [
-                [name, *("" if per_class[r][i] is None else f"{100 * per_class[r][i]:.1f}%" for r in roles)]
-                for i, name in enumerate(names)
-            ]),
+            (
+                "table",
+                ["class", *(ROLE_TITLES[r] for r in roles)],
+                [
+                    [
+                        name,
+                        *(
+                            "" if per_class[r][i] is None else f"{100 * per_class[r][i]:.1f}%"
+                            for r in roles
+                        ),
+                    ]
+                    for i, name in enumerate(names)
+                ],
+            ),
         ]
     blocks += [("image", f"plots/{p.name}", p.stem) for p in plots]
     return blocks
@@ -287,13 +356,19 @@ def samples_blocks(samples: list[dict] | None) -> list[tuple]:
     def shown(text: str) -> str:  # one table cell: line breaks as ⏎, markdown code spans kept
         return "`" + text.replace("`", "'").replace("\n", "⏎") + "`"
 
-    blocks = [("heading", 2, "Generated samples"), (
-        "paragraph", "Each model continues the same test prompts with the same random seed."
-    )]
+    blocks = [
+        ("heading", 2, "Generated samples"),
+        ("paragraph", "Each model continues the same test prompts with the same random seed."),
+    ]
     for number, row in enumerate(samples, 1):
         models = [k for k in row if k != "prompt"]
-        blocks.append(("table", [f"prompt {number}", shown(row["prompt"])],
-                       [[ROLE_TITLES.get(m, m), shown(row[m])] for m in models]))
+        blocks.append(
+            (
+                "table",
+                [f"prompt {number}", shown(row["prompt"])],
+                [[ROLE_TITLES.get(m, m), shown(row[m])] for m in models],
+            )
+        )
     return blocks
 
 
@@ -303,28 +378,67 @@ def export_blocks(export: dict | None, task: dict) -> list[tuple]:
         return []
     blocks = [
         ("heading", 2, "Deployment: ONNX"),
-        ("paragraph", f"Exported with the {export['exporter']} exporter (opset {export['opset']}); checked and "
-                      f"timed with ONNX Runtime {export['versions']['onnxruntime']} on {export['threads']} "
-                      f"CPU thread(s). Parity: largest |ONNX − PyTorch| over the logits of "
-                      f"{export['parity_samples']} test samples."),
+        (
+            "paragraph",
+            f"Exported with the {export['exporter']} exporter (opset {export['opset']}); checked and "
+            f"timed with ONNX Runtime {export['versions']['onnxruntime']} on {export['threads']} "
+            f"CPU thread(s). Parity: largest |ONNX − PyTorch| over the logits of "
+            f"{export['parity_samples']} test samples.",
+        ),
     ]
     rows = []
     for key, check in export["checks"].items():
-        detail = f"≤ {check['tolerance']:g}" if check["kind"] == "logits" else (
-            f"test {check['metric']} {_metric(check['reference'], check['metric'], task)} → "
-            f"{_metric(check['value'], check['metric'], task)}, drop ≤ "
-            + (f"{100 * check['tolerance']:g} points" if check["metric"] in task["percent"] else f"{check['tolerance']:g}")
+        detail = (
+            f"≤ {check['tolerance']:g}"
+            if check["kind"] == "logits"
+            else (
+                f"test {check['metric']} {_metric(check['reference'], check['metric'], task)} → "
+                f"{_metric(check['value'], check['metric'], task)}, drop ≤ "
+                + (
+                    f"{100 * check['tolerance']:g} points"
+                    if check["metric"] in task["percent"]
+                    else f"{check['tolerance']:g}"
+                )
+            )
         )
-        rows.append([key, export["files"][check["file"]]["path"], _bytes(export["files"][check["file"]]["bytes"]),
-                     f"{check['max_abs_diff']:.2e}", detail, "passed" if check["passed"] else "FAILED"])
-    blocks.append(("table", ["check", "file", "size on disk", "max abs diff", "criterion", "result"], rows))
+        rows.append(
+            [
+                key,
+                export["files"][check["file"]]["path"],
+                _bytes(export["files"][check["file"]]["bytes"]),
+                f"{check['max_abs_diff']:.2e}",
+                detail,
+                "passed" if check["passed"] else "FAILED",
+            ]
+        )
+    blocks.append(
+        ("table", ["check", "file", "size on disk", "max abs diff", "criterion", "result"], rows)
+    )
     rows = []
     for model, runtimes in export["latency_ms"].items():
         for runtime, latency in runtimes.items():
-            rows.append([model, runtime, f"{latency['batch_1']:.3f}", f"{latency['batch_256']:.2f}",
-                         f"{export['throughput'][model][runtime]:,.0f}"])
-    blocks.append(("table", ["model", "runtime", "latency b=1 (ms)", "latency b=256 (ms)",
-                             "throughput b=256 (samples/s)"], rows))
+            rows.append(
+                [
+                    model,
+                    runtime,
+                    f"{latency['batch_1']:.3f}",
+                    f"{latency['batch_256']:.2f}",
+                    f"{export['throughput'][model][runtime]:,.0f}",
+                ]
+            )
+    blocks.append(
+        (
+            "table",
+            [
+                "model",
+                "runtime",
+                "latency b=1 (ms)",
+                "latency b=256 (ms)",
+                "throughput b=256 (samples/s)",
+            ],
+            rows,
+        )
+    )
     ratios = "; ".join(
         f"{runtime}: {ratio_text(r['batch_1'])} at batch 1, "
         f"{ratio_text(r['batch_256'])} at batch 256"
@@ -356,7 +470,10 @@ def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
 
     run_dir = Path(run_dir)
     blocks = report_blocks(summary, plots)
-    atomic_write(run_dir / "report.html", render_html(blocks, run_dir, title=f"{summary['name']} — kdistill report"))
+    atomic_write(
+        run_dir / "report.html",
+        render_html(blocks, run_dir, title=f"{summary['name']} — kdistill report"),
+    )
     return atomic_write(run_dir / "report.md", to_markdown(blocks))
 
 
@@ -377,7 +494,9 @@ def read_summary(run_dir: str | Path) -> dict:
     except OSError as error:  # a name longer than the file system takes
         raise UserError(f"{str(run_dir)[:80]}...: not a usable path ({error.strerror})") from None
     if not found:
-        raise UserError(f"{run_dir}: no summary.json here; pass the directory of a finished `kdistill run`")
+        raise UserError(
+            f"{run_dir}: no summary.json here; pass the directory of a finished `kdistill run`"
+        )
     try:
         summary = json.loads(path.read_bytes())
     except OSError as error:
@@ -388,7 +507,9 @@ def read_summary(run_dir: str | Path) -> dict:
         report_blocks(summary, [])  # reads every field a report, a resume or an export shows
         summary["name"]  # noqa: B018 (presence check: the report's title)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
-        raise UserError(f"{path}: damaged or edited ({type(error).__name__}: {str(error)[:80]}); rerun the run with --overwrite") from None
+        raise UserError(
+            f"{path}: damaged or edited ({type(error).__name__}: {str(error)[:80]}); rerun the run with --overwrite"
+        ) from None
     return summary
 
 
@@ -401,5 +522,6 @@ def render_run(run_dir: str | Path) -> Path:
     if (run_dir / "plots").is_dir():
         history = MetricsLog(run_dir / "metrics.jsonl").read()
         plots = (plot_history(history, run_dir / "plots") if history else []) + plot_diagnostics(
-            summary.get("diagnostics"), run_dir / "plots")
+            summary.get("diagnostics"), run_dir / "plots"
+        )
     return write_report(run_dir, summary, plots)

@@ -55,8 +55,13 @@ class MetricsLog:
                 records.append(json.loads(line))
             except ValueError:
                 if number < len(lines):
-                    raise UserError(f"{self.path}: line {number} is not a JSON record; remove that line and run again") from None
-                print(f"note: {self.path}: dropped its incomplete last line (an interrupted write)", file=sys.stderr)
+                    raise UserError(
+                        f"{self.path}: line {number} is not a JSON record; remove that line and run again"
+                    ) from None
+                print(
+                    f"note: {self.path}: dropped its incomplete last line (an interrupted write)",
+                    file=sys.stderr,
+                )
         return records
 
     def seconds(self, phase: str) -> float:

@@ -46,7 +46,11 @@ NUMBER = re.compile(r"^[-+−]?[\d,.]+(e[-+]?\d+)?\s?(%|×|points?|B|kB|MB|GB)?$
 
 def cell(text) -> str:
     """A table cell; numbers (with their unit) are right-aligned so their digits line up."""
-    return f'<td class="num">{inline(text)}</td>' if NUMBER.match(str(text)) else f"<td>{inline(text)}</td>"
+    return (
+        f'<td class="num">{inline(text)}</td>'
+        if NUMBER.match(str(text))
+        else f"<td>{inline(text)}</td>"
+    )
 
 
 def embed_image(path: Path, alt: str) -> str:
@@ -73,15 +77,18 @@ def render_html(blocks: list[tuple], base_dir: str | Path, *, title: str) -> str
         elif kind == "table":
             header, rows = rest
             head = "".join(f"<th>{inline(title)}</th>" for title in header)
-            lines = "".join("<tr>" + "".join(cell(value) for value in row) + "</tr>" for row in rows)
+            lines = "".join(
+                "<tr>" + "".join(cell(value) for value in row) + "</tr>" for row in rows
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>")
         elif kind == "image":
             relative, alt = rest
             body.append(embed_image(base_dir / relative, alt))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-        + "\n".join(body) + "\n</body>\n</html>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
     )

@@ -51,11 +51,18 @@ def plot_history(history: list[dict], plots_dir: str | Path) -> list[Path]:
     written.append(path)
 
     # The headline validation metric: the first val/ key the trainer logged.
-    metric = next((k for r in history for k in r if k.startswith("val/") and k != "val/loss"), "val/loss")
+    metric = next(
+        (k for r in history for k in r if k.startswith("val/") and k != "val/loss"), "val/loss"
+    )
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for phase, records in by_phase.items():
         if metric in records[0]:
-            ax.plot([r["epoch"] for r in records], [r[metric] for r in records], marker=".", label=role_title(phase))
+            ax.plot(
+                [r["epoch"] for r in records],
+                [r[metric] for r in records],
+                marker=".",
+                label=role_title(phase),
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric.replace("/", " "))
     ax.legend()
@@ -86,15 +93,36 @@ def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Pa
         edges = table["edges"]
         width = edges[1] - edges[0]
         filled = [i for i, n in enumerate(table["count"]) if n]
-        ax.bar([edges[i] for i in filled], [table["accuracy"][i] for i in filled], width=width,
-               align="edge", edgecolor="black", color="#4c72b0", label="accuracy")
+        ax.bar(
+            [edges[i] for i in filled],
+            [table["accuracy"][i] for i in filled],
+            width=width,
+            align="edge",
+            edgecolor="black",
+            color="#4c72b0",
+            label="accuracy",
+        )
         # Guo et al.'s layout: the gap bar spans accuracy → mean confidence of the bin.
-        ax.bar([edges[i] for i in filled], [table["confidence"][i] - table["accuracy"][i] for i in filled],
-               bottom=[table["accuracy"][i] for i in filled], width=width, align="edge",
-               color="#c44e52", alpha=0.3, hatch="//", edgecolor="#c44e52", label="gap to confidence")
+        ax.bar(
+            [edges[i] for i in filled],
+            [table["confidence"][i] - table["accuracy"][i] for i in filled],
+            bottom=[table["accuracy"][i] for i in filled],
+            width=width,
+            align="edge",
+            color="#c44e52",
+            alpha=0.3,
+            hatch="//",
+            edgecolor="#c44e52",
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
-               title=f"{ROLE_TITLES[role]}\nECE {diagnostics['ece'][role]:.3f}")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence (top-1 probability)",
+            ylabel="accuracy",
+            title=f"{ROLE_TITLES[role]}\nECE {diagnostics['ece'][role]:.3f}",
+        )
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path = plots_dir / "reliability.png"
@@ -106,15 +134,26 @@ def plot_diagnostics(diagnostics: dict | None, plots_dir: str | Path) -> list[Pa
     for ax, role in zip(axes[0], roles):
         counts = diagnostics["confusion"][role]
         totals = [max(sum(row), 1) for row in counts]
-        ax.imshow([[c / t for c in row] for row, t in zip(counts, totals)], cmap="Blues", vmin=0, vmax=1)
+        ax.imshow(
+            [[c / t for c in row] for row, t in zip(counts, totals)], cmap="Blues", vmin=0, vmax=1
+        )
         if len(names) <= 12:  # counts stay readable up to about a dozen classes
             for i, row in enumerate(counts):
                 for j, count in enumerate(row):
                     if count:
-                        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                                color="white" if count / totals[i] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            str(count),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if count / totals[i] > 0.5 else "black",
+                        )
         if len(names) <= 20:
-            ax.set_xticks(range(len(names)), names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=7)
+            ax.set_xticks(
+                range(len(names)), names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=7
+            )
             ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.set(xlabel="predicted class", ylabel="true class", title=ROLE_TITLES[role])
     fig.tight_layout()

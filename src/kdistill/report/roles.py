@@ -4,7 +4,10 @@ from __future__ import annotations
 
 ROLES = ("teacher", "scratch", "student")
 ROLE_TITLES = {
-    "teacher": "teacher", "pruned": "pruned student, untrained", "assistant": "teacher assistant", "scratch": "student from scratch",
+    "teacher": "teacher",
+    "pruned": "pruned student, untrained",
+    "assistant": "teacher assistant",
+    "scratch": "student from scratch",
     "student": "distilled student",
 }
 
@@ -12,8 +15,14 @@ ROLE_TITLES = {
 def table_roles(summary: dict) -> list[str]:
     """Every model a run measured, teacher first, distilled student last: the three roles plus
     a teacher assistant and born-again generations when the run had them."""
-    generations = sorted((k for k in summary if k.startswith("generation_")), key=lambda k: int(k.split("_")[1]))
-    return [r for r in ("teacher", "pruned", "assistant", "scratch", *generations, "student") if r in summary]
+    generations = sorted(
+        (k for k in summary if k.startswith("generation_")), key=lambda k: int(k.split("_")[1])
+    )
+    return [
+        r
+        for r in ("teacher", "pruned", "assistant", "scratch", *generations, "student")
+        if r in summary
+    ]
 
 
 def role_title(role: str) -> str:

@@ -83,14 +83,20 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
         shown = str(value).lower() if isinstance(value, bool) else value
         chosen.append(f"{key}={shown}: {why}")
 
-    teachers = [("teacher", recipe.teacher)] if recipe.teachers is None else [
-        (f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
+    teachers = (
+        [("teacher", recipe.teacher)]
+        if recipe.teachers is None
+        else [(f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
+    )
     # A teacher loaded rather than trained here is never augmented: left alone unless it says
     # auto (set, its augment would draw teacher_notes' "only apply to a teacher trained here").
     trained = [(key, t) for key, t in teachers if t.trained_here or t.augment == "auto"]
     augment = IMAGE_AUGMENT if images else "none"
-    why = (f"the inputs are images: the built-in recipe's consistent-teaching views ({augment})"
-           if images else f"the inputs are {kind}")
+    why = (
+        f"the inputs are images: the built-in recipe's consistent-teaching views ({augment})"
+        if images
+        else f"the inputs are {kind}"
+    )
     for key, section in [*trained, ("train", recipe.train)]:
         if left(section, "augment"):
             choose(section, "augment", f"{key}.augment", augment, why)
@@ -99,9 +105,14 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
     if follows and "epochs" not in train.model_fields_set:
         epochs, updates = epoch_budget(len(splits.train), train.batch_size, train.grad_accum)
         low, high = EPOCH_BOUNDS
-        choose(train, "epochs", "train.epochs", epochs,
-               f"{len(splits.train):,} training samples make {updates} update(s) an epoch; "
-               f"the budget is about {BUDGET_UPDATES:,} updates, within {low}-{high} epochs")
+        choose(
+            train,
+            "epochs",
+            "train.epochs",
+            epochs,
+            f"{len(splits.train):,} training samples make {updates} update(s) an epoch; "
+            f"the budget is about {BUDGET_UPDATES:,} updates, within {low}-{high} epochs",
+        )
         for key, section in teachers:
             if section.trained_here and "epochs" not in section.model_fields_set:
                 choose(section, "epochs", f"{key}.epochs", epochs, "the students' budget")
@@ -113,30 +124,55 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
             mixing = ("none", "a transfer set's samples carry no label to mix")
         choose(train, "mix", "train.mix", *mixing)
     if follows and "scratch_mix" not in train.model_fields_set and train.mix != "none":
-        choose(train, "scratch_mix", "train.scratch_mix", "none",
-               "the scratch student trains unmixed, its stronger setting (the built-in's)")
+        choose(
+            train,
+            "scratch_mix",
+            "train.scratch_mix",
+            "none",
+            "the scratch student trains unmixed, its stronger setting (the built-in's)",
+        )
 
     # The views the teacher scores once and the students read from disk, as the demo does; only
     # for one fixed teacher that scores fixed inputs (not init_from_teacher or on_policy; not an
     # ensemble, whose recipe keeps no teacher section to record the choice in config.yaml).
     live_only = any(recipe.distill.params.get(k) for k in ("init_from_teacher", "on_policy"))
     # A transfer set is scored live: the cache does not cover it yet.
-    fixed = (recipe.distill.mode == "teacher" and not live_only and recipe.assistant is None
-             and recipe.teachers is None and not transfer)
+    fixed = (
+        recipe.distill.mode == "teacher"
+        and not live_only
+        and recipe.assistant is None
+        and recipe.teachers is None
+        and not transfer
+    )
     if follows and images and fixed and "cache" not in recipe.teacher.model_fields_set:
-        choose(recipe.teacher, "cache", "teacher.cache", True,
-               "the teacher scores each view of the images once; the students read it from disk")
+        choose(
+            recipe.teacher,
+            "cache",
+            "teacher.cache",
+            True,
+            "the teacher scores each view of the images once; the students read it from disk",
+        )
     varies = (train.augment, train.mix) != ("none", "none")
     if follows and recipe.teacher.cache and varies and "views" not in train.model_fields_set:
         views = min(BUILTIN_RECIPE["train"]["views"], train.epochs)
-        choose(train, "views", "train.views", views,
-               f"{views} views of each image, repeated in turn over {train.epochs} epochs")
+        choose(
+            train,
+            "views",
+            "train.views",
+            views,
+            f"{views} views of each image, repeated in turn over {train.epochs} epochs",
+        )
 
     if "name" not in recipe.model_fields_set and names_own_data(recipe.data.model_dump()):
         data = recipe.data
         given = f"data.path={data.path}" if data.path else f"data.dataset={data.dataset}"
-        choose(recipe, "name", "name", run_name(recipe),
-               f"named after {given} (set name= to choose another)")
+        choose(
+            recipe,
+            "name",
+            "name",
+            run_name(recipe),
+            f"named after {given} (set name= to choose another)",
+        )
     return chosen
 
 

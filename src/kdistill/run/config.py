@@ -39,10 +39,13 @@ class DataConfig(Section):
     subset: int | None = Field(None, gt=0, description="use this many samples (quick runs)")
     # The split seed is separate from train.seed: every training seed sees the same test set.
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    num_workers: int = Field(0, ge=0, le=64, description="loader processes; each is a process of its own")
+    num_workers: int = Field(
+        0, ge=0, le=64, description="loader processes; each is a process of its own"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
     unlabelled: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="a transfer set the teacher scores and the distilled student learns from "
         "without labels: 'rest' (digits, mnist: the samples outside data.subset), an .npz "
         "with an array x, a table with the labelled table's feature columns, or a folder of "
@@ -61,7 +64,9 @@ class PruneConfig(Section):
     Minitron): both students start from the same pruned weights (kdistill.models.pruning)."""
 
     keep: int = Field(gt=0, description="decoder layers kept: the most influential ones")
-    calibration_tokens: int = Field(8192, gt=0, le=10_000_000, description="training-split tokens the layers are scored on")
+    calibration_tokens: int = Field(
+        8192, gt=0, le=10_000_000, description="training-split tokens the layers are scored on"
+    )
 
 
 class StudentConfig(Section):
@@ -69,27 +74,43 @@ class StudentConfig(Section):
     # Exactly the model's own defaults unless given: `student.model=mlp_tiny` must build the
     # mlp_tiny of the zoo, not carry another model's width along.
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    prune: PruneConfig | None = Field(None, description="keep only the most influential layers of a pretrained model")
+    prune: PruneConfig | None = Field(
+        None, description="keep only the most influential layers of a pretrained model"
+    )
 
 
 class TeacherConfig(Section):
     model: str = "lenet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(
-        None, description="weights to load instead of training: .safetensors, a state_dict (.pt/.pth/.bin) or a Hugging Face directory",
+        None,
+        description="weights to load instead of training: .safetensors, a state_dict (.pt/.pth/.bin) or a Hugging Face directory",
     )
-    onnx: str | None = Field(None, description="an exported .onnx teacher, run by ONNX Runtime (logit-level terms; model is then unused)")
-    epochs: int = Field(15, ge=0, description="0: use the model as built, untrained here (a pretrained zoo model such as smollm2_135m)")
+    onnx: str | None = Field(
+        None,
+        description="an exported .onnx teacher, run by ONNX Runtime (logit-level terms; model is then unused)",
+    )
+    epochs: int = Field(
+        15,
+        ge=0,
+        description="0: use the model as built, untrained here (a pretrained zoo model such as smollm2_135m)",
+    )
     lr: float = Field(2e-3, gt=0, le=MAX_STEP)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     augment: Augment = Field("shift", description="augmentation while training the teacher")
-    cache: bool = Field(False, description="run the teacher once over the training split and read its outputs from disk")
+    cache: bool = Field(
+        False,
+        description="run the teacher once over the training split and read its outputs from disk",
+    )
     cache_dtype: Literal["float16", "float32"] = "float16"
     cache_topk: int | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="store only the teacher's k most probable classes (tokens) per position plus the tail mass (large vocabularies)",
     )
-    cache_dir: str | None = Field(None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)")
+    cache_dir: str | None = Field(
+        None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)"
+    )
 
     @property
     def trained_here(self) -> bool:
@@ -106,22 +127,36 @@ class TermConfig(Section):
     connector: Literal["auto", "identity", "linear", "conv", "regressor"] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     warmup_epochs: int = Field(0, ge=0)
-    chunk_size: int = Field(0, ge=0, description="token losses of an HF causal LM: positions per chunk of logits; 0 = whole")
+    chunk_size: int = Field(
+        0,
+        ge=0,
+        description="token losses of an HF causal LM: positions per chunk of logits; 0 = whole",
+    )
 
 
 class DistillConfig(Section):
     # None leaves each method's published default (KD: T=4, α=0.9; DIST: τ=1; LSKD: T=2; ...).
-    temperature: float | None = Field(None, gt=0, le=MAX_TEMPERATURE, description="default: the method's own")
-    alpha: float | None = Field(None, ge=0.0, description="weight of the distillation term; default: the method's own")
+    temperature: float | None = Field(
+        None, gt=0, le=MAX_TEMPERATURE, description="default: the method's own"
+    )
+    alpha: float | None = Field(
+        None, ge=0.0, description="weight of the distillation term; default: the method's own"
+    )
     ce_weight: float | None = Field(None, ge=0.0, description="default 1 - alpha")
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific settings")
     # Who teaches: the teacher (or the `teachers` ensemble, or a teacher → assistant → student
     # chain), the previous generation of the student itself (born-again networks), or a peer
     # trained alongside, described by the teacher section (deep mutual learning).
     mode: Literal["teacher", "born_again", "mutual"] = "teacher"
-    generations: int = Field(2, ge=1, description="born_again: distilled generations after the scratch one")
-    ensemble: Literal["mean", "weights", "confidence"] = Field("mean", description="how `teachers` combine")
-    ensemble_weights: list[float] | None = Field(None, description="ensemble=weights: one per teacher")
+    generations: int = Field(
+        2, ge=1, description="born_again: distilled generations after the scratch one"
+    )
+    ensemble: Literal["mean", "weights", "confidence"] = Field(
+        "mean", description="how `teachers` combine"
+    )
+    ensemble_weights: list[float] | None = Field(
+        None, description="ensemble=weights: one per teacher"
+    )
 
 
 class OutputConfig(Section):
@@ -130,9 +165,12 @@ class OutputConfig(Section):
     plots: bool = True
     progress: bool = True
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=list, description="trackers (local files only) that mirror metrics.jsonl",
+        default_factory=list,
+        description="trackers (local files only) that mirror metrics.jsonl",
     )
-    log_every: int = Field(50, ge=0, description="training steps between tracker records (0: per epoch only)")
+    log_every: int = Field(
+        50, ge=0, description="training steps between tracker records (0: per epoch only)"
+    )
 
     @model_validator(mode="after")
     def _trackers_installed(self):
@@ -148,9 +186,15 @@ class Recipe(Section):
     name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    teachers: list[TeacherConfig] | None = Field(None, description="an ensemble of teachers, instead of `teacher`")
-    assistant: StudentConfig | None = Field(None, description="teacher assistant: teacher → assistant → student (TAKD)")
-    student: StudentConfig = Field(default_factory=lambda: StudentConfig(model="mlp", kwargs={"width": 128}))
+    teachers: list[TeacherConfig] | None = Field(
+        None, description="an ensemble of teachers, instead of `teacher`"
+    )
+    assistant: StudentConfig | None = Field(
+        None, description="teacher assistant: teacher → assistant → student (TAKD)"
+    )
+    student: StudentConfig = Field(
+        default_factory=lambda: StudentConfig(model="mlp", kwargs={"width": 128})
+    )
     method: str | None = "kd"
     terms: list[TermConfig] | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
@@ -176,7 +220,9 @@ class Recipe(Section):
             names = [term.name for term in self.terms]
             repeated = sorted({name for name in names if names.count(name) > 1})
             if repeated:
-                raise ValueError(f"terms: each term needs its own name; {repeated[0]!r} is used twice")
+                raise ValueError(
+                    f"terms: each term needs its own name; {repeated[0]!r} is used twice"
+                )
             self.method = None
         elif self.method is None:
             raise ValueError("set either method (a preset such as kd) or terms (a list)")
@@ -189,14 +235,26 @@ class Recipe(Section):
                 raise ValueError("set teacher (one) or teachers (an ensemble), not both")
             if not self.teachers:
                 raise ValueError("teachers: list at least one teacher")
-            if self.distill.ensemble == "weights" and len(self.distill.ensemble_weights or []) != len(self.teachers):
-                raise ValueError(f"distill.ensemble_weights: give {len(self.teachers)} weights, one per teacher")
+            if self.distill.ensemble == "weights" and len(
+                self.distill.ensemble_weights or []
+            ) != len(self.teachers):
+                raise ValueError(
+                    f"distill.ensemble_weights: give {len(self.teachers)} weights, one per teacher"
+                )
         if self.assistant is not None and self.teacher.cache_topk:
-            raise ValueError("teacher.cache_topk with an assistant: the assistant teaches live, with dense outputs; drop cache_topk")
+            raise ValueError(
+                "teacher.cache_topk with an assistant: the assistant teaches live, with dense outputs; drop cache_topk"
+            )
         if self.teachers is not None and self.distill.params.get("vocab_map") is not None:
-            raise ValueError("distill.params.vocab_map maps one teacher's vocabulary: not available with teachers (an ensemble)")
-        if self.distill.mode != "teacher" and (self.teachers is not None or self.assistant is not None):
-            raise ValueError(f"distill.mode={self.distill.mode} trains its own teachers: remove teachers/assistant")
+            raise ValueError(
+                "distill.params.vocab_map maps one teacher's vocabulary: not available with teachers (an ensemble)"
+            )
+        if self.distill.mode != "teacher" and (
+            self.teachers is not None or self.assistant is not None
+        ):
+            raise ValueError(
+                f"distill.mode={self.distill.mode} trains its own teachers: remove teachers/assistant"
+            )
         return self
 
     @model_validator(mode="after")
@@ -204,19 +262,26 @@ class Recipe(Section):
         # An exported graph is run, never trained or loaded into: the modes that train their
         # own teacher, and a checkpoint for it, cannot apply.
         if self.teacher.onnx and self.distill.mode != "teacher":
-            raise ValueError(f"teacher.onnx: distill.mode={self.distill.mode} trains its teacher; an ONNX teacher is only run (use distill.mode=teacher)")
+            raise ValueError(
+                f"teacher.onnx: distill.mode={self.distill.mode} trains its teacher; an ONNX teacher is only run (use distill.mode=teacher)"
+            )
         if self.teacher.checkpoint and self.distill.mode != "teacher":  # it would go unread
             raise ValueError(
                 f"teacher.checkpoint: distill.mode={self.distill.mode} trains its own teacher and "
-                "loads none; remove teacher.checkpoint, or use distill.mode=teacher to distil from it")
+                "loads none; remove teacher.checkpoint, or use distill.mode=teacher to distil from it"
+            )
         if any(t.onnx and t.checkpoint for t in (self.teacher, *(self.teachers or []))):
-            raise ValueError("teacher.onnx and teacher.checkpoint: the .onnx file holds its weights; set one of them")
+            raise ValueError(
+                "teacher.onnx and teacher.checkpoint: the .onnx file holds its weights; set one of them"
+            )
         return self
 
     @model_validator(mode="after")
     def _selection_needs_validation(self):
         if (self.train.keep == "best" or self.train.early_stopping) and self.data.val_fraction == 0:
-            raise ValueError("train.keep=best and train.early_stopping choose epochs on the validation split: set data.val_fraction > 0")
+            raise ValueError(
+                "train.keep=best and train.early_stopping choose epochs on the validation split: set data.val_fraction > 0"
+            )
         return self
 
     @model_validator(mode="after")
@@ -253,14 +318,18 @@ def apply_override(tree: dict, path: list[str | int], value: Any, text: str) -> 
     for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
             if not isinstance(part, int) or part >= len(node):
-                raise ConfigError(f"override {text!r}: {'.'.join(map(str, path[:i + 1]))} is not an item of the list")
+                raise ConfigError(
+                    f"override {text!r}: {'.'.join(map(str, path[: i + 1]))} is not an item of the list"
+                )
             node = node[part]
             continue
         nxt = node.get(part)
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, (dict, list)):
-            raise ConfigError(f"override {text!r}: {'.'.join(map(str, path[:i + 1]))} is a value, not a section")
+            raise ConfigError(
+                f"override {text!r}: {'.'.join(map(str, path[: i + 1]))} is a value, not a section"
+            )
         node = nxt
     last = path[-1]
     if isinstance(node, list):
@@ -275,7 +344,11 @@ def _section_at(loc: tuple) -> type[BaseModel] | None:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = (
+            model.model_fields.get(part)
+            if isinstance(model, type) and issubclass(model, BaseModel)
+            else None
+        )
         if field is None:
             return None
         model = _model_in(field.annotation)
@@ -300,7 +373,9 @@ def _shown(part) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-def describe_validation_error(error: ValidationError, source: str, overrides: dict[str, str]) -> str:
+def describe_validation_error(
+    error: ValidationError, source: str, overrides: dict[str, str]
+) -> str:
     """One line for the first problem: the key, where it came from, and the fix."""
     problems = error.errors()
     first = problems[0]
@@ -330,7 +405,13 @@ def describe_validation_error(error: ValidationError, source: str, overrides: di
 # Unlike the field defaults, these settings suit images only; the check says so in one line.
 BUILTIN_RECIPE: dict[str, Any] = {
     "teacher": {"augment": "affine", "cache": True},
-    "train": {"epochs": 160, "augment": "affine", "mix": "cutmix", "scratch_mix": "none", "views": 32},
+    "train": {
+        "epochs": 160,
+        "augment": "affine",
+        "mix": "cutmix",
+        "scratch_mix": "none",
+        "views": 32,
+    },
 }
 
 
@@ -344,7 +425,10 @@ def names_own_data(data: Any) -> bool:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] = (), *, code_beside: bool = True,
+    path: str | Path | None = None,
+    overrides: list[str] = (),
+    *,
+    code_beside: bool = True,
 ) -> Recipe:
     """Read a recipe file (or the built-in recipe when ``path`` is None) and apply overrides;
     ``code_beside=False`` for a run's config.yaml (data: no model is imported from its folder).
@@ -370,7 +454,9 @@ def load_config(
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{file}: cannot read the recipe ({error})") from None
         if not isinstance(tree, dict):
-            raise ConfigError(f"{file}: a recipe is a mapping of sections (name:, data:, train: ...)")
+            raise ConfigError(
+                f"{file}: a recipe is a mapping of sections (name:, data:, train: ...)"
+            )
     by_key = {}
     for text in overrides:
         keys, value = parse_override(text)
@@ -409,10 +495,17 @@ def dump_config(recipe: Recipe, built: dict[str, dict] | None = None) -> str:
 def describe_built(built: dict[str, dict]) -> str:
     """YAML comments listing each model with its parameter count and every setting it was built
     with, the builder's defaults included: comments, so the file still reads back as the recipe."""
-    lines = ["", "# The models as built: every setting, the builders' defaults included (for reading;",
-             "# a run reads only the recipe above)."]
+    lines = [
+        "",
+        "# The models as built: every setting, the builders' defaults included (for reading;",
+        "# a run reads only the recipe above).",
+    ]
     for field_name, model in built.items():
         lines.append(f"# {field_name}: {model['model']}, {model['parameters']:,} parameters")
-        settings = safe_yaml.dump(model["settings"]).rstrip("\n") if model["settings"] else "(no settings recorded)"
+        settings = (
+            safe_yaml.dump(model["settings"]).rstrip("\n")
+            if model["settings"]
+            else "(no settings recorded)"
+        )
         lines += [f"#   {line}" for line in settings.splitlines()]
     return "\n".join(lines) + "\n"

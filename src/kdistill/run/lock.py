@@ -27,7 +27,9 @@ class RunLock:
     a reader's (``kdistill predict``), which keeps writers out but not other readers, and
     needs no write access (a run without a lock file was never locked: nothing to wait for)."""
 
-    def __init__(self, run_dir: Path, *, shared: bool = False, otherwise: str = "or choose another name="):
+    def __init__(
+        self, run_dir: Path, *, shared: bool = False, otherwise: str = "or choose another name="
+    ):
         self.path = run_dir / LOCK
         self.shared, self.otherwise = shared, otherwise
         self.fd: int | None = None
@@ -42,7 +44,9 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:  # a directory or an unwritable file where the lock belongs
-            raise UserError(f"{self.path}: cannot lock the run directory ({error.strerror}); move it away or choose another name=") from None
+            raise UserError(
+                f"{self.path}: cannot lock the run directory ({error.strerror}); move it away or choose another name="
+            ) from None
         self._take(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.write(fd, f"PID {os.getpid()}\n".encode())
@@ -78,7 +82,11 @@ def holding(folder: str | Path, *, shared: bool = False):
         run_dir = next((d for d in (folder, folder.parent) if (d / MARKER).is_file()), None)
     except OSError:  # a name longer than the file system takes: the command says so itself
         run_dir = None
-    lock = RunLock(run_dir, shared=shared, otherwise="then run this again").acquire() if run_dir is not None else None
+    lock = (
+        RunLock(run_dir, shared=shared, otherwise="then run this again").acquire()
+        if run_dir is not None
+        else None
+    )
     try:
         yield
     finally:

@@ -80,21 +80,29 @@ def kept_by_run(run_dir: Path) -> str:
 
 def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
     started = time.perf_counter()
-    accelerator = make_accelerator(recipe.train.device, recipe.train.mixed_precision, deterministic=recipe.train.deterministic,
-                                   compile=recipe.train.compile)
+    accelerator = make_accelerator(
+        recipe.train.device,
+        recipe.train.mixed_precision,
+        deterministic=recipe.train.deterministic,
+        compile=recipe.train.compile,
+    )
     plan = preflight(recipe)  # bad models, terms, taps or data fail before anything is written
     # Every process checks the directory before the main one creates it (or one would see the other's).
     check_run_dir(recipe, overwrite=overwrite, resume=resume)
     accelerator.wait_for_everyone()
     main = accelerator.is_main_process
-    with open_run_dir(recipe, overwrite=overwrite, resume=resume, main=main, built=plan.built) as run_dir:
+    with open_run_dir(
+        recipe, overwrite=overwrite, resume=resume, main=main, built=plan.built
+    ) as run_dir:
         accelerator.wait_for_everyone()
         if resume and (run_dir / "summary.json").exists():
             summary = read_summary(run_dir)  # a damaged one is refused, not resumed over
             echo(f"{run_dir} is already complete; nothing to resume")
             return summary
         if main:
-            echo(f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}")
+            echo(
+                f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}"
+            )
             for line in teacher_notes(recipe):
                 echo(line)
         school = RunSchool(plan, accelerator, run_dir, resume=resume)
@@ -105,14 +113,22 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
         if not main:
             return {}
         history = school.metrics.read()
-        summary = summarize(plan, roles, run_dir=run_dir, test_loader=eval_loader(plan.splits.test, recipe),
-                            history=history, accelerator=accelerator)
+        summary = summarize(
+            plan,
+            roles,
+            run_dir=run_dir,
+            test_loader=eval_loader(plan.splits.test, recipe),
+            history=history,
+            accelerator=accelerator,
+        )
         if pruned is not None:
             summary["pruning"] = pruned.info["pruning"]
         summary["seconds"] = round(time.perf_counter() - started, 1)
         plots = (
-            plot_history(history, run_dir / "plots") + plot_diagnostics(summary.get("diagnostics"), run_dir / "plots")
-            if recipe.output.plots else []
+            plot_history(history, run_dir / "plots")
+            + plot_diagnostics(summary.get("diagnostics"), run_dir / "plots")
+            if recipe.output.plots
+            else []
         )
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
         write_report(run_dir, summary, plots)
@@ -134,8 +150,13 @@ def pruned_role(school: RunSchool) -> Role | None:
         return None
     model = school.build("student")
     school.keep(model, "pruned.safetensors")
-    return Role(model, school.architecture("student"), "pruned.safetensors", source="pruned from the teacher, untrained",
-                info={"pruning": school.pruning["student"]})
+    return Role(
+        model,
+        school.architecture("student"),
+        "pruned.safetensors",
+        source="pruned from the teacher, untrained",
+        info={"pruning": school.pruning["student"]},
+    )
 
 
 def cache(recipe: Recipe, *, echo=print) -> dict:
@@ -153,7 +174,9 @@ def cache(recipe: Recipe, *, echo=print) -> dict:
     accelerator.wait_for_everyone()
     school = RunSchool(plan, accelerator, work, resume=True)
     if recipe.teachers is not None:
-        raise UserError("kdistill cache builds the cache of one teacher; run the ensemble with teacher.cache=true instead")
+        raise UserError(
+            "kdistill cache builds the cache of one teacher; run the ensemble with teacher.cache=true instead"
+        )
     teacher = school.obtain_teacher()
     cached = school.frozen(teacher.model, cached=True)
     meta = cached.cache.meta

@@ -65,7 +65,10 @@ def teaching_mode(recipe: Recipe) -> tuple[str, dict[str, Any]]:
         }
     if recipe.teachers is not None:
         return "ensemble", {
-            "members": len(recipe.teachers), "combine": d.ensemble, "weights": d.ensemble_weights, "cached": cached,
+            "members": len(recipe.teachers),
+            "combine": d.ensemble,
+            "weights": d.ensemble_weights,
+            "cached": cached,
         }
     if recipe.assistant is not None:
         return "assistant", {"cached": cached}
@@ -82,8 +85,13 @@ def load_data(recipe: Recipe) -> DataSplits:
         )
     try:
         splits = load_dataset(
-            data.dataset, path=data.path, val_fraction=data.val_fraction,
-            test_fraction=data.test_fraction, seed=data.seed, subset=data.subset, **rest,
+            data.dataset,
+            path=data.path,
+            val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction,
+            seed=data.seed,
+            subset=data.subset,
+            **rest,
             **data.options,
         )
     except TypeError as error:
@@ -173,12 +181,26 @@ def check_input_transforms(recipe: Recipe, splits: DataSplits) -> None:
     once rather than one field per attempt (and CutMix never cuts a box out of a batch of table
     rows). What the user left to the data was chosen to fit it (``follow_data``)."""
     example = splits.train[0]["input"] if len(splits.train) else None
-    teachers = [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)] if recipe.teachers is not None else [("teacher", recipe.teacher)]
-    wrong = [(f"{field}.augment", t.augment) for field, t in teachers if t.trained_here and not can_augment(t.augment, example)]
+    teachers = (
+        [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)]
+        if recipe.teachers is not None
+        else [("teacher", recipe.teacher)]
+    )
+    wrong = [
+        (f"{field}.augment", t.augment)
+        for field, t in teachers
+        if t.trained_here and not can_augment(t.augment, example)
+    ]
     if not can_augment(recipe.train.augment, example):
         wrong.append(("train.augment", recipe.train.augment))
-    wrong += [(field, mix) for field, mix in (("train.mix", recipe.train.mix), ("train.scratch_mix", recipe.train.scratch_mix))
-              if not can_mix(mix, example)]
+    wrong += [
+        (field, mix)
+        for field, mix in (
+            ("train.mix", recipe.train.mix),
+            ("train.scratch_mix", recipe.train.scratch_mix),
+        )
+        if not can_mix(mix, example)
+    ]
     if not wrong:
         return
     named = [f"{field}={value}" for field, value in wrong]
@@ -201,7 +223,11 @@ def _inputs(example) -> str:
 
 
 def training_set(
-    splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0,
+    splits: DataSplits,
+    recipe: Recipe,
+    augment: str,
+    mix: str = "none",
+    views: int = 0,
     unlabelled: Tensor | None = None,
 ):
     """The training split as a phase sees it: augmented, then mixed, each draw a function of
@@ -211,11 +237,24 @@ def training_set(
     seed = recipe.train.seed
     train = splits.train if unlabelled is None else with_transfer(splits.train, unlabelled)
     views_of_split = augmented(train, augment, seed=seed)
-    return cycled(mixed(views_of_split, mix, alpha=recipe.train.mix_alpha, num_classes=splits.num_classes, seed=seed), views)
+    return cycled(
+        mixed(
+            views_of_split,
+            mix,
+            alpha=recipe.train.mix_alpha,
+            num_classes=splits.num_classes,
+            seed=seed,
+        ),
+        views,
+    )
 
 
 def train_loader(
-    splits: DataSplits, recipe: Recipe, augment: str, mix: str = "none", views: int = 0,
+    splits: DataSplits,
+    recipe: Recipe,
+    augment: str,
+    mix: str = "none",
+    views: int = 0,
     unlabelled: Tensor | None = None,
 ) -> DataLoader:
     # A seeded generator gives the scratch and the distilled student the same batch order
@@ -223,13 +262,18 @@ def train_loader(
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return DataLoader(
         training_set(splits, recipe, augment, mix, views, unlabelled),
-        batch_size=recipe.train.batch_size, collate_fn=collate,
-        shuffle=True, generator=generator, **_loading(recipe),
+        batch_size=recipe.train.batch_size,
+        collate_fn=collate,
+        shuffle=True,
+        generator=generator,
+        **_loading(recipe),
     )
 
 
 def eval_loader(dataset, recipe: Recipe) -> DataLoader:
-    return DataLoader(dataset, batch_size=recipe.train.eval_batch_size, collate_fn=collate, **_loading(recipe))
+    return DataLoader(
+        dataset, batch_size=recipe.train.eval_batch_size, collate_fn=collate, **_loading(recipe)
+    )
 
 
 def _loading(recipe: Recipe) -> dict[str, Any]:
@@ -243,7 +287,9 @@ def _loading(recipe: Recipe) -> dict[str, Any]:
 def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.Module:
     """A zoo model for the data's classes and input shape; errors name the recipe field."""
     try:
-        model = create_model(name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs)
+        model = create_model(
+            name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs
+        )
         if splits.teacher_inputs and field.startswith(("teacher", "roles.teacher")):
             setattr(model, READS_TEACHER_INPUTS, True)  # the teacher reads its own tokenisation
         return fits_inputs(model, splits)
@@ -254,9 +300,18 @@ def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.M
     # A depth or width the data cannot carry, or the memory cannot (MemoryError, or SystemError
     # from a C constructor that ran out); an absurd depth, RecursionError; an image model given
     # table rows, IndexError (lenet reads a height and width that a row does not have).
-    except (ValueError, RuntimeError, MemoryError, SystemError, RecursionError, OverflowError,
-            IndexError) as error:
-        raise ConfigError(f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({(str(error) or type(error).__name__).splitlines()[0][:200]})") from None
+    except (
+        ValueError,
+        RuntimeError,
+        MemoryError,
+        SystemError,
+        RecursionError,
+        OverflowError,
+        IndexError,
+    ) as error:
+        raise ConfigError(
+            f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({(str(error) or type(error).__name__).splitlines()[0][:200]})"
+        ) from None
 
 
 def fits_inputs(model: nn.Module, splits: DataSplits) -> nn.Module:
@@ -282,12 +337,16 @@ def build_architecture(architecture: dict, splits: DataSplits, *, field: str) ->
     kinds = {"model": str, "kwargs": dict, "ensemble": list, "onnx": str}
     given = architecture if isinstance(architecture, dict) else {}
     if not given.keys() & {"model", "ensemble", "onnx"} or any(
-            not isinstance(given[key], kind) for key, kind in kinds.items() if key in given):
+        not isinstance(given[key], kind) for key, kind in kinds.items() if key in given
+    ):
         raise ConfigError(f"{field}.architecture: not a model kdistill recorded; rerun the run")
     if "ensemble" in architecture:
         from kdistill.teaching.ensemble import Ensemble
 
-        members = [build_architecture(m, splits, field=f"{field}.ensemble.{i}") for i, m in enumerate(architecture["ensemble"])]
+        members = [
+            build_architecture(m, splits, field=f"{field}.ensemble.{i}")
+            for i, m in enumerate(architecture["ensemble"])
+        ]
         return Ensemble(members, architecture.get("combine", "mean"), architecture.get("weights"))
     if "onnx" in architecture:  # a teacher delivered as an exported graph
         from kdistill.teachers.onnx import OnnxModel
@@ -310,12 +369,21 @@ def recipe_terms(recipe: Recipe, splits: DataSplits) -> list[Term]:
         if recipe.terms is not None:
             return topk_forms(recipe, [checked(Term(**term.model_dump())) for term in recipe.terms])
         d = recipe.distill
-        settings = {"temperature": d.temperature, "alpha": d.alpha, "ce_weight": d.ce_weight, **preset_params(d.params)}
-        if recipe.method in LAYER_DEFAULTS and not {"student_layers", "teacher_layers"} & set(settings):
+        settings = {
+            "temperature": d.temperature,
+            "alpha": d.alpha,
+            "ce_weight": d.ce_weight,
+            **preset_params(d.params),
+        }
+        if recipe.method in LAYER_DEFAULTS and not {"student_layers", "teacher_layers"} & set(
+            settings
+        ):
             student = build_model("student", recipe.student.model, recipe.student.kwargs, splits)
             teacher = build_model("teacher", recipe.teacher.model, recipe.teacher.kwargs, splits)
             settings.update(default_layers(recipe.method, student, teacher))
-        return topk_forms(recipe, [checked(term) for term in preset_terms(recipe.method, **settings)])
+        return topk_forms(
+            recipe, [checked(term) for term in preset_terms(recipe.method, **settings)]
+        )
     except (ValueError, TypeError) as error:
         field = "terms" if recipe.terms is not None else f"method {recipe.method} (distill)"
         raise ConfigError(f"{field}: {error}") from None
@@ -338,17 +406,27 @@ def checked(term: Term) -> Term:
         if isinstance(default, bool) or not isinstance(default, (int, float)) or default is None:
             continue
         whole = isinstance(default, int)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (not whole or isinstance(value, int))
+        number = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (not whole or isinstance(value, int))
+        )
         if not number or not math.isfinite(value) or abs(value) > MAX_SETTING:
             kind = "a whole number" if whole else "a finite number"
-            raise ValueError(f"term {term.name!r}: {name} must be {kind} of magnitude at most {MAX_SETTING:g}, got {value!r}")
+            raise ValueError(
+                f"term {term.name!r}: {name} must be {kind} of magnitude at most {MAX_SETTING:g}, got {value!r}"
+            )
     return term
 
 
 def topk_forms(recipe: Recipe, terms: list[Term]) -> list[Term]:
     """A run reading a top-k cache compares through each loss's exact top-k form (or is refused)."""
     k = recipe.teacher.cache_topk
-    return topk_terms(terms, k)[0] if k and recipe.teacher.cache and recipe.distill.mode == "teacher" else terms
+    return (
+        topk_terms(terms, k)[0]
+        if k and recipe.teacher.cache and recipe.distill.mode == "teacher"
+        else terms
+    )
 
 
 def cache_topk(recipe: Recipe, terms: list[Term]) -> dict | None:

@@ -41,25 +41,40 @@ class DryRunSchool(RunSchool):
     def _pruned(self, field: str, model: nn.Module, prune) -> nn.Module:
         """The first ``keep`` layers, unscored: the shapes are those of the run's pruned student,
         and a check does not spend the run's calibration forward passes."""
-        select_layers(torch.zeros(len(layer_stack(model))), prune.keep)  # a keep the model cannot give fails here
+        select_layers(
+            torch.zeros(len(layer_stack(model))), prune.keep
+        )  # a keep the model cannot give fails here
         return prune_layers(model, list(range(prune.keep)))
 
-    def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
+    def build(
+        self, architecture: str, *, member: int | None = None, reseed: bool = True
+    ) -> nn.Module:
         model = super().build(architecture, member=member, reseed=reseed)
         field, section = self._section(architecture, member)
-        self.plan.built[field] = {"model": section.model, "parameters": parameter_count(model), "settings": model_settings(model)}
+        self.plan.built[field] = {
+            "model": section.model,
+            "parameters": parameter_count(model),
+            "settings": model_settings(model),
+        }
         return model
 
     def obtain_teacher(self, member: int | None = None) -> Role:
         field, cfg = self._section("teacher", member)
         if cfg.onnx:
-            return self._onnx_teacher(field, cfg, "teacher" if member is None else f"teacher_{member}")
+            return self._onnx_teacher(
+                field, cfg, "teacher" if member is None else f"teacher_{member}"
+            )
         model = self.build("teacher", member=member)
         if cfg.checkpoint:
             load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
         if member is None:
             prepare_teacher(self.recipe.distill.params, model)
-        return Role(model, self.architecture("teacher", member=member), "teacher.safetensors", source="preflight")
+        return Role(
+            model,
+            self.architecture("teacher", member=member),
+            "teacher.safetensors",
+            source="preflight",
+        )
 
     def frozen(self, model: nn.Module, *, cached: bool = False):
         return Teacher(model, taps=teacher_taps(self.distill_terms))
@@ -74,7 +89,9 @@ class DryRunSchool(RunSchool):
                 transform = getattr(distiller, "batch_transform", None)
                 if transform is not None:
                     batch = transform(batch)
-                teacher_out = teacher(batch) if teacher is not None and distiller.needs_teacher else None
+                teacher_out = (
+                    teacher(batch) if teacher is not None and distiller.needs_teacher else None
+                )
                 out = distiller(batch, teacher_out)
                 out["loss"].backward()
         except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as error:
@@ -98,11 +115,16 @@ def preflight(recipe: Recipe) -> Plan:
         check_cache_root(Path(recipe.teacher.cache_dir))
     try:
         MODES[resolved.mode](DryRunSchool(resolved), **resolved.options)
-    except (MemoryError, RuntimeError) as error:  # a width, depth or feat_dim past this machine's memory
+    except (
+        MemoryError,
+        RuntimeError,
+    ) as error:  # a width, depth or feat_dim past this machine's memory
         if not isinstance(error, MemoryError) and "allocate" not in str(error):
             raise
         detail = str(error).splitlines()[0][-160:] if str(error) else type(error).__name__
-        raise ConfigError(f"the recipe's models and terms need more memory than there is ({detail}); lower a width, depth, feat_dim or batch size") from None
+        raise ConfigError(
+            f"the recipe's models and terms need more memory than there is ({detail}); lower a width, depth, feat_dim or batch size"
+        ) from None
     return resolved
 
 
@@ -117,8 +139,11 @@ def teacher_notes(recipe: Recipe) -> list[str]:
     trained teacher is reused, and that recipe sets them all."""
     if recipe.distill.mode != "teacher":
         return []
-    sections = [("teacher", recipe.teacher)] if recipe.teachers is None else [
-        (f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
+    sections = (
+        [("teacher", recipe.teacher)]
+        if recipe.teachers is None
+        else [(f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
+    )
     lines = []
     for field, section in sections:
         loaded = section.checkpoint or section.onnx
@@ -127,8 +152,10 @@ def teacher_notes(recipe: Recipe) -> list[str]:
         lines.append(f"{field}: loaded from {loaded} (not trained)")
         ignored = [f"{field}.{name}" for name in TRAINING_ONLY if name in section.model_fields_set]
         if ignored:
-            lines.append(f"warning: {', '.join(ignored)} only apply to a teacher trained here; "
-                         f"ignored for the one loaded from {loaded}")
+            lines.append(
+                f"warning: {', '.join(ignored)} only apply to a teacher trained here; "
+                f"ignored for the one loaded from {loaded}"
+            )
     return lines
 
 
@@ -148,7 +175,9 @@ def check(recipe: Recipe, *, echo=print) -> Plan:
             echo(f"    {line}")
     for field_name, model in resolved.built.items():
         settings = ", ".join(f"{k}={v}" for k, v in model["settings"].items())
-        echo(f"  {field_name}: {model['model']}, {model['parameters']:,} parameters ({settings or 'no settings recorded'})")
+        echo(
+            f"  {field_name}: {model['model']}, {model['parameters']:,} parameters ({settings or 'no settings recorded'})"
+        )
     for line in teacher_notes(recipe):
         echo(line)
     return resolved

@@ -58,7 +58,11 @@ def _entries(run_dir: Path, listed: dict) -> list[tuple[str, str | None]]:
             elif relative not in files or path.is_symlink():
                 why = "kdistill did not write"
             else:
-                why = None if manifest.matches(path, files[relative]) else "changed since the run wrote it"
+                why = (
+                    None
+                    if manifest.matches(path, files[relative])
+                    else "changed since the run wrote it"
+                )
             found.append((relative, why))
         for name in subfolders:
             relative = (here / name).as_posix()
@@ -72,7 +76,9 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
     run_dir = Path(recipe.output.dir) / recipe.name
     parent = run_dir.parent
     if parent.exists() and not parent.is_dir():
-        raise UserError(f"output.dir: {parent} is a file, not a directory; choose another output.dir=")
+        raise UserError(
+            f"output.dir: {parent} is a file, not a directory; choose another output.dir="
+        )
     if resume:
         config = run_dir / "config.yaml"
         if not config.is_file():
@@ -80,10 +86,14 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
         try:
             started_with = Recipe.model_validate(safe_yaml.load_file(config))
         except Exception as error:  # a config.yaml edited by hand, truncated or not a recipe
-            raise UserError(f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); start a new run with name=<new name>") from None
+            raise UserError(
+                f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); start a new run with name=<new name>"
+            ) from None
         # Compared as written to YAML: a map with integer keys (a layer map) reads back with text keys.
         if started_with.model_dump(mode="json") != recipe.model_dump(mode="json"):
-            changed = _first_difference(started_with.model_dump(mode="json"), recipe.model_dump(mode="json"))
+            changed = _first_difference(
+                started_with.model_dump(mode="json"), recipe.model_dump(mode="json")
+            )
             raise UserError(
                 f"--resume: the recipe differs from {config} at {changed}; resume with the same "
                 "recipe, or start a new run with name=<new name>"
@@ -121,7 +131,14 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
 
 
 @contextmanager
-def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, main: bool = True, built: dict | None = None):
+def open_run_dir(
+    recipe: Recipe,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    main: bool = True,
+    built: dict | None = None,
+):
     """The checked run directory, made (or replaced, or continued) and locked for the run.
 
     Call after preflight. On the main process only it is created or replaced; the others (DDP)
@@ -142,7 +159,11 @@ def open_run_dir(recipe: Recipe, *, overwrite: bool = False, resume: bool = Fals
                 lock = RunLock(run_dir).acquire()  # the old run is not in use: it may go
                 _empty(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            identity = {"name": recipe.name, "id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            identity = {
+                "name": recipe.name,
+                "id": uuid.uuid4().hex,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             (run_dir / MARKER).write_text(json.dumps(identity) + "\n")
             made = True
             lock = lock or RunLock(run_dir).acquire()

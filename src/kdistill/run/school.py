@@ -57,19 +57,27 @@ def cache_batch_size(eval_batch_size: int, device: torch.device) -> int:
 class RunSchool:
     """Trains, loads and keeps a run's models in ``run_dir`` (see ``teaching.roles.School``)."""
 
-    def __init__(self, plan: Plan, accelerator: Accelerator, run_dir: Path, *, resume: bool = False):
+    def __init__(
+        self, plan: Plan, accelerator: Accelerator, run_dir: Path, *, resume: bool = False
+    ):
         self.read_plan(plan)
         self.accelerator, self.run_dir, self.resume = accelerator, run_dir, resume
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.val_loader = eval_loader(plan.splits.val, plan.recipe)
-        self.trackers = Trackers(plan.recipe.output.report_to, run_dir, hyperparameters=plan.recipe.model_dump(mode="json"))
+        self.trackers = Trackers(
+            plan.recipe.output.report_to,
+            run_dir,
+            hyperparameters=plan.recipe.model_dump(mode="json"),
+        )
 
     def read_plan(self, plan: Plan) -> None:
         """What every school reads from the plan (``DryRunSchool`` reads only this)."""
         self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
         self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
         self.resume = False
-        self.pruning: dict[str, dict] = {}  # field -> the layers kept and their scores (student.prune)
+        self.pruning: dict[
+            str, dict
+        ] = {}  # field -> the layers kept and their scores (student.prune)
 
     @property
     def checkpoints(self) -> Path:
@@ -81,13 +89,17 @@ class RunSchool:
 
     # --- models ---------------------------------------------------------------------------
 
-    def _section(self, architecture: str, member: int | None = None) -> tuple[str, StudentConfig | TeacherConfig]:
+    def _section(
+        self, architecture: str, member: int | None = None
+    ) -> tuple[str, StudentConfig | TeacherConfig]:
         if architecture == "teacher" and member is not None:
             return f"teachers.{member}", self.recipe.teachers[member]
         section = getattr(self.recipe, architecture)
         return architecture, section
 
-    def build(self, architecture: str, *, member: int | None = None, reseed: bool = True) -> nn.Module:
+    def build(
+        self, architecture: str, *, member: int | None = None, reseed: bool = True
+    ) -> nn.Module:
         # The scratch and the distilled student start from the same weights; each ensemble
         # member gets its own seed, or two of one architecture would be identical.
         if reseed:
@@ -109,7 +121,10 @@ class RunSchool:
         if done is not None:
             return prune_layers(model, done["keep_layers"])
         pruned, self.pruning[field] = prune_by_influence(
-            model, self.splits.train, keep=prune.keep, calibration_tokens=prune.calibration_tokens,
+            model,
+            self.splits.train,
+            keep=prune.keep,
+            calibration_tokens=prune.calibration_tokens,
         )
         return pruned
 
@@ -135,7 +150,11 @@ class RunSchool:
             return role
         model = self.build("teacher", member=member)
         final = self.checkpoints / f"{phase}.safetensors"
-        store = Path(self.recipe.output.dir) / ".teachers" / f"{cfg.model}-{teacher_fingerprint(self.recipe, self.splits, cfg, member or 0)}.safetensors"
+        store = (
+            Path(self.recipe.output.dir)
+            / ".teachers"
+            / f"{cfg.model}-{teacher_fingerprint(self.recipe, self.splits, cfg, member or 0)}.safetensors"
+        )
         trained_here = any(r["phase"] == phase for r in self.metrics.read())
         if cfg.checkpoint:
             load_checkpoint(model, Path(cfg.checkpoint), f"{field}.checkpoint")
@@ -151,8 +170,13 @@ class RunSchool:
             source, seconds = f"reused {store}", 0.0
         else:
             seconds = self._train(
-                phase, Distiller(model, self.scratch_terms), None,
-                augment=cfg.augment, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
+                phase,
+                Distiller(model, self.scratch_terms),
+                None,
+                augment=cfg.augment,
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                optimizer=cfg.optimizer,
             )
             if self.is_main:
                 save_weights(model, store)  # atomic: a crash never leaves a half-written teacher
@@ -162,7 +186,13 @@ class RunSchool:
         self.accelerator.wait_for_everyone()
         if member is None:
             prepare_teacher(self.recipe.distill.params, model)
-        return Role(model.cpu(), self.architecture("teacher", member=member), final.name, seconds, source=source)
+        return Role(
+            model.cpu(),
+            self.architecture("teacher", member=member),
+            final.name,
+            seconds,
+            source=source,
+        )
 
     def _onnx_teacher(self, field: str, cfg: TeacherConfig, phase: str) -> Role:
         """A teacher delivered as an exported graph: run by ONNX Runtime, never trained, and
@@ -187,7 +217,11 @@ class RunSchool:
         MovieLens).
         """
         recipe, train = self.recipe, self.recipe.train
-        varies = train.augment != "none" or train.mix != "none" or hasattr(self.splits.train, "set_epoch")
+        varies = (
+            train.augment != "none"
+            or train.mix != "none"
+            or hasattr(self.splits.train, "set_epoch")
+        )
         views = min(train.views or train.epochs, train.epochs) if varies else 1
         topk = cache_topk(recipe, self.distill_terms)
         dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views)
@@ -201,16 +235,31 @@ class RunSchool:
             "dtype": recipe.teacher.cache_dtype,
             "topk": topk,
         }
-        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        root = Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir else Path(recipe.output.dir) / ".cache" / key
+        key = hashlib.sha256(
+            json.dumps(fingerprint, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        root = (
+            Path(recipe.teacher.cache_dir)
+            if recipe.teacher.cache_dir
+            else Path(recipe.output.dir) / ".cache" / key
+        )
         started = time.perf_counter()
         cache, built = open_or_build(
-            root, teacher, dataset, fingerprint=fingerprint, views=views, dtype=recipe.teacher.cache_dtype,
-            topk=topk["k"] if topk else None, temperature=topk["temperature"] if topk else 1.0,
-            batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device), accelerator=self.accelerator,
+            root,
+            teacher,
+            dataset,
+            fingerprint=fingerprint,
+            views=views,
+            dtype=recipe.teacher.cache_dtype,
+            topk=topk["k"] if topk else None,
+            temperature=topk["temperature"] if topk else 1.0,
+            batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device),
+            accelerator=self.accelerator,
         )
         if built and self.is_main and recipe.output.progress:
-            print(f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}")
+            print(
+                f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}"
+            )
         return CachedTeacher(cache)
 
     # --- students -------------------------------------------------------------------------
@@ -226,7 +275,11 @@ class RunSchool:
         if teacher is not None and self.splits.unlabelled is not None:
             samples += len(self.splits.unlabelled)
         distiller = Distiller.build(
-            student, terms, teacher=teacher, example_batch=example, num_samples=samples,
+            student,
+            terms,
+            teacher=teacher,
+            example_batch=example,
+            num_samples=samples,
         )
         distiller.batch_transform = transform
         return distiller
@@ -243,8 +296,15 @@ class RunSchool:
         distiller.transfer = unlabelled is not None
         try:
             return self._train(
-                phase, distiller, teacher if distiller.needs_teacher else None,
-                augment=t.augment, mix=mix, views=views, epochs=t.epochs, lr=t.lr, optimizer=t.optimizer,
+                phase,
+                distiller,
+                teacher if distiller.needs_teacher else None,
+                augment=t.augment,
+                mix=mix,
+                views=views,
+                epochs=t.epochs,
+                lr=t.lr,
+                optimizer=t.optimizer,
                 unlabelled=unlabelled,
             )
         finally:
@@ -252,8 +312,18 @@ class RunSchool:
                 distiller.tap.remove()
 
     def _train(
-        self, phase: str, distiller: Distiller, teacher, *, augment: str, epochs: int, lr: float, optimizer: str,
-        mix: str = "none", views: int = 0, unlabelled=None,
+        self,
+        phase: str,
+        distiller: Distiller,
+        teacher,
+        *,
+        augment: str,
+        epochs: int,
+        lr: float,
+        optimizer: str,
+        mix: str = "none",
+        views: int = 0,
+        unlabelled=None,
     ) -> float:
         """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
 
@@ -268,20 +338,31 @@ class RunSchool:
             return self.metrics.seconds(phase)
         if self.is_main:
             # Records the checkpoint does not cover are written again by the resumed training.
-            resume_epoch = read_meta(state)["progress"]["epoch"] if self.resume and state.is_file() else 1
+            resume_epoch = (
+                read_meta(state)["progress"]["epoch"] if self.resume and state.is_file() else 1
+            )
             self.metrics.drop_from(phase, resume_epoch)
         t = self.recipe.train
         train_loop(
-            distiller, train_loader(self.splits, self.recipe, augment, mix, views, unlabelled),
+            distiller,
+            train_loader(self.splits, self.recipe, augment, mix, views, unlabelled),
             teacher=teacher,
-            val_loader=self.val_loader, epochs=epochs, lr=lr, optim=Optimization.from_settings(t, optimizer),
+            val_loader=self.val_loader,
+            epochs=epochs,
+            lr=lr,
+            optim=Optimization.from_settings(t, optimizer),
             loop=Loop(
-                phase=phase, evaluate_fn=self.task.evaluate, batch_transform=getattr(distiller, "batch_transform", None),
-                early_stopping=self._early_stopping(), keep=t.keep,
-                log_every=self.recipe.output.log_every, log_step=self.trackers.log_step if self.is_main else None,
+                phase=phase,
+                evaluate_fn=self.task.evaluate,
+                batch_transform=getattr(distiller, "batch_transform", None),
+                early_stopping=self._early_stopping(),
+                keep=t.keep,
+                log_every=self.recipe.output.log_every,
+                log_step=self.trackers.log_step if self.is_main else None,
             ),
             checkpointing=Checkpointing(state, every=t.checkpoint_every, resume=self.resume),
-            accelerator=self.accelerator, log=self._log if self.is_main else (lambda _: None),
+            accelerator=self.accelerator,
+            log=self._log if self.is_main else (lambda _: None),
             progress=self.recipe.output.progress,
         )
         if self.is_main:
@@ -310,22 +391,40 @@ class RunSchool:
         self.accelerator.wait_for_everyone()
 
 
-def teacher_fingerprint(recipe: Recipe, splits, cfg: TeacherConfig | None = None, member: int = 0) -> str:
+def teacher_fingerprint(
+    recipe: Recipe, splits, cfg: TeacherConfig | None = None, member: int = 0
+) -> str:
     """Identity of a teacher trained here: its model, training settings and data. A later run
     of the same recipe (any student, any method) reuses the weights."""
     identity = {
         # How the teacher is trained, not where its outputs are kept: caching does not retrain it.
-        "teacher": (cfg or recipe.teacher).model_dump(exclude={"checkpoint", "cache", "cache_dtype", "cache_dir", "cache_topk"}),
+        "teacher": (cfg or recipe.teacher).model_dump(
+            exclude={"checkpoint", "cache", "cache_dtype", "cache_dir", "cache_topk"}
+        ),
         "data": splits.identity,
-        "train": recipe.train.model_dump(include={
-            "batch_size", "seed", "schedule", "weight_decay", "momentum", "mixed_precision", "grad_accum",
-            "clip_grad_norm", "warmup_steps", "warmup_ratio", "early_stopping", "keep",
-        }),
+        "train": recipe.train.model_dump(
+            include={
+                "batch_size",
+                "seed",
+                "schedule",
+                "weight_decay",
+                "momentum",
+                "mixed_precision",
+                "grad_accum",
+                "clip_grad_norm",
+                "warmup_steps",
+                "warmup_ratio",
+                "early_stopping",
+                "keep",
+            }
+        ),
         "torch": torch.__version__.split("+")[0],
     }
     if member:  # ensemble members of one architecture are drawn from different seeds
         identity["member"] = member
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = False) -> None:
@@ -337,4 +436,6 @@ def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = Fa
     except UserError as error:  # the loader names the file; the recipe field is named here
         raise type(error)(f"{field}: {error}") from None
     except Exception as error:  # shapes or names that do not fit the model
-        raise UserError(f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})") from None
+        raise UserError(
+            f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})"
+        ) from None

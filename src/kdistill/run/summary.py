@@ -32,11 +32,24 @@ def selection(history: list[dict], phase: str) -> dict:
     if not records or "best_epoch" not in records[-1]:
         return {}
     last = records[-1]
-    return {"best_epoch": last["best_epoch"], "epochs_trained": last["epoch"], "stopped_early": bool(last.get("stopped_early"))}
+    return {
+        "best_epoch": last["best_epoch"],
+        "epochs_trained": last["epoch"],
+        "stopped_early": bool(last.get("stopped_early")),
+    }
 
 
-def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool,
-            history: list[dict] = (), outcomes: dict | None = None, name: str = "") -> dict:
+def measure(
+    role: Role,
+    task: Task,
+    run_dir,
+    test_loader,
+    example,
+    latency: bool,
+    history: list[dict] = (),
+    outcomes: dict | None = None,
+    name: str = "",
+) -> dict:
     """A role's summary entry; its per-unit test results go to ``outcomes[name]``, for the
     paired comparisons."""
     result = task.evaluate(role.model.cpu(), test_loader, outcomes=True)
@@ -46,12 +59,15 @@ def measure(role: Role, task: Task, run_dir, test_loader, example, latency: bool
     entry = {
         "model": architecture_name(role.architecture),
         **{k: v for k, v in result.items() if k not in ("n", "outcomes")},
-        "params": count_parameters(role.model), "bytes": path.stat().st_size,
-        "checkpoint": role.file, "train_seconds": round(role.seconds, 2),
+        "params": count_parameters(role.model),
+        "bytes": path.stat().st_size,
+        "checkpoint": role.file,
+        "train_seconds": round(role.seconds, 2),
     }
     if latency:
-        timings = {f"batch_{b}": measure_latency(role.model, example, batch_size=b)
-                   for b in (1, 256)}
+        timings = {
+            f"batch_{b}": measure_latency(role.model, example, batch_size=b) for b in (1, 256)
+        }
         entry["latency_ms"] = {batch: timing.median_ms for batch, timing in timings.items()}
         unstable = [batch for batch, timing in timings.items() if not timing.measurable]
         if unstable:  # shown as such in the report: two equal models can differ 100x here
@@ -72,12 +88,17 @@ def comparisons(outcomes: dict, task: Task) -> dict:
     """Paired test-set statistics of each pair of roles (``kdistill.evaluation.paired``):
     a bootstrap interval of the headline's difference, and McNemar's exact test for accuracy."""
     return {
-        f"{first}_vs_{second}": {"metric": task.headline, **compare(
-            outcomes[first], outcomes[second],
-            higher_is_better=task.higher_is_better[task.headline],
-            mcnemar=task.headline == "accuracy",
-        )}
-        for first, second in PAIRS if first in outcomes and second in outcomes
+        f"{first}_vs_{second}": {
+            "metric": task.headline,
+            **compare(
+                outcomes[first],
+                outcomes[second],
+                higher_is_better=task.higher_is_better[task.headline],
+                mcnemar=task.headline == "accuracy",
+            ),
+        }
+        for first, second in PAIRS
+        if first in outcomes and second in outcomes
     }
 
 
@@ -110,28 +131,54 @@ def data_record(splits, unlabelled: str | None) -> dict:
     return {**splits.identity, "sizes": sizes, "unlabelled": unlabelled}
 
 
-def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[dict], accelerator) -> dict:
+def summarize(
+    plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[dict], accelerator
+) -> dict:
     recipe, task, splits = plan.recipe, plan.task, plan.splits
     example = splits.test[0]["input"]
     outcomes = {}
     summary = {
         "name": recipe.name,
         "method": recipe.method or "custom terms",
-        **({"accuracy_unit": "fraction of the test split classified correctly (0..1)"} if "accuracy" in task.metrics else {}),
-        "task": {"name": task.name, "metrics": list(task.metrics), "higher_is_better": task.higher_is_better, "percent": sorted(task.percent)},
+        **(
+            {"accuracy_unit": "fraction of the test split classified correctly (0..1)"}
+            if "accuracy" in task.metrics
+            else {}
+        ),
+        "task": {
+            "name": task.name,
+            "metrics": list(task.metrics),
+            "higher_is_better": task.higher_is_better,
+            "percent": sorted(task.percent),
+        },
         "data": data_record(splits, recipe.data.unlabelled),
         "mode": plan.mode,
         # How both students trained: the scratch baseline gets the distilled student's augmentation,
         # mixing (on the mixed labels, unless train.scratch_mix names its own) and budget.
         "students": students_record(recipe.train),
         "roles": {name: role.record() for name, role in roles.items()},
-        **{name: measure(role, task, run_dir, test_loader, example, recipe.output.latency,
-                         history, outcomes, name)
-           for name, role in roles.items()},
+        **{
+            name: measure(
+                role,
+                task,
+                run_dir,
+                test_loader,
+                example,
+                recipe.output.latency,
+                history,
+                outcomes,
+                name,
+            )
+            for name, role in roles.items()
+        },
         "latency_threads": torch.get_num_threads(),
         "device": str(accelerator.device),
         "world_size": accelerator.num_processes,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
     }
     summary["comparisons"] = comparisons(outcomes, task)
     summary["validation"] = final_validation(history, task.headline)
@@ -145,7 +192,11 @@ def summarize(plan: Plan, roles: Roles, *, run_dir, test_loader, history: list[d
         summary["students"]["teacher_augment"] = recipe.teacher.augment
     if task.name == "classification":  # agreement, KL, per-class accuracy, calibration, confusion
         summary["diagnostics"] = diagnose(
-            models, test_loader, num_classes=splits.num_classes, class_names=splits.class_names,
-            history=history, terms=plan.terms,
+            models,
+            test_loader,
+            num_classes=splits.num_classes,
+            class_names=splits.class_names,
+            history=history,
+            terms=plan.terms,
         )
     return summary

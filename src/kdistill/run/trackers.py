@@ -26,7 +26,9 @@ def check_installed(names: list[str]) -> None:
     """Refuse a tracker whose package is missing, before anything runs."""
     for name in names:
         if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise ConfigError(f"output.report_to: {name} is not installed; pip install {PACKAGES[name]} (or remove it)")
+            raise ConfigError(
+                f"output.report_to: {name} is not installed; pip install {PACKAGES[name]} (or remove it)"
+            )
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
@@ -46,7 +48,11 @@ def flat(tree: dict, prefix: str = "") -> dict:
 
 def numbers(record: dict) -> dict:
     """What a tracker plots: every number of a record, with samples per second derived."""
-    values = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")}
+    values = {
+        k: v
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")
+    }
     if record.get("samples") and record.get("seconds"):
         values["samples_per_s"] = record["samples"] / record["seconds"]
     return values
@@ -57,7 +63,11 @@ class Trackers:
 
     def __init__(self, names: list[str], run_dir: Path, *, hyperparameters: dict):
         check_installed(names)
-        self.names, self.run_dir, self.hyperparameters = list(names), Path(run_dir), flat(hyperparameters)
+        self.names, self.run_dir, self.hyperparameters = (
+            list(names),
+            Path(run_dir),
+            flat(hyperparameters),
+        )
         self.open: dict[str, list] = {}
 
     def _phase(self, phase: str) -> list:
@@ -78,12 +88,22 @@ class Trackers:
             # tracking store, which would default to a database in the current directory.
             folder.mkdir(parents=True, exist_ok=True)
             mlflow.set_tracking_uri(f"sqlite:///{(folder / 'mlflow.db').resolve()}")
-            tracker = tracking.MLflowTracker(experiment_name=self.run_dir.name, logging_dir=folder.resolve().as_uri(), run_name=phase)
+            tracker = tracking.MLflowTracker(
+                experiment_name=self.run_dir.name,
+                logging_dir=folder.resolve().as_uri(),
+                run_name=phase,
+            )
         else:
             os.environ.setdefault("WANDB_MODE", "offline")  # never the network
             # One W&B run per phase, as for the other trackers: phases run one after the other, so
             # starting the next finishes the last (wandb.init would otherwise return the open one).
-            tracker = tracking.WandBTracker(self.run_dir.name, name=phase, dir=str(folder), mode="offline", reinit="finish_previous")
+            tracker = tracking.WandBTracker(
+                self.run_dir.name,
+                name=phase,
+                dir=str(folder),
+                mode="offline",
+                reinit="finish_previous",
+            )
         folder.mkdir(parents=True, exist_ok=True)
         tracker.start()
         tracker.store_init_configuration(self.hyperparameters)

@@ -73,7 +73,9 @@ def teacher_candidates(specs: list[str], base: TeacherConfig) -> dict[str, dict]
         path = Path(spec)
         if spec.endswith((".yaml", ".yml")):
             if not path.is_file():
-                raise ConfigError(f"--teachers: {path} not found (a YAML teacher section or a zoo model name)")
+                raise ConfigError(
+                    f"--teachers: {path} not found (a YAML teacher section or a zoo model name)"
+                )
             try:
                 tree = safe_yaml.load_file(path) or {}  # bounded: no alias bomb expands here
             except yaml.YAMLError as error:
@@ -84,11 +86,15 @@ def teacher_candidates(specs: list[str], base: TeacherConfig) -> dict[str, dict]
             tree = {**base.model_dump(mode="json"), "model": spec, "kwargs": {}, "checkpoint": None}
             label = spec
         else:
-            raise ConfigError(f"--teachers: {spec!r} is neither a .yaml file nor a zoo model (`kdistill list models`)")
+            raise ConfigError(
+                f"--teachers: {spec!r} is neither a .yaml file nor a zoo model (`kdistill list models`)"
+            )
         try:
             teacher = TeacherConfig.model_validate(tree)
         except Exception as error:
-            raise ConfigError(f"--teachers: {spec}: not a valid teacher section ({str(error).splitlines()[0]})") from None
+            raise ConfigError(
+                f"--teachers: {spec}: not a valid teacher section ({str(error).splitlines()[0]})"
+            ) from None
         if label in candidates:
             raise ConfigError(f"--teachers: {label!r} is given twice")
         candidates[label] = teacher.model_dump(mode="json")
@@ -105,7 +111,15 @@ def _first_difference(a, b, path: str = "") -> str | None:
     return None if a == b else (path or "(top level)")
 
 
-def trial_recipe(base: Recipe, params: dict, teachers: dict[str, dict], *, name: str, output_dir: str, quiet: bool) -> Recipe:
+def trial_recipe(
+    base: Recipe,
+    params: dict,
+    teachers: dict[str, dict],
+    *,
+    name: str,
+    output_dir: str,
+    quiet: bool,
+) -> Recipe:
     tree = base.model_dump(mode="json")
     tree["name"] = name
     tree["method"], tree["terms"] = params["method"], None
@@ -120,14 +134,24 @@ def trial_recipe(base: Recipe, params: dict, teachers: dict[str, dict], *, name:
 
 def validation_score(run_dir: Path, metric: str) -> float:
     """The distilled student's ``val/<metric>`` at its last epoch."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     last = [r for r in records if r["phase"] == "student"][-1]
     return float(last[f"val/{metric}"])
 
 
 def tune(
-    recipe_path: str | None, *, trials: int, teachers: list[str] | None = None, methods: list[str] | None = None,
-    overrides: list[str] = (), seed: int = 0, echo=print,
+    recipe_path: str | None,
+    *,
+    trials: int,
+    teachers: list[str] | None = None,
+    methods: list[str] | None = None,
+    overrides: list[str] = (),
+    seed: int = 0,
+    echo=print,
 ) -> dict:
     """Run ``trials`` more trials of the study for this recipe; write ``best.yaml``,
     ``trials.csv`` and ``trials.md`` in ``<output.dir>/<name>-tune/``; return the best trial."""
@@ -153,14 +177,18 @@ def tune(
 
         unknown = [m for m in methods if m not in PRESETS]
         if unknown:
-            raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)} (`kdistill list methods`)")
+            raise ConfigError(
+                f"--methods: unknown method(s) {', '.join(unknown)} (`kdistill list methods`)"
+            )
     task = preflight(base).task  # the whole recipe checked before any study exists
     metric = task.headline
     tune_dir = Path(base.output.dir) / f"{base.name}-tune"
     tune_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(tune_dir / 'study.db').resolve()}"
     study = optuna.create_study(
-        study_name=base.name, storage=storage, load_if_exists=True,
+        study_name=base.name,
+        storage=storage,
+        load_if_exists=True,
         direction="maximize" if task.higher_is_better[metric] else "minimize",
     )
     space = _search_space(study, base, teachers, methods)
@@ -179,10 +207,19 @@ def tune(
             "temperature": trial.suggest_float("temperature", *TEMPERATURE_RANGE, log=True),
             "alpha": trial.suggest_float("alpha", *ALPHA_RANGE),
         }
-        recipe = trial_recipe(base, params, space["teachers"], name=f"trial-{trial.number}", output_dir=str(tune_dir), quiet=True)
+        recipe = trial_recipe(
+            base,
+            params,
+            space["teachers"],
+            name=f"trial-{trial.number}",
+            output_dir=str(tune_dir),
+            quiet=True,
+        )
         if (tune_dir / recipe.name).exists():
-            raise UserError(f"{tune_dir / recipe.name} exists but study.db does not know it (was study.db removed?): "
-                            "delete the old trial-* folders, or choose name= for a new study")
+            raise UserError(
+                f"{tune_dir / recipe.name} exists but study.db does not know it (was study.db removed?): "
+                "delete the old trial-* folders, or choose name= for a new study"
+            )
         started = time.perf_counter()
         run_recipe(recipe, echo=lambda *_: None)
         score = validation_score(tune_dir / recipe.name, metric)
@@ -190,8 +227,10 @@ def tune(
         trial.set_user_attr("run_dir", recipe.name)
         trial.set_user_attr("seconds", round(seconds, 1))
         shown = f"{100 * score:.2f}%" if metric in task.percent else f"{score:.4f}"
-        echo(f"trial {trial.number}: method={params['method']} teacher={params['teacher']} "
-             f"T={params['temperature']:.2f} alpha={params['alpha']:.2f} → val {metric} {shown} ({seconds:.0f} s)")
+        echo(
+            f"trial {trial.number}: method={params['method']} teacher={params['teacher']} "
+            f"T={params['temperature']:.2f} alpha={params['alpha']:.2f} → val {metric} {shown} ({seconds:.0f} s)"
+        )
         return score
 
     with warnings.catch_warnings():
@@ -203,17 +242,37 @@ def tune(
     if not done:
         raise UserError(f"no trial of {tune_dir} completed; see the errors above")
     best = study.best_trial
-    best_recipe = trial_recipe(base, best.params, space["teachers"], name=f"{base.name}-tuned", output_dir=base.output.dir, quiet=False)
+    best_recipe = trial_recipe(
+        base,
+        best.params,
+        space["teachers"],
+        name=f"{base.name}-tuned",
+        output_dir=base.output.dir,
+        quiet=False,
+    )
     shown = f"{100 * best.value:.2f}%" if metric in task.percent else f"{best.value:.4f}"
-    header = (f"# kdistill tune: best of {len(done)} completed trial(s) of {tune_dir}/study.db, trial {best.number}:\n"
-              f"# validation {metric} {shown} (distilled student, last epoch). Run: kdistill run {tune_dir}/best.yaml\n")
+    header = (
+        f"# kdistill tune: best of {len(done)} completed trial(s) of {tune_dir}/study.db, trial {best.number}:\n"
+        f"# validation {metric} {shown} (distilled student, last epoch). Run: kdistill run {tune_dir}/best.yaml\n"
+    )
     atomic_write(tune_dir / "best.yaml", header + dump_config(best_recipe))
     rows = trial_rows(study, metric)
     atomic_write(tune_dir / "trials.csv", _csv(rows))
-    atomic_write(tune_dir / "trials.md", trials_markdown(rows, metric, task, best.number, base.name, list(space["teachers"])))
-    echo(f"best: trial {best.number} ({', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}) "
-         f"val {metric} {shown}; wrote {tune_dir}/best.yaml, trials.md, trials.csv")
-    return {"number": best.number, "value": best.value, "params": best.params, "dir": str(tune_dir), "trials": len(study.trials)}
+    atomic_write(
+        tune_dir / "trials.md",
+        trials_markdown(rows, metric, task, best.number, base.name, list(space["teachers"])),
+    )
+    echo(
+        f"best: trial {best.number} ({', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}) "
+        f"val {metric} {shown}; wrote {tune_dir}/best.yaml, trials.md, trials.csv"
+    )
+    return {
+        "number": best.number,
+        "value": best.value,
+        "params": best.params,
+        "dir": str(tune_dir),
+        "trials": len(study.trials),
+    }
 
 
 def recipe_point(base: Recipe, space: dict) -> dict:
@@ -231,31 +290,49 @@ def recipe_point(base: Recipe, space: dict) -> dict:
         value = getattr(base.distill, name)
         if value is None and method:  # unset in the recipe: the preset's published default
             parameter = inspect.signature(PRESETS[method]).parameters.get(name)
-            value = None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+            value = (
+                None
+                if parameter is None or parameter.default is inspect.Parameter.empty
+                else parameter.default
+            )
         if value is not None and low <= value <= high:
             point[name] = value
     return point
 
 
-def _search_space(study, base: Recipe, teachers: list[str] | None, methods: list[str] | None) -> dict:
+def _search_space(
+    study, base: Recipe, teachers: list[str] | None, methods: list[str] | None
+) -> dict:
     """The study's fixed search space: chosen on the first call and stored in the study, since
     Optuna cannot change a categorical's choices mid-study. A later call must agree with it."""
     stored = study.user_attrs.get("space")
     base_tree = base.model_dump(mode="json")
     if stored is None:
-        candidates = teacher_candidates(teachers, base.teacher) if teachers else {base.teacher.model: base.teacher.model_dump(mode="json")}
+        candidates = (
+            teacher_candidates(teachers, base.teacher)
+            if teachers
+            else {base.teacher.model: base.teacher.model_dump(mode="json")}
+        )
         chosen = list(dict.fromkeys(methods)) if methods else logit_methods()
         space = {"teachers": candidates, "methods": chosen, "recipe": base_tree}
         study.set_user_attr("space", space)
         return space
     changed = _first_difference(stored["recipe"], base_tree)
     if changed:
-        raise UserError(f"the study in {study.study_name}-tune was started with a different recipe (at {changed}); "
-                        "resume with the same recipe and overrides, or change name= for a new study")
-    if teachers and list(teacher_candidates(teachers, base.teacher).values()) != list(stored["teachers"].values()):
-        raise UserError(f"--teachers differs from the study's ({', '.join(stored['teachers'])}); omit it to resume, or change name=")
+        raise UserError(
+            f"the study in {study.study_name}-tune was started with a different recipe (at {changed}); "
+            "resume with the same recipe and overrides, or change name= for a new study"
+        )
+    if teachers and list(teacher_candidates(teachers, base.teacher).values()) != list(
+        stored["teachers"].values()
+    ):
+        raise UserError(
+            f"--teachers differs from the study's ({', '.join(stored['teachers'])}); omit it to resume, or change name="
+        )
     if methods and list(dict.fromkeys(methods)) != stored["methods"]:
-        raise UserError(f"--methods differs from the study's ({', '.join(stored['methods'])}); omit it to resume, or change name=")
+        raise UserError(
+            f"--methods differs from the study's ({', '.join(stored['methods'])}); omit it to resume, or change name="
+        )
     return stored
 
 
@@ -266,12 +343,19 @@ def _fmt(value) -> str:
 def trial_rows(study, metric: str) -> list[dict]:
     rows = []
     for t in study.trials:
-        rows.append({
-            "trial": t.number, "state": t.state.name.lower(), f"val_{metric}": t.value,
-            "method": t.params.get("method"), "teacher": t.params.get("teacher"),
-            "temperature": t.params.get("temperature"), "alpha": t.params.get("alpha"),
-            "seconds": t.user_attrs.get("seconds"), "run_dir": t.user_attrs.get("run_dir"),
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                f"val_{metric}": t.value,
+                "method": t.params.get("method"),
+                "teacher": t.params.get("teacher"),
+                "temperature": t.params.get("temperature"),
+                "alpha": t.params.get("alpha"),
+                "seconds": t.user_attrs.get("seconds"),
+                "run_dir": t.user_attrs.get("run_dir"),
+            }
+        )
     return rows
 
 
@@ -283,7 +367,9 @@ def _csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def trials_markdown(rows: list[dict], metric: str, task, best: int, name: str, teachers: list[str]) -> str:
+def trials_markdown(
+    rows: list[dict], metric: str, task, best: int, name: str, teachers: list[str]
+) -> str:
     from kdistill.report import markdown_table
 
     def score(value):
@@ -293,9 +379,16 @@ def trials_markdown(rows: list[dict], metric: str, task, best: int, name: str, t
 
     key = f"val_{metric}"
     table = [
-        [f"{r['trial']}{' (best)' if r['trial'] == best else ''}", r["state"], score(r[key]), r["method"] or "",
-         r["teacher"] or "", _fmt(r["temperature"]) if r["temperature"] else "", _fmt(r["alpha"]) if r["alpha"] else "",
-         "" if r["seconds"] is None else f"{r['seconds']:.0f}"]
+        [
+            f"{r['trial']}{' (best)' if r['trial'] == best else ''}",
+            r["state"],
+            score(r[key]),
+            r["method"] or "",
+            r["teacher"] or "",
+            _fmt(r["temperature"]) if r["temperature"] else "",
+            _fmt(r["alpha"]) if r["alpha"] else "",
+            "" if r["seconds"] is None else f"{r['seconds']:.0f}",
+        ]
         for r in rows
     ]
     better = max if task.higher_is_better[metric] else min
@@ -304,15 +397,38 @@ def trials_markdown(rows: list[dict], metric: str, task, best: int, name: str, t
         if r[key] is not None:
             per_teacher.setdefault(r["teacher"], []).append(r)
     teacher_table = [
-        [teacher, str(len(rs)), score(better(r[key] for r in rs)) if rs else "",
-         str(next(r["trial"] for r in rs if r[key] == better(x[key] for x in rs))) if rs else ""]
+        [
+            teacher,
+            str(len(rs)),
+            score(better(r[key] for r in rs)) if rs else "",
+            str(next(r["trial"] for r in rs if r[key] == better(x[key] for x in rs))) if rs else "",
+        ]
         for teacher, rs in per_teacher.items()
     ]
-    return "\n\n".join([
-        f"# {name}: tuning trials",
-        f"Objective: the distilled student's validation {metric} at its last epoch "
-        "(the test split is not used to choose). The best recipe is `best.yaml`.",
-        markdown_table(["trial", "state", f"val {metric}", "method", "teacher", "temperature", "alpha", "seconds"], table),
-        "## Teachers",
-        markdown_table(["teacher", "trials", f"best val {metric}", "in trial"], teacher_table),
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"# {name}: tuning trials",
+                f"Objective: the distilled student's validation {metric} at its last epoch "
+                "(the test split is not used to choose). The best recipe is `best.yaml`.",
+                markdown_table(
+                    [
+                        "trial",
+                        "state",
+                        f"val {metric}",
+                        "method",
+                        "teacher",
+                        "temperature",
+                        "alpha",
+                        "seconds",
+                    ],
+                    table,
+                ),
+                "## Teachers",
+                markdown_table(
+                    ["teacher", "trials", f"best val {metric}", "in trial"], teacher_table
+                ),
+            ]
+        )
+        + "\n"
+    )

@@ -79,7 +79,9 @@ PROBE_TOLERANCE = 1e-2
 def _value_digest(value) -> str:
     if isinstance(value, Tensor):
         return tensor_digest({"": value})
-    if isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)):
+    if isinstance(value, _PLAIN) or (
+        isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)
+    ):
         return repr(value)
     return type(value).__qualname__  # an object (a FeatureTap, a model): its kind, not its id
 
@@ -101,13 +103,23 @@ def _hook_identity(hook) -> str:
 def teacher_identity(module: nn.Module) -> dict:
     """Everything of ``module`` that changes its outputs: parameters and all buffers, each
     submodule's type and plain settings, and the forward hooks registered on it."""
-    tensors = {**dict(module.named_parameters()), **{f"buffer:{k}": v for k, v in module.named_buffers()}}
+    tensors = {
+        **dict(module.named_parameters()),
+        **{f"buffer:{k}": v for k, v in module.named_buffers()},
+    }
     settings, hooks = [], []
     for name, sub in module.named_modules():
-        plain = {k: v for k, v in sorted(vars(sub).items()) if not k.startswith("_") and k != "training" and isinstance(v, _PLAIN)}
+        plain = {
+            k: v
+            for k, v in sorted(vars(sub).items())
+            if not k.startswith("_") and k != "training" and isinstance(v, _PLAIN)
+        }
         settings.append([name, f"{type(sub).__module__}.{type(sub).__qualname__}", plain])
         for kind in ("_forward_pre_hooks", "_forward_hooks"):
-            hooks += [[name, kind.strip("_"), _hook_identity(hook)] for hook in getattr(sub, kind).values()]
+            hooks += [
+                [name, kind.strip("_"), _hook_identity(hook)]
+                for hook in getattr(sub, kind).values()
+            ]
     return {
         "weights": tensor_digest(tensors),
         "settings": hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:16],
@@ -130,14 +142,20 @@ def _first_difference(stored: dict, wanted: dict) -> str:
     return "?"
 
 
-def _arrays(output: ModelOutput, topk: int | None = None, temperature: float = 1.0) -> dict[str, Tensor]:
+def _arrays(
+    output: ModelOutput, topk: int | None = None, temperature: float = 1.0
+) -> dict[str, Tensor]:
     features = {f"feature.{k}": v for k, v in output.features.items()}
     if topk is None:
         return {"logits": output.logits, **features}
-    sparse = topk_teacher(output.logits.float(), min(topk, output.logits.shape[-1]), temperature=temperature)
+    sparse = topk_teacher(
+        output.logits.float(), min(topk, output.logits.shape[-1]), temperature=temperature
+    )
     return {
-        "topk.log_probs": sparse.log_probs, "topk.index": sparse.indices,
-        "topk.tail": sparse.tail_log_prob.unsqueeze(-1), **features,
+        "topk.log_probs": sparse.log_probs,
+        "topk.index": sparse.indices,
+        "topk.tail": sparse.tail_log_prob.unsqueeze(-1),
+        **features,
     }
 
 
@@ -189,26 +207,43 @@ class TeacherCache:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
-            raise CheckpointError(f"{self.root}: no teacher cache here (meta.json missing); build it with `kdistill cache RECIPE`")
+            raise CheckpointError(
+                f"{self.root}: no teacher cache here (meta.json missing); build it with `kdistill cache RECIPE`"
+            )
         try:
             self.meta = json.loads(meta_path.read_bytes())
         except (OSError, ValueError):  # unreadable, not JSON, not UTF-8
-            raise CheckpointError(f"{meta_path}: corrupted cache metadata; delete {self.root} and build it again") from None
+            raise CheckpointError(
+                f"{meta_path}: corrupted cache metadata; delete {self.root} and build it again"
+            ) from None
         if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise CheckpointError(f"{self.root}: not a kdistill teacher cache")
         try:  # every field a reader uses, as build_cache writes it: an edited file is refused here, not mid-run
-            self.meta["fingerprint"].items(), int(self.meta["views"]) + int(self.meta["samples"]), self.meta["topk"] is None or self.meta["topk"]["k"]
-            [(str(info["file"]), int(info["bytes"]), str(info["sha256"])) for info in self.meta["arrays"].values()]
+            (
+                self.meta["fingerprint"].items(),
+                int(self.meta["views"]) + int(self.meta["samples"]),
+                self.meta["topk"] is None or self.meta["topk"]["k"],
+            )
+            [
+                (str(info["file"]), int(info["bytes"]), str(info["sha256"]))
+                for info in self.meta["arrays"].values()
+            ]
         except (KeyError, TypeError, AttributeError, ValueError):
-            raise CheckpointError(f"{meta_path}: cache metadata lacks fields or has the wrong types; delete {self.root} and build it again") from None
+            raise CheckpointError(
+                f"{meta_path}: cache metadata lacks fields or has the wrong types; delete {self.root} and build it again"
+            ) from None
         self.arrays: dict[str, np.ndarray] = {}
         for name, info in self.meta["arrays"].items():
             path = self.root / info["file"]
             size = path.stat().st_size if path.is_file() else -1
             if size != info["bytes"]:
-                raise CheckpointError(f"{path}: teacher cache is truncated or missing ({size} of {info['bytes']} bytes); delete {self.root} and build it again")
+                raise CheckpointError(
+                    f"{path}: teacher cache is truncated or missing ({size} of {info['bytes']} bytes); delete {self.root} and build it again"
+                )
             if verify and _array_digest(path) != info["sha256"]:
-                raise CheckpointError(f"{path}: teacher cache is corrupted (checksum mismatch); delete {self.root} and build it again")
+                raise CheckpointError(
+                    f"{path}: teacher cache is corrupted (checksum mismatch); delete {self.root} and build it again"
+                )
             self.arrays[name] = np.load(path, mmap_mode="r")
 
     @property
@@ -243,8 +278,11 @@ class TeacherCache:
         else:
             topk = self.meta["topk"]
             logits = SparseTeacher(
-                values.pop("topk.index"), values.pop("topk.log_probs"), values.pop("topk.tail").squeeze(-1),
-                temperature=topk["temperature"], vocab_size=topk["classes"],
+                values.pop("topk.index"),
+                values.pop("topk.log_probs"),
+                values.pop("topk.tail").squeeze(-1),
+                temperature=topk["temperature"],
+                vocab_size=topk["classes"],
             )
         return ModelOutput(logits, {k.removeprefix("feature."): v for k, v in values.items()})
 
@@ -260,7 +298,11 @@ class TeacherCache:
         device = next(iter(teacher.module.parameters()), torch.empty(0)).device
         live = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
         cached = self.lookup(batch["index"])
-        pairs = {f"features {name}": (cached.features[name], value.float().cpu()) for name, value in live.features.items() if name in cached.features}
+        pairs = {
+            f"features {name}": (cached.features[name], value.float().cpu())
+            for name, value in live.features.items()
+            if name in cached.features
+        }
         live_logits = live.logits.float().cpu()
         if isinstance(cached.logits, SparseTeacher):  # the live distribution at the cached ids
             sparse = cached.logits
@@ -277,7 +319,9 @@ class TeacherCache:
             elif torch.allclose(stored, now, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
                 continue
             else:
-                difference = f"up to {(stored - now).abs().nan_to_num(posinf=1e30).max().item():.3g} apart"
+                difference = (
+                    f"up to {(stored - now).abs().nan_to_num(posinf=1e30).max().item():.3g} apart"
+                )
             raise CacheMismatchError(
                 f"{self.root}: the cached teacher {what} of samples {rows} differ from the live teacher's "
                 f"({difference}): the cache was made by another teacher or teacher setup; delete it and "
@@ -344,19 +388,30 @@ def build_cache(
         if writer and not main:
             claim(root)
     fills = writer or not gathered
-    shard = Subset(dataset, padded_shard(count, rank, world) if gathered else list(range(rank, count, world)))
+    shard = Subset(
+        dataset, padded_shard(count, rank, world) if gathered else list(range(rank, count, world))
+    )
 
     # Shapes from one sample, then every rank opens the same preallocated files.
-    probe = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in next(iter(DataLoader(dataset, batch_size=1))).items()})
-    shapes = {name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk, temperature).items()}
+    probe = teacher(
+        {
+            k: v.to(device) if isinstance(v, Tensor) else v
+            for k, v in next(iter(DataLoader(dataset, batch_size=1))).items()
+        }
+    )
+    shapes = {
+        name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk, temperature).items()
+    }
     files = {name: root / f"{name}.npy" for name in shapes}
     # Class indices as integers (float16 is exact only up to 2,048); values in ``dtype``.
     dtypes = {name: np.int32 if name == "topk.index" else DTYPES[dtype] for name in shapes}
     if writer:
-        layout = {files[name]: ((views, count, *shape), dtypes[name])
-                  for name, shape in shapes.items()}
-        needed = sum(math.prod(shape) * np.dtype(dtype).itemsize
-                     for shape, dtype in layout.values())
+        layout = {
+            files[name]: ((views, count, *shape), dtypes[name]) for name, shape in shapes.items()
+        }
+        needed = sum(
+            math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.values()
+        )
         check_space(root, needed)
         allocate(root, layout, needed)
     if accelerator:
@@ -385,10 +440,17 @@ def build_cache(
             "fingerprint": fingerprint,
             "views": views,
             "samples": count,
-            "topk": None if topk is None else {"k": topk, "classes": probe.logits.shape[-1], "temperature": temperature},
+            "topk": None
+            if topk is None
+            else {"k": topk, "classes": probe.logits.shape[-1], "temperature": temperature},
             "arrays": {
-                name: {"file": path.name, "shape": [views, count, *shapes[name]], "dtype": np.dtype(dtypes[name]).name,
-                       "bytes": path.stat().st_size, "sha256": _array_digest(path)}
+                name: {
+                    "file": path.name,
+                    "shape": [views, count, *shapes[name]],
+                    "dtype": np.dtype(dtypes[name]).name,
+                    "bytes": path.stat().st_size,
+                    "sha256": _array_digest(path),
+                }
                 for name, path in files.items()
             },
         }
@@ -428,11 +490,17 @@ class CachedTeacher:
         pin = self.device.type == "cuda"
 
         def move(value):
-            return value.pin_memory().to(self.device, non_blocking=True) if pin else value.to(self.device)
+            return (
+                value.pin_memory().to(self.device, non_blocking=True)
+                if pin
+                else value.to(self.device)
+            )
 
         logits = output.logits
         if isinstance(logits, SparseTeacher):
-            logits = SparseTeacher(*map(move, logits), temperature=logits.temperature, vocab_size=logits.vocab_size)
+            logits = SparseTeacher(
+                *map(move, logits), temperature=logits.temperature, vocab_size=logits.vocab_size
+            )
         else:
             logits = move(logits)
         return ModelOutput(logits, {k: move(v) for k, v in output.features.items()})

@@ -19,8 +19,12 @@ from kdistill.errors import UserError
 from kdistill.modeling import LOGITS
 
 _NUMPY_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
 }
 
 
@@ -48,12 +52,20 @@ class OnnxModel(nn.Module):
         try:
             import onnxruntime
         except ImportError:
-            raise UserError(f"{field}: an ONNX teacher needs onnxruntime: pip install onnxruntime") from None
+            raise UserError(
+                f"{field}: an ONNX teacher needs onnxruntime: pip install onnxruntime"
+            ) from None
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), providers=["CPUExecutionProvider"]
+            )
         except Exception as error:  # noqa: BLE001 -- ORT raises its own exception types (Fail, InvalidGraph ...)
-            raise UserError(f"{field}: {self.path} is not a loadable ONNX model ({str(error).splitlines()[0][:200]})") from None
-        self.inputs = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+            raise UserError(
+                f"{field}: {self.path} is not a loadable ONNX model ({str(error).splitlines()[0][:200]})"
+            ) from None
+        self.inputs = {
+            i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()
+        }
         self.output_name = self.session.get_outputs()[0].name
         digest = bytes.fromhex(file_digest(self.path))
         self.register_buffer("onnx_sha256", torch.tensor(list(digest), dtype=torch.uint8))
@@ -64,20 +76,31 @@ class OnnxModel(nn.Module):
     def forward(self, *args, **kwargs) -> Tensor:
         if args:
             if len(args) != 1 or kwargs:
-                raise TypeError("an ONNX teacher takes one input tensor, or keyword tensors named as its graph's inputs")
+                raise TypeError(
+                    "an ONNX teacher takes one input tensor, or keyword tensors named as its graph's inputs"
+                )
             if len(self.inputs) != 1:
-                raise TypeError(f"{self.path.name} takes {len(self.inputs)} inputs ({', '.join(self.inputs)}): give a dict of them")
+                raise TypeError(
+                    f"{self.path.name} takes {len(self.inputs)} inputs ({', '.join(self.inputs)}): give a dict of them"
+                )
             kwargs = {next(iter(self.inputs)): args[0]}
         unknown = set(kwargs) - set(self.inputs)
         if unknown:
-            raise TypeError(f"{self.path.name} has no input {min(unknown)!r}; its inputs: {', '.join(self.inputs)}")
+            raise TypeError(
+                f"{self.path.name} has no input {min(unknown)!r}; its inputs: {', '.join(self.inputs)}"
+            )
         device = next(iter(kwargs.values())).device
-        feed = {name: value.detach().cpu().numpy().astype(self.inputs[name], copy=False) for name, value in kwargs.items()}
+        feed = {
+            name: value.detach().cpu().numpy().astype(self.inputs[name], copy=False)
+            for name, value in kwargs.items()
+        }
         try:
             (logits,) = self.session.run([self.output_name], feed)
         except Exception as error:  # noqa: BLE001 -- ORT's InvalidArgument, Fail ... share no base but Exception
             shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in feed.items())
-            raise ValueError(f"the ONNX teacher {self.path.name} cannot run on inputs {shapes}: {str(error).splitlines()[0][:200]}") from None
+            raise ValueError(
+                f"the ONNX teacher {self.path.name} cannot run on inputs {shapes}: {str(error).splitlines()[0][:200]}"
+            ) from None
         return torch.from_numpy(np.ascontiguousarray(logits)).float().to(device)
 
     def train(self, mode: bool = True) -> OnnxModel:

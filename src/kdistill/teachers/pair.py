@@ -25,7 +25,9 @@ def _describe(model: nn.Module) -> str:
 
 def _describe_input(inputs) -> str:
     if isinstance(inputs, dict):
-        return ", ".join(f"{k}: {tuple(v.shape)} {v.dtype} on {v.device}" for k, v in inputs.items())
+        return ", ".join(
+            f"{k}: {tuple(v.shape)} {v.dtype} on {v.device}" for k, v in inputs.items()
+        )
     return f"{tuple(inputs.shape)} {inputs.dtype} on {inputs.device}"
 
 
@@ -58,6 +60,13 @@ def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Siz
             "build both for the same classes (or vocabulary), or map one onto the other"
         )
     target = example.get("target")
-    if target is not None and target.dtype in (torch.int64, torch.int32) and target.numel() and int(target.max()) >= student_outputs:
-        raise MismatchError(f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}")
+    if (
+        target is not None
+        and target.dtype in (torch.int64, torch.int32)
+        and target.numel()
+        and int(target.max()) >= student_outputs
+    ):
+        raise MismatchError(
+            f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}"
+        )
     return outputs["student"].shape

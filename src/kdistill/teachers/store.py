@@ -44,7 +44,11 @@ def check_cache_root(root: Path) -> None:
             f"teacher.cache_dir: {root} already holds files that are not a kdistill teacher cache; "
             "point it at a new or empty directory"
         )
-    strangers = [p.name for p in root.iterdir() if p.name not in (MARKER, TOKEN, "meta.json.tmp") and not p.name.endswith(".npy")]
+    strangers = [
+        p.name
+        for p in root.iterdir()
+        if p.name not in (MARKER, TOKEN, "meta.json.tmp") and not p.name.endswith(".npy")
+    ]
     if strangers:
         raise UserError(
             f"teacher.cache_dir: {root} holds {strangers[0]!r}, which a cache build did not write; "
@@ -163,6 +167,13 @@ def padded_shard(count: int, rank: int, world: int) -> list[int]:
 
 
 __all__ = [
-    "MARKER", "TOKEN", "agree_on_cache", "allocate", "check_cache_root", "claim",
-    "everyone_sees_main_root", "one_machine", "padded_shard",
+    "MARKER",
+    "TOKEN",
+    "agree_on_cache",
+    "allocate",
+    "check_cache_root",
+    "claim",
+    "everyone_sees_main_root",
+    "one_machine",
+    "padded_shard",
 ]

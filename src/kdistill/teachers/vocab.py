@@ -20,16 +20,26 @@ class VocabularyMismatchError(UserError):
     """Teacher and student logits cover different vocabularies."""
 
 
-def check_vocabularies(student_logits: Tensor, teacher_logits: Tensor, terms: Sequence = ()) -> None:
+def check_vocabularies(
+    student_logits: Tensor, teacher_logits: Tensor, terms: Sequence = ()
+) -> None:
     """Raise ``VocabularyMismatchError`` when a term compares logits of different widths."""
     from kdistill.methods import LOGITS
 
-    comparing = [t.name for t in terms if getattr(t, "takes_teacher", False) and t.student == LOGITS and t.teacher == LOGITS]
+    comparing = [
+        t.name
+        for t in terms
+        if getattr(t, "takes_teacher", False) and t.student == LOGITS and t.teacher == LOGITS
+    ]
     if not comparing:
         return
     s_size, t_size = student_logits.shape[-1], teacher_logits.shape[-1]
     if s_size != t_size:
-        kind = "vocabulary" if student_logits.dim() == 3 or teacher_logits.dim() == 3 else "number of classes"
+        kind = (
+            "vocabulary"
+            if student_logits.dim() == 3 or teacher_logits.dim() == 3
+            else "number of classes"
+        )
         raise VocabularyMismatchError(
             f"the teacher's {kind} has {t_size} entries but the student's has {s_size}: the "
             f"logit term(s) {', '.join(comparing)} compare them entry by entry; give the student "
@@ -47,10 +57,18 @@ def map_teacher_vocabulary(teacher: nn.Module, teacher_ids: Sequence[int] | Tens
     """
     index = torch.as_tensor(teacher_ids, dtype=torch.int64)
     if index.dim() != 1 or len(index) == 0:
-        raise UserError("distill.params.vocab_map: a non-empty list of teacher token ids, one per student id")
+        raise UserError(
+            "distill.params.vocab_map: a non-empty list of teacher token ids, one per student id"
+        )
 
     def restrict(module: nn.Module, inputs, output):
-        logits = output if isinstance(output, Tensor) else output["logits"] if isinstance(output, Mapping) else output.logits
+        logits = (
+            output
+            if isinstance(output, Tensor)
+            else output["logits"]
+            if isinstance(output, Mapping)
+            else output.logits
+        )
         if int(index.max()) >= logits.shape[-1]:
             raise VocabularyMismatchError(
                 f"distill.params.vocab_map names teacher id {int(index.max())} but the teacher's vocabulary has {logits.shape[-1]} entries"

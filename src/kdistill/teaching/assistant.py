@@ -10,7 +10,11 @@ from kdistill.teaching.roles import Roles, School, train_student
 def teach(school: School, *, cached: bool = False) -> Roles:
     teacher = school.obtain_teacher()
     assistant = train_student(
-        school, "assistant", school.distill_terms, school.frozen(teacher.model, cached=cached), architecture="assistant",
+        school,
+        "assistant",
+        school.distill_terms,
+        school.frozen(teacher.model, cached=cached),
+        architecture="assistant",
     )
     scratch = train_student(school, "scratch", school.scratch_terms, None)
     student = train_student(school, "student", school.distill_terms, school.frozen(assistant.model))

@@ -11,8 +11,12 @@ from kdistill.teaching.roles import Roles, School, train_student
 
 def teach(school: School, *, generations: int = 2) -> Roles:
     scratch = train_student(school, "scratch", school.scratch_terms, None)
-    roles: Roles = {"teacher": dataclasses.replace(scratch, source="born-again generation 0 (the scratch student)"),
-                    "scratch": scratch}
+    roles: Roles = {
+        "teacher": dataclasses.replace(
+            scratch, source="born-again generation 0 (the scratch student)"
+        ),
+        "scratch": scratch,
+    }
     previous = scratch
     for generation in range(1, generations + 1):
         phase = "student" if generation == generations else f"generation_{generation}"

@@ -29,17 +29,33 @@ COMBINE = ("mean", "weights", "confidence")
 class Ensemble(nn.Module):
     """Members ``members.0``, ``members.1``, ... (tap names reach into them as usual)."""
 
-    def __init__(self, members: Sequence[nn.Module], combine: str = "mean", weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        combine: str = "mean",
+        weights: Sequence[float] | None = None,
+    ):
         super().__init__()
         if combine not in COMBINE:
             raise ValueError(f"ensemble combine={combine!r}: choose from {', '.join(COMBINE)}")
         if combine == "weights":
-            if weights is None or len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0:
-                raise ValueError(f"ensemble weights: give {len(members)} non-negative weights, one per teacher")
+            if (
+                weights is None
+                or len(weights) != len(members)
+                or min(weights) < 0
+                or sum(weights) <= 0
+            ):
+                raise ValueError(
+                    f"ensemble weights: give {len(members)} non-negative weights, one per teacher"
+                )
         self.members = nn.ModuleList(members)
         self.combine = combine
         self.register_buffer(
-            "weights", torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32) , persistent=False
+            "weights",
+            torch.tensor(
+                weights if weights is not None else [1.0] * len(members), dtype=torch.float32
+            ),
+            persistent=False,
         )
 
     def member_weights(self, probs: Tensor) -> Tensor:
@@ -52,15 +68,23 @@ class Ensemble(nn.Module):
 
     def forward(self, x) -> Tensor:
 
-        logits = torch.stack([call_model(member, x).float() for member in self.members])  # (K, N, C)
+        logits = torch.stack(
+            [call_model(member, x).float() for member in self.members]
+        )  # (K, N, C)
         log_probs = F.log_softmax(logits, dim=-1)
         weights = self.member_weights(log_probs.exp())
         # log Σ_k w_k p_k, computed in log space so tiny probabilities stay finite.
         return torch.logsumexp(log_probs + weights.clamp_min(1e-30).log()[..., None], dim=0)
 
 
-def teach(school: School, *, members: int, combine: str = "mean", weights: Sequence[float] | None = None,
-          cached: bool = False) -> Roles:
+def teach(
+    school: School,
+    *,
+    members: int,
+    combine: str = "mean",
+    weights: Sequence[float] | None = None,
+    cached: bool = False,
+) -> Roles:
     """Each member teacher obtained (trained, loaded or reused) on its own seed, combined into one
     ``Ensemble`` that teaches the student as a single teacher would."""
     roles = [school.obtain_teacher(member=i) for i in range(members)]
@@ -68,9 +92,14 @@ def teach(school: School, *, members: int, combine: str = "mean", weights: Seque
     school.keep(model, "teacher.safetensors")
     sources = "; ".join(f"{r.architecture['model']}: {r.source}" for r in roles)
     teacher = Role(
-        model, {"ensemble": [r.architecture for r in roles], "combine": combine, "weights": weights},
-        "teacher.safetensors", sum(r.seconds for r in roles), source=f"ensemble ({combine}) of {sources}",
+        model,
+        {"ensemble": [r.architecture for r in roles], "combine": combine, "weights": weights},
+        "teacher.safetensors",
+        sum(r.seconds for r in roles),
+        source=f"ensemble ({combine}) of {sources}",
     )
     scratch = train_student(school, "scratch", school.scratch_terms, None)
-    student = train_student(school, "student", school.distill_terms, school.frozen(model, cached=cached))
+    student = train_student(
+        school, "student", school.distill_terms, school.frozen(model, cached=cached)
+    )
     return {"teacher": teacher, "scratch": scratch, "student": student}

@@ -24,7 +24,9 @@ from kdistill.teaching.roles import Role, Roles, School, train_student
 class MutualDistiller(Distiller):
     """``student`` and ``peer`` in one trainable module; ``logits`` are the student's."""
 
-    def __init__(self, student: nn.Module, peer: nn.Module, *, weight: float = 1.0, temperature: float = 1.0):
+    def __init__(
+        self, student: nn.Module, peer: nn.Module, *, weight: float = 1.0, temperature: float = 1.0
+    ):
         super().__init__(student, [Term("ce", "ce", teacher=None)])
         self.peer = peer
         self.weight = weight
@@ -56,11 +58,18 @@ def teach(school: School, *, weight: float = 1.0, temperature: float = 1.0) -> R
     scratch = train_student(school, "scratch", school.scratch_terms, None)
     student = school.build("student")
     peer = school.build("teacher", reseed=False)  # drawn after the student, from the same seed
-    seconds = school.fit("student", MutualDistiller(student, peer, weight=weight, temperature=temperature), None)
+    seconds = school.fit(
+        "student", MutualDistiller(student, peer, weight=weight, temperature=temperature), None
+    )
     school.keep(peer, "peer.safetensors")
     return {
-        "teacher": Role(peer, school.architecture("teacher"), "peer.safetensors", seconds,
-                        source="deep mutual learning peer, trained alongside the student"),
+        "teacher": Role(
+            peer,
+            school.architecture("teacher"),
+            "peer.safetensors",
+            seconds,
+            source="deep mutual learning peer, trained alongside the student",
+        ),
         "scratch": scratch,
         "student": Role(student, school.architecture("student"), "student.safetensors", seconds),
     }

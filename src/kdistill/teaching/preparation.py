@@ -35,7 +35,11 @@ def prepare_teacher(params: dict[str, Any], teacher: nn.Module) -> None:
 
 
 def prepare_student(
-    params: dict[str, Any], student: nn.Module, teacher: nn.Module | None, *, seed: int = 0,
+    params: dict[str, Any],
+    student: nn.Module,
+    teacher: nn.Module | None,
+    *,
+    seed: int = 0,
 ):
     """Initialise the distilled student from the teacher (``init_from_teacher``) and return its
     batch transform (``on_policy``, its draws seeded by the run's ``seed`` unless it names its

@@ -29,8 +29,11 @@ class Role:
 
     def record(self) -> dict[str, Any]:
         """What ``summary.json`` keeps of the role (``roles``)."""
-        return {"architecture": self.architecture, "file": f"checkpoints/{self.file}",
-                **({"source": self.source} if self.source else {})}
+        return {
+            "architecture": self.architecture,
+            "file": f"checkpoints/{self.file}",
+            **({"source": self.source} if self.source else {}),
+        }
 
 
 Roles = dict[str, Role]  # "teacher", "assistant", "scratch", "generation_1", ..., "student"
@@ -66,19 +69,26 @@ class School(Protocol):
         """Save (or, when resuming a finished run, restore) ``model`` as ``checkpoints/<file>``."""
 
 
-def train_student(school: School, phase: str, terms: list, teacher, *, architecture: str = "student") -> Role:
+def train_student(
+    school: School, phase: str, terms: list, teacher, *, architecture: str = "student"
+) -> Role:
     """Build a model of ``architecture`` and train it as ``phase`` with ``terms`` against
     ``teacher`` (``None``: from the labels alone)."""
     model = school.build(architecture)
     distiller = school.distiller(model, terms, teacher)
     seconds = school.fit(phase, distiller, teacher)
-    return Role(model, school.architecture(architecture), f"{phase}.safetensors", seconds,
-                info={"connector_params": training_extras(distiller)})
+    return Role(
+        model,
+        school.architecture(architecture),
+        f"{phase}.safetensors",
+        seconds,
+        info={"connector_params": training_extras(distiller)},
+    )
 
 
 def training_extras(distiller: Distiller) -> int:
     """Trainable parameters a method adds beside the student (connectors, embeddings, stateful
     losses such as CRD's projections): what the method costs in training, not in deployment."""
-    return sum(p.numel() for name, p in distiller.named_parameters() if not name.startswith("student."))
-
-
+    return sum(
+        p.numel() for name, p in distiller.named_parameters() if not name.startswith("student.")
+    )

@@ -16,7 +16,10 @@ from kdistill.errors import UserError
 
 
 def make_accelerator(
-    device: str = "auto", mixed_precision: str = "no", *, deterministic: bool = False,
+    device: str = "auto",
+    mixed_precision: str = "no",
+    *,
+    deterministic: bool = False,
     compile: bool | str = False,
 ) -> Accelerator:
     """An Accelerator on the requested device. ``Accelerator()`` alone would silently pick the
@@ -31,7 +34,9 @@ def make_accelerator(
         use_deterministic_kernels()
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda: no CUDA GPU is visible here; use train.device=auto or cpu")
+        raise UserError(
+            "train.device=cuda: no CUDA GPU is visible here; use train.device=auto or cpu"
+        )
     if mixed_precision == "fp16" and use_cpu:
         # fp16 needs a gradient scaler and GPU kernels; bf16 has float32's range and runs on CPUs.
         raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 on the CPU")
@@ -42,8 +47,10 @@ def make_accelerator(
     backend = "inductor" if compile is True else (compile or "no")
     shared = AcceleratorState._shared_state
     plugin = shared.get("dynamo_plugin") if shared else None
-    if shared and (shared.get("_mixed_precision") not in (None, mixed_precision)
-                   or (plugin is not None and str(plugin.backend.value).lower() != backend.lower())):
+    if shared and (
+        shared.get("_mixed_precision") not in (None, mixed_precision)
+        or (plugin is not None and str(plugin.backend.value).lower() != backend.lower())
+    ):
         AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, dynamo_backend=backend)
     refuse_sharded(accelerator)

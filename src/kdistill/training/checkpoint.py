@@ -45,7 +45,10 @@ def rng_state() -> tuple[dict[str, Tensor], dict]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
     version, internal, gauss_next = random.getstate()
-    plain = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [version, list(internal), gauss_next]}
+    plain = {
+        "numpy": [kind, int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
     return tensors, plain
 
 
@@ -55,13 +58,20 @@ def set_rng_state(tensors: dict[str, Tensor], plain: dict) -> None:
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     kind, pos, has_gauss, gauss = plain["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    np.random.set_state(
+        (kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss)
+    )
     version, internal, gauss_next = plain["python"]
     random.setstate((version, tuple(internal), gauss_next))
 
 
 def save_training_state(
-    path: str | Path, *, model: torch.nn.Module, optimizer, scheduler, progress: dict,
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    progress: dict,
     progress_tensors: dict[str, Tensor],
 ) -> None:
     """One atomic file with everything needed to continue exactly where training stopped."""
@@ -88,10 +98,14 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     return tensors, meta
 
 
-def restore_training_state(tensors: dict[str, Tensor], meta: dict, *, model, optimizer, scheduler) -> dict[str, Tensor]:
+def restore_training_state(
+    tensors: dict[str, Tensor], meta: dict, *, model, optimizer, scheduler
+) -> dict[str, Tensor]:
     """Load weights, optimizer and scheduler; returns the ``progress.*`` tensors. The global
     generators are restored separately, by the caller, at the right moment."""
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    )
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
     return {k.removeprefix("progress."): v for k, v in tensors.items() if k.startswith("progress.")}

@@ -142,7 +142,11 @@ def train_loop(
     checkpoint and at the end of every epoch: a read costs a host-device synchronisation, so
     the loop makes none of its own per step.
     """
-    optim, loop, checkpointing = optim or Optimization(), loop or Loop(), checkpointing or Checkpointing()
+    optim, loop, checkpointing = (
+        optim or Optimization(),
+        loop or Loop(),
+        checkpointing or Checkpointing(),
+    )
     accelerator = accelerator or make_accelerator()
     # Before the optimizer and Accelerate see the parameters; handed back in the default layout
     # when training ends.
@@ -153,13 +157,18 @@ def train_loop(
             raise ValueError("the distiller's terms compare with a teacher: pass teacher=")
         rule = loop.monitor_rule()
         if rule is not None and val_loader is None:
-            raise UserError("early stopping and keep=best choose epochs by a validation metric: give a validation split")
+            raise UserError(
+                "early stopping and keep=best choose epochs by a validation metric: give a validation split"
+            )
         # The sampler's generator fixes the data order; saving its state at the start of each epoch
         # lets a resumed run replay the same order. Accelerate keeps this very object in use.
         order = getattr(train_loader, "generator", None)
         opt = make_optimizer(
-            parameter_groups(distiller, optim.weight_decay), optim.optimizer, lr=lr,
-            weight_decay=optim.weight_decay, momentum=optim.momentum,
+            parameter_groups(distiller, optim.weight_decay),
+            optim.optimizer,
+            lr=lr,
+            weight_decay=optim.weight_decay,
+            momentum=optim.momentum,
         )
         updates = epochs * math.ceil(len(train_loader) / optim.grad_accum)
         sched = make_schedule(opt, optim.schedule, updates, warmup_steps=optim.warmup(updates))
@@ -178,13 +187,18 @@ def train_loop(
         restored_rng = None
         if checkpointing.resume and checkpoint is not None and Path(checkpoint).is_file():
             tensors, meta = load_training_state(checkpoint)
-            restored = restore_training_state(tensors, meta, model=inner, optimizer=opt, scheduler=sched)
+            restored = restore_training_state(
+                tensors, meta, model=inner, optimizer=opt, scheduler=sched
+            )
             state = TrainingProgress.from_saved(meta["progress"], restored)
             restored_rng = (tensors, meta["rng"])
             if hasattr(loop.batch_transform, "load_state_dict"):  # its own draws (OnPolicy)
                 loop.batch_transform.load_state_dict(
-                    {k.removeprefix("transform."): v for k, v in restored.items()
-                     if k.startswith("transform.")}
+                    {
+                        k.removeprefix("transform."): v
+                        for k, v in restored.items()
+                        if k.startswith("transform.")
+                    }
                 )
         monitor = Monitor(rule, state) if rule is not None else None
         best = BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
@@ -211,8 +225,12 @@ def train_loop(
                     drawn = loop.batch_transform.state_dict()
                     progress_tensors.update({f"transform.{k}": v for k, v in drawn.items()})
                 save_training_state(
-                    checkpoint, model=inner, optimizer=opt, scheduler=sched,
-                    progress=progress_meta, progress_tensors=progress_tensors,
+                    checkpoint,
+                    model=inner,
+                    optimizer=opt,
+                    scheduler=sched,
+                    progress=progress_meta,
+                    progress_tensors=progress_tensors,
                 )
             accelerator.wait_for_everyone()
 
@@ -237,8 +255,12 @@ def train_loop(
                 # before the checkpoint are skipped by index, never loaded or augmented again.
                 batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
             bar = tqdm(
-                batches, desc=f"{phase} {epoch}/{epochs}", leave=False, dynamic_ncols=True,
-                initial=state.step_in_epoch, total=len(train_loader),
+                batches,
+                desc=f"{phase} {epoch}/{epochs}",
+                leave=False,
+                dynamic_ncols=True,
+                initial=state.step_in_epoch,
+                total=len(train_loader),
                 disable=not (progress and accelerator.is_local_main_process) or None,
             )
             shown_at = started
@@ -248,7 +270,9 @@ def train_loop(
                 with contextlib.nullcontext() if update else accelerator.no_sync(model):
                     teacher_out = None
                     if inner.needs_teacher:
-                        with accelerator.autocast():  # the teacher in the run's precision, like the student
+                        with (
+                            accelerator.autocast()
+                        ):  # the teacher in the run's precision, like the student
                             teacher_out = teacher(batch)
                     out = model(batch, teacher_out, *([] if shares is None else [shares]))
                     watch.observe(out, state.global_step)
@@ -266,8 +290,15 @@ def train_loop(
                     watch.check(epoch)
                 if checkpointing.every and state.global_step % checkpointing.every == 0 and update:
                     save()  # between updates only: accumulated gradients are not part of the state
-                if loop.log_step and loop.log_every and state.global_step % loop.log_every == 0 and accelerator.is_main_process:
-                    loop.log_step(_step_record(phase, epoch, state, sched, time.perf_counter() - started))
+                if (
+                    loop.log_step
+                    and loop.log_every
+                    and state.global_step % loop.log_every == 0
+                    and accelerator.is_main_process
+                ):
+                    loop.log_step(
+                        _step_record(phase, epoch, state, sched, time.perf_counter() - started)
+                    )
                 if not bar.disable and time.perf_counter() - shown_at > POSTFIX_SECONDS:
                     # Reading the running loss syncs the device: by the clock, not every n steps.
                     bar.set_postfix(loss=f"{state.mean('loss'):.4f}")
@@ -297,7 +328,9 @@ def train_loop(
                 if progress:
                     shown = [k for k in record if k == "train/accuracy" or k.startswith("val/")]
                     text = " ".join(f"{k} {record[k]:.4f}" for k in shown)
-                    tqdm.write(f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)")
+                    tqdm.write(
+                        f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)"
+                    )
             state.start_epoch(epoch + 1, order.get_state() if order is not None else None)
             save()  # the epoch is complete: a crash from here on resumes at the next one
         if loop.keep == "best":
@@ -331,13 +364,22 @@ def release(accelerator: Accelerator) -> None:
     if accelerator.device.type != "cpu":
         accelerator.free_memory()
         return
-    accelerator._schedulers, accelerator._optimizers, accelerator._models, accelerator._dataloaders = [], [], [], []
+    (
+        accelerator._schedulers,
+        accelerator._optimizers,
+        accelerator._models,
+        accelerator._dataloaders,
+    ) = [], [], [], []
     accelerator.step = 0
 
 
 def _step_record(phase: str, epoch: int, state: TrainingProgress, sched, seconds: float) -> dict:
     """Running means of the epoch so far (one device sync), for trackers every ``log_every``."""
     return {
-        "phase": phase, "epoch": epoch, "step": state.global_step, **state.epoch_means(),
-        "lr": sched.get_last_lr()[0], "samples_per_s": state.seen / max(seconds, 1e-9),
+        "phase": phase,
+        "epoch": epoch,
+        "step": state.global_step,
+        **state.epoch_means(),
+        "lr": sched.get_last_lr()[0],
+        "samples_per_s": state.seen / max(seconds, 1e-9),
     }

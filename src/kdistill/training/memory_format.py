@@ -31,7 +31,9 @@ def prefers_channels_last(module: nn.Module | None, device: torch.device | str) 
     if module is None or torch.device(device).type != "cpu":
         return False
     parts = list(module.modules())
-    ours = type(module).__module__.startswith(ZOO) and all(type(m).__module__.startswith((ZOO, "torch.nn.")) for m in parts)
+    ours = type(module).__module__.startswith(ZOO) and all(
+        type(m).__module__.startswith((ZOO, "torch.nn.")) for m in parts
+    )
     return ours and any(isinstance(m, nn.Conv2d) for m in parts)
 
 

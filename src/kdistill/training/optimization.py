@@ -51,9 +51,13 @@ class Optimization:
         """From a ``TrainConfig`` (a recipe's ``train:``, ``distill(train=...)``); ``optimizer``:
         another than ``train.optimizer`` (a teacher's own)."""
         return cls(
-            optimizer or train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
-            schedule=train.schedule, warmup_steps=train.warmup_steps,
-            warmup_ratio=train.warmup_ratio, grad_accum=train.grad_accum,
+            optimizer or train.optimizer,
+            weight_decay=train.weight_decay,
+            momentum=train.momentum,
+            schedule=train.schedule,
+            warmup_steps=train.warmup_steps,
+            warmup_ratio=train.warmup_ratio,
+            grad_accum=train.grad_accum,
             clip_grad_norm=train.clip_grad_norm,
         )
 
@@ -62,7 +66,10 @@ class Optimization:
 
 
 def accumulation_windows(
-    batches: Iterable, size: int, prepare: Callable, counts: Callable[..., Tensor],
+    batches: Iterable,
+    size: int,
+    prepare: Callable,
+    counts: Callable[..., Tensor],
 ) -> Iterator[tuple[dict, Tensor | None, bool]]:
     """An epoch's batches in windows of ``size`` (the last may hold fewer), as ``(batch,
     shares, update)``: the batch as ``prepare`` makes it (the batch transform), its share of
@@ -115,17 +122,27 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(
-    parameters, name: str = "adam", *, lr: float = 1e-3, weight_decay: float = 0.0,
+    parameters,
+    name: str = "adam",
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
     momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
     """``parameters``: tensors or parameter groups (``parameter_groups``); a group's own
     ``weight_decay`` wins over the argument. Adam and AdamW use PyTorch's fused kernel where the
     parameters' device has one (CPU and CUDA do)."""
     if name in ("adam", "adamw"):
-        return _fused_if_supported(torch.optim.Adam if name == "adam" else torch.optim.AdamW,
-                                   list(parameters), lr=lr, weight_decay=weight_decay)
+        return _fused_if_supported(
+            torch.optim.Adam if name == "adam" else torch.optim.AdamW,
+            list(parameters),
+            lr=lr,
+            weight_decay=weight_decay,
+        )
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+        return torch.optim.SGD(
+            parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0
+        )
     raise ValueError(f"optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
 
 
@@ -141,8 +158,13 @@ def _fused_if_supported(optimizer: type[torch.optim.Optimizer], parameters: list
 
 
 def make_schedule(
-    optimizer: torch.optim.Optimizer, name: str, total_steps: int, *, step_every: int = 0,
-    gamma: float = 0.1, warmup_steps: int = 0,
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    total_steps: int,
+    *,
+    step_every: int = 0,
+    gamma: float = 0.1,
+    warmup_steps: int = 0,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-update schedule. The first ``warmup_steps`` updates rise linearly from 0 (update
     0 at rate 0, as in the Hugging Face schedules); the schedule then runs over the remaining
@@ -155,16 +177,20 @@ def make_schedule(
     warmup = min(warmup_steps, total_steps)
     after = max(total_steps - warmup, 1)
     if name == "cosine":
+
         def shape(step):
             return 0.5 * (1 + math.cos(math.pi * min(step / after, 1.0)))
     elif name == "step":
         milestones = (
-            list(range(step_every, after, step_every)) if step_every else [after // 2, after * 3 // 4]
+            list(range(step_every, after, step_every))
+            if step_every
+            else [after // 2, after * 3 // 4]
         )
 
         def shape(step):
             return gamma ** sum(step >= m for m in milestones)
     elif name == "constant":
+
         def shape(step):
             return 1.0
     else:

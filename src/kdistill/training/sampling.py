@@ -22,8 +22,14 @@ from kdistill.modeling import unwrap
 
 @torch.no_grad()
 def sample(
-    model: nn.Module, prefix: Tensor, steps: int, *, temperature: float = 1.0,
-    top_k: int | None = None, generator: torch.Generator | None = None, context: int | None = None,
+    model: nn.Module,
+    prefix: Tensor,
+    steps: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    context: int | None = None,
 ) -> Tensor:
     """Extend ``prefix`` (B, P) by ``steps`` sampled tokens; returns (B, P + steps) ids.
 
@@ -61,17 +67,25 @@ def sample(
 def _hf_causal_lm(model: nn.Module) -> nn.Module | None:
     """The transformers model inside kdistill's Hugging Face causal-LM wrapper, or ``None``."""
     inner = unwrap(model)
-    if getattr(inner, "task", None) == "causal-lm" and hasattr(getattr(inner, "model", None), "generate"):
+    if getattr(inner, "task", None) == "causal-lm" and hasattr(
+        getattr(inner, "model", None), "generate"
+    ):
         return inner.model
     return None
 
 
 def _max_positions(causal_lm: nn.Module) -> int:
-    return getattr(causal_lm.config, "max_position_embeddings", None) or getattr(causal_lm.config, "n_positions", 0)
+    return getattr(causal_lm.config, "max_position_embeddings", None) or getattr(
+        causal_lm.config, "n_positions", 0
+    )
 
 
 def _generate(
-    causal_lm: nn.Module, prefix: Tensor, steps: int, temperature: float, top_k: int | None,
+    causal_lm: nn.Module,
+    prefix: Tensor,
+    steps: int,
+    temperature: float,
+    top_k: int | None,
     generator: torch.Generator | None,
 ) -> Tensor:
     """``steps`` tokens from the model's own ``generate`` (KV cache), sampled from
@@ -87,20 +101,33 @@ def _generate(
     from transformers import GenerationConfig
 
     settings = GenerationConfig(
-        max_new_tokens=steps, min_new_tokens=0, do_sample=temperature > 0, temperature=temperature or 1.0,
-        top_k=top_k or 0, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, num_beams=1, use_cache=True,
-        eos_token_id=[], pad_token_id=0,  # no end-of-text stop: every sequence gets its `steps` tokens
+        max_new_tokens=steps,
+        min_new_tokens=0,
+        do_sample=temperature > 0,
+        temperature=temperature or 1.0,
+        top_k=top_k or 0,
+        top_p=1.0,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        num_beams=1,
+        use_cache=True,
+        eos_token_id=[],
+        pad_token_id=0,  # no end-of-text stop: every sequence gets its `steps` tokens
     )
     attention_mask = torch.ones_like(prefix)
     saved, causal_lm.generation_config = causal_lm.generation_config, GenerationConfig()
     try:
         if generator is None:
-            return causal_lm.generate(prefix, attention_mask=attention_mask, generation_config=settings)
+            return causal_lm.generate(
+                prefix, attention_mask=attention_mask, generation_config=settings
+            )
         seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
         devices = [prefix.device] if prefix.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            return causal_lm.generate(prefix, attention_mask=attention_mask, generation_config=settings)
+            return causal_lm.generate(
+                prefix, attention_mask=attention_mask, generation_config=settings
+            )
     finally:
         causal_lm.generation_config = saved
 
@@ -147,8 +174,16 @@ class OnPolicy:
             completion framing: the generated share is then λ).
     """
 
-    def __init__(self, student: nn.Module, *, fraction: float = 0.5, continuation: int = 16,
-                 temperature: float = 1.0, seed: int = 0, completions_only: bool = False):
+    def __init__(
+        self,
+        student: nn.Module,
+        *,
+        fraction: float = 0.5,
+        continuation: int = 16,
+        temperature: float = 1.0,
+        seed: int = 0,
+        completions_only: bool = False,
+    ):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"on_policy.fraction must be in [0, 1], got {fraction}")
         if continuation < 1:
@@ -177,7 +212,9 @@ class OnPolicy:
     def __call__(self, batch: Mapping) -> dict:
         inputs, target = batch["input"], batch["target"]
         if isinstance(inputs, Mapping) or inputs.dim() != 2:
-            raise ValueError("on-policy distillation needs (B, L) token ids as the batch input (a causal LM)")
+            raise ValueError(
+                "on-policy distillation needs (B, L) token ids as the batch input (a causal LM)"
+            )
         count, length = inputs.shape
         steps = min(self.continuation, length)
         mask = batch.get("mask")
@@ -191,12 +228,18 @@ class OnPolicy:
         if len(chosen):
             # tokens s_0..s_L of each window: input = s_0..s_{L-1}, target = s_1..s_L
             tokens = torch.cat([inputs[chosen, :1], target[chosen]], dim=1)
-            sampled = sample(self.student, tokens[:, : length + 1 - steps], steps,
-                             temperature=self.temperature, generator=self._rng(inputs.device), context=length)
+            sampled = sample(
+                self.student,
+                tokens[:, : length + 1 - steps],
+                steps,
+                temperature=self.temperature,
+                generator=self._rng(inputs.device),
+                context=length,
+            )
             new_inputs, new_target, new_mask = inputs.clone(), target.clone(), new_mask.clone()
             new_inputs[chosen] = sampled[:, :length]
             sampled_target = sampled[:, 1:].clone()
-            sampled_target[:, length - steps:] = IGNORE_INDEX
+            sampled_target[:, length - steps :] = IGNORE_INDEX
             new_target[chosen] = sampled_target
             new_mask[chosen] = ~prompt  # the prompt is the data's, not the student's: not counted
             self.replaced += len(chosen)
@@ -204,8 +247,13 @@ class OnPolicy:
         generated[chosen] = ~prompt
         # A 0-d tensor, not a float: reading it would sync a GPU every step.
         share = generated.sum() / new_mask.sum().clamp_min(1)
-        return {**batch, "input": new_inputs, "target": new_target, "mask": new_mask,
-                "metric/on_policy_generated": share}
+        return {
+            **batch,
+            "input": new_inputs,
+            "target": new_target,
+            "mask": new_mask,
+            "metric/on_policy_generated": share,
+        }
 
     def _choose(self, count: int, mask: Tensor) -> Tensor:
         """λ·B random sequences in expectation (⌊λ·B⌋, and one more with probability the
@@ -224,8 +272,15 @@ class OnPolicy:
 
 
 def sample_texts(
-    models: Mapping[str, nn.Module], codec, prompts: list[str], *, steps: int = 120,
-    temperature: float = 0.8, top_k: int | None = None, context: int | None = None, seed: int = 0,
+    models: Mapping[str, nn.Module],
+    codec,
+    prompts: list[str],
+    *,
+    steps: int = 120,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    context: int | None = None,
+    seed: int = 0,
 ) -> list[dict[str, str]]:
     """The same prompts continued by each model, with the same seed: one dict per prompt,
     ``{"prompt": ..., <model name>: continuation, ...}``."""
@@ -235,8 +290,16 @@ def sample_texts(
         for row in rows:
             generator = torch.Generator(device=device).manual_seed(seed)
             prefix = torch.tensor([codec.encode(row["prompt"])], device=device)
-            ids = sample(model, prefix, steps, temperature=temperature, top_k=top_k, generator=generator, context=context)
-            row[name] = codec.decode(ids[0, prefix.shape[1]:].tolist())
+            ids = sample(
+                model,
+                prefix,
+                steps,
+                temperature=temperature,
+                top_k=top_k,
+                generator=generator,
+                context=context,
+            )
+            row[name] = codec.decode(ids[0, prefix.shape[1] :].tolist())
     return rows
 
 

@@ -49,7 +49,9 @@ class FiniteWatch:
         if terms != self.terms:
             self.fold()
             self.terms, self.first_step = terms, None
-        self.pending.append((step, torch.stack([out["loss"].detach(), *(out[k].detach() for k in terms)])))
+        self.pending.append(
+            (step, torch.stack([out["loss"].detach(), *(out[k].detach() for k in terms)]))
+        )
         if len(self.pending) >= self.FOLD:
             self.fold()
 
@@ -63,7 +65,9 @@ class FiniteWatch:
         if self.first_step is None:
             self.first_step = torch.full((), -1, dtype=torch.int64, device=values.device)
             self.value = values.new_zeros(())
-            self.bad_terms = torch.zeros(values.shape[1] - 1, dtype=torch.bool, device=values.device)
+            self.bad_terms = torch.zeros(
+                values.shape[1] - 1, dtype=torch.bool, device=values.device
+            )
         bad = ~torch.isfinite(values[:, 0])
         row = bad.int().argmax()  # the first bad step of these, or 0 when none is
         newly_bad = bad.any() & (self.first_step < 0)
@@ -78,7 +82,11 @@ class FiniteWatch:
         self.fold()
         if self.first_step is None or int(self.first_step) < 0:
             return
-        bad = [name.removeprefix("loss/") for name, flag in zip(self.terms, self.bad_terms.tolist()) if flag]
+        bad = [
+            name.removeprefix("loss/")
+            for name, flag in zip(self.terms, self.bad_terms.tolist())
+            if flag
+        ]
         raise NonFiniteLossError(
             f"loss became {float(self.value)} at epoch {epoch}, step {int(self.first_step)} in "
             f"term(s) {', '.join(bad) or '?'}: lower train.lr, check the inputs for extreme "
@@ -119,10 +127,16 @@ class TrainingProgress:
         self.step_in_epoch += 1
         self.global_step += 1
         self.classifying = out["logits"].dim() == 2 and batch["target"].dim() == 1
-        hits = (out["logits"].detach().argmax(-1) == batch["target"]).sum() if self.classifying else None
+        hits = (
+            (out["logits"].detach().argmax(-1) == batch["target"]).sum()
+            if self.classifying
+            else None
+        )
         # A batch transform's own numbers ("metric/...", e.g. on-policy GKD's generated share) too.
         keys = tuple(k for k in [*out, *batch] if k == "loss" or k.startswith(("loss/", "metric/")))
-        values = torch.stack([(out[k] if k in out else batch[k]).detach().reshape(()) for k in keys])
+        values = torch.stack(
+            [(out[k] if k in out else batch[k]).detach().reshape(()) for k in keys]
+        )
         self._pending.append((keys, n, values, hits))
         # Folded at fixed positions of the epoch (and at checkpoints and the epoch's end, which
         # read the sums), never by the clock: where a fold falls changes the float rounding of
@@ -141,7 +155,9 @@ class TrainingProgress:
                 end += 1
             run = pending[start:end]
             values = torch.stack([v for _, _, v, _ in run]).float()
-            weights = torch.tensor([n for _, n, _, _ in run], dtype=torch.float32, device=values.device)
+            weights = torch.tensor(
+                [n for _, n, _, _ in run], dtype=torch.float32, device=values.device
+            )
             totals = (values * weights[:, None]).sum(0)
             for key, total in zip(keys, totals):
                 self._sums[key] = self._sums[key] + total if key in self._sums else total
@@ -179,8 +195,12 @@ class TrainingProgress:
         if self.order_state is not None:
             tensors["order"] = self.order_state
         meta = {
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "seen": self.seen, "classifying": self.classifying, "best": self.best,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "seen": self.seen,
+            "classifying": self.classifying,
+            "best": self.best,
             "seconds": time.perf_counter() - self._started + self.carried_seconds,
         }
         return meta, tensors
@@ -189,10 +209,16 @@ class TrainingProgress:
     def from_saved(cls, meta: dict, tensors: dict[str, Tensor]) -> TrainingProgress:
         state = cls()
         state.epoch, state.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
-        state.global_step, state.seen, state.classifying = meta["global_step"], meta["seen"], meta["classifying"]
+        state.global_step, state.seen, state.classifying = (
+            meta["global_step"],
+            meta["seen"],
+            meta["classifying"],
+        )
         state.carried_seconds = meta["seconds"]
         state.best = meta.get("best", state.best)
-        state._sums = {k.removeprefix("sum."): v for k, v in tensors.items() if k.startswith("sum.")}
+        state._sums = {
+            k.removeprefix("sum."): v for k, v in tensors.items() if k.startswith("sum.")
+        }
         state._correct = tensors["correct"]
         state.order_state = tensors.get("order")
         return state
@@ -234,13 +260,20 @@ class Monitor:
         if metric is None:
             found = [k for k in record if k.startswith("val/")]
             if not found:
-                raise UserError("early stopping and keep=best need validation metrics: give a validation split")
+                raise UserError(
+                    "early stopping and keep=best need validation metrics: give a validation split"
+                )
             return found[0]
         # The record holds the epoch's training "loss" too: a bare name is always val/<name>.
         key = metric if metric.startswith("val/") else f"val/{metric}"
         if key not in record:
-            shown = ", ".join(k for k in record if k.startswith("val/")) or "none: give a validation split"
-            raise UserError(f"early stopping metric {metric!r} is not measured; the validation metrics are {shown}")
+            shown = (
+                ", ".join(k for k in record if k.startswith("val/"))
+                or "none: give a validation split"
+            )
+            raise UserError(
+                f"early stopping metric {metric!r} is not measured; the validation metrics are {shown}"
+            )
         return key
 
     def update(self, record: dict) -> bool:
@@ -251,9 +284,10 @@ class Monitor:
             higher = not any(word in key for word in LOWER_IS_BETTER)
         value, best = float(record[key]), self.progress.best
         # NaN compares false with everything: kept as the best, it would never be beaten.
-        improved = not math.isnan(value) and (best["value"] is None or (
-            (value - best["value"] if higher else best["value"] - value) > self.rule.min_delta
-        ))
+        improved = not math.isnan(value) and (
+            best["value"] is None
+            or ((value - best["value"] if higher else best["value"] - value) > self.rule.min_delta)
+        )
         if improved:
             best.update(value=value, epoch=record["epoch"], stale=0)
             return True
@@ -266,7 +300,9 @@ class Monitor:
 
 
 def selection_rule(
-    train, headline: str, higher_is_better: dict | None = None,
+    train,
+    headline: str,
+    higher_is_better: dict | None = None,
 ) -> EarlyStopping | None:
     """The rule that picks epochs for a ``TrainConfig`` (``early_stopping``, ``keep``): on the
     task's ``headline`` validation metric unless the settings name another; None: the last
@@ -279,7 +315,10 @@ def selection_rule(
     if rule is None:  # keep=best alone: the best epoch, never stopping early
         return EarlyStopping(metric=metric, patience=None, higher_is_better=higher)
     return EarlyStopping(
-        metric=metric, patience=rule.patience, min_delta=rule.min_delta, higher_is_better=higher,
+        metric=metric,
+        patience=rule.patience,
+        min_delta=rule.min_delta,
+        higher_is_better=higher,
     )
 
 
@@ -297,7 +336,9 @@ class BestWeights:
         self.weights: dict[str, Tensor] | None = None
 
     def remember(self) -> None:
-        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+        self.weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()
+        }
         if self.path is not None and self.accelerator.is_main_process:
             save_weights(self.student, self.path)
 

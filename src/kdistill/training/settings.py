@@ -27,9 +27,14 @@ Augment = Literal["auto", "none", "shift", "flip", "shift_flip", "affine"]
 
 
 class EarlyStoppingConfig(Section):
-    metric: str | None = Field(None, description="a validation metric (accuracy, loss, perplexity...); default: the task's headline")
+    metric: str | None = Field(
+        None,
+        description="a validation metric (accuracy, loss, perplexity...); default: the task's headline",
+    )
     patience: int = Field(3, ge=1, description="epochs without improvement before training stops")
-    min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts as an improvement")
+    min_delta: float = Field(
+        0.0, ge=0.0, description="smallest change that counts as an improvement"
+    )
 
 
 class TrainConfig(Section):
@@ -41,33 +46,72 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0, le=MAX_STEP)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    seed: int = Field(0, ge=0, le=2**32 - 1 - 1000 * 64, description="seeds of ensemble members add 1000 each")
-    seeds: int = Field(1, ge=1, le=1000, description=(
-        "run the recipe over this many seeds (train.seed, +1, ...), each its own run "
-        "<name>-seed<s>, summarised in <name>/seeds.md (kdistill.run.seeds); 1: one plain run"))
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1 - 1000 * 64, description="seeds of ensemble members add 1000 each"
+    )
+    seeds: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description=(
+            "run the recipe over this many seeds (train.seed, +1, ...), each its own run "
+            "<name>-seed<s>, summarised in <name>/seeds.md (kdistill.run.seeds); 1: one plain run"
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     augment: Augment = Field("none", description="augmentation while training the students")
     # Function matching (Beyer et al., CVPR 2022): each image mixed with another of the split,
     # replayably (kdistill.data.mixing); the teacher scores the same mixed view, the scratch
     # student learns the mixed labels. Teachers train unmixed.
-    mix: Literal["auto", "none", "mixup", "cutmix"] = Field("none", description="mix images of the training split (both students)")
-    mix_alpha: float = Field(1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
+    mix: Literal["auto", "none", "mixup", "cutmix"] = Field(
+        "none", description="mix images of the training split (both students)"
+    )
+    mix_alpha: float = Field(
+        1.0, gt=0, description="mixing weight lambda ~ Beta(mix_alpha, mix_alpha)"
+    )
     scratch_mix: Literal["same", "none", "mixup", "cutmix"] = Field(
-        "same", description="the scratch student's mixing: the distilled student's (same), or the one that makes it strongest")
+        "same",
+        description="the scratch student's mixing: the distilled student's (same), or the one that makes it strongest",
+    )
     views: int = Field(
-        0, ge=0, description="distinct views of each sample a teacher scores, repeated in turn (0: a new view every epoch); "
-        "a cached teacher runs this many passes")
-    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
-    deterministic: bool = Field(False, description="deterministic kernels: bit-identical reruns and resumes")
+        0,
+        ge=0,
+        description="distinct views of each sample a teacher scores, repeated in turn (0: a new view every epoch); "
+        "a cached teacher runs this many passes",
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="also checkpoint every N steps (0: each epoch only)"
+    )
+    deterministic: bool = Field(
+        False, description="deterministic kernels: bit-identical reruns and resumes"
+    )
     compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = Field(
-        False, description="torch.compile each trained student with its terms (true: inductor); teachers run as they are")
-    grad_accum: int = Field(1, ge=1, description="batches whose gradients are summed before each update")
-    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this before each update")
-    warmup_steps: int = Field(0, ge=0, description="updates of linear learning-rate warm-up before the schedule")
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="warm-up as a fraction of all updates (when warmup_steps is 0)")
-    early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when the validation metric stops improving")
-    keep: Literal["last", "best"] = Field("last", description="which epoch's weights each trained model keeps: the last, or the best on the validation split")
+        False,
+        description="torch.compile each trained student with its terms (true: inductor); teachers run as they are",
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="batches whose gradients are summed before each update"
+    )
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the global gradient norm to this before each update"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="updates of linear learning-rate warm-up before the schedule"
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="warm-up as a fraction of all updates (when warmup_steps is 0)",
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="stop when the validation metric stops improving"
+    )
+    keep: Literal["last", "best"] = Field(
+        "last",
+        description="which epoch's weights each trained model keeps: the last, or the best on the validation split",
+    )
 
     @property
     def scratch_mixing(self) -> str:
