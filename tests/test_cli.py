@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import typer
 import yaml
-from conftest import subprocess_env
+from conftest import call_cli, subprocess_env
 
 from kdistill.cli import main
 from kdistill.run.config import Recipe
@@ -261,3 +262,18 @@ def test_list_taps_of_the_users_own_class_and_never_a_function(tmp_path, monkeyp
     assert main(["list", "taps", "os:system"]) == 2  # refused by the resolver or here, never called
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "ran").exists()
+
+
+def test_help_gives_each_verb_one_line_and_each_verb_prose(monkeypatch):
+    """`kdistill --help` lists each verb on one line; `kdistill VERB --help` has whole
+    sentences: no line break that a docstring's wrapping put mid-sentence (issue 34.4)."""
+    from kdistill.cli import app
+
+    monkeypatch.setenv("COLUMNS", "100")
+    commands = typer.main.get_command(app).commands.values()
+    panel = call_cli("--help").stdout.split("Commands")[1]
+    rows = [line.strip("│ ").split() for line in panel.splitlines() if line.startswith("│")]
+    assert [row[0] for row in rows] == [command.name for command in commands]
+    for command in commands:
+        assert command.short_help and "\n" not in command.short_help
+        assert all("\n" not in paragraph for paragraph in command.help.split("\n\n"))

@@ -4,6 +4,7 @@ field or file and the fix), 1 a bug (with its traceback)."""
 from __future__ import annotations
 
 import errno
+import inspect
 import sys
 from enum import Enum
 from pathlib import Path
@@ -37,6 +38,17 @@ def _options(
     """Knowledge distillation: teacher → checked, deployable student."""
 
 
+def _verb(function=None, *, name: str | None = None):
+    """Register a verb. Its docstring's first line is its one line in ``kdistill --help``; the
+    whole docstring, with each paragraph's lines joined, is ``kdistill VERB --help``: Rich keeps
+    a docstring's own line breaks, which would break sentences mid-line at any terminal width."""
+    if function is None:
+        return lambda function: _verb(function, name=name)
+    paragraphs = [" ".join(p.split()) for p in inspect.cleandoc(function.__doc__).split("\n\n")]
+    register = app.command(name, help="\n\n".join(paragraphs), short_help=paragraphs[0])
+    return register(function)
+
+
 def _split_recipe(recipe: str | None, overrides: list[str] | None):
     """``kdistill run train.epochs=3`` has no recipe: the first argument is an override."""
     overrides = list(overrides or [])
@@ -45,7 +57,7 @@ def _split_recipe(recipe: str | None, overrides: list[str] | None):
     return recipe, overrides
 
 
-@app.command()
+@_verb
 def run(
     recipe: str | None = typer.Argument(
         None, help="recipe YAML; the built-in MNIST recipe if omitted"
@@ -64,8 +76,10 @@ def run(
         "mean ± sd, wins and paired tests across them in runs/<name>/seeds.md",
     ),
 ):
-    """Train (or reuse) the teacher, train the student from scratch and with distillation,
-    evaluate all three, and write runs/<name>/."""
+    """Distil a student from a recipe and report what it kept.
+
+    Trains the teacher (or reuses it), then the student from scratch and with distillation,
+    evaluates all three and writes runs/<name>/."""
     from kdistill.run.config import load_config
     from kdistill.run.pipeline import run as run_recipe
     from kdistill.run.seeds import run_seeds
@@ -80,7 +94,7 @@ def run(
     runner(config, overwrite=overwrite, resume=resume, echo=typer.echo)
 
 
-@app.command()
+@_verb
 def check(
     recipe: str | None = typer.Argument(
         None, help="recipe YAML; the built-in MNIST recipe if omitted"
@@ -89,8 +103,10 @@ def check(
         None, help="key=value, e.g. student.model=cnn_tiny"
     ),
 ):
-    """Check a recipe without running it: the schema, the data, every model, term, tap and
-    connector, and one training step of every phase on one batch. Writes nothing."""
+    """Check a recipe without running it; writes nothing.
+
+    Checks the schema, the data, every model, term, tap and connector, and one training step
+    of every phase on one batch."""
     from kdistill.run.config import load_config
     from kdistill.run.preflight import check as check_recipe
 
@@ -98,7 +114,7 @@ def check(
     check_recipe(load_config(path, overrides), echo=typer.echo)
 
 
-@app.command()
+@_verb
 def cache(
     recipe: str | None = typer.Argument(
         None, help="recipe YAML; the built-in MNIST recipe if omitted"
@@ -107,8 +123,10 @@ def cache(
         None, help="key=value, e.g. teacher.cache_dtype=float32"
     ),
 ):
-    """Run the recipe's teacher once over the training split and store its outputs, so runs
-    with teacher.cache=true read them instead of running the teacher."""
+    """Store the teacher's outputs over the training split.
+
+    Runs the recipe's teacher once, so that runs with teacher.cache=true read its outputs
+    instead of running the teacher."""
     from kdistill.run.config import load_config
     from kdistill.run.pipeline import cache as build
 
@@ -122,7 +140,7 @@ class Exporter(str, Enum):
     torchscript = "torchscript"
 
 
-@app.command()
+@_verb
 def export(
     run_dir: str = typer.Argument(..., help="a finished run directory, e.g. runs/mnist_kd"),
     int8: bool = typer.Option(
@@ -145,9 +163,12 @@ def export(
         False, "--overwrite", help="replace an earlier export of this run"
     ),
 ):
-    """Write the student (and teacher) as ONNX under RUN_DIR/export/, check them against PyTorch
-    with ONNX Runtime, optionally quantise the student to int8, time both models in PyTorch and
-    ONNX Runtime, and add it all to summary.json and the report. Exit 2 if a check fails."""
+    """Export a finished run's student to ONNX, checked and timed.
+
+    Writes the student (and teacher) as ONNX under RUN_DIR/export/, checks them against
+    PyTorch with ONNX Runtime, optionally quantises the student to int8, times both models in
+    PyTorch and ONNX Runtime, and adds it all to summary.json and the report. Exit 2 if a check
+    fails."""
     from kdistill.deploy.run_export import export_run
     from kdistill.report import read_summary
     from kdistill.run.lock import holding
@@ -171,15 +192,17 @@ def export(
         )
 
 
-@app.command()
+@_verb
 def predict(
     export_dir: str = typer.Argument(..., help="an export folder, e.g. runs/mnist_kd/export"),
     inputs: list[str] = typer.Argument(
         ..., help="image files, CSV files of feature rows, or text files (one input per line)"
     ),
 ):
-    """Run the exported student (student.onnx, ONNX Runtime only) on files and print one line
-    per input: its class and probability. Shows that an export works on its own."""
+    """Classify files with an exported student (ONNX Runtime only).
+
+    Prints one line per input: its class and probability. Shows that an export works on its
+    own, without PyTorch or kdistill's models."""
     from kdistill.deploy.standalone import predict_files
     from kdistill.run.lock import holding
 
@@ -188,7 +211,7 @@ def predict(
             typer.echo(f"{result['input']}\t{result['class']}\t{result['probability']:.4f}")
 
 
-@app.command()
+@_verb
 def tune(
     recipe: str | None = typer.Argument(
         None, help="recipe YAML; the built-in MNIST recipe if omitted"
@@ -203,9 +226,10 @@ def tune(
     ),
     seed: int = typer.Option(0, help="seed of the sampler"),
 ):
-    """Search temperature, alpha, method and teacher with Optuna; each trial is a run in
-    <output.dir>/<name>-tune/. Resumable: calling again adds trials to the same study.
-    Writes best.yaml, trials.md and trials.csv there."""
+    """Search temperature, alpha, method and teacher with Optuna.
+
+    Each trial is a run in <output.dir>/<name>-tune/. Resumable: calling again adds trials to
+    the same study. Writes best.yaml, trials.md and trials.csv there."""
     from kdistill.run.tune import tune as tune_recipe
 
     path, overrides = _split_recipe(recipe, overrides)
@@ -223,9 +247,9 @@ def tune(
     )
 
 
-@app.command()
+@_verb
 def report(run_dir: str = typer.Argument(..., help="a finished run directory, e.g. runs/mnist_kd")):
-    """Re-render RUN_DIR/report.md and report.html (and the plots) from summary.json."""
+    """Re-render a run's report and plots from its summary.json."""
     from kdistill.report import render_run
     from kdistill.run.lock import holding
 
@@ -245,13 +269,15 @@ class Listing(str, Enum):
     taps = "taps"
 
 
-@app.command("list")
+@_verb(name="list")
 def list_(
     what: Listing = typer.Argument(..., help="methods, models, datasets, losses, or taps MODEL"),
     model: str | None = typer.Argument(None, help="for taps: a zoo model name"),
 ):
-    """Show what exists, one name a line with a short description; `list taps MODEL` shows
-    the module names a term can read from MODEL (its stages marked)."""
+    """List models, methods, datasets and more, one name a line.
+
+    `list taps MODEL` shows the module names a term can read from MODEL (its stages
+    marked)."""
     if what is Listing.taps:
         from kdistill.models import UnknownModelError, model_taps
 
