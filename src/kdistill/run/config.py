@@ -32,13 +32,21 @@ MAX_TEMPERATURE = 1e3  # T² of a temperature of 1e308 overflows a float
 
 
 class DataConfig(Section):
-    dataset: str = "mnist"
-    path: str | None = None
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    dataset: str = Field(
+        "mnist", description="a bundled dataset or a kind of file (`kdistill list datasets`)"
+    )
+    path: str | None = Field(
+        None, description="your data: a file or folder of the kind `dataset` names"
+    )
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of the samples held out for validation"
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share held out for the test (where no test split ships)"
+    )
     subset: int | None = Field(None, gt=0, description="use this many samples (quick runs)")
     # The split seed is separate from train.seed: every training seed sees the same test set.
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="the split's seed, apart from train.seed")
     num_workers: int = Field(
         0, ge=0, le=64, description="loader processes; each is a process of its own"
     )
@@ -70,18 +78,26 @@ class PruneConfig(Section):
 
 
 class StudentConfig(Section):
-    model: str = "mlp"
+    model: str = Field(
+        "mlp", description="a zoo model (`kdistill list models`), hf, or module:Class of your own"
+    )
     # Exactly the model's own defaults unless given: `student.model=mlp_tiny` must build the
     # mlp_tiny of the zoo, not carry another model's width along.
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="the model's settings; unset ones keep its defaults"
+    )
     prune: PruneConfig | None = Field(
         None, description="keep only the most influential layers of a pretrained model"
     )
 
 
 class TeacherConfig(Section):
-    model: str = "lenet"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    model: str = Field(
+        "lenet", description="a zoo model (`kdistill list models`), hf, or module:Class of your own"
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="the model's settings; unset ones keep its defaults"
+    )
     checkpoint: str | None = Field(
         None,
         description="weights to load instead of training: .safetensors, a state_dict (.pt/.pth/.bin) or a Hugging Face directory",
@@ -95,14 +111,18 @@ class TeacherConfig(Section):
         ge=0,
         description="0: use the model as built, untrained here (a pretrained zoo model such as smollm2_135m)",
     )
-    lr: float = Field(2e-3, gt=0, le=MAX_STEP)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(2e-3, gt=0, le=MAX_STEP, description="the teacher's learning rate")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        "adam", description="the teacher's optimizer"
+    )
     augment: Augment = Field("shift", description="augmentation while training the teacher")
     cache: bool = Field(
         False,
         description="run the teacher once over the training split and read its outputs from disk",
     )
-    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="precision of the cached outputs"
+    )
     cache_topk: int | None = Field(
         None,
         gt=0,
@@ -119,14 +139,18 @@ class TeacherConfig(Section):
 
 
 class TermConfig(Section):
-    name: str
-    loss: str
-    weight: float = 1.0
-    student: str = "logits"
-    teacher: str | None = "logits"
-    connector: Literal["auto", "identity", "linear", "conv", "regressor"] | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    warmup_epochs: int = Field(0, ge=0)
+    name: str = Field(description="the term's name in the loss dict and metrics (loss/<name>)")
+    loss: str = Field(description="a loss function (`kdistill list losses`)")
+    weight: float = Field(1.0, description="the term's weight in the sum")
+    student: str = Field("logits", description="what the term reads from the student: a tap")
+    teacher: str | None = Field(
+        "logits", description="what it reads from the teacher; null: a term without teacher"
+    )
+    connector: Literal["auto", "identity", "linear", "conv", "regressor"] | None = Field(
+        None, description="a trained map from the student's tap to the teacher's shape"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="the loss's settings")
+    warmup_epochs: int = Field(0, ge=0, description="epochs over which the weight ramps up")
     chunk_size: int = Field(
         0,
         ge=0,
@@ -147,7 +171,9 @@ class DistillConfig(Section):
     # Who teaches: the teacher (or the `teachers` ensemble, or a teacher → assistant → student
     # chain), the previous generation of the student itself (born-again networks), or a peer
     # trained alongside, described by the teacher section (deep mutual learning).
-    mode: Literal["teacher", "born_again", "mutual"] = "teacher"
+    mode: Literal["teacher", "born_again", "mutual"] = Field(
+        "teacher", description="who teaches: the teacher, earlier generations, or a peer"
+    )
     generations: int = Field(
         2, ge=1, description="born_again: distilled generations after the scratch one"
     )
@@ -160,10 +186,10 @@ class DistillConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: str = "runs"
-    latency: bool = True
-    plots: bool = True
-    progress: bool = True
+    dir: str = Field("runs", description="where runs/<name>/ and the teacher store live")
+    latency: bool = Field(True, description="time each model at batch 1 and 256")
+    plots: bool = Field(True, description="draw the training curves and diagnostics")
+    progress: bool = Field(True, description="show progress bars")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list,
         description="trackers (local files only) that mirror metrics.jsonl",
@@ -183,9 +209,16 @@ class OutputConfig(Section):
 class Recipe(Section):
     # Bounded: the name becomes directory and file names (<name>-tune, .teachers/work-<name>), and
     # a file name longer than the file system's 255 bytes fails only when it is first written.
-    name: str = Field("mnist_kd", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    name: str = Field(
+        "mnist_kd",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="the run's name: its directory <output.dir>/<name>/",
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="what to train and test on")
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="the teacher: its model, weights and training"
+    )
     teachers: list[TeacherConfig] | None = Field(
         None, description="an ensemble of teachers, instead of `teacher`"
     )
@@ -193,13 +226,24 @@ class Recipe(Section):
         None, description="teacher assistant: teacher → assistant → student (TAKD)"
     )
     student: StudentConfig = Field(
-        default_factory=lambda: StudentConfig(model="mlp", kwargs={"width": 128})
+        default_factory=lambda: StudentConfig(model="mlp", kwargs={"width": 128}),
+        description="the student's model (scratch and distilled alike)",
     )
-    method: str | None = "kd"
-    terms: list[TermConfig] | None = None
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    method: str | None = Field(
+        "kd", description="a preset (`kdistill list methods`); or null with `terms`"
+    )
+    terms: list[TermConfig] | None = Field(
+        None, description="the loss as a list of weighted terms, instead of a method"
+    )
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig, description="the method's settings and who teaches"
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="how the students train (both alike)"
+    )
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="where the run goes and what it draws"
+    )
     # Set by load_config: the built-in recipe pointed at the user's own data, whose settings the
     # user left out follow that data rather than the demo's (kdistill.run.automatic).
     _follows_data: bool = PrivateAttr(False)

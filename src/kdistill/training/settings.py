@@ -38,14 +38,23 @@ class EarlyStoppingConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
-    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
-    lr: float = Field(3e-3, gt=0, le=MAX_STEP)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=MAX_STEP)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    epochs: int = Field(30, ge=1, description="passes over the training split")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="samples per step (per process)")
+    eval_batch_size: int = Field(
+        512, ge=1, le=MAX_BATCH, description="samples per batch when scoring"
+    )
+    lr: float = Field(3e-3, gt=0, le=MAX_STEP, description="the peak learning rate")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="the optimizer")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd's momentum")
+    weight_decay: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_STEP,
+        description="decay of weight matrices and kernels (never biases or norm scales)",
+    )
+    schedule: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="the learning-rate schedule over the steps"
+    )
     seed: int = Field(
         0, ge=0, le=2**32 - 1 - 1000 * 64, description="seeds of ensemble members add 1000 each"
     )
@@ -58,8 +67,12 @@ class TrainConfig(Section):
             "<name>-seed<s>, summarised in <name>/seeds.md (kdistill.run.seeds); 1: one plain run"
         ),
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: a GPU when there is one"
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast precision; loss math stays float32"
+    )
     augment: Augment = Field("none", description="augmentation while training the students")
     # Function matching (Beyer et al., CVPR 2022): each image mixed with another of the split,
     # replayably (kdistill.data.mixing); the teacher scores the same mixed view, the scratch
