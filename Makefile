@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast lint format setup setup-dev bench clean
+.PHONY: demo test test-fast lint format docs setup setup-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,12 +50,16 @@ test: setup-dev lint
 # Layout (ruff format), Pyflakes and import order (pyproject.toml [tool.ruff]): seconds, before
 # the tests. `make format` rewrites the files the check would refuse.
 lint: setup-dev
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench docs
+	$(BIN)/ruff check src tests bench docs
+
+# The documentation site into site/, strict: a broken link or reference fails the build.
+docs: setup-dev
+	$(BIN)/mkdocs build --strict --quiet
 
 format: setup-dev
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench docs
+	$(BIN)/ruff check --fix src tests bench docs
 
 # The inner loop: the unit and engine tests, without whole runs, child processes or end-to-end
 # commands (marked integration; make test runs them too).

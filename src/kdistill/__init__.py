@@ -8,7 +8,7 @@ importing PyTorch, which alone takes a second or more.
 import warnings
 from importlib import import_module
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Each public name and the module that defines it, in three groups: the one call, the pieces a
 # run is composed of, and models, data and weights.
