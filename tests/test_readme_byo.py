@@ -1,7 +1,8 @@
-"""The "Bring your own" guide (docs/guides/bring-your-own.md), run block by block (issue 14, item 5): Python blocks
-are executed, a block whose first line is ``# file: NAME`` is written to that file, and each
-``kdistill`` line of a bash block is run by the CLI with one-epoch settings added. The data the
-examples name (images/, reviews.csv, features.csv, a teacher/ directory) is made first."""
+"""The "Bring your own" guide (docs/guides/bring-your-own.md), run block by block (issue 14,
+item 5): Python blocks are executed, a block whose first line is ``# file: NAME`` is written to
+that file, and each ``kdistill`` line of a bash block is run by the CLI with one-epoch settings
+added. The data the examples name (images/, reviews.csv, features.csv, a teacher/ directory) is
+made first. The README's quickstarts are run the same way."""
 
 import re
 import shlex
