@@ -75,11 +75,13 @@ def as_teacher(teacher, terms: list[Term]) -> Teacher:
         return Teacher(teacher, taps=taps)
     if isinstance(teacher, (str, Path)):
         raise MismatchError(
-            f"teacher: {teacher} is a path but not an .onnx file; for a state_dict (.pt, .safetensors), build the "
-            "model and load it with kdistill.load_weights(model, path), then pass the model"
+            f"teacher: {teacher} is a path but not an .onnx file; "
+            "for a state_dict (.pt, .safetensors), build the model and load it with "
+            "kdistill.load_weights(model, path), then pass the model"
         )
     raise MismatchError(
-        f"teacher: give an nn.Module, a Hugging Face model or an .onnx file, not a {type(teacher).__name__}"
+        "teacher: give an nn.Module, a Hugging Face model "
+        f"or an .onnx file, not a {type(teacher).__name__}"
     )
 
 

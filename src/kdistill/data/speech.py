@@ -3,8 +3,8 @@
 The ten English digit words are spoken by 25 espeak-ng voice variants (male, female, Klatt and
 named voices), each in 8 English accents, at a speed and pitch drawn per clip from a seeded
 generator: 2,000 clips. White noise at a per-clip signal-to-noise ratio (0–20 dB by default) is
-added when the clips are loaded. The plan of clips is a pure function of the seed, so every machine with
-the same espeak-ng makes the same data; the WAV files are cached under
+added when the clips are loaded. The plan of clips is a pure function of the seed, so every machine
+with the same espeak-ng makes the same data; the WAV files are cached under
 ``~/.cache/kdistill/spoken_digits/<fingerprint>/`` (or ``data.path``) with a ``manifest.json``.
 
 The split is by voice: the test voices are never heard in training, in any accent, so the test
@@ -105,7 +105,8 @@ def clip_plan(seed: int = 0) -> list[dict]:
 
 
 def cache_dir(plan: list[dict], root: str | Path | None = None) -> Path:
-    """``<root>/<fingerprint of the plan>``; root defaults to ``$XDG_CACHE_HOME/kdistill/spoken_digits``."""
+    """``<root>/<fingerprint of the plan>``; root defaults to
+    ``$XDG_CACHE_HOME/kdistill/spoken_digits``."""
     if root is None:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         root = base / "kdistill" / "spoken_digits"
@@ -166,7 +167,8 @@ def synthesise(clips: list[dict], directory: Path, *, workers: int | None = None
             list(pool.map(make, missing))
     except OSError as error:
         raise DataError(
-            f"data.path: cannot write the clip cache {directory} ({error}); choose a writable folder"
+            "data.path: cannot write the clip cache "
+            f"{directory} ({error}); choose a writable folder"
         ) from None
     return len(missing)
 
@@ -239,7 +241,8 @@ def load_spoken_digits(
     noise_snr_db: tuple[float, float] | None = (0.0, 20.0),
     workers: int | None = None,
 ) -> DataSplits:
-    """Spoken digits 0–9, 2,000 clips synthesised with espeak-ng (25 voices × 8 accents), split by voice.
+    """Spoken digits 0–9, 2,000 clips synthesised with espeak-ng (25 voices × 8 accents), split by
+    voice.
 
     Inputs are log-mel spectrograms (frames, n_mels) of the clip with its silence trimmed,
     cropped or padded to ``frames`` (72 frames of 256 samples at 22.05 kHz: 0.83 s), each mel

@@ -63,8 +63,9 @@ def export_onnx(
     model: nn.Module, example_batch, path: str | Path, *, exporter: str = "auto", opset: int = 18
 ) -> str:
     """Write ``model`` as ONNX with a dynamic batch axis (one file serves batch 1 and 256), and a
-    dynamic sequence axis for token inputs, and return the exporter that succeeded. ``example_batch`` is a batch (a tensor or a dict of
-    tensors) with at least 2 samples, so no exporter can mistake the batch size for a constant.
+    dynamic sequence axis for token inputs, and return the exporter that succeeded.
+    ``example_batch`` is a batch (a tensor or a dict of tensors) with at least 2 samples, so no
+    exporter can mistake the batch size for a constant.
 
     Exporter choice, measured on the zoo's MLP, LeNet and ResNet-20 with torch 2.13 and ONNX
     Runtime 1.32: both exporters give logits within 3e-6 of PyTorch at batch 1 and 256, and

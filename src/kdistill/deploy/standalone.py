@@ -92,11 +92,16 @@ def model_card(summary: dict, export: dict, metadata: dict) -> str:
         if entry:
             ms = export.get("latency_ms", {}).get(name, {}).get("onnxruntime", {}).get("batch_1")
             rows.append(
-                f"| {name} | {entry.get('model', '?')} | {score(entry)} | {entry.get('params', 0):,} | "
-                f"{entry.get('bytes', 0):,} | {'-' if ms is None else f'{ms:.3f}'} |"
+                f"| {name} | {entry.get('model', '?')} | {score(entry)} | "
+                f"{entry.get('params', 0):,} | {entry.get('bytes', 0):,} | "
+                f"{'-' if ms is None else f'{ms:.3f}'} |"
             )
     files = export.get("files", {})
     listed = "\n".join(f"- `{Path(f['path']).name}` ({f['bytes']:,} bytes)" for f in files.values())
+    columns = (
+        f"| model | architecture | test {headline} | parameters | bytes (checkpoint) "
+        "| ONNX Runtime ms, batch 1 |"
+    )
     return f"""# {summary.get("name", "kdistill")}: distilled student
 
 Distilled with kdistill from the teacher `{roles["teacher"].get("model", "?")}` into the student
@@ -104,7 +109,7 @@ Distilled with kdistill from the teacher `{roles["teacher"].get("model", "?")}` 
 `{summary.get("mode", "teacher")}`, task {summary.get("task", {}).get("name", "classification")}.
 The scratch student is the same architecture trained without a teacher, on the same data.
 
-| model | architecture | test {headline} | parameters | bytes (checkpoint) | ONNX Runtime ms, batch 1 |
+{columns}
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
@@ -191,7 +196,8 @@ def load_export(export_dir: Path):
     file = export_dir / "student.onnx"
     if not file.is_file():
         raise UserError(
-            f"{export_dir}: no student.onnx; pass the export folder `kdistill export` wrote (runs/<name>/export)"
+            f"{export_dir}: no student.onnx; pass the export "
+            "folder `kdistill export` wrote (runs/<name>/export)"
         )
     require_onnx()  # a missing extra names its pip command, not "unreadable"
     try:

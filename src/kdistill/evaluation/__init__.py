@@ -72,7 +72,8 @@ def _rating_scratch_terms() -> list[Term]:
 
 
 # Recommendation: a user and candidate items in, (rating, preference logit) per candidate out.
-# Evaluated leave-one-out by timestamp against 99 sampled unrated items (kdistill.evaluation.ranking).
+# Evaluated leave-one-out by timestamp against 99 sampled unrated items
+# (kdistill.evaluation.ranking).
 RATING = Task(
     name="rating",
     metrics=("hr@10", "ndcg@10", "rmse"),

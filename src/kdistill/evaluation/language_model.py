@@ -15,7 +15,8 @@ from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.modeling import LazyLogits
 
 # Positions whose logits exist at once when scoring a model that gives its final hidden states
-# (a Hugging Face causal LM): 1024 × 49k float32 logits are 200 MB, a batch's would be B·L/1024 times that.
+# (a Hugging Face causal LM): 1024 × 49k float32 logits are 200 MB, a batch's would be B·L/1024
+# times that.
 EVAL_CHUNK = 1024
 
 

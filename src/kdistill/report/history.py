@@ -56,7 +56,8 @@ class MetricsLog:
             except ValueError:
                 if number < len(lines):
                     raise UserError(
-                        f"{self.path}: line {number} is not a JSON record; remove that line and run again"
+                        f"{self.path}: line {number} is not a JSON "
+                        "record; remove that line and run again"
                     ) from None
                 print(
                     f"note: {self.path}: dropped its incomplete last line (an interrupted write)",

@@ -2,7 +2,8 @@
 
 - A directory kdistill makes gets a marker, ``.kdistill-run`` (the run's name, a random id, the
   time), written when it is made, after preflight has passed.
-- The run lists every file it (its report, its export, its trackers) wrote, with its size and time, in
+- The run lists every file it (its report, its export, its trackers) wrote, with its size and time,
+in
   ``.kdistill-files`` (``kdistill.io.manifest``). ``--overwrite`` replaces only a marked directory
   with such a list, and only if every file in it is on the list as written: anything else (a
   project's ``src/``, a note or a kept checkpoint of the user's, a file edited since) refuses
@@ -87,9 +88,11 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
             started_with = Recipe.model_validate(safe_yaml.load_file(config))
         except Exception as error:  # a config.yaml edited by hand, truncated or not a recipe
             raise UserError(
-                f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); start a new run with name=<new name>"
+                f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); "
+                "start a new run with name=<new name>"
             ) from None
-        # Compared as written to YAML: a map with integer keys (a layer map) reads back with text keys.
+        # Compared as written to YAML: a map with integer keys (a layer map) reads back with text
+        # keys.
         if started_with.model_dump(mode="json") != recipe.model_dump(mode="json"):
             changed = _first_difference(
                 started_with.model_dump(mode="json"), recipe.model_dump(mode="json")
@@ -109,9 +112,10 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
             )
         if not (run_dir / MARKER).is_file():
             raise UserError(
-                f"{run_dir} exists and was not made by kdistill (it has no {MARKER}; runs of kdistill "
-                "before 0.2 have none either): --overwrite replaces only what kdistill can prove it made; "
-                "choose another name= or output.dir=, or delete that folder yourself"
+                f"{run_dir} exists and was not made by kdistill "
+                f"(it has no {MARKER}; runs of kdistill before 0.2 have none either): --overwrite "
+                "replaces only what kdistill can prove it made; choose another name= or "
+                "output.dir=, or delete that folder yourself"
             )
         if manifest.read(run_dir) is None:
             raise UserError(

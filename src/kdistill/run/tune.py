@@ -87,7 +87,8 @@ def teacher_candidates(specs: list[str], base: TeacherConfig) -> dict[str, dict]
             label = spec
         else:
             raise ConfigError(
-                f"--teachers: {spec!r} is neither a .yaml file nor a zoo model (`kdistill list models`)"
+                f"--teachers: {spec!r} is neither a .yaml "
+                "file nor a zoo model (`kdistill list models`)"
             )
         try:
             teacher = TeacherConfig.model_validate(tree)
@@ -217,8 +218,9 @@ def tune(
         )
         if (tune_dir / recipe.name).exists():
             raise UserError(
-                f"{tune_dir / recipe.name} exists but study.db does not know it (was study.db removed?): "
-                "delete the old trial-* folders, or choose name= for a new study"
+                f"{tune_dir / recipe.name} exists but study.db "
+                "does not know it (was study.db removed?): delete the old trial-* folders, or "
+                "choose name= for a new study"
             )
         started = time.perf_counter()
         run_recipe(recipe, echo=lambda *_: None)
@@ -229,7 +231,8 @@ def tune(
         shown = f"{100 * score:.2f}%" if metric in task.percent else f"{score:.4f}"
         echo(
             f"trial {trial.number}: method={params['method']} teacher={params['teacher']} "
-            f"T={params['temperature']:.2f} alpha={params['alpha']:.2f} → val {metric} {shown} ({seconds:.0f} s)"
+            f"T={params['temperature']:.2f} alpha={params['alpha']:.2f} "
+            f"→ val {metric} {shown} ({seconds:.0f} s)"
         )
         return score
 
@@ -252,8 +255,10 @@ def tune(
     )
     shown = f"{100 * best.value:.2f}%" if metric in task.percent else f"{best.value:.4f}"
     header = (
-        f"# kdistill tune: best of {len(done)} completed trial(s) of {tune_dir}/study.db, trial {best.number}:\n"
-        f"# validation {metric} {shown} (distilled student, last epoch). Run: kdistill run {tune_dir}/best.yaml\n"
+        f"# kdistill tune: best of {len(done)} completed "
+        f"trial(s) of {tune_dir}/study.db, trial {best.number}:\n# "
+        f"validation {metric} {shown} (distilled student, "
+        f"last epoch). Run: kdistill run {tune_dir}/best.yaml\n"
     )
     atomic_write(tune_dir / "best.yaml", header + dump_config(best_recipe))
     rows = trial_rows(study, metric)
@@ -263,8 +268,9 @@ def tune(
         trials_markdown(rows, metric, task, best.number, base.name, list(space["teachers"])),
     )
     echo(
-        f"best: trial {best.number} ({', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}) "
-        f"val {metric} {shown}; wrote {tune_dir}/best.yaml, trials.md, trials.csv"
+        f"best: trial {best.number} "
+        f"({', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}) val {metric} {shown}; "
+        f"wrote {tune_dir}/best.yaml, trials.md, trials.csv"
     )
     return {
         "number": best.number,
@@ -277,7 +283,8 @@ def tune(
 
 def recipe_point(base: Recipe, space: dict) -> dict:
     """The recipe's own settings as a point of the search space (so the search starts from, and
-    can only improve on, what the user wrote); settings outside the space are left to the sampler."""
+    can only improve on, what the user wrote); settings outside the space are left to the
+    sampler."""
     import inspect
 
     from kdistill.methods import PRESETS
@@ -320,18 +327,21 @@ def _search_space(
     changed = _first_difference(stored["recipe"], base_tree)
     if changed:
         raise UserError(
-            f"the study in {study.study_name}-tune was started with a different recipe (at {changed}); "
-            "resume with the same recipe and overrides, or change name= for a new study"
+            f"the study in {study.study_name}-tune was "
+            f"started with a different recipe (at {changed}); resume with the same recipe and "
+            "overrides, or change name= for a new study"
         )
     if teachers and list(teacher_candidates(teachers, base.teacher).values()) != list(
         stored["teachers"].values()
     ):
         raise UserError(
-            f"--teachers differs from the study's ({', '.join(stored['teachers'])}); omit it to resume, or change name="
+            "--teachers differs from the study's "
+            f"({', '.join(stored['teachers'])}); omit it to resume, or change name="
         )
     if methods and list(dict.fromkeys(methods)) != stored["methods"]:
         raise UserError(
-            f"--methods differs from the study's ({', '.join(stored['methods'])}); omit it to resume, or change name="
+            "--methods differs from the study's "
+            f"({', '.join(stored['methods'])}); omit it to resume, or change name="
         )
     return stored
 

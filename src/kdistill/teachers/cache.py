@@ -96,7 +96,10 @@ def _hook_identity(hook) -> str:
         except ValueError:  # an empty cell
             values.append(None)
     values += list(getattr(hook, "args", ())) + list(getattr(hook, "keywords", {}).values())
-    name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__qualname__)}"
+    name = (
+        f"{getattr(func, '__module__', '?')}."
+        f"{getattr(func, '__qualname__', type(func).__qualname__)}"
+    )
     return hashlib.sha256("|".join([name, *map(_value_digest, values)]).encode()).hexdigest()[:16]
 
 
@@ -186,16 +189,19 @@ def topk_terms(terms: list[Term], k: int) -> tuple[list[Term], float]:
         if form is None or term.params.get("standardize"):
             name = getattr(term.loss, "__name__", type(term.loss).__name__)
             raise UserError(
-                f"teacher.cache_topk={k}: term {term.name!r} ({name}{', standardized' if form else ''}) needs the "
-                "teacher's full distribution and has no exact top-k form (kd and the token losses "
+                f"teacher.cache_topk={k}: term {term.name!r} "
+                f"({name}{', standardized' if form else ''}) needs the teacher's full distribution "
+                "and has no exact top-k form (kd and the token losses "
                 f"{', '.join(TOKEN_LOSSES)} have one); set teacher.cache_topk=null"
             )
         temperatures.add(_temperature(term))
         adapted.append(dataclasses.replace(term, loss=form))
     if len(temperatures) > 1:
         raise UserError(
-            f"teacher.cache_topk={k}: the logit terms use temperatures {sorted(temperatures)}, but a top-k "
-            "cache holds the teacher at one temperature; use one temperature or set teacher.cache_topk=null"
+            f"teacher.cache_topk={k}: the logit terms use "
+            f"temperatures {sorted(temperatures)}, but a top-k "
+            "cache holds the teacher at one temperature; use "
+            "one temperature or set teacher.cache_topk=null"
         )
     return adapted, temperatures.pop() if temperatures else 1.0
 
@@ -208,7 +214,8 @@ class TeacherCache:
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise CheckpointError(
-                f"{self.root}: no teacher cache here (meta.json missing); build it with `kdistill cache RECIPE`"
+                f"{self.root}: no teacher cache here (meta.json "
+                "missing); build it with `kdistill cache RECIPE`"
             )
         try:
             self.meta = json.loads(meta_path.read_bytes())
@@ -218,7 +225,9 @@ class TeacherCache:
             ) from None
         if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise CheckpointError(f"{self.root}: not a kdistill teacher cache")
-        try:  # every field a reader uses, as build_cache writes it: an edited file is refused here, not mid-run
+        # Every field a reader uses, as build_cache writes it: an edited file is refused here, not
+        # mid-run.
+        try:
             (
                 self.meta["fingerprint"].items(),
                 int(self.meta["views"]) + int(self.meta["samples"]),
@@ -230,7 +239,8 @@ class TeacherCache:
             ]
         except (KeyError, TypeError, AttributeError, ValueError):
             raise CheckpointError(
-                f"{meta_path}: cache metadata lacks fields or has the wrong types; delete {self.root} and build it again"
+                f"{meta_path}: cache metadata lacks fields or has the wrong types; delete "
+                f"{self.root} and build it again"
             ) from None
         self.arrays: dict[str, np.ndarray] = {}
         for name, info in self.meta["arrays"].items():
@@ -238,11 +248,13 @@ class TeacherCache:
             size = path.stat().st_size if path.is_file() else -1
             if size != info["bytes"]:
                 raise CheckpointError(
-                    f"{path}: teacher cache is truncated or missing ({size} of {info['bytes']} bytes); delete {self.root} and build it again"
+                    f"{path}: teacher cache is truncated or missing ({size} of {info['bytes']} "
+                    f"bytes); delete {self.root} and build it again"
                 )
             if verify and _array_digest(path) != info["sha256"]:
                 raise CheckpointError(
-                    f"{path}: teacher cache is corrupted (checksum mismatch); delete {self.root} and build it again"
+                    f"{path}: teacher cache is corrupted (checksum "
+                    f"mismatch); delete {self.root} and build it again"
                 )
             self.arrays[name] = np.load(path, mmap_mode="r")
 
@@ -323,9 +335,11 @@ class TeacherCache:
                     f"up to {(stored - now).abs().nan_to_num(posinf=1e30).max().item():.3g} apart"
                 )
             raise CacheMismatchError(
-                f"{self.root}: the cached teacher {what} of samples {rows} differ from the live teacher's "
-                f"({difference}): the cache was made by another teacher or teacher setup; delete it and "
-                "rebuild it with `kdistill cache RECIPE`, or set teacher.cache=false"
+                f"{self.root}: the cached teacher {what} of "
+                f"samples {rows} differ from the live teacher's "
+                f"({difference}): the cache was made by another "
+                "teacher or teacher setup; delete it and rebuild it "
+                "with `kdistill cache RECIPE`, or set teacher.cache=false"
             )
 
 
