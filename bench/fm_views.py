@@ -6,8 +6,8 @@ What it asks: how many distinct views does a patient student need? (kdistill's `
 is the same cycle inside the pipeline.) Prints one JSON line, appended to
 bench/results/fm_views.jsonl.
 
-    python bench/fm_views.py --teacher runs/.teachers/lenet-<fingerprint>.safetensors --mix cutmix
-    --pool 40
+    python bench/fm_views.py --teacher runs/.teachers/lenet-<fingerprint>.safetensors \\
+        --mix cutmix --pool 40
 
 The teacher is a LeNet trained on shifted digits by ``kdistill run configs/mnist_hinton.yaml``
 (the built-in recipe when this was written), which leaves it in runs/.teachers; the views are kept
@@ -47,8 +47,8 @@ def whole(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def draw_views(x, y, args, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One epoch of views: each image shifted, mixed with a shifted partner; and the mixed
-    labels."""
+    """One epoch of views: each image shifted, mixed
+    with a shifted partner; and the mixed labels."""
     count = len(x)
     own_shift, partner_shift = draw_shift(count, generator), draw_shift(count, generator)
     partner = torch.randint(count, (count,), generator=generator)

@@ -2,8 +2,8 @@
 same number of optimisation steps, batch, loss and optimiser, four ways:
 
   (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
-  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.teachers.cache``, built
-  beforehand)
+  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.teachers.cache``,
+                       built beforehand)
   (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
   (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
 
@@ -22,12 +22,13 @@ seq_len) / the wall time of the training call (``kdistill.fit``, ``trainer.train
 loop): model loading, the cache build and the evaluation are outside it. Perplexity is
 exp(mean token cross-entropy) over the same held-out windows (whole plays never trained on).
 
-    python bench/llm.py                 # forward KL and JSD, 32 steps, 2 repeats (~35 minutes, 1
-    thread; --repeats 1: 17)
-    python bench/llm.py --quick         # ~6 minutes (8 under load), 1 repeat; the last line is one
-    JSON object
-    python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no results
-    unless --results python bench/llm.py --device cuda   # on a GPU
+    python bench/llm.py                 # forward KL and JSD, 32 steps, 2 repeats
+                                        # (~35 minutes, 1 thread; --repeats 1: 17)
+    python bench/llm.py --quick         # ~6 minutes (8 under load), 1 repeat; the last line
+                                        # is one JSON object
+    python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no
+                                        # results unless --results
+    python bench/llm.py --device cuda   # on a GPU
 
 Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
 top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The

@@ -5,7 +5,7 @@ in one process; reported as the median over rounds of the per-round ratio channe
 (kdistill.training.memory_format converts the weights; the inputs stay as the loader makes them).
 
     python bench/memory_format.py            # ~2 minutes; writes
-    bench/results/memory_format.{md,json}
+                                             # bench/results/memory_format.{md,json}
 """
 
 from __future__ import annotations

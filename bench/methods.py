@@ -2,8 +2,8 @@
 Fashion-MNIST: mean ± std test accuracy over seeds, the share of the teacher–scratch gap each
 method recovers, and the wall time of a run.
 
-    python bench/methods.py                                  # default CPU budget (~1 h on one
-    thread)
+    python bench/methods.py                                  # default CPU budget
+                                                             # (~1 h on one thread)
     python bench/methods.py --quick --methods scratch,kd     # smoke run, a couple of minutes
     python bench/methods.py --subset 0 --epochs 240 --teacher-epochs 240 --batch-size 64 \\
         --lr 0.05 --teacher-lr 0.05 --schedule step --augment shift --device cuda  # CIFAR recipes

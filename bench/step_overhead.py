@@ -10,7 +10,7 @@ A third way runs ``fit`` with Accelerate's per-step package probe left uncached 
 is measured against the same noise.
 
     python bench/step_overhead.py            # ~1 minute; writes
-    bench/results/step_overhead.{md,json}
+                                             # bench/results/step_overhead.{md,json}
 """
 
 from __future__ import annotations

@@ -400,8 +400,7 @@ def command_lines(draw) -> Case:
     return Case("argv", finish(command, middle, options, trials), template=draw(st.booleans()))
 
 
-# --- recipes
-# ---------------------------------------------------------------------------------------
+# --- recipes --------------------------------------------------------------------------------------
 
 SECTION_KEYS = {
     "data": ["dataset", "path", "subset", "val_fraction", "test_fraction", "seed", "options"],
@@ -488,8 +487,7 @@ def recipe_cases(draw) -> Case:
     )
 
 
-# --- data files
-# -------------------------------------------------------------------------------------
+# --- data files -----------------------------------------------------------------------------------
 
 
 def npz_bytes(arrays: dict[str, np.ndarray], compressed: bool = False) -> bytes:
@@ -674,8 +672,7 @@ def data_cases(draw) -> Case:
     return Case(family, finish(command, middle, []), files=files, sparse=sparse)
 
 
-# --- damaged runs, caches and teacher stores
-# ----------------------------------------------------------
+# --- damaged runs, caches and teacher stores ------------------------------------------------------
 
 # Template files worth damaging ('*' stands for the one file a glob finds in the template).
 TARGETS = [

@@ -64,8 +64,8 @@ class SampleBatch(Sequence):
 
 
 def collate(samples) -> dict:
-    """A batch from a ``SampleBatch`` as it is, and from anything else as ``default_collate`` makes
-    it."""
+    """A batch from a ``SampleBatch`` as it is, and from
+    anything else as ``default_collate`` makes it."""
     if isinstance(samples, SampleBatch):
         return dict(samples.tensors)
     return default_collate(samples)

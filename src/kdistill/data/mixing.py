@@ -51,8 +51,8 @@ class MixDraws:
 
 
 def mix_draws(count: int, alpha: float, seed: int, epoch: int) -> MixDraws:
-    """Every sample's partner, λ and box centre for ``epoch``, from one generator of (seed,
-    epoch)."""
+    """Every sample's partner, λ and box centre for
+    ``epoch``, from one generator of (seed, epoch)."""
     generator = epoch_generator(seed, epoch, salt=_SALT)
     partner = torch.randint(count, (count,), generator=generator)
     # torch's Beta sampler takes no generator: numpy's draws λ, seeded from this epoch's stream.

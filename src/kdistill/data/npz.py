@@ -51,8 +51,8 @@ def npy_header(handle, name: str, file: Path) -> tuple[tuple, np.dtype]:
 def read_npz(
     file: Path, names: tuple[str, ...] = ("x", "y"), max_bytes: int = MAX_NPZ_BYTES
 ) -> dict[str, np.ndarray]:
-    """The named arrays of an ``.npz``, each checked against its declared sizes before it is
-    read."""
+    """The named arrays of an ``.npz``, each checked
+    against its declared sizes before it is read."""
     try:
         with zipfile.ZipFile(file) as archive:
             members = {name: _member(archive, name, file) for name in names}

@@ -89,8 +89,8 @@ def load_token_ids(
     vocab_size: int | None = None,
     max_bytes: int = MAX_NPZ_BYTES,
 ) -> DataSplits:
-    """Your own token ids (an .npy, or an .npz holding ids) as next-token windows, split by
-    position."""
+    """Your own token ids (an .npy, or an .npz holding
+    ids) as next-token windows, split by position."""
     if path is None:
         raise DataError("data.path: the .npy (or .npz with 'ids') of token ids to train on")
     file = Path(path)

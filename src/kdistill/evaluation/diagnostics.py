@@ -55,8 +55,8 @@ def per_class_accuracy(logits: Tensor, targets: Tensor, num_classes: int) -> lis
 
 
 def confusion_matrix(logits: Tensor, targets: Tensor, num_classes: int) -> list[list[int]]:
-    """Counts ``[true class][predicted class]``; row ``i`` sums to the number of class-``i``
-    samples."""
+    """Counts ``[true class][predicted class]``; row
+    ``i`` sums to the number of class-``i`` samples."""
     predicted = logits.argmax(-1)
     flat = torch.bincount(
         targets.long() * num_classes + predicted, minlength=num_classes * num_classes

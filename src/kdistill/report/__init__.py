@@ -205,8 +205,8 @@ def validation_disagreement(summary: dict, comparison: dict | None) -> str:
 
 
 def students_sentence(summary: dict) -> str:
-    """That the scratch student is the fair baseline: the distilled student's training,
-    unchanged."""
+    """That the scratch student is the fair baseline:
+    the distilled student's training, unchanged."""
     students = summary.get("students")
     if not students:
         return ""
@@ -475,8 +475,8 @@ def to_markdown(blocks: list[tuple]) -> str:
 
 
 def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
-    """Write ``report.md`` and its self-contained twin ``report.html``; returns the markdown
-    path."""
+    """Write ``report.md`` and its self-contained twin
+    ``report.html``; returns the markdown path."""
     from kdistill.report.html import render_html
 
     run_dir = Path(run_dir)
@@ -489,8 +489,8 @@ def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
 
 
 def existing_plots(run_dir: str | Path) -> list[Path]:
-    """The plots a run already drew, training curves first (to re-render a report without
-    redrawing them)."""
+    """The plots a run already drew, training curves first
+    (to re-render a report without redrawing them)."""
     plots = sorted(Path(run_dir, "plots").glob("*.png"))
     return sorted(plots, key=lambda p: (p.stem in DIAGNOSTIC_PLOTS, p.stem != "loss_terms", p.name))
 

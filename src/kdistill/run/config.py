@@ -126,8 +126,8 @@ class TeacherConfig(Section):
 
     @property
     def trained_here(self) -> bool:
-        """Whether a run trains this teacher (and so applies its ``augment``), rather than loading
-        it."""
+        """Whether a run trains this teacher (and so
+        applies its ``augment``), rather than loading it."""
         return not (self.checkpoint or self.onnx or self.epochs == 0)
 
 

@@ -2,12 +2,11 @@
 
 - A directory kdistill makes gets a marker, ``.kdistill-run`` (the run's name, a random id, the
   time), written when it is made, after preflight has passed.
-- The run lists every file it (its report, its export, its trackers) wrote, with its size and time,
-in
-  ``.kdistill-files`` (``kdistill.io.manifest``). ``--overwrite`` replaces only a marked directory
-  with such a list, and only if every file in it is on the list as written: anything else (a
-  project's ``src/``, a note or a kept checkpoint of the user's, a file edited since) refuses
-  the overwrite before a byte is deleted. No pattern decides what goes.
+- The run lists every file it (its report, its export, its trackers) wrote, with its size and
+  time, in ``.kdistill-files`` (``kdistill.io.manifest``). ``--overwrite`` replaces only a marked
+  directory with such a list, and only if every file in it is on the list as written: anything
+  else (a project's ``src/``, a note or a kept checkpoint of the user's, a file edited since)
+  refuses the overwrite before a byte is deleted. No pattern decides what goes.
 - A run holds an advisory lock (``fcntl.flock`` on ``.kdistill-lock``, which also records the
   holder's PID) from the moment its directory is opened until it ends. A second writer, a rerun
   with ``--overwrite`` or ``--resume`` included, exits 2 naming that PID.

@@ -428,8 +428,8 @@ def teacher_fingerprint(
 
 
 def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = False) -> None:
-    """Load weights into ``model``; ``ours``: kdistill wrote the file, so it must carry a
-    checksum."""
+    """Load weights into ``model``; ``ours``: kdistill
+    wrote the file, so it must carry a checksum."""
     if not path.exists():  # a file, or a Hugging Face directory
         raise UserError(f"{field}: {path} does not exist")
     try:

@@ -127,6 +127,6 @@ class TrainConfig(Section):
 
     @property
     def scratch_mixing(self) -> str:
-        """The mixing the scratch student trains with: its own (``scratch_mix``) or the distilled
-        one's."""
+        """The mixing the scratch student trains with: its
+        own (``scratch_mix``) or the distilled one's."""
         return self.mix if self.scratch_mix == "same" else self.scratch_mix
