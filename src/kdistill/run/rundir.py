@@ -25,7 +25,7 @@ from pathlib import Path
 
 import kdistill.io.manifest as manifest
 import kdistill.io.safe_yaml as safe_yaml
-from kdistill.errors import UserError
+from kdistill.errors import UserError, first_difference
 from kdistill.io.manifest import BOOKKEEPING, LOCK, MANIFEST, MARKER
 from kdistill.run.config import Recipe, dump_config
 from kdistill.run.lock import RunLock
@@ -93,7 +93,7 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
         # Compared as written to YAML: a map with integer keys (a layer map) reads back with text
         # keys.
         if started_with.model_dump(mode="json") != recipe.model_dump(mode="json"):
-            changed = _first_difference(
+            changed = first_difference(
                 started_with.model_dump(mode="json"), recipe.model_dump(mode="json")
             )
             raise UserError(
@@ -207,11 +207,3 @@ def _empty(run_dir: Path) -> list[str]:
         else:
             path.unlink()
     return stayed
-
-
-def _first_difference(a, b, path="") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-    return path or "(top level)"

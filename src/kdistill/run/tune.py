@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 import kdistill.io.safe_yaml as safe_yaml
-from kdistill.errors import ConfigError, UserError
+from kdistill.errors import ConfigError, UserError, first_difference
 from kdistill.run.config import Recipe, TeacherConfig, dump_config, load_config
 
 TUNE_EXTRA = 'pip install "kdistill[tune]" (optuna)'
@@ -100,16 +100,6 @@ def teacher_candidates(specs: list[str], base: TeacherConfig) -> dict[str, dict]
             raise ConfigError(f"--teachers: {label!r} is given twice")
         candidates[label] = teacher.model_dump(mode="json")
     return candidates
-
-
-def _first_difference(a, b, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if a == b else (path or "(top level)")
 
 
 def trial_recipe(
@@ -324,7 +314,7 @@ def _search_space(
         space = {"teachers": candidates, "methods": chosen, "recipe": base_tree}
         study.set_user_attr("space", space)
         return space
-    changed = _first_difference(stored["recipe"], base_tree)
+    changed = first_difference(stored["recipe"], base_tree)
     if changed:
         raise UserError(
             f"the study in {study.study_name}-tune was "

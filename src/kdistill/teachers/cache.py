@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
-from kdistill.errors import UserError
+from kdistill.errors import UserError, first_difference
 from kdistill.io.tensors import CheckpointError, tensor_digest
 from kdistill.losses.logit import kd
 from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
@@ -136,13 +136,6 @@ def _array_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _first_difference(stored: dict, wanted: dict) -> str:
-    for key in sorted(set(stored) | set(wanted)):
-        if stored.get(key) != wanted.get(key):
-            return key
-    return "?"
 
 
 def _arrays(
@@ -269,7 +262,8 @@ class TeacherCache:
     def check(self, fingerprint: dict) -> None:
         """Refuse to serve a run whose teacher, data, augmentation, taps or dtype differ."""
         if self.fingerprint != fingerprint:
-            field = _first_difference(self.fingerprint, fingerprint)
+            # The section that differs (teacher, data, augment, taps...), shown whole.
+            field = first_difference(self.fingerprint, fingerprint).split(".")[0]
             raise CacheMismatchError(
                 f"{self.root}: the teacher cache was built for another {field} "
                 f"({self.fingerprint.get(field)!r}, this run has {fingerprint.get(field)!r}); "
