@@ -105,8 +105,10 @@ COMPARISONS = (
 )
 
 
-def _scale(headline: str, task: dict) -> tuple[float, str]:
-    return (100, " points") if headline in task["percent"] else (1, "")
+def percent_scale(metric: str, task: dict) -> tuple[float, str]:
+    """How a difference of ``metric`` is shown: ×100 in points where the task shows it as a
+    percentage (accuracy), as it is otherwise (perplexity, loss)."""
+    return (100, " points") if metric in task["percent"] else (1, "")
 
 
 def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -120,7 +122,7 @@ def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         if key not in found:
             continue
         c = found[key]
-        scale, unit = _scale(c["metric"], task)
+        scale, unit = percent_scale(c["metric"], task)
         verdict_word = (
             "better" if c["better"] else "worse" if c["worse"] else "no significant difference"
         )
@@ -148,7 +150,7 @@ def verdict(summary: dict) -> str:
     headline = task["metrics"][0]
     higher = task["higher_is_better"][headline]
     teacher, scratch, student = (summary[r][headline] for r in ROLES)
-    scale, unit = _scale(headline, task)
+    scale, unit = percent_scale(headline, task)
     comparison = (summary.get("comparisons") or {}).get("student_vs_scratch")
     if comparison is None:  # a summary.json from before the paired tests
         noise = f"{scale * (student - scratch):+.4g}{unit}, no paired test in this summary: rerun"
