@@ -33,6 +33,7 @@ from kdistill.data.audio import (
 )
 from kdistill.data.base import ArrayDataset, DataSplits
 from kdistill.errors import DataError
+from kdistill.io.files import atomic_write, replace_atomically
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # English accents shipped with espeak-ng's own (non-MBROLA) voices.
@@ -136,10 +137,7 @@ def synthesise(clips: list[dict], directory: Path, *, workers: int | None = None
             f"spoken_digits needs espeak-ng to synthesise {len(missing)} clips: {INSTALL_HINT}"
         )
 
-    def make(clip: dict) -> None:
-        target = directory / clip["file"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    def speak(clip: dict, partial: Path) -> None:
         command = [
             executable,
             "-v",
@@ -154,12 +152,20 @@ def synthesise(clips: list[dict], directory: Path, *, workers: int | None = None
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not partial.is_file():
-            partial.unlink(missing_ok=True)
             reason = (result.stderr or result.stdout).strip().splitlines()
             raise DataError(
                 f"espeak-ng failed on {clip['file']}: {reason[0] if reason else result.returncode}"
             )
-        os.replace(partial, target)
+
+    def make(clip: dict) -> None:
+        target = directory / clip["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(
+            target,
+            lambda partial: speak(clip, partial),
+            needed=0,
+            cannot="cannot write the clip cache ({reason}); choose a writable folder as data.path",
+        )
 
     # espeak-ng is a short process per clip: a few in flight keep both cores busy.
     try:
@@ -185,9 +191,7 @@ def write_manifest(directory: Path, plan: list[dict], generation_seed: int) -> N
         "generation_seed": generation_seed,
         "clips": plan,
     }
-    partial = manifest.with_name(f".manifest.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(content, indent=1))
-    os.replace(partial, manifest)
+    atomic_write(manifest, json.dumps(content, indent=1))
 
 
 def add_noise(audio: np.ndarray, clip: dict, snr_db: tuple[float, float], seed: int) -> np.ndarray:

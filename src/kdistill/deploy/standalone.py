@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from kdistill.errors import UserError
+from kdistill.io.files import replace_atomically
 from kdistill.io.pixels import read_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -72,9 +72,7 @@ def write_metadata(path: str | Path, metadata: dict[str, object]) -> None:
     for key, value in {**kept, **metadata}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.meta.onnx")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: onnx.save(model, str(tmp)), needed=model.ByteSize())
 
 
 def model_card(summary: dict, export: dict, metadata: dict) -> str:
