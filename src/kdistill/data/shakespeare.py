@@ -121,8 +121,8 @@ class TokenizerCodec:
 
 
 def load_codec(tokenizer: str | None = None) -> TokenizerCodec:
-    """The tokenizer named by ``tokenizer`` (a ``tokenizer.json``
-    or a directory holding one), or SmolLM2-135M's."""
+    """The tokenizer named by ``tokenizer`` (a ``tokenizer.json`` or a directory holding one),
+    or SmolLM2-135M's."""
     from tokenizers import Tokenizer
 
     if tokenizer is None:

@@ -106,8 +106,8 @@ def _parser_message(file: Path, error: Exception) -> str:
 
 
 def row_name(file: Path, position: int) -> str:
-    """Where a row is in its file, as a user finds it: a
-    CSV's line, a JSONL's line, a Parquet row index."""
+    """Where a row is in its file, as a user finds it: a CSV's line, a JSONL's line, a Parquet
+    row index."""
     suffix = file.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return f"{file}: line {_start_line(file, position + 1, count_blank=False) or position + 2}"
@@ -192,8 +192,8 @@ def load_table(
 
 
 def feature_matrix(frame, features: list[str], file: Path) -> np.ndarray:
-    """The ``features`` columns as float64 (N, F); a cell
-    that is not a finite number names its row and column."""
+    """The ``features`` columns as float64 (N, F); a cell that is not a finite number names its
+    row and column."""
     x = np.empty((len(frame), len(features)), dtype=np.float64)
     for j, column in enumerate(features):
         for i, cell in enumerate(frame[column].tolist()):

@@ -34,8 +34,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def save_weights(model: nn.Module, path: str | Path) -> int:
-    """Write ``model``'s state dict as safetensors, atomically
-    and with a checksum; returns the file size in bytes."""
+    """Write ``model``'s state dict as safetensors, atomically and with a checksum; returns the
+    file size in bytes."""
     return save_tensors(path, model.state_dict())
 
 

@@ -28,8 +28,8 @@ HF_TASKS = ("sequence-classification", "causal-lm")
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    """Silence the load report ("newly initialized: classifier")
-    and the loading progress bar for this call only."""
+    """Silence the load report ("newly initialized: classifier") and the loading progress bar
+    for this call only."""
     from transformers.utils import logging
 
     verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()

@@ -226,8 +226,8 @@ def build_imported(spec: str, **kwargs) -> nn.Module:
 
 
 def source_digest(spec: str) -> str:
-    """SHA-256 of the file that defines ``spec``: a teacher trained
-    from an edited class must not be reused from the store."""
+    """SHA-256 of the file that defines ``spec``: a teacher trained from an edited class must not
+    be reused from the store."""
     target = import_target(spec)
     try:
         file = inspect.getsourcefile(target)

@@ -491,8 +491,8 @@ def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
 
 
 def existing_plots(run_dir: str | Path) -> list[Path]:
-    """The plots a run already drew, training curves first
-    (to re-render a report without redrawing them)."""
+    """The plots a run already drew, training curves first (to re-render a report without
+    redrawing them)."""
     plots = sorted(Path(run_dir, "plots").glob("*.png"))
     return sorted(plots, key=lambda p: (p.stem in DIAGNOSTIC_PLOTS, p.stem != "loss_terms", p.name))
 

@@ -108,8 +108,8 @@ class DryRunSchool(RunSchool):
 
 
 def preflight(recipe: Recipe) -> Plan:
-    """The recipe's ``Plan``, after one dry step of every phase;
-    raises ``UserError`` (exit 2) naming the field at fault."""
+    """The recipe's ``Plan``, after one dry step of every phase; raises ``UserError`` (exit 2)
+    naming the field at fault."""
     resolved = plan(recipe)
     if recipe.teacher.cache and recipe.teacher.cache_dir:
         check_cache_root(Path(recipe.teacher.cache_dir))

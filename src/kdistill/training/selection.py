@@ -177,8 +177,8 @@ class TrainingProgress:
         return self._correct
 
     def mean(self, key: str) -> float:
-        """The running mean of ``key`` so far, for the progress
-        bar: read without folding (the bar reads by the clock)."""
+        """The running mean of ``key`` so far, for the progress bar: read without folding (the
+        bar reads by the clock)."""
         pending = [v[keys.index(key)].float() * n for keys, n, v, _ in self._pending if key in keys]
         total = float(self._sums[key]) if key in self._sums else 0.0
         return (total + (float(torch.stack(pending).sum()) if pending else 0.0)) / max(self.seen, 1)
