@@ -49,6 +49,7 @@ from kdistill.io.tensors import CheckpointError, tensor_digest
 from kdistill.losses.logit import kd
 from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
 from kdistill.methods import LOGITS, Term
+from kdistill.modeling import to_device
 from kdistill.teachers.store import (
     agree_on_cache,
     allocate,
@@ -302,7 +303,7 @@ class TeacherCache:
         rows = sorted({i * (count - 1) // max(samples - 1, 1) for i in range(min(samples, count))})
         batch = default_collate([dataset[i] for i in rows])
         device = next(iter(teacher.module.parameters()), torch.empty(0)).device
-        live = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
+        live = teacher(to_device(batch, device))
         cached = self.lookup(batch["index"])
         pairs = {
             f"features {name}": (cached.features[name], value.float().cpu())
@@ -401,12 +402,7 @@ def build_cache(
     )
 
     # Shapes from one sample, then every rank opens the same preallocated files.
-    probe = teacher(
-        {
-            k: v.to(device) if isinstance(v, Tensor) else v
-            for k, v in next(iter(DataLoader(dataset, batch_size=1))).items()
-        }
-    )
+    probe = teacher(to_device(next(iter(DataLoader(dataset, batch_size=1))), device))
     shapes = {
         name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk, temperature).items()
     }
@@ -430,7 +426,7 @@ def build_cache(
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
             for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
-                batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                batch = to_device(batch, device)
                 output = {"index": batch["index"], **_arrays(teacher(batch), topk, temperature)}
                 if gathered:
                     output = accelerator.gather(output)  # every rank's batch, in rank order
