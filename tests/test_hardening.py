@@ -9,7 +9,6 @@ line in this process (the same exit status and one line, without a 2-3 s start e
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import shutil
@@ -30,7 +29,6 @@ import kdistill
 from kdistill.data import load_dataset
 from kdistill.errors import ConfigError, DataError
 from kdistill.io import safe_yaml
-from kdistill.io.manifest import MARKER
 from kdistill.io.tensors import (
     DIGEST_KEY,
     FORMAT_KEY,
@@ -43,7 +41,6 @@ from kdistill.io.tensors import (
 from kdistill.methods import Term
 from kdistill.models import create_model
 from kdistill.report import MetricsLog
-from kdistill.run.rundir import foreign_files
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -461,31 +458,6 @@ def test_damage_before_the_last_record_is_a_user_error(tmp_path):
     )
     with pytest.raises(kdistill.errors.UserError, match="line 2 is not a JSON record"):
         MetricsLog(path).read()
-
-
-def test_a_full_disk_while_resume_rewrites_the_metrics_log_leaves_nothing_unlisted(
-    tmp_path, monkeypatch
-):
-    """--resume drops the resumed phase's records by rewriting metrics.jsonl. A full disk then
-    keeps the log whole, says so in one line, and leaves no temporary file the run's list
-    (.kdistill-files) does not hold, which would make --overwrite refuse the run."""
-    (tmp_path / MARKER).write_text("{}")
-    log = MetricsLog(tmp_path / "metrics.jsonl")
-    for epoch in (1, 2):
-        log.write({"phase": "student", "epoch": epoch})
-    before = log.path.read_bytes()
-
-    def full(self, data, *args, **kwargs):  # the file is created, then there is no space
-        self.open("wb").close()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Path, "write_text", full)
-        patch.setattr(Path, "write_bytes", full)
-        with pytest.raises(kdistill.errors.DiskFullError, match="metrics.jsonl"):
-            log.drop_from("student", 2)
-    assert log.path.read_bytes() == before
-    assert foreign_files(tmp_path) == []
 
 
 @pytest.fixture(scope="module")
