@@ -147,10 +147,13 @@ def write(rows: list[dict], sizes: dict, name: str) -> None:
     lines = [
         "# Token loss memory: whole vs chunked (kdistill.losses.chunked)",
         "",
-        f"B = {sizes['batch']}, L = {sizes['length']}, V = {sizes['vocab']}, H = {sizes['hidden']}, float32, CPU "
-        f"({platform.processor() or platform.machine()}, torch {torch.__version__}). Loss: 0.5·token CE + 0.5·divergence, "
-        "then backward. Peak = growth of the process's peak resident set (ru_maxrss) over its resident set after allocating the inputs and gradient buffers "
-        f"(one fresh process per row). One (B, L, V) float32 tensor is {full_mb:.0f} MB.",
+        f"B = {sizes['batch']}, L = {sizes['length']}, V = {sizes['vocab']}, H = "
+        f"{sizes['hidden']}, float32, CPU ({platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}). Loss: "
+        "0.5·token CE + 0.5·divergence, then backward. Peak = growth of the process's peak "
+        "resident set (ru_maxrss) over its "
+        "resident set after allocating the inputs and gradient buffers (one fresh process per "
+        f"row). One (B, L, V) float32 tensor is {full_mb:.0f} MB.",
         "",
         "| loss | way | chunk (positions) | peak MB | × whole | loss value | s (2 shared cores) |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -159,22 +162,31 @@ def write(rows: list[dict], sizes: dict, name: str) -> None:
         whole = next(r for r in rows if r["loss"] == row["loss"] and r["chunk_size"] == 0)
         ratio = row["peak_mb"] / whole["peak_mb"] if whole["peak_mb"] else float("nan")
         lines.append(
-            f"| {row['loss']} | {row['way']} | {row['chunk_size'] or '-'} | {row['peak_mb']:.0f} | {ratio:.2f} | "
+            f"| {row['loss']} | {row['way']} | {row['chunk_size'] or '-'} "
+            f"| {row['peak_mb']:.0f} | {ratio:.2f} | "
             f"{row['loss_value']:.6f} | {row['seconds']:.2f} |"
         )
     lines += [
         "",
-        "The whole loss holds the student's logits, their log-softmax, the teacher's logits and their",
-        "log-probabilities, and the gradient of the logits at once (about nine (B, L, V) tensors for",
-        "forward KL, thirteen for JSD); the chunked pass holds about ten (chunk, V) tensors and the",
-        "gradients of the hidden states and of the head's weight ((V, H) = 108 MB, which any backward",
+        "The whole loss holds the student's logits, "
+        "their log-softmax, the teacher's logits and their",
+        "log-probabilities, and the gradient of the "
+        "logits at once (about nine (B, L, V) tensors for",
+        "forward KL, thirteen for JSD); the chunked "
+        "pass holds about ten (chunk, V) tensors and the",
+        "gradients of the hidden states and of the head's "
+        "weight ((V, H) = 108 MB, which any backward",
         "allocates, but here from the first chunk on). So the chunk must be well below B·L: at",
         "chunk = B·L = 1024 there is one chunk and nothing is saved (the head's gradient even",
-        "comes on top); at 64 positions what is left is mostly that 108 MB gradient. Rule of thumb:",
+        "comes on top); at 64 positions what is left "
+        "is mostly that 108 MB gradient. Rule of thumb:",
         "peak ≈ 10 · chunk · V · 4 bytes + 2 · V · H · 4 bytes; 128–256 positions for V = 49k.",
-        "The chunked values equal the whole ones up to float32 summation order (tests/test_chunked_loss.py",
-        "checks values and gradients in float64); the top-k rows score a k = 64 teacher, a different",
-        "(bucketed) loss. Times are one run each on 2 shared cores: noisy, and not what this measures.",
+        "The chunked values equal the whole ones up to "
+        "float32 summation order (tests/test_chunked_loss.py",
+        "checks values and gradients in float64); the "
+        "top-k rows score a k = 64 teacher, a different",
+        "(bucketed) loss. Times are one run each on 2 "
+        "shared cores: noisy, and not what this measures.",
         "",
         "    python bench/chunked_loss.py",
     ]

@@ -99,34 +99,45 @@ def main() -> None:
         f"# {summary['name']}: deployment (ONNX)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s) (shared), torch {torch.__version__}, "
-        f"onnxruntime {first['versions']['onnxruntime']}, {first['exporter']} exporter, opset {first['opset']}",
+        f"Machine: {platform.machine()}, {os.cpu_count()} "
+        f"CPU(s) (shared), torch {torch.__version__}, onnxruntime "
+        f"{first['versions']['onnxruntime']}, "
+        f"{first['exporter']} exporter, opset {first['opset']}",
         "",
-        f"Models: teacher {summary['teacher']['model']} ({summary['teacher']['params']:,} parameters, test accuracy "
-        f"{100 * summary['teacher']['accuracy']:.2f}%), distilled student {summary['student']['model']} "
-        f"({summary['student']['params']:,} parameters, {100 * summary['student']['accuracy']:.2f}%).",
+        f"Models: teacher {summary['teacher']['model']} "
+        f"({summary['teacher']['params']:,} parameters, test accuracy "
+        f"{100 * summary['teacher']['accuracy']:.2f}%), distilled student "
+        f"{summary['student']['model']} ({summary['student']['params']:,} parameters, "
+        f"{100 * summary['student']['accuracy']:.2f}%).",
         "",
-        f"Parity on {first['parity_samples']} test samples and batch 1: student fp32 max |ONNX Runtime − PyTorch| = "
-        f"{checks['student fp32']['max_abs_diff']:.2e} (tolerance {checks['student fp32']['tolerance']:g}); "
-        f"teacher fp32 {checks['teacher fp32']['max_abs_diff']:.2e}.",
+        f"Parity on {first['parity_samples']} test samples and "
+        "batch 1: student fp32 max |ONNX Runtime − PyTorch| = "
+        f"{checks['student fp32']['max_abs_diff']:.2e} (tolerance "
+        f"{checks['student fp32']['tolerance']:g}); teacher fp32 "
+        f"{checks['teacher fp32']['max_abs_diff']:.2e}.",
     ]
     if int8:
         lines.append(
-            f"int8 student (dynamic quantisation): max |int8 − fp32| = {int8['max_abs_diff']:.2e}, top-1 agreement "
-            f"{100 * int8['top1_agreement_with_fp32']:.1f}%, test accuracy {100 * int8['reference']:.2f}% → "
-            f"{100 * int8['value']:.2f}% (tolerance {100 * int8['tolerance']:g} point drop); size "
-            f"{first['files']['student_int8']['bytes']:,} vs {first['files']['student']['bytes']:,} bytes."
+            "int8 student (dynamic quantisation): max |int8 − fp32| = "
+            f"{int8['max_abs_diff']:.2e}, top-1 agreement "
+            f"{100 * int8['top1_agreement_with_fp32']:.1f}%, test accuracy "
+            f"{100 * int8['reference']:.2f}% → {100 * int8['value']:.2f}% (tolerance "
+            f"{100 * int8['tolerance']:g} point drop); size "
+            f"{first['files']['student_int8']['bytes']:,} vs "
+            f"{first['files']['student']['bytes']:,} bytes."
         )
     lines += [
         "",
-        "| threads | model | runtime | latency b=1 (ms) | latency b=256 (ms) | throughput b=256 (samples/s) |",
+        "| threads | model | runtime | latency b=1 (ms) | "
+        "latency b=256 (ms) | throughput b=256 (samples/s) |",
         "|---:|---|---|---:|---:|---:|",
     ]
     for threads, result in results.items():
         for model, runtimes in result["latency_ms"].items():
             for runtime, ms in runtimes.items():
                 lines.append(
-                    f"| {threads} | {model} | {runtime} | {ms['batch_1']:.3f} | {ms['batch_256']:.2f} | "
+                    f"| {threads} | {model} | {runtime} | "
+                    f"{ms['batch_1']:.3f} | {ms['batch_256']:.2f} | "
                     f"{result['throughput'][model][runtime]:,.0f} |"
                 )
     lines += [
@@ -145,7 +156,8 @@ def main() -> None:
         "Latency: median of torch.utils.benchmark's blocked autorange "
         f"({effort:.2f} s of timed blocks per measurement), "
         f"the fastest of {args.rounds} rounds; the machine's cores are shared with other jobs "
-        f"(load average {os.getloadavg()[0]:.1f} at the end), so treat differences under ~20% as noise.",
+        f"(load average {os.getloadavg()[0]:.1f} at the "
+        "end), so treat differences under ~20% as noise.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

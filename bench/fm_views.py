@@ -6,10 +6,12 @@ What it asks: how many distinct views does a patient student need? (kdistill's `
 is the same cycle inside the pipeline.) Prints one JSON line, appended to
 bench/results/fm_views.jsonl.
 
-    python bench/fm_views.py --teacher runs/.teachers/lenet-<fingerprint>.safetensors --mix cutmix --pool 40
+    python bench/fm_views.py --teacher runs/.teachers/lenet-<fingerprint>.safetensors \\
+        --mix cutmix --pool 40
 
 The teacher is a LeNet trained on shifted digits by ``kdistill run configs/mnist_hinton.yaml``
-(the built-in recipe when this was written), which leaves it in runs/.teachers; the views are kept under --workdir so variants of one seed draw them once.
+(the built-in recipe when this was written), which leaves it in runs/.teachers; the views are kept
+under --workdir so variants of one seed draw them once.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def whole(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def draw_views(x, y, args, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One epoch of views: each image shifted, mixed with a shifted partner; and the mixed labels."""
+    """One epoch of views: each image shifted, mixed
+    with a shifted partner; and the mixed labels."""
     count = len(x)
     own_shift, partner_shift = draw_shift(count, generator), draw_shift(count, generator)
     partner = torch.randint(count, (count,), generator=generator)
@@ -67,10 +70,8 @@ def draw_views(x, y, args, generator) -> tuple[torch.Tensor, torch.Tensor]:
 def scored_views(x, y, teacher, args):
     """(views, mixed labels, teacher logits), each (P, N, ...), drawn once per seed and teacher."""
     os.makedirs(args.workdir, exist_ok=True)
-    file = (
-        Path(args.workdir)
-        / f"views_{args.mix}_{args.malpha}_{args.mixp}_{args.pool}_{args.seed}_{Path(args.teacher).stem}.pt"
-    )
+    name = f"views_{args.mix}_{args.malpha}_{args.mixp}_{args.pool}_{args.seed}"
+    file = Path(args.workdir) / f"{name}_{Path(args.teacher).stem}.pt"
     if file.is_file():
         return torch.load(file)
     generator = torch.Generator().manual_seed(1000 + args.seed)

@@ -131,7 +131,8 @@ def check_precision(work: Path):
         loss = history[-1]["loss"]
         ok &= _finite(loss)
         lines.append(
-            f"{precision}: fit 2 epochs x 4 steps: final loss {loss:.4f} ({time.perf_counter() - started:.1f} s)"
+            f"{precision}: fit 2 epochs x 4 steps: final loss {loss:.4f} "
+            f"({time.perf_counter() - started:.1f} s)"
         )
     return ok, lines
 
@@ -220,7 +221,8 @@ def check_crd(work: Path):
     )
     complete = bool((final != initial).any(dim=1).all())
     lines.append(
-        f"DDP over {gpus} GPUs: banks equal across ranks {equal}; every sample's row updated on rank 0 {complete}"
+        f"DDP over {gpus} GPUs: banks equal across ranks "
+        f"{equal}; every sample's row updated on rank 0 {complete}"
     )
     return ok and equal and complete, lines
 
@@ -278,7 +280,8 @@ def check_deterministic(work: Path):
         }
     )
     lines = [
-        f"CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}; two 2-epoch fits (kd + at) bit-identical: {identical}",
+        f"CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}; two 2-epoch fits "
+        f"(kd + at) bit-identical: {identical}",
         "ops without a deterministic CUDA kernel (warned): "
         + ("; ".join(nondeterministic) or "none"),
     ]
@@ -314,9 +317,10 @@ def check_compile(work: Path):
     loss = history[-1]["loss"]
     ok = _finite(loss) and graphs >= 1
     return ok, [
-        f"train.compile (inductor through Accelerate), kd + dkd with warm-up, bf16: 3 epochs of 8 steps, "
-        f"epoch 1 {history[0]['seconds']:.1f} s (compiling), epoch 3 {history[-1]['seconds']:.2f} s; "
-        f"{graphs} compiled graph(s); loss {loss:.4f}"
+        "train.compile (inductor through Accelerate), kd "
+        "+ dkd with warm-up, bf16: 3 epochs of 8 steps, epoch "
+        f"1 {history[0]['seconds']:.1f} s (compiling), epoch 3 "
+        f"{history[-1]['seconds']:.2f} s; {graphs} compiled graph(s); loss {loss:.4f}"
     ]
 
 
@@ -482,7 +486,8 @@ def environment() -> tuple[bool, list[str]]:
     import torch
 
     lines = [
-        f"python {platform.python_version()}, torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}"
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"CUDA available: {torch.cuda.is_available()}"
     ]
     for package in ("accelerate", "transformers", "onnxruntime"):
         try:
@@ -499,7 +504,8 @@ def environment() -> tuple[bool, list[str]]:
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         lines.append(
-            f"GPU {index}: {props.name}, {props.total_memory / 2**30:.0f} GiB, capability {props.major}.{props.minor}"
+            f"GPU {index}: {props.name}, {props.total_memory / 2**30:.0f} "
+            f"GiB, capability {props.major}.{props.minor}"
         )
     lines.append(f"bf16 supported: {torch.cuda.is_bf16_supported()}")
     return True, lines
@@ -509,8 +515,9 @@ def write_report(out: Path, started: float, env_lines: list[str], results: list[
     text = [
         "# GPU check",
         "",
-        f"Command: `PYTHONPATH=src python3 bench/gpu_check.py`, {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
-        f"{platform.machine()}, {time.perf_counter() - started:.0f} s in all.",
+        "Command: `PYTHONPATH=src python3 bench/gpu_check.py`, "
+        f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {platform.machine()}, "
+        f"{time.perf_counter() - started:.0f} s in all.",
         "",
         *(f"- {line}" for line in env_lines),
         "",
@@ -580,7 +587,8 @@ def main() -> int:
                 )
                 continue
             print(
-                f"[{time.perf_counter() - started:5.0f} s] {name} (limit {min(limit, int(left))} s) ...",
+                f"[{time.perf_counter() - started:5.0f} s] "
+                f"{name} (limit {min(limit, int(left))} s) ...",
                 flush=True,
             )
             work = Path(tmp) / name

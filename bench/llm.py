@@ -2,7 +2,8 @@
 same number of optimisation steps, batch, loss and optimiser, four ways:
 
   (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
-  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.teachers.cache``, built beforehand)
+  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.teachers.cache``,
+                       built beforehand)
   (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
   (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
 
@@ -21,9 +22,12 @@ seq_len) / the wall time of the training call (``kdistill.fit``, ``trainer.train
 loop): model loading, the cache build and the evaluation are outside it. Perplexity is
 exp(mean token cross-entropy) over the same held-out windows (whole plays never trained on).
 
-    python bench/llm.py                 # forward KL and JSD, 32 steps, 2 repeats (~35 minutes, 1 thread; --repeats 1: 17)
-    python bench/llm.py --quick         # ~6 minutes (8 under load), 1 repeat; the last line is one JSON object
-    python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no results unless --results
+    python bench/llm.py                 # forward KL and JSD, 32 steps, 2 repeats
+                                        # (~35 minutes, 1 thread; --repeats 1: 17)
+    python bench/llm.py --quick         # ~6 minutes (8 under load), 1 repeat; the last line
+                                        # is one JSON object
+    python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no
+                                        # results unless --results
     python bench/llm.py --device cuda   # on a GPU
 
 Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
@@ -294,7 +298,8 @@ def spawn(args, way: str, loss: str | None = None) -> dict:
     record = json.loads(lines[-1][len(MARK) :])
     record["process_s"] = time.perf_counter() - started
     print(
-        f"  {way:16s} {loss or '':10s} {json.dumps({k: _round(v) for k, v in record.items() if k not in ('way', 'loss')})}",
+        f"  {way:16s} {loss or '':10s} "
+        f"{json.dumps({k: _round(v) for k, v in record.items() if k not in ('way', 'loss')})}",
         file=sys.stderr,
     )
     return record
@@ -375,7 +380,10 @@ def summarise(records: list[dict], prepared: dict, args) -> dict:
         "by_loss": by_loss,
         "prepared": prepared,
         "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}"
+        ),
     }
 
 
@@ -393,53 +401,66 @@ def markdown(report: dict, command: str) -> str:
         f"Command: `{command}`",
         "",
         (
-            f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}. "
-            f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, AdamW lr {settings['lr']} "
-            f"(constant, clip 1), float32. Student: layers {prepared['kept_layers']} of the teacher "
-            f"({prepared['student_params'] / 1e6:.1f}M of {prepared['teacher_params'] / 1e6:.1f}M parameters). "
-            f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on."
+            f"Machine: {report['machine']}, {settings['threads']} "
+            f"thread(s), device {settings['device']}. {settings['steps']} steps × batch "
+            f"{settings['batch']} × {settings['seq_len']} "
+            f"tokens, AdamW lr {settings['lr']} (constant, clip 1), float32. Student: layers "
+            f"{prepared['kept_layers']} of the teacher ({prepared['student_params'] / 1e6:.1f}M of "
+            f"{prepared['teacher_params'] / 1e6:.1f}M parameters). Held-out: "
+            f"{prepared['heldout_tokens']} tokens of plays never trained on."
         ),
         "",
         (
-            f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training {report['pruned_ppl']:.2f}, "
-            f"scratch (d) {report['scratch_ppl']:.2f}."
+            f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training "
+            f"{report['pruned_ppl']:.2f}, scratch (d) {report['scratch_ppl']:.2f}."
         ),
         "",
-        "| loss | way | tokens/s | tokens/CPU-s | peak RSS (MiB) | held-out ppl | last train loss |",
+        "| loss | way | tokens/s | tokens/CPU-s | peak "
+        "RSS (MiB) | held-out ppl | last train loss |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for loss, ways in report["by_loss"].items():
         for way, row in ways.items():
             lines.append(
-                f"| {loss} | {names[way]} | {row['tokens_per_s']:.1f} | {row['tokens_per_cpu_s']:.1f} | {row['peak_mb']:.0f} "
-                f"| {row['ppl']:.2f} | {row['final_train_loss']:.4f} |"
+                f"| {loss} | {names[way]} | {row['tokens_per_s']:.1f} | "
+                f"{row['tokens_per_cpu_s']:.1f} | {row['peak_mb']:.0f} | {row['ppl']:.2f} | "
+                f"{row['final_train_loss']:.4f} |"
             )
     ratios = report["ratios"]
     lines += [
         "",
         (
-            f"Against TRL ({report['main_loss']}): kdistill live {ratios['kdistill_live_vs_trl_tokens_per_s']:.2f}× its "
-            f"tokens/s (target ≥ 1.0), cached {ratios['kdistill_cached_vs_trl_tokens_per_s']:.2f}× (target ≥ 1.5), "
-            f"cached peak memory {ratios['kdistill_cached_vs_trl_peak_mb']:.2f}× (target ≤ 0.6). Per CPU second: live "
-            f"{ratios['kdistill_live_vs_trl_tokens_per_cpu_s']:.2f}×, cached {ratios['kdistill_cached_vs_trl_tokens_per_cpu_s']:.2f}×."
+            f"Against TRL ({report['main_loss']}): kdistill live "
+            f"{ratios['kdistill_live_vs_trl_tokens_per_s']:.2f}× "
+            "its tokens/s (target ≥ 1.0), cached "
+            f"{ratios['kdistill_cached_vs_trl_tokens_per_s']:.2f}× (target ≥ 1.5), cached peak "
+            f"memory {ratios['kdistill_cached_vs_trl_peak_mb']:.2f}× "
+            "(target ≤ 0.6). Per CPU second: live "
+            f"{ratios['kdistill_live_vs_trl_tokens_per_cpu_s']:.2f}×, cached "
+            f"{ratios['kdistill_cached_vs_trl_tokens_per_cpu_s']:.2f}×."
         ),
         "",
         (
-            f"The top-{settings['topk']} cache was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
-            "time and memory (that process never loads the teacher)."
+            f"The top-{settings['topk']} cache was built in "
+            f"{prepared['cache_build_s']:.1f} s, outside the cached way's time and memory (that "
+            "process never loads the teacher)."
         ),
         "",
         (
-            "tokens/s: counted positions over the wall time of the training call only (model loading, cache build and "
-            "evaluation excluded); tokens/CPU-s: over that call's CPU time (user + system), steadier on a shared machine; peak RSS: ru_maxrss of the way's own fresh process right after training (interpreter, "
-            "libraries and models included); medians over repeats, ABBA order."
+            "tokens/s: counted positions over the wall time of the "
+            "training call only (model loading, cache build and evaluation excluded); "
+            "tokens/CPU-s: over that call's CPU time (user + system), "
+            "steadier on a shared machine; peak RSS: ru_maxrss of the way's own fresh process "
+            "right after training (interpreter, libraries and "
+            "models included); medians over repeats, ABBA order."
         ),
     ]
     chunk = settings.get("chunk_size") or 0
     lines += [
         "",
         (
-            f"kdistill's loss: over chunks of {chunk} positions from the student's final hidden states and head "
+            f"kdistill's loss: over chunks of {chunk} positions "
+            "from the student's final hidden states and head "
             "(distill.params.chunk_size; no (B, L, V) logits are made)"
             if chunk
             else "kdistill's loss: over whole (B, L, V) logits (--chunk-size 0)"
@@ -487,7 +508,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--chunk-size",
         type=int,
         default=None,
-        help="kdistill's token losses over chunks of this many positions (default 256; 0: whole logits)",
+        help=(
+            "kdistill's token losses over chunks of this "
+            "many positions (default 256; 0: whole logits)"
+        ),
     )
     for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)

@@ -162,7 +162,8 @@ def prepare(args) -> dict:
     needed = args.steps * args.batch
     if needed > len(train):
         sys.exit(
-            f"bench/llm.py: {args.steps} steps × batch {args.batch} need {needed} windows; the plays give {len(train)}"
+            f"bench/llm.py: {args.steps} steps × batch {args.batch} "
+            f"need {needed} windows; the plays give {len(train)}"
         )
     heldout_all = windows(plays["test"], tokenizer, args.seq_len)
     spread = torch.linspace(0, len(heldout_all) - 1, args.eval_windows).round().long()

@@ -76,9 +76,11 @@ def main() -> int:
     lines = [
         "# Where a race step goes (kdistill, forward KL)",
         "",
-        f"Command: `python bench/llm_profile.py --workdir DIR --threads {args.threads}`; settings of "
-        f"bench/results/llm.json ({settings['steps']} steps × {settings['batch']} × {settings['seq_len']} tokens, "
-        f"chunks of {settings['chunk_size']}, top-{settings['topk']} cache). Shares of self CPU time.",
+        "Command: `python bench/llm_profile.py --workdir "
+        f"DIR --threads {args.threads}`; settings of bench/results/llm.json ({settings['steps']} "
+        f"steps × {settings['batch']} × "
+        f"{settings['seq_len']} tokens, chunks of {settings['chunk_size']}, "
+        f"top-{settings['topk']} cache). Shares of self CPU time.",
         "",
     ]
     for way in ("kdistill_cached", "kdistill_live"):

@@ -4,7 +4,8 @@ size) over 3,500 inputs of 1×28×28, the bundled MNIST's training split. ABBA-a
 in one process; reported as the median over rounds of the per-round ratio channels-last / NCHW
 (kdistill.training.memory_format converts the weights; the inputs stay as the loader makes them).
 
-    python bench/memory_format.py            # ~2 minutes; writes bench/results/memory_format.{md,json}
+    python bench/memory_format.py            # ~2 minutes; writes
+                                             # bench/results/memory_format.{md,json}
 """
 
 from __future__ import annotations
@@ -83,14 +84,16 @@ def main() -> None:
     lines = [
         "# Channels-last vs NCHW: LeNet (the default teacher) on the CPU",
         "",
-        f"`{command}`; {machine}; {SAMPLES:,} inputs of 1×28×28; median over {2 * args.rounds} timings per way.",
+        f"`{command}`; {machine}; {SAMPLES:,} inputs of "
+        f"1×28×28; median over {2 * args.rounds} timings per way.",
         "",
         "| what | NCHW (s) | channels-last (s) | ratio (median of rounds) | range |",
         "|---|---:|---:|---:|---:|",
     ]
     for what, r in results.items():
         lines.append(
-            f"| {what} | {r['nchw_s']:.3f} | {r['channels_last_s']:.3f} | {r['ratio_median']:.2f} | "
+            f"| {what} | {r['nchw_s']:.3f} | "
+            f"{r['channels_last_s']:.3f} | {r['ratio_median']:.2f} | "
             f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |"
         )
     RESULTS.mkdir(exist_ok=True)

@@ -2,7 +2,8 @@
 Fashion-MNIST: mean ± std test accuracy over seeds, the share of the teacher–scratch gap each
 method recovers, and the wall time of a run.
 
-    python bench/methods.py                                  # default CPU budget (~1 h on one thread)
+    python bench/methods.py                                  # default CPU budget
+                                                             # (~1 h on one thread)
     python bench/methods.py --quick --methods scratch,kd     # smoke run, a couple of minutes
     python bench/methods.py --subset 0 --epochs 240 --teacher-epochs 240 --batch-size 64 \\
         --lr 0.05 --teacher-lr 0.05 --schedule step --augment shift --device cuda  # CIFAR recipes
@@ -14,8 +15,8 @@ initialisation and batch order, and a method and scratch see the same ones, so t
 difference is paired. Accuracy is the last epoch's, on all 10,000 official test images.
 
 Without augmentation the teacher's outputs (logits and every tapped feature) are computed once
-into a teacher cache (kdistill.teachers.cache) and read back by index, so a distillation step costs what
-a student step costs; with augmentation the teacher runs live. The trained teacher is kept in
+into a teacher cache (kdistill.teachers.cache) and read back by index, so a distillation step costs
+what a student step costs; with augmentation the teacher runs live. The trained teacher is kept in
 bench/.teachers/ and reused by a later run with the same teacher, data and budget.
 Writes bench/results/methods.md and .json (methods_quick.* for --quick) with the command.
 """

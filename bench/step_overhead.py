@@ -6,10 +6,11 @@ difference is what a step with little compute cannot hide (throughput_cuda.md: 0
 loop on the tutorial pair).
 
 A third way runs ``fit`` with Accelerate's per-step package probe left uncached (what
-``kdistill.training.acceleration._cache_accelerate_probe`` fixes), in the same rounds, so the saving is
-measured against the same noise.
+``kdistill.training.acceleration._cache_accelerate_probe`` fixes), in the same rounds, so the saving
+is measured against the same noise.
 
-    python bench/step_overhead.py            # ~1 minute; writes bench/results/step_overhead.{md,json}
+    python bench/step_overhead.py            # ~1 minute; writes
+                                             # bench/results/step_overhead.{md,json}
 """
 
 from __future__ import annotations
@@ -112,10 +113,13 @@ def main() -> None:
     lines = [
         "# Host-side cost of a training step",
         "",
-        f"`python bench/step_overhead.py` ({platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
-        f"{args.rounds} ABBA rounds of {STEPS} steps; Linear 8 → 4, batch {BATCH}: compute is negligible).",
+        f"`python bench/step_overhead.py` ({platform.machine()}, "
+        f"torch {torch.__version__}, {args.threads} thread(s), "
+        f"{args.rounds} ABBA rounds of {STEPS} steps; Linear "
+        f"8 → 4, batch {BATCH}: compute is negligible).",
         "",
-        "| way | µs per step (median) | added to the plain loop (median of per-round differences) |",
+        "| way | µs per step (median) | added to the "
+        "plain loop (median of per-round differences) |",
         "|---|---:|---:|",
     ]
     for name in ways:

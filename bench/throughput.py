@@ -121,7 +121,8 @@ OVERHEAD = "## Framework overhead: the PyTorch tutorial's pair"
 
 
 class DeepNN(torch.nn.Module):
-    """The teacher of PyTorch's knowledge distillation tutorial (beginner/knowledge_distillation_tutorial)."""
+    """The teacher of PyTorch's knowledge distillation tutorial
+    (beginner/knowledge_distillation_tutorial)."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -248,7 +249,8 @@ def tutorial(args) -> None:
         }
     for name, result in results.items():
         print(
-            f"{name}: median ratio {result['ratio']:.3f} over {rounds} ABBA rounds {[round(r, 3) for r in result['ratios']]}",
+            f"{name}: median ratio {result['ratio']:.3f} over {rounds} ABBA rounds "
+            f"{[round(r, 3) for r in result['ratios']]}",
             flush=True,
         )
     command = "python bench/throughput.py " + " ".join(sys.argv[1:])
@@ -256,16 +258,23 @@ def tutorial(args) -> None:
         OVERHEAD,
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {args.threads} torch thread(s), {_device_name(device)}, torch {torch.__version__}; "
-        f"DeepNN → LightNN on {n} CIFAR-shaped random tensors, batch {batch}, Adam, one epoch per measurement, "
-        f"median of {rounds} ABBA rounds (plain, fit, fit, plain).",
+        f"Machine: {platform.machine()}, {args.threads} torch "
+        f"thread(s), {_device_name(device)}, torch {torch.__version__}; "
+        f"DeepNN → LightNN on {n} CIFAR-shaped random tensors, "
+        f"batch {batch}, Adam, one epoch per measurement, median "
+        f"of {rounds} ABBA rounds (plain, fit, fit, plain).",
         "",
-        "| way | samples/s (best) | plain loop samples/s (best) | median ratio to the plain loop | target |",
+        "| way | samples/s (best) | plain loop samples/s "
+        "(best) | median ratio to the plain loop | target |",
         "|---|---:|---:|---:|---:|",
-        f"| `fit`, cross-entropy alone | {results['fit_ce']['fit_sps']:.1f} | {results['fit_ce']['plain_sps']:.1f} | {results['fit_ce']['ratio']:.3f} | ≥ 0.98 |",
-        f"| `fit`, KD from the cached teacher | {results['fit_cached_kd']['fit_sps']:.1f} | {results['fit_cached_kd']['plain_sps']:.1f} | {results['fit_cached_kd']['ratio']:.3f} | ≥ 0.97 |",
+        f"| `fit`, cross-entropy alone | {results['fit_ce']['fit_sps']:.1f} | "
+        f"{results['fit_ce']['plain_sps']:.1f} | {results['fit_ce']['ratio']:.3f} | ≥ 0.98 |",
+        f"| `fit`, KD from the cached teacher | {results['fit_cached_kd']['fit_sps']:.1f} | "
+        f"{results['fit_cached_kd']['plain_sps']:.1f} | "
+        f"{results['fit_cached_kd']['ratio']:.3f} | ≥ 0.97 |",
         "",
-        f"The plain loop is the tutorial's cross-entropy loop. Building the teacher cache took {cache_seconds:.1f} s.",
+        "The plain loop is the tutorial's cross-entropy loop. "
+        f"Building the teacher cache took {cache_seconds:.1f} s.",
     ]
     section = "\n".join(rows) + "\n"
     print(section)
@@ -373,8 +382,10 @@ def main() -> None:
         f"# Throughput: {args.teacher} → {args.student} on {args.dataset}",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {args.threads} torch thread(s), {_device_name(device)}, torch {torch.__version__}; "
-        f"{len(train)} training samples, batch {args.batch_size}, best of {rounds} interleaved rounds.",
+        f"Machine: {platform.machine()}, {args.threads} torch "
+        f"thread(s), {_device_name(device)}, torch "
+        f"{torch.__version__}; {len(train)} training samples, batch "
+        f"{args.batch_size}, best of {rounds} interleaved rounds.",
         "",
         "| way | samples/s | vs plain loop |",
         "|---|---:|---:|",
@@ -383,8 +394,9 @@ def main() -> None:
         f"| (c) kdistill, cached teacher | {cached_sps:.1f} | {cached_sps / plain:.2f} |",
         f"| (d) teacher forward alone | {alone:.1f} | {alone / plain:.2f} |",
         "",
-        f"(b) against the prediction 1/(1/a + 1/d) = {predicted_live:.1f} samples/s: {ratios['live_over_predicted']:.2f} "
-        f"(target 0.90–1.10). (c)/(a) = {ratios['cached_over_plain']:.2f} (target ≥ 0.90). "
+        f"(b) against the prediction 1/(1/a + 1/d) = {predicted_live:.1f} samples/s: "
+        f"{ratios['live_over_predicted']:.2f} (target 0.90–1.10). (c)/(a) = "
+        f"{ratios['cached_over_plain']:.2f} (target ≥ 0.90). "
         f"Building the cache (one teacher pass, float16) took {cache_seconds:.1f} s.",
     ]
     text = "\n".join(lines) + "\n"

@@ -283,3 +283,91 @@ def test_fit_means_one_thing():
     """``kdistill.fit`` trains what a PyTorch user holds; the loop under it is ``train_loop``."""
     assert kdistill.fit is api.fit
     assert not hasattr(loop_module, "fit") and callable(loop_module.train_loop)
+
+
+# --- DistillResult.metrics: the task's own evaluation, as a recipe's summary holds it -------------
+
+
+def test_a_classifiers_metrics_are_its_accuracy_and_loss():
+    x, y = torch.randn(60, 1, 4, 4), torch.arange(60) % 3
+    torch.manual_seed(0)
+    teacher, student = (nn.Sequential(nn.Flatten(), nn.Linear(16, 3)) for _ in range(2))
+    result = distill(teacher, student, (x, y), (x, y), epochs=1, progress=False)
+    scored = evaluate(student, api.as_loader((x, y), batch_size=60))
+    assert result.metrics == pytest.approx(
+        {"val/accuracy": scored["accuracy"], "val/loss": scored["loss"]}
+    )
+
+
+def test_a_language_models_metrics_are_its_perplexity_loss_and_token_accuracy():
+    vocabulary, length = 13, 8
+    torch.manual_seed(0)
+    teacher, student = (
+        create_model(
+            "gpt", num_classes=vocabulary, input_shape=(length,), n_layer=1, n_head=2, n_embd=16
+        )
+        for _ in range(2)
+    )
+    x = torch.randint(vocabulary, (24, length))
+    terms = [
+        kdistill.Term("ce", "token_ce", weight=1.0, teacher=None),
+        kdistill.Term("kl", "forward_kl", weight=1.0),
+    ]
+    result = distill(
+        teacher,
+        student,
+        (x, x.roll(-1, 1)),
+        (x, x.roll(-1, 1)),
+        terms=terms,
+        epochs=1,
+        batch_size=8,
+        progress=False,
+    )
+    assert set(result.metrics) == {"val/perplexity", "val/loss", "val/token_accuracy"}
+    assert result.metrics["val/perplexity"] == pytest.approx(np.exp(result.metrics["val/loss"]))
+    assert [r["val/perplexity"] for r in result.history] == [result.metrics["val/perplexity"]]
+
+
+class CandidateLists(torch.utils.data.Dataset):
+    """A user and 20 candidate items each, with a rating per candidate: a recommender's data."""
+
+    def __init__(self, count: int, users: int = 12, items: int = 30):
+        generator = torch.Generator().manual_seed(count)
+        self.users = torch.randint(users, (count,), generator=generator)
+        self.items = torch.randint(items, (count, 20), generator=generator)
+        self.ratings = 5 * torch.rand(count, 20, generator=generator)
+
+    def __len__(self):
+        return len(self.users)
+
+    def __getitem__(self, i):
+        return {"input": {"user": self.users[i], "items": self.items[i]}, "target": self.ratings[i]}
+
+
+def test_a_recommenders_metrics_are_its_ranking_metrics():
+    torch.manual_seed(0)
+    teacher, student = (
+        create_model("neumf_small", num_classes=2, input_shape=(12, 30)) for _ in range(2)
+    )
+    terms = [
+        kdistill.Term("rating", "rating_mse", weight=1.0, teacher=None),
+        kdistill.Term("preference", "preference_bce", weight=1.0, teacher=None),
+        kdistill.Term("kd", "rating_distillation", weight=1.0),
+    ]
+    train, val = (DataLoader(CandidateLists(n), batch_size=8) for n in (24, 16))
+    result = distill(teacher, student, train, val, terms=terms, epochs=1, progress=False)
+    assert set(result.metrics) == {"val/hr@10", "val/ndcg@10", "val/rmse"}
+    assert 0 <= result.metrics["val/ndcg@10"] <= result.metrics["val/hr@10"] <= 1
+
+
+def test_baseline_of_a_language_model_is_refused_before_training():
+    torch.manual_seed(0)
+    teacher, student = (
+        create_model("gpt", num_classes=13, input_shape=(8,), n_layer=1, n_head=2, n_embd=16)
+        for _ in range(2)
+    )
+    x = torch.randint(13, (16, 8))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(ArgumentError, match="baseline=True compares classifiers"):
+        distill(teacher, student, (x, x), (x, x), baseline=True, epochs=1, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())

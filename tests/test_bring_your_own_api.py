@@ -185,7 +185,8 @@ def test_onnx_file_teaches_like_the_module_it_was_exported_from(data, tmp_path):
         ),
         (
             lambda t, s, x, y: (t.double(), s, x, y),
-            "the teacher, Sequential (torch.float64 on cpu), cannot run on the inputs ((2, 6) torch.float32 on cpu)",
+            "the teacher, Sequential (torch.float64 on cpu), "
+            "cannot run on the inputs ((2, 6) torch.float32 on cpu)",
         ),
         (lambda t, s, x, y: (t, s.half(), x, y), "the student, Sequential (torch.float16 on cpu)"),
         (lambda t, s, x, y: (t, s, x[:, :4], y), "cannot run on the inputs ((2, 4)"),
@@ -250,12 +251,14 @@ DataError, MismatchError = kdistill.errors.DataError, kdistill.MismatchError
         (
             lambda x, y: ((x, _marked(y, 9, 7)), None),
             MismatchError,
-            r"train_data: the data has label 7 \(y\[9\]\) but the models have 3 outputs: labels are 0..2",
+            r"train_data: the data has label 7 \(y\[9\]\) "
+            r"but the models have 3 outputs: labels are 0..2",
         ),
         (
             lambda x, y: ((x, np.stack([y, y], 1)), None),
             DataError,
-            r"train_data: y has shape \(240, 2\), .*shape \(240,\) \(for one-hot rows, y.argmax\(1\)\)",
+            r"train_data: y has shape \(240, 2\), .*shape "
+            r"\(240,\) \(for one-hot rows, y.argmax\(1\)\)",
         ),
         (lambda x, y: ((x[:0], y[:0]), None), DataError, "train_data: x and y hold no samples"),
         (

@@ -390,7 +390,8 @@ def write_reviews(path, rows: int = 120) -> None:
         positive = rng.random() < 0.5
         word = rng.choice(["good", "great", "fine"] if positive else ["bad", "awful", "poor"])
         lines.append(
-            f"the {rng.choice(['film', 'plot', 'acting'])} was {word},{'pos' if positive else 'neg'}"
+            f"the {rng.choice(['film', 'plot', 'acting'])} was "
+            f"{word},{'pos' if positive else 'neg'}"
         )
     path.write_text("\n".join(lines) + "\n")
 

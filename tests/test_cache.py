@@ -91,7 +91,10 @@ def test_a_cache_larger_than_the_free_disk_is_refused_before_it_is_written(
     monkeypatch.setattr(shutil, "disk_usage", lambda _: real._replace(free=1000))
     with pytest.raises(
         UserError,
-        match=r"teacher.cache: the teacher's outputs would take [\d.]+ MB at .*full, but its disk has 0.0 MB free: set teacher.cache_topk",
+        match=(
+            r"teacher.cache: the teacher's outputs would take [\d.]+ MB at .*full, but its disk "
+            r"has 0.0 MB free: set teacher.cache_topk"
+        ),
     ):
         build_cache(tmp_path / "full", teacher, splits.train, fingerprint=FINGERPRINT, views=3)
     assert not list((tmp_path / "full").glob("*.npy"))  # refused before any file was made

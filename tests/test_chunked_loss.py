@@ -377,7 +377,8 @@ def test_a_recipe_setting_chunk_size_runs_chunked_end_to_end(tmp_path, monkeypat
     monkeypatch.setattr(distiller_module, "chunked_token_losses", spy)
     llama = (
         "{task: causal-lm, config: {model_type: llama, hidden_size: 32, intermediate_size: 64, "
-        "num_hidden_layers: %d, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}}"
+        "num_hidden_layers: %d, num_attention_heads: 4, "
+        "num_key_value_heads: 2, max_position_embeddings: 64}}"
     )
     overrides = [
         "data.subset=96",

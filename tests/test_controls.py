@@ -324,7 +324,8 @@ def test_adam_takes_the_fused_kernel_with_the_same_update_and_falls_back_without
     def without_kernel(params, fused=None, **settings):
         if fused:
             raise RuntimeError(
-                "`fused=True` requires all the params to be floating point Tensors of supported devices"
+                "`fused=True` requires all the params to be "
+                "floating point Tensors of supported devices"
             )
         return default(params, **settings)
 

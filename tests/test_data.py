@@ -1,4 +1,5 @@
-"""Bundled and user data: splits are stratified, disjoint, fixed by the seed; bad data is refused."""
+"""Bundled and user data: splits are stratified,
+disjoint, fixed by the seed; bad data is refused."""
 
 import numpy as np
 import pytest

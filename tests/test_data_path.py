@@ -161,7 +161,8 @@ def test_an_affine_view_is_the_identity_a_shift_or_a_quarter_turn_when_drawn_so(
     x = torch.cat([digit, digit.flip(-1), digit.transpose(-1, -2)])
     n = len(x)
     torch.testing.assert_close(apply_affine(x, rows_of(n, 0, 1, 0, 0)), x, atol=1e-5, rtol=0)
-    # Whole-pixel translations read whole pixels: the shift's circular roll (only background wraps around).
+    # Whole-pixel translations read whole pixels: the shift's circular roll (only background wraps
+    # around).
     expected = apply_shift(x, torch.tensor([[2, -1]] * n))
     torch.testing.assert_close(
         apply_affine(x, rows_of(n, 0, 1, 2, -1)), expected, atol=1e-5, rtol=0

@@ -46,7 +46,10 @@ class Tally:
         rows = ", ".join(
             f"{family}/exit {code}: {n}" for (family, code), n in sorted(self.counts.items())
         )
-        return f"{title}: {total} cases in {time.perf_counter() - self.started:.0f} s, {len(self.failures)} failed ({rows})"
+        return (
+            f"{title}: {total} cases in {time.perf_counter() - self.started:.0f} s, "
+            f"{len(self.failures)} failed ({rows})"
+        )
 
 
 @pytest.fixture(scope="module")

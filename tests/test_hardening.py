@@ -229,7 +229,8 @@ def test_npz_labels_must_be_dense_or_named(tmp_path):
 
 
 def forge_declared_size(path: Path, member: str, size: int) -> None:
-    """Rewrite a member's uncompressed size in the zip's central directory (what a bomb lies about)."""
+    """Rewrite a member's uncompressed size in the
+    zip's central directory (what a bomb lies about)."""
     data = bytearray(path.read_bytes())
     at = data.find(b"PK\x01\x02")
     while at != -1:

@@ -38,7 +38,8 @@ def test_matches_reference_value_and_gradient(cases, case_id):
 
 
 def test_at_code_and_paper_modes_differ_as_documented(cases):
-    """Code: squared differences averaged over N·H·W; paper: un-squared per-sample L2, batch mean."""
+    """Code: squared differences averaged over N·H·W;
+    paper: un-squared per-sample L2, batch mean."""
     case = cases["at_repdistiller_p2_4x8x4x4"]
     s, t = tensor(case["inputs"]["f_s"]), tensor(case["inputs"]["f_t"])
     a_s = F.normalize(s.pow(2).sum(1).flatten(1), dim=1)

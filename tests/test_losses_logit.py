@@ -65,7 +65,8 @@ def labels(seed, n=16, classes=10):
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_kd_splits_into_tckd_plus_weighted_nckd(temperature):
-    """Per sample, KD = TCKD + (1 − p_T[target]) · NCKD (Zhao et al., Eq. 1); DKD drops the factor."""
+    """Per sample, KD = TCKD + (1 − p_T[target]) ·
+    NCKD (Zhao et al., Eq. 1); DKD drops the factor."""
     for i in range(4):
         s, t, y = logits(i, (1, 10)), logits(i + 10, (1, 10)), labels(i, 1)
         tckd = dkd(s, t, y, alpha=1.0, beta=0.0, temperature=temperature)
@@ -90,7 +91,8 @@ def test_standardize_is_off_by_default_and_matches_zscored_logits():
 
 
 def test_standardized_kd_ignores_the_range_of_the_student_logits():
-    """The point of Sun et al.: a student whose logits are 0.2·teacher + 3 is already a perfect match."""
+    """The point of Sun et al.: a student whose logits
+    are 0.2·teacher + 3 is already a perfect match."""
     t, y = logits(3), labels(4)
     s = 0.2 * t + 3.0
     assert kd(s, t, standardize=True).item() == pytest.approx(0.0, abs=1e-10)

@@ -118,8 +118,8 @@ def test_check_and_config_yaml_print_every_setting_and_the_config_still_reads_ba
     check = cli("check", *QUICK, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert (
-        "student: mlp_tiny, 2,410 parameters (num_classes=10, input_shape=[1, 8, 8], width=32, depth=1, dropout=0.0)"
-        in check.stdout
+        "student: mlp_tiny, 2,410 parameters (num_classes=10, "
+        "input_shape=[1, 8, 8], width=32, depth=1, dropout=0.0)" in check.stdout
     )
     run = cli("run", *QUICK, "name=shown", cwd=tmp_path)
     assert run.returncode == 0, run.stderr

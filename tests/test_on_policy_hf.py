@@ -46,7 +46,8 @@ def lm_batch():
 
 
 class Spy:
-    """Counts ``generate`` calls and records each forward's new tokens and whether it got a cache."""
+    """Counts ``generate`` calls and records each
+    forward's new tokens and whether it got a cache."""
 
     def __init__(self, model, monkeypatch):
         self.generate_calls, self.forwards = 0, []

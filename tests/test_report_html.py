@@ -83,7 +83,10 @@ def test_report_verb_rerenders_and_rejects_a_missing_run(run_dir, tmp_path, caps
 @pytest.mark.integration
 @pytest.mark.skipif(
     CHROMIUM is None,
-    reason="Chromium is not installed (Debian: apt-get install chromium chromium-driver); the HTML report is checked without a browser only",
+    reason=(
+        "Chromium is not installed (Debian: apt-get install chromium chromium-driver); the HTML "
+        "report is checked without a browser only"
+    ),
 )
 def test_chromium_renders_a_page_that_is_not_blank(run_dir, tmp_path):
     import matplotlib.image

@@ -46,7 +46,8 @@ def kdistill(*args, cwd):
 @pytest.mark.integration
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     env = subprocess_env()
-    # Only the killed run needs a process of its own; the others run here (bit-identical either way).
+    # Only the killed run needs a process of its own; the others run here (bit-identical either
+    # way).
     full = call_cli(*run_args("name=full", f"output.dir={tmp_path}"), cwd=tmp_path)
     assert full.returncode == 0, full.stderr
 

@@ -4,6 +4,7 @@ line and checks that every pre-existing file is byte-identical afterwards: in th
 the installed console script in a child where this process holds the run's lock.
 """
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,6 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import KDISTILL, TINY_RECIPE, call_cli, kdistill_cli, subprocess_env
+
+from kdistill.errors import DiskFullError
+from kdistill.io.manifest import MARKER
+from kdistill.report import MetricsLog
+from kdistill.run.rundir import foreign_files
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -320,3 +326,28 @@ def test_output_dir_not_writable_is_one_line(tmp_path):
     locked.mkdir(mode=0o555)
     result = call_cli("run", *TINY_RECIPE, f"output.dir={locked}", cwd=tmp_path)
     assert_refused(result, "not writable")
+
+
+def test_a_full_disk_while_resume_rewrites_the_metrics_log_leaves_nothing_unlisted(
+    tmp_path, monkeypatch
+):
+    """--resume drops the resumed phase's records by rewriting metrics.jsonl. A full disk then
+    keeps the log whole, says so in one line, and leaves no temporary file the run's list
+    (.kdistill-files) does not hold, which would make --overwrite refuse the run."""
+    (tmp_path / MARKER).write_text("{}")
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for epoch in (1, 2):
+        log.write({"phase": "student", "epoch": epoch})
+    before = log.path.read_bytes()
+
+    def full(self, data, *args, **kwargs):  # the file is created, then there is no space
+        self.open("wb").close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", full)
+        patch.setattr(Path, "write_bytes", full)
+        with pytest.raises(DiskFullError, match="metrics.jsonl"):
+            log.drop_from("student", 2)
+    assert log.path.read_bytes() == before
+    assert foreign_files(tmp_path) == []

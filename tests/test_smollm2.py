@@ -131,10 +131,12 @@ def test_pruning_keeps_the_wrapper_and_refuses_other_models():
 def test_play_markdown_becomes_plain_text():
     from kdistill.data.shakespeare import plain_text
 
-    markdown = "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO_\n\n**BERNARDO**  \nWho's there?  \nStand,\\--ho!\n\n\n\n__\\[Aside]_ No."
-    assert (
-        plain_text(markdown)
-        == "Hamlet\n\nACT I\n\nEnter BERNARDO\n\nBERNARDO:\nWho's there?\nStand,--ho!\n\n[Aside] No.\n"
+    markdown = (
+        "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO_\n\n**BERNARDO**  \nWho's there?  "
+        "\nStand,\\--ho!\n\n\n\n__\\[Aside]_ No."
+    )
+    assert plain_text(markdown) == (
+        "Hamlet\n\nACT I\n\nEnter BERNARDO\n\nBERNARDO:\nWho's there?\nStand,--ho!\n\n[Aside] No.\n"
     )
 
 

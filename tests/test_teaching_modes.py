@@ -110,7 +110,10 @@ def run(tmp_path, name, *extra):
 
 
 def test_ensemble_of_teachers_run(tmp_path):
-    members = "teachers=[{model: mlp, kwargs: {width: 64}, augment: none, epochs: 2}, {model: cnn, kwargs: {width: 8}, augment: none, epochs: 2}]"
+    members = (
+        "teachers=[{model: mlp, kwargs: {width: 64}, augment: none, epochs: 2}, {model: cnn, "
+        "kwargs: {width: 8}, augment: none, epochs: 2}]"
+    )
     summary, phases = run(tmp_path, "ens", members, "distill.ensemble=confidence")
     assert {"teacher_0", "teacher_1", "scratch", "student"} <= set(phases)
     assert summary["teacher"]["model"] == "ensemble of mlp + cnn"
@@ -180,7 +183,10 @@ def test_a_recipe_trains_the_same_teacher_every_time_and_members_differ(tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first["teacher"]["accuracy"] == second["teacher"]["accuracy"]
 
-    twins = "teachers=[{model: mlp, kwargs: {width: 32}, augment: none, epochs: 2}, {model: mlp, kwargs: {width: 32}, augment: none, epochs: 2}]"
+    twins = (
+        "teachers=[{model: mlp, kwargs: {width: 32}, augment: none, epochs: 2}, {model: mlp, "
+        "kwargs: {width: 32}, augment: none, epochs: 2}]"
+    )
     run(tmp_path / "c", "twins", twins)
     checkpoints = tmp_path / "c" / "twins" / "checkpoints"
     m0, m1 = (

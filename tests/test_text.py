@@ -251,7 +251,8 @@ def test_text_recipe_end_to_end_with_a_tiny_teacher(tmp_path):
         "student.model=hf",
         "method=distilbert",
         "distill.params={init_from_teacher: true, student_layers: 2, teacher_layers: 4}",
-        "student.kwargs={config: {model_type: bert, vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64}}",
+        "student.kwargs={config: {model_type: bert, vocab_size: 30522, hidden_size: 32, "
+        "num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64}}",
     ]
     assert main(["run", "configs/text_kd.yaml", *tiny, *distil]) == 0
     summary = json.loads((tmp_path / "distil" / "summary.json").read_text())

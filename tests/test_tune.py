@@ -69,7 +69,8 @@ def test_second_call_adds_trials_to_the_same_study(study):
         assert (tune_dir / f"trial-{r['trial']}" / "summary.json").is_file()
         assert r["method"] in ("kd", "dkd") and r["teacher"] in ("mlp_tiny", "small_cnn")
         assert 1.0 <= float(r["temperature"]) <= 10.0 and 0.1 <= float(r["alpha"]) <= 1.0
-    # The first trials are the recipe as written (kd at its published T=4, alpha=0.9), once per teacher.
+    # The first trials are the recipe as written (kd at its published T=4, alpha=0.9), once per
+    # teacher.
     written = [
         (r["method"], r["teacher"], float(r["temperature"]), float(r["alpha"])) for r in rows[:2]
     ]

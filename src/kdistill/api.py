@@ -26,8 +26,8 @@ from kdistill.data import ArrayDataset
 from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader, class_labels
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ArgumentError, DataError
+from kdistill.evaluation import task_of
 from kdistill.evaluation.baseline import initial_copy, result_table, scratch_baseline
-from kdistill.evaluation.classification import evaluate
 from kdistill.methods import PRESETS, Term, method_settings, preset_terms, scratch, teacher_taps
 from kdistill.modeling import to_device
 from kdistill.run.config import describe_validation_error
@@ -75,11 +75,13 @@ def as_teacher(teacher, terms: list[Term]) -> Teacher:
         return Teacher(teacher, taps=taps)
     if isinstance(teacher, (str, Path)):
         raise MismatchError(
-            f"teacher: {teacher} is a path but not an .onnx file; for a state_dict (.pt, .safetensors), build the "
-            "model and load it with kdistill.load_weights(model, path), then pass the model"
+            f"teacher: {teacher} is a path but not an .onnx file; "
+            "for a state_dict (.pt, .safetensors), build the model and load it with "
+            "kdistill.load_weights(model, path), then pass the model"
         )
     raise MismatchError(
-        f"teacher: give an nn.Module, a Hugging Face model or an .onnx file, not a {type(teacher).__name__}"
+        "teacher: give an nn.Module, a Hugging Face model "
+        f"or an .onnx file, not a {type(teacher).__name__}"
     )
 
 
@@ -230,14 +232,18 @@ def distill(
             left at their defaults.
         cache: run the teacher once over the training data and read its outputs from disk
             (``True``: a temporary directory; a path: kept there and reused while it matches).
-        baseline: also train the same student from the same initial weights without the
-            teacher (cross-entropy only, the same settings and steps) and compare the three
-            models on ``val_data`` (required): a paired bootstrap interval and McNemar's test.
+        baseline: (a classifier) also train the same student from the same initial weights
+            without the teacher (cross-entropy only, the same settings and steps) and compare
+            the three models on ``val_data`` (required): a paired bootstrap interval and
+            McNemar's test.
         progress: progress bars and a line per epoch.
 
     Returns:
         ``DistillResult`` with the trained student, one record per epoch, the final
-        validation accuracy (a fraction) when ``val_data`` is given, and the trained
+        validation metrics of the task when ``val_data`` is given (``val/accuracy``, a
+        fraction, and ``val/loss`` for a classifier; ``val/perplexity``, ``val/loss`` and
+        ``val/token_accuracy`` for a language model; ``val/hr@10``, ``val/ndcg@10`` and
+        ``val/rmse`` for a recommender: what a recipe's summary holds), and the trained
         ``connectors`` of feature terms; with ``baseline``, the scratch student, its and the
         teacher's accuracy, the comparison and the verdict (``print(result)`` shows them).
     """
@@ -250,8 +256,7 @@ def distill(
     val_loader = as_loader(val_data, batch_size=t.eval_batch_size) if val_data is not None else None
     if baseline and val_data is None:
         raise ArgumentError("baseline=True compares the students on val_data: give val_data")
-    rule = selection_rule(t, "accuracy")
-    if rule is not None and val_data is None:
+    if (t.early_stopping is not None or t.keep == "best") and val_data is None:
         field = "early_stopping" if t.early_stopping is not None else "keep"
         raise ArgumentError(f"train.{field} chooses epochs by a validation metric: give val_data")
     initial = initial_copy(student, baseline)
@@ -271,7 +276,11 @@ def distill(
             epochs=t.epochs,
             lr=t.lr,
             optim=Optimization.from_settings(t),
-            loop=Loop(early_stopping=rule, keep=t.keep),
+            loop=Loop(
+                evaluate_fn=task.evaluate,
+                early_stopping=selection_rule(t, task.headline, task.higher_is_better),
+                keep=t.keep,
+            ),
             accelerator=accelerator,
             progress=progress,
         )
@@ -283,6 +292,12 @@ def distill(
             example = to_device(_probe_batch(train_loader), accelerator.device)
             frozen, student = frozen.to(accelerator.device), student.to(accelerator.device)
             scores = check_pair(frozen, student, example)
+            task = task_of(example, scores)
+            if baseline and task.name != "classification":
+                raise ArgumentError(
+                    f"baseline=True compares classifiers, and this is {task.name}: compare "
+                    "with a recipe run (`kdistill run`), which trains the scratch student too"
+                )
             if len(scores) == 2 and scores[-1] < 2:  # one class: softmax is 1, nothing to learn
                 raise MismatchError(
                     f"the models score {scores[-1]} class: cross-entropy and distillation compare "
@@ -303,8 +318,9 @@ def distill(
             live = _cached(frozen, train_loader, cache, stack, accelerator) if cache else frozen
             history = trained(distiller, train_loader, live)
             metrics = {}
-            if val_loader is not None:
-                metrics["val/accuracy"] = evaluate(student, val_loader, accelerator)["accuracy"]
+            if val_loader is not None:  # what a recipe's summary holds for its task
+                result = task.evaluate(student, val_loader, accelerator)
+                metrics = {f"val/{name}": value for name, value in task.scores(result).items()}
             compared = {}
             if baseline:  # the same settings and data order, no teacher, no distillation terms
                 set_seed(t.seed)

@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Only a path the user gave is that long (a recipe, data.path, output.dir, a checkpoint).
         typer.echo(
-            f"error: {str(error.filename or 'a path')[:80]}...: a path longer than the file system allows; shorten it",
+            f"error: {str(error.filename or 'a path')[:80]}...: "
+            "a path longer than the file system allows; shorten it",
             err=True,
         )
         return 2

@@ -67,7 +67,8 @@ def build_connector(
     if kind == "conv" or (kind == "auto" and len(student_shape) == 4):
         if len(student_shape) != 4 or len(teacher_shape) != 4:
             raise ValueError(
-                f"a conv connector needs (N, C, H, W) features, got {student_shape} → {teacher_shape}"
+                "a conv connector needs (N, C, H, W) features, "
+                f"got {student_shape} → {teacher_shape}"
             )
         return ConvConnector(student_shape[1], teacher_shape[1], teacher_shape[2:])
     return nn.Linear(student_shape[-1], teacher_shape[-1])

@@ -134,7 +134,8 @@ class Distiller(nn.Module):
         if probed:
             if teacher is None or example_batch is None:
                 raise ValueError(
-                    "connectors and stateful losses are sized by probing: pass teacher= and example_batch="
+                    "connectors and stateful losses are sized "
+                    "by probing: pass teacher= and example_batch="
                 )
             inputs = example_batch["input"]
             s_shapes = probe_shapes(
@@ -149,7 +150,8 @@ class Distiller(nn.Module):
             ]
             if missing:
                 raise ValueError(
-                    f"the teacher is not tapped at {missing}: create it as Teacher(model, taps=teacher_taps(terms))"
+                    f"the teacher is not tapped at {missing}: create "
+                    "it as Teacher(model, taps=teacher_taps(terms))"
                 )
             t_shapes = {name: tuple(value.shape) for name, value in teacher_out.features.items()}
             with torch.no_grad():
@@ -292,9 +294,10 @@ def _chunk_size(terms: list[Term]) -> int:
             if term.student == LOGITS and (term.loss not in CHUNKED_LOSSES or term.connector):
                 name = getattr(term.loss, "__name__", type(term.loss).__name__)
                 raise ValueError(
-                    f"term {term.name!r} ({name}): chunk_size={chunk_size} computes every logits term "
-                    f"in chunks, and only {', '.join(f.__name__ for f in CHUNKED_LOSSES)} (without a "
-                    "connector) have a chunked form; set chunk_size: 0"
+                    f"term {term.name!r} ({name}): "
+                    f"chunk_size={chunk_size} computes every logits term in chunks, and only "
+                    f"{', '.join(f.__name__ for f in CHUNKED_LOSSES)} (without a connector) have a "
+                    "chunked form; set chunk_size: 0"
                 )
     return chunk_size
 

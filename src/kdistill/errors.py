@@ -58,3 +58,17 @@ def disk_full(path, *, kept: str, needed: int | None = None) -> DiskFullError:
         f"{path}: the disk mounted at {mount} is full ({byte_size(free)} free{need}); "
         f"kept: {kept}. Free space there or choose another disk"
     )
+
+
+def first_difference(a, b, path: str = "") -> str | None:
+    """Where two settings trees (JSON-like dicts: a recipe, a cache's fingerprint) first
+    differ, as a dotted path (``train.lr``) for a message; ``(top level)`` where they differ
+    but not inside a shared mapping; None where they are equal. Keys are read in ``a``'s order,
+    then ``b``'s new ones."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            found = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if a == b else (path or "(top level)")

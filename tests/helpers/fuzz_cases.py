@@ -81,7 +81,10 @@ class Case:
 
     def __repr__(self) -> str:  # what hypothesis prints for a failing case
         damage = f", damage={self.damage}" if self.damage else ""
-        return f"Case({self.family}: kdistill {' '.join(map(repr, self.argv))}, files={sorted(self.files)}{damage})"
+        return (
+            f"Case({self.family}: kdistill {' '.join(map(repr, self.argv))}, "
+            f"files={sorted(self.files)}{damage})"
+        )
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -306,7 +309,8 @@ def huge_cases(draw) -> Case:
     middle = [method] if key.startswith("distill.params") else []
     if key.startswith("terms"):
         middle = [
-            "terms=[{name: kd, loss: kd, params: {temperature: 4}}, {name: ce, loss: ce, teacher: null}]"
+            "terms=[{name: kd, loss: kd, params: {temperature: "
+            "4}}, {name: ce, loss: ce, teacher: null}]"
         ]
     command = draw(st.sampled_from(["run", "check", "run"]))
     return Case("huge", finish(command, [*middle, f"{key}={value}", "name=huge"], []))
@@ -396,7 +400,7 @@ def command_lines(draw) -> Case:
     return Case("argv", finish(command, middle, options, trials), template=draw(st.booleans()))
 
 
-# --- recipes ---------------------------------------------------------------------------------------
+# --- recipes --------------------------------------------------------------------------------------
 
 SECTION_KEYS = {
     "data": ["dataset", "path", "subset", "val_fraction", "test_fraction", "seed", "options"],
@@ -423,7 +427,8 @@ def recipe_texts(draw) -> str:
     lines = []
     if draw(st.booleans()):
         lines.append(
-            f"name: {draw(st.sampled_from(['mnist_kd', 'fuzzed', 'a/b', '..', 'x' * 300, '&n n', '*n']))}"
+            "name: "
+            f"{draw(st.sampled_from(['mnist_kd', 'fuzzed', 'a/b', '..', 'x' * 300, '&n n', '*n']))}"
         )
     for section in draw(
         st.lists(
@@ -482,7 +487,7 @@ def recipe_cases(draw) -> Case:
     )
 
 
-# --- data files -------------------------------------------------------------------------------------
+# --- data files -----------------------------------------------------------------------------------
 
 
 def npz_bytes(arrays: dict[str, np.ndarray], compressed: bool = False) -> bytes:
@@ -667,7 +672,7 @@ def data_cases(draw) -> Case:
     return Case(family, finish(command, middle, []), files=files, sparse=sparse)
 
 
-# --- damaged runs, caches and teacher stores ----------------------------------------------------------
+# --- damaged runs, caches and teacher stores ------------------------------------------------------
 
 # Template files worth damaging ('*' stands for the one file a glob finds in the template).
 TARGETS = [

@@ -1,7 +1,7 @@
 """Running a fuzz case: a fresh directory holding the user's files (and, when the case asks, a
 finished run with its teacher store and cache, perhaps damaged), the command, and the verdict:
-exit 0 or 2 (2 with one line on stderr), no traceback, every file that was there before unchanged unless kdistill made it
-and the command is one that may rewrite it.
+exit 0 or 2 (2 with one line on stderr), no traceback, every file that was there before unchanged
+unless kdistill made it and the command is one that may rewrite it.
 
 Cases run in a persistent worker (``fuzz_worker.py``: kdistill imported once, address space
 capped) or, for a sample, in the real console script under the same cap.
@@ -244,7 +244,10 @@ def verdict(case: Case, outcome: Outcome, changed: list[str]) -> str | None:
     if outcome.code == 2 and len(outcome.stderr.strip().splitlines()) != 1:
         return f"exit 2 with more than one line on stderr: {outcome.stderr[-1500:]}"
     if changed:
-        return f"pre-existing files changed: {changed[:5]} (exit {outcome.code}, {outcome.stderr.strip()[-300:]})"
+        return (
+            f"pre-existing files changed: {changed[:5]} (exit {outcome.code}, "
+            f"{outcome.stderr.strip()[-300:]})"
+        )
     return None
 
 

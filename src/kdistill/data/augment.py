@@ -172,8 +172,8 @@ class ViewCycle(Dataset):
     A cached teacher then runs ``views`` times instead of once per epoch, which is what makes a
     patient schedule affordable: on the bundled MNIST, 200 student epochs on 40 cycled views of
     shifted, CutMix-ed digits take the distilled MLP to 97.32 % over 5 seeds, where 60 epochs on
-    60 fresh mixup views gave 96.54 % (bench/results/function_matching.md). Each view is still scored by
-    the teacher on exactly the input the student sees."""
+    60 fresh mixup views gave 96.54 % (bench/results/function_matching.md). Each view is still
+    scored by the teacher on exactly the input the student sees."""
 
     def __init__(self, dataset: Dataset, views: int):
         if views < 1:
@@ -212,12 +212,13 @@ def augmented(dataset: Dataset, name: str, seed: int = 0) -> Dataset:
     if not can_augment(name, example):
         if _floating(example) and example.dim() == 2:
             raise ConfigError(
-                f"augment={name} rotates and zooms images (C, H, W), but the inputs are {tuple(example.shape)}: "
-                "use shift for sequences"
+                f"augment={name} rotates and zooms images (C, H, "
+                f"W), but the inputs are {tuple(example.shape)}: use shift for sequences"
             )
         shape = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
         raise ConfigError(
-            f"augment={name} transforms images (C, H, W), but the inputs are {shape} (tokens or table rows): "
+            f"augment={name} transforms images (C, H, W), but "
+            f"the inputs are {shape} (tokens or table rows): "
             "set teacher.augment=none and train.augment=none"
         )
     return Augmented(dataset, AUGMENTATIONS[name], seed)

@@ -64,7 +64,8 @@ class SampleBatch(Sequence):
 
 
 def collate(samples) -> dict:
-    """A batch from a ``SampleBatch`` as it is, and from anything else as ``default_collate`` makes it."""
+    """A batch from a ``SampleBatch`` as it is, and from
+    anything else as ``default_collate`` makes it."""
     if isinstance(samples, SampleBatch):
         return dict(samples.tensors)
     return default_collate(samples)
@@ -199,7 +200,10 @@ def _empty_split(
         "validation": f"data.val_fraction={val_fraction}",
         "test": f"data.test_fraction={test_fraction}",
     }.get(split, "what is left")
-    return f"{source}: {samples} sample(s) leave the {split} split empty ({fraction}); use more samples or a larger fraction"
+    return (
+        f"{source}: {samples} sample(s) leave the {split} split "
+        f"empty ({fraction}); use more samples or a larger fraction"
+    )
 
 
 def make_splits(

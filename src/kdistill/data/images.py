@@ -175,7 +175,8 @@ def _check_options(channels, image_size) -> None:
         or not 1 <= image_size <= MAX_IMAGE_SIZE
     ):
         raise DataError(
-            f"data.options.image_size: a side length in pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}"
+            "data.options.image_size: a side length in pixels "
+            f"from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}"
         )
 
 
@@ -213,7 +214,8 @@ def load_image_folder(
     _check_options(channels, image_size)
     if len(classes) > MAX_CLASSES:
         raise DataError(
-            f"{root}: {len(classes):,} class sub-folders, more than the limit of {MAX_CLASSES:,} classes"
+            f"{root}: {len(classes):,} class sub-folders, "
+            f"more than the limit of {MAX_CLASSES:,} classes"
         )
     files, labels = [], []
     for label, name in enumerate(classes):
@@ -233,8 +235,9 @@ def load_image_folder(
             first, other = headers[0][1], next(d for _, d in headers if d != headers[0][1])
             odd = files[[d for _, d in headers].index(other)]
             raise DataError(
-                f"{root}: images of different sizes ({files[0].name} {first[0]}×{first[1]}, {odd.name} {other[0]}×{other[1]}); "
-                "set data.options.image_size=N to resize every image to N×N"
+                f"{root}: images of different sizes ({files[0].name} {first[0]}×{first[1]}, "
+                f"{odd.name} {other[0]}×{other[1]}); set "
+                "data.options.image_size=N to resize every image to N×N"
             )
     # The subset is drawn before decoding, so that data.subset also bounds the memory taken.
     labels = np.asarray(labels, dtype=np.int64)

@@ -35,12 +35,14 @@ def _tensor(value, what: str):
         isinstance(value, (list, tuple)) and value and isinstance(value[0], str)
     ):
         raise DataError(
-            f"{what} holds text ({str(value)[:40]!r}): tokenise it first (e.g. dataset.map(tokenizer))"
+            f"{what} holds text ({str(value)[:40]!r}): "
+            "tokenise it first (e.g. dataset.map(tokenizer))"
         )
     array = np.asarray(value)
     if array.dtype.kind in "USO":
         raise DataError(
-            f"{what} holds text or objects (dtype {array.dtype}): give numbers, or tokenise text first"
+            f"{what} holds text or objects (dtype "
+            f"{array.dtype}): give numbers, or tokenise text first"
         )
     if array.dtype == np.float64:
         array = array.astype(np.float32)
@@ -56,7 +58,8 @@ def as_sample(sample, position: int | None = None) -> dict:
         target_key = next((k for k in TARGET_KEYS if k in sample), None)
         if target_key is None:
             raise DataError(
-                f"a dict sample needs a label: one of the keys {', '.join(TARGET_KEYS)} (it has {', '.join(map(str, sample))})"
+                f"a dict sample needs a label: one of the keys {', '.join(TARGET_KEYS)} (it has "
+                f"{', '.join(map(str, sample))})"
             )
         target = sample.pop(target_key)
         input_key = next((k for k in INPUT_KEYS if k in sample), None)
@@ -175,13 +178,15 @@ def as_dataset(data) -> Dataset:
         return ArrayDataset(x, y)
     if isinstance(data, DataLoader):
         raise DataError(
-            "a DataLoader is not a dataset here: pass it where batches are read (train_data of distill or fit)"
+            "a DataLoader is not a dataset here: pass it where "
+            "batches are read (train_data of distill or fit)"
         )
     if isinstance(data, IterableDataset) or not (
         hasattr(data, "__getitem__") and hasattr(data, "__len__")
     ):
         raise DataError(
-            f"{type(data).__name__}: give (x, y) arrays, a dataset with __len__ and __getitem__, or a DataLoader"
+            f"{type(data).__name__}: give (x, y) arrays, a "
+            "dataset with __len__ and __getitem__, or a DataLoader"
         )
     if isinstance(data, Mapping):
         raise DataError("a dict is not a dataset: give (x, y) arrays, e.g. (data['x'], data['y'])")

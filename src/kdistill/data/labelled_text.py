@@ -78,11 +78,13 @@ def load_labelled_text(
     for option, column in (("text", text), ("label", label)):
         if column not in frame.columns:
             raise DataError(
-                f"data.options.{option}: {file.name} has no column {column!r} (its columns: {', '.join(map(str, frame.columns))})"
+                f"data.options.{option}: {file.name} has no column {column!r} (its columns: "
+                f"{', '.join(map(str, frame.columns))})"
             )
     if not tokenizer:
         raise DataError(
-            "data.options.tokenizer: the teacher's Hugging Face directory (or a tokenizer.json) to tokenise with"
+            "data.options.tokenizer: the teacher's Hugging Face "
+            "directory (or a tokenizer.json) to tokenise with"
         )
     if not isinstance(max_length, int) or max_length < 4:
         raise DataError(f"data.options.max_length: at least 4 tokens, got {max_length!r}")

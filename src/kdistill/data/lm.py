@@ -40,7 +40,8 @@ class CharCodec:
         unknown = sorted(set(text) - set(self.ids))
         if unknown:
             raise DataError(
-                f"characters {''.join(unknown)!r} are not in the {self.vocab_size}-character vocabulary"
+                f"characters {''.join(unknown)!r} are not in "
+                f"the {self.vocab_size}-character vocabulary"
             )
         return [self.ids[c] for c in text]
 

@@ -51,7 +51,8 @@ class MixDraws:
 
 
 def mix_draws(count: int, alpha: float, seed: int, epoch: int) -> MixDraws:
-    """Every sample's partner, λ and box centre for ``epoch``, from one generator of (seed, epoch)."""
+    """Every sample's partner, λ and box centre for
+    ``epoch``, from one generator of (seed, epoch)."""
     generator = epoch_generator(seed, epoch, salt=_SALT)
     partner = torch.randint(count, (count,), generator=generator)
     # torch's Beta sampler takes no generator: numpy's draws λ, seeded from this epoch's stream.
@@ -165,7 +166,8 @@ def mixed(
         raise ConfigError(f"train.mix: unknown mixing {mix!r}; choose from {', '.join(MIXES)}")
     if not num_classes:
         raise ConfigError(
-            f"train.mix={mix}: mixing needs a classification task (labels to mix); set train.mix=none"
+            f"train.mix={mix}: mixing needs a classification "
+            "task (labels to mix); set train.mix=none"
         )
     return Mixed(dataset, mix, alpha, num_classes, seed)
 

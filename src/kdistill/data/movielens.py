@@ -31,7 +31,8 @@ EVAL_NEGATIVES = 99
 
 def read_interactions(file: Path) -> np.ndarray:
     """(N, 4) float64 rows of user token, item token, rating, timestamp from a RecBole
-    ``.inter`` file (tab-separated, header ``user_id:token item_id:token rating:float timestamp:float``)."""
+    ``.inter`` file (tab-separated, header ``user_id:token item_id:token rating:float
+    timestamp:float``)."""
     try:
         with open(file) as f:
             header = f.readline().rstrip("\n").split("\t")

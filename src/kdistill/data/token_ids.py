@@ -72,7 +72,8 @@ def read_ids(file: Path, max_bytes: int = MAX_NPZ_BYTES) -> np.ndarray:
         )
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise DataError(
-            f"{file}: token ids must be one sequence of integers, shape (N,); got {ids.dtype} {ids.shape} (try ids.reshape(-1))"
+            f"{file}: token ids must be one sequence of integers, shape (N,); got {ids.dtype} "
+            f"{ids.shape} (try ids.reshape(-1))"
         )
     return ids
 
@@ -88,7 +89,8 @@ def load_token_ids(
     vocab_size: int | None = None,
     max_bytes: int = MAX_NPZ_BYTES,
 ) -> DataSplits:
-    """Your own token ids (an .npy, or an .npz holding ids) as next-token windows, split by position."""
+    """Your own token ids (an .npy, or an .npz holding
+    ids) as next-token windows, split by position."""
     if path is None:
         raise DataError("data.path: the .npy (or .npz with 'ids') of token ids to train on")
     file = Path(path)
@@ -112,7 +114,8 @@ def load_token_ids(
     bounds = [0, *(int(round(e)) for e in ends)]
     if min(b - a for a, b in zip(bounds, bounds[1:])) < 2:
         raise DataError(
-            f"{file}: {len(ids):,} tokens leave a split with fewer than 2; give more tokens or larger fractions"
+            f"{file}: {len(ids):,} tokens leave a split with "
+            "fewer than 2; give more tokens or larger fractions"
         )
     codec = IdCodec(vocab_size)
     fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)

@@ -79,7 +79,8 @@ def load_japanese_vowels(
     subset: int | None = None,
     length: int = 29,
 ) -> DataSplits:
-    """JapaneseVowels (UCI): 640 utterances, 12 LPC coefficients per frame, 9 speakers to tell apart.
+    """JapaneseVowels (UCI): 640 utterances, 12 LPC coefficients per frame, 9 speakers to tell
+    apart.
 
     The published split is kept: 270 training utterances (30 per speaker), 370 test utterances
     recorded later; ``val_fraction`` of the training file (stratified by speaker, ``seed``) is

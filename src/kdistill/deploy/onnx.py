@@ -8,7 +8,6 @@ and a missing one is a ``UserError`` that names the pip command.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from torch import nn
 
 from kdistill.deploy.latency import Latency, repeat_sample, time_call
 from kdistill.errors import UserError
+from kdistill.io.files import replace_atomically
 
 EXPORT_EXTRA = 'pip install "kdistill[export]" (onnx, onnxruntime, onnxscript)'
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -63,8 +63,9 @@ def export_onnx(
     model: nn.Module, example_batch, path: str | Path, *, exporter: str = "auto", opset: int = 18
 ) -> str:
     """Write ``model`` as ONNX with a dynamic batch axis (one file serves batch 1 and 256), and a
-    dynamic sequence axis for token inputs, and return the exporter that succeeded. ``example_batch`` is a batch (a tensor or a dict of
-    tensors) with at least 2 samples, so no exporter can mistake the batch size for a constant.
+    dynamic sequence axis for token inputs, and return the exporter that succeeded.
+    ``example_batch`` is a batch (a tensor or a dict of tensors) with at least 2 samples, so no
+    exporter can mistake the batch size for a constant.
 
     Exporter choice, measured on the zoo's MLP, LeNet and ResNet-20 with torch 2.13 and ONNX
     Runtime 1.32: both exporters give logits within 3e-6 of PyTorch at batch 1 and 256, and
@@ -84,22 +85,28 @@ def export_onnx(
     keyword = isinstance(example_batch, Mapping)
     args = tuple(example_batch[k].cpu() for k in names) if keyword else (example_batch.cpu(),)
     wrapper = _LogitsOnly(model.eval().cpu(), names, keyword).eval()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
     tried = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
-    errors = []
-    for kind in tried:
-        try:
-            _export_with(kind, wrapper, args, names, tmp, opset)
-        except Exception as error:  # each exporter raises its own zoo of types
-            text = re.sub(
-                r"\x1b\[[0-9;]*m", "", str(error)
-            ).strip()  # torch.export colours its messages
-            errors.append(f"{kind}: {text.splitlines()[0][:200] if text else type(error).__name__}")
-            tmp.unlink(missing_ok=True)
-            continue
-        os.replace(tmp, path)
-        return kind
-    raise UserError(f"cannot export {type(model).__name__} to ONNX ({'; '.join(errors)})")
+    errors, succeeded = [], []
+
+    def export(tmp: Path) -> None:
+        for kind in tried:
+            try:
+                _export_with(kind, wrapper, args, names, tmp, opset)
+            except Exception as error:  # each exporter raises its own zoo of types
+                text = re.sub(
+                    r"\x1b\[[0-9;]*m", "", str(error)
+                ).strip()  # torch.export colours its messages
+                errors.append(
+                    f"{kind}: {text.splitlines()[0][:200] if text else type(error).__name__}"
+                )
+                tmp.unlink(missing_ok=True)
+                continue
+            succeeded.append(kind)
+            return
+        raise UserError(f"cannot export {type(model).__name__} to ONNX ({'; '.join(errors)})")
+
+    replace_atomically(path, export, needed=0)
+    return succeeded[0]
 
 
 def is_sequence(tensor: torch.Tensor) -> bool:
@@ -173,8 +180,6 @@ def quantize_int8(source: str | Path, target: str | Path) -> None:
     require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    target = Path(target)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.onnx")
     # ONNX Runtime logs advice to run its pre-processing (shape inference + graph optimisation)
     # first; on the zoo's MLP and CNNs that changed neither the quantised graph nor its outputs
     # and cost over a second, so it is skipped and the advice silenced.
@@ -183,11 +188,13 @@ def quantize_int8(source: str | Path, target: str | Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
-        os.replace(tmp, target)
+            replace_atomically(
+                Path(target),
+                lambda tmp: quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8),
+                needed=0,
+            )
     finally:
         logging.getLogger().removeFilter(advice)
-        tmp.unlink(missing_ok=True)
 
 
 class _DropMessages(logging.Filter):

@@ -60,7 +60,8 @@ def run_roles(run_dir: Path) -> tuple[dict, dict]:
     checkpoint of each model), checked to hold a student and a teacher with their files."""
     if not run_dir.is_dir():
         raise UserError(
-            f"{run_dir}: no such run directory; pass the folder a `kdistill run` wrote (runs/<name>)"
+            f"{run_dir}: no such run directory; pass the "
+            "folder a `kdistill run` wrote (runs/<name>)"
         )
     for needed in ("config.yaml", "summary.json"):
         if not (run_dir / needed).is_file():
@@ -74,7 +75,8 @@ def run_roles(run_dir: Path) -> tuple[dict, dict]:
             roles[role]["architecture"], roles[role]["file"]  # noqa: B018 (presence check)
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(
-            f"{run_dir}/summary.json is not the summary of a finished run (no roles of student and teacher); rerun the run"
+            f"{run_dir}/summary.json is not the summary of a finished "
+            "run (no roles of student and teacher); rerun the run"
         ) from None
     for role in ("student", "teacher"):
         file = roles[role]["file"]
@@ -138,7 +140,8 @@ def export_run(
             raise
         except Exception as error:
             raise UserError(
-                f"{path} does not fit the {role}'s architecture recorded in summary.json ({str(error).splitlines()[0][:200]})"
+                f"{path} does not fit the {role}'s architecture recorded in summary.json "
+                f"({str(error).splitlines()[0][:200]})"
             ) from None
         models[role] = model.eval()
     out.mkdir(exist_ok=True)
@@ -220,7 +223,8 @@ def export_run(
             quantize_int8(out / FILES["student"], path)
         except Exception as error:
             raise UserError(
-                f"int8 quantisation of the student failed ({str(error).splitlines()[0][:200]}); rerun with --no-int8"
+                "int8 quantisation of the student failed "
+                f"({str(error).splitlines()[0][:200]}); rerun with --no-int8"
             ) from None
         write_metadata(path, metadata)
         sessions["student_int8"] = ort_session(path, threads=threads)
@@ -261,9 +265,11 @@ def export_run(
         shown = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
         unit, scale = (" points", 100) if percent else ("", 1)
         echo(
-            f"{path.relative_to(run_dir)} ({files['student_int8']['bytes']:,} bytes): max |int8 − PyTorch fp32| = {diff:.2e}, "
-            f"top-1 agreement {100 * agree:.1f}%; test {headline} {shown(reference)} → {shown(value)} (drop "
-            f"{scale * drop:.2f}{unit}, tolerance {scale * int8_tolerance:g}{unit}): {'passed' if drop <= int8_tolerance else 'FAILED'}"
+            f"{path.relative_to(run_dir)} ({files['student_int8']['bytes']:,} bytes): max |int8 "
+            f"− PyTorch fp32| = {diff:.2e}, top-1 agreement {100 * agree:.1f}%; test {headline} "
+            f"{shown(reference)} → {shown(value)} (drop {scale * drop:.2f}{unit}, tolerance "
+            f"{scale * int8_tolerance:g}{unit}): "
+            f"{'passed' if drop <= int8_tolerance else 'FAILED'}"
         )
 
     timing = {"min_run_time": MIN_RUN_TIME * repeats / 30}  # --repeats 30: torch's own 0.2 s
@@ -362,7 +368,8 @@ def export_run(
             f"{', '.join(failed)} failed (see {run_dir}/report.md, Deployment): "
             + "; ".join(
                 f"{n}: {'max abs diff' if checks[n]['kind'] == 'logits' else 'score drop'} "
-                f"{checks[n]['max_abs_diff'] if checks[n]['kind'] == 'logits' else checks[n]['drop']:.3g} > {checks[n]['tolerance']:g}"
+                f"{checks[n]['max_abs_diff' if checks[n]['kind'] == 'logits' else 'drop']:.3g} > "
+                f"{checks[n]['tolerance']:g}"
                 for n in failed
             )
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from kdistill.errors import UserError
+from kdistill.io.files import replace_atomically
 from kdistill.io.pixels import read_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -72,9 +72,7 @@ def write_metadata(path: str | Path, metadata: dict[str, object]) -> None:
     for key, value in {**kept, **metadata}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.meta.onnx")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: onnx.save(model, str(tmp)), needed=model.ByteSize())
 
 
 def model_card(summary: dict, export: dict, metadata: dict) -> str:
@@ -92,11 +90,16 @@ def model_card(summary: dict, export: dict, metadata: dict) -> str:
         if entry:
             ms = export.get("latency_ms", {}).get(name, {}).get("onnxruntime", {}).get("batch_1")
             rows.append(
-                f"| {name} | {entry.get('model', '?')} | {score(entry)} | {entry.get('params', 0):,} | "
-                f"{entry.get('bytes', 0):,} | {'-' if ms is None else f'{ms:.3f}'} |"
+                f"| {name} | {entry.get('model', '?')} | {score(entry)} | "
+                f"{entry.get('params', 0):,} | {entry.get('bytes', 0):,} | "
+                f"{'-' if ms is None else f'{ms:.3f}'} |"
             )
     files = export.get("files", {})
     listed = "\n".join(f"- `{Path(f['path']).name}` ({f['bytes']:,} bytes)" for f in files.values())
+    columns = (
+        f"| model | architecture | test {headline} | parameters | bytes (checkpoint) "
+        "| ONNX Runtime ms, batch 1 |"
+    )
     return f"""# {summary.get("name", "kdistill")}: distilled student
 
 Distilled with kdistill from the teacher `{roles["teacher"].get("model", "?")}` into the student
@@ -104,7 +107,7 @@ Distilled with kdistill from the teacher `{roles["teacher"].get("model", "?")}` 
 `{summary.get("mode", "teacher")}`, task {summary.get("task", {}).get("name", "classification")}.
 The scratch student is the same architecture trained without a teacher, on the same data.
 
-| model | architecture | test {headline} | parameters | bytes (checkpoint) | ONNX Runtime ms, batch 1 |
+{columns}
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
@@ -191,7 +194,8 @@ def load_export(export_dir: Path):
     file = export_dir / "student.onnx"
     if not file.is_file():
         raise UserError(
-            f"{export_dir}: no student.onnx; pass the export folder `kdistill export` wrote (runs/<name>/export)"
+            f"{export_dir}: no student.onnx; pass the export "
+            "folder `kdistill export` wrote (runs/<name>/export)"
         )
     require_onnx()  # a missing extra names its pip command, not "unreadable"
     try:

@@ -7,7 +7,7 @@ Datasets say which task they are (``DataSplits.task``); the composition root loo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kdistill.evaluation.classification import evaluate
@@ -31,6 +31,11 @@ class Task:
     @property
     def headline(self) -> str:
         return self.metrics[0]
+
+    def scores(self, result: dict) -> dict:
+        """The metrics of an ``evaluate`` result, without its count and per-unit outcomes: what
+        a run's summary and ``DistillResult.metrics`` hold."""
+        return {k: v for k, v in result.items() if k not in ("n", "outcomes")}
 
     def better(self, a: float, b: float) -> bool:
         """Whether headline value ``a`` is better than ``b``."""
@@ -72,7 +77,8 @@ def _rating_scratch_terms() -> list[Term]:
 
 
 # Recommendation: a user and candidate items in, (rating, preference logit) per candidate out.
-# Evaluated leave-one-out by timestamp against 99 sampled unrated items (kdistill.evaluation.ranking).
+# Evaluated leave-one-out by timestamp against 99 sampled unrated items
+# (kdistill.evaluation.ranking).
 RATING = Task(
     name="rating",
     metrics=("hr@10", "ndcg@10", "rmse"),
@@ -86,3 +92,14 @@ TASKS: dict[str, Task] = {
     "language_modelling": LANGUAGE_MODELLING,
     "rating": RATING,
 }
+
+
+def task_of(batch: dict, scores: tuple[int, ...]) -> Task:
+    """The task of data a Python user hands over (a recipe's dataset names its own), from a
+    batch and the shape of the student's ``scores`` on it: lists of candidate items
+    (``{"user", "items"}`` inputs) are ranked, a score vector per position is a language
+    model's, one per sample a classifier's."""
+    inputs = batch["input"]
+    if isinstance(inputs, Mapping) and "items" in inputs:
+        return RATING
+    return LANGUAGE_MODELLING if len(scores) == 3 else CLASSIFICATION

@@ -55,7 +55,8 @@ def per_class_accuracy(logits: Tensor, targets: Tensor, num_classes: int) -> lis
 
 
 def confusion_matrix(logits: Tensor, targets: Tensor, num_classes: int) -> list[list[int]]:
-    """Counts ``[true class][predicted class]``; row ``i`` sums to the number of class-``i`` samples."""
+    """Counts ``[true class][predicted class]``; row
+    ``i`` sums to the number of class-``i`` samples."""
     predicted = logits.argmax(-1)
     flat = torch.bincount(
         targets.long() * num_classes + predicted, minlength=num_classes * num_classes
@@ -235,14 +236,16 @@ def likely_causes(summary: dict) -> list[str]:
     lead = (teacher - scratch) if higher else (scratch - teacher)
     if lead <= 0:
         causes.append(
-            f"Teacher accuracy: the teacher's test {headline} ({show(teacher)}) is no better than the "
-            f"student trained alone ({show(scratch)}), so it has nothing better to teach; train it "
+            f"Teacher accuracy: the teacher's test {headline} "
+            f"({show(teacher)}) is no better than the student trained alone ({show(scratch)}), so "
+            "it has nothing better to teach; train it "
             "longer (teacher.epochs) or choose a stronger teacher."
         )
     elif percent and lead < 0.01:
         causes.append(
-            f"Teacher accuracy: the teacher leads the scratch student by only {100 * lead:.2f} points "
-            f"({show(teacher)} vs {show(scratch)}), which leaves little to gain."
+            "Teacher accuracy: the teacher leads the scratch "
+            f"student by only {100 * lead:.2f} points ({show(teacher)} "
+            f"vs {show(scratch)}), which leaves little to gain."
         )
 
     ratio = summary["teacher"]["params"] / max(summary["student"]["params"], 1)
@@ -250,21 +253,25 @@ def likely_causes(summary: dict) -> list[str]:
     kl = diagnostics.get("kl_to_teacher") or {}
     if ratio >= CAPACITY_RATIO:
         following = (
-            f"; the distilled student matches the teacher's top-1 prediction on {_pct(agree['student'])} "
-            f"of the {diagnostics.get('split', 'test')} samples (mean KL {kl['student']:.3f} nats)"
+            "; the distilled student matches the teacher's "
+            f"top-1 prediction on {_pct(agree['student'])} of the "
+            f"{diagnostics.get('split', 'test')} samples (mean KL {kl['student']:.3f} nats)"
             if "student" in agree and "student" in kl
             else ""
         )
         causes.append(
             f"Capacity gap: the teacher has {ratio:.0f}× the student's parameters "
-            f"(≥{CAPACITY_RATIO:.0f}× is where a gap often hurts){following}. A smaller or intermediate "
-            "teacher (teacher assistant, Mirzadeh et al., AAAI 2020) or a wider student may distil better."
+            f"(≥{CAPACITY_RATIO:.0f}× is where a gap often "
+            f"hurts){following}. A smaller or intermediate "
+            "teacher (teacher assistant, Mirzadeh et al., "
+            "AAAI 2020) or a wider student may distil better."
         )
 
     if "student" in agree and "scratch" in agree and agree["student"] <= agree["scratch"] + 0.005:
         causes.append(
-            f"Weak transfer: the distilled student agrees with the teacher on {_pct(agree['student'])} "
-            f"of samples, no more than the scratch student does ({_pct(agree['scratch'])}): the "
+            "Weak transfer: the distilled student agrees "
+            f"with the teacher on {_pct(agree['student'])} of samples, no more than the scratch "
+            f"student does ({_pct(agree['scratch'])}): the "
             "distillation terms barely moved it towards the teacher."
         )
 
@@ -285,13 +292,14 @@ def likely_causes(summary: dict) -> list[str]:
             )
             causes.append(
                 f"Temperature: T={temperature:g} keeps the teacher's soft targets close to one-hot"
-                f"{mean_top1}, so they add little beyond the labels; T between 2 and 8 (4 is common) "
+                f"{mean_top1}, so they add little beyond "
+                "the labels; T between 2 and 8 (4 is common) "
                 "exposes more of the teacher's class similarities."
             )
         elif temperature > high:
             causes.append(
-                f"Temperature: T={temperature:g} flattens the teacher's distribution towards uniform; "
-                "try T between 2 and 8 (4 is common)."
+                f"Temperature: T={temperature:g} flattens "
+                "the teacher's distribution towards uniform; try T between 2 and 8 (4 is common)."
             )
 
     phase = training.get("student") or {}
@@ -307,8 +315,9 @@ def likely_causes(summary: dict) -> list[str]:
         )
         causes.append(
             f"Term weights: the distillation terms ({', '.join(teacher_terms) or 'none'}) weigh "
-            f"{teacher_weight:g} against {label_weight:g} for the label terms{made}; raise distill.alpha "
-            "(or the term weights) so the teacher's signal is not drowned out."
+            f"{teacher_weight:g} against {label_weight:g} "
+            f"for the label terms{made}; raise distill.alpha (or the term weights) so the "
+            "teacher's signal is not drowned out."
         )
     elif terms and label_weight == 0 and lead <= 0:
         causes.append(
@@ -328,7 +337,8 @@ def likely_causes(summary: dict) -> list[str]:
         parts = [f"the {name} term fell {-100 * v:.0f}%" for name, v in still_falling.items()]
         if rising is not None and rising > 0.01:
             parts.append(
-                f"training accuracy rose {100 * rising:.1f} points to {_pct(phase['train_accuracy'])}"
+                f"training accuracy rose {100 * rising:.1f} points to "
+                f"{_pct(phase['train_accuracy'])}"
             )
         span = "epoch" if phase["change_epochs"] == 1 else f"{phase['change_epochs']} epochs"
         joined = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
@@ -352,14 +362,16 @@ def likely_causes(summary: dict) -> list[str]:
         noise = 2 * math.sqrt((scratch * (1 - scratch) + student * (1 - student)) / n)
         if abs(student - scratch) <= noise:
             causes.append(
-                f"Sampling noise: the difference ({100 * (student - scratch):+.2f} points) is within two "
-                f"standard errors (±{100 * noise:.2f} points) on {n} test samples; repeat with several "
-                "seeds (train.seed) before concluding."
+                "Sampling noise: the difference "
+                f"({100 * (student - scratch):+.2f} points) is within two standard errors "
+                f"(±{100 * noise:.2f} points) "
+                f"on {n} test samples; repeat with several seeds (train.seed) before concluding."
             )
     if not causes:
         causes.append(
-            "None of the usual causes stands out in this run's numbers (teacher ahead, capacity ratio "
-            f"{ratio:.1f}×, temperature and weights in the usual range, training converged); try "
+            "None of the usual causes stands out in this "
+            f"run's numbers (teacher ahead, capacity ratio {ratio:.1f}×, temperature and weights "
+            "in the usual range, training converged); try "
             "several seeds, or another method."
         )
     return causes

@@ -12,17 +12,12 @@ from torch.utils.data import DataLoader
 from kdistill.distiller import call_model
 from kdistill.evaluation.paired import Outcomes
 from kdistill.losses.lm import IGNORE_INDEX
-from kdistill.modeling import LazyLogits
+from kdistill.modeling import LazyLogits, to_device
 
 # Positions whose logits exist at once when scoring a model that gives its final hidden states
-# (a Hugging Face causal LM): 1024 × 49k float32 logits are 200 MB, a batch's would be B·L/1024 times that.
+# (a Hugging Face causal LM): 1024 × 49k float32 logits are 200 MB, a batch's would be B·L/1024
+# times that.
 EVAL_CHUNK = 1024
-
-
-def _to_device(value, device):
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value.to(device) if hasattr(value, "to") else value
 
 
 @torch.no_grad()
@@ -43,7 +38,7 @@ def evaluate_lm(
     nll_sum = correct_sum = count_sum = 0.0
     sequences = []
     for batch in loader:
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         target = batch["target"]
         counted = target != IGNORE_INDEX
         if batch.get("mask") is not None:

@@ -22,19 +22,21 @@ def replace_atomically(
     """``write`` the file's content to a temporary file beside ``path``, then rename it over
     ``path``: readers see the old content or the new, never half. A full disk says what was
     kept; another ``OSError`` is one line, ``cannot`` with its ``reason``; other errors of
-    ``catch`` leave no temporary file and go on."""
+    ``catch`` go on. No failure, an interrupt included, leaves the temporary file behind: it
+    would be a file of the run's that its list (``.kdistill-files``) does not hold."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)  # atomic on POSIX
     except catch as error:  # a directory in the file's place, a full disk, no permission
-        tmp.unlink(missing_ok=True)
         if is_disk_full(error):
             kept = f"the previous {path.name}, intact" if path.exists() else "no part of it"
             raise disk_full(path, kept=kept, needed=needed) from None
         if not isinstance(error, OSError):
             raise
         raise UserError(f"{path}: {cannot.format(reason=error.strerror)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     record(path)
     return path
 

@@ -4,8 +4,8 @@ delete, and nothing else.
 Each writer of a run's files (checkpoints, the metrics log, plots, the summary and the report,
 an export, a tracker's folder once it closed) calls ``record(path)`` once the file is complete.
 The entry is the file's path relative to its run directory, the nearest folder above it that
-holds the run's marker, and its size and modification time then: a file a user later put at the same path, or
-edited, no longer matches. A path outside any run directory is not recorded.
+holds the run's marker, and its size and modification time then: a file a user later put at the same
+path, or edited, no longer matches. A path outside any run directory is not recorded.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def run_dir_of(path: Path) -> Path | None:
 
 
 def read(run_dir: Path) -> dict | None:
-    """``{"files": {path: (size, mtime_ns)}, "folders": [path]}``, or None when the run keeps no list (a run
-    of kdistill before 0.3, or a folder that only has a marker) or it is not one."""
+    """``{"files": {path: (size, mtime_ns)}, "folders": [path]}``, or None when the run keeps no
+    list (a run of kdistill before 0.3, or a folder that only has a marker) or it is not one."""
     try:
         listed = json.loads((run_dir / MANIFEST).read_text())
     except (OSError, ValueError):

@@ -94,8 +94,9 @@ class DecodingErrors:
             return False
         if issubclass(kind, Image.DecompressionBombError):
             raise DataError(
-                f"{self.file}: more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} (a decompression bomb, or "
-                "a huge image); shrink or remove it"
+                f"{self.file}: more pixels than PIL's limit of "
+                f"{Image.MAX_IMAGE_PIXELS:,} (a decompression "
+                "bomb, or a huge image); shrink or remove it"
             ) from None
         # PIL's decoders raise all of these on damaged files (SyntaxError from some header parsers).
         if issubclass(

@@ -35,11 +35,13 @@ class _Measure:
             return self.sizes[key]
         if key in self.open:
             raise ConfigError(
-                f"{self.source}: a YAML alias refers to itself (a recursive structure); write the values out"
+                f"{self.source}: a YAML alias refers to itself "
+                "(a recursive structure); write the values out"
             )
         if depth > MAX_DEPTH:
             raise ConfigError(
-                f"{self.source}: YAML nested deeper than {MAX_DEPTH} levels; a recipe needs a handful"
+                f"{self.source}: YAML nested deeper than "
+                f"{MAX_DEPTH} levels; a recipe needs a handful"
             )
         self.open.add(key)
         if isinstance(node, yaml.ScalarNode):
@@ -59,8 +61,10 @@ class _Measure:
         self.sizes[key] = total
         if total > MAX_EXPANDED:
             raise ConfigError(
-                f"{self.source}: the YAML expands to more than {MAX_EXPANDED:,} characters once its "
-                "aliases (*name) are replaced by what they name; write the values out instead of aliasing them"
+                f"{self.source}: the YAML expands to more "
+                f"than {MAX_EXPANDED:,} characters once its "
+                "aliases (*name) are replaced by what they name; "
+                "write the values out instead of aliasing them"
             )
         return total
 

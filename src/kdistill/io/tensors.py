@@ -97,7 +97,8 @@ def _checked_meta(path: Path, metadata: dict[str, str], what: str) -> dict:
         )
     if _text_digest(text) != expected:
         raise CheckpointError(
-            f"{path}: {what} metadata is corrupted or edited (checksum mismatch); delete it and run again"
+            f"{path}: {what} metadata is corrupted or edited "
+            "(checksum mismatch); delete it and run again"
         )
     try:
         return json.loads(text)
@@ -135,11 +136,13 @@ def load_tensors(
     if expected is None:
         if expect_digest:
             raise CheckpointError(
-                f"{path}: {what} carries no checksum, but kdistill writes one into every file it makes: "
-                "it was replaced or edited; delete it and run again"
+                f"{path}: {what} carries no checksum, but "
+                "kdistill writes one into every file it makes: it "
+                "was replaced or edited; delete it and run again"
             )
         _notice(
-            f"{path}: {what} carries no kdistill checksum; it is used as is, and damage to it cannot be detected"
+            f"{path}: {what} carries no kdistill checksum; it "
+            "is used as is, and damage to it cannot be detected"
         )
     elif tensor_digest(tensors) != expected:
         raise CheckpointError(

@@ -1,7 +1,8 @@
 """A model's weights on disk. kdistill writes safetensors only (never a pickle), atomically and
 with a checksum (``checkpoint``). It reads what users hold: safetensors, a PyTorch
-``state_dict`` file (``.pt`` / ``.pth`` / ``.bin``, read only with ``torch.load(weights_only=True)``,
-which unpickles tensors and plain containers and nothing else) and a Hugging Face directory.
+``state_dict`` file (``.pt`` / ``.pth`` / ``.bin``, read only with
+``torch.load(weights_only=True)``, which unpickles tensors and plain containers and nothing
+else) and a Hugging Face directory.
 Loading is strict: missing and unexpected tensors are named.
 """
 
@@ -22,7 +23,10 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 # Keys under which training scripts (Lightning, the PyTorch examples) nest the state_dict.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")
-HOW_TO_SAVE = "save the weights with torch.save(model.state_dict(), 'teacher.pt') (or safetensors.torch.save_file)"
+HOW_TO_SAVE = (
+    "save the weights with torch.save(model.state_dict(), "
+    "'teacher.pt') (or safetensors.torch.save_file)"
+)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -65,7 +69,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items())
     ):
         raise CheckpointError(
-            f"{path}: holds a {type(loaded).__name__}, not a state_dict of named tensors; {HOW_TO_SAVE}"
+            f"{path}: holds a {type(loaded).__name__}, not "
+            f"a state_dict of named tensors; {HOW_TO_SAVE}"
         )
     return dict(loaded)
 
@@ -76,7 +81,8 @@ def _weights_file(path: Path) -> Path:
             if (path / name).is_file():
                 return path / name
         raise CheckpointError(
-            f"{path}: a directory without {' or '.join(HF_FILES)} (a Hugging Face model directory has one)"
+            f"{path}: a directory without {' or '.join(HF_FILES)} "
+            "(a Hugging Face model directory has one)"
         )
     return path
 

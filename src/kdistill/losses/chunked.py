@@ -67,7 +67,8 @@ class ChunkedTerm:
         if self.loss not in CHUNKED_LOSSES:
             name = getattr(self.loss, "__name__", type(self.loss).__name__)
             raise ValueError(
-                f"{name} has no chunked form; chunked losses: {', '.join(f.__name__ for f in CHUNKED_LOSSES)}"
+                f"{name} has no chunked form; chunked losses: "
+                f"{', '.join(f.__name__ for f in CHUNKED_LOSSES)}"
             )
 
     @property
@@ -289,7 +290,8 @@ def chunked_token_losses(
         raise ValueError("token_ce compares with the data: pass target")
     if target is not None and tuple(target.shape) != leading:
         raise ValueError(
-            f"target shape {tuple(target.shape)} must equal the hidden states' leading shape {leading}"
+            f"target shape {tuple(target.shape)} must equal "
+            f"the hidden states' leading shape {leading}"
         )
     needs_teacher = any(not term.reads_target for term in terms)
     if needs_teacher and teacher is None:

@@ -142,7 +142,8 @@ def ranking_distillation(
     unlabelled = target <= 0
     if int(unlabelled.sum(dim=-1).min()) < top_k:
         raise ValueError(
-            f"ranking_distillation: top_k={top_k} but a list has only {int(unlabelled.sum(dim=-1).min())} unlabelled candidates"
+            f"ranking_distillation: top_k={top_k} but a list has only "
+            f"{int(unlabelled.sum(dim=-1).min())} unlabelled candidates"
         )
     ranked = (
         torch.where(unlabelled, t_pref, torch.full_like(t_pref, -torch.inf))

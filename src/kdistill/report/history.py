@@ -9,6 +9,7 @@ from pathlib import Path
 
 import kdistill.io.manifest as manifest
 from kdistill.errors import UserError
+from kdistill.io.files import atomic_write
 
 
 class MetricsLog:
@@ -56,7 +57,8 @@ class MetricsLog:
             except ValueError:
                 if number < len(lines):
                     raise UserError(
-                        f"{self.path}: line {number} is not a JSON record; remove that line and run again"
+                        f"{self.path}: line {number} is not a JSON "
+                        "record; remove that line and run again"
                     ) from None
                 print(
                     f"note: {self.path}: dropped its incomplete last line (an interrupted write)",
@@ -73,7 +75,4 @@ class MetricsLog:
         if not self.path.exists():
             return
         kept = [r for r in self.read() if not (r["phase"] == phase and r["epoch"] >= epoch)]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
-        manifest.record(self.path)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))

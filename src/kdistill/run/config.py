@@ -100,16 +100,25 @@ class TeacherConfig(Section):
     )
     checkpoint: str | None = Field(
         None,
-        description="weights to load instead of training: .safetensors, a state_dict (.pt/.pth/.bin) or a Hugging Face directory",
+        description=(
+            "weights to load instead of training: .safetensors, a "
+            "state_dict (.pt/.pth/.bin) or a Hugging Face directory"
+        ),
     )
     onnx: str | None = Field(
         None,
-        description="an exported .onnx teacher, run by ONNX Runtime (logit-level terms; model is then unused)",
+        description=(
+            "an exported .onnx teacher, run by ONNX Runtime "
+            "(logit-level terms; model is then unused)"
+        ),
     )
     epochs: int = Field(
         15,
         ge=0,
-        description="0: use the model as built, untrained here (a pretrained zoo model such as smollm2_135m)",
+        description=(
+            "0: use the model as built, untrained here "
+            "(a pretrained zoo model such as smollm2_135m)"
+        ),
     )
     lr: float = Field(2e-3, gt=0, le=MAX_STEP, description="the teacher's learning rate")
     optimizer: Literal["adam", "adamw", "sgd"] = Field(
@@ -126,7 +135,10 @@ class TeacherConfig(Section):
     cache_topk: int | None = Field(
         None,
         gt=0,
-        description="store only the teacher's k most probable classes (tokens) per position plus the tail mass (large vocabularies)",
+        description=(
+            "store only the teacher's k most probable classes (tokens) "
+            "per position plus the tail mass (large vocabularies)"
+        ),
     )
     cache_dir: str | None = Field(
         None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)"
@@ -134,7 +146,8 @@ class TeacherConfig(Section):
 
     @property
     def trained_here(self) -> bool:
-        """Whether a run trains this teacher (and so applies its ``augment``), rather than loading it."""
+        """Whether a run trains this teacher (and so
+        applies its ``augment``), rather than loading it."""
         return not (self.checkpoint or self.onnx or self.epochs == 0)
 
 
@@ -287,17 +300,20 @@ class Recipe(Section):
                 )
         if self.assistant is not None and self.teacher.cache_topk:
             raise ValueError(
-                "teacher.cache_topk with an assistant: the assistant teaches live, with dense outputs; drop cache_topk"
+                "teacher.cache_topk with an assistant: the assistant "
+                "teaches live, with dense outputs; drop cache_topk"
             )
         if self.teachers is not None and self.distill.params.get("vocab_map") is not None:
             raise ValueError(
-                "distill.params.vocab_map maps one teacher's vocabulary: not available with teachers (an ensemble)"
+                "distill.params.vocab_map maps one teacher's "
+                "vocabulary: not available with teachers (an ensemble)"
             )
         if self.distill.mode != "teacher" and (
             self.teachers is not None or self.assistant is not None
         ):
             raise ValueError(
-                f"distill.mode={self.distill.mode} trains its own teachers: remove teachers/assistant"
+                f"distill.mode={self.distill.mode} trains "
+                "its own teachers: remove teachers/assistant"
             )
         return self
 
@@ -307,16 +323,19 @@ class Recipe(Section):
         # own teacher, and a checkpoint for it, cannot apply.
         if self.teacher.onnx and self.distill.mode != "teacher":
             raise ValueError(
-                f"teacher.onnx: distill.mode={self.distill.mode} trains its teacher; an ONNX teacher is only run (use distill.mode=teacher)"
+                f"teacher.onnx: distill.mode={self.distill.mode} trains its teacher; an ONNX "
+                "teacher is only run (use distill.mode=teacher)"
             )
         if self.teacher.checkpoint and self.distill.mode != "teacher":  # it would go unread
             raise ValueError(
                 f"teacher.checkpoint: distill.mode={self.distill.mode} trains its own teacher and "
-                "loads none; remove teacher.checkpoint, or use distill.mode=teacher to distil from it"
+                "loads none; remove teacher.checkpoint, or "
+                "use distill.mode=teacher to distil from it"
             )
         if any(t.onnx and t.checkpoint for t in (self.teacher, *(self.teachers or []))):
             raise ValueError(
-                "teacher.onnx and teacher.checkpoint: the .onnx file holds its weights; set one of them"
+                "teacher.onnx and teacher.checkpoint: the "
+                ".onnx file holds its weights; set one of them"
             )
         return self
 
@@ -324,7 +343,8 @@ class Recipe(Section):
     def _selection_needs_validation(self):
         if (self.train.keep == "best" or self.train.early_stopping) and self.data.val_fraction == 0:
             raise ValueError(
-                "train.keep=best and train.early_stopping choose epochs on the validation split: set data.val_fraction > 0"
+                "train.keep=best and train.early_stopping choose epochs "
+                "on the validation split: set data.val_fraction > 0"
             )
         return self
 
@@ -335,8 +355,9 @@ class Recipe(Section):
         live_only = [k for k in ("init_from_teacher", "on_policy") if self.distill.params.get(k)]
         if self.teacher.cache and live_only:
             raise ValueError(
-                f"distill.params.{live_only[0]} needs the live teacher (its weights, or its scores of "
-                "newly sampled sequences), not cached outputs: set teacher.cache=false"
+                f"distill.params.{live_only[0]} needs the "
+                "live teacher (its weights, or its scores of newly sampled sequences), not cached "
+                "outputs: set teacher.cache=false"
             )
         return self
 
@@ -363,7 +384,8 @@ def apply_override(tree: dict, path: list[str | int], value: Any, text: str) -> 
         if isinstance(node, list):
             if not isinstance(part, int) or part >= len(node):
                 raise ConfigError(
-                    f"override {text!r}: {'.'.join(map(str, path[: i + 1]))} is not an item of the list"
+                    f"override {text!r}: {'.'.join(map(str, path[: i + 1]))} "
+                    "is not an item of the list"
                 )
             node = node[part]
             continue

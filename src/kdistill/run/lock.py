@@ -45,7 +45,8 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:  # a directory or an unwritable file where the lock belongs
             raise UserError(
-                f"{self.path}: cannot lock the run directory ({error.strerror}); move it away or choose another name="
+                f"{self.path}: cannot lock the run directory "
+                f"({error.strerror}); move it away or choose another name="
             ) from None
         self._take(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
@@ -58,7 +59,8 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             raise UserError(
-                f"{self.path.parent} is in use by {holder(self.path.parent)}: wait for it to finish, {self.otherwise}"
+                f"{self.path.parent} is in use by {holder(self.path.parent)}: "
+                f"wait for it to finish, {self.otherwise}"
             ) from None
         self.fd = fd
         return self

@@ -87,7 +87,8 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
         compile=recipe.train.compile,
     )
     plan = preflight(recipe)  # bad models, terms, taps or data fail before anything is written
-    # Every process checks the directory before the main one creates it (or one would see the other's).
+    # Every process checks the directory before the main one creates it (or one would see the
+    # other's).
     check_run_dir(recipe, overwrite=overwrite, resume=resume)
     accelerator.wait_for_everyone()
     main = accelerator.is_main_process
@@ -101,7 +102,8 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
             return summary
         if main:
             echo(
-                f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}"
+                f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), "
+                f"world_size={accelerator.num_processes}, device {accelerator.device}"
             )
             for line in teacher_notes(recipe):
                 echo(line)
@@ -175,7 +177,8 @@ def cache(recipe: Recipe, *, echo=print) -> dict:
     school = RunSchool(plan, accelerator, work, resume=True)
     if recipe.teachers is not None:
         raise UserError(
-            "kdistill cache builds the cache of one teacher; run the ensemble with teacher.cache=true instead"
+            "kdistill cache builds the cache of one teacher; "
+            "run the ensemble with teacher.cache=true instead"
         )
     teacher = school.obtain_teacher()
     cached = school.frozen(teacher.model, cached=True)
@@ -183,6 +186,7 @@ def cache(recipe: Recipe, *, echo=print) -> dict:
     size = sum(a["bytes"] for a in meta["arrays"].values())
     echo(
         f"teacher cache for {recipe.name} at {cached.cache.root}: {meta['views']} view(s) of "
-        f"{meta['samples']} samples, {size / 1e6:.1f} MB ({', '.join(meta['arrays'])}); teacher {teacher.source}"
+        f"{meta['samples']} samples, {size / 1e6:.1f} MB "
+        f"({', '.join(meta['arrays'])}); teacher {teacher.source}"
     )
     return meta

@@ -206,8 +206,9 @@ def check_input_transforms(recipe: Recipe, splits: DataSplits) -> None:
     named = [f"{field}={value}" for field, value in wrong]
     settings = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
     raise ConfigError(
-        f"{settings} transform{'s' if len(named) == 1 else ''} images (C, H, W), but the inputs are {_inputs(example)}: "
-        f"set {' '.join(f'{field}=none' for field, _ in wrong)}"
+        f"{settings} transform{'s' if len(named) == 1 else ''} "
+        f"images (C, H, W), but the inputs are {_inputs(example)}: set "
+        f"{' '.join(f'{field}=none' for field, _ in wrong)}"
     )
 
 
@@ -310,7 +311,8 @@ def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.M
         IndexError,
     ) as error:
         raise ConfigError(
-            f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} ({(str(error) or type(error).__name__).splitlines()[0][:200]})"
+            f"{field}: {name} cannot be built for inputs of shape {tuple(splits.input_shape)} "
+            f"({(str(error) or type(error).__name__).splitlines()[0][:200]})"
         ) from None
 
 
@@ -414,7 +416,8 @@ def checked(term: Term) -> Term:
         if not number or not math.isfinite(value) or abs(value) > MAX_SETTING:
             kind = "a whole number" if whole else "a finite number"
             raise ValueError(
-                f"term {term.name!r}: {name} must be {kind} of magnitude at most {MAX_SETTING:g}, got {value!r}"
+                f"term {term.name!r}: {name} must be {kind} of magnitude at most "
+                f"{MAX_SETTING:g}, got {value!r}"
             )
     return term
 

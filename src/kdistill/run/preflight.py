@@ -123,7 +123,8 @@ def preflight(recipe: Recipe) -> Plan:
             raise
         detail = str(error).splitlines()[0][-160:] if str(error) else type(error).__name__
         raise ConfigError(
-            f"the recipe's models and terms need more memory than there is ({detail}); lower a width, depth, feat_dim or batch size"
+            f"the recipe's models and terms need more memory than there is ({detail}); lower a "
+            "width, depth, feat_dim or batch size"
         ) from None
     return resolved
 
@@ -166,8 +167,10 @@ def check(recipe: Recipe, *, echo=print) -> Plan:
     splits = resolved.splits
     echo(
         f"{recipe.name}: ok ({resolved.mode} mode, {len(resolved.terms)} term(s): "
-        f"{', '.join(t.name for t in resolved.terms)}; data {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-        f"train/val/test; every phase took one step in {time.perf_counter() - started:.1f} s; nothing written)"
+        f"{', '.join(t.name for t in resolved.terms)}; data "
+        f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
+        "train/val/test; every phase took one step in "
+        f"{time.perf_counter() - started:.1f} s; nothing written)"
     )
     if resolved.automatic:
         echo("  chosen from the data (set any of them to choose otherwise):")
@@ -176,7 +179,8 @@ def check(recipe: Recipe, *, echo=print) -> Plan:
     for field_name, model in resolved.built.items():
         settings = ", ".join(f"{k}={v}" for k, v in model["settings"].items())
         echo(
-            f"  {field_name}: {model['model']}, {model['parameters']:,} parameters ({settings or 'no settings recorded'})"
+            f"  {field_name}: {model['model']}, {model['parameters']:,} parameters "
+            f"({settings or 'no settings recorded'})"
         )
     for line in teacher_notes(recipe):
         echo(line)

@@ -2,11 +2,11 @@
 
 - A directory kdistill makes gets a marker, ``.kdistill-run`` (the run's name, a random id, the
   time), written when it is made, after preflight has passed.
-- The run lists every file it (its report, its export, its trackers) wrote, with its size and time, in
-  ``.kdistill-files`` (``kdistill.io.manifest``). ``--overwrite`` replaces only a marked directory
-  with such a list, and only if every file in it is on the list as written: anything else (a
-  project's ``src/``, a note or a kept checkpoint of the user's, a file edited since) refuses
-  the overwrite before a byte is deleted. No pattern decides what goes.
+- The run lists every file it (its report, its export, its trackers) wrote, with its size and
+  time, in ``.kdistill-files`` (``kdistill.io.manifest``). ``--overwrite`` replaces only a marked
+  directory with such a list, and only if every file in it is on the list as written: anything
+  else (a project's ``src/``, a note or a kept checkpoint of the user's, a file edited since)
+  refuses the overwrite before a byte is deleted. No pattern decides what goes.
 - A run holds an advisory lock (``fcntl.flock`` on ``.kdistill-lock``, which also records the
   holder's PID) from the moment its directory is opened until it ends. A second writer, a rerun
   with ``--overwrite`` or ``--resume`` included, exits 2 naming that PID.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import kdistill.io.manifest as manifest
 import kdistill.io.safe_yaml as safe_yaml
-from kdistill.errors import UserError
+from kdistill.errors import UserError, first_difference
 from kdistill.io.manifest import BOOKKEEPING, LOCK, MANIFEST, MARKER
 from kdistill.run.config import Recipe, dump_config
 from kdistill.run.lock import RunLock
@@ -87,11 +87,13 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
             started_with = Recipe.model_validate(safe_yaml.load_file(config))
         except Exception as error:  # a config.yaml edited by hand, truncated or not a recipe
             raise UserError(
-                f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); start a new run with name=<new name>"
+                f"--resume: {config} is not a valid recipe ({str(error).splitlines()[0][:200]}); "
+                "start a new run with name=<new name>"
             ) from None
-        # Compared as written to YAML: a map with integer keys (a layer map) reads back with text keys.
+        # Compared as written to YAML: a map with integer keys (a layer map) reads back with text
+        # keys.
         if started_with.model_dump(mode="json") != recipe.model_dump(mode="json"):
-            changed = _first_difference(
+            changed = first_difference(
                 started_with.model_dump(mode="json"), recipe.model_dump(mode="json")
             )
             raise UserError(
@@ -109,9 +111,10 @@ def check_run_dir(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path:
             )
         if not (run_dir / MARKER).is_file():
             raise UserError(
-                f"{run_dir} exists and was not made by kdistill (it has no {MARKER}; runs of kdistill "
-                "before 0.2 have none either): --overwrite replaces only what kdistill can prove it made; "
-                "choose another name= or output.dir=, or delete that folder yourself"
+                f"{run_dir} exists and was not made by kdistill "
+                f"(it has no {MARKER}; runs of kdistill before 0.2 have none either): --overwrite "
+                "replaces only what kdistill can prove it made; choose another name= or "
+                "output.dir=, or delete that folder yourself"
             )
         if manifest.read(run_dir) is None:
             raise UserError(
@@ -204,11 +207,3 @@ def _empty(run_dir: Path) -> list[str]:
         else:
             path.unlink()
     return stayed
-
-
-def _first_difference(a, b, path="") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-    return path or "(top level)"

@@ -150,10 +150,9 @@ class RunSchool:
             return role
         model = self.build("teacher", member=member)
         final = self.checkpoints / f"{phase}.safetensors"
+        fingerprint = teacher_fingerprint(self.recipe, self.splits, cfg, member or 0)
         store = (
-            Path(self.recipe.output.dir)
-            / ".teachers"
-            / f"{cfg.model}-{teacher_fingerprint(self.recipe, self.splits, cfg, member or 0)}.safetensors"
+            Path(self.recipe.output.dir) / ".teachers" / f"{cfg.model}-{fingerprint}.safetensors"
         )
         trained_here = any(r["phase"] == phase for r in self.metrics.read())
         if cfg.checkpoint:
@@ -258,7 +257,8 @@ class RunSchool:
         )
         if built and self.is_main and recipe.output.progress:
             print(
-                f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}"
+                f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in "
+                f"{time.perf_counter() - started:.1f} s at {root}"
             )
         return CachedTeacher(cache)
 
@@ -428,7 +428,8 @@ def teacher_fingerprint(
 
 
 def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = False) -> None:
-    """Load weights into ``model``; ``ours``: kdistill wrote the file, so it must carry a checksum."""
+    """Load weights into ``model``; ``ours``: kdistill
+    wrote the file, so it must carry a checksum."""
     if not path.exists():  # a file, or a Hugging Face directory
         raise UserError(f"{field}: {path} does not exist")
     try:
@@ -437,5 +438,6 @@ def load_checkpoint(model: nn.Module, path: Path, field: str, *, ours: bool = Fa
         raise type(error)(f"{field}: {error}") from None
     except Exception as error:  # shapes or names that do not fit the model
         raise UserError(
-            f"{field}: cannot load {path} into the {type(model).__name__} ({str(error).splitlines()[0][:200]})"
+            f"{field}: cannot load {path} into the {type(model).__name__} "
+            f"({str(error).splitlines()[0][:200]})"
         ) from None

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from kdistill.errors import ConfigError, UserError
 from kdistill.evaluation.paired import mcnemar_exact
 from kdistill.io.files import atomic_write
-from kdistill.report import to_markdown
+from kdistill.report import percent_scale, to_markdown
 from kdistill.report.html import render_html
 from kdistill.run.config import Recipe, describe_validation_error
 from kdistill.run.pipeline import run
@@ -255,15 +255,11 @@ def summarize_seeds(recipe: Recipe, parts: list[Recipe], summaries: list[dict]) 
 # --- the words ------------------------------------------------------------------------------
 
 
-def _scale(metric: str, task: dict) -> tuple[float, str]:
-    return (100.0, " points") if metric in task["percent"] else (1.0, "")
-
-
 def seeds_verdict(result: dict) -> str:
     """Whether distillation helped across the seeds: "helped" only when the t-interval of the
     per-seed differences excludes zero on the good side."""
     test, task, metric = result["student_vs_scratch"], result["task"], result["metric"]
-    scale, unit = _scale(metric, task)
+    scale, unit = percent_scale(metric, task)
     n = test["n"]
     seeds = "seed" if n == 1 else "seeds"
     tally = (
@@ -297,7 +293,7 @@ def seeds_blocks(result: dict) -> list[tuple]:
     n = len(result["runs"])
 
     def shown(value: float | None, name: str) -> str:
-        scale, _ = _scale(name, task)
+        scale, _ = percent_scale(name, task)
         digits = 2 if scale != 1 else 4
         return "—" if value is None else f"{scale * value:.{digits}f}"
 
@@ -313,7 +309,7 @@ def seeds_blocks(result: dict) -> list[tuple]:
         ]
         for role, title in ROLES
     ]
-    scale, unit = _scale(metric, task)
+    scale, unit = percent_scale(metric, task)
 
     def interval(ci: list[float]) -> str:
         return f"[{scale * ci[0]:+.3g}, {scale * ci[1]:+.3g}]"

@@ -58,7 +58,7 @@ def measure(
     path = run_dir / "checkpoints" / role.file
     entry = {
         "model": architecture_name(role.architecture),
-        **{k: v for k, v in result.items() if k not in ("n", "outcomes")},
+        **task.scores(result),
         "params": count_parameters(role.model),
         "bytes": path.stat().st_size,
         "checkpoint": role.file,

@@ -27,7 +27,8 @@ def check_installed(names: list[str]) -> None:
     for name in names:
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ConfigError(
-                f"output.report_to: {name} is not installed; pip install {PACKAGES[name]} (or remove it)"
+                f"output.report_to: {name} is not installed; "
+                f"pip install {PACKAGES[name]} (or remove it)"
             )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 import kdistill.io.safe_yaml as safe_yaml
-from kdistill.errors import ConfigError, UserError
+from kdistill.errors import ConfigError, UserError, first_difference
 from kdistill.run.config import Recipe, TeacherConfig, dump_config, load_config
 
 TUNE_EXTRA = 'pip install "kdistill[tune]" (optuna)'
@@ -87,7 +87,8 @@ def teacher_candidates(specs: list[str], base: TeacherConfig) -> dict[str, dict]
             label = spec
         else:
             raise ConfigError(
-                f"--teachers: {spec!r} is neither a .yaml file nor a zoo model (`kdistill list models`)"
+                f"--teachers: {spec!r} is neither a .yaml "
+                "file nor a zoo model (`kdistill list models`)"
             )
         try:
             teacher = TeacherConfig.model_validate(tree)
@@ -99,16 +100,6 @@ def teacher_candidates(specs: list[str], base: TeacherConfig) -> dict[str, dict]
             raise ConfigError(f"--teachers: {label!r} is given twice")
         candidates[label] = teacher.model_dump(mode="json")
     return candidates
-
-
-def _first_difference(a, b, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if a == b else (path or "(top level)")
 
 
 def trial_recipe(
@@ -217,8 +208,9 @@ def tune(
         )
         if (tune_dir / recipe.name).exists():
             raise UserError(
-                f"{tune_dir / recipe.name} exists but study.db does not know it (was study.db removed?): "
-                "delete the old trial-* folders, or choose name= for a new study"
+                f"{tune_dir / recipe.name} exists but study.db "
+                "does not know it (was study.db removed?): delete the old trial-* folders, or "
+                "choose name= for a new study"
             )
         started = time.perf_counter()
         run_recipe(recipe, echo=lambda *_: None)
@@ -229,7 +221,8 @@ def tune(
         shown = f"{100 * score:.2f}%" if metric in task.percent else f"{score:.4f}"
         echo(
             f"trial {trial.number}: method={params['method']} teacher={params['teacher']} "
-            f"T={params['temperature']:.2f} alpha={params['alpha']:.2f} → val {metric} {shown} ({seconds:.0f} s)"
+            f"T={params['temperature']:.2f} alpha={params['alpha']:.2f} "
+            f"→ val {metric} {shown} ({seconds:.0f} s)"
         )
         return score
 
@@ -252,8 +245,10 @@ def tune(
     )
     shown = f"{100 * best.value:.2f}%" if metric in task.percent else f"{best.value:.4f}"
     header = (
-        f"# kdistill tune: best of {len(done)} completed trial(s) of {tune_dir}/study.db, trial {best.number}:\n"
-        f"# validation {metric} {shown} (distilled student, last epoch). Run: kdistill run {tune_dir}/best.yaml\n"
+        f"# kdistill tune: best of {len(done)} completed "
+        f"trial(s) of {tune_dir}/study.db, trial {best.number}:\n# "
+        f"validation {metric} {shown} (distilled student, "
+        f"last epoch). Run: kdistill run {tune_dir}/best.yaml\n"
     )
     atomic_write(tune_dir / "best.yaml", header + dump_config(best_recipe))
     rows = trial_rows(study, metric)
@@ -263,8 +258,9 @@ def tune(
         trials_markdown(rows, metric, task, best.number, base.name, list(space["teachers"])),
     )
     echo(
-        f"best: trial {best.number} ({', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}) "
-        f"val {metric} {shown}; wrote {tune_dir}/best.yaml, trials.md, trials.csv"
+        f"best: trial {best.number} "
+        f"({', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}) val {metric} {shown}; "
+        f"wrote {tune_dir}/best.yaml, trials.md, trials.csv"
     )
     return {
         "number": best.number,
@@ -277,7 +273,8 @@ def tune(
 
 def recipe_point(base: Recipe, space: dict) -> dict:
     """The recipe's own settings as a point of the search space (so the search starts from, and
-    can only improve on, what the user wrote); settings outside the space are left to the sampler."""
+    can only improve on, what the user wrote); settings outside the space are left to the
+    sampler."""
     import inspect
 
     from kdistill.methods import PRESETS
@@ -317,21 +314,24 @@ def _search_space(
         space = {"teachers": candidates, "methods": chosen, "recipe": base_tree}
         study.set_user_attr("space", space)
         return space
-    changed = _first_difference(stored["recipe"], base_tree)
+    changed = first_difference(stored["recipe"], base_tree)
     if changed:
         raise UserError(
-            f"the study in {study.study_name}-tune was started with a different recipe (at {changed}); "
-            "resume with the same recipe and overrides, or change name= for a new study"
+            f"the study in {study.study_name}-tune was "
+            f"started with a different recipe (at {changed}); resume with the same recipe and "
+            "overrides, or change name= for a new study"
         )
     if teachers and list(teacher_candidates(teachers, base.teacher).values()) != list(
         stored["teachers"].values()
     ):
         raise UserError(
-            f"--teachers differs from the study's ({', '.join(stored['teachers'])}); omit it to resume, or change name="
+            "--teachers differs from the study's "
+            f"({', '.join(stored['teachers'])}); omit it to resume, or change name="
         )
     if methods and list(dict.fromkeys(methods)) != stored["methods"]:
         raise UserError(
-            f"--methods differs from the study's ({', '.join(stored['methods'])}); omit it to resume, or change name="
+            "--methods differs from the study's "
+            f"({', '.join(stored['methods'])}); omit it to resume, or change name="
         )
     return stored
 

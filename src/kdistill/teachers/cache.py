@@ -44,11 +44,12 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
-from kdistill.errors import UserError
+from kdistill.errors import UserError, first_difference
 from kdistill.io.tensors import CheckpointError, tensor_digest
 from kdistill.losses.logit import kd
 from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
 from kdistill.methods import LOGITS, Term
+from kdistill.modeling import to_device
 from kdistill.teachers.store import (
     agree_on_cache,
     allocate,
@@ -96,7 +97,10 @@ def _hook_identity(hook) -> str:
         except ValueError:  # an empty cell
             values.append(None)
     values += list(getattr(hook, "args", ())) + list(getattr(hook, "keywords", {}).values())
-    name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__qualname__)}"
+    name = (
+        f"{getattr(func, '__module__', '?')}."
+        f"{getattr(func, '__qualname__', type(func).__qualname__)}"
+    )
     return hashlib.sha256("|".join([name, *map(_value_digest, values)]).encode()).hexdigest()[:16]
 
 
@@ -133,13 +137,6 @@ def _array_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _first_difference(stored: dict, wanted: dict) -> str:
-    for key in sorted(set(stored) | set(wanted)):
-        if stored.get(key) != wanted.get(key):
-            return key
-    return "?"
 
 
 def _arrays(
@@ -186,16 +183,19 @@ def topk_terms(terms: list[Term], k: int) -> tuple[list[Term], float]:
         if form is None or term.params.get("standardize"):
             name = getattr(term.loss, "__name__", type(term.loss).__name__)
             raise UserError(
-                f"teacher.cache_topk={k}: term {term.name!r} ({name}{', standardized' if form else ''}) needs the "
-                "teacher's full distribution and has no exact top-k form (kd and the token losses "
+                f"teacher.cache_topk={k}: term {term.name!r} "
+                f"({name}{', standardized' if form else ''}) needs the teacher's full distribution "
+                "and has no exact top-k form (kd and the token losses "
                 f"{', '.join(TOKEN_LOSSES)} have one); set teacher.cache_topk=null"
             )
         temperatures.add(_temperature(term))
         adapted.append(dataclasses.replace(term, loss=form))
     if len(temperatures) > 1:
         raise UserError(
-            f"teacher.cache_topk={k}: the logit terms use temperatures {sorted(temperatures)}, but a top-k "
-            "cache holds the teacher at one temperature; use one temperature or set teacher.cache_topk=null"
+            f"teacher.cache_topk={k}: the logit terms use "
+            f"temperatures {sorted(temperatures)}, but a top-k "
+            "cache holds the teacher at one temperature; use "
+            "one temperature or set teacher.cache_topk=null"
         )
     return adapted, temperatures.pop() if temperatures else 1.0
 
@@ -208,7 +208,8 @@ class TeacherCache:
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise CheckpointError(
-                f"{self.root}: no teacher cache here (meta.json missing); build it with `kdistill cache RECIPE`"
+                f"{self.root}: no teacher cache here (meta.json "
+                "missing); build it with `kdistill cache RECIPE`"
             )
         try:
             self.meta = json.loads(meta_path.read_bytes())
@@ -218,7 +219,9 @@ class TeacherCache:
             ) from None
         if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise CheckpointError(f"{self.root}: not a kdistill teacher cache")
-        try:  # every field a reader uses, as build_cache writes it: an edited file is refused here, not mid-run
+        # Every field a reader uses, as build_cache writes it: an edited file is refused here, not
+        # mid-run.
+        try:
             (
                 self.meta["fingerprint"].items(),
                 int(self.meta["views"]) + int(self.meta["samples"]),
@@ -230,7 +233,8 @@ class TeacherCache:
             ]
         except (KeyError, TypeError, AttributeError, ValueError):
             raise CheckpointError(
-                f"{meta_path}: cache metadata lacks fields or has the wrong types; delete {self.root} and build it again"
+                f"{meta_path}: cache metadata lacks fields or has the wrong types; delete "
+                f"{self.root} and build it again"
             ) from None
         self.arrays: dict[str, np.ndarray] = {}
         for name, info in self.meta["arrays"].items():
@@ -238,11 +242,13 @@ class TeacherCache:
             size = path.stat().st_size if path.is_file() else -1
             if size != info["bytes"]:
                 raise CheckpointError(
-                    f"{path}: teacher cache is truncated or missing ({size} of {info['bytes']} bytes); delete {self.root} and build it again"
+                    f"{path}: teacher cache is truncated or missing ({size} of {info['bytes']} "
+                    f"bytes); delete {self.root} and build it again"
                 )
             if verify and _array_digest(path) != info["sha256"]:
                 raise CheckpointError(
-                    f"{path}: teacher cache is corrupted (checksum mismatch); delete {self.root} and build it again"
+                    f"{path}: teacher cache is corrupted (checksum "
+                    f"mismatch); delete {self.root} and build it again"
                 )
             self.arrays[name] = np.load(path, mmap_mode="r")
 
@@ -257,7 +263,8 @@ class TeacherCache:
     def check(self, fingerprint: dict) -> None:
         """Refuse to serve a run whose teacher, data, augmentation, taps or dtype differ."""
         if self.fingerprint != fingerprint:
-            field = _first_difference(self.fingerprint, fingerprint)
+            # The section that differs (teacher, data, augment, taps...), shown whole.
+            field = first_difference(self.fingerprint, fingerprint).split(".")[0]
             raise CacheMismatchError(
                 f"{self.root}: the teacher cache was built for another {field} "
                 f"({self.fingerprint.get(field)!r}, this run has {fingerprint.get(field)!r}); "
@@ -296,7 +303,7 @@ class TeacherCache:
         rows = sorted({i * (count - 1) // max(samples - 1, 1) for i in range(min(samples, count))})
         batch = default_collate([dataset[i] for i in rows])
         device = next(iter(teacher.module.parameters()), torch.empty(0)).device
-        live = teacher({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
+        live = teacher(to_device(batch, device))
         cached = self.lookup(batch["index"])
         pairs = {
             f"features {name}": (cached.features[name], value.float().cpu())
@@ -323,9 +330,11 @@ class TeacherCache:
                     f"up to {(stored - now).abs().nan_to_num(posinf=1e30).max().item():.3g} apart"
                 )
             raise CacheMismatchError(
-                f"{self.root}: the cached teacher {what} of samples {rows} differ from the live teacher's "
-                f"({difference}): the cache was made by another teacher or teacher setup; delete it and "
-                "rebuild it with `kdistill cache RECIPE`, or set teacher.cache=false"
+                f"{self.root}: the cached teacher {what} of "
+                f"samples {rows} differ from the live teacher's "
+                f"({difference}): the cache was made by another "
+                "teacher or teacher setup; delete it and rebuild it "
+                "with `kdistill cache RECIPE`, or set teacher.cache=false"
             )
 
 
@@ -393,12 +402,7 @@ def build_cache(
     )
 
     # Shapes from one sample, then every rank opens the same preallocated files.
-    probe = teacher(
-        {
-            k: v.to(device) if isinstance(v, Tensor) else v
-            for k, v in next(iter(DataLoader(dataset, batch_size=1))).items()
-        }
-    )
+    probe = teacher(to_device(next(iter(DataLoader(dataset, batch_size=1))), device))
     shapes = {
         name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk, temperature).items()
     }
@@ -422,7 +426,7 @@ def build_cache(
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
             for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
-                batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                batch = to_device(batch, device)
                 output = {"index": batch["index"], **_arrays(teacher(batch), topk, temperature)}
                 if gathered:
                     output = accelerator.gather(output)  # every rank's batch, in rank order

@@ -61,7 +61,8 @@ class OnnxModel(nn.Module):
             )
         except Exception as error:  # noqa: BLE001 -- ORT raises its own exception types (Fail, InvalidGraph ...)
             raise UserError(
-                f"{field}: {self.path} is not a loadable ONNX model ({str(error).splitlines()[0][:200]})"
+                f"{field}: {self.path} is not a loadable ONNX model "
+                f"({str(error).splitlines()[0][:200]})"
             ) from None
         self.inputs = {
             i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()
@@ -77,17 +78,20 @@ class OnnxModel(nn.Module):
         if args:
             if len(args) != 1 or kwargs:
                 raise TypeError(
-                    "an ONNX teacher takes one input tensor, or keyword tensors named as its graph's inputs"
+                    "an ONNX teacher takes one input tensor, or "
+                    "keyword tensors named as its graph's inputs"
                 )
             if len(self.inputs) != 1:
                 raise TypeError(
-                    f"{self.path.name} takes {len(self.inputs)} inputs ({', '.join(self.inputs)}): give a dict of them"
+                    f"{self.path.name} takes {len(self.inputs)} inputs "
+                    f"({', '.join(self.inputs)}): give a dict of them"
                 )
             kwargs = {next(iter(self.inputs)): args[0]}
         unknown = set(kwargs) - set(self.inputs)
         if unknown:
             raise TypeError(
-                f"{self.path.name} has no input {min(unknown)!r}; its inputs: {', '.join(self.inputs)}"
+                f"{self.path.name} has no input {min(unknown)!r}; "
+                f"its inputs: {', '.join(self.inputs)}"
             )
         device = next(iter(kwargs.values())).device
         feed = {
@@ -99,7 +103,8 @@ class OnnxModel(nn.Module):
         except Exception as error:  # noqa: BLE001 -- ORT's InvalidArgument, Fail ... share no base but Exception
             shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in feed.items())
             raise ValueError(
-                f"the ONNX teacher {self.path.name} cannot run on inputs {shapes}: {str(error).splitlines()[0][:200]}"
+                f"the ONNX teacher {self.path.name} cannot run on inputs {shapes}: "
+                f"{str(error).splitlines()[0][:200]}"
             ) from None
         return torch.from_numpy(np.ascontiguousarray(logits)).float().to(device)
 
@@ -119,9 +124,11 @@ def check_onnx_terms(terms, field: str = "teacher.onnx") -> None:
     for term in terms:
         if term.teacher is not None and term.teacher != LOGITS:
             raise UserError(
-                f"{field}: term {term.name!r} reads the teacher's feature {term.teacher!r}, but an ONNX "
-                "teacher gives only its output (no module to hook); use logit-level terms (kd, dist, dkd ...) "
-                "or give the teacher as a PyTorch model"
+                f"{field}: term {term.name!r} reads the "
+                f"teacher's feature {term.teacher!r}, but an "
+                "ONNX teacher gives only its output (no module to "
+                "hook); use logit-level terms (kd, dist, dkd "
+                "...) or give the teacher as a PyTorch model"
             )
 
 

@@ -48,8 +48,8 @@ def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Siz
                     outputs[role] = run()
             except (RuntimeError, ValueError, TypeError) as error:
                 raise MismatchError(
-                    f"the {role}, {_describe(model)}, cannot run on the inputs ({_describe_input(example['input'])}): "
-                    f"{str(error).splitlines()[0][:200]}"
+                    f"the {role}, {_describe(model)}, cannot run on the inputs "
+                    f"({_describe_input(example['input'])}): {str(error).splitlines()[0][:200]}"
                 ) from None
     finally:
         student.train(was_training)
@@ -67,6 +67,7 @@ def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Siz
         and int(target.max()) >= student_outputs
     ):
         raise MismatchError(
-            f"the data has label {int(target.max())} but the models have {student_outputs} outputs: labels are 0..{student_outputs - 1}"
+            f"the data has label {int(target.max())} but the models have {student_outputs} "
+            f"outputs: labels are 0..{student_outputs - 1}"
         )
     return outputs["student"].shape

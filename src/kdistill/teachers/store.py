@@ -68,8 +68,10 @@ def check_space(root: Path, needed: int) -> None:
     free = shutil.disk_usage(disk).free
     if needed > free:
         raise UserError(
-            f"teacher.cache: the teacher's outputs would take {_size(needed)} at {root}, but its disk has "
-            f"{_size(free)} free: set teacher.cache_topk (e.g. 64) to keep the most probable classes only, "
+            "teacher.cache: the teacher's outputs would take "
+            f"{_size(needed)} at {root}, but its disk has "
+            f"{_size(free)} free: set teacher.cache_topk "
+            "(e.g. 64) to keep the most probable classes only, "
             "teacher.cache_dir to a larger disk, or teacher.cache=false"
         )
 

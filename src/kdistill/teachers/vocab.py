@@ -71,7 +71,8 @@ def map_teacher_vocabulary(teacher: nn.Module, teacher_ids: Sequence[int] | Tens
         )
         if int(index.max()) >= logits.shape[-1]:
             raise VocabularyMismatchError(
-                f"distill.params.vocab_map names teacher id {int(index.max())} but the teacher's vocabulary has {logits.shape[-1]} entries"
+                f"distill.params.vocab_map names teacher id {int(index.max())} but the teacher's "
+                f"vocabulary has {logits.shape[-1]} entries"
             )
         mapped = logits.index_select(-1, index.to(logits.device))
         if isinstance(output, Tensor):

@@ -158,7 +158,8 @@ def train_loop(
         rule = loop.monitor_rule()
         if rule is not None and val_loader is None:
             raise UserError(
-                "early stopping and keep=best choose epochs by a validation metric: give a validation split"
+                "early stopping and keep=best choose epochs by "
+                "a validation metric: give a validation split"
             )
         # The sampler's generator fixes the data order; saving its state at the start of each epoch
         # lets a resumed run replay the same order. Accelerate keeps this very object in use.
@@ -329,7 +330,8 @@ def train_loop(
                     shown = [k for k in record if k == "train/accuracy" or k.startswith("val/")]
                     text = " ".join(f"{k} {record[k]:.4f}" for k in shown)
                     tqdm.write(
-                        f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} ({record['seconds']:.1f}s)"
+                        f"{phase} epoch {epoch}/{epochs}: loss {record['loss']:.4f} {text} "
+                        f"({record['seconds']:.1f}s)"
                     )
             state.start_epoch(epoch + 1, order.get_state() if order is not None else None)
             save()  # the epoch is complete: a crash from here on resumes at the next one

@@ -272,7 +272,8 @@ class Monitor:
                 or "none: give a validation split"
             )
             raise UserError(
-                f"early stopping metric {metric!r} is not measured; the validation metrics are {shown}"
+                f"early stopping metric {metric!r} is not "
+                f"measured; the validation metrics are {shown}"
             )
         return key
 

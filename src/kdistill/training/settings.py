@@ -29,7 +29,9 @@ Augment = Literal["auto", "none", "shift", "flip", "shift_flip", "affine"]
 class EarlyStoppingConfig(Section):
     metric: str | None = Field(
         None,
-        description="a validation metric (accuracy, loss, perplexity...); default: the task's headline",
+        description=(
+            "a validation metric (accuracy, loss, perplexity...); default: the task's headline"
+        ),
     )
     patience: int = Field(3, ge=1, description="epochs without improvement before training stops")
     min_delta: float = Field(
@@ -85,12 +87,16 @@ class TrainConfig(Section):
     )
     scratch_mix: Literal["same", "none", "mixup", "cutmix"] = Field(
         "same",
-        description="the scratch student's mixing: the distilled student's (same), or the one that makes it strongest",
+        description=(
+            "the scratch student's mixing: the distilled "
+            "student's (same), or the one that makes it strongest"
+        ),
     )
     views: int = Field(
         0,
         ge=0,
-        description="distinct views of each sample a teacher scores, repeated in turn (0: a new view every epoch); "
+        description="distinct views of each sample a teacher scores, "
+        "repeated in turn (0: a new view every epoch); "
         "a cached teacher runs this many passes",
     )
     checkpoint_every: int = Field(
@@ -101,7 +107,10 @@ class TrainConfig(Section):
     )
     compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = Field(
         False,
-        description="torch.compile each trained student with its terms (true: inductor); teachers run as they are",
+        description=(
+            "torch.compile each trained student with its "
+            "terms (true: inductor); teachers run as they are"
+        ),
     )
     grad_accum: int = Field(
         1, ge=1, description="batches whose gradients are summed before each update"
@@ -123,10 +132,14 @@ class TrainConfig(Section):
     )
     keep: Literal["last", "best"] = Field(
         "last",
-        description="which epoch's weights each trained model keeps: the last, or the best on the validation split",
+        description=(
+            "which epoch's weights each trained model keeps: "
+            "the last, or the best on the validation split"
+        ),
     )
 
     @property
     def scratch_mixing(self) -> str:
-        """The mixing the scratch student trains with: its own (``scratch_mix``) or the distilled one's."""
+        """The mixing the scratch student trains with: its
+        own (``scratch_mix``) or the distilled one's."""
         return self.mix if self.scratch_mix == "same" else self.scratch_mix
