@@ -197,6 +197,36 @@ def _measured_row(name: str) -> str | None:
     return None if match is None else f"{match[1].strip()} % test accuracy, {match[2].strip()}"
 
 
+def _losses_of(name: str) -> list[tuple[str, object]]:
+    """The losses of a method's terms at its defaults, by name, label terms left out. Feature
+    and layer methods need their layers named to build their terms: one pair is named."""
+    from kdistill.losses import LOSSES
+    from kdistill.methods import PRESETS
+
+    names = {id(loss): key for key, loss in LOSSES.items()}
+    asks = ({}, {"student_layers": ["s"], "teacher_layers": ["t"]}, {"layer_map": {1: 2}})
+    for layers in (*asks, {"student_layers": 2, "teacher_layers": 4}):
+        try:
+            terms = PRESETS[name](**layers)
+            break
+        except (TypeError, ValueError):
+            continue
+    losses = {}
+    for term in terms:
+        key, loss = names.get(id(term.loss)), term.loss
+        if key is None and name in LOSSES:  # a loss inside a module (cc's EmbeddedPair)
+            key, loss = name, LOSSES[name]
+        if key not in ("ce", "token_ce", None):
+            losses.setdefault(key, loss)
+    return list(losses.items())
+
+
+def _formula(loss) -> str:
+    """A loss's docstring up to its arguments: the paper and the formula, where the code is."""
+    text = inspect.getdoc(loss) or ""
+    return _text(re.split(r"\n(?:Args|Returns|Shapes?):\n", text)[0].strip())
+
+
 def method_page(name: str, measured: dict) -> str:
     from kdistill.methods import PRESETS
 
@@ -205,6 +235,11 @@ def method_page(name: str, measured: dict) -> str:
     lines = [f"# {name}", "", _text(" ".join(summary.split())), ""]
     if details:
         lines += [_text(details), ""]
+    losses = _losses_of(name)
+    if losses:
+        lines += ["## The losses", ""]
+        for loss, function in losses:
+            lines += [f"### `{loss}`", "", _formula(function), ""]
     lines += ["## When to use it", "", WHEN_TO_USE.get(name, "See the paper above."), ""]
     lines += [
         "## Settings",
