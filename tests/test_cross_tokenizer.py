@@ -3,6 +3,8 @@ aligned chunks (ULD, the exact-match hybrid, chunk likelihood), against float64 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -327,3 +329,53 @@ def test_padded_rows_only_when_both_cover_the_tokenizer():
     assert padded_rows(151_936, 152_064, 151_665) == 151_936
     assert padded_rows(100, 100, 90) is None
     assert padded_rows(49_152, 8_192, 49_152) is None  # another vocabulary: align instead
+
+
+# --- the data and the Python door --------------------------------------------------------------
+
+
+def test_shakespeare_windows_for_a_student_with_its_own_tokenizer_distill_in_python(
+    tmp_path, monkeypatch
+):
+    from test_hardening_inputs import cross_tokenizer_data
+
+    from kdistill.data.shakespeare import load_plays
+    from kdistill.distiller import Distiller, Teacher
+    from kdistill.methods import preset_terms
+    from kdistill.models import create_model
+    from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher
+
+    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
+    cross_tokenizer_data(tmp_path)
+    splits = load_plays(
+        path=str(tmp_path / "plays"),
+        tokenizer=str(tmp_path / "teacher.json"),
+        student_tokenizer="bpe:300",
+        block_size=16,
+        max_tokens={"train": 64, "val": 32, "test": 32},
+    )
+    assert splits.teacher_inputs and splits.num_classes == 300
+    assert splits.identity["teacher_vocab_size"] == 320
+    assert Path(splits.identity["student_tokenizer"]).parent == tmp_path / "home" / "tokenizers"
+    assert splits.identity["alignment"]["train"]["aligned_bytes"] > 0.8
+    sample = splits.train[1]
+    inputs = sample["input"]
+    student_text = splits.train.codec.decode(sample["target"][sample["mask"]].tolist())
+    teacher_codec = Tokenizer.from_file(str(tmp_path / "teacher.json"))
+    teacher_ids = inputs["teacher_target"][inputs["teacher_chunk"] >= 0].tolist()
+    aligned_student = sample["target"][inputs["teacher_student_chunk"] >= 0].tolist()
+    # the aligned tokens of both sides spell the same text, inside the student's window
+    aligned_text = splits.train.codec.decode(aligned_student)
+    assert teacher_codec.decode(teacher_ids) == aligned_text and aligned_text in student_text
+
+    batch = torch.utils.data.default_collate([splits.train[i] for i in range(4)])
+    teacher_model = create_model("gpt", num_classes=320, input_shape=(40,), n_layer=1, n_embd=16)
+    shared = torch.where(torch.arange(320) < 300, torch.arange(320), -1)  # one-to-one
+    teacher = Teacher(CrossTokenizerTeacher(teacher_model, shared))
+    student = create_model("gpt", num_classes=300, input_shape=(16,), n_layer=1, n_embd=16)
+    for loss in ("uld", "hybrid", "alm"):
+        distiller = Distiller(student, preset_terms("cross_tokenizer", loss=loss))
+        out = distiller(batch, teacher(batch))
+        out["loss"].backward()
+        assert out["loss/xtok"] > 0 and student.tok_emb.weight.grad.abs().sum() > 0
+        student.zero_grad()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import accumulate
 
 from kdistill.errors import DataError
 
@@ -58,14 +59,14 @@ def _special_ids(tokenizer) -> set[int]:
 
 def _byte_level_spans(tokenizer, ids: Sequence[int]) -> tuple[list[Span], bytes]:
     table, special = byte_decoder(), _special_ids(tokenizer)
-    spans, pieces, position = [], [], 0
-    for i in ids:
-        token = tokenizer.id_to_token(int(i))
-        piece = b"" if int(i) in special else bytes(table[c] for c in token if c in table)
-        spans.append((position, position + len(piece)))
-        pieces.append(piece)
-        position += len(piece)
-    return spans, b"".join(pieces)
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    pieces = [b""] * (max(vocab.values(), default=-1) + 1)
+    for token, i in vocab.items():  # once per vocabulary entry, not per token of the text
+        if i not in special:
+            pieces[i] = bytes(table[c] for c in token if c in table)
+    chosen = [pieces[i] for i in ids]
+    ends = list(accumulate(map(len, chosen)))
+    return list(zip([0, *ends[:-1]], ends)), b"".join(chosen)
 
 
 def _offset_spans(text: str, encoding, special: set[int]) -> list[Span]:

@@ -26,6 +26,7 @@ distribution. Softmax at ``temperature`` on both sides, no T² factor (as ``kdis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ class AlignedTeacher:
     student_chunk: Tensor
     target_log_prob: Tensor | None = None
     shared: Tensor | None = None
+    read_whole: ClassVar[bool] = True  # call_model hands it on as it is, not its .logits
 
     @property
     def shape(self) -> torch.Size:
