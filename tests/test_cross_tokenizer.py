@@ -260,6 +260,25 @@ def test_hybrid_splits_shared_and_unshared_entries():
     torch.testing.assert_close(
         hybrid(s_logits, teacher, s_target), torch.stack(expected).mean(), rtol=1e-12, atol=0
     )
+    # a top-k teacher (k = V) takes the sparse path: the same value and student gradient
+    sparse = AlignedTeacher(
+        topk_teacher(teacher.logits, 11),
+        teacher.target,
+        teacher.chunk,
+        teacher.student_chunk,
+        target_log_prob=torch.log_softmax(teacher.logits, -1)
+        .gather(-1, teacher.target[..., None])
+        .squeeze(-1),
+        shared=shared,
+    )
+    dense_input = s_logits.clone().requires_grad_(True)
+    sparse_input = s_logits.clone().requires_grad_(True)
+    dense_value = hybrid(dense_input, teacher, s_target)
+    sparse_value = hybrid(sparse_input, sparse, s_target)
+    torch.testing.assert_close(sparse_value, dense_value, rtol=1e-9, atol=0)
+    dense_value.backward()
+    sparse_value.backward()
+    torch.testing.assert_close(sparse_input.grad, dense_input.grad, rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("loss", [uld, hybrid, alm])

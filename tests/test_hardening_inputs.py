@@ -211,8 +211,12 @@ def cross_tokenizer_data(tmp_path):
             ["data.options.student_tokenizer=bpe:300", "method=token_kd"],
             ("method=token_kd: the term(s) kd compare", "use method=cross_tokenizer"),
         ),
+        (
+            ["data.options.student_tokenizer=bpe:300", "method=cross_tokenizer"],
+            ("`kdistill run` does not train a language model across tokenizers yet",),
+        ),
     ],
-    ids=["cannot round-trip", "too little aligned", "shared-vocabulary term"],
+    ids=["cannot round-trip", "too little aligned", "shared-vocabulary term", "not wired"],
 )
 def test_cli_refuses_what_cannot_distill_across_tokenizers(tmp_path, settings, fragments):
     from test_cross_tokenizer import byte_level_bpe

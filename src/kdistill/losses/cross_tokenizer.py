@@ -99,7 +99,8 @@ def _log_softmax(logits: Tensor, temperature: float) -> Tensor:
 class _Chunks:
     """The chunks present on both sides (N of them), before their vectors are merged."""
 
-    log_q: Tensor  # (N, V_S) student log-probabilities at each chunk's first position
+    log_q: Tensor  # (B·L_S, V_S) student log-probabilities at every position
+    rows: Tensor  # (N,) the position (row of log_q) where each chunk starts
     first_s: Tensor  # (N,) the student token each chunk starts with
     span_s: Tensor  # (N,) the student's log-probability of the chunk
     teacher: Tensor  # (N, V_T) teacher log-probabilities, or (N, k) top-k ones (sparse)
@@ -151,7 +152,8 @@ def _chunks(s_logits, teacher: AlignedTeacher, target, mask, temperature) -> _Ch
     both = torch.nonzero(s_present & t_present).squeeze(-1)
     s_rows, t_rows = s_first[both], t_first[both]
     return _Chunks(
-        log_q[s_rows],
+        log_q,
+        s_rows,
         s_target[s_rows],
         s_span[both],
         log_p[t_rows],
@@ -177,16 +179,21 @@ def merged_chunks(
     among them), and ``teacher_ids`` None for dense logits (the ids are 0..V_T − 1).
     """
     c = _chunks(s_logits, teacher, target, mask, temperature)
-    student = c.log_q.scatter(-1, c.first_s[:, None], c.span_s[:, None])
+    student = c.log_q[c.rows].scatter(-1, c.first_s[:, None], c.span_s[:, None])
+    return (student, *_teacher_merged(c))
+
+
+def _teacher_merged(c: _Chunks) -> tuple[Tensor, Tensor | None]:
+    """The teacher's merged chunk probabilities and their ids (None: dense, the columns)."""
     span_p = c.span_t.exp()[:, None]
     if c.teacher_ids is None:
-        return student, c.teacher.exp().scatter(-1, c.first_t[:, None], span_p), None
+        return c.teacher.exp().scatter(-1, c.first_t[:, None], span_p), None
     is_first = c.teacher_ids == c.first_t[:, None]
     values = torch.where(is_first, span_p, c.teacher.exp())
     # The chunk's first token as one more entry when it is not among the top k.
     extra = torch.where(is_first.any(-1, keepdim=True), 0.0, span_p)
     ids = torch.cat([c.teacher_ids, c.first_t[:, None]], -1)
-    return student, torch.cat([values, extra], -1), ids
+    return torch.cat([values, extra], -1), ids
 
 
 def _sorted_l1(s_probs: Tensor, t_probs: Tensor, top_k: int | None) -> Tensor:
@@ -268,26 +275,56 @@ def hybrid(
     """
     if teacher.shared is None:
         raise ValueError("hybrid needs teacher.shared: the student id of each teacher token")
-    log_student, t_values, t_ids = merged_chunks(
+    if isinstance(teacher.logits, SparseTeacher):
+        return _reduce(
+            _sparse_hybrid(s_logits, teacher, target, mask, temperature, top_k), reduction
+        )
+    log_student, t_values, _ = merged_chunks(
         s_logits, teacher, target, mask=mask, temperature=temperature
     )
     shared = teacher.shared.to(log_student.device)
     student = log_student.exp()
     student_shared = torch.zeros(student.shape[-1], dtype=torch.bool, device=student.device)
     student_shared[shared[shared >= 0]] = True
-    if t_ids is None:  # dense: the ids are the columns
-        to_student = shared[None, :].expand_as(t_values)
-        log_q = log_student[:, shared.clamp_min(0)]
-    else:
-        to_student = shared[t_ids]
-        log_q = log_student.gather(-1, to_student.clamp_min(0))
-    on_shared = to_student >= 0
+    on_shared = (shared >= 0)[None, :].expand_as(t_values)
     p = torch.where(on_shared, t_values, 0.0)
+    log_q = log_student[:, shared.clamp_min(0)]
     kl = (torch.xlogy(p, p) - p * log_q - p).sum(-1) + (student * student_shared).sum(-1)
     rest = _sorted_l1(
         torch.where(student_shared, 0.0, student), torch.where(on_shared, 0.0, t_values), top_k
     )
     return _reduce(kl + rest, reduction)
+
+
+def _sparse_hybrid(s_logits, teacher: AlignedTeacher, target, mask, temperature, top_k):
+    """``hybrid`` against a top-k teacher without a (chunks × V_S) copy of the student: the
+    KL reads the student at the teacher's k + 1 entries, the ULD its unshared columns only,
+    and the shared mass is 1 − the unshared one (the merged first entry corrected)."""
+    c = _chunks(s_logits, teacher, target, mask, temperature)
+    t_values, t_ids = _teacher_merged(c)
+    shared = teacher.shared.to(c.log_q.device)
+    vocab = c.log_q.shape[-1]
+    is_shared = torch.zeros(vocab, dtype=torch.bool, device=shared.device)
+    is_shared[shared[shared >= 0]] = True
+    unshared = torch.nonzero(~is_shared).squeeze(-1)
+    column = torch.full((vocab,), -1, dtype=torch.int64, device=shared.device)
+    column[unshared] = torch.arange(len(unshared), device=shared.device)
+    span_s = c.span_s.exp()
+    first_column = column[c.first_s]  # where the chunk's first student token sits, if unshared
+    q_unshared = c.log_q[c.rows[:, None], unshared[None, :]].exp()
+    plain_unshared = q_unshared.sum(-1)
+    is_first = torch.arange(len(unshared), device=shared.device)[None, :] == first_column[:, None]
+    q_unshared = torch.where(is_first, span_s[:, None], q_unshared)
+    first_q = c.log_q[c.rows, c.first_s].exp()
+    shared_mass = (1.0 - plain_unshared).clamp_min(0.0)
+    shared_mass = shared_mass + torch.where(first_column >= 0, 0.0, span_s - first_q)
+    to_student = shared[t_ids]
+    on_shared = to_student >= 0
+    log_q = c.log_q[c.rows[:, None], to_student.clamp_min(0)]
+    log_q = torch.where(to_student == c.first_s[:, None], c.span_s[:, None], log_q)
+    p = torch.where(on_shared, t_values, 0.0)
+    kl = (torch.xlogy(p, p) - p * log_q - p).sum(-1) + shared_mass
+    return kl + _sorted_l1(q_unshared, torch.where(on_shared, 0.0, t_values), top_k)
 
 
 def alm(

@@ -164,6 +164,11 @@ def check_token_terms(recipe: Recipe, terms: list[Term], splits: DataSplits) -> 
     if splits.identity.get("student_tokenizer"):
         field = f"method={recipe.method}" if recipe.terms is None else "terms"
         check_across_tokenizers(terms, field)
+        raise ConfigError(  # the pipeline's teacher, evaluation and report read one vocabulary
+            "data.options.student_tokenizer: `kdistill run` does not train a language model "
+            "across tokenizers yet; use the Python door (CrossTokenizerTeacher and "
+            "method cross_tokenizer, as bench/cross_tokenizer.py does)"
+        )
     names = {loss: name for name, loss in LOGIT_LOSSES.items()}
     wrong = [term for term in terms if names.get(term.loss)]
     if not wrong:
