@@ -210,6 +210,29 @@ def test_uld_matches_sorted_zero_padded_l1_in_float64():
     torch.testing.assert_close(uld(s_logits, sparse, s_target), expected, rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("k, top_k", [(3, None), (6, 4), (11, None)])
+def test_uld_against_a_top_k_teacher_pairs_the_merged_vectors(k, top_k):
+    s_logits, s_target, teacher = example(seed=6)
+    log_p = torch.log_softmax(teacher.logits, -1)
+    sparse = AlignedTeacher(
+        topk_teacher(teacher.logits, k),
+        teacher.target,
+        teacher.chunk,
+        teacher.student_chunk,
+        target_log_prob=log_p.gather(-1, teacher.target[..., None]).squeeze(-1),
+    )
+    student, t_values, _ = merged_chunks(s_logits, sparse, s_target)
+    if top_k is None:  # every entry paired: the float64 reference
+        expected = torch.stack([reference_uld(t, q) for t, q in zip(t_values, student.exp())])
+    else:  # the top_k largest paired, both remainders added
+        s_sorted = student.exp().sort(-1, descending=True).values
+        t_sorted = t_values.sort(-1, descending=True).values
+        paired = (s_sorted[:, :top_k] - t_sorted[:, :top_k]).abs().sum(-1)
+        expected = paired + s_sorted[:, top_k:].sum(-1) + t_sorted[:, top_k:].sum(-1)
+    value = uld(s_logits, sparse, s_target, top_k=top_k, reduction="none")
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_alm_is_the_binary_kl_of_chunk_probabilities():
     s_logits, s_target, teacher = example(seed=2)
     s_ref = reference_chunk_vectors(s_logits, s_target, teacher.student_chunk)

@@ -246,10 +246,31 @@ def uld(
             ``_sorted_l1``); ``None`` pairs them all (exact).
         reduction: ``"mean"`` over chunks (0 if none), ``"sum"``, or ``"none"`` (per chunk).
     """
+    if isinstance(teacher.logits, SparseTeacher):
+        return _reduce(_sparse_uld(s_logits, teacher, target, mask, temperature, top_k), reduction)
     student, t_values, _ = merged_chunks(
         s_logits, teacher, target, mask=mask, temperature=temperature
     )
     return _reduce(_sorted_l1(student.exp(), t_values, top_k), reduction)
+
+
+def _sparse_uld(s_logits, teacher: AlignedTeacher, target, mask, temperature, top_k):
+    """``uld`` against a top-k teacher without a (chunks × V_S) copy of the student. Only K =
+    min(k + 1, V_S, top_k) sorted entries pair with the teacher's; merging lowers one student
+    entry, so the merged top K lie among the plain top K + 1 and the chunk's first token."""
+    c = _chunks(s_logits, teacher, target, mask, temperature)
+    t_values, _ = _teacher_merged(c)
+    vocab = c.log_q.shape[-1]
+    k = min(t_values.shape[-1], vocab, top_k or vocab)
+    top_log_q, top_ids = c.log_q[c.rows].topk(min(k + 1, vocab), dim=-1)
+    is_first = top_ids == c.first_s[:, None]
+    candidates = torch.where(is_first, c.span_s[:, None], top_log_q).exp()
+    extra = torch.where(is_first.any(-1, keepdim=True), 0.0, c.span_s.exp()[:, None])
+    s_top = torch.cat([candidates, extra], -1).topk(k, dim=-1).values
+    t_top = t_values.topk(k, dim=-1).values
+    s_mass = 1.0 - c.log_q[c.rows, c.first_s].exp() + c.span_s.exp()
+    rest = (s_mass - s_top.sum(-1)).clamp_min(0.0) + (t_values.sum(-1) - t_top.sum(-1))
+    return (s_top - t_top).abs().sum(-1) + rest.clamp_min(0.0)
 
 
 def hybrid(
