@@ -198,11 +198,10 @@ def cross_tokenizer_splits(
 ) -> DataSplits:
     """Train / val / test ``CrossTokenizerDataset``s of ``texts``, the student's tokenizer
     named by ``student_tokenizer`` (see ``student_tokenizer_for``), the teacher's in
-    ``teacher_codec``; ``budgets``: windows per split (None: all)."""
-    from kdistill.data.shakespeare import TokenizerCodec
-
+    ``teacher_codec`` (the student's is wrapped in the same codec type); ``budgets``: windows
+    per split (None: all)."""
     tokenizer, file = student_tokenizer_for(student_tokenizer, texts["train"])
-    codec = TokenizerCodec(tokenizer, str(file))
+    codec = type(teacher_codec)(tokenizer, str(file))
     made = {
         split: cross_tokenizer_windows(
             text,
