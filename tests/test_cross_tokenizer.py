@@ -421,3 +421,17 @@ def test_shakespeare_windows_for_a_student_with_its_own_tokenizer_distill_in_pyt
         out["loss"].backward()
         assert out["loss/xtok"] > 0 and student.tok_emb.weight.grad.abs().sum() > 0
         student.zero_grad()
+
+
+def test_check_pair_cuts_padded_vocabularies_to_their_shared_rows(caplog):
+    from kdistill.distiller import Teacher
+    from kdistill.teachers.pair import MismatchError, check_pair
+
+    example = {"input": torch.tensor([[0, 1, 2]])}
+    with pytest.raises(MismatchError, match="12 outputs but the student has 10"):
+        check_pair(Teacher(Rows(12, 0)), Rows(10, 1), example)
+    teacher, student = Teacher(Rows(12, 0)), Rows(10, 1)
+    with caplog.at_level("WARNING"):
+        shape = check_pair(teacher, student, example, tokenizer_size=9)
+    assert shape[-1] == 10 and teacher(example).logits.shape[-1] == 10
+    assert [r.message for r in caplog.records if "padded vocabularies" in r.message]
