@@ -435,3 +435,18 @@ def test_check_pair_cuts_padded_vocabularies_to_their_shared_rows(caplog):
         shape = check_pair(teacher, student, example, tokenizer_size=9)
     assert shape[-1] == 10 and teacher(example).logits.shape[-1] == 10
     assert [r.message for r in caplog.records if "padded vocabularies" in r.message]
+
+
+@pytest.mark.parametrize("loss", [uld, hybrid, alm])
+def test_temperature_softens_both_sides(loss):
+    s_logits, target, teacher = identical_tokenizers(seed=7)
+    halved = AlignedTeacher(
+        teacher.logits / 2,
+        teacher.target,
+        teacher.chunk,
+        teacher.student_chunk,
+        shared=teacher.shared,
+    )
+    torch.testing.assert_close(
+        loss(s_logits, teacher, target, temperature=2.0), loss(s_logits / 2, halved, target)
+    )

@@ -91,7 +91,9 @@ def _per_chunk(flat: Tensor, valid: Tensor, token_log_prob: Tensor, slots: int):
 
 def _log_softmax(logits: Tensor, temperature: float) -> Tensor:
     (logits,) = upcast(logits)
-    log_p = F.log_softmax(logits / temperature, dim=-1)
+    if temperature != 1.0:  # a (…, V) pass and its backward saved at the usual T = 1
+        logits = logits / temperature
+    log_p = F.log_softmax(logits, dim=-1)
     return log_p.clamp_min(torch.finfo(log_p.dtype).min)  # a banned token: finite, exp() = 0
 
 
