@@ -23,7 +23,9 @@ def cross_tokenizer(
     ``loss``: ``uld`` (sorted probabilities, Boizard et al. 2024, arXiv:2402.12030), ``hybrid``
     (exact-match KL over the shared tokens plus ULD over the rest, as GOLD), or ``alm`` (chunk
     likelihoods, after Minixhofer et al. 2025, arXiv:2503.20083). ``top_k`` pairs only the k
-    largest sorted probabilities in ULD (cheaper, an upper bound); ``None``: all.
+    largest sorted probabilities in ULD (cheaper, an upper bound); ``None``: all. The chunk
+    term is a mean over aligned chunks; gradient accumulation weighs a batch by its counted
+    positions, which is the same up to the chunks-per-token ratio (about 1 on Shakespeare).
     """
     if loss not in CROSS_TOKENIZER_LOSSES:
         raise ValueError(
