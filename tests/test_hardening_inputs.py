@@ -162,3 +162,71 @@ def test_cli_names_token_kd_for_a_classifier_loss_on_token_data(tmp_path, settin
         setting,
         fragments=(field, "holds token sequences for a language model: use method=token_kd"),
     )
+
+
+# --- issue 32: a student with a tokenizer of its own ------------------------------------------
+
+PLAY = "{name}\n\nACT I\n\nKING:\nWhat say'st thou, {name}? Speak, café crème, 日本!\n\n"
+
+
+def cross_tokenizer_data(tmp_path):
+    """Five small plays (the four held out and one to train on) and a teacher tokenizer."""
+    from test_cross_tokenizer import byte_level_bpe
+
+    texts = []
+    for name in ("hamlet", "the-tempest", "twelfth-night", "julius-caesar", "macbeth"):
+        text = PLAY.format(name=name) * 40
+        (tmp_path / "plays" / "genre").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "plays" / "genre" / f"{name}.md").write_text(text, encoding="utf-8")
+        texts.append(text)
+    byte_level_bpe(texts, 320).save(str(tmp_path / "teacher.json"))
+    return [
+        "data.dataset=shakespeare",
+        "data.path=plays",
+        "data.options.tokenizer=teacher.json",
+        "data.options.block_size=16",
+        "teacher.model=gpt",
+        "student.model=gpt",
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "settings, fragments",
+    [
+        (
+            ["data.options.student_tokenizer=lossy.json", "method=cross_tokenizer"],
+            ("data.options.student_tokenizer: the tokenizer does not give the text back",),
+        ),
+        (
+            [
+                "data.options.student_tokenizer=bpe:300",
+                "data.options.block_size=2",
+                "data.options.min_aligned=0.9",
+                "method=cross_tokenizer",
+            ],
+            ("the alignment covers", "data.options.min_aligned=0.9"),
+        ),
+        (
+            ["data.options.student_tokenizer=bpe:300", "method=token_kd"],
+            ("method=token_kd: the term(s) kd compare", "use method=cross_tokenizer"),
+        ),
+        (
+            ["data.options.student_tokenizer=bpe:300", "method=cross_tokenizer"],
+            ("`kdistill run` does not train a language model across tokenizers yet",),
+        ),
+    ],
+    ids=["cannot round-trip", "too little aligned", "shared-vocabulary term", "not wired"],
+)
+def test_cli_refuses_what_cannot_distill_across_tokenizers(tmp_path, settings, fragments):
+    from test_cross_tokenizer import byte_level_bpe
+    from tokenizers import normalizers
+
+    data = cross_tokenizer_data(tmp_path)
+    lossy = byte_level_bpe([PLAY], 300)
+    lossy.normalizer = normalizers.Lowercase()  # "KING" comes back as "king"
+    lossy.save(str(tmp_path / "lossy.json"))
+    result = kdistill_cli(
+        "check", *data, *settings, cwd=tmp_path, env={"KDISTILL_HOME": str(tmp_path / "home")}
+    )
+    assert_user_error(result, *fragments)

@@ -102,7 +102,8 @@ def call_model(model: nn.Module, inputs, *, lazy_logits: bool = False) -> Tensor
     inputs = model_inputs(model, inputs)
     extra = {"lazy_logits": True} if lazy_logits and gives_lazy_logits(model) else {}
     output = model(**inputs, **extra) if isinstance(inputs, Mapping) else model(inputs, **extra)
-    if isinstance(output, (Tensor, LazyLogits)):
+    # An output the losses read whole (a cross-tokenizer teacher's logits with its alignment)
+    if isinstance(output, (Tensor, LazyLogits)) or getattr(output, "read_whole", False):
         return output
     if hasattr(output, "logits"):
         return output.logits

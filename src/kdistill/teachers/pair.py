@@ -10,6 +10,7 @@ from torch import nn
 from kdistill.distiller import Teacher
 from kdistill.errors import UserError
 from kdistill.modeling import call_model
+from kdistill.teachers.cross_tokenizer import trim_padded_vocabularies
 
 
 class MismatchError(UserError, ValueError):
@@ -31,11 +32,17 @@ def _describe_input(inputs) -> str:
     return f"{tuple(inputs.shape)} {inputs.dtype} on {inputs.device}"
 
 
-def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Size:
+def check_pair(
+    teacher: Teacher, student: nn.Module, example: dict, *, tokenizer_size: int | None = None
+) -> torch.Size:
     """Run teacher and student once on ``example``: inputs of another dtype or device than a
     model's weights, and models that score different numbers of classes, fail here with one
     error naming both sides, rather than deep inside a layer or a loss. Returns the shape of
-    the student's outputs."""
+    the student's outputs.
+
+    ``tokenizer_size``: language models sharing a tokenizer of that many entries whose logit
+    rows differ by padding only are cut to their shared rows, with one line saying so
+    (``kdistill.teachers.cross_tokenizer.trim_padded_vocabularies``)."""
     was_training = student.training
     outputs = {}
     try:
@@ -54,6 +61,10 @@ def check_pair(teacher: Teacher, student: nn.Module, example: dict) -> torch.Siz
     finally:
         student.train(was_training)
     teacher_outputs, student_outputs = outputs["teacher"].shape[-1], outputs["student"].shape[-1]
+    if tokenizer_size and trim_padded_vocabularies(
+        teacher.module, student, teacher_outputs, student_outputs, tokenizer_size
+    ):
+        teacher_outputs = student_outputs = min(teacher_outputs, student_outputs)
     if teacher_outputs != student_outputs:
         raise MismatchError(
             f"the teacher has {teacher_outputs} outputs but the student has {student_outputs}: "

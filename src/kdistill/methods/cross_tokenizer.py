@@ -1,0 +1,65 @@
+"""The cross-tokenizer preset: token cross-entropy on the student's own tokens plus a loss over
+the byte-aligned chunks of teacher and student (``kdistill.losses.cross_tokenizer``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdistill.losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
+from kdistill.methods.terms import Term, mixed_ce_weight
+
+
+def cross_tokenizer(
+    *,
+    loss: str = "hybrid",
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    ce_weight: float | None = None,
+    top_k: int | None = None,
+):
+    """Cross-tokenizer LM distillation: (1−α)·token CE + α·(uld | hybrid | alm) per aligned chunk.
+
+    For a student whose tokenizer is not the teacher's (``data.options.student_tokenizer``).
+    ``loss``: ``uld`` (sorted probabilities, Boizard et al. 2024, arXiv:2402.12030), ``hybrid``
+    (exact-match KL over the shared tokens plus ULD over the rest, as GOLD), or ``alm`` (chunk
+    likelihoods, after Minixhofer et al. 2025, arXiv:2503.20083). ``top_k`` pairs only the k
+    largest sorted probabilities in ULD (cheaper, an upper bound); ``None``: all. The chunk
+    term is a mean over aligned chunks; gradient accumulation weighs a batch by its counted
+    positions, which is the same up to the chunks-per-token ratio (about 1 on Shakespeare).
+    """
+    if loss not in CROSS_TOKENIZER_LOSSES:
+        raise ValueError(
+            f"cross_tokenizer: loss {loss!r}; choose {', '.join(CROSS_TOKENIZER_LOSSES)}"
+        )
+    params: dict[str, Any] = {"temperature": temperature}
+    if top_k is not None and loss != "alm":
+        params["top_k"] = top_k
+    terms = [
+        Term("ce", "token_ce", weight=mixed_ce_weight(alpha, ce_weight), teacher=None),
+        Term("xtok", CROSS_TOKENIZER_LOSSES[loss], weight=alpha, params=params),
+    ]
+    return [t for t in terms if t.weight]
+
+
+def check_across_tokenizers(terms, field: str) -> None:
+    """Refuse a term that compares teacher and student logits entry by entry (``token_kd``'s
+    ``forward_kl``, ``kd``, ...) when the student has a vocabulary of its own: entry i is not
+    the same token on both sides."""
+    from kdistill.errors import ConfigError
+    from kdistill.modeling import LOGITS
+
+    aligned = set(CROSS_TOKENIZER_LOSSES.values())
+    wrong = [
+        t.name
+        for t in terms
+        if t.takes_teacher and LOGITS == t.student == t.teacher and t.loss not in aligned
+    ]
+    if wrong:
+        raise ConfigError(
+            f"{field}: the term(s) {', '.join(wrong)} compare teacher and student token by token, "
+            "but data.options.student_tokenizer gives the student a vocabulary of its own: use "
+            "method=cross_tokenizer (distill.params.loss: uld, hybrid or alm)"
+        )
+
+
+__all__ = ["check_across_tokenizers", "cross_tokenizer"]

@@ -1,0 +1,115 @@
+"""A teacher whose tokenizer is not the student's.
+
+``CrossTokenizerTeacher`` runs the teacher on its own tokens of the batch's text (the
+``teacher_*`` inputs a cross-tokenizer data set carries beside the student's) and returns an
+``AlignedTeacher``: its logits with the byte-offset alignment of the two tokenisations, which
+the losses of ``kdistill.losses.cross_tokenizer`` read. ``shared_vocabulary`` maps the tokens
+whose strings match exactly (the ``hybrid`` loss), and ``trim_padded_vocabularies`` handles the
+one case where no alignment is needed: the same tokenizer under logit matrices padded to
+different row counts (151,936 vs 152,064 rows for one 151,665-token vocabulary, say).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.data.alignment import byte_decoder, is_byte_level
+from kdistill.losses.cross_tokenizer import AlignedTeacher
+from kdistill.modeling import READS_TEACHER_INPUTS, call_model
+from kdistill.teachers.vocab import map_teacher_vocabulary
+
+log = logging.getLogger(__name__)
+
+# The teacher-side keys of a cross-tokenizer batch (each ``teacher_<key>`` in its input).
+ALIGNMENT_KEYS = ("target", "chunk", "student_chunk")
+
+
+def token_strings(tokenizer) -> list[bytes]:
+    """Each token's text as bytes (byte-level vocabularies decoded to their bytes); special
+    tokens as their written form."""
+    table = byte_decoder() if is_byte_level(tokenizer) else None
+    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    strings = []
+    for i in range(tokenizer.get_vocab_size()):
+        token = tokenizer.id_to_token(i) or ""
+        if table is None or i in special or any(c not in table for c in token):
+            strings.append(token.encode("utf-8"))
+        else:
+            strings.append(bytes(table[c] for c in token))
+    return strings
+
+
+def shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_rows: int | None = None):
+    """(V_T,) int64: the student id of each teacher token whose string is exactly a student
+    token's, -1 for the rest (and for padding rows beyond the tokenizer's vocabulary)."""
+    student = {s: i for i, s in enumerate(token_strings(student_tokenizer))}
+    teacher = token_strings(teacher_tokenizer)
+    shared = torch.full((max(teacher_rows or 0, len(teacher)),), -1, dtype=torch.int64)
+    for i, string in enumerate(teacher):
+        shared[i] = student.get(string, -1)
+    return shared
+
+
+class CrossTokenizerTeacher(nn.Module):
+    """The teacher model, reading its own tokens of the batch and returning an
+    ``AlignedTeacher`` (its logits plus the alignment the batch carries).
+
+    Args:
+        teacher: the teacher model (any model ``call_model`` can run on ``input_ids``).
+        shared: ``shared_vocabulary`` of the two tokenizers, for the ``hybrid`` loss.
+    """
+
+    def __init__(self, teacher: nn.Module, shared: Tensor | None = None):
+        super().__init__()
+        self.teacher = teacher
+        self.register_buffer("shared", shared, persistent=False)
+        setattr(self, READS_TEACHER_INPUTS, True)
+
+    def forward(self, input_ids, target, chunk, student_chunk, attention_mask=None):
+        inputs = {"input_ids": input_ids}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        logits = call_model(self.teacher, inputs)
+        return AlignedTeacher(logits, target, chunk, student_chunk, shared=self.shared)
+
+
+def padded_rows(teacher_rows: int, student_rows: int, tokenizer_size: int) -> int | None:
+    """The rows both logit matrices share when they differ only by padding (both at least the
+    tokenizer's size), else None."""
+    if teacher_rows == student_rows or min(teacher_rows, student_rows) < tokenizer_size:
+        return None
+    return min(teacher_rows, student_rows)
+
+
+def trim_padded_vocabularies(
+    teacher: nn.Module, student: nn.Module, teacher_rows: int, student_rows: int, tokenizer_size
+) -> str | None:
+    """Same tokenizer, logit matrices of different row counts: cut the wider model's logits to
+    the shared rows (ids beyond the tokenizer's vocabulary are never data; softmax over the kept
+    rows renormalises). Returns the one line that says so, or None when there is nothing to do.
+    Hooks, so the models and their weights are unchanged."""
+    rows = padded_rows(teacher_rows, student_rows, tokenizer_size)
+    if rows is None:
+        return None
+    wider = teacher if teacher_rows > rows else student
+    map_teacher_vocabulary(wider, torch.arange(rows))
+    line = (
+        f"padded vocabularies: the teacher has {teacher_rows:,} logit rows and the student "
+        f"{student_rows:,} for one {tokenizer_size:,}-token vocabulary; comparing the "
+        f"{rows:,} shared rows"
+    )
+    log.warning(line)
+    return line
+
+
+__all__ = [
+    "ALIGNMENT_KEYS",
+    "CrossTokenizerTeacher",
+    "padded_rows",
+    "shared_vocabulary",
+    "token_strings",
+    "trim_padded_vocabularies",
+]
