@@ -85,6 +85,7 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
         recipe.train.mixed_precision,
         deterministic=recipe.train.deterministic,
         compile=recipe.train.compile,
+        strategy=recipe.train.strategy,
     )
     plan = preflight(recipe)  # bad models, terms, taps or data fail before anything is written
     # Every process checks the directory before the main one creates it (or one would see the other's).
