@@ -43,6 +43,7 @@ from kdistill.run.school import RunSchool
 from kdistill.run.summary import summarize
 from kdistill.teaching import MODES, Role
 from kdistill.training.acceleration import make_accelerator
+from kdistill.training.sharding import is_sharded
 
 
 def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=print) -> dict:
@@ -103,6 +104,7 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
         if main:
             echo(
                 f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), world_size={accelerator.num_processes}, device {accelerator.device}"
+                + (", sharded (fsdp)" if is_sharded(accelerator) else "")
             )
             for line in teacher_notes(recipe):
                 echo(line)

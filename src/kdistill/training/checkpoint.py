@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors
+from kdistill.training.sharding import load_state
 
 # An optimizer's state is keyed by parameter index (``optimizer.state_dict()``) or, gathered from
 # shards (kdistill.training.sharding), by parameter name; its entries' own names hold no dot.
@@ -108,13 +109,13 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
 
 def restore_training_state(
-    tensors: dict[str, Tensor], meta: dict, *, load, scheduler, processes: int = 1
+    tensors: dict[str, Tensor], meta: dict, *, model, optimizer, scheduler, processes: int = 1
 ) -> dict[str, Tensor]:
-    """Hand the weights and the optimizer state to ``load(weights, optimizer_state)``, load the
-    scheduler; returns the ``progress.*`` tensors. The global generators are restored
-    separately, by the caller, at the right moment."""
+    """Load weights, optimizer (kdistill.training.sharding.load_state: sharded or not) and
+    scheduler, saved by ``processes`` or another number of them; returns the ``progress.*``
+    tensors. The global generators are restored separately, by the caller, at the right moment."""
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    load(weights, _unflatten_optimizer(tensors, meta["optimizer"]))
+    load_state(model, optimizer, weights, _unflatten_optimizer(tensors, meta["optimizer"]))
     schedule = dict(meta["scheduler"])
     saved = meta.get("processes", processes)
     if saved != processes:

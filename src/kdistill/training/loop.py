@@ -38,7 +38,6 @@ from kdistill.training.optimization import (
     make_schedule,
     parameter_groups,
 )
-from kdistill.training.sampling import OnPolicy
 from kdistill.training.selection import (
     BestWeights,
     EarlyStopping,
@@ -162,16 +161,7 @@ def train_loop(
             raise UserError(
                 "early stopping and keep=best choose epochs by a validation metric: give a validation split"
             )
-        sharded = None
-        if sharding.is_sharded(accelerator):
-            if isinstance(loop.batch_transform, OnPolicy):
-                sharding.refuse(
-                    "on-policy generation", "sampling from a sharded student is not supported yet"
-                )
-            # The phase trains sharded copies; the user's modules get the weights back, whole.
-            sharded = sharding.ShardedPhase(distiller, teacher)
-            distiller = sharded.shadow
-            sharding.use_units(accelerator, distiller.student)
+        distiller, sharded = sharding.begin(accelerator, distiller, teacher, loop.batch_transform)
         # The sampler's generator fixes the data order; saving its state at the start of each epoch
         # lets a resumed run replay the same order. Accelerate keeps this very object in use.
         order = getattr(train_loader, "generator", None)
@@ -190,23 +180,11 @@ def train_loop(
         model, opt, train_loader, sched = accelerator.prepare(distiller, opt, train_loader, sched)
         if val_loader is not None:
             val_loader = accelerator.prepare(val_loader)
-        if sharded is not None:
+        if sharded:
             teacher = sharded.shard_teacher(accelerator)  # forward only: never in an optimizer
-            if distiller.chunk_size:
-                # Chunked losses read the head's weight after the student's forward pass.
-                distiller.student.set_reshard_after_forward(False, recurse=False)
         elif teacher is not None:
             teacher.to(accelerator.device)  # placed on the device, never wrapped for DDP
         inner = accelerator.unwrap_model(model, keep_torch_compile=False)  # the Distiller itself
-
-        def load(weights, optimizer_state):
-            # A state gathered from shards is keyed by parameter name, and loads into any
-            # number of processes, sharded or not.
-            if sharded is not None or not all(isinstance(k, int) for k in optimizer_state["state"]):
-                sharding.load_whole_state(inner, opt.optimizer, weights, optimizer_state)
-            else:
-                inner.load_state_dict(weights)
-                opt.load_state_dict(optimizer_state)
 
         checkpoint = checkpointing.path
         state = TrainingProgress()
@@ -214,7 +192,12 @@ def train_loop(
         if checkpointing.resume and checkpoint is not None and Path(checkpoint).is_file():
             tensors, meta = load_training_state(checkpoint)
             restored = restore_training_state(
-                tensors, meta, load=load, scheduler=sched, processes=accelerator.num_processes
+                tensors,
+                meta,
+                model=inner,
+                optimizer=opt.optimizer,
+                scheduler=sched,
+                processes=accelerator.num_processes,
             )
             state = TrainingProgress.from_saved(meta["progress"], restored)
             restored_rng = (tensors, meta["rng"])
@@ -227,12 +210,7 @@ def train_loop(
                     }
                 )
         monitor = Monitor(rule, state) if rule is not None else None
-        best = BestWeights(
-            inner.student,
-            checkpoint if loop.keep == "best" else None,
-            accelerator,
-            sharded=sharded is not None,
-        )
+        best = BestWeights(inner.student, checkpoint if loop.keep == "best" else None, accelerator)
         if loop.keep == "best" and checkpointing.resume:
             best.restore()
 
@@ -250,10 +228,7 @@ def train_loop(
             if checkpoint is None:
                 return
             watch.check(epoch)  # never save a state that went non-finite
-            if sharded is not None:  # gathered from every rank onto the main process
-                weights, optimizer_state = sharding.whole_state(inner, opt.optimizer)
-            elif accelerator.is_main_process:
-                weights, optimizer_state = inner.state_dict(), opt.state_dict()
+            weights, optimizer_state = sharding.state(inner, opt.optimizer, accelerator)
             if accelerator.is_main_process:
                 progress_meta, progress_tensors = state.to_saved()
                 if hasattr(loop.batch_transform, "state_dict"):
@@ -321,8 +296,8 @@ def train_loop(
                     # The wrapped optimizer's own zero_grad: Accelerate's inspects its signature
                     # on every call (~0.15 ms) to learn what this line already knows.
                     opt.optimizer.zero_grad(set_to_none=True)
-                if sharded is not None:
-                    sharded.after_step()
+                if sharded:
+                    sharded.after_step()  # the teacher's gathered weights are freed
                 state.add(out, batch)
                 if watch.due(state.global_step):
                     watch.check(epoch)
@@ -373,7 +348,7 @@ def train_loop(
             save()  # the epoch is complete: a crash from here on resumes at the next one
         if loop.keep == "best":
             best.load()
-        if sharded is not None:
+        if sharded:
             sharded.finish()
         release(accelerator)
         return history

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from kdistill.errors import UserError
 from kdistill.io.tensors import load_tensors, save_tensors
@@ -329,10 +330,11 @@ def best_weights_path(state_path: str | Path) -> Path:
 class BestWeights:
     """The best epoch's student weights: a copy in host memory, and beside the training state
     on disk (when checkpointing) so a resumed run still ends with them. A sharded student's
-    (``sharded``) are gathered whole onto the main process, and handed back out from it."""
+    are gathered whole onto the main process, and handed back out from it."""
 
-    def __init__(self, student, state_path, accelerator, *, sharded: bool = False):
-        self.student, self.accelerator, self.sharded = student, accelerator, sharded
+    def __init__(self, student, state_path, accelerator):
+        self.student, self.accelerator = student, accelerator
+        self.sharded = isinstance(student, FSDPModule)
         self.path = best_weights_path(state_path) if state_path is not None else None
         self.weights: dict[str, Tensor] | None = None
 

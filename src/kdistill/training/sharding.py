@@ -35,6 +35,7 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
 from kdistill.errors import UserError
 from kdistill.taps import FeatureTap
+from kdistill.training.sampling import OnPolicy
 
 STRATEGIES = ("ddp", "fsdp")
 # Gathered whole on rank 0, in host memory: the checkpoint and best-weights format is the
@@ -143,6 +144,19 @@ def _copy(owner, tapped: str):
     return shadow
 
 
+def begin(accelerator: Accelerator, distiller: nn.Module, teacher, batch_transform):
+    """The distiller to train and the ``ShardedPhase`` under FSDP (its sharded copy, and the
+    phase; else the distiller itself and ``None``), or a one-line refusal of what a sharded
+    phase cannot do yet."""
+    if not is_sharded(accelerator):
+        return distiller, None
+    if isinstance(batch_transform, OnPolicy):
+        refuse("on-policy generation", "sampling from a sharded student is not supported yet")
+    phase = ShardedPhase(distiller, teacher)
+    use_units(accelerator, phase.shadow.student)
+    return phase.shadow, phase
+
+
 class ShardedPhase:
     """A training phase under FSDP: the sharded copies of the distiller and the teacher it
     trains with, and the hand-back of the whole weights when it ends."""
@@ -157,8 +171,12 @@ class ShardedPhase:
         release(distiller)
 
     def shard_teacher(self, accelerator: Accelerator):
-        """The teacher, sharded by its own blocks: forward only, no gradient, no optimizer
-        state, never in DDP. A teacher without a module (a cache) is returned as it is."""
+        """Once the distiller is prepared: the teacher, sharded by its own blocks: forward
+        only, no gradient, no optimizer state, never in DDP. A teacher without a module (a
+        cache) is returned as it is."""
+        if self.shadow.chunk_size:
+            # Chunked losses read the head's weight after the student's forward pass.
+            self.shadow.student.set_reshard_after_forward(False, recurse=False)
         if self.shadow_teacher is None:
             return self.teacher
         module = self.shadow_teacher.module
@@ -175,19 +193,32 @@ class ShardedPhase:
             hand_back(self.shadow_teacher.module, self.teacher.module)
 
 
-def whole_state(model: nn.Module, optimizer) -> tuple[dict, dict]:
-    """Model and optimizer state, whole, on rank 0 (empty elsewhere); optimizer state is keyed
-    by parameter name, so it loads into any number of processes."""
-    return (
-        get_model_state_dict(model, options=WHOLE_ON_RANK0),
-        get_optimizer_state_dict(model, optimizer, options=WHOLE_ON_RANK0),
-    )
+def state(model: nn.Module, optimizer, accelerator: Accelerator) -> tuple[dict, dict]:
+    """Model and optimizer state dicts for a checkpoint, on the main process (empty elsewhere).
+    Sharded ones are gathered whole from every rank (a collective: every rank calls this), the
+    optimizer's keyed by parameter name, so the state loads into any number of processes."""
+    if is_sharded(accelerator):
+        return (
+            get_model_state_dict(model, options=WHOLE_ON_RANK0),
+            get_optimizer_state_dict(model, optimizer, options=WHOLE_ON_RANK0),
+        )
+    if accelerator.is_main_process:
+        return model.state_dict(), optimizer.state_dict()
+    return {}, {}
 
 
-def load_whole_state(model: nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:
-    """Every rank takes its shard of the whole state (each read the same file)."""
-    set_model_state_dict(model, weights, options=WHOLE_EVERYWHERE)
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=WHOLE_EVERYWHERE)
+def load_state(model: nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:
+    """Load a checkpoint's state dicts; every rank takes its shard of a whole state (each read
+    the same file). A state gathered from shards (keyed by name) loads into an unsharded model
+    too, through the same functions."""
+    if isinstance(model, FSDPModule) or not all(
+        isinstance(k, int) for k in optimizer_state["state"]
+    ):
+        set_model_state_dict(model, weights, options=WHOLE_EVERYWHERE)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=WHOLE_EVERYWHERE)
+    else:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
 
 
 def whole_weights(model: nn.Module) -> dict:
