@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import subprocess_env
+from safetensors.torch import load_file
 from test_distributed import TORCHRUN, free_port
 
 from kdistill.errors import UserError
@@ -78,6 +79,7 @@ def test_fsdp_on_two_processes_equals_one_process_and_ddp(runs):
         for model in ("student", "teacher"):
             seen = rank["seen"][model]
             assert seen["dtensors"] and seen["local"] * 2 == seen["whole"]  # half on each rank
+            assert seen["lazy_logits"]  # FSDP's hooks do not turn the chunked losses off
         assert rank["seen"]["teacher"]["trainable"] == 0  # frozen: no gradient, no optimizer
 
 
@@ -156,7 +158,9 @@ def kdistill_run(tmp_path, *settings, env=None):
 @pytest.mark.parametrize(
     "setting, env",
     [
-        ("train.strategy=fsdp", {}),  # the recipe's setting under torchrun
+        # The recipe's setting under torchrun, with a teacher cache: built with the teacher
+        # unsharded (each rank its rows), then read by the sharded student's phase.
+        ("train.strategy=fsdp teacher.cache=true", {}),
         ("train.strategy=ddp", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}),
     ],
     ids=["recipe", "accelerate-launch"],
@@ -165,12 +169,18 @@ def test_kdistill_run_trains_every_phase_sharded(tmp_path, setting, env):
     """``train.strategy: fsdp``, or what ``accelerate launch --use_fsdp --fsdp_version 2``
     sets (the launch wins over the recipe's default): every phase (teacher, scratch and
     distilled student) trains sharded, and the run's files are written once."""
-    result = kdistill_run(tmp_path, setting, env=env)
+    result = kdistill_run(tmp_path, *setting.split(), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size=2" in result.stdout and result.stdout.count("Run written to") == 1
     assert "sharded (fsdp)" in result.stdout
     summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["strategy"] == "fsdp"
+    # Saved whole (every phase handed its weights back): all of the student's parameters.
+    weights = load_file(tmp_path / "fsdp" / "checkpoints" / "student.safetensors")
+    assert sum(t.numel() for t in weights.values()) == summary["student"]["params"] > 0
+    if "teacher.cache=true" in setting:
+        caches = list((tmp_path / ".cache").iterdir())
+        assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
 
 
 @pytest.mark.integration

@@ -318,9 +318,7 @@ def test_deterministic_mode_fixes_cublas_workspace_before_cuda_starts(monkeypatc
         torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize(
-    "kind, version", [("DEEPSPEED", None), ("MEGATRON_LM", None), ("FSDP", 1)]
-)
+@pytest.mark.parametrize("kind, version", [("DEEPSPEED", None), ("MEGATRON_LM", None), ("FSDP", 1)])
 def test_deepspeed_megatron_and_fsdp1_launches_are_refused_pointing_to_fsdp2(kind, version):
     from accelerate.utils import DistributedType
 

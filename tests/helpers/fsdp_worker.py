@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import UserError
 from kdistill.methods import Term, preset_terms, teacher_taps
-from kdistill.modeling import call_model
+from kdistill.modeling import call_model, gives_lazy_logits
 from kdistill.models.hf import hf
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.loop import Checkpointing, Loop, train_loop
@@ -85,6 +85,7 @@ def spy_finish(phase):
             "local": sum(p.to_local().numel() for p in params),
             "whole": sum(p.numel() for p in params),
             "trainable": sum(p.requires_grad for p in params),
+            "lazy_logits": gives_lazy_logits(module),  # chunked losses see the sharded head
         }
     finish(phase)
 

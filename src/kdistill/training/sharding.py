@@ -37,7 +37,6 @@ from kdistill.errors import UserError
 from kdistill.taps import FeatureTap
 from kdistill.training.sampling import OnPolicy
 
-STRATEGIES = ("ddp", "fsdp")
 # Gathered whole on rank 0, in host memory: the checkpoint and best-weights format is the
 # single-process one, so a state saved by N ranks loads into any number of processes.
 WHOLE_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -125,21 +124,25 @@ def hand_back(sharded: nn.Module, module: nn.Module) -> None:
     whole = get_model_state_dict(sharded, options=WHOLE_EVERYWHERE)
     with torch.no_grad():
         for name, param in module.named_parameters():
-            param.data = whole[name].detach().to(param.device).clone()
+            param.data = whole[name].detach().to(param.device)  # gathered: no other holder
         buffers = dict(sharded.named_buffers())
         for name, buffer in module.named_buffers():
             buffer.copy_(buffers[name])
 
 
 def _copy(owner, tapped: str):
-    """A deep copy of a distiller or teacher (``owner``) with its feature taps on the copy's
-    modules: a tap's hooks are closures over it, which a deep copy would share, not copy."""
+    """A copy of a distiller or teacher (``owner``) whose parameters are new objects on the same
+    storage (no second copy of the weights is ever made; ``release`` then leaves the copy the
+    only holder), with its feature taps on the copy's modules: a tap's hooks are closures over
+    the tap, which a deep copy would share, not copy."""
+    module = getattr(owner, tapped)
+    memo = {id(p): nn.Parameter(p.data, p.requires_grad) for p in module.parameters()}
     tap = getattr(owner, "tap", None)
     if tap is None:
-        return copy.deepcopy(owner)
+        return copy.deepcopy(owner, memo)
     tap.remove()
-    shadow = copy.deepcopy(owner)
-    owner.tap = FeatureTap(getattr(owner, tapped), tap.names)
+    shadow = copy.deepcopy(owner, memo)
+    owner.tap = FeatureTap(module, tap.names)
     shadow.tap = FeatureTap(getattr(shadow, tapped), tap.names)
     return shadow
 
@@ -159,7 +162,8 @@ def begin(accelerator: Accelerator, distiller: nn.Module, teacher, batch_transfo
 
 class ShardedPhase:
     """A training phase under FSDP: the sharded copies of the distiller and the teacher it
-    trains with, and the hand-back of the whole weights when it ends."""
+    trains with, and the hand-back of the whole weights when it ends (a phase that raises
+    leaves the user's modules without storage: the weights are in the last checkpoint)."""
 
     def __init__(self, distiller: nn.Module, teacher=None):
         self.distiller, self.teacher = distiller, teacher
@@ -181,6 +185,11 @@ class ShardedPhase:
             return self.teacher
         module = self.shadow_teacher.module
         shard(accelerator, module)
+        if not getattr(self.shadow_teacher, "lazy_logits", False):
+            # Its root's weights are freed right after the forward pass too (FSDP keeps a
+            # root's for the backward pass, which a teacher never has); lazy logits read the
+            # head's later, and are freed after the step.
+            module.set_reshard_after_forward(True, recurse=False)
         return self.shadow_teacher
 
     def after_step(self) -> None:
