@@ -73,7 +73,7 @@ seen = {}
 finish = ShardedPhase.finish
 
 
-def spy_finish(phase):
+def spy_finish(phase, optimizer):
     """What each rank holds of the sharded copies, just before the weights are handed back."""
     for name, module in (
         ("student", phase.shadow.student),
@@ -87,7 +87,7 @@ def spy_finish(phase):
             "trainable": sum(p.requires_grad for p in params),
             "lazy_logits": gives_lazy_logits(module),  # chunked losses see the sharded head
         }
-    finish(phase)
+    finish(phase, optimizer)
 
 
 ShardedPhase.finish = spy_finish

@@ -349,7 +349,7 @@ def train_loop(
         if loop.keep == "best":
             best.load()
         if sharded:
-            sharded.finish()
+            sharded.finish(opt.optimizer)
         release(accelerator)
         return history
 

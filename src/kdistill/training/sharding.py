@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+from torch.distributed.tensor import DTensor
 
 from kdistill.errors import UserError
 from kdistill.taps import FeatureTap
@@ -40,7 +41,7 @@ from kdistill.training.sampling import OnPolicy
 # Gathered whole on rank 0, in host memory: the checkpoint and best-weights format is the
 # single-process one, so a state saved by N ranks loads into any number of processes.
 WHOLE_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
-WHOLE_EVERYWHERE = StateDictOptions(full_state_dict=True)
+WHOLE_EVERYWHERE = StateDictOptions(full_state_dict=True)  # for loading whole states
 FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
 
@@ -120,11 +121,14 @@ def release(module: nn.Module) -> None:
 
 
 def hand_back(sharded: nn.Module, module: nn.Module) -> None:
-    """Fill ``module``'s parameters and buffers with ``sharded``'s weights, whole, on every rank."""
-    whole = get_model_state_dict(sharded, options=WHOLE_EVERYWHERE)
+    """Fill ``module``'s parameters and buffers with ``sharded``'s weights, whole, on every rank,
+    gathered one parameter at a time (never a second whole model in memory at once)."""
+    shards = dict(sharded.named_parameters())
     with torch.no_grad():
         for name, param in module.named_parameters():
-            param.data = whole[name].detach().to(param.device)  # gathered: no other holder
+            shard = shards[name]
+            whole = shard.full_tensor() if isinstance(shard, DTensor) else shard.detach().clone()
+            param.data = whole.to(param.device)
         buffers = dict(sharded.named_buffers())
         for name, buffer in module.named_buffers():
             buffer.copy_(buffers[name])
@@ -196,7 +200,9 @@ class ShardedPhase:
         if self.shadow_teacher is not None:
             reshard(self.shadow_teacher.module)
 
-    def finish(self) -> None:
+    def finish(self, optimizer) -> None:
+        """Training is over: the optimizer's state goes first, making room for whole weights."""
+        optimizer.state.clear()
         hand_back(self.shadow, self.distiller)
         if self.shadow_teacher is not None:
             hand_back(self.shadow_teacher.module, self.teacher.module)
