@@ -19,6 +19,8 @@ budget (``--budget``, 330 s) is spent. Checks, most important first:
 - throughput: ``bench/throughput.py --device cuda`` on digits, a small budget.
 - recipe_deterministic: the recipe with ``train.deterministic=true``.
 - compile: ``train.compile`` (Accelerate compiles the Distiller), kd + dkd with warm-up, 3 epochs.
+- recipe_fsdp: the language-model recipe with ``train.strategy=fsdp`` in bf16 under torchrun,
+  one rank per GPU (FSDP2 shards from two GPUs on).
 """
 
 from __future__ import annotations
@@ -366,7 +368,8 @@ def _summary_lines(work: Path, name: str) -> list[str]:
         )
         for r in roles
     )
-    return [f"device {summary.get('device', '?')}; {scores}"]
+    ranks = f"{summary.get('world_size', 1)} process(es), {summary.get('strategy', 'ddp')}"
+    return [f"device {summary.get('device', '?')}, {ranks}; {scores}"]
 
 
 def plan(work: Path) -> list[tuple[str, int, list[str] | None]]:
@@ -423,7 +426,30 @@ def plan(work: Path) -> list[tuple[str, int, list[str] | None]]:
             _recipe(work, "gpu_det", digits, *epochs, "train.deterministic=true"),
         ),
         ("compile", 120, None),
+        (
+            "recipe_fsdp",
+            150,
+            _fsdp_launch()
+            + _recipe(
+                work,
+                "gpu_fsdp",
+                "lm_kd.yaml",
+                "train.epochs=1",
+                "teacher.epochs=1",
+                "train.strategy=fsdp",
+                "train.mixed_precision=bf16",
+            )[1:],
+        ),
     ]
+
+
+def _fsdp_launch() -> list[str]:
+    """torchrun over every GPU here, in place of ``python``: one rank on one GPU (Accelerate
+    then runs it unsharded; the summary's strategy says which), two or more where present."""
+    import torch
+
+    gpus = max(torch.cuda.device_count(), 1)
+    return [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(gpus)]
 
 
 def run_check(name: str, limit: int, command: list[str] | None, work: Path) -> dict:

@@ -162,6 +162,7 @@ REACHED = {
     "mixed_precision": ("bf16", lambda got: got["made"][0][1], "bf16"),
     "deterministic": (True, lambda got: got["made"][1]["deterministic"], True),
     "compile": ("aot_eager", lambda got: got["made"][1]["compile"], "aot_eager"),
+    "strategy": ("fsdp", lambda got: got["made"][1]["strategy"], "fsdp"),
     "grad_accum": (2, lambda got: got["optim"].grad_accum, 2),
     "clip_grad_norm": (1.0, lambda got: got["optim"].clip_grad_norm, 1.0),
     "warmup_steps": (3, lambda got: got["optim"].warmup_steps, 3),

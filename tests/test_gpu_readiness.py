@@ -318,17 +318,24 @@ def test_deterministic_mode_fixes_cublas_workspace_before_cuda_starts(monkeypatc
         torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
-def test_sharded_launch_is_refused_with_one_clear_line(kind):
+@pytest.mark.parametrize("kind, version", [("DEEPSPEED", None), ("MEGATRON_LM", None), ("FSDP", 1)])
+def test_deepspeed_megatron_and_fsdp1_launches_are_refused_pointing_to_fsdp2(kind, version):
     from accelerate.utils import DistributedType
 
     from kdistill.errors import UserError
     from kdistill.training.acceleration import refuse_sharded
 
-    with pytest.raises(UserError, match=f"{kind} shards the model") as error:
-        refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType[kind]))
+    def launch(kind, version=None):
+        state = types.SimpleNamespace(fsdp_plugin=types.SimpleNamespace(fsdp_version=version))
+        return types.SimpleNamespace(distributed_type=DistributedType[kind], state=state)
+
+    with pytest.raises(UserError, match=f"{kind}.* not supported.*--use_fsdp --fsdp_version 2"):
+        refuse_sharded(launch(kind, version))
+    with pytest.raises(UserError) as error:
+        refuse_sharded(launch(kind, version))
     assert "\n" not in str(error.value)
-    refuse_sharded(types.SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP is fine
+    refuse_sharded(launch("MULTI_GPU"))  # DDP is fine
+    refuse_sharded(launch("FSDP", 2))  # and so is FSDP2
 
 
 @pytest.mark.integration

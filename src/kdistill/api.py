@@ -264,7 +264,11 @@ def distill(
     frozen = as_teacher(teacher, terms)
     distiller = None
     accelerator = make_accelerator(
-        t.device, t.mixed_precision, deterministic=t.deterministic, compile=t.compile
+        t.device,
+        t.mixed_precision,
+        deterministic=t.deterministic,
+        compile=t.compile,
+        strategy=t.strategy,
     )
 
     def trained(distiller: Distiller, loader: DataLoader, teacher=None) -> list[dict]:

@@ -87,7 +87,13 @@ def gives_lazy_logits(model: nn.Module) -> bool:
     kdistill's Hugging Face causal-LM wrapper does). A forward hook on the model itself (a
     teacher's vocabulary map) edits the logits it returns, so such a model gives them whole."""
     inner = unwrap(model)
-    return bool(getattr(inner, "supports_lazy_logits", False)) and not inner._forward_hooks
+    # FSDP's own hooks (a sharded unit gathering and freeing its weights) leave logits alone.
+    edits = [
+        hook
+        for hook in inner._forward_hooks.values()
+        if not getattr(hook, "__module__", "").startswith("torch.distributed.fsdp")
+    ]
+    return bool(getattr(inner, "supports_lazy_logits", False)) and not edits
 
 
 def call_model(model: nn.Module, inputs, *, lazy_logits: bool = False) -> Tensor | LazyLogits:

@@ -43,6 +43,7 @@ from kdistill.run.school import RunSchool
 from kdistill.run.summary import summarize
 from kdistill.teaching import MODES, Role
 from kdistill.training.acceleration import make_accelerator
+from kdistill.training.sharding import is_sharded
 
 
 def run(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, echo=print) -> dict:
@@ -85,6 +86,7 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
         recipe.train.mixed_precision,
         deterministic=recipe.train.deterministic,
         compile=recipe.train.compile,
+        strategy=recipe.train.strategy,
     )
     plan = preflight(recipe)  # bad models, terms, taps or data fail before anything is written
     # Every process checks the directory before the main one creates it (or one would see the
@@ -104,6 +106,7 @@ def _run(recipe: Recipe, *, overwrite: bool, resume: bool, echo) -> dict:
             echo(
                 f"run {recipe.name}: {plan.mode} mode, {accelerator.num_processes} process(es), "
                 f"world_size={accelerator.num_processes}, device {accelerator.device}"
+                + (", sharded (fsdp)" if is_sharded(accelerator) else "")
             )
             for line in teacher_notes(recipe):
                 echo(line)

@@ -114,6 +114,7 @@ def run_seeds(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, 
         train.mixed_precision,
         deterministic=train.deterministic,
         compile=train.compile,
+        strategy=train.strategy,
     )
     accelerator.wait_for_everyone()
     main = accelerator.is_main_process

@@ -15,6 +15,7 @@ from kdistill.evaluation.paired import compare
 from kdistill.io.weights import count_parameters
 from kdistill.run.plan import Plan
 from kdistill.teaching import Role, Roles
+from kdistill.training.sharding import is_sharded
 
 
 def architecture_name(architecture: dict) -> str:
@@ -174,6 +175,7 @@ def summarize(
         "latency_threads": torch.get_num_threads(),
         "device": str(accelerator.device),
         "world_size": accelerator.num_processes,
+        "strategy": "fsdp" if is_sharded(accelerator) else "ddp",
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),

@@ -1,6 +1,6 @@
 """The Accelerator a run trains with: the device asked for (never a GPU picked silently), the
-precision, deterministic kernels, ``torch.compile`` through Accelerate, and plain data
-parallelism only (sharded launches are refused until kdistill's checkpoints support them).
+precision, deterministic kernels, ``torch.compile`` through Accelerate, and the strategy: data
+parallelism, or FSDP2 (kdistill.training.sharding). DeepSpeed and Megatron-LM are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from kdistill.errors import UserError
+from kdistill.training.sharding import fsdp_on_cpu, fsdp_plugin, refuse
 
 
 def make_accelerator(
@@ -21,6 +22,7 @@ def make_accelerator(
     *,
     deterministic: bool = False,
     compile: bool | str = False,
+    strategy: str = "ddp",
 ) -> Accelerator:
     """An Accelerator on the requested device. ``Accelerator()`` alone would silently pick the
     GPU when present; ``cpu=True`` is required to stay on the CPU (and to run without CUDA).
@@ -29,6 +31,9 @@ def make_accelerator(
     CUDA starts: see ``use_deterministic_kernels``. ``compile`` (``True`` for inductor, or a
     ``torch.compile`` backend name) has Accelerate compile each trained ``Distiller`` (student,
     connectors and loss terms, one graph) when ``train_loop`` prepares it; teachers run as they are.
+    ``strategy="fsdp"`` (or a launch with ``accelerate launch --use_fsdp --fsdp_version 2``)
+    shards student and teacher over the processes (kdistill.training.sharding); one process has
+    nothing to shard and trains as ever.
     """
     if deterministic:
         use_deterministic_kernels()
@@ -45,14 +50,28 @@ def make_accelerator(
     # The process group (PartialState) is kept.
     _cache_accelerate_probe()
     backend = "inductor" if compile is True else (compile or "no")
+    launched = os.environ.get("ACCELERATE_USE_FSDP")
+    fsdp = strategy == "fsdp" or str(launched).lower() == "true"
+    if fsdp and backend != "no":
+        refuse("train.compile", "compiling sharded modules is not supported yet; set it to false")
     shared = AcceleratorState._shared_state
     plugin = shared.get("dynamo_plugin") if shared else None
     if shared and (
         shared.get("_mixed_precision") not in (None, mixed_precision)
         or (plugin is not None and str(plugin.backend.value).lower() != backend.lower())
+        or (shared.get("fsdp_plugin") is not None) != fsdp
     ):
         AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, dynamo_backend=backend)
+    plugin = fsdp_plugin() if strategy == "fsdp" else None
+    accelerator = Accelerator(
+        cpu=use_cpu, mixed_precision=mixed_precision, dynamo_backend=backend, fsdp_plugin=plugin
+    )
+    # Accelerate records a given plugin in the environment, where every later Accelerator of
+    # this process (another recipe, another test) would find it: only a launch may set it.
+    if launched is None:
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
+    if fsdp:
+        fsdp_on_cpu(accelerator, plugin)
     refuse_sharded(accelerator)
     return accelerator
 
@@ -84,18 +103,20 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+SHARDED = ("DEEPSPEED", "MEGATRON_LM")
 
 
 def refuse_sharded(accelerator: Accelerator) -> None:
-    """FSDP, DeepSpeed and Megatron shard the model: kdistill's checkpoints, evaluation and
-    teacher are not ready for it yet (they read the unwrapped, whole model on one rank)."""
+    """DeepSpeed and Megatron-LM shard the model with engines of their own that kdistill's
+    teacher, checkpoints and evaluation do not drive; FSDP2 does the same job (and FSDP1 is
+    deprecated by Accelerate)."""
     kind = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
-    if kind in SHARDED:
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    if kind in SHARDED or (kind == "FSDP" and getattr(plugin, "fsdp_version", 2) != 2):
+        version = " version 1" if kind == "FSDP" else ""
         raise UserError(
-            f"distributed type {kind} shards the model, which kdistill does not support yet; "
-            "launch plain data parallelism (torchrun, or accelerate launch without --use_fsdp / "
-            "--use_deepspeed)"
+            f"distributed type {kind}{version} is not supported; shard with FSDP2 instead: "
+            "train.strategy=fsdp, or accelerate launch --use_fsdp --fsdp_version 2"
         )
 
 

@@ -13,6 +13,10 @@ import torch
 from torch import Tensor
 
 from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors
+from kdistill.training.sharding import load_state
+
+# An optimizer's state is keyed by parameter index (``optimizer.state_dict()``) or, gathered from
+# shards (kdistill.training.sharding), by parameter name; its entries' own names hold no dot.
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
@@ -28,11 +32,14 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
 
 
 def _unflatten_optimizer(tensors: dict[str, Tensor], plain: dict) -> dict:
-    state: dict[int, dict] = {int(i): dict(values) for i, values in plain["state"].items()}
+    def key_of(index: str) -> int | str:
+        return int(index) if index.isdigit() else index
+
+    state: dict = {key_of(i): dict(values) for i, values in plain["state"].items()}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
+            index, name = key.removeprefix("optimizer.").rsplit(".", 1)
+            state.setdefault(key_of(index), {})[name] = value
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
@@ -68,15 +75,17 @@ def set_rng_state(tensors: dict[str, Tensor], plain: dict) -> None:
 def save_training_state(
     path: str | Path,
     *,
-    model: torch.nn.Module,
-    optimizer,
+    weights: dict[str, Tensor],
+    optimizer_state: dict,
     scheduler,
     progress: dict,
     progress_tensors: dict[str, Tensor],
+    processes: int = 1,
 ) -> None:
-    """One atomic file with everything needed to continue exactly where training stopped."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
+    """One atomic file with everything needed to continue exactly where training stopped:
+    the model's and the optimizer's state dicts (whole), the scheduler, every generator."""
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    opt_tensors, opt_plain = _flatten_optimizer(optimizer_state)
     rng_tensors, rng_plain = rng_state()
     tensors.update(opt_tensors)
     tensors.update(rng_tensors)
@@ -86,6 +95,7 @@ def save_training_state(
         "progress": progress,
         "optimizer": opt_plain,
         "scheduler": scheduler.state_dict(),
+        "processes": processes,
         "rng": rng_plain,
     }
     save_tensors(path, tensors, meta)
@@ -99,13 +109,20 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
 
 def restore_training_state(
-    tensors: dict[str, Tensor], meta: dict, *, model, optimizer, scheduler
+    tensors: dict[str, Tensor], meta: dict, *, model, optimizer, scheduler, processes: int = 1
 ) -> dict[str, Tensor]:
-    """Load weights, optimizer and scheduler; returns the ``progress.*`` tensors. The global
-    generators are restored separately, by the caller, at the right moment."""
-    model.load_state_dict(
-        {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    )
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    scheduler.load_state_dict(meta["scheduler"])
+    """Load weights, optimizer (kdistill.training.sharding.load_state: sharded or not) and
+    scheduler, saved by ``processes`` or another number of them; returns the ``progress.*``
+    tensors. The global generators are restored separately, by the caller, at the right moment."""
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    load_state(model, optimizer, weights, _unflatten_optimizer(tensors, meta["optimizer"]))
+    schedule = dict(meta["scheduler"])
+    saved = meta.get("processes", processes)
+    if saved != processes:
+        # Accelerate steps a schedule once per process for each update (its length counts
+        # per-process batches): in another number of processes the same update is another step.
+        for key in ("last_epoch", "_step_count"):
+            if key in schedule:
+                schedule[key] = schedule[key] * processes // saved
+    scheduler.load_state_dict(schedule)
     return {k.removeprefix("progress."): v for k, v in tensors.items() if k.startswith("progress.")}

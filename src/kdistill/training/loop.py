@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import UserError
 from kdistill.evaluation.classification import evaluate
+from kdistill.training import sharding
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.checkpoint import (
     load_training_state,
@@ -161,6 +162,7 @@ def train_loop(
                 "early stopping and keep=best choose epochs by "
                 "a validation metric: give a validation split"
             )
+        distiller, sharded = sharding.begin(accelerator, distiller, teacher, loop.batch_transform)
         # The sampler's generator fixes the data order; saving its state at the start of each epoch
         # lets a resumed run replay the same order. Accelerate keeps this very object in use.
         order = getattr(train_loader, "generator", None)
@@ -179,7 +181,9 @@ def train_loop(
         model, opt, train_loader, sched = accelerator.prepare(distiller, opt, train_loader, sched)
         if val_loader is not None:
             val_loader = accelerator.prepare(val_loader)
-        if teacher is not None:
+        if sharded:
+            teacher = sharded.shard_teacher(accelerator)  # forward only: never in an optimizer
+        elif teacher is not None:
             teacher.to(accelerator.device)  # placed on the device, never wrapped for DDP
         inner = accelerator.unwrap_model(model, keep_torch_compile=False)  # the Distiller itself
 
@@ -189,7 +193,12 @@ def train_loop(
         if checkpointing.resume and checkpoint is not None and Path(checkpoint).is_file():
             tensors, meta = load_training_state(checkpoint)
             restored = restore_training_state(
-                tensors, meta, model=inner, optimizer=opt, scheduler=sched
+                tensors,
+                meta,
+                model=inner,
+                optimizer=opt.optimizer,
+                scheduler=sched,
+                processes=accelerator.num_processes,
             )
             state = TrainingProgress.from_saved(meta["progress"], restored)
             restored_rng = (tensors, meta["rng"])
@@ -220,6 +229,7 @@ def train_loop(
             if checkpoint is None:
                 return
             watch.check(epoch)  # never save a state that went non-finite
+            weights, optimizer_state = sharding.state(inner, opt.optimizer, accelerator)
             if accelerator.is_main_process:
                 progress_meta, progress_tensors = state.to_saved()
                 if hasattr(loop.batch_transform, "state_dict"):
@@ -227,11 +237,12 @@ def train_loop(
                     progress_tensors.update({f"transform.{k}": v for k, v in drawn.items()})
                 save_training_state(
                     checkpoint,
-                    model=inner,
-                    optimizer=opt,
+                    weights=weights,
+                    optimizer_state=optimizer_state,
                     scheduler=sched,
                     progress=progress_meta,
                     progress_tensors=progress_tensors,
+                    processes=accelerator.num_processes,
                 )
             accelerator.wait_for_everyone()
 
@@ -286,6 +297,8 @@ def train_loop(
                     # The wrapped optimizer's own zero_grad: Accelerate's inspects its signature
                     # on every call (~0.15 ms) to learn what this line already knows.
                     opt.optimizer.zero_grad(set_to_none=True)
+                if sharded:
+                    sharded.after_step()  # the teacher's gathered weights are freed
                 state.add(out, batch)
                 if watch.due(state.global_step):
                     watch.check(epoch)
@@ -337,6 +350,8 @@ def train_loop(
             save()  # the epoch is complete: a crash from here on resumes at the next one
         if loop.keep == "best":
             best.load()
+        if sharded:
+            sharded.finish(opt.optimizer)
         release(accelerator)
         return history
 

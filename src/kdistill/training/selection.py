@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from kdistill.errors import UserError
-from kdistill.io.tensors import load_tensors
-from kdistill.io.weights import save_weights
+from kdistill.io.tensors import load_tensors, save_tensors
+from kdistill.training import sharding
 
 
 class NonFiniteLossError(UserError):
@@ -329,24 +330,31 @@ def best_weights_path(state_path: str | Path) -> Path:
 
 class BestWeights:
     """The best epoch's student weights: a copy in host memory, and beside the training state
-    on disk (when checkpointing) so a resumed run still ends with them."""
+    on disk (when checkpointing) so a resumed run still ends with them. A sharded student's
+    are gathered whole onto the main process, and handed back out from it."""
 
     def __init__(self, student, state_path, accelerator):
         self.student, self.accelerator = student, accelerator
+        self.sharded = isinstance(student, FSDPModule)
         self.path = best_weights_path(state_path) if state_path is not None else None
         self.weights: dict[str, Tensor] | None = None
 
     def remember(self) -> None:
-        self.weights = {
-            k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()
-        }
+        if self.sharded:
+            self.weights = sharding.whole_weights(self.student)  # empty but on the main process
+        else:
+            self.weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()
+            }
         if self.path is not None and self.accelerator.is_main_process:
-            save_weights(self.student, self.path)
+            save_tensors(self.path, self.weights)
 
     def restore(self) -> None:
         if self.path is not None and self.path.is_file():
             self.weights, _ = load_tensors(self.path, what="best weights", expect_digest=True)
 
     def load(self) -> None:
-        if self.weights is not None:
+        if self.weights is not None and self.sharded:
+            sharding.load_weights_from_main(self.student, self.weights)
+        elif self.weights is not None:
             self.student.load_state_dict(self.weights)

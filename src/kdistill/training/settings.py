@@ -75,6 +75,13 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="autocast precision; loss math stays float32"
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description=(
+            "over several processes: ddp (every process holds the whole student and teacher) "
+            "or fsdp (FSDP2: each holds a shard of both, kdistill.training.sharding)"
+        ),
+    )
     augment: Augment = Field("none", description="augmentation while training the students")
     # Function matching (Beyer et al., CVPR 2022): each image mixed with another of the split,
     # replayably (kdistill.data.mixing); the teacher scores the same mixed view, the scratch
