@@ -239,7 +239,7 @@ def test_what_the_user_sets_wins_and_the_dump_records_the_choices(tmp_path):
         "mine",
     )
     keys = [line.split("=")[0] for line in resolved.automatic]
-    assert keys == ["teacher.augment", "train.scratch_mix"]
+    assert keys == ["teacher.model", "student.model", "teacher.augment", "train.scratch_mix"]
     # config.yaml holds the values chosen, and reads back to the same recipe.
     dumped = dump_config(recipe)
     assert load_config(write(tmp_path, dumped, "config.yaml")).model_dump() == recipe.model_dump()
@@ -289,6 +289,42 @@ def test_check_prints_each_setting_chosen_and_why(tmp_path, capsys):
     assert "train.augment=none: the inputs are table rows" in out
     assert not any(line.startswith("train.mix=") for line in out)  # the user set it
     assert any(line.startswith("train.epochs=100: 104 training samples") for line in out)
-    # The demo's teacher, a CNN, on table rows: one line naming the field, not a traceback.
+    assert (
+        "student.model=mlp_tiny: the inputs are table rows; an MLP teacher (2 × 256 units) "
+        "and a smaller MLP student (32 units) read feature rows" in out
+    )
+    # A model the user names on table rows is checked as given: one line naming the field.
     with pytest.raises(ConfigError, match=r"teacher: lenet cannot be built for inputs of shape"):
-        preflight(load_config(None, table))
+        preflight(load_config(None, [*table, "teacher.model=lenet"]))
+
+
+def test_the_models_follow_the_kind_of_input_unless_named(tmp_path):
+    """The built-in recipe on the user's data trains models that read it (issue 30.1): not the
+    demo's LeNet (28×28 images only) and MLP. Whatever the user names wins, and config.yaml
+    records the models chosen."""
+    from test_bring_your_own_data import hue_folder
+
+    recipe, resolved = planned([*TABLE, wine(tmp_path)])
+    preflight(recipe)  # builds both, and runs a step: the demo's lenet failed here
+    assert (recipe.teacher.model, recipe.teacher.kwargs) == ("mlp", {"width": 256, "depth": 2})
+    assert (recipe.student.model, recipe.student.kwargs) == ("mlp_tiny", {})
+    assert resolved.automatic[0].startswith(
+        "teacher.model=mlp (width=256, depth=2): the inputs are table rows"
+    )
+    dumped = dump_config(recipe)
+    assert load_config(write(tmp_path, dumped, "config.yaml")).model_dump() == recipe.model_dump()
+
+    hue_folder(tmp_path / "images")
+    folder = ["data.dataset=folder", f"data.path={tmp_path / 'images'}"]
+    recipe, resolved = planned(folder)
+    assert (recipe.teacher.model, recipe.student.model) == ("resnet8", "cnn_tiny")
+    recipe, resolved = planned([*folder, "teacher.model=lenet", "student.kwargs.width=4"])
+    assert (recipe.teacher.model, recipe.student.model) == ("lenet", "cnn_tiny")
+    assert recipe.student.kwargs == {"width": 4}
+    assert [line.split(":")[0] for line in resolved.automatic[:1]] == ["student.model=cnn_tiny"]
+
+    recipe, resolved = planned(["data.dataset=japanese_vowels", "data.subset=100"])
+    assert (recipe.teacher.model, recipe.student.model) == ("bilstm", "gru")
+    # The demo itself keeps its pair.
+    recipe, _ = planned(["data.subset=200"])
+    assert (recipe.teacher.model, recipe.student.model) == ("lenet", "mlp")

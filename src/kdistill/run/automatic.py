@@ -2,7 +2,8 @@
 
 ``auto`` in ``teacher.augment``, ``train.augment`` or ``train.mix`` is chosen by the kind of
 input. The built-in recipe pointed at the user's own data (``Recipe.follows_data``) leaves every
-setting the user did not set to that data instead of the MNIST demo: augmentation and mixing (as
+setting the user did not set to that data instead of the MNIST demo: the teacher and student
+models (``follow_data_models``, before the terms are built), augmentation and mixing (as
 ``auto``), the epoch budget, the teacher cache and its views. A recipe that does not name
 itself and reads data other than the demo's is named after it. Each choice is one line,
 ``field=value: why``, which ``kdistill check`` prints; the values are set on the recipe, so the
@@ -11,9 +12,11 @@ run's config.yaml records them and reads back to the same run.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,6 +65,116 @@ def run_name(recipe: Recipe) -> str:
     stem = Path(data.path).stem if data.path else ""  # images/ -> images, wine.csv -> wine
     usable = (re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._-") for text in (stem, data.dataset))
     return f"{next(filter(None, usable), 'data')[:80]}_{recipe.method or 'kd'}"
+
+
+# The teacher and student the built-in recipe trains on the user's data when they name neither,
+# by the kind of input: the demo's LeNet reads 28×28 images only, its MLP a fixed pixel count.
+# Each: (teacher, student, why); a model is {"model": name, "kwargs": {...}}.
+PAIRS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "images": (
+        {"model": "resnet8"},
+        {"model": "cnn_tiny"},
+        "a residual CNN teacher and a small CNN student, both pooled over the image: "
+        "any size and number of channels",
+    ),
+    "table rows": (
+        {"model": "mlp", "kwargs": {"width": 256, "depth": 2}},
+        {"model": "mlp_tiny"},
+        "an MLP teacher (2 × 256 units) and a smaller MLP student (32 units) read feature rows",
+    ),
+    "sequences": (
+        {"model": "bilstm"},
+        {"model": "gru"},
+        "a bidirectional LSTM teacher and a GRU student read (time, features) sequences",
+    ),
+    "language_modelling": (
+        {"model": "gpt", "kwargs": {"n_layer": 2, "n_head": 4, "n_embd": 128}},
+        {"model": "gpt", "kwargs": {"n_layer": 2, "n_head": 4, "n_embd": 48}},
+        "a GPT teacher (2 layers × 128) and a 2 × 48 GPT student over the data's vocabulary",
+    ),
+    "rating": (
+        {"model": "neumf_large"},
+        {"model": "neumf_small"},
+        "a NeuMF recommender teacher and a 17× smaller NeuMF student",
+    ),
+}
+BERT_VOCABULARY = 30522  # the word pieces of the bundled text (all-MiniLM-L6-v2's tokenizer)
+
+
+def model_pair(kind: str, splits: DataSplits, tokenizer: Any) -> tuple[dict, dict, str] | None:
+    """(teacher, student, why) for inputs of ``kind`` (``input_kind``), or None for inputs no
+    pair of the zoo reads (the recipe's models are then kept, and checked as they are)."""
+    if splits.task in PAIRS:
+        return PAIRS[splits.task]
+    if kind in PAIRS:
+        return PAIRS[kind]
+    if kind not in ("text", "token ids"):
+        return None
+    vocabulary = _vocabulary(splits, tokenizer)
+    sized = {"vocab_size": vocabulary}
+    student = {"model": "text_cnn", "kwargs": sized}
+    directory = Path(str(tokenizer)) if tokenizer else None
+    if directory and (directory / "config.json").is_file():  # the teacher's own HF directory
+        teacher = {"model": "hf", "kwargs": {"path": str(tokenizer)}}
+        why = (
+            f"the model of {tokenizer} (the tokenizer's) teaches a text CNN over its {vocabulary:,}"
+        )
+    else:
+        teacher = {"model": "text_transformer", "kwargs": sized}
+        why = f"a transformer teacher and a text CNN student over the {vocabulary:,}"
+    return teacher, student, f"{why} token ids"
+
+
+def _vocabulary(splits: DataSplits, tokenizer: Any) -> int:
+    """The tokenizer's vocabulary: the data's record of it, the HF directory's config.json, a
+    tokenizer.json, or BERT's word pieces (the bundled text's)."""
+    if splits.identity.get("vocab_size"):
+        return int(splits.identity["vocab_size"])
+    path = Path(str(tokenizer)) if tokenizer else None
+    config = path / "config.json" if path and path.is_dir() else None
+    if config and config.is_file():
+        size = json.loads(config.read_text()).get("vocab_size")
+        if isinstance(size, int) and size > 1:
+            return size
+    file = path / "tokenizer.json" if path and path.is_dir() else path
+    if file and file.is_file() and file.suffix == ".json":
+        from kdistill.data.text import load_tokenizer
+
+        return load_tokenizer(file).get_vocab_size()
+    return BERT_VOCABULARY
+
+
+def follow_data_models(recipe: Recipe, splits: DataSplits) -> list[str]:
+    """The built-in recipe on the user's data: the teacher and the student it does not name,
+    chosen by the kind of input (``PAIRS``); one line each, ``field=value: why``. Before the
+    terms are built, since feature presets read the models' layers."""
+    if not recipe.follows_data:
+        return []
+    example = splits.train[0]["input"] if len(splits.train) else None
+    kind = input_kind(example)
+    pair = model_pair(kind, splits, recipe.data.options.get("tokenizer"))
+    if pair is None:
+        return []
+    roles = [("student", recipe.student, pair[1])]
+    # One teacher whose model is built (not an ensemble, whose members the user lists; not an
+    # ONNX graph, for which teacher.model is unused).
+    if recipe.teachers is None and not recipe.teacher.onnx:
+        roles.insert(0, ("teacher", recipe.teacher, pair[0]))
+    chosen = []
+    for key, section, model in roles:
+        # The student's default is built with its model and kwargs set: what the user set is
+        # what they gave inside a section they gave.
+        given = section.model_fields_set if key in recipe.model_fields_set else set()
+        if "model" in given:
+            continue
+        section.model = model["model"]
+        shown = section.model
+        if "kwargs" not in given:
+            section.kwargs = dict(model.get("kwargs", {}))
+            settings = ", ".join(f"{k}={v}" for k, v in section.kwargs.items())
+            shown += f" ({settings})" if settings else ""
+        chosen.append(f"{key}.model={shown}: the inputs are {kind}; {pair[2]}")
+    return chosen
 
 
 def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term]) -> list[str]:

@@ -23,7 +23,7 @@ from kdistill.losses import LOGIT_LOSSES, TOKEN_LOSSES
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
-from kdistill.run.automatic import follow_data
+from kdistill.run.automatic import follow_data, follow_data_models
 from kdistill.run.config import Recipe
 from kdistill.teachers.cache import topk_terms
 from kdistill.teaching.preparation import preset_params
@@ -130,8 +130,9 @@ def plan(recipe: Recipe) -> Plan:
     """Load the data, set what the recipe leaves to it (``automatic``), and resolve the task,
     the terms and the teaching mode (no model trains)."""
     splits = load_data(recipe)
+    models = follow_data_models(recipe, splits)  # before the terms: presets read their layers
     task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
-    automatic = follow_data(recipe, splits, task, terms)
+    automatic = models + follow_data(recipe, splits, task, terms)
     if recipe.teacher.cache_topk and any(line.startswith("teacher.cache=") for line in automatic):
         terms = recipe_terms(recipe, splits)  # a top-k cache chosen above: the terms' top-k forms
     mode, options = teaching_mode(recipe)
