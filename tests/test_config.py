@@ -328,3 +328,63 @@ def test_the_models_follow_the_kind_of_input_unless_named(tmp_path):
     # The demo itself keeps its pair.
     recipe, _ = planned(["data.subset=200"])
     assert (recipe.teacher.model, recipe.student.model) == ("lenet", "mlp")
+
+
+def test_a_time_budget_is_seconds_or_a_duration():
+    from kdistill.training.settings import TrainConfig
+
+    given = {90: 90.0, "90s": 90.0, "5m": 300.0, "1.5h": 5400.0, " 2 min ": 120.0}
+    assert {k: TrainConfig(time_budget=k).time_budget for k in given} == given
+    for wrong in ("soon", "0", -3, True, "1e400"):
+        with pytest.raises(ConfigError, match=r"train\.time_budget"):
+            load_config(None, [f"train.time_budget={wrong}"])
+
+
+def test_budget_epochs_are_one_number_for_both_students():
+    """The budget fixes the epochs before training from an epoch's measured cost: both students
+    get them (never a clock that stops the second one early)."""
+    from kdistill.run.budget import EpochCost, budget_epochs
+
+    cost = EpochCost(students=2.0, teacher=1.0)
+    assert budget_epochs(100, cost, teacher_epochs=None)[0] == 33  # the teacher trains as many
+    epochs, why = budget_epochs(100, cost, teacher_epochs=10)  # 10 s of its own first
+    assert epochs == 45 and "after 10 s of the teacher's 10 epochs" in why
+    epochs, why = budget_epochs(1, cost, teacher_epochs=None)
+    assert epochs == 1 and "more than the budget" in why
+    assert budget_epochs(1e6, cost, teacher_epochs=None)[0] == 100
+
+
+def test_a_time_budget_chooses_the_epochs_from_a_measured_step(tmp_path):
+    from kdistill.run.budget import step_seconds
+    from kdistill.run.plan import plan
+
+    table = [*TABLE, wine(tmp_path)]
+    recipe, resolved = planned([*table, "train.time_budget=0.001"])
+    assert recipe.train.epochs == recipe.teacher.epochs == 1
+    line = next(line for line in resolved.automatic if line.startswith("train.epochs="))
+    assert "train.time_budget=0.001 s holds 1" in line and "an epoch measured" in line
+    dumped = dump_config(recipe)  # the epochs chosen are recorded: a rerun does not remeasure
+    assert load_config(write(tmp_path, dumped, "config.yaml")).train.epochs == 1
+    recipe, resolved = planned([*table, "train.time_budget=1h"])
+    assert recipe.train.epochs == 100  # within the bounds of the budget of updates
+    recipe, resolved = planned([*table, "train.time_budget=1h", "train.epochs=3"])
+    assert recipe.train.epochs == 3  # a set train.epochs wins
+    # A recipe file takes a budget too; its teacher keeps its own 15 epochs.
+    csv = wine(tmp_path).removeprefix("data.path=")
+    file = write(
+        tmp_path,
+        f"data: {{dataset: table, path: {csv}, options: {{label: species}}}}\n"
+        "teacher: {model: mlp, augment: none}\nstudent: {model: mlp_tiny}\n"
+        "train: {time_budget: 0.001}\n",
+    )
+    recipe = load_config(file)
+    plan(recipe)
+    assert (recipe.train.epochs, recipe.teacher.epochs) == (1, 15)
+    # The measurement trains nothing.
+    import torch
+
+    model = torch.nn.Linear(2, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = [{"input": torch.randn(4, 2)} for _ in range(4)]
+    assert step_seconds(model, batches) > 0
+    assert all((a == b).all() for a, b in zip(before, model.parameters()))

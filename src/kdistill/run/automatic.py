@@ -4,8 +4,10 @@
 input. The built-in recipe pointed at the user's own data (``Recipe.follows_data``) leaves every
 setting the user did not set to that data instead of the MNIST demo: the teacher and student
 models (``follow_data_models``, before the terms are built), augmentation and mixing (as
-``auto``), the epoch budget, the teacher cache and its views. A recipe that does not name
-itself and reads data other than the demo's is named after it. Each choice is one line,
+``auto``), the epoch budget, the teacher cache and its views. ``train.time_budget`` fits the
+epochs to a wall-clock budget instead, in any recipe (``kdistill.run.budget``). A recipe that
+does not name itself and reads data other than the demo's is named after it. Each choice is one
+line,
 ``field=value: why``, which ``kdistill check`` prints; the values are set on the recipe, so the
 run's config.yaml records them and reads back to the same run.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from kdistill.data.mixing import check_mix_terms
 from kdistill.errors import ConfigError
 from kdistill.evaluation import Task
 from kdistill.methods import Term
+from kdistill.run.budget import EpochCost, budget_epochs
 from kdistill.run.config import BUILTIN_RECIPE, Recipe, names_own_data
 
 # About this many optimizer updates, within these epochs: a budget by the size of the data, not
@@ -177,9 +181,17 @@ def follow_data_models(recipe: Recipe, splits: DataSplits) -> list[str]:
     return chosen
 
 
-def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term]) -> list[str]:
+def follow_data(
+    recipe: Recipe,
+    splits: DataSplits,
+    task: Task,
+    terms: list[Term],
+    measure: Callable[[], EpochCost] | None = None,
+) -> list[str]:
     """Set what the recipe leaves to its data (see the module's docstring); returns one line
-    per setting chosen, ``field=value: why``. Values the user set are never changed."""
+    per setting chosen, ``field=value: why``. Values the user set are never changed. With
+    ``train.time_budget``, ``measure`` gives an epoch's cost, measured once the augmentation
+    is chosen (``kdistill.run.budget``)."""
     example = splits.train[0]["input"] if len(splits.train) else None
     kind = input_kind(example)
     images = kind == "images"
@@ -215,20 +227,29 @@ def follow_data(recipe: Recipe, splits: DataSplits, task: Task, terms: list[Term
             choose(section, "augment", f"{key}.augment", augment, why)
 
     train = recipe.train
-    if follows and "epochs" not in train.model_fields_set:
-        epochs, updates = epoch_budget(len(splits.train), train.batch_size, train.grad_accum)
-        low, high = EPOCH_BOUNDS
-        choose(
-            train,
-            "epochs",
-            "train.epochs",
-            epochs,
-            f"{len(splits.train):,} training samples make {updates} update(s) an epoch; "
-            f"the budget is about {BUDGET_UPDATES:,} updates, within {low}-{high} epochs",
-        )
-        for key, section in teachers:
-            if section.trained_here and "epochs" not in section.model_fields_set:
-                choose(section, "epochs", f"{key}.epochs", epochs, "the students' budget")
+    budget = train.time_budget
+    if (follows or budget is not None) and "epochs" not in train.model_fields_set:
+        # Teachers trained here whose epochs the built-in leaves to the data train the students'.
+        followers = [
+            (key, section)
+            for key, section in teachers
+            if follows and section.trained_here and "epochs" not in section.model_fields_set
+        ]
+        if budget is not None and measure is not None:
+            own = max((t.epochs for _, t in teachers if t.trained_here), default=0)
+            epochs, why = budget_epochs(
+                budget, measure(), teacher_epochs=None if followers else own
+            )
+        else:
+            epochs, updates = epoch_budget(len(splits.train), train.batch_size, train.grad_accum)
+            low, high = EPOCH_BOUNDS
+            why = (
+                f"{len(splits.train):,} training samples make {updates} update(s) an epoch; "
+                f"the budget is about {BUDGET_UPDATES:,} updates, within {low}-{high} epochs"
+            )
+        choose(train, "epochs", "train.epochs", epochs, why)
+        for key, section in followers:
+            choose(section, "epochs", f"{key}.epochs", epochs, "the students' budget")
 
     transfer = recipe.data.unlabelled is not None
     if left(train, "mix"):
