@@ -318,10 +318,13 @@ def test_the_models_follow_the_kind_of_input_unless_named(tmp_path):
     folder = ["data.dataset=folder", f"data.path={tmp_path / 'images'}"]
     recipe, resolved = planned(folder)
     assert (recipe.teacher.model, recipe.student.model) == ("resnet8", "cnn_tiny")
-    recipe, resolved = planned([*folder, "teacher.model=lenet", "student.kwargs.width=4"])
+    recipe, resolved = planned([*folder, "teacher.model=lenet"])
     assert (recipe.teacher.model, recipe.student.model) == ("lenet", "cnn_tiny")
-    assert recipe.student.kwargs == {"width": 4}
     assert [line.split(":")[0] for line in resolved.automatic[:1]] == ["student.model=cnn_tiny"]
+    # Settings given without a model are the recipe's model's: that model is kept.
+    recipe, resolved = planned([*folder, "student.kwargs.width=4"])
+    assert (recipe.teacher.model, recipe.student.model) == ("resnet8", "mlp")
+    assert recipe.student.kwargs == {"width": 4}
 
     recipe, resolved = planned(["data.dataset=japanese_vowels", "data.subset=100"])
     assert (recipe.teacher.model, recipe.student.model) == ("bilstm", "gru")

@@ -167,16 +167,14 @@ def follow_data_models(recipe: Recipe, splits: DataSplits) -> list[str]:
     chosen = []
     for key, section, model in roles:
         # The student's default is built with its model and kwargs set: what the user set is
-        # what they gave inside a section they gave.
+        # what they gave inside a section they gave. Settings given without a model are for the
+        # recipe's own model (TINY_RECIPE's student.kwargs={width: 16} is an MLP's): kept.
         given = section.model_fields_set if key in recipe.model_fields_set else set()
-        if "model" in given:
+        if given & {"model", "kwargs"}:
             continue
-        section.model = model["model"]
-        shown = section.model
-        if "kwargs" not in given:
-            section.kwargs = dict(model.get("kwargs", {}))
-            settings = ", ".join(f"{k}={v}" for k, v in section.kwargs.items())
-            shown += f" ({settings})" if settings else ""
+        section.model, section.kwargs = model["model"], dict(model.get("kwargs", {}))
+        settings = ", ".join(f"{k}={v}" for k, v in section.kwargs.items())
+        shown = f"{section.model} ({settings})" if settings else section.model
         chosen.append(f"{key}.model={shown}: the inputs are {kind}; {pair[2]}")
     return chosen
 
