@@ -183,6 +183,7 @@ REFUSED = {
     "scratch_mix": "none",
     "views": 2,
     "checkpoint_every": 5,
+    "time_budget": 60,
 }
 
 

@@ -239,7 +239,7 @@ def test_what_the_user_sets_wins_and_the_dump_records_the_choices(tmp_path):
         "mine",
     )
     keys = [line.split("=")[0] for line in resolved.automatic]
-    assert keys == ["teacher.augment", "train.scratch_mix"]
+    assert keys == ["teacher.model", "student.model", "teacher.augment", "train.scratch_mix"]
     # config.yaml holds the values chosen, and reads back to the same recipe.
     dumped = dump_config(recipe)
     assert load_config(write(tmp_path, dumped, "config.yaml")).model_dump() == recipe.model_dump()
@@ -289,6 +289,105 @@ def test_check_prints_each_setting_chosen_and_why(tmp_path, capsys):
     assert "train.augment=none: the inputs are table rows" in out
     assert not any(line.startswith("train.mix=") for line in out)  # the user set it
     assert any(line.startswith("train.epochs=100: 104 training samples") for line in out)
-    # The demo's teacher, a CNN, on table rows: one line naming the field, not a traceback.
+    assert (
+        "student.model=mlp_tiny: the inputs are table rows; an MLP teacher (2 × 256 units) "
+        "and a smaller MLP student (32 units) read feature rows" in out
+    )
+    # A model the user names on table rows is checked as given: one line naming the field.
     with pytest.raises(ConfigError, match=r"teacher: lenet cannot be built for inputs of shape"):
-        preflight(load_config(None, table))
+        preflight(load_config(None, [*table, "teacher.model=lenet"]))
+
+
+def test_the_models_follow_the_kind_of_input_unless_named(tmp_path):
+    """The built-in recipe on the user's data trains models that read it (issue 30.1): not the
+    demo's LeNet (28×28 images only) and MLP. Whatever the user names wins, and config.yaml
+    records the models chosen."""
+    from test_bring_your_own_data import hue_folder
+
+    recipe, resolved = planned([*TABLE, wine(tmp_path)])
+    preflight(recipe)  # builds both, and runs a step: the demo's lenet failed here
+    assert (recipe.teacher.model, recipe.teacher.kwargs) == ("mlp", {"width": 256, "depth": 2})
+    assert (recipe.student.model, recipe.student.kwargs) == ("mlp_tiny", {})
+    assert resolved.automatic[0].startswith(
+        "teacher.model=mlp (width=256, depth=2): the inputs are table rows"
+    )
+    dumped = dump_config(recipe)
+    assert load_config(write(tmp_path, dumped, "config.yaml")).model_dump() == recipe.model_dump()
+
+    hue_folder(tmp_path / "images")
+    folder = ["data.dataset=folder", f"data.path={tmp_path / 'images'}"]
+    recipe, resolved = planned(folder)
+    assert (recipe.teacher.model, recipe.student.model) == ("resnet8", "cnn_tiny")
+    recipe, resolved = planned([*folder, "teacher.model=lenet"])
+    assert (recipe.teacher.model, recipe.student.model) == ("lenet", "cnn_tiny")
+    assert [line.split(":")[0] for line in resolved.automatic[:1]] == ["student.model=cnn_tiny"]
+    # Settings given without a model are the recipe's model's: that model is kept.
+    recipe, resolved = planned([*folder, "student.kwargs.width=4"])
+    assert (recipe.teacher.model, recipe.student.model) == ("resnet8", "mlp")
+    assert recipe.student.kwargs == {"width": 4}
+
+    recipe, resolved = planned(["data.dataset=japanese_vowels", "data.subset=100"])
+    assert (recipe.teacher.model, recipe.student.model) == ("bilstm", "gru")
+    # The demo itself keeps its pair.
+    recipe, _ = planned(["data.subset=200"])
+    assert (recipe.teacher.model, recipe.student.model) == ("lenet", "mlp")
+
+
+def test_a_time_budget_is_seconds_or_a_duration():
+    from kdistill.training.settings import TrainConfig
+
+    given = {90: 90.0, "90s": 90.0, "5m": 300.0, "1.5h": 5400.0, " 2 min ": 120.0}
+    assert {k: TrainConfig(time_budget=k).time_budget for k in given} == given
+    for wrong in ("soon", "0", -3, True, "1e400"):
+        with pytest.raises(ConfigError, match=r"train\.time_budget"):
+            load_config(None, [f"train.time_budget={wrong}"])
+
+
+def test_budget_epochs_are_one_number_for_both_students():
+    """The budget fixes the epochs before training from an epoch's measured cost: both students
+    get them (never a clock that stops the second one early)."""
+    from kdistill.run.budget import EpochCost, budget_epochs
+
+    cost = EpochCost(students=2.0, teacher=1.0)
+    assert budget_epochs(100, cost, teacher_epochs=None)[0] == 33  # the teacher trains as many
+    epochs, why = budget_epochs(100, cost, teacher_epochs=10)  # 10 s of its own first
+    assert epochs == 45 and "after 10 s of the teacher's 10 epochs" in why
+    epochs, why = budget_epochs(1, cost, teacher_epochs=None)
+    assert epochs == 1 and "more than the budget" in why
+    assert budget_epochs(1e6, cost, teacher_epochs=None)[0] == 100
+
+
+def test_a_time_budget_chooses_the_epochs_from_a_measured_step(tmp_path):
+    from kdistill.run.budget import step_seconds
+    from kdistill.run.plan import plan
+
+    table = [*TABLE, wine(tmp_path)]
+    recipe, resolved = planned([*table, "train.time_budget=0.001"])
+    assert recipe.train.epochs == recipe.teacher.epochs == 1
+    line = next(line for line in resolved.automatic if line.startswith("train.epochs="))
+    assert "train.time_budget=0.001 s holds 1" in line and "an epoch measured" in line
+    dumped = dump_config(recipe)  # the epochs chosen are recorded: a rerun does not remeasure
+    assert load_config(write(tmp_path, dumped, "config.yaml")).train.epochs == 1
+    recipe, resolved = planned([*table, "train.time_budget=1h"])
+    assert recipe.train.epochs == 100  # within the bounds of the budget of updates
+    recipe, resolved = planned([*table, "train.time_budget=1h", "train.epochs=3"])
+    assert recipe.train.epochs == 3  # a set train.epochs wins
+    # A recipe file takes a budget too; its teacher keeps its own 15 epochs.
+    csv = wine(tmp_path).removeprefix("data.path=")
+    file = write(
+        tmp_path,
+        f"data: {{dataset: table, path: {csv}, options: {{label: species}}}}\n"
+        "teacher: {model: mlp, augment: none}\nstudent: {model: mlp_tiny}\n"
+        "train: {time_budget: 0.001}\n",
+    )
+    recipe = load_config(file)
+    plan(recipe)
+    assert (recipe.train.epochs, recipe.teacher.epochs) == (1, 15)
+    # The measurement trains nothing.
+    import torch
+
+    model = torch.nn.Linear(2, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = [{"input": torch.randn(4, 2)} for _ in range(4)]
+    assert step_seconds(model, batches) > 0
+    assert all((a == b).all() for a, b in zip(before, model.parameters()))

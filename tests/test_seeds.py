@@ -218,3 +218,36 @@ def test_tune_refuses_seeds_in_one_line(tmp_path, capsys):
     assert code == 2
     assert "train.seeds=3: a trial is one run of one seed" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_time_budget_is_measured_once_for_every_seed(tmp_path, monkeypatch):
+    """train.time_budget fixes the epochs once, before the first seed: every seed (and in each
+    the scratch and the distilled student) trains the same number."""
+    import kdistill.run.plan as plan_module
+    import kdistill.run.seeds as seeds
+    from kdistill.run.budget import EpochCost
+    from kdistill.run.config import load_config
+
+    measured, epochs = [], []
+    monkeypatch.setattr(
+        plan_module, "epoch_cost", lambda *_: measured.append(1) or EpochCost(1.0, 0.0)
+    )
+
+    class Stop(Exception):
+        pass
+
+    def run(part, **_):
+        epochs.append(part.train.epochs)
+        if len(epochs) == 2:
+            raise Stop
+        return {}
+
+    monkeypatch.setattr(seeds, "run", run)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "data: {dataset: digits, subset: 200}\nteacher: {model: mlp, augment: none}\n"
+        f"train: {{time_budget: 7, seeds: 2}}\noutput: {{dir: {tmp_path / 'runs'}}}\n"
+    )
+    with pytest.raises(Stop):
+        seeds.run_seeds(load_config(recipe), echo=lambda *_: None)
+    assert measured == [1] and epochs == [7, 7]

@@ -156,6 +156,7 @@ RECIPE_ONLY = {
     "scratch_mix": "it is train.mix for the scratch student",
     "views": "a teacher cache built from Python holds the data as given, one view",
     "checkpoint_every": "checkpoints are written into a run directory (kdistill run, --resume)",
+    "time_budget": "it chooses a recipe's epochs before the run; give epochs",
 }
 
 

@@ -5,6 +5,7 @@ builds the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,8 @@ from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
 from kdistill.methods.cross_tokenizer import check_across_tokenizers
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
-from kdistill.run.automatic import follow_data
+from kdistill.run.automatic import follow_data, follow_data_models
+from kdistill.run.budget import EpochCost, measure_epoch
 from kdistill.run.config import Recipe
 from kdistill.teachers.cache import topk_terms
 from kdistill.teaching.preparation import preset_params
@@ -131,8 +133,11 @@ def plan(recipe: Recipe) -> Plan:
     """Load the data, set what the recipe leaves to it (``automatic``), and resolve the task,
     the terms and the teaching mode (no model trains)."""
     splits = load_data(recipe)
+    models = follow_data_models(recipe, splits)  # before the terms: presets read their layers
     task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
-    automatic = follow_data(recipe, splits, task, terms)
+    automatic = models + follow_data(
+        recipe, splits, task, terms, measure=lambda: epoch_cost(recipe, splits)
+    )
     if recipe.teacher.cache_topk and any(line.startswith("teacher.cache=") for line in automatic):
         terms = recipe_terms(recipe, splits)  # a top-k cache chosen above: the terms' top-k forms
     mode, options = teaching_mode(recipe)
@@ -143,6 +148,25 @@ def plan(recipe: Recipe) -> Plan:
     check_mix_terms(recipe.train.scratch_mixing, task.scratch_terms(), splits.task)
     check_selection_metric(recipe, task)
     return Plan(recipe, splits, task, terms, mode, options, automatic)
+
+
+def epoch_cost(recipe: Recipe, splits: DataSplits) -> EpochCost:
+    """An epoch's measured cost on the recipe's student and single teacher (an ensemble's or an
+    ONNX teacher's forward passes are not counted), for ``train.time_budget``."""
+    t, teacher = recipe.train, recipe.teacher
+    loader = train_loader(splits, recipe, t.augment if t.augment != "auto" else "none")
+    transfer = 0 if splits.unlabelled is None else len(splits.unlabelled)
+    built = None
+    if recipe.teachers is None and not teacher.onnx:
+        built = build_model("teacher", teacher.model, teacher.kwargs, splits)
+    return measure_epoch(
+        build_model("student", recipe.student.model, recipe.student.kwargs, splits),
+        built,
+        loader,
+        distilled_batches=math.ceil((len(splits.train) + transfer) / t.batch_size),
+        val_batches=math.ceil(len(splits.val) / t.batch_size),
+        teacher_trained=built is not None and teacher.trained_here,
+    )
 
 
 def check_selection_metric(recipe: Recipe, task: Task) -> None:

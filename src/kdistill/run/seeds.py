@@ -92,7 +92,9 @@ def run_seeds(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, 
     does not surface after the others have run. ``--resume`` continues each seed that has a run
     directory (a finished one is read back, not rerun) and starts the others.
     """
-    if recipe.follows_data:  # what the data decides (budget, views, the name) once, for all
+    # What the data decides (budget, views, the name) and a train.time_budget's epochs, once
+    # for all seeds: every seed trains as many epochs.
+    if recipe.follows_data or recipe.train.time_budget is not None:
         plan(recipe)
     parent_dir = Path(recipe.output.dir) / recipe.name
     parts = seed_recipes(recipe)

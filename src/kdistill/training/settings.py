@@ -6,15 +6,35 @@ stays light.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Bounds far beyond any setting that trains, below those that crash rather than fail clearly:
 # optimizers hold lr and weight decay as float32 (1e308 overflows in the step), and a
 # DataLoader's batch must fit a C ssize_t.
 MAX_STEP = 1e6
 MAX_BATCH = 2**31 - 1
+DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def budget_seconds(value: float | int | str) -> float:
+    """Seconds of a budget given as a number of seconds or as ``"90s"``, ``"5m"``, ``"1.5h"``;
+    ``ValueError`` for anything else."""
+    if isinstance(value, bool):
+        raise ValueError("give seconds (a number) or a duration such as '90s', '5m', '1.5h'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", str(value))
+        if not match:
+            raise ValueError(f"{value!r}: give seconds or a duration such as '90s', '5m', '1.5h'")
+        seconds = float(match[1]) * DURATION_UNITS[match[2] or "s"]
+    if not math.isfinite(seconds) or not 0 < seconds <= 10**7:
+        raise ValueError(f"{value!r}: a budget is a positive number of seconds (at most 1e7)")
+    return seconds
 
 
 class Section(BaseModel):
@@ -41,6 +61,15 @@ class EarlyStoppingConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1, description="passes over the training split")
+    # The epochs fitted to a wall-clock budget before anything trains (kdistill.run.budget): one
+    # number for both students, never a clock that stops one of them early.
+    time_budget: float | None = Field(
+        None,
+        description=(
+            "seconds (or '90s', '5m', '1.5h') the training may take: chooses train.epochs from "
+            "a measured step before training (both students alike); a set train.epochs wins"
+        ),
+    )
     batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="samples per step (per process)")
     eval_batch_size: int = Field(
         512, ge=1, le=MAX_BATCH, description="samples per batch when scoring"
@@ -144,6 +173,11 @@ class TrainConfig(Section):
             "the last, or the best on the validation split"
         ),
     )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        return None if value is None else budget_seconds(value)
 
     @property
     def scratch_mixing(self) -> str:
