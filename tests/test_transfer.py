@@ -238,3 +238,81 @@ def test_image_folder_transfer_set_without_class_folders(tmp_path, tiny_recipe):
         fragments=("identical to test samples",),
     )
     assert not (tmp_path / "leak").exists()
+
+
+def test_every_student_takes_the_same_steps_and_the_pseudo_label_row_is_reported(
+    tmp_path, tiny_recipe, monkeypatch
+):
+    """Issue 29.2: the scratch student goes over its labelled samples as many steps as the
+    distilled student takes over both sets; the pseudo-label student (self-training) learns
+    from the teacher's hard labels of the transfer set, for those steps too."""
+    seen, teacher_labels = {}, {}
+    forward, teacher_call = Distiller.forward, Teacher.__call__
+
+    def teacher_spy(self, batch):
+        out = teacher_call(self, batch)
+        for i, label in zip(batch["index"].tolist(), out.logits.argmax(-1).tolist()):
+            teacher_labels.setdefault(i, label)  # the labelling pass, then the distilled student
+        return out
+
+    def forward_spy(self, batch, teacher_out=None, shares=None):
+        if self.needs_teacher:
+            role = "distilled"
+        else:  # the teacher's own training and the scratch student's: the 140 labelled alone
+            role = "pseudo" if int(batch["index"].max()) >= 140 else "labelled"
+        for i, target in zip(batch["index"].tolist(), batch["target"].tolist()):
+            seen.setdefault(role, {})[i] = target
+        return forward(self, batch, teacher_out, shares)
+
+    monkeypatch.setattr(Teacher, "__call__", teacher_spy)
+    monkeypatch.setattr(Distiller, "forward", forward_spy)
+    overrides = ["data.subset=200", "data.unlabelled=rest", "data.pseudo_labels=true"]
+    result = call_cli("run", *tiny_recipe, *overrides, "train.batch_size=64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next(tmp_path.glob("runs/*/summary.json")).parent
+    summary = json.loads((run / "summary.json").read_text())
+    labelled, pool = summary["data"]["sizes"]["train"], summary["data"]["sizes"]["unlabelled"]
+    assert (labelled, pool) == (140, 1597)
+    steps = -(-(labelled + pool) // 64)  # 28
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    drawn = {r["phase"]: r["samples"] for r in records if "samples" in r}
+    assert drawn == {"teacher": 140, "scratch": 1737, "pseudo_labels": 1737, "student": 1737}
+    assert summary["students"]["budget"] == {
+        "samples_per_epoch": 1737,
+        "steps_per_epoch": steps,
+        "labelled_share": None,
+        "pseudo_labels": True,
+    }
+    assert set(seen["labelled"]) == set(range(labelled))
+    pseudo = {i: t for i, t in seen["pseudo"].items() if i >= labelled}
+    assert len(pseudo) == pool and all(pseudo[i] == teacher_labels[i] for i in pseudo)
+    assert {t for i, t in seen["distilled"].items() if i >= labelled} == {UNLABELLED}
+    assert "accuracy" in summary["pseudo_labels"]
+    assert "student_vs_pseudo_labels" in summary["comparisons"]
+    report = next(tmp_path.glob("runs/*/report.md")).read_text()
+    assert "distilled − pseudo-labels" in report and "self-training" in report
+    assert f"same {steps:,} optimizer steps per epoch" in report
+
+
+def test_labelled_share_sets_each_epochs_mix_in_a_recipe(tmp_path, tiny_recipe, monkeypatch):
+    labelled_seen = []
+    forward = Distiller.forward
+
+    def forward_spy(self, batch, teacher_out=None, shares=None):
+        if self.needs_teacher and self.training:
+            labelled_seen.append(int((batch["target"] != UNLABELLED).sum()))
+        return forward(self, batch, teacher_out, shares)
+
+    monkeypatch.setattr(Distiller, "forward", forward_spy)
+    overrides = ["data.subset=200", "data.unlabelled=rest", "data.labelled_share=0.5"]
+    result = call_cli("run", *tiny_recipe, *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sum(labelled_seen[1:]) == round(0.5 * 1737)  # after preflight's batch
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *tiny_recipe,
+        "data.pseudo_labels=true",
+        "output.dir=none",
+        fragments=("pseudo_labels", "data.unlabelled"),
+    )

@@ -232,22 +232,26 @@ class UnlabelledInputs(Dataset):
         return as_sample((x, UNLABELLED), int(i))
 
 
-def with_transfer(train: Dataset, unlabelled: Tensor | Dataset) -> Dataset:
-    """The training split followed by the transfer set, whose targets are ``UNLABELLED``: one
-    tensor dataset where both are tensors, else ``TransferDataset``."""
+def with_transfer(
+    train: Dataset, unlabelled: Tensor | Dataset, targets: Tensor | None = None
+) -> Dataset:
+    """The training split followed by the transfer set, whose targets are ``UNLABELLED`` (or
+    ``targets``: pseudo-labels): one tensor dataset where both are tensors, else
+    ``TransferDataset``."""
     if isinstance(train, ArrayDataset) and isinstance(unlabelled, Tensor):
-        targets = torch.full((len(unlabelled),), UNLABELLED, dtype=train.targets.dtype)
+        if targets is None:
+            targets = torch.full((len(unlabelled),), UNLABELLED, dtype=train.targets.dtype)
         inputs = torch.cat([train.inputs, unlabelled])
         return ArrayDataset(inputs, torch.cat([train.targets, targets]))
-    return TransferDataset(train, unlabelled)
+    return TransferDataset(train, unlabelled, targets)
 
 
 class TransferDataset(Dataset):
     """Labelled samples, then unlabelled ones (target ``UNLABELLED``), each at its position
     (``index``), for datasets that are not tensors of one shape (token dicts, a user's own)."""
 
-    def __init__(self, labelled: Dataset, unlabelled: Dataset):
-        self.labelled, self.unlabelled = labelled, unlabelled
+    def __init__(self, labelled: Dataset, unlabelled: Dataset, targets: Tensor | None = None):
+        self.labelled, self.unlabelled, self.targets = labelled, unlabelled, targets
 
     def __len__(self) -> int:
         return len(self.labelled) + len(self.unlabelled)
@@ -257,8 +261,10 @@ class TransferDataset(Dataset):
         if i < len(self.labelled):
             sample = dict(self.labelled[i])
         else:
-            sample = dict(self.unlabelled[i - len(self.labelled)])
-            sample["target"] = torch.tensor(UNLABELLED)
+            i_pool = i - len(self.labelled)
+            sample = dict(self.unlabelled[i_pool])
+            labels = self.targets
+            sample["target"] = torch.tensor(UNLABELLED) if labels is None else labels[i_pool]
         sample["index"] = torch.tensor(i)
         return sample
 
