@@ -30,7 +30,8 @@ from kdistill.errors import ConfigError, DataError
 
 UNLABELLED = -1  # the target of a transfer-set sample: no class has it
 REST = "rest"  # data.unlabelled: the bundled dataset's samples outside data.subset
-REST_DATASETS = ("digits", "mnist")
+# (rotten_tomatoes: and those of its training split beyond data.options.labelled)
+REST_DATASETS = ("digits", "mnist", "rotten_tomatoes")
 TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
@@ -48,7 +49,8 @@ def attach_transfer(spec: str, splits: DataSplits) -> None:
     if inputs is None or len(inputs) == 0:
         why = "no samples are left outside data.subset" if spec == REST else "it holds no samples"
         raise DataError(f"data.unlabelled: the transfer set is empty ({why}); give it inputs")
-    check_transfer(splits.train.inputs[0], inputs, splits.test.inputs, "data.unlabelled")
+    held_out = getattr(splits.test, "inputs", None)  # tensors; a token set is split by text
+    check_transfer(splits.train[0]["input"], inputs, held_out, "data.unlabelled")
 
 
 def check_transfer(labelled_example, inputs, held_out, field: str) -> None:

@@ -103,7 +103,8 @@ def load_data(recipe: Recipe) -> DataSplits:
     except TypeError as error:
         raise ConfigError(f"data.options: {error}") from None
     if data.unlabelled is not None:
-        if not isinstance(splits.train, ArrayDataset) or splits.task != "classification":
+        in_memory = isinstance(splits.train, ArrayDataset) or splits.unlabelled is not None
+        if not in_memory or splits.task != "classification":
             raise ConfigError(
                 f"data.unlabelled: a transfer set takes a classification dataset held in memory, "
                 f"not {data.dataset!r} ({splits.task})"
@@ -121,10 +122,11 @@ def check_transfer_recipe(recipe: Recipe) -> None:
             f"data.unlabelled: distill.mode={recipe.distill.mode} does not take a transfer set yet"
         )
     teachers = [recipe.teacher] if recipe.teachers is None else recipe.teachers
-    if any(teacher.cache for teacher in teachers):
+    one_teacher = recipe.teachers is None and recipe.assistant is None
+    if any(teacher.cache for teacher in teachers) and not one_teacher:
         raise ConfigError(
-            "data.unlabelled: the teacher cache does not cover a transfer set yet; "
-            "set teacher.cache: false"
+            "data.unlabelled: the teacher cache covers a transfer set for one teacher, not "
+            "teachers or an assistant; set teacher.cache: false"
         )
     if recipe.train.mix != "none":
         raise ConfigError(

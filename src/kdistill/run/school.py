@@ -228,13 +228,18 @@ class RunSchool:
         )
         views = min(train.views or train.epochs, train.epochs) if varies else 1
         topk = cache_topk(recipe, self.distill_terms)
-        dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views)
+        # The distilled student's samples: the training split, then the transfer set if any.
+        pool = self.splits.unlabelled
+        dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views, pool)
         mixing = {"mix": train.mix, "mix_alpha": train.mix_alpha} if train.mix != "none" else {}
+        transfer = {} if pool is None else {"unlabelled": [recipe.data.unlabelled, len(pool)]}
+        # One view of fixed inputs is the same for every seed: the seeds of a recipe share it.
+        seed = train.seed if varies else None
         fingerprint = {
             "teacher": teacher_identity(teacher.module),  # weights, settings and hooks (vocab_map)
-            "data": self.splits.identity,
+            "data": {**self.splits.identity, **transfer},
             "split": "train",
-            "augment": {"name": train.augment, "seed": train.seed, "views": views, **mixing},
+            "augment": {"name": train.augment, "seed": seed, "views": views, **mixing},
             "taps": sorted(teacher.taps),
             "dtype": recipe.teacher.cache_dtype,
             "topk": topk,
@@ -262,7 +267,7 @@ class RunSchool:
         )
         if built and self.is_main and recipe.output.progress:
             print(
-                f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in {time.perf_counter() - started:.1f} s at {root}"
+                f"teacher cache: {views} view(s) of {len(dataset)} samples in {time.perf_counter() - started:.1f} s at {root}"
             )
         return CachedTeacher(cache)
 
