@@ -368,6 +368,8 @@ def distill(
 
 
 def _transfer(train_data, unlabelled, share, val_data, t: TrainConfig) -> TransferSet | None:
+    """``distill``'s transfer set, checked as a recipe's is (``check_transfer``); ``None``
+    without ``unlabelled``."""
     if unlabelled is None:
         if share is not None:
             raise ArgumentError("labelled_share mixes a transfer set in: give unlabelled= too")
