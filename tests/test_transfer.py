@@ -17,6 +17,7 @@ from kdistill import Distiller, ModelOutput, Teacher, Term
 from kdistill.data.base import stratified_split
 from kdistill.data.images import rest_of, stratified_subset
 from kdistill.data.transfer import UNLABELLED
+from kdistill.errors import DataError
 
 
 def test_ce_on_a_batch_with_unlabelled_samples_is_ce_over_the_labelled_ones():
@@ -165,9 +166,9 @@ def test_table_transfer_set_takes_the_feature_columns_and_refuses_test_rows(tmp_
         ),
         ("data.unlabelled=labels.csv", None, ("data.unlabelled", ".npz")),
         (
-            "teacher.cache=true",
+            "assistant={model: mlp, kwargs: {width: 16}}",
             None,
-            ("data.unlabelled", "does not cover a transfer set", "teacher.cache"),
+            ("data.unlabelled", "for one teacher", "teacher.cache"),
         ),
         ("train.mix=mixup", None, ("data.unlabelled", "no label to mix", "train.mix")),
     ],
@@ -187,7 +188,8 @@ def test_cli_refuses_a_bad_transfer_set_in_one_line(
         np.savez(tmp_path / setting.split("=")[1], **arrays)
     subset = [] if setting == "data.unlabelled=rest" else ["data.subset=200"]
     transfer = [] if setting.startswith("data.unlabelled") else ["data.unlabelled=rest"]
-    args = ["run", *tiny_recipe, *subset, *transfer, setting]
+    cache = ["teacher.cache=true"] if setting.startswith("assistant") else []
+    args = ["run", *tiny_recipe, *subset, *transfer, *cache, setting]
     refused_without_changes(tmp_path, *args, fragments=fragments)
     assert not (tmp_path / "runs").exists()
 
@@ -238,3 +240,128 @@ def test_image_folder_transfer_set_without_class_folders(tmp_path, tiny_recipe):
         fragments=("identical to test samples",),
     )
     assert not (tmp_path / "leak").exists()
+
+
+def test_every_student_takes_the_same_steps_and_the_pseudo_label_row_is_reported(
+    tmp_path, tiny_recipe, monkeypatch
+):
+    """Issue 29.2: the scratch student goes over its labelled samples as many steps as the
+    distilled student takes over both sets; the pseudo-label student (self-training) learns
+    from the teacher's hard labels of the transfer set, for those steps too."""
+    seen, teacher_labels = {}, {}
+    forward, teacher_call = Distiller.forward, Teacher.__call__
+
+    def teacher_spy(self, batch):
+        out = teacher_call(self, batch)
+        for i, label in zip(batch["index"].tolist(), out.logits.argmax(-1).tolist()):
+            teacher_labels.setdefault(i, label)  # the labelling pass, then the distilled student
+        return out
+
+    def forward_spy(self, batch, teacher_out=None, shares=None):
+        if self.needs_teacher:
+            role = "distilled"
+        else:  # the teacher's own training and the scratch student's: the 140 labelled alone
+            role = "pseudo" if int(batch["index"].max()) >= 140 else "labelled"
+        for i, target in zip(batch["index"].tolist(), batch["target"].tolist()):
+            seen.setdefault(role, {})[i] = target
+        return forward(self, batch, teacher_out, shares)
+
+    monkeypatch.setattr(Teacher, "__call__", teacher_spy)
+    monkeypatch.setattr(Distiller, "forward", forward_spy)
+    overrides = ["data.subset=200", "data.unlabelled=rest", "data.pseudo_labels=true"]
+    result = call_cli("run", *tiny_recipe, *overrides, "train.batch_size=64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next(tmp_path.glob("runs/*/summary.json")).parent
+    summary = json.loads((run / "summary.json").read_text())
+    labelled, pool = summary["data"]["sizes"]["train"], summary["data"]["sizes"]["unlabelled"]
+    assert (labelled, pool) == (140, 1597)
+    steps = -(-(labelled + pool) // 64)  # 28
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    drawn = {r["phase"]: r["samples"] for r in records if "samples" in r}
+    assert drawn == {"teacher": 140, "scratch": 1737, "pseudo_labels": 1737, "student": 1737}
+    assert summary["students"]["budget"] == {
+        "samples_per_epoch": 1737,
+        "steps_per_epoch": steps,
+        "labelled_share": None,
+        "pseudo_labels": True,
+    }
+    assert set(seen["labelled"]) == set(range(labelled))
+    pseudo = {i: t for i, t in seen["pseudo"].items() if i >= labelled}
+    assert len(pseudo) == pool and all(pseudo[i] == teacher_labels[i] for i in pseudo)
+    assert {t for i, t in seen["distilled"].items() if i >= labelled} == {UNLABELLED}
+    assert "accuracy" in summary["pseudo_labels"]
+    assert "student_vs_pseudo_labels" in summary["comparisons"]
+    report = next(tmp_path.glob("runs/*/report.md")).read_text()
+    assert "distilled − pseudo-labels" in report and "self-training" in report
+    assert f"same {steps:,} optimizer steps per epoch" in report
+
+
+def test_labelled_share_sets_each_epochs_mix_in_a_recipe(tmp_path, tiny_recipe, monkeypatch):
+    labelled_seen = []
+    forward = Distiller.forward
+
+    def forward_spy(self, batch, teacher_out=None, shares=None):
+        if self.needs_teacher and self.training:
+            labelled_seen.append(int((batch["target"] != UNLABELLED).sum()))
+        return forward(self, batch, teacher_out, shares)
+
+    monkeypatch.setattr(Distiller, "forward", forward_spy)
+    overrides = ["data.subset=200", "data.unlabelled=rest", "data.labelled_share=0.5"]
+    result = call_cli("run", *tiny_recipe, *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sum(labelled_seen[1:]) == round(0.5 * 1737)  # after preflight's batch
+    refused_without_changes(
+        tmp_path,
+        "run",
+        *tiny_recipe,
+        "data.pseudo_labels=true",
+        "output.dir=none",
+        fragments=("pseudo_labels", "data.unlabelled"),
+    )
+
+
+def test_the_teacher_cache_covers_the_transfer_set_and_serves_every_seed(
+    tmp_path, tiny_recipe, monkeypatch
+):
+    import kdistill.run.school as school
+
+    builds = []
+    open_or_build = school.open_or_build
+
+    def spy(root, teacher, dataset, **options):
+        cache, built = open_or_build(root, teacher, dataset, **options)
+        builds.append((len(dataset), built))
+        return cache, built
+
+    monkeypatch.setattr(school, "open_or_build", spy)
+    cached = [*tiny_recipe, "data.subset=200", "data.unlabelled=rest", "teacher.cache=true"]
+    cached.append("train.augment=none")  # fixed inputs: the seed draws no views
+    result = call_cli("run", *cached, "output.dir=s0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert builds == [(140 + 1597, True)]  # the labelled split and the transfer set
+    teacher = next(tmp_path.glob("s0/*/checkpoints/teacher.safetensors"))
+    again = [*cached, "train.seed=2", f"teacher.checkpoint={teacher}", "output.dir=s0"]
+    result = call_cli("run", *again, "name=seed2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert builds[1:] == [(1737, False)]  # the same teacher: seed 0's cache serves seed 2
+    summary = json.loads(next(tmp_path.glob("s0/seed2/summary.json")).read_text())
+    assert summary["data"]["sizes"]["unlabelled"] == 1597
+
+
+def test_rotten_tomatoes_labelled_keeps_the_test_split_and_rest_is_the_transfer_set():
+    from kdistill.data import load_dataset
+
+    split = {"val_fraction": 0.1, "test_fraction": 0.1, "seed": 0}
+    full = load_dataset("rotten_tomatoes", **split)
+    scarce = load_dataset("rotten_tomatoes", **split, labelled=1000, rest=True)
+    assert (len(scarce.train), len(scarce.unlabelled)) == (1000, len(full.train) - 1000)
+    for name in ("val", "test"):  # the same snippets scored, whatever the number of labels
+        assert torch.equal(getattr(full, name).input_ids, getattr(scarce, name).input_ids)
+    assert set(scarce.unlabelled.targets.tolist()) == {UNLABELLED}  # their labels are not kept
+    rows = {tuple(row) for row in full.train.input_ids.tolist()}
+    kept = scarce.train.input_ids.tolist() + scarce.unlabelled.input_ids.tolist()
+    assert {tuple(row) for row in kept} == rows  # the training split, cut in two
+    fresh = [float(d.targets.float().mean()) for d in (full.train, scarce.train)]
+    assert fresh[1] == pytest.approx(fresh[0], abs=0.01)  # a stratified draw
+    with pytest.raises(DataError, match="data.options.labelled"):
+        load_dataset("rotten_tomatoes", **split, labelled=len(full.train) + 1)

@@ -24,6 +24,12 @@ from torch.utils.data import DataLoader
 
 from kdistill.data import ArrayDataset
 from kdistill.data.inputs import IndexedDataset, as_dataset, as_loader, class_labels
+from kdistill.data.transfer import (
+    TransferDataset,
+    TransferSet,
+    check_transfer,
+    unlabelled_inputs,
+)
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ArgumentError, DataError
 from kdistill.evaluation import task_of
@@ -57,6 +63,9 @@ class DistillResult:
     teacher_metrics: dict = field(default_factory=dict)
     comparison: dict = field(default_factory=dict)
     verdict: str = ""
+    # unlabelled=: the sizes of both sets, the mix per step and the optimizer steps per epoch
+    # every student took (``{}`` without a transfer set).
+    data: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return result_table(self)
@@ -98,7 +107,7 @@ def _cached(
     """The teacher's outputs over the training samples, computed once (``cache=True``: in a
     temporary directory for this call; a path: kept there and reused while it matches)."""
     dataset = loader.dataset
-    if not isinstance(dataset, (ArrayDataset, IndexedDataset)):
+    if not isinstance(dataset, (ArrayDataset, IndexedDataset, TransferDataset)):
         dataset = as_dataset(
             dataset.dataset
         )  # a user's DataLoader: its dataset, positioned by as_loader
@@ -205,6 +214,8 @@ def distill(
     cache: bool | str | Path = False,
     baseline: bool = False,
     progress: bool = True,
+    unlabelled=None,
+    labelled_share: float | None = None,
     **settings,
 ) -> DistillResult:
     """Train ``student`` to imitate ``teacher`` (by default Hinton KD, ``(1−α)·CE + α·T²·KL``).
@@ -238,6 +249,19 @@ def distill(
             the three models on ``val_data`` (required): a paired bootstrap interval and
             McNemar's test.
         progress: progress bars and a line per epoch.
+        unlabelled: a transfer set (Hinton et al. 2015): inputs without labels that the
+            teacher scores and the student learns from through the terms that need no label
+            (CE and other label terms average over the labelled samples of a batch). What
+            ``train_data`` takes, without labels: an array or tensor of inputs, a dataset of
+            inputs, of ``(x, y)`` tuples or of dicts (labels there are ignored, with one
+            warning), a ``DataLoader``'s dataset; of the labelled inputs' shape and kind, none
+            identical to a sample of ``val_data``. ``train_data`` is then arrays or a dataset
+            (not a ``DataLoader``: the run draws both sets' samples). An epoch draws as many
+            samples as both sets hold, and the baseline takes the same number of optimizer
+            steps from the labelled data alone.
+        labelled_share: with ``unlabelled``, the fraction of each epoch's samples drawn from
+            the labelled data (0 < share < 1; the labelled samples repeat when it exceeds
+            their proportion); ``None``: the natural proportion, both sets shuffled together.
 
     Returns:
         ``DistillResult`` with the trained student, one record per epoch, the final
@@ -246,7 +270,8 @@ def distill(
         ``val/token_accuracy`` for a language model; ``val/hr@10``, ``val/ndcg@10`` and
         ``val/rmse`` for a recommender: what a recipe's summary holds), and the trained
         ``connectors`` of feature terms; with ``baseline``, the scratch student, its and the
-        teacher's accuracy, the comparison and the verdict (``print(result)`` shows them).
+        teacher's accuracy, the comparison and the verdict (``print(result)`` shows them);
+        with ``unlabelled``, ``data``: both set sizes, the share and the steps per epoch.
     """
     t = train_settings(train, {name: settings.pop(name) for name in SHORTHAND if name in settings})
     terms = _method_terms(method, terms, settings)
@@ -255,6 +280,8 @@ def distill(
     val_data = class_labels(val_data, "val_data") if val_data is not None else None
     train_loader = as_loader(train_data, batch_size=t.batch_size, shuffle=True, seed=t.seed)
     val_loader = as_loader(val_data, batch_size=t.eval_batch_size) if val_data is not None else None
+    transfer = _transfer(train_data, unlabelled, labelled_share, val_data, t)
+    student_loader = train_loader if transfer is None else transfer.loader()
     if baseline and val_data is None:
         raise ArgumentError("baseline=True compares the students on val_data: give val_data")
     if (t.early_stopping is not None or t.keep == "best") and val_data is None:
@@ -316,12 +343,13 @@ def distill(
                     terms,
                     teacher=frozen,
                     example_batch=example,
-                    num_samples=len(train_loader.dataset),
+                    num_samples=len(student_loader.dataset),
                 )
             else:
                 distiller = Distiller(student, terms)
-            live = _cached(frozen, train_loader, cache, stack, accelerator) if cache else frozen
-            history = trained(distiller, train_loader, live)
+            distiller.transfer = transfer is not None
+            live = _cached(frozen, student_loader, cache, stack, accelerator) if cache else frozen
+            history = trained(distiller, student_loader, live)
             metrics = {}
             if val_loader is not None:  # what a recipe's summary holds for its task
                 result = task.evaluate(student, val_loader, accelerator)
@@ -333,7 +361,9 @@ def distill(
                     initial,
                     lambda model: trained(
                         Distiller(model, scratch()),
-                        as_loader(train_data, batch_size=t.batch_size, shuffle=True, seed=t.seed),
+                        as_loader(train_data, batch_size=t.batch_size, shuffle=True, seed=t.seed)
+                        if transfer is None
+                        else transfer.loader(labelled_only=True),
                     ),
                     teacher=frozen.module,
                     distilled=student,
@@ -353,8 +383,30 @@ def distill(
         history=history,
         metrics=metrics,
         connectors=distiller.connectors,
+        data={} if transfer is None else transfer.record(len(student_loader)),
         **compared,
     )
+
+
+def _transfer(train_data, unlabelled, share, val_data, t: TrainConfig) -> TransferSet | None:
+    """``distill``'s transfer set, checked as a recipe's is (``check_transfer``); ``None``
+    without ``unlabelled``."""
+    if unlabelled is None:
+        if share is not None:
+            raise ArgumentError("labelled_share mixes a transfer set in: give unlabelled= too")
+        return None
+    if isinstance(train_data, DataLoader):
+        raise ArgumentError(
+            "train_data: a DataLoader keeps its own batches; with unlabelled=, give train_data "
+            "as arrays or a dataset, so that the run draws both sets' samples"
+        )
+    if share is not None and not (isinstance(share, (int, float)) and 0 < share < 1):
+        raise ArgumentError(f"labelled_share: a fraction between 0 and 1 (or None), got {share!r}")
+    labelled = as_dataset(train_data)
+    inputs = unlabelled_inputs(unlabelled, "unlabelled")
+    held_out = val_data[0] if isinstance(val_data, tuple) else None
+    check_transfer(labelled[0]["input"], inputs, held_out, "unlabelled")
+    return TransferSet(labelled, inputs, share, t.batch_size, t.seed)
 
 
 def fit(

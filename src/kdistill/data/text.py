@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kdistill.data.base import DataSplits, stratified_split
+from kdistill.data.transfer import UNLABELLED
 from kdistill.errors import DataError
 from kdistill.io.resources import minilm_dir, package_file
 from kdistill.modeling import TEACHER_PREFIX
@@ -129,12 +130,20 @@ def load_rotten_tomatoes(
     subset: int | None = None,
     max_length: int = 48,
     tokenizer: str | None = None,
+    labelled: int | None = None,
+    rest: bool = False,
 ) -> DataSplits:
     """Rotten Tomatoes critic snippets, fresh vs rotten (12,752), as MiniLM word pieces.
 
     A stratified split with a fixed seed; ``subset`` keeps a stratified subset first (quick
     runs). ``max_length`` 48 word pieces covers 95% of the snippets whole (median 26); longer
     ones are truncated. ``tokenizer`` is a ``tokenizer.json`` (default: the teacher's).
+
+    ``labelled`` (``data.options.labelled``) keeps that many snippets of the training split, a
+    stratified draw, the validation and test splits unchanged, so that runs with fewer labels
+    are scored on the same test snippets. ``rest`` (``data.unlabelled: rest``): the snippets
+    left out, those of the training split beyond ``labelled`` and those outside ``subset``,
+    become the transfer set, without their labels.
     """
     file = (
         Path(path)
@@ -153,16 +162,31 @@ def load_rotten_tomatoes(
             f"data.options.max_length: {max_length} is too short; use at least 4 word pieces"
         )
     texts, labels = read_rotten_tomatoes(file)
+    positions = np.arange(len(labels))
     if subset is not None and subset < len(labels):
-        keep, _ = stratified_split(labels, (subset / len(labels), 1 - subset / len(labels)), seed)
-        texts, labels = [texts[i] for i in keep], labels[keep]
+        positions, _ = stratified_split(
+            labels, (subset / len(labels), 1 - subset / len(labels)), seed
+        )
+    train_fraction = 1.0 - val_fraction - test_fraction
+    parts = [
+        positions[part]
+        for part in stratified_split(
+            labels[positions], (train_fraction, val_fraction, test_fraction), seed
+        )
+    ]
+    if labelled is not None:
+        parts[0] = _labelled_part(parts[0], labels, labelled, seed)
     ids, attention = encode(texts, load_tokenizer(tokenizer), max_length)
     targets = torch.from_numpy(labels)
-    train_fraction = 1.0 - val_fraction - test_fraction
-    parts = stratified_split(labels, (train_fraction, val_fraction, test_fraction), seed)
     datasets = [
         TokenDataset(ids[idx], attention[idx], targets[idx]) for idx in map(torch.from_numpy, parts)
     ]
+    unlabelled = None
+    if rest:  # every snippet no split holds: their labels are not kept
+        left = torch.from_numpy(np.setdiff1d(np.arange(len(labels)), np.concatenate(parts)))
+        unlabelled = TokenDataset(
+            ids[left], attention[left], torch.full((len(left),), UNLABELLED, dtype=torch.int64)
+        )
     if min(len(d) for d in datasets) == 0:
         raise DataError(f"data.subset: {len(labels)} snippets leave an empty split; use more")
     return DataSplits(
@@ -181,5 +205,21 @@ def load_rotten_tomatoes(
             "max_length": max_length,
             "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
             "sizes": {"train": len(datasets[0]), "val": len(datasets[1]), "test": len(datasets[2])},
+            **({"labelled": labelled} if labelled is not None else {}),
         },
+        unlabelled=unlabelled,
     )
+
+
+def _labelled_part(train: np.ndarray, labels: np.ndarray, labelled: int, seed: int) -> np.ndarray:
+    """``labelled`` positions of the training split ``train``, a stratified draw."""
+    if not isinstance(labelled, int) or not 2 <= labelled <= len(train):
+        raise DataError(
+            f"data.options.labelled: between 2 and the training split's {len(train):,} "
+            f"snippets, got {labelled!r}"
+        )
+    if labelled == len(train):
+        return train
+    fraction = labelled / len(train)
+    keep, _ = stratified_split(labels[train], (fraction, 1 - fraction), seed)
+    return train[keep]

@@ -4,26 +4,34 @@ distilled student learns from through the terms that need no label (Hinton et al
 The distilled student trains on one dataset: the training split followed by the transfer set,
 whose samples carry the target ``UNLABELLED``; a term that compares with the labels
 (``Term.takes_target``: CE, DKD, ...) is a mean over the labelled samples of a batch only. The
-scratch student and the teacher train on the training split alone.
+teacher trains on the training split alone; the scratch student too, for as many optimizer steps
+as the distilled student (``BudgetSampler``). Recipes (``data.unlabelled``) and
+``distill(unlabelled=...)`` share this module.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdistill.data.base import ArrayDataset, DataSplits
+from kdistill.data.base import ArrayDataset, DataSplits, collate
 from kdistill.data.images import IMAGE_SUFFIXES, MAX_FOLDER_BYTES, image_header, read_image
+from kdistill.data.inputs import TARGET_KEYS, as_sample
 from kdistill.data.table import feature_matrix, read_table
 from kdistill.errors import ConfigError, DataError
 
 UNLABELLED = -1  # the target of a transfer-set sample: no class has it
 REST = "rest"  # data.unlabelled: the bundled dataset's samples outside data.subset
-REST_DATASETS = ("digits", "mnist")
+# (rotten_tomatoes: and those of its training split beyond data.options.labelled)
+REST_DATASETS = ("digits", "mnist", "rotten_tomatoes")
 TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
@@ -41,20 +49,36 @@ def attach_transfer(spec: str, splits: DataSplits) -> None:
     if inputs is None or len(inputs) == 0:
         why = "no samples are left outside data.subset" if spec == REST else "it holds no samples"
         raise DataError(f"data.unlabelled: the transfer set is empty ({why}); give it inputs")
-    labelled = splits.train.inputs
-    if inputs.dtype != labelled.dtype or tuple(inputs.shape[1:]) != tuple(labelled.shape[1:]):
+    held_out = getattr(splits.test, "inputs", None)  # tensors; a token set is split by text
+    check_transfer(splits.train[0]["input"], inputs, held_out, "data.unlabelled")
+
+
+def check_transfer(labelled_example, inputs, held_out, field: str) -> None:
+    """A transfer set's inputs of another shape or kind than ``labelled_example`` (one labelled
+    input), or identical to samples of ``held_out`` (the test split: they would leak into
+    training; compared where both are tensors), refused as a ``DataError`` naming ``field``."""
+    first = inputs[0] if isinstance(inputs, Tensor) else inputs[0]["input"]
+    if describe(first) != describe(labelled_example):
         raise DataError(
-            f"data.unlabelled: inputs of shape {tuple(inputs.shape[1:])} ({inputs.dtype}), but the "
-            f"labelled data's are {tuple(labelled.shape[1:])} ({labelled.dtype}): give inputs "
-            "of the same kind"
+            f"{field}: inputs of shape {describe(first)}, but the labelled data's are "
+            f"{describe(labelled_example)}: give inputs of the same kind"
         )
-    test = {_digest(row) for row in splits.test.inputs}
+    if not isinstance(inputs, Tensor) or not isinstance(held_out, Tensor):
+        return
+    test = {_digest(row) for row in held_out}
     leaks = sum(_digest(row) in test for row in inputs)
     if leaks:
         raise DataError(
-            f"data.unlabelled: {leaks} sample(s) are identical to test samples, which would leak "
+            f"{field}: {leaks} sample(s) are identical to test samples, which would leak "
             "the test split into training: remove them from the transfer set"
         )
+
+
+def describe(example) -> str:
+    """One input's shape and kind: ``(1, 8, 8) (torch.float32)``, or per key of a dict."""
+    if isinstance(example, Mapping):
+        return ", ".join(f"{key} {describe(value)}" for key, value in sorted(example.items()))
+    return f"{tuple(example.shape)} ({example.dtype})"
 
 
 def _from_table(path: Path, splits: DataSplits) -> np.ndarray:
@@ -152,10 +176,188 @@ def _digest(row: Tensor) -> bytes:
     return hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest()
 
 
-def with_transfer(train: ArrayDataset, inputs: Tensor) -> ArrayDataset:
-    """The training split followed by the transfer set, whose targets are ``UNLABELLED``."""
-    targets = torch.full((len(inputs),), UNLABELLED, dtype=train.targets.dtype)
-    return ArrayDataset(torch.cat([train.inputs, inputs]), torch.cat([train.targets, targets]))
+def unlabelled_inputs(data, field: str = "unlabelled") -> Tensor | Dataset:
+    """What ``distill(unlabelled=...)`` takes, as a transfer set: inputs alone (an array or a
+    tensor; a dataset of inputs, of ``(x, y)`` tuples or of dicts; a ``DataLoader``'s dataset,
+    its batching left to the run's). Labels found there are ignored, said once (a warning)."""
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(part, (Tensor, np.ndarray)) for part in data)
+    ):
+        warnings.warn(f"{field}: (x, y) given: the labels y are ignored", stacklevel=3)
+        data = data[0]
+    if isinstance(data, (Tensor, np.ndarray)):
+        inputs = as_sample((data, torch.zeros(len(data))))["input"]
+        if len(inputs) == 0:
+            raise DataError(
+                f"{field}: the transfer set is empty (it holds no samples); give it inputs"
+            )
+        return inputs
+    if isinstance(data, Mapping) or not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        raise DataError(
+            f"{field}: give inputs as an array or tensor, or a dataset with __len__ and "
+            f"__getitem__, not a {type(data).__name__}"
+        )
+    dataset = UnlabelledInputs(data)
+    if len(dataset) == 0:
+        raise DataError(f"{field}: the transfer set is empty (it holds no samples); give it inputs")
+    if dataset.labelled(0):
+        warnings.warn(f"{field}: its samples carry labels: they are ignored", stacklevel=3)
+    return dataset
+
+
+class UnlabelledInputs(Dataset):
+    """A user's dataset of inputs (tensors, ``(x, y)`` tuples, dicts with or without a label) as
+    kdistill samples whose target is ``UNLABELLED``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def labelled(self, i: int) -> bool:
+        item = self.dataset[i]
+        if isinstance(item, Mapping):
+            return any(key in item for key in TARGET_KEYS)
+        return isinstance(item, (tuple, list)) and len(item) >= 2
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[int(i)]
+        if isinstance(item, Mapping):
+            item = {k: v for k, v in item.items() if k not in TARGET_KEYS and k != "index"}
+            return as_sample({**item, "target": UNLABELLED}, int(i))
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        return as_sample((x, UNLABELLED), int(i))
+
+
+def with_transfer(
+    train: Dataset, unlabelled: Tensor | Dataset, targets: Tensor | None = None
+) -> Dataset:
+    """The training split followed by the transfer set, whose targets are ``UNLABELLED`` (or
+    ``targets``: pseudo-labels): one tensor dataset where both are tensors, else
+    ``TransferDataset``."""
+    if isinstance(train, ArrayDataset) and isinstance(unlabelled, Tensor):
+        if targets is None:
+            targets = torch.full((len(unlabelled),), UNLABELLED, dtype=train.targets.dtype)
+        inputs = torch.cat([train.inputs, unlabelled])
+        return ArrayDataset(inputs, torch.cat([train.targets, targets]))
+    return TransferDataset(train, unlabelled, targets)
+
+
+class TransferDataset(Dataset):
+    """Labelled samples, then unlabelled ones (target ``UNLABELLED``), each at its position
+    (``index``), for datasets that are not tensors of one shape (token dicts, a user's own)."""
+
+    def __init__(self, labelled: Dataset, unlabelled: Dataset, targets: Tensor | None = None):
+        self.labelled, self.unlabelled, self.targets = labelled, unlabelled, targets
+
+    def __len__(self) -> int:
+        return len(self.labelled) + len(self.unlabelled)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if i < len(self.labelled):
+            sample = dict(self.labelled[i])
+        else:
+            i_pool = i - len(self.labelled)
+            sample = dict(self.unlabelled[i_pool])
+            labels = self.targets
+            sample["target"] = torch.tensor(UNLABELLED) if labels is None else labels[i_pool]
+        sample["index"] = torch.tensor(i)
+        return sample
+
+
+class BudgetSampler(Sampler[int]):
+    """The positions one epoch draws, ``draws`` of them, from ``labelled`` samples followed by
+    ``unlabelled`` ones, each part in fresh permutations for as long as it is drawn.
+
+    Every student of a run with a transfer set draws the same number per epoch (the labelled
+    and the unlabelled count), so all take the same optimizer steps: the scratch student goes
+    over its labelled samples (L + U) / L times an epoch. ``labelled_share`` is the fraction of
+    the draws taken from the labelled samples; ``None``: the natural proportion, L / (L + U),
+    both shuffled together."""
+
+    def __init__(
+        self,
+        labelled: int,
+        unlabelled: int,
+        draws: int,
+        labelled_share: float | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        self.labelled, self.unlabelled, self.draws = labelled, unlabelled, draws
+        self.share, self.generator = labelled_share, generator
+
+    def __len__(self) -> int:
+        return self.draws
+
+    def __iter__(self):
+        g, draws = self.generator, self.draws
+        if self.unlabelled == 0 or self.share is None:
+            order = _cycled(self.labelled + self.unlabelled, draws, g)
+        else:
+            from_labelled = min(max(round(self.share * draws), 1), draws)
+            order = torch.cat(
+                [
+                    _cycled(self.labelled, from_labelled, g),
+                    self.labelled + _cycled(self.unlabelled, draws - from_labelled, g),
+                ]
+            )
+            order = order[torch.randperm(draws, generator=g)]
+        return iter(order.tolist())
+
+
+@dataclass
+class TransferSet:
+    """``distill(unlabelled=...)``'s labelled data and transfer set, and the loaders that draw
+    one epoch's budget from them."""
+
+    labelled: torch.utils.data.Dataset
+    inputs: torch.Tensor | torch.utils.data.Dataset
+    share: float | None
+    batch_size: int
+    seed: int
+
+    def loader(self, *, labelled_only: bool = False) -> DataLoader:
+        """Both sets (or, for the scratch student, the labelled alone) drawn for the same
+        number of samples per epoch, so every student takes the same optimizer steps."""
+        labelled, unlabelled = len(self.labelled), len(self.inputs)
+        dataset = self.labelled if labelled_only else with_transfer(self.labelled, self.inputs)
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = BudgetSampler(
+            labelled,
+            0 if labelled_only else unlabelled,
+            labelled + unlabelled,
+            self.share,
+            generator,
+        )
+        # the sampler's generator is the loader's, where train_loop saves the data order
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            generator=generator,
+        )
+
+    def record(self, steps: int) -> dict:
+        return {
+            "labelled": len(self.labelled),
+            "unlabelled": len(self.inputs),
+            "labelled_share": self.share,
+            "steps_per_epoch": steps,
+        }
+
+
+def _cycled(count: int, draws: int, generator: torch.Generator | None) -> Tensor:
+    """``draws`` positions below ``count``: permutations one after another, the last cut."""
+    rounds = -(-draws // count) if draws else 0
+    perms = [torch.randperm(count, generator=generator) for _ in range(rounds)]
+    return torch.cat(perms)[:draws] if perms else torch.zeros(0, dtype=torch.long)
 
 
 def labelled_mask(target: Tensor) -> Tensor:

@@ -96,10 +96,23 @@ def result_table(result) -> str:
     return "\n".join(
         [
             *lines,
+            *transfer_line(result.data),
             result.verdict
             or "distill(..., baseline=True) also trains the student alone and compares.",
         ]
     )
+
+
+def transfer_line(data: dict) -> list[str]:
+    """With a transfer set: both set sizes, the mix and the shared step budget."""
+    if not data:
+        return []
+    share = data["labelled_share"]
+    mix = "natural proportion" if share is None else f"labelled share {share:g}"
+    return [
+        f"data: {data['labelled']:,} labelled + {data['unlabelled']:,} unlabelled ({mix}); "
+        f"every student took {data['steps_per_epoch']:,} optimizer steps per epoch"
+    ]
 
 
 __all__ = ["baseline_verdict", "initial_copy", "result_table", "scratch_baseline"]

@@ -102,6 +102,8 @@ COMPARISONS = (
     ("student_vs_scratch", "distilled − scratch"),
     ("teacher_vs_student", "teacher − distilled"),
     ("teacher_vs_scratch", "teacher − scratch"),
+    ("student_vs_pseudo_labels", "distilled − pseudo-labels"),
+    ("pseudo_labels_vs_scratch", "pseudo-labels − scratch"),
 )
 
 
@@ -236,6 +238,21 @@ def students_sentence(summary: dict) -> str:
             f"{students['augment']}{mixing}; the scratch "
             "student is the same training without the teacher."
         )
+    budget = students.get("budget")
+    if budget:
+        share = budget["labelled_share"]
+        mix = "in their natural proportion" if share is None else f"{share:g} of them labelled"
+        sentence += (
+            f" Every student takes the same {budget['steps_per_epoch']:,} optimizer steps per "
+            f"epoch: the distilled student draws {budget['samples_per_epoch']:,} samples an "
+            f"epoch from the labelled and the transfer set ({mix}), the scratch student as many "
+            "from the labelled data alone, repeated."
+        )
+        if budget["pseudo_labels"]:
+            sentence += (
+                " The pseudo-label student (self-training) draws them as the distilled student "
+                "does, the transfer set carrying the teacher's hard labels."
+            )
     if students.get("views"):
         sentence += (
             f" The teacher scores {students['views']} "

@@ -8,6 +8,7 @@ ROLE_TITLES = {
     "pruned": "pruned student, untrained",
     "assistant": "teacher assistant",
     "scratch": "student from scratch",
+    "pseudo_labels": "student on the teacher's hard labels (self-training)",
     "student": "distilled student",
 }
 
@@ -20,7 +21,15 @@ def table_roles(summary: dict) -> list[str]:
     )
     return [
         r
-        for r in ("teacher", "pruned", "assistant", "scratch", *generations, "student")
+        for r in (
+            "teacher",
+            "pruned",
+            "assistant",
+            "scratch",
+            *generations,
+            "pseudo_labels",
+            "student",
+        )
         if r in summary
     ]
 

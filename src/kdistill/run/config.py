@@ -59,6 +59,25 @@ class DataConfig(Section):
         "with an array x, a table with the labelled table's feature columns, or a folder of "
         "images without class sub-folders",
     )
+    labelled_share: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="with data.unlabelled: the fraction of each epoch's samples drawn from the "
+        "labelled data (null: the natural proportion, both sets shuffled together)",
+    )
+    pseudo_labels: bool = Field(
+        False,
+        description="with data.unlabelled: also train the self-training baseline, the student "
+        "on the labels and the teacher's hard labels of the transfer set, for the same steps",
+    )
+
+    @model_validator(mode="after")
+    def _transfer_settings_need_a_transfer_set(self):
+        for name in ("labelled_share", "pseudo_labels"):
+            if getattr(self, name) not in (None, False) and self.unlabelled is None:
+                raise ValueError(f"{name} acts on a transfer set: set data.unlabelled too")
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

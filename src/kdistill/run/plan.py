@@ -17,7 +17,13 @@ from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import augmented, can_augment, cycled
 from kdistill.data.base import ArrayDataset, collate
 from kdistill.data.mixing import can_mix, check_mix_terms, mixed
-from kdistill.data.transfer import REST, REST_DATASETS, attach_transfer, with_transfer
+from kdistill.data.transfer import (
+    REST,
+    REST_DATASETS,
+    BudgetSampler,
+    attach_transfer,
+    with_transfer,
+)
 from kdistill.errors import ConfigError
 from kdistill.evaluation import TASKS, Task
 from kdistill.losses import LOGIT_LOSSES, TOKEN_LOSSES
@@ -75,7 +81,7 @@ def teaching_mode(recipe: Recipe) -> tuple[str, dict[str, Any]]:
         }
     if recipe.assistant is not None:
         return "assistant", {"cached": cached}
-    return "teacher", {"cached": cached}
+    return "teacher", {"cached": cached, "pseudo_labels": recipe.data.pseudo_labels}
 
 
 def load_data(recipe: Recipe) -> DataSplits:
@@ -100,7 +106,8 @@ def load_data(recipe: Recipe) -> DataSplits:
     except TypeError as error:
         raise ConfigError(f"data.options: {error}") from None
     if data.unlabelled is not None:
-        if not isinstance(splits.train, ArrayDataset) or splits.task != "classification":
+        in_memory = isinstance(splits.train, ArrayDataset) or splits.unlabelled is not None
+        if not in_memory or splits.task != "classification":
             raise ConfigError(
                 f"data.unlabelled: a transfer set takes a classification dataset held in memory, "
                 f"not {data.dataset!r} ({splits.task})"
@@ -118,14 +125,20 @@ def check_transfer_recipe(recipe: Recipe) -> None:
             f"data.unlabelled: distill.mode={recipe.distill.mode} does not take a transfer set yet"
         )
     teachers = [recipe.teacher] if recipe.teachers is None else recipe.teachers
-    if any(teacher.cache for teacher in teachers):
+    one_teacher = recipe.teachers is None and recipe.assistant is None
+    if any(teacher.cache for teacher in teachers) and not one_teacher:
         raise ConfigError(
-            "data.unlabelled: the teacher cache does not cover a transfer set yet; "
-            "set teacher.cache: false"
+            "data.unlabelled: the teacher cache covers a transfer set for one teacher, not "
+            "teachers or an assistant; set teacher.cache: false"
         )
     if recipe.train.mix != "none":
         raise ConfigError(
             "data.unlabelled: a transfer set's samples carry no label to mix; set train.mix: none"
+        )
+    if recipe.data.pseudo_labels and (recipe.teachers or recipe.assistant):
+        raise ConfigError(
+            "data.pseudo_labels: the baseline takes the hard labels of one teacher; remove "
+            "teachers/assistant, or data.pseudo_labels"
         )
 
 
@@ -263,13 +276,17 @@ def training_set(
     mix: str = "none",
     views: int = 0,
     unlabelled: Tensor | None = None,
+    targets: Tensor | None = None,
 ):
     """The training split as a phase sees it: augmented, then mixed, each draw a function of
     (train.seed, epoch, sample), so the teacher cache can hold exactly these views; with
     ``views``, the first ``views`` epochs' draws repeat in turn (``ViewCycle``); with
-    ``unlabelled`` (a distilled student's transfer set), followed by those inputs unlabelled."""
+    ``unlabelled`` (a distilled student's transfer set), followed by those inputs unlabelled
+    (or labelled ``targets``: the teacher's hard labels, for the pseudo-label baseline)."""
     seed = recipe.train.seed
-    train = splits.train if unlabelled is None else with_transfer(splits.train, unlabelled)
+    train = splits.train
+    if unlabelled is not None:
+        train = with_transfer(train, unlabelled, targets)
     views_of_split = augmented(train, augment, seed=seed)
     return cycled(
         mixed(
@@ -290,16 +307,34 @@ def train_loader(
     mix: str = "none",
     views: int = 0,
     unlabelled: Tensor | None = None,
+    targets: Tensor | None = None,
+    budget: bool = False,
 ) -> DataLoader:
+    """``budget``: each epoch draws as many samples as the training split and the transfer
+    set hold together (``BudgetSampler``), so that every student of a run with a transfer set
+    takes the same optimizer steps, whether it learns from the transfer set or not."""
     # A seeded generator gives the scratch and the distilled student the same batch order
     # (and, through Augmented and Mixed, the same augmented and mixed views).
     generator = torch.Generator().manual_seed(recipe.train.seed)
+    dataset = training_set(splits, recipe, augment, mix, views, unlabelled, targets)
+    order: dict[str, Any] = {"shuffle": True}
+    if budget and splits.unlabelled is not None:
+        labelled, pool = len(splits.train), len(splits.unlabelled)
+        order = {
+            "sampler": BudgetSampler(
+                labelled,
+                0 if unlabelled is None else pool,
+                labelled + pool,
+                recipe.data.labelled_share,
+                generator,
+            )
+        }
     return DataLoader(
-        training_set(splits, recipe, augment, mix, views, unlabelled),
+        dataset,
         batch_size=recipe.train.batch_size,
         collate_fn=collate,
-        shuffle=True,
         generator=generator,
+        **order,
         **_loading(recipe),
     )
 

@@ -106,6 +106,10 @@ class DryRunSchool(RunSchool):
     def keep(self, model: nn.Module, file: str) -> None:
         pass
 
+    def pseudo_label(self, teacher) -> None:
+        """Nothing: the labelling pass costs a pass over the transfer set, and the dry step of
+        the pseudo-label phase is a labelled batch's."""
+
 
 def preflight(recipe: Recipe) -> Plan:
     """The recipe's ``Plan``, after one dry step of every phase; raises ``UserError`` (exit 2)

@@ -17,12 +17,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
+from kdistill.data.transfer import with_transfer
 from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import ConfigError, UserError
 from kdistill.io.manifest import record
 from kdistill.io.tensors import read_meta
 from kdistill.io.weights import load_weights, save_weights
 from kdistill.methods import teacher_taps
+from kdistill.modeling import to_device
 from kdistill.models.pruning import prune_by_influence, prune_layers
 from kdistill.report.history import MetricsLog
 from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
@@ -39,7 +41,7 @@ from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identi
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
-from kdistill.teaching.roles import Role
+from kdistill.teaching.roles import PSEUDO_LABELS, Role
 from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.optimization import Optimization
 from kdistill.training.selection import EarlyStopping, best_weights_path, selection_rule
@@ -74,6 +76,8 @@ class RunSchool:
         """What every school reads from the plan (``DryRunSchool`` reads only this)."""
         self.plan, self.recipe, self.splits, self.task = plan, plan.recipe, plan.splits, plan.task
         self.distill_terms, self.scratch_terms = plan.terms, plan.task.scratch_terms()
+        # The teacher's hard labels of the transfer set (data.pseudo_labels), once labelled.
+        self.pseudo_targets: torch.Tensor | None = None
         self.resume = False
         self.pruning: dict[
             str, dict
@@ -223,13 +227,18 @@ class RunSchool:
         )
         views = min(train.views or train.epochs, train.epochs) if varies else 1
         topk = cache_topk(recipe, self.distill_terms)
-        dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views)
+        # The distilled student's samples: the training split, then the transfer set if any.
+        pool = self.splits.unlabelled
+        dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views, pool)
         mixing = {"mix": train.mix, "mix_alpha": train.mix_alpha} if train.mix != "none" else {}
+        transfer = {} if pool is None else {"unlabelled": [recipe.data.unlabelled, len(pool)]}
+        # One view of fixed inputs is the same for every seed: the seeds of a recipe share it.
+        seed = train.seed if varies else None
         fingerprint = {
             "teacher": teacher_identity(teacher.module),  # weights, settings and hooks (vocab_map)
-            "data": self.splits.identity,
+            "data": {**self.splits.identity, **transfer},
             "split": "train",
-            "augment": {"name": train.augment, "seed": train.seed, "views": views, **mixing},
+            "augment": {"name": train.augment, "seed": seed, "views": views, **mixing},
             "taps": sorted(teacher.taps),
             "dtype": recipe.teacher.cache_dtype,
             "topk": topk,
@@ -257,7 +266,7 @@ class RunSchool:
         )
         if built and self.is_main and recipe.output.progress:
             print(
-                f"teacher cache: {views} view(s) of {len(self.splits.train)} samples in "
+                f"teacher cache: {views} view(s) of {len(dataset)} samples in "
                 f"{time.perf_counter() - started:.1f} s at {root}"
             )
         return CachedTeacher(cache)
@@ -292,9 +301,11 @@ class RunSchool:
         # new view every epoch, which can only make the baseline stronger.
         views = t.views if distiller.needs_teacher else 0
         # Only a student with a teacher learns from the transfer set: the scratch student (and
-        # the teacher, trained in _train directly) have no one to score it.
-        unlabelled = self.splits.unlabelled if distiller.needs_teacher else None
-        distiller.transfer = unlabelled is not None
+        # the teacher, trained in _train directly) have no one to score it; the pseudo-label
+        # baseline learns from the teacher's hard labels of it, as from labels.
+        pseudo = phase == PSEUDO_LABELS
+        unlabelled = self.splits.unlabelled if distiller.needs_teacher or pseudo else None
+        distiller.transfer = distiller.needs_teacher and unlabelled is not None
         try:
             return self._train(
                 phase,
@@ -307,6 +318,8 @@ class RunSchool:
                 lr=t.lr,
                 optimizer=t.optimizer,
                 unlabelled=unlabelled,
+                targets=self.pseudo_targets if pseudo else None,
+                budget=True,
             )
         finally:
             if distiller.tap:  # the trained student is measured without the training-time hooks
@@ -325,6 +338,8 @@ class RunSchool:
         mix: str = "none",
         views: int = 0,
         unlabelled=None,
+        targets=None,
+        budget: bool = False,
     ) -> float:
         """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
 
@@ -346,7 +361,9 @@ class RunSchool:
         t = self.recipe.train
         train_loop(
             distiller,
-            train_loader(self.splits, self.recipe, augment, mix, views, unlabelled),
+            train_loader(
+                self.splits, self.recipe, augment, mix, views, unlabelled, targets, budget
+            ),
             teacher=teacher,
             val_loader=self.val_loader,
             epochs=epochs,
@@ -373,6 +390,18 @@ class RunSchool:
             self.trackers.finish_phase()
         self.accelerator.wait_for_everyone()
         return self.metrics.seconds(phase)
+
+    def pseudo_label(self, teacher: Teacher) -> None:
+        """The teacher's hard labels (its most likely class) of each transfer-set sample, for
+        the pseudo-label baseline (self-training)."""
+        loader = eval_loader(with_transfer(self.splits.train, self.splits.unlabelled), self.recipe)
+        labels = []
+        teacher.to(self.accelerator.device)
+        with torch.no_grad():
+            for batch in loader:
+                logits = teacher(to_device(batch, self.accelerator.device)).logits
+                labels.append(logits.argmax(-1).cpu())
+        self.pseudo_targets = torch.cat(labels)[len(self.splits.train) :]
 
     def _early_stopping(self) -> EarlyStopping | None:
         """The same rule for every student and teacher trained here (scratch and distilled

@@ -4,6 +4,7 @@ task's samples and diagnostics. ``export``, ``report`` and ``--resume`` read its
 
 from __future__ import annotations
 
+import math
 import platform
 
 import torch
@@ -82,7 +83,13 @@ def measure(
 
 
 # Every pair the report compares, first minus second: the verdict's pair first.
-PAIRS = (("student", "scratch"), ("teacher", "student"), ("teacher", "scratch"))
+PAIRS = (
+    ("student", "scratch"),
+    ("teacher", "student"),
+    ("teacher", "scratch"),
+    ("student", "pseudo_labels"),  # with a transfer set and data.pseudo_labels
+    ("pseudo_labels", "scratch"),
+)
 
 
 def comparisons(outcomes: dict, task: Task) -> dict:
@@ -123,6 +130,22 @@ def students_record(train) -> dict:
     return record
 
 
+def budget_record(recipe, splits) -> dict:
+    """With a transfer set: every student's epoch draws as many samples as both sets hold, so
+    all take the same optimizer steps (``kdistill.data.transfer.BudgetSampler``)."""
+    if splits.unlabelled is None:
+        return {}
+    draws = len(splits.train) + len(splits.unlabelled)
+    return {
+        "budget": {
+            "samples_per_epoch": draws,
+            "steps_per_epoch": math.ceil(draws / recipe.train.batch_size),
+            "labelled_share": recipe.data.labelled_share,
+            "pseudo_labels": recipe.data.pseudo_labels,
+        }
+    }
+
+
 def data_record(splits, unlabelled: str | None) -> dict:
     """The data's identity; with a transfer set, its source and size beside the labelled
     split sizes (``train`` is the labelled training split)."""
@@ -156,7 +179,7 @@ def summarize(
         "mode": plan.mode,
         # How both students trained: the scratch baseline gets the distilled student's augmentation,
         # mixing (on the mixed labels, unless train.scratch_mix names its own) and budget.
-        "students": students_record(recipe.train),
+        "students": {**students_record(recipe.train), **budget_record(recipe, splits)},
         "roles": {name: role.record() for name, role in roles.items()},
         **{
             name: measure(

@@ -37,6 +37,9 @@ class Role:
 
 
 Roles = dict[str, Role]  # "teacher", "assistant", "scratch", "generation_1", ..., "student"
+# The pseudo-label baseline's phase and role (data.pseudo_labels): the student trained on the
+# labels and the teacher's hard labels of the transfer set (self-training).
+PSEUDO_LABELS = "pseudo_labels"
 
 
 class School(Protocol):
@@ -64,6 +67,10 @@ class School(Protocol):
     def fit(self, phase: str, distiller: Distiller, teacher) -> float:
         """Train ``distiller`` as phase ``phase`` into ``checkpoints/<phase>.safetensors``
         (resumable); returns its training seconds."""
+
+    def pseudo_label(self, teacher) -> None:
+        """Label the transfer set with ``teacher``'s hard labels, for the phase
+        ``PSEUDO_LABELS`` (which then trains on the labels and those)."""
 
     def keep(self, model: nn.Module, file: str) -> None:
         """Save (or, when resuming a finished run, restore) ``model`` as ``checkpoints/<file>``."""
