@@ -457,6 +457,7 @@ def test_an_export_stands_alone_and_predict_reads_files(tmp_path, capsys):
                 *QUICK,
                 "teacher.epochs=1",
                 "train.epochs=1",
+                "student.model=mlp",  # learns the digits in one epoch (data's choice: cnn_tiny)
                 f"output.dir={tmp_path}",
                 "name=e",
             ]
