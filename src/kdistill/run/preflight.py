@@ -24,6 +24,7 @@ from kdistill.models.settings import model_settings, parameter_count
 from kdistill.run.config import Recipe
 from kdistill.run.plan import Plan, plan, train_loader
 from kdistill.run.school import RunSchool, load_checkpoint
+from kdistill.teachers.cross_tokenizer import aligned_teacher
 from kdistill.teachers.store import check_cache_root
 from kdistill.teaching import MODES
 from kdistill.teaching.preparation import prepare_teacher
@@ -77,7 +78,7 @@ class DryRunSchool(RunSchool):
         )
 
     def frozen(self, model: nn.Module, *, cached: bool = False):
-        return Teacher(model, taps=teacher_taps(self.distill_terms))
+        return Teacher(aligned_teacher(model, self.splits), taps=teacher_taps(self.distill_terms))
 
     def fit(self, phase: str, distiller: Distiller, teacher) -> float:
         """One training step's forward and backward on one batch; fails naming the phase."""

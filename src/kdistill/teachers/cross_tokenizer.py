@@ -18,13 +18,10 @@ from torch import Tensor, nn
 
 from kdistill.data.alignment import byte_decoder, is_byte_level
 from kdistill.losses.cross_tokenizer import AlignedTeacher
-from kdistill.modeling import READS_TEACHER_INPUTS, call_model
+from kdistill.modeling import ALIGNMENT_KEYS, READS_ALIGNMENT, READS_TEACHER_INPUTS, call_model
 from kdistill.teachers.vocab import map_teacher_vocabulary
 
 log = logging.getLogger(__name__)
-
-# The teacher-side keys of a cross-tokenizer batch (each ``teacher_<key>`` in its input).
-ALIGNMENT_KEYS = ("target", "chunk", "student_chunk")
 
 
 def token_strings(tokenizer) -> list[bytes]:
@@ -67,6 +64,7 @@ class CrossTokenizerTeacher(nn.Module):
         self.teacher = teacher
         self.register_buffer("shared", shared, persistent=False)
         setattr(self, READS_TEACHER_INPUTS, True)
+        setattr(self, READS_ALIGNMENT, True)  # its forward takes the ALIGNMENT_KEYS
 
     def forward(self, input_ids, target, chunk, student_chunk, attention_mask=None):
         inputs = {"input_ids": input_ids}
@@ -74,6 +72,20 @@ class CrossTokenizerTeacher(nn.Module):
             inputs["attention_mask"] = attention_mask
         logits = call_model(self.teacher, inputs)
         return AlignedTeacher(logits, target, chunk, student_chunk, shared=self.shared)
+
+
+def aligned_teacher(model: nn.Module, splits) -> nn.Module:
+    """What a run's distillation calls as the teacher: across tokenizers (a data set that
+    carries the teacher's tokenizer, ``kdistill.data.cross_tokenizer``), ``model`` inside a
+    ``CrossTokenizerTeacher`` with the tokens both vocabularies share; otherwise ``model``.
+    The run keeps, saves and scores ``model`` itself."""
+    tokenizer = getattr(splits.train, "teacher_tokenizer", None)
+    if tokenizer is None or splits.task != "language_modelling":
+        return model
+    rows = splits.identity.get("teacher_vocab_size")
+    return CrossTokenizerTeacher(
+        model, shared_vocabulary(tokenizer, splits.train.codec.tokenizer, rows)
+    )
 
 
 def padded_rows(teacher_rows: int, student_rows: int, tokenizer_size: int) -> int | None:
@@ -108,6 +120,7 @@ def trim_padded_vocabularies(
 __all__ = [
     "ALIGNMENT_KEYS",
     "CrossTokenizerTeacher",
+    "aligned_teacher",
     "padded_rows",
     "shared_vocabulary",
     "token_strings",
