@@ -376,26 +376,32 @@ def test_padded_rows_only_when_both_cover_the_tokenizer():
 # --- the data and the Python door --------------------------------------------------------------
 
 
-def test_shakespeare_windows_for_a_student_with_its_own_tokenizer_distill_in_python(
-    tmp_path, monkeypatch
-):
+def tiny_plays(tmp_path, monkeypatch):
+    """Shakespeare windows of 16 student tokens (a 300-entry BPE) over five small plays."""
     from test_hardening_inputs import cross_tokenizer_data
 
     from kdistill.data.shakespeare import load_plays
-    from kdistill.distiller import Distiller, Teacher
-    from kdistill.methods import preset_terms
-    from kdistill.models import create_model
-    from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher
 
     monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
     cross_tokenizer_data(tmp_path)
-    splits = load_plays(
+    return load_plays(
         path=str(tmp_path / "plays"),
         tokenizer=str(tmp_path / "teacher.json"),
         student_tokenizer="bpe:300",
         block_size=16,
         max_tokens={"train": 64, "val": 32, "test": 32},
     )
+
+
+def test_shakespeare_windows_for_a_student_with_its_own_tokenizer_distill_in_python(
+    tmp_path, monkeypatch
+):
+    from kdistill.distiller import Distiller, Teacher
+    from kdistill.methods import preset_terms
+    from kdistill.models import create_model
+    from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher
+
+    splits = tiny_plays(tmp_path, monkeypatch)
     assert splits.teacher_inputs and splits.num_classes == 300
     assert splits.identity["teacher_vocab_size"] == 320
     assert Path(splits.identity["student_tokenizer"]).parent == tmp_path / "home" / "tokenizers"
@@ -505,6 +511,7 @@ def test_kdistill_run_distills_across_tokenizers_scored_in_bits_per_byte(tmp_pat
         "student.kwargs={n_layer: 1, n_embd: 16}",
         "method=cross_tokenizer",
         "distill.params={loss: hybrid}",
+        "teacher.cache_topk=16",
         "train.epochs=2",
         "train.augment=none",
         "output.latency=false",
@@ -542,3 +549,29 @@ def test_kdistill_run_distills_across_tokenizers_scored_in_bits_per_byte(tmp_pat
     report = (run_dir / "report.md").read_text()
     assert "bits per byte over the UTF-8 bytes" in report
     assert f"test {summary['data']['alignment']['test']['aligned_bytes']:.1%}" in report
+
+
+def test_kept_top_k_teacher_runs_the_teacher_once_per_window(tmp_path, monkeypatch):
+    from kdistill.losses.sparse import SparseTeacher
+    from kdistill.models import create_model
+    from kdistill.teachers.cross_tokenizer import frozen_teacher
+
+    splits = tiny_plays(tmp_path, monkeypatch)
+    shape = tuple(splits.identity["teacher_input_shape"])
+    model = create_model("gpt", num_classes=320, input_shape=shape, n_layer=1, n_embd=16)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    kept = frozen_teacher(model, splits, top_k=8)
+    batch = torch.utils.data.default_collate([splits.train[i] for i in (3, 0, 2)])
+    first, again = kept(batch).logits, kept(batch).logits
+    assert len(calls) == 1 and isinstance(first.logits, SparseTeacher)
+    assert torch.equal(first.logits.log_probs, again.logits.log_probs)
+    live = frozen_teacher(model, splits)(batch).logits  # the dense teacher, for reference
+    log_p = torch.log_softmax(live.logits.float(), -1)
+    assert torch.allclose(first.logits.log_probs, log_p.topk(8, dim=-1).values, atol=1e-5)
+    target = log_p.gather(-1, live.target[..., None])[..., 0]
+    assert torch.allclose(first.target_log_prob, target, atol=1e-5)
+    assert torch.equal(first.chunk, live.chunk) and torch.equal(first.shared, live.shared)
+    reordered = torch.utils.data.default_collate([splits.train[i] for i in (2, 3)])
+    assert torch.equal(kept(reordered).logits.logits.indices[1], first.logits.indices[0])
+    assert len(calls) == 2  # windows kept already: no pass beyond the live reference above

@@ -66,7 +66,8 @@ def check_cross_tokenizer_recipe(recipe) -> None:
     """What a run across tokenizers does not take (each a one-line ``ConfigError``): the
     teacher reads its own tokens of each window and the losses its live logits with the
     alignment, so it is one frozen model, loaded (pretrained, or a checkpoint), never trained
-    here on the student's targets, never cached."""
+    here on the student's targets, never cached on disk (``teacher.cache_topk`` keeps its top k
+    per training window in memory: ``kdistill.teachers.cross_tokenizer.KeptTopKTeacher``)."""
     from kdistill.errors import ConfigError
 
     teacher, reason = recipe.teacher, None
@@ -77,7 +78,7 @@ def check_cross_tokenizer_recipe(recipe) -> None:
     elif teacher.trained_here:
         reason = "teacher.epochs=0 (a pretrained teacher) or a teacher.checkpoint"
     elif teacher.cache:
-        reason = "teacher.cache=false (the teacher runs live)"
+        reason = "teacher.cache=false (teacher.cache_topk alone keeps its top k in memory)"
     if reason:
         raise ConfigError(
             f"data.options.student_tokenizer: a teacher with a tokenizer of its own needs {reason}"
