@@ -165,8 +165,22 @@ def main() -> None:
         "--reuse-teacher", action="store_true", help="read the teacher's outputs from --workdir"
     )
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--same-tokenizer-reference",
+        metavar="teacher=P,scratch=P,student=P",
+        help="add the SmolLM2 recipe's test perplexities (configs/smollm2_shakespeare.yaml, "
+        "same tokenizer, token KD) in bits per byte to the stored results; trains nothing",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.same_tokenizer_reference:
+        stored = json.loads((RESULTS / f"{args.name}.json").read_text())
+        stored["reference"] = same_tokenizer_reference(args.same_tokenizer_reference)
+        stored["reference"]["command"] = (
+            "python bench/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
+        )
+        write(stored, args.name)
+        return
     begun = time.perf_counter()
     timings = {}
 
@@ -251,6 +265,29 @@ def main() -> None:
         write(result, args.name)
 
 
+def same_tokenizer_reference(perplexities: str) -> dict:
+    """Perplexities of the SmolLM2 recipe's roles (its 64 test windows of 128 SmolLM2 tokens,
+    Hamlet and The Tempest) in bits per byte: Σ NLL = tokens · ln(perplexity), over the UTF-8
+    bytes of the same counted target tokens, counted here from the recipe's own windows."""
+    from kdistill.data.shakespeare import load_plays
+    from kdistill.teachers.cross_tokenizer import token_strings
+
+    splits = load_plays(block_size=128, max_tokens={"train": 49152, "val": 4096, "test": 8192})
+    sizes = torch.tensor([len(t) for t in token_strings(splits.test.codec.tokenizer)])
+    tokens = nbytes = 0
+    for sample in (splits.test[i] for i in range(len(splits.test))):
+        counted = sample["target"][sample["mask"].bool()]
+        tokens, nbytes = tokens + len(counted), nbytes + int(sizes[counted].sum())
+    given = dict(pair.split("=") for pair in perplexities.split(","))
+    return {
+        "recipe": "configs/smollm2_shakespeare.yaml",
+        "test_tokens": tokens,
+        "test_bytes": nbytes,
+        "perplexity": {role: float(p) for role, p in given.items()},
+        "bpb": {role: tokens * math.log(float(p)) / (LN2 * nbytes) for role, p in given.items()},
+    }
+
+
 def summarise(runs: list[dict], teacher_bpb: float, methods: list[str]) -> dict:
     by = {m: [r["bpb"] for r in runs if r["method"] == m] for m in methods}
     scratch = by["scratch"]
@@ -304,6 +341,30 @@ def write(result: dict, name: str) -> None:
         )
     timings = ", ".join(f"{k} {v} s" for k, v in result["timings_s"].items())
     lines += ["", f"Time (one thread): {timings}.", ""]
+    reference = result.get("reference")
+    if reference:
+        bpb, ppl = reference["bpb"], reference["perplexity"]
+        gap = (bpb["scratch"] - bpb["student"]) / (bpb["scratch"] - bpb["teacher"])
+        lines += [
+            "## Reference: same-tokenizer KD (the SmolLM2 recipe)",
+            "",
+            f"`{reference['recipe']}`: SmolLM2-135M teaches a 63.7M student pruned from itself "
+            "(10 of 30 layers, the teacher's own tokenizer) with token-level forward KL (α 0.5), "
+            "one epoch over 49,152 training tokens, one seed: another student, budget and test "
+            "sample than the race above, so a reference for the size of a same-tokenizer gain, "
+            "not a same-budget comparison. Its recorded test perplexities (the language-models "
+            f"guide) in bits per byte over its {reference['test_tokens']:,} test tokens "
+            f"({reference['test_bytes']:,} bytes of Hamlet and The Tempest; "
+            f"`{reference['command']}`):",
+            "",
+            "| model | test perplexity | bits per byte | share of the teacher–scratch gap "
+            "recovered |",
+            "|---|---:|---:|---:|",
+        ]
+        for role in ("teacher", "scratch", "student"):
+            share = f"{gap:.1%}" if role == "student" else "—"
+            lines.append(f"| {role} | {ppl[role]:.2f} | {bpb[role]:.3f} | {share} |")
+        lines.append("")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -376,26 +376,32 @@ def test_padded_rows_only_when_both_cover_the_tokenizer():
 # --- the data and the Python door --------------------------------------------------------------
 
 
-def test_shakespeare_windows_for_a_student_with_its_own_tokenizer_distill_in_python(
-    tmp_path, monkeypatch
-):
+def tiny_plays(tmp_path, monkeypatch):
+    """Shakespeare windows of 16 student tokens (a 300-entry BPE) over five small plays."""
     from test_hardening_inputs import cross_tokenizer_data
 
     from kdistill.data.shakespeare import load_plays
-    from kdistill.distiller import Distiller, Teacher
-    from kdistill.methods import preset_terms
-    from kdistill.models import create_model
-    from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher
 
     monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
     cross_tokenizer_data(tmp_path)
-    splits = load_plays(
+    return load_plays(
         path=str(tmp_path / "plays"),
         tokenizer=str(tmp_path / "teacher.json"),
         student_tokenizer="bpe:300",
         block_size=16,
         max_tokens={"train": 64, "val": 32, "test": 32},
     )
+
+
+def test_shakespeare_windows_for_a_student_with_its_own_tokenizer_distill_in_python(
+    tmp_path, monkeypatch
+):
+    from kdistill.distiller import Distiller, Teacher
+    from kdistill.methods import preset_terms
+    from kdistill.models import create_model
+    from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher
+
+    splits = tiny_plays(tmp_path, monkeypatch)
     assert splits.teacher_inputs and splits.num_classes == 300
     assert splits.identity["teacher_vocab_size"] == 320
     assert Path(splits.identity["student_tokenizer"]).parent == tmp_path / "home" / "tokenizers"
@@ -450,3 +456,122 @@ def test_temperature_softens_both_sides(loss):
     torch.testing.assert_close(
         loss(s_logits, teacher, target, temperature=2.0), loss(s_logits / 2, halved, target)
     )
+
+
+# --- kdistill run across tokenizers ------------------------------------------------------------
+
+
+def reference_bits_per_byte(model, dataset, *, teacher: bool) -> float:
+    """Σ NLL in bits over Σ UTF-8 bytes of the targets a model predicts in the test windows,
+    written out: the teacher over its own tokens (padding has no bytes), a student over its
+    own masked ones."""
+    import math
+
+    nats = nbytes = 0.0
+    model.eval()
+    with torch.no_grad():
+        for sample in (dataset[i] for i in range(len(dataset))):
+            inputs = sample["input"]
+            if teacher:
+                ids, target = inputs["teacher_input_ids"], inputs["teacher_target"]
+                counted = sample["teacher_bytes"] > 0
+                sizes = sample["teacher_bytes"]
+            else:
+                ids, target, counted, sizes = (
+                    inputs["input_ids"],
+                    sample["target"],
+                    sample["mask"],
+                    sample["bytes"],
+                )
+            log_p = torch.log_softmax(model(ids[None]).double()[0], -1)
+            nats -= float(log_p.gather(-1, target[:, None])[:, 0][counted].sum())
+            nbytes += float(sizes[counted].sum())
+    return nats / math.log(2) / nbytes
+
+
+def test_kdistill_run_distills_across_tokenizers_scored_in_bits_per_byte(tmp_path, monkeypatch):
+    import json
+
+    from test_hardening_inputs import cross_tokenizer_data
+
+    from kdistill.data.shakespeare import load_plays
+    from kdistill.io.weights import load_weights
+    from kdistill.models import create_model
+    from kdistill.run.config import load_config
+    from kdistill.run.pipeline import run
+
+    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    settings = [
+        *cross_tokenizer_data(tmp_path),
+        "data.options.student_tokenizer=bpe:300",
+        "data.options.max_tokens={train: 64, val: 32, test: 48}",
+        "teacher.kwargs={n_layer: 1, n_embd: 16}",
+        "teacher.epochs=0",
+        "student.kwargs={n_layer: 1, n_embd: 16}",
+        "method=cross_tokenizer",
+        "distill.params={loss: hybrid}",
+        "teacher.cache_topk=16",
+        "train.epochs=2",
+        "train.augment=none",
+        "output.latency=false",
+        "output.plots=false",
+        "output.progress=false",
+        f"output.dir={tmp_path / 'runs'}",
+        "name=xtok",
+    ]
+    run(load_config(None, settings))
+    run_dir = tmp_path / "runs" / "xtok"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["task"]["metrics"] == ["bits_per_byte"]
+    assert {"train", "test"} <= summary["data"]["alignment"].keys()
+    for pair in ("student_vs_scratch", "teacher_vs_student", "teacher_vs_scratch"):
+        assert summary["comparisons"][pair]["metric"] == "bits_per_byte"
+
+    splits = load_plays(
+        path="plays",
+        tokenizer="teacher.json",
+        student_tokenizer="bpe:300",
+        block_size=16,
+        max_tokens={"train": 64, "val": 32, "test": 48},
+    )
+    for role, vocab, shape in (("teacher", 320, splits.identity["teacher_input_shape"]),) + tuple(
+        (name, 300, (16,)) for name in ("scratch", "student")
+    ):
+        model = create_model(
+            "gpt", num_classes=vocab, input_shape=tuple(shape), n_layer=1, n_embd=16
+        )
+        load_weights(model, run_dir / "checkpoints" / f"{role}.safetensors")
+        expected = reference_bits_per_byte(model, splits.test, teacher=role == "teacher")
+        assert summary[role]["bits_per_byte"] == pytest.approx(expected, rel=1e-4)
+    # the distilled student learnt from the teacher: it differs from the scratch one
+    assert summary["student"]["bits_per_byte"] != summary["scratch"]["bits_per_byte"]
+    report = (run_dir / "report.md").read_text()
+    assert "bits per byte over the UTF-8 bytes" in report
+    assert f"test {summary['data']['alignment']['test']['aligned_bytes']:.1%}" in report
+
+
+def test_kept_top_k_teacher_runs_the_teacher_once_per_window(tmp_path, monkeypatch):
+    from kdistill.losses.sparse import SparseTeacher
+    from kdistill.models import create_model
+    from kdistill.teachers.cross_tokenizer import frozen_teacher
+
+    splits = tiny_plays(tmp_path, monkeypatch)
+    shape = tuple(splits.identity["teacher_input_shape"])
+    model = create_model("gpt", num_classes=320, input_shape=shape, n_layer=1, n_embd=16)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    kept = frozen_teacher(model, splits, top_k=8)
+    batch = torch.utils.data.default_collate([splits.train[i] for i in (3, 0, 2)])
+    first, again = kept(batch).logits, kept(batch).logits
+    assert len(calls) == 1 and isinstance(first.logits, SparseTeacher)
+    assert torch.equal(first.logits.log_probs, again.logits.log_probs)
+    live = frozen_teacher(model, splits)(batch).logits  # the dense teacher, for reference
+    log_p = torch.log_softmax(live.logits.float(), -1)
+    assert torch.allclose(first.logits.log_probs, log_p.topk(8, dim=-1).values, atol=1e-5)
+    target = log_p.gather(-1, live.target[..., None])[..., 0]
+    assert torch.allclose(first.target_log_prob, target, atol=1e-5)
+    assert torch.equal(first.chunk, live.chunk) and torch.equal(first.shared, live.shared)
+    reordered = torch.utils.data.default_collate([splits.train[i] for i in (2, 3)])
+    assert torch.equal(kept(reordered).logits.logits.indices[1], first.logits.indices[0])
+    assert len(calls) == 2  # windows kept already: no pass beyond the live reference above

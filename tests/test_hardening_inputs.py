@@ -213,10 +213,25 @@ def cross_tokenizer_data(tmp_path):
         ),
         (
             ["data.options.student_tokenizer=bpe:300", "method=cross_tokenizer"],
-            ("`kdistill run` does not train a language model across tokenizers yet",),
+            ("a teacher with a tokenizer of its own needs teacher.epochs=0",),
+        ),
+        (
+            [
+                "data.options.student_tokenizer=bpe:300",
+                "method=cross_tokenizer",
+                "teacher.epochs=0",
+                "teacher.cache=true",
+            ],
+            ("a teacher with a tokenizer of its own needs teacher.cache=false",),
         ),
     ],
-    ids=["cannot round-trip", "too little aligned", "shared-vocabulary term", "not wired"],
+    ids=[
+        "cannot round-trip",
+        "too little aligned",
+        "shared-vocabulary term",
+        "teacher trained on student tokens",
+        "cached teacher",
+    ],
 )
 def test_cli_refuses_what_cannot_distill_across_tokenizers(tmp_path, settings, fragments):
     from test_cross_tokenizer import byte_level_bpe

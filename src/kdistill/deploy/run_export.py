@@ -110,7 +110,7 @@ def export_run(
     Raises ``ExportCheckError`` (after writing every file and number) when the student's fp32
     parity or its int8 score is outside tolerance; the teacher's own parity is recorded only.
     """
-    from kdistill.evaluation import TASKS
+    from kdistill.evaluation import task_for
     from kdistill.io.files import atomic_write
     from kdistill.report import existing_plots, ratio_text, write_report
     from kdistill.run.config import load_config
@@ -125,7 +125,7 @@ def export_run(
 
     recipe = load_config(run_dir / "config.yaml", code_beside=False)
     splits = load_data(recipe)
-    task = TASKS[splits.task]
+    task = task_for(splits)
     models = {}
     for role in ("student", "teacher"):
         architecture, path = roles[role]["architecture"], run_dir / roles[role]["file"]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kdistill.evaluation.classification import evaluate
-from kdistill.evaluation.language_model import evaluate_lm, lm_samples
+from kdistill.evaluation.language_model import evaluate_bits_per_byte, evaluate_lm, lm_samples
 from kdistill.evaluation.ranking import evaluate_ranking
 from kdistill.methods import Term, scratch
 
@@ -66,6 +66,22 @@ LANGUAGE_MODELLING = Task(
     samples=lm_samples,
 )
 
+# Language models that read different tokenizers (``data.options.student_tokenizer``): scored
+# in bits per byte, the one measure their different tokens share; no samples (one codec
+# cannot write both models' tokens).
+LANGUAGE_MODELLING_ACROSS_TOKENIZERS = Task(
+    name="language_modelling",
+    metrics=("bits_per_byte",),
+    higher_is_better={
+        "bits_per_byte": False,
+        "perplexity": False,
+        "token_accuracy": True,
+        "loss": False,
+    },
+    evaluate=evaluate_bits_per_byte,
+    scratch_terms=_token_scratch_terms,
+)
+
 
 def _rating_scratch_terms() -> list[Term]:
     """A recommender's own objective: rating regression on the rated items plus NCF's
@@ -92,6 +108,14 @@ TASKS: dict[str, Task] = {
     "language_modelling": LANGUAGE_MODELLING,
     "rating": RATING,
 }
+
+
+def task_for(splits) -> Task:
+    """The task a recipe's data is scored by: its ``DataSplits.task``, but language models
+    across tokenizers in bits per byte."""
+    if splits.task == LANGUAGE_MODELLING.name and splits.identity.get("student_tokenizer"):
+        return LANGUAGE_MODELLING_ACROSS_TOKENIZERS
+    return TASKS[splits.task]
 
 
 def task_of(batch: dict, scores: tuple[int, ...]) -> Task:

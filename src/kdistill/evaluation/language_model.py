@@ -12,22 +12,40 @@ from torch.utils.data import DataLoader
 from kdistill.distiller import call_model
 from kdistill.evaluation.paired import Outcomes
 from kdistill.losses.lm import IGNORE_INDEX
-from kdistill.modeling import LazyLogits, to_device
+from kdistill.modeling import (
+    READS_TEACHER_INPUTS,
+    TEACHER_PREFIX,
+    LazyLogits,
+    to_device,
+    unwrap,
+)
 
 # Positions whose logits exist at once when scoring a model that gives its final hidden states
 # (a Hugging Face causal LM): 1024 × 49k float32 logits are 200 MB, a batch's would be B·L/1024
 # times that.
 EVAL_CHUNK = 1024
+LN2 = math.log(2)
 
 
 @torch.no_grad()
 def evaluate_lm(
-    model: nn.Module, loader: DataLoader, accelerator=None, *, outcomes: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    accelerator=None,
+    *,
+    outcomes: bool = False,
+    per_byte: bool = False,
 ) -> dict:
     """Perplexity = exp(mean next-token cross-entropy over the counted positions of a split),
     with the mean cross-entropy (``loss``, nats per token) and next-token accuracy. With
     ``outcomes``, also each sequence's summed negative log-likelihood and token count: the
     blocks of the test stream a paired bootstrap of the perplexity resamples.
+
+    ``per_byte``: models that read different tokenizers (``kdistill.data.cross_tokenizer``)
+    are also scored in ``bits_per_byte``, Σ NLL / (ln 2 · Σ UTF-8 bytes of the counted target
+    tokens), which does not depend on the tokenizer; a model built as the teacher scores its
+    own tokens of each window (``teacher_*``), and the outcomes are bits over bytes per window,
+    so teacher and students pair window by window.
 
     Positions count where the batch's ``mask`` is true and the target is a real token; sums
     are gathered per sequence, so a distributed run counts every token once.
@@ -35,21 +53,19 @@ def evaluate_lm(
     was_training = model.training
     model.eval()
     device = accelerator.device if accelerator else next(model.parameters()).device
-    nll_sum = correct_sum = count_sum = 0.0
+    sums = torch.zeros(4, dtype=torch.float64)  # nll, correct, count, bytes
     sequences = []
     for batch in loader:
         batch = to_device(batch, device)
-        target = batch["target"]
-        counted = target != IGNORE_INDEX
-        if batch.get("mask") is not None:
-            counted &= batch["mask"].bool()
+        inputs, target, counted, nbytes = _positions(model, batch, per_byte)
         safe = torch.where(counted, target, 0)
-        nll, hits = _scores(call_model(model, batch["input"], lazy_logits=True), safe)
+        nll, hits = _scores(call_model(model, inputs, lazy_logits=True), safe)
         per_seq = torch.stack(
             [
                 torch.where(counted, nll, 0.0).sum(1),
                 (hits & counted).sum(1).float(),
                 counted.sum(1).float(),
+                torch.where(counted, nbytes, 0).sum(1).float(),
             ],
             dim=1,
         )
@@ -57,13 +73,9 @@ def evaluate_lm(
             per_seq = accelerator.gather_for_metrics(per_seq)
         if outcomes:
             sequences.append(per_seq.cpu().double())
-        nll_part, correct_part, count_part = per_seq.sum(0).tolist()
-        nll_sum, correct_sum, count_sum = (
-            nll_sum + nll_part,
-            correct_sum + correct_part,
-            count_sum + count_part,
-        )
+        sums += per_seq.sum(0).cpu().double()
     model.train(was_training)
+    nll_sum, correct_sum, count_sum, bytes_sum = sums.tolist()
     mean_nll = nll_sum / max(count_sum, 1.0)
     result = {
         "perplexity": math.exp(mean_nll),
@@ -71,12 +83,39 @@ def evaluate_lm(
         "token_accuracy": correct_sum / max(count_sum, 1.0),
         "n": int(count_sum),
     }
+    if per_byte:
+        result = {"bits_per_byte": nll_sum / (LN2 * max(bytes_sum, 1.0)), **result}
     if outcomes:
-        per_seq = torch.cat(sequences).numpy() if sequences else torch.zeros(0, 3).numpy()
-        result["outcomes"] = Outcomes.of(
-            per_seq[:, 0], per_seq[:, 2], unit="test windows", exponentiate=True
-        )
+        per_seq = torch.cat(sequences).numpy() if sequences else torch.zeros(0, 4).numpy()
+        if per_byte:
+            result["outcomes"] = Outcomes.of(
+                per_seq[:, 0] / LN2, per_seq[:, 3], unit="test windows"
+            )
+        else:
+            result["outcomes"] = Outcomes.of(
+                per_seq[:, 0], per_seq[:, 2], unit="test windows", exponentiate=True
+            )
     return result
+
+
+def evaluate_bits_per_byte(model, loader, accelerator=None, *, outcomes: bool = False) -> dict:
+    """``evaluate_lm`` with ``per_byte``: the evaluation of models across tokenizers."""
+    return evaluate_lm(model, loader, accelerator, outcomes=outcomes, per_byte=True)
+
+
+def _positions(model: nn.Module, batch: dict, per_byte: bool):
+    """What ``model`` reads of a batch and scores: its inputs, targets, counted positions and
+    (``per_byte``) each target's bytes. A teacher with a tokenizer of its own reads its own
+    ids and targets; padding there is a target of no bytes."""
+    if per_byte and getattr(unwrap(model), READS_TEACHER_INPUTS, False):
+        inputs, nbytes = batch["input"], batch["teacher_bytes"]
+        ids = {"input_ids": inputs[f"{TEACHER_PREFIX}input_ids"]}
+        return ids, inputs[f"{TEACHER_PREFIX}target"], nbytes > 0, nbytes
+    target = batch["target"]
+    counted = target != IGNORE_INDEX
+    if batch.get("mask") is not None:
+        counted &= batch["mask"].bool()
+    return batch["input"], target, counted, batch.get("bytes", torch.zeros_like(target))
 
 
 def _scores(logits, target):
@@ -136,4 +175,4 @@ def lm_samples(
     )
 
 
-__all__ = ["evaluate_lm", "lm_samples"]
+__all__ = ["evaluate_bits_per_byte", "evaluate_lm", "lm_samples"]

@@ -62,4 +62,27 @@ def check_across_tokenizers(terms, field: str) -> None:
         )
 
 
-__all__ = ["check_across_tokenizers", "cross_tokenizer"]
+def check_cross_tokenizer_recipe(recipe) -> None:
+    """What a run across tokenizers does not take (each a one-line ``ConfigError``): the
+    teacher reads its own tokens of each window and the losses its live logits with the
+    alignment, so it is one frozen model, loaded (pretrained, or a checkpoint), never trained
+    here on the student's targets, never cached on disk (``teacher.cache_topk`` keeps its top k
+    per training window in memory: ``kdistill.teachers.cross_tokenizer.KeptTopKTeacher``)."""
+    from kdistill.errors import ConfigError
+
+    teacher, reason = recipe.teacher, None
+    if recipe.distill.mode != "teacher" or recipe.teachers is not None or recipe.assistant:
+        reason = "distill.mode=teacher with one teacher (no teachers list, no assistant)"
+    elif teacher.onnx:
+        reason = "a teacher built from the zoo or a checkpoint, not teacher.onnx"
+    elif teacher.trained_here:
+        reason = "teacher.epochs=0 (a pretrained teacher) or a teacher.checkpoint"
+    elif teacher.cache:
+        reason = "teacher.cache=false (teacher.cache_topk alone keeps its top k in memory)"
+    if reason:
+        raise ConfigError(
+            f"data.options.student_tokenizer: a teacher with a tokenizer of its own needs {reason}"
+        )
+
+
+__all__ = ["check_across_tokenizers", "check_cross_tokenizer_recipe", "cross_tokenizer"]

@@ -270,6 +270,23 @@ def students_sentence(summary: dict) -> str:
     return sentence
 
 
+def tokenizers_sentence(data: dict) -> str:
+    """Across tokenizers: what the scores mean and how much of the text the losses compare."""
+    alignment = data.get("alignment")
+    if not alignment:
+        return ""
+    shares = ", ".join(
+        f"{split} {stats['aligned_bytes']:.1%}" for split, stats in alignment.items()
+    )
+    return (
+        f" The student reads its own tokenizer ({Path(data['student_tokenizer']).name}, "
+        f"{data['vocab_size']:,} entries), the teacher its own ({data['teacher_vocab_size']:,}): "
+        "each model is scored in bits per byte over the UTF-8 bytes of the tokens it predicts in "
+        "the same test windows, so the comparisons pair window by window. Share of the students' "
+        f"target bytes in a chunk both tokenizations cover (what the loss compares): {shares}."
+    )
+
+
 def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     sizes = ", ".join(f"{k} {v}" for k, v in summary["data"]["sizes"].items())
     lines = verdict(summary).split("\n")
@@ -280,7 +297,7 @@ def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
         (
             "paragraph",
             f"Data: {summary['data']['dataset']} ({sizes}); scores on the held-out test "
-            f"split.{teacher}{students_sentence(summary)}",
+            f"split.{teacher}{tokenizers_sentence(summary['data'])}{students_sentence(summary)}",
         ),
         ("table", *results_rows(summary)),
     ]

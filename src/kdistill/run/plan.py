@@ -25,10 +25,10 @@ from kdistill.data.transfer import (
     with_transfer,
 )
 from kdistill.errors import ConfigError
-from kdistill.evaluation import TASKS, Task
+from kdistill.evaluation import Task, task_for
 from kdistill.losses import LOGIT_LOSSES, TOKEN_LOSSES
 from kdistill.methods import LAYER_DEFAULTS, Term, default_layers, preset_terms
-from kdistill.methods.cross_tokenizer import check_across_tokenizers
+from kdistill.methods.cross_tokenizer import check_across_tokenizers, check_cross_tokenizer_recipe
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
 from kdistill.run.automatic import follow_data, follow_data_models
@@ -147,7 +147,7 @@ def plan(recipe: Recipe) -> Plan:
     the terms and the teaching mode (no model trains)."""
     splits = load_data(recipe)
     models = follow_data_models(recipe, splits)  # before the terms: presets read their layers
-    task, terms = TASKS[splits.task], recipe_terms(recipe, splits)
+    task, terms = task_for(splits), recipe_terms(recipe, splits)
     automatic = models + follow_data(
         recipe, splits, task, terms, measure=lambda: epoch_cost(recipe, splits)
     )
@@ -201,11 +201,8 @@ def check_token_terms(recipe: Recipe, terms: list[Term], splits: DataSplits) -> 
     if splits.identity.get("student_tokenizer"):
         field = f"method={recipe.method}" if recipe.terms is None else "terms"
         check_across_tokenizers(terms, field)
-        raise ConfigError(  # the pipeline's teacher, evaluation and report read one vocabulary
-            "data.options.student_tokenizer: `kdistill run` does not train a language model "
-            "across tokenizers yet; use the Python door (CrossTokenizerTeacher and "
-            "method cross_tokenizer, as bench/cross_tokenizer.py does)"
-        )
+        check_cross_tokenizer_recipe(recipe)
+        return
     names = {loss: name for name, loss in LOGIT_LOSSES.items()}
     wrong = [term for term in terms if names.get(term.loss)]
     if not wrong:
@@ -357,12 +354,12 @@ def build_model(field: str, name: str, kwargs: dict, splits: DataSplits) -> nn.M
     """A zoo model for the data's classes and input shape; errors name the recipe field."""
     try:
         is_teacher = field.startswith(("teacher", "roles.teacher"))
-        # a teacher with a tokenizer of its own scores its own vocabulary
-        classes = splits.identity.get("teacher_vocab_size") if is_teacher else None
+        # a teacher with a tokenizer of its own reads its own windows and scores its vocabulary
+        own = splits.identity if is_teacher else {}
         model = create_model(
             name,
-            num_classes=classes or splits.num_classes,
-            input_shape=splits.input_shape,
+            num_classes=own.get("teacher_vocab_size") or splits.num_classes,
+            input_shape=tuple(own.get("teacher_input_shape") or splits.input_shape),
             **kwargs,
         )
         if splits.teacher_inputs and is_teacher:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdistill.distiller import Distiller, Teacher
+from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError
 from kdistill.methods import teacher_taps
 from kdistill.models.pruning import layer_stack, prune_layers, select_layers
@@ -24,6 +24,7 @@ from kdistill.models.settings import model_settings, parameter_count
 from kdistill.run.config import Recipe
 from kdistill.run.plan import Plan, plan, train_loader
 from kdistill.run.school import RunSchool, load_checkpoint
+from kdistill.teachers.cross_tokenizer import frozen_teacher
 from kdistill.teachers.store import check_cache_root
 from kdistill.teaching import MODES
 from kdistill.teaching.preparation import prepare_teacher
@@ -77,7 +78,12 @@ class DryRunSchool(RunSchool):
         )
 
     def frozen(self, model: nn.Module, *, cached: bool = False):
-        return Teacher(model, taps=teacher_taps(self.distill_terms))
+        return frozen_teacher(
+            model,
+            self.splits,
+            taps=teacher_taps(self.distill_terms),
+            top_k=self.recipe.teacher.cache_topk,
+        )
 
     def fit(self, phase: str, distiller: Distiller, teacher) -> float:
         """One training step's forward and backward on one batch; fails naming the phase."""

@@ -38,6 +38,7 @@ from kdistill.run.plan import (
 )
 from kdistill.run.trackers import Trackers
 from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
+from kdistill.teachers.cross_tokenizer import frozen_teacher
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
@@ -206,7 +207,12 @@ class RunSchool:
         return Role(model, architecture, f"{phase}.onnx", 0.0, source=str(cfg.onnx))
 
     def frozen(self, model: nn.Module, *, cached: bool = False):
-        teacher = Teacher(model, taps=teacher_taps(self.distill_terms))
+        teacher = frozen_teacher(
+            model,
+            self.splits,
+            taps=teacher_taps(self.distill_terms),
+            top_k=self.recipe.teacher.cache_topk,
+        )
         return self._cached(teacher) if cached else teacher
 
     def _cached(self, teacher: Teacher) -> CachedTeacher:

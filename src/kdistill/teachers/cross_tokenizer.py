@@ -17,14 +17,20 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.data.alignment import byte_decoder, is_byte_level
+from kdistill.distiller import Teacher
 from kdistill.losses.cross_tokenizer import AlignedTeacher
-from kdistill.modeling import READS_TEACHER_INPUTS, call_model
+from kdistill.losses.sparse import SparseTeacher
+from kdistill.modeling import (
+    ALIGNMENT_KEYS,
+    READS_ALIGNMENT,
+    READS_TEACHER_INPUTS,
+    TEACHER_PREFIX,
+    ModelOutput,
+    call_model,
+)
 from kdistill.teachers.vocab import map_teacher_vocabulary
 
 log = logging.getLogger(__name__)
-
-# The teacher-side keys of a cross-tokenizer batch (each ``teacher_<key>`` in its input).
-ALIGNMENT_KEYS = ("target", "chunk", "student_chunk")
 
 
 def token_strings(tokenizer) -> list[bytes]:
@@ -67,6 +73,7 @@ class CrossTokenizerTeacher(nn.Module):
         self.teacher = teacher
         self.register_buffer("shared", shared, persistent=False)
         setattr(self, READS_TEACHER_INPUTS, True)
+        setattr(self, READS_ALIGNMENT, True)  # its forward takes the ALIGNMENT_KEYS
 
     def forward(self, input_ids, target, chunk, student_chunk, attention_mask=None):
         inputs = {"input_ids": input_ids}
@@ -74,6 +81,56 @@ class CrossTokenizerTeacher(nn.Module):
             inputs["attention_mask"] = attention_mask
         logits = call_model(self.teacher, inputs)
         return AlignedTeacher(logits, target, chunk, student_chunk, shared=self.shared)
+
+
+def frozen_teacher(model: nn.Module, splits, *, taps=(), top_k: int | None = None) -> Teacher:
+    """The teacher a run's distillation calls: ``Teacher(model)``, but across tokenizers (a data
+    set that carries the teacher's tokenizer, ``kdistill.data.cross_tokenizer``) ``model``
+    inside a ``CrossTokenizerTeacher`` with the tokens both vocabularies share, its top
+    ``top_k`` kept per training window (``KeptTopKTeacher``) when given. The run keeps, saves
+    and scores ``model`` itself."""
+    tokenizer = getattr(splits.train, "teacher_tokenizer", None)
+    if tokenizer is None or splits.task != "language_modelling":
+        return Teacher(model, taps=taps)
+    rows = splits.identity.get("teacher_vocab_size")
+    module = CrossTokenizerTeacher(
+        model, shared_vocabulary(tokenizer, splits.train.codec.tokenizer, rows)
+    )
+    return KeptTopKTeacher(module, top_k) if top_k else Teacher(module, taps=taps)
+
+
+class KeptTopKTeacher(Teacher):
+    """A ``CrossTokenizerTeacher`` run once per training window: the first batch that holds a
+    window (by its ``index``) keeps the teacher's ``k`` most probable tokens per position, the
+    tail mass and its own target's log-probability (the target may lie outside the top k), in
+    memory; every later epoch reads them as a ``SparseTeacher`` (``teacher.cache_topk``, at
+    temperature 1). What the live teacher would cost each epoch it costs once; the windows of
+    a language model are fixed, so the kept values are the ones it would give again."""
+
+    def __init__(self, module: CrossTokenizerTeacher, k: int):
+        super().__init__(module)
+        self.k, self.kept = k, {}
+
+    def __call__(self, batch) -> ModelOutput:
+        rows = batch["index"].tolist()
+        if any(i not in self.kept for i in rows):
+            aligned = super().__call__(batch).logits
+            log_p = torch.log_softmax(aligned.logits.float(), -1)
+            top, ids = log_p.topk(min(self.k, log_p.shape[-1]), dim=-1)
+            tail = torch.logsumexp(log_p.scatter(-1, ids, float("-inf")), -1)
+            target = log_p.gather(-1, aligned.target[..., None]).squeeze(-1)
+            for row, i in enumerate(rows):
+                self.kept[i] = (ids[row].cpu(), top[row].cpu(), tail[row].cpu(), target[row].cpu())
+        device = batch["index"].device
+        ids, top, tail, target = (torch.stack(f).to(device) for f in zip(*map(self.kept.get, rows)))
+        return ModelOutput(
+            AlignedTeacher(
+                SparseTeacher(ids, top, tail, temperature=1.0),
+                *(batch["input"][TEACHER_PREFIX + key] for key in ALIGNMENT_KEYS),
+                target_log_prob=target,
+                shared=self.module.shared,
+            )
+        )
 
 
 def padded_rows(teacher_rows: int, student_rows: int, tokenizer_size: int) -> int | None:
@@ -108,6 +165,8 @@ def trim_padded_vocabularies(
 __all__ = [
     "ALIGNMENT_KEYS",
     "CrossTokenizerTeacher",
+    "KeptTopKTeacher",
+    "frozen_teacher",
     "padded_rows",
     "shared_vocabulary",
     "token_strings",
