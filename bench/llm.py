@@ -87,7 +87,8 @@ class Clock:
 def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
     import kdistill
     from kdistill.models.hf import HFModel
-    from kdistill.teachers.cache import CachedTeacher, TeacherCache, topk_terms
+    from kdistill.teachers.cache import CachedTeacher, TeacherCache
+    from kdistill.teachers.signals import topk_terms
     from kdistill.training.acceleration import make_accelerator
     from kdistill.training.optimization import Optimization
 

@@ -108,9 +108,31 @@ class TeacherConfig(Section):
         gt=0,
         description="store only the teacher's k most probable classes (tokens) per position plus the tail mass (large vocabularies)",
     )
+    cache_samples: int | None = Field(
+        None,
+        gt=0,
+        description="store K tokens drawn from the teacher per position with their importance "
+        "weights instead (random-sampling KD: an unbiased forward KL; large vocabularies)",
+    )
+    cache_sample_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=MAX_TEMPERATURE,
+        description="draw the cached tokens from softmax(t / (T·τ)): τ > 1 reaches further "
+        "into the tail; the weights keep the estimate unbiased",
+    )
     cache_dir: str | None = Field(
         None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)"
     )
+
+    @model_validator(mode="after")
+    def _one_sparse_signal(self):
+        if self.cache_topk and self.cache_samples:
+            raise ValueError(
+                "teacher.cache_topk and teacher.cache_samples: a cache holds one signal; "
+                "drop one of them"
+            )
+        return self
 
     @property
     def trained_here(self) -> bool:
@@ -241,9 +263,11 @@ class Recipe(Section):
                 raise ValueError(
                     f"distill.ensemble_weights: give {len(self.teachers)} weights, one per teacher"
                 )
-        if self.assistant is not None and self.teacher.cache_topk:
+        sparse = "cache_topk" if self.teacher.cache_topk else "cache_samples"
+        if self.assistant is not None and getattr(self.teacher, sparse):
             raise ValueError(
-                "teacher.cache_topk with an assistant: the assistant teaches live, with dense outputs; drop cache_topk"
+                f"teacher.{sparse} with an assistant: the assistant teaches live, with dense "
+                f"outputs; drop {sparse}"
             )
         if self.teachers is not None and self.distill.params.get("vocab_map") is not None:
             raise ValueError(

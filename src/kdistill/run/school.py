@@ -29,6 +29,7 @@ from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
 from kdistill.run.plan import (
     Plan,
     build_model,
+    cache_samples,
     cache_topk,
     eval_loader,
     train_loader,
@@ -224,6 +225,7 @@ class RunSchool:
         )
         views = min(train.views or train.epochs, train.epochs) if varies else 1
         topk = cache_topk(recipe, self.distill_terms)
+        sampled = cache_samples(recipe, self.distill_terms)
         dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views)
         mixing = {"mix": train.mix, "mix_alpha": train.mix_alpha} if train.mix != "none" else {}
         fingerprint = {
@@ -234,6 +236,7 @@ class RunSchool:
             "taps": sorted(teacher.taps),
             "dtype": recipe.teacher.cache_dtype,
             "topk": topk,
+            **({"sampled": sampled} if sampled else {}),  # absent: older caches still match
         }
         key = hashlib.sha256(
             json.dumps(fingerprint, sort_keys=True, default=str).encode()
@@ -252,7 +255,7 @@ class RunSchool:
             views=views,
             dtype=recipe.teacher.cache_dtype,
             topk=topk["k"] if topk else None,
-            temperature=topk["temperature"] if topk else 1.0,
+            **(sampled or {"temperature": topk["temperature"] if topk else 1.0}),
             batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device),
             accelerator=self.accelerator,
         )
@@ -399,7 +402,15 @@ def teacher_fingerprint(
     identity = {
         # How the teacher is trained, not where its outputs are kept: caching does not retrain it.
         "teacher": (cfg or recipe.teacher).model_dump(
-            exclude={"checkpoint", "cache", "cache_dtype", "cache_dir", "cache_topk"}
+            exclude={
+                "checkpoint",
+                "cache",
+                "cache_dtype",
+                "cache_dir",
+                "cache_topk",
+                "cache_samples",
+                "cache_sample_temperature",
+            }
         ),
         "data": splits.identity,
         "train": recipe.train.model_dump(
