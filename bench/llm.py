@@ -49,11 +49,12 @@ import torch.nn.functional as F
 from llm_curve import Curve
 from llm_pair import kdistill_loader, load_data, load_model, perplexity, prepare, smollm2_tokenizer
 from llm_report import markdown, summarise
+from llm_tail import UniformTail
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
 DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
-# The cached way's signal: random-sampling KD at 16 draws per position (bench/results/llm_sparse.md).
+# The cached way's signal: random-sampling KD, 16 draws per position (bench/results/llm_sparse.md).
 DEFAULT_SAMPLES = 16
 MODES = {  # steps, batch, seq_len, held-out windows, repeats
     "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
@@ -105,7 +106,8 @@ def run_kdistill(args, cached: bool, curve=None) -> tuple[torch.nn.Module, Clock
     if cached:  # the loss's form for the signal the cache holds (top-k buckets, sampled tokens)
         cache = TeacherCache(work / args.cache_name)
         terms, _ = signal_terms(terms, cache.signal)
-        teacher = CachedTeacher(cache)
+        # tail uniform: the top-k cache as a dense teacher (bench/llm_tail.py)
+        teacher = (UniformTail if args.tail == "uniform" else CachedTeacher)(cache)
     else:
         hf_teacher = load_model(
             json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device
@@ -367,6 +369,7 @@ SETTINGS = (
     "curve_every",
     "order_seed",
     "cache_name",
+    "tail",
 )
 
 
@@ -414,6 +417,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--order-seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-name", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--tail", default=None, choices=("bucket", "uniform"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
         "--lr",
         type=float,
         default=1e-3,
@@ -445,6 +451,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "curve_every": max(MODES[args.mode]["steps"] // 8, 1),
         "order_seed": 0,
         "cache_name": "cache",
+        "tail": "bucket",
     }.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

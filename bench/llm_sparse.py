@@ -7,6 +7,7 @@ tokens/s and its held-out perplexity after the same steps, against the live (den
 
   live          the teacher in the loop, dense logits (kdistill's chunked loss)
   topk<k>       its k most probable tokens + the tail mass (the exact bucket form of the loss)
+  topk<k>u      the same cache, its tail mass spread uniformly over the other tokens
   sampled<K>    K tokens drawn from the teacher, with their importance weights (random-sampling
                 KD, Anshumann et al., ACL 2025, arXiv:2503.16870; kdistill.losses.sparse)
   sampled<K>-t<τ>  the same drawn from the flatter softmax(t / τ)
@@ -39,10 +40,12 @@ import torch
 from llm_pair import build_teacher_cache, load_model
 
 DEFAULT_RUNS = {
-    "forward_kl": "live:3,topk16:1,topk64:3,topk256:1,sampled8:3,sampled16:3,sampled32:3",
+    "forward_kl": (
+        "live:3,sampled16:3,topk64:3,sampled32:3,sampled8:3,topk16:1,topk256:1,topk64u:1"
+    ),
     "jsd": "live:1,topk64:1",
 }
-SIGNAL = re.compile(r"^(live|topk(\d+)|sampled(\d+)(?:-t([\d.]+))?)$")
+SIGNAL = re.compile(r"^(live|topk(\d+)(u?)|sampled(\d+)(?:-t([\d.]+))?)$")
 
 
 def parse_runs(text: str) -> dict[str, int]:
@@ -62,7 +65,7 @@ def signal_of_name(name: str, seed: int) -> dict | None:
     """The cache signal a name stands for (``None``: live); a sampled one drawn with ``seed``."""
     from kdistill.teachers.signals import signal_of
 
-    _, k, samples, proposal = SIGNAL.match(name).groups()
+    _, k, _, samples, proposal = SIGNAL.match(name).groups()
     if k:
         return signal_of(int(k))
     if samples:
@@ -72,25 +75,30 @@ def signal_of_name(name: str, seed: int) -> dict | None:
 
 
 def cache_name(name: str, seed: int) -> str:
-    # top-k caches have no draws: one for every seed
-    return f"cache-{name}" if name.startswith("topk") else f"cache-{name}-s{seed}"
+    # top-k caches have no draws: one for every seed, whatever tail the loss gives them
+    return f"cache-{name.rstrip('u')}" if name.startswith("topk") else f"cache-{name}-s{seed}"
 
 
-def build_caches(args, runs: dict[str, dict[str, int]], prepared: dict) -> dict[str, dict]:
-    """Every cache the runs read, built once, timed and measured."""
-    wanted = {}
-    for per_signal in runs.values():
-        for name, seeds in per_signal.items():
-            for seed in range(seeds):
-                signal = signal_of_name(name, seed)
-                if signal is not None:
-                    wanted.setdefault(cache_name(name, seed), signal)
+def ensure_cache(args, folder: str, signal: dict, prepared: dict, built: dict) -> None:
+    """Build the cache ``folder`` unless an earlier run of this workdir did (``caches.json``
+    keeps what each build measured)."""
+    work = Path(args.workdir)
+    if folder in built and (work / folder / "meta.json").is_file():
+        return
     teacher = load_model(prepared["teacher_dir"], args.device)
-    built = {}
-    for folder, signal in wanted.items():
-        built[folder] = build_teacher_cache(teacher, args, folder, signal)
-        print(f"  built {folder:24s} {json.dumps(built[folder])}", file=sys.stderr)
-    return built
+    built[folder] = build_teacher_cache(teacher, args, folder, signal)
+    (work / "caches.json").write_text(json.dumps(built, indent=1))
+    print(f"  built {folder:24s} {json.dumps(built[folder])}", file=sys.stderr)
+
+
+def schedule(runs: dict[str, dict[str, int]]) -> list[tuple[str, str, int]]:
+    """(loss, signal, seed): every signal's seed 0 first, then seed 1..., the first loss first,
+    so that a table cut short still compares every signal."""
+    order = []
+    for loss, per_signal in runs.items():
+        for seed in range(max(per_signal.values())):
+            order += [(loss, name, seed) for name, seeds in per_signal.items() if seed < seeds]
+    return order
 
 
 def summarise(records: list[dict], built: dict, prepared: dict, args) -> dict:
@@ -161,7 +169,8 @@ def decide(rows: dict) -> dict:
         name = min(caches, key=lambda n: caches[n]["ppl_mean"])
         why = (
             f"no cache reaches 2 % of the live student; this one comes closest "
-            f"({caches[name]['ppl_vs_live']:.3f}× live at {100 * caches[name]['bytes_vs_dense']:.2f} % of dense)"
+            f"({caches[name]['ppl_vs_live']:.3f}× live at "
+            f"{100 * caches[name]['bytes_vs_dense']:.2f} % of dense)"
         )
     return {"signal": name, "meets_target": bool(good), "why": why}
 
@@ -170,30 +179,39 @@ def llm_machine() -> str:
     import os
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def markdown(report: dict, command: str) -> str:
     settings, prepared = report["settings"], report["prepared"]
+    scale = (
+        f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, "
+        f"AdamW lr {settings['lr']} (constant, clip 1), float32, the divergence alone (no CE)"
+    )
+    ppl = (
+        f"Teacher ppl {prepared['teacher_ppl']:.2f}, pruned student {prepared['pruned_ppl']:.2f}, "
+        f"CE-only scratch student {report.get('scratch_ppl', float('nan')):.2f}"
+    )
     lines = [
         "# Sparse teacher signals for a language-model cache: the decision table",
         "",
         f"Command: `{command}`",
         "",
-        (
-            f"Machine: {report['machine']}, {settings['threads']} thread(s), device {settings['device']}, "
-            f"{time.strftime('%Y-%m-%d', time.gmtime())}. bench/llm.py's pair and way: {settings['steps']} steps × batch "
-            f"{settings['batch']} × {settings['seq_len']} tokens, AdamW lr {settings['lr']} (constant, clip 1), float32, "
-            f"the divergence alone (no CE). Teacher ppl {prepared['teacher_ppl']:.2f}, pruned student "
-            f"{prepared['pruned_ppl']:.2f}, CE-only scratch student {report.get('scratch_ppl', float('nan')):.2f}. "
-            f"Held-out: {prepared['heldout_tokens']} tokens of plays never trained on. Seeds: the order of the "
-            "training windows (0: bench/llm.py's) and a sampled cache's draws."
-        ),
+        f"Machine: {report['machine']}, {settings['threads']} thread(s), device "
+        f"{settings['device']}, {time.strftime('%Y-%m-%d', time.gmtime())}. bench/llm.py's pair "
+        f"and way: {scale}. {ppl}. Held-out: {prepared['heldout_tokens']} tokens of plays never "
+        "trained on. Seeds: the order of the training windows (0: bench/llm.py's) and a sampled "
+        "cache's draws.",
         "",
-        f"Bytes per position: the cache's arrays over its positions (float32 values, int32 ids); "
-        f"a dense float32 cache holds {report['dense_bytes_per_position']:,} (V = {prepared['vocab_size']:,}).",
+        "Bytes per position: the cache's arrays over its positions (float32 values, int32 ids); "
+        f"a dense float32 cache holds {report['dense_bytes_per_position']:,} "
+        f"(V = {prepared['vocab_size']:,}).",
         "",
-        "| loss | signal | bytes / position | vs dense | build s | tokens/s | tokens/CPU-s | held-out ppl (mean ± sd) | vs live | seeds |",
+        f"Runs finished: {report.get('done', 'all')} (every signal's seed 0 first).",
+        "",
+        "| loss | signal | bytes / position | vs dense | build s | tokens/s | tokens/CPU-s "
+        "| held-out ppl (mean ± sd) | vs live | seeds |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for loss, rows in report["by_loss"].items():
@@ -204,13 +222,15 @@ def markdown(report: dict, command: str) -> str:
             share = "—" if name == "live" else f"{100 * row['bytes_vs_dense']:.2f} %"
             lines.append(
                 f"| {loss} | {name} | {size} | {share} | {build} | {row['tokens_per_s']:.1f} | "
-                f"{row['tokens_per_cpu_s']:.1f} | {row['ppl_mean']:.2f} ± {row['ppl_std']:.2f} | {versus} | "
+                f"{row['tokens_per_cpu_s']:.1f} | {row['ppl_mean']:.2f} ± {row['ppl_std']:.2f} | "
+                f"{versus} | "
                 f"{len(row['seeds'])} |"
             )
     decision = report["decision"]
     lines += [
         "",
-        f"**Default: {decision['signal']}**: {decision['why']} (rule: the smallest cache within 2 % of live, else the closest).",
+        f"**Default: {decision['signal']}**: {decision['why']} (rule: the smallest cache within "
+        "2 % of live, else the closest).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -258,37 +278,58 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    command = "python bench/llm_sparse.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = Path(args.results) if args.results else (llm.RESULTS if args.mode != "tiny" else None)
     with tempfile.TemporaryDirectory(prefix="bench-llm-sparse-") as scratch:
         args.workdir = args.workdir or scratch
-        prepared = llm.spawn(args, "prepare")
-        prepared["vocab_size"] = load_model(Path(args.workdir) / "student", "cpu").config.vocab_size
-        built = build_caches(args, args.runs, prepared)
-        records = []
-        for loss, runs in args.runs.items():
-            for name, seeds in runs.items():
-                for seed in range(seeds):
-                    args.order_seed = seed
-                    args.cache_name = cache_name(name, seed)
-                    way = "kdistill_live" if name == "live" else "kdistill_cached"
-                    records.append({**llm.spawn(args, way, loss), "signal": name, "seed": seed})
-        scratch_record = llm.spawn(args, "plain", "ce") if args.scratch else None
-    report = summarise(records, built, prepared, args)
-    if scratch_record:
-        report["scratch_ppl"] = scratch_record["ppl"]
-    report["total_s"] = time.perf_counter() - started
-    results = Path(args.results) if args.results else (llm.RESULTS if args.mode != "tiny" else None)
-    if results is not None:
-        command = "python bench/llm_sparse.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
+        work = Path(args.workdir)
+        # A workdir of an interrupted run resumes: its pair, caches and finished runs are kept.
+        if (work / "prepare.json").is_file():
+            prepared = json.loads((work / "prepare.json").read_text())
+        else:
+            prepared = llm.spawn(args, "prepare")
+        prepared["vocab_size"] = load_model(work / "student", "cpu").config.vocab_size
+        built = (
+            json.loads((work / "caches.json").read_text())
+            if (work / "caches.json").is_file()
+            else {}
         )
-        (results / "llm_sparse.json").write_text(json.dumps(report, indent=2, default=str))
-        (results / "llm_sparse.md").write_text(markdown(report, command.strip()))
+        done = work / "records.jsonl"
+        records = (
+            [json.loads(line) for line in done.read_text().splitlines()] if done.is_file() else []
+        )
+        finished = {(r["loss"], r["signal"], r["seed"]) for r in records}
+        plan = schedule(args.runs)
+        if args.scratch:  # the CE-only student, after every signal's first seed
+            first = sum(1 for _, _, seed in plan if seed == 0)
+            plan.insert(first, ("ce", "scratch", 0))
+        for loss, name, seed in plan:
+            if (loss, name, seed) in finished:
+                continue
+            args.order_seed, args.cache_name = seed, cache_name(name, seed)
+            args.tail = "uniform" if name.endswith("u") else "bucket"
+            signal = None if name in ("live", "scratch") else signal_of_name(name, seed)
+            if signal is not None:
+                ensure_cache(args, args.cache_name, signal, prepared, built)
+            way = {"live": "kdistill_live", "scratch": "plain"}.get(name, "kdistill_cached")
+            record = {**llm.spawn(args, way, loss), "loss": loss, "signal": name, "seed": seed}
+            records.append(record)
+            with done.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            report = summarise(
+                [r for r in records if r["signal"] != "scratch"], built, prepared, args
+            )
+            scratch_ppl = [r["ppl"] for r in records if r["signal"] == "scratch"]
+            report["scratch_ppl"] = scratch_ppl[0] if scratch_ppl else float("nan")
+            report["done"] = f"{len(records)} of {len(plan)} runs"
+            report["total_s"] = time.perf_counter() - started
+            if results is not None:  # after every run: a table cut short is still written
+                (results / "llm_sparse.json").write_text(json.dumps(report, indent=2, default=str))
+                (results / "llm_sparse.md").write_text(markdown(report, command.strip()))
+    rows = report["by_loss"]
     print(
         json.dumps(
-            {
-                loss: {n: round(r["ppl_mean"], 3) for n, r in rows.items()}
-                for loss, rows in report["by_loss"].items()
-            }
+            {loss: {n: round(r["ppl_mean"], 3) for n, r in r_.items()} for loss, r_ in rows.items()}
         )
     )
     return 0

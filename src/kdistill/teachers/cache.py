@@ -498,7 +498,8 @@ class CachedTeacher:
 
     def __call__(self, batch) -> ModelOutput:
         output = self.cache.lookup(batch["index"], view=self.epoch - 1)
-        # A top-k or sampled cache travels as its (…, k) arrays; the losses gather the student at the ids
+        # A top-k or sampled cache travels as its (…, k) arrays; the losses gather the student
+        # at the ids
         # on the device. Pinned pages let the copy overlap the step on a GPU.
         pin = self.device.type == "cuda"
 
