@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from llm_curve import Curve
 from llm_pair import kdistill_loader, load_data, load_model, perplexity, prepare, smollm2_tokenizer
-from llm_report import markdown, summarise
+from llm_report import markdown, plot, summarise
 from llm_tail import UniformTail
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -485,6 +485,8 @@ def main(argv=None) -> int:
             + ("_cuda" if args.device == "cuda" else "")
         )
         command = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        if plot(report, results / f"{stem}.png"):
+            report["plot"] = f"{stem}.png"
         (results / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
         (results / f"{stem}.md").write_text(markdown(report, command.strip()))
     print(json.dumps({k: report[k] for k in KEYS}))

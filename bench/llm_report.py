@@ -68,7 +68,7 @@ def summarise(records: list[dict], prepared: dict, args, settings: tuple) -> dic
     }
     return {
         **summary,
-        **race(main, prepared),
+        **race(main, prepared, by_loss.get("ce", {})),
         "ratios": ratios,
         "main_loss": args.losses[0],
         "by_loss": by_loss,
@@ -78,11 +78,12 @@ def summarise(records: list[dict], prepared: dict, args, settings: tuple) -> dic
     }
 
 
-def race(ways: dict, prepared: dict) -> dict:
+def race(ways: dict, prepared: dict, plain: dict) -> dict:
     """The race to quality (one loss's ``ways``): each way's wall time to TRL's end-of-budget
     held-out perplexity, the cache build counted in the cached way's; the ratio for the cached
     way against TRL's whole training time (``None``: not reached within the budget)."""
     target, trl_s = ways["trl"]["ppl"], ways["trl"]["train_s"]
+    ways = {**ways, **plain}
     offsets = {"kdistill_cached": prepared.get("cache_build_s", 0.0)}
     reach = {
         way: time_to_quality(row["curve"] or [], target, offsets.get(way, 0.0))
@@ -98,7 +99,7 @@ def race(ways: dict, prepared: dict) -> dict:
 
 
 def race_lines(report: dict) -> list[str]:
-    ways = report["by_loss"][report["main_loss"]]
+    ways = {**report["by_loss"][report["main_loss"]], **report["by_loss"].get("ce", {})}
     build = report["prepared"].get("cache_build_s", 0.0)
     lines = [
         "",
@@ -120,6 +121,8 @@ def race_lines(report: dict) -> list[str]:
             f"{'not reached' if reach is None else f'{reach:.1f}'} | {curve} |"
         )
     ratio = report["time_to_trl_quality_ratio"]
+    if report.get("plot"):
+        lines += ["", f"![held-out perplexity against wall-clock seconds]({report['plot']})"]
     lines += [
         "",
         "time_to_trl_quality_ratio (cached way, build included, over TRL's training time): "
@@ -203,3 +206,30 @@ def markdown(report: dict, command: str) -> str:
         + "; TRL's: whole logits.",
     ]
     return "\n".join(lines + race_lines(report)) + "\n"
+
+
+def plot(report: dict, path) -> bool:
+    """Held-out perplexity against wall-clock seconds, one line per way (the race to quality),
+    as a PNG; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ways = {**report["by_loss"][report["main_loss"]], **report["by_loss"].get("ce", {})}
+    build = report["prepared"].get("cache_build_s", 0.0)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for way, row in ways.items():
+        offset = build if way == "kdistill_cached" else 0.0
+        points = row["curve"] or []
+        axes.plot([offset + t for _, t, _ in points], [p for _, _, p in points], "o-", label=way)
+    axes.axhline(ways["trl"]["ppl"], color="grey", linestyle=":", label="TRL's final ppl")
+    axes.set(xlabel="wall-clock s (cache build included)", ylabel="held-out perplexity")
+    axes.set_yscale("log")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
