@@ -11,6 +11,7 @@ tokens/s and its held-out perplexity after the same steps, against the live (den
   sampled<K>    K tokens drawn from the teacher, with their importance weights (random-sampling
                 KD, Anshumann et al., ACL 2025, arXiv:2503.16870; kdistill.losses.sparse)
   sampled<K>-t<τ>  the same drawn from the flatter softmax(t / τ)
+  top<k>s<K>    the k most probable tokens exactly, K draws from the rest (``top=k``)
 
 A seed s reorders the training windows (s = 0: bench/llm.py's order) and, for a sampled cache,
 seeds its draws: the live and top-k students differ only by the order, a sampled one also by
@@ -45,7 +46,7 @@ DEFAULT_RUNS = {
     ),
     "jsd": "live:1,topk64:1",
 }
-SIGNAL = re.compile(r"^(live|topk(\d+)(u?)|sampled(\d+)(?:-t([\d.]+))?)$")
+SIGNAL = re.compile(r"^(live|topk(\d+)(u?)|(?:top(\d+))?s(?:ampled)?(\d+)(?:-t([\d.]+))?)$")
 
 
 def parse_runs(text: str) -> dict[str, int]:
@@ -55,7 +56,8 @@ def parse_runs(text: str) -> dict[str, int]:
         name, _, seeds = item.partition(":")
         if not SIGNAL.match(name):
             raise SystemExit(
-                f"bench/llm_sparse.py: unknown signal {name!r} (live, topk<k>, sampled<K>[-t<τ>])"
+                f"bench/llm_sparse.py: unknown signal {name!r} "
+                "(live, topk<k>[u], sampled<K>[-t<τ>], top<k>s<K>)"
             )
         runs[name] = int(seeds or 1)
     return runs
@@ -65,12 +67,12 @@ def signal_of_name(name: str, seed: int) -> dict | None:
     """The cache signal a name stands for (``None``: live); a sampled one drawn with ``seed``."""
     from kdistill.teachers.signals import signal_of
 
-    _, k, _, samples, proposal = SIGNAL.match(name).groups()
+    _, k, _, top, samples, proposal = SIGNAL.match(name).groups()
     if k:
         return signal_of(int(k))
     if samples:
         tempered = {"proposal_temperature": float(proposal)} if proposal else {}
-        return signal_of(samples=int(samples), seed=seed, **tempered)
+        return signal_of(int(top) if top else None, int(samples), seed=seed, **tempered)
     return None
 
 

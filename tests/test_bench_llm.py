@@ -83,9 +83,7 @@ def test_the_last_line_holds_every_key_with_finite_values(race):
     values = dict(summary)
     ratio = values.pop("time_to_trl_quality_ratio")
     assert ratio is None or (math.isfinite(ratio) and ratio > 0)
-    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values.values()), (
-        values
-    )
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values.values()), values
 
 
 @pytest.mark.integration

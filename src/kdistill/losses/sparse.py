@@ -179,6 +179,7 @@ def sampled_teacher(
     *,
     temperature: float = 1.0,
     proposal_temperature: float = 1.0,
+    top: int = 0,
     generator: torch.Generator | None = None,
 ) -> SampledTeacher:
     """Draw ``samples`` tokens per position from the teacher, with replacement, and keep each
@@ -211,28 +212,42 @@ def sampled_teacher(
     over the teacher's tokens; a divergence that needs p(v) where the student puts mass (the
     reverse KL, JSD, TVD) has no unbiased estimate from draws of p, and is refused.
 
+    With ``top`` = k > 0 the k most probable tokens are kept exactly (p̂ = p there) and the K
+    draws come from the rest only (r restricted to the other V − k tokens and renormalised), so
+    E[p̂(v)] = p(v) still holds everywhere, and the head, where most of the mass and of the
+    draws' variance sit, is no longer noisy (Rao-Blackwellising the head: a top-k cache with an
+    unbiased tail instead of a tail bucket).
+
     Args:
         t_logits: teacher logits, (…, V).
         samples: K ≥ 1 draws per position.
         temperature: T > 0 of the teacher's softmax, fixed here and recorded as in
             ``topk_teacher``.
         proposal_temperature: τ > 0 of the distribution the tokens are drawn from.
+        top: k ≥ 0 most probable tokens kept exactly, 0 ≤ k < V (the first k slots).
         generator: the random source (a seeded ``torch.Generator`` on ``t_logits``'s device
             makes the draws reproducible).
 
     Returns:
-        ``SampledTeacher`` with (…, K) ids (ascending), weights p̂ and log p, recording T and V.
+        ``SampledTeacher`` with (…, k + K) ids (the top k, then the drawn ones ascending),
+        weights p̂ and log p, recording T and V.
     """
     vocab = t_logits.shape[-1]
     if samples < 1:
         raise ValueError(f"sampled_teacher: samples must be at least 1, got {samples}")
+    if not 0 <= top < vocab:
+        raise ValueError(f"sampled_teacher: top must be in [0, {vocab - 1}], got {top}")
     _check_temperature(temperature)
     _check_temperature(proposal_temperature)
     (t_logits,) = upcast(t_logits.detach())
     log_p = F.log_softmax(t_logits / temperature, dim=-1)
     log_r = log_p
-    if proposal_temperature != 1.0:
-        log_r = F.log_softmax(t_logits / (temperature * proposal_temperature), dim=-1)
+    if proposal_temperature != 1.0 or top:
+        proposal = t_logits / (temperature * proposal_temperature)
+        if top:  # the head is kept exactly: the draws come from the rest
+            head = log_p.topk(top, dim=-1).indices
+            proposal = proposal.scatter(-1, head, float("-inf"))
+        log_r = F.log_softmax(proposal, dim=-1)
     drawn = torch.multinomial(
         log_r.reshape(-1, vocab).exp(), samples, replacement=True, generator=generator
     )
@@ -243,6 +258,10 @@ def sampled_teacher(
     log_p_drawn = log_p.gather(-1, drawn)
     ratio = (log_p_drawn - log_r.gather(-1, drawn)).exp()  # exactly 1 at τ = 1
     weights = torch.where(first, counts.to(ratio.dtype) / samples * ratio, 0.0)
+    if top:
+        drawn = torch.cat([head, drawn], dim=-1)
+        log_p_drawn = torch.cat([log_p.gather(-1, head), log_p_drawn], dim=-1)
+        weights = torch.cat([log_p_drawn[..., :top].exp(), weights], dim=-1)
     return SampledTeacher(drawn, weights, log_p_drawn, temperature=temperature, vocab_size=vocab)
 
 

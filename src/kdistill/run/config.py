@@ -112,7 +112,8 @@ class TeacherConfig(Section):
         None,
         gt=0,
         description="store K tokens drawn from the teacher per position with their importance "
-        "weights instead (random-sampling KD: an unbiased forward KL; large vocabularies)",
+        "weights instead (random-sampling KD: an unbiased forward KL; large vocabularies); "
+        "with cache_topk, the top k exactly and K draws from the rest",
     )
     cache_sample_temperature: float = Field(
         1.0,
@@ -124,15 +125,6 @@ class TeacherConfig(Section):
     cache_dir: str | None = Field(
         None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)"
     )
-
-    @model_validator(mode="after")
-    def _one_sparse_signal(self):
-        if self.cache_topk and self.cache_samples:
-            raise ValueError(
-                "teacher.cache_topk and teacher.cache_samples: a cache holds one signal; "
-                "drop one of them"
-            )
-        return self
 
     @property
     def trained_here(self) -> bool:

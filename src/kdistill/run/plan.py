@@ -426,10 +426,10 @@ def topk_forms(recipe: Recipe, terms: list[Term]) -> list[Term]:
     teacher = recipe.teacher
     if not (teacher.cache and recipe.distill.mode == "teacher"):
         return terms
+    if teacher.cache_samples:  # alone, or with cache_topk: the top k exact, draws from the rest
+        return sampled_terms(terms, teacher.cache_samples)[0]
     if teacher.cache_topk:
         return topk_terms(terms, teacher.cache_topk)[0]
-    if teacher.cache_samples:
-        return sampled_terms(terms, teacher.cache_samples)[0]
     return terms
 
 

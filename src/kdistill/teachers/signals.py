@@ -37,19 +37,20 @@ def signal_of(
     proposal_temperature: float = 1.0,
     seed: int = 0,
 ) -> dict:
-    """What a cache built with these settings holds, as meta.json records it."""
-    if topk is not None and samples is not None:
-        raise ValueError("a teacher cache holds top-k tokens or sampled tokens, not both")
-    if topk is not None:
-        return {"kind": "topk", "k": topk, "temperature": temperature}
+    """What a cache built with these settings holds, as meta.json records it: with both
+    ``topk`` and ``samples``, the k most probable tokens exactly and ``samples`` draws from
+    the rest (``sampled_teacher(..., top=k)``)."""
     if samples is not None:
         return {
             "kind": "sampled",
             "samples": samples,
+            **({"top": topk} if topk else {}),
             "temperature": temperature,
             "proposal_temperature": proposal_temperature,
             "seed": seed,
         }
+    if topk is not None:
+        return {"kind": "topk", "k": topk, "temperature": temperature}
     return {"kind": "dense"}
 
 
@@ -82,6 +83,7 @@ def signal_arrays(
                 signal["samples"],
                 temperature=signal["temperature"],
                 proposal_temperature=signal["proposal_temperature"],
+                top=min(signal.get("top", 0), sample.shape[-1] - 1),
                 generator=_draws(signal, view, int(row)),
             )
             for sample, row in zip(logits, rows)
