@@ -2,7 +2,7 @@
 same number of optimisation steps, batch, loss and optimiser, four ways:
 
   (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
-  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.teachers.cache``, built beforehand)
+  (b) kdistill_cached  the same from a sparse teacher cache (``kdistill.teachers.cache``, built beforehand)
   (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
   (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
 
@@ -28,8 +28,10 @@ exp(mean token cross-entropy) over the same held-out windows (whole plays never 
 
 Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
 top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
-cached way's loss is the exact top-k + tail-bucket form of the same divergence
-(``kdistill.losses.token``), which is what a top-k cache can give.
+cached way's forward KL reads the top-64 tokens exactly and 16 tokens drawn from the rest of the
+teacher's distribution (``kdistill.losses.sparse.sampled_teacher``, an unbiased estimate; the
+choice of bench/results/llm_sparse.md); JSD, which draws cannot estimate, reads the exact top-k +
+tail-bucket form from a top-64 cache built beside it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from llm_tail import UniformTail
 RESULTS = Path(__file__).resolve().parent / "results"
 LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
 DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
-# The cached way's signal: random-sampling KD, 16 draws per position (bench/results/llm_sparse.md).
+# The cached way's signal: the top 64 tokens exactly and 16 draws from the rest, per position
+# (--topk 64 --samples 16; bench/results/llm_sparse.md).
 DEFAULT_SAMPLES = 16
 MODES = {  # steps, batch, seq_len, held-out windows, repeats
     "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
@@ -104,7 +107,10 @@ def run_kdistill(args, cached: bool, curve=None) -> tuple[torch.nn.Module, Clock
     loader = kdistill_loader(load_data(work)["train"], args.batch, args.order_seed)
     terms = token_terms(args.loss, args.chunk_size)
     if cached:  # the loss's form for the signal the cache holds (top-k buckets, sampled tokens)
-        cache = TeacherCache(work / args.cache_name)
+        # a sampled cache serves the forward KL; the other losses read the top-k one beside it
+        topk_beside = work / f"{args.cache_name}-topk"
+        sampled_only = args.loss != "forward_kl" and topk_beside.is_dir()
+        cache = TeacherCache(topk_beside if sampled_only else work / args.cache_name)
         terms, _ = signal_terms(terms, cache.signal)
         # tail uniform: the top-k cache as a dense teacher (bench/llm_tail.py)
         teacher = (UniformTail if args.tail == "uniform" else CachedTeacher)(cache)
@@ -405,8 +411,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--samples",
         type=int,
         default=None,
-        help="the cached way reads a random-sampling cache of this many draws per position "
-        f"instead of a top-k one (default {DEFAULT_SAMPLES}; 0: the top-k cache of --topk)",
+        help="the cached way's cache also holds this many tokens drawn per position from the "
+        f"teacher beyond its --topk (default {DEFAULT_SAMPLES}; 0: the top-k cache alone; with "
+        "--topk 0: draws only)",
     )
     parser.add_argument(
         "--curve-every",

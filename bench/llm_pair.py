@@ -184,6 +184,11 @@ def prepare(args) -> dict:
     }
     if args.topk or args.samples:  # bench/llm_sparse.py builds its caches itself
         info.update(build_teacher_cache(teacher, args))
+    if args.topk and args.samples:  # the losses a sampled cache refuses (JSD) read the top k
+        from kdistill.teachers.signals import signal_of
+
+        topk = build_teacher_cache(teacher, args, "cache-topk", signal_of(args.topk))
+        info["topk_cache_build_s"] = topk["cache_build_s"]
     (work / "prepare.json").write_text(json.dumps(info))
     return info
 
@@ -227,9 +232,9 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
     from kdistill.training.acceleration import make_accelerator
 
     work = Path(args.workdir)
-    if signal is None:
+    if signal is None:  # --topk and --samples together: the top k exactly, draws from the rest
         sparse = {"samples": args.samples, "seed": args.seed} if args.samples else {}
-        signal = signal_of(None if args.samples else args.topk, **sparse)
+        signal = signal_of(args.topk or None, **sparse)
     loader = kdistill_loader(load_data(work)["train"], args.batch)
     fingerprint = {
         "teacher": teacher_identity(teacher),
@@ -237,7 +242,7 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
         "signal": signal,
     }
     settings = {k: v for k, v in signal.items() if k != "kind"}
-    settings["topk"] = settings.pop("k", None)
+    settings["topk"] = settings.pop("k", None) or settings.pop("top", None)
     started = time.perf_counter()
     cache = build_cache(
         work / name,

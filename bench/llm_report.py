@@ -133,8 +133,10 @@ def race_lines(report: dict) -> list[str]:
 
 
 def signal_name(settings: dict) -> str:
-    samples = settings.get("samples")
-    return f"sampled-{samples}" if samples else f"top-{settings['topk']}"
+    samples, k = settings.get("samples"), settings.get("topk")
+    if samples:
+        return f"top-{k} + {samples} sampled" if k else f"sampled-{samples}"
+    return f"top-{k}"
 
 
 def markdown(report: dict, command: str) -> str:
@@ -184,7 +186,13 @@ def markdown(report: dict, command: str) -> str:
         "",
         (
             f"The {signal_name(settings)} cache ({prepared['cache_bytes_per_position']:.0f} bytes per position) "
-            f"was built in {prepared['cache_build_s']:.1f} s, outside the cached way's "
+            f"was built in {prepared['cache_build_s']:.1f} s"
+            + (
+                f" (JSD's top-{settings['topk']} cache in {prepared['topk_cache_build_s']:.1f} s)"
+                if "topk_cache_build_s" in prepared
+                else ""
+            )
+            + ", outside the cached way's "
             "time and memory (that process never loads the teacher)."
         ),
         "",

@@ -191,9 +191,10 @@ def markdown(report: dict, command: str) -> str:
         f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} tokens, "
         f"AdamW lr {settings['lr']} (constant, clip 1), float32, the divergence alone (no CE)"
     )
+    scratch = report.get("scratch_ppl", float("nan"))
     ppl = (
-        f"Teacher ppl {prepared['teacher_ppl']:.2f}, pruned student {prepared['pruned_ppl']:.2f}, "
-        f"CE-only scratch student {report.get('scratch_ppl', float('nan')):.2f}"
+        f"Teacher ppl {prepared['teacher_ppl']:.2f}, pruned student {prepared['pruned_ppl']:.2f}"
+        + ("" if scratch != scratch else f", CE-only scratch student {scratch:.2f}")
     )
     lines = [
         "# Sparse teacher signals for a language-model cache: the decision table",

@@ -104,7 +104,7 @@ def test_the_results_table_lists_every_way_and_the_ratios(race):
     table = (folder / "llm_tiny.md").read_text()
     for way in (
         "(a) kdistill, live teacher",
-        "(b) kdistill, sampled-16 cache",
+        "(b) kdistill, top-64 + 16 sampled cache",
         "## Race to quality (forward_kl)",
         "(c) TRL GKDTrainer",
         "(d) plain loop",
