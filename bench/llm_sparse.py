@@ -111,11 +111,8 @@ def summarise(records: list[dict], built: dict, prepared: dict, args) -> dict:
         table.setdefault(record["loss"], {}).setdefault(record["signal"], []).append(record)
     rows = {}
     for loss, signals in table.items():
-        live = (
-            statistics.mean(r["ppl"] for r in signals.get("live", []))
-            if "live" in signals
-            else None
-        )
+        # the live student of the same seed (the same window order): a paired comparison
+        live = {r["seed"]: r["ppl"] for r in signals.get("live", [])}
         for name, rs in signals.items():
             ppl = [r["ppl"] for r in rs]
             caches = [built[c] for c in {cache_name(name, r["seed"]) for r in rs} if c in built]
@@ -132,7 +129,9 @@ def summarise(records: list[dict], built: dict, prepared: dict, args) -> dict:
                 "build_s": statistics.mean(c["cache_build_s"] for c in caches) if caches else None,
             }
             row["bytes_vs_dense"] = row["bytes_per_position"] / dense_bytes
-            row["ppl_vs_live"] = row["ppl_mean"] / live if live else None
+            paired = [r["ppl"] / live[r["seed"]] for r in rs if r["seed"] in live]
+            row["ppl_vs_live"] = statistics.mean(paired) if paired else None
+            row["paired_seeds"] = len(paired)
             rows.setdefault(loss, {})[name] = row
     return {
         "by_loss": rows,
@@ -155,6 +154,7 @@ def decide(rows: dict) -> dict:
     caches = {name: row for name, row in rows.items() if name != "live"}
     if not caches or "live" not in rows:
         return {"signal": None, "why": "no cached and live runs to compare"}
+    caches = {name: row for name, row in caches.items() if row["ppl_vs_live"] is not None}
     good = {
         name: row
         for name, row in caches.items()
@@ -168,7 +168,7 @@ def decide(rows: dict) -> dict:
             f"within 2 % of the live teacher's (ppl {good[name]['ppl_vs_live']:.3f}× live)"
         )
     else:
-        name = min(caches, key=lambda n: caches[n]["ppl_mean"])
+        name = min(caches, key=lambda n: caches[n]["ppl_vs_live"])
         why = (
             f"no cache reaches 2 % of the live student; this one comes closest "
             f"({caches[name]['ppl_vs_live']:.3f}× live at "
@@ -214,13 +214,17 @@ def markdown(report: dict, command: str) -> str:
         f"Runs finished: {report.get('done', 'all')} (every signal's seed 0 first).",
         "",
         "| loss | signal | bytes / position | vs dense | build s | tokens/s | tokens/CPU-s "
-        "| held-out ppl (mean ± sd) | vs live | seeds |",
+        "| held-out ppl (mean ± sd) | vs live, same seeds (how many) | seeds |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for loss, rows in report["by_loss"].items():
         for name, row in rows.items():
             build = "—" if row["build_s"] is None else f"{row['build_s']:.1f}"
-            versus = "—" if row["ppl_vs_live"] is None else f"{row['ppl_vs_live']:.3f}"
+            versus = (
+                "—"
+                if row["ppl_vs_live"] is None
+                else f"{row['ppl_vs_live']:.3f} ({row['paired_seeds']})"
+            )
             size = "(live)" if name == "live" else f"{row['bytes_per_position']:.0f}"
             share = "—" if name == "live" else f"{100 * row['bytes_vs_dense']:.2f} %"
             lines.append(
@@ -277,6 +281,18 @@ def parse_args(argv=None):
     return args
 
 
+def write(records, built, prepared, args, results, command, plan, finished) -> dict:
+    """The report of the runs so far, into ``results`` (when given)."""
+    report = summarise([r for r in records if r["signal"] != "scratch"], built, prepared, args)
+    scratch_ppl = [r["ppl"] for r in records if r["signal"] == "scratch"]
+    report["scratch_ppl"] = scratch_ppl[0] if scratch_ppl else float("nan")
+    report["done"] = f"{sum(1 for run in plan if run in finished)} of {len(plan)} runs"
+    if results is not None:
+        (results / "llm_sparse.json").write_text(json.dumps(report, indent=2, default=str))
+        (results / "llm_sparse.md").write_text(markdown(report, command.strip()))
+    return report
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -319,16 +335,11 @@ def main(argv=None) -> int:
             records.append(record)
             with done.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            report = summarise(
-                [r for r in records if r["signal"] != "scratch"], built, prepared, args
-            )
-            scratch_ppl = [r["ppl"] for r in records if r["signal"] == "scratch"]
-            report["scratch_ppl"] = scratch_ppl[0] if scratch_ppl else float("nan")
-            report["done"] = f"{len(records)} of {len(plan)} runs"
-            report["total_s"] = time.perf_counter() - started
-            if results is not None:  # after every run: a table cut short is still written
-                (results / "llm_sparse.json").write_text(json.dumps(report, indent=2, default=str))
-                (results / "llm_sparse.md").write_text(markdown(report, command.strip()))
+            finished.add((loss, name, seed))
+            report = write(records, built, prepared, args, results, command, plan, finished)
+        # once more at the end: a finished workdir rerun with this command rewrites the table
+        report = write(records, built, prepared, args, results, command, plan, finished)
+        report["total_s"] = time.perf_counter() - started
     rows = report["by_loss"]
     print(
         json.dumps(
