@@ -40,6 +40,8 @@ import llm
 import torch
 from llm_pair import build_teacher_cache, load_model
 
+from kdistill.losses.token import SAMPLED_REFUSAL
+
 DEFAULT_RUNS = {
     "forward_kl": (
         "live:3,sampled16:3,topk64:3,sampled32:3,sampled8:3,topk16:1,topk256:1,topk64u:1"
@@ -233,6 +235,12 @@ def markdown(report: dict, command: str) -> str:
                 f"{versus} | "
                 f"{len(row['seeds'])} |"
             )
+    lines += ["", f"JSD from a sampled cache: refused (the loss {SAMPLED_REFUSAL})."]
+    if "jsd" not in report["by_loss"]:
+        lines[-1] += (
+            " JSD was not run here; bench/results/llm.md has it for the live teacher (284.76) "
+            "and a top-64 cache (746.32)."
+        )
     decision = report["decision"]
     lines += [
         "",
