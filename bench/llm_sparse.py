@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -213,7 +214,9 @@ def markdown(report: dict, command: str) -> str:
         f"a dense float32 cache holds {report['dense_bytes_per_position']:,} "
         f"(V = {prepared['vocab_size']:,}).",
         "",
-        f"Runs finished: {report.get('done', 'all')} (every signal's seed 0 first).",
+        f"Runs finished: {report.get('done', 'all')} (every signal's seed 0 first). A workdir "
+        "keeps its pair, caches and runs: an interrupted command, run again, resumes. Timings "
+        "(tokens/s, build s) are of a shared machine: compare them within this table only.",
         "",
         "| loss | signal | bytes / position | vs dense | build s | tokens/s | tokens/CPU-s "
         "| held-out ppl (mean ± sd) | vs live, same seeds (how many) | seeds |",
@@ -305,7 +308,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = "python bench/llm_sparse.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python bench/llm_sparse.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results = Path(args.results) if args.results else (llm.RESULTS if args.mode != "tiny" else None)
     with tempfile.TemporaryDirectory(prefix="bench-llm-sparse-") as scratch:
         args.workdir = args.workdir or scratch
