@@ -2,7 +2,7 @@
 same number of optimisation steps, batch, loss and optimiser, four ways:
 
   (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
-  (b) kdistill_cached  the same from a top-k teacher cache (``kdistill.teachers.cache``,
+  (b) kdistill_cached  the same from a sparse teacher cache (``kdistill.teachers.cache``,
                        built beforehand)
   (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
   (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
@@ -32,8 +32,10 @@ exp(mean token cross-entropy) over the same held-out windows (whole plays never 
 
 Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
 top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
-cached way's loss is the exact top-k + tail-bucket form of the same divergence
-(``kdistill.losses.token``), which is what a top-k cache can give.
+cached way's forward KL reads the top-64 tokens exactly and 16 tokens drawn from the rest of the
+teacher's distribution (``kdistill.losses.sparse.sampled_teacher``, an unbiased estimate; the
+choice of bench/results/llm_sparse.md); JSD, which draws cannot estimate, reads the exact top-k +
+tail-bucket form from a top-64 cache built beside it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -51,11 +52,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from llm_curve import Curve
 from llm_pair import kdistill_loader, load_data, load_model, perplexity, prepare, smollm2_tokenizer
+from llm_report import markdown, plot, summarise
+from llm_tail import UniformTail
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
 DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
+# The cached way's signal: the top 64 tokens exactly and 16 draws from the rest, per position
+# (--topk 64 --samples 16; bench/results/llm_sparse.md).
+DEFAULT_SAMPLES = 16
 MODES = {  # steps, batch, seq_len, held-out windows, repeats
     "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
     "quick": {"steps": 6, "batch": 4, "seq_len": 128, "eval_windows": 8, "repeats": 1},
@@ -88,20 +95,29 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
+def run_kdistill(args, cached: bool, curve=None) -> tuple[torch.nn.Module, Clock, float]:
     import kdistill
     from kdistill.models.hf import HFModel
-    from kdistill.teachers.cache import CachedTeacher, TeacherCache, topk_terms
+    from kdistill.teachers.cache import CachedTeacher, TeacherCache
+    from kdistill.teachers.signals import signal_terms
     from kdistill.training.acceleration import make_accelerator
+    from kdistill.training.loop import Loop
     from kdistill.training.optimization import Optimization
 
     work = Path(args.workdir)
     student = load_model(work / "student", args.device)
-    loader = kdistill_loader(load_data(work)["train"], args.batch)
+    if curve:
+        curve.model = student
+    loader = kdistill_loader(load_data(work)["train"], args.batch, args.order_seed)
     terms = token_terms(args.loss, args.chunk_size)
-    if cached:
-        terms, _ = topk_terms(terms, args.topk)
-        teacher = CachedTeacher(TeacherCache(work / "cache"))
+    if cached:  # the loss's form for the signal the cache holds (top-k buckets, sampled tokens)
+        # a sampled cache serves the forward KL; the other losses read the top-k one beside it
+        topk_beside = work / f"{args.cache_name}-topk"
+        sampled_only = args.loss != "forward_kl" and topk_beside.is_dir()
+        cache = TeacherCache(topk_beside if sampled_only else work / args.cache_name)
+        terms, _ = signal_terms(terms, cache.signal)
+        # tail uniform: the top-k cache as a dense teacher (bench/llm_tail.py)
+        teacher = (UniformTail if args.tail == "uniform" else CachedTeacher)(cache)
     else:
         hf_teacher = load_model(
             json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device
@@ -113,7 +129,10 @@ def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
     distiller = kdistill.Distiller(HFModel(student, "causal-lm"), terms)
     optim = Optimization("adamw", schedule="constant", clip_grad_norm=1.0)
     accelerator = make_accelerator(args.device)
+    loop = Loop(log_every=curve.every, log_step=lambda r: curve(r["step"])) if curve else None
     with Clock() as clock:
+        if curve:
+            curve.start()
         history = kdistill.fit(
             distiller,
             loader,
@@ -123,16 +142,20 @@ def run_kdistill(args, cached: bool) -> tuple[torch.nn.Module, Clock, float]:
             optim=optim,
             accelerator=accelerator,
             progress=False,
+            **({"loop": loop} if loop else {}),
         )
     return student, clock, history[-1]["loss"]
 
 
-def run_trl(args) -> tuple[torch.nn.Module, Clock, float]:
+def run_trl(args, curve=None) -> tuple[torch.nn.Module, Clock, float]:
     from datasets import Dataset
+    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     work = Path(args.workdir)
     student = load_model(work / "student", args.device)
+    if curve:
+        curve.model = student
     teacher = load_model(
         json.loads((work / "prepare.json").read_text())["teacher_dir"], args.device
     )
@@ -164,7 +187,8 @@ def run_trl(args) -> tuple[torch.nn.Module, Clock, float]:
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        optim="adamw_torch",
+        # TRL at its best on the same math: PyTorch's fused AdamW (one kernel for all tensors).
+        optim="adamw_torch_fused",
         bf16=False,
         fp16=False,
         gradient_checkpointing=False,
@@ -187,20 +211,33 @@ def run_trl(args) -> tuple[torch.nn.Module, Clock, float]:
         data_collator=collate,
         processing_class=smollm2_tokenizer(),
     )
+
+    class Evaluate(TrainerCallback):
+        def on_step_end(self, args_, state, control, **kwargs):
+            curve(state.global_step)
+
+    if curve:
+        trainer.add_callback(Evaluate())
     with Clock() as clock:
+        if curve:
+            curve.start()
         output = trainer.train()
     return trainer.model, clock, output.training_loss
 
 
-def run_plain(args) -> tuple[torch.nn.Module, Clock, float]:
+def run_plain(args, curve=None) -> tuple[torch.nn.Module, Clock, float]:
     """The scratch student: the same pruned model, cross-entropy only, a plain loop."""
     work = Path(args.workdir)
     student = load_model(work / "student", args.device)
+    if curve:
+        curve.model = student
     train = load_data(work)["train"]
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     student.train()
     losses = []
     with Clock() as clock:
+        if curve:
+            curve.start()
         for start in range(0, len(train), args.batch):
             rows = train[start : start + args.batch].to(args.device)
             logits = student(input_ids=rows[:, :-1]).logits
@@ -210,6 +247,8 @@ def run_plain(args) -> tuple[torch.nn.Module, Clock, float]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
+            if curve:
+                curve(len(losses))
         mean_loss = float(
             torch.stack(losses).mean()
         )  # waits for a GPU's queue before the clock stops
@@ -222,17 +261,23 @@ def run_way(args) -> dict:
     if args.way == "prepare":
         return prepare(args)
     runners = {
-        "kdistill_live": lambda: run_kdistill(args, cached=False),
-        "kdistill_cached": lambda: run_kdistill(args, cached=True),
-        "trl": lambda: run_trl(args),
-        "plain": lambda: run_plain(args),
+        "kdistill_live": lambda curve: run_kdistill(args, cached=False, curve=curve),
+        "kdistill_cached": lambda curve: run_kdistill(args, cached=True, curve=curve),
+        "trl": lambda curve: run_trl(args, curve),
+        "plain": lambda curve: run_plain(args, curve),
     }
-    student, clock, loss = runners[args.way]()
+    heldout = load_data(Path(args.workdir))["heldout"]
+    device = torch.device(args.device)
+    curve = None
+    if args.curve_every:  # each runner hands it its student (curve.model)
+        curve = Curve(None, heldout, args.batch, device, args.curve_every)
+    student, clock, loss = runners[args.way](curve)
     peak = peak_mb()  # before the evaluation: the training's peak
     gpu = (
         {"gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}
     )
-    heldout = load_data(Path(args.workdir))["heldout"]
+    if curve:  # the evaluations inside the training call are not the way's cost
+        clock.wall, clock.cpu = clock.wall - curve.paused_wall, clock.cpu - curve.paused_cpu
     tokens = args.steps * args.batch * args.seq_len
     return {
         "way": args.way,
@@ -244,7 +289,8 @@ def run_way(args) -> dict:
         "tokens_per_cpu_s": tokens / clock.cpu,
         "peak_mb": peak,
         "final_train_loss": loss,
-        "ppl": perplexity(student, heldout, args.batch, torch.device(args.device)),
+        "ppl": perplexity(student, heldout, args.batch, device),
+        **({"curve": curve.points} if curve else {}),
         **gpu,
     }
 
@@ -319,157 +365,6 @@ def schedule(args) -> list[tuple[str, str]]:
     return runs
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def summarise(records: list[dict], prepared: dict, args) -> dict:
-    """Per way and loss: the median tokens/s and perplexity over repeats, the largest peak."""
-    table = {}
-    for record in records:
-        entry = table.setdefault(record["loss"], {}).setdefault(record["way"], [])
-        entry.append(record)
-    by_loss = {
-        loss: {
-            way: {
-                "tokens_per_s": _median([r["tokens_per_s"] for r in rs]),
-                "tokens_per_cpu_s": _median([r["tokens_per_cpu_s"] for r in rs]),
-                "peak_mb": max(r["peak_mb"] for r in rs),
-                "ppl": _median([r["ppl"] for r in rs]),
-                "final_train_loss": _median([r["final_train_loss"] for r in rs]),
-                "runs": len(rs),
-            }
-            for way, rs in ways.items()
-        }
-        for loss, ways in table.items()
-    }
-    main = by_loss[args.losses[0]]
-    plain = by_loss["ce"]["plain"]
-    summary = {
-        "kdistill_live_tokens_per_s": main["kdistill_live"]["tokens_per_s"],
-        "kdistill_cached_tokens_per_s": main["kdistill_cached"]["tokens_per_s"],
-        "trl_tokens_per_s": main["trl"]["tokens_per_s"],
-        "plain_tokens_per_s": plain["tokens_per_s"],
-        "kdistill_live_peak_mb": main["kdistill_live"]["peak_mb"],
-        "kdistill_cached_peak_mb": main["kdistill_cached"]["peak_mb"],
-        "trl_peak_mb": main["trl"]["peak_mb"],
-        "teacher_ppl": prepared["teacher_ppl"],
-        "pruned_ppl": prepared["pruned_ppl"],
-        "scratch_ppl": plain["ppl"],
-        "student_ppl": main["kdistill_live"]["ppl"],
-        "trl_student_ppl": main["trl"]["ppl"],
-    }
-    ratios = {
-        "kdistill_live_vs_trl_tokens_per_s": summary["kdistill_live_tokens_per_s"]
-        / summary["trl_tokens_per_s"],
-        "kdistill_cached_vs_trl_tokens_per_s": summary["kdistill_cached_tokens_per_s"]
-        / summary["trl_tokens_per_s"],
-        "kdistill_cached_vs_trl_peak_mb": summary["kdistill_cached_peak_mb"]
-        / summary["trl_peak_mb"],
-        "kdistill_live_vs_trl_tokens_per_cpu_s": main["kdistill_live"]["tokens_per_cpu_s"]
-        / main["trl"]["tokens_per_cpu_s"],
-        "kdistill_cached_vs_trl_tokens_per_cpu_s": main["kdistill_cached"]["tokens_per_cpu_s"]
-        / main["trl"]["tokens_per_cpu_s"],
-    }
-    return {
-        **summary,
-        "ratios": ratios,
-        "main_loss": args.losses[0],
-        "by_loss": by_loss,
-        "prepared": prepared,
-        "settings": {k: getattr(args, k) for k in ("mode", "device", "threads", *SETTINGS)},
-        "machine": (
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}"
-        ),
-    }
-
-
-def markdown(report: dict, command: str) -> str:
-    settings, prepared = report["settings"], report["prepared"]
-    names = {
-        "kdistill_live": "(a) kdistill, live teacher",
-        "kdistill_cached": f"(b) kdistill, top-{settings['topk']} cache",
-        "trl": "(c) TRL GKDTrainer (lmbda=0)",
-        "plain": "(d) plain loop, cross-entropy (scratch)",
-    }
-    lines = [
-        "# Language-model race: SmolLM2-135M → pruned student",
-        "",
-        f"Command: `{command}`",
-        "",
-        (
-            f"Machine: {report['machine']}, {settings['threads']} "
-            f"thread(s), device {settings['device']}. {settings['steps']} steps × batch "
-            f"{settings['batch']} × {settings['seq_len']} "
-            f"tokens, AdamW lr {settings['lr']} (constant, clip 1), float32. Student: layers "
-            f"{prepared['kept_layers']} of the teacher ({prepared['student_params'] / 1e6:.1f}M of "
-            f"{prepared['teacher_params'] / 1e6:.1f}M parameters). Held-out: "
-            f"{prepared['heldout_tokens']} tokens of plays never trained on."
-        ),
-        "",
-        (
-            f"Perplexity: teacher {report['teacher_ppl']:.2f}, pruned before training "
-            f"{report['pruned_ppl']:.2f}, scratch (d) {report['scratch_ppl']:.2f}."
-        ),
-        "",
-        "| loss | way | tokens/s | tokens/CPU-s | peak "
-        "RSS (MiB) | held-out ppl | last train loss |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for loss, ways in report["by_loss"].items():
-        for way, row in ways.items():
-            lines.append(
-                f"| {loss} | {names[way]} | {row['tokens_per_s']:.1f} | "
-                f"{row['tokens_per_cpu_s']:.1f} | {row['peak_mb']:.0f} | {row['ppl']:.2f} | "
-                f"{row['final_train_loss']:.4f} |"
-            )
-    ratios = report["ratios"]
-    lines += [
-        "",
-        (
-            f"Against TRL ({report['main_loss']}): kdistill live "
-            f"{ratios['kdistill_live_vs_trl_tokens_per_s']:.2f}× "
-            "its tokens/s (target ≥ 1.0), cached "
-            f"{ratios['kdistill_cached_vs_trl_tokens_per_s']:.2f}× (target ≥ 1.5), cached peak "
-            f"memory {ratios['kdistill_cached_vs_trl_peak_mb']:.2f}× "
-            "(target ≤ 0.6). Per CPU second: live "
-            f"{ratios['kdistill_live_vs_trl_tokens_per_cpu_s']:.2f}×, cached "
-            f"{ratios['kdistill_cached_vs_trl_tokens_per_cpu_s']:.2f}×."
-        ),
-        "",
-        (
-            f"The top-{settings['topk']} cache was built in "
-            f"{prepared['cache_build_s']:.1f} s, outside the cached way's time and memory (that "
-            "process never loads the teacher)."
-        ),
-        "",
-        (
-            "tokens/s: counted positions over the wall time of the "
-            "training call only (model loading, cache build and evaluation excluded); "
-            "tokens/CPU-s: over that call's CPU time (user + system), "
-            "steadier on a shared machine; peak RSS: ru_maxrss of the way's own fresh process "
-            "right after training (interpreter, libraries and "
-            "models included); medians over repeats, ABBA order."
-        ),
-    ]
-    chunk = settings.get("chunk_size") or 0
-    lines += [
-        "",
-        (
-            f"kdistill's loss: over chunks of {chunk} positions "
-            "from the student's final hidden states and head "
-            "(distill.params.chunk_size; no (B, L, V) logits are made)"
-            if chunk
-            else "kdistill's loss: over whole (B, L, V) logits (--chunk-size 0)"
-        )
-        + "; TRL's: whole logits.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 SETTINGS = (
     "steps",
     "batch",
@@ -481,6 +376,11 @@ SETTINGS = (
     "topk",
     "seed",
     "chunk_size",
+    "samples",
+    "curve_every",
+    "order_seed",
+    "cache_name",
+    "tail",
 )
 
 
@@ -516,6 +416,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="the cached way's cache also holds this many tokens drawn per position from the "
+        f"teacher beyond its --topk (default {DEFAULT_SAMPLES}; 0: the top-k cache alone; with "
+        "--topk 0: draws only)",
+    )
+    parser.add_argument(
+        "--curve-every",
+        type=int,
+        default=None,
+        help="held-out perplexity every this many steps, for the race to quality (0: none)",
+    )
+    parser.add_argument("--order-seed", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-name", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tail", default=None, choices=("bucket", "uniform"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
         "--lr",
         type=float,
         default=1e-3,
@@ -543,6 +462,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "topk": 64,
         "seed": 0,
         "chunk_size": 256,
+        "samples": DEFAULT_SAMPLES,
+        "curve_every": max(MODES[args.mode]["steps"] // 8, 1),
+        "order_seed": 0,
+        "cache_name": "cache",
+        "tail": "bucket",
     }.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -566,7 +490,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         prepared = spawn(args, "prepare")
         records = [spawn(args, way, loss) for way, loss in schedule(args)]
-        report = summarise(records, prepared, args)
+        report = summarise(records, prepared, args, SETTINGS)
         report["total_s"] = time.perf_counter() - started
     results = Path(args.results) if args.results else (RESULTS if args.mode != "tiny" else None)
     if results is not None:
@@ -576,6 +500,8 @@ def main(argv=None) -> int:
             + ("_cuda" if args.device == "cuda" else "")
         )
         command = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        if plot(report, results / f"{stem}.png"):
+            report["plot"] = f"{stem}.png"
         (results / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
         (results / f"{stem}.md").write_text(markdown(report, command.strip()))
     print(json.dumps({k: report[k] for k in KEYS}))
@@ -583,6 +509,9 @@ def main(argv=None) -> int:
 
 
 KEYS = (
+    "live_student_ppl",
+    "sparse_student_ppl",
+    "time_to_trl_quality_ratio",
     "kdistill_live_tokens_per_s",
     "kdistill_cached_tokens_per_s",
     "trl_tokens_per_s",

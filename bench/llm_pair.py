@@ -183,7 +183,13 @@ def prepare(args) -> dict:
         "teacher_ppl": perplexity(teacher, data["heldout"], args.batch, device),
         "pruned_ppl": perplexity(student, data["heldout"], args.batch, device),
     }
-    info.update(build_teacher_cache(teacher, args))
+    if args.topk or args.samples:  # bench/llm_sparse.py builds its caches itself
+        info.update(build_teacher_cache(teacher, args))
+    if args.topk and args.samples:  # the losses a sampled cache refuses (JSD) read the top k
+        from kdistill.teachers.signals import signal_of
+
+        topk = build_teacher_cache(teacher, args, "cache-topk", signal_of(args.topk))
+        info["topk_cache_build_s"] = topk["cache_build_s"]
     (work / "prepare.json").write_text(json.dumps(info))
     return info
 
@@ -194,42 +200,66 @@ def load_data(work: Path) -> dict[str, torch.Tensor]:
     return load_file(work / "data.safetensors")
 
 
-def kdistill_loader(train: torch.Tensor, batch: int):
-    from torch.utils.data import DataLoader
+def kdistill_loader(train: torch.Tensor, batch: int, order_seed: int = 0):
+    from torch.utils.data import DataLoader, Subset
 
     from kdistill.data.lm import SequenceDataset
 
     # Already shuffled once in prepare(): every way sees the same windows in the same order.
+    # order_seed > 0 reorders them (a seed of bench/llm_sparse.py); samples keep their index.
     dataset = SequenceDataset(
         train, torch.ones(len(train), train.shape[1] - 1, dtype=torch.bool), codec=None
     )
+    if order_seed:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(order_seed))
+        dataset = Subset(dataset, order.tolist())
     return DataLoader(dataset, batch_size=batch, shuffle=False)
 
 
-def build_teacher_cache(teacher, args) -> dict:
-    """The top-k cache of the teacher over the training windows, built while preparing, so
-    that the cached way's process never holds the teacher."""
+def ordered_windows(train: torch.Tensor, order_seed: int = 0) -> torch.Tensor:
+    """The training windows in the order ``kdistill_loader`` gives them."""
+    if not order_seed:
+        return train
+    return train[torch.randperm(len(train), generator=torch.Generator().manual_seed(order_seed))]
+
+
+def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None = None) -> dict:
+    """The sparse cache of the teacher over the training windows (``signal``, as
+    ``kdistill.teachers.signals.signal_of`` names it; default: top-``args.topk``), built while
+    preparing, so that the cached way's process never holds the teacher."""
     from kdistill import Teacher
     from kdistill.teachers.cache import build_cache, teacher_identity
+    from kdistill.teachers.signals import signal_of
     from kdistill.training.acceleration import make_accelerator
 
     work = Path(args.workdir)
+    if signal is None:  # --topk and --samples together: the top k exactly, draws from the rest
+        sparse = {"samples": args.samples, "seed": args.seed} if args.samples else {}
+        signal = signal_of(args.topk or None, **sparse)
     loader = kdistill_loader(load_data(work)["train"], args.batch)
     fingerprint = {
         "teacher": teacher_identity(teacher),
         "samples": len(loader.dataset),
-        "topk": args.topk,
+        "signal": signal,
     }
+    settings = {k: v for k, v in signal.items() if k != "kind"}
+    settings["topk"] = settings.pop("k", None) or settings.pop("top", None)
     started = time.perf_counter()
-    build_cache(
-        work / "cache",
+    cache = build_cache(
+        work / name,
         Teacher(teacher),
         loader.dataset,
         fingerprint=fingerprint,
         dtype="float32",
         batch_size=args.batch,
         accelerator=make_accelerator(args.device),
-        topk=args.topk,
-        temperature=1.0,
+        **settings,
     )
-    return {"cache_build_s": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    arrays = cache.meta["arrays"].values()
+    stored = sum(info["bytes"] for info in arrays)
+    views, windows, length = next(iter(arrays))["shape"][:3]
+    return {
+        "cache_build_s": seconds,
+        "cache_bytes_per_position": stored / (views * windows * length),
+    }

@@ -39,6 +39,9 @@ KEYS = {
     "scratch_ppl",
     "student_ppl",
     "trl_student_ppl",
+    "live_student_ppl",
+    "sparse_student_ppl",
+    "time_to_trl_quality_ratio",
 }
 
 
@@ -77,9 +80,11 @@ def test_the_last_line_holds_every_key_with_finite_values(race):
     assert set(summary) == KEYS
     for way in ("prepare", "kdistill_live", "kdistill_cached", "trl", "plain"):
         assert f"  {way} " in stderr, f"no record of way {way}"
-    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in summary.values()), (
-        summary
-    )
+    # the race to quality: None when the cached way never reaches TRL's perplexity
+    values = dict(summary)
+    ratio = values.pop("time_to_trl_quality_ratio")
+    assert ratio is None or (math.isfinite(ratio) and ratio > 0)
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values.values()), values
 
 
 @pytest.mark.integration
@@ -100,7 +105,8 @@ def test_the_results_table_lists_every_way_and_the_ratios(race):
     table = (folder / "llm_tiny.md").read_text()
     for way in (
         "(a) kdistill, live teacher",
-        "(b) kdistill, top-64 cache",
+        "(b) kdistill, top-64 + 16 sampled cache",
+        "## Race to quality (forward_kl)",
         "(c) TRL GKDTrainer",
         "(d) plain loop",
     ):

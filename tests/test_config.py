@@ -7,7 +7,8 @@ import yaml
 
 from kdistill.data import load_dataset
 from kdistill.errors import ConfigError
-from kdistill.run.config import Recipe, dump_config, load_config, parse_override
+from kdistill.run.config import Recipe, dump_config, load_config
+from kdistill.run.overrides import parse_override
 from kdistill.run.plan import recipe_terms
 from kdistill.run.preflight import preflight
 

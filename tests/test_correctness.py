@@ -22,8 +22,8 @@ from kdistill.teachers.cache import (
     CacheMismatchError,
     build_cache,
     teacher_identity,
-    topk_terms,
 )
+from kdistill.teachers.signals import topk_terms
 from kdistill.teachers.vocab import map_teacher_vocabulary
 from kdistill.teaching.ensemble import Ensemble
 

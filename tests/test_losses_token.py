@@ -364,6 +364,29 @@ def test_topk_gap_is_tail_mass_times_tail_kl():
         assert gap[row].item() == pytest.approx(p_tail * tail_kl, rel=1e-10)
 
 
+def test_topk_bucket_form_is_the_tail_spread_by_the_students_own_shape():
+    """A "better tail" for top-k that spreads the tail mass over the other tokens in proportion
+    to the student's own (detached) probabilities is the bucket form already, value and
+    gradient: kdistill's top-k forward KL is that tail (bench/results/llm_sparse.md measures a
+    uniform spread against it)."""
+    s, t = logits(40, shape=(6, 30)), logits(41, shape=(6, 30))
+    temperature = 1.5
+    s = s.requires_grad_()
+    sparse = topk_teacher(t, 5, temperature=temperature)
+    bucket = forward_kl_topk(s, sparse, temperature=temperature)
+    (bucket_grad,) = torch.autograd.grad(bucket, s)
+    q = torch.softmax(s.detach() / temperature, -1)
+    in_tail = torch.ones_like(q, dtype=torch.bool).scatter_(-1, sparse.indices, False)
+    q_tail = torch.where(in_tail, q, 0.0)
+    spread = sparse.tail_mass[:, None] * q_tail / q_tail.sum(-1, keepdim=True)
+    p = spread.scatter(-1, sparse.indices, sparse.log_probs.exp())
+    # log p as logits: softmax(log p · T / T) = p at the loss's temperature
+    dense = forward_kl(s, p.log() * temperature, temperature=temperature)
+    (dense_grad,) = torch.autograd.grad(dense, s)
+    torch.testing.assert_close(bucket, dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bucket_grad, dense_grad, rtol=1e-10, atol=1e-12)
+
+
 def test_topk_error_shrinks_with_k_as_documented():
     """The numbers quoted in ``forward_kl_topk``'s docstring."""
     vocab, positions = 4096, 64

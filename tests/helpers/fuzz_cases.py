@@ -153,6 +153,8 @@ KEYS = [
     "teacher.cache",
     "teacher.cache_dtype",
     "teacher.cache_topk",
+    "teacher.cache_samples",
+    "teacher.cache_sample_temperature",
     "teacher.cache_dir",
     "teachers",
     "assistant",
@@ -275,6 +277,8 @@ NUMERIC = [
     "train.eval_batch_size",
     "train.checkpoint_every",
     "teacher.cache_topk",
+    "teacher.cache_samples",
+    "teacher.cache_sample_temperature",
     "distill.temperature",
     "train.lr",
     "teacher.lr",
@@ -404,7 +408,16 @@ def command_lines(draw) -> Case:
 
 SECTION_KEYS = {
     "data": ["dataset", "path", "subset", "val_fraction", "test_fraction", "seed", "options"],
-    "teacher": ["model", "kwargs", "checkpoint", "lr", "cache", "cache_dir", "cache_topk"],
+    "teacher": [
+        "model",
+        "kwargs",
+        "checkpoint",
+        "lr",
+        "cache",
+        "cache_dir",
+        "cache_topk",
+        "cache_samples",
+    ],
     "student": ["model", "kwargs"],
     "distill": ["temperature", "alpha", "ce_weight", "params", "mode", "ensemble"],
     "train": [

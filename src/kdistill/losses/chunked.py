@@ -25,7 +25,8 @@ their products, the gradient), so the chunk should be well below B·L: 128–256
 whole loss's peak memory for forward KL, 64 positions 0.21×).
 
 The teacher side is whatever the unchunked losses take, read chunk by chunk: dense logits, a
-top-k ``SparseTeacher`` (its temperature checked as in ``kdistill.losses.token``), or the live
+top-k ``SparseTeacher`` or a ``SampledTeacher`` (their temperature checked as in
+``kdistill.losses.token``), or the live
 teacher's ``LazyLogits``, whose chunk of logits is computed without autograd.
 """
 
@@ -41,7 +42,7 @@ from torch import Tensor
 
 from kdistill.losses.closed_form import closed_form
 from kdistill.losses.lm import IGNORE_INDEX, token_ce
-from kdistill.losses.sparse import SparseTeacher
+from kdistill.losses.sparse import SPARSE_TEACHERS, SparseTeacher
 from kdistill.losses.token import TOKEN_LOSSES
 from kdistill.modeling import LazyLogits
 
@@ -86,12 +87,9 @@ class _Rows:
             self.product = _product_dtype(self.hidden, dtype)
             self.weight = teacher.weight.detach().to(self.product)
             self.bias = None if teacher.bias is None else teacher.bias.detach().to(self.product)
-        elif isinstance(teacher, SparseTeacher):
-            self.fields = [
-                teacher.indices.reshape(positions, -1),
-                teacher.log_probs.reshape(positions, -1),
-                teacher.tail_log_prob.reshape(positions),
-            ]
+        elif isinstance(teacher, SPARSE_TEACHERS):  # (…, k) and (…,) fields, as flat rows
+            leading = teacher.indices.dim() - 1
+            self.sparse = teacher.map(lambda f: f.reshape(positions, *f.shape[leading:]))
         elif teacher is not None:
             self.logits = teacher.detach().reshape(positions, teacher.shape[-1])
 
@@ -102,12 +100,8 @@ class _Rows:
                 return F.linear(self.hidden[rows].to(self.product), self.weight, self.bias).to(
                     self.dtype
                 )
-        if isinstance(teacher, SparseTeacher):
-            return SparseTeacher(
-                *(f[rows] for f in self.fields),
-                temperature=teacher.temperature,
-                vocab_size=teacher.vocab_size,
-            )
+        if isinstance(teacher, SPARSE_TEACHERS):
+            return self.sparse.map(lambda f: f[rows])
         return None if teacher is None else self.logits[rows]
 
 

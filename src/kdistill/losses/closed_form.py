@@ -10,6 +10,8 @@ one such tensor, known in closed form:
   Network", 2015, arXiv:1503.02531, eq. 2, without the T² that ``kd`` adds);
 - the same over the k+1 buckets of a top-k teacher (the top-k tokens, then the tail), P = Σ_b p_b:
   ∂/∂s_v = (q_v·P − p_v) / T at a top-k token, q_v·(P − p_tail/q_tail) / T in the tail;
+- the same from a ``SampledTeacher`` (drawn tokens with weights p̂, Ŵ = Σ p̂): its unbiased
+  estimate (Ŵ·q − p̂) / T (``kdistill.losses.sparse.sampled_teacher``);
 - cross-entropy with the next token y: ∂/∂s = softmax(s) − onehot(y).
 
 Each returns the chunk's summed value and gradient, computed in place in one new (chunk, V)
@@ -30,7 +32,11 @@ import torch
 from torch import Tensor
 
 from kdistill.losses.lm import IGNORE_INDEX, token_ce
-from kdistill.losses.sparse import SparseTeacher, check_sparse_teacher
+from kdistill.losses.sparse import (
+    SampledTeacher,
+    SparseTeacher,
+    check_sparse_teacher,
+)
 from kdistill.losses.token import forward_kl, forward_kl_topk
 
 __all__ = ["TAIL_FLOOR", "closed_form"]
@@ -99,12 +105,34 @@ def _forward_kl_buckets(
     return value, grad if temperature == 1.0 else grad.div_(temperature)
 
 
+def _forward_kl_sampled(
+    s: Tensor, teacher: SampledTeacher, temperature: float
+) -> tuple[Tensor, Tensor] | None:
+    check_sparse_teacher(teacher, temperature, s.shape[-1])
+    if temperature != 1.0:
+        s = s / temperature
+    indices, weights, log_p = (
+        teacher.indices.long(),
+        *(x.to(s.dtype) for x in (teacher.weights, teacher.log_probs)),
+    )
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    # Σ p̂·(log p − log q) at the drawn tokens only; log q = s − lse is never made whole.
+    value = (weights * (log_p - s.gather(-1, indices) + lse)).sum()
+    if not _finite(value):
+        return None  # a −inf logit at a drawn token: the generic loss floors it
+    grad = (s - lse).exp_().mul_(weights.sum(-1, keepdim=True))
+    grad.scatter_add_(-1, indices, -weights)
+    return value, grad if temperature == 1.0 else grad.div_(temperature)
+
+
 def _forward_kl(s: Tensor, teacher, params: dict) -> tuple[Tensor, Tensor] | None:
     temperature = params.get("temperature", 1.0)
     if not temperature > 0 or set(params) - {"temperature"}:
         return None  # the generic loss says what is wrong
     if isinstance(teacher, SparseTeacher):
         return _forward_kl_buckets(s, teacher, temperature)
+    if isinstance(teacher, SampledTeacher):
+        return _forward_kl_sampled(s, teacher, temperature)
     if not isinstance(teacher, Tensor) or teacher.shape != s.shape:
         return None
     return _forward_kl_dense(s, teacher.detach(), temperature)

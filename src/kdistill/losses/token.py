@@ -28,6 +28,10 @@ Conventions shared by every loss in this module:
   divergences (all f-divergences) the bucketed value is ≤ the dense one and equals it at k = V
   (up to summation order); ``forward_kl_topk`` states the exact gap for the forward KL. The
   ``SparseTeacher`` holds the teacher at one temperature; a loss at another one is refused.
+- The teacher may be a ``SampledTeacher`` (tokens drawn from it with importance weights, see
+  ``sampled_teacher``) in ``forward_kl`` only, whose value and gradient it estimates without
+  bias; the others need the teacher's probability at every token the student weighs, which
+  draws from the teacher do not give, and refuse it (``SAMPLED_REFUSAL``).
 """
 
 from __future__ import annotations
@@ -39,10 +43,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.losses.logit import kd, upcast
-from kdistill.losses.sparse import SparseTeacher, check_sparse_teacher, topk_teacher
+from kdistill.losses.sparse import (
+    SampledTeacher,
+    SparseTeacher,
+    check_sparse_teacher,
+    sampled_forward_kl,
+    sampled_teacher,
+    topk_teacher,
+)
 
 __all__ = [
     "TOKEN_LOSSES",
+    "SampledTeacher",
     "SparseTeacher",
     "check_sparse_teacher",
     "forward_kl",
@@ -50,6 +62,7 @@ __all__ = [
     "jsd",
     "kd_topk",
     "reverse_kl",
+    "sampled_teacher",
     "skew_kl",
     "skew_reverse_kl",
     "topk_teacher",
@@ -57,6 +70,11 @@ __all__ = [
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
+SAMPLED_REFUSAL = (
+    "needs the teacher's probability at every token the student puts mass on, and tokens "
+    "drawn from the teacher give it only at the drawn ones (no unbiased estimate); "
+    "a sampled teacher serves forward_kl"
+)
 
 
 def _check_temperature(temperature: float) -> None:
@@ -89,15 +107,11 @@ def _as_bool_mask(mask: Tensor | None, leading_shape: torch.Size) -> Tensor | No
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def _log_probs(
-    s_logits: Tensor,
-    teacher: Tensor | SparseTeacher,
-    mask: Tensor | None,
-    temperature: float,
-    reduction: str,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Student and teacher log-probabilities over the same support (V tokens, or k+1 buckets),
-    with masked positions replaced by a harmless constant, and the boolean mask."""
+def _student_log_probs(
+    s_logits: Tensor, mask: Tensor | None, temperature: float, reduction: str
+) -> tuple[Tensor, Tensor | None]:
+    """The student's log-probabilities, masked positions replaced by a harmless constant, and
+    the boolean mask."""
     _check_temperature(temperature)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -107,13 +121,27 @@ def _log_probs(
         # torch.where, not multiplication: 0·NaN and 0·inf are NaN, and where() sends a zero
         # gradient to the positions it drops.
         s_logits = torch.where(mask[..., None], s_logits, 0.0)
-    log_q = _floored_log_softmax(s_logits, temperature)
+    return _floored_log_softmax(s_logits, temperature), mask
+
+
+def _log_probs(
+    s_logits: Tensor,
+    teacher: Tensor | SparseTeacher,
+    mask: Tensor | None,
+    temperature: float,
+    reduction: str,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Student and teacher log-probabilities over the same support (V tokens, or k+1 buckets),
+    with masked positions replaced by a harmless constant, and the boolean mask."""
+    if isinstance(teacher, SampledTeacher):
+        raise ValueError(f"this divergence {SAMPLED_REFUSAL}")
+    log_q, mask = _student_log_probs(s_logits, mask, temperature, reduction)
     if isinstance(teacher, SparseTeacher):
-        check_sparse_teacher(teacher, temperature, s_logits.shape[-1])
+        check_sparse_teacher(teacher, temperature, log_q.shape[-1])
         return *_bucket_log_probs(log_q, teacher, mask), mask
-    if teacher.shape != s_logits.shape:
+    if teacher.shape != log_q.shape:
         raise ValueError(
-            f"student logits {tuple(s_logits.shape)} and teacher logits {tuple(teacher.shape)} "
+            f"student logits {tuple(log_q.shape)} and teacher logits {tuple(teacher.shape)} "
             "differ: token losses need the same positions and vocabulary"
         )
     (t_logits,) = upcast(teacher.detach())
@@ -199,9 +227,16 @@ def forward_kl(
         temperature: T > 0, applied to both; no T² factor.
         reduction: ``"mean"`` over counted positions (0 if none), ``"sum"``, or ``"none"``.
 
+    A ``SampledTeacher`` gives the unbiased estimate of ``sampled_teacher`` (value and gradient
+    equal the dense ones in expectation over the draws).
+
     Returns:
         0-d tensor (``"none"``: the leading shape), float32 for half-precision inputs.
     """
+    if isinstance(t_logits, SampledTeacher):
+        log_q, mask = _student_log_probs(s_logits, mask, temperature, reduction)
+        check_sparse_teacher(t_logits, temperature, log_q.shape[-1])
+        return _reduce(sampled_forward_kl(log_q, t_logits, mask), mask, reduction)
     log_q, log_p, mask = _log_probs(s_logits, t_logits, mask, temperature, reduction)
     return _reduce(_kl(log_p, log_q), mask, reduction)
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 import kdistill.io.safe_yaml as safe_yaml
 from kdistill.errors import ConfigError
 from kdistill.models.imported import remember_data_dir, remember_recipe_dir
+from kdistill.run.overrides import apply_override, parse_override
 from kdistill.training.settings import (
     MAX_STEP,
     Augment,
@@ -158,6 +159,20 @@ class TeacherConfig(Section):
             "store only the teacher's k most probable classes (tokens) "
             "per position plus the tail mass (large vocabularies)"
         ),
+    )
+    cache_samples: int | None = Field(
+        None,
+        gt=0,
+        description="store K tokens drawn from the teacher per position with their importance "
+        "weights instead (random-sampling KD: an unbiased forward KL; large vocabularies); "
+        "with cache_topk, the top k exactly and K draws from the rest",
+    )
+    cache_sample_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=MAX_TEMPERATURE,
+        description="draw the cached tokens from softmax(t / (T·τ)): τ > 1 reaches further "
+        "into the tail; the weights keep the estimate unbiased",
     )
     cache_dir: str | None = Field(
         None, description="where the cache lives (default: <output.dir>/.cache/<fingerprint>)"
@@ -317,10 +332,11 @@ class Recipe(Section):
                 raise ValueError(
                     f"distill.ensemble_weights: give {len(self.teachers)} weights, one per teacher"
                 )
-        if self.assistant is not None and self.teacher.cache_topk:
+        sparse = "cache_topk" if self.teacher.cache_topk else "cache_samples"
+        if self.assistant is not None and getattr(self.teacher, sparse):
             raise ValueError(
-                "teacher.cache_topk with an assistant: the assistant "
-                "teaches live, with dense outputs; drop cache_topk"
+                f"teacher.{sparse} with an assistant: the assistant teaches live, with dense "
+                f"outputs; drop {sparse}"
             )
         if self.teachers is not None and self.distill.params.get("vocab_map") is not None:
             raise ValueError(
@@ -382,45 +398,6 @@ class Recipe(Section):
 
 
 # --- reading ---------------------------------------------------------------------------------
-
-
-def parse_override(text: str) -> tuple[list[str | int], Any]:
-    """``train.epochs=3`` → (["train", "epochs"], 3); the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r}: write key=value, e.g. train.epochs=3")
-    try:
-        value = safe_yaml.load(raw, f"override of {key}") if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    path = [int(part) if part.isdigit() else part for part in key.split(".")]
-    return path, value
-
-
-def apply_override(tree: dict, path: list[str | int], value: Any, text: str) -> None:
-    node: Any = tree
-    for i, part in enumerate(path[:-1]):
-        if isinstance(node, list):
-            if not isinstance(part, int) or part >= len(node):
-                raise ConfigError(
-                    f"override {text!r}: {'.'.join(map(str, path[: i + 1]))} "
-                    "is not an item of the list"
-                )
-            node = node[part]
-            continue
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, (dict, list)):
-            raise ConfigError(
-                f"override {text!r}: {'.'.join(map(str, path[: i + 1]))} is a value, not a section"
-            )
-        node = nxt
-    last = path[-1]
-    if isinstance(node, list):
-        if not isinstance(last, int) or last >= len(node):
-            raise ConfigError(f"override {text!r}: no list item {last}")
-    node[last] = value
 
 
 def _section_at(loc: tuple) -> type[BaseModel] | None:

@@ -34,7 +34,7 @@ from kdistill.models import UnknownModelError, create_model
 from kdistill.run.automatic import follow_data, follow_data_models
 from kdistill.run.budget import EpochCost, measure_epoch
 from kdistill.run.config import Recipe
-from kdistill.teachers.cache import topk_terms
+from kdistill.teachers.signals import sampled_terms, topk_terms
 from kdistill.teaching.preparation import preset_params
 
 
@@ -151,8 +151,9 @@ def plan(recipe: Recipe) -> Plan:
     automatic = models + follow_data(
         recipe, splits, task, terms, measure=lambda: epoch_cost(recipe, splits)
     )
-    if recipe.teacher.cache_topk and any(line.startswith("teacher.cache=") for line in automatic):
-        terms = recipe_terms(recipe, splits)  # a top-k cache chosen above: the terms' top-k forms
+    sparse = recipe.teacher.cache_topk or recipe.teacher.cache_samples
+    if sparse and any(line.startswith("teacher.cache=") for line in automatic):
+        terms = recipe_terms(recipe, splits)  # a sparse cache chosen above: the terms' forms
     mode, options = teaching_mode(recipe)
     check_transfer_recipe(recipe)
     check_token_terms(recipe, terms, splits)
@@ -494,16 +495,33 @@ def checked(term: Term) -> Term:
 
 
 def topk_forms(recipe: Recipe, terms: list[Term]) -> list[Term]:
-    """A run reading a top-k cache compares through each loss's exact top-k form (or is refused)."""
-    k = recipe.teacher.cache_topk
-    return (
-        topk_terms(terms, k)[0]
-        if k and recipe.teacher.cache and recipe.distill.mode == "teacher"
-        else terms
-    )
+    """A run reading a top-k (or sampled) cache compares through each loss's form for it (or is
+    refused)."""
+    teacher = recipe.teacher
+    if not (teacher.cache and recipe.distill.mode == "teacher"):
+        return terms
+    if teacher.cache_samples:  # alone, or with cache_topk: the top k exact, draws from the rest
+        return sampled_terms(terms, teacher.cache_samples)[0]
+    if teacher.cache_topk:
+        return topk_terms(terms, teacher.cache_topk)[0]
+    return terms
 
 
 def cache_topk(recipe: Recipe, terms: list[Term]) -> dict | None:
     """What a top-k cache stores: ``k`` and the one temperature the run's terms read it at."""
     k = recipe.teacher.cache_topk
     return {"k": k, "temperature": topk_terms(terms, k)[1]} if k else None
+
+
+def cache_samples(recipe: Recipe, terms: list[Term]) -> dict | None:
+    """What a sampled cache stores: the draws per position, the one temperature the run's terms
+    read it at, the proposal's temperature and the seed of the draws (the run's)."""
+    teacher = recipe.teacher
+    if not teacher.cache_samples:
+        return None
+    return {
+        "samples": teacher.cache_samples,
+        "temperature": sampled_terms(terms, teacher.cache_samples)[1],
+        "proposal_temperature": teacher.cache_sample_temperature,
+        "seed": recipe.train.seed,
+    }

@@ -31,6 +31,7 @@ from kdistill.run.config import Recipe, StudentConfig, TeacherConfig
 from kdistill.run.plan import (
     Plan,
     build_model,
+    cache_samples,
     cache_topk,
     eval_loader,
     train_loader,
@@ -234,6 +235,7 @@ class RunSchool:
         views = min(train.views or train.epochs, train.epochs) if varies else 1
         topk = cache_topk(recipe, self.distill_terms)
         # The distilled student's samples: the training split, then the transfer set if any.
+        sampled = cache_samples(recipe, self.distill_terms)
         pool = self.splits.unlabelled
         dataset = training_set(self.splits, recipe, train.augment, train.mix, train.views, pool)
         mixing = {"mix": train.mix, "mix_alpha": train.mix_alpha} if train.mix != "none" else {}
@@ -248,6 +250,7 @@ class RunSchool:
             "taps": sorted(teacher.taps),
             "dtype": recipe.teacher.cache_dtype,
             "topk": topk,
+            **({"sampled": sampled} if sampled else {}),  # absent: older caches still match
         }
         key = hashlib.sha256(
             json.dumps(fingerprint, sort_keys=True, default=str).encode()
@@ -266,7 +269,7 @@ class RunSchool:
             views=views,
             dtype=recipe.teacher.cache_dtype,
             topk=topk["k"] if topk else None,
-            temperature=topk["temperature"] if topk else 1.0,
+            **(sampled or {"temperature": topk["temperature"] if topk else 1.0}),
             batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device),
             accelerator=self.accelerator,
         )
@@ -435,7 +438,15 @@ def teacher_fingerprint(
     identity = {
         # How the teacher is trained, not where its outputs are kept: caching does not retrain it.
         "teacher": (cfg or recipe.teacher).model_dump(
-            exclude={"checkpoint", "cache", "cache_dtype", "cache_dir", "cache_topk"}
+            exclude={
+                "checkpoint",
+                "cache",
+                "cache_dtype",
+                "cache_dir",
+                "cache_topk",
+                "cache_samples",
+                "cache_sample_temperature",
+            }
         ),
         "data": splits.identity,
         "train": recipe.train.model_dump(

@@ -26,13 +26,23 @@ the exact top-k + tail-bucket form of its loss (``topk_terms``); a loss that has
 dist, nkd: they need the full distribution) is refused. The "sparse logits" of cached LM
 distillation: Raman et al., "For Distillation, Tokens Are Not All You Need", 2023, and the
 top-k caches of MiniPLM / Gemma-style pre-training distillation.
+
+Or as tokens drawn from the teacher (``samples``): per position K draws from softmax(t / T)
+(or a flatter proposal, ``proposal_temperature``), each distinct token kept once with its
+importance weight and log-probability (``kdistill.losses.sparse.sampled_teacher``): random-
+sampling KD (Anshumann et al., ACL 2025, arXiv:2503.16870), an unbiased estimate of the forward
+KL and its gradient where a top-k cache is biased. The draws are seeded per sample and view
+(``seed``), so a build is reproducible whatever the batch size or the number of ranks. Read
+back, they are a ``SampledTeacher``; only the forward KL takes one (``sampled_terms``).
+
+meta.json records the signal a cache holds (``signal``: kind dense, topk or sampled, with k or
+the samples, the temperature, the proposal's temperature and the seed); opening a cache for
+another signal is refused (``TeacherCache.check_signal``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import inspect
 import json
 import math
 from pathlib import Path
@@ -46,10 +56,9 @@ from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError, first_difference
 from kdistill.io.tensors import CheckpointError, tensor_digest
-from kdistill.losses.logit import kd
-from kdistill.losses.token import TOKEN_LOSSES, SparseTeacher, kd_topk, topk_teacher
-from kdistill.methods import LOGITS, Term
+from kdistill.losses.sparse import SPARSE_TEACHERS, SampledTeacher, SparseTeacher
 from kdistill.modeling import to_device
+from kdistill.teachers.signals import describe, signal_arrays, signal_of
 from kdistill.teachers.store import (
     agree_on_cache,
     allocate,
@@ -139,65 +148,11 @@ def _array_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _arrays(
-    output: ModelOutput, topk: int | None = None, temperature: float = 1.0
-) -> dict[str, Tensor]:
-    features = {f"feature.{k}": v for k, v in output.features.items()}
-    if topk is None:
-        return {"logits": output.logits, **features}
-    sparse = topk_teacher(
-        output.logits.float(), min(topk, output.logits.shape[-1]), temperature=temperature
-    )
-    return {
-        "topk.log_probs": sparse.log_probs,
-        "topk.index": sparse.indices,
-        "topk.tail": sparse.tail_log_prob.unsqueeze(-1),
-        **features,
-    }
-
-
-# --- top-k teachers: the exact bucket form of each loss, or a refusal ---------------------
-
-# Losses with an exact top-k + tail-bucket form (the token losses take a SparseTeacher as they
-# are). dkd, dist, nkd, lskd need the whole distribution (the target class's probability, the
-# renormalised non-target classes, correlations over every class): no exact form.
-TOPK_FORMS = {kd: kd_topk, kd_topk: kd_topk, **{loss: loss for loss in TOKEN_LOSSES.values()}}
-
-
-def _temperature(term: Term) -> float:
-    default = inspect.signature(term.loss).parameters["temperature"].default
-    return float(term.params.get("temperature", default))
-
-
-def topk_terms(terms: list[Term], k: int) -> tuple[list[Term], float]:
-    """The terms in their exact top-k form, and the one temperature the cache must store.
-
-    Raises ``UserError`` for a term whose loss has no exact top-k form, or for logit terms at
-    different temperatures (one cache holds the teacher at one temperature)."""
-    adapted, temperatures = [], set()
-    for term in terms:
-        if term.teacher != LOGITS:
-            adapted.append(term)
-            continue
-        form = TOPK_FORMS.get(term.loss)
-        if form is None or term.params.get("standardize"):
-            name = getattr(term.loss, "__name__", type(term.loss).__name__)
-            raise UserError(
-                f"teacher.cache_topk={k}: term {term.name!r} "
-                f"({name}{', standardized' if form else ''}) needs the teacher's full distribution "
-                "and has no exact top-k form (kd and the token losses "
-                f"{', '.join(TOKEN_LOSSES)} have one); set teacher.cache_topk=null"
-            )
-        temperatures.add(_temperature(term))
-        adapted.append(dataclasses.replace(term, loss=form))
-    if len(temperatures) > 1:
-        raise UserError(
-            f"teacher.cache_topk={k}: the logit terms use "
-            f"temperatures {sorted(temperatures)}, but a top-k "
-            "cache holds the teacher at one temperature; use "
-            "one temperature or set teacher.cache_topk=null"
-        )
-    return adapted, temperatures.pop() if temperatures else 1.0
+def _first_difference(stored: dict, wanted: dict) -> str:
+    for key in sorted(set(stored) | set(wanted)):
+        if stored.get(key) != wanted.get(key):
+            return key
+    return "?"
 
 
 class TeacherCache:
@@ -226,6 +181,7 @@ class TeacherCache:
                 self.meta["fingerprint"].items(),
                 int(self.meta["views"]) + int(self.meta["samples"]),
                 self.meta["topk"] is None or self.meta["topk"]["k"],
+                self.meta.get("signal", {"kind": "dense"})["kind"],
             )
             [
                 (str(info["file"]), int(info["bytes"]), str(info["sha256"]))
@@ -260,6 +216,29 @@ class TeacherCache:
     def views(self) -> int:
         return self.meta["views"]
 
+    @property
+    def signal(self) -> dict:
+        """What it holds (``signal_of``); a cache from before meta.json recorded it is dense or
+        top-k."""
+        if "signal" in self.meta:
+            return self.meta["signal"]
+        topk = self.meta["topk"]
+        if topk is None:
+            return signal_of()
+        return {**signal_of(topk["k"], temperature=topk["temperature"]), "classes": topk["classes"]}
+
+    def check_signal(self, wanted: dict) -> None:
+        """Refuse to serve a run that asks for another signal (top-k at another k, sampled
+        tokens, another temperature or seed, dense logits) than the cache holds; ``wanted`` as
+        ``signal_of`` gives it (the vocabulary size V, ``classes``, is the cache's own)."""
+        held = {k: v for k, v in self.signal.items() if k != "classes"}
+        if held != wanted:
+            raise CacheMismatchError(
+                f"{self.root}: the teacher cache holds {describe(self.signal)}, but this run "
+                f"asks for {describe(wanted)}; delete it and rebuild it (`kdistill cache "
+                "RECIPE`), or point teacher.cache_dir elsewhere"
+            )
+
     def check(self, fingerprint: dict) -> None:
         """Refuse to serve a run whose teacher, data, augmentation, taps or dtype differ."""
         if self.fingerprint != fingerprint:
@@ -279,9 +258,18 @@ class TeacherCache:
             name: torch.from_numpy(np.ascontiguousarray(array[view % len(array)][rows]))
             for name, array in self.arrays.items()
         }
-        values = {k: v if k == "topk.index" else v.float() for k, v in values.items()}
+        values = {k: v if k.endswith(".index") else v.float() for k, v in values.items()}
         if "logits" in values:
             logits = values.pop("logits")
+        elif "sampled.index" in values:
+            signal = self.signal
+            logits = SampledTeacher(
+                values.pop("sampled.index"),
+                values.pop("sampled.weight"),
+                values.pop("sampled.log_prob"),
+                temperature=signal["temperature"],
+                vocab_size=signal["classes"],
+            )
         else:
             topk = self.meta["topk"]
             logits = SparseTeacher(
@@ -318,6 +306,11 @@ class TeacherCache:
             tail = torch.logsumexp(log_p.scatter(-1, index, float("-inf")), dim=-1)
             pairs["top-k log-probabilities"] = (sparse.log_probs, log_p.gather(-1, index))
             pairs["tail mass"] = (sparse.tail_log_prob.exp(), tail.exp())
+        elif isinstance(cached.logits, SampledTeacher):  # the live log-probabilities there
+            sparse = cached.logits
+            log_p = torch.log_softmax(live_logits / sparse.temperature, dim=-1)
+            index = sparse.indices.long().clamp(0, log_p.shape[-1] - 1)
+            pairs["sampled log-probabilities"] = (sparse.log_probs, log_p.gather(-1, index))
         else:
             pairs["logits"] = (cached.logits, live_logits)
         for what, (stored, now) in pairs.items():
@@ -348,6 +341,16 @@ def open_or_build(
     if (root / "meta.json").is_file():
         cache = TeacherCache(root)
         cache.check(fingerprint)
+        wanted = signal_of(
+            build.get("topk"),
+            build.get("samples"),
+            **{
+                k: build[k]
+                for k in ("temperature", "proposal_temperature", "seed")
+                if k in build and build[k] is not None
+            },
+        )
+        cache.check_signal(wanted)
         cache.verify(teacher, dataset)
         return cache, False
     return build_cache(root, teacher, dataset, fingerprint=fingerprint, **build), True
@@ -365,11 +368,16 @@ def build_cache(
     accelerator=None,
     topk: int | None = None,
     temperature: float = 1.0,
+    samples: int | None = None,
+    proposal_temperature: float = 1.0,
+    seed: int = 0,
 ) -> TeacherCache:
     """Run ``teacher`` over every sample of ``dataset`` (``views`` times, each with the
     dataset's ``set_epoch(view + 1)`` augmentation) and store the outputs under ``root``;
     with ``topk``, the logits as the k most probable classes plus the tail mass of
-    softmax(t / ``temperature``).
+    softmax(t / ``temperature``); with ``samples``, as that many tokens drawn from it (from
+    softmax(t / (``temperature`` · ``proposal_temperature``))) with their importance weights,
+    seeded by ``seed``, the sample and the view.
 
     Written as ``.npy`` files that every rank fills with its own shard (or, across machines
     without a shared filesystem, one complete copy per machine: ``kdistill.teachers.store``); the
@@ -381,6 +389,13 @@ def build_cache(
     world = accelerator.num_processes if accelerator else 1
     main = rank == 0
     device = accelerator.device if accelerator else torch.device("cpu")
+    signal = signal_of(
+        topk,
+        samples,
+        temperature=temperature,
+        proposal_temperature=proposal_temperature,
+        seed=seed,
+    )
     teacher.to(device)
     count = len(dataset)
     if world > 1:
@@ -403,12 +418,10 @@ def build_cache(
 
     # Shapes from one sample, then every rank opens the same preallocated files.
     probe = teacher(to_device(next(iter(DataLoader(dataset, batch_size=1))), device))
-    shapes = {
-        name: tuple(value.shape[1:]) for name, value in _arrays(probe, topk, temperature).items()
-    }
+    shapes = {name: tuple(value.shape[1:]) for name, value in signal_arrays(probe, signal).items()}
     files = {name: root / f"{name}.npy" for name in shapes}
     # Class indices as integers (float16 is exact only up to 2,048); values in ``dtype``.
-    dtypes = {name: np.int32 if name == "topk.index" else DTYPES[dtype] for name in shapes}
+    dtypes = {name: np.int32 if name.endswith(".index") else DTYPES[dtype] for name in shapes}
     if writer:
         layout = {
             files[name]: ((views, count, *shape), dtypes[name]) for name, shape in shapes.items()
@@ -427,7 +440,8 @@ def build_cache(
                 dataset.set_epoch(view + 1)  # the same view training epoch view+1 will draw
             for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
                 batch = to_device(batch, device)
-                output = {"index": batch["index"], **_arrays(teacher(batch), topk, temperature)}
+                outputs = signal_arrays(teacher(batch), signal, batch["index"], view)
+                output = {"index": batch["index"], **outputs}
                 if gathered:
                     output = accelerator.gather(output)  # every rank's batch, in rank order
                 rows = output.pop("index").cpu().numpy()
@@ -447,6 +461,9 @@ def build_cache(
             "topk": None
             if topk is None
             else {"k": topk, "classes": probe.logits.shape[-1], "temperature": temperature},
+            "signal": signal
+            if signal["kind"] == "dense"
+            else {**signal, "classes": probe.logits.shape[-1]},
             "arrays": {
                 name: {
                     "file": path.name,
@@ -489,7 +506,8 @@ class CachedTeacher:
 
     def __call__(self, batch) -> ModelOutput:
         output = self.cache.lookup(batch["index"], view=self.epoch - 1)
-        # A top-k cache travels as its (…, k) arrays; the losses gather the student at the ids
+        # A top-k or sampled cache travels as its (…, k) arrays; the losses gather the student
+        # at the ids
         # on the device. Pinned pages let the copy overlap the step on a GPU.
         pin = self.device.type == "cuda"
 
@@ -501,10 +519,5 @@ class CachedTeacher:
             )
 
         logits = output.logits
-        if isinstance(logits, SparseTeacher):
-            logits = SparseTeacher(
-                *map(move, logits), temperature=logits.temperature, vocab_size=logits.vocab_size
-            )
-        else:
-            logits = move(logits)
+        logits = logits.map(move) if isinstance(logits, SPARSE_TEACHERS) else move(logits)
         return ModelOutput(logits, {k: move(v) for k, v in output.features.items()})
