@@ -197,9 +197,10 @@ def comparison(difference, ci=None, mcnemar_p=1e-20, n=10_000):
         "seed": 0,
         "units": n,
         "unit": "test samples",
-        "better": low > 0,
-        "worse": high < 0,
+        "better": low > 0 and mcnemar_p < 0.05,  # both tests, as compare() decides
+        "worse": high < 0 and mcnemar_p < 0.05,
         "mcnemar_p": mcnemar_p,
+        "discordant": [12, 5],
     }
 
 
@@ -264,6 +265,12 @@ def test_verdict_blames_noise_and_nothing_else_when_the_numbers_are_fine():
         scratch=0.90, student=0.885, teacher_params=400_000, n=500, ci=(-0.025, -0.005)
     )
     assert not any(cause.startswith("Sampling noise") for cause in likely_causes(beyond))
+    # The interval excludes zero but McNemar's test does not agree: noise, and said as it is.
+    split = summary(scratch=0.90, student=0.935, n=200, ci=(0.005, 0.07), mcnemar_p=0.065)
+    noise = likely_causes(split)[-1]
+    assert noise.startswith("Sampling noise") and "includes zero" not in noise
+    assert "[+0.5, +7] excludes zero, but McNemar's exact test on the 17 samples" in noise
+    assert "(p = 0.065)" in noise
     clean = summary(scratch=0.90, student=0.80, teacher_params=400_000)
     assert likely_causes(clean)[0].startswith("None of the usual causes")
 

@@ -353,10 +353,18 @@ def likely_causes(summary: dict) -> list[str]:
         if not (paired["better"] or paired["worse"]):
             scale = 100 if percent else 1
             low, high = (scale * v for v in paired["ci"])
+            interval = f"95 % paired interval [{low:+.3g}, {high:+.3g}]"
+            if (low > 0 or high < 0) and "mcnemar_p" in paired:  # the two tests disagree
+                found = (
+                    f"the difference's {interval} excludes zero, but McNemar's exact test on "
+                    f"the {sum(paired['discordant'])} samples the students disagree on does not "
+                    f"confirm it (p = {paired['mcnemar_p']:.2g})"
+                )
+            else:
+                found = f"the difference's {interval} includes zero"
             causes.append(
-                f"Sampling noise: the difference's 95 % paired interval [{low:+.3g}, {high:+.3g}] "
-                f"on {paired['units']:,} {paired['unit']} includes zero; repeat with several seeds "
-                "(train.seed) or a larger test split before concluding."
+                f"Sampling noise: {found} on {paired['units']:,} {paired['unit']}; repeat with "
+                "several seeds (train.seed) or a larger test split before concluding."
             )
     elif percent and n:
         noise = 2 * math.sqrt((scratch * (1 - scratch) + student * (1 - student)) / n)
