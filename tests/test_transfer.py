@@ -91,7 +91,8 @@ def raw_digits():
 
 def test_npz_transfer_set_with_labels_is_read_and_its_labels_ignored(tmp_path, tiny_recipe):
     x, y = raw_digits()
-    np.savez(tmp_path / "pool.npz", x=rest_of(x, y, 200, 0)[:150], y=rest_of(y, y, 200, 0)[:150])
+    inputs, labels = rest_of(x, y, 200, 0)
+    np.savez(tmp_path / "pool.npz", x=inputs[:150], y=labels[:150])
     overrides = ["data.subset=200", "data.unlabelled=pool.npz"]
     result = call_cli("run", *tiny_recipe, *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -365,3 +366,100 @@ def test_rotten_tomatoes_labelled_keeps_the_test_split_and_rest_is_the_transfer_
     assert fresh[1] == pytest.approx(fresh[0], abs=0.01)  # a stratified draw
     with pytest.raises(DataError, match="data.options.labelled"):
         load_dataset("rotten_tomatoes", **split, labelled=len(full.train) + 1)
+
+
+def digests(inputs: torch.Tensor) -> set[bytes]:
+    return {row.numpy().tobytes() for row in inputs}
+
+
+@pytest.mark.parametrize("transfer", [True, False])
+def test_teacher_data_rest_teaches_the_teacher_more_labels_than_the_students_have(transfer):
+    """``teacher.data: rest`` (the built-in recipe's scenario): the teacher trains on the labelled
+    split and the rest with its labels; with ``data.unlabelled: rest`` too, the rest is cut in
+    two disjoint halves, and the transfer set is inputs the teacher never trained on. No half
+    holds a test or validation digit."""
+    from kdistill.run.config import load_config
+    from kdistill.run.plan import load_data
+
+    unlabelled = ["data.unlabelled=rest"] if transfer else []
+    recipe = load_config(
+        None, ["data.dataset=digits", "data.subset=300", "teacher.data=rest", *unlabelled]
+    )
+    splits = load_data(recipe)
+    rest = 1797 - 300
+    taught = splits.teacher_train
+    extra = taught.inputs[len(splits.train) :]
+    assert torch.equal(taught.inputs[: len(splits.train)], splits.train.inputs)
+    assert len(extra) == (rest // 2 if transfer else rest) and (taught.targets >= 0).all()
+    # the rest's labels are the true ones: the teacher's extra digits keep every class
+    assert set(taught.targets[len(splits.train) :].tolist()) == set(range(10))
+    held_out = digests(splits.test.inputs) | digests(splits.val.inputs)
+    assert not digests(extra) & held_out
+    if transfer:
+        assert len(splits.unlabelled) == rest - rest // 2
+        assert not digests(splits.unlabelled) & (digests(extra) | held_out)
+    else:
+        assert splits.unlabelled is None
+    assert splits.identity["teacher_data"] == {"rest": len(extra), "halves": transfer}
+    assert splits.rest_targets is None  # the rest's labels go no further than the teacher
+
+
+def test_teacher_data_changes_the_teachers_fingerprint():
+    """A teacher trained without the rest is never reused for a recipe that asks for it."""
+    from kdistill.run.config import load_config
+    from kdistill.run.plan import load_data
+    from kdistill.run.school import teacher_fingerprint
+
+    prints = set()
+    for extra in ([], ["teacher.data=rest"]):
+        recipe = load_config(None, ["data.dataset=digits", "data.subset=300", *extra])
+        prints.add(teacher_fingerprint(recipe, load_data(recipe)))
+    assert len(prints) == 2
+
+
+def test_teacher_data_rest_trains_the_teacher_on_it_and_the_report_says_so(
+    tmp_path, tiny_recipe, monkeypatch
+):
+    from kdistill.run import school
+
+    sizes = {}
+    train = school.RunSchool._train
+
+    def spy(self, phase, *args, splits=None, **kwargs):
+        sizes[phase] = len((splits or self.splits).train)
+        return train(self, phase, *args, splits=splits, **kwargs)
+
+    monkeypatch.setattr(school.RunSchool, "_train", spy)
+    overrides = ["data.subset=300", "data.unlabelled=rest", "teacher.data=rest"]
+    result = call_cli("run", *tiny_recipe, *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    train = summary["data"]["sizes"]["train"]
+    assert sizes == {"teacher": train + (1797 - 300) // 2, "scratch": train, "student": train}
+    report = next(tmp_path.glob("runs/*/report.md")).read_text()
+    assert f"also learnt from {(1797 - 300) // 2:,} labelled samples no student sees" in report
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (
+            ["data.dataset=table", "data.path=t.csv", "teacher.data=rest"],
+            "teacher.data: 'rest' is for",
+        ),
+        (["teacher.data=rest"], "teacher.data: no samples are left outside data.subset"),
+        (["data.subset=300", "teacher.data=all"], "teacher.data"),
+    ],
+)
+def test_teacher_data_is_refused_in_one_line_where_it_cannot_be(
+    tmp_path, tiny_recipe, overrides, fragment
+):
+    write_table(tmp_path / "t.csv", np.random.default_rng(0).random((60, 3)), np.arange(60) % 2)
+    refused_without_changes(tmp_path, "run", *tiny_recipe, *overrides, fragments=[fragment])
+
+
+def test_check_states_the_transfer_set_and_the_teachers_extra_labels(tmp_path, tiny_recipe):
+    overrides = ["data.subset=300", "data.unlabelled=rest", "teacher.data=rest"]
+    result = call_cli("check", *tiny_recipe, *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "train/val/test + 749 unlabelled; the teacher 748 labelled more;" in result.stdout

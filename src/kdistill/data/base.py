@@ -113,6 +113,12 @@ class DataSplits:
     # A transfer set (``data.unlabelled``): inputs without labels, standardised as the training
     # split is; only a distilled student trains on them (``kdistill.data.transfer``).
     unlabelled: Tensor | None = None
+    # The labels of a bundled dataset's samples outside data.subset (``unlabelled`` holds their
+    # inputs): for ``teacher.data: rest`` alone, a teacher that learns from more labels than the
+    # student has; no student ever reads them.
+    rest_targets: Tensor | None = None
+    # The teacher's training set where it is more than ``train`` (``teacher.data``).
+    teacher_train: Dataset | None = None
 
 
 def stratified_split(
@@ -218,14 +224,17 @@ def make_splits(
     identity: dict | None = None,
     source: str = "data",
     per_axis: int | None = None,
-    rest: np.ndarray | None = None,
+    rest: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DataSplits:
     """Stratified train/val/test split of arrays, standardised with the train split's statistics.
 
     ``x`` is float (N, ...) in its natural range; ``y`` integer (N,). The statistics are one
     mean and standard deviation over everything, or one per entry of axis ``per_axis`` (1: per
-    image channel, per table column), recorded in ``identity["normalise"]``.
+    image channel, per table column), recorded in ``identity["normalise"]``. ``rest``: inputs
+    and labels outside the split (a bundled dataset's samples outside ``data.subset``),
+    standardised alike; the inputs become ``unlabelled``, the labels ``rest_targets``.
     """
+    rest, rest_targets = rest if rest is not None else (None, None)
     check_arrays(x, y, source)
     y = y.astype(np.int64)
     check_classes(y, class_names, source)
@@ -280,4 +289,5 @@ def make_splits(
             "normalise": {"mean": mean, "std": std},
         },
         unlabelled=None if rest is None else torch.from_numpy(rest),
+        rest_targets=None if rest_targets is None else torch.from_numpy(rest_targets),
     )

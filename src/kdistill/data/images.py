@@ -36,11 +36,16 @@ def stratified_subset(x: np.ndarray, y: np.ndarray, subset: int | None, seed: in
     return (x, y) if picked is None else (x[picked], y[picked])
 
 
-def rest_of(x: np.ndarray, y: np.ndarray, subset: int | None, seed: int) -> np.ndarray:
-    """The inputs ``stratified_subset`` leaves out (``data.unlabelled: rest``): none without a
-    subset, so that the refusal of an empty transfer set names the cause."""
+def rest_of(
+    x: np.ndarray, y: np.ndarray, subset: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The samples ``stratified_subset`` leaves out (``data.unlabelled: rest``, and with their
+    labels ``teacher.data: rest``): none without a subset, so that the refusal of an empty
+    transfer set names the cause."""
     picked = subset_positions(y, subset, seed)
-    return x[:0] if picked is None else np.delete(x, picked, axis=0)
+    if picked is None:
+        return x[:0], y[:0]
+    return np.delete(x, picked, axis=0), np.delete(y, picked)
 
 
 def subset_positions(y: np.ndarray, subset: int | None, seed: int) -> np.ndarray | None:

@@ -32,6 +32,7 @@ UNLABELLED = -1  # the target of a transfer-set sample: no class has it
 REST = "rest"  # data.unlabelled: the bundled dataset's samples outside data.subset
 # (rotten_tomatoes: and those of its training split beyond data.options.labelled)
 REST_DATASETS = ("digits", "mnist", "rotten_tomatoes")
+LABELLED_REST = ("digits", "mnist")  # teacher.data: rest; the snippets' labels are not kept
 TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
@@ -51,6 +52,29 @@ def attach_transfer(spec: str, splits: DataSplits) -> None:
         raise DataError(f"data.unlabelled: the transfer set is empty ({why}); give it inputs")
     held_out = getattr(splits.test, "inputs", None)  # tensors; a token set is split by text
     check_transfer(splits.train[0]["input"], inputs, held_out, "data.unlabelled")
+
+
+def take_teacher_rest(splits: DataSplits, *, transfer: bool, seed: int) -> None:
+    """``teacher.data: rest``: the teacher trains on the training split and the bundled samples
+    outside data.subset with their labels (``splits.teacher_train``), a teacher that knows more
+    than the student's labels, as a vendor's or a larger team's model does. With
+    ``data.unlabelled: rest`` too, the rest is cut in two disjoint halves (drawn with the split's
+    ``seed``, so both hold every class): the teacher's labelled half, and the transfer set, inputs
+    the teacher never trained on, as a deployment's are. The rest's labels go no further."""
+    inputs, targets = splits.unlabelled, splits.rest_targets
+    if inputs is None or targets is None or len(targets) == 0:
+        raise DataError("teacher.data: no samples are left outside data.subset; set data.subset")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(targets)))
+    taught, pool = (
+        (order[: len(order) // 2], order[len(order) // 2 :]) if transfer else (order, None)
+    )
+    train = splits.train
+    splits.teacher_train = ArrayDataset(
+        torch.cat([train.inputs, inputs[taught]]), torch.cat([train.targets, targets[taught]])
+    )
+    splits.unlabelled = None if pool is None else inputs[pool]
+    splits.rest_targets = None
+    splits.identity["teacher_data"] = {"rest": len(taught), "halves": transfer}
 
 
 def check_transfer(labelled_example, inputs, held_out, field: str) -> None:

@@ -292,6 +292,14 @@ def report_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     lines = verdict(summary).split("\n")
     source = summary.get("teacher", {}).get("source")  # trained, reused, loaded from a file ...
     teacher = f" Teacher: {source}." if source else ""
+    taught = summary["data"].get("teacher_data")  # teacher.data: rest
+    if taught:
+        teacher += (
+            f" The teacher also learnt from {taught['rest']:,} labelled samples no student sees "
+            "(teacher.data: rest"
+            + (", the half of the rest the transfer set is not" if taught["halves"] else "")
+            + "): it knows more than the students' labels."
+        )
     blocks = [
         ("heading", 1, f"{summary['name']}: {summary['method']} distillation"),
         (

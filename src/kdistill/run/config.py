@@ -145,6 +145,13 @@ class TeacherConfig(Section):
         "adam", description="the teacher's optimizer"
     )
     augment: Augment = Field("shift", description="augmentation while training the teacher")
+    data: Literal["rest"] | None = Field(
+        None,
+        description="labelled data the teacher also trains on and no student sees: 'rest' "
+        "(digits, mnist: the samples outside data.subset, with their labels; with "
+        "data.unlabelled: rest too, the rest is cut in two disjoint halves, the teacher's and "
+        "the transfer set)",
+    )
     cache: bool = Field(
         False,
         description="run the teacher once over the training split and read its outputs from disk",

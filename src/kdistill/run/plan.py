@@ -18,10 +18,12 @@ from kdistill.data.augment import augmented, can_augment, cycled
 from kdistill.data.base import ArrayDataset, collate
 from kdistill.data.mixing import can_mix, check_mix_terms, mixed
 from kdistill.data.transfer import (
+    LABELLED_REST,
     REST,
     REST_DATASETS,
     BudgetSampler,
     attach_transfer,
+    take_teacher_rest,
     with_transfer,
 )
 from kdistill.errors import ConfigError
@@ -86,11 +88,18 @@ def teaching_mode(recipe: Recipe) -> tuple[str, dict[str, Any]]:
 
 def load_data(recipe: Recipe) -> DataSplits:
     data = recipe.data
-    rest = {"rest": True} if data.unlabelled == REST else {}
-    if rest and data.dataset not in REST_DATASETS:
+    teachers = [recipe.teacher] if recipe.teachers is None else recipe.teachers
+    teacher_rest = any(teacher.data == REST for teacher in teachers)
+    rest = {"rest": True} if REST in (data.unlabelled, *(t.data for t in teachers)) else {}
+    if data.unlabelled == REST and data.dataset not in REST_DATASETS:
         raise ConfigError(
             f"data.unlabelled: {REST!r} is for the bundled {', '.join(REST_DATASETS)}; for "
             f"{data.dataset!r} give an .npz file with an array x"
+        )
+    if teacher_rest and data.dataset not in LABELLED_REST:
+        raise ConfigError(
+            f"teacher.data: {REST!r} is for the bundled {', '.join(LABELLED_REST)}; on "
+            f"{data.dataset!r} train the teacher elsewhere and give teacher.checkpoint"
         )
     try:
         splits = load_dataset(
@@ -105,6 +114,8 @@ def load_data(recipe: Recipe) -> DataSplits:
         )
     except TypeError as error:
         raise ConfigError(f"data.options: {error}") from None
+    if teacher_rest:
+        take_teacher_rest(splits, transfer=data.unlabelled == REST, seed=data.seed)
     if data.unlabelled is not None:
         in_memory = isinstance(splits.train, ArrayDataset) or splits.unlabelled is not None
         if not in_memory or splits.task != "classification":

@@ -175,11 +175,16 @@ def check(recipe: Recipe, *, echo=print) -> Plan:
     started = time.perf_counter()
     resolved = preflight(recipe)
     splits = resolved.splits
+    extra = ""
+    if splits.unlabelled is not None:
+        extra += f" + {len(splits.unlabelled):,} unlabelled"
+    if splits.teacher_train is not None:  # teacher.data
+        extra += f"; the teacher {len(splits.teacher_train) - len(splits.train):,} labelled more"
     echo(
         f"{recipe.name}: ok ({resolved.mode} mode, {len(resolved.terms)} term(s): "
         f"{', '.join(t.name for t in resolved.terms)}; data "
         f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-        "train/val/test; every phase took one step in "
+        f"train/val/test{extra}; every phase took one step in "
         f"{time.perf_counter() - started:.1f} s; nothing written)"
     )
     if resolved.automatic:

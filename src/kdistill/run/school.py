@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -182,6 +183,10 @@ class RunSchool:
                 epochs=cfg.epochs,
                 lr=cfg.lr,
                 optimizer=cfg.optimizer,
+                # teacher.data: more labelled samples than the student's (kdistill.data.transfer)
+                splits=replace(self.splits, train=self.splits.teacher_train)
+                if cfg.data is not None
+                else None,
             )
             if self.is_main:
                 save_weights(model, store)  # atomic: a crash never leaves a half-written teacher
@@ -349,6 +354,7 @@ class RunSchool:
         unlabelled=None,
         targets=None,
         budget: bool = False,
+        splits=None,
     ) -> float:
         """Train one phase into ``checkpoints/<phase>.safetensors``; returns its seconds.
 
@@ -371,7 +377,7 @@ class RunSchool:
         train_loop(
             distiller,
             train_loader(
-                self.splits, self.recipe, augment, mix, views, unlabelled, targets, budget
+                splits or self.splits, self.recipe, augment, mix, views, unlabelled, targets, budget
             ),
             teacher=teacher,
             val_loader=self.val_loader,
