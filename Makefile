@@ -39,8 +39,9 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
-# The built-in recipe on bundled MNIST; --overwrite replaces the previous demo run (the teacher
-# trained by an earlier run of the same recipe is reused from runs/.teachers).
+# The built-in recipe on bundled MNIST (few labels, a teacher that knows more, a transfer set);
+# --overwrite replaces the previous demo run (the teacher trained by an earlier run of the same
+# recipe is reused from runs/.teachers).
 demo: setup
 	$(BIN)/kdistill run --overwrite
 

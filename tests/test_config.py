@@ -35,17 +35,16 @@ def test_builtin_recipe_is_the_shipped_mnist_recipe():
         == as_terms[1]
         == [("ce", pytest.approx(0.1), {}), ("kd", 0.9, {"temperature": 4.0})]
     )
-    # Consistent teaching: the teacher scores the distilled student's affine, CutMix-ed views;
-    # the scratch student gets the affine views without mixing.
-    t = builtin.train
-    assert (t.augment, t.mix, t.scratch_mixing, t.views, t.epochs) == (
-        "affine",
-        "cutmix",
-        "none",
-        32,
-        160,
+    # Few labels, a teacher that knows more, a transfer set: 700 labelled digits to train on,
+    # the rest of the 5,000 cut between the teacher's labels and the unlabelled transfer set.
+    data, teacher, t = builtin.data, builtin.teacher, builtin.train
+    assert (data.subset, data.unlabelled, teacher.data, teacher.cache) == (
+        1000,
+        "rest",
+        "rest",
+        True,
     )
-    assert (builtin.teacher.augment, builtin.teacher.cache) == ("affine", True)
+    assert (t.augment, t.mix, t.epochs, teacher.augment) == ("shift", "none", 30, "shift")
 
 
 def test_a_recipe_file_starts_from_the_field_defaults_not_the_builtin_recipe(tmp_path):
@@ -54,9 +53,8 @@ def test_a_recipe_file_starts_from_the_field_defaults_not_the_builtin_recipe(tmp
     recipe = load_config(write(tmp_path, "name: mine\n"))
     assert recipe == Recipe(name="mine")
     assert (recipe.train.augment, recipe.train.mix, recipe.train.views) == ("none", "none", 0)
-    assert (
-        load_config(None, ["train.mix=none"]).train.augment == "affine"
-    )  # overrides apply to the built-in
+    overridden = load_config(None, ["train.epochs=3"]).train  # overrides apply to the built-in
+    assert (overridden.augment, overridden.epochs) == ("shift", 3)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -206,6 +204,15 @@ def test_an_image_folder_gets_the_image_views_a_name_and_a_budget_by_size(tmp_pa
     ) in resolved.automatic
 
 
+def test_the_demos_labelled_slice_transfer_set_and_teacher_data_stay_with_the_demo():
+    """Named data takes none of the demo's scenario: no 1,000-sample slice, no transfer set, no
+    extra labels for the teacher; the demo's own data keeps them under any other override."""
+    own = load_config(None, ["data.dataset=digits"])
+    assert (own.data.subset, own.data.unlabelled, own.teacher.data) == (None, None, None)
+    demo = load_config(None, ["train.epochs=2"])
+    assert (demo.data.subset, demo.data.unlabelled, demo.teacher.data) == (1000, "rest", "rest")
+
+
 def test_kdistill_run_alone_is_the_demo_unchanged():
     recipe, resolved = planned(["data.subset=200"])  # the demo's data, a slice of it
     shipped = load_config(CONFIGS / "mnist.yaml", ["data.subset=200"])
@@ -213,7 +220,7 @@ def test_kdistill_run_alone_is_the_demo_unchanged():
     shipped.distill = recipe.distill  # the file spells out KD's T and alpha; the built-in does not
     assert dump_config(recipe) == dump_config(shipped)
     t = recipe.train
-    assert (recipe.name, t.epochs, t.views, t.mix) == ("mnist_kd", 160, 32, "cutmix")
+    assert (recipe.name, t.epochs, recipe.data.unlabelled) == ("mnist_kd", 30, "rest")
 
 
 def test_what_the_user_sets_wins_and_the_dump_records_the_choices(tmp_path):
