@@ -463,3 +463,21 @@ def test_check_states_the_transfer_set_and_the_teachers_extra_labels(tmp_path, t
     result = call_cli("check", *tiny_recipe, *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "train/val/test + 749 unlabelled; the teacher 748 labelled more;" in result.stdout
+
+
+def test_training_accuracy_counts_the_labelled_samples_only():
+    """A transfer set's samples have no label to be right about: the distilled student's
+    train/accuracy is over the labelled samples of the epoch, not diluted by the unlabelled."""
+    from kdistill.training.selection import TrainingProgress
+
+    progress = TrainingProgress()
+    logits = F.one_hot(torch.tensor([1, 0, 0, 3]), 4).float()
+    batch = {"target": torch.tensor([1, UNLABELLED, 2, UNLABELLED])}
+    progress.add({"logits": logits, "loss": torch.tensor(0.5)}, batch)
+    assert progress.epoch_means()["train/accuracy"] == 0.5  # 1 right of 2 labelled, of 4 seen
+    meta, tensors = progress.to_saved()
+    resumed = TrainingProgress.from_saved(meta, tensors)
+    assert resumed.epoch_means()["train/accuracy"] == 0.5
+    # A state saved before the labelled count was kept: every sample it saw was labelled.
+    older = TrainingProgress.from_saved(meta, {**tensors, "correct": torch.tensor(3)})
+    assert older.epoch_means()["train/accuracy"] == 0.75

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
 
+from kdistill.data.transfer import UNLABELLED
 from kdistill.errors import UserError
 from kdistill.io.tensors import load_tensors, save_tensors
 from kdistill.training import sharding
@@ -105,7 +106,8 @@ class TrainingProgress:
         self.order_state: Tensor | None = None
         self._sums: dict[str, Tensor] = {}
         self.seen = 0
-        self._correct = torch.zeros((), dtype=torch.int64)
+        # [right, labelled]: a transfer set's samples carry no label to be right about.
+        self._correct = torch.zeros(2, dtype=torch.int64)
         self.classifying = False
         self.carried_seconds = 0.0
         self._started = time.perf_counter()
@@ -116,7 +118,7 @@ class TrainingProgress:
     def start_epoch(self, epoch: int, order_state: Tensor | None) -> None:
         self.epoch, self.step_in_epoch, self.order_state = epoch, 0, order_state
         self._sums, self.seen, self.classifying, self._pending = {}, 0, False, []
-        self._correct = torch.zeros((), dtype=torch.int64)
+        self._correct = torch.zeros(2, dtype=torch.int64)
         self.carried_seconds = 0.0
         self._started = time.perf_counter()
 
@@ -128,11 +130,11 @@ class TrainingProgress:
         self.step_in_epoch += 1
         self.global_step += 1
         self.classifying = out["logits"].dim() == 2 and batch["target"].dim() == 1
-        hits = (
-            (out["logits"].detach().argmax(-1) == batch["target"]).sum()
-            if self.classifying
-            else None
-        )
+        hits = None
+        if self.classifying:
+            target = batch["target"]
+            right = (out["logits"].detach().argmax(-1) == target).sum()
+            hits = torch.stack([right, (target != UNLABELLED).sum()])
         # A batch transform's own numbers ("metric/...", e.g. on-policy GKD's generated share) too.
         keys = tuple(k for k in [*out, *batch] if k == "loss" or k.startswith(("loss/", "metric/")))
         values = torch.stack(
@@ -164,7 +166,7 @@ class TrainingProgress:
                 self._sums[key] = self._sums[key] + total if key in self._sums else total
             hits = [h for _, _, _, h in run if h is not None]
             if hits:
-                self._correct = self._correct.to(hits[0].device) + torch.stack(hits).sum()
+                self._correct = self._correct.to(hits[0].device) + torch.stack(hits).sum(0)
             start = end
 
     @property
@@ -186,8 +188,9 @@ class TrainingProgress:
 
     def epoch_means(self) -> dict[str, float]:
         means = {key: float(total) / self.seen for key, total in self.sums.items()}
-        if self.classifying:
-            means["train/accuracy"] = float(self.correct) / self.seen
+        right, labelled = self.correct.tolist()
+        if self.classifying and labelled:
+            means["train/accuracy"] = right / labelled
         return means
 
     def to_saved(self) -> tuple[dict, dict[str, Tensor]]:
@@ -220,7 +223,10 @@ class TrainingProgress:
         state._sums = {
             k.removeprefix("sum."): v for k, v in tensors.items() if k.startswith("sum.")
         }
-        state._correct = tensors["correct"]
+        correct = tensors["correct"]
+        if correct.dim() == 0:  # saved before the labelled count was kept: every sample was
+            correct = torch.stack([correct, torch.tensor(meta["seen"])])
+        state._correct = correct
         state.order_state = tensors.get("order")
         return state
 
