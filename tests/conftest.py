@@ -59,6 +59,8 @@ def subprocess_env() -> dict:
     env.update(
         HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE"
     )
+    # A child killed by a signal (SIGABRT from C++, SIGSEGV) prints where each thread was.
+    env["PYTHONFAULTHANDLER"] = "1"
     return env
 
 

@@ -278,3 +278,21 @@ def test_help_gives_each_verb_one_line_and_each_verb_prose(monkeypatch):
         assert command.short_help and "\n" not in command.short_help
         assert all("\n" not in paragraph for paragraph in command.help.split("\n\n"))
 
+
+@pytest.mark.integration
+@pytest.mark.parametrize("args", [["list", "models"], ["run", "trian.epochs=1"]])
+def test_a_launched_process_exits_with_its_code_and_every_line(tmp_path, args):
+    """Under a launcher (LOCAL_RANK set) the console script skips the interpreter's teardown,
+    where Gloo can abort a finished run: the exit status and every line printed are kept, the
+    same as in this process."""
+    kdistill = Path(sys.executable).with_name("kdistill")
+    env = {**subprocess_env(), "LOCAL_RANK": "0"}
+    launched = subprocess.run(
+        [str(kdistill), *args], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    here = call_cli(*args, cwd=tmp_path)
+    assert (launched.returncode, launched.stdout, launched.stderr) == (
+        here.returncode,
+        here.stdout,
+        here.stderr,
+    )

@@ -252,3 +252,25 @@ def test_seeds_under_torchrun(tmp_path):
             json.loads((tmp_path / f"ddp-seed{seed}" / "summary.json").read_text())["world_size"]
             == 2
         )
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [(["--version"], 0), (["run", "--no-such-option"], 2)],  # outcomes every rank reaches alike
+)
+def test_the_cli_destroys_the_process_group_it_ran_in(tmp_path, argv, code):
+    """A launched process leaves its process group to interpreter exit no more: Gloo's threads
+    torn down there abort a finished run with SIGABRT (seen under load in CI). One process,
+    one rank, a file store: the group the console script would have joined under torchrun."""
+    import torch.distributed as dist
+
+    from kdistill.cli import main
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert main(argv) == code
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

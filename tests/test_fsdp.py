@@ -170,7 +170,7 @@ def test_kdistill_run_trains_every_phase_sharded(tmp_path, setting, env):
     sets (the launch wins over the recipe's default): every phase (teacher, scratch and
     distilled student) trains sharded, and the run's files are written once."""
     result = kdistill_run(tmp_path, *setting.split(), env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
     assert "world_size=2" in result.stdout and result.stdout.count("Run written to") == 1
     assert "sharded (fsdp)" in result.stdout
     summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())

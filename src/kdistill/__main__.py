@@ -1,5 +1,3 @@
-import sys
+from kdistill.cli import console
 
-from kdistill.cli import main
-
-sys.exit(main())
+console()

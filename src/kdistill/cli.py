@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import inspect
+import os
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -325,11 +327,49 @@ UsageProblem = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Clic
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script and ``python -m kdistill``.
+    """The command line, in this process: ``kdistill ARGS`` as an exit status.
 
-    Exit 0 on success, 2 on a usage or user error (one line on stderr naming what is wrong and
-    where to look), 1 on a bug (its traceback kept). ``kdistill`` alone prints the help.
+    0 on success, 2 on a usage or user error (one line on stderr naming what is wrong and where
+    to look), 1 on a bug (its traceback kept). ``kdistill`` alone prints the help.
     """
+    code = _main(argv)
+    if code in (0, 2):
+        release_process_group()
+    return code
+
+
+def console() -> NoReturn:
+    """Entry point of the console script and ``python -m kdistill``: ``main``, then exit.
+
+    A process a launcher started (torchrun, ``accelerate launch``) leaves without the
+    interpreter's teardown. ``destroy_process_group`` frees the group only where nothing else
+    holds it, and sharded modules, DDP and Accelerate's state still do: the group is then freed
+    during teardown, when a Gloo worker that drops its last tensors needs a GIL that is gone, and
+    a run that finished and wrote everything dies with SIGABRT ("terminate called without an
+    active exception"; pytorch/pytorch#179291). Everything a run writes is closed by then; the
+    streams are flushed here."""
+    code = main()
+    if os.environ.get("LOCAL_RANK") is not None:  # set by torchrun and accelerate launch
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def release_process_group() -> None:
+    """Destroy the process group a launched run joined while the interpreter is whole, as
+    torch.distributed's documentation asks of every trainer process. Only after an outcome
+    every rank reaches (a finished run, a refused recipe): after a bug, one rank may still wait
+    in a collective, and tearing the group down under it can hang (torchtitan#1342)."""
+    if "torch.distributed" not in sys.modules:  # --help, --version, a listing: torch never came
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, prog_name="kdistill", standalone_mode=False)
     except UsageProblem as error:
@@ -365,4 +405,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -37,3 +37,5 @@ fit(
 weights = torch.nn.utils.parameters_to_vector(model.parameters()).tolist()
 name = f"rank{accelerator.process_index}_of_{accelerator.num_processes}.json"
 (out_dir / name).write_text(json.dumps(weights))
+
+accelerator.end_training()  # the process group goes while the interpreter is whole

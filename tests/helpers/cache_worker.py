@@ -30,3 +30,5 @@ build_cache(
     accelerator=accelerator if accelerator.num_processes > 1 else None,
     topk=topk,
 )
+
+accelerator.end_training()  # the process group goes while the interpreter is whole

@@ -56,3 +56,5 @@ result = {
     "seen": seen,
 }
 (out_dir / f"crd_rank{accelerator.process_index}.json").write_text(json.dumps(result))
+
+accelerator.end_training()  # the process group goes while the interpreter is whole

@@ -74,3 +74,5 @@ result = {
 (out_dir / f"rank{accelerator.process_index}_of_{accelerator.num_processes}.json").write_text(
     json.dumps(result)
 )
+
+accelerator.end_training()  # the process group goes while the interpreter is whole

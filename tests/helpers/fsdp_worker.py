@@ -162,3 +162,5 @@ result = {
 }
 name = f"{strategy}-rank{accelerator.process_index}_of_{accelerator.num_processes}"
 (out_dir / f"{name}{flags.get('tag', '')}.json").write_text(json.dumps(result))
+
+accelerator.end_training()  # the process group goes while the interpreter is whole
