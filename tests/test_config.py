@@ -356,13 +356,51 @@ def test_budget_epochs_are_one_number_for_both_students():
     get them (never a clock that stops the second one early)."""
     from kdistill.run.budget import EpochCost, budget_epochs
 
-    cost = EpochCost(students=2.0, teacher=1.0)
-    assert budget_epochs(100, cost, teacher_epochs=None)[0] == 33  # the teacher trains as many
-    epochs, why = budget_epochs(100, cost, teacher_epochs=10)  # 10 s of its own first
-    assert epochs == 45 and "after 10 s of the teacher's 10 epochs" in why
-    epochs, why = budget_epochs(1, cost, teacher_epochs=None)
+    cost = EpochCost(students=2.0, teachers=(1.0,))
+    assert budget_epochs(100, cost, teacher_epochs=[None])[0] == 33  # the teacher trains as many
+    epochs, why = budget_epochs(100, cost, teacher_epochs=[10])  # 10 s of its own first
+    assert epochs == 45 and "after 10 s of the teacher's own epochs" in why
+    epochs, why = budget_epochs(1, cost, teacher_epochs=[None])
     assert epochs == 1 and "more than the budget" in why
-    assert budget_epochs(1e6, cost, teacher_epochs=None)[0] == 100
+    assert budget_epochs(1e6, cost, teacher_epochs=[None])[0] == 100
+    # An ensemble: each member trained here costs its own epochs; a loaded one (0 s) nothing.
+    members = EpochCost(students=2.0, teachers=(1.0, 3.0, 0.0))
+    epochs, why = budget_epochs(100, members, teacher_epochs=[10, 5, 15])
+    assert epochs == (100 - 10 * 1.0 - 5 * 3.0) // 2.0 and "of 2 teachers' own epochs" in why
+    assert budget_epochs(100, members, teacher_epochs=[None, None, 15])[0] == 100 // 6.0
+
+
+def test_an_epochs_cost_counts_every_teacher_and_the_teachers_own_data(monkeypatch):
+    """Each member of an ensemble scores every distilled batch, and trains its own epochs where
+    it is trained here; ``teacher.data`` gives a teacher more batches of its own."""
+    import kdistill.run.budget as budget
+    from kdistill.run.plan import epoch_cost, load_data
+
+    seconds = {"cnn": 3.0, "mlp": 1.0}  # a training step (a forward pass: half), by model class
+
+    def step(model, batches, *, train=True):
+        return seconds.get(type(model).__name__.lower(), 0.0) * (1 if train else 0.5)
+
+    monkeypatch.setattr(budget, "step_seconds", step)
+    ensemble = load_config(
+        None,
+        [
+            "data.subset=400",
+            "data.unlabelled=null",
+            "teachers=[{model: lenet}, {model: mlp, checkpoint: t.safetensors}]",
+        ],
+    )
+    splits = load_data(ensemble)
+    cost = epoch_cost(ensemble, splits)
+    batches = -(-len(splits.train) // ensemble.train.batch_size)
+    val = -(-len(splits.val) // ensemble.train.batch_size)
+    assert cost.teachers == (batches * 3.0 + val * 1.5, 0.0)  # the second one is loaded
+    # The students' epoch: two students' steps, their validation, both members scoring.
+    assert cost.students == batches * 1.0 * 2 + 2 * val * 0.5 + batches * (1.5 + 0.5)
+    single = load_config(None, ["data.subset=400"])  # teacher.data: rest, a transfer set
+    splits = load_data(single)
+    own = -(-len(splits.teacher_train) // single.train.batch_size)
+    assert epoch_cost(single, splits).teachers == (own * 3.0 + val * 1.5,)
 
 
 def test_a_time_budget_chooses_the_epochs_from_a_measured_step(tmp_path):

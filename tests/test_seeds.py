@@ -230,7 +230,7 @@ def test_a_time_budget_is_measured_once_for_every_seed(tmp_path, monkeypatch):
 
     measured, epochs = [], []
     monkeypatch.setattr(
-        plan_module, "epoch_cost", lambda *_: measured.append(1) or EpochCost(1.0, 0.0)
+        plan_module, "epoch_cost", lambda *_: measured.append(1) or EpochCost(1.0, (0.0,))
     )
 
     class Stop(Exception):

@@ -234,10 +234,9 @@ def follow_data(
             if follows and section.trained_here and "epochs" not in section.model_fields_set
         ]
         if budget is not None and measure is not None:
-            own = max((t.epochs for _, t in teachers if t.trained_here), default=0)
-            epochs, why = budget_epochs(
-                budget, measure(), teacher_epochs=None if followers else own
-            )
+            following = {key for key, _ in followers}
+            own = [None if key in following else section.epochs for key, section in teachers]
+            epochs, why = budget_epochs(budget, measure(), teacher_epochs=own)
         else:
             epochs, updates = epoch_budget(len(splits.train), train.batch_size, train.grad_accum)
             low, high = EPOCH_BOUNDS

@@ -31,11 +31,23 @@ MEASURED_STEPS = 3  # after one warm-up step, the median of these
 
 @dataclass(frozen=True)
 class EpochCost:
-    """Measured seconds of one epoch: the two students with their validation (``students``),
-    and the teacher's training with its validation (``teacher``, 0 when it is not trained)."""
+    """Measured seconds of one epoch: the two students with their validation and every
+    teacher's scoring of the distilled student's batches (``students``), and each teacher's own
+    training epoch with its validation (``teachers``, in the recipe's order; 0 for a teacher
+    loaded rather than trained here)."""
 
     students: float
-    teacher: float
+    teachers: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class TeacherCost:
+    """A teacher as the budget measures it: the model (an ensemble member, an ONNX graph),
+    whether it trains here, and its training batches per epoch (``teacher.data`` adds some)."""
+
+    model: nn.Module
+    trained: bool
+    batches: int
 
 
 def step_seconds(model: nn.Module, batches: list[dict], *, train: bool = True) -> float:
@@ -67,42 +79,48 @@ def step_seconds(model: nn.Module, batches: list[dict], *, train: bool = True) -
 
 def measure_epoch(
     student: nn.Module,
-    teacher: nn.Module | None,
+    teachers: list[TeacherCost],
     loader: DataLoader,
     *,
     distilled_batches: int,
     val_batches: int,
-    teacher_trained: bool,
 ) -> EpochCost:
     """One epoch's cost (``EpochCost``): ``loader``'s batches per scratch epoch, the distilled
-    student's (labelled and transfer set together), and the validation batches (as many as
-    training batches cost forward passes: an estimate on the safe side)."""
+    student's (labelled and transfer set together) with every teacher scoring each of them,
+    and the validation batches (as many as training batches cost forward passes: an estimate on
+    the safe side)."""
     batches = [to_device(batch, "cpu") for _, batch in zip(range(MEASURED_STEPS + 1), loader)]
     labelled = len(loader)
     step = step_seconds(student, batches)
     forward = step_seconds(student, batches, train=False)
     students = labelled * step + distilled_batches * step + 2 * val_batches * forward
-    teacher_cost = 0.0
-    if teacher is not None:
-        scoring = step_seconds(teacher, batches, train=False)
+    own = []
+    for teacher in teachers:
+        scoring = step_seconds(teacher.model, batches, train=False)
         students += distilled_batches * scoring
-        if teacher_trained:
-            teacher_cost = labelled * step_seconds(teacher, batches) + val_batches * scoring
-    return EpochCost(students, teacher_cost)
+        trained = teacher.batches * step_seconds(teacher.model, batches) + val_batches * scoring
+        own.append(trained if teacher.trained else 0.0)
+    return EpochCost(students, tuple(own))
 
 
-def budget_epochs(budget: float, cost: EpochCost, *, teacher_epochs: int | None) -> tuple[int, str]:
-    """(epochs, why) within ``budget`` seconds: the teacher trains ``teacher_epochs`` of its
-    own first (None: as many as the students)."""
-    fixed = (teacher_epochs or 0) * cost.teacher
-    per_epoch = cost.students + (cost.teacher if teacher_epochs is None else 0.0)
+def budget_epochs(
+    budget: float, cost: EpochCost, *, teacher_epochs: list[int | None]
+) -> tuple[int, str]:
+    """(epochs, why) within ``budget`` seconds. ``teacher_epochs``, one per teacher of
+    ``cost``: the epochs it trains first, or None where it trains as many as the students."""
+    fixed = sum(e * c for e, c in zip(teacher_epochs, cost.teachers) if e is not None)
+    following = sum(c for e, c in zip(teacher_epochs, cost.teachers) if e is None)
+    per_epoch = cost.students + following
     low, high = BUDGET_EPOCHS
     epochs = min(max(math.floor((budget - fixed) / per_epoch), low), high)
+    trained = sum(1 for c in cost.teachers if c)
+    whose = "the teacher's" if trained == 1 else f"{trained} teachers'"
     why = (
         f"an epoch measured {per_epoch:.2g} s (both students"
-        + (", the teacher" if teacher_epochs is None and cost.teacher else "")
+        + (", the teachers" if len(cost.teachers) > 1 and following else "")
+        + (", the teacher" if len(cost.teachers) == 1 and following else "")
         + ")"
-        + (f" after {fixed:.2g} s of the teacher's {teacher_epochs} epochs" if fixed else "")
+        + (f" after {fixed:.2g} s of {whose} own epochs" if fixed else "")
         + f"; train.time_budget={budget:g} s holds {epochs}, within {low}-{high} epochs"
     )
     if epochs * per_epoch + fixed > budget:

@@ -34,7 +34,7 @@ from kdistill.methods.cross_tokenizer import check_across_tokenizers, check_cros
 from kdistill.modeling import READS_TEACHER_INPUTS
 from kdistill.models import UnknownModelError, create_model
 from kdistill.run.automatic import follow_data, follow_data_models
-from kdistill.run.budget import EpochCost, measure_epoch
+from kdistill.run.budget import EpochCost, TeacherCost, measure_epoch
 from kdistill.run.config import Recipe
 from kdistill.teachers.signals import sampled_terms, topk_terms
 from kdistill.teaching.preparation import preset_params
@@ -176,21 +176,35 @@ def plan(recipe: Recipe) -> Plan:
 
 
 def epoch_cost(recipe: Recipe, splits: DataSplits) -> EpochCost:
-    """An epoch's measured cost on the recipe's student and single teacher (an ensemble's or an
-    ONNX teacher's forward passes are not counted), for ``train.time_budget``."""
-    t, teacher = recipe.train, recipe.teacher
+    """An epoch's measured cost on the recipe's student and every teacher (each member of an
+    ensemble and an ONNX graph score the distilled student's batches; a teacher trained here
+    trains its own epochs too, over ``teacher.data`` where it has some), for
+    ``train.time_budget``."""
+    from kdistill.teachers.onnx import OnnxModel
+
+    t = recipe.train
     loader = train_loader(splits, recipe, t.augment if t.augment != "auto" else "none")
     transfer = 0 if splits.unlabelled is None else len(splits.unlabelled)
-    built = None
-    if recipe.teachers is None and not teacher.onnx:
-        built = build_model("teacher", teacher.model, teacher.kwargs, splits)
+    sections = (
+        [("teacher", recipe.teacher)]
+        if recipe.teachers is None
+        else [(f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
+    )
+    teachers = []
+    for key, cfg in sections:
+        if cfg.onnx:
+            model = OnnxModel(cfg.onnx, field=f"{key}.onnx")
+        else:
+            model = build_model(key, cfg.model, cfg.kwargs, splits)
+        own = splits.teacher_train if cfg.data is not None else splits.train
+        batches = math.ceil(len(own) / t.batch_size)
+        teachers.append(TeacherCost(model, cfg.trained_here, batches))
     return measure_epoch(
         build_model("student", recipe.student.model, recipe.student.kwargs, splits),
-        built,
+        teachers,
         loader,
         distilled_batches=math.ceil((len(splits.train) + transfer) / t.batch_size),
         val_batches=math.ceil(len(splits.val) / t.batch_size),
-        teacher_trained=built is not None and teacher.trained_here,
     )
 
 
