@@ -206,11 +206,7 @@ def follow_data(
         shown = str(value).lower() if isinstance(value, bool) else value
         chosen.append(f"{key}={shown}: {why}")
 
-    teachers = (
-        [("teacher", recipe.teacher)]
-        if recipe.teachers is None
-        else [(f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
-    )
+    teachers = recipe.teacher_sections()
     # A teacher loaded rather than trained here is never augmented: left alone unless it says
     # auto (set, its augment would draw teacher_notes' "only apply to a teacher trained here").
     trained = [(key, t) for key, t in teachers if t.trained_here or t.augment == "auto"]

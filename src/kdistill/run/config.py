@@ -308,6 +308,13 @@ class Recipe(Section):
         recipe on the user's own data) rather than taken from the field defaults."""
         return self._follows_data
 
+    def teacher_sections(self) -> list[tuple[str, TeacherConfig]]:
+        """Each teacher's settings with the key they live under: ``teacher``, or
+        ``teachers.<i>`` for the members of an ensemble."""
+        if self.teachers is None:
+            return [("teacher", self.teacher)]
+        return [(f"teachers.{i}", teacher) for i, teacher in enumerate(self.teachers)]
+
     @model_validator(mode="after")
     def _method_or_terms(self):
         if self.terms is not None:

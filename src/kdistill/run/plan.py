@@ -88,7 +88,7 @@ def teaching_mode(recipe: Recipe) -> tuple[str, dict[str, Any]]:
 
 def load_data(recipe: Recipe) -> DataSplits:
     data = recipe.data
-    teachers = [recipe.teacher] if recipe.teachers is None else recipe.teachers
+    teachers = [teacher for _, teacher in recipe.teacher_sections()]
     teacher_rest = any(teacher.data == REST for teacher in teachers)
     rest = {"rest": True} if REST in (data.unlabelled, *(t.data for t in teachers)) else {}
     if data.unlabelled == REST and data.dataset not in REST_DATASETS:
@@ -135,7 +135,7 @@ def check_transfer_recipe(recipe: Recipe) -> None:
         raise ConfigError(
             f"data.unlabelled: distill.mode={recipe.distill.mode} does not take a transfer set yet"
         )
-    teachers = [recipe.teacher] if recipe.teachers is None else recipe.teachers
+    teachers = [teacher for _, teacher in recipe.teacher_sections()]
     one_teacher = recipe.teachers is None and recipe.assistant is None
     if any(teacher.cache for teacher in teachers) and not one_teacher:
         raise ConfigError(
@@ -185,13 +185,8 @@ def epoch_cost(recipe: Recipe, splits: DataSplits) -> EpochCost:
     t = recipe.train
     loader = train_loader(splits, recipe, t.augment if t.augment != "auto" else "none")
     transfer = 0 if splits.unlabelled is None else len(splits.unlabelled)
-    sections = (
-        [("teacher", recipe.teacher)]
-        if recipe.teachers is None
-        else [(f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
-    )
     teachers = []
-    for key, cfg in sections:
+    for key, cfg in recipe.teacher_sections():
         if cfg.onnx:
             model = OnnxModel(cfg.onnx, field=f"{key}.onnx")
         else:
@@ -250,14 +245,9 @@ def check_input_transforms(recipe: Recipe, splits: DataSplits) -> None:
     once rather than one field per attempt (and CutMix never cuts a box out of a batch of table
     rows). What the user left to the data was chosen to fit it (``follow_data``)."""
     example = splits.train[0]["input"] if len(splits.train) else None
-    teachers = (
-        [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)]
-        if recipe.teachers is not None
-        else [("teacher", recipe.teacher)]
-    )
     wrong = [
         (f"{field}.augment", t.augment)
-        for field, t in teachers
+        for field, t in recipe.teacher_sections()
         if t.trained_here and not can_augment(t.augment, example)
     ]
     if not can_augment(recipe.train.augment, example):

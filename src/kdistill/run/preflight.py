@@ -150,13 +150,8 @@ def teacher_notes(recipe: Recipe) -> list[str]:
     trained teacher is reused, and that recipe sets them all."""
     if recipe.distill.mode != "teacher":
         return []
-    sections = (
-        [("teacher", recipe.teacher)]
-        if recipe.teachers is None
-        else [(f"teachers.{i}", teacher) for i, teacher in enumerate(recipe.teachers)]
-    )
     lines = []
-    for field, section in sections:
+    for field, section in recipe.teacher_sections():
         loaded = section.checkpoint or section.onnx
         if not loaded:
             continue
