@@ -481,3 +481,75 @@ def test_training_accuracy_counts_the_labelled_samples_only():
     # A state saved before the labelled count was kept: every sample it saw was labelled.
     older = TrainingProgress.from_saved(meta, {**tensors, "correct": torch.tensor(3)})
     assert older.epoch_means()["train/accuracy"] == 0.75
+
+
+def test_a_memory_mapped_npy_pool_streams_and_trains_as_the_same_npz(tmp_path, tiny_recipe):
+    """``data.unlabelled: pool.npy`` is read from disk as batches need it (a pool larger than
+    memory is never copied whole), and trains exactly as the same inputs given as an .npz."""
+    from kdistill.data.pool import MappedPool
+    from kdistill.run.config import load_config
+    from kdistill.run.plan import load_data
+
+    x, y = raw_digits()
+    inputs, _ = rest_of(x, y, 200, 0)
+    np.savez(tmp_path / "pool.npz", x=inputs[:300])
+    np.save(tmp_path / "pool.npy", inputs[:300])
+    recipe = load_config(None, [*tiny_recipe, "data.subset=200", "data.unlabelled=pool.npy"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        pool = load_data(recipe).unlabelled
+    assert isinstance(pool, MappedPool) and isinstance(pool.array, np.memmap)
+    losses = {}
+    for kind in ("npz", "npy"):
+        overrides = ["data.subset=200", f"data.unlabelled=pool.{kind}", f"name={kind}"]
+        result = call_cli("run", *tiny_recipe, *overrides, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        run = tmp_path / "runs" / kind
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[kind] = [r["loss"] for r in records if r["phase"] == "student"]
+        assert json.loads((run / "summary.json").read_text())["data"]["sizes"]["unlabelled"] == 300
+    assert losses["npy"] == pytest.approx(losses["npz"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "array, fragment",
+    [
+        ("test", "identical to test samples"),
+        (np.array(["a", "b"]), "not numbers"),
+        (np.zeros(5, dtype=np.float32), "give one row per sample"),
+        (None, "not found"),
+    ],
+)
+def test_a_bad_npy_pool_is_refused_in_one_line(tmp_path, tiny_recipe, array, fragment):
+    if isinstance(array, str):  # three raw digits of the labelled run's test split
+        x, y = stratified_subset(*raw_digits(), 200, 0)
+        _, _, test = stratified_split(y, (0.7, 0.1, 0.2), 0)
+        array = x[test[:3]]
+    if array is not None:
+        np.save(tmp_path / "pool.npy", array)
+    overrides = ["data.subset=200", "data.unlabelled=pool.npy"]
+    refused_without_changes(tmp_path, "run", *tiny_recipe, *overrides, fragments=[fragment])
+
+
+@pytest.mark.parametrize("pseudo", [False, True])
+def test_a_mapped_pools_batch_is_the_samples_it_holds(tmp_path, pseudo):
+    """One read per batch (``MappedTransfer.__getitems__``) gives what sample-by-sample reads
+    give: labelled rows, then standardised pool rows with no label (or the teacher's)."""
+    from kdistill.data.base import ArrayDataset, collate
+    from kdistill.data.pool import MappedPool
+    from kdistill.data.transfer import MappedTransfer, with_transfer
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "pool.npy", rng.random((20, 1, 4, 4), dtype=np.float32))
+    pool = MappedPool(np.load(tmp_path / "pool.npy", mmap_mode="r"), {"mean": 0.5, "std": 0.25})
+    train = ArrayDataset(torch.randn(6, 1, 4, 4), torch.arange(6) % 3)
+    targets = torch.arange(20) % 3 if pseudo else None
+    dataset = with_transfer(train, pool, targets)
+    assert isinstance(dataset, MappedTransfer) and len(dataset) == 26
+    indices = [25, 0, 7, 3, 6, 19]
+    batch = collate(dataset.__getitems__(indices))
+    one_by_one = torch.utils.data.default_collate([dataset[i] for i in indices])
+    for key in ("input", "target", "index"):
+        torch.testing.assert_close(batch[key], one_by_one[key])
+    assert batch["target"][0].item() == (targets[19].item() if pseudo else UNLABELLED)
+    torch.testing.assert_close(batch["input"][2], (torch.tensor(pool.array[1]) - 0.5) / 0.25)

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdistill.data.base import ArrayDataset, DataSplits, collate
+from kdistill.data.base import ArrayDataset, DataSplits, SampleBatch, collate
 from kdistill.data.images import IMAGE_SUFFIXES, MAX_FOLDER_BYTES, image_header, read_image
 from kdistill.data.inputs import TARGET_KEYS, as_sample
+from kdistill.data.pool import MappedPool, map_npy, standardise
 from kdistill.data.table import feature_matrix, read_table
 from kdistill.errors import ConfigError, DataError
 
@@ -41,11 +42,17 @@ def attach_transfer(spec: str, splits: DataSplits) -> None:
     kind than the labelled inputs, rows of the test split): a ``DataError`` naming the field."""
     if spec != REST:
         path = Path(spec)
-        if path.is_dir():
-            raw = _from_folder(path, splits)
+        normalise = splits.identity.get("normalise", {})
+        if path.suffix.lower() == ".npy":  # memory-mapped: a pool larger than memory streams
+            splits.unlabelled = MappedPool(map_npy(path), normalise)
         else:
-            raw = _from_table(path, splits) if path.suffix.lower() in TABLES else _from_npz(path)
-        splits.unlabelled = _standardised(raw, splits)
+            if path.is_dir():
+                raw = _from_folder(path, splits)
+            elif path.suffix.lower() in TABLES:
+                raw = _from_table(path, splits)
+            else:
+                raw = _from_npz(path)
+            splits.unlabelled = torch.from_numpy(standardise(raw, normalise))
     inputs = splits.unlabelled
     if inputs is None or len(inputs) == 0:
         why = "no samples are left outside data.subset" if spec == REST else "it holds no samples"
@@ -87,10 +94,16 @@ def check_transfer(labelled_example, inputs, held_out, field: str) -> None:
             f"{field}: inputs of shape {describe(first)}, but the labelled data's are "
             f"{describe(labelled_example)}: give inputs of the same kind"
         )
-    if not isinstance(inputs, Tensor) or not isinstance(held_out, Tensor):
+    if not isinstance(held_out, Tensor):
+        return
+    if isinstance(inputs, MappedPool):  # read in chunks, never whole
+        chunks = inputs.chunks()
+    elif isinstance(inputs, Tensor):
+        chunks = [inputs]
+    else:
         return
     test = {_digest(row) for row in held_out}
-    leaks = sum(_digest(row) in test for row in inputs)
+    leaks = sum(_digest(row) in test for chunk in chunks for row in chunk)
     if leaks:
         raise DataError(
             f"{field}: {leaks} sample(s) are identical to test samples, which would leak "
@@ -162,7 +175,8 @@ def _from_npz(path: Path) -> np.ndarray:
     if path.suffix != ".npz":
         raise ConfigError(
             f"data.unlabelled: {str(path)!r} is neither {REST!r} (for {', '.join(REST_DATASETS)}), "
-            f"a folder of images, a table ({', '.join(TABLES)}) nor an .npz file with an array x"
+            f"a folder of images, a table ({', '.join(TABLES)}), an .npz file with an array x "
+            "nor an .npy array (memory-mapped)"
         )
     if not path.is_file():
         raise DataError(f"data.unlabelled: {path} not found")
@@ -179,21 +193,6 @@ def _from_npz(path: Path) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"data.unlabelled: {path}: x holds {x.dtype}, not numbers")
     return x
-
-
-def _standardised(x: np.ndarray, splits: DataSplits) -> Tensor:
-    """Raw inputs standardised as the training split was (``identity["normalise"]``)."""
-    normalise = splits.identity.get("normalise", {})
-    mean, std = normalise.get("mean"), normalise.get("std")
-    if isinstance(mean, list):  # one per channel or column (make_splits' per_axis)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        try:
-            x = (x - np.reshape(mean, shape)) / np.reshape(std, shape)
-        except ValueError:
-            pass  # the shapes disagree: attach_transfer's shape check names them
-    elif mean is not None:
-        x = (x - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def _digest(row: Tensor) -> bytes:
@@ -269,6 +268,8 @@ def with_transfer(
             targets = torch.full((len(unlabelled),), UNLABELLED, dtype=train.targets.dtype)
         inputs = torch.cat([train.inputs, unlabelled])
         return ArrayDataset(inputs, torch.cat([train.targets, targets]))
+    if isinstance(train, ArrayDataset) and isinstance(unlabelled, MappedPool):
+        return MappedTransfer(train, unlabelled, targets)
     return TransferDataset(train, unlabelled, targets)
 
 
@@ -293,6 +294,24 @@ class TransferDataset(Dataset):
             sample["target"] = torch.tensor(UNLABELLED) if labels is None else labels[i_pool]
         sample["index"] = torch.tensor(i)
         return sample
+
+
+class MappedTransfer(TransferDataset):
+    """Labelled tensors, then a memory-mapped pool (``MappedPool``): a batch is fetched in one
+    read of each (``__getitems__``), as ``ArrayDataset`` fetches one, not sample by sample."""
+
+    def __getitems__(self, indices: list[int]) -> SampleBatch:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        labelled, n = self.labelled, len(self.labelled)
+        pooled = rows >= n
+        inputs = torch.empty((len(rows), *labelled.inputs.shape[1:]), dtype=labelled.inputs.dtype)
+        inputs[~pooled] = labelled.inputs[rows[~pooled]]
+        inputs[pooled] = self.unlabelled.take((rows[pooled] - n).numpy())
+        targets = torch.full((len(rows),), UNLABELLED, dtype=labelled.targets.dtype)
+        targets[~pooled] = labelled.targets[rows[~pooled]]
+        if self.targets is not None:  # the teacher's hard labels (pseudo-labels)
+            targets[pooled] = self.targets[rows[pooled] - n]
+        return SampleBatch({"input": inputs, "target": targets, "index": rows})
 
 
 class BudgetSampler(Sampler[int]):

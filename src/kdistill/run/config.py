@@ -57,8 +57,9 @@ class DataConfig(Section):
         min_length=1,
         description="a transfer set the teacher scores and the distilled student learns from "
         "without labels: 'rest' (digits, mnist: the samples outside data.subset), an .npz "
-        "with an array x, a table with the labelled table's feature columns, or a folder of "
-        "images without class sub-folders",
+        "with an array x, an .npy array (memory-mapped: a pool larger than memory streams), a "
+        "table with the labelled table's feature columns, or a folder of images without class "
+        "sub-folders",
     )
     labelled_share: float | None = Field(
         None,
