@@ -61,6 +61,9 @@ TITLES = {
 }
 
 
+TAG = [""]  # --tag: appended to the run names, so that another student's runs keep their own
+
+
 def teacher_epochs(labelled: int) -> int:
     """About 100 fine-tuning updates of 32 snippets whatever N (1 epoch of 3,000 snippets)."""
     return max(1, min(12, math.ceil(3000 / labelled)))
@@ -69,7 +72,7 @@ def teacher_epochs(labelled: int) -> int:
 def transfer_run(labelled: int, seed: int, teacher: Path | None, extra: list[str]) -> Path:
     """The recipe for one N and seed: teacher, scratch, pseudo-labels, KD + transfer set."""
     overrides = [
-        f"name=n{labelled}_seed{seed}",
+        f"name=n{labelled}_seed{seed}{TAG[0]}",
         f"output.dir={WORK}",
         f"data.options={{max_length: 48, labelled: {labelled}}}",
         f"teacher.epochs={teacher_epochs(labelled)}",
@@ -99,7 +102,9 @@ def labelled_only(directory: Path, recipe, test_loader) -> dict:
     teacher = create_model("minilm_l6", num_classes=2, input_shape=(48,))
     load_weights(teacher, directory / "checkpoints" / "teacher.safetensors")
     torch.manual_seed(t.seed)
-    student = create_model("text_cnn", num_classes=2, input_shape=(48,), **recipe.student.kwargs)
+    student = create_model(
+        recipe.student.model, num_classes=2, input_shape=(48,), **recipe.student.kwargs
+    )
     generator = torch.Generator().manual_seed(t.seed)
     sampler = RandomSampler(labelled, num_samples=draws, generator=generator)
     loader = DataLoader(labelled, batch_size=t.batch_size, sampler=sampler, generator=generator)
@@ -128,7 +133,9 @@ def seed_row(labelled: int, seed: int, teacher: Path | None, extra: list[str]) -
     recipe = load_config(directory / "config.yaml", code_beside=False)
     splits = load_data(recipe)
     test_loader = DataLoader(splits.test, batch_size=256)
-    student = create_model("text_cnn", num_classes=2, input_shape=(48,), **recipe.student.kwargs)
+    student = create_model(
+        recipe.student.model, num_classes=2, input_shape=(48,), **recipe.student.kwargs
+    )
     load_weights(student, directory / "checkpoints" / "student.safetensors")
     transfer = evaluate(student, test_loader, outcomes=True)
     alone = labelled_only(directory, recipe, test_loader)
@@ -271,6 +278,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--name", default="transfer_sets")
     parser.add_argument("--note", action="append", default=[], help="a line for the results")
+    parser.add_argument("--tag", default="", help="appended to the run names (another student)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -285,6 +293,7 @@ def main() -> None:
         "by_labelled": {},
         "notes": args.note,
     }
+    TAG[0] = args.tag
     path = RESULTS / args.name
     for labelled in args.labelled:
         seeds, teacher = [], None

@@ -56,3 +56,6 @@ results = sorted(RESULTS.glob("*.md"))
 for result in results:
     write(f"benchmarks/{result.name}", benchmark_page(result, committed_on(result)))
 write("benchmarks/index.md", benchmarks_index(results))
+for figure in sorted(RESULTS.glob("*.png")):  # the figures the benchmark pages and guides show
+    with mkdocs_gen_files.open(f"benchmarks/{figure.name}", "wb") as copy:
+        copy.write(figure.read_bytes())
