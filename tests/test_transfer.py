@@ -553,3 +553,54 @@ def test_a_mapped_pools_batch_is_the_samples_it_holds(tmp_path, pseudo):
         torch.testing.assert_close(batch[key], one_by_one[key])
     assert batch["target"][0].item() == (targets[19].item() if pseudo else UNLABELLED)
     torch.testing.assert_close(batch["input"][2], (torch.tensor(pool.array[1]) - 0.5) / 0.25)
+
+
+def test_labelled_text_takes_a_text_file_or_a_table_as_its_transfer_set(tmp_path):
+    """``data.unlabelled`` beside ``labelled_text``: a .txt of one text a line or a table with
+    the same text column (its labels ignored, said once), tokenised as the labelled texts are;
+    a text of the test split is refused (it would leak the test split)."""
+    from test_bring_your_own_data import tiny_text_teacher, write_reviews
+
+    from kdistill.data import load_dataset
+
+    tiny_text_teacher(tmp_path / "teacher")
+    write_reviews(tmp_path / "reviews.csv")
+    (tmp_path / "pool.txt").write_text("the film was long\n\nthe acting was fine fun\n")
+    (tmp_path / "pool.csv").write_text(
+        "review,sentiment\nthe film was long,pos\nthe acting was fine fun,neg\n"
+    )
+    teacher = str(tmp_path / "teacher")
+    options = {"text": "review", "label": "sentiment", "tokenizer": teacher, "max_length": 8}
+    data = str(tmp_path / "reviews.csv")
+    pools = [
+        load_dataset("labelled_text", path=data, unlabelled=str(tmp_path / name), **options)
+        for name in ("pool.txt", "pool.csv")
+    ]
+    for splits in pools:
+        pool = splits.unlabelled
+        assert len(pool) == 2 and (pool.targets == UNLABELLED).all()
+    torch.testing.assert_close(pools[0].unlabelled.input_ids, pools[1].unlabelled.input_ids)
+    first = pools[0].unlabelled[0]["input"]["input_ids"]
+    assert first[0] == 2 and first.shape == (8,)  # [CLS] the film was [UNK] [SEP], padded
+    recipe = [
+        "data.dataset=labelled_text",
+        f"data.path={data}",
+        "data.options={text: review, label: sentiment, max_length: 8}",
+        f"data.options.tokenizer={teacher}",
+        "teacher.epochs=1",
+        "train.epochs=1",
+        "output.latency=false",
+        "output.plots=false",
+        "output.progress=false",
+    ]
+    result = call_cli("run", *recipe, "data.unlabelled=pool.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("they are ignored") == 1
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    assert summary["data"]["sizes"]["unlabelled"] == 2
+    words = ("good", "great", "fine", "bad", "awful", "poor")  # every text write_reviews makes
+    every = {f"the {n} was {w}" for n in ("film", "plot", "acting") for w in words}
+    (tmp_path / "leak.txt").write_text("\n".join(sorted(every)) + "\n")
+    refused_without_changes(
+        tmp_path, "run", *recipe, "data.unlabelled=leak.txt", fragments=["identical to test texts"]
+    )

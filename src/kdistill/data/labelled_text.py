@@ -26,6 +26,7 @@ from kdistill.data.base import (
 )
 from kdistill.data.table import dense_labels, read_table, row_name
 from kdistill.data.text import TokenDataset, encode, load_tokenizer
+from kdistill.data.transfer import UNLABELLED
 from kdistill.errors import DataError
 
 # Characters a text may keep per token of max_length: no tokenizer we know spends more on one
@@ -69,10 +70,14 @@ def load_labelled_text(
     tokenizer: str | None = None,
     max_length: int = 64,
     student_tokenizer: str | None = None,
+    unlabelled: str | None = None,
 ) -> DataSplits:
     """Text classification from a CSV / JSONL / Parquet file, tokenised by the teacher's tokenizer,
     and with ``student_tokenizer`` also by the student's own: the students read those ids, the
-    teacher its own (``kdistill.modeling.TEACHER_PREFIX``)."""
+    teacher its own (``kdistill.modeling.TEACHER_PREFIX``). ``unlabelled``
+    (``data.unlabelled``): a transfer set of texts without labels, tokenised alike: a ``.txt``
+    file of one text a line, or a table with the same text column (a label column there is
+    ignored, said once)."""
     frame = read_table(path)
     file = Path(path)
     for option, column in (("text", text), ("label", label)):
@@ -122,6 +127,30 @@ def load_labelled_text(
         )
     split_labels = dict(zip(("train", "validation", "test"), (labels[idx] for idx in parts)))
     warn_missing_classes(split_labels, classes, str(file))
+    pool = None
+    if unlabelled is not None:
+        pool_texts = [t[:cut] for t in unlabelled_texts(Path(unlabelled), text, label)]
+        tested = {texts[i] for i in parts[2]}
+        leaks = sum(t in tested for t in pool_texts)
+        if leaks:
+            raise DataError(
+                f"data.unlabelled: {leaks} text(s) are identical to test texts, which would leak "
+                "the test split into training: remove them from the transfer set"
+            )
+        pool_ids, pool_attention = (
+            _encode(pool_texts, tokenizer, max_length)
+            if pool_texts
+            else (
+                ids[:0],
+                attention[:0],
+            )
+        )
+        pool_teacher = None
+        if student_tokenizer and pool_texts:
+            pool_teacher = (pool_ids, pool_attention)
+            pool_ids, pool_attention = _encode(pool_texts, student_tokenizer, max_length)
+        nothing = torch.full((len(pool_ids),), UNLABELLED, dtype=torch.int64)
+        pool = TokenDataset(pool_ids, pool_attention, nothing, pool_teacher)
     return DataSplits(
         train=datasets[0],
         val=datasets[1],
@@ -144,7 +173,30 @@ def load_labelled_text(
             "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
             "sizes": {"train": len(datasets[0]), "val": len(datasets[1]), "test": len(datasets[2])},
         },
+        unlabelled=pool,
     )
+
+
+def unlabelled_texts(path: Path, text: str, label: str) -> list[str]:
+    """The texts of a transfer set: a ``.txt`` file's non-empty lines, or a table's ``text``
+    column (its ``label`` column, if any, ignored and said once)."""
+    if not path.is_file():
+        raise DataError(f"data.unlabelled: {path} not found")
+    if path.suffix.lower() == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"data.unlabelled: {path} is not readable text ({error})") from None
+        return [line for line in lines if line.strip()]
+    frame = read_table(str(path))
+    if text not in frame.columns:
+        raise DataError(
+            f"data.unlabelled: {path.name} has no text column {text!r} (its columns: "
+            f"{', '.join(map(str, frame.columns))}); give the labelled data's text column"
+        )
+    if label in frame.columns:
+        print(f"data.unlabelled: {path} also holds labels {label!r}: they are ignored")
+    return [str(t) for t in frame[text].tolist() if t is not None and str(t).strip()]
 
 
 __all__ = ["load_labelled_text"]

@@ -40,7 +40,7 @@ TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 def attach_transfer(spec: str, splits: DataSplits) -> None:
     """Set ``splits.unlabelled`` from ``data.unlabelled`` and check it (empty, another shape or
     kind than the labelled inputs, rows of the test split): a ``DataError`` naming the field."""
-    if spec != REST:
+    if spec != REST and splits.unlabelled is None:  # not read by the loader itself (texts)
         path = Path(spec)
         normalise = splits.identity.get("normalise", {})
         if path.suffix.lower() == ".npy":  # memory-mapped: a pool larger than memory streams

@@ -58,8 +58,9 @@ class DataConfig(Section):
         description="a transfer set the teacher scores and the distilled student learns from "
         "without labels: 'rest' (digits, mnist: the samples outside data.subset), an .npz "
         "with an array x, an .npy array (memory-mapped: a pool larger than memory streams), a "
-        "table with the labelled table's feature columns, or a folder of images without class "
-        "sub-folders",
+        "table with the labelled table's feature columns, a folder of images without class "
+        "sub-folders, or beside labelled_text a .txt of one text a line or a table with the "
+        "same text column",
     )
     labelled_share: float | None = Field(
         None,

@@ -91,6 +91,8 @@ def load_data(recipe: Recipe) -> DataSplits:
     teachers = [teacher for _, teacher in recipe.teacher_sections()]
     teacher_rest = any(teacher.data == REST for teacher in teachers)
     rest = {"rest": True} if REST in (data.unlabelled, *(t.data for t in teachers)) else {}
+    if data.dataset == "labelled_text" and data.unlabelled is not None:
+        rest = {"unlabelled": data.unlabelled}  # texts, tokenised as the labelled ones are
     if data.unlabelled == REST and data.dataset not in REST_DATASETS:
         raise ConfigError(
             f"data.unlabelled: {REST!r} is for the bundled {', '.join(REST_DATASETS)}; for "
