@@ -150,3 +150,28 @@ def test_default_methods_are_the_logit_presets():
     assert "kd" in methods and "scratch" not in methods
     assert set(methods) <= set(PRESETS)
     assert not {"fitnet", "at", "rkd", "crd"} & set(methods)  # feature/relation methods need layers
+
+
+@pytest.mark.integration
+def test_the_tuning_guides_command_runs(tmp_path, monkeypatch):
+    """docs/guides/tuning.md's commands as written, with one-epoch settings added: the search,
+    then the best trial run as a recipe."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    guide = (root / "docs" / "guides" / "tuning.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", guide, re.S).group(1)
+    commands = [shlex.split(line.split(" #")[0]) for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["kdistill", "tune"], ["kdistill", "run"]]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "digits.yaml").write_text(
+        (root / "configs" / "digits.yaml").read_text()
+    )
+    quick = ["teacher.epochs=1", "train.epochs=1", "output.latency=false", "output.plots=false"]
+    tune, run = commands
+    assert main([*tune[1:3], *quick, *tune[3:]]) == 0  # the recipe, the quick settings, options
+    assert main([*run[1:], *quick]) == 0
+    assert (tmp_path / "runs" / "digits_kd-tuned" / "summary.json").is_file()
