@@ -604,3 +604,14 @@ def test_labelled_text_takes_a_text_file_or_a_table_as_its_transfer_set(tmp_path
     refused_without_changes(
         tmp_path, "run", *recipe, "data.unlabelled=leak.txt", fragments=["identical to test texts"]
     )
+
+
+def test_the_rests_labels_are_dropped_once_the_data_is_loaded():
+    """A transfer set's labels are read from the bundled file with its inputs; only
+    ``teacher.data: rest`` uses them, and no split, student or file keeps them."""
+    from kdistill.run.config import load_config
+    from kdistill.run.plan import load_data
+
+    recipe = load_config(None, ["data.dataset=digits", "data.subset=300", "data.unlabelled=rest"])
+    splits = load_data(recipe)
+    assert len(splits.unlabelled) == 1797 - 300 and splits.rest_targets is None

@@ -4,8 +4,9 @@ distilled student learns from through the terms that need no label (Hinton et al
 The distilled student trains on one dataset: the training split followed by the transfer set,
 whose samples carry the target ``UNLABELLED``; a term that compares with the labels
 (``Term.takes_target``: CE, DKD, ...) is a mean over the labelled samples of a batch only. The
-teacher trains on the training split alone; the scratch student too, for as many optimizer steps
-as the distilled student (``BudgetSampler``). Recipes (``data.unlabelled``) and
+teacher trains on the training split (and, with ``teacher.data: rest``, on labelled samples no
+student sees); the scratch student on the training split alone, for as many optimizer steps as
+the distilled student (``BudgetSampler``). Recipes (``data.unlabelled``) and
 ``distill(unlabelled=...)`` share this module.
 """
 

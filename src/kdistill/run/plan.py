@@ -118,6 +118,7 @@ def load_data(recipe: Recipe) -> DataSplits:
         raise ConfigError(f"data.options: {error}") from None
     if teacher_rest:
         take_teacher_rest(splits, transfer=data.unlabelled == REST, seed=data.seed)
+    splits.rest_targets = None  # a transfer set's labels reach no student, nor anything else
     if data.unlabelled is not None:
         in_memory = isinstance(splits.train, ArrayDataset) or splits.unlabelled is not None
         if not in_memory or splits.task != "classification":
