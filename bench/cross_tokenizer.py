@@ -54,7 +54,7 @@ from kdistill.losses.sparse import SparseTeacher
 from kdistill.methods import Term, preset_terms
 from kdistill.modeling import ModelOutput, call_model
 from kdistill.models import create_model
-from kdistill.teachers.cross_tokenizer import shared_vocabulary
+from kdistill.teachers.cross_tokenizer import shared_vocabulary, vocabulary_projection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE_FIELDS = ("index", "log_probs", "tail_log_prob", "target_log_prob")
@@ -97,7 +97,7 @@ def student_bits(student, data, batch_size: int) -> float:
     return bits
 
 
-def train_student(method, data, cache, shared, vocab, args, seed: int) -> tuple:
+def train_student(method, data, cache, maps, vocab, args, seed: int) -> tuple:
     torch.manual_seed(seed)
     student = create_model(
         "gpt", num_classes=vocab, input_shape=(args.block_size,), **json.loads(args.student)
@@ -131,7 +131,8 @@ def train_student(method, data, cache, shared, vocab, args, seed: int) -> tuple:
                     data.teacher["chunk"][rows],
                     data.teacher["student_chunk"][rows],
                     target_log_prob=target_log_p,
-                    shared=shared,
+                    shared=maps[0],
+                    projection=maps[1],
                 )
                 teacher_out = ModelOutput(aligned)
             loss = distiller(batch, teacher_out)["loss"]
@@ -228,6 +229,7 @@ def main() -> None:
         stored["bits"], stored["bytes"] = torch.tensor(teacher_bits), torch.tensor(teacher_bytes)
         save_file(stored, workdir / "teacher.safetensors")
     shared = shared_vocabulary(teacher_tokenizer, student_tokenizer)
+    projection = vocabulary_projection(teacher_tokenizer, student_tokenizer)
     test_bytes = int(test.student["bytes"][test.student["mask"]].sum())
 
     methods = ["scratch", *[m for m in args.methods.split(",") if m]]
@@ -235,7 +237,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for method in methods:
             student, seconds, last = train_student(
-                method, train, cache, shared, args.vocab, args, seed
+                method, train, cache, (shared, projection), args.vocab, args, seed
             )
             bpb = student_bits(student, test, 32) / test_bytes
             runs.append(

@@ -1,5 +1,6 @@
 """Cross-tokenizer distillation: byte-offset alignment of two tokenisations and the losses over
-aligned chunks (ULD, the exact-match hybrid, chunk likelihood), against float64 references."""
+aligned chunks (ULD, the exact-match hybrid, the projected KL, chunk likelihood), against
+float64 references."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from kdistill.data.alignment import UNALIGNED, align_spans, aligned_bytes, encode_with_spans
 from kdistill.errors import DataError
 from kdistill.losses import forward_kl, topk_teacher
-from kdistill.losses.cross_tokenizer import AlignedTeacher, alm, hybrid, merged_chunks, uld
+from kdistill.losses.cross_tokenizer import (
+    AlignedTeacher,
+    alm,
+    hybrid,
+    merged_chunks,
+    projected,
+    uld,
+)
 from kdistill.teachers.cross_tokenizer import (
     padded_rows,
     shared_vocabulary,
     token_strings,
     trim_padded_vocabularies,
+    vocabulary_projection,
 )
 
 # --- alignment --------------------------------------------------------------------------------
@@ -255,7 +264,8 @@ def identical_tokenizers(seed=3, vocab=9, length=6):
     t_logits = torch.randn(2, length, vocab, generator=generator, dtype=torch.float64) * 3
     target = torch.randint(0, vocab, (2, length), generator=generator)
     chunk = torch.arange(length).expand(2, length)
-    teacher = AlignedTeacher(t_logits, target, chunk, chunk, shared=torch.arange(vocab))
+    identity = torch.arange(vocab)
+    teacher = AlignedTeacher(t_logits, target, chunk, chunk, shared=identity, projection=identity)
     return s_logits, target, teacher
 
 
@@ -304,7 +314,95 @@ def test_hybrid_splits_shared_and_unshared_entries():
     torch.testing.assert_close(sparse_input.grad, dense_input.grad, rtol=1e-7, atol=1e-10)
 
 
-@pytest.mark.parametrize("loss", [uld, hybrid, alm])
+def test_projected_is_plain_token_kl_when_both_tokenizers_are_one():
+    s_logits, target, teacher = identical_tokenizers(seed=8)
+    torch.testing.assert_close(
+        projected(s_logits, teacher, target),
+        forward_kl(s_logits, teacher.logits),
+        rtol=1e-12,
+        atol=0,
+    )
+
+
+def test_projected_moves_each_teacher_token_onto_the_students_first_token_in_float64():
+    s_logits, s_target, teacher = example(seed=9)
+    # 11 teacher tokens onto 7 student ones; teacher token 9 has no projection (special)
+    projection = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 1, -1, 3])
+    teacher.projection = projection
+    p_all, q_all = teacher.logits.softmax(-1), s_logits.softmax(-1)
+    s_first, t_first = {0: 0, 1: 1, 2: 3}, {0: 1, 1: 2, 2: 3}  # each chunk's first positions
+    expected = []
+    for c in range(3):
+        p, q = p_all[0, t_first[c]], q_all[0, s_first[c]]
+        p_tilde = torch.zeros(7, dtype=torch.float64)
+        for v in range(11):
+            if projection[v] >= 0:
+                p_tilde[projection[v]] += p[v]
+        p_tilde /= p_tilde.sum()
+        expected.append((p_tilde * (p_tilde / q).log()).sum())
+    value = projected(s_logits, teacher, s_target, reduction="none")
+    torch.testing.assert_close(value, torch.stack(expected), rtol=1e-12, atol=0)
+    # a top-k teacher at k = V: the same value and student gradient; at k < V the top k
+    # projected and renormalised
+    log_p = torch.log_softmax(teacher.logits, -1)
+
+    def sparse(k):
+        return AlignedTeacher(
+            topk_teacher(teacher.logits, k),
+            teacher.target,
+            teacher.chunk,
+            teacher.student_chunk,
+            target_log_prob=log_p.gather(-1, teacher.target[..., None]).squeeze(-1),
+            projection=projection,
+        )
+
+    dense_input = s_logits.clone().requires_grad_(True)
+    sparse_input = s_logits.clone().requires_grad_(True)
+    dense_value = projected(dense_input, teacher, s_target)
+    sparse_value = projected(sparse_input, sparse(11), s_target)
+    torch.testing.assert_close(sparse_value, dense_value, rtol=1e-10, atol=0)
+    dense_value.backward()
+    sparse_value.backward()
+    torch.testing.assert_close(sparse_input.grad, dense_input.grad, rtol=1e-8, atol=1e-12)
+    top = p_all[0, t_first[0]].topk(3)
+    p_tilde = torch.zeros(7, dtype=torch.float64)
+    for v, mass in zip(top.indices.tolist(), top.values):
+        if projection[v] >= 0:
+            p_tilde[projection[v]] += mass
+    p_tilde /= p_tilde.sum()
+    q = q_all[0, s_first[0]]
+    first = torch.xlogy(p_tilde, p_tilde / q).sum()
+    torch.testing.assert_close(
+        projected(s_logits, sparse(3), s_target, reduction="none")[0], first, rtol=1e-12, atol=0
+    )
+
+
+def test_vocabulary_projection_sends_each_teacher_token_to_the_students_first_token():
+    teacher = byte_level_bpe([TEXT * 4], 320)
+    student = byte_level_bpe([TEXT], 270)
+    size = teacher.get_vocab_size()
+    projection = vocabulary_projection(teacher, student, teacher_rows=size + 10)
+    shared = shared_vocabulary(teacher, student, teacher_rows=size + 10)
+    assert projection.shape == (size + 10,) and (projection[size:] == -1).all()
+    assert torch.equal(projection[shared >= 0], shared[shared >= 0])  # exact matches kept
+    teacher_strings, student_strings = token_strings(teacher), token_strings(student)
+    moved = pieces = 0
+    for t_id in torch.nonzero((shared < 0) & (projection >= 0)).squeeze(-1).tolist():
+        string, first = teacher_strings[t_id], student_strings[int(projection[t_id])]
+        assert string.startswith(first) and len(first) < len(string)
+        try:
+            text = string.decode("utf-8")
+        except UnicodeDecodeError:  # a piece of a character: the longest student prefix
+            longest = max((s for s in student_strings if string.startswith(s)), key=len)
+            assert first == longest
+            pieces += 1
+            continue
+        assert int(projection[t_id]) == student.encode(text, add_special_tokens=False).ids[0]
+        moved += 1
+    assert moved > 0 and pieces > 0 and (projection[:size] >= 0).all()  # every token lands
+
+
+@pytest.mark.parametrize("loss", [uld, hybrid, projected, alm])
 def test_zero_when_the_student_is_the_teacher_and_gradients_reach_the_student_only(loss):
     s_logits, target, teacher = identical_tokenizers()
     teacher.logits.requires_grad_(True)
@@ -419,9 +517,9 @@ def test_shakespeare_windows_for_a_student_with_its_own_tokenizer_distill_in_pyt
     batch = torch.utils.data.default_collate([splits.train[i] for i in range(4)])
     teacher_model = create_model("gpt", num_classes=320, input_shape=(40,), n_layer=1, n_embd=16)
     shared = torch.where(torch.arange(320) < 300, torch.arange(320), -1)  # one-to-one
-    teacher = Teacher(CrossTokenizerTeacher(teacher_model, shared))
+    teacher = Teacher(CrossTokenizerTeacher(teacher_model, shared, projection=shared))
     student = create_model("gpt", num_classes=300, input_shape=(16,), n_layer=1, n_embd=16)
-    for loss in ("uld", "hybrid", "alm"):
+    for loss in ("uld", "hybrid", "projected", "alm"):
         distiller = Distiller(student, preset_terms("cross_tokenizer", loss=loss))
         out = distiller(batch, teacher(batch))
         out["loss"].backward()
@@ -443,7 +541,7 @@ def test_check_pair_cuts_padded_vocabularies_to_their_shared_rows(caplog):
     assert [r.message for r in caplog.records if "padded vocabularies" in r.message]
 
 
-@pytest.mark.parametrize("loss", [uld, hybrid, alm])
+@pytest.mark.parametrize("loss", [uld, hybrid, projected, alm])
 def test_temperature_softens_both_sides(loss):
     s_logits, target, teacher = identical_tokenizers(seed=7)
     halved = AlignedTeacher(
@@ -452,6 +550,7 @@ def test_temperature_softens_both_sides(loss):
         teacher.chunk,
         teacher.student_chunk,
         shared=teacher.shared,
+        projection=teacher.projection,
     )
     torch.testing.assert_close(
         loss(s_logits, teacher, target, temperature=2.0), loss(s_logits / 2, halved, target)

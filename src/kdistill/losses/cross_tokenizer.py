@@ -11,6 +11,11 @@ chunk, what the two models say about it, and is the mean over the chunks present
   one length, the closed form of their Wasserstein-1 distance when token identities are ignored.
 - ``hybrid``: entries whose strings match exactly in both vocabularies compared token by token
   (a KL over the shared tokens, as GOLD in TRL does), the rest by ULD.
+- ``projected``: every teacher token's probability moved onto the student token its string starts
+  with (a vocabulary projection built offline from the two tokenizers, after X-Token,
+  arXiv:2605.21699), then a forward KL at the first position of each chunk: unlike the
+  exact-match KL it keeps the mass of tokens the student spells differently (multi-digit
+  numerals, the teacher's longer words).
 - ``alm``: the chunk's likelihood itself, as approximate likelihood matching does (Minixhofer,
   Vulić, Ponti, "Universal Cross-Tokenizer Distillation via Approximate Likelihood Matching",
   NeurIPS 2025, arXiv:2503.20083): a binary KL between the teacher's and the student's
@@ -35,7 +40,15 @@ from torch import Tensor
 from kdistill.losses.logit import upcast
 from kdistill.losses.sparse import SparseTeacher, check_sparse_teacher
 
-__all__ = ["CROSS_TOKENIZER_LOSSES", "AlignedTeacher", "alm", "hybrid", "merged_chunks", "uld"]
+__all__ = [
+    "CROSS_TOKENIZER_LOSSES",
+    "AlignedTeacher",
+    "alm",
+    "hybrid",
+    "merged_chunks",
+    "projected",
+    "uld",
+]
 
 
 @dataclass
@@ -51,6 +64,8 @@ class AlignedTeacher:
             1; needed with a ``SparseTeacher`` (the target may lie outside its top k).
         shared: (V_T,) int64, the student id of each teacher token with the same string, -1
             for the others (``hybrid`` needs it).
+        projection: (V_T,) int64, the student token each teacher token's string starts with,
+            -1 for none (``projected`` needs it).
     """
 
     logits: Tensor | SparseTeacher
@@ -59,6 +74,7 @@ class AlignedTeacher:
     student_chunk: Tensor
     target_log_prob: Tensor | None = None
     shared: Tensor | None = None
+    projection: Tensor | None = None
     read_whole: ClassVar[bool] = True  # call_model hands it on as it is, not its .logits
 
     @property
@@ -70,7 +86,8 @@ class AlignedTeacher:
             return None if x is None else x.to(device)
 
         fields = (self.logits, self.target, self.chunk, self.student_chunk)
-        return AlignedTeacher(*map(move, fields), move(self.target_log_prob), move(self.shared))
+        extra = (self.target_log_prob, self.shared, self.projection)
+        return AlignedTeacher(*map(move, fields), *map(move, extra))
 
 
 def _chunk_index(chunk: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -381,4 +398,46 @@ def alm(
     return _reduce(per_chunk, reduction)
 
 
-CROSS_TOKENIZER_LOSSES = {"uld": uld, "hybrid": hybrid, "alm": alm}
+def projected(
+    s_logits: Tensor,
+    teacher: AlignedTeacher,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Forward KL from the teacher's next-token distribution projected onto the student's
+    vocabulary, at the first position of each aligned chunk.
+
+    Both sides start a chunk at the same byte, so the teacher's next token and the student's
+    next token both begin there. Teacher token v carries its probability to π(v), the student
+    token its string starts with (``teacher.projection``; the same string where both
+    vocabularies have it), so p̃_σ = Σ_{v: π(v) = σ} p_v, renormalised over the tokens that
+    have a projection, and the loss is KL(p̃ ‖ q) = Σ_σ p̃_σ log(p̃_σ / q_σ) against the
+    student's next-token distribution q there. A vocabulary projection built offline from the
+    two tokenizers, after X-Token (arXiv:2605.21699), which moves the mass the exact match of
+    ``hybrid`` leaves to ULD (multi-digit numerals, the teacher's longer words) onto the
+    token the student would start with. With one tokenizer on both sides π is the identity,
+    every chunk is one token, and the value is ``forward_kl``'s. A ``SparseTeacher`` projects
+    its top k (the tail is dropped by the renormalisation).
+
+    Args: as ``uld``; ``teacher.projection`` maps teacher ids to student ids (-1: none).
+    """
+    if teacher.projection is None:
+        raise ValueError("projected needs teacher.projection: the student id of each teacher token")
+    c = _chunks(s_logits, teacher, target, mask, temperature)
+    projection = teacher.projection.to(c.log_q.device)
+    ids = c.teacher_ids
+    if ids is None:  # dense: every teacher column
+        ids = torch.arange(c.teacher.shape[-1], device=c.log_q.device).expand_as(c.teacher)
+    to_student = projection[ids]
+    p = torch.where(to_student >= 0, c.teacher.exp(), 0.0)
+    p_tilde = torch.zeros(len(p), c.log_q.shape[-1], dtype=p.dtype, device=p.device)
+    p_tilde = p_tilde.scatter_add(-1, to_student.clamp_min(0), p)
+    p_tilde = p_tilde / p_tilde.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    per_chunk = (torch.xlogy(p_tilde, p_tilde) - p_tilde * c.log_q[c.rows]).sum(-1)
+    return _reduce(per_chunk, reduction)
+
+
+CROSS_TOKENIZER_LOSSES = {"uld": uld, "hybrid": hybrid, "projected": projected, "alm": alm}

@@ -17,22 +17,25 @@ def cross_tokenizer(
     ce_weight: float | None = None,
     top_k: int | None = None,
 ):
-    """Cross-tokenizer LM distillation: (1−α)·token CE + α·(uld | hybrid | alm) per aligned chunk.
+    """Cross-tokenizer LM distillation: (1−α)·token CE + α·(uld | hybrid | projected | alm) per
+    aligned chunk.
 
     For a student whose tokenizer is not the teacher's (``data.options.student_tokenizer``).
     ``loss``: ``uld`` (sorted probabilities, Boizard et al. 2024, arXiv:2402.12030), ``hybrid``
-    (exact-match KL over the shared tokens plus ULD over the rest, as GOLD), or ``alm`` (chunk
-    likelihoods, after Minixhofer et al. 2025, arXiv:2503.20083). ``top_k`` pairs only the k
-    largest sorted probabilities in ULD (cheaper, an upper bound); ``None``: all. The chunk
-    term is a mean over aligned chunks; gradient accumulation weighs a batch by its counted
-    positions, which is the same up to the chunks-per-token ratio (about 1 on Shakespeare).
+    (exact-match KL over the shared tokens plus ULD over the rest, as GOLD), ``projected`` (every
+    teacher token onto the student token its string starts with, then a KL; after X-Token,
+    arXiv:2605.21699), or ``alm`` (chunk likelihoods, after Minixhofer et al. 2025,
+    arXiv:2503.20083). ``top_k`` pairs only the k largest sorted probabilities in ULD (cheaper,
+    an upper bound); ``None``: all. The chunk term is a mean over aligned chunks; gradient
+    accumulation weighs a batch by its counted positions, which is the same up to the
+    chunks-per-token ratio (about 1 on Shakespeare).
     """
     if loss not in CROSS_TOKENIZER_LOSSES:
         raise ValueError(
             f"cross_tokenizer: loss {loss!r}; choose {', '.join(CROSS_TOKENIZER_LOSSES)}"
         )
     params: dict[str, Any] = {"temperature": temperature}
-    if top_k is not None and loss != "alm":
+    if top_k is not None and loss in ("uld", "hybrid"):
         params["top_k"] = top_k
     terms = [
         Term("ce", "token_ce", weight=mixed_ce_weight(alpha, ce_weight), teacher=None),
@@ -58,7 +61,7 @@ def check_across_tokenizers(terms, field: str) -> None:
         raise ConfigError(
             f"{field}: the term(s) {', '.join(wrong)} compare teacher and student token by token, "
             "but data.options.student_tokenizer gives the student a vocabulary of its own: use "
-            "method=cross_tokenizer (distill.params.loss: uld, hybrid or alm)"
+            "method=cross_tokenizer (distill.params.loss: uld, hybrid, projected or alm)"
         )
 
 

@@ -59,6 +59,34 @@ def shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_rows: int | 
     return shared
 
 
+def vocabulary_projection(teacher_tokenizer, student_tokenizer, teacher_rows: int | None = None):
+    """(V_T,) int64: the student token each teacher token's string starts with, for the
+    ``projected`` loss: the same string where the student's vocabulary has it, else the first
+    token of the student's tokenisation of the string (the longest student entry it starts
+    with, for a piece of a UTF-8 character); -1 for special tokens and padding rows.
+    Built once, offline, from the two tokenizers (after X-Token, arXiv:2605.21699)."""
+    student = {s: i for i, s in enumerate(token_strings(student_tokenizer))}
+    teacher = token_strings(teacher_tokenizer)
+    special = {i for i, t in teacher_tokenizer.get_added_tokens_decoder().items() if t.special}
+    projection = torch.full((max(teacher_rows or 0, len(teacher)),), -1, dtype=torch.int64)
+    texts = {}
+    for i, string in enumerate(teacher):
+        if i in special or not string:
+            continue
+        if string in student:
+            projection[i] = student[string]
+            continue
+        try:
+            texts[i] = string.decode("utf-8")
+        except UnicodeDecodeError:  # a piece of a character: its longest prefix the student has
+            ends = (k for k in range(len(string), 0, -1) if string[:k] in student)
+            projection[i] = student.get(string[: next(ends, 0)], -1)
+    encoded = student_tokenizer.encode_batch(list(texts.values()), add_special_tokens=False)
+    for i, encoding in zip(texts, encoded):
+        projection[i] = encoding.ids[0] if encoding.ids else -1
+    return projection
+
+
 class CrossTokenizerTeacher(nn.Module):
     """The teacher model, reading its own tokens of the batch and returning an
     ``AlignedTeacher`` (its logits plus the alignment the batch carries).
@@ -66,12 +94,16 @@ class CrossTokenizerTeacher(nn.Module):
     Args:
         teacher: the teacher model (any model ``call_model`` can run on ``input_ids``).
         shared: ``shared_vocabulary`` of the two tokenizers, for the ``hybrid`` loss.
+        projection: ``vocabulary_projection`` of the two, for the ``projected`` loss.
     """
 
-    def __init__(self, teacher: nn.Module, shared: Tensor | None = None):
+    def __init__(
+        self, teacher: nn.Module, shared: Tensor | None = None, projection: Tensor | None = None
+    ):
         super().__init__()
         self.teacher = teacher
         self.register_buffer("shared", shared, persistent=False)
+        self.register_buffer("projection", projection, persistent=False)
         setattr(self, READS_TEACHER_INPUTS, True)
         setattr(self, READS_ALIGNMENT, True)  # its forward takes the ALIGNMENT_KEYS
 
@@ -80,7 +112,9 @@ class CrossTokenizerTeacher(nn.Module):
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask
         logits = call_model(self.teacher, inputs)
-        return AlignedTeacher(logits, target, chunk, student_chunk, shared=self.shared)
+        return AlignedTeacher(
+            logits, target, chunk, student_chunk, shared=self.shared, projection=self.projection
+        )
 
 
 def frozen_teacher(model: nn.Module, splits, *, taps=(), top_k: int | None = None) -> Teacher:
@@ -92,9 +126,11 @@ def frozen_teacher(model: nn.Module, splits, *, taps=(), top_k: int | None = Non
     tokenizer = getattr(splits.train, "teacher_tokenizer", None)
     if tokenizer is None or splits.task != "language_modelling":
         return Teacher(model, taps=taps)
-    rows = splits.identity.get("teacher_vocab_size")
+    rows, student = splits.identity.get("teacher_vocab_size"), splits.train.codec.tokenizer
     module = CrossTokenizerTeacher(
-        model, shared_vocabulary(tokenizer, splits.train.codec.tokenizer, rows)
+        model,
+        shared_vocabulary(tokenizer, student, rows),
+        vocabulary_projection(tokenizer, student, rows),
     )
     return KeptTopKTeacher(module, top_k) if top_k else Teacher(module, taps=taps)
 
@@ -129,6 +165,7 @@ class KeptTopKTeacher(Teacher):
                 *(batch["input"][TEACHER_PREFIX + key] for key in ALIGNMENT_KEYS),
                 target_log_prob=target,
                 shared=self.module.shared,
+                projection=self.module.projection,
             )
         )
 
@@ -171,4 +208,5 @@ __all__ = [
     "shared_vocabulary",
     "token_strings",
     "trim_padded_vocabularies",
+    "vocabulary_projection",
 ]
