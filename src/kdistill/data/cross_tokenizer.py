@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,13 +37,21 @@ class CrossTokenizerDataset(Dataset):
     either side (0 for padding), for bits per byte (a tokenizer-independent score,
     ``kdistill.evaluation.language_model``). ``teacher_tokenizer``: the teacher's, for the
     tokens both vocabularies share (``kdistill.teachers.cross_tokenizer.aligned_teacher``).
+    ``text``: the teacher's tokenisation of the whole text the windows come from, for a cache
+    that any student tokenizer can read (``kdistill.teachers.text_cache``); each sample's
+    ``teacher_start`` is the position of its first teacher token in it.
     """
 
     def __init__(
-        self, student: dict[str, Tensor], teacher: dict[str, Tensor], codec, teacher_tokenizer=None
+        self,
+        student: dict[str, Tensor],
+        teacher: dict[str, Tensor],
+        codec,
+        teacher_tokenizer=None,
+        text: TeacherText | None = None,
     ):
         self.student, self.teacher, self.codec = student, teacher, codec
-        self.teacher_tokenizer = teacher_tokenizer
+        self.teacher_tokenizer, self.text = teacher_tokenizer, text
 
     def __len__(self) -> int:
         return len(self.student["input_ids"])
@@ -56,9 +65,20 @@ class CrossTokenizerDataset(Dataset):
             "target": self.student["target"][i],
             "mask": self.student["mask"][i],
             "index": torch.tensor(i),
+            "teacher_start": self.teacher["start"][i],
             "bytes": self.student["bytes"][i],
             "teacher_bytes": self.teacher["bytes"][i],
         }
+
+
+@dataclass(frozen=True)
+class TeacherText:
+    """The teacher's tokens of a whole text: ``ids`` (N,) int64, each token's byte ``spans``
+    (N, 2) int64 ([start, end) in the UTF-8 text), and the text's SHA-256 ``digest``."""
+
+    ids: Tensor
+    spans: Tensor
+    digest: str
 
 
 def _windows(count: int, block_size: int, limit: int | None) -> list[int]:
@@ -105,6 +125,7 @@ def cross_tokenizer_windows(
     student["bytes"], student["student_chunk"] = blank(block_size), blank(block_size, UNALIGNED)
     teacher = {k: blank(teacher_length) for k in ("input_ids", "target", "bytes")}
     teacher["chunk"] = blank(teacher_length, UNALIGNED)
+    teacher["start"] = torch.tensor([a for _, _, a, _, _, _ in rows], dtype=torch.int64)
     aligned = total = 0
     for row, (first, last, a, b, teacher_chunk, student_chunk) in enumerate(rows):
         n, m = last - first - 1, b - a - 1
@@ -135,7 +156,12 @@ def cross_tokenizer_windows(
         "windows": len(rows),
         "aligned_bytes": share,
     }
-    return CrossTokenizerDataset(student, teacher, codec, teacher_tokenizer), stats
+    whole = TeacherText(
+        torch.tensor(t_ids, dtype=torch.int64),
+        torch.tensor(t_spans, dtype=torch.int64).reshape(-1, 2),
+        hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    )
+    return CrossTokenizerDataset(student, teacher, codec, teacher_tokenizer, whole), stats
 
 
 def train_bpe(text: str, vocab_size: int, file: Path | None = None):
@@ -246,6 +272,7 @@ __all__ = [
     "BPE_PREFIX",
     "DEFAULT_MIN_ALIGNED",
     "CrossTokenizerDataset",
+    "TeacherText",
     "cross_tokenizer_splits",
     "cross_tokenizer_windows",
     "student_tokenizer_for",

@@ -69,8 +69,11 @@ def check_cross_tokenizer_recipe(recipe) -> None:
     """What a run across tokenizers does not take (each a one-line ``ConfigError``): the
     teacher reads its own tokens of each window and the losses its live logits with the
     alignment, so it is one frozen model, loaded (pretrained, or a checkpoint), never trained
-    here on the student's targets, never cached on disk (``teacher.cache_topk`` keeps its top k
-    per training window in memory: ``kdistill.teachers.cross_tokenizer.KeptTopKTeacher``)."""
+    here on the student's targets. ``teacher.cache_topk`` alone keeps its top k per training
+    window in memory (``kdistill.teachers.cross_tokenizer.KeptTopKTeacher``); with
+    ``teacher.cache`` the top k of the teacher's tokens of the whole text go to disk, one cache
+    for any student tokenizer (``kdistill.teachers.text_cache``); sampled tokens are not
+    taken (the chunk losses read a top k)."""
     from kdistill.errors import ConfigError
 
     teacher, reason = recipe.teacher, None
@@ -80,8 +83,13 @@ def check_cross_tokenizer_recipe(recipe) -> None:
         reason = "a teacher built from the zoo or a checkpoint, not teacher.onnx"
     elif teacher.trained_here:
         reason = "teacher.epochs=0 (a pretrained teacher) or a teacher.checkpoint"
-    elif teacher.cache:
-        reason = "teacher.cache=false (teacher.cache_topk alone keeps its top k in memory)"
+    elif teacher.cache_samples:
+        reason = "teacher.cache_topk, not teacher.cache_samples (the chunk losses read a top k)"
+    elif teacher.cache and not teacher.cache_topk:
+        reason = (
+            "teacher.cache_topk with teacher.cache (its k most probable tokens per position of "
+            "the text, not every logit)"
+        )
     if reason:
         raise ConfigError(
             f"data.options.student_tokenizer: a teacher with a tokenizer of its own needs {reason}"

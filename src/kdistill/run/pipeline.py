@@ -41,6 +41,7 @@ from kdistill.run.preflight import preflight, teacher_notes
 from kdistill.run.rundir import check_run_dir, open_run_dir
 from kdistill.run.school import RunSchool
 from kdistill.run.summary import summarize
+from kdistill.teachers.text_cache import TextCache
 from kdistill.teaching import MODES, Role
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.sharding import is_sharded
@@ -185,6 +186,12 @@ def cache(recipe: Recipe, *, echo=print) -> dict:
         )
     teacher = school.obtain_teacher()
     cached = school.frozen(teacher.model, cached=True)
+    if isinstance(cached.cache, TextCache):  # across tokenizers: keyed by the text
+        echo(
+            f"teacher text cache for {recipe.name} at {cached.cache.root}: "
+            f"{cached.cache.describe()}; teacher {teacher.source}"
+        )
+        return {"fingerprint": cached.cache.fingerprint, "windows": cached.cache.stored()}
     meta = cached.cache.meta
     size = sum(a["bytes"] for a in meta["arrays"].values())
     echo(

@@ -518,6 +518,8 @@ def topk_forms(recipe: Recipe, terms: list[Term]) -> list[Term]:
     teacher = recipe.teacher
     if not (teacher.cache and recipe.distill.mode == "teacher"):
         return terms
+    if (recipe.data.options or {}).get("student_tokenizer"):
+        return terms  # the chunk losses read a top k as it is (kdistill.teachers.text_cache)
     if teacher.cache_samples:  # alone, or with cache_topk: the top k exact, draws from the rest
         return sampled_terms(terms, teacher.cache_samples)[0]
     if teacher.cache_topk:

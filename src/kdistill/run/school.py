@@ -40,9 +40,10 @@ from kdistill.run.plan import (
 )
 from kdistill.run.trackers import Trackers
 from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
-from kdistill.teachers.cross_tokenizer import frozen_teacher
+from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher, frozen_teacher
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
+from kdistill.teachers.text_cache import TextCache, TextCachedTeacher, text_fingerprint
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import PSEUDO_LABELS, Role
 from kdistill.training.loop import Checkpointing, Loop, train_loop
@@ -219,7 +220,47 @@ class RunSchool:
             taps=teacher_taps(self.distill_terms),
             top_k=self.recipe.teacher.cache_topk,
         )
+        if cached and isinstance(teacher.module, CrossTokenizerTeacher):
+            return self._text_cached(teacher.module)
         return self._cached(teacher) if cached else teacher
+
+    def _text_cached(self, module: CrossTokenizerTeacher) -> TextCachedTeacher:
+        """Across tokenizers: the teacher's top k over its own tokens of the training text,
+        from a cache keyed by the teacher and the text, not by the student's tokenizer
+        (``kdistill.teachers.text_cache``); the grid windows this run's training windows touch
+        are computed (by the main process) when not on disk yet."""
+        recipe, train = self.recipe, self.splits.train
+        length = int(self.splits.identity["teacher_input_shape"][0])
+        fingerprint = text_fingerprint(
+            teacher_identity(module.teacher),
+            train.teacher_tokenizer,
+            train.text,
+            k=recipe.teacher.cache_topk,
+            dtype=recipe.teacher.cache_dtype,
+        )
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        root = (
+            Path(recipe.teacher.cache_dir)
+            if recipe.teacher.cache_dir
+            else Path(recipe.output.dir) / ".cache" / f"text-{key}"
+        )
+        started, computed = time.perf_counter(), 0
+        if self.is_main:
+            cache = TextCache(root, fingerprint, train.text, length=length)
+            windows = cache.needed(train.teacher["start"], train.teacher["input_ids"].shape[-1])
+            device = next(module.teacher.parameters()).device
+            computed = cache.build(
+                module.teacher, windows, batch_size=recipe.train.eval_batch_size, device=device
+            )
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            cache = TextCache(root, fingerprint, train.text, length=length)
+        if computed and self.is_main and recipe.output.progress:
+            print(
+                f"teacher text cache: {computed} grid window(s) computed in "
+                f"{time.perf_counter() - started:.1f} s; {cache.describe()} at {root}"
+            )
+        return TextCachedTeacher(module, cache)
 
     def _cached(self, teacher: Teacher) -> CachedTeacher:
         """The teacher's outputs over the training split, from a cache built once.
