@@ -262,7 +262,9 @@ def follow_data(
     # The views the teacher scores once and the students read from disk; only
     # for one fixed teacher that scores fixed inputs (not init_from_teacher or on_policy; not an
     # ensemble, whose recipe keeps no teacher section to record the choice in config.yaml).
-    live_only = any(recipe.distill.params.get(k) for k in ("init_from_teacher", "on_policy"))
+    live_only = any(
+        recipe.distill.params.get(k) for k in ("init_from_teacher", "on_policy", "sequence_kd")
+    )
     # A transfer set is scored live: the cache does not cover it yet.
     fixed = (
         recipe.distill.mode == "teacher"

@@ -403,7 +403,11 @@ class Recipe(Section):
     def _cache_serves_fixed_inputs(self):
         # Checked here, not when the distilled student starts: by then the teacher and the
         # scratch student have trained for nothing.
-        live_only = [k for k in ("init_from_teacher", "on_policy") if self.distill.params.get(k)]
+        live_only = [
+            k
+            for k in ("init_from_teacher", "on_policy", "sequence_kd")
+            if self.distill.params.get(k)
+        ]
         if self.teacher.cache and live_only:
             raise ValueError(
                 f"distill.params.{live_only[0]} needs the "

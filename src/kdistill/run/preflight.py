@@ -29,6 +29,7 @@ from kdistill.teachers.store import check_cache_root
 from kdistill.teaching import MODES
 from kdistill.teaching.preparation import prepare_teacher
 from kdistill.teaching.roles import Role
+from kdistill.training.sequences import sequence_length, training_prompts
 
 
 class DryRunSchool(RunSchool):
@@ -84,6 +85,13 @@ class DryRunSchool(RunSchool):
             taps=teacher_taps(self.distill_terms),
             top_k=self.recipe.teacher.cache_topk,
         )
+
+    def _teacher_sequences(self, model: nn.Module, settings: dict) -> torch.Tensor:
+        """Checked as the run checks them, not generated: prompts from the training windows,
+        padded to the sequences' length, stand in for the teacher's sequences."""
+        length = sequence_length(self.splits, settings)
+        prompts = training_prompts(self.splits.train, 2, settings["prompt"])
+        return torch.cat([prompts, prompts.new_zeros(len(prompts), length - prompts.shape[1])], 1)
 
     def fit(self, phase: str, distiller: Distiller, teacher) -> float:
         """One training step's forward and backward on one batch; fails naming the phase."""

@@ -43,12 +43,13 @@ from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identi
 from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher, frozen_teacher
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
-from kdistill.teachers.text_cache import TextCache, TextCachedTeacher, text_fingerprint
+from kdistill.teachers.text_cache import TextCachedTeacher, text_cached_teacher
 from kdistill.teaching.preparation import prepare_student, prepare_teacher
 from kdistill.teaching.roles import PSEUDO_LABELS, Role
 from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.optimization import Optimization
 from kdistill.training.selection import EarlyStopping, best_weights_path, selection_rule
+from kdistill.training.sequences import kept_sequences
 
 # On the CPU a teacher's forward pass gets no faster past a few hundred samples and can get
 # slower once the activations leave the caches: LeNet over 3,500 digits, one thread, channels-
@@ -226,41 +227,19 @@ class RunSchool:
 
     def _text_cached(self, module: CrossTokenizerTeacher) -> TextCachedTeacher:
         """Across tokenizers: the teacher's top k over its own tokens of the training text,
-        from a cache keyed by the teacher and the text, not by the student's tokenizer
-        (``kdistill.teachers.text_cache``); the grid windows this run's training windows touch
-        are computed (by the main process) when not on disk yet."""
-        recipe, train = self.recipe, self.splits.train
-        length = int(self.splits.identity["teacher_input_shape"][0])
-        fingerprint = text_fingerprint(
-            teacher_identity(module.teacher),
-            train.teacher_tokenizer,
-            train.text,
-            k=recipe.teacher.cache_topk,
-            dtype=recipe.teacher.cache_dtype,
+        keyed by the teacher and the text (``kdistill.teachers.text_cache``)."""
+        teacher = self.recipe.teacher
+        return text_cached_teacher(
+            module,
+            self.splits,
+            k=teacher.cache_topk,
+            dtype=teacher.cache_dtype,
+            root=teacher.cache_dir,
+            folder=Path(self.recipe.output.dir) / ".cache",
+            batch_size=self.recipe.train.eval_batch_size,
+            accelerator=self.accelerator,
+            progress=self.recipe.output.progress,
         )
-        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-        root = (
-            Path(recipe.teacher.cache_dir)
-            if recipe.teacher.cache_dir
-            else Path(recipe.output.dir) / ".cache" / f"text-{key}"
-        )
-        started, computed = time.perf_counter(), 0
-        if self.is_main:
-            cache = TextCache(root, fingerprint, train.text, length=length)
-            windows = cache.needed(train.teacher["start"], train.teacher["input_ids"].shape[-1])
-            device = next(module.teacher.parameters()).device
-            computed = cache.build(
-                module.teacher, windows, batch_size=recipe.train.eval_batch_size, device=device
-            )
-        self.accelerator.wait_for_everyone()
-        if not self.is_main:
-            cache = TextCache(root, fingerprint, train.text, length=length)
-        if computed and self.is_main and recipe.output.progress:
-            print(
-                f"teacher text cache: {computed} grid window(s) computed in "
-                f"{time.perf_counter() - started:.1f} s; {cache.describe()} at {root}"
-            )
-        return TextCachedTeacher(module, cache)
 
     def _cached(self, teacher: Teacher) -> CachedTeacher:
         """The teacher's outputs over the training split, from a cache built once.
@@ -326,6 +305,19 @@ class RunSchool:
             )
         return CachedTeacher(cache)
 
+    def _teacher_sequences(self, model: nn.Module, settings: dict) -> torch.Tensor:
+        """The teacher's generations for ``distill.params.sequence_kd``, kept under
+        ``<output.dir>/.cache`` (``kdistill.training.sequences.kept_sequences``)."""
+        return kept_sequences(
+            model,
+            self.splits,
+            settings,
+            folder=Path(self.recipe.output.dir) / ".cache",
+            batch_size=self.recipe.train.eval_batch_size,
+            accelerator=self.accelerator,
+            progress=self.recipe.output.progress,
+        )
+
     # --- students -------------------------------------------------------------------------
 
     def distiller(self, student: nn.Module, terms: list, teacher) -> Distiller:
@@ -334,7 +326,13 @@ class RunSchool:
             lm = self.splits.task == "language_modelling"
             check_pair(teacher, student, example, tokenizer_size=lm and self.splits.num_classes)
             live, seed = getattr(teacher, "module", None), self.recipe.train.seed
-            transform = prepare_student(self.recipe.distill.params, student, live, seed=seed)
+            transform = prepare_student(
+                self.recipe.distill.params,
+                student,
+                live,
+                seed=seed,
+                sequences=self._teacher_sequences,
+            )
         # A memory bank (CRD) holds every sample the student trains on: the transfer set's too.
         samples = len(self.splits.train)
         if teacher is not None and self.splits.unlabelled is not None:

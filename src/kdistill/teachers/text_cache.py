@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors
 from kdistill.losses.cross_tokenizer import AlignedTeacher
 from kdistill.losses.sparse import SparseTeacher
 from kdistill.modeling import ALIGNMENT_KEYS, TEACHER_PREFIX, ModelOutput, call_model
+from kdistill.teachers.cache import teacher_identity
 from kdistill.teachers.store import MARKER
 
 FORMAT = "kdistill-text-cache/1"
@@ -218,6 +220,45 @@ class TextCache:
         )
 
 
+def text_cached_teacher(
+    module,
+    splits,
+    *,
+    k: int,
+    dtype: str,
+    root: str | None,
+    folder: Path,
+    batch_size: int,
+    accelerator,
+    progress: bool = True,
+) -> TextCachedTeacher:
+    """A run's cached teacher across tokenizers: the ``TextCache`` of ``module``'s teacher over
+    the training text at ``root`` (or ``folder/text-<key>``), with the grid windows this run's
+    training windows touch computed (by the main process) when not on disk yet."""
+    train = splits.train
+    length = int(splits.identity["teacher_input_shape"][0])
+    fingerprint = text_fingerprint(
+        teacher_identity(module.teacher), train.teacher_tokenizer, train.text, k=k, dtype=dtype
+    )
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(root) if root else folder / f"text-{key}"
+    started, computed, cache = time.perf_counter(), 0, None
+    if accelerator.is_main_process:
+        cache = TextCache(root, fingerprint, train.text, length=length)
+        windows = cache.needed(train.teacher["start"], train.teacher["input_ids"].shape[-1])
+        device = next(module.teacher.parameters()).device
+        computed = cache.build(module.teacher, windows, batch_size=batch_size, device=device)
+    accelerator.wait_for_everyone()
+    if cache is None:
+        cache = TextCache(root, fingerprint, train.text, length=length)
+    if computed and accelerator.is_main_process and progress:
+        print(
+            f"teacher text cache: {computed} grid window(s) computed in "
+            f"{time.perf_counter() - started:.1f} s; {cache.describe()} at {root}"
+        )
+    return TextCachedTeacher(module, cache)
+
+
 class TextCachedTeacher(Teacher):
     """A ``CrossTokenizerTeacher`` read from a ``TextCache``: each batch's teacher positions
     (``teacher_start`` + 0 ... L_T - 1 of the whole text) as a ``SparseTeacher`` of the top k
@@ -246,4 +287,4 @@ class TextCachedTeacher(Teacher):
         )
 
 
-__all__ = ["FORMAT", "TextCache", "TextCachedTeacher", "text_fingerprint"]
+__all__ = ["FORMAT", "TextCache", "TextCachedTeacher", "text_cached_teacher", "text_fingerprint"]
