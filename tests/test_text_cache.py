@@ -263,3 +263,31 @@ def test_a_cache_the_chunk_losses_cannot_read_is_refused_in_one_line(
     with pytest.raises(ConfigError, match=fragment) as error:
         preflight(load_config(None, settings))
     assert "\n" not in str(error.value)
+
+
+def test_kdistill_cache_builds_the_text_cache_a_run_then_reads(tmp_path, monkeypatch):
+    from test_hardening_inputs import cross_tokenizer_data
+
+    from kdistill.run.config import load_config
+    from kdistill.run.pipeline import cache
+
+    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    settings = [
+        *cross_tokenizer_data(tmp_path),
+        "data.options.student_tokenizer=bpe:300",
+        "data.options.max_tokens={train: 64, val: 32, test: 32}",
+        "teacher.kwargs={n_layer: 1, n_embd: 16}",
+        "teacher.epochs=0",
+        "teacher.cache=true",
+        "teacher.cache_topk=16",
+        "method=cross_tokenizer",
+        "output.progress=false",
+        f"output.dir={tmp_path / 'runs'}",
+    ]
+    lines = []
+    built = cache(load_config(None, settings), echo=lines.append)
+    assert len(lines) == 1 and "teacher text cache for" in lines[0] and "top 16" in lines[0]
+    assert built["windows"] and built["fingerprint"]["k"] == 16
+    again = []
+    assert cache(load_config(None, settings), echo=again.append)["windows"] == built["windows"]
