@@ -190,6 +190,24 @@ def test_on_policy_draws_are_reproducible_from_the_runs_seed(corpus):
     assert transform(7, seed=1).seed == 1  # the recipe's own on_policy.seed wins
 
 
+def test_an_on_policy_warm_start_keeps_the_first_batches_off_policy_across_a_resume(corpus):
+    student = tiny_gpt(corpus.num_classes)
+    batch = next(iter(DataLoader(corpus.train, batch_size=4)))
+    transform = OnPolicy(student, fraction=1.0, continuation=4, seed=0, after=2)
+    for _ in range(2):  # the warm start: the data's batches as they are
+        out = transform(batch)
+        assert out["input"] is batch["input"] and out["metric/on_policy_generated"] == 0
+    state = transform.state_dict()
+    resumed = OnPolicy(student, fraction=1.0, continuation=4, seed=0, after=2)
+    resumed.load_state_dict(state)
+    for each in (transform, resumed):  # batch 3: on-policy, in the resumed run too
+        out = each(batch)
+        assert not torch.equal(out["input"], batch["input"])
+        assert out["metric/on_policy_generated"] > 0
+    with pytest.raises(ValueError, match="on_policy.after"):
+        OnPolicy(student, after=-1)
+
+
 class RecordingTeacher(Teacher):
     def __init__(self, module):
         super().__init__(module)

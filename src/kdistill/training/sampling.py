@@ -146,7 +146,9 @@ class OnPolicy:
     is whole; a batch of 1 is on-policy with probability λ, as TRL's ``GKDTrainer`` does it).
     Rounding λ·B instead never went on-policy at B = 1, λ = 0.5, nor at λ = 0.1 for B ≤ 5.
     ``train_loop(loop=Loop(batch_transform=...))`` applies it to each batch *before* the
-    teacher runs, so the teacher's logits are those of the sampled sequence.
+    teacher runs, so the teacher's logits are those of the sampled sequence. ``after`` is a
+    warm start: the student samples only once it has taken that many batches off-policy (an
+    untrained student's samples are noise the teacher can say little about).
 
     What counts, as GKD and TRL's ``GKDTrainer`` count it: on a sampled sequence only the K
     generated tokens (the batch's ``mask`` is false on its prompt), and their targets become
@@ -172,6 +174,9 @@ class OnPolicy:
             resumed run draws what the uninterrupted one did.
         completions_only: count only the last K positions of every sequence (GKD's prompt and
             completion framing: the generated share is then λ).
+        after: a warm start: the first ``after`` batches stay as the data gave them (off-policy),
+            so the student samples only once it has learnt something; the count is
+            checkpointed with the generator.
     """
 
     def __init__(
@@ -183,12 +188,16 @@ class OnPolicy:
         temperature: float = 1.0,
         seed: int = 0,
         completions_only: bool = False,
+        after: int = 0,
     ):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"on_policy.fraction must be in [0, 1], got {fraction}")
         if continuation < 1:
             raise ValueError(f"on_policy.continuation must be at least 1, got {continuation}")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"on_policy.after must be a whole number of batches ≥ 0, got {after}")
         self.student, self.fraction, self.continuation = student, fraction, continuation
+        self.after, self.calls = after, 0
         self.temperature, self.seed, self.completions_only = temperature, seed, completions_only
         self._generator: torch.Generator | None = None
         self._restored: Tensor | None = None  # a checkpoint's generator state, set at first use
@@ -203,11 +212,16 @@ class OnPolicy:
         return self._generator
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Where the random draws stand (a CPU byte tensor), for a checkpoint."""
-        return {} if self._generator is None else {"generator": self._generator.get_state()}
+        """Where the random draws stand (a CPU byte tensor) and the batches seen, for a
+        checkpoint."""
+        state = {"calls": torch.tensor(self.calls)}
+        if self._generator is not None:
+            state["generator"] = self._generator.get_state()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         self._generator, self._restored = None, state.get("generator")
+        self.calls = int(state["calls"]) if "calls" in state else 0
 
     def __call__(self, batch: Mapping) -> dict:
         inputs, target = batch["input"], batch["target"]
@@ -215,6 +229,9 @@ class OnPolicy:
             raise ValueError(
                 "on-policy distillation needs (B, L) token ids as the batch input (a causal LM)"
             )
+        self.calls += 1
+        if self.calls <= self.after:  # the warm start: off-policy for now
+            return {**batch, "metric/on_policy_generated": torch.zeros((), device=target.device)}
         count, length = inputs.shape
         steps = min(self.continuation, length)
         mask = batch.get("mask")
