@@ -120,6 +120,17 @@ def test_on_policy_generation_under_fsdp_is_refused_with_one_line(tmp_path):
     assert result.returncode != 0 and result.stdout.count(refusal) == 2  # each rank, one line
 
 
+@pytest.mark.integration
+def test_sequence_kd_under_fsdp_trains_as_under_ddp(tmp_path):
+    """The teacher's sequences swap tensors in the batch before the sharded step: FSDP on two
+    ranks ends where DDP on two ranks does, with the same rows replaced on each rank."""
+    for strategy in ("fsdp", "ddp"):
+        worker(tmp_path, strategy, 2, "sequence_kd")
+    runs = results(tmp_path)
+    assert max_difference(runs["fsdp-rank0_of_2"], runs["ddp-rank0_of_2"]) <= EQUAL_ATOL
+    assert runs["fsdp-rank0_of_2"]["digest"] == runs["fsdp-rank1_of_2"]["digest"]
+
+
 def test_compile_under_fsdp_is_refused_with_one_line():
     with pytest.raises(UserError, match="train.compile with train.strategy=fsdp") as error:
         make_accelerator("cpu", compile=True, strategy="fsdp")

@@ -4,7 +4,7 @@ writes per rank the student's weights (whole: what the user's module holds after
 what the run saw. Used by tests/test_fsdp.py.
 
     fsdp_worker.py OUT STRATEGY PER_PROCESS_BATCH [chunk] [taps] [best] [on_policy]
-        [every=N] [resume] [kill_at=STEP] [epochs=N] [tag=SUFFIX]
+        [sequence_kd] [every=N] [resume] [kill_at=STEP] [epochs=N] [tag=SUFFIX]
 """
 
 import hashlib
@@ -28,6 +28,7 @@ from kdistill.models.hf import hf
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.sampling import OnPolicy
+from kdistill.training.sequences import SequenceKD
 from kdistill.training.sharding import ShardedPhase
 
 out_dir, strategy, per_process_batch = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -130,6 +131,14 @@ try:
             log_step=kill_at if "kill_at" in flags else None,
             batch_transform=OnPolicy(student, fraction=0.5, continuation=4)
             if "on_policy" in flags
+            else SequenceKD(  # stand-ins for a teacher's sequences: fixed tokens
+                torch.randint(
+                    0, VOCAB, (6, LENGTH + 1), generator=torch.Generator().manual_seed(1)
+                ),
+                prompt=3,
+                fraction=0.5,
+            )
+            if "sequence_kd" in flags
             else None,
         ),
         checkpointing=Checkpointing(

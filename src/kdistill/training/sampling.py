@@ -179,6 +179,8 @@ class OnPolicy:
             checkpointed with the generator.
     """
 
+    samples_the_student = True  # FSDP refuses it: no sampling from a sharded student yet
+
     def __init__(
         self,
         student: nn.Module,

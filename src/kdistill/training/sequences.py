@@ -160,6 +160,8 @@ class SequenceKD(OnPolicy):
         seed: seeds the choices (a run passes ``train.seed``); checkpointed with the loop.
     """
 
+    samples_the_student = False  # the sequences are made before training: FSDP takes it
+
     def __init__(self, sequences: Tensor, prompt: int, *, fraction: float = 1.0, seed: int = 0):
         if sequences.dim() != 2 or not 1 <= prompt < sequences.shape[1] - 1:
             raise ValueError(

@@ -36,7 +36,6 @@ from torch.distributed.tensor import DTensor
 
 from kdistill.errors import UserError
 from kdistill.taps import FeatureTap
-from kdistill.training.sampling import OnPolicy
 
 # Gathered whole on rank 0, in host memory: the checkpoint and best-weights format is the
 # single-process one, so a state saved by N ranks loads into any number of processes.
@@ -157,7 +156,7 @@ def begin(accelerator: Accelerator, distiller: nn.Module, teacher, batch_transfo
     phase cannot do yet."""
     if not is_sharded(accelerator):
         return distiller, None
-    if isinstance(batch_transform, OnPolicy):
+    if getattr(batch_transform, "samples_the_student", False):
         refuse("on-policy generation", "sampling from a sharded student is not supported yet")
     phase = ShardedPhase(distiller, teacher)
     use_units(accelerator, phase.shadow.student)
