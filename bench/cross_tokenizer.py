@@ -308,8 +308,10 @@ def summarise(runs: list[dict], teacher_bpb: float, methods: list[str]) -> dict:
 def write(result: dict, name: str) -> None:
     summary, data = result["summary"], result["data"]
     seeds = sorted({r["seed"] for r in result["runs"]})
+    # A vocabulary of 256 is the bytes themselves: the BPE learns no merge.
+    reads = "bytes" if result["settings"]["vocab"] <= 256 else "its own BPE"
     lines = [
-        "# Cross-tokenizer distillation: SmolLM2-135M → a GPT with its own BPE (Shakespeare)",
+        f"# Cross-tokenizer distillation: SmolLM2-135M → a GPT that reads {reads} (Shakespeare)",
         "",
         f"Command: `{result['command']}`",
         "",
