@@ -179,9 +179,10 @@ WHEN_TO_USE = {
     "distilbert": "A student made of every other teacher layer "
     "(`distill.params.init_from_teacher`), trained with KD and a hidden-state cosine loss.",
     "cross_tokenizer": "A language-model teacher and student with different tokenizers: "
-    "positions are aligned on byte offsets and compared per chunk. The exact-match hybrid "
-    "measured best here (19.8 % of the gap in bits per byte, every seed); ULD and the chunk "
-    "likelihood did worse than scratch at the same weight.",
+    "positions are aligned on byte offsets and compared per chunk. The projected KL (each "
+    "teacher token onto the student token its string starts with) measured best here (21.2 % "
+    "of the gap in bits per byte over 3 seeds, every seed), ahead of the exact-match hybrid "
+    "(19.8 %); ULD and the chunk likelihood did worse than scratch at the same weight.",
     "token_kd": "GPT-style language models: a divergence per token (forward KL by default, "
     "reverse KL, JSD, skew KL, TVD); with `on_policy` it is GKD. Pair it with `chunk_size` for "
     "large vocabularies.",

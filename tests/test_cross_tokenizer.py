@@ -674,3 +674,43 @@ def test_kept_top_k_teacher_runs_the_teacher_once_per_window(tmp_path, monkeypat
     reordered = torch.utils.data.default_collate([splits.train[i] for i in (2, 3)])
     assert torch.equal(kept(reordered).logits.logits.indices[1], first.logits.indices[0])
     assert len(calls) == 2  # windows kept already: no pass beyond the live reference above
+
+
+@pytest.mark.integration
+def test_a_cross_tokenizer_student_exports_and_predict_refuses_it_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """The student of a run across tokenizers exports to ONNX like any student (its default
+    loss, projected, through the disk text cache); predict, which scores classifiers, says in
+    one line that it does not score a language model instead of asking for a CSV."""
+    from test_hardening_inputs import cross_tokenizer_data
+
+    from kdistill.cli import main
+
+    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    settings = [
+        *cross_tokenizer_data(tmp_path),
+        "data.options.student_tokenizer=bpe:300",
+        "data.options.max_tokens={train: 64, val: 32, test: 32}",
+        "teacher.kwargs={n_layer: 1, n_embd: 16}",
+        "teacher.epochs=0",
+        "teacher.cache=true",
+        "teacher.cache_topk=16",
+        "student.kwargs={n_layer: 1, n_embd: 16}",
+        "method=cross_tokenizer",
+        "train.epochs=1",
+        "output.latency=false",
+        "output.plots=false",
+        f"output.dir={tmp_path / 'runs'}",
+        "name=xtok",
+    ]
+    assert main(["run", *settings]) == 0
+    assert main(["export", str(tmp_path / "runs" / "xtok"), "--no-int8", "--repeats", "1"]) == 0
+    export = tmp_path / "runs" / "xtok" / "export"
+    assert (export / "student.onnx").is_file() and (export / "teacher.onnx").is_file()
+    (tmp_path / "line.txt").write_text("To be, or not to be\n")
+    capsys.readouterr()
+    assert main(["predict", str(export), str(tmp_path / "line.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "this export is a language model" in err and len(err.splitlines()) == 1

@@ -207,8 +207,7 @@ def test_kdistill_run_caches_the_teacher_once_for_two_student_tokenizers(
         "teacher.cache=true",
         "teacher.cache_topk=16",
         "student.kwargs={n_layer: 1, n_embd: 16}",
-        "method=cross_tokenizer",
-        "distill.params={loss: hybrid}",
+        "method=cross_tokenizer",  # its default loss, projected
         "train.epochs=2",
         "train.augment=none",
         "output.latency=false",

@@ -251,6 +251,12 @@ def read_inputs(
             lines = [line for line in _text(path).splitlines() if line.strip()]
             rows.extend(lines)
             names.extend(f"{path.name}:{n}" for n in range(1, len(lines) + 1))
+        elif first.name == "input_ids":  # token ids without a tokenizer: a language model
+            raise UserError(
+                f"{path}: this export is a language model (next-token logits over token ids), "
+                "which kdistill predict does not score; run its .onnx with ONNX Runtime on the "
+                "ids of its tokenizer (the run's data.options)"
+            )
         else:
             takes = "images or a CSV" if spec.image else "a CSV"
             raise UserError(f"{path}: this model takes {takes} of feature rows")
