@@ -354,7 +354,8 @@ def write(result: dict, name: str) -> None:
             "",
             f"`{reference['recipe']}`: SmolLM2-135M teaches a 63.7M student pruned from itself "
             "(10 of 30 layers, the teacher's own tokenizer) with token-level forward KL (α 0.5), "
-            "one epoch over 49,152 training tokens, one seed: another student, budget and test "
+            "two epochs over 49,152 training tokens from the teacher's top-64 + 16-draw cache, one "
+            "seed: another student, budget and test "
             "sample than the race above, so a reference for the size of a same-tokenizer gain, "
             "not a same-budget comparison. Its recorded test perplexities (the language-models "
             f"guide) in bits per byte over its {reference['test_tokens']:,} test tokens "
