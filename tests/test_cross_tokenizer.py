@@ -588,6 +588,29 @@ def reference_bits_per_byte(model, dataset, *, teacher: bool) -> float:
     return nats / math.log(2) / nbytes
 
 
+def tiny_run(tmp_path, monkeypatch, *extra: str) -> list[str]:
+    """The settings of a `kdistill run` across tokenizers small enough for a test: five small
+    plays with a 320-entry teacher BPE, a 300-entry student BPE, one-layer GPTs 16 wide, the
+    teacher used as built; ``extra`` after them (a repeated key takes the last value)."""
+    from test_hardening_inputs import cross_tokenizer_data
+
+    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return [
+        *cross_tokenizer_data(tmp_path),
+        "data.options.student_tokenizer=bpe:300",
+        "data.options.max_tokens={train: 64, val: 32, test: 32}",
+        "teacher.kwargs={n_layer: 1, n_embd: 16}",
+        "teacher.epochs=0",
+        "student.kwargs={n_layer: 1, n_embd: 16}",
+        "method=cross_tokenizer",
+        "output.latency=false",
+        "output.plots=false",
+        f"output.dir={tmp_path / 'runs'}",
+        *extra,
+    ]
+
+
 def test_kdistill_run_distills_across_tokenizers_scored_in_bits_per_byte(tmp_path, monkeypatch):
     import json
 
@@ -683,28 +706,11 @@ def test_a_cross_tokenizer_student_exports_and_predict_refuses_it_in_one_line(
     """The student of a run across tokenizers exports to ONNX like any student (its default
     loss, projected, through the disk text cache); predict, which scores classifiers, says in
     one line that it does not score a language model instead of asking for a CSV."""
-    from test_hardening_inputs import cross_tokenizer_data
-
     from kdistill.cli import main
 
-    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    settings = [
-        *cross_tokenizer_data(tmp_path),
-        "data.options.student_tokenizer=bpe:300",
-        "data.options.max_tokens={train: 64, val: 32, test: 32}",
-        "teacher.kwargs={n_layer: 1, n_embd: 16}",
-        "teacher.epochs=0",
-        "teacher.cache=true",
-        "teacher.cache_topk=16",
-        "student.kwargs={n_layer: 1, n_embd: 16}",
-        "method=cross_tokenizer",
-        "train.epochs=1",
-        "output.latency=false",
-        "output.plots=false",
-        f"output.dir={tmp_path / 'runs'}",
-        "name=xtok",
-    ]
+    settings = tiny_run(
+        tmp_path, monkeypatch, "teacher.cache=true", "teacher.cache_topk=16", "name=xtok"
+    )
     assert main(["run", *settings]) == 0
     assert main(["export", str(tmp_path / "runs" / "xtok"), "--no-int8", "--repeats", "1"]) == 0
     export = tmp_path / "runs" / "xtok" / "export"

@@ -240,20 +240,26 @@ def test_fit_calls_the_batch_transform_before_the_teacher(corpus):
     assert math.isfinite(history[0]["loss/kd"]) and history[0]["loss/kd"] > 0
 
 
+# configs/lm_kd.yaml at a test's size: 160 windows of 32 characters, one epoch each
+QUICK = [
+    "data.subset=160",
+    "data.options.block_size=32",
+    "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 32}",
+    "student.kwargs={n_layer: 1, n_head: 2, n_embd: 16}",
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "output.latency=false",
+    "output.plots=false",
+]
+
+
 @pytest.mark.integration
 def test_lm_recipe_end_to_end_with_on_policy_and_samples(tmp_path):
     from kdistill.cli import main
 
     quick = [
-        "data.subset=160",
-        "data.options.block_size=32",
-        "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 32}",
-        "student.kwargs={n_layer: 1, n_head: 2, n_embd: 16}",
-        "teacher.epochs=1",
-        "train.epochs=1",
+        *QUICK,
         "distill.params={loss: jsd, beta: 0.5, on_policy: {fraction: 0.25, continuation: 4}}",
-        "output.latency=false",
-        "output.plots=false",
         "output.progress=false",
         f"output.dir={tmp_path}",
     ]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from test_lm import corpus, tiny_gpt  # noqa: F401 (corpus: a fixture pytest finds by name)
+from test_lm import QUICK, corpus, tiny_gpt  # noqa: F401 (corpus: a fixture pytest finds by name)
 
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.training.sequences import SequenceKD, teacher_sequences, training_prompts
@@ -74,18 +74,6 @@ def test_sequence_kd_draws_resume_from_a_checkpoint(corpus):  # noqa: F811
     again = resumed(batch)
     assert torch.equal(again["input"], expected["input"])
     assert torch.equal(again["mask"], expected["mask"])
-
-
-QUICK = [
-    "data.subset=160",
-    "data.options.block_size=32",
-    "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 32}",
-    "student.kwargs={n_layer: 1, n_head: 2, n_embd: 16}",
-    "teacher.epochs=1",
-    "train.epochs=1",
-    "output.latency=false",
-    "output.plots=false",
-]
 
 
 def test_a_recipe_distils_on_the_teachers_sequences_kept_for_the_next_run(tmp_path, capsys):

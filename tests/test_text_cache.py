@@ -192,28 +192,20 @@ def test_kdistill_run_caches_the_teacher_once_for_two_student_tokenizers(
 ):
     import json
 
-    from test_hardening_inputs import cross_tokenizer_data
+    from test_cross_tokenizer import tiny_run
 
     from kdistill.run.config import load_config
     from kdistill.run.pipeline import run
 
-    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    settings = [
-        *cross_tokenizer_data(tmp_path),
-        "data.options.max_tokens={train: 64, val: 32, test: 32}",
+    settings = tiny_run(
+        tmp_path,
+        monkeypatch,
         "teacher.kwargs={n_layer: 1, n_embd: 16, block_size: 64}",  # one teacher for both
-        "teacher.epochs=0",
         "teacher.cache=true",
         "teacher.cache_topk=16",
-        "student.kwargs={n_layer: 1, n_embd: 16}",
-        "method=cross_tokenizer",  # its default loss, projected
         "train.epochs=2",
-        "train.augment=none",
-        "output.latency=false",
-        "output.plots=false",
-        f"output.dir={tmp_path / 'runs'}",
-    ]
+        "output.progress=true",
+    )
     computed = []
     for name, tokenizer in (("first", "bpe:300"), ("second", "bpe:280")):
         run(
@@ -242,48 +234,33 @@ def test_kdistill_run_caches_the_teacher_once_for_two_student_tokenizers(
 def test_a_cache_the_chunk_losses_cannot_read_is_refused_in_one_line(
     tmp_path, monkeypatch, setting, fragment
 ):
-    from test_hardening_inputs import cross_tokenizer_data
+    from test_cross_tokenizer import tiny_run
 
     from kdistill.errors import ConfigError
     from kdistill.run.config import load_config
     from kdistill.run.preflight import preflight
 
-    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    settings = [
-        *cross_tokenizer_data(tmp_path),
-        "data.options.student_tokenizer=bpe:300",
-        "teacher.epochs=0",
-        "teacher.cache=true",
-        "teacher.cache_topk=16",
-        "method=cross_tokenizer",
-        setting,
-    ]
+    settings = tiny_run(
+        tmp_path, monkeypatch, "teacher.cache=true", "teacher.cache_topk=16", setting
+    )
     with pytest.raises(ConfigError, match=fragment) as error:
         preflight(load_config(None, settings))
     assert "\n" not in str(error.value)
 
 
 def test_kdistill_cache_builds_the_text_cache_a_run_then_reads(tmp_path, monkeypatch):
-    from test_hardening_inputs import cross_tokenizer_data
+    from test_cross_tokenizer import tiny_run
 
     from kdistill.run.config import load_config
     from kdistill.run.pipeline import cache
 
-    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    settings = [
-        *cross_tokenizer_data(tmp_path),
-        "data.options.student_tokenizer=bpe:300",
-        "data.options.max_tokens={train: 64, val: 32, test: 32}",
-        "teacher.kwargs={n_layer: 1, n_embd: 16}",
-        "teacher.epochs=0",
+    settings = tiny_run(
+        tmp_path,
+        monkeypatch,
         "teacher.cache=true",
         "teacher.cache_topk=16",
-        "method=cross_tokenizer",
         "output.progress=false",
-        f"output.dir={tmp_path / 'runs'}",
-    ]
+    )
     lines = []
     built = cache(load_config(None, settings), echo=lines.append)
     assert len(lines) == 1 and "teacher text cache for" in lines[0] and "top 16" in lines[0]
