@@ -8,13 +8,20 @@ import json
 
 import pytest
 import torch
-from test_lm import QUICK, corpus, tiny_gpt  # noqa: F401 (corpus: a fixture pytest finds by name)
+from test_lm import QUICK, tiny_gpt
 
+from kdistill.data import load_dataset
 from kdistill.losses.lm import IGNORE_INDEX
 from kdistill.training.sequences import SequenceKD, teacher_sequences, training_prompts
 
 
-def test_greedy_teacher_sequences_are_the_teachers_argmax_continuations(corpus):  # noqa: F811
+@pytest.fixture(scope="module")
+def corpus():
+    """400 windows of 32 characters of Python's documentation (as tests/test_lm.py reads it)."""
+    return load_dataset("text", block_size=32, subset=400)
+
+
+def test_greedy_teacher_sequences_are_the_teachers_argmax_continuations(corpus):
     torch.manual_seed(0)
     teacher = tiny_gpt(corpus.num_classes).eval()
     prompts = training_prompts(corpus.train, 5, 6)
@@ -34,13 +41,13 @@ def test_greedy_teacher_sequences_are_the_teachers_argmax_continuations(corpus):
     assert torch.equal(again, same) and not torch.equal(again, other)
 
 
-def batch_of(corpus, rows):  # noqa: F811
+def batch_of(corpus, rows):
     return torch.utils.data.default_collate([corpus.train[i] for i in rows])
 
 
 @pytest.mark.parametrize("fraction, replaced", [(1.0, 4), (0.5, 2)])
 def test_sequence_kd_replaces_its_share_and_counts_the_teachers_tokens_only(
-    corpus,  # noqa: F811
+    corpus,
     fraction,
     replaced,
 ):
@@ -62,7 +69,7 @@ def test_sequence_kd_replaces_its_share_and_counts_the_teachers_tokens_only(
     assert out["metric/sequence_kd_share"].item() == pytest.approx(counted)
 
 
-def test_sequence_kd_draws_resume_from_a_checkpoint(corpus):  # noqa: F811
+def test_sequence_kd_draws_resume_from_a_checkpoint(corpus):
     sequences = torch.randint(0, corpus.num_classes, (9, 33))
     first = SequenceKD(sequences, prompt=4, fraction=0.5, seed=1)
     batch = batch_of(corpus, range(5))
