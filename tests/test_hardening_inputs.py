@@ -222,7 +222,7 @@ def cross_tokenizer_data(tmp_path):
                 "teacher.epochs=0",
                 "teacher.cache=true",
             ],
-            ("a teacher with a tokenizer of its own needs teacher.cache=false",),
+            ("a teacher with a tokenizer of its own needs teacher.cache_topk with teacher.cache",),
         ),
     ],
     ids=[
@@ -230,7 +230,7 @@ def cross_tokenizer_data(tmp_path):
         "too little aligned",
         "shared-vocabulary term",
         "teacher trained on student tokens",
-        "cached teacher",
+        "cached teacher without a top k",
     ],
 )
 def test_cli_refuses_what_cannot_distill_across_tokenizers(tmp_path, settings, fragments):
