@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import subprocess_env
+from safetensors import safe_open
 from safetensors.torch import load_file
 from test_distributed import TORCHRUN, free_port
 
 from kdistill.errors import UserError
+from kdistill.io.tensors import read_meta
 from kdistill.training.acceleration import make_accelerator
 
 WORKER = Path(__file__).parent / "helpers" / "fsdp_worker.py"
@@ -89,7 +91,18 @@ def test_sigkill_then_resume_is_bit_identical_and_loads_into_one_process(runs, t
     killed.mkdir(), other.mkdir()
     result = worker(killed, "fsdp", 2, "chunk", "every=1", "kill_at=5", check=False)
     assert result.returncode != 0 and not list(killed.glob("*.json"))  # killed mid-epoch 2
+    # Sharded: the file holds no weights; its one folder of shards, one file a rank, does.
+    meta = read_meta(killed / "state-fsdp.safetensors")
+    (folder,) = killed.glob("state-fsdp.shards-*")  # the earlier saves' folders are gone
+    assert meta["shards"]["folder"] == folder.name
+    assert sorted(meta["shards"]["files"]) == sorted(f.name for f in folder.iterdir())
+    assert len(meta["shards"]["files"]) == 2
+    with safe_open(killed / "state-fsdp.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if k.startswith(("model.", "optimizer."))]
     shutil.copy(killed / "state-fsdp.safetensors", other / "state-fsdp.safetensors")
+    shutil.copytree(folder, other / folder.name)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(other, damaged)
     worker(killed, "fsdp", 2, "chunk", "every=1", "resume")
     worker(other, "fsdp", 1, "chunk", "every=1", "resume")
     uninterrupted = runs["fsdp-rank0_of_2"]
@@ -98,6 +111,14 @@ def test_sigkill_then_resume_is_bit_identical_and_loads_into_one_process(runs, t
     assert resumed["fsdp-rank1_of_2"]["digest"] == uninterrupted["digest"]
     # The same state finished by one process: the same updates, summed in another order.
     assert max_difference(results(other)["fsdp-rank0_of_1"], uninterrupted) <= EQUAL_ATOL
+    # A damaged shard: one line, exit 2, nothing loaded.
+    shard = sorted((damaged / folder.name).iterdir())[1]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = worker(damaged, "fsdp", 1, "chunk", "every=1", "resume", check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{shard.name} is missing, damaged or foreign" in result.stdout
 
 
 @pytest.mark.integration
@@ -189,6 +210,8 @@ def test_kdistill_run_trains_every_phase_sharded(tmp_path, setting, env):
     # Saved whole (every phase handed its weights back): all of the student's parameters.
     weights = load_file(tmp_path / "fsdp" / "checkpoints" / "student.safetensors")
     assert sum(t.numel() for t in weights.values()) == summary["student"]["params"] > 0
+    # Each phase's sharded training state went with the phase.
+    assert not list((tmp_path / "fsdp" / "checkpoints").glob("*.shards-*"))
     if "teacher.cache=true" in setting:
         caches = list((tmp_path / ".cache").iterdir())
         assert len(caches) == 1 and (caches[0] / "meta.json").is_file()

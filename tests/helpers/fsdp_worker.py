@@ -173,3 +173,8 @@ name = f"{strategy}-rank{accelerator.process_index}_of_{accelerator.num_processe
 (out_dir / f"{name}{flags.get('tag', '')}.json").write_text(json.dumps(result))
 
 accelerator.end_training()  # the process group goes while the interpreter is whole
+# Sharded modules still hold the group, which teardown would free after the GIL is gone (a rare
+# SIGABRT once everything is written): leave as kdistill.cli.console does under a launcher.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)

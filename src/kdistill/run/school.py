@@ -50,6 +50,7 @@ from kdistill.training.loop import Checkpointing, Loop, train_loop
 from kdistill.training.optimization import Optimization
 from kdistill.training.selection import EarlyStopping, best_weights_path, selection_rule
 from kdistill.training.sequences import kept_sequences
+from kdistill.training.shards import named_by, remove_shards
 
 # On the CPU a teacher's forward pass gets no faster past a few hundred samples and can get
 # slower once the activations leave the caches: LeNet over 3,500 digits, one thread, channels-
@@ -439,6 +440,7 @@ class RunSchool:
         )
         if self.is_main:
             save_weights(distiller.student, final)
+            remove_shards(state, named=named_by(state))  # a sharded phase's (FSDP)
             state.unlink(missing_ok=True)
             best_weights_path(state).unlink(missing_ok=True)
             self.trackers.finish_phase()

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors
 from kdistill.training.sharding import load_state
+from kdistill.training.shards import load_shards, shards_folder
 
 # An optimizer's state is keyed by parameter index (``optimizer.state_dict()``) or, gathered from
 # shards (kdistill.training.sharding), by parameter name; its entries' own names hold no dot.
@@ -81,9 +82,12 @@ def save_training_state(
     progress: dict,
     progress_tensors: dict[str, Tensor],
     processes: int = 1,
+    shards: dict | None = None,
 ) -> None:
     """One atomic file with everything needed to continue exactly where training stopped:
-    the model's and the optimizer's state dicts (whole), the scheduler, every generator."""
+    the model's and the optimizer's state dicts (whole), the scheduler, every generator. Under
+    FSDP the model's and the optimizer's tensors are in a folder of shards instead
+    (kdistill.training.shards), which ``shards`` names with each file's digest."""
     tensors = {f"model.{k}": v for k, v in weights.items()}
     opt_tensors, opt_plain = _flatten_optimizer(optimizer_state)
     rng_tensors, rng_plain = rng_state()
@@ -98,6 +102,8 @@ def save_training_state(
         "processes": processes,
         "rng": rng_plain,
     }
+    if shards is not None:
+        meta["shards"] = shards
     save_tensors(path, tensors, meta)
 
 
@@ -109,13 +115,27 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
 
 def restore_training_state(
-    tensors: dict[str, Tensor], meta: dict, *, model, optimizer, scheduler, processes: int = 1
+    tensors: dict[str, Tensor],
+    meta: dict,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    processes: int = 1,
+    path: str | Path | None = None,
 ) -> dict[str, Tensor]:
-    """Load weights, optimizer (kdistill.training.sharding.load_state: sharded or not) and
-    scheduler, saved by ``processes`` or another number of them; returns the ``progress.*``
-    tensors. The global generators are restored separately, by the caller, at the right moment."""
-    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    load_state(model, optimizer, weights, _unflatten_optimizer(tensors, meta["optimizer"]))
+    """Load weights, optimizer (kdistill.training.sharding.load_state: sharded or not; or the
+    shards beside the checkpoint at ``path``) and scheduler, saved by ``processes`` or another
+    number of them; returns the ``progress.*`` tensors. The global generators are restored
+    separately, by the caller, at the right moment."""
+    folder = shards_folder(Path(path), meta) if path is not None else None
+    if folder is not None:
+        load_shards(folder, meta["shards"].get("files", {}), model, optimizer, meta["optimizer"])
+    else:
+        weights = {
+            k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")
+        }
+        load_state(model, optimizer, weights, _unflatten_optimizer(tensors, meta["optimizer"]))
     schedule = dict(meta["scheduler"])
     saved = meta.get("processes", processes)
     if saved != processes:

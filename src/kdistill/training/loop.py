@@ -23,6 +23,7 @@ from kdistill.distiller import Distiller, Teacher
 from kdistill.errors import UserError
 from kdistill.evaluation.classification import evaluate
 from kdistill.training import sharding
+from kdistill.training import shards as sharded_state
 from kdistill.training.acceleration import make_accelerator
 from kdistill.training.checkpoint import (
     load_training_state,
@@ -199,6 +200,7 @@ def train_loop(
                 optimizer=opt.optimizer,
                 scheduler=sched,
                 processes=accelerator.num_processes,
+                path=checkpoint,
             )
             state = TrainingProgress.from_saved(meta["progress"], restored)
             restored_rng = (tensors, meta["rng"])
@@ -229,8 +231,17 @@ def train_loop(
             if checkpoint is None:
                 return
             watch.check(epoch)  # never save a state that went non-finite
-            weights, optimizer_state = sharding.state(inner, opt.optimizer, accelerator)
+            folder = shards = None
+            if sharded:
+                # Each rank writes its own shards; the file below names them once all are down.
+                folder, optimizer_state, digests = sharded_state.save_shards(
+                    Path(checkpoint), inner, opt.optimizer
+                )
+                weights, shards = {}, {"folder": folder.name, "files": digests}
+            else:
+                weights, optimizer_state = sharding.state(inner, opt.optimizer, accelerator)
             if accelerator.is_main_process:
+                previous = sharded_state.named_by(Path(checkpoint))
                 progress_meta, progress_tensors = state.to_saved()
                 if hasattr(loop.batch_transform, "state_dict"):
                     drawn = loop.batch_transform.state_dict()
@@ -243,7 +254,10 @@ def train_loop(
                     progress=progress_meta,
                     progress_tensors=progress_tensors,
                     processes=accelerator.num_processes,
+                    shards=shards,
                 )
+                if folder is not None or previous is not None:
+                    sharded_state.remove_shards(Path(checkpoint), keep=folder, named=previous)
             accelerator.wait_for_everyone()
 
         history = []

@@ -26,7 +26,6 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
@@ -37,8 +36,8 @@ from torch.distributed.tensor import DTensor
 from kdistill.errors import UserError
 from kdistill.taps import FeatureTap
 
-# Gathered whole on rank 0, in host memory: the checkpoint and best-weights format is the
-# single-process one, so a state saved by N ranks loads into any number of processes.
+# Gathered whole on rank 0, in host memory: the best weights are kept in the single-process
+# format (training checkpoints are sharded: kdistill.training.shards).
 WHOLE_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 WHOLE_EVERYWHERE = StateDictOptions(full_state_dict=True)  # for loading whole states
 FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
@@ -208,23 +207,17 @@ class ShardedPhase:
 
 
 def state(model: nn.Module, optimizer, accelerator: Accelerator) -> tuple[dict, dict]:
-    """Model and optimizer state dicts for a checkpoint, on the main process (empty elsewhere).
-    Sharded ones are gathered whole from every rank (a collective: every rank calls this), the
-    optimizer's keyed by parameter name, so the state loads into any number of processes."""
-    if is_sharded(accelerator):
-        return (
-            get_model_state_dict(model, options=WHOLE_ON_RANK0),
-            get_optimizer_state_dict(model, optimizer, options=WHOLE_ON_RANK0),
-        )
+    """Model and optimizer state dicts for an unsharded checkpoint, on the main process (empty
+    elsewhere); a sharded phase writes its own shards (kdistill.training.shards)."""
     if accelerator.is_main_process:
         return model.state_dict(), optimizer.state_dict()
     return {}, {}
 
 
 def load_state(model: nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:
-    """Load a checkpoint's state dicts; every rank takes its shard of a whole state (each read
-    the same file). A state gathered from shards (keyed by name) loads into an unsharded model
-    too, through the same functions."""
+    """Load a whole checkpoint's state dicts (one an unsharded run wrote); under FSDP every rank
+    takes its shard of it (each read the same file). A state keyed by parameter name loads into
+    an unsharded model too, through the same functions."""
     if isinstance(model, FSDPModule) or not all(
         isinstance(k, int) for k in optimizer_state["state"]
     ):
