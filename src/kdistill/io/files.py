@@ -1,8 +1,10 @@
 """Writing a file so that a reader (or a full disk) never sees half of one: the one home of the
-temporary-file-then-rename that reports, summaries and checked tensor files use."""
+temporary-file-then-rename that reports, summaries and checked tensor files use; and the digest
+of a file's bytes that checks, on reading, what was written."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -47,4 +49,13 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return replace_atomically(Path(path), lambda tmp: tmp.write_bytes(content), needed=len(data))
 
 
-__all__ = ["atomic_write", "replace_atomically"]
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of the file's bytes, read in blocks (``hashlib.file_digest`` from 3.11)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["atomic_write", "file_sha256", "replace_atomically"]

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError, first_difference
+from kdistill.io.files import file_sha256
 from kdistill.io.tensors import CheckpointError, tensor_digest
 from kdistill.losses.sparse import SPARSE_TEACHERS, SampledTeacher, SparseTeacher
 from kdistill.modeling import to_device
@@ -140,14 +141,6 @@ def teacher_identity(module: nn.Module) -> dict:
     }
 
 
-def _array_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _first_difference(stored: dict, wanted: dict) -> str:
     for key in sorted(set(stored) | set(wanted)):
         if stored.get(key) != wanted.get(key):
@@ -201,7 +194,7 @@ class TeacherCache:
                     f"{path}: teacher cache is truncated or missing ({size} of {info['bytes']} "
                     f"bytes); delete {self.root} and build it again"
                 )
-            if verify and _array_digest(path) != info["sha256"]:
+            if verify and file_sha256(path) != info["sha256"]:
                 raise CheckpointError(
                     f"{path}: teacher cache is corrupted (checksum "
                     f"mismatch); delete {self.root} and build it again"
@@ -470,7 +463,7 @@ def build_cache(
                     "shape": [views, count, *shapes[name]],
                     "dtype": np.dtype(dtypes[name]).name,
                     "bytes": path.stat().st_size,
-                    "sha256": _array_digest(path),
+                    "sha256": file_sha256(path),
                 }
                 for name, path in files.items()
             },

@@ -8,7 +8,6 @@ feature terms with an ONNX teacher are refused (``check_onnx_terms``), naming th
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.errors import UserError
+from kdistill.io.files import file_sha256
 from kdistill.modeling import LOGITS
 
 _NUMPY_TYPES = {
@@ -26,14 +26,6 @@ _NUMPY_TYPES = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class OnnxModel(nn.Module):
@@ -68,7 +60,7 @@ class OnnxModel(nn.Module):
             i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()
         }
         self.output_name = self.session.get_outputs()[0].name
-        digest = bytes.fromhex(file_digest(self.path))
+        digest = bytes.fromhex(file_sha256(self.path))
         self.register_buffer("onnx_sha256", torch.tensor(list(digest), dtype=torch.uint8))
         # An empty parameter: code that finds a model's device from its first parameter (the
         # evaluators) works, and the parameter count stays 0.
@@ -132,4 +124,4 @@ def check_onnx_terms(terms, field: str = "teacher.onnx") -> None:
             )
 
 
-__all__ = ["OnnxModel", "check_onnx_terms", "file_digest", "is_onnx_file"]
+__all__ = ["OnnxModel", "check_onnx_terms", "is_onnx_file"]

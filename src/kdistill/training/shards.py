@@ -17,7 +17,6 @@ on disk, so a run killed while writing resumes from the previous checkpoint and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import secrets
 import warnings
@@ -37,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from kdistill.errors import UserError, disk_full, is_disk_full
 from kdistill.io import manifest
+from kdistill.io.files import file_sha256
 from kdistill.io.tensors import CheckpointError, read_meta
 
 MODEL, OPTIMIZER = "model.", "optimizer."
@@ -103,7 +103,7 @@ def save_shards(checkpoint: Path, model, optimizer) -> tuple[Path, dict, dict[st
         return folder, rest, {}
     files = sorted(folder.glob("*.safetensors"))
     manifest.record(*files)
-    return folder, rest, {f.name: _sha256(f) for f in files}
+    return folder, rest, {f.name: file_sha256(f) for f in files}
 
 
 def load_shards(folder: Path, digests: dict[str, str], model, optimizer, rest: dict) -> None:
@@ -148,7 +148,7 @@ def _verify(folder: Path, digests: dict[str, str]) -> None:
     found = set(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else set()
     bad = [n for n in names if n not in found] or sorted(found - set(names))
     if not bad:
-        bad = [n for n in names[rank::ranks] if _sha256(folder / n) != digests[n]]
+        bad = [n for n in names[rank::ranks] if file_sha256(folder / n) != digests[n]]
     failed = torch.tensor([len(bad)])
     if dist.is_initialized():
         dist.all_reduce(failed)
@@ -157,14 +157,6 @@ def _verify(folder: Path, digests: dict[str, str]) -> None:
         raise CheckpointError(
             f"{folder}: {what}; resume is not possible from it: start again without --resume"
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shards_folder(checkpoint: Path, meta: dict) -> Path | None:
