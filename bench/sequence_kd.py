@@ -15,7 +15,7 @@ training windows to whole 129-token windows, made once per setting and kept unde
   greedy_mixed    the same with greedy sequences (temperature 0, Kim & Rush's beam of one)
 
     python bench/sequence_kd.py                    # runs what runs/bench_seqkd lacks
-    python bench/sequence_kd.py --ways mixed       # one way
+    python bench/sequence_kd.py --ways greedy_mixed   # one way
 
 Writes bench/results/sequence_kd.md and .json: per way the teacher's, the scratch student's and
 the distilled student's test perplexity, the share of the teacher–scratch gap recovered (in
@@ -59,9 +59,8 @@ WAYS = {
 }
 
 
-def run(way: str, runs: Path) -> dict:
-    """The way's summary.json, from its run directory, running it first if it is not there."""
-    name = f"smollm2_seqkd_{way}"
+def run(name: str, settings: list[str], runs: Path) -> dict:
+    """The run's summary.json, from its run directory, running it first if it is not there."""
     summary = runs / name / "summary.json"
     if not summary.is_file():
         command = [
@@ -71,7 +70,7 @@ def run(way: str, runs: Path) -> dict:
             f"name={name}",
             f"output.dir={runs}",
             *LIVE,
-            *WAYS[way],
+            *settings,
             "--overwrite",
         ]
         print(" ".join(command), file=sys.stderr, flush=True)
@@ -79,40 +78,40 @@ def run(way: str, runs: Path) -> dict:
     return json.loads(summary.read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ways", default=",".join(WAYS))
-    parser.add_argument("--runs", default="runs/bench_seqkd", help="where the runs are kept")
+def study(results: str, title: str, ways: dict[str, list[str]], prefix: str, runs: str) -> None:
+    """Run (or read) each way of ``ways``, then write bench/results/<results>.md and .json."""
+    parser = argparse.ArgumentParser(description=title)
+    parser.add_argument("--ways", default=",".join(ways))
+    parser.add_argument("--runs", default=runs, help="where the runs are kept")
     args = parser.parse_args()
-    runs = ROOT / args.runs
     rows = {}
     for way in args.ways.split(","):
-        summary = run(way, runs)
+        summary = run(f"{prefix}{way}", ways[way], ROOT / args.runs)
         teacher, scratch, student = (
             summary[r]["perplexity"] for r in ("teacher", "scratch", "student")
         )
         gap = (math.log(scratch) - math.log(student)) / (math.log(scratch) - math.log(teacher))
         rows[way] = {
             "gap_recovered_ppl": (scratch - student) / (scratch - teacher),
-            "settings": WAYS[way],
+            "settings": ways[way],
             "teacher": teacher,
             "scratch": scratch,
             "student": student,
             "gap_recovered": gap,
             "seconds": summary["seconds"],
         }
+    script = Path(sys.argv[0]).name
     result = {
-        "command": "python bench/sequence_kd.py " + " ".join(sys.argv[1:]),
+        "command": f"python bench/{script} " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), one thread per run",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "ways": rows,
     }
     lines = [
-        "# Sequence-level KD on the SmolLM2 recipe",
+        f"# {title}",
         "",
-        f"Command: `{result['command']}` ({RECIPE} with `{' '.join(LIVE)}`: the live teacher "
-        "writes the sequences; one seed per way, each a `kdistill run` with its own scratch "
-        "student).",
+        f"Command: `{result['command'].strip()}` ({RECIPE} with `{' '.join(LIVE)}`: the live "
+        "teacher; one seed per way, each a `kdistill run` with its own scratch student).",
         "",
         f"Machine: {result['machine']}; {result['date']}.",
         "",
@@ -128,10 +127,16 @@ def main() -> None:
             f"| {row['seconds']:.0f} |"
         )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sequence_kd.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "sequence_kd.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{results}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{results}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(rows))
 
 
 if __name__ == "__main__":
-    main()
+    study(
+        "sequence_kd",
+        "Sequence-level KD on the SmolLM2 recipe",
+        WAYS,
+        prefix="smollm2_seqkd_",
+        runs="runs/bench_seqkd",
+    )
