@@ -1,8 +1,9 @@
 """FSDP2 through Accelerate (``train.strategy: fsdp``) on two CPU processes (gloo): a tiny
 Llama teacher distilled into a smaller Llama student (tests/helpers/fsdp_worker.py) trains to
 the weights of one process with the same global batch and of DDP, with student and teacher
-sharded; a SIGKILLed run resumes bit for bit, and into another number of processes; feature
-taps, connectors and keep=best work; what is not supported is refused with one line."""
+sharded; a SIGKILLed run resumes from its sharded checkpoint bit for bit, and into another
+number of processes; feature taps, connectors and keep=best work; what is not supported is
+refused with one line."""
 
 import json
 import shutil
