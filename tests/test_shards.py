@@ -122,3 +122,22 @@ def test_shards_of_another_model_are_refused_in_one_line(tmp_path):
     other = nn.Sequential(nn.Linear(5, 9), nn.ReLU(), nn.Linear(9, 3))
     with pytest.raises(CheckpointError, match="its shards do not fit this model"):
         shards.load_shards(folder, digests, other, torch.optim.AdamW(other.parameters()), rest)
+
+
+def test_a_linked_shard_folder_or_file_is_never_followed(tmp_path):
+    checkpoint = tmp_path / "state.safetensors"
+    elsewhere = tmp_path / "users"
+    elsewhere.mkdir()
+    (elsewhere / "shard-00001-model-00001-of-00001.safetensors").write_text("mine")
+    linked = checkpoint.with_name("state.shards-0a0b0c0d")
+    linked.symlink_to(elsewhere, target_is_directory=True)
+    shards.remove_shards(checkpoint, named=linked)  # as if a checkpoint named the link
+    assert (elsewhere / "shard-00001-model-00001-of-00001.safetensors").read_text() == "mine"
+    model, optimizer = trained(0)
+    folder, _, _ = shards.save_shards(checkpoint, model, optimizer)
+    (folder / "shard-00009-model-00001-of-00001.safetensors").symlink_to(
+        elsewhere / "shard-00001-model-00001-of-00001.safetensors"
+    )
+    shards.remove_shards(checkpoint, named=folder)
+    assert (elsewhere / "shard-00001-model-00001-of-00001.safetensors").is_file()
+    assert [p.name for p in folder.iterdir()] == ["shard-00009-model-00001-of-00001.safetensors"]

@@ -185,12 +185,15 @@ def named_by(checkpoint: Path) -> Path | None:
 def remove_shards(checkpoint: Path, keep: Path | None = None, named: Path | None = None) -> None:
     """Delete the shard folders of ``checkpoint`` but ``keep`` (main process only): ``named``,
     the one its previous file named, and any the run recorded as its own (an interrupted
-    save's). Inside them, only the files DCP names and the run could have written."""
+    save's). Inside them, only the files DCP names and the run could have written; a link,
+    to a folder or a file, is never the run's and is never followed."""
     found = checkpoint.parent.glob(f"{_stem(checkpoint)}.shards-*")
     for folder in {*found, *([named] if named is not None else [])}:
-        if folder != keep and folder.is_dir() and (folder == named or _recorded(folder)):
+        if folder == keep or folder.is_symlink() or not folder.is_dir():
+            continue
+        if folder == named or _recorded(folder):
             for file in folder.iterdir():
-                if re.fullmatch(SHARD_FILE, file.name) and file.is_file():
+                if re.fullmatch(SHARD_FILE, file.name) and not file.is_symlink() and file.is_file():
                     file.unlink()
             if not any(folder.iterdir()):
                 folder.rmdir()
