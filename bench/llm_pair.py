@@ -228,6 +228,7 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
     ``kdistill.teachers.signals.signal_of`` names it; default: top-``args.topk``), built while
     preparing, so that the cached way's process never holds the teacher."""
     from kdistill import Teacher
+    from kdistill.models.hf import HFModel
     from kdistill.teachers.cache import build_cache, teacher_identity
     from kdistill.teachers.signals import signal_of
     from kdistill.training.acceleration import make_accelerator
@@ -244,10 +245,11 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
     }
     settings = {k: v for k, v in signal.items() if k != "kind"}
     settings["topk"] = settings.pop("k", None) or settings.pop("top", None)
+    settings["hidden"] = signal["kind"] == "hidden"
     started = time.perf_counter()
     cache = build_cache(
         work / name,
-        Teacher(teacher),
+        Teacher(HFModel(teacher, "causal-lm")),  # the wrapper gives a hidden-state cache its h
         loader.dataset,
         fingerprint=fingerprint,
         dtype="float32",
@@ -259,7 +261,10 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
     arrays = cache.meta["arrays"].values()
     stored = sum(info["bytes"] for info in arrays)
     views, windows, length = next(iter(arrays))["shape"][:3]
+    head = work / name / "head.safetensors"  # a hidden-state cache's, stored once
     return {
         "cache_build_s": seconds,
+        "cache_head_bytes": head.stat().st_size if head.is_file() else 0,
         "cache_bytes_per_position": stored / (views * windows * length),
+        "cache_positions": views * windows * length,
     }

@@ -12,6 +12,8 @@ tokens/s and its held-out perplexity after the same steps, against the live (den
                 KD, Anshumann et al., ACL 2025, arXiv:2503.16870; kdistill.losses.sparse)
   sampled<K>-t<τ>  the same drawn from the flatter softmax(t / τ)
   top<k>s<K>    the k most probable tokens exactly, K draws from the rest (``top=k``)
+  hidden        not sparse: the teacher's final hidden states, and its head once, from which
+                every step recomputes the exact logits (``teacher.cache_hidden``)
 
 A seed s reorders the training windows (s = 0: bench/llm.py's order) and, for a sampled cache,
 seeds its draws: the live and top-k students differ only by the order, a sampled one also by
@@ -49,7 +51,7 @@ DEFAULT_RUNS = {
     ),
     "jsd": "live:1,topk64:1",
 }
-SIGNAL = re.compile(r"^(live|topk(\d+)(u?)|(?:top(\d+))?s(?:ampled)?(\d+)(?:-t([\d.]+))?)$")
+SIGNAL = re.compile(r"^(live|hidden|topk(\d+)(u?)|(?:top(\d+))?s(?:ampled)?(\d+)(?:-t([\d.]+))?)$")
 
 
 def parse_runs(text: str) -> dict[str, int]:
@@ -60,7 +62,7 @@ def parse_runs(text: str) -> dict[str, int]:
         if not SIGNAL.match(name):
             raise SystemExit(
                 f"bench/llm_sparse.py: unknown signal {name!r} "
-                "(live, topk<k>[u], sampled<K>[-t<τ>], top<k>s<K>)"
+                "(live, hidden, topk<k>[u], sampled<K>[-t<τ>], top<k>s<K>)"
             )
         runs[name] = int(seeds or 1)
     return runs
@@ -71,6 +73,8 @@ def signal_of_name(name: str, seed: int) -> dict | None:
     from kdistill.teachers.signals import signal_of
 
     _, k, _, top, samples, proposal = SIGNAL.match(name).groups()
+    if name == "hidden":
+        return signal_of(hidden=True)
     if k:
         return signal_of(int(k))
     if samples:
@@ -80,7 +84,10 @@ def signal_of_name(name: str, seed: int) -> dict | None:
 
 
 def cache_name(name: str, seed: int) -> str:
-    # top-k caches have no draws: one for every seed, whatever tail the loss gives them
+    # top-k and hidden-state caches have no draws: one for every seed, whatever tail the loss
+    # gives them
+    if name == "hidden":
+        return "cache-hidden"
     return f"cache-{name.rstrip('u')}" if name.startswith("topk") else f"cache-{name}-s{seed}"
 
 
@@ -106,6 +113,13 @@ def schedule(runs: dict[str, dict[str, int]]) -> list[tuple[str, str, int]]:
     return order
 
 
+def bytes_per_position(cache: dict) -> float:
+    """The cache's bytes over its positions, a hidden-state cache's head (stored once) included:
+    over this bench's 16k positions the head is most of it; over a corpus, little."""
+    head = cache.get("cache_head_bytes", 0)
+    return cache["cache_bytes_per_position"] + (head / cache["cache_positions"] if head else 0)
+
+
 def summarise(records: list[dict], built: dict, prepared: dict, args) -> dict:
     vocab = prepared["vocab_size"]
     dense_bytes = vocab * 4  # a float32 dense cache, the dtype these caches are built in
@@ -126,7 +140,7 @@ def summarise(records: list[dict], built: dict, prepared: dict, args) -> dict:
                 "ppl_std": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
                 "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in rs),
-                "bytes_per_position": statistics.mean(c["cache_bytes_per_position"] for c in caches)
+                "bytes_per_position": statistics.mean(map(bytes_per_position, caches))
                 if caches
                 else dense_bytes,
                 "build_s": statistics.mean(c["cache_build_s"] for c in caches) if caches else None,
@@ -210,9 +224,9 @@ def markdown(report: dict, command: str) -> str:
         "trained on. Seeds: the order of the training windows (0: bench/llm.py's) and a sampled "
         "cache's draws.",
         "",
-        "Bytes per position: the cache's arrays over its positions (float32 values, int32 ids); "
-        f"a dense float32 cache holds {report['dense_bytes_per_position']:,} "
-        f"(V = {prepared['vocab_size']:,}).",
+        "Bytes per position: the cache's files over its positions (float32 values, int32 ids; "
+        "the hidden-state cache's head, stored once, included); a dense float32 cache holds "
+        f"{report['dense_bytes_per_position']:,} (V = {prepared['vocab_size']:,}).",
         "",
         f"Runs finished: {report.get('done', 'all')} (every signal's seed 0 first). A workdir "
         "keeps its pair, caches and runs: an interrupted command, run again, resumes. Timings "

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdistill.modeling import LazyLogits
 from kdistill.models.settings import records_settings
 
 
@@ -169,10 +170,19 @@ class GPT(TransformerBody):
     def forward_head(self, features: Tensor) -> Tensor:
         return self.head(features)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    # Its logits are exactly head(final hidden states): chunked losses and a hidden-state teacher
+    # cache may take the two instead (``forward(..., lazy_logits=True)``).
+    supports_lazy_logits = True
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, lazy_logits: bool = False
+    ) -> Tensor | LazyLogits:
         # A padding mask on keys is not needed for causal LM training: padding only ever
         # follows the real tokens, so no counted position can attend to it.
-        return self.forward_head(self.forward_features(input_ids, None))
+        features = self.forward_features(input_ids, None)
+        if lazy_logits:
+            return LazyLogits(features, self.head.weight)
+        return self.forward_head(features)
 
 
 class TransformerClassifier(TransformerBody):

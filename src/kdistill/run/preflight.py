@@ -25,6 +25,7 @@ from kdistill.run.config import Recipe
 from kdistill.run.plan import Plan, plan, train_loader
 from kdistill.run.school import RunSchool, load_checkpoint
 from kdistill.teachers.cross_tokenizer import frozen_teacher
+from kdistill.teachers.signals import check_gives_hidden
 from kdistill.teachers.store import check_cache_root
 from kdistill.teaching import MODES
 from kdistill.teaching.preparation import prepare_teacher
@@ -79,6 +80,8 @@ class DryRunSchool(RunSchool):
         )
 
     def frozen(self, model: nn.Module, *, cached: bool = False):
+        if cached and self.recipe.teacher.cache_hidden:
+            check_gives_hidden(model)
         return frozen_teacher(
             model,
             self.splits,

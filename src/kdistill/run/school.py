@@ -277,6 +277,7 @@ class RunSchool:
             "dtype": recipe.teacher.cache_dtype,
             "topk": topk,
             **({"sampled": sampled} if sampled else {}),  # absent: older caches still match
+            **({"hidden": True} if recipe.teacher.cache_hidden else {}),
         }
         key = hashlib.sha256(
             json.dumps(fingerprint, sort_keys=True, default=str).encode()
@@ -295,6 +296,7 @@ class RunSchool:
             views=views,
             dtype=recipe.teacher.cache_dtype,
             topk=topk["k"] if topk else None,
+            hidden=recipe.teacher.cache_hidden,
             **(sampled or {"temperature": topk["temperature"] if topk else 1.0}),
             batch_size=cache_batch_size(train.eval_batch_size, self.accelerator.device),
             accelerator=self.accelerator,

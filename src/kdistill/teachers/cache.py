@@ -35,8 +35,14 @@ KL and its gradient where a top-k cache is biased. The draws are seeded per samp
 (``seed``), so a build is reproducible whatever the batch size or the number of ranks. Read
 back, they are a ``SampledTeacher``; only the forward KL takes one (``sampled_terms``).
 
-meta.json records the signal a cache holds (``signal``: kind dense, topk or sampled, with k or
-the samples, the temperature, the proposal's temperature and the seed); opening a cache for
+Or, for a language model whose logits are ``lm_head(h)``, as its final hidden states h
+(``hidden``): H numbers per position instead of V, and the head written once beside them
+(``head.safetensors``, its checksum in meta.json). Read back, they are ``LazyLogits``: the exact
+logits, which any loss reads as it reads the live teacher's (a chunked loss a few positions at a
+time), at the cost of the head's product in every step (``kdistill.teachers.signals``).
+
+meta.json records the signal a cache holds (``signal``: kind dense, topk, sampled or hidden, with
+k or the samples, the temperature, the proposal's temperature and the seed); opening a cache for
 another signal is refused (``TeacherCache.check_signal``).
 """
 
@@ -56,11 +62,12 @@ from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError, first_difference
 from kdistill.io.files import file_sha256
-from kdistill.io.tensors import CheckpointError, tensor_digest
+from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors, tensor_digest
 from kdistill.losses.sparse import SPARSE_TEACHERS, SampledTeacher, SparseTeacher
-from kdistill.modeling import to_device
-from kdistill.teachers.signals import describe, signal_arrays, signal_of
+from kdistill.modeling import LazyLogits, to_device
+from kdistill.teachers.signals import describe, head_of, signal_arrays, signal_of
 from kdistill.teachers.store import (
+    HEAD,
     agree_on_cache,
     allocate,
     check_space,
@@ -200,6 +207,22 @@ class TeacherCache:
                     f"mismatch); delete {self.root} and build it again"
                 )
             self.arrays[name] = np.load(path, mmap_mode="r")
+        self.head = self._head(verify) if self.signal["kind"] == "hidden" else None
+
+    def _head(self, verify: bool) -> dict[str, Tensor]:
+        """A hidden-state cache's output layer, checked against the digest meta.json holds."""
+        path, info = self.root / HEAD, self.meta.get("head")
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise CheckpointError(
+                f"{self.root / 'meta.json'}: a hidden-state cache without its head's checksum; "
+                f"delete {self.root} and build it again"
+            )
+        if not path.is_file() or (verify and file_sha256(path) != info["sha256"]):
+            raise CheckpointError(
+                f"{path}: the teacher cache's head is missing or corrupted; delete {self.root} "
+                "and build it again"
+            )
+        return load_tensors(path, what="teacher cache head", expect_digest=True)[0]
 
     @property
     def fingerprint(self) -> dict:
@@ -245,7 +268,8 @@ class TeacherCache:
 
     def lookup(self, index: Tensor, view: int = 0) -> ModelOutput:
         """Outputs of the samples at ``index`` (positions in the training split) in ``view``:
-        logits, or a ``SparseTeacher`` (top-k cache), on the CPU."""
+        logits, a ``SparseTeacher`` (top-k cache), a ``SampledTeacher`` or ``LazyLogits``
+        (hidden states and the head), on the CPU."""
         rows = index.cpu().numpy()
         values = {
             name: torch.from_numpy(np.ascontiguousarray(array[view % len(array)][rows]))
@@ -254,6 +278,8 @@ class TeacherCache:
         values = {k: v if k.endswith(".index") else v.float() for k, v in values.items()}
         if "logits" in values:
             logits = values.pop("logits")
+        elif "hidden" in values:
+            logits = LazyLogits(values.pop("hidden"), self.head["weight"], self.head.get("bias"))
         elif "sampled.index" in values:
             signal = self.signal
             logits = SampledTeacher(
@@ -291,8 +317,13 @@ class TeacherCache:
             for name, value in live.features.items()
             if name in cached.features
         }
-        live_logits = live.logits.float().cpu()
-        if isinstance(cached.logits, SparseTeacher):  # the live distribution at the cached ids
+        live_logits = live.logits
+        if isinstance(live_logits, LazyLogits):
+            live_logits = live_logits.materialize()
+        live_logits = live_logits.float().cpu()
+        if isinstance(cached.logits, LazyLogits):  # the logits the head gives back
+            pairs["logits"] = (cached.logits.materialize(), live_logits)
+        elif isinstance(cached.logits, SparseTeacher):  # the live distribution at the cached ids
             sparse = cached.logits
             log_p = torch.log_softmax(live_logits / sparse.temperature, dim=-1)
             index = sparse.indices.long().clamp(0, log_p.shape[-1] - 1)
@@ -337,6 +368,7 @@ def open_or_build(
         wanted = signal_of(
             build.get("topk"),
             build.get("samples"),
+            hidden=build.get("hidden", False),
             **{
                 k: build[k]
                 for k in ("temperature", "proposal_temperature", "seed")
@@ -364,13 +396,15 @@ def build_cache(
     samples: int | None = None,
     proposal_temperature: float = 1.0,
     seed: int = 0,
+    hidden: bool = False,
 ) -> TeacherCache:
     """Run ``teacher`` over every sample of ``dataset`` (``views`` times, each with the
     dataset's ``set_epoch(view + 1)`` augmentation) and store the outputs under ``root``;
     with ``topk``, the logits as the k most probable classes plus the tail mass of
     softmax(t / ``temperature``); with ``samples``, as that many tokens drawn from it (from
     softmax(t / (``temperature`` · ``proposal_temperature``))) with their importance weights,
-    seeded by ``seed``, the sample and the view.
+    seeded by ``seed``, the sample and the view; with ``hidden``, a language model's final
+    hidden states, and its head once.
 
     Written as ``.npy`` files that every rank fills with its own shard (or, across machines
     without a shared filesystem, one complete copy per machine: ``kdistill.teachers.store``); the
@@ -378,18 +412,37 @@ def build_cache(
     a cache.
     """
     root = Path(root)
-    rank = accelerator.process_index if accelerator else 0
-    world = accelerator.num_processes if accelerator else 1
-    main = rank == 0
     device = accelerator.device if accelerator else torch.device("cpu")
     signal = signal_of(
         topk,
         samples,
+        hidden=hidden,
         temperature=temperature,
         proposal_temperature=proposal_temperature,
         seed=seed,
     )
     teacher.to(device)
+    # A hidden-state cache stores what the head reads: the teacher's LazyLogits (a teacher that
+    # cannot give them is refused by signal_arrays, naming the setting).
+    lazy = getattr(teacher, "lazy_logits", False)
+    if hidden:
+        teacher.lazy_logits = True
+    try:
+        return _build(
+            root, teacher, dataset, accelerator, signal, fingerprint, views, dtype, batch_size, topk
+        )
+    finally:
+        if hidden:
+            teacher.lazy_logits = lazy
+
+
+def _build(
+    root, teacher, dataset, accelerator, signal, fingerprint, views, dtype, batch_size, topk
+) -> TeacherCache:
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    main = rank == 0
+    device = accelerator.device if accelerator else torch.device("cpu")
     count = len(dataset)
     if world > 1:
         agree_on_cache(root, fingerprint, accelerator)
@@ -446,6 +499,11 @@ def build_cache(
     if accelerator:
         accelerator.wait_for_everyone()
     if writer:
+        classes = probe.logits.shape[-1]
+        head = {}
+        if signal["kind"] == "hidden":
+            save_tensors(root / HEAD, head_of(probe))
+            head = {"head": {"file": HEAD, "sha256": file_sha256(root / HEAD)}}
         meta = {
             "format": FORMAT,
             "fingerprint": fingerprint,
@@ -453,10 +511,8 @@ def build_cache(
             "samples": count,
             "topk": None
             if topk is None
-            else {"k": topk, "classes": probe.logits.shape[-1], "temperature": temperature},
-            "signal": signal
-            if signal["kind"] == "dense"
-            else {**signal, "classes": probe.logits.shape[-1]},
+            else {"k": topk, "classes": classes, "temperature": signal["temperature"]},
+            "signal": signal if signal["kind"] == "dense" else {**signal, "classes": classes},
             "arrays": {
                 name: {
                     "file": path.name,
@@ -467,6 +523,7 @@ def build_cache(
                 }
                 for name, path in files.items()
             },
+            **head,
         }
         tmp = root / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
@@ -485,6 +542,7 @@ class CachedTeacher:
         self.epoch = 1
         self.device = torch.device("cpu")
         self.module = None
+        self._head: tuple | None = None  # (device, weight, bias): moved once per device
 
     @property
     def taps(self) -> list[str]:
@@ -492,6 +550,12 @@ class CachedTeacher:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _head_on_device(self, logits: LazyLogits) -> tuple[Tensor, Tensor | None]:
+        if self._head is None or self._head[0] != self.device:
+            bias = None if logits.bias is None else logits.bias.to(self.device)
+            self._head = (self.device, logits.weight.to(self.device), bias)
+        return self._head[1:]
 
     def to(self, device) -> CachedTeacher:
         self.device = torch.device(device)
@@ -512,5 +576,10 @@ class CachedTeacher:
             )
 
         logits = output.logits
-        logits = logits.map(move) if isinstance(logits, SPARSE_TEACHERS) else move(logits)
+        if isinstance(logits, LazyLogits):  # the head moves once, the hidden states each batch
+            logits = LazyLogits(move(logits.hidden), *self._head_on_device(logits))
+        elif isinstance(logits, SPARSE_TEACHERS):
+            logits = logits.map(move)
+        else:
+            logits = move(logits)
         return ModelOutput(logits, {k: move(v) for k, v in output.features.items()})

@@ -1,6 +1,7 @@
 """The signal a teacher cache holds, and the loss forms that read it: dense logits, the top-k
-tokens plus the tail mass, or tokens drawn from the teacher with importance weights (see
-``kdistill.teachers.cache`` for the cache, ``kdistill.losses.sparse`` for the estimators).
+tokens plus the tail mass, tokens drawn from the teacher with importance weights (see
+``kdistill.teachers.cache`` for the cache, ``kdistill.losses.sparse`` for the estimators), or a
+language model's final hidden states, from which its head gives the exact logits back.
 
 ``signal_of`` names a signal as meta.json records it; ``signal_arrays`` turns a batch of teacher
 outputs into the arrays the cache stores; ``topk_terms`` / ``sampled_terms`` adapt a run's terms
@@ -27,19 +28,24 @@ from kdistill.losses.token import (
     topk_teacher,
 )
 from kdistill.methods import LOGITS, Term
+from kdistill.modeling import LazyLogits, gives_lazy_logits
 
 
 def signal_of(
     topk: int | None = None,
     samples: int | None = None,
     *,
+    hidden: bool = False,
     temperature: float = 1.0,
     proposal_temperature: float = 1.0,
     seed: int = 0,
 ) -> dict:
     """What a cache built with these settings holds, as meta.json records it: with both
     ``topk`` and ``samples``, the k most probable tokens exactly and ``samples`` draws from
-    the rest (``sampled_teacher(..., top=k)``)."""
+    the rest (``sampled_teacher(..., top=k)``); with ``hidden``, the final hidden states
+    (the head is stored once beside them)."""
+    if hidden:
+        return {"kind": "hidden"}
     if samples is not None:
         return {
             "kind": "sampled",
@@ -60,10 +66,45 @@ def _draws(signal: dict, view: int, row: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# The hidden-state signal. A language model's logits are ``head(h)``, h its final hidden states
+# (after the last norm): H numbers per position instead of V (576 against 49,152 for SmolLM2,
+# 1.2 %), from which the head, stored once, gives back the exact logits. So every loss reads the
+# teacher it would read live (forward and reverse KL, JSD, ...), none needs a sparse form, and
+# a chunked loss never makes the (B, L, V) logits (``kdistill.losses.chunked``). The price is
+# the head's product at every training step (2·H·V operations per position, 21 % of
+# SmolLM2-135M's forward pass), where a sparse cache costs nothing.
+HIDDEN_REFUSAL = (
+    "needs a causal language model whose logits are lm_head(final hidden states) (the "
+    "built-in gpt, a Hugging Face causal LM without logit soft-capping), with no hook editing "
+    "its logits; set teacher.cache_hidden=false"
+)
+
+
+def check_gives_hidden(module: torch.nn.Module) -> None:
+    """Refuse, at preflight, a teacher whose logits a hidden-state cache cannot give back."""
+    if not gives_lazy_logits(module):
+        raise UserError(
+            f"teacher.cache_hidden: the teacher ({type(module).__name__}) {HIDDEN_REFUSAL}"
+        )
+
+
+def head_of(output: ModelOutput) -> dict[str, Tensor]:
+    """The output layer a hidden-state cache stores once: ``weight`` (V, H), ``bias`` (V,)."""
+    logits = output.logits
+    head = {"weight": logits.weight.detach()}
+    if logits.bias is not None:
+        head["bias"] = logits.bias.detach()
+    return head
+
+
 def signal_arrays(
     output: ModelOutput, signal: dict, rows: Tensor | None = None, view: int = 0
 ) -> dict[str, Tensor]:
     features = {f"feature.{k}": v for k, v in output.features.items()}
+    if signal["kind"] == "hidden":
+        if not isinstance(output.logits, LazyLogits):
+            raise UserError(f"teacher.cache_hidden: the teacher's output {HIDDEN_REFUSAL}")
+        return {"hidden": output.logits.hidden, **features}
     logits = output.logits.float()
     if signal["kind"] == "topk":
         sparse = topk_teacher(
@@ -174,7 +215,7 @@ def sampled_terms(terms: list[Term], samples: int) -> tuple[list[Term], float]:
 
 def signal_terms(terms: list[Term], signal: dict) -> tuple[list[Term], float]:
     """``topk_terms`` or ``sampled_terms`` for the cache ``signal`` (``signal_of``); a dense
-    cache keeps the terms as they are."""
+    or hidden-state cache keeps the terms as they are (it gives the exact logits)."""
     if signal["kind"] == "topk":
         return topk_terms(terms, signal["k"])
     if signal["kind"] == "sampled":
@@ -183,5 +224,7 @@ def signal_terms(terms: list[Term], signal: dict) -> tuple[list[Term], float]:
 
 
 def describe(signal: dict) -> str:
+    if signal["kind"] == "hidden":
+        return "the teacher's final hidden states and head"
     details = ", ".join(f"{k} {v}" for k, v in signal.items() if k != "kind")
     return f"{signal['kind']} teacher outputs" + (f" ({details})" if details else "")

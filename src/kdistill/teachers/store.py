@@ -30,6 +30,14 @@ NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
 
 MARKER = ".kdistill-cache"  # written first into a directory this code made for a cache
+HEAD = "head.safetensors"  # a hidden-state cache's output layer, written before meta.json
+
+
+def _written_by_a_build(name: str) -> bool:
+    """A file name a cache build writes before its meta.json (a killed build leaves them)."""
+    if name in (MARKER, TOKEN, "meta.json.tmp", HEAD) or name.endswith(".npy"):
+        return True
+    return name.startswith(f".{HEAD}.") and name.endswith(".tmp")  # its atomic write's
 
 
 def check_cache_root(root: Path) -> None:
@@ -44,11 +52,7 @@ def check_cache_root(root: Path) -> None:
             f"teacher.cache_dir: {root} already holds files that are not a kdistill teacher cache; "
             "point it at a new or empty directory"
         )
-    strangers = [
-        p.name
-        for p in root.iterdir()
-        if p.name not in (MARKER, TOKEN, "meta.json.tmp") and not p.name.endswith(".npy")
-    ]
+    strangers = [p.name for p in root.iterdir() if not _written_by_a_build(p.name)]
     if strangers:
         raise UserError(
             f"teacher.cache_dir: {root} holds {strangers[0]!r}, which a cache build did not write; "

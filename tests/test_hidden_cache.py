@@ -1,0 +1,203 @@
+"""A hidden-state teacher cache: a language model's final hidden states, and its head once, give
+back the exact logits, so every divergence (forward and reverse KL, JSD) reads from the cache
+what it reads from the live teacher, at H of V numbers per position; what it cannot serve (a
+teacher whose logits are not head(hidden states), a damaged head, another signal) is refused."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from kdistill import create_model
+from kdistill.data import load_dataset
+from kdistill.distiller import Teacher
+from kdistill.errors import UserError
+from kdistill.io.tensors import CheckpointError
+from kdistill.losses import chunked_token_loss, forward_kl, jsd, reverse_kl
+from kdistill.modeling import LazyLogits
+from kdistill.teachers.cache import (
+    CachedTeacher,
+    CacheMismatchError,
+    TeacherCache,
+    build_cache,
+    open_or_build,
+)
+
+WIDTH = 24
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    torch.manual_seed(0)
+    splits = load_dataset("text", block_size=32, subset=96)
+    vocab = splits.num_classes
+    model = create_model(
+        "gpt", num_classes=vocab, input_shape=(32,), n_layer=1, n_head=2, n_embd=WIDTH
+    )
+    teacher = Teacher(model)
+    root = tmp_path_factory.mktemp("hidden") / "c"
+    cache = build_cache(
+        root, teacher, splits.train, fingerprint={}, dtype="float32", hidden=True, batch_size=32
+    )
+    return splits, teacher, cache, root
+
+
+def batch_of(splits, rows):
+    return default_collate([splits.train[i] for i in rows])
+
+
+def test_the_cache_gives_back_the_live_teachers_logits(built):
+    splits, teacher, cache, root = built
+    vocab = splits.num_classes
+    assert cache.signal == {"kind": "hidden", "classes": vocab}
+    assert not teacher.lazy_logits  # the build asked for hidden states, then put it back
+    shape = cache.meta["arrays"]["hidden"]["shape"]
+    assert shape == [1, len(splits.train), 32, WIDTH] and set(cache.meta["arrays"]) == {"hidden"}
+    batch = batch_of(splits, [7, 0, 40])
+    read = CachedTeacher(cache)(batch).logits
+    assert isinstance(read, LazyLogits) and read.shape == (3, 32, vocab)
+    torch.testing.assert_close(read.materialize(), teacher(batch).logits, rtol=1e-6, atol=1e-6)
+    # the head is stored once, not per position: the arrays are H of V numbers per position
+    per_position = cache.meta["arrays"]["hidden"]["bytes"] / (len(splits.train) * 32)
+    assert per_position == pytest.approx(4 * WIDTH, rel=0.01)
+    assert (root / "head.safetensors").is_file() and "sha256" in cache.meta["head"]
+
+
+@pytest.mark.parametrize(
+    "loss, params",
+    [(forward_kl, {}), (reverse_kl, {}), (jsd, {"beta": 0.5}), (forward_kl, {"temperature": 2.0})],
+)
+def test_every_divergence_reads_the_cache_as_the_live_teacher(built, loss, params):
+    """Values and gradients of the chunked losses equal the dense loss of the live logits,
+    JSD and the reverse KL included (what a top-k or sampled cache cannot serve exactly)."""
+    splits, teacher, cache, _ = built
+    batch = batch_of(splits, list(range(8)))
+    torch.manual_seed(1)
+    hidden = torch.randn(8, 32, 16, requires_grad=True)
+    head = torch.randn(splits.num_classes, 16, requires_grad=True)
+    value = chunked_token_loss(
+        loss, hidden, head, CachedTeacher(cache)(batch).logits, chunk_size=50, **params
+    )
+    grads = torch.autograd.grad(value, (hidden, head))
+    dense = loss(hidden @ head.T, teacher(batch).logits, **params)
+    expected = torch.autograd.grad(dense, (hidden, head))
+    torch.testing.assert_close(value, dense, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_opened_again_it_is_checked_and_another_signal_is_refused(built, tmp_path):
+    splits, teacher, cache, root = built
+    settings = {"fingerprint": {}, "dtype": "float32", "batch_size": 32}
+    opened, made = open_or_build(root, teacher, splits.train, hidden=True, **settings)
+    assert not made and opened.signal["kind"] == "hidden"
+    for other in ({}, {"topk": 4}, {"samples": 3}):
+        with pytest.raises(CacheMismatchError, match="final hidden states and head"):
+            open_or_build(root, teacher, splits.train, **other, **settings)
+    topk = tmp_path / "topk"
+    build_cache(topk, teacher, splits.train, topk=4, **settings)
+    with pytest.raises(CacheMismatchError, match="asks for the teacher's final hidden states"):
+        open_or_build(topk, teacher, splits.train, hidden=True, **settings)
+
+
+def test_a_damaged_or_missing_head_is_refused(built, tmp_path):
+    splits, teacher, _, _ = built
+    root = tmp_path / "c"
+    build_cache(root, teacher, splits.train, fingerprint={}, dtype="float16", hidden=True)
+    head = root / "head.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 1
+    head.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="head is missing or corrupted"):
+        TeacherCache(root)
+    head.unlink()
+    with pytest.raises(CheckpointError, match="head is missing or corrupted"):
+        TeacherCache(root, verify=False)
+    meta = json.loads((root / "meta.json").read_text())
+    del meta["head"]
+    (root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="without its head's checksum"):
+        TeacherCache(root, verify=False)
+
+
+def test_a_teacher_without_hidden_states_is_refused_in_one_line(tmp_path):
+    splits = load_dataset("digits", subset=60)
+    teacher = Teacher(create_model("mlp", width=8, input_shape=(1, 8, 8)))
+    with pytest.raises(UserError, match="teacher.cache_hidden: the teacher's output needs a"):
+        build_cache(tmp_path / "c", teacher, splits.train, fingerprint={}, hidden=True)
+    loader = DataLoader(splits.train, batch_size=4)
+    assert not isinstance(teacher(next(iter(loader))).logits, LazyLogits)
+
+
+# configs/lm_kd.yaml at a test's size (tests/test_lm.py's QUICK), JSD against the teacher
+LM_QUICK = [
+    "data.subset=160",
+    "data.options.block_size=32",
+    "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 32}",
+    "student.kwargs={n_layer: 1, n_head: 2, n_embd: 16}",
+    "teacher.epochs=1",
+    "train.epochs=1",
+    "output.latency=false",
+    "output.plots=false",
+    "output.progress=false",
+    "distill.params={loss: jsd, beta: 0.5}",
+]
+
+
+@pytest.mark.integration
+def test_a_recipe_with_cache_hidden_trains_the_live_teachers_student(tmp_path):
+    """The recipe from a hidden-state cache (float32) and with the live teacher: the same
+    distilled student, JSD and all."""
+    from kdistill.cli import main
+
+    live = ["run", "configs/lm_kd.yaml", *LM_QUICK, f"output.dir={tmp_path}", "name=live"]
+    assert main(live) == 0
+    cached = [
+        "run",
+        "configs/lm_kd.yaml",
+        *LM_QUICK,
+        f"output.dir={tmp_path}",
+        "name=cached",
+        "teacher.cache=true",
+        "teacher.cache_hidden=true",
+        "teacher.cache_dtype=float32",
+    ]
+    assert main(cached) == 0
+    meta = json.loads((next((tmp_path / ".cache").iterdir()) / "meta.json").read_text())
+    assert meta["signal"]["kind"] == "hidden" and meta["fingerprint"]["hidden"] is True
+    summaries = [
+        json.loads((tmp_path / n / "summary.json").read_text()) for n in ("live", "cached")
+    ]
+    ppl = [s["student"]["perplexity"] for s in summaries]
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["teacher.cache_hidden=true"], "teacher.cache_hidden (the exact logits) is a cache"),
+        (
+            ["teacher.cache=true", "teacher.cache_hidden=true", "teacher.cache_topk=8"],
+            "without teacher.cache_topk or teacher.cache_samples",
+        ),
+    ],
+)
+def test_recipe_settings_a_hidden_cache_cannot_take_exit_2(overrides, message, tmp_path, capsys):
+    from kdistill.cli import main
+
+    code = main(["run", "configs/lm_kd.yaml", *LM_QUICK, *overrides, f"output.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_an_image_teacher_with_cache_hidden_exits_2_before_training(tmp_path, capsys):
+    from test_cache import QUICK  # the suite's quick image recipe
+
+    from kdistill.cli import main
+
+    args = ["run", *QUICK, "teacher.cache=true", "teacher.cache_hidden=true"]
+    code = main([*args, f"output.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "teacher.cache_hidden: the teacher (" in err, err
+    assert len(err.splitlines()) == 1 and not any(tmp_path.glob("*/checkpoints/*"))
