@@ -78,8 +78,8 @@ def test_every_guide_command_is_run_here_or_by_a_named_test():
     verbs = {shlex.split(line)[1] for line in lines if line.startswith("kdistill")}
     assert {"run", "check", "list", "export", "predict", "tune", "report"} <= verbs
     for fragment, where in ELSEWHERE.items():
-        test_file = ROOT / where.split()[0]
-        assert test_file.is_file(), f"ELSEWHERE names {where} for {fragment!r}"
+        for test_file in re.findall(r"tests/\w+\.py", where):
+            assert (ROOT / test_file).is_file(), f"ELSEWHERE names {test_file} for {fragment!r}"
 
 
 @pytest.mark.integration
