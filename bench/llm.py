@@ -2,8 +2,9 @@
 same number of optimisation steps, batch, loss and optimiser, four ways:
 
   (a) kdistill_live    kdistill's Python API (``kdistill.fit`` on a ``Distiller``), teacher live
-  (b) kdistill_cached  the same from a sparse teacher cache (``kdistill.teachers.cache``,
-                       built beforehand)
+  (b) kdistill_cached  the same from a teacher cache (``kdistill.teachers.cache``, built
+                       beforehand): the teacher's final hidden states and its head (``--cache
+                       hidden``, exact logits) or a sparse one (``--cache sampled``)
   (c) trl             TRL's ``GKDTrainer`` off-policy (``lmbda=0``): the same loss, no generation
   (d) plain           a plain PyTorch loop of the same student with cross-entropy only (scratch)
 
@@ -32,10 +33,11 @@ exp(mean token cross-entropy) over the same held-out windows (whole plays never 
 
 Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
 top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
-cached way's forward KL reads the top-64 tokens exactly and 16 tokens drawn from the rest of the
-teacher's distribution (``kdistill.losses.sparse.sampled_teacher``, an unbiased estimate; the
-choice of bench/results/llm_sparse.md); JSD, which draws cannot estimate, reads the exact top-k +
-tail-bucket form from a top-64 cache built beside it.
+cached way reads the teacher's final hidden states and its head, the exact logits, for every
+loss (``--cache hidden``, the choice of bench/results/llm_sparse_hidden.md). With ``--cache
+sampled`` its forward KL reads the top-64 tokens exactly and 16 tokens drawn from the rest
+(``kdistill.losses.sparse.sampled_teacher``, an unbiased estimate), and JSD, which draws cannot
+estimate, the exact top-k + tail-bucket form from a top-64 cache built beside it.
 """
 
 from __future__ import annotations
@@ -381,6 +383,7 @@ SETTINGS = (
     "order_seed",
     "cache_name",
     "tail",
+    "cache",
 )
 
 
@@ -415,6 +418,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    parser.add_argument(
+        "--cache",
+        default="hidden",
+        choices=("hidden", "sampled", "none"),
+        help="the cached way's cache: the teacher's final hidden states and head (exact), "
+        "--topk tokens and --samples draws (sparse), or none built here",
+    )
     parser.add_argument(
         "--samples",
         type=int,
@@ -512,6 +522,7 @@ KEYS = (
     "live_student_ppl",
     "sparse_student_ppl",
     "time_to_trl_quality_ratio",
+    "time_to_trl_quality_ratio_cache_reused",
     "kdistill_live_tokens_per_s",
     "kdistill_cached_tokens_per_s",
     "trl_tokens_per_s",

@@ -183,11 +183,13 @@ def prepare(args) -> dict:
         "teacher_ppl": perplexity(teacher, data["heldout"], args.batch, device),
         "pruned_ppl": perplexity(student, data["heldout"], args.batch, device),
     }
-    if args.topk or args.samples:  # bench/llm_sparse.py builds its caches itself
-        info.update(build_teacher_cache(teacher, args))
-    if args.topk and args.samples:  # the losses a sampled cache refuses (JSD) read the top k
-        from kdistill.teachers.signals import signal_of
+    from kdistill.teachers.signals import signal_of
 
+    if args.cache == "hidden":  # bench/llm_sparse.py builds its caches itself (--cache none)
+        info.update(build_teacher_cache(teacher, args, "cache", signal_of(hidden=True)))
+    elif args.cache == "sampled" and (args.topk or args.samples):
+        info.update(build_teacher_cache(teacher, args))
+    if args.cache == "sampled" and args.topk and args.samples:  # JSD, which draws cannot serve
         topk = build_teacher_cache(teacher, args, "cache-topk", signal_of(args.topk))
         info["topk_cache_build_s"] = topk["cache_build_s"]
     (work / "prepare.json").write_text(json.dumps(info))

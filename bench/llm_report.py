@@ -91,7 +91,10 @@ def race(ways: dict, prepared: dict, plain: dict) -> dict:
         for way, row in ways.items()
     }
     cached = reach.get("kdistill_cached")
+    # The same race with the cache already on disk (a second run, seed or epoch reads it free).
+    reused = time_to_quality(ways["kdistill_cached"]["curve"] or [], target)
     return {
+        "time_to_trl_quality_ratio_cache_reused": None if reused is None else reused / trl_s,
         "live_student_ppl": ways["kdistill_live"]["ppl"],
         "sparse_student_ppl": ways["kdistill_cached"]["ppl"],
         "time_to_trl_quality_s": reach,
@@ -124,16 +127,21 @@ def race_lines(report: dict) -> list[str]:
     ratio = report["time_to_trl_quality_ratio"]
     if report.get("plot"):
         lines += ["", f"![held-out perplexity against wall-clock seconds]({report['plot']})"]
+    reused = report.get("time_to_trl_quality_ratio_cache_reused")
     lines += [
         "",
         "time_to_trl_quality_ratio (cached way, build included, over TRL's training time): "
         + ("not reached within the budget" if ratio is None else f"{ratio:.2f}")
-        + " (target ≤ 0.5).",
+        + " (target ≤ 0.5); with the cache already built (a second run, seed or epoch): "
+        + ("not reached" if reused is None else f"{reused:.2f}")
+        + ".",
     ]
     return lines
 
 
 def signal_name(settings: dict) -> str:
+    if settings.get("cache") == "hidden":
+        return "hidden-state (final hidden states + head)"
     samples, k = settings.get("samples"), settings.get("topk")
     if samples:
         return f"top-{k} + {samples} sampled" if k else f"sampled-{samples}"

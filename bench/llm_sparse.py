@@ -296,6 +296,8 @@ def parse_args(argv=None):
             "0",
             "--samples",
             "0",
+            "--cache",
+            "none",
             "--curve-every",
             "0",
         ]

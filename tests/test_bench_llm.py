@@ -42,6 +42,7 @@ KEYS = {
     "live_student_ppl",
     "sparse_student_ppl",
     "time_to_trl_quality_ratio",
+    "time_to_trl_quality_ratio_cache_reused",
 }
 
 
@@ -95,6 +96,8 @@ def test_kdistill_and_trl_compute_the_same_training(race):
     assert summary["student_ppl"] == pytest.approx(summary["trl_student_ppl"], rel=1e-4)
     # ... and training moved it: the equality above is not two untouched copies.
     assert summary["student_ppl"] != pytest.approx(summary["pruned_ppl"], rel=1e-6)
+    # The hidden-state cache gives the exact logits: its student is the live teacher's.
+    assert summary["sparse_student_ppl"] == pytest.approx(summary["live_student_ppl"], rel=1e-5)
 
 
 @pytest.mark.integration
@@ -105,7 +108,7 @@ def test_the_results_table_lists_every_way_and_the_ratios(race):
     table = (folder / "llm_tiny.md").read_text()
     for way in (
         "(a) kdistill, live teacher",
-        "(b) kdistill, top-64 + 16 sampled cache",
+        "(b) kdistill, hidden-state (final hidden states + head) cache",
         "## Race to quality (forward_kl)",
         "(c) TRL GKDTrainer",
         "(d) plain loop",
