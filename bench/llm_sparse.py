@@ -226,7 +226,14 @@ def markdown(report: dict, command: str) -> str:
         "",
         "Bytes per position: the cache's files over its positions (float32 values, int32 ids; "
         "the hidden-state cache's head, stored once, included); a dense float32 cache holds "
-        f"{report['dense_bytes_per_position']:,} (V = {prepared['vocab_size']:,}).",
+        f"{report['dense_bytes_per_position']:,} (V = {prepared['vocab_size']:,})."
+        + "".join(
+            f" {name}: {info['cache_bytes_per_position']:,.0f} bytes a position in its arrays "
+            f"and its head once, {info['cache_head_bytes'] / 1e6:,.1f} MB over "
+            f"{info['cache_positions']:,} positions."
+            for name, info in report["caches"].items()
+            if info.get("cache_head_bytes")
+        ),
         "",
         f"Runs finished: {report.get('done', 'all')} (every signal's seed 0 first). A workdir "
         "keeps its pair, caches and runs: an interrupted command, run again, resumes. Timings "
