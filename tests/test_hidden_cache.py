@@ -61,7 +61,8 @@ def test_the_cache_gives_back_the_live_teachers_logits(built):
     # the head is stored once, not per position: the arrays are H of V numbers per position
     per_position = cache.meta["arrays"]["hidden"]["bytes"] / (len(splits.train) * 32)
     assert per_position == pytest.approx(4 * WIDTH, rel=0.01)
-    assert (root / "head.safetensors").is_file() and "sha256" in cache.meta["head"]
+    head = root / "head.safetensors"
+    assert cache.meta["head"]["bytes"] == head.stat().st_size and "sha256" in cache.meta["head"]
 
 
 @pytest.mark.parametrize(
@@ -146,15 +147,14 @@ LM_QUICK = [
 
 
 @pytest.mark.integration
-def test_a_recipe_with_cache_hidden_trains_the_live_teachers_student(tmp_path):
-    """The recipe from a hidden-state cache (float32) and with the live teacher: the same
-    distilled student, JSD and all."""
+def test_a_recipe_with_cache_hidden_trains_the_live_teachers_student(tmp_path, capsys):
+    """The recipe from a hidden-state cache (float32, built by `kdistill cache`) and with the
+    live teacher: the same distilled student, JSD and all."""
     from kdistill.cli import main
 
     live = ["run", "configs/lm_kd.yaml", *LM_QUICK, f"output.dir={tmp_path}", "name=live"]
     assert main(live) == 0
     cached = [
-        "run",
         "configs/lm_kd.yaml",
         *LM_QUICK,
         f"output.dir={tmp_path}",
@@ -163,7 +163,9 @@ def test_a_recipe_with_cache_hidden_trains_the_live_teachers_student(tmp_path):
         "teacher.cache_hidden=true",
         "teacher.cache_dtype=float32",
     ]
-    assert main(cached) == 0
+    assert main(["cache", *cached]) == 0
+    assert "(hidden, head); teacher" in capsys.readouterr().out
+    assert main(["run", *cached]) == 0
     meta = json.loads((next((tmp_path / ".cache").iterdir()) / "meta.json").read_text())
     assert meta["signal"]["kind"] == "hidden" and meta["fingerprint"]["hidden"] is True
     summaries = [

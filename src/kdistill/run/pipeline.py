@@ -193,10 +193,11 @@ def cache(recipe: Recipe, *, echo=print) -> dict:
         )
         return {"fingerprint": cached.cache.fingerprint, "windows": cached.cache.stored()}
     meta = cached.cache.meta
-    size = sum(a["bytes"] for a in meta["arrays"].values())
+    files = {**meta["arrays"], **({"head": meta["head"]} if "head" in meta else {})}
+    size = sum(info.get("bytes", 0) for info in files.values())
     echo(
         f"teacher cache for {recipe.name} at {cached.cache.root}: {meta['views']} view(s) of "
         f"{meta['samples']} samples, {size / 1e6:.1f} MB "
-        f"({', '.join(meta['arrays'])}); teacher {teacher.source}"
+        f"({', '.join(files)}); teacher {teacher.source}"
     )
     return meta

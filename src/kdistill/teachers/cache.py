@@ -502,8 +502,8 @@ def _build(
         classes = probe.logits.shape[-1]
         head = {}
         if signal["kind"] == "hidden":
-            save_tensors(root / HEAD, head_of(probe))
-            head = {"head": {"file": HEAD, "sha256": file_sha256(root / HEAD)}}
+            size = save_tensors(root / HEAD, head_of(probe))
+            head = {"head": {"file": HEAD, "bytes": size, "sha256": file_sha256(root / HEAD)}}
         meta = {
             "format": FORMAT,
             "fingerprint": fingerprint,
