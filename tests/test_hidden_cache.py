@@ -203,3 +203,20 @@ def test_an_image_teacher_with_cache_hidden_exits_2_before_training(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and "teacher.cache_hidden: the teacher (" in err, err
     assert len(err.splitlines()) == 1 and not any(tmp_path.glob("*/checkpoints/*"))
+
+
+def test_a_build_killed_after_writing_the_head_is_rebuilt(built, tmp_path):
+    """Before meta.json, a build has written its marker, arrays and head (and maybe the head's
+    temporary file): a rebuild takes the folder back; a user's file there is refused."""
+    splits, teacher, _, _ = built
+    root = tmp_path / "c"
+    build_cache(root, teacher, splits.train, fingerprint={}, hidden=True)
+    (root / "meta.json").unlink()
+    (root / ".head.safetensors.4242.tmp").write_bytes(b"partial")
+    cache = build_cache(root, teacher, splits.train, fingerprint={}, hidden=True)
+    assert cache.signal["kind"] == "hidden" and not (root / ".head.safetensors.4242.tmp").exists()
+    (root / "meta.json").unlink()
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds 'notes.txt'"):
+        build_cache(root, teacher, splits.train, fingerprint={}, hidden=True)
+    assert (root / "notes.txt").read_text() == "mine"
