@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from test_lm import QUICK
 from torch.utils.data import DataLoader, default_collate
 
 from kdistill import create_model
@@ -131,19 +132,8 @@ def test_a_teacher_without_hidden_states_is_refused_in_one_line(tmp_path):
     assert not isinstance(teacher(next(iter(loader))).logits, LazyLogits)
 
 
-# configs/lm_kd.yaml at a test's size (tests/test_lm.py's QUICK), JSD against the teacher
-LM_QUICK = [
-    "data.subset=160",
-    "data.options.block_size=32",
-    "teacher.kwargs={n_layer: 1, n_head: 2, n_embd: 32}",
-    "student.kwargs={n_layer: 1, n_head: 2, n_embd: 16}",
-    "teacher.epochs=1",
-    "train.epochs=1",
-    "output.latency=false",
-    "output.plots=false",
-    "output.progress=false",
-    "distill.params={loss: jsd, beta: 0.5}",
-]
+# configs/lm_kd.yaml at a test's size, JSD against the teacher
+LM_QUICK = [*QUICK, "output.progress=false", "distill.params={loss: jsd, beta: 0.5}"]
 
 
 @pytest.mark.integration
