@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses import chunked, forward_kl, forward_kl_topk, jsd, token_ce, topk_teacher
+from kdistill.losses import (
+    chunked,
+    forward_kl,
+    forward_kl_topk,
+    jsd,
+    reverse_kl,
+    token_ce,
+    topk_teacher,
+)
 from kdistill.losses.closed_form import TAIL_FLOOR, closed_form
 
 N, V = 6, 50
@@ -55,6 +63,40 @@ def test_forward_kl_with_a_top_k_teacher_equals_autograd(logits, loss, k, temper
     expected_value, expected_grad = generic(loss, s, teacher, None, params)
     torch.testing.assert_close(value, expected_value, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.1, 0.9, 0.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_jsd_with_dense_teacher_equals_autograd(logits, beta, temperature):
+    s, t = logits
+    params = {"beta": beta, "temperature": temperature}
+    value, grad = closed_form(jsd, s, t, None, params)
+    expected_value, expected_grad = generic(jsd, s, t, None, params)
+    torch.testing.assert_close(value, expected_value, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "case", ["beta 1 (the reverse KL)", "banned student token", "banned teacher token", "top-k"]
+)
+def test_jsd_leaves_to_autograd_what_the_closed_form_cannot_keep(logits, case):
+    s, t = logits
+    params, teacher = {"beta": 0.5}, t
+    if case.startswith("beta"):
+        params = {"beta": 1.0}
+    elif case == "banned student token":
+        s = banned_student(s)
+    elif case == "banned teacher token":
+        teacher = banned_teacher(t)
+    else:
+        teacher = topk_teacher(t, k=4)
+    assert closed_form(jsd, s, teacher, None, params) is None
+    term = chunked.ChunkedTerm(jsd, params=params)
+    coefficient = torch.tensor([1.0], dtype=torch.float64)
+    value, grad = chunked._chunk_pass([term], coefficient, s, teacher, None, with_grad=True)
+    expected_value, expected_grad = generic(jsd, s, teacher, None, params)
+    torch.testing.assert_close(value[0], expected_value)
+    torch.testing.assert_close(grad, expected_grad, equal_nan=True)
 
 
 def test_token_ce_equals_autograd_and_skips_ignored_targets(logits):
@@ -131,18 +173,19 @@ def test_the_chunked_pass_uses_the_closed_forms_and_autograd_only_for_the_rest(l
     terms = [
         chunked.ChunkedTerm(forward_kl, 0.5),
         chunked.ChunkedTerm(token_ce, 0.25),
-        chunked.ChunkedTerm(jsd, 0.25),
+        chunked.ChunkedTerm(reverse_kl, 0.25),
     ]
     total, _ = chunked.chunked_token_losses(
         chunked.LazyLogits(hidden, weight, None), t, torch.arange(N), terms, chunk_size=4
     )
     total.backward()
-    assert generic_terms == [jsd, jsd]  # one call per chunk, for the term without a closed form
+    # one call per chunk, for the term without a closed form
+    assert generic_terms == [reverse_kl, reverse_kl]
     logits_ = F.linear(hidden, weight)
     expected = (
         0.5 * forward_kl(logits_, t)
         + 0.25 * token_ce(logits_, torch.arange(N))
-        + 0.25 * jsd(logits_, t)
+        + 0.25 * reverse_kl(logits_, t)
     )
     torch.testing.assert_close(total, expected)
     torch.testing.assert_close(hidden.grad, torch.autograd.grad(expected, hidden)[0])

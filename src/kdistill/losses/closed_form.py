@@ -1,5 +1,5 @@
-"""The forward KL and the token cross-entropy with their gradients with respect to the logits in
-closed form, for the chunked pass (``kdistill.losses.chunked``).
+"""The forward KL, GKD's JSD and the token cross-entropy with their gradients with respect to the
+logits in closed form, for the chunked pass (``kdistill.losses.chunked``).
 
 Autograd through a softmax-based loss over a 49k vocabulary walks a dozen (chunk, V) tensors
 forward and back (log-softmax, floors, gathers, scatters, products); the gradient itself is
@@ -12,20 +12,25 @@ one such tensor, known in closed form:
   ∂/∂s_v = (q_v·P − p_v) / T at a top-k token, q_v·(P − p_tail/q_tail) / T in the tail;
 - the same from a ``SampledTeacher`` (drawn tokens with weights p̂, Ŵ = Σ p̂): its unbiased
   estimate (Ŵ·q − p̂) / T (``kdistill.losses.sparse.sampled_teacher``);
-- cross-entropy with the next token y: ∂/∂s = softmax(s) − onehot(y).
+- cross-entropy with the next token y: ∂/∂s = softmax(s) − onehot(y);
+- GKD's generalised JSD, β·KL(p ‖ m) + (1 − β)·KL(q ‖ m), m = β·p + (1 − β)·q, 0 < β < 1
+  (Agarwal et al., ICLR 2024, arXiv:2306.13649), dense teacher: the β·KL(p ‖ m) part's
+  derivative in q cancels the mixture's in the other, leaving ∂/∂q_v = (1 − β)·log(q_v / m_v) = g_v,
+  so ∂/∂s = q·(g − Σ_v q_v·g_v) / T.
 
 Each returns the chunk's summed value and gradient, computed in place in one new (chunk, V)
-buffer (two with dense teacher logits, whose softmax needs its own), or ``None`` where the closed
-form would lose what the generic loss keeps: a non-finite value (±inf logits, a banned token,
-which the generic losses floor) or a student tail mass below ``TAIL_FLOOR`` (the generic loss
-takes the tail's log-mass in log space, exact far below float32's smallest normal number). The
-caller then runs the generic loss under autograd, so values and gradients are those of
-``kdistill.losses.token`` and ``token_ce`` in every case (tests/test_closed_form.py and
-tests/test_chunked_loss.py compare them in float64).
+buffer (two with dense teacher logits, whose softmax needs its own; four for JSD), or ``None``
+where the closed form would lose what the generic loss keeps: a non-finite value (±inf logits,
+a banned token, which the generic losses floor) or a student tail mass below ``TAIL_FLOOR``
+(the generic loss takes the tail's log-mass in log space, exact far below float32's smallest
+normal number). The caller then runs the generic loss under autograd, so values and gradients
+are those of ``kdistill.losses.token`` and ``token_ce`` in every case (tests/test_closed_form.py
+and tests/test_chunked_loss.py compare them in float64).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -37,7 +42,7 @@ from kdistill.losses.sparse import (
     SparseTeacher,
     check_sparse_teacher,
 )
-from kdistill.losses.token import forward_kl, forward_kl_topk
+from kdistill.losses.token import forward_kl, forward_kl_topk, jsd
 
 __all__ = ["TAIL_FLOOR", "closed_form"]
 
@@ -138,6 +143,31 @@ def _forward_kl(s: Tensor, teacher, params: dict) -> tuple[Tensor, Tensor] | Non
     return _forward_kl_dense(s, teacher.detach(), temperature)
 
 
+def _jsd(s: Tensor, teacher, params: dict) -> tuple[Tensor, Tensor] | None:
+    temperature, beta = params.get("temperature", 1.0), params.get("beta", 0.5)
+    dense = isinstance(teacher, Tensor) and teacher.shape == s.shape
+    if (
+        set(params) - {"temperature", "beta"}
+        or not (temperature > 0 and 0 <= beta < 1)
+        or not dense
+    ):
+        return None  # β = 1 (the reverse KL), a sparse teacher, a bad setting: the generic loss
+    if beta == 0.0:
+        return _forward_kl_dense(s, teacher.detach(), temperature)  # jsd's β = 0 end
+    t = teacher.detach().to(s.dtype)
+    log_q = torch.log_softmax(s / temperature, dim=-1)
+    log_p = torch.log_softmax(t / temperature, dim=-1)
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+    p, q = log_p.exp(), log_q.exp()
+    # log p − log m and log q − log m, each in its log-probabilities' buffer
+    value = beta * (p * log_p.sub_(log_m)).sum() + (1 - beta) * (q * log_q.sub_(log_m)).sum()
+    if not _finite(value):
+        return None  # a banned token (−inf logit): the generic loss floors it
+    g = log_q.mul_(1 - beta)
+    grad = g.sub_((q * g).sum(-1, keepdim=True)).mul_(q)
+    return value, grad if temperature == 1.0 else grad.div_(temperature)
+
+
 def _token_ce(s: Tensor, target: Tensor, params: dict) -> tuple[Tensor, Tensor] | None:
     if set(params) - {"ignore_index"}:
         return None
@@ -162,4 +192,6 @@ def closed_form(
         return _forward_kl(logits, teacher, params)
     if loss is token_ce:
         return _token_ce(logits, target, params)
+    if loss is jsd:
+        return _jsd(logits, teacher, params)
     return None
