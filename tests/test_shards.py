@@ -141,3 +141,28 @@ def test_a_linked_shard_folder_or_file_is_never_followed(tmp_path):
     shards.remove_shards(checkpoint, named=folder)
     assert (elsewhere / "shard-00001-model-00001-of-00001.safetensors").is_file()
     assert [p.name for p in folder.iterdir()] == ["shard-00009-model-00001-of-00001.safetensors"]
+
+
+def test_tied_weights_are_written_once_and_load_into_both_names(tmp_path):
+    """A language model's head shares its embedding: safetensors refuses one tensor twice, so
+    the shards hold it once, and loading restores the tie."""
+    from kdistill import create_model
+
+    def gpt(seed):
+        torch.manual_seed(seed)
+        model = create_model("gpt", num_classes=11, input_shape=(8,), n_layer=1, n_embd=8)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model(torch.randint(0, 11, (2, 8))).square().mean().backward()
+        optimizer.step()
+        return model, optimizer
+
+    model, optimizer = gpt(0)
+    assert model.head.weight is model.tok_emb.weight
+    folder, rest, digests = shards.save_shards(
+        tmp_path / "phase.state.safetensors", model, optimizer
+    )
+    other, other_optimizer = gpt(1)
+    shards.load_shards(folder, digests, other, other_optimizer, rest)
+    assert other.head.weight is other.tok_emb.weight
+    for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

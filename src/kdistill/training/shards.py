@@ -58,11 +58,27 @@ def _token() -> str:
     return token[0]
 
 
-def _split(model, optimizer) -> tuple[dict[str, Tensor], dict]:
+def _ties(model) -> dict[str, str]:
+    """Each tied weight's other names and its first (a language model's head that shares the
+    embedding): safetensors refuses to write one tensor twice, so the shards hold it once and
+    loading fills both. Read from the parameters, the same on every rank."""
+    first: dict[int, str] = {}
+    ties = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            ties[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return ties
+
+
+def _split(model, optimizer) -> tuple[dict[str, Tensor], dict, dict[str, str]]:
     """The model's and the optimizer's state, as this rank holds it (shards of DTensors under
     FSDP), flattened to named tensors for DCP; the optimizer's other entries (its
-    hyperparameters, keyed by parameter name) apart."""
-    tensors = {MODEL + k: v for k, v in get_model_state_dict(model).items()}
+    hyperparameters, keyed by parameter name) apart; and the model's tied names (``_ties``)."""
+    ties = _ties(model)
+    weights = get_model_state_dict(model)
+    tensors = {MODEL + k: v for k, v in weights.items() if k not in ties}
     state = get_optimizer_state_dict(model, optimizer)
     rest: dict = {"param_groups": state["param_groups"], "state": {}}
     for name, values in state["state"].items():
@@ -72,7 +88,7 @@ def _split(model, optimizer) -> tuple[dict[str, Tensor], dict]:
                 tensors[f"{OPTIMIZER}{name}.{key}"] = value
             else:
                 rest["state"][name][key] = value
-    return tensors, rest
+    return tensors, rest, ties
 
 
 def save_shards(checkpoint: Path, model, optimizer) -> tuple[Path, dict, dict[str, str]]:
@@ -80,7 +96,7 @@ def save_shards(checkpoint: Path, model, optimizer) -> tuple[Path, dict, dict[st
     Returns the folder, the optimizer's entries that are not tensors (for the checkpoint file)
     and, on the main process, the SHA-256 of each file written (empty elsewhere)."""
     folder = folder_for(checkpoint)
-    tensors, rest = _split(model, optimizer)
+    tensors, rest, _ = _split(model, optimizer)
     folder.mkdir(parents=True, exist_ok=True)
     main = not dist.is_initialized() or dist.get_rank() == 0
     if main:
@@ -110,7 +126,7 @@ def load_shards(folder: Path, digests: dict[str, str], model, optimizer, rest: d
     """Load the shards ``folder`` holds into ``model`` and ``optimizer`` as they are laid out
     now (sharded over any number of ranks, or whole), after checking every file's digest."""
     _verify(folder, digests)
-    tensors, _ = _split(model, optimizer)  # the layout to fill: DCP reads the slices it needs
+    tensors, _, ties = _split(model, optimizer)  # the layout to fill: DCP reads the slices needed
     try:
         reader = dcp.HuggingFaceStorageReader(str(folder))
         with _one_process_is_meant():
@@ -122,6 +138,7 @@ def load_shards(folder: Path, digests: dict[str, str], model, optimizer, rest: d
             "resume with the recipe that wrote them"
         ) from None
     weights = {k.removeprefix(MODEL): v for k, v in tensors.items() if k.startswith(MODEL)}
+    weights.update({name: weights[first] for name, first in ties.items()})
     state: dict = {"param_groups": rest["param_groups"]}
     state["state"] = {name: dict(values) for name, values in rest["state"].items()}
     for key, value in tensors.items():
