@@ -17,6 +17,7 @@ from conftest import subprocess_env
 from safetensors import safe_open
 from safetensors.torch import load_file
 from test_distributed import TORCHRUN, free_port
+from test_lm import QUICK as LM_QUICK
 
 from kdistill.errors import UserError
 from kdistill.io.tensors import read_meta
@@ -216,6 +217,35 @@ def test_kdistill_run_trains_every_phase_sharded(tmp_path, setting, env):
     if "teacher.cache=true" in setting:
         caches = list((tmp_path / ".cache").iterdir())
         assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
+
+
+@pytest.mark.integration
+def test_a_language_model_with_tied_weights_trains_sharded_from_a_hidden_state_cache(tmp_path):
+    """The built-in GPT (its head shares the embedding) under FSDP: its sharded checkpoints
+    hold the tied weight once, it is scored with its logits made inside the forward pass (an
+    FSDP unit frees its head after it), and the distilled student reads JSD from a
+    hidden-state cache."""
+    command = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", free_port()]
+    command += ["--no-python", str(Path(sys.executable).with_name("kdistill")), "run"]
+    command += [
+        str(Path(__file__).resolve().parents[1] / "configs" / "lm_kd.yaml"),
+        *LM_QUICK,
+        "output.progress=false",
+        f"output.dir={tmp_path}",
+        "train.strategy=fsdp",
+        "teacher.cache=true",
+        "teacher.cache_hidden=true",
+        "distill.params={loss: jsd, beta: 0.5, chunk_size: 64}",
+    ]
+    result = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    assert "sharded (fsdp)" in result.stdout
+    summary = json.loads((tmp_path / "lm_kd" / "summary.json").read_text())
+    assert summary["strategy"] == "fsdp" and 1 < summary["student"]["perplexity"] < 200
+    (cache,) = (tmp_path / ".cache").iterdir()
+    assert json.loads((cache / "meta.json").read_text())["signal"]["kind"] == "hidden"
 
 
 @pytest.mark.integration

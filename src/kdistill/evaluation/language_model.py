@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 
 from kdistill.distiller import call_model
@@ -55,11 +56,14 @@ def evaluate_lm(
     device = accelerator.device if accelerator else next(model.parameters()).device
     sums = torch.zeros(4, dtype=torch.float64)  # nll, correct, count, bytes
     sequences = []
+    # An FSDP unit frees its weights after its forward pass, the head's too: its logits are
+    # made inside the pass, whole, not read from the head afterwards.
+    lazy = not isinstance(unwrap(model), FSDPModule)
     for batch in loader:
         batch = to_device(batch, device)
         inputs, target, counted, nbytes = _positions(model, batch, per_byte)
         safe = torch.where(counted, target, 0)
-        nll, hits = _scores(call_model(model, inputs, lazy_logits=True), safe)
+        nll, hits = _scores(call_model(model, inputs, lazy_logits=lazy), safe)
         per_seq = torch.stack(
             [
                 torch.where(counted, nll, 0.0).sum(1),
