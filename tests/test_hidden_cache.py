@@ -14,7 +14,7 @@ from kdistill import create_model
 from kdistill.data import load_dataset
 from kdistill.distiller import Teacher
 from kdistill.errors import UserError
-from kdistill.io.tensors import CheckpointError
+from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors
 from kdistill.losses import chunked_token_loss, forward_kl, jsd, reverse_kl
 from kdistill.modeling import LazyLogits
 from kdistill.teachers.cache import (
@@ -63,7 +63,7 @@ def test_the_cache_gives_back_the_live_teachers_logits(built):
     per_position = cache.meta["arrays"]["hidden"]["bytes"] / (len(splits.train) * 32)
     assert per_position == pytest.approx(4 * WIDTH, rel=0.01)
     head = root / "head.safetensors"
-    assert cache.meta["head"]["bytes"] == head.stat().st_size and "sha256" in cache.meta["head"]
+    assert cache.meta["head"]["bytes"] == head.stat().st_size and cache.meta["head"]["digest"]
 
 
 @pytest.mark.parametrize(
@@ -108,6 +108,12 @@ def test_a_damaged_or_missing_head_is_refused(built, tmp_path):
     root = tmp_path / "c"
     build_cache(root, teacher, splits.train, fingerprint={}, dtype="float16", hidden=True)
     head = root / "head.safetensors"
+    weights = load_tensors(head, expect_digest=True)[0]
+    save_tensors(head, {"weight": weights["weight"] + 1})  # a sound file, another cache's head
+    with pytest.raises(CheckpointError, match="head is missing or corrupted"):
+        TeacherCache(root, verify=False)
+    save_tensors(head, weights)
+    TeacherCache(root)  # its own head again
     data = bytearray(head.read_bytes())
     data[-1] ^= 1
     head.write_bytes(bytes(data))

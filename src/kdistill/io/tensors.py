@@ -151,6 +151,12 @@ def load_tensors(
     return tensors, meta
 
 
+def stored_digest(path: str | Path) -> str | None:
+    """The digest ``save_tensors`` wrote into the file's header (``None``: none), read without
+    its tensors: ``load_tensors(expect_digest=True)`` then checks the tensors against it."""
+    return _read_header(Path(path), "tensors file").get(DIGEST_KEY)
+
+
 def read_meta(path: str | Path) -> dict:
     """The JSON metadata of a file written by ``save_tensors``, checked against its digest,
     without reading its tensors."""

@@ -62,7 +62,13 @@ from kdistill.data.base import collate
 from kdistill.distiller import ModelOutput, Teacher
 from kdistill.errors import UserError, first_difference
 from kdistill.io.files import file_sha256
-from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors, tensor_digest
+from kdistill.io.tensors import (
+    CheckpointError,
+    load_tensors,
+    save_tensors,
+    stored_digest,
+    tensor_digest,
+)
 from kdistill.losses.sparse import SPARSE_TEACHERS, SampledTeacher, SparseTeacher
 from kdistill.modeling import LazyLogits, to_device
 from kdistill.teachers.signals import describe, head_of, signal_arrays, signal_of
@@ -210,19 +216,24 @@ class TeacherCache:
         self.head = self._head(verify) if self.signal["kind"] == "hidden" else None
 
     def _head(self, verify: bool) -> dict[str, Tensor]:
-        """A hidden-state cache's output layer, checked against the digest meta.json holds."""
+        """A hidden-state cache's output layer: the digest in its header must be the one
+        meta.json holds (this cache's head, not another's), and its tensors must match it
+        (``load_tensors`` checks them: one pass over the file, whatever ``verify``)."""
         path, info = self.root / HEAD, self.meta.get("head")
-        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+        if not isinstance(info, dict) or not isinstance(info.get("digest"), str):
             raise CheckpointError(
                 f"{self.root / 'meta.json'}: a hidden-state cache without its head's checksum; "
                 f"delete {self.root} and build it again"
             )
-        if not path.is_file() or (verify and file_sha256(path) != info["sha256"]):
-            raise CheckpointError(
-                f"{path}: the teacher cache's head is missing or corrupted; delete {self.root} "
-                "and build it again"
-            )
-        return load_tensors(path, what="teacher cache head", expect_digest=True)[0]
+        try:
+            if path.is_file() and stored_digest(path) == info["digest"]:
+                return load_tensors(path, what="teacher cache head", expect_digest=True)[0]
+        except CheckpointError:  # unreadable, or its tensors do not match its digest
+            pass
+        raise CheckpointError(
+            f"{path}: the teacher cache's head is missing or corrupted; delete {self.root} and "
+            "build it again"
+        )
 
     @property
     def fingerprint(self) -> dict:
@@ -503,7 +514,7 @@ def _build(
         head = {}
         if signal["kind"] == "hidden":
             size = save_tensors(root / HEAD, head_of(probe))
-            head = {"head": {"file": HEAD, "bytes": size, "sha256": file_sha256(root / HEAD)}}
+            head = {"head": {"file": HEAD, "bytes": size, "digest": stored_digest(root / HEAD)}}
         meta = {
             "format": FORMAT,
             "fingerprint": fingerprint,
