@@ -82,6 +82,7 @@ from kdistill.teachers.store import (
     one_machine,
     padded_shard,
 )
+from kdistill.training.host_memory import keep_freed_memory
 from kdistill.training.memory_format import channels_last
 
 FORMAT = "kdistill-teacher-cache/1"
@@ -447,6 +448,7 @@ def build_cache(
             teacher.lazy_logits = lazy
 
 
+@keep_freed_memory()  # each batch's logits reuse the memory of the batch before
 def _build(
     root, teacher, dataset, accelerator, signal, fingerprint, views, dtype, batch_size, topk
 ) -> TeacherCache:

@@ -31,6 +31,7 @@ from kdistill.training.checkpoint import (
     save_training_state,
     set_rng_state,
 )
+from kdistill.training.host_memory import keep_freed_memory
 from kdistill.training.memory_format import channels_last
 from kdistill.training.optimization import (
     Optimization,
@@ -153,6 +154,7 @@ def train_loop(
     # Before the optimizer and Accelerate see the parameters; handed back in the default layout
     # when training ends.
     with contextlib.ExitStack() as layouts:
+        layouts.enter_context(keep_freed_memory())
         for module in (distiller.student, getattr(teacher, "module", None)):
             layouts.enter_context(channels_last(module, accelerator.device))
         if distiller.needs_teacher and teacher is None:
