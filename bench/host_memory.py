@@ -109,6 +109,8 @@ def main() -> int:
                     f"({time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
+    import llm
+
     summary = {}
     for way in args.ways.split(","):
         pairs = [
@@ -141,7 +143,7 @@ def main() -> int:
         + (f" --mmap-mib {args.mmap_mib}`" if args.mmap_mib else "`"),
         "",
         "The race's ways (bench/llm.py: 32 steps × 4 × 128 tokens, 1 thread, forward KL, "
-        f"chunks of {args.chunk_size or 256} positions) in "
+        f"chunks of {args.chunk_size or llm.parse_args([]).chunk_size} positions) in "
         "fresh processes, `kdistill.training.host_memory.keep_freed_memory` on (as kdistill "
         "trains) and off, ABBA. Ratios: median over rounds of on/off. System seconds and minor "
         "faults: the way's whole process (model loading included).",
