@@ -35,7 +35,7 @@ Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a
 top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
 cached way reads the teacher's final hidden states and its head, the exact logits, for every
 loss (``--cache hidden``, the choice of bench/results/llm_sparse_hidden.md). With ``--cache
-sampled`` its forward KL reads the top-64 tokens exactly and 16 tokens drawn from the rest
+sampled`` its forward KL reads the top-64 tokens exactly and 64 tokens drawn from the rest
 (``kdistill.losses.sparse.sampled_teacher``, an unbiased estimate), and JSD, which draws cannot
 estimate, the exact top-k + tail-bucket form from a top-64 cache built beside it.
 """
@@ -62,9 +62,9 @@ from llm_tail import UniformTail
 RESULTS = Path(__file__).resolve().parent / "results"
 LOSSES = {"forward_kl": {}, "jsd": {"beta": 0.5}}
 DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
-# The cached way's signal: the top 64 tokens exactly and 16 draws from the rest, per position
-# (--topk 64 --samples 16; bench/results/llm_sparse.md).
-DEFAULT_SAMPLES = 16
+# --cache sampled: the top 64 tokens exactly and 64 draws from the rest, per position (--topk 64
+# --samples 64: 1.009x the live student over 3 seeds, bench/results/llm_sparse_top64_draws.md).
+DEFAULT_SAMPLES = 64
 MODES = {  # steps, batch, seq_len, held-out windows, repeats
     "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
     "quick": {"steps": 6, "batch": 4, "seq_len": 128, "eval_windows": 8, "repeats": 1},
@@ -110,7 +110,9 @@ def run_kdistill(args, cached: bool, curve=None) -> tuple[torch.nn.Module, Clock
     student = load_model(work / "student", args.device)
     if curve:
         curve.model = student
-    loader = kdistill_loader(load_data(work)["train"], args.batch, args.order_seed)
+    loader = kdistill_loader(
+        load_data(work)["train"], args.batch, args.order_seed, again=args.again_steps * args.batch
+    )
     terms = token_terms(args.loss, args.chunk_size)
     if cached:  # the loss's form for the signal the cache holds (top-k buckets, sampled tokens)
         # a sampled cache serves the forward KL; the other losses read the top-k one beside it
@@ -280,9 +282,10 @@ def run_way(args) -> dict:
     )
     if curve:  # the evaluations inside the training call are not the way's cost
         clock.wall, clock.cpu = clock.wall - curve.paused_wall, clock.cpu - curve.paused_cpu
-    tokens = args.steps * args.batch * args.seq_len
+    tokens = (args.steps + args.again_steps) * args.batch * args.seq_len
     return {
         "way": args.way,
+        "steps": args.steps + args.again_steps,
         "loss": args.loss,
         "tokens": tokens,
         "train_s": clock.wall,
@@ -308,7 +311,7 @@ def peak_mb() -> float:
 MARK = "BENCH-LLM-RESULT "
 
 
-def spawn(args, way: str, loss: str | None = None) -> dict:
+def spawn(args, way: str, loss: str | None = None, again_steps: int = 0) -> dict:
     """``way`` in a fresh interpreter; its record is the line marked MARK on its stdout."""
     command = [
         sys.executable,
@@ -326,6 +329,7 @@ def spawn(args, way: str, loss: str | None = None) -> dict:
         "--loss",
         loss or "forward_kl",
         *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in SETTINGS),
+        f"--again-steps={again_steps}",
     ]
     env = {
         **os.environ,
@@ -413,7 +417,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help=(
             "kdistill's token losses over chunks of this "
-            "many positions (default 256; 0: whole logits)"
+            "many positions (default 128; 0: whole logits)"
         ),
     )
     for name in ("steps", "batch", "seq_len", "eval_windows", "repeats", "keep", "topk", "seed"):
@@ -464,6 +468,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--way", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="forward_kl", help=argparse.SUPPRESS)
+    # The equal-wall-time run: this many steps more, over the first windows again.
+    parser.add_argument("--again-steps", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.mode = args.mode or ("tiny" if args.tiny else "quick" if args.quick else "full")
     for key, value in {
@@ -471,7 +477,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "keep": 10,
         "topk": 64,
         "seed": 0,
-        "chunk_size": 256,
+        "chunk_size": 128,  # the recipe's
         "samples": DEFAULT_SAMPLES,
         "curve_every": max(MODES[args.mode]["steps"] // 8, 1),
         "order_seed": 0,
@@ -501,6 +507,8 @@ def main(argv=None) -> int:
         prepared = spawn(args, "prepare")
         records = [spawn(args, way, loss) for way, loss in schedule(args)]
         report = summarise(records, prepared, args, SETTINGS)
+        report["equal_wall"] = equal_wall(args, report, prepared)
+        report["cached_equal_wall_ppl"] = report["equal_wall"]["ppl"]
         report["total_s"] = time.perf_counter() - started
     results = Path(args.results) if args.results else (RESULTS if args.mode != "tiny" else None)
     if results is not None:
@@ -518,7 +526,37 @@ def main(argv=None) -> int:
     return 0
 
 
+def equal_wall(args, report: dict, prepared: dict) -> dict:
+    """The cached way again, given TRL's wall time: the build, then as many steps as its
+    measured step time fits in what is left, the steps past the race's over its first windows
+    once more (the cache serves them free). TRL keeps its own budget: this asks what the
+    cached way's user has at the moment TRL's has its student."""
+    ways = report["by_loss"][args.losses[0]]
+    build, trl_s = prepared.get("cache_build_s", 0.0), ways["trl"]["train_s"]
+    step_s = ways["kdistill_cached"]["train_s"] / args.steps
+    steps = min(max(int((trl_s - build) / step_s), args.steps), 2 * args.steps)
+    record = ways["kdistill_cached"]
+    if steps > args.steps:
+        record = spawn(args, "kdistill_cached", args.losses[0], again_steps=steps - args.steps)
+    # The step time is a forecast: where the run went past TRL's wall time, its answer is the
+    # last held-out evaluation inside it.
+    step, wall, ppl = steps, build + record["train_s"], record["ppl"]
+    if wall > trl_s:
+        inside = [p for p in record.get("curve") or [] if build + p[1] <= trl_s]
+        if inside:
+            step, wall, ppl = inside[-1][0], build + inside[-1][1], inside[-1][2]
+    return {
+        "steps": step,
+        "wall_s": wall,
+        "ppl": ppl,
+        "curve": (record.get("curve") or []) + [[steps, record["train_s"], record["ppl"]]],
+        "trl_wall_s": trl_s,
+        "trl_ppl": ways["trl"]["ppl"],
+    }
+
+
 KEYS = (
+    "cached_equal_wall_ppl",
     "live_student_ppl",
     "sparse_student_ppl",
     "time_to_trl_quality_ratio",

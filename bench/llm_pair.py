@@ -202,7 +202,9 @@ def load_data(work: Path) -> dict[str, torch.Tensor]:
     return load_file(work / "data.safetensors")
 
 
-def kdistill_loader(train: torch.Tensor, batch: int, order_seed: int = 0):
+def kdistill_loader(train: torch.Tensor, batch: int, order_seed: int = 0, again: int = 0):
+    """The windows in one order for every way; ``again`` > 0 appends the first ``again`` of
+    them once more (a second pass over the same windows, as a second epoch would)."""
     from torch.utils.data import DataLoader, Subset
 
     from kdistill.data.lm import SequenceDataset
@@ -212,9 +214,12 @@ def kdistill_loader(train: torch.Tensor, batch: int, order_seed: int = 0):
     dataset = SequenceDataset(
         train, torch.ones(len(train), train.shape[1] - 1, dtype=torch.bool), codec=None
     )
+    order = list(range(len(train)))
     if order_seed:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(order_seed))
-        dataset = Subset(dataset, order.tolist())
+        generator = torch.Generator().manual_seed(order_seed)
+        order = torch.randperm(len(train), generator=generator).tolist()
+    if order_seed or again:
+        dataset = Subset(dataset, order + order[:again])
     return DataLoader(dataset, batch_size=batch, shuffle=False)
 
 

