@@ -1,0 +1,61 @@
+"""The race's arithmetic: bench/llm_curve.py's time to TRL's quality, and bench/llm_seeds.py's
+table of several races with the spread across seeds."""
+
+import importlib
+import json
+
+import pytest
+from conftest import ROOT
+
+
+def test_time_to_quality_interpolates_in_log_perplexity_and_counts_a_tie(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    curve = importlib.import_module("llm_curve")
+    points = [[4, 10.0, 400.0], [8, 20.0, 100.0], [12, 30.0, 90.0]]
+    # 200 lies halfway between 400 and 100 in log perplexity; the offset is the cache's build.
+    assert curve.time_to_quality(points, 200.0, offset=5.0) == pytest.approx(20.0)
+    assert curve.time_to_quality(points, 500.0) == 10.0  # already there at the first evaluation
+    assert curve.time_to_quality(points, 50.0) is None
+    # The same training computed another way ends a float32 rounding above: a tie, reached.
+    assert curve.time_to_quality(points, 90.0 / (1 + 5e-6)) == pytest.approx(30.0)
+    assert curve.time_to_quality(points, 89.0) is None
+
+
+def report(seed: int, trl_ppl: float, equal_ppl: float, ratio: float | None) -> dict:
+    ways = {
+        "kdistill_live": {"tokens_per_s": 150.0},
+        "kdistill_cached": {"tokens_per_s": 200.0},
+        "trl": {"tokens_per_s": 100.0, "train_s": 120.0, "ppl": trl_ppl},
+    }
+    return {
+        "settings": {"seed": seed},
+        "main_loss": "forward_kl",
+        "by_loss": {"forward_kl": ways},
+        "prepared": {"cache_build_s": 25.0},
+        "time_to_trl_quality_ratio": ratio,
+        "time_to_trl_quality_ratio_cache_reused": 0.4,
+        "equal_wall": {"steps": 48, "ppl": equal_ppl},
+    }
+
+
+def test_the_table_has_a_row_a_seed_and_counts_the_seeds_won(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    seeds = importlib.import_module("llm_seeds")
+    paths = []
+    for seed, trl_ppl, equal_ppl, ratio in [(1, 170.0, 160.0, None), (0, 190.0, 150.0, 0.6)]:
+        paths.append(tmp_path / f"race{seed}.json")
+        paths[-1].write_text(json.dumps(report(seed, trl_ppl, equal_ppl, ratio)))
+    paths.append(tmp_path / "race2.json")
+    paths[-1].write_text(json.dumps(report(2, 150.0, 155.0, 0.7)))
+    assert seeds.main([*map(str, paths), "--results", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "llm_seeds.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split(" | ")[0] for line in rows] == ["| 0", "| 1", "| 2"]  # by seed
+    assert "| 1.50×, 2.00× | 0.60 |" in rows[0]
+    assert "not reached" in rows[1]
+    assert "below TRL's on 2 of 3 seeds" in table
+    # 40, 10 and -5 perplexity in the cached way's favour: mean 15, sd 22.91
+    assert "15.00 ± 22.91" in table
+    assert "the 2 of 3 seeds that reached TRL's perplexity: 0.65 ± 0.07" in table
+    saved = json.loads((tmp_path / "out" / "llm_seeds.json").read_text())
+    assert [r["seed"] for r in saved["seeds"]] == [0, 1, 2]
