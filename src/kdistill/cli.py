@@ -152,7 +152,9 @@ def export(
         1e-4, help="largest acceptable |ONNX Runtime − PyTorch| over the student's logits"
     ),
     int8_tolerance: float = typer.Option(
-        0.01, help="largest acceptable loss of the test score for int8 (0.01 = 1 point of accuracy)"
+        0.01,
+        help="largest acceptable loss of the test score for int8: 0.01 = 1 point of accuracy "
+        "(or of any rate), 1 % of perplexity; layers that cost more stay in float32",
     ),
     exporter: Exporter = typer.Option(
         Exporter.auto,

@@ -425,6 +425,18 @@ def samples_blocks(samples: list[dict] | None) -> list[tuple]:
     return blocks
 
 
+def _drop_text(check: dict, task: dict) -> str:
+    """An int8 check's tolerance in its unit (``deploy.run_export.drop_unit``); summaries
+    written before the unit was recorded held points of a percentage metric, else absolutes."""
+    unit = check.get("drop_unit") or (
+        "points" if check["metric"] in task["percent"] else "absolute"
+    )
+    tolerance = check["tolerance"]
+    if unit == "points":
+        return f"{100 * tolerance:g} points"
+    return f"{100 * tolerance:g} %" if unit == "percent" else f"{tolerance:g}"
+
+
 def export_blocks(export: dict | None, task: dict) -> list[tuple]:
     """The ``kdistill export`` results: files, parity, latency, throughput, ratios."""
     if not export:
@@ -448,10 +460,11 @@ def export_blocks(export: dict | None, task: dict) -> list[tuple]:
             else (
                 f"test {check['metric']} {_metric(check['reference'], check['metric'], task)} → "
                 f"{_metric(check['value'], check['metric'], task)}, drop ≤ "
+                + _drop_text(check, task)
                 + (
-                    f"{100 * check['tolerance']:g} points"
-                    if check["metric"] in task["percent"]
-                    else f"{check['tolerance']:g}"
+                    f"; kept in float32: {', '.join(check['kept_float32'])}"
+                    if check.get("kept_float32")
+                    else ""
                 )
             )
         )
@@ -462,13 +475,16 @@ def export_blocks(export: dict | None, task: dict) -> list[tuple]:
                 _bytes(export["files"][check["file"]]["bytes"]),
                 f"{check['max_abs_diff']:.2e}",
                 detail,
-                "passed" if check["passed"] else "FAILED",
+                "passed"
+                if check["passed"]
+                else ("FAILED" if key.startswith("student") else "above (recorded only)"),
             ]
         )
     blocks.append(
         ("table", ["check", "file", "size on disk", "max abs diff", "criterion", "result"], rows)
     )
     rows = []
+    large = export.get("batches", [1, 256])[-1]  # summaries before "batches" timed at 256
     for model, runtimes in export["latency_ms"].items():
         for runtime, latency in runtimes.items():
             rows.append(
@@ -476,7 +492,7 @@ def export_blocks(export: dict | None, task: dict) -> list[tuple]:
                     model,
                     runtime,
                     f"{latency['batch_1']:.3f}",
-                    f"{latency['batch_256']:.2f}",
+                    f"{latency[f'batch_{large}']:.2f}",
                     f"{export['throughput'][model][runtime]:,.0f}",
                 ]
             )
@@ -487,15 +503,15 @@ def export_blocks(export: dict | None, task: dict) -> list[tuple]:
                 "model",
                 "runtime",
                 "latency b=1 (ms)",
-                "latency b=256 (ms)",
-                "throughput b=256 (samples/s)",
+                f"latency b={large} (ms)",
+                f"throughput b={large} (samples/s)",
             ],
             rows,
         )
     )
     ratios = "; ".join(
         f"{runtime}: {ratio_text(r['batch_1'])} at batch 1, "
-        f"{ratio_text(r['batch_256'])} at batch 256"
+        f"{ratio_text(r[f'batch_{large}'])} at batch {large}"
         for runtime, r in export["latency_ratio"].items()
     )
     blocks.append(("paragraph", f"Teacher / student latency: {ratios}."))
