@@ -5,7 +5,11 @@ teacher/student latency ratios in PyTorch and ONNX Runtime at batch 1 and 256, a
     python bench/export.py --run-dir runs/mnist_kd # an existing run (its export/ is replaced)
     python bench/export.py configs/x.yaml --threads 1 4 -- train.epochs=10
 
-Writes bench/results/export.md and export.json (the latest run) with the command that made them.
+    python bench/export.py --run-dir runs/smollm2_shakespeare --threads 2 --rounds 1 \
+        --name export_smollm2                      # a language model (perplexity)
+
+Writes bench/results/<--name, default export>.md and .json (the latest run) with the command
+that made them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def fastest(rounds: list[dict]) -> dict:
         for runtime, ms in runtimes.items():
             for batch in ms:
                 ms[batch] = min(r["latency_ms"][model][runtime][batch] for r in rounds)
-            best["throughput"][model][runtime] = 256_000 / ms["batch_256"]
+            large = best.get("batches", [1, 256])[-1]
+            best["throughput"][model][runtime] = 1000 * large / ms[f"batch_{large}"]
     for runtime, ratio in best["latency_ratio"].items():
         for batch in ratio:
             ratio[batch] = (
@@ -61,6 +66,9 @@ def main() -> None:
         type=int,
         default=3,
         help="export and time this many times; keep each fastest median",
+    )
+    parser.add_argument(
+        "--name", default="export", help="results file name: bench/results/<name>.md and .json"
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the run")
     args = parser.parse_args()
@@ -95,6 +103,13 @@ def main() -> None:
     first = next(iter(results.values()))
     checks = first["checks"]
     int8 = checks.get("student int8")
+    headline = summary["task"]["metrics"][0]
+    percent = headline in summary["task"].get("percent", [])
+
+    def score(value: float) -> str:
+        return f"{100 * value:.2f}%" if percent else f"{value:.2f}"
+
+    large = first.get("batches", [1, 256])[-1]
     lines = [
         f"# {summary['name']}: deployment (ONNX)",
         "",
@@ -105,10 +120,10 @@ def main() -> None:
         f"{first['exporter']} exporter, opset {first['opset']}",
         "",
         f"Models: teacher {summary['teacher']['model']} "
-        f"({summary['teacher']['params']:,} parameters, test accuracy "
-        f"{100 * summary['teacher']['accuracy']:.2f}%), distilled student "
+        f"({summary['teacher']['params']:,} parameters, test {headline} "
+        f"{score(summary['teacher'][headline])}), distilled student "
         f"{summary['student']['model']} ({summary['student']['params']:,} parameters, "
-        f"{100 * summary['student']['accuracy']:.2f}%).",
+        f"{score(summary['student'][headline])}).",
         "",
         f"Parity on {first['parity_samples']} test samples and "
         "batch 1: student fp32 max |ONNX Runtime − PyTorch| = "
@@ -117,19 +132,28 @@ def main() -> None:
         f"{checks['teacher fp32']['max_abs_diff']:.2e}.",
     ]
     if int8:
+        unit = {"points": " points", "percent": " %"}.get(int8.get("drop_unit", "points"), "")
+        scale = 1 if not unit else 100
+        kept = int8.get("kept_float32") or []
         lines.append(
-            "int8 student (dynamic quantisation): max |int8 − fp32| = "
+            "int8 student (dynamic quantisation, per-channel weights): max |int8 − fp32| = "
             f"{int8['max_abs_diff']:.2e}, top-1 agreement "
-            f"{100 * int8['top1_agreement_with_fp32']:.1f}%, test accuracy "
-            f"{100 * int8['reference']:.2f}% → {100 * int8['value']:.2f}% (tolerance "
-            f"{100 * int8['tolerance']:g} point drop); size "
-            f"{first['files']['student_int8']['bytes']:,} vs "
+            f"{100 * int8['top1_agreement_with_fp32']:.1f}%, test {headline} "
+            f"{score(int8['reference'])} → {score(int8['value'])} (drop "
+            f"{scale * int8['drop']:.2f}{unit}, tolerance {scale * int8['tolerance']:g}{unit}); "
+            + (
+                f"kept in float32 (chosen on the {int8['selection']['split']} split): "
+                f"{', '.join(kept)}; "
+                if kept
+                else ""
+            )
+            + f"size {first['files']['student_int8']['bytes']:,} vs "
             f"{first['files']['student']['bytes']:,} bytes."
         )
     lines += [
         "",
         "| threads | model | runtime | latency b=1 (ms) | "
-        "latency b=256 (ms) | throughput b=256 (samples/s) |",
+        f"latency b={large} (ms) | throughput b={large} (samples/s) |",
         "|---:|---|---|---:|---:|---:|",
     ]
     for threads, result in results.items():
@@ -137,18 +161,19 @@ def main() -> None:
             for runtime, ms in runtimes.items():
                 lines.append(
                     f"| {threads} | {model} | {runtime} | "
-                    f"{ms['batch_1']:.3f} | {ms['batch_256']:.2f} | "
+                    f"{ms['batch_1']:.3f} | {ms[f'batch_{large}']:.2f} | "
                     f"{result['throughput'][model][runtime]:,.0f} |"
                 )
     lines += [
         "",
-        "| threads | runtime | teacher/student latency b=1 | b=256 |",
+        f"| threads | runtime | teacher/student latency b=1 | b={large} |",
         "|---:|---|---:|---:|",
     ]
     for threads, result in results.items():
         for runtime, ratio in result["latency_ratio"].items():
             lines.append(
-                f"| {threads} | {runtime} | {ratio['batch_1']:.1f}× | {ratio['batch_256']:.1f}× |"
+                f"| {threads} | {runtime} | {ratio['batch_1']:.1f}× "
+                f"| {ratio[f'batch_{large}']:.1f}× |"
             )
     effort = 0.2 * args.repeats / 30
     lines += [
@@ -162,8 +187,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "export.md").write_text(text)
-    (RESULTS / "export.json").write_text(
+    (RESULTS / f"{args.name}.md").write_text(text)
+    (RESULTS / f"{args.name}.json").write_text(
         json.dumps(
             {
                 "command": command,
