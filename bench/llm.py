@@ -35,9 +35,9 @@ Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a
 top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
 cached way reads the teacher's final hidden states and its head, the exact logits, for every
 loss (``--cache hidden``, the choice of bench/results/llm_sparse_hidden.md). With ``--cache
-sampled`` its forward KL reads the top-64 tokens exactly and 64 tokens drawn from the rest
-(``kdistill.losses.sparse.sampled_teacher``, an unbiased estimate), and JSD, which draws cannot
-estimate, the exact top-k + tail-bucket form from a top-64 cache built beside it.
+sampled`` it reads the top-64 tokens exactly and 64 tokens drawn from the rest
+(``kdistill.losses.sparse.sampled_teacher``), an unbiased estimate of the forward KL and of JSD
+(``sampled_jsd``).
 """
 
 from __future__ import annotations
@@ -115,10 +115,7 @@ def run_kdistill(args, cached: bool, curve=None) -> tuple[torch.nn.Module, Clock
     )
     terms = token_terms(args.loss, args.chunk_size)
     if cached:  # the loss's form for the signal the cache holds (top-k buckets, sampled tokens)
-        # a sampled cache serves the forward KL; the other losses read the top-k one beside it
-        topk_beside = work / f"{args.cache_name}-topk"
-        sampled_only = args.loss != "forward_kl" and topk_beside.is_dir()
-        cache = TeacherCache(topk_beside if sampled_only else work / args.cache_name)
+        cache = TeacherCache(work / args.cache_name)
         terms, _ = signal_terms(terms, cache.signal)
         # tail uniform: the top-k cache as a dense teacher (bench/llm_tail.py)
         teacher = (UniformTail if args.tail == "uniform" else CachedTeacher)(cache)

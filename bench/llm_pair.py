@@ -189,9 +189,6 @@ def prepare(args) -> dict:
         info.update(build_teacher_cache(teacher, args, "cache", signal_of(hidden=True)))
     elif args.cache == "sampled" and (args.topk or args.samples):
         info.update(build_teacher_cache(teacher, args))
-    if args.cache == "sampled" and args.topk and args.samples:  # JSD, which draws cannot serve
-        topk = build_teacher_cache(teacher, args, "cache-topk", signal_of(args.topk))
-        info["topk_cache_build_s"] = topk["cache_build_s"]
     (work / "prepare.json").write_text(json.dumps(info))
     return info
 

@@ -59,3 +59,33 @@ def test_the_table_has_a_row_a_seed_and_counts_the_seeds_won(monkeypatch, tmp_pa
     assert "the 2 of 3 seeds that reached TRL's perplexity: 0.65 ± 0.07" in table
     saved = json.loads((tmp_path / "out" / "llm_seeds.json").read_text())
     assert [r["seed"] for r in saved["seeds"]] == [0, 1, 2]
+
+
+def test_the_sparse_table_decides_each_loss_by_its_own_target(monkeypatch):
+    """bench/llm_sparse.py's rule: the smallest cache within the target on every seed, the
+    forward KL's 2 % and JSD's 5 %; a mean inside the target with a seed outside is not."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sparse = importlib.import_module("llm_sparse")
+
+    def row(size: float, mean: float, worst: float) -> dict:
+        return {
+            "bytes_per_position": size,
+            "bytes_vs_dense": size / 196608,
+            "ppl_mean": 100 * mean,
+            "ppl_vs_live": mean,
+            "ppl_vs_live_worst": worst,
+        }
+
+    rows = {
+        "live": row(196608, 1.0, 1.0),
+        "small": row(768, 1.01, 1.03),  # within 2 % on average, not on its worst seed
+        "large": row(1536, 1.009, 1.013),
+    }
+    assert sparse.decide(rows)["signal"] == "large"
+    jsd = sparse.decide(rows, sparse.JSD_PPL_TARGET, "JSD")
+    assert jsd["signal"] == "small" and jsd["meets_target"] and "within 5 %" in jsd["why"]
+    rows["small"] = row(768, 1.07, 1.08)
+    rows["large"] = row(1536, 1.06, 1.09)
+    closest = sparse.decide(rows, sparse.JSD_PPL_TARGET, "JSD")
+    assert closest["signal"] == "large" and not closest["meets_target"]
+    assert "no cache reaches 5 % of the live JSD student" in closest["why"]

@@ -16,7 +16,9 @@ one such tensor, known in closed form:
 - GKD's generalised JSD, β·KL(p ‖ m) + (1 − β)·KL(q ‖ m), m = β·p + (1 − β)·q, 0 < β < 1
   (Agarwal et al., ICLR 2024, arXiv:2306.13649), dense teacher: the β·KL(p ‖ m) part's
   derivative in q cancels the mixture's in the other, leaving ∂/∂q_v = (1 − β)·log(q_v / m_v) = g_v,
-  so ∂/∂s = q·(g − Σ_v q_v·g_v) / T.
+  so ∂/∂s = q·(g − Σ_v q_v·g_v) / T;
+- the same from a ``SampledTeacher``: the unbiased estimate of ``sampled_jsd``, whose gradient
+  is the sampled forward KL's with p̂ scaled by β·φ, β·(q·Σ p̂·φ − p̂·φ) / T.
 
 Each returns the chunk's summed value and gradient, computed in place in one new (chunk, V)
 buffer (two with dense teacher logits, whose softmax needs its own; four for JSD), or ``None``
@@ -41,6 +43,7 @@ from kdistill.losses.sparse import (
     SampledTeacher,
     SparseTeacher,
     check_sparse_teacher,
+    sampled_jsd_terms,
 )
 from kdistill.losses.token import forward_kl, forward_kl_topk, jsd
 
@@ -143,15 +146,38 @@ def _forward_kl(s: Tensor, teacher, params: dict) -> tuple[Tensor, Tensor] | Non
     return _forward_kl_dense(s, teacher.detach(), temperature)
 
 
+def _jsd_sampled(
+    s: Tensor, teacher: SampledTeacher, beta: float, temperature: float
+) -> tuple[Tensor, Tensor] | None:
+    check_sparse_teacher(teacher, temperature, s.shape[-1])
+    if temperature != 1.0:
+        s = s / temperature
+    indices, weights, log_p = (
+        teacher.indices.long(),
+        *(x.to(s.dtype) for x in (teacher.weights, teacher.log_probs)),
+    )
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    term, phi = sampled_jsd_terms(s.gather(-1, indices) - lse, log_p, beta)
+    rows = s.shape[0]
+    value = -(1.0 - beta) * math.log1p(-beta) * rows + beta * (weights * term).sum()
+    if not _finite(value):
+        return None  # a −inf logit at a drawn token: the generic loss floors it
+    pull = weights * phi * beta  # the sampled forward KL's p̂, scaled by β·φ
+    grad = (s - lse).exp_().mul_(pull.sum(-1, keepdim=True))
+    grad.scatter_add_(-1, indices, -pull)
+    return value, grad if temperature == 1.0 else grad.div_(temperature)
+
+
 def _jsd(s: Tensor, teacher, params: dict) -> tuple[Tensor, Tensor] | None:
     temperature, beta = params.get("temperature", 1.0), params.get("beta", 0.5)
-    dense = isinstance(teacher, Tensor) and teacher.shape == s.shape
-    if (
-        set(params) - {"temperature", "beta"}
-        or not (temperature > 0 and 0 <= beta < 1)
-        or not dense
-    ):
-        return None  # β = 1 (the reverse KL), a sparse teacher, a bad setting: the generic loss
+    if set(params) - {"temperature", "beta"} or not (temperature > 0 and 0 <= beta < 1):
+        return None  # β = 1 (the reverse KL), a bad setting: the generic loss
+    if isinstance(teacher, SampledTeacher):
+        if beta == 0.0:
+            return _forward_kl_sampled(s, teacher, temperature)
+        return _jsd_sampled(s, teacher, beta, temperature)
+    if not (isinstance(teacher, Tensor) and teacher.shape == s.shape):
+        return None  # a top-k teacher: the generic loss
     if beta == 0.0:
         return _forward_kl_dense(s, teacher.detach(), temperature)  # jsd's β = 0 end
     t = teacher.detach().to(s.dtype)

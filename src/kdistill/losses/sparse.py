@@ -284,3 +284,59 @@ def sampled_forward_kl(log_q: Tensor, teacher: SampledTeacher, mask: Tensor | No
     floor = torch.finfo(log_q.dtype).min
     gap = log_p.clamp_min(floor) - log_q.gather(-1, indices)
     return (weights * gap).sum(-1)
+
+
+def jsd_tail_weight(x: Tensor) -> Tensor:
+    """φ(x) = log(1 + eˣ) / eˣ, in (0, 1], for ``sampled_jsd``: 1 where the student outweighs the
+    teacher (x → −∞), → 0 where the teacher outweighs the student (x → +∞)."""
+    # Below −20, φ = 1 − eˣ/2 to within e²ˣ < 1e-17, and e⁻ˣ would overflow float32 below −88.
+    small = x < -20.0
+    safe = torch.where(small, 0.0, x)
+    series = 1.0 - 0.5 * x.clamp_max(-20.0).exp()
+    return torch.where(small, series, F.softplus(safe) * (-safe).exp())
+
+
+def sampled_jsd_terms(log_q_drawn: Tensor, log_p: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """Per slot, for ``sampled_jsd``: the value's term −log β − softplus(−x) − φ(x) and φ(x),
+    x = log(β / (1 − β)) + log p − log q."""
+    x = math.log(beta / (1.0 - beta)) + log_p - log_q_drawn
+    phi = jsd_tail_weight(x)
+    return -math.log(beta) - F.softplus(-x) - phi, phi
+
+
+def sampled_jsd(log_q: Tensor, teacher: SampledTeacher, mask: Tensor | None, beta: float) -> Tensor:
+    """An unbiased estimate of GKD's generalised JSD, β·KL(p ‖ m) + (1 − β)·KL(q ‖ m),
+    m = β·p + (1 − β)·q, 0 < β < 1 (Agarwal et al., ICLR 2024, arXiv:2306.13649), from tokens
+    drawn from the teacher (``sampled_teacher``), per position; 0 where ``mask`` is false.
+
+    The first part is an expectation over the teacher's tokens. The second weighs tokens by the
+    student, but it saturates where the teacher has no mass: with c = β / (1 − β),
+
+        log(q / m) = −log(1 − β) − log(1 + c·p / q),   so
+        KL(q ‖ m) = −log(1 − β) − Σ_v g(v),   g = q·log(1 + c·p / q),   since Σ_v q = 1,
+
+    and 0 ≤ g ≤ c·p: g vanishes where p does, and Σ_v g = Σ_v p·(g / p) is an expectation over
+    the teacher's tokens too, of an integrand bounded in [0, c]. With x = log c + log p − log q,
+    log(p / m) = −log β − softplus(−x) and (1 − β)·g / p = β·φ(x), φ(x) = log(1 + eˣ) / eˣ:
+
+        Ĵ = −(1 − β)·log(1 − β) + β·Σ_slots p̂·(−log β − softplus(−x) − φ(x)),
+
+    linear in p̂, so E[Ĵ] = JSD; its gradient ∂Ĵ/∂s = β·(q·Σ p̂·φ − p̂·φ) / T (the sampled forward
+    KL's (Ŵ·q − p̂) / T with p̂ scaled by β·φ) is unbiased as well. Reverse KL (β = 1) has no
+    such form: its integrand q·log(q / p) is unbounded where p is small."""
+    indices, weights, log_p = (field.detach() for field in teacher)
+    indices = indices.long()
+    if indices.shape[:-1] != log_q.shape[:-1] or weights.shape != indices.shape:
+        raise ValueError(
+            f"sampled teacher shapes indices {tuple(indices.shape)}, weights "
+            f"{tuple(weights.shape)} do not fit student logits {tuple(log_q.shape)}"
+        )
+    weights, log_p = weights.to(log_q.dtype), log_p.to(log_q.dtype)
+    if mask is not None:  # padding in a cache may hold any index
+        indices = torch.where(mask[..., None], indices, 0)
+        weights = torch.where(mask[..., None], weights, 0.0)
+        log_p = torch.where(mask[..., None], log_p, 0.0)
+    floor = torch.finfo(log_q.dtype).min
+    term, _ = sampled_jsd_terms(log_q.gather(-1, indices), log_p.clamp_min(floor), beta)
+    value = -(1.0 - beta) * math.log1p(-beta) + beta * (weights * term).sum(-1)
+    return value if mask is None else torch.where(mask, value, 0.0)

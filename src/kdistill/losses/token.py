@@ -29,9 +29,10 @@ Conventions shared by every loss in this module:
   (up to summation order); ``forward_kl_topk`` states the exact gap for the forward KL. The
   ``SparseTeacher`` holds the teacher at one temperature; a loss at another one is refused.
 - The teacher may be a ``SampledTeacher`` (tokens drawn from it with importance weights, see
-  ``sampled_teacher``) in ``forward_kl`` only, whose value and gradient it estimates without
-  bias; the others need the teacher's probability at every token the student weighs, which
-  draws from the teacher do not give, and refuse it (``SAMPLED_REFUSAL``).
+  ``sampled_teacher``) in ``forward_kl`` and in ``jsd`` below β = 1, whose values and gradients
+  it estimates without bias (``sampled_jsd`` says why JSD can be); the others need the
+  teacher's probability at every token the student weighs, which draws from the teacher do not
+  give, and refuse it (``SAMPLED_REFUSAL``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from kdistill.losses.sparse import (
     SparseTeacher,
     check_sparse_teacher,
     sampled_forward_kl,
+    sampled_jsd,
     sampled_teacher,
     topk_teacher,
 )
@@ -73,7 +75,7 @@ REDUCTIONS = ("mean", "sum", "none")
 SAMPLED_REFUSAL = (
     "needs the teacher's probability at every token the student puts mass on, and tokens "
     "drawn from the teacher give it only at the drawn ones (no unbiased estimate); "
-    "a sampled teacher serves forward_kl"
+    "a sampled teacher serves forward_kl and jsd with beta < 1"
 )
 
 
@@ -279,11 +281,24 @@ def jsd(
     The scale therefore jumps at the ends; β = 0.5 is the symmetric JSD (≤ log 2).
     ``jsd(s, t, beta=b) == jsd(t, s, beta=1 - b)``.
 
+    A ``SampledTeacher`` gives the unbiased estimate of ``kdistill.losses.sparse.sampled_jsd``
+    for β < 1; β = 1, the reverse KL, is refused with it.
+
     Args:
         beta: β in [0, 1], the teacher's weight in the mixture.
         Others as ``forward_kl``.
     """
     _check_weight("beta", beta)
+    if isinstance(t_logits, SampledTeacher):
+        if beta == 0.0:
+            return forward_kl(
+                s_logits, t_logits, mask=mask, temperature=temperature, reduction=reduction
+            )
+        if beta == 1.0:
+            raise ValueError(f"jsd at beta = 1 (the reverse KL) {SAMPLED_REFUSAL}")
+        log_q, mask = _student_log_probs(s_logits, mask, temperature, reduction)
+        check_sparse_teacher(t_logits, temperature, log_q.shape[-1])
+        return _reduce(sampled_jsd(log_q, t_logits, mask, beta), mask, reduction)
     log_q, log_p, mask = _log_probs(s_logits, t_logits, mask, temperature, reduction)
     if beta == 0.0:
         per_position = _kl(log_p, log_q)

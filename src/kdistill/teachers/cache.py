@@ -33,7 +33,8 @@ importance weight and log-probability (``kdistill.losses.sparse.sampled_teacher`
 sampling KD (Anshumann et al., ACL 2025, arXiv:2503.16870), an unbiased estimate of the forward
 KL and its gradient where a top-k cache is biased. The draws are seeded per sample and view
 (``seed``), so a build is reproducible whatever the batch size or the number of ranks. Read
-back, they are a ``SampledTeacher``; only the forward KL takes one (``sampled_terms``).
+back, they are a ``SampledTeacher``; the forward KL and JSD below β = 1 take one
+(``sampled_terms``).
 
 Or, for a language model whose logits are ``lm_head(h)``, as its final hidden states h
 (``hidden``): H numbers per position instead of V, and the head written once beside them

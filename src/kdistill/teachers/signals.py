@@ -24,6 +24,7 @@ from kdistill.losses.token import (
     SAMPLED_REFUSAL,
     TOKEN_LOSSES,
     forward_kl,
+    jsd,
     kd_topk,
     topk_teacher,
 )
@@ -152,8 +153,9 @@ def _temperature(term: Term) -> float:
 
 
 # A sampled teacher estimates expectations over the teacher's tokens without bias: the forward
-# KL is one; every other divergence needs p where the student puts mass (SAMPLED_REFUSAL).
-SAMPLED_FORMS = {forward_kl: forward_kl}
+# KL is one, and JSD below β = 1 can be written as one (losses.sparse.sampled_jsd); the other
+# divergences need p where the student puts mass (SAMPLED_REFUSAL).
+SAMPLED_FORMS = {forward_kl: forward_kl, jsd: jsd}
 
 
 def _sparse_terms(
@@ -167,6 +169,8 @@ def _sparse_terms(
             adapted.append(term)
             continue
         form = forms.get(term.loss)
+        if forms is SAMPLED_FORMS and term.loss is jsd and term.params.get("beta", 0.5) == 1:
+            form = None  # the reverse KL end of JSD
         if form is None or term.params.get("standardize"):
             name = getattr(term.loss, "__name__", type(term.loss).__name__)
             name += ", standardized" if form else ""
@@ -202,7 +206,8 @@ def topk_terms(terms: list[Term], k: int) -> tuple[list[Term], float]:
 
 
 def sampled_terms(terms: list[Term], samples: int) -> tuple[list[Term], float]:
-    """The terms that read a sampled cache (the forward KL), and its one temperature.
+    """The terms that read a sampled cache (the forward KL, JSD below β = 1), and its one
+    temperature.
 
     Raises ``UserError`` for any other loss on the teacher's logits, saying why."""
     return _sparse_terms(
