@@ -275,16 +275,18 @@ def markdown(report: dict, command: str) -> str:
         f"(the loss {SAMPLED_REFUSAL}).",
     ]
     decision = report["decision"]
-    lines += [
-        "",
-        f"**Default: {decision['signal']}**: {decision['why']} (rule: the smallest cache within "
-        "2 % of live on every seed, else the closest).",
-    ]
+    if "forward_kl" in report["by_loss"]:
+        lines += [
+            "",
+            f"**Default: {decision['signal']}**: {decision['why']} (rule: the smallest cache "
+            "within 2 % of live on every seed, else the closest).",
+        ]
     jsd_decision = report.get("decision_jsd", {})
     if jsd_decision.get("signal"):
         lines += [
             "",
-            f"**JSD: {jsd_decision['signal']}**: {jsd_decision['why']} (rule: within 5 %).",
+            f"**JSD: {jsd_decision['signal']}**: {jsd_decision['why']} (rule: the smallest cache "
+            "within 5 % of live on every seed, else the closest).",
         ]
     return "\n".join(lines) + "\n"
 

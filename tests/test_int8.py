@@ -161,3 +161,5 @@ def test_a_language_models_int8_drop_is_a_share_of_perplexity(tmp_path, capsys):
     assert check["selection"]["split"] == "validation"
     assert "tolerance 5.00 %" in output
     assert "drop ≤ 5 %" in (run_dir / "report.md").read_text()
+    card = (run_dir / "export" / "README.md").read_text()  # says how to run a language model
+    assert "next-token logits" in card and "does not score a language model" in card

@@ -122,9 +122,28 @@ classes: {json.dumps(metadata.get("kdistill.classes"))}
 preprocessing: {json.dumps(metadata.get("kdistill.preprocessing"))}
 ```
 
-Run it on files, with ONNX Runtime only: `kdistill predict <this folder> INPUT...` (images, a CSV
-of feature rows, or a text file of one input per line).
+{_how_to_run(summary, files)}
 """
+
+
+def _how_to_run(summary: dict, files: dict) -> str:
+    """The model card's last paragraph: ``kdistill predict`` for a classifier; for a language
+    model, which predict does not score, its next-token logits over token ids."""
+    if summary.get("task", {}).get("name") != "language_modelling":
+        return (
+            "Run it on files, with ONNX Runtime only: `kdistill predict <this folder> INPUT...` "
+            "(images, a CSV\nof feature rows, or a text file of one input per line)."
+        )
+    hf = (
+        "\n`hf_student/` loads with transformers' `AutoModelForCausalLM.from_pretrained`."
+        if "hf_student" in files
+        else ""
+    )
+    return (
+        "A language model: each file maps token ids (batch × sequence, named above) to next-token "
+        "logits\n(batch × sequence × vocabulary), to run with ONNX Runtime on the ids of the "
+        f"run's tokenizer.{hf}\n`kdistill predict` does not score a language model."
+    )
 
 
 # --- predict ---------------------------------------------------------------------------------
