@@ -4,8 +4,10 @@ one race reports once: the time to TRL's quality, and the perplexity at TRL's wa
 
     python bench/llm.py --repeats 1 --losses forward_kl --seed 1 --results DIR1   # and so on
     python bench/llm_seeds.py bench/results/llm.json DIR1/llm.json DIR2/llm.json
+    python bench/llm_seeds.py --name llm_seeds_jsd DIR0/llm.json ...   # races of --losses jsd
 
-Writes bench/results/llm_seeds.md and .json (each seed's figures and the command).
+Writes bench/results/<--name, default llm_seeds>.md and .json (each seed's figures and the
+command); one loss a table, the races' first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def row(report: dict) -> dict:
     ways = report["by_loss"][report["main_loss"]]
     equal = report.get("equal_wall") or {}
     return {
+        "loss": report["main_loss"],
         "seed": report["settings"]["seed"],
         "trl_s": ways["trl"]["train_s"],
         "trl_ppl": ways["trl"]["ppl"],
@@ -46,12 +49,14 @@ def spread(values: list) -> str:
 
 
 def markdown(rows: list[dict], command: str) -> str:
+    loss = rows[0]["loss"]
     lines = [
-        "# Language-model race over seeds: time to TRL's quality, and quality at TRL's time",
+        f"# Language-model race over seeds ({loss}): time to TRL's quality, and quality at "
+        "TRL's time",
         "",
         f"Command: `{command}`",
         "",
-        "Each seed is a whole race, `python bench/llm.py --repeats 1 --losses forward_kl "
+        f"Each seed is a whole race, `python bench/llm.py --repeats 1 --losses {loss} "
         "--seed N` (one thread), on another draw and order of the training windows; the cached "
         "way reads the hidden-state cache and its clock includes the build. time/TRL: the "
         "cached way's wall time to TRL's end-of-budget held-out perplexity over TRL's training "
@@ -89,16 +94,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=Path, help="bench/llm.py's llm.json files")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="llm_seeds", help="the results' file name, no suffix")
     args = parser.parse_args(argv)
     rows = sorted(
         (row(json.loads(path.read_text())) for path in args.reports), key=lambda r: r["seed"]
     )
     command = "python bench/llm_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "llm_seeds.json").write_text(
+    if len({r["loss"] for r in rows}) > 1:
+        raise SystemExit("bench/llm_seeds.py: the races' first losses differ; one loss a table")
+    (args.results / f"{args.name}.json").write_text(
         json.dumps({"command": command, "seeds": rows}, indent=2)
     )
-    (args.results / "llm_seeds.md").write_text(markdown(rows, command))
+    (args.results / f"{args.name}.md").write_text(markdown(rows, command))
     return 0
 
 

@@ -89,3 +89,26 @@ def test_the_sparse_table_decides_each_loss_by_its_own_target(monkeypatch):
     closest = sparse.decide(rows, sparse.JSD_PPL_TARGET, "JSD")
     assert closest["signal"] == "large" and not closest["meets_target"]
     assert "no cache reaches 5 % of the live JSD student" in closest["why"]
+
+
+def test_every_loss_the_ways_ran_gets_its_race(monkeypatch):
+    """bench/llm_report.race_by_loss: the time to TRL's perplexity for each loss, the cache's
+    build counted in the cached way's clock; a loss without TRL's way (the CE scratch) has none."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    llm_report = importlib.import_module("llm_report")
+
+    def ways(trl_s: float, cached_reach: float) -> dict:
+        return {
+            "kdistill_live": {"ppl": 100.0, "curve": [[4, 10.0, 200.0], [8, 20.0, 100.0]]},
+            "kdistill_cached": {"ppl": 100.0, "curve": [[4, 5.0, 200.0], [8, cached_reach, 100.0]]},
+            "trl": {"ppl": 100.0, "train_s": trl_s, "curve": [[4, 50.0, 200.0], [8, 80.0, 100.0]]},
+        }
+
+    by_loss = {"forward_kl": ways(100.0, 30.0), "jsd": ways(200.0, 40.0), "ce": {"plain": {}}}
+    by_loss["ce"]["plain"] = {"ppl": 150.0, "curve": [[8, 20.0, 150.0]]}
+    races = llm_report.race_by_loss(by_loss, {"cache_build_s": 20.0})
+    assert set(races) == {"forward_kl", "jsd"}
+    assert races["forward_kl"]["time_to_trl_quality_ratio"] == pytest.approx((20 + 30) / 100)
+    assert races["jsd"]["time_to_trl_quality_ratio"] == pytest.approx((20 + 40) / 200)
+    assert races["jsd"]["time_to_trl_quality_ratio_cache_reused"] == pytest.approx(40 / 200)
+    assert races["jsd"]["time_to_trl_quality_s"]["plain"] is None  # scratch never gets there
