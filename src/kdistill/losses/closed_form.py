@@ -113,17 +113,20 @@ def _forward_kl_buckets(
     return value, grad if temperature == 1.0 else grad.div_(temperature)
 
 
-def _forward_kl_sampled(
-    s: Tensor, teacher: SampledTeacher, temperature: float
-) -> tuple[Tensor, Tensor] | None:
+def _sampled_inputs(s: Tensor, teacher: SampledTeacher, temperature: float) -> tuple:
+    """The logits at the loss's temperature, the teacher's drawn ids, weights and log p in their
+    dtype, and the student's log-normaliser (N, 1)."""
     check_sparse_teacher(teacher, temperature, s.shape[-1])
     if temperature != 1.0:
         s = s / temperature
-    indices, weights, log_p = (
-        teacher.indices.long(),
-        *(x.to(s.dtype) for x in (teacher.weights, teacher.log_probs)),
-    )
-    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    weights, log_p = (x.to(s.dtype) for x in (teacher.weights, teacher.log_probs))
+    return s, teacher.indices.long(), weights, log_p, torch.logsumexp(s, dim=-1, keepdim=True)
+
+
+def _forward_kl_sampled(
+    s: Tensor, teacher: SampledTeacher, temperature: float
+) -> tuple[Tensor, Tensor] | None:
+    s, indices, weights, log_p, lse = _sampled_inputs(s, teacher, temperature)
     # Σ p̂·(log p − log q) at the drawn tokens only; log q = s − lse is never made whole.
     value = (weights * (log_p - s.gather(-1, indices) + lse)).sum()
     if not _finite(value):
@@ -149,14 +152,7 @@ def _forward_kl(s: Tensor, teacher, params: dict) -> tuple[Tensor, Tensor] | Non
 def _jsd_sampled(
     s: Tensor, teacher: SampledTeacher, beta: float, temperature: float
 ) -> tuple[Tensor, Tensor] | None:
-    check_sparse_teacher(teacher, temperature, s.shape[-1])
-    if temperature != 1.0:
-        s = s / temperature
-    indices, weights, log_p = (
-        teacher.indices.long(),
-        *(x.to(s.dtype) for x in (teacher.weights, teacher.log_probs)),
-    )
-    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    s, indices, weights, log_p, lse = _sampled_inputs(s, teacher, temperature)
     term, phi = sampled_jsd_terms(s.gather(-1, indices) - lse, log_p, beta)
     rows = s.shape[0]
     value = -(1.0 - beta) * math.log1p(-beta) * rows + beta * (weights * term).sum()

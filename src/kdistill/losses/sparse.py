@@ -265,10 +265,11 @@ def sampled_teacher(
     return SampledTeacher(drawn, weights, log_p_drawn, temperature=temperature, vocab_size=vocab)
 
 
-def sampled_forward_kl(log_q: Tensor, teacher: SampledTeacher, mask: Tensor | None) -> Tensor:
-    """L̂ = Σ_slots p̂ · (log p − log q) per position (``sampled_teacher``'s estimator of the
-    forward KL), from the student's log-probabilities ``log_q`` (…, V); 0 where ``mask`` is
-    false."""
+def _drawn(
+    log_q: Tensor, teacher: SampledTeacher, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A sampled teacher's ids, weights p̂ and log p, checked against the student's (…, V)
+    log-probabilities, in their dtype, and zeroed where ``mask`` is false."""
     indices, weights, log_p = (field.detach() for field in teacher)
     indices = indices.long()  # a cache stores them as int32
     if indices.shape[:-1] != log_q.shape[:-1] or weights.shape != indices.shape:
@@ -281,6 +282,14 @@ def sampled_forward_kl(log_q: Tensor, teacher: SampledTeacher, mask: Tensor | No
         indices = torch.where(mask[..., None], indices, 0)
         weights = torch.where(mask[..., None], weights, 0.0)
         log_p = torch.where(mask[..., None], log_p, 0.0)
+    return indices, weights, log_p
+
+
+def sampled_forward_kl(log_q: Tensor, teacher: SampledTeacher, mask: Tensor | None) -> Tensor:
+    """L̂ = Σ_slots p̂ · (log p − log q) per position (``sampled_teacher``'s estimator of the
+    forward KL), from the student's log-probabilities ``log_q`` (…, V); 0 where ``mask`` is
+    false."""
+    indices, weights, log_p = _drawn(log_q, teacher, mask)
     floor = torch.finfo(log_q.dtype).min
     gap = log_p.clamp_min(floor) - log_q.gather(-1, indices)
     return (weights * gap).sum(-1)
@@ -324,18 +333,7 @@ def sampled_jsd(log_q: Tensor, teacher: SampledTeacher, mask: Tensor | None, bet
     linear in p̂, so E[Ĵ] = JSD; its gradient ∂Ĵ/∂s = β·(q·Σ p̂·φ − p̂·φ) / T (the sampled forward
     KL's (Ŵ·q − p̂) / T with p̂ scaled by β·φ) is unbiased as well. Reverse KL (β = 1) has no
     such form: its integrand q·log(q / p) is unbounded where p is small."""
-    indices, weights, log_p = (field.detach() for field in teacher)
-    indices = indices.long()
-    if indices.shape[:-1] != log_q.shape[:-1] or weights.shape != indices.shape:
-        raise ValueError(
-            f"sampled teacher shapes indices {tuple(indices.shape)}, weights "
-            f"{tuple(weights.shape)} do not fit student logits {tuple(log_q.shape)}"
-        )
-    weights, log_p = weights.to(log_q.dtype), log_p.to(log_q.dtype)
-    if mask is not None:  # padding in a cache may hold any index
-        indices = torch.where(mask[..., None], indices, 0)
-        weights = torch.where(mask[..., None], weights, 0.0)
-        log_p = torch.where(mask[..., None], log_p, 0.0)
+    indices, weights, log_p = _drawn(log_q, teacher, mask)
     floor = torch.finfo(log_q.dtype).min
     term, _ = sampled_jsd_terms(log_q.gather(-1, indices), log_p.clamp_min(floor), beta)
     value = -(1.0 - beta) * math.log1p(-beta) + beta * (weights * term).sum(-1)
