@@ -256,32 +256,33 @@ def batch_rows(batch, rows: int | None):
             yield batch[start:stop]
 
 
-def max_abs_diff(model: nn.Module, session, batch, *, rows: int | None = None) -> float:
-    """Largest |ONNX Runtime − PyTorch| over the logits of ``batch``, ``rows`` samples at a
-    time: a language model's logits for 64 windows are 1.6 GB in each runtime."""
+def parity(model: nn.Module, session, batch, *, rows: int | None = None) -> tuple[float, float]:
+    """Largest |ONNX Runtime − PyTorch| over the logits of ``batch``, and the share of its
+    predictions (every position of a sequence) where their top-1 agree, from one forward pass of
+    each, ``rows`` samples at a time: a language model's logits for 64 windows are 1.6 GB in
+    each runtime."""
     from kdistill.distiller import call_model
 
     model = model.eval().cpu()
-    largest = 0.0
+    largest, same, total = 0.0, 0, 0
     with torch.no_grad():
         for part in batch_rows(batch, rows):
-            expected = call_model(model, part).float()
-            largest = max(largest, (ort_logits(session, part) - expected).abs().max().item())
-    return largest
+            expected, got = call_model(model, part).float(), ort_logits(session, part)
+            largest = max(largest, (got - expected).abs().max().item())
+            agree = got.argmax(-1) == expected.argmax(-1)
+            same, total = same + int(agree.sum()), total + agree.numel()
+    return largest, same / total
+
+
+def max_abs_diff(model: nn.Module, session, batch, *, rows: int | None = None) -> float:
+    """Largest |ONNX Runtime − PyTorch| over the logits of ``batch`` (``parity``)."""
+    return parity(model, session, batch, rows=rows)[0]
 
 
 def top1_agreement(model: nn.Module, session, batch, *, rows: int | None = None) -> float:
-    """The share of ``batch``'s predictions (every position of a sequence) on which ONNX
-    Runtime's top-1 is PyTorch's, ``rows`` samples at a time."""
-    from kdistill.distiller import call_model
-
-    model = model.eval().cpu()
-    same = total = 0
-    with torch.no_grad():
-        for part in batch_rows(batch, rows):
-            agree = ort_logits(session, part).argmax(-1) == call_model(model, part).argmax(-1)
-            same, total = same + int(agree.sum()), total + agree.numel()
-    return same / total
+    """The share of ``batch``'s predictions on which ONNX Runtime's top-1 is PyTorch's
+    (``parity``)."""
+    return parity(model, session, batch, rows=rows)[1]
 
 
 def measure_ort_latency(session, example, *, batch_size: int = 1, **timing) -> Latency:

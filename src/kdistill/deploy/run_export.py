@@ -29,8 +29,8 @@ from kdistill.deploy.onnx import (
     max_abs_diff,
     measure_ort_latency,
     ort_session,
+    parity,
     require_onnx,
-    top1_agreement,
 )
 from kdistill.deploy.standalone import TOKENIZER_FILE, model_card, preprocessing, write_metadata
 from kdistill.errors import UserError
@@ -264,10 +264,7 @@ def export_run(
         }
         value = task.evaluate(OrtModel(sessions["student_int8"]), test_loader)[headline]
         drop = score_drop(headline, reference, value, higher_is_better=higher)
-        diff = max_abs_diff(
-            models["student"], sessions["student_int8"], inputs["student"]["sample"], rows=rows
-        )
-        agree = top1_agreement(
+        diff, agree = parity(
             models["student"], sessions["student_int8"], inputs["student"]["sample"], rows=rows
         )
         checks["student int8"] = {
