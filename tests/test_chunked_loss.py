@@ -184,6 +184,50 @@ def test_half_precision_hidden_states_as_autocast_makes_them(case):
     torch.testing.assert_close(grad_weight, expected[1], rtol=2e-2, atol=1e-3)
 
 
+def test_the_head_runs_in_the_precision_autocast_gave_where_the_hidden_states_were_made(case):
+    # HF models keep the residual stream, so the final hidden states, in float32 under bf16
+    # autocast, while their head is a bf16 product: the chunked head must be one too (at a
+    # float32 product a bf16 run pays float32's matrix speed for its largest products).
+    hidden, weight, _, teacher, _, mask = case
+    hidden32, weight32, teacher32 = (
+        hidden.detach().float().requires_grad_(),
+        weight.detach().float().requires_grad_(),
+        teacher.float(),
+    )
+    with torch.autocast("cpu", torch.bfloat16):
+        made = LazyLogits(hidden32, weight32)
+        whole = F.linear(hidden32, weight32)  # what the model's own head gives
+    assert made.product == torch.bfloat16 and LazyLogits(hidden32, weight32).product is None
+    assert LazyLogits(torch.empty(2, 3, device="meta"), weight32).product is None
+    expected = forward_kl(whole.float(), teacher32, mask=mask)
+    chunked, _ = chunked_token_losses(
+        made, teacher32, None, [ChunkedTerm(forward_kl, 1.0, {})], mask=mask, chunk_size=4
+    )
+    torch.testing.assert_close(chunked, expected, rtol=1e-6, atol=1e-7)
+    at_float32 = forward_kl(F.linear(hidden32, weight32), teacher32, mask=mask)
+    assert (chunked - at_float32).abs() > 1e-4  # the bf16 product, not float32's
+    grad_hidden, grad_weight = grads(chunked, hidden32, weight32)
+    assert grad_hidden.dtype == grad_weight.dtype == torch.float32
+    for got, want in zip((grad_hidden, grad_weight), grads(expected, hidden32, weight32)):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+    # A teacher's hidden states and head made under autocast are projected in bf16 too.
+    with torch.autocast("cpu", torch.bfloat16):
+        teacher_lazy = LazyLogits(hidden32.detach().flip(0), weight32.detach())
+    value, _ = chunked_token_losses(
+        LazyLogits(hidden32.detach(), weight32.detach()),
+        teacher_lazy,
+        None,
+        [ChunkedTerm(forward_kl, 1.0, {})],
+        mask=mask,
+        chunk_size=4,
+    )
+    bf16_teacher = F.linear(hidden32.detach().flip(0).bfloat16(), weight32.detach().bfloat16())
+    reference = forward_kl(
+        F.linear(hidden32.detach(), weight32.detach()), bf16_teacher.float(), mask=mask
+    )
+    torch.testing.assert_close(value, reference, rtol=1e-6, atol=1e-7)
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the largest tensor any operation produces."""
 
@@ -301,6 +345,18 @@ def test_token_kd_with_chunk_size_trains_as_without_and_never_makes_the_logits(l
     with LargestTensor() as seen:
         step(student, teacher, lm_batch, loss=loss)
     assert seen.largest >= full_logits
+
+
+def test_under_bf16_autocast_chunked_token_kd_is_the_whole_one(lm_batch):
+    # The run's precision reaches the chunked head: student and live teacher project in bf16,
+    # as their own heads do under autocast, so chunking changes no value.
+    student, teacher = tiny_llama(0), tiny_llama(1)
+    with torch.autocast("cpu", torch.bfloat16):
+        whole, _ = step(student, teacher, lm_batch, loss="forward_kl")
+        chunked, _ = step(student, teacher, lm_batch, loss="forward_kl", chunk_size=5)
+    assert chunked["logits"].product == torch.bfloat16
+    for key in ("loss/ce", "loss/kd"):
+        torch.testing.assert_close(chunked[key], whole[key], rtol=1e-5, atol=1e-6)
 
 
 def test_build_makes_a_live_teacher_give_its_hidden_states(lm_batch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,11 +27,19 @@ class LazyLogits:
         hidden: (B, L, H) final hidden states (after the last norm).
         weight: (V, H) output projection; ``logits = hidden @ weight.T + bias``.
         bias: (V,) or ``None``.
+        product: the dtype of the head's product, autocast's where these were made (a bf16
+            run multiplies its head in bf16 even where, as in HF's models, the residual stream
+            and so the final hidden states stay float32); ``None`` outside autocast.
     """
 
     hidden: Tensor
     weight: Tensor
     bias: Tensor | None = None
+    product: torch.dtype | None = None
+
+    def __post_init__(self):
+        if self.product is None:
+            self.product = autocast_dtype(self.hidden.device)
 
     @property
     def shape(self):
@@ -47,6 +56,15 @@ class LazyLogits:
     def materialize(self) -> Tensor:
         """The full (B, L, V) logits, for a consumer that needs them all at once."""
         return F.linear(self.hidden, self.weight, self.bias)
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The dtype autocast gives matrix products on ``device``'s type here, ``None`` when off."""
+    kind = torch.device(device).type
+    try:
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    except RuntimeError:  # a device autocast has no mode for ("meta": shapes only)
+        return None
 
 
 @dataclass

@@ -84,7 +84,7 @@ class _Rows:
         self.teacher, self.dtype = teacher, dtype
         if isinstance(teacher, LazyLogits):
             self.hidden = teacher.hidden.detach().reshape(positions, -1)
-            self.product = _product_dtype(self.hidden, dtype)
+            self.product = _product_dtype(self.hidden, dtype, teacher.product)
             self.weight = teacher.weight.detach().to(self.product)
             self.bias = None if teacher.bias is None else teacher.bias.detach().to(self.product)
         elif isinstance(teacher, SPARSE_TEACHERS):  # (…, k) and (…,) fields, as flat rows
@@ -190,17 +190,23 @@ def _chunk_pass(terms, coefficients, logits, teacher_rows, target_rows, with_gra
     return torch.stack(sums), grad
 
 
-def _product_dtype(hidden: Tensor, loss_dtype: torch.dtype) -> torch.dtype:
-    """The head's product runs in the precision of the hidden states when autocast (or a half
-    precision model) made them half: the unchunked head does too, and it is the fast path on a
-    GPU. The loss math itself is float32 at least, as everywhere in kdistill.losses."""
+def _product_dtype(
+    hidden: Tensor, loss_dtype: torch.dtype, autocast: torch.dtype | None = None
+) -> torch.dtype:
+    """The head's product runs in the precision the unchunked head would have: autocast's where
+    the hidden states were made (``LazyLogits.product``), else half when a half-precision model
+    made them. It is the fast path on a GPU and on CPUs with bf16 units (AMX: ~6x float32's
+    matrix products); the loss math itself is float32 at least, as everywhere in
+    kdistill.losses."""
+    if autocast is not None:
+        return autocast
     return hidden.dtype if hidden.dtype in (torch.float16, torch.bfloat16) else loss_dtype
 
 
 def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, with_grad: bool):
     terms, chunk_size, rows = spec["terms"], spec["chunk_size"], spec["rows"]
     dtype = torch.promote_types(hidden.dtype, torch.float32)
-    product = _product_dtype(hidden, dtype)
+    product = _product_dtype(hidden, dtype, spec["product"])
     flat = hidden.detach().reshape(-1, hidden.shape[-1])
     w = weight.detach().to(product)
     b = None if bias is None else bias.detach().to(product)
@@ -217,8 +223,8 @@ def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, wit
     grad_bias = None if b is None or not with_grad else torch.zeros_like(b, dtype=dtype)
     for start in range(0, len(rows), chunk_size):
         chunk_rows = rows[start : start + chunk_size]
-        chunk_hidden = flat[chunk_rows].to(product)
-        logits = F.linear(chunk_hidden, w, b).to(dtype)
+        chunk_hidden = flat[chunk_rows]
+        logits = F.linear(chunk_hidden.to(product), w, b).to(dtype)
         teacher_rows = teacher(chunk_rows)
         target_rows = None if target is None else target[chunk_rows]
         chunk, grad_logits = _chunk_pass(
@@ -228,12 +234,14 @@ def _run(hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: dict, *, wit
         if with_grad:
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
-            grad_logits = grad_logits.to(product)
-            grad_hidden[chunk_rows] = grad_logits @ w
-            if product == dtype:
+            grad_hidden[chunk_rows] = grad_logits.to(product) @ w
+            if chunk_hidden.dtype == dtype:
+                # float32 hidden states (HF's, even under bf16 autocast): the head's gradient
+                # summed in place in float32. A bf16 product here would need a cast and an add
+                # of a (V, H) matrix per chunk: slower on a CPU than this, and less exact.
                 grad_weight.addmm_(grad_logits.T, chunk_hidden)
             else:
-                grad_weight += (grad_logits.T @ chunk_hidden).to(dtype)
+                grad_weight += (grad_logits.to(product).T @ chunk_hidden).to(dtype)
         del logits, chunk  # the chunk's (chunk, V) tensors go before the next chunk's come
     values = sums / torch.stack(spec["counts"]).to(dtype)
     total = (values * weights).sum()
@@ -309,6 +317,7 @@ def chunked_token_losses(
         "counts": _counts(terms, target, counted),
         "teacher": _Rows(teacher if needs_teacher else None, positions, dtype),
         "target": None if target is None else target.reshape(-1),
+        "product": student.product,
     }
     inputs = (student.hidden, student.weight, student.bias)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
