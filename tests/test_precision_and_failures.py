@@ -37,6 +37,14 @@ def test_bf16_run_on_cpu(tmp_path):
     assert summary["student"]["accuracy"] > 0.2  # it learned something in one epoch
 
 
+def test_mixed_precision_no_is_read_as_the_word_not_yaml_false():
+    from kdistill.training.settings import TrainConfig
+
+    assert TrainConfig(mixed_precision=False).mixed_precision == "no"  # YAML 1.1's `no`
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision=True)
+
+
 def test_fp16_without_gpu_is_a_user_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: fp16 is valid here")

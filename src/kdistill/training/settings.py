@@ -174,6 +174,12 @@ class TrainConfig(Section):
         ),
     )
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_a_word(cls, value):
+        # YAML 1.1 (safe_load) reads a bare `no` as false: `train.mixed_precision=no` means "no".
+        return "no" if value is False else value
+
     @field_validator("time_budget", mode="before")
     @classmethod
     def _seconds(cls, value):
