@@ -233,7 +233,8 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
     preparing, so that the cached way's process never holds the teacher."""
     from kdistill import Teacher
     from kdistill.models.hf import HFModel
-    from kdistill.teachers.cache import build_cache, teacher_identity
+    from kdistill.teachers.cache import build_cache
+    from kdistill.teachers.identity import teacher_identity
     from kdistill.teachers.signals import signal_of
     from kdistill.training.acceleration import make_accelerator
 
@@ -258,7 +259,10 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
         fingerprint=fingerprint,
         dtype="float32",
         batch_size=args.batch,
-        accelerator=make_accelerator(args.device),
+        # the teacher in the ways' precision (--precision): the live teacher runs so in training
+        accelerator=make_accelerator(
+            args.device, mixed_precision={"bf16": "bf16"}.get(getattr(args, "precision", ""), "no")
+        ),
         **settings,
     )
     seconds = time.perf_counter() - started

@@ -17,12 +17,8 @@ from kdistill.errors import UserError
 from kdistill.losses import forward_kl, topk_teacher
 from kdistill.losses.token import kd_topk
 from kdistill.methods import decoupled_kd, hinton_kd
-from kdistill.teachers.cache import (
-    CachedTeacher,
-    CacheMismatchError,
-    build_cache,
-    teacher_identity,
-)
+from kdistill.teachers.cache import CachedTeacher, CacheMismatchError, build_cache
+from kdistill.teachers.identity import teacher_identity
 from kdistill.teachers.signals import topk_terms
 from kdistill.teachers.vocab import map_teacher_vocabulary
 from kdistill.teaching.ensemble import Ensemble

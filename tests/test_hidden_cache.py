@@ -3,8 +3,10 @@ back the exact logits, so every divergence (forward and reverse KL, JSD) reads f
 what it reads from the live teacher, at H of V numbers per position; what it cannot serve (a
 teacher whose logits are not head(hidden states), a damaged head, another signal) is refused."""
 
+import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_lm import QUICK
@@ -24,6 +26,7 @@ from kdistill.teachers.cache import (
     build_cache,
     open_or_build,
 )
+from kdistill.teachers.identity import precision_of
 
 WIDTH = 24
 
@@ -103,6 +106,49 @@ def test_opened_again_it_is_checked_and_another_signal_is_refused(built, tmp_pat
         open_or_build(topk, teacher, splits.train, hidden=True, **settings)
 
 
+def test_a_bf16_run_builds_with_its_teacher_in_bf16_and_checks_it_so(built, tmp_path):
+    """The build runs the teacher in the run's precision, as training runs it live (bf16
+    products on AMX CPUs and GPUs: the build at bf16 speed); the fingerprint keeps it apart
+    from a float32 run's cache, and the probe on opening runs the teacher the same way."""
+    from kdistill.training.acceleration import make_accelerator
+
+    splits, teacher, _, _ = built
+    bf16 = make_accelerator("cpu", mixed_precision="bf16")
+    assert precision_of(bf16) == {"precision": "bf16"}
+    settings = {"dtype": "float32", "batch_size": 32, "hidden": True, "accelerator": bf16}
+    root = tmp_path / "c"
+    cache, made = open_or_build(
+        root, teacher, splits.train, fingerprint=precision_of(bf16), **settings
+    )
+    assert made
+    stored = torch.from_numpy(np.array(cache.arrays["hidden"][0]))
+    teacher.lazy_logits = True
+    try:
+        loader = DataLoader(splits.train, batch_size=32)
+        with torch.inference_mode():
+            with torch.autocast("cpu", torch.bfloat16):
+                at_bf16 = torch.cat([teacher(b).logits.hidden.float() for b in loader])
+            at_float32 = torch.cat([teacher(b).logits.hidden for b in loader])
+    finally:
+        teacher.lazy_logits = False
+    torch.testing.assert_close(stored, at_bf16, rtol=0, atol=0)
+    assert (stored - at_float32).abs().max() > 1e-3
+    opened, made = open_or_build(
+        root, teacher, splits.train, fingerprint=precision_of(bf16), **settings
+    )
+    assert not made  # its own probe, in bf16, passes
+    other = Teacher(copy.deepcopy(teacher.module))
+    with torch.no_grad():
+        for p in other.module.parameters():
+            p.mul_(1.5)
+    with pytest.raises(CacheMismatchError, match="differ from the live teacher"):
+        open_or_build(root, other, splits.train, fingerprint=precision_of(bf16), **settings)
+    float32 = make_accelerator("cpu")
+    assert precision_of(float32) == {}
+    with pytest.raises(CacheMismatchError, match="another precision"):  # nor a float32 run
+        opened.check({})
+
+
 def test_a_damaged_or_missing_head_is_refused(built, tmp_path):
     splits, teacher, _, _ = built
     root = tmp_path / "c"
@@ -143,16 +189,21 @@ LM_QUICK = [*QUICK, "output.progress=false", "distill.params={loss: jsd, beta: 0
 
 
 @pytest.mark.integration
-def test_a_recipe_with_cache_hidden_trains_the_live_teachers_student(tmp_path, capsys):
+@pytest.mark.parametrize("precision, rel", [("no", 1e-4), ("bf16", 2e-2)])
+def test_a_recipe_with_cache_hidden_trains_the_live_teachers_student(
+    precision, rel, tmp_path, capsys
+):
     """The recipe from a hidden-state cache (float32, built by `kdistill cache`) and with the
-    live teacher: the same distilled student, JSD and all."""
+    live teacher: the same distilled student, JSD and all; in bf16 too, the cache built with
+    the teacher in bf16 as it runs live (its outputs move with the batch at bf16: rel 2e-2)."""
     from kdistill.cli import main
 
-    live = ["run", "configs/lm_kd.yaml", *LM_QUICK, f"output.dir={tmp_path}", "name=live"]
+    run = [*LM_QUICK, f"train.mixed_precision={precision}"]
+    live = ["run", "configs/lm_kd.yaml", *run, f"output.dir={tmp_path}", "name=live"]
     assert main(live) == 0
     cached = [
         "configs/lm_kd.yaml",
-        *LM_QUICK,
+        *run,
         f"output.dir={tmp_path}",
         "name=cached",
         "teacher.cache=true",
@@ -164,11 +215,12 @@ def test_a_recipe_with_cache_hidden_trains_the_live_teachers_student(tmp_path, c
     assert main(["run", *cached]) == 0
     meta = json.loads((next((tmp_path / ".cache").iterdir()) / "meta.json").read_text())
     assert meta["signal"]["kind"] == "hidden" and meta["fingerprint"]["hidden"] is True
+    assert meta["fingerprint"].get("precision", "no") == precision
     summaries = [
         json.loads((tmp_path / n / "summary.json").read_text()) for n in ("live", "cached")
     ]
     ppl = [s["student"]["perplexity"] for s in summaries]
-    assert ppl[0] == pytest.approx(ppl[1], rel=1e-4)
+    assert ppl[0] == pytest.approx(ppl[1], rel=rel)
 
 
 @pytest.mark.parametrize(

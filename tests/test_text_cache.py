@@ -11,8 +11,8 @@ from kdistill.errors import UserError
 from kdistill.io.tensors import CheckpointError
 from kdistill.losses.cross_tokenizer import hybrid
 from kdistill.models import create_model
-from kdistill.teachers.cache import teacher_identity
 from kdistill.teachers.cross_tokenizer import frozen_teacher
+from kdistill.teachers.identity import teacher_identity
 from kdistill.teachers.text_cache import TextCache, TextCachedTeacher, text_fingerprint
 
 K = 8

@@ -37,7 +37,8 @@ from kdistill.evaluation.baseline import initial_copy, result_table, scratch_bas
 from kdistill.methods import PRESETS, Term, method_settings, preset_terms, scratch, teacher_taps
 from kdistill.modeling import to_device
 from kdistill.run.config import describe_validation_error
-from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
+from kdistill.teachers.cache import CachedTeacher, open_or_build
+from kdistill.teachers.identity import precision_of, teacher_identity
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms, is_onnx_file
 from kdistill.teachers.pair import MismatchError, check_pair
 from kdistill.training.acceleration import make_accelerator
@@ -120,6 +121,7 @@ def _cached(
         "samples": len(dataset),
         "taps": sorted(teacher.taps),
         "dtype": "float32",
+        **precision_of(accelerator),
     }
     stored, _ = open_or_build(
         root, teacher, dataset, fingerprint=fingerprint, dtype="float32", accelerator=accelerator

@@ -39,8 +39,9 @@ from kdistill.run.plan import (
     training_set,
 )
 from kdistill.run.trackers import Trackers
-from kdistill.teachers.cache import CachedTeacher, open_or_build, teacher_identity
+from kdistill.teachers.cache import CachedTeacher, open_or_build
 from kdistill.teachers.cross_tokenizer import CrossTokenizerTeacher, frozen_teacher
+from kdistill.teachers.identity import precision_of, teacher_identity
 from kdistill.teachers.onnx import OnnxModel, check_onnx_terms
 from kdistill.teachers.pair import check_pair
 from kdistill.teachers.text_cache import TextCachedTeacher, text_cached_teacher
@@ -278,6 +279,7 @@ class RunSchool:
             "topk": topk,
             **({"sampled": sampled} if sampled else {}),  # absent: older caches still match
             **({"hidden": True} if recipe.teacher.cache_hidden else {}),
+            **precision_of(self.accelerator),
         }
         key = hashlib.sha256(
             json.dumps(fingerprint, sort_keys=True, default=str).encode()

@@ -39,7 +39,7 @@ from kdistill.io.tensors import CheckpointError, load_tensors, save_tensors
 from kdistill.losses.cross_tokenizer import AlignedTeacher
 from kdistill.losses.sparse import SparseTeacher
 from kdistill.modeling import ALIGNMENT_KEYS, TEACHER_PREFIX, ModelOutput, call_model
-from kdistill.teachers.cache import teacher_identity
+from kdistill.teachers.identity import teacher_identity
 from kdistill.teachers.store import MARKER
 
 FORMAT = "kdistill-text-cache/1"

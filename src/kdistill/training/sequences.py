@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from kdistill.errors import ConfigError, UserError
 from kdistill.io.tensors import load_tensors, save_tensors
-from kdistill.teachers.cache import teacher_identity
+from kdistill.teachers.identity import teacher_identity
 from kdistill.training.sampling import OnPolicy, sample
 
 
