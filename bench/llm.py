@@ -13,7 +13,8 @@ Teacher SmolLM2-135M-Instruct (30 layers); student: the teacher with 10 of its 3
 every way. Losses (no T², temperature 1): forward KL, then GKD's generalised JSD at β = 0.5
 (Agarwal et al., ICLR 2024, arXiv:2306.13649). AdamW, constant rate, no warm-up, clipping at 1,
 float32 everywhere (TRL's own defaults, bf16 and gradient checkpointing, are switched off so
-that the ways compute the same thing).
+that the ways compute the same thing); ``--precision bf16`` runs every way and the cache build
+under bf16 autocast instead (TRL: ``bf16=True``), the held-out perplexity still in float32.
 
 Each way runs in a fresh process (``python bench/llm.py --way NAME``, spawned by the driver),
 so that its peak resident memory is its own: ``peak_mb`` is ``ru_maxrss`` of that process read
@@ -30,6 +31,7 @@ exp(mean token cross-entropy) over the same held-out windows (whole plays never 
     python bench/llm.py --tiny          # a tiny LlamaConfig pair, ~1 minute (the test); no
                                         # results unless --results
     python bench/llm.py --device cuda   # on a GPU
+    python bench/llm.py --precision bf16 --losses forward_kl   # bf16 (AMX CPUs, GPUs): llm_bf16.*
 
 Writes bench/results/llm.md and llm.json (llm_quick.* for --quick, *_cuda.* on a GPU). The JSON's
 top-level keys are the first loss's (forward KL); every loss's rows are under ``by_loss``. The
@@ -65,6 +67,7 @@ DISTILL_WAYS = ("kdistill_live", "kdistill_cached", "trl")
 # --cache sampled: the top 64 tokens exactly and 64 draws from the rest, per position (--topk 64
 # --samples 64: 1.009x the live student over 3 seeds, bench/results/llm_sparse_top64_draws.md).
 DEFAULT_SAMPLES = 64
+MIXED = {"fp32": "no", "bf16": "bf16"}  # --precision: Accelerate's mixed_precision
 MODES = {  # steps, batch, seq_len, held-out windows, repeats
     "full": {"steps": 32, "batch": 4, "seq_len": 128, "eval_windows": 32, "repeats": 2},
     "quick": {"steps": 6, "batch": 4, "seq_len": 128, "eval_windows": 8, "repeats": 1},
@@ -129,7 +132,10 @@ def run_kdistill(args, cached: bool, curve=None) -> tuple[torch.nn.Module, Clock
         )
     distiller = kdistill.Distiller(HFModel(student, "causal-lm"), terms)
     optim = Optimization("adamw", schedule="constant", clip_grad_norm=1.0)
-    accelerator = make_accelerator(args.device)
+    # --precision (bench/llm_profile.py replays results older than it: float32)
+    accelerator = make_accelerator(
+        args.device, mixed_precision=MIXED[getattr(args, "precision", "fp32")]
+    )
     loop = Loop(log_every=curve.every, log_step=lambda r: curve(r["step"])) if curve else None
     with Clock() as clock:
         if curve:
@@ -190,7 +196,7 @@ def run_trl(args, curve=None) -> tuple[torch.nn.Module, Clock, float]:
         max_grad_norm=1.0,
         # TRL at its best on the same math: PyTorch's fused AdamW (one kernel for all tensors).
         optim="adamw_torch_fused",
-        bf16=False,
+        bf16=args.precision == "bf16",  # TRL's own default; float32 unless --precision bf16
         fp16=False,
         gradient_checkpointing=False,
         max_length=args.seq_len + 1,
@@ -241,7 +247,8 @@ def run_plain(args, curve=None) -> tuple[torch.nn.Module, Clock, float]:
             curve.start()
         for start in range(0, len(train), args.batch):
             rows = train[start : start + args.batch].to(args.device)
-            logits = student(input_ids=rows[:, :-1]).logits
+            with autocast(args):
+                logits = student(input_ids=rows[:, :-1]).logits.float()
             loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -254,6 +261,12 @@ def run_plain(args, curve=None) -> tuple[torch.nn.Module, Clock, float]:
             torch.stack(losses).mean()
         )  # waits for a GPU's queue before the clock stops
     return student, clock, mean_loss
+
+
+def autocast(args):
+    """The way's mixed precision (--precision): bf16 autocast for the models' products, the
+    loss in float32, as Accelerate's ``mixed_precision="bf16"`` does for kdistill and TRL."""
+    return torch.autocast(torch.device(args.device).type, torch.bfloat16, args.precision == "bf16")
 
 
 def run_way(args) -> dict:
@@ -385,6 +398,7 @@ SETTINGS = (
     "cache_name",
     "tail",
     "cache",
+    "precision",
 )
 
 
@@ -439,6 +453,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=None,
         help="held-out perplexity every this many steps, for the race to quality (0: none)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=tuple(MIXED),
+        help="every way's training and the cache build: float32, or bf16 autocast (TRL's "
+        "default; AMX on recent Xeons); held-out perplexity is always computed in float32",
     )
     parser.add_argument("--order-seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-name", default=None, help=argparse.SUPPRESS)
@@ -513,6 +534,7 @@ def main(argv=None) -> int:
             "llm"
             + {"full": ""}.get(args.mode, f"_{args.mode}")
             + ("_cuda" if args.device == "cuda" else "")
+            + ("_bf16" if args.precision == "bf16" else "")
         )
         command = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
         if plot(report, results / f"{stem}.png"):

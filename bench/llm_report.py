@@ -9,6 +9,13 @@ import platform
 import torch
 from llm_curve import time_to_quality
 
+# --precision: every way's training and the cache build (held-out perplexity: float32 always)
+PRECISION = {
+    "fp32": "float32",
+    "bf16": "bf16 autocast for every way and the cache build (TRL: bf16=True), perplexity "
+    "scored in float32",
+}
+
 
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
@@ -203,7 +210,8 @@ def markdown(report: dict, command: str) -> str:
             f"{settings['device']}. "
             f"{settings['steps']} steps × batch {settings['batch']} × {settings['seq_len']} "
             f"tokens, AdamW lr {settings['lr']} "
-            f"(constant, clip 1), float32. Student: layers {prepared['kept_layers']} of the "
+            f"(constant, clip 1), {PRECISION[settings.get('precision', 'fp32')]}. "
+            f"Student: layers {prepared['kept_layers']} of the "
             "teacher "
             f"({prepared['student_params'] / 1e6:.1f}M of {prepared['teacher_params'] / 1e6:.1f}M "
             "parameters). "

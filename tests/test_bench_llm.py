@@ -150,3 +150,37 @@ def test_equal_wall_reads_the_last_evaluation_inside_trls_time(monkeypatch, run_
     assert calls == [4]
     assert (equal["steps"], equal["wall_s"], equal["ppl"]) == pytest.approx(expected)
     assert equal["curve"][-1] == [8, run_s, 5.0]  # the whole run, for the plot
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_race_in_bf16_runs_every_way_in_bf16(tmp_path):
+    """--precision bf16: every way and the cache build under bf16 autocast (TRL with bf16=True),
+    written as llm_tiny_bf16.*; kdistill and TRL still train alike (bf16 rounding apart), and
+    the cache, built with the teacher in bf16 as it runs live, gives the live student."""
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "llm.py"),
+        "--tiny",
+        "--losses",
+        "forward_kl",
+        "--steps",
+        "2",
+        "--precision",
+        "bf16",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--results",
+        str(tmp_path),
+    ]
+    done = subprocess.run(
+        command, check=False, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "llm_tiny_bf16.json").read_text())
+    assert report["settings"]["precision"] == "bf16"
+    assert "bf16 autocast for every way" in (tmp_path / "llm_tiny_bf16.md").read_text()
+    assert summary["student_ppl"] == pytest.approx(summary["trl_student_ppl"], rel=2e-2)
+    assert summary["student_ppl"] != pytest.approx(summary["pruned_ppl"], rel=1e-3)
+    assert summary["sparse_student_ppl"] == pytest.approx(summary["live_student_ppl"], rel=2e-2)

@@ -61,6 +61,55 @@ def test_the_table_has_a_row_a_seed_and_counts_the_seeds_won(monkeypatch, tmp_pa
     assert [r["seed"] for r in saved["seeds"]] == [0, 1, 2]
 
 
+def test_a_second_loss_is_read_from_its_own_race_and_has_no_equal_wall_run(monkeypatch, tmp_path):
+    """--loss jsd over a race of forward KL then JSD (seed 0) and a JSD-only race (seed 1):
+    each row JSD's own times and ratio; the equal-wall run is the first loss's, so seed 0's
+    JSD row has none, and the precision the races ran in is in the command shown."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    seeds = importlib.import_module("llm_seeds")
+    both = report(0, 190.0, 150.0, 0.6)
+    both["settings"]["precision"] = "bf16"
+    jsd_ways = {
+        "kdistill_live": {"tokens_per_s": 190.0},
+        "kdistill_cached": {"tokens_per_s": 250.0},
+        "trl": {"tokens_per_s": 100.0, "train_s": 150.0, "ppl": 295.0},
+    }
+    both["by_loss"]["jsd"] = jsd_ways
+    both["race_by_loss"] = {
+        "jsd": {"time_to_trl_quality_ratio": 0.4, "time_to_trl_quality_ratio_cache_reused": 0.32}
+    }
+    alone = {
+        **report(1, 0.0, 0.0, 0.0),
+        "main_loss": "jsd",
+        "by_loss": {"jsd": jsd_ways},
+        "settings": {"seed": 1, "precision": "bf16"},
+        "time_to_trl_quality_ratio": 0.5,
+        "equal_wall": {"steps": 60, "ppl": 200.0},
+    }
+    short = {
+        **alone,
+        "settings": {"seed": 2, "precision": "bf16"},
+        "time_to_trl_quality_ratio": None,  # a bf16 student a rounding short of TRL's at the end
+        "time_to_trl_quality_ratio_cache_reused": None,
+    }
+    paths = [tmp_path / "both.json", tmp_path / "alone.json", tmp_path / "short.json"]
+    for path, data in zip(paths, (both, alone, short)):
+        path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert seeds.main([*map(str, paths), "--loss", "jsd", "--results", str(out)]) == 0
+    table = (out / "llm_seeds.md").read_text()
+    assert "--losses jsd --precision bf16 --seed N" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert "| 150.0 | 295.00 |" in rows[0] and "| 0.40 | 0.32 | — | — |" in rows[0]
+    assert "| 0.50 | 0.40 | 60 | 200.00 |" in rows[1]
+    assert "| not reached | not reached | 60 | 200.00 |" in rows[2]
+    assert "the 2 of 3 seeds that reached TRL's perplexity: 0.45 ± 0.07" in table
+    assert "below TRL's on 2 of 2 seeds" in table
+    assert "The other 1 raced jsd second" in table
+    with pytest.raises(SystemExit, match="without reverse_kl"):
+        seeds.main([str(paths[1]), "--loss", "reverse_kl", "--results", str(out)])
+
+
 def test_the_sparse_table_decides_each_loss_by_its_own_target(monkeypatch):
     """bench/llm_sparse.py's rule: the smallest cache within the target on every seed, the
     forward KL's 2 % and JSD's 5 %; a mean inside the target with a seed outside is not."""
