@@ -49,9 +49,9 @@ KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def race(tmp_path_factory):
-    work = tmp_path_factory.mktemp("race")
+def tiny_race(folder, *options: str) -> tuple[dict, str]:
+    """bench/llm.py --tiny, forward KL, 2 steps, results in ``folder``: its last line and its
+    log."""
     command = [
         sys.executable,
         str(ROOT / "bench" / "llm.py"),
@@ -60,10 +60,11 @@ def race(tmp_path_factory):
         "forward_kl",
         "--steps",
         "2",
+        *options,
         "--workdir",
-        str(work / "work"),
+        str(folder / "work"),
         "--results",
-        str(work),
+        str(folder),
     ]
     done = subprocess.run(
         command,
@@ -75,7 +76,13 @@ def race(tmp_path_factory):
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, work
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+@pytest.fixture(scope="module")
+def race(tmp_path_factory):
+    work = tmp_path_factory.mktemp("race")
+    return (*tiny_race(work), work)
 
 
 @pytest.mark.integration
@@ -158,26 +165,7 @@ def test_the_race_in_bf16_runs_every_way_in_bf16(tmp_path):
     """--precision bf16: every way and the cache build under bf16 autocast (TRL with bf16=True),
     written as llm_tiny_bf16.*; kdistill and TRL still train alike (bf16 rounding apart), and
     the cache, built with the teacher in bf16 as it runs live, gives the live student."""
-    command = [
-        sys.executable,
-        str(ROOT / "bench" / "llm.py"),
-        "--tiny",
-        "--losses",
-        "forward_kl",
-        "--steps",
-        "2",
-        "--precision",
-        "bf16",
-        "--workdir",
-        str(tmp_path / "work"),
-        "--results",
-        str(tmp_path),
-    ]
-    done = subprocess.run(
-        command, check=False, env=subprocess_env(), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary, _ = tiny_race(tmp_path, "--precision", "bf16")
     report = json.loads((tmp_path / "llm_tiny_bf16.json").read_text())
     assert report["settings"]["precision"] == "bf16"
     assert "bf16 autocast for every way" in (tmp_path / "llm_tiny_bf16.md").read_text()
