@@ -261,7 +261,8 @@ def build_teacher_cache(teacher, args, name: str = "cache", signal: dict | None 
         batch_size=args.batch,
         # the teacher in the ways' precision (--precision): the live teacher runs so in training
         accelerator=make_accelerator(
-            args.device, mixed_precision={"bf16": "bf16"}.get(getattr(args, "precision", ""), "no")
+            args.device,
+            mixed_precision="bf16" if getattr(args, "precision", "") == "bf16" else "no",
         ),
         **settings,
     )

@@ -9,9 +9,9 @@ teacher's identity (``kdistill.teachers.identity``) covers everything that chang
 outputs: its parameters and every buffer (an ensemble's weights are not in its
 ``state_dict``), the settings of each module (an ensemble's ``combine``), and the forward
 hooks on it, with the tensors and values they hold (a ``vocab_map`` restricts the logits
-through a hook). What a fingerprint cannot see (a hook that
-reads a global) the probe catches: a cache opened with the live teacher at hand is compared
-with it on a few samples (``TeacherCache.verify``). With random augmentation the cache
+through a hook). What a fingerprint cannot see (a hook that reads a global) the probe
+catches: a cache opened with the live teacher at hand is compared with it on a few samples
+(``TeacherCache.verify``). With random augmentation the cache
 holds one *view* per epoch, made by the same replayable augmentation the student sees (the
 "fast knowledge distillation" idea, Shen & Xing, ECCV 2022, arXiv:2112.01528), so training
 replays exactly what was cached. Under torchrun each rank computes its own shard of the samples.
@@ -72,6 +72,7 @@ from kdistill.io.tensors import (
 )
 from kdistill.losses.sparse import SPARSE_TEACHERS, SampledTeacher, SparseTeacher
 from kdistill.modeling import LazyLogits, to_device
+from kdistill.teachers.identity import precision_of
 from kdistill.teachers.signals import describe, head_of, signal_arrays, signal_of
 from kdistill.teachers.store import (
     HEAD,
@@ -278,7 +279,7 @@ class TeacherCache:
         device = next(iter(teacher.module.parameters()), torch.empty(0)).device
         with accelerator.autocast() if accelerator else contextlib.nullcontext():
             live = teacher(to_device(batch, device))
-        half = accelerator is not None and accelerator.mixed_precision != "no"
+        half = bool(precision_of(accelerator))  # the fingerprint's precision: bf16 or fp16
         cached = self.lookup(batch["index"])
         pairs = {
             f"features {name}": (cached.features[name], value.float().cpu())
